@@ -1,0 +1,388 @@
+/*
+ * conf.c - load medroute.conf with libconfig and check it against a schema.
+ *
+ * The schema is the tables below: each known key, its type, where it lands
+ * in conf_t, and its range.  Anything not in a table is an unknown key and an
+ * error.  Problems are collected (not just the first) so that
+ * `medrouted --check-config` reports them all at once.
+ */
+#include "conf.h"
+
+#include <errno.h>
+#include <libconfig.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef enum { S_STR, S_BOOL, S_U32 } s_type_t;
+
+typedef struct {
+    const char *key;
+    s_type_t type;
+    size_t offset;
+    long long min, max;
+} s_field_t;
+
+#define S_FIELD(k, t, member, lo, hi) {k, t, offsetof(conf_t, member), lo, hi}
+
+static const s_field_t s_top[] = {
+    S_FIELD("broker_id", S_STR, broker_id, 0, 0),
+    S_FIELD("facility_endpoint", S_STR, facility_endpoint, 0, 0),
+    S_FIELD("operator_endpoint", S_STR, operator_endpoint, 0, 0),
+    S_FIELD("data_dir", S_STR, data_dir, 0, 0),
+    S_FIELD("insecure", S_BOOL, insecure, 0, 0),
+    S_FIELD("log_level", S_STR, log_level, 0, 0),
+    {NULL, 0, 0, 0, 0},
+};
+
+static const s_field_t s_limits[] = {
+    S_FIELD("max_message_bytes", S_U32, max_message_bytes, 1024, 64 << 20),
+    S_FIELD("max_inflight", S_U32, max_inflight, 1, 10000),
+    S_FIELD("heartbeat_interval_ms", S_U32, heartbeat_interval_ms, 100, 600000),
+    S_FIELD("heartbeat_timeout_ms", S_U32, heartbeat_timeout_ms, 300, 3600000),
+    S_FIELD("redelivery_timeout_ms", S_U32, redelivery_timeout_ms, 100, 86400000),
+    {NULL, 0, 0, 0, 0},
+};
+
+static const s_field_t s_store[] = {
+    S_FIELD("batch_max", S_U32, batch_max, 1, 100000),
+    S_FIELD("batch_ms", S_U32, batch_ms, 0, 1000),
+    S_FIELD("retention_days", S_U32, retention_days, 0, 36500),
+    {NULL, 0, 0, 0, 0},
+};
+
+#define S_TTL(k, kind) {k, S_U32, offsetof(conf_t, ttl_s) + (kind) * sizeof(uint32_t), 1, 31536000}
+static const s_field_t s_ttl[] = {
+    S_TTL("referral", MEDROUTE__V1__KIND__KIND_REFERRAL),
+    S_TTL("referral_update", MEDROUTE__V1__KIND__KIND_REFERRAL_UPDATE),
+    S_TTL("imaging_request", MEDROUTE__V1__KIND__KIND_IMAGING_REQUEST),
+    S_TTL("imaging_report", MEDROUTE__V1__KIND__KIND_IMAGING_REPORT),
+    S_TTL("lab_order", MEDROUTE__V1__KIND__KIND_LAB_ORDER),
+    S_TTL("lab_result", MEDROUTE__V1__KIND__KIND_LAB_RESULT),
+    {NULL, 0, 0, 0, 0},
+};
+
+/* Problems found so far, appended to the caller's buffer. */
+typedef struct {
+    char *buf;
+    size_t len;
+    size_t used;
+    int count;
+    const char *name;
+} s_report_t;
+
+__attribute__((format(printf, 3, 4))) static void s_problem(s_report_t *r, int line,
+                                                             const char *fmt, ...)
+{
+    r->count++;
+    if (r->used + 1 >= r->len)
+        return;
+    int n = line > 0 ? snprintf(r->buf + r->used, r->len - r->used, "%s%s:%d: ",
+                                r->used ? "\n" : "", r->name, line)
+                     : snprintf(r->buf + r->used, r->len - r->used, "%s%s: ",
+                                r->used ? "\n" : "", r->name);
+    if (n < 0)
+        return;
+    r->used = (size_t)n + r->used >= r->len ? r->len - 1 : r->used + (size_t)n;
+    va_list ap;
+    va_start(ap, fmt);
+    n = vsnprintf(r->buf + r->used, r->len - r->used, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    r->used = (size_t)n + r->used >= r->len ? r->len - 1 : r->used + (size_t)n;
+}
+
+static void s_defaults(conf_t *c)
+{
+    c->max_message_bytes = 1 << 20;
+    c->max_inflight = 64;
+    c->heartbeat_interval_ms = 5000;
+    c->heartbeat_timeout_ms = 15000;
+    c->redelivery_timeout_ms = 30000;
+    c->sync_full = true;
+    c->batch_max = 1000;
+    c->batch_ms = 2;
+    c->retention_days = 30;
+    c->ttl_s[MEDROUTE__V1__KIND__KIND_REFERRAL] = 3 * 86400;
+    c->ttl_s[MEDROUTE__V1__KIND__KIND_REFERRAL_UPDATE] = 7 * 86400;
+    c->ttl_s[MEDROUTE__V1__KIND__KIND_IMAGING_REQUEST] = 2 * 86400;
+    c->ttl_s[MEDROUTE__V1__KIND__KIND_IMAGING_REPORT] = 7 * 86400;
+    c->ttl_s[MEDROUTE__V1__KIND__KIND_LAB_ORDER] = 2 * 86400;
+    c->ttl_s[MEDROUTE__V1__KIND__KIND_LAB_RESULT] = 7 * 86400;
+}
+
+static const s_field_t *s_lookup(const s_field_t *fields, const char *key)
+{
+    for (const s_field_t *f = fields; f->key; f++)
+        if (strcmp(f->key, key) == 0)
+            return f;
+    return NULL;
+}
+
+/* Reads one scalar setting into conf_t according to its schema entry. */
+static void s_read_field(s_report_t *r, conf_t *c, const s_field_t *f, config_setting_t *s,
+                         const char *path)
+{
+    int line = (int)config_setting_source_line(s);
+    char *base = (char *)c;
+    int type = config_setting_type(s);
+    switch (f->type) {
+    case S_STR: {
+        if (type != CONFIG_TYPE_STRING) {
+            s_problem(r, line, "%s: expected a string", path);
+            return;
+        }
+        char **dst = (char **)(base + f->offset);
+        free(*dst);
+        *dst = strdup(config_setting_get_string(s));
+        if (*dst == NULL)
+            s_problem(r, line, "%s: out of memory", path);
+        return;
+    }
+    case S_BOOL:
+        if (type != CONFIG_TYPE_BOOL) {
+            s_problem(r, line, "%s: expected true or false", path);
+            return;
+        }
+        *(bool *)(base + f->offset) = config_setting_get_bool(s) != 0;
+        return;
+    case S_U32: {
+        long long v;
+        if (type == CONFIG_TYPE_INT)
+            v = config_setting_get_int(s);
+        else if (type == CONFIG_TYPE_INT64)
+            v = config_setting_get_int64(s);
+        else {
+            s_problem(r, line, "%s: expected an integer", path);
+            return;
+        }
+        if (v < f->min || v > f->max) {
+            s_problem(r, line, "%s: %lld is out of range %lld..%lld", path, v, f->min, f->max);
+            return;
+        }
+        *(uint32_t *)(base + f->offset) = (uint32_t)v;
+        return;
+    }
+    }
+}
+
+/* Applies a group of scalar settings; any member not in fields is an error. */
+static void s_read_group(s_report_t *r, conf_t *c, config_setting_t *group, const char *prefix,
+                         const s_field_t *fields)
+{
+    int n = config_setting_length(group);
+    for (int i = 0; i < n; i++) {
+        config_setting_t *s = config_setting_get_elem(group, (unsigned)i);
+        const char *key = config_setting_name(s);
+        char path[128];
+        snprintf(path, sizeof path, "%s%s", prefix, key ? key : "?");
+        const s_field_t *f = key ? s_lookup(fields, key) : NULL;
+        if (f == NULL) {
+            s_problem(r, (int)config_setting_source_line(s), "%s: unknown key", path);
+            continue;
+        }
+        s_read_field(r, c, f, s, path);
+    }
+}
+
+static void s_read_store(s_report_t *r, conf_t *c, config_setting_t *group)
+{
+    int n = config_setting_length(group);
+    for (int i = 0; i < n; i++) {
+        config_setting_t *s = config_setting_get_elem(group, (unsigned)i);
+        const char *key = config_setting_name(s);
+        int line = (int)config_setting_source_line(s);
+        if (key && strcmp(key, "synchronous") == 0) {
+            const char *v = config_setting_get_string(s);
+            if (v && strcmp(v, "full") == 0)
+                c->sync_full = true;
+            else if (v && strcmp(v, "normal") == 0)
+                c->sync_full = false;
+            else
+                s_problem(r, line, "store.synchronous: expected \"full\" or \"normal\"");
+            continue;
+        }
+        const s_field_t *f = key ? s_lookup(s_store, key) : NULL;
+        char path[128];
+        snprintf(path, sizeof path, "store.%s", key ? key : "?");
+        if (f == NULL)
+            s_problem(r, line, "%s: unknown key", path);
+        else
+            s_read_field(r, c, f, s, path);
+    }
+}
+
+static void s_read_facilities(s_report_t *r, conf_t *c, config_setting_t *list)
+{
+    int type = config_setting_type(list);
+    if (type != CONFIG_TYPE_LIST) {
+        s_problem(r, (int)config_setting_source_line(list),
+                  "facilities: expected a list ( { id = ...; }, ... )");
+        return;
+    }
+    int n = config_setting_length(list);
+    c->facilities = calloc(n > 0 ? (size_t)n : 1, sizeof *c->facilities);
+    if (c->facilities == NULL) {
+        s_problem(r, 0, "out of memory");
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        config_setting_t *g = config_setting_get_elem(list, (unsigned)i);
+        int line = (int)config_setting_source_line(g);
+        facility_t *f = &c->facilities[c->n_facilities++];
+        if (config_setting_type(g) != CONFIG_TYPE_GROUP) {
+            s_problem(r, line, "facilities[%d]: expected a group { id = ...; }", i);
+            continue;
+        }
+        int m = config_setting_length(g);
+        const char *role = NULL;
+        for (int j = 0; j < m; j++) {
+            config_setting_t *s = config_setting_get_elem(g, (unsigned)j);
+            const char *key = config_setting_name(s);
+            int sline = (int)config_setting_source_line(s);
+            const char *v = config_setting_get_string(s);
+            if (v == NULL) {
+                s_problem(r, sline, "facilities[%d].%s: expected a string", i, key ? key : "?");
+                continue;
+            }
+            char **dst = NULL;
+            if (strcmp(key, "id") == 0)
+                dst = &f->id;
+            else if (strcmp(key, "name") == 0)
+                dst = &f->name;
+            else if (strcmp(key, "host") == 0)
+                dst = &f->host;
+            else if (strcmp(key, "public_key") == 0)
+                dst = &f->public_key;
+            else if (strcmp(key, "role") == 0)
+                role = v;
+            else
+                s_problem(r, sline, "facilities[%d].%s: unknown key", i, key);
+            if (dst != NULL && (*dst = strdup(v)) == NULL)
+                s_problem(r, sline, "out of memory");
+        }
+        if (f->id == NULL)
+            s_problem(r, line, "facilities[%d]: id is required", i);
+        if (role == NULL)
+            s_problem(r, line, "facilities[%d]: role is required", i);
+        else if (registry_role_parse(role, &f->role) < 0)
+            s_problem(r, line,
+                      "facilities[%d].role: \"%s\" is not one of lead, township, "
+                      "imaging_centre, lab_centre, ecg_centre, county_member",
+                      i, role);
+    }
+}
+
+static void s_validate(s_report_t *r, conf_t *c)
+{
+    if (c->facility_endpoint == NULL)
+        s_problem(r, 0, "facility_endpoint: required");
+    if (c->operator_endpoint == NULL)
+        s_problem(r, 0, "operator_endpoint: required");
+    if (c->data_dir == NULL)
+        s_problem(r, 0, "data_dir: required");
+    if (c->heartbeat_timeout_ms <= c->heartbeat_interval_ms)
+        s_problem(r, 0, "limits.heartbeat_timeout_ms: must exceed heartbeat_interval_ms");
+    if (c->n_facilities == 0)
+        s_problem(r, 0, "facilities: at least one facility is required");
+    if (r->count == 0) {
+        char why[256];
+        registry_t *reg = registry_new(c->facilities, c->n_facilities, why, sizeof why);
+        if (reg == NULL)
+            s_problem(r, 0, "facilities: %s", why);
+        registry_destroy(&reg);
+    }
+    if (c->broker_id == NULL && (c->broker_id = strdup("medroute")) == NULL)
+        s_problem(r, 0, "out of memory");
+    if (c->log_level == NULL && (c->log_level = strdup("info")) == NULL)
+        s_problem(r, 0, "out of memory");
+}
+
+static conf_t *s_load(config_t *cfg, int read_ok, const char *name, char *err, size_t errlen)
+{
+    s_report_t r = {.buf = err, .len = errlen, .name = name};
+    if (errlen)
+        err[0] = '\0';
+    conf_t *c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        s_problem(&r, 0, "out of memory");
+        return NULL;
+    }
+    s_defaults(c);
+    if (!read_ok) {
+        s_problem(&r, config_error_line(cfg), "%s", config_error_text(cfg));
+        goto out;
+    }
+    config_setting_t *root = config_root_setting(cfg);
+    int n = config_setting_length(root);
+    for (int i = 0; i < n; i++) {
+        config_setting_t *s = config_setting_get_elem(root, (unsigned)i);
+        const char *key = config_setting_name(s);
+        int line = (int)config_setting_source_line(s);
+        const s_field_t *f = s_lookup(s_top, key);
+        if (f != NULL)
+            s_read_field(&r, c, f, s, key);
+        else if (strcmp(key, "facilities") == 0)
+            s_read_facilities(&r, c, s);
+        else if (config_setting_type(s) != CONFIG_TYPE_GROUP &&
+                 (strcmp(key, "limits") == 0 || strcmp(key, "store") == 0 ||
+                  strcmp(key, "ttl") == 0))
+            s_problem(&r, line, "%s: expected a group { ... }", key);
+        else if (strcmp(key, "limits") == 0)
+            s_read_group(&r, c, s, "limits.", s_limits);
+        else if (strcmp(key, "store") == 0)
+            s_read_store(&r, c, s);
+        else if (strcmp(key, "ttl") == 0)
+            s_read_group(&r, c, s, "ttl.", s_ttl);
+        else
+            s_problem(&r, line, "%s: unknown key", key);
+    }
+    s_validate(&r, c);
+out:
+    if (r.count > 0)
+        conf_destroy(&c);
+    return c;
+}
+
+conf_t *conf_load_file(const char *path, char *err, size_t errlen)
+{
+    config_t cfg;
+    config_init(&cfg);
+    int ok = config_read_file(&cfg, path) == CONFIG_TRUE;
+    conf_t *c = s_load(&cfg, ok, path, err, errlen);
+    config_destroy(&cfg);
+    return c;
+}
+
+conf_t *conf_load_string(const char *text, const char *name, char *err, size_t errlen)
+{
+    config_t cfg;
+    config_init(&cfg);
+    int ok = config_read_string(&cfg, text) == CONFIG_TRUE;
+    conf_t *c = s_load(&cfg, ok, name, err, errlen);
+    config_destroy(&cfg);
+    return c;
+}
+
+void conf_destroy(conf_t **self_p)
+{
+    conf_t *c = *self_p;
+    if (c == NULL)
+        return;
+    free(c->broker_id);
+    free(c->facility_endpoint);
+    free(c->operator_endpoint);
+    free(c->data_dir);
+    free(c->log_level);
+    for (size_t i = 0; i < c->n_facilities; i++) {
+        free(c->facilities[i].id);
+        free(c->facilities[i].name);
+        free(c->facilities[i].host);
+        free(c->facilities[i].public_key);
+    }
+    free(c->facilities);
+    free(c);
+    *self_p = NULL;
+}

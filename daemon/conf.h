@@ -1,0 +1,55 @@
+/*
+ * conf.h - the daemon's configuration, loaded with libconfig.
+ *
+ * A conf_t is plain data: built once by conf_load_*, read by everyone, freed
+ * by conf_destroy.  Unknown keys, wrong types and out-of-range values are
+ * errors, each reported as "file:line: key: reason".
+ */
+#ifndef MR_CONF_H
+#define MR_CONF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mr_codec.h"
+#include "registry.h"
+
+typedef struct {
+    char *broker_id;
+    char *facility_endpoint;   /* ZeroMQ endpoint facilities connect to */
+    char *operator_endpoint;   /* ZeroMQ endpoint for operator tools */
+    char *data_dir;            /* store directory; relative to the working directory */
+    bool insecure;             /* plaintext links; only allowed on loopback */
+    char *log_level;
+
+    /* limits */
+    uint32_t max_message_bytes;     /* larger frames get ERROR_TOO_LARGE */
+    uint32_t max_inflight;          /* deliveries per facility awaiting DeliveryAck */
+    uint32_t heartbeat_interval_ms;
+    uint32_t heartbeat_timeout_ms;  /* silence this long: the facility is offline */
+    uint32_t redelivery_timeout_ms; /* unacknowledged delivery is sent again */
+
+    /* store */
+    bool sync_full;            /* synchronous=FULL (default) or NORMAL */
+    uint32_t batch_max;        /* group commit: messages per transaction at most */
+    uint32_t batch_ms;         /* group commit: a batch closes after this long */
+    uint32_t retention_days;   /* delivered messages kept this long */
+
+    /* time-to-live per kind, seconds; index by Kind */
+    uint32_t ttl_s[MR_KIND_MAX + 1];
+
+    facility_t *facilities;
+    size_t n_facilities;
+} conf_t;
+
+/*
+ * Loads and validates a config file.  On failure returns NULL and writes
+ * every problem found, one per line, into err.  Caller owns the result.
+ */
+conf_t *conf_load_file(const char *path, char *err, size_t errlen);
+/* The same from text; name is used in messages in place of a file name. */
+conf_t *conf_load_string(const char *text, const char *name, char *err, size_t errlen);
+void conf_destroy(conf_t **self_p);
+
+#endif

@@ -1,0 +1,16 @@
+/* counters.c - names of the flow counters (the data lives in server_t). */
+#include "counters.h"
+
+static const char *const s_names[CNT_COUNT] = {
+    [CNT_RECEIVED] = "received",       [CNT_STORED] = "stored",
+    [CNT_DUPLICATE] = "duplicate",     [CNT_DELIVERED] = "delivered",
+    [CNT_SENT] = "sent",               [CNT_REDELIVERED] = "redelivered",
+    [CNT_REJECTED] = "rejected",       [CNT_EXPIRED] = "expired",
+    [CNT_DEAD] = "dead",               [CNT_CONNECTS] = "connects",
+    [CNT_DISCONNECTS] = "disconnects", [CNT_SEND_FAILED] = "send_failed",
+};
+
+const char *counters_name(counter_t c)
+{
+    return c < CNT_COUNT ? s_names[c] : "?";
+}

@@ -1,0 +1,37 @@
+/*
+ * counters.h - message-flow counters since start.
+ *
+ * Plain data embedded in the server; loop thread only.  Issue 5 makes the
+ * domain tallies durable; these are the live flow figures.
+ */
+#ifndef MR_COUNTERS_H
+#define MR_COUNTERS_H
+
+#include <stdint.h>
+
+#include "mr_codec.h"
+
+typedef enum {
+    CNT_RECEIVED = 0,   /* frames received on the facility endpoint */
+    CNT_STORED,         /* messages committed (first time) */
+    CNT_DUPLICATE,      /* resends acknowledged again, not routed again */
+    CNT_DELIVERED,      /* delivery acks committed */
+    CNT_SENT,           /* deliveries sent (first attempts) */
+    CNT_REDELIVERED,    /* deliveries sent again */
+    CNT_REJECTED,       /* Error replies, all codes */
+    CNT_EXPIRED,        /* messages moved to dead for expiry */
+    CNT_DEAD,           /* messages moved to dead for any reason */
+    CNT_CONNECTS,       /* Hellos accepted */
+    CNT_DISCONNECTS,    /* facilities gone silent or replaced */
+    CNT_SEND_FAILED,    /* frames the socket refused (peer gone, queue full) */
+    CNT_COUNT
+} counter_t;
+
+typedef struct {
+    uint64_t v[CNT_COUNT];
+    uint64_t rejected_by_code[MR_E_COUNT];
+} counters_t;
+
+const char *counters_name(counter_t c);
+
+#endif

@@ -1,0 +1,121 @@
+/*
+ * cron.c - periodic work of the daemon, run every MR_CRON_INTERVAL_MS.
+ *
+ * Each job has its own period; expiry and pruning go to the store in small
+ * batches (never one huge transaction) and at most one of each is in flight.
+ */
+#include "cron.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "dispatch.h"
+#include "router.h"
+#include "session.h"
+
+#define S_EXPIRE_EVERY_MS 1000
+#define S_PRUNE_EVERY_MS 60000
+#define S_SIZE_EVERY_MS 10000
+#define S_REDELIVER_EVERY_MS 500
+#define S_BATCH 500
+
+/* Tells the sender of an expired message, if it is connected. */
+static void s_notify_expired(server_t *s, const store_row_t *r)
+{
+    int src = registry_find(s->registry, r->source, strlen(r->source));
+    if (src < 0 || !s->peers[src].connected)
+        return;
+    Medroute__V1__Error e = MEDROUTE__V1__ERROR__INIT;
+    e.message_id = r->message_id;
+    e.code = MEDROUTE__V1__ERROR_CODE__ERROR_EXPIRED;
+    e.seq = r->seq;
+    char reason[160];
+    snprintf(reason, sizeof reason, "not delivered to %.64s before its expiry; moved to dead letters",
+             r->dest);
+    e.reason = reason;
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    f.version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+    f.body_case = MEDROUTE__V1__FRAME__BODY_ERROR;
+    f.error = &e;
+    server_send_facility(s, s->peers[src].rid, s->peers[src].rid_len, &f.base);
+}
+
+static void on_expired(store_req_t *req, void *arg)
+{
+    server_t *s = arg;
+    s->cron_expiring = false;
+    if (req->status != STORE_OK)
+        return;
+    for (size_t i = 0; i < req->n_rows; i++) {
+        const store_row_t *r = &req->rows[i];
+        int peer = registry_find(s->registry, r->dest, strlen(r->dest));
+        s->counters.v[CNT_EXPIRED]++;
+        s->counters.v[CNT_DEAD]++;
+        log_warn(s->log, "message.expired", "seq=%llu source=%s dest=%s kind=%s",
+                 (unsigned long long)r->seq, r->source, r->dest,
+                 mr_kind_name(r->kind) ? mr_kind_name(r->kind) : "?");
+        if (peer >= 0)
+            router_forget(s, peer, r->seq);
+        s_notify_expired(s, r);
+    }
+}
+
+static void on_pruned(store_req_t *req, void *arg)
+{
+    server_t *s = arg;
+    s->cron_pruning = false;
+    if (req->status == STORE_OK && req->value > 0) {
+        log_info(s->log, "store.pruned", "rows=%llu", (unsigned long long)req->value);
+        if (req->value >= req->limit)
+            s->last_prune_ms = 0; /* more to do: next tick */
+    }
+}
+
+static void on_sized(store_req_t *req, void *arg)
+{
+    server_t *s = arg;
+    if (req->status == STORE_OK)
+        s->store_bytes = req->value;
+}
+
+static void s_submit(server_t *s, store_op_t op, store_cb_t cb, int64_t now, int64_t before)
+{
+    store_req_t *req = store_req_new(op, cb, s);
+    if (req == NULL)
+        return;
+    req->now_ms = now;
+    req->before_ms = before;
+    req->limit = S_BATCH;
+    store_submit(s->store, req);
+    if (op == STORE_EXPIRE)
+        s->cron_expiring = true;
+    if (op == STORE_PRUNE)
+        s->cron_pruning = true;
+}
+
+void cron_tick(uv_timer_t *handle)
+{
+    server_t *s = handle->data;
+    int64_t now = mr_now_ms();
+    if (now - s->last_heartbeat_ms >= (int64_t)s->conf->heartbeat_interval_ms) {
+        s->last_heartbeat_ms = now;
+        session_cron(s, now);
+    }
+    if (now - s->last_redeliver_ms >= S_REDELIVER_EVERY_MS) {
+        s->last_redeliver_ms = now;
+        router_cron(s, now);
+    }
+    if (!s->cron_expiring && now - s->last_expire_ms >= S_EXPIRE_EVERY_MS) {
+        s->last_expire_ms = now;
+        s_submit(s, STORE_EXPIRE, on_expired, now, 0);
+    }
+    if (!s->cron_pruning && now - s->last_prune_ms >= S_PRUNE_EVERY_MS) {
+        s->last_prune_ms = now;
+        s_submit(s, STORE_PRUNE, on_pruned, now,
+                 now - (int64_t)s->conf->retention_days * 86400 * 1000);
+    }
+    if (now - s->last_size_ms >= S_SIZE_EVERY_MS) {
+        s->last_size_ms = now;
+        s_submit(s, STORE_SIZE, on_sized, now, 0);
+    }
+}

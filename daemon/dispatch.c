@@ -1,0 +1,129 @@
+/*
+ * dispatch.c - decode, check and route each facility frame to its handler.
+ *
+ * The table below is the facility protocol: which frame bodies a facility
+ * may send, whether a Hello must come first, and who handles each.
+ * Thread: loop.
+ */
+#include "dispatch.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "handlers.h"
+#include "session.h"
+
+typedef int (*s_handler_t)(server_t *, const dispatch_ctx_t *, const mr_frame_t *, mr_err_t *);
+
+typedef struct {
+    int body;               /* Frame body case */
+    const char *name;
+    int needs_hello;
+    s_handler_t fn;
+} s_route_t;
+
+static const s_route_t s_routes[] = {
+    {MEDROUTE__V1__FRAME__BODY_HELLO, "hello", 0, handle_hello},
+    {MEDROUTE__V1__FRAME__BODY_HEARTBEAT, "heartbeat", 1, handle_heartbeat},
+    {MEDROUTE__V1__FRAME__BODY_ENVELOPE, "envelope", 1, handle_envelope},
+    {MEDROUTE__V1__FRAME__BODY_DELIVERY_ACK, "delivery_ack", 1, handle_delivery_ack},
+};
+
+int mr_fail(mr_err_t *err, int code, const char *fmt, ...)
+{
+    err->code = code;
+    va_list ap;
+    va_start(ap, fmt);
+    if (vsnprintf(err->reason, sizeof err->reason, fmt, ap) < 0)
+        err->reason[0] = '\0';
+    va_end(ap);
+    return code;
+}
+
+void dispatch_reply_error(server_t *s, const uint8_t *rid, size_t rid_len, int peer,
+                          const mr_err_t *err)
+{
+    Medroute__V1__Error e = MEDROUTE__V1__ERROR__INIT;
+    e.message_id = (char *)err->message_id;
+    e.code = (Medroute__V1__ErrorCode)err->code;
+    e.reason = (char *)err->reason;
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    f.version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+    f.body_case = MEDROUTE__V1__FRAME__BODY_ERROR;
+    f.error = &e;
+
+    s->counters.v[CNT_REJECTED]++;
+    if (err->code > 0 && err->code < MR_E_COUNT)
+        s->counters.rejected_by_code[err->code]++;
+    const facility_t *fac = peer >= 0 ? registry_at(s->registry, (size_t)peer) : NULL;
+    log_warn(s->log, "message.rejected", "facility=%s message_id=\"%.64s\" code=%s reason=\"%s\"",
+             fac ? fac->id : "-", err->message_id, mr_error_name(err->code), err->reason);
+    if (rid != NULL)
+        server_send_facility(s, rid, rid_len, &f.base);
+}
+
+/* Copies the message id out of an Envelope frame, for error replies. */
+static void s_note_message_id(const mr_frame_t *f, mr_err_t *err)
+{
+    if (f->body_case == MEDROUTE__V1__FRAME__BODY_ENVELOPE && f->envelope &&
+        f->envelope->message_id)
+        snprintf(err->message_id, sizeof err->message_id, "%s", f->envelope->message_id);
+}
+
+void dispatch_facility(void *arg, const uint8_t *rid, size_t rid_len, const void *const *parts,
+                       const size_t *sizes, size_t n_parts, int truncated)
+{
+    server_t *s = arg;
+    mr_err_t err = {0};
+    dispatch_ctx_t ctx = {.rid = rid, .rid_len = rid_len};
+    mr_frame_t *f = NULL;
+    int rc = 0;
+    s->counters.v[CNT_RECEIVED]++;
+    ctx.peer = session_find(s, rid, rid_len);
+    if (n_parts != 1 || truncated) {
+        rc = mr_fail(&err, MR_E_MALFORMED, "expected exactly one frame part, got %zu%s", n_parts,
+                     truncated ? "+" : "");
+        goto out;
+    }
+    ctx.frame_bytes = sizes[0];
+    if (sizes[0] > s->conf->max_message_bytes) {
+        rc = mr_fail(&err, MR_E_TOO_LARGE, "frame of %zu bytes exceeds the limit of %u", sizes[0],
+                     s->conf->max_message_bytes);
+        goto out;
+    }
+    f = medroute__v1__frame__unpack(NULL, sizes[0], parts[0]);
+    if (f == NULL) {
+        rc = mr_fail(&err, MR_E_MALFORMED, "frame does not decode as medroute.v1.Frame");
+        goto out;
+    }
+    s_note_message_id(f, &err);
+    if (f->version != MR_PROTOCOL_VERSION) {
+        rc = mr_fail(&err, MR_E_UNSUPPORTED_VERSION, "protocol version %d, this broker speaks %d",
+                     (int)f->version, MR_PROTOCOL_VERSION);
+        goto out;
+    }
+    const s_route_t *route = NULL;
+    for (size_t i = 0; i < sizeof s_routes / sizeof s_routes[0]; i++)
+        if (s_routes[i].body == (int)f->body_case)
+            route = &s_routes[i];
+    if (route == NULL) {
+        rc = f->body_case == MEDROUTE__V1__FRAME__BODY__NOT_SET
+                 ? mr_fail(&err, MR_E_MALFORMED, "frame has no body")
+                 : mr_fail(&err, MR_E_UNEXPECTED_FRAME, "a facility may not send frame body %d",
+                           (int)f->body_case);
+        goto out;
+    }
+    if (route->needs_hello && ctx.peer < 0) {
+        rc = mr_fail(&err, MR_E_NO_HELLO, "send Hello first on this connection");
+        goto out;
+    }
+    if (ctx.peer >= 0)
+        session_touch(s, ctx.peer);
+    rc = route->fn(s, &ctx, f, &err);
+out:
+    if (rc != 0)
+        dispatch_reply_error(s, rid, rid_len, ctx.peer, &err);
+    if (f != NULL)
+        medroute__v1__frame__free_unpacked(f, NULL);
+}

@@ -1,0 +1,43 @@
+/*
+ * dispatch.h - the facility protocol's one table and its one error path.
+ *
+ * Every frame from a facility goes through dispatch_facility: size, decode,
+ * version, "has this connection said Hello", then the handler for the frame's
+ * body.  Handlers hold domain logic only; when they refuse, they fill an
+ * mr_err_t and return non-zero, and dispatch turns it into the Error reply,
+ * the log line and the counter, in one place.  Replies that come later (after
+ * a commit) use dispatch_reply_error for the same effect.
+ */
+#ifndef MR_DISPATCH_H
+#define MR_DISPATCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "server.h"
+
+typedef struct {
+    const uint8_t *rid;
+    size_t rid_len;
+    int peer;               /* registry index of the connection's facility, -1 before Hello */
+    size_t frame_bytes;
+} dispatch_ctx_t;
+
+typedef struct {
+    int code;               /* MR_E_* */
+    char message_id[MR_MESSAGE_ID_MAX + 1];
+    char reason[200];       /* never patient data */
+} mr_err_t;
+
+/* Fills err and returns code: `return mr_fail(err, MR_E_X, "fmt", ...);` */
+int mr_fail(mr_err_t *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* The endpoint callback of the facility socket (arg is the server). */
+void dispatch_facility(void *arg, const uint8_t *rid, size_t rid_len, const void *const *parts,
+                       const size_t *sizes, size_t n_parts, int truncated);
+
+/* Sends Error{code, reason}, logs it and counts it. peer may be -1. */
+void dispatch_reply_error(server_t *s, const uint8_t *rid, size_t rid_len, int peer,
+                          const mr_err_t *err);
+
+#endif

@@ -1,0 +1,252 @@
+/*
+ * endpoint.c - ROUTER socket on a uv_poll over ZMQ_FD, drained in budgets.
+ *
+ * Owns: the zmq socket, a uv_poll_t on its ZMQ_FD, a uv_idle_t that
+ * continues draining, and the struct itself (freed after both handles have
+ * closed).
+ *
+ * Invariants
+ *   1. Whenever ZMQ_EVENTS may report POLLIN (after a wake-up, a send, or a
+ *      budget cut short) the idle handle is running, so no input stalls
+ *      behind the edge-triggered fd.
+ *   2. The idle handle stops only after ZMQ_EVENTS was read with no POLLIN.
+ */
+#include "endpoint.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#define S_MAX_PARTS 4
+
+struct endpoint_t {
+    void *sock;
+    uv_poll_t poll;
+    uv_idle_t idle;
+    int open_handles;
+    bool paused;
+    int budget;
+    endpoint_msg_cb cb;
+    void *arg;
+    log_t *log;
+    char name[32];
+};
+
+static int s_setopt(endpoint_t *self, int opt, const void *val, size_t len, const char *what)
+{
+    if (zmq_setsockopt(self->sock, opt, val, len) != 0) {
+        log_error(self->log, "endpoint.setsockopt_failed", "endpoint=%s option=%s reason=\"%s\"",
+                  self->name, what, zmq_strerror(zmq_errno()));
+        return -1;
+    }
+    return 0;
+}
+
+static int s_setint(endpoint_t *self, int opt, int val, const char *what)
+{
+    return s_setopt(self, opt, &val, sizeof val, what);
+}
+
+/* Receives one whole message and hands it to the callback. 0, or -errno. */
+static int s_recv_one(endpoint_t *self)
+{
+    zmq_msg_t parts[S_MAX_PARTS + 1]; /* routing id + up to S_MAX_PARTS */
+    size_t n = 0;
+    int truncated = 0;
+    int rc = 0;
+    for (int more = 1; more;) {
+        zmq_msg_t scratch;
+        zmq_msg_t *m = n < S_MAX_PARTS + 1 ? &parts[n] : &scratch;
+        zmq_msg_init(m);
+        if (zmq_msg_recv(m, self->sock, ZMQ_DONTWAIT) < 0) {
+            rc = -zmq_errno();
+            zmq_msg_close(m);
+            break;
+        }
+        more = zmq_msg_more(m);
+        if (m == &scratch) {
+            truncated = 1; /* parts beyond what we look at are dropped */
+            zmq_msg_close(m);
+        } else {
+            n++;
+        }
+    }
+    if (rc == 0 && n >= 1) {
+        const void *data[S_MAX_PARTS];
+        size_t sizes[S_MAX_PARTS];
+        for (size_t i = 1; i < n; i++) {
+            data[i - 1] = zmq_msg_data(&parts[i]);
+            sizes[i - 1] = zmq_msg_size(&parts[i]);
+        }
+        self->cb(self->arg, zmq_msg_data(&parts[0]), zmq_msg_size(&parts[0]), data, sizes, n - 1,
+                 truncated);
+    }
+    for (size_t i = 0; i < n; i++)
+        zmq_msg_close(&parts[i]);
+    return rc;
+}
+
+static void on_idle(uv_idle_t *handle);
+
+static bool s_readable(endpoint_t *self)
+{
+    int events = 0;
+    size_t len = sizeof events;
+    if (zmq_getsockopt(self->sock, ZMQ_EVENTS, &events, &len) != 0)
+        return false;
+    return (events & ZMQ_POLLIN) != 0;
+}
+
+static void s_drain(endpoint_t *self)
+{
+    if (self->sock == NULL)
+        return;
+    for (int i = 0; i < self->budget && !self->paused; i++) {
+        if (!s_readable(self)) {
+            uv_idle_stop(&self->idle);
+            return;
+        }
+        int rc = s_recv_one(self);
+        if (rc == -EAGAIN || rc == -EINTR)
+            continue;
+        if (rc < 0) {
+            log_error(self->log, "endpoint.recv_failed", "endpoint=%s reason=\"%s\"", self->name,
+                      zmq_strerror(-rc));
+            break;
+        }
+    }
+    /* Budget spent (or paused): come back on the next loop turn. */
+    if (!self->paused)
+        uv_idle_start(&self->idle, on_idle);
+}
+
+static void on_idle(uv_idle_t *handle)
+{
+    s_drain(handle->data);
+}
+
+static void on_poll(uv_poll_t *handle, int status, int events)
+{
+    (void)status;
+    (void)events;
+    s_drain(handle->data);
+}
+
+static void s_arm(endpoint_t *self)
+{
+    if (self->sock != NULL && !self->paused)
+        uv_idle_start(&self->idle, on_idle);
+}
+
+endpoint_t *endpoint_new(uv_loop_t *loop, void *zctx, const endpoint_opts_t *opts,
+                         endpoint_msg_cb cb, void *arg, log_t *log)
+{
+    endpoint_t *self = calloc(1, sizeof *self);
+    if (self == NULL)
+        return NULL;
+    self->cb = cb;
+    self->arg = arg;
+    self->log = log;
+    self->budget = opts->budget > 0 ? opts->budget : 256;
+    snprintf(self->name, sizeof self->name, "%s", opts->name);
+    self->sock = zmq_socket(zctx, ZMQ_ROUTER);
+    if (self->sock == NULL) {
+        log_error(log, "endpoint.socket_failed", "endpoint=%s reason=\"%s\"", self->name,
+                  zmq_strerror(zmq_errno()));
+        free(self);
+        return NULL;
+    }
+    int64_t maxmsg = opts->hard_max_bytes > 0 ? opts->hard_max_bytes : -1;
+    if (s_setint(self, ZMQ_ROUTER_MANDATORY, 1, "ROUTER_MANDATORY") ||
+        s_setint(self, ZMQ_LINGER, 0, "LINGER") ||
+        s_setint(self, ZMQ_SNDHWM, opts->sndhwm > 0 ? opts->sndhwm : 100000, "SNDHWM") ||
+        s_setint(self, ZMQ_RCVHWM, opts->rcvhwm > 0 ? opts->rcvhwm : 100000, "RCVHWM") ||
+        s_setopt(self, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg, "MAXMSGSIZE") ||
+        (opts->heartbeat_ivl_ms > 0 &&
+         (s_setint(self, ZMQ_HEARTBEAT_IVL, opts->heartbeat_ivl_ms, "HEARTBEAT_IVL") ||
+          s_setint(self, ZMQ_HEARTBEAT_TIMEOUT, opts->heartbeat_timeout_ms,
+                   "HEARTBEAT_TIMEOUT"))))
+        goto fail_sock;
+    if (zmq_bind(self->sock, opts->bind) != 0) {
+        log_error(log, "endpoint.bind_failed", "endpoint=%s bind=%s reason=\"%s\"", self->name,
+                  opts->bind, zmq_strerror(zmq_errno()));
+        goto fail_sock;
+    }
+    int fd;
+    size_t fdlen = sizeof fd;
+    if (zmq_getsockopt(self->sock, ZMQ_FD, &fd, &fdlen) != 0)
+        goto fail_sock;
+    if (uv_poll_init(loop, &self->poll, fd) != 0)
+        goto fail_sock;
+    self->poll.data = self;
+    self->open_handles++;
+    if (uv_idle_init(loop, &self->idle) != 0) {
+        uv_close((uv_handle_t *)&self->poll, NULL);
+        goto fail_sock_leak;
+    }
+    self->idle.data = self;
+    self->open_handles++;
+    if (uv_poll_start(&self->poll, UV_READABLE, on_poll) != 0) {
+        endpoint_destroy(&self);
+        return NULL;
+    }
+    log_info(log, "endpoint.bound", "endpoint=%s bind=%s", self->name, opts->bind);
+    s_arm(self);
+    return self;
+fail_sock:
+    zmq_close(self->sock);
+    free(self);
+    return NULL;
+fail_sock_leak:
+    /* poll handle is closing and still references self: keep it alive. */
+    zmq_close(self->sock);
+    self->sock = NULL;
+    return NULL;
+}
+
+static void on_close(uv_handle_t *handle)
+{
+    endpoint_t *self = handle->data;
+    if (--self->open_handles == 0)
+        free(self);
+}
+
+void endpoint_destroy(endpoint_t **self_p)
+{
+    endpoint_t *self = *self_p;
+    if (self == NULL)
+        return;
+    *self_p = NULL;
+    uv_poll_stop(&self->poll);
+    uv_idle_stop(&self->idle);
+    zmq_close(self->sock);
+    self->sock = NULL;
+    uv_close((uv_handle_t *)&self->poll, on_close);
+    uv_close((uv_handle_t *)&self->idle, on_close);
+}
+
+int endpoint_send(endpoint_t *self, const uint8_t *rid, size_t rid_len, const void *data,
+                  size_t len)
+{
+    if (self->sock == NULL)
+        return -ENOTCONN;
+    int rc = 0;
+    if (zmq_send(self->sock, rid, rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
+        rc = -zmq_errno();
+    else if (zmq_send(self->sock, data, len, ZMQ_DONTWAIT) < 0)
+        rc = -zmq_errno();
+    /* A send may have consumed the fd's edge: look at ZMQ_EVENTS again. */
+    s_arm(self);
+    return rc;
+}
+
+void endpoint_pause(endpoint_t *self, int paused)
+{
+    self->paused = paused != 0;
+    if (paused)
+        uv_idle_stop(&self->idle);
+    else
+        s_arm(self);
+}

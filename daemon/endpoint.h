@@ -1,0 +1,59 @@
+/*
+ * endpoint.h - a ZeroMQ ROUTER socket driven by the libuv loop.
+ *
+ * ZMQ_FD is edge-triggered: after a poll wake-up the socket is drained while
+ * ZMQ_EVENTS reports input, at most `budget` messages per turn; the rest is
+ * left to a uv_idle handle so other sockets and timers get their turn.  Any
+ * send made from a callback may consume the edge, so every send re-arms the
+ * idle handle to look at ZMQ_EVENTS again before the loop sleeps.
+ *
+ * Thread: loop thread only.
+ */
+#ifndef MR_ENDPOINT_H
+#define MR_ENDPOINT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "log.h"
+
+typedef struct endpoint_t endpoint_t;
+
+/*
+ * Called for each message received: the peer's routing id and the message
+ * parts after it (parts[0..n_parts)).  The data is valid only during the
+ * call.  n_parts is capped at 4; `truncated` says more parts were dropped.
+ */
+typedef void (*endpoint_msg_cb)(void *arg, const uint8_t *rid, size_t rid_len,
+                                const void *const *parts, const size_t *sizes, size_t n_parts,
+                                int truncated);
+
+typedef struct {
+    const char *name;         /* for logs: "facility", "operator" */
+    const char *bind;         /* ZeroMQ endpoint */
+    int hard_max_bytes;       /* ZMQ_MAXMSGSIZE: larger frames drop the connection */
+    int sndhwm, rcvhwm;
+    int budget;               /* messages per loop turn */
+    int heartbeat_ivl_ms;     /* ZMTP heartbeats, 0 = off */
+    int heartbeat_timeout_ms;
+} endpoint_opts_t;
+
+/* Creates, configures and binds the socket.  Any failing setsockopt or bind
+ * fails the whole call (NULL, reason logged). */
+endpoint_t *endpoint_new(uv_loop_t *loop, void *zctx, const endpoint_opts_t *opts,
+                         endpoint_msg_cb cb, void *arg, log_t *log);
+/* Closes the socket and the uv handles; memory is freed from close callbacks. */
+void endpoint_destroy(endpoint_t **self_p);
+
+/*
+ * Sends [rid][data] without blocking.  0 on success; -EHOSTUNREACH when the
+ * peer is gone; -EAGAIN when its queue is full; other negative errno codes.
+ */
+int endpoint_send(endpoint_t *self, const uint8_t *rid, size_t rid_len, const void *data,
+                  size_t len);
+
+/* Pauses or resumes reading (for draining on shutdown). */
+void endpoint_pause(endpoint_t *self, int paused);
+
+#endif

@@ -1,0 +1,159 @@
+/*
+ * intake.c - the path of a new message: validate -> PUT -> (commit) -> Ack
+ * to the sender -> hand to the router for its destination.
+ *
+ * The Ack is sent from the store callback, so it is never sent before the
+ * message is committed.  A resend of the same message id is acknowledged
+ * again (duplicate = true) and not routed again.  Thread: loop.
+ */
+#include "intake.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dispatch.h"
+#include "handlers.h"
+#include "router.h"
+
+static int s_set(char *reason, size_t len, int code, const char *text)
+{
+    snprintf(reason, len, "%s", text);
+    return code;
+}
+
+int intake_validate(const server_t *s, int peer, const mr_envelope_t *env, int *dest_out,
+                    char *reason, size_t reason_len)
+{
+    size_t id_len = env->message_id ? strlen(env->message_id) : 0;
+    if (id_len == 0 || id_len > MR_MESSAGE_ID_MAX)
+        return s_set(reason, reason_len, MR_E_INVALID, "message_id must be 1..64 characters");
+    const facility_t *me = registry_at(s->registry, (size_t)peer);
+    if (env->source == NULL || env->source[0] == '\0')
+        return s_set(reason, reason_len, MR_E_INVALID, "source is required");
+    if (strcmp(env->source, me->id) != 0) {
+        snprintf(reason, reason_len, "source \"%.64s\" is not this connection's facility %s",
+                 env->source, me->id);
+        return registry_find(s->registry, env->source, strlen(env->source)) < 0
+                   ? MR_E_UNKNOWN_SOURCE
+                   : MR_E_FORBIDDEN;
+    }
+    size_t dlen = env->destination ? strlen(env->destination) : 0;
+    if (dlen == 0)
+        return s_set(reason, reason_len, MR_E_INVALID, "destination is required");
+    int dest = registry_find(s->registry, env->destination, dlen);
+    if (dest < 0) {
+        snprintf(reason, reason_len, "destination \"%.64s\" is not in the registry",
+                 env->destination);
+        return MR_E_UNKNOWN_DESTINATION;
+    }
+    if (dest == peer)
+        return s_set(reason, reason_len, MR_E_INVALID, "destination is the sender itself");
+    const char *kind = mr_kind_name((int)env->kind);
+    if (kind == NULL) {
+        snprintf(reason, reason_len, "kind %d is not a known kind", (int)env->kind);
+        return MR_E_UNKNOWN_KIND;
+    }
+    if ((int)env->payload_case != mr_kind_payload_case((int)env->kind)) {
+        snprintf(reason, reason_len, "kind %s does not match the payload (case %d)", kind,
+                 (int)env->payload_case);
+        return MR_E_INVALID;
+    }
+    if (mr_priority_name((int)env->priority) == NULL)
+        return s_set(reason, reason_len, MR_E_INVALID, "priority must be routine, urgent or stat");
+    *dest_out = dest;
+    return 0;
+}
+
+/* The expiry of a message: the referral's own, bounded by the kind's TTL. */
+static int64_t s_expiry(const server_t *s, const mr_envelope_t *env, int64_t now_ms)
+{
+    int64_t ttl_end = now_ms + (int64_t)s->conf->ttl_s[env->kind] * 1000;
+    if (env->payload_case == MEDROUTE__V1__ENVELOPE__PAYLOAD_REFERRAL && env->referral &&
+        env->referral->expires_at_ms > 0 && env->referral->expires_at_ms < ttl_end)
+        return env->referral->expires_at_ms;
+    return ttl_end;
+}
+
+static void s_send_ack(server_t *s, int peer, const char *message_id, uint64_t seq, bool dup)
+{
+    peer_t *p = &s->peers[peer];
+    if (!p->connected)
+        return; /* the sender resends on reconnect and gets its Ack then */
+    Medroute__V1__Ack a = MEDROUTE__V1__ACK__INIT;
+    a.message_id = (char *)message_id;
+    a.seq = seq;
+    a.duplicate = dup;
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    f.version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+    f.body_case = MEDROUTE__V1__FRAME__BODY_ACK;
+    f.ack = &a;
+    server_send_facility(s, p->rid, p->rid_len, &f.base);
+}
+
+static void on_put(store_req_t *req, void *arg)
+{
+    server_t *s = arg;
+    int src = registry_find(s->registry, req->msg.source, strlen(req->msg.source));
+    int dest = (int)req->tag;
+    mr_err_t err = {0};
+    snprintf(err.message_id, sizeof err.message_id, "%s", req->msg.message_id);
+    switch (req->status) {
+    case STORE_OK:
+        s->counters.v[CNT_STORED]++;
+        if (src >= 0)
+            s_send_ack(s, src, req->msg.message_id, req->seq, false);
+        router_on_stored(s, dest, req->seq, req->msg.body, req->msg.body_len, req->msg.stored_ms);
+        req->msg.body = NULL; /* the router owns it now */
+        return;
+    case STORE_DUPLICATE:
+        s->counters.v[CNT_DUPLICATE]++;
+        if (src >= 0)
+            s_send_ack(s, src, req->msg.message_id, req->seq, true);
+        return;
+    case STORE_CONFLICT:
+        mr_fail(&err, MR_E_CONFLICT, "message_id was used before for different content");
+        break;
+    default:
+        mr_fail(&err, MR_E_STORE_UNAVAILABLE, "the store could not commit the message; resend");
+        break;
+    }
+    if (src >= 0 && s->peers[src].connected)
+        dispatch_reply_error(s, s->peers[src].rid, s->peers[src].rid_len, src, &err);
+    else
+        dispatch_reply_error(s, NULL, 0, src, &err);
+}
+
+int handle_envelope(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f, mr_err_t *err)
+{
+    const mr_envelope_t *env = f->envelope;
+    int dest = -1;
+    int code = intake_validate(s, ctx->peer, env, &dest, err->reason, sizeof err->reason);
+    if (code != 0) {
+        err->code = code;
+        return code;
+    }
+    if (s->draining)
+        return mr_fail(err, MR_E_SHUTTING_DOWN, "the broker is shutting down; resend later");
+    store_req_t *req = store_req_new(STORE_PUT, on_put, s);
+    if (req == NULL)
+        return mr_fail(err, MR_E_INTERNAL, "out of memory");
+    int64_t now = mr_now_ms();
+    store_row_t *m = &req->msg;
+    req->tag = dest;
+    m->source = strdup(env->source);
+    m->message_id = strdup(env->message_id);
+    m->dest = strdup(env->destination);
+    m->kind = (int)env->kind;
+    m->priority = (int)env->priority;
+    m->stored_ms = now;
+    m->expires_ms = s_expiry(s, env, now);
+    if (m->source == NULL || m->message_id == NULL || m->dest == NULL ||
+        mr_pack(&env->base, &m->body, &m->body_len) != 0) {
+        store_row_clear(m);
+        free(req);
+        return mr_fail(err, MR_E_INTERNAL, "out of memory");
+    }
+    store_submit(s->store, req);
+    return 0;
+}

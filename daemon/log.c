@@ -1,0 +1,122 @@
+/*
+ * log.c - the daemon's event log.
+ *
+ * Owns: the last line written and its repeat count (for rate limiting).
+ * Thread: the loop thread and the store thread both log; a mutex guards the
+ * repeat state and keeps lines whole.
+ */
+#include "log.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#define S_REPEAT_WINDOW_S 10
+#define S_REPEAT_MAX 5
+
+struct log_t {
+    FILE *out;
+    log_level_t level;
+    pthread_mutex_t lock;
+    char last[512];          /* level+event+fields of the last line */
+    time_t last_window_start;
+    unsigned repeats;        /* identical lines in the current window */
+    unsigned suppressed;     /* of those, not written */
+};
+
+static const char *const s_names[] = {"error", "warn", "info", "debug"};
+
+log_t *log_new(log_level_t level, FILE *out)
+{
+    log_t *self = calloc(1, sizeof *self);
+    if (self == NULL)
+        return NULL;
+    self->out = out;
+    self->level = level;
+    if (pthread_mutex_init(&self->lock, NULL) != 0) {
+        free(self);
+        return NULL;
+    }
+    return self;
+}
+
+void log_destroy(log_t **self_p)
+{
+    log_t *self = *self_p;
+    if (self == NULL)
+        return;
+    pthread_mutex_destroy(&self->lock);
+    free(self);
+    *self_p = NULL;
+}
+
+int log_level_parse(const char *name, log_level_t *out)
+{
+    for (int i = 0; i <= MR_LOG_DEBUG; i++) {
+        if (strcasecmp(name, s_names[i]) == 0) {
+            *out = (log_level_t)i;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+void log_set_level(log_t *self, log_level_t level)
+{
+    self->level = level;
+}
+
+int log_enabled(const log_t *self, log_level_t level)
+{
+    return level <= self->level;
+}
+
+void log_event(log_t *self, log_level_t level, const char *event, const char *fields, ...)
+{
+    if (self == NULL || level > self->level)
+        return;
+    char body[512];
+    int n = snprintf(body, sizeof body, "level=%s event=%s ", s_names[level], event);
+    if (n < 0 || (size_t)n >= sizeof body)
+        return;
+    va_list ap;
+    va_start(ap, fields);
+    int m = vsnprintf(body + n, sizeof body - (size_t)n, fields, ap);
+    va_end(ap);
+    if (m < 0)
+        return;
+
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    char when[40];
+    if (strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm) == 0)
+        when[0] = '\0';
+
+    pthread_mutex_lock(&self->lock);
+    unsigned summary = 0;
+    if (strcmp(body, self->last) == 0 && ts.tv_sec - self->last_window_start < S_REPEAT_WINDOW_S) {
+        if (++self->repeats > S_REPEAT_MAX) {
+            self->suppressed++;
+            pthread_mutex_unlock(&self->lock);
+            return;
+        }
+    } else {
+        summary = self->suppressed;
+        snprintf(self->last, sizeof self->last, "%s", body);
+        self->last_window_start = ts.tv_sec;
+        self->repeats = 1;
+        self->suppressed = 0;
+    }
+    if (summary > 0)
+        fprintf(self->out, "%s.%03ldZ level=warn event=log.suppressed count=%u\n", when,
+                ts.tv_nsec / 1000000, summary);
+    fprintf(self->out, "%s.%03ldZ %s\n", when, ts.tv_nsec / 1000000, body);
+    fflush(self->out);
+    pthread_mutex_unlock(&self->lock);
+}

@@ -1,0 +1,297 @@
+/*
+ * opapi.c - operator requests: status, queue ls / retry / drop.
+ *
+ * Requests that need the store reply from the store callback; the caller's
+ * routing id travels with the request in an s_pending_t.  Thread: loop.
+ */
+#include "opapi.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "router.h"
+
+#define S_LIST_DEFAULT 100
+#define S_LIST_MAX 10000
+
+typedef struct {
+    server_t *s;
+    uint64_t request_id;
+    uint8_t rid[MR_RID_MAX];
+    size_t rid_len;
+} s_pending_t;
+
+static void s_reply(server_t *s, const uint8_t *rid, size_t rid_len, mr_op_reply_t *r)
+{
+    uint8_t *buf;
+    size_t len;
+    r->version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+    if (s->operator_ep == NULL)
+        return; /* shutting down */
+    if (mr_pack(&r->base, &buf, &len) != 0)
+        return;
+    int rc = endpoint_send(s->operator_ep, rid, rid_len, buf, len);
+    if (rc < 0)
+        log_warn(s->log, "operator.send_failed", "reason=%d", rc);
+    free(buf);
+}
+
+static void s_reply_error(server_t *s, const uint8_t *rid, size_t rid_len, uint64_t request_id,
+                          int code, const char *reason)
+{
+    Medroute__V1__Error e = MEDROUTE__V1__ERROR__INIT;
+    e.code = (Medroute__V1__ErrorCode)code;
+    e.reason = (char *)reason;
+    mr_op_reply_t r = MEDROUTE__V1__OP_REPLY__INIT;
+    r.request_id = request_id;
+    r.body_case = MEDROUTE__V1__OP_REPLY__BODY_ERROR;
+    r.error = &e;
+    s_reply(s, rid, rid_len, &r);
+}
+
+static void s_status(server_t *s, const uint8_t *rid, size_t rid_len, uint64_t request_id)
+{
+    size_t n = registry_count(s->registry);
+    Medroute__V1__FacilityStatus *fs = calloc(n, sizeof *fs);
+    Medroute__V1__FacilityStatus **fsp = calloc(n, sizeof *fsp);
+    Medroute__V1__Counter *cs = calloc(CNT_COUNT + MR_E_COUNT, sizeof *cs);
+    Medroute__V1__Counter **csp = calloc(CNT_COUNT + MR_E_COUNT, sizeof *csp);
+    char (*names)[48] = calloc(MR_E_COUNT, sizeof *names);
+    if (!fs || !fsp || !cs || !csp || !names) {
+        s_reply_error(s, rid, rid_len, request_id, MR_E_INTERNAL, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const facility_t *f = registry_at(s->registry, i);
+        const peer_t *p = &s->peers[i];
+        medroute__v1__facility_status__init(&fs[i]);
+        fs[i].facility_id = f->id;
+        fs[i].name = f->name;
+        fs[i].role = (char *)registry_role_name(f->role);
+        fs[i].connected = p->connected;
+        fs[i].last_seen_ms = p->last_seen_ms;
+        fs[i].pending = p->pending;
+        fs[i].inflight = p->inflight.n;
+        fs[i].oldest_pending_ms = p->inflight.head   ? p->inflight.head->stored_ms
+                                  : p->ready.head    ? p->ready.head->stored_ms
+                                                     : 0;
+        fsp[i] = &fs[i];
+    }
+    size_t nc = 0;
+    for (int c = 0; c < CNT_COUNT; c++) {
+        medroute__v1__counter__init(&cs[nc]);
+        cs[nc].name = (char *)counters_name((counter_t)c);
+        cs[nc].value = s->counters.v[c];
+        csp[nc] = &cs[nc];
+        nc++;
+    }
+    for (int code = 1; code < MR_E_COUNT; code++) {
+        if (s->counters.rejected_by_code[code] == 0)
+            continue;
+        snprintf(names[code], sizeof names[code], "rejected.%s", mr_error_name(code));
+        medroute__v1__counter__init(&cs[nc]);
+        cs[nc].name = names[code];
+        cs[nc].value = s->counters.rejected_by_code[code];
+        csp[nc] = &cs[nc];
+        nc++;
+    }
+    Medroute__V1__StatusReply st = MEDROUTE__V1__STATUS_REPLY__INIT;
+    st.broker_id = s->conf->broker_id;
+    st.started_at_ms = s->started_at_ms;
+    st.n_facilities = n;
+    st.facilities = fsp;
+    st.n_counters = nc;
+    st.counters = csp;
+    st.store_bytes = s->store_bytes;
+    mr_op_reply_t r = MEDROUTE__V1__OP_REPLY__INIT;
+    r.request_id = request_id;
+    r.body_case = MEDROUTE__V1__OP_REPLY__BODY_STATUS;
+    r.status = &st;
+    s_reply(s, rid, rid_len, &r);
+out:
+    free(names);
+    free(csp);
+    free(cs);
+    free(fsp);
+    free(fs);
+}
+
+static s_pending_t *s_pending(server_t *s, const uint8_t *rid, size_t rid_len,
+                              uint64_t request_id)
+{
+    if (rid_len > MR_RID_MAX)
+        return NULL;
+    s_pending_t *p = calloc(1, sizeof *p);
+    if (p == NULL)
+        return NULL;
+    p->s = s;
+    p->request_id = request_id;
+    memcpy(p->rid, rid, rid_len);
+    p->rid_len = rid_len;
+    return p;
+}
+
+static void on_listed(store_req_t *req, void *arg)
+{
+    s_pending_t *pd = arg;
+    server_t *s = pd->s;
+    if (req->status != STORE_OK) {
+        s_reply_error(s, pd->rid, pd->rid_len, pd->request_id, MR_E_STORE_UNAVAILABLE,
+                      "the store is unavailable");
+        free(pd);
+        return;
+    }
+    Medroute__V1__QueuedMessage *qm = calloc(req->n_rows ? req->n_rows : 1, sizeof *qm);
+    Medroute__V1__QueuedMessage **qmp = calloc(req->n_rows ? req->n_rows : 1, sizeof *qmp);
+    if (qm == NULL || qmp == NULL) {
+        s_reply_error(s, pd->rid, pd->rid_len, pd->request_id, MR_E_INTERNAL, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < req->n_rows; i++) {
+        const store_row_t *r = &req->rows[i];
+        medroute__v1__queued_message__init(&qm[i]);
+        qm[i].seq = r->seq;
+        qm[i].message_id = r->message_id;
+        qm[i].source = r->source;
+        qm[i].destination = r->dest;
+        qm[i].kind = r->kind;
+        qm[i].priority = r->priority;
+        qm[i].stored_at_ms = r->stored_ms;
+        qm[i].dead_reason = r->dead_reason ? r->dead_reason : (char *)"";
+        int peer = registry_find(s->registry, r->dest, strlen(r->dest));
+        if (peer >= 0) {
+            for (qmsg_t *m = s->peers[peer].inflight.head; m; m = m->next)
+                if (m->seq == r->seq)
+                    qm[i].attempts = m->attempts;
+        }
+        qmp[i] = &qm[i];
+    }
+    Medroute__V1__QueueListReply ql = MEDROUTE__V1__QUEUE_LIST_REPLY__INIT;
+    ql.n_messages = req->n_rows;
+    ql.messages = qmp;
+    mr_op_reply_t r = MEDROUTE__V1__OP_REPLY__INIT;
+    r.request_id = pd->request_id;
+    r.body_case = MEDROUTE__V1__OP_REPLY__BODY_QUEUE_LIST;
+    r.queue_list = &ql;
+    s_reply(s, pd->rid, pd->rid_len, &r);
+out:
+    free(qmp);
+    free(qm);
+    free(pd);
+}
+
+static void on_changed(store_req_t *req, void *arg)
+{
+    s_pending_t *pd = arg;
+    server_t *s = pd->s;
+    if (req->status == STORE_OK) {
+        Medroute__V1__OpDone done = MEDROUTE__V1__OP_DONE__INIT;
+        char detail[64];
+        snprintf(detail, sizeof detail, "%s %llu", req->op == STORE_DROP ? "dropped" : "retried",
+                 (unsigned long long)req->msg.seq);
+        done.detail = detail;
+        mr_op_reply_t r = MEDROUTE__V1__OP_REPLY__INIT;
+        r.request_id = pd->request_id;
+        r.body_case = MEDROUTE__V1__OP_REPLY__BODY_DONE;
+        r.done = &done;
+        s_reply(s, pd->rid, pd->rid_len, &r);
+        log_info(s->log, "operator.queue_changed", "action=%s seq=%llu",
+                 req->op == STORE_DROP ? "drop" : "retry", (unsigned long long)req->msg.seq);
+        /* Tell the router, which keeps the pending counts and the memory window. */
+        store_row_t *row = &req->rows[0];
+        int peer = registry_find(s->registry, row->dest, strlen(row->dest));
+        if (peer >= 0 && req->op == STORE_DROP) {
+            s->counters.v[CNT_DEAD]++;
+            router_forget(s, peer, row->seq);
+        } else if (peer >= 0) {
+            router_on_retried(s, peer, row->seq, row->body, row->body_len, row->stored_ms);
+            row->body = NULL;
+        }
+    } else {
+        s_reply_error(s, pd->rid, pd->rid_len, pd->request_id,
+                      req->status == STORE_NOT_FOUND ? MR_E_INVALID : MR_E_STORE_UNAVAILABLE,
+                      req->status == STORE_NOT_FOUND ? "no such message in that state"
+                                                     : "the store is unavailable");
+    }
+    free(pd);
+}
+
+static void s_store_request(server_t *s, const uint8_t *rid, size_t rid_len,
+                            const mr_op_request_t *q)
+{
+    s_pending_t *pd = s_pending(s, rid, rid_len, q->request_id);
+    store_req_t *req = NULL;
+    if (pd == NULL)
+        goto oom;
+    switch (q->body_case) {
+    case MEDROUTE__V1__OP_REQUEST__BODY_QUEUE_LIST: {
+        const Medroute__V1__QueueListRequest *l = q->queue_list;
+        req = store_req_new(STORE_LIST, on_listed, pd);
+        if (req == NULL)
+            goto oom;
+        req->state = l->dead ? MSG_DEAD : MSG_PENDING;
+        req->limit = l->limit == 0 ? S_LIST_DEFAULT : l->limit > S_LIST_MAX ? S_LIST_MAX : l->limit;
+        if (l->destination && l->destination[0] && (req->msg.dest = strdup(l->destination)) == NULL)
+            goto oom;
+        break;
+    }
+    case MEDROUTE__V1__OP_REQUEST__BODY_QUEUE_RETRY:
+        req = store_req_new(STORE_RETRY, on_changed, pd);
+        if (req == NULL)
+            goto oom;
+        req->msg.seq = q->queue_retry->seq;
+        req->now_ms = mr_now_ms() + 3600 * 1000; /* a retried message gets at least an hour */
+        break;
+    case MEDROUTE__V1__OP_REQUEST__BODY_QUEUE_DROP:
+        req = store_req_new(STORE_DROP, on_changed, pd);
+        if (req == NULL)
+            goto oom;
+        req->msg.seq = q->queue_drop->seq;
+        req->now_ms = mr_now_ms();
+        if ((req->msg.dead_reason = strdup(q->queue_drop->reason && q->queue_drop->reason[0]
+                                               ? q->queue_drop->reason
+                                               : "dropped by operator")) == NULL)
+            goto oom;
+        break;
+    default:
+        break;
+    }
+    store_submit(s->store, req);
+    return;
+oom:
+    if (req != NULL) {
+        store_row_clear(&req->msg);
+        free(req);
+    }
+    free(pd);
+    s_reply_error(s, rid, rid_len, q->request_id, MR_E_INTERNAL, "out of memory");
+}
+
+void opapi_on_message(void *arg, const uint8_t *rid, size_t rid_len, const void *const *parts,
+                      const size_t *sizes, size_t n_parts, int truncated)
+{
+    server_t *s = arg;
+    if (n_parts != 1 || truncated || sizes[0] > s->conf->max_message_bytes) {
+        s_reply_error(s, rid, rid_len, 0, MR_E_MALFORMED, "expected one OpRequest frame");
+        return;
+    }
+    mr_op_request_t *q = medroute__v1__op_request__unpack(NULL, sizes[0], parts[0]);
+    if (q == NULL) {
+        s_reply_error(s, rid, rid_len, 0, MR_E_MALFORMED, "frame does not decode as OpRequest");
+        return;
+    }
+    if (q->version != MR_PROTOCOL_VERSION) {
+        s_reply_error(s, rid, rid_len, q->request_id, MR_E_UNSUPPORTED_VERSION,
+                      "unsupported protocol version");
+    } else if (q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_STATUS) {
+        s_status(s, rid, rid_len, q->request_id);
+    } else if (q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_QUEUE_LIST ||
+               q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_QUEUE_RETRY ||
+               q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_QUEUE_DROP) {
+        s_store_request(s, rid, rid_len, q);
+    } else {
+        s_reply_error(s, rid, rid_len, q->request_id, MR_E_UNEXPECTED_FRAME,
+                      "unknown operator request");
+    }
+    medroute__v1__op_request__free_unpacked(q, NULL);
+}

@@ -1,0 +1,52 @@
+/*
+ * peer.h - what the daemon keeps per registered facility.
+ *
+ * One peer_t per registry index, in server_t.peers.  The connection part is
+ * managed by session.c, the delivery queue by router.c.  Loop thread only.
+ */
+#ifndef MR_PEER_H
+#define MR_PEER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define MR_RID_MAX 256
+
+/* A message held in memory for delivery. */
+typedef struct qmsg_t {
+    uint64_t seq;
+    uint8_t *body;          /* packed Envelope, owned */
+    size_t len;
+    int64_t stored_ms;
+    int64_t sent_ms;        /* last send, 0 = never */
+    uint32_t attempts;      /* sends so far */
+    bool acking;            /* DeliveryAck received, store write in flight */
+    struct qmsg_t *next;
+} qmsg_t;
+
+typedef struct {
+    qmsg_t *head, *tail;
+    size_t n;
+} qlist_t;
+
+typedef struct {
+    /* connection (session.c) */
+    bool connected;
+    uint8_t rid[MR_RID_MAX];
+    size_t rid_len;
+    int64_t last_seen_ms;
+    int64_t connected_at_ms;
+    uint32_t max_inflight;
+
+    /* delivery queue (router.c) */
+    qlist_t ready;          /* loaded from the store, not yet sent; seq order */
+    qlist_t inflight;       /* sent, awaiting DeliveryAck; seq order */
+    uint64_t cursor;        /* highest seq taken into memory */
+    bool complete;          /* no pending message with seq > cursor in the store */
+    bool loading;           /* a STORE_LOAD is in flight */
+    uint64_t pending;       /* stored, not yet acknowledged (store truth) */
+    uint64_t oldest_seq;    /* lowest pending seq known, 0 = unknown/none */
+} peer_t;
+
+#endif

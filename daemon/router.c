@@ -1,0 +1,445 @@
+/*
+ * router.c - delivery queues: store -> memory window -> facility -> ack.
+ *
+ * Owns the queue half of each peer_t and the qmsg_t it holds.
+ *
+ * Invariants (per destination peer)
+ *   1. ready and inflight are in seq order and every seq in them is pending
+ *      in the store; every seq in them is <= cursor.
+ *   2. complete => the store holds no pending message for the peer with
+ *      seq > cursor, so a fresh commit can be appended to ready directly.
+ *   3. At most one STORE_LOAD is in flight (loading).  Store completions run
+ *      in execution order, so a commit reported while loading was executed
+ *      before the load and is in its result: it is not appended.
+ *   4. inflight.n <= max_inflight (a window), counting deliveries whose ack
+ *      is being committed (acking).
+ *   5. Memory per destination is bounded: ready <= S_PAGE + S_READY_MAX.
+ *
+ *   store --LOAD page--> ready --send--> inflight --DeliveryAck--> acking --commit--> freed
+ *                          ^                 |                         |
+ *                          +-- disconnect ---+------- ack failed ------+
+ */
+#include "router.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "dispatch.h"
+#include "handlers.h"
+#include "session.h"
+
+#define S_PAGE 256        /* messages per STORE_LOAD */
+#define S_READY_MAX 512   /* fresh commits appended to ready while complete */
+
+/* ---- lists ------------------------------------------------------------------ */
+
+static void s_push(qlist_t *l, qmsg_t *m)
+{
+    m->next = NULL;
+    if (l->tail)
+        l->tail->next = m;
+    else
+        l->head = m;
+    l->tail = m;
+    l->n++;
+}
+
+static qmsg_t *s_pop(qlist_t *l)
+{
+    qmsg_t *m = l->head;
+    if (m == NULL)
+        return NULL;
+    l->head = m->next;
+    if (l->head == NULL)
+        l->tail = NULL;
+    l->n--;
+    m->next = NULL;
+    return m;
+}
+
+static qmsg_t *s_remove(qlist_t *l, uint64_t seq)
+{
+    qmsg_t *prev = NULL;
+    for (qmsg_t *m = l->head; m; prev = m, m = m->next) {
+        if (m->seq != seq)
+            continue;
+        if (prev)
+            prev->next = m->next;
+        else
+            l->head = m->next;
+        if (l->tail == m)
+            l->tail = prev;
+        l->n--;
+        m->next = NULL;
+        return m;
+    }
+    return NULL;
+}
+
+static qmsg_t *s_find(qlist_t *l, uint64_t seq)
+{
+    for (qmsg_t *m = l->head; m; m = m->next)
+        if (m->seq == seq)
+            return m;
+    return NULL;
+}
+
+static void s_insert_sorted(qlist_t *l, qmsg_t *m)
+{
+    if (l->head == NULL || l->tail->seq < m->seq) {
+        s_push(l, m);
+        return;
+    }
+    qmsg_t **pp = &l->head;
+    while (*pp && (*pp)->seq < m->seq)
+        pp = &(*pp)->next;
+    m->next = *pp;
+    *pp = m;
+    l->n++;
+}
+
+static void s_free(qmsg_t *m)
+{
+    if (m == NULL)
+        return;
+    free(m->body);
+    free(m);
+}
+
+static void s_clear(qlist_t *l)
+{
+    qmsg_t *m;
+    while ((m = s_pop(l)) != NULL)
+        s_free(m);
+}
+
+static qmsg_t *s_qmsg(uint64_t seq, uint8_t *body, size_t len, int64_t stored_ms)
+{
+    qmsg_t *m = calloc(1, sizeof *m);
+    if (m == NULL)
+        return NULL;
+    m->seq = seq;
+    m->body = body;
+    m->len = len;
+    m->stored_ms = stored_ms;
+    return m;
+}
+
+/* ---- sending ------------------------------------------------------------------ */
+
+/*
+ * Sends one Delivery.  The stored Envelope bytes are placed in the frame as
+ * they are (as field 2 of Delivery, carried through protobuf-c's unknown
+ * fields), so a delivery costs no decode and no re-encode of the envelope.
+ */
+static int s_send(server_t *s, int peer, qmsg_t *m)
+{
+    peer_t *p = &s->peers[peer];
+    Medroute__V1__Delivery d = MEDROUTE__V1__DELIVERY__INIT;
+    d.seq = m->seq;
+    d.redelivered = m->attempts > 0;
+    d.attempt = m->attempts + 1;
+    d.stored_at_ms = m->stored_ms;
+    ProtobufCMessageUnknownField envelope = {
+        .tag = 2,
+        .wire_type = PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED,
+        .len = m->len,
+        .data = m->body,
+    };
+    d.base.n_unknown_fields = 1;
+    d.base.unknown_fields = &envelope;
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    f.version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+    f.body_case = MEDROUTE__V1__FRAME__BODY_DELIVERY;
+    f.delivery = &d;
+    int rc = server_send_facility(s, p->rid, p->rid_len, &f.base);
+    if (rc == 0) {
+        s->counters.v[m->attempts > 0 ? CNT_REDELIVERED : CNT_SENT]++;
+        m->attempts++;
+        m->sent_ms = mr_now_ms();
+    }
+    return rc;
+}
+
+static void on_loaded(store_req_t *req, void *arg);
+
+static void s_load(server_t *s, int peer)
+{
+    peer_t *p = &s->peers[peer];
+    store_req_t *req = store_req_new(STORE_LOAD, on_loaded, s);
+    if (req == NULL) {
+        log_error(s->log, "router.oom", "facility=%s", registry_at(s->registry, (size_t)peer)->id);
+        return;
+    }
+    req->tag = peer;
+    req->msg.dest = strdup(registry_at(s->registry, (size_t)peer)->id);
+    req->after = p->cursor;
+    req->limit = S_PAGE;
+    if (req->msg.dest == NULL) {
+        free(req);
+        return;
+    }
+    p->loading = true;
+    store_submit(s->store, req);
+}
+
+void router_pump(server_t *s, int peer)
+{
+    peer_t *p = &s->peers[peer];
+    if (s->facility_ep == NULL || s->store == NULL)
+        return; /* shutting down */
+    while (p->connected && p->inflight.n < p->max_inflight && p->ready.head) {
+        qmsg_t *m = p->ready.head;
+        int rc = s_send(s, peer, m);
+        if (rc == -EHOSTUNREACH) {
+            session_end(s, peer, "unreachable");
+            return;
+        }
+        if (rc < 0)
+            return; /* queue full: the cron tries again */
+        s_push(&p->inflight, s_pop(&p->ready));
+    }
+    if (p->connected && p->ready.n < S_PAGE / 2 && !p->complete && !p->loading)
+        s_load(s, peer);
+}
+
+static void on_loaded(store_req_t *req, void *arg)
+{
+    server_t *s = arg;
+    int peer = (int)req->tag;
+    peer_t *p = &s->peers[peer];
+    p->loading = false;
+    if (req->status != STORE_OK)
+        return; /* the cron's next pump tries again */
+    for (size_t i = 0; i < req->n_rows; i++) {
+        store_row_t *r = &req->rows[i];
+        if (r->seq <= p->cursor)
+            continue;
+        qmsg_t *m = s_qmsg(r->seq, r->body, r->body_len, r->stored_ms);
+        if (m == NULL)
+            break; /* the rest is loaded again later: cursor stays */
+        r->body = NULL;
+        s_push(&p->ready, m);
+        p->cursor = r->seq;
+    }
+    p->complete = req->n_rows < req->limit;
+    router_pump(s, peer);
+}
+
+void router_on_stored(server_t *s, int peer, uint64_t seq, uint8_t *body, size_t len,
+                      int64_t stored_ms)
+{
+    peer_t *p = &s->peers[peer];
+    p->pending++;
+    if (p->oldest_seq == 0)
+        p->oldest_seq = seq;
+    if (p->loading) {
+        free(body); /* the load in flight was executed after this commit */
+        return;
+    }
+    if (!p->complete || !p->connected || p->ready.n >= S_READY_MAX) {
+        p->complete = false;
+        free(body);
+        return;
+    }
+    qmsg_t *m = s_qmsg(seq, body, len, stored_ms);
+    if (m == NULL) {
+        p->complete = false;
+        free(body);
+        return;
+    }
+    s_push(&p->ready, m);
+    p->cursor = seq;
+    router_pump(s, peer);
+}
+
+void router_on_disconnect(server_t *s, int peer)
+{
+    peer_t *p = &s->peers[peer];
+    /* inflight seqs all precede ready seqs: move them back to the front,
+     * except those whose ack is being committed. */
+    qlist_t keep = {0};
+    qmsg_t *m;
+    qlist_t back = {0};
+    while ((m = s_pop(&p->inflight)) != NULL)
+        s_push(m->acking ? &keep : &back, m);
+    if (back.head) {
+        back.tail->next = p->ready.head;
+        if (p->ready.tail == NULL)
+            p->ready.tail = back.tail;
+        p->ready.head = back.head;
+        p->ready.n += back.n;
+    }
+    p->inflight = keep;
+    (void)s;
+}
+
+void router_forget(server_t *s, int peer, uint64_t seq)
+{
+    peer_t *p = &s->peers[peer];
+    qmsg_t *m = s_remove(&p->inflight, seq);
+    if (m == NULL)
+        m = s_remove(&p->ready, seq);
+    s_free(m);
+    if (p->pending > 0)
+        p->pending--;
+    if (p->oldest_seq == seq)
+        p->oldest_seq = 0;
+}
+
+void router_on_retried(server_t *s, int peer, uint64_t seq, uint8_t *body, size_t len,
+                       int64_t stored_ms)
+{
+    peer_t *p = &s->peers[peer];
+    p->pending++;
+    /* An old seq, below the cursor: it goes into the window directly. */
+    qmsg_t *m = s_find(&p->ready, seq) || s_find(&p->inflight, seq)
+                    ? NULL
+                    : s_qmsg(seq, body, len, stored_ms);
+    if (m == NULL) {
+        free(body);
+        return;
+    }
+    s_insert_sorted(&p->ready, m);
+    router_pump(s, peer);
+}
+
+/* ---- acknowledgements ---------------------------------------------------------- */
+
+static void on_acked(store_req_t *req, void *arg)
+{
+    server_t *s = arg;
+    int peer = (int)req->tag;
+    peer_t *p = &s->peers[peer];
+    uint64_t seq = req->msg.seq;
+    switch (req->status) {
+    case STORE_OK:
+        s->counters.v[CNT_DELIVERED]++;
+        router_forget(s, peer, seq);
+        break;
+    case STORE_DUPLICATE:
+        s_free(s_remove(&p->inflight, seq));
+        break;
+    case STORE_NOT_FOUND: {
+        mr_err_t err = {0};
+        mr_fail(&err, MR_E_UNKNOWN_DELIVERY, "no pending delivery %llu for this facility",
+                (unsigned long long)seq);
+        if (p->connected)
+            dispatch_reply_error(s, p->rid, p->rid_len, peer, &err);
+        break;
+    }
+    default: {
+        /* Not recorded: deliver again later, the client's seen-set absorbs it. */
+        qmsg_t *m = s_find(&p->inflight, seq);
+        if (m != NULL) {
+            m->acking = false;
+            if (!p->connected)
+                s_insert_sorted(&p->ready, s_remove(&p->inflight, seq));
+        }
+        break;
+    }
+    }
+    router_pump(s, peer);
+}
+
+int handle_delivery_ack(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f,
+                        mr_err_t *err)
+{
+    uint64_t seq = f->delivery_ack->seq;
+    if (seq == 0)
+        return mr_fail(err, MR_E_INVALID, "DeliveryAck.seq is required");
+    peer_t *p = &s->peers[ctx->peer];
+    qmsg_t *m = s_find(&p->inflight, seq);
+    if (m != NULL) {
+        if (m->acking)
+            return 0; /* a repeat while the first is being committed */
+        m->acking = true;
+    }
+    store_req_t *req = store_req_new(STORE_ACK, on_acked, s);
+    if (req == NULL)
+        return mr_fail(err, MR_E_INTERNAL, "out of memory");
+    req->tag = ctx->peer;
+    req->msg.seq = seq;
+    req->msg.dest = strdup(registry_at(s->registry, (size_t)ctx->peer)->id);
+    req->now_ms = mr_now_ms();
+    if (req->msg.dest == NULL) {
+        free(req);
+        if (m)
+            m->acking = false;
+        return mr_fail(err, MR_E_INTERNAL, "out of memory");
+    }
+    store_submit(s->store, req);
+    return 0;
+}
+
+/* ---- start, cron, stop ---------------------------------------------------------- */
+
+static void on_summary(store_req_t *req, void *arg)
+{
+    server_t *s = arg;
+    size_t n = registry_count(s->registry);
+    if (req->status != STORE_OK) {
+        log_error(s->log, "router.summary_failed", "status=%s", store_status_name(req->status));
+        return; /* every queue stays incomplete: loads find the truth */
+    }
+    uint64_t total = 0;
+    for (size_t i = 0; i < req->n_rows; i++) {
+        const store_row_t *r = &req->rows[i];
+        int peer = registry_find(s->registry, r->dest, strlen(r->dest));
+        total += r->count;
+        if (peer < 0) {
+            log_warn(s->log, "router.orphan_queue", "dest=%s pending=%llu", r->dest,
+                     (unsigned long long)r->count);
+            continue;
+        }
+        s->peers[peer].pending += r->count;
+        s->peers[peer].oldest_seq = r->seq;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (s->peers[i].pending == 0 && !s->peers[i].loading)
+            s->peers[i].complete = true;
+    log_info(s->log, "router.recovered", "pending=%llu destinations=%zu",
+             (unsigned long long)total, req->n_rows);
+}
+
+int router_start(server_t *s)
+{
+    store_req_t *req = store_req_new(STORE_SUMMARY, on_summary, s);
+    if (req == NULL)
+        return -ENOMEM;
+    store_submit(s->store, req);
+    return 0;
+}
+
+void router_cron(server_t *s, int64_t now_ms)
+{
+    size_t n = registry_count(s->registry);
+    int64_t timeout = s->conf->redelivery_timeout_ms;
+    for (size_t i = 0; i < n; i++) {
+        peer_t *p = &s->peers[i];
+        if (!p->connected)
+            continue;
+        for (qmsg_t *m = p->inflight.head; m; m = m->next) {
+            if (m->acking || now_ms - m->sent_ms < timeout)
+                continue;
+            int rc = s_send(s, (int)i, m);
+            if (rc == -EHOSTUNREACH) {
+                session_end(s, (int)i, "unreachable");
+                break;
+            }
+            if (rc < 0)
+                break;
+        }
+        if (p->connected)
+            router_pump(s, (int)i);
+    }
+}
+
+void router_stop(server_t *s)
+{
+    size_t n = registry_count(s->registry);
+    for (size_t i = 0; i < n; i++) {
+        s_clear(&s->peers[i].ready);
+        s_clear(&s->peers[i].inflight);
+    }
+}

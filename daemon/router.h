@@ -1,0 +1,35 @@
+/*
+ * router.h - per-destination delivery: from the store to the facility, in
+ * order, with a window of unacknowledged deliveries.
+ *
+ * Only a bounded window of each destination's queue is in memory (ready +
+ * inflight); the rest stays in the store and is loaded in pages, so a
+ * backlog of millions costs no memory.  Loop thread only.
+ */
+#ifndef MR_ROUTER_H
+#define MR_ROUTER_H
+
+#include "server.h"
+
+/* Start-up: learns every destination's pending count from the store. */
+int router_start(server_t *s);
+/* A message for peer committed with seq; body (packed Envelope) is handed
+ * over to the router, which frees it. */
+void router_on_stored(server_t *s, int peer, uint64_t seq, uint8_t *body, size_t len,
+                      int64_t stored_ms);
+/* Sends what the window allows; loads more from the store when needed. */
+void router_pump(server_t *s, int peer);
+/* The facility's session ended: in-flight deliveries will be sent again. */
+void router_on_disconnect(server_t *s, int peer);
+/* Periodic: resends deliveries unacknowledged past the redelivery time-out. */
+void router_cron(server_t *s, int64_t now_ms);
+/* A message of peer left the pending state outside a DeliveryAck (dead, expired). */
+void router_forget(server_t *s, int peer, uint64_t seq);
+/* A dead message of peer was put back to pending by an operator; body is
+ * handed over. */
+void router_on_retried(server_t *s, int peer, uint64_t seq, uint8_t *body, size_t len,
+                       int64_t stored_ms);
+/* Frees every message held in memory. */
+void router_stop(server_t *s);
+
+#endif

@@ -1,0 +1,238 @@
+/*
+ * server.c - builds the daemon from its config, runs the loop, tears down.
+ *
+ * Owns everything in server_t.  The loop, in the order libuv runs it:
+ *   timers (cron) -> idle (endpoint drains) -> poll (zmq fds, store async,
+ *   signals) -> close callbacks.
+ *
+ * Shutdown (SIGTERM/SIGINT): new Envelopes get ERROR_SHUTTING_DOWN; once the
+ * store has committed and answered everything submitted, sockets close and
+ * the loop ends.  A second signal skips the wait; store_destroy still runs
+ * every queued request, so nothing acknowledged is lost either way.
+ */
+#include "server.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <zmq.h>
+
+#include "cron.h"
+#include "dispatch.h"
+#include "opapi.h"
+#include "router.h"
+
+#define S_DRAIN_LIMIT_MS 10000
+
+static int s_is_local(const char *endpoint)
+{
+    static const char *const ok[] = {"ipc://", "inproc://", "tcp://127.", "tcp://localhost:",
+                                     "tcp://[::1]:"};
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
+        if (strncmp(endpoint, ok[i], strlen(ok[i])) == 0)
+            return 1;
+    return 0;
+}
+
+int server_send_facility(server_t *self, const uint8_t *rid, size_t rid_len,
+                         const ProtobufCMessage *frame)
+{
+    if (self->facility_ep == NULL)
+        return -ENOTCONN;
+    uint8_t *buf;
+    size_t len;
+    int rc = mr_pack(frame, &buf, &len);
+    if (rc < 0)
+        return rc;
+    rc = endpoint_send(self->facility_ep, rid, rid_len, buf, len);
+    free(buf);
+    if (rc < 0) {
+        self->counters.v[CNT_SEND_FAILED]++;
+        log_debug(self->log, "facility.send_failed", "reason=\"%s\"", zmq_strerror(-rc));
+    }
+    return rc;
+}
+
+static void s_close_all(server_t *self)
+{
+    endpoint_destroy(&self->facility_ep);
+    endpoint_destroy(&self->operator_ep);
+    if (!uv_is_closing((uv_handle_t *)&self->cron))
+        uv_close((uv_handle_t *)&self->cron, NULL);
+    uv_close((uv_handle_t *)&self->sig_int, NULL);
+    uv_close((uv_handle_t *)&self->sig_term, NULL);
+    uv_close((uv_handle_t *)&self->sig_hup, NULL);
+    /* Runs whatever is still queued and its callbacks (which find the
+     * sockets gone and only update state). */
+    store_destroy(&self->store);
+}
+
+static void on_drain_check(uv_timer_t *handle)
+{
+    server_t *self = handle->data;
+    int64_t waited = mr_now_ms() - self->drain_started_ms;
+    if (store_backlog(self->store) == 0 || waited > S_DRAIN_LIMIT_MS) {
+        log_info(self->log, "server.stopping", "waited_ms=%lld backlog=%zu", (long long)waited,
+                 store_backlog(self->store));
+        uv_timer_stop(&self->cron);
+        s_close_all(self);
+    }
+}
+
+static void on_signal(uv_signal_t *handle, int signum)
+{
+    server_t *self = handle->data;
+    if (signum == SIGHUP) {
+        log_info(self->log, "server.reload_requested", "result=not_supported_yet");
+        return;
+    }
+    if (++self->stop_signals > 1) {
+        log_warn(self->log, "server.stop_now", "signal=%d", signum);
+        uv_timer_stop(&self->cron);
+        s_close_all(self);
+        return;
+    }
+    log_info(self->log, "server.draining", "signal=%d backlog=%zu", signum,
+             store_backlog(self->store));
+    self->draining = true;
+    self->drain_started_ms = mr_now_ms();
+    /* Reuse the cron timer: from now on it only checks the drain. */
+    uv_timer_stop(&self->cron);
+    uv_timer_start(&self->cron, on_drain_check, 0, 10);
+}
+
+static int s_make_data_dir(server_t *self, char *path, size_t len)
+{
+    const char *dir = self->conf->data_dir;
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        log_error(self->log, "server.data_dir_failed", "dir=%s reason=\"%s\"", dir,
+                  strerror(errno));
+        return -errno;
+    }
+    int n = snprintf(path, len, "%s/medroute.db", dir);
+    return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+}
+
+server_t *server_new(conf_t *conf, log_t *log)
+{
+    server_t *self = calloc(1, sizeof *self);
+    char why[256];
+    char db_path[4096];
+    if (self == NULL)
+        goto fail_conf;
+    self->conf = conf;
+    self->log = log;
+    self->started_at_ms = mr_now_ms();
+    if (!conf->insecure) {
+        log_error(log, "server.config_refused",
+                  "reason=\"CURVE security is not available in this build; set insecure = true "
+                  "with loopback endpoints\"");
+        goto fail;
+    }
+    if (!s_is_local(conf->facility_endpoint) || !s_is_local(conf->operator_endpoint)) {
+        log_error(log, "server.config_refused",
+                  "reason=\"insecure = true is only allowed with loopback or ipc endpoints\"");
+        goto fail;
+    }
+    log_warn(log, "server.insecure", "reason=\"plaintext links (insecure = true), loopback only\"");
+    if (uv_loop_init(&self->loop) != 0)
+        goto fail;
+    self->loop_ready = true;
+    self->registry = registry_new(conf->facilities, conf->n_facilities, why, sizeof why);
+    if (self->registry == NULL) {
+        log_error(log, "server.registry_failed", "reason=\"%s\"", why);
+        goto fail;
+    }
+    self->peers = calloc(registry_count(self->registry), sizeof *self->peers);
+    self->by_rid = strmap_new();
+    self->zctx = zmq_ctx_new();
+    if (self->peers == NULL || self->by_rid == NULL || self->zctx == NULL)
+        goto fail;
+    if (s_make_data_dir(self, db_path, sizeof db_path) < 0)
+        goto fail;
+    store_opts_t so = {.path = db_path,
+                       .sync_full = conf->sync_full,
+                       .batch_max = conf->batch_max,
+                       .batch_ms = conf->batch_ms};
+    self->store = store_new(&self->loop, &so, log);
+    if (self->store == NULL || router_start(self) < 0)
+        goto fail;
+    endpoint_opts_t fo = {.name = "facility",
+                          .bind = conf->facility_endpoint,
+                          .hard_max_bytes = (int)(conf->max_message_bytes * 2 + 4096),
+                          .budget = 512};
+    self->facility_ep = endpoint_new(&self->loop, self->zctx, &fo, dispatch_facility, self, log);
+    endpoint_opts_t oo = {.name = "operator",
+                          .bind = conf->operator_endpoint,
+                          .hard_max_bytes = 1 << 20,
+                          .budget = 64};
+    self->operator_ep = endpoint_new(&self->loop, self->zctx, &oo, opapi_on_message, self, log);
+    if (self->facility_ep == NULL || self->operator_ep == NULL)
+        goto fail;
+    if (uv_timer_init(&self->loop, &self->cron) != 0 ||
+        uv_signal_init(&self->loop, &self->sig_int) != 0 ||
+        uv_signal_init(&self->loop, &self->sig_term) != 0 ||
+        uv_signal_init(&self->loop, &self->sig_hup) != 0)
+        goto fail;
+    self->cron.data = self->sig_int.data = self->sig_term.data = self->sig_hup.data = self;
+    self->handles_ready = true;
+    if (uv_timer_start(&self->cron, cron_tick, MR_CRON_INTERVAL_MS, MR_CRON_INTERVAL_MS) != 0 ||
+        uv_signal_start(&self->sig_int, on_signal, SIGINT) != 0 ||
+        uv_signal_start(&self->sig_term, on_signal, SIGTERM) != 0 ||
+        uv_signal_start(&self->sig_hup, on_signal, SIGHUP) != 0)
+        goto fail;
+    log_info(log, "server.ready", "broker_id=%s facilities=%zu facility_endpoint=%s "
+             "operator_endpoint=%s",
+             conf->broker_id, registry_count(self->registry), conf->facility_endpoint,
+             conf->operator_endpoint);
+    return self;
+fail_conf:
+    conf_destroy(&conf);
+    return NULL;
+fail:
+    server_destroy(&self);
+    return NULL;
+}
+
+int server_run(server_t *self)
+{
+    int rc = uv_run(&self->loop, UV_RUN_DEFAULT);
+    return rc < 0 ? rc : 0;
+}
+
+void server_destroy(server_t **self_p)
+{
+    server_t *self = *self_p;
+    if (self == NULL)
+        return;
+    if (self->loop_ready) {
+        if (self->store != NULL || self->facility_ep || self->operator_ep) {
+            endpoint_destroy(&self->facility_ep);
+            endpoint_destroy(&self->operator_ep);
+            store_destroy(&self->store);
+        }
+        if (self->handles_ready) {
+            uv_handle_t *hs[] = {(uv_handle_t *)&self->cron, (uv_handle_t *)&self->sig_int,
+                                 (uv_handle_t *)&self->sig_term, (uv_handle_t *)&self->sig_hup};
+            for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++)
+                if (!uv_is_closing(hs[i]))
+                    uv_close(hs[i], NULL);
+        }
+        uv_run(&self->loop, UV_RUN_DEFAULT); /* close callbacks */
+        if (uv_loop_close(&self->loop) != 0)
+            log_warn(self->log, "server.loop_busy", "reason=\"handles still open at exit\"");
+    }
+    if (self->peers != NULL && self->registry != NULL)
+        router_stop(self);
+    if (self->zctx != NULL)
+        zmq_ctx_term(self->zctx);
+    strmap_destroy(&self->by_rid);
+    free(self->peers);
+    registry_destroy(&self->registry);
+    conf_destroy(&self->conf);
+    free(self);
+    *self_p = NULL;
+}

@@ -1,0 +1,59 @@
+/*
+ * server.h - the daemon: one libuv loop, its sockets, store and state.
+ *
+ * server_t is passed to every module that serves a request; there is no
+ * global state.  Everything here runs on the loop thread, except the store's
+ * own thread (see store.h).
+ */
+#ifndef MR_SERVER_H
+#define MR_SERVER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "conf.h"
+#include "counters.h"
+#include "endpoint.h"
+#include "log.h"
+#include "peer.h"
+#include "registry.h"
+#include "store.h"
+#include "strmap.h"
+
+typedef struct server_t {
+    uv_loop_t loop;
+    log_t *log;
+    conf_t *conf;              /* owned */
+    registry_t *registry;      /* owned; rebuilt on reload */
+    peer_t *peers;             /* one per registry index */
+    strmap_t *by_rid;          /* connected routing id -> registry index */
+    void *zctx;
+    endpoint_t *facility_ep;
+    endpoint_t *operator_ep;
+    store_t *store;
+    counters_t counters;
+    uv_timer_t cron;
+    uv_signal_t sig_int, sig_term, sig_hup;
+    int64_t started_at_ms;
+    /* cron (cron.c) */
+    int64_t last_heartbeat_ms, last_redeliver_ms, last_expire_ms, last_prune_ms, last_size_ms;
+    bool cron_expiring, cron_pruning;
+    uint64_t store_bytes;
+    bool draining;             /* SIGTERM: no new messages, finish commits */
+    int64_t drain_started_ms;
+    bool loop_ready, handles_ready;
+    int stop_signals;
+} server_t;
+
+/* Builds the server from conf (ownership of conf passes to the server). */
+server_t *server_new(conf_t *conf, log_t *log);
+/* Runs the loop until a stop signal has drained it. 0 or negative errno. */
+int server_run(server_t *self);
+void server_destroy(server_t **self_p);
+
+/* Sends a packed frame to a facility connection; counts failures. */
+int server_send_facility(server_t *self, const uint8_t *rid, size_t rid_len,
+                         const ProtobufCMessage *frame);
+
+#endif

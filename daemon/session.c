@@ -1,0 +1,132 @@
+/*
+ * session.c - facility sessions: Hello, heartbeats, time-outs, takeover.
+ *
+ * Owns the connection half of each peer_t and the routing id map.
+ *
+ * Invariants
+ *   1. by_rid maps exactly the rids of connected peers to their index.
+ *   2. A peer is connected to at most one rid; a new Hello replaces it.
+ *
+ *   DISCONNECTED --Hello--> CONNECTED --Hello from another rid--> CONNECTED (new rid)
+ *        ^                      |
+ *        +---- time-out --------+
+ */
+#include "session.h"
+
+#include <string.h>
+
+#include "handlers.h"
+#include "router.h"
+
+int session_find(const server_t *s, const uint8_t *rid, size_t rid_len)
+{
+    return strmap_get(s->by_rid, rid, rid_len);
+}
+
+void session_touch(server_t *s, int peer)
+{
+    s->peers[peer].last_seen_ms = mr_now_ms();
+}
+
+void session_end(server_t *s, int peer, const char *why)
+{
+    peer_t *p = &s->peers[peer];
+    if (!p->connected)
+        return;
+    strmap_del(s->by_rid, p->rid, p->rid_len);
+    p->connected = false;
+    p->rid_len = 0;
+    s->counters.v[CNT_DISCONNECTS]++;
+    log_info(s->log, "facility.disconnected", "facility=%s why=%s",
+             registry_at(s->registry, (size_t)peer)->id, why);
+    router_on_disconnect(s, peer);
+}
+
+static void s_send_welcome(server_t *s, int peer)
+{
+    peer_t *p = &s->peers[peer];
+    Medroute__V1__Welcome w = MEDROUTE__V1__WELCOME__INIT;
+    w.broker_id = s->conf->broker_id;
+    w.heartbeat_interval_ms = s->conf->heartbeat_interval_ms;
+    w.heartbeat_timeout_ms = s->conf->heartbeat_timeout_ms;
+    w.pending = p->pending;
+    w.max_message_bytes = s->conf->max_message_bytes;
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    f.version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+    f.body_case = MEDROUTE__V1__FRAME__BODY_WELCOME;
+    f.welcome = &w;
+    server_send_facility(s, p->rid, p->rid_len, &f.base);
+}
+
+int handle_hello(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f, mr_err_t *err)
+{
+    const Medroute__V1__Hello *h = f->hello;
+    size_t len = h->facility_id ? strlen(h->facility_id) : 0;
+    if (len == 0)
+        return mr_fail(err, MR_E_INVALID, "Hello.facility_id is required");
+    if (ctx->rid_len > MR_RID_MAX)
+        return mr_fail(err, MR_E_INTERNAL, "routing id too long");
+    int peer = registry_find(s->registry, h->facility_id, len);
+    if (peer < 0)
+        return mr_fail(err, MR_E_UNKNOWN_SOURCE, "facility \"%.64s\" is not in the registry",
+                       h->facility_id);
+    if (ctx->peer >= 0 && ctx->peer != peer)
+        return mr_fail(err, MR_E_FORBIDDEN, "this connection already speaks for another facility");
+    peer_t *p = &s->peers[peer];
+    bool same_rid = p->connected && p->rid_len == ctx->rid_len &&
+                    memcmp(p->rid, ctx->rid, ctx->rid_len) == 0;
+    if (p->connected && !same_rid)
+        session_end(s, peer, "replaced");
+    if (!same_rid) {
+        if (strmap_put(s->by_rid, ctx->rid, ctx->rid_len, peer) < 0)
+            return mr_fail(err, MR_E_INTERNAL, "out of memory");
+        memcpy(p->rid, ctx->rid, ctx->rid_len);
+        p->rid_len = ctx->rid_len;
+        p->connected = true;
+        p->connected_at_ms = mr_now_ms();
+        s->counters.v[CNT_CONNECTS]++;
+    }
+    p->last_seen_ms = mr_now_ms();
+    uint32_t want = h->max_inflight ? h->max_inflight : s->conf->max_inflight;
+    p->max_inflight = want < s->conf->max_inflight ? want : s->conf->max_inflight;
+    log_info(s->log, "facility.connected", "facility=%s client=\"%.40s\" pending=%llu%s",
+             registry_at(s->registry, (size_t)peer)->id, h->client_name ? h->client_name : "",
+             (unsigned long long)p->pending, same_rid ? " again=1" : "");
+    s_send_welcome(s, peer);
+    /* A repeated Hello on the same connection means the client restarted its
+     * session: what it had in flight is sent again. */
+    if (same_rid)
+        router_on_disconnect(s, peer);
+    router_pump(s, peer);
+    return 0;
+}
+
+int handle_heartbeat(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f, mr_err_t *err)
+{
+    (void)s;
+    (void)ctx;
+    (void)f;
+    (void)err;
+    return 0; /* dispatch has already touched the session */
+}
+
+void session_cron(server_t *s, int64_t now_ms)
+{
+    Medroute__V1__Heartbeat hb = MEDROUTE__V1__HEARTBEAT__INIT;
+    hb.sent_at_ms = now_ms;
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    f.version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+    f.body_case = MEDROUTE__V1__FRAME__BODY_HEARTBEAT;
+    f.heartbeat = &hb;
+    size_t n = registry_count(s->registry);
+    for (size_t i = 0; i < n; i++) {
+        peer_t *p = &s->peers[i];
+        if (!p->connected)
+            continue;
+        if (now_ms - p->last_seen_ms > (int64_t)s->conf->heartbeat_timeout_ms) {
+            session_end(s, (int)i, "heartbeat_timeout");
+            continue;
+        }
+        server_send_facility(s, p->rid, p->rid_len, &f.base);
+    }
+}

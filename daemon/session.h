@@ -1,0 +1,23 @@
+/*
+ * session.h - which connection speaks for which facility.
+ *
+ * A connection is bound to a facility by Hello; a later Hello for the same
+ * facility from another connection takes its place (and its queue: unacked
+ * deliveries go again, marked redelivered).  Silence longer than the
+ * heartbeat time-out ends a session.  Loop thread only.
+ */
+#ifndef MR_SESSION_H
+#define MR_SESSION_H
+
+#include "server.h"
+
+/* Registry index of the facility bound to rid, or -1. */
+int session_find(const server_t *s, const uint8_t *rid, size_t rid_len);
+/* Records that the facility was heard from now. */
+void session_touch(server_t *s, int peer);
+/* Ends the session of peer (connection gone or replaced). */
+void session_end(server_t *s, int peer, const char *why);
+/* Periodic: heartbeats to connected facilities, ends silent sessions. */
+void session_cron(server_t *s, int64_t now_ms);
+
+#endif

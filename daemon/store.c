@@ -1,0 +1,680 @@
+/*
+ * store.c - SQLite (WAL) message store run by one dedicated thread.
+ *
+ * Owns: the database connection (store thread only), the submission queue
+ * and the completion queue (guarded by one mutex), the uv_async handle that
+ * wakes the loop.
+ *
+ * Invariants
+ *   1. Only the store thread touches the database.
+ *   2. Requests are executed and completed in submission order.
+ *   3. A request's callback runs only after the transaction holding its
+ *      effect has committed (or failed as a whole: STORE_UNAVAILABLE).
+ *   4. A batch holds at most batch_max requests and stays open at most
+ *      batch_ms after its first request; it closes early when the queue is
+ *      empty, so a lone message waits for no timer.
+ *
+ * Batch life, on the store thread:
+ *
+ *   wait for work -> BEGIN -> execute req, take more while the batch is young
+ *        ^                      and small -> COMMIT -> move batch to done
+ *        |                                               -> uv_async_send
+ *        +-----------------------------------------------------+
+ *
+ * A statement that fails with an I/O class error (disk full, read-only,
+ * corrupt, locked) fails the whole batch: ROLLBACK, every request in it
+ * completes with STORE_UNAVAILABLE, and the connection is reopened on the
+ * next batch.  Nothing is acknowledged that was not committed.
+ */
+#include "store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+enum {
+    S_PUT_INSERT = 0,
+    S_PUT_FIND,
+    S_ACK_UPDATE,
+    S_ACK_FIND,
+    S_LOAD,
+    S_LIST_ALL,
+    S_LIST_DEST,
+    S_SUMMARY,
+    S_DROP,
+    S_RETRY,
+    S_EXPIRE,
+    S_PRUNE,
+    S_STMT_COUNT
+};
+
+static const char *const s_sql[S_STMT_COUNT] = {
+    [S_PUT_INSERT] = "INSERT INTO messages(source, message_id, dest, kind, priority, stored_ms,"
+                     " expires_ms, body) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                     " ON CONFLICT(source, message_id) DO NOTHING",
+    [S_PUT_FIND] = "SELECT seq, body FROM messages WHERE source = ?1 AND message_id = ?2",
+    [S_ACK_UPDATE] = "UPDATE messages SET state = 1, done_ms = ?3"
+                     " WHERE seq = ?1 AND dest = ?2 AND state = 0",
+    [S_ACK_FIND] = "SELECT state FROM messages WHERE seq = ?1 AND dest = ?2",
+    [S_LOAD] = "SELECT seq, source, message_id, dest, kind, priority, stored_ms, expires_ms,"
+               " dead_reason, body FROM messages WHERE dest = ?1 AND state = 0 AND seq > ?2"
+               " ORDER BY seq LIMIT ?3",
+    [S_LIST_ALL] = "SELECT seq, source, message_id, dest, kind, priority, stored_ms, expires_ms,"
+                   " dead_reason, NULL FROM messages WHERE state = ?1 ORDER BY seq LIMIT ?2",
+    [S_LIST_DEST] = "SELECT seq, source, message_id, dest, kind, priority, stored_ms, expires_ms,"
+                    " dead_reason, NULL FROM messages WHERE state = ?1 AND dest = ?3"
+                    " ORDER BY seq LIMIT ?2",
+    [S_SUMMARY] = "SELECT dest, count(*), min(seq) FROM messages WHERE state = 0 GROUP BY dest",
+    [S_DROP] = "UPDATE messages SET state = 2, done_ms = ?3, dead_reason = ?2"
+               " WHERE seq = ?1 AND state = 0 RETURNING seq, source, message_id, dest, kind,"
+               " priority, stored_ms, expires_ms, dead_reason, NULL",
+    [S_RETRY] = "UPDATE messages SET state = 0, done_ms = NULL, dead_reason = NULL,"
+                " expires_ms = max(expires_ms, ?2) WHERE seq = ?1 AND state = 2"
+                " RETURNING seq, source, message_id, dest, kind, priority, stored_ms,"
+                " expires_ms, dead_reason, body",
+    [S_EXPIRE] = "UPDATE messages SET state = 2, done_ms = ?1, dead_reason = 'expired'"
+                 " WHERE seq IN (SELECT seq FROM messages WHERE state = 0 AND expires_ms < ?1"
+                 " LIMIT ?2) RETURNING seq, source, message_id, dest, kind, priority, stored_ms,"
+                 " expires_ms, dead_reason, NULL",
+    [S_PRUNE] = "DELETE FROM messages WHERE seq IN (SELECT seq FROM messages"
+                " WHERE state = 1 AND done_ms < ?1 LIMIT ?2)",
+};
+
+static const char *const s_schema =
+    "CREATE TABLE IF NOT EXISTS messages("
+    " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " source TEXT NOT NULL, message_id TEXT NOT NULL, dest TEXT NOT NULL,"
+    " kind INTEGER NOT NULL, priority INTEGER NOT NULL,"
+    " stored_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL,"
+    " state INTEGER NOT NULL DEFAULT 0, done_ms INTEGER, dead_reason TEXT,"
+    " body BLOB NOT NULL,"
+    " UNIQUE(source, message_id));"
+    "CREATE INDEX IF NOT EXISTS messages_pending ON messages(dest, seq) WHERE state = 0;"
+    "CREATE INDEX IF NOT EXISTS messages_expiry ON messages(expires_ms) WHERE state = 0;"
+    "CREATE INDEX IF NOT EXISTS messages_done ON messages(done_ms) WHERE state = 1;"
+    "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value);"
+    "INSERT OR IGNORE INTO meta(key, value) VALUES('schema_version', 1);";
+
+struct store_t {
+    uv_loop_t *loop;
+    uv_async_t async;
+    log_t *log;
+    char *path;
+    bool sync_full;
+    uint32_t batch_max;
+    uint32_t batch_ms;
+
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    store_req_t *queue_head, *queue_tail;   /* submitted, not started */
+    store_req_t *done_head, *done_tail;     /* committed, callback not run */
+    bool stopping;
+    atomic_size_t backlog;
+    atomic_bool unavailable;
+
+    /* store thread only */
+    sqlite3 *db;
+    sqlite3_stmt *stmt[S_STMT_COUNT];
+    int last_error;                          /* SQLite code last logged, to log once */
+};
+
+const char *store_status_name(store_status_t s)
+{
+    static const char *const names[] = {"ok", "duplicate", "conflict", "not_found",
+                                        "unavailable"};
+    return s <= STORE_UNAVAILABLE ? names[s] : "?";
+}
+
+void store_row_clear(store_row_t *row)
+{
+    free(row->source);
+    free(row->message_id);
+    free(row->dest);
+    free(row->dead_reason);
+    free(row->body);
+    memset(row, 0, sizeof *row);
+}
+
+store_req_t *store_req_new(store_op_t op, store_cb_t cb, void *arg)
+{
+    store_req_t *req = calloc(1, sizeof *req);
+    if (req == NULL)
+        return NULL;
+    req->op = op;
+    req->cb = cb;
+    req->arg = arg;
+    return req;
+}
+
+static void s_req_free(store_req_t *req)
+{
+    store_row_clear(&req->msg);
+    for (size_t i = 0; i < req->n_rows; i++)
+        store_row_clear(&req->rows[i]);
+    free(req->rows);
+    free(req);
+}
+
+/* ---- store thread: connection -------------------------------------- */
+
+static void s_close_db(store_t *self)
+{
+    for (int i = 0; i < S_STMT_COUNT; i++) {
+        sqlite3_finalize(self->stmt[i]);
+        self->stmt[i] = NULL;
+    }
+    if (self->db != NULL)
+        sqlite3_close_v2(self->db);
+    self->db = NULL;
+}
+
+static void s_log_failure(store_t *self, int rc, const char *what)
+{
+    if (rc == self->last_error)
+        return;
+    self->last_error = rc;
+    log_error(self->log, "store.unavailable", "path=%s during=%s sqlite=%d reason=\"%s\"",
+              self->path, what, rc, sqlite3_errstr(rc));
+}
+
+static int s_open_db(store_t *self)
+{
+    /* Create the file ourselves so that it is owner-only from the start;
+     * SQLite gives the -wal and -shm files the same mode. */
+    int fd = open(self->path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        s_log_failure(self, SQLITE_CANTOPEN, "open");
+        return SQLITE_CANTOPEN;
+    }
+    close(fd);
+    int rc = sqlite3_open_v2(self->path, &self->db,
+                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                             NULL);
+    if (rc != SQLITE_OK)
+        goto fail;
+    char pragmas[256];
+    snprintf(pragmas, sizeof pragmas,
+             "PRAGMA journal_mode=WAL; PRAGMA synchronous=%s; PRAGMA busy_timeout=200;"
+             " PRAGMA foreign_keys=OFF;",
+             self->sync_full ? "FULL" : "NORMAL");
+    rc = sqlite3_exec(self->db, pragmas, NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        goto fail;
+    rc = sqlite3_exec(self->db, s_schema, NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        goto fail;
+    rc = sqlite3_exec(self->db, "PRAGMA quick_check(1)", NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        goto fail;
+    for (int i = 0; i < S_STMT_COUNT; i++) {
+        rc = sqlite3_prepare_v3(self->db, s_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &self->stmt[i],
+                                NULL);
+        if (rc != SQLITE_OK)
+            goto fail;
+    }
+    if (self->last_error != 0)
+        log_info(self->log, "store.recovered", "path=%s", self->path);
+    else
+        log_info(self->log, "store.opened", "path=%s synchronous=%s", self->path,
+                 self->sync_full ? "full" : "normal");
+    self->last_error = 0;
+    return SQLITE_OK;
+fail:
+    s_log_failure(self, rc, "open");
+    s_close_db(self);
+    return rc;
+}
+
+/* ---- store thread: operations ---------------------------------------- */
+
+static char *s_text(sqlite3_stmt *st, int col)
+{
+    const unsigned char *t = sqlite3_column_text(st, col);
+    return t ? strdup((const char *)t) : NULL;
+}
+
+/* Reads the 10 columns shared by LOAD, LIST and EXPIRE into a new row. */
+static int s_read_row(sqlite3_stmt *st, store_req_t *req)
+{
+    if (req->n_rows % 64 == 0) {
+        store_row_t *rows = realloc(req->rows, (req->n_rows + 64) * sizeof *rows);
+        if (rows == NULL)
+            return SQLITE_NOMEM;
+        req->rows = rows;
+    }
+    store_row_t *r = &req->rows[req->n_rows++];
+    memset(r, 0, sizeof *r);
+    r->seq = (uint64_t)sqlite3_column_int64(st, 0);
+    r->source = s_text(st, 1);
+    r->message_id = s_text(st, 2);
+    r->dest = s_text(st, 3);
+    r->kind = sqlite3_column_int(st, 4);
+    r->priority = sqlite3_column_int(st, 5);
+    r->stored_ms = sqlite3_column_int64(st, 6);
+    r->expires_ms = sqlite3_column_int64(st, 7);
+    r->dead_reason = s_text(st, 8);
+    int n = sqlite3_column_bytes(st, 9);
+    if (n > 0) {
+        r->body = malloc((size_t)n);
+        if (r->body == NULL)
+            return SQLITE_NOMEM;
+        memcpy(r->body, sqlite3_column_blob(st, 9), (size_t)n);
+        r->body_len = (size_t)n;
+    }
+    if (r->source == NULL || r->message_id == NULL || r->dest == NULL)
+        return SQLITE_NOMEM;
+    return SQLITE_OK;
+}
+
+/* Steps a row-returning statement to the end, collecting rows. */
+static int s_collect(sqlite3_stmt *st, store_req_t *req)
+{
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        int r = s_read_row(st, req);
+        if (r != SQLITE_OK)
+            return r;
+    }
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+static int s_op_put(store_t *self, store_req_t *req)
+{
+    const store_row_t *m = &req->msg;
+    sqlite3_stmt *st = self->stmt[S_PUT_INSERT];
+    sqlite3_bind_text(st, 1, m->source, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, m->message_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, m->dest, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 4, m->kind);
+    sqlite3_bind_int(st, 5, m->priority);
+    sqlite3_bind_int64(st, 6, m->stored_ms);
+    sqlite3_bind_int64(st, 7, m->expires_ms);
+    sqlite3_bind_blob(st, 8, m->body, (int)m->body_len, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE)
+        return rc;
+    if (sqlite3_changes(self->db) == 1) {
+        req->seq = (uint64_t)sqlite3_last_insert_rowid(self->db);
+        req->status = STORE_OK;
+        return SQLITE_OK;
+    }
+    /* Seen before: the same bytes are a resend, other bytes a conflict. */
+    st = self->stmt[S_PUT_FIND];
+    sqlite3_bind_text(st, 1, m->source, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, m->message_id, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW)
+        return rc == SQLITE_DONE ? SQLITE_CORRUPT : rc;
+    req->seq = (uint64_t)sqlite3_column_int64(st, 0);
+    int n = sqlite3_column_bytes(st, 1);
+    const void *body = sqlite3_column_blob(st, 1);
+    bool same = (size_t)n == m->body_len && (n == 0 || memcmp(body, m->body, (size_t)n) == 0);
+    req->status = same ? STORE_DUPLICATE : STORE_CONFLICT;
+    return SQLITE_OK;
+}
+
+static int s_op_ack(store_t *self, store_req_t *req)
+{
+    sqlite3_stmt *st = self->stmt[S_ACK_UPDATE];
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)req->msg.seq);
+    sqlite3_bind_text(st, 2, req->msg.dest, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, req->now_ms);
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE)
+        return rc;
+    if (sqlite3_changes(self->db) == 1) {
+        req->status = STORE_OK;
+        return SQLITE_OK;
+    }
+    st = self->stmt[S_ACK_FIND];
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)req->msg.seq);
+    sqlite3_bind_text(st, 2, req->msg.dest, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        req->status = sqlite3_column_int(st, 0) == MSG_DELIVERED ? STORE_DUPLICATE : STORE_NOT_FOUND;
+    else if (rc == SQLITE_DONE)
+        req->status = STORE_NOT_FOUND;
+    else
+        return rc;
+    return SQLITE_OK;
+}
+
+static int s_op_load(store_t *self, store_req_t *req)
+{
+    sqlite3_stmt *st = self->stmt[S_LOAD];
+    sqlite3_bind_text(st, 1, req->msg.dest, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)req->after);
+    sqlite3_bind_int(st, 3, (int)req->limit);
+    return s_collect(st, req);
+}
+
+static int s_op_list(store_t *self, store_req_t *req)
+{
+    sqlite3_stmt *st = self->stmt[req->msg.dest ? S_LIST_DEST : S_LIST_ALL];
+    sqlite3_bind_int(st, 1, req->state);
+    sqlite3_bind_int(st, 2, (int)req->limit);
+    if (req->msg.dest)
+        sqlite3_bind_text(st, 3, req->msg.dest, -1, SQLITE_STATIC);
+    return s_collect(st, req);
+}
+
+static int s_op_summary(store_t *self, store_req_t *req)
+{
+    sqlite3_stmt *st = self->stmt[S_SUMMARY];
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (req->n_rows % 64 == 0) {
+            store_row_t *rows = realloc(req->rows, (req->n_rows + 64) * sizeof *rows);
+            if (rows == NULL)
+                return SQLITE_NOMEM;
+            req->rows = rows;
+        }
+        store_row_t *r = &req->rows[req->n_rows++];
+        memset(r, 0, sizeof *r);
+        r->dest = s_text(st, 0);
+        r->count = (uint64_t)sqlite3_column_int64(st, 1);
+        r->seq = (uint64_t)sqlite3_column_int64(st, 2);
+        if (r->dest == NULL)
+            return SQLITE_NOMEM;
+    }
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+static int s_op_update(store_t *self, store_req_t *req, int which)
+{
+    sqlite3_stmt *st = self->stmt[which];
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)req->msg.seq);
+    if (which == S_DROP) {
+        sqlite3_bind_text(st, 2, req->msg.dead_reason ? req->msg.dead_reason : "dropped", -1,
+                          SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, req->now_ms);
+    } else {
+        sqlite3_bind_int64(st, 2, req->now_ms);
+    }
+    int rc = s_collect(st, req);
+    if (rc != SQLITE_OK)
+        return rc;
+    req->status = req->n_rows == 1 ? STORE_OK : STORE_NOT_FOUND;
+    return SQLITE_OK;
+}
+
+static int s_op_expire(store_t *self, store_req_t *req)
+{
+    sqlite3_stmt *st = self->stmt[S_EXPIRE];
+    sqlite3_bind_int64(st, 1, req->now_ms);
+    sqlite3_bind_int(st, 2, (int)req->limit);
+    return s_collect(st, req);
+}
+
+static int s_op_prune(store_t *self, store_req_t *req)
+{
+    sqlite3_stmt *st = self->stmt[S_PRUNE];
+    sqlite3_bind_int64(st, 1, req->before_ms);
+    sqlite3_bind_int(st, 2, (int)req->limit);
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE)
+        return rc;
+    req->value = (uint64_t)sqlite3_changes(self->db);
+    return SQLITE_OK;
+}
+
+static int s_op_size(store_t *self, store_req_t *req)
+{
+    struct stat st;
+    uint64_t total = 0;
+    char wal[4096];
+    if (stat(self->path, &st) == 0)
+        total += (uint64_t)st.st_size;
+    if (snprintf(wal, sizeof wal, "%s-wal", self->path) < (int)sizeof wal &&
+        stat(wal, &st) == 0)
+        total += (uint64_t)st.st_size;
+    req->value = total;
+    return SQLITE_OK;
+}
+
+/* Executes one request inside the open transaction.  Returns an SQLite code;
+ * anything but SQLITE_OK fails the batch. */
+static int s_execute(store_t *self, store_req_t *req)
+{
+    int rc;
+    req->status = STORE_OK;
+    switch (req->op) {
+    case STORE_PUT: rc = s_op_put(self, req); break;
+    case STORE_ACK: rc = s_op_ack(self, req); break;
+    case STORE_LOAD: rc = s_op_load(self, req); break;
+    case STORE_LIST: rc = s_op_list(self, req); break;
+    case STORE_SUMMARY: rc = s_op_summary(self, req); break;
+    case STORE_DROP: rc = s_op_update(self, req, S_DROP); break;
+    case STORE_RETRY: rc = s_op_update(self, req, S_RETRY); break;
+    case STORE_EXPIRE: rc = s_op_expire(self, req); break;
+    case STORE_PRUNE: rc = s_op_prune(self, req); break;
+    case STORE_SIZE: rc = s_op_size(self, req); break;
+    default: rc = SQLITE_MISUSE; break;
+    }
+    for (int i = 0; i < S_STMT_COUNT; i++) {
+        if (self->stmt[i] != NULL && sqlite3_stmt_busy(self->stmt[i])) {
+            sqlite3_reset(self->stmt[i]);
+        }
+    }
+    return rc;
+}
+
+/* ---- store thread: batches ---------------------------------------------- */
+
+static int64_t s_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Takes the next request, waiting for one if wait is set.  NULL when the
+ * queue is empty (or stopping and drained). */
+static store_req_t *s_take(store_t *self, bool wait)
+{
+    pthread_mutex_lock(&self->lock);
+    while (wait && self->queue_head == NULL && !self->stopping)
+        pthread_cond_wait(&self->wake, &self->lock);
+    store_req_t *req = self->queue_head;
+    if (req != NULL) {
+        self->queue_head = req->next;
+        if (self->queue_head == NULL)
+            self->queue_tail = NULL;
+        req->next = NULL;
+    }
+    pthread_mutex_unlock(&self->lock);
+    return req;
+}
+
+static void s_complete(store_t *self, store_req_t *head, store_req_t *tail)
+{
+    if (head == NULL)
+        return;
+    pthread_mutex_lock(&self->lock);
+    if (self->done_tail)
+        self->done_tail->next = head;
+    else
+        self->done_head = head;
+    self->done_tail = tail;
+    pthread_mutex_unlock(&self->lock);
+    uv_async_send(&self->async);
+}
+
+static void s_fail_batch(store_req_t *head)
+{
+    for (store_req_t *r = head; r; r = r->next) {
+        r->status = STORE_UNAVAILABLE;
+        for (size_t i = 0; i < r->n_rows; i++)
+            store_row_clear(&r->rows[i]);
+        r->n_rows = 0;
+    }
+}
+
+static void *s_thread(void *arg)
+{
+    store_t *self = arg;
+    for (;;) {
+        store_req_t *first = s_take(self, true);
+        if (first == NULL)
+            break; /* stopping and drained */
+        store_req_t *head = first, *tail = first;
+        size_t count = 1;
+        int rc = SQLITE_OK;
+        if (self->db == NULL)
+            rc = s_open_db(self);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_exec(self->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+        if (rc == SQLITE_OK) {
+            int64_t started = s_mono_ms();
+            store_req_t *req = first;
+            for (;;) {
+                rc = s_execute(self, req);
+                if (rc != SQLITE_OK)
+                    break;
+                if (count >= self->batch_max || s_mono_ms() - started >= self->batch_ms)
+                    break;
+                req = s_take(self, false);
+                if (req == NULL)
+                    break;
+                tail->next = req;
+                tail = req;
+                count++;
+            }
+            if (rc == SQLITE_OK)
+                rc = sqlite3_exec(self->db, "COMMIT", NULL, NULL, NULL);
+            if (rc != SQLITE_OK && !sqlite3_get_autocommit(self->db))
+                sqlite3_exec(self->db, "ROLLBACK", NULL, NULL, NULL);
+        }
+        if (rc != SQLITE_OK) {
+            s_log_failure(self, rc, "batch");
+            s_fail_batch(head);
+            s_close_db(self); /* reopen, and re-check, on the next batch */
+            atomic_store(&self->unavailable, true);
+        } else {
+            atomic_store(&self->unavailable, false);
+        }
+        s_complete(self, head, tail);
+    }
+    s_close_db(self);
+    return NULL;
+}
+
+/* ---- loop thread ---------------------------------------------------------- */
+
+static void on_async(uv_async_t *handle)
+{
+    store_t *self = handle->data;
+    pthread_mutex_lock(&self->lock);
+    store_req_t *req = self->done_head;
+    self->done_head = self->done_tail = NULL;
+    pthread_mutex_unlock(&self->lock);
+    while (req != NULL) {
+        store_req_t *next = req->next;
+        atomic_fetch_sub(&self->backlog, 1);
+        if (req->cb)
+            req->cb(req, req->arg);
+        s_req_free(req);
+        req = next;
+    }
+}
+
+store_t *store_new(uv_loop_t *loop, const store_opts_t *opts, log_t *log)
+{
+    store_t *self = calloc(1, sizeof *self);
+    if (self == NULL)
+        return NULL;
+    self->loop = loop;
+    self->log = log;
+    self->path = strdup(opts->path);
+    self->sync_full = opts->sync_full;
+    self->batch_max = opts->batch_max ? opts->batch_max : 1000;
+    self->batch_ms = opts->batch_ms;
+    atomic_init(&self->backlog, 0);
+    atomic_init(&self->unavailable, false);
+    if (self->path == NULL)
+        goto fail_alloc;
+    if (pthread_mutex_init(&self->lock, NULL) != 0)
+        goto fail_alloc;
+    if (pthread_cond_init(&self->wake, NULL) != 0)
+        goto fail_mutex;
+    if (uv_async_init(loop, &self->async, on_async) != 0)
+        goto fail_cond;
+    self->async.data = self;
+    /* Open now so that start-up says what it found before serving. */
+    if (s_open_db(self) != SQLITE_OK)
+        atomic_store(&self->unavailable, true);
+    if (pthread_create(&self->thread, NULL, s_thread, self) != 0)
+        goto fail_async;
+    return self;
+fail_async:
+    s_close_db(self);
+    uv_close((uv_handle_t *)&self->async, NULL);
+    /* The handle is closed on the next loop turn; the struct must live
+     * until then, so it is leaked on this (start-up only) path. */
+    return NULL;
+fail_cond:
+    pthread_cond_destroy(&self->wake);
+fail_mutex:
+    pthread_mutex_destroy(&self->lock);
+fail_alloc:
+    free(self->path);
+    free(self);
+    return NULL;
+}
+
+void store_submit(store_t *self, store_req_t *req)
+{
+    req->next = NULL;
+    atomic_fetch_add(&self->backlog, 1);
+    pthread_mutex_lock(&self->lock);
+    if (self->queue_tail)
+        self->queue_tail->next = req;
+    else
+        self->queue_head = req;
+    self->queue_tail = req;
+    pthread_cond_signal(&self->wake);
+    pthread_mutex_unlock(&self->lock);
+}
+
+size_t store_backlog(const store_t *self)
+{
+    return atomic_load(&((store_t *)self)->backlog);
+}
+
+bool store_unavailable(const store_t *self)
+{
+    return atomic_load(&((store_t *)self)->unavailable);
+}
+
+static void on_close(uv_handle_t *handle)
+{
+    store_t *self = handle->data;
+    pthread_cond_destroy(&self->wake);
+    pthread_mutex_destroy(&self->lock);
+    free(self->path);
+    free(self);
+}
+
+void store_destroy(store_t **self_p)
+{
+    store_t *self = *self_p;
+    if (self == NULL)
+        return;
+    pthread_mutex_lock(&self->lock);
+    self->stopping = true;
+    pthread_cond_signal(&self->wake);
+    pthread_mutex_unlock(&self->lock);
+    pthread_join(self->thread, NULL);
+    /* Everything has committed: run the callbacks still waiting. */
+    on_async(&self->async);
+    uv_close((uv_handle_t *)&self->async, on_close);
+    *self_p = NULL;
+}

@@ -1,0 +1,120 @@
+/*
+ * store.h - the durable message store, behind an asynchronous interface.
+ *
+ * The loop thread submits requests; one store thread executes them in
+ * submission order inside group-commit transactions (a batch closes after
+ * batch_ms or batch_max requests, whichever first, or when the queue is
+ * empty) and hands each request back to the loop thread, in the same order,
+ * only after its transaction has committed.  The loop thread never touches
+ * the database and never waits on disk.
+ *
+ * Ownership: store_req_new allocates a request; after store_submit the store
+ * owns it until its callback has run on the loop thread, then frees it with
+ * everything it holds (rows, body).  A callback may take req->body or the
+ * rows by setting the pointer to NULL.
+ */
+#ifndef MR_STORE_H
+#define MR_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "log.h"
+
+typedef enum {
+    STORE_PUT = 0,     /* insert a message, idempotent on (source, message_id) */
+    STORE_ACK,         /* the destination acknowledged delivery of seq */
+    STORE_LOAD,        /* pending messages for dest with seq > after, in order */
+    STORE_LIST,        /* pending or dead messages, for operators */
+    STORE_SUMMARY,     /* per destination: pending count and oldest */
+    STORE_DROP,        /* move a pending message to dead with a reason; row returned */
+    STORE_RETRY,       /* move a dead message back to pending; row with body returned */
+    STORE_EXPIRE,      /* move pending messages past their expiry to dead */
+    STORE_PRUNE,       /* delete delivered messages older than retention */
+    STORE_SIZE,        /* the store's size on disk in bytes */
+    STORE_OP_COUNT
+} store_op_t;
+
+typedef enum {
+    STORE_OK = 0,
+    STORE_DUPLICATE,   /* PUT: same id and content stored before (seq set); ACK: acked before */
+    STORE_CONFLICT,    /* PUT: same id, different content */
+    STORE_NOT_FOUND,   /* ACK/DROP/RETRY: no such message in the expected state */
+    STORE_UNAVAILABLE, /* the store could not do it; nothing changed */
+} store_status_t;
+
+typedef enum { MSG_PENDING = 0, MSG_DELIVERED = 1, MSG_DEAD = 2 } msg_state_t;
+
+typedef struct {
+    uint64_t seq;
+    char *source;
+    char *message_id;
+    char *dest;
+    int kind;
+    int priority;
+    int64_t stored_ms;
+    int64_t expires_ms;
+    char *dead_reason;
+    uint8_t *body;     /* packed medroute.v1.Envelope */
+    size_t body_len;
+    uint64_t count;    /* SUMMARY: messages pending for dest */
+} store_row_t;
+
+typedef struct store_req_t store_req_t;
+typedef void (*store_cb_t)(store_req_t *req, void *arg);
+
+struct store_req_t {
+    store_op_t op;
+    store_cb_t cb;
+    void *arg;
+    int64_t tag;       /* the caller's, untouched by the store */
+    /* inputs (which ones an op reads is said in store.c's table) */
+    store_row_t msg;   /* PUT: the message; ACK: seq + dest; DROP: seq + dead_reason */
+    uint64_t after;    /* LOAD: seq to continue after */
+    uint32_t limit;    /* LOAD, LIST, PRUNE: at most this many */
+    int state;         /* LIST: MSG_PENDING or MSG_DEAD */
+    int64_t now_ms;    /* EXPIRE, PRUNE, ACK: the time to compare with / record */
+    int64_t before_ms; /* PRUNE: delivered before this */
+    /* outputs */
+    store_status_t status;
+    uint64_t seq;      /* PUT: the message's seq */
+    uint64_t value;    /* SIZE: bytes; PRUNE: rows deleted */
+    store_row_t *rows; /* LOAD, LIST, SUMMARY, EXPIRE */
+    size_t n_rows;
+    store_req_t *next; /* queue link, the store's */
+};
+
+typedef struct {
+    const char *path;       /* database file */
+    bool sync_full;         /* synchronous=FULL, else NORMAL */
+    uint32_t batch_max;
+    uint32_t batch_ms;
+} store_opts_t;
+
+typedef struct store_t store_t;
+
+/*
+ * Starts the store thread and opens the database at opts->path (created with
+ * mode 0600).  If the database cannot be opened, the store still starts:
+ * requests fail with STORE_UNAVAILABLE and opening is retried.  Completion
+ * callbacks run on loop.  NULL on allocation or thread failure.
+ */
+store_t *store_new(uv_loop_t *loop, const store_opts_t *opts, log_t *log);
+/* Executes every submitted request, stops the thread, closes the database,
+ * and runs the callbacks still due (so the loop's state must still exist). */
+void store_destroy(store_t **self_p);
+
+store_req_t *store_req_new(store_op_t op, store_cb_t cb, void *arg);
+/* Queues req; the store owns it from now on.  Never blocks on disk. */
+void store_submit(store_t *self, store_req_t *req);
+/* Requests submitted and not yet completed. */
+size_t store_backlog(const store_t *self);
+/* True when the last batch failed for lack of the database. */
+bool store_unavailable(const store_t *self);
+
+void store_row_clear(store_row_t *row);
+const char *store_status_name(store_status_t s);
+
+#endif

@@ -1,0 +1,78 @@
+/*
+ * mr_codec.h - shared helpers around the generated medroute.v1 codec.
+ *
+ * Linked by the daemon, the client library and the tests, so it holds pure
+ * functions only: names of kinds, priorities and error codes, the rule that
+ * ties a kind to its payload, and packing a Frame into a buffer.
+ */
+#ifndef MR_CODEC_H
+#define MR_CODEC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "medroute/v1/clinical.pb-c.h"
+#include "medroute/v1/envelope.pb-c.h"
+#include "medroute/v1/frame.pb-c.h"
+#include "medroute/v1/operator.pb-c.h"
+
+#define MR_PROTOCOL_VERSION 1
+#define MR_MESSAGE_ID_MAX 64   /* bytes in Envelope.message_id */
+#define MR_FACILITY_ID_MAX 64  /* bytes in a facility id */
+
+typedef Medroute__V1__Frame mr_frame_t;
+typedef Medroute__V1__Envelope mr_envelope_t;
+typedef Medroute__V1__OpRequest mr_op_request_t;
+typedef Medroute__V1__OpReply mr_op_reply_t;
+
+/* Short names for the error codes of frame.proto. */
+enum {
+    MR_OK = 0,
+    MR_E_MALFORMED = MEDROUTE__V1__ERROR_CODE__ERROR_MALFORMED,
+    MR_E_UNSUPPORTED_VERSION = MEDROUTE__V1__ERROR_CODE__ERROR_UNSUPPORTED_VERSION,
+    MR_E_UNKNOWN_KIND = MEDROUTE__V1__ERROR_CODE__ERROR_UNKNOWN_KIND,
+    MR_E_UNKNOWN_SOURCE = MEDROUTE__V1__ERROR_CODE__ERROR_UNKNOWN_SOURCE,
+    MR_E_UNKNOWN_DESTINATION = MEDROUTE__V1__ERROR_CODE__ERROR_UNKNOWN_DESTINATION,
+    MR_E_TOO_LARGE = MEDROUTE__V1__ERROR_CODE__ERROR_TOO_LARGE,
+    MR_E_INVALID = MEDROUTE__V1__ERROR_CODE__ERROR_INVALID,
+    MR_E_NO_HELLO = MEDROUTE__V1__ERROR_CODE__ERROR_NO_HELLO,
+    MR_E_FORBIDDEN = MEDROUTE__V1__ERROR_CODE__ERROR_FORBIDDEN,
+    MR_E_STORE_UNAVAILABLE = MEDROUTE__V1__ERROR_CODE__ERROR_STORE_UNAVAILABLE,
+    MR_E_CONFLICT = MEDROUTE__V1__ERROR_CODE__ERROR_CONFLICT,
+    MR_E_QUEUE_FULL = MEDROUTE__V1__ERROR_CODE__ERROR_QUEUE_FULL,
+    MR_E_RATE_LIMITED = MEDROUTE__V1__ERROR_CODE__ERROR_RATE_LIMITED,
+    MR_E_EXPIRED = MEDROUTE__V1__ERROR_CODE__ERROR_EXPIRED,
+    MR_E_ILLEGAL_TRANSITION = MEDROUTE__V1__ERROR_CODE__ERROR_ILLEGAL_TRANSITION,
+    MR_E_UNKNOWN_DELIVERY = MEDROUTE__V1__ERROR_CODE__ERROR_UNKNOWN_DELIVERY,
+    MR_E_UNEXPECTED_FRAME = MEDROUTE__V1__ERROR_CODE__ERROR_UNEXPECTED_FRAME,
+    MR_E_INTERNAL = MEDROUTE__V1__ERROR_CODE__ERROR_INTERNAL,
+    MR_E_SHUTTING_DOWN = MEDROUTE__V1__ERROR_CODE__ERROR_SHUTTING_DOWN,
+    MR_E_COUNT /* one past the last code */
+};
+
+/* "referral", "lab_result", ...; NULL for a kind this version does not know. */
+const char *mr_kind_name(int kind);
+/* Inverse of mr_kind_name; -1 if unknown. */
+int mr_kind_from_name(const char *name);
+/* The Envelope payload case a kind must carry; 0 for an unknown kind. */
+int mr_kind_payload_case(int kind);
+/* Number of kinds known, including 0 (unspecified): kinds are 1..MR_KIND_MAX. */
+#define MR_KIND_MAX 6
+
+/* "routine" / "urgent" / "stat"; NULL if unknown. */
+const char *mr_priority_name(int priority);
+int mr_priority_from_name(const char *name);
+
+/* "MALFORMED", "UNKNOWN_KIND", ...; "UNKNOWN_CODE" for a code out of range. */
+const char *mr_error_name(int code);
+
+/*
+ * Packs msg into a new malloc'd buffer.  On success *out is owned by the
+ * caller (free()), *len its size, and 0 is returned; -ENOMEM otherwise.
+ */
+int mr_pack(const ProtobufCMessage *msg, uint8_t **out, size_t *len);
+
+/* Current wall-clock time in Unix milliseconds. */
+int64_t mr_now_ms(void);
+
+#endif

@@ -140,12 +140,9 @@ static int s_send(server_t *s, int peer, qmsg_t *m)
     d.redelivered = m->attempts > 0;
     d.attempt = m->attempts + 1;
     d.stored_at_ms = m->stored_ms;
-    ProtobufCMessageUnknownField envelope = {
-        .tag = 2,
-        .wire_type = PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED,
-        .len = m->len,
-        .data = m->body,
-    };
+    ProtobufCMessageUnknownField envelope;
+    if (mr_embed_field(&envelope, 2, m->body, m->len) < 0)
+        return -ENOMEM;
     d.base.n_unknown_fields = 1;
     d.base.unknown_fields = &envelope;
     mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
@@ -153,6 +150,7 @@ static int s_send(server_t *s, int peer, qmsg_t *m)
     f.body_case = MEDROUTE__V1__FRAME__BODY_DELIVERY;
     f.delivery = &d;
     int rc = server_send_facility(s, p->rid, p->rid_len, &f.base);
+    free(envelope.data);
     if (rc == 0) {
         s->counters.v[m->attempts > 0 ? CNT_REDELIVERED : CNT_SENT]++;
         m->attempts++;

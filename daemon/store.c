@@ -235,6 +235,27 @@ fail:
 
 /* ---- store thread: operations ---------------------------------------- */
 
+/*
+ * A prepared statement ready for new bindings.  A statement must be reset
+ * before it is bound again: binding one that has run to its end fails with
+ * SQLITE_MISUSE and would leave the previous (dangling) bindings in place.
+ */
+/* Returns from the calling operation when a bind fails. */
+#define S_BIND(call)                                                                               \
+    do {                                                                                           \
+        int s_bind_rc_ = (call);                                                                   \
+        if (s_bind_rc_ != SQLITE_OK)                                                               \
+            return s_bind_rc_;                                                                     \
+    } while (0)
+
+static sqlite3_stmt *s_stmt(store_t *self, int which)
+{
+    sqlite3_stmt *st = self->stmt[which];
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return st;
+}
+
 static char *s_text(sqlite3_stmt *st, int col)
 {
     const unsigned char *t = sqlite3_column_text(st, col);
@@ -289,15 +310,15 @@ static int s_collect(sqlite3_stmt *st, store_req_t *req)
 static int s_op_put(store_t *self, store_req_t *req)
 {
     const store_row_t *m = &req->msg;
-    sqlite3_stmt *st = self->stmt[S_PUT_INSERT];
-    sqlite3_bind_text(st, 1, m->source, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, m->message_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, m->dest, -1, SQLITE_STATIC);
-    sqlite3_bind_int(st, 4, m->kind);
-    sqlite3_bind_int(st, 5, m->priority);
-    sqlite3_bind_int64(st, 6, m->stored_ms);
-    sqlite3_bind_int64(st, 7, m->expires_ms);
-    sqlite3_bind_blob(st, 8, m->body, (int)m->body_len, SQLITE_STATIC);
+    sqlite3_stmt *st = s_stmt(self, S_PUT_INSERT);
+    S_BIND(sqlite3_bind_text(st, 1, m->source, -1, SQLITE_STATIC));
+    S_BIND(sqlite3_bind_text(st, 2, m->message_id, -1, SQLITE_STATIC));
+    S_BIND(sqlite3_bind_text(st, 3, m->dest, -1, SQLITE_STATIC));
+    S_BIND(sqlite3_bind_int(st, 4, m->kind));
+    S_BIND(sqlite3_bind_int(st, 5, m->priority));
+    S_BIND(sqlite3_bind_int64(st, 6, m->stored_ms));
+    S_BIND(sqlite3_bind_int64(st, 7, m->expires_ms));
+    S_BIND(sqlite3_bind_blob(st, 8, m->body, (int)m->body_len, SQLITE_STATIC));
     int rc = sqlite3_step(st);
     if (rc != SQLITE_DONE)
         return rc;
@@ -307,9 +328,9 @@ static int s_op_put(store_t *self, store_req_t *req)
         return SQLITE_OK;
     }
     /* Seen before: the same bytes are a resend, other bytes a conflict. */
-    st = self->stmt[S_PUT_FIND];
-    sqlite3_bind_text(st, 1, m->source, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, m->message_id, -1, SQLITE_STATIC);
+    st = s_stmt(self, S_PUT_FIND);
+    S_BIND(sqlite3_bind_text(st, 1, m->source, -1, SQLITE_STATIC));
+    S_BIND(sqlite3_bind_text(st, 2, m->message_id, -1, SQLITE_STATIC));
     rc = sqlite3_step(st);
     if (rc != SQLITE_ROW)
         return rc == SQLITE_DONE ? SQLITE_CORRUPT : rc;
@@ -323,10 +344,10 @@ static int s_op_put(store_t *self, store_req_t *req)
 
 static int s_op_ack(store_t *self, store_req_t *req)
 {
-    sqlite3_stmt *st = self->stmt[S_ACK_UPDATE];
-    sqlite3_bind_int64(st, 1, (sqlite3_int64)req->msg.seq);
-    sqlite3_bind_text(st, 2, req->msg.dest, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 3, req->now_ms);
+    sqlite3_stmt *st = s_stmt(self, S_ACK_UPDATE);
+    S_BIND(sqlite3_bind_int64(st, 1, (sqlite3_int64)req->msg.seq));
+    S_BIND(sqlite3_bind_text(st, 2, req->msg.dest, -1, SQLITE_STATIC));
+    S_BIND(sqlite3_bind_int64(st, 3, req->now_ms));
     int rc = sqlite3_step(st);
     if (rc != SQLITE_DONE)
         return rc;
@@ -334,9 +355,9 @@ static int s_op_ack(store_t *self, store_req_t *req)
         req->status = STORE_OK;
         return SQLITE_OK;
     }
-    st = self->stmt[S_ACK_FIND];
-    sqlite3_bind_int64(st, 1, (sqlite3_int64)req->msg.seq);
-    sqlite3_bind_text(st, 2, req->msg.dest, -1, SQLITE_STATIC);
+    st = s_stmt(self, S_ACK_FIND);
+    S_BIND(sqlite3_bind_int64(st, 1, (sqlite3_int64)req->msg.seq));
+    S_BIND(sqlite3_bind_text(st, 2, req->msg.dest, -1, SQLITE_STATIC));
     rc = sqlite3_step(st);
     if (rc == SQLITE_ROW)
         req->status = sqlite3_column_int(st, 0) == MSG_DELIVERED ? STORE_DUPLICATE : STORE_NOT_FOUND;
@@ -349,26 +370,26 @@ static int s_op_ack(store_t *self, store_req_t *req)
 
 static int s_op_load(store_t *self, store_req_t *req)
 {
-    sqlite3_stmt *st = self->stmt[S_LOAD];
-    sqlite3_bind_text(st, 1, req->msg.dest, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, (sqlite3_int64)req->after);
-    sqlite3_bind_int(st, 3, (int)req->limit);
+    sqlite3_stmt *st = s_stmt(self, S_LOAD);
+    S_BIND(sqlite3_bind_text(st, 1, req->msg.dest, -1, SQLITE_STATIC));
+    S_BIND(sqlite3_bind_int64(st, 2, (sqlite3_int64)req->after));
+    S_BIND(sqlite3_bind_int(st, 3, (int)req->limit));
     return s_collect(st, req);
 }
 
 static int s_op_list(store_t *self, store_req_t *req)
 {
-    sqlite3_stmt *st = self->stmt[req->msg.dest ? S_LIST_DEST : S_LIST_ALL];
-    sqlite3_bind_int(st, 1, req->state);
-    sqlite3_bind_int(st, 2, (int)req->limit);
+    sqlite3_stmt *st = s_stmt(self, req->msg.dest ? S_LIST_DEST : S_LIST_ALL);
+    S_BIND(sqlite3_bind_int(st, 1, req->state));
+    S_BIND(sqlite3_bind_int(st, 2, (int)req->limit));
     if (req->msg.dest)
-        sqlite3_bind_text(st, 3, req->msg.dest, -1, SQLITE_STATIC);
+        S_BIND(sqlite3_bind_text(st, 3, req->msg.dest, -1, SQLITE_STATIC));
     return s_collect(st, req);
 }
 
 static int s_op_summary(store_t *self, store_req_t *req)
 {
-    sqlite3_stmt *st = self->stmt[S_SUMMARY];
+    sqlite3_stmt *st = s_stmt(self, S_SUMMARY);
     int rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (req->n_rows % 64 == 0) {
@@ -390,14 +411,14 @@ static int s_op_summary(store_t *self, store_req_t *req)
 
 static int s_op_update(store_t *self, store_req_t *req, int which)
 {
-    sqlite3_stmt *st = self->stmt[which];
-    sqlite3_bind_int64(st, 1, (sqlite3_int64)req->msg.seq);
+    sqlite3_stmt *st = s_stmt(self, which);
+    S_BIND(sqlite3_bind_int64(st, 1, (sqlite3_int64)req->msg.seq));
     if (which == S_DROP) {
-        sqlite3_bind_text(st, 2, req->msg.dead_reason ? req->msg.dead_reason : "dropped", -1,
-                          SQLITE_STATIC);
-        sqlite3_bind_int64(st, 3, req->now_ms);
+        S_BIND(sqlite3_bind_text(st, 2, req->msg.dead_reason ? req->msg.dead_reason : "dropped", -1,
+                          SQLITE_STATIC));
+        S_BIND(sqlite3_bind_int64(st, 3, req->now_ms));
     } else {
-        sqlite3_bind_int64(st, 2, req->now_ms);
+        S_BIND(sqlite3_bind_int64(st, 2, req->now_ms));
     }
     int rc = s_collect(st, req);
     if (rc != SQLITE_OK)
@@ -408,17 +429,17 @@ static int s_op_update(store_t *self, store_req_t *req, int which)
 
 static int s_op_expire(store_t *self, store_req_t *req)
 {
-    sqlite3_stmt *st = self->stmt[S_EXPIRE];
-    sqlite3_bind_int64(st, 1, req->now_ms);
-    sqlite3_bind_int(st, 2, (int)req->limit);
+    sqlite3_stmt *st = s_stmt(self, S_EXPIRE);
+    S_BIND(sqlite3_bind_int64(st, 1, req->now_ms));
+    S_BIND(sqlite3_bind_int(st, 2, (int)req->limit));
     return s_collect(st, req);
 }
 
 static int s_op_prune(store_t *self, store_req_t *req)
 {
-    sqlite3_stmt *st = self->stmt[S_PRUNE];
-    sqlite3_bind_int64(st, 1, req->before_ms);
-    sqlite3_bind_int(st, 2, (int)req->limit);
+    sqlite3_stmt *st = s_stmt(self, S_PRUNE);
+    S_BIND(sqlite3_bind_int64(st, 1, req->before_ms));
+    S_BIND(sqlite3_bind_int(st, 2, (int)req->limit));
     int rc = sqlite3_step(st);
     if (rc != SQLITE_DONE)
         return rc;
@@ -459,11 +480,10 @@ static int s_execute(store_t *self, store_req_t *req)
     case STORE_SIZE: rc = s_op_size(self, req); break;
     default: rc = SQLITE_MISUSE; break;
     }
-    for (int i = 0; i < S_STMT_COUNT; i++) {
-        if (self->stmt[i] != NULL && sqlite3_stmt_busy(self->stmt[i])) {
+    /* Release the statements (and any read they hold) for the next request. */
+    for (int i = 0; i < S_STMT_COUNT; i++)
+        if (self->stmt[i] != NULL && sqlite3_stmt_busy(self->stmt[i]))
             sqlite3_reset(self->stmt[i]);
-        }
-    }
     return rc;
 }
 

@@ -88,6 +88,26 @@ int mr_pack(const ProtobufCMessage *msg, uint8_t **out, size_t *len)
     return 0;
 }
 
+int mr_embed_field(ProtobufCMessageUnknownField *uf, uint32_t tag, const uint8_t *bytes,
+                   size_t len)
+{
+    uint8_t *buf = malloc(len + 10);
+    if (buf == NULL)
+        return -ENOMEM;
+    size_t n = 0;
+    for (size_t v = len; ; v >>= 7) {
+        buf[n++] = (uint8_t)((v & 0x7f) | (v >= 0x80 ? 0x80 : 0));
+        if (v < 0x80)
+            break;
+    }
+    memcpy(buf + n, bytes, len);
+    uf->tag = tag;
+    uf->wire_type = PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED;
+    uf->len = n + len;
+    uf->data = buf;
+    return 0;
+}
+
 int64_t mr_now_ms(void)
 {
     struct timespec ts;

@@ -72,6 +72,16 @@ const char *mr_error_name(int code);
  */
 int mr_pack(const ProtobufCMessage *msg, uint8_t **out, size_t *len);
 
+/*
+ * Prepares an unknown field that carries already-encoded bytes (a packed
+ * submessage) as field `tag` of the message it is attached to, so that a
+ * stored Envelope can be framed without decoding it.  protobuf-c expects the
+ * length prefix inside the field's data: uf->data is a new buffer holding
+ * varint(len) + bytes, owned by the caller (free(uf->data)).  0 or -ENOMEM.
+ */
+int mr_embed_field(ProtobufCMessageUnknownField *uf, uint32_t tag, const uint8_t *bytes,
+                   size_t len);
+
 /* Current wall-clock time in Unix milliseconds. */
 int64_t mr_now_ms(void);
 

@@ -1041,10 +1041,8 @@ int pbjson_to_message(const ProtobufCMessageDescriptor *desc, const json_t *json
 	if (in.errlen > 0)
 		err[0] = '\0';
 	if (desc == NULL || json == NULL || out == NULL ||
-	    desc->magic != PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC) {
-		rc = s_fail(&in, -EINVAL, "invalid arguments");
-		goto out;
-	}
+	    desc->magic != PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC)
+		return s_fail(&in, -EINVAL, "invalid arguments"); /* nothing to free yet */
 	rc = s_new_message(&in, desc, &msg);
 	if (rc != 0)
 		goto out;

@@ -1,0 +1,1036 @@
+/*
+ * medroute.c - the `medroute` command line tool: send and receive messages as
+ * a facility, and ask the broker's operator endpoint for status and queues.
+ *
+ *   medroute [GLOBAL] COMMAND [OPTIONS] [GLOBAL]
+ *
+ * main() looks the command up in s_commands[] and hands it argv from the
+ * command name on; each command parses its own options (getopt_long) plus the
+ * global ones, so --endpoint/--operator/--state-dir work before or after the
+ * command name.  Everything goes through the public client library
+ * (medroute.h); replies are formatted with jansson.
+ *
+ * Exit status: 0 success, 1 the broker refused or failed, 2 bad usage or
+ * input, 3 time-out.  Single threaded; the only file-static mutable state is
+ * the signal flag of `listen` (see s_stop).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <jansson.h>
+
+#include "medroute.h"
+
+#define S_EXIT_OK 0
+#define S_EXIT_FAIL 1
+#define S_EXIT_USAGE 2
+#define S_EXIT_TIMEOUT 3
+
+#define S_DEFAULT_ENDPOINT "tcp://127.0.0.1:7700"
+#define S_DEFAULT_OPERATOR "tcp://127.0.0.1:7701"
+#define S_DEFAULT_TIMEOUT_MS 10000
+
+/* Long-option codes of the global options; above any short option char. */
+enum { S_OPT_ENDPOINT = 1000, S_OPT_OPERATOR, S_OPT_STATE_DIR, S_OPT_HELP };
+
+#define S_GLOBAL_OPTIONS                                                                      \
+    {"endpoint", required_argument, NULL, S_OPT_ENDPOINT},                                    \
+        {"operator", required_argument, NULL, S_OPT_OPERATOR},                                \
+        {"state-dir", required_argument, NULL, S_OPT_STATE_DIR},                              \
+        {"help", no_argument, NULL, S_OPT_HELP}
+
+/* What every command may be given, before or after its name. */
+typedef struct {
+    const char *endpoint;
+    const char *operator_ep;
+    const char *state_dir;
+} s_ctx_t;
+
+typedef int (*s_command_fn)(s_ctx_t *ctx, int argc, char **argv);
+
+typedef struct {
+    const char *name;
+    s_command_fn fn;
+    const char *usage;
+    const char *help;
+} s_command_t;
+
+/*
+ * Set by the SIGINT/SIGTERM handler of `listen`, read by its poll loop.  The
+ * one accepted piece of file-static mutable state: a signal handler has no
+ * other way to reach the loop, and it only ever stores 1 here.
+ */
+static volatile sig_atomic_t s_stop;
+
+/* The kinds, in medroute.v1.Kind order: index = enum value. */
+static const char *const s_kinds[] = {
+    NULL, "referral", "referral_update", "imaging_request", "imaging_report", "lab_order",
+    "lab_result",
+};
+#define S_N_KINDS ((int)(sizeof s_kinds / sizeof s_kinds[0]))
+
+/* ---- small helpers -------------------------------------------------------- */
+
+static int64_t s_now_ms(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_REALTIME, &ts) != 0)
+        return 0;
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t s_mono_ms(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
+        return 0;
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Parses a whole decimal number in [min, max]. 0 or -EINVAL. */
+static int s_parse_int(const char *text, long long min, long long max, long long *out)
+{
+    if (text == NULL || *text == '\0')
+        return -EINVAL;
+    char *end = NULL;
+    errno = 0;
+    long long v = strtoll(text, &end, 10);
+    if (errno != 0 || *end != '\0' || v < min || v > max)
+        return -EINVAL;
+    *out = v;
+    return 0;
+}
+
+static int s_parse_u64(const char *text, uint64_t *out)
+{
+    if (text == NULL || *text < '0' || *text > '9')
+        return -EINVAL;
+    char *end = NULL;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (errno != 0 || *end != '\0')
+        return -EINVAL;
+    *out = v;
+    return 0;
+}
+
+/* A JSON integer, or an integer in a decimal string (the proto3 JSON form of
+ * 64-bit fields); def when absent or neither. */
+static long long s_json_ll(const json_t *v, long long def)
+{
+    long long out = def;
+    if (json_is_integer(v))
+        return json_integer_value(v);
+    if (json_is_string(v) && s_parse_int(json_string_value(v), LLONG_MIN, LLONG_MAX, &out) == 0)
+        return out;
+    if (json_is_string(v)) {
+        uint64_t u;
+        if (s_parse_u64(json_string_value(v), &u) == 0)
+            return u > (uint64_t)LLONG_MAX ? LLONG_MAX : (long long)u;
+    }
+    return def;
+}
+
+static const char *s_json_str(const json_t *obj, const char *key, const char *def)
+{
+    const char *s = json_string_value(json_object_get(obj, key));
+    return s ? s : def;
+}
+
+/* A uint64 as JSON: an integer while it fits, else a decimal string. */
+static json_t *s_json_u64(uint64_t v)
+{
+    if (v <= (uint64_t)LLONG_MAX)
+        return json_integer((json_int_t)v);
+    char buf[32];
+    int n = snprintf(buf, sizeof buf, "%" PRIu64, v);
+    if (n < 0 || (size_t)n >= sizeof buf)
+        return NULL;
+    return json_string(buf);
+}
+
+/* Sets obj[key] = value, taking the reference; -ENOMEM if either is NULL. */
+static int s_set(json_t *obj, const char *key, json_t *value)
+{
+    if (obj == NULL || value == NULL) {
+        json_decref(value);
+        return -ENOMEM;
+    }
+    return json_object_set_new(obj, key, value) == 0 ? 0 : -ENOMEM;
+}
+
+/* Writes obj as one compact JSON line to out and flushes. 0 or -EIO. */
+static int s_print_line(FILE *out, const json_t *obj)
+{
+    if (json_dumpf(obj, out, JSON_COMPACT | JSON_PRESERVE_ORDER) != 0)
+        return -EIO;
+    if (fputc('\n', out) == EOF || fflush(out) != 0)
+        return -EIO;
+    return 0;
+}
+
+/* "referral", "KIND_REFERRAL", "Referral", "1" -> 1; -1 if unknown. */
+static int s_kind_index(const char *name)
+{
+    if (name == NULL)
+        return -1;
+    if (strncasecmp(name, "kind_", 5) == 0)
+        name += 5;
+    for (int i = 1; i < S_N_KINDS; i++)
+        if (strcasecmp(name, s_kinds[i]) == 0)
+            return i;
+    long long n;
+    if (s_parse_int(name, 1, S_N_KINDS - 1, &n) == 0)
+        return (int)n;
+    return -1;
+}
+
+/* A kind from the reply JSON: an int32 field, or an enum name. */
+static const char *s_kind_label(const json_t *v)
+{
+    int k = json_is_string(v) ? s_kind_index(json_string_value(v))
+                              : (int)s_json_ll(v, -1);
+    return k > 0 && k < S_N_KINDS ? s_kinds[k] : "?";
+}
+
+/* Ages for tables: "12s", "3m04s", "2h10m", "-" for none. */
+static void s_age(char *buf, size_t len, int64_t then_ms, int64_t now_ms)
+{
+    if (then_ms <= 0) {
+        snprintf(buf, len, "-");
+        return;
+    }
+    int64_t s = (now_ms - then_ms) / 1000;
+    if (s < 0)
+        s = 0;
+    if (s < 120)
+        snprintf(buf, len, "%" PRId64 "s", s);
+    else if (s < 7200)
+        snprintf(buf, len, "%" PRId64 "m%02" PRId64 "s", s / 60, s % 60);
+    else
+        snprintf(buf, len, "%" PRId64 "h%02" PRId64 "m", s / 3600, (s / 60) % 60);
+}
+
+/*
+ * Handles a global option from inside a command's getopt loop.  Returns 1 if
+ * c was one (consumed), 0 if not, -1 for --help (caller prints usage).
+ */
+static int s_global_opt(s_ctx_t *ctx, int c)
+{
+    switch (c) {
+    case S_OPT_ENDPOINT: ctx->endpoint = optarg; return 1;
+    case S_OPT_OPERATOR: ctx->operator_ep = optarg; return 1;
+    case S_OPT_STATE_DIR: ctx->state_dir = optarg; return 1;
+    case S_OPT_HELP: return -1;
+    default: return 0;
+    }
+}
+
+static void s_usage_of(FILE *out, const char *name);
+
+/* The default of a command's option switch: global options, --help, errors. */
+static int s_other_opt(s_ctx_t *ctx, int c, const char *cmd, int *done)
+{
+    int g = s_global_opt(ctx, c);
+    if (g == 1)
+        return 0;
+    s_usage_of(g < 0 ? stdout : stderr, cmd);
+    *done = 1;
+    return g < 0 ? S_EXIT_OK : S_EXIT_USAGE;
+}
+
+/* ---- the operator endpoint -------------------------------------------------- */
+
+/*
+ * Sends one operator request and returns the parsed reply in *reply_out
+ * (caller owns it).  Prints what went wrong on stderr and returns the exit
+ * status: 0; 1 for an Error reply (the reply is still returned) or a broken
+ * connection; 2 for a request the library rejects; 3 on time-out.
+ */
+static int s_operator_call(const s_ctx_t *ctx, json_t *request, int timeout_ms,
+                           json_t **reply_out)
+{
+    int status = S_EXIT_FAIL;
+    char *req_text = NULL, *reply_text = NULL;
+    char err[256] = "";
+    mr_operator_t *op = NULL;
+    *reply_out = NULL;
+
+    req_text = json_dumps(request, JSON_COMPACT);
+    if (req_text == NULL) {
+        fprintf(stderr, "medroute: out of memory\n");
+        goto out;
+    }
+    op = mr_operator_new(ctx->operator_ep);
+    if (op == NULL) {
+        fprintf(stderr, "medroute: cannot open the operator endpoint %s\n", ctx->operator_ep);
+        goto out;
+    }
+    int rc = mr_operator_call_json(op, req_text, &reply_text, timeout_ms, err, sizeof err);
+    if (rc == -ETIMEDOUT) {
+        fprintf(stderr, "medroute: no reply from %s within %d ms\n", ctx->operator_ep,
+                timeout_ms);
+        status = S_EXIT_TIMEOUT;
+        goto out;
+    }
+    if (rc == -EINVAL) {
+        fprintf(stderr, "medroute: bad request: %s\n", err);
+        status = S_EXIT_USAGE;
+        goto out;
+    }
+    if (rc < 0 && rc != -EPROTO) {
+        fprintf(stderr, "medroute: operator call failed: %s%s%s\n", strerror(-rc),
+                err[0] ? ": " : "", err);
+        goto out;
+    }
+    json_error_t jerr;
+    *reply_out = reply_text ? json_loads(reply_text, 0, &jerr) : NULL;
+    if (*reply_out == NULL) {
+        fprintf(stderr, "medroute: unreadable reply from the broker\n");
+        goto out;
+    }
+    if (rc == -EPROTO) {
+        const json_t *e = json_object_get(*reply_out, "error");
+        const char *name = s_json_str(e, "code", "UNSPECIFIED");
+        fprintf(stderr, "medroute: the broker refused: %s: %s\n", name,
+                s_json_str(e, "reason", ""));
+        goto out;
+    }
+    status = S_EXIT_OK;
+out:
+    free(reply_text);
+    mr_operator_destroy(&op);
+    free(req_text);
+    return status;
+}
+
+/* ---- send ------------------------------------------------------------------- */
+
+/* Payload keys of the Envelope's oneof, which mark a whole envelope. */
+static int s_is_envelope(const json_t *obj)
+{
+    if (json_object_get(obj, "kind") != NULL)
+        return 1;
+    for (int i = 1; i < S_N_KINDS; i++)
+        if (json_object_get(obj, s_kinds[i]) != NULL)
+            return 1;
+    return 0;
+}
+
+/* The kind of an envelope: its "kind", else the payload key it carries. */
+static int s_envelope_kind(const json_t *env)
+{
+    const json_t *k = json_object_get(env, "kind");
+    if (json_is_string(k))
+        return s_kind_index(json_string_value(k));
+    if (json_is_integer(k))
+        return (int)json_integer_value(k);
+    for (int i = 1; i < S_N_KINDS; i++)
+        if (json_object_get(env, s_kinds[i]) != NULL)
+            return i;
+    return -1;
+}
+
+typedef struct {
+    const char *as, *to, *kind, *priority, *id, *correlation, *file;
+    long long timeout_ms;
+} s_send_args_t;
+
+/*
+ * Reads the --json input and returns the Envelope to send (caller owns it),
+ * with the command-line overrides applied; NULL after printing why on stderr.
+ */
+static json_t *s_build_envelope(const s_send_args_t *a)
+{
+    json_error_t jerr;
+    json_t *in = strcmp(a->file, "-") == 0 ? json_loadf(stdin, 0, &jerr)
+                                           : json_load_file(a->file, 0, &jerr);
+    json_t *env = NULL;
+    if (in == NULL) {
+        fprintf(stderr, "medroute: %s:%d:%d: %s\n", strcmp(a->file, "-") == 0 ? "<stdin>" : a->file,
+                jerr.line, jerr.column, jerr.text);
+        return NULL;
+    }
+    if (!json_is_object(in)) {
+        fprintf(stderr, "medroute: %s: expected a JSON object\n", a->file);
+        goto fail;
+    }
+    int kind = a->kind ? s_kind_index(a->kind) : -1;
+    if (a->kind && kind < 0) {
+        fprintf(stderr, "medroute: unknown kind \"%s\"\n", a->kind);
+        goto fail;
+    }
+    if (s_is_envelope(in)) {
+        env = json_incref(in);
+        int env_kind = s_envelope_kind(env);
+        if (kind < 0)
+            kind = env_kind;
+        if (kind <= 0 || kind >= S_N_KINDS) {
+            fprintf(stderr, "medroute: the envelope has no known kind; give --kind\n");
+            goto fail;
+        }
+    } else {
+        if (kind < 0) {
+            fprintf(stderr, "medroute: --kind is required when the JSON is a bare payload\n");
+            goto fail;
+        }
+        env = json_object();
+        if (s_set(env, s_kinds[kind], json_incref(in)) != 0)
+            goto oom;
+    }
+    if (s_set(env, "kind", json_string(s_kinds[kind])) != 0)
+        goto oom;
+    if (a->to && s_set(env, "destination", json_string(a->to)) != 0)
+        goto oom;
+    if (a->priority && s_set(env, "priority", json_string(a->priority)) != 0)
+        goto oom;
+    if (a->id && s_set(env, "message_id", json_string(a->id)) != 0)
+        goto oom;
+    if (a->correlation && s_set(env, "correlation_id", json_string(a->correlation)) != 0)
+        goto oom;
+    if (!json_is_string(json_object_get(env, "destination"))) {
+        fprintf(stderr, "medroute: no destination: give --to\n");
+        goto fail;
+    }
+    const char *src = s_json_str(env, "source", NULL);
+    if (src != NULL && strcmp(src, a->as) != 0) {
+        fprintf(stderr, "medroute: the envelope's source \"%s\" is not --as %s\n", src, a->as);
+        goto fail;
+    }
+    json_decref(in);
+    return env;
+oom:
+    fprintf(stderr, "medroute: out of memory\n");
+fail:
+    json_decref(env);
+    json_decref(in);
+    return NULL;
+}
+
+/* Deliveries that reach `send` are left for a later `listen`. */
+static int on_send_event(mr_client_t *client, const mr_event_t *event, void *arg)
+{
+    (void)client;
+    (void)arg;
+    return event->type == MR_EVENT_DELIVERY ? -1 : 0;
+}
+
+static int s_print_result(int rc, const mr_result_t *res, int timeout_ms)
+{
+    json_t *o = json_object();
+    int status = S_EXIT_FAIL;
+    if (rc == 0) {
+        if (s_set(o, "ack", json_true()) || s_set(o, "message_id", json_string(res->message_id)) ||
+            s_set(o, "seq", s_json_u64(res->seq)) || s_set(o, "duplicate", json_boolean(res->duplicate)))
+            goto oom;
+        status = S_EXIT_OK;
+    } else if (rc == -EPROTO) {
+        if (s_set(o, "ack", json_false()) || s_set(o, "code", json_integer(res->code)) ||
+            s_set(o, "code_name", json_string(mr_error_code_name(res->code))) ||
+            s_set(o, "reason", json_string(res->reason)))
+            goto oom;
+    } else if (rc == -ETIMEDOUT) {
+        fprintf(stderr, "medroute: no Ack within %d ms (is medrouted running?)\n", timeout_ms);
+        json_decref(o);
+        return S_EXIT_TIMEOUT;
+    } else if (rc == -EINVAL) {
+        fprintf(stderr, "medroute: invalid message: %s\n", res->reason);
+        json_decref(o);
+        return S_EXIT_USAGE;
+    } else {
+        fprintf(stderr, "medroute: send failed: %s\n", strerror(-rc));
+        json_decref(o);
+        return S_EXIT_FAIL;
+    }
+    if (s_print_line(stdout, o) != 0) {
+        fprintf(stderr, "medroute: cannot write the result\n");
+        status = S_EXIT_FAIL;
+    }
+    json_decref(o);
+    return status;
+oom:
+    fprintf(stderr, "medroute: out of memory\n");
+    json_decref(o);
+    return S_EXIT_FAIL;
+}
+
+static int s_cmd_send(s_ctx_t *ctx, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"as", required_argument, NULL, 'a'},       {"to", required_argument, NULL, 't'},
+        {"kind", required_argument, NULL, 'k'},     {"priority", required_argument, NULL, 'p'},
+        {"id", required_argument, NULL, 'i'},       {"correlation", required_argument, NULL, 'c'},
+        {"timeout", required_argument, NULL, 'T'},  {"json", required_argument, NULL, 'j'},
+        S_GLOBAL_OPTIONS,                           {NULL, 0, NULL, 0},
+    };
+    s_send_args_t a = {.timeout_ms = S_DEFAULT_TIMEOUT_MS};
+    int c, done = 0, status;
+    while ((c = getopt_long(argc, argv, "a:t:k:p:i:c:T:j:", opts, NULL)) != -1) {
+        switch (c) {
+        case 'a': a.as = optarg; break;
+        case 't': a.to = optarg; break;
+        case 'k': a.kind = optarg; break;
+        case 'p': a.priority = optarg; break;
+        case 'i': a.id = optarg; break;
+        case 'c': a.correlation = optarg; break;
+        case 'j': a.file = optarg; break;
+        case 'T':
+            if (s_parse_int(optarg, 1, INT_MAX, &a.timeout_ms) != 0) {
+                fprintf(stderr, "medroute send: --timeout wants milliseconds > 0\n");
+                return S_EXIT_USAGE;
+            }
+            break;
+        default:
+            status = s_other_opt(ctx, c, "send", &done);
+            if (done)
+                return status;
+        }
+    }
+    if (optind != argc || a.as == NULL || a.file == NULL) {
+        fprintf(stderr, "medroute send: %s\n",
+                optind != argc ? "unexpected argument" : "--as and --json are required");
+        s_usage_of(stderr, "send");
+        return S_EXIT_USAGE;
+    }
+    if (a.priority && strcmp(a.priority, "routine") && strcmp(a.priority, "urgent") &&
+        strcmp(a.priority, "stat")) {
+        fprintf(stderr, "medroute send: --priority is routine, urgent or stat\n");
+        return S_EXIT_USAGE;
+    }
+    if (a.id && (strlen(a.id) == 0 || strlen(a.id) > 64)) {
+        fprintf(stderr, "medroute send: --id must be 1..64 characters\n");
+        return S_EXIT_USAGE;
+    }
+
+    mr_client_t *client = NULL;
+    char *text = NULL;
+    json_t *env = s_build_envelope(&a);
+    status = S_EXIT_USAGE;
+    if (env == NULL)
+        goto out;
+    text = json_dumps(env, JSON_COMPACT);
+    status = S_EXIT_FAIL;
+    if (text == NULL) {
+        fprintf(stderr, "medroute: out of memory\n");
+        goto out;
+    }
+    mr_client_opts_t o = {.endpoint = ctx->endpoint, .facility = a.as,
+                          .state_dir = ctx->state_dir, .client_name = "medroute-cli " MR_CLIENT_VERSION};
+    client = mr_client_new(&o);
+    if (client == NULL) {
+        fprintf(stderr, "medroute: cannot create a client for %s at %s%s%s\n", a.as,
+                ctx->endpoint, ctx->state_dir ? " with state dir " : "",
+                ctx->state_dir ? ctx->state_dir : "");
+        goto out;
+    }
+    mr_result_t res;
+    memset(&res, 0, sizeof res);
+    int rc = mr_client_send_json(client, text, &res, (int)a.timeout_ms, on_send_event, NULL);
+    status = s_print_result(rc, &res, (int)a.timeout_ms);
+out:
+    mr_client_destroy(&client);
+    free(text);
+    json_decref(env);
+    return status;
+}
+
+/* ---- listen ----------------------------------------------------------------- */
+
+typedef struct {
+    long long count;        /* stop after this many deliveries; 0: no limit */
+    long long delivered;
+    int failed;             /* stdout is gone: stop */
+} s_listen_t;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    s_stop = 1;
+}
+
+/* One JSON line for an Error or Connected event on stderr. */
+static void s_print_event(const mr_event_t *ev)
+{
+    json_t *o = json_object();
+    int bad = 0;
+    if (ev->type == MR_EVENT_ERROR) {
+        bad = s_set(o, "event", json_string("error")) ||
+              s_set(o, "message_id", json_string(ev->message_id ? ev->message_id : "")) ||
+              s_set(o, "code", json_integer(ev->code)) ||
+              s_set(o, "code_name", json_string(ev->code_name ? ev->code_name : "")) ||
+              s_set(o, "reason", json_string(ev->reason ? ev->reason : "")) ||
+              (ev->seq && s_set(o, "seq", s_json_u64(ev->seq)));
+    } else {
+        bad = s_set(o, "event", json_string("connected")) ||
+              s_set(o, "pending", s_json_u64(ev->pending));
+    }
+    if (bad || s_print_line(stderr, o) != 0)
+        fprintf(stderr, "medroute: cannot report an event\n");
+    json_decref(o);
+}
+
+static int on_listen_event(mr_client_t *client, const mr_event_t *ev, void *arg)
+{
+    s_listen_t *l = arg;
+    (void)client;
+    if (ev->type == MR_EVENT_ERROR || ev->type == MR_EVENT_CONNECTED) {
+        s_print_event(ev);
+        return 0;
+    }
+    if (ev->type != MR_EVENT_DELIVERY)
+        return 0;
+    /* Past --count, or after a failed write: leave it for the next listener. */
+    if (l->failed || (l->count > 0 && l->delivered >= l->count) || s_stop)
+        return -1;
+    const mr_delivery_t *d = ev->delivery;
+    int rc = -1;
+    json_error_t jerr;
+    char *text = mr_delivery_json(d);
+    json_t *env = text ? json_loads(text, 0, &jerr) : NULL;
+    json_t *o = json_object();
+    if (env == NULL) {
+        fprintf(stderr, "medroute: delivery %" PRIu64 " does not convert to JSON\n", d->seq);
+        goto out;
+    }
+    if (s_set(o, "seq", s_json_u64(d->seq)) || s_set(o, "redelivered", json_boolean(d->redelivered)) ||
+        s_set(o, "attempt", json_integer(d->attempt)) || s_set(o, "envelope", json_incref(env)))
+        goto out;
+    if (s_print_line(stdout, o) != 0) {
+        fprintf(stderr, "medroute: cannot write to stdout; stopping\n");
+        l->failed = 1;
+        goto out;
+    }
+    l->delivered++;
+    rc = 0; /* printed and flushed: only now is it ours to acknowledge */
+out:
+    json_decref(o);
+    json_decref(env);
+    free(text);
+    return rc;
+}
+
+static int s_cmd_listen(s_ctx_t *ctx, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"as", required_argument, NULL, 'a'},
+        {"count", required_argument, NULL, 'n'},
+        {"timeout", required_argument, NULL, 'T'},
+        S_GLOBAL_OPTIONS,
+        {NULL, 0, NULL, 0},
+    };
+    const char *as = NULL;
+    long long timeout_ms = 0;
+    s_listen_t l = {0};
+    int c, done = 0, status;
+    while ((c = getopt_long(argc, argv, "a:n:T:", opts, NULL)) != -1) {
+        switch (c) {
+        case 'a': as = optarg; break;
+        case 'n':
+            if (s_parse_int(optarg, 1, LLONG_MAX, &l.count) != 0) {
+                fprintf(stderr, "medroute listen: --count wants a number > 0\n");
+                return S_EXIT_USAGE;
+            }
+            break;
+        case 'T':
+            if (s_parse_int(optarg, 1, LLONG_MAX / 2, &timeout_ms) != 0) {
+                fprintf(stderr, "medroute listen: --timeout wants milliseconds > 0\n");
+                return S_EXIT_USAGE;
+            }
+            break;
+        default:
+            status = s_other_opt(ctx, c, "listen", &done);
+            if (done)
+                return status;
+        }
+    }
+    if (optind != argc || as == NULL) {
+        fprintf(stderr, "medroute listen: %s\n",
+                optind != argc ? "unexpected argument" : "--as is required");
+        s_usage_of(stderr, "listen");
+        return S_EXIT_USAGE;
+    }
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    if (sigemptyset(&sa.sa_mask) != 0 || sigaction(SIGINT, &sa, NULL) != 0 ||
+        sigaction(SIGTERM, &sa, NULL) != 0) {
+        perror("medroute: sigaction");
+        return S_EXIT_FAIL;
+    }
+    mr_client_opts_t o = {.endpoint = ctx->endpoint, .facility = as,
+                          .state_dir = ctx->state_dir, .client_name = "medroute-cli " MR_CLIENT_VERSION};
+    mr_client_t *client = mr_client_new(&o);
+    if (client == NULL) {
+        fprintf(stderr, "medroute: cannot create a client for %s at %s\n", as, ctx->endpoint);
+        return S_EXIT_FAIL;
+    }
+    status = S_EXIT_OK;
+    int64_t deadline = timeout_ms > 0 ? s_mono_ms() + timeout_ms : 0;
+    while (!s_stop && !l.failed && (l.count == 0 || l.delivered < l.count)) {
+        int wait = 200; /* short, so that a signal is noticed soon */
+        if (deadline) {
+            int64_t left = deadline - s_mono_ms();
+            if (left <= 0)
+                break;
+            if (left < wait)
+                wait = (int)left;
+        }
+        int rc = mr_client_poll(client, wait, on_listen_event, &l);
+        if (rc < 0 && rc != -EINTR && rc != -EAGAIN) {
+            fprintf(stderr, "medroute: poll failed: %s\n", strerror(-rc));
+            status = S_EXIT_FAIL;
+            break;
+        }
+    }
+    if (l.failed)
+        status = S_EXIT_FAIL;
+    mr_client_destroy(&client);
+    return status;
+}
+
+/* ---- status ----------------------------------------------------------------- */
+
+static int s_print_status(const json_t *reply)
+{
+    const json_t *st = json_object_get(reply, "status");
+    if (!json_is_object(st)) {
+        fprintf(stderr, "medroute: the reply is not a status reply\n");
+        return S_EXIT_FAIL;
+    }
+    int64_t now = s_now_ms();
+    char up[32], seen[32], oldest[32];
+    s_age(up, sizeof up, s_json_ll(json_object_get(st, "started_at_ms"), 0), now);
+    printf("broker %s, up %s, store %lld bytes\n\n", s_json_str(st, "broker_id", "?"), up,
+           s_json_ll(json_object_get(st, "store_bytes"), 0));
+    printf("%-14s %-15s %-9s %-9s %8s %8s %10s\n", "FACILITY", "ROLE", "CONNECTED", "LAST SEEN",
+           "PENDING", "INFLIGHT", "OLDEST");
+    size_t i;
+    const json_t *f;
+    json_array_foreach(json_object_get(st, "facilities"), i, f) {
+        int64_t last = s_json_ll(json_object_get(f, "last_seen_ms"), 0);
+        s_age(seen, sizeof seen, last, now);
+        s_age(oldest, sizeof oldest, s_json_ll(json_object_get(f, "oldest_pending_ms"), 0), now);
+        printf("%-14s %-15s %-9s %-9s %8lld %8lld %10s\n", s_json_str(f, "facility_id", "?"),
+               s_json_str(f, "role", "?"),
+               json_is_true(json_object_get(f, "connected")) ? "yes" : "no",
+               last > 0 ? seen : "never", s_json_ll(json_object_get(f, "pending"), 0),
+               s_json_ll(json_object_get(f, "inflight"), 0), oldest);
+    }
+    printf("\n%-28s %12s\n", "COUNTER", "VALUE");
+    json_array_foreach(json_object_get(st, "counters"), i, f)
+        printf("%-28s %12lld\n", s_json_str(f, "name", "?"), s_json_ll(json_object_get(f, "value"), 0));
+    return fflush(stdout) == 0 ? S_EXIT_OK : S_EXIT_FAIL;
+}
+
+/* Prints the raw reply for --json; the status passes through. */
+static int s_print_raw(const json_t *reply, int status)
+{
+    if (reply != NULL && s_print_line(stdout, reply) != 0) {
+        fprintf(stderr, "medroute: cannot write the reply\n");
+        return S_EXIT_FAIL;
+    }
+    return status;
+}
+
+static int s_cmd_status(s_ctx_t *ctx, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"json", no_argument, NULL, 'j'},
+        {"timeout", required_argument, NULL, 'T'},
+        S_GLOBAL_OPTIONS,
+        {NULL, 0, NULL, 0},
+    };
+    int as_json = 0, c, done = 0, status;
+    long long timeout_ms = 5000;
+    while ((c = getopt_long(argc, argv, "jT:", opts, NULL)) != -1) {
+        switch (c) {
+        case 'j': as_json = 1; break;
+        case 'T':
+            if (s_parse_int(optarg, 1, INT_MAX, &timeout_ms) != 0) {
+                fprintf(stderr, "medroute status: --timeout wants milliseconds > 0\n");
+                return S_EXIT_USAGE;
+            }
+            break;
+        default:
+            status = s_other_opt(ctx, c, "status", &done);
+            if (done)
+                return status;
+        }
+    }
+    if (optind != argc) {
+        s_usage_of(stderr, "status");
+        return S_EXIT_USAGE;
+    }
+    json_t *req = json_pack("{s:{}}", "status");
+    json_t *reply = NULL;
+    if (req == NULL)
+        return S_EXIT_FAIL;
+    status = s_operator_call(ctx, req, (int)timeout_ms, &reply);
+    if (as_json)
+        status = s_print_raw(reply, status);
+    else if (status == S_EXIT_OK)
+        status = s_print_status(reply);
+    json_decref(reply);
+    json_decref(req);
+    return status;
+}
+
+/* ---- queue ------------------------------------------------------------------ */
+
+static int s_print_queue(const json_t *reply, int dead)
+{
+    const json_t *ql = json_object_get(reply, "queue_list");
+    if (!json_is_object(ql)) {
+        fprintf(stderr, "medroute: the reply is not a queue list\n");
+        return S_EXIT_FAIL;
+    }
+    const json_t *msgs = json_object_get(ql, "messages");
+    int64_t now = s_now_ms();
+    char age[32];
+    printf("%-8s %-38s %-14s %-14s %-16s %-8s %8s  %s\n", "SEQ", "MESSAGE_ID", "SOURCE",
+           "DESTINATION", "KIND", "AGE", "ATTEMPTS", dead ? "DEAD REASON" : "");
+    size_t i;
+    const json_t *m;
+    json_array_foreach(msgs, i, m) {
+        s_age(age, sizeof age, s_json_ll(json_object_get(m, "stored_at_ms"), 0), now);
+        printf("%-8lld %-38s %-14s %-14s %-16s %-8s %8lld  %s\n",
+               s_json_ll(json_object_get(m, "seq"), 0), s_json_str(m, "message_id", ""),
+               s_json_str(m, "source", ""), s_json_str(m, "destination", ""),
+               s_kind_label(json_object_get(m, "kind")), age,
+               s_json_ll(json_object_get(m, "attempts"), 0), s_json_str(m, "dead_reason", ""));
+    }
+    printf("(%zu %s)\n", json_array_size(msgs), dead ? "dead letters" : "pending");
+    return fflush(stdout) == 0 ? S_EXIT_OK : S_EXIT_FAIL;
+}
+
+static int s_queue_ls(s_ctx_t *ctx, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"dest", required_argument, NULL, 'd'},
+        {"dead", no_argument, NULL, 'D'},
+        {"limit", required_argument, NULL, 'l'},
+        {"json", no_argument, NULL, 'j'},
+        S_GLOBAL_OPTIONS,
+        {NULL, 0, NULL, 0},
+    };
+    const char *dest = NULL;
+    int dead = 0, as_json = 0, c, done = 0, status;
+    long long limit = 0;
+    while ((c = getopt_long(argc, argv, "d:Dl:j", opts, NULL)) != -1) {
+        switch (c) {
+        case 'd': dest = optarg; break;
+        case 'D': dead = 1; break;
+        case 'j': as_json = 1; break;
+        case 'l':
+            if (s_parse_int(optarg, 1, UINT32_MAX, &limit) != 0) {
+                fprintf(stderr, "medroute queue ls: --limit wants a number > 0\n");
+                return S_EXIT_USAGE;
+            }
+            break;
+        default:
+            status = s_other_opt(ctx, c, "queue", &done);
+            if (done)
+                return status;
+        }
+    }
+    if (optind != argc) {
+        s_usage_of(stderr, "queue");
+        return S_EXIT_USAGE;
+    }
+    json_t *list = json_object();
+    json_t *req = json_object();
+    json_t *reply = NULL;
+    status = S_EXIT_FAIL;
+    if (s_set(req, "queue_list", json_incref(list)) || s_set(list, "dead", json_boolean(dead)) ||
+        (dest && s_set(list, "destination", json_string(dest))) ||
+        (limit && s_set(list, "limit", json_integer(limit))))
+        goto out;
+    status = s_operator_call(ctx, req, 5000, &reply);
+    if (as_json)
+        status = s_print_raw(reply, status);
+    else if (status == S_EXIT_OK)
+        status = s_print_queue(reply, dead);
+out:
+    json_decref(reply);
+    json_decref(req);
+    json_decref(list);
+    return status;
+}
+
+/* queue retry SEQ / queue drop SEQ --reason TEXT */
+static int s_queue_change(s_ctx_t *ctx, int argc, char **argv, int drop)
+{
+    static const struct option opts[] = {
+        {"reason", required_argument, NULL, 'r'},
+        S_GLOBAL_OPTIONS,
+        {NULL, 0, NULL, 0},
+    };
+    const char *reason = NULL;
+    int c, done = 0, status;
+    uint64_t seq = 0;
+    while ((c = getopt_long(argc, argv, drop ? "r:" : "", drop ? opts : opts + 1, NULL)) != -1) {
+        if (c == 'r') {
+            reason = optarg;
+            continue;
+        }
+        status = s_other_opt(ctx, c, "queue", &done);
+        if (done)
+            return status;
+    }
+    if (optind + 1 != argc || s_parse_u64(argv[optind], &seq) != 0 || seq == 0 ||
+        (drop && (reason == NULL || reason[0] == '\0'))) {
+        fprintf(stderr, "medroute queue %s: %s\n", argv[0],
+                drop ? "wants SEQ and --reason TEXT" : "wants one SEQ");
+        s_usage_of(stderr, "queue");
+        return S_EXIT_USAGE;
+    }
+    json_t *body = json_object();
+    json_t *req = json_object();
+    json_t *reply = NULL;
+    status = S_EXIT_FAIL;
+    if (s_set(req, drop ? "queue_drop" : "queue_retry", json_incref(body)) ||
+        s_set(body, "seq", s_json_u64(seq)) || (drop && s_set(body, "reason", json_string(reason))))
+        goto out;
+    status = s_operator_call(ctx, req, 5000, &reply);
+    if (status == S_EXIT_OK) {
+        const char *detail = s_json_str(json_object_get(reply, "done"), "detail", "done");
+        printf("%s\n", detail);
+        if (fflush(stdout) != 0)
+            status = S_EXIT_FAIL;
+    }
+out:
+    json_decref(reply);
+    json_decref(req);
+    json_decref(body);
+    return status;
+}
+
+static int s_cmd_queue(s_ctx_t *ctx, int argc, char **argv)
+{
+    static const struct option opts[] = {S_GLOBAL_OPTIONS, {NULL, 0, NULL, 0}};
+    int c, done = 0, status;
+    /* "+": global options may come before the action, which ends them. */
+    while ((c = getopt_long(argc, argv, "+", opts, NULL)) != -1) {
+        status = s_other_opt(ctx, c, "queue", &done);
+        if (done)
+            return status;
+    }
+    int i = optind;
+    if (i >= argc) {
+        s_usage_of(stderr, "queue");
+        return S_EXIT_USAGE;
+    }
+    const char *action = argv[i];
+    argc -= i;
+    argv += i;
+    optind = 0; /* the action parses its own options */
+    if (strcmp(action, "ls") == 0 || strcmp(action, "list") == 0)
+        return s_queue_ls(ctx, argc, argv);
+    if (strcmp(action, "retry") == 0)
+        return s_queue_change(ctx, argc, argv, 0);
+    if (strcmp(action, "drop") == 0)
+        return s_queue_change(ctx, argc, argv, 1);
+    fprintf(stderr, "medroute queue: unknown action \"%s\"\n", action);
+    s_usage_of(stderr, "queue");
+    return S_EXIT_USAGE;
+}
+
+/* ---- the command table ----------------------------------------------------- */
+
+static int s_cmd_help(s_ctx_t *ctx, int argc, char **argv);
+
+static const s_command_t s_commands[] = {
+    {"send", s_cmd_send,
+     "send --as FACILITY --to FACILITY --kind KIND [--priority routine|urgent|stat]\n"
+     "             [--id MESSAGE_ID] [--correlation ID] [--timeout MS] --json FILE|-",
+     "send one message (a payload, or a whole Envelope) and print its Ack as JSON"},
+    {"listen", s_cmd_listen, "listen --as FACILITY [--count N] [--timeout MS]",
+     "receive messages for FACILITY, one JSON line each, acknowledging each"},
+    {"status", s_cmd_status, "status [--json] [--timeout MS]",
+     "show the facilities' connections and queues, and the broker's counters"},
+    {"queue", s_cmd_queue,
+     "queue ls [--dest FACILITY] [--dead] [--limit N] [--json]\n"
+     "       queue retry SEQ\n"
+     "       queue drop SEQ --reason TEXT",
+     "list pending messages or dead letters; retry a dead letter; drop a message"},
+    {"help", s_cmd_help, "help [COMMAND]", "show this help"},
+};
+#define S_N_COMMANDS (sizeof s_commands / sizeof s_commands[0])
+
+static void s_usage_of(FILE *out, const char *name)
+{
+    for (size_t i = 0; i < S_N_COMMANDS; i++)
+        if (strcmp(s_commands[i].name, name) == 0)
+            fprintf(out, "usage: medroute %s\n  %s\n", s_commands[i].usage, s_commands[i].help);
+}
+
+static void s_usage(FILE *out)
+{
+    fprintf(out, "usage: medroute [--endpoint URL] [--operator URL] [--state-dir DIR] COMMAND ...\n\n"
+                 "commands:\n");
+    for (size_t i = 0; i < S_N_COMMANDS; i++)
+        fprintf(out, "  %-8s %s\n", s_commands[i].name, s_commands[i].help);
+    fprintf(out,
+            "\nglobal options (before or after the command):\n"
+            "  --endpoint URL   the broker's facility endpoint (default " S_DEFAULT_ENDPOINT ")\n"
+            "  --operator URL   the broker's operator endpoint (default " S_DEFAULT_OPERATOR ")\n"
+            "  --state-dir DIR  keep the client's outbox and seen-set in DIR\n"
+            "\nkinds: referral referral_update imaging_request imaging_report lab_order lab_result\n"
+            "exit status: 0 ok, 1 refused or failed, 2 bad usage or input, 3 time-out\n"
+            "`medroute help COMMAND` shows a command's options.\n");
+}
+
+static int s_cmd_help(s_ctx_t *ctx, int argc, char **argv)
+{
+    (void)ctx;
+    if (argc > 1) {
+        for (size_t i = 0; i < S_N_COMMANDS; i++)
+            if (strcmp(s_commands[i].name, argv[1]) == 0) {
+                s_usage_of(stdout, argv[1]);
+                return S_EXIT_OK;
+            }
+        fprintf(stderr, "medroute: unknown command \"%s\"\n", argv[1]);
+        return S_EXIT_USAGE;
+    }
+    s_usage(stdout);
+    return S_EXIT_OK;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {S_GLOBAL_OPTIONS, {NULL, 0, NULL, 0}};
+    s_ctx_t ctx = {.endpoint = S_DEFAULT_ENDPOINT, .operator_ep = S_DEFAULT_OPERATOR};
+    int c;
+    /* "+": stop at the command name; the rest belongs to the command. */
+    while ((c = getopt_long(argc, argv, "+", opts, NULL)) != -1) {
+        int g = s_global_opt(&ctx, c);
+        if (g <= 0) {
+            s_usage(g < 0 ? stdout : stderr);
+            return g < 0 ? S_EXIT_OK : S_EXIT_USAGE;
+        }
+    }
+    if (optind >= argc) {
+        s_usage(stderr);
+        return S_EXIT_USAGE;
+    }
+    const char *name = argv[optind];
+    for (size_t i = 0; i < S_N_COMMANDS; i++) {
+        if (strcmp(s_commands[i].name, name) == 0) {
+            int sub_argc = argc - optind;
+            char **sub_argv = argv + optind;
+            optind = 0; /* restart getopt (GNU) for the command's own options */
+            return s_commands[i].fn(&ctx, sub_argc, sub_argv);
+        }
+    }
+    fprintf(stderr, "medroute: unknown command \"%s\"; try `medroute help`\n", name);
+    return S_EXIT_USAGE;
+}

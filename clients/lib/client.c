@@ -1,0 +1,651 @@
+/*
+ * client.c - a facility's connection to medrouted (DEALER socket).
+ *
+ * Owns: the zmq context and sockets (DEALER + its monitor PAIR), the outbox
+ * (memory list mirrored in cstore), the seen-set (cstore).
+ *
+ * Invariants
+ *   1. Every submitted message is in the outbox until its Ack, or until a
+ *      final Error (one that resending cannot cure).
+ *   2. Hello is sent on every (re)connection the monitor reports, and again
+ *      when the broker answers NO_HELLO (it restarted, or our session timed
+ *      out); after each Welcome the whole outbox is sent again.
+ *   3. A delivery's key is marked IN_HANDLER before the handler runs and DONE
+ *      after it returns 0, before the DeliveryAck is sent; a DONE key is
+ *      acknowledged and not handed over again.
+ */
+#include "medroute.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <zmq.h>
+
+#include "cstore.h"
+#include "mr_codec.h"
+#include "pbjson.h"
+
+#define S_RECV_BUDGET 1000
+#define S_HELLO_RETRY_MS 2000
+#define S_PRUNE_EVERY_MS 3600000
+#define S_SEEN_KEEP_MS (7LL * 86400 * 1000)
+
+typedef struct s_out_t {
+    char id[MR_MESSAGE_ID_MAX + 1];
+    uint8_t *body;
+    size_t len;
+    int64_t sent_ms;          /* 0: not sent on this connection yet */
+    struct s_out_t *next;
+} s_out_t;
+
+struct mr_client_t {
+    void *zctx;
+    void *sock;
+    void *mon;
+    char *endpoint;
+    char *facility;
+    char *client_name;
+    uint32_t max_inflight;
+    uint32_t ack_timeout_ms;
+    cstore_t *cs;
+    bool persistent;
+    bool welcomed;
+    uint32_t hb_interval_ms;
+    uint32_t hb_timeout_ms;
+    int64_t last_rx_ms, last_tx_ms, last_hello_ms, last_prune_ms;
+    s_out_t *out_head, *out_tail;
+    size_t n_out;
+    uint64_t id_counter;
+    uint64_t id_salt;
+};
+
+const char *mr_error_code_name(int code)
+{
+    return mr_error_name(code);
+}
+
+/* ---- frames out ------------------------------------------------------------ */
+
+static int s_send_frame(mr_client_t *c, mr_frame_t *f)
+{
+    f->version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+    uint8_t *buf;
+    size_t len;
+    int rc = mr_pack(&f->base, &buf, &len);
+    if (rc < 0)
+        return rc;
+    rc = zmq_send(c->sock, buf, len, ZMQ_DONTWAIT) < 0 ? -zmq_errno() : 0;
+    free(buf);
+    if (rc == 0)
+        c->last_tx_ms = mr_now_ms();
+    return rc;
+}
+
+static int s_send_raw(mr_client_t *c, const uint8_t *body, size_t len)
+{
+    /* Frame{version=1, envelope=<body>} without decoding body again: the
+     * envelope travels as Frame field 5 through protobuf-c's unknown fields. */
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    ProtobufCMessageUnknownField env;
+    if (mr_embed_field(&env, MEDROUTE__V1__FRAME__BODY_ENVELOPE, body, len) < 0)
+        return -ENOMEM;
+    f.base.n_unknown_fields = 1;
+    f.base.unknown_fields = &env;
+    int rc = s_send_frame(c, &f);
+    free(env.data);
+    return rc;
+}
+
+static void s_send_hello(mr_client_t *c)
+{
+    Medroute__V1__Hello h = MEDROUTE__V1__HELLO__INIT;
+    h.facility_id = c->facility;
+    h.client_name = c->client_name;
+    h.max_inflight = c->max_inflight;
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    f.body_case = MEDROUTE__V1__FRAME__BODY_HELLO;
+    f.hello = &h;
+    (void)s_send_frame(c, &f); /* a failure is retried by the timer */
+    c->last_hello_ms = mr_now_ms();
+}
+
+static void s_send_delivery_ack(mr_client_t *c, uint64_t seq)
+{
+    Medroute__V1__DeliveryAck a = MEDROUTE__V1__DELIVERY_ACK__INIT;
+    a.seq = seq;
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    f.body_case = MEDROUTE__V1__FRAME__BODY_DELIVERY_ACK;
+    f.delivery_ack = &a;
+    (void)s_send_frame(c, &f); /* lost: the broker resends, the seen-set absorbs */
+}
+
+/* ---- outbox ---------------------------------------------------------------- */
+
+static int s_outbox_push(mr_client_t *c, const char *id, const uint8_t *body, size_t len,
+                         bool persist)
+{
+    s_out_t *o = calloc(1, sizeof *o);
+    if (o == NULL)
+        return -ENOMEM;
+    o->body = malloc(len ? len : 1);
+    if (o->body == NULL) {
+        free(o);
+        return -ENOMEM;
+    }
+    memcpy(o->body, body, len);
+    o->len = len;
+    snprintf(o->id, sizeof o->id, "%s", id);
+    if (persist && cstore_outbox_add(c->cs, id, body, len) < 0) {
+        free(o->body);
+        free(o);
+        return -EIO;
+    }
+    if (c->out_tail)
+        c->out_tail->next = o;
+    else
+        c->out_head = o;
+    c->out_tail = o;
+    c->n_out++;
+    return 0;
+}
+
+static bool s_outbox_remove(mr_client_t *c, const char *id)
+{
+    s_out_t *prev = NULL;
+    for (s_out_t *o = c->out_head; o; prev = o, o = o->next) {
+        if (strcmp(o->id, id) != 0)
+            continue;
+        if (prev)
+            prev->next = o->next;
+        else
+            c->out_head = o->next;
+        if (c->out_tail == o)
+            c->out_tail = prev;
+        c->n_out--;
+        if (c->persistent)
+            (void)cstore_outbox_remove(c->cs, id); /* a stale row is resent: harmless */
+        free(o->body);
+        free(o);
+        return true;
+    }
+    return false;
+}
+
+static void s_outbox_send_due(mr_client_t *c, bool all)
+{
+    if (!c->welcomed)
+        return;
+    int64_t now = mr_now_ms();
+    for (s_out_t *o = c->out_head; o; o = o->next) {
+        if (!all && o->sent_ms != 0 && now - o->sent_ms < (int64_t)c->ack_timeout_ms)
+            continue;
+        if (s_send_raw(c, o->body, o->len) != 0)
+            break;
+        o->sent_ms = now;
+    }
+}
+
+static int s_load_outbox(void *arg, const char *id, const void *body, size_t len)
+{
+    return s_outbox_push(arg, id, body, len, false);
+}
+
+/* ---- life ------------------------------------------------------------------- */
+
+static char *s_dup(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+static int s_setint(void *sock, int opt, int v)
+{
+    return zmq_setsockopt(sock, opt, &v, sizeof v);
+}
+
+mr_client_t *mr_client_new(const mr_client_opts_t *opts)
+{
+    if (opts == NULL || opts->endpoint == NULL || opts->facility == NULL ||
+        strlen(opts->facility) == 0 || strlen(opts->facility) > MR_FACILITY_ID_MAX)
+        return NULL;
+    mr_client_t *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return NULL;
+    c->endpoint = s_dup(opts->endpoint);
+    c->facility = s_dup(opts->facility);
+    c->client_name = s_dup(opts->client_name ? opts->client_name : "libmedroute/" MR_CLIENT_VERSION);
+    c->max_inflight = opts->max_inflight;
+    c->ack_timeout_ms = opts->ack_timeout_ms ? opts->ack_timeout_ms : 10000;
+    c->hb_interval_ms = 5000;
+    c->hb_timeout_ms = 15000;
+    if (getrandom(&c->id_salt, sizeof c->id_salt, 0) != sizeof c->id_salt)
+        c->id_salt = (uint64_t)mr_now_ms() ^ (uint64_t)(uintptr_t)c;
+    if (c->endpoint == NULL || c->facility == NULL || c->client_name == NULL)
+        goto fail;
+    c->persistent = opts->state_dir != NULL;
+    c->cs = cstore_open(opts->state_dir, c->facility);
+    if (c->cs == NULL)
+        goto fail;
+    if (c->persistent) {
+        if (cstore_seen_prune(c->cs, mr_now_ms() - S_SEEN_KEEP_MS) < 0 ||
+            cstore_outbox_each(c->cs, s_load_outbox, c) < 0)
+            goto fail;
+    }
+    c->zctx = zmq_ctx_new();
+    if (c->zctx == NULL)
+        goto fail;
+    c->sock = zmq_socket(c->zctx, ZMQ_DEALER);
+    if (c->sock == NULL)
+        goto fail;
+    if (s_setint(c->sock, ZMQ_LINGER, 1000) || s_setint(c->sock, ZMQ_RECONNECT_IVL, 100) ||
+        s_setint(c->sock, ZMQ_RECONNECT_IVL_MAX, 2000) ||
+        s_setint(c->sock, ZMQ_HEARTBEAT_IVL, 2000) ||
+        s_setint(c->sock, ZMQ_HEARTBEAT_TIMEOUT, 6000) || s_setint(c->sock, ZMQ_SNDHWM, 100000) ||
+        s_setint(c->sock, ZMQ_RCVHWM, 100000))
+        goto fail;
+    char mon_addr[64];
+    snprintf(mon_addr, sizeof mon_addr, "inproc://mr-monitor-%p", (void *)c);
+    if (zmq_socket_monitor(c->sock, mon_addr, ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED) != 0)
+        goto fail;
+    c->mon = zmq_socket(c->zctx, ZMQ_PAIR);
+    if (c->mon == NULL || zmq_connect(c->mon, mon_addr) != 0)
+        goto fail;
+    if (zmq_connect(c->sock, c->endpoint) != 0)
+        goto fail;
+    c->last_prune_ms = mr_now_ms();
+    return c;
+fail:
+    mr_client_destroy(&c);
+    return NULL;
+}
+
+void mr_client_destroy(mr_client_t **self_p)
+{
+    mr_client_t *c = *self_p;
+    if (c == NULL)
+        return;
+    if (c->sock)
+        zmq_socket_monitor(c->sock, NULL, 0);
+    if (c->mon)
+        zmq_close(c->mon);
+    if (c->sock)
+        zmq_close(c->sock);
+    if (c->zctx)
+        zmq_ctx_term(c->zctx);
+    while (c->out_head) {
+        s_out_t *o = c->out_head;
+        c->out_head = o->next;
+        free(o->body);
+        free(o);
+    }
+    cstore_close(&c->cs);
+    free(c->endpoint);
+    free(c->facility);
+    free(c->client_name);
+    free(c);
+    *self_p = NULL;
+}
+
+size_t mr_client_unacked(const mr_client_t *self)
+{
+    return self->n_out;
+}
+
+bool mr_client_connected(const mr_client_t *self)
+{
+    return self->welcomed;
+}
+
+/* ---- submitting ----------------------------------------------------------- */
+
+static void s_new_id(mr_client_t *c, char *out, size_t len)
+{
+    snprintf(out, len, "%llx-%016llx-%llu", (unsigned long long)mr_now_ms(),
+             (unsigned long long)c->id_salt, (unsigned long long)++c->id_counter);
+}
+
+int mr_client_submit_packed(mr_client_t *self, const char *message_id, const void *envelope,
+                            size_t len)
+{
+    if (message_id == NULL || strlen(message_id) == 0 || strlen(message_id) > MR_MESSAGE_ID_MAX)
+        return -EINVAL;
+    int rc = s_outbox_push(self, message_id, envelope, len, self->persistent);
+    if (rc < 0)
+        return rc;
+    if (self->welcomed && s_send_raw(self, envelope, len) == 0)
+        self->out_tail->sent_ms = mr_now_ms();
+    return 0;
+}
+
+/* Sets key to a string if the object lacks it. */
+static int s_default_str(json_t *obj, const char *key, const char *value)
+{
+    if (json_object_get(obj, key) != NULL)
+        return 0;
+    return json_object_set_new(obj, key, json_string(value));
+}
+
+int mr_client_submit_json(mr_client_t *self, const char *json, char *id_out, char *err,
+                          size_t errlen)
+{
+    json_error_t jerr;
+    ProtobufCMessage *msg = NULL;
+    uint8_t *body = NULL;
+    size_t len = 0;
+    int rc = -EINVAL;
+    json_t *obj = json_loads(json, 0, &jerr);
+    if (obj == NULL) {
+        snprintf(err, errlen, "JSON line %d: %s", jerr.line, jerr.text);
+        goto out;
+    }
+    if (!json_is_object(obj)) {
+        snprintf(err, errlen, "the envelope must be a JSON object");
+        goto out;
+    }
+    char id[MR_MESSAGE_ID_MAX + 1];
+    s_new_id(self, id, sizeof id);
+    if (s_default_str(obj, "source", self->facility) < 0 || s_default_str(obj, "message_id", id) < 0 ||
+        (json_object_get(obj, "created_at_ms") == NULL &&
+         json_object_set_new(obj, "created_at_ms", json_integer(mr_now_ms())) < 0)) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    rc = pbjson_to_message(&medroute__v1__envelope__descriptor, obj, &msg, err, errlen);
+    if (rc < 0)
+        goto out;
+    const mr_envelope_t *env = (const mr_envelope_t *)msg;
+    if (strlen(env->message_id) == 0 || strlen(env->message_id) > MR_MESSAGE_ID_MAX) {
+        snprintf(err, errlen, "message_id must be 1..%d characters", MR_MESSAGE_ID_MAX);
+        rc = -EINVAL;
+        goto out;
+    }
+    rc = mr_pack(msg, &body, &len);
+    if (rc < 0)
+        goto out;
+    rc = mr_client_submit_packed(self, env->message_id, body, len);
+    if (rc == 0 && id_out != NULL)
+        snprintf(id_out, MR_MESSAGE_ID_MAX + 1, "%s", env->message_id);
+    if (rc < 0)
+        snprintf(err, errlen, "could not queue the message (%s)", strerror(-rc));
+out:
+    free(body);
+    if (msg != NULL)
+        protobuf_c_message_free_unpacked(msg, NULL);
+    json_decref(obj);
+    return rc;
+}
+
+/* ---- frames in -------------------------------------------------------------- */
+
+/* Errors that resending can cure: the message stays in the outbox. */
+static bool s_transient(int code)
+{
+    return code == MR_E_STORE_UNAVAILABLE || code == MR_E_SHUTTING_DOWN ||
+           code == MR_E_RATE_LIMITED || code == MR_E_NO_HELLO || code == MR_E_INTERNAL;
+}
+
+static int s_on_delivery(mr_client_t *c, const Medroute__V1__Delivery *d, mr_handler_t h,
+                         void *arg)
+{
+    const mr_envelope_t *env = d->envelope;
+    if (env == NULL || env->source == NULL || env->message_id == NULL) {
+        s_send_delivery_ack(c, d->seq); /* nothing to hand over; do not loop on it */
+        return 0;
+    }
+    seen_state_t seen = cstore_seen_get(c->cs, env->source, env->message_id);
+    if (seen == SEEN_DONE) {
+        s_send_delivery_ack(c, d->seq);
+        return 0;
+    }
+    if (cstore_seen_set(c->cs, env->source, env->message_id, SEEN_IN_HANDLER) < 0)
+        return 0; /* cannot promise once-only: leave it unacknowledged */
+    const char *kind = mr_kind_name((int)env->kind);
+    const char *prio = mr_priority_name((int)env->priority);
+    mr_delivery_t dv = {
+        .seq = d->seq,
+        .message_id = env->message_id,
+        .source = env->source,
+        .destination = env->destination,
+        .kind = kind ? kind : "unknown",
+        .priority = prio ? prio : "routine",
+        .correlation_id = env->correlation_id,
+        .redelivered = seen == SEEN_IN_HANDLER,
+        .attempt = d->attempt,
+        .envelope = &env->base,
+    };
+    mr_event_t ev = {.type = MR_EVENT_DELIVERY, .message_id = env->message_id, .seq = d->seq,
+                     .delivery = &dv};
+    int rc = h ? h(c, &ev, arg) : 0;
+    if (rc != 0) {
+        (void)cstore_seen_clear(c->cs, env->source, env->message_id);
+        return 1;
+    }
+    if (cstore_seen_set(c->cs, env->source, env->message_id, SEEN_DONE) == 0)
+        s_send_delivery_ack(c, d->seq);
+    return 1;
+}
+
+static int s_on_frame(mr_client_t *c, const void *data, size_t len, mr_handler_t h, void *arg)
+{
+    mr_frame_t *f = medroute__v1__frame__unpack(NULL, len, data);
+    if (f == NULL)
+        return 0;
+    int events = 0;
+    c->last_rx_ms = mr_now_ms();
+    switch (f->body_case) {
+    case MEDROUTE__V1__FRAME__BODY_WELCOME: {
+        const Medroute__V1__Welcome *w = f->welcome;
+        c->welcomed = true;
+        if (w->heartbeat_interval_ms)
+            c->hb_interval_ms = w->heartbeat_interval_ms;
+        if (w->heartbeat_timeout_ms)
+            c->hb_timeout_ms = w->heartbeat_timeout_ms;
+        s_outbox_send_due(c, true);
+        mr_event_t ev = {.type = MR_EVENT_CONNECTED, .message_id = "", .pending = w->pending};
+        if (h)
+            h(c, &ev, arg);
+        events++;
+        break;
+    }
+    case MEDROUTE__V1__FRAME__BODY_ACK: {
+        const Medroute__V1__Ack *a = f->ack;
+        bool ours = s_outbox_remove(c, a->message_id);
+        mr_event_t ev = {.type = MR_EVENT_ACK, .message_id = a->message_id, .seq = a->seq,
+                         .duplicate = a->duplicate || !ours};
+        if (h)
+            h(c, &ev, arg);
+        events++;
+        break;
+    }
+    case MEDROUTE__V1__FRAME__BODY_ERROR: {
+        const Medroute__V1__Error *e = f->error;
+        if ((int)e->code == MR_E_NO_HELLO) {
+            c->welcomed = false;
+            if (mr_now_ms() - c->last_hello_ms > 200)
+                s_send_hello(c);
+        }
+        if (!s_transient(e->code) && e->message_id && e->message_id[0])
+            s_outbox_remove(c, e->message_id);
+        mr_event_t ev = {.type = MR_EVENT_ERROR,
+                         .message_id = e->message_id ? e->message_id : "",
+                         .seq = e->seq,
+                         .code = e->code,
+                         .code_name = mr_error_name(e->code),
+                         .reason = e->reason ? e->reason : ""};
+        if (h && (int)e->code != MR_E_NO_HELLO)
+            h(c, &ev, arg);
+        events++;
+        break;
+    }
+    case MEDROUTE__V1__FRAME__BODY_DELIVERY:
+        events += s_on_delivery(c, f->delivery, h, arg);
+        break;
+    default:
+        break; /* heartbeats: last_rx_ms is enough */
+    }
+    medroute__v1__frame__free_unpacked(f, NULL);
+    return events;
+}
+
+static void s_on_monitor(mr_client_t *c)
+{
+    for (;;) {
+        zmq_msg_t ev, addr;
+        zmq_msg_init(&ev);
+        if (zmq_msg_recv(&ev, c->mon, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&ev);
+            return;
+        }
+        uint16_t event = 0;
+        if (zmq_msg_size(&ev) >= 2)
+            memcpy(&event, zmq_msg_data(&ev), sizeof event);
+        bool more = zmq_msg_more(&ev);
+        zmq_msg_close(&ev);
+        if (more) {
+            zmq_msg_init(&addr);
+            if (zmq_msg_recv(&addr, c->mon, 0) >= 0) { /* second part is already here */
+            }
+            zmq_msg_close(&addr);
+        }
+        if (event == ZMQ_EVENT_CONNECTED)
+            s_send_hello(c);
+        else if (event == ZMQ_EVENT_DISCONNECTED)
+            c->welcomed = false;
+    }
+}
+
+static void s_timers(mr_client_t *c)
+{
+    int64_t now = mr_now_ms();
+    if (!c->welcomed && now - c->last_hello_ms > S_HELLO_RETRY_MS)
+        s_send_hello(c);
+    if (c->welcomed && now - c->last_tx_ms >= (int64_t)c->hb_interval_ms) {
+        Medroute__V1__Heartbeat hb = MEDROUTE__V1__HEARTBEAT__INIT;
+        hb.sent_at_ms = now;
+        mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+        f.body_case = MEDROUTE__V1__FRAME__BODY_HEARTBEAT;
+        f.heartbeat = &hb;
+        (void)s_send_frame(c, &f);
+    }
+    if (c->welcomed && c->last_rx_ms && now - c->last_rx_ms > (int64_t)c->hb_timeout_ms) {
+        c->welcomed = false; /* the broker is silent: say Hello until it answers */
+        s_send_hello(c);
+    }
+    s_outbox_send_due(c, false);
+    if (c->persistent && now - c->last_prune_ms > S_PRUNE_EVERY_MS) {
+        c->last_prune_ms = now;
+        (void)cstore_seen_prune(c->cs, now - S_SEEN_KEEP_MS);
+    }
+}
+
+int mr_client_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void *arg)
+{
+    zmq_pollitem_t items[2] = {
+        {.socket = self->sock, .events = ZMQ_POLLIN},
+        {.socket = self->mon, .events = ZMQ_POLLIN},
+    };
+    int64_t wait = timeout_ms;
+    if (wait > 100 || wait < 0)
+        wait = 100; /* wake up for timers */
+    int64_t deadline = mr_now_ms() + (timeout_ms < 0 ? 0 : timeout_ms);
+    int events = 0;
+    for (;;) {
+        int n = zmq_poll(items, 2, (long)wait);
+        if (n < 0 && zmq_errno() != EINTR)
+            return -zmq_errno();
+        if (n < 0)
+            return events ? events : -EINTR;
+        if (items[1].revents & ZMQ_POLLIN)
+            s_on_monitor(self);
+        for (int i = 0; i < S_RECV_BUDGET; i++) {
+            zmq_msg_t m;
+            zmq_msg_init(&m);
+            if (zmq_msg_recv(&m, self->sock, ZMQ_DONTWAIT) < 0) {
+                zmq_msg_close(&m);
+                break;
+            }
+            events += s_on_frame(self, zmq_msg_data(&m), zmq_msg_size(&m), handler, arg);
+            zmq_msg_close(&m);
+        }
+        s_timers(self);
+        if (events > 0 || mr_now_ms() >= deadline)
+            return events;
+        int64_t left = deadline - mr_now_ms();
+        wait = left < 100 ? left : 100;
+    }
+}
+
+int mr_client_wait_connected(mr_client_t *self, int timeout_ms)
+{
+    int64_t deadline = mr_now_ms() + timeout_ms;
+    while (!self->welcomed) {
+        int64_t left = deadline - mr_now_ms();
+        if (left <= 0)
+            return -ETIMEDOUT;
+        int rc = mr_client_poll(self, (int)left, NULL, NULL);
+        if (rc < 0 && rc != -EINTR)
+            return rc;
+    }
+    return 0;
+}
+
+/* ---- synchronous send -------------------------------------------------------- */
+
+typedef struct {
+    const char *id;
+    mr_result_t *res;
+    bool done;
+    int rc;
+    mr_handler_t user;
+    void *user_arg;
+} s_wait_t;
+
+static int s_wait_handler(mr_client_t *c, const mr_event_t *ev, void *arg)
+{
+    s_wait_t *w = arg;
+    bool mine = (ev->type == MR_EVENT_ACK || ev->type == MR_EVENT_ERROR) &&
+                strcmp(ev->message_id, w->id) == 0;
+    if (!mine)
+        return w->user ? w->user(c, ev, w->user_arg) : 0;
+    if (ev->type == MR_EVENT_ERROR && s_transient(ev->code))
+        return 0; /* resent by the outbox; keep waiting */
+    w->done = true;
+    w->res->seq = ev->seq;
+    w->res->duplicate = ev->duplicate;
+    w->res->code = ev->type == MR_EVENT_ACK ? 0 : ev->code;
+    snprintf(w->res->reason, sizeof w->res->reason, "%s", ev->reason ? ev->reason : "");
+    w->rc = ev->type == MR_EVENT_ACK ? 0 : -EPROTO;
+    return 0;
+}
+
+int mr_client_send_json(mr_client_t *self, const char *json, mr_result_t *res, int timeout_ms,
+                        mr_handler_t handler, void *arg)
+{
+    memset(res, 0, sizeof *res);
+    int rc = mr_client_submit_json(self, json, res->message_id, res->reason, sizeof res->reason);
+    if (rc < 0)
+        return rc;
+    s_wait_t w = {.id = res->message_id, .res = res, .user = handler, .user_arg = arg};
+    int64_t deadline = mr_now_ms() + timeout_ms;
+    while (!w.done) {
+        int64_t left = deadline - mr_now_ms();
+        if (left <= 0)
+            return -ETIMEDOUT;
+        rc = mr_client_poll(self, (int)left, s_wait_handler, &w);
+        if (rc < 0 && rc != -EINTR)
+            return rc;
+    }
+    return w.rc;
+}
+
+char *mr_delivery_json(const mr_delivery_t *delivery)
+{
+    json_t *j = pbjson_from_message(delivery->envelope);
+    if (j == NULL)
+        return NULL;
+    char *s = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    return s;
+}

@@ -1,0 +1,175 @@
+/*
+ * cstore.c - SQLite outbox and seen-set of one client.
+ *
+ * WAL with synchronous=NORMAL: every write survives the client process
+ * being killed (the guarantee the delivery protocol needs); only a power
+ * loss may forget the last writes, after which the broker's resend is
+ * absorbed by the application's own key (docs/delivery.md).
+ */
+#include "cstore.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+enum { S_OB_ADD, S_OB_DEL, S_OB_ALL, S_SEEN_GET, S_SEEN_SET, S_SEEN_DEL, S_SEEN_PRUNE, S_N };
+
+static const char *const s_sql[S_N] = {
+    [S_OB_ADD] = "INSERT OR IGNORE INTO outbox(message_id, body) VALUES(?1, ?2)",
+    [S_OB_DEL] = "DELETE FROM outbox WHERE message_id = ?1",
+    [S_OB_ALL] = "SELECT message_id, body FROM outbox ORDER BY rowid",
+    [S_SEEN_GET] = "SELECT state FROM seen WHERE source = ?1 AND message_id = ?2",
+    [S_SEEN_SET] = "INSERT INTO seen(source, message_id, state, at_ms) VALUES(?1, ?2, ?3, ?4)"
+                   " ON CONFLICT(source, message_id) DO UPDATE SET state = ?3, at_ms = ?4",
+    [S_SEEN_DEL] = "DELETE FROM seen WHERE source = ?1 AND message_id = ?2",
+    [S_SEEN_PRUNE] = "DELETE FROM seen WHERE state = 2 AND at_ms < ?1",
+};
+
+struct cstore_t {
+    sqlite3 *db;
+    sqlite3_stmt *st[S_N];
+};
+
+static int64_t s_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+cstore_t *cstore_open(const char *dir, const char *facility)
+{
+    char path[4096] = ":memory:";
+    if (dir != NULL) {
+        int n = snprintf(path, sizeof path, "%s/client-%s.db", dir, facility);
+        if (n < 0 || (size_t)n >= sizeof path)
+            return NULL;
+        if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+            return NULL;
+        int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (fd < 0)
+            return NULL;
+        close(fd);
+    }
+    cstore_t *self = calloc(1, sizeof *self);
+    if (self == NULL)
+        return NULL;
+    if (sqlite3_open_v2(path, &self->db,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK)
+        goto fail;
+    if (sqlite3_exec(self->db,
+                     "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+                     " PRAGMA busy_timeout=2000;"
+                     "CREATE TABLE IF NOT EXISTS outbox(message_id TEXT PRIMARY KEY,"
+                     " body BLOB NOT NULL);"
+                     "CREATE TABLE IF NOT EXISTS seen(source TEXT NOT NULL,"
+                     " message_id TEXT NOT NULL, state INTEGER NOT NULL, at_ms INTEGER NOT NULL,"
+                     " PRIMARY KEY(source, message_id));",
+                     NULL, NULL, NULL) != SQLITE_OK)
+        goto fail;
+    for (int i = 0; i < S_N; i++)
+        if (sqlite3_prepare_v2(self->db, s_sql[i], -1, &self->st[i], NULL) != SQLITE_OK)
+            goto fail;
+    return self;
+fail:
+    cstore_close(&self);
+    return NULL;
+}
+
+void cstore_close(cstore_t **self_p)
+{
+    cstore_t *self = *self_p;
+    if (self == NULL)
+        return;
+    for (int i = 0; i < S_N; i++)
+        sqlite3_finalize(self->st[i]);
+    sqlite3_close_v2(self->db);
+    free(self);
+    *self_p = NULL;
+}
+
+/* Steps a write statement to completion and resets it. 0 or -EIO. */
+static int s_run(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : -EIO;
+}
+
+int cstore_outbox_add(cstore_t *self, const char *message_id, const void *body, size_t len)
+{
+    sqlite3_stmt *st = self->st[S_OB_ADD];
+    sqlite3_bind_text(st, 1, message_id, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 2, body, (int)len, SQLITE_STATIC);
+    return s_run(st);
+}
+
+int cstore_outbox_remove(cstore_t *self, const char *message_id)
+{
+    sqlite3_stmt *st = self->st[S_OB_DEL];
+    sqlite3_bind_text(st, 1, message_id, -1, SQLITE_STATIC);
+    return s_run(st);
+}
+
+int cstore_outbox_each(cstore_t *self,
+                       int (*fn)(void *arg, const char *id, const void *body, size_t len),
+                       void *arg)
+{
+    sqlite3_stmt *st = self->st[S_OB_ALL];
+    int rc, out = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        out = fn(arg, (const char *)sqlite3_column_text(st, 0), sqlite3_column_blob(st, 1),
+                 (size_t)sqlite3_column_bytes(st, 1));
+        if (out != 0)
+            break;
+    }
+    sqlite3_reset(st);
+    if (out != 0)
+        return out;
+    return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : -EIO;
+}
+
+seen_state_t cstore_seen_get(cstore_t *self, const char *source, const char *message_id)
+{
+    sqlite3_stmt *st = self->st[S_SEEN_GET];
+    sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, message_id, -1, SQLITE_STATIC);
+    seen_state_t s = SEEN_NONE;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        s = (seen_state_t)sqlite3_column_int(st, 0);
+    sqlite3_reset(st);
+    return s;
+}
+
+int cstore_seen_set(cstore_t *self, const char *source, const char *message_id,
+                    seen_state_t state)
+{
+    sqlite3_stmt *st = self->st[S_SEEN_SET];
+    sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, message_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 3, (int)state);
+    sqlite3_bind_int64(st, 4, s_now_ms());
+    return s_run(st);
+}
+
+int cstore_seen_clear(cstore_t *self, const char *source, const char *message_id)
+{
+    sqlite3_stmt *st = self->st[S_SEEN_DEL];
+    sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, message_id, -1, SQLITE_STATIC);
+    return s_run(st);
+}
+
+int cstore_seen_prune(cstore_t *self, int64_t before_ms)
+{
+    sqlite3_stmt *st = self->st[S_SEEN_PRUNE];
+    sqlite3_bind_int64(st, 1, before_ms);
+    return s_run(st);
+}

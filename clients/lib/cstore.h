@@ -1,0 +1,38 @@
+/*
+ * cstore.h - the client's own small store: outbox and seen-set (SQLite).
+ *
+ * outbox: messages submitted and not yet acknowledged by the broker, in
+ * submission order.  seen: message keys (source, message_id) whose handler
+ * has run (DONE) or is running (IN_HANDLER: if found at start, the process
+ * died inside the handler).  Internal to libmedroute; one thread.
+ */
+#ifndef MR_CSTORE_H
+#define MR_CSTORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct cstore_t cstore_t;
+
+typedef enum { SEEN_NONE = 0, SEEN_IN_HANDLER = 1, SEEN_DONE = 2 } seen_state_t;
+
+/* Opens (creating) DIR/client-<facility>.db, mode 0600; with dir NULL, a
+ * store in memory that lasts as long as the process.  NULL on failure. */
+cstore_t *cstore_open(const char *dir, const char *facility);
+void cstore_close(cstore_t **self_p);
+
+int cstore_outbox_add(cstore_t *self, const char *message_id, const void *body, size_t len);
+int cstore_outbox_remove(cstore_t *self, const char *message_id);
+/* Calls fn for each outbox entry in submission order; stops on non-zero. */
+int cstore_outbox_each(cstore_t *self,
+                       int (*fn)(void *arg, const char *id, const void *body, size_t len),
+                       void *arg);
+
+seen_state_t cstore_seen_get(cstore_t *self, const char *source, const char *message_id);
+int cstore_seen_set(cstore_t *self, const char *source, const char *message_id,
+                    seen_state_t state);
+int cstore_seen_clear(cstore_t *self, const char *source, const char *message_id);
+/* Forgets DONE entries older than before_ms. */
+int cstore_seen_prune(cstore_t *self, int64_t before_ms);
+
+#endif

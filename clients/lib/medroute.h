@@ -1,0 +1,172 @@
+/*
+ * medroute.h - the medroute client library: the one public header.
+ *
+ * A facility's software links libmedroute to send messages to other
+ * facilities through medrouted and to receive what is sent to it.
+ *
+ *   mr_client_t *c = mr_client_new(&opts);        connects and says Hello
+ *   mr_client_send_json(c, json, &res, 10000);    one message, waits for its Ack
+ *   mr_client_poll(c, 1000, on_event, arg);       receives deliveries, Acks, Errors
+ *   mr_client_destroy(&c);
+ *
+ * Guarantees (see docs/delivery.md):
+ *   - A message is kept by the client (in memory, and on disk in state_dir
+ *     when given) until the broker's Ack; it is resent with the same
+ *     message id after a reconnect or an Ack time-out.  The broker routes
+ *     it once.
+ *   - A delivery is handed to the handler once: its id is recorded (on disk
+ *     when state_dir is given) when the handler returns 0, before the
+ *     DeliveryAck is sent, and later copies are acknowledged and dropped.
+ *     If the process dies inside the handler, the message comes again with
+ *     `redelivered` set.
+ *
+ * Threads: a client is used by one thread at a time.  Errors are negative
+ * errno values; constructors return NULL.  Strings in events are valid only
+ * during the callback.
+ */
+#ifndef MEDROUTE_H
+#define MEDROUTE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MR_CLIENT_VERSION "0.1.0"
+
+typedef struct mr_client_t mr_client_t;
+struct ProtobufCMessage;
+
+typedef struct {
+    const char *endpoint;      /* broker's facility endpoint, e.g. "tcp://127.0.0.1:7700" */
+    const char *facility;      /* our facility id, as in the broker's registry */
+    const char *state_dir;     /* outbox and seen-set on disk; NULL: memory only */
+    const char *client_name;   /* for the broker's logs; NULL: "libmedroute" */
+    uint32_t max_inflight;     /* deliveries we accept unacknowledged; 0: broker default */
+    uint32_t ack_timeout_ms;   /* resend an unacknowledged message after this; 0: 10000 */
+} mr_client_opts_t;
+
+typedef enum {
+    MR_EVENT_CONNECTED = 1,    /* the broker welcomed us (after every (re)connect) */
+    MR_EVENT_ACK,              /* a message we sent is stored by the broker */
+    MR_EVENT_ERROR,            /* the broker refused a message, or reports a dead letter */
+    MR_EVENT_DELIVERY,         /* a message for us */
+} mr_event_type_t;
+
+typedef struct {
+    uint64_t seq;              /* the broker's number for it */
+    const char *message_id;
+    const char *source;
+    const char *destination;
+    const char *kind;          /* "referral", "lab_result", ... */
+    const char *priority;      /* "routine", "urgent", "stat" */
+    const char *correlation_id;
+    bool redelivered;          /* it may have reached this handler before */
+    uint32_t attempt;          /* the broker's send count */
+    /* The decoded medroute.v1.Envelope (a Medroute__V1__Envelope: include
+     * "medroute/v1/envelope.pb-c.h" to read its fields), or use
+     * mr_delivery_json. */
+    const struct ProtobufCMessage *envelope;
+} mr_delivery_t;
+
+typedef struct {
+    mr_event_type_t type;
+    const char *message_id;    /* ACK, ERROR: the message concerned ("" if unknown) */
+    uint64_t seq;              /* ACK: broker's seq; ERROR: seq of a dead letter */
+    bool duplicate;            /* ACK: the broker had it already */
+    int code;                  /* ERROR: medroute.v1.ErrorCode */
+    const char *code_name;     /* ERROR: "UNKNOWN_DESTINATION", ... */
+    const char *reason;        /* ERROR */
+    uint64_t pending;          /* CONNECTED: messages waiting for us */
+    const mr_delivery_t *delivery; /* DELIVERY */
+} mr_event_t;
+
+/*
+ * Event handler.  For MR_EVENT_DELIVERY, return 0 once the message is safely
+ * taken (it is then recorded as seen and acknowledged); any other value
+ * leaves it unacknowledged, and the broker sends it again later.  The
+ * return value of other events is ignored.
+ */
+typedef int (*mr_handler_t)(mr_client_t *client, const mr_event_t *event, void *arg);
+
+/* Creates the client, opens its state, connects and sends Hello.  NULL on
+ * failure (bad options, state_dir unusable). Caller owns the result. */
+mr_client_t *mr_client_new(const mr_client_opts_t *opts);
+/* Closes the socket and state; unacknowledged messages stay in state_dir. */
+void mr_client_destroy(mr_client_t **self_p);
+
+/*
+ * Queues a message given as the JSON of a medroute.v1.Envelope (field names
+ * as in the .proto; enums by name, e.g. "kind": "referral").  Missing
+ * source, message_id and created_at_ms are filled in.  The message id used is
+ * copied to id_out (at least 65 bytes) when not NULL.  0, or -EINVAL with a
+ * reason in err.  The Ack or Error arrives as an event.
+ */
+int mr_client_submit_json(mr_client_t *self, const char *json, char *id_out, char *err,
+                          size_t errlen);
+/* Queues an already packed Envelope whose source is ours and message_id set. */
+int mr_client_submit_packed(mr_client_t *self, const char *message_id, const void *envelope,
+                            size_t len);
+
+/* Result of a synchronous send. */
+typedef struct {
+    char message_id[65];
+    uint64_t seq;
+    bool duplicate;
+    int code;                  /* 0 on Ack, else medroute.v1.ErrorCode */
+    char reason[256];
+} mr_result_t;
+
+/*
+ * Submits json and polls until its Ack or Error (other events go to handler,
+ * which may be NULL).  0 on Ack; -EPROTO on an Error (see res->code); -ETIMEDOUT;
+ * -EINVAL for bad JSON (reason in res->reason).
+ */
+int mr_client_send_json(mr_client_t *self, const char *json, mr_result_t *res, int timeout_ms,
+                        mr_handler_t handler, void *arg);
+
+/*
+ * Waits up to timeout_ms for traffic and handles everything that arrived:
+ * events go to handler.  Also sends heartbeats and resends what is due.
+ * Returns the number of events handled, or a negative errno.
+ */
+int mr_client_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void *arg);
+
+/* Polls until the broker has welcomed us. 0 or -ETIMEDOUT. */
+int mr_client_wait_connected(mr_client_t *self, int timeout_ms);
+
+/* Messages submitted and not yet acknowledged by the broker. */
+size_t mr_client_unacked(const mr_client_t *self);
+bool mr_client_connected(const mr_client_t *self);
+
+/* The JSON text of a delivery's Envelope.  Caller frees with free(). */
+char *mr_delivery_json(const mr_delivery_t *delivery);
+
+/* ---- operator endpoint --------------------------------------------------- */
+
+typedef struct mr_operator_t mr_operator_t;
+
+/* Connects to the broker's operator endpoint. NULL on failure. Caller owns it. */
+mr_operator_t *mr_operator_new(const char *endpoint);
+void mr_operator_destroy(mr_operator_t **self_p);
+
+/*
+ * Sends one medroute.v1.OpRequest given as JSON without version and
+ * request_id (e.g. {"status":{}} or {"queue_list":{"dead":true}}) and waits
+ * for its OpReply, returned as JSON in *reply (caller frees with free()).
+ * 0; -EINVAL for bad JSON (reason in err); -ETIMEDOUT; -EPROTO when the
+ * reply is an Error (the JSON is still returned).
+ */
+int mr_operator_call_json(mr_operator_t *self, const char *request_json, char **reply,
+                          int timeout_ms, char *err, size_t errlen);
+
+/* "ERROR_X" names without the prefix, e.g. "UNKNOWN_DESTINATION". */
+const char *mr_error_code_name(int code);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

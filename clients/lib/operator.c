@@ -1,0 +1,144 @@
+/*
+ * operator.c - a connection to medrouted's operator endpoint.
+ *
+ * One DEALER socket; each call sends one OpRequest and waits for the OpReply
+ * with the same request_id (late replies to earlier calls are skipped).
+ */
+#include "medroute.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "mr_codec.h"
+#include "pbjson.h"
+
+struct mr_operator_t {
+    void *zctx;
+    void *sock;
+    uint64_t next_id;
+};
+
+mr_operator_t *mr_operator_new(const char *endpoint)
+{
+    mr_operator_t *self = calloc(1, sizeof *self);
+    if (self == NULL)
+        return NULL;
+    int linger = 0;
+    self->zctx = zmq_ctx_new();
+    if (self->zctx == NULL)
+        goto fail;
+    self->sock = zmq_socket(self->zctx, ZMQ_DEALER);
+    if (self->sock == NULL || zmq_setsockopt(self->sock, ZMQ_LINGER, &linger, sizeof linger) ||
+        zmq_connect(self->sock, endpoint) != 0)
+        goto fail;
+    self->next_id = (uint64_t)mr_now_ms();
+    return self;
+fail:
+    mr_operator_destroy(&self);
+    return NULL;
+}
+
+void mr_operator_destroy(mr_operator_t **self_p)
+{
+    mr_operator_t *self = *self_p;
+    if (self == NULL)
+        return;
+    if (self->sock)
+        zmq_close(self->sock);
+    if (self->zctx)
+        zmq_ctx_term(self->zctx);
+    free(self);
+    *self_p = NULL;
+}
+
+/* Waits for the reply to request_id; *out owned by the caller. */
+static int s_wait_reply(mr_operator_t *self, uint64_t request_id, int timeout_ms,
+                        mr_op_reply_t **out)
+{
+    int64_t deadline = mr_now_ms() + timeout_ms;
+    zmq_pollitem_t item = {.socket = self->sock, .events = ZMQ_POLLIN};
+    for (;;) {
+        int64_t left = deadline - mr_now_ms();
+        if (left <= 0)
+            return -ETIMEDOUT;
+        int n = zmq_poll(&item, 1, (long)left);
+        if (n < 0)
+            return zmq_errno() == EINTR ? -EINTR : -zmq_errno();
+        if (n == 0)
+            continue;
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, self->sock, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&m);
+            continue;
+        }
+        mr_op_reply_t *r = medroute__v1__op_reply__unpack(NULL, zmq_msg_size(&m), zmq_msg_data(&m));
+        zmq_msg_close(&m);
+        if (r != NULL && (r->request_id == request_id || r->request_id == 0)) {
+            *out = r;
+            return 0;
+        }
+        if (r != NULL)
+            medroute__v1__op_reply__free_unpacked(r, NULL);
+    }
+}
+
+int mr_operator_call_json(mr_operator_t *self, const char *request_json, char **reply,
+                          int timeout_ms, char *err, size_t errlen)
+{
+    json_error_t jerr;
+    ProtobufCMessage *msg = NULL;
+    mr_op_reply_t *r = NULL;
+    uint8_t *buf = NULL;
+    size_t len;
+    json_t *out = NULL;
+    int rc = -EINVAL;
+    *reply = NULL;
+    json_t *req = json_loads(request_json, 0, &jerr);
+    if (req == NULL) {
+        snprintf(err, errlen, "JSON line %d: %s", jerr.line, jerr.text);
+        goto out;
+    }
+    rc = pbjson_to_message(&medroute__v1__op_request__descriptor, req, &msg, err, errlen);
+    if (rc < 0)
+        goto out;
+    mr_op_request_t *q = (mr_op_request_t *)msg;
+    q->version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+    q->request_id = ++self->next_id;
+    rc = mr_pack(msg, &buf, &len);
+    if (rc < 0)
+        goto out;
+    if (zmq_send(self->sock, buf, len, 0) < 0) {
+        rc = -zmq_errno();
+        snprintf(err, errlen, "send failed: %s", zmq_strerror(-rc));
+        goto out;
+    }
+    rc = s_wait_reply(self, q->request_id, timeout_ms, &r);
+    if (rc < 0) {
+        snprintf(err, errlen, "no reply from the broker within %d ms", timeout_ms);
+        goto out;
+    }
+    out = pbjson_from_message(&r->base);
+    *reply = out ? json_dumps(out, JSON_COMPACT) : NULL;
+    if (*reply == NULL) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    rc = r->body_case == MEDROUTE__V1__OP_REPLY__BODY_ERROR ? -EPROTO : 0;
+    if (rc == -EPROTO)
+        snprintf(err, errlen, "%s: %s", mr_error_name(r->error->code),
+                 r->error->reason ? r->error->reason : "");
+out:
+    json_decref(out);
+    if (r != NULL)
+        medroute__v1__op_reply__free_unpacked(r, NULL);
+    free(buf);
+    if (msg != NULL)
+        protobuf_c_message_free_unpacked(msg, NULL);
+    json_decref(req);
+    return rc;
+}

@@ -1,0 +1,213 @@
+/*
+ * harness.c - process control for integration tests: config, fork/exec,
+ * readiness, kill, restart.
+ */
+#include "harness.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef MEDROUTED_PATH
+#error "MEDROUTED_PATH must name the medrouted binary"
+#endif
+
+const char *const mrt_facilities_conf =
+    "facilities = (\n"
+    "  { id = \"yx-lead\"; role = \"lead\"; name = \"Yun County People's Hospital\"; },\n"
+    "  { id = \"yx-imaging\"; role = \"imaging_centre\"; host = \"yx-lead\"; },\n"
+    "  { id = \"yx-lab\"; role = \"lab_centre\"; host = \"yx-lead\"; },\n"
+    "  { id = \"yx-ecg\"; role = \"ecg_centre\"; host = \"yx-lead\"; },\n"
+    "  { id = \"t-aihua\"; role = \"township\"; },\n"
+    "  { id = \"t-manwan\"; role = \"township\"; },\n"
+    "  { id = \"t-lishu\"; role = \"township\"; },\n"
+    "  { id = \"t-houqing\"; role = \"township\"; }\n"
+    ");\n";
+
+long long mrt_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A port the kernel just gave us, released again for the daemon. */
+static int s_free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    int port = -1;
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    close(fd);
+    return port;
+}
+
+static int s_spawn(mrt_daemon_t *d)
+{
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        int fd = open(d->log_path, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        if (fd >= 0) {
+            dup2(fd, 2);
+            close(fd);
+        }
+        execl(MEDROUTED_PATH, "medrouted", "--config", d->conf_path, (char *)NULL);
+        _exit(127);
+    }
+    d->pid = pid;
+    /* Ready when the operator endpoint answers a status request. */
+    for (int i = 0; i < 100; i++) {
+        int status;
+        if (waitpid(pid, &status, WNOHANG) == pid) {
+            d->pid = 0;
+            return -1;
+        }
+        char *r = mrt_operator(d, "{\"status\":{}}");
+        if (r != NULL) {
+            free(r);
+            return 0;
+        }
+    }
+    return -1;
+}
+
+int mrt_daemon_start(mrt_daemon_t *d, const char *extra)
+{
+    memset(d, 0, sizeof *d);
+    snprintf(d->dir, sizeof d->dir, "/tmp/mrtest-XXXXXX");
+    if (mkdtemp(d->dir) == NULL)
+        return -1;
+    int p1 = s_free_port(), p2 = s_free_port();
+    if (p1 < 0 || p2 < 0 || p1 == p2)
+        return -1;
+    snprintf(d->facility_ep, sizeof d->facility_ep, "tcp://127.0.0.1:%d", p1);
+    snprintf(d->operator_ep, sizeof d->operator_ep, "tcp://127.0.0.1:%d", p2);
+    snprintf(d->conf_path, sizeof d->conf_path, "%s/medroute.conf", d->dir);
+    snprintf(d->log_path, sizeof d->log_path, "%s/medrouted.log", d->dir);
+    FILE *f = fopen(d->conf_path, "w");
+    if (f == NULL)
+        return -1;
+    fprintf(f,
+            "broker_id = \"test\";\nfacility_endpoint = \"%s\";\noperator_endpoint = \"%s\";\n"
+            "data_dir = \"%s/var\";\ninsecure = true;\nlog_level = \"debug\";\n%s\n%s\n",
+            d->facility_ep, d->operator_ep, d->dir, mrt_facilities_conf, extra ? extra : "");
+    if (fclose(f) != 0)
+        return -1;
+    return s_spawn(d);
+}
+
+int mrt_daemon_restart(mrt_daemon_t *d)
+{
+    return s_spawn(d);
+}
+
+int mrt_daemon_stop(mrt_daemon_t *d)
+{
+    if (d->pid <= 0)
+        return -1;
+    kill(d->pid, SIGTERM);
+    int status = 0;
+    for (int i = 0; i < 300; i++) {
+        if (waitpid(d->pid, &status, WNOHANG) == d->pid) {
+            d->pid = 0;
+            return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+        }
+        usleep(50 * 1000);
+    }
+    mrt_daemon_kill(d);
+    return -1;
+}
+
+void mrt_daemon_kill(mrt_daemon_t *d)
+{
+    if (d->pid <= 0)
+        return;
+    kill(d->pid, SIGKILL);
+    waitpid(d->pid, NULL, 0);
+    d->pid = 0;
+}
+
+void mrt_daemon_cleanup(mrt_daemon_t *d)
+{
+    mrt_daemon_kill(d);
+    if (d->dir[0] == '\0' || getenv("MRT_KEEP") != NULL)
+        return;
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", d->dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", d->dir);
+}
+
+int mrt_log_count(const mrt_daemon_t *d, const char *needle)
+{
+    FILE *f = fopen(d->log_path, "r");
+    if (f == NULL)
+        return -1;
+    char line[4096];
+    int n = 0;
+    while (fgets(line, sizeof line, f))
+        if (strstr(line, needle))
+            n++;
+    fclose(f);
+    return n;
+}
+
+mr_client_t *mrt_client(const mrt_daemon_t *d, const char *facility, const char *state_tag)
+{
+    char state[400];
+    if (state_tag)
+        snprintf(state, sizeof state, "%s/state-%s", d->dir, state_tag);
+    mr_client_opts_t o = {
+        .endpoint = d->facility_ep,
+        .facility = facility,
+        .state_dir = state_tag ? state : NULL,
+        .client_name = "mrtest",
+        .ack_timeout_ms = 2000,
+    };
+    return mr_client_new(&o);
+}
+
+bool mrt_poll_until(mr_client_t *c, int timeout_ms, bool (*pred)(void *), void *arg,
+                    mr_handler_t h, void *harg)
+{
+    long long deadline = mrt_now_ms() + timeout_ms;
+    while (!pred(arg)) {
+        long long left = deadline - mrt_now_ms();
+        if (left <= 0)
+            return false;
+        mr_client_poll(c, left < 50 ? (int)left : 50, h, harg);
+    }
+    return true;
+}
+
+char *mrt_operator(const mrt_daemon_t *d, const char *request_json)
+{
+    mr_operator_t *op = mr_operator_new(d->operator_ep);
+    if (op == NULL)
+        return NULL;
+    char *reply = NULL;
+    char err[256];
+    int rc = mr_operator_call_json(op, request_json, &reply, 100, err, sizeof err);
+    mr_operator_destroy(&op);
+    if (rc < 0 && rc != -EPROTO) {
+        free(reply);
+        return NULL;
+    }
+    return reply;
+}

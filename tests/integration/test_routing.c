@@ -1,0 +1,436 @@
+/*
+ * test_routing.c - the real medrouted routes every kind both ways, holds
+ * messages for an offline facility and delivers them in order, and answers
+ * every kind of bad input with its own error code while traffic flows on.
+ */
+#include <errno.h>
+#include <jansson.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+#include "mr_codec.h"
+
+#define MAX_SEEN 256
+
+/* What a test client saw. */
+typedef struct {
+    int deliveries;
+    char kinds[MAX_SEEN][32];
+    char ids[MAX_SEEN][72];
+    char json[MAX_SEEN][2048];
+    bool redelivered[MAX_SEEN];
+    int acks, errors;
+    int last_error_code;
+    char last_error_id[72];
+} seen_t;
+
+static int on_event(mr_client_t *c, const mr_event_t *ev, void *arg)
+{
+    (void)c;
+    seen_t *s = arg;
+    if (ev->type == MR_EVENT_DELIVERY && s->deliveries < MAX_SEEN) {
+        int i = s->deliveries++;
+        snprintf(s->kinds[i], sizeof s->kinds[i], "%s", ev->delivery->kind);
+        snprintf(s->ids[i], sizeof s->ids[i], "%s", ev->delivery->message_id);
+        s->redelivered[i] = ev->delivery->redelivered;
+        char *j = mr_delivery_json(ev->delivery);
+        snprintf(s->json[i], sizeof s->json[i], "%s", j ? j : "");
+        free(j);
+    } else if (ev->type == MR_EVENT_ACK) {
+        s->acks++;
+    } else if (ev->type == MR_EVENT_ERROR) {
+        s->errors++;
+        s->last_error_code = ev->code;
+        snprintf(s->last_error_id, sizeof s->last_error_id, "%s", ev->message_id);
+    }
+    return 0;
+}
+
+typedef struct {
+    seen_t *s;
+    int want;
+} want_t;
+
+static bool got_deliveries(void *arg)
+{
+    want_t *w = arg;
+    return w->s->deliveries >= w->want;
+}
+
+static mrt_daemon_t g_daemon_storage; /* test fixture, set up once per group */
+
+static int setup(void **state)
+{
+    if (mrt_daemon_start(&g_daemon_storage, NULL) != 0)
+        return -1;
+    *state = &g_daemon_storage;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    mrt_daemon_t *d = *state;
+    int rc = mrt_daemon_stop(d);
+    mrt_daemon_cleanup(d);
+    return rc == 0 ? 0 : -1;
+}
+
+static mr_client_t *connected(mrt_daemon_t *d, const char *facility)
+{
+    mr_client_t *c = mrt_client(d, facility, NULL);
+    assert_non_null(c);
+    assert_int_equal(mr_client_wait_connected(c, 5000), 0);
+    return c;
+}
+
+/* One routing case: from, to, kind and the payload object's JSON. */
+typedef struct {
+    const char *from, *to, *kind, *payload, *probe;
+} route_case_t;
+
+static const route_case_t s_cases[] = {
+    {"t-aihua", "yx-lead", "referral",
+     "{\"referral_id\":\"R-UP-1\",\"patient\":{\"identifiers\":[{\"system\":\"cn-resident-id\","
+     "\"value\":\"TEST0001\"}],\"name\":\"Test Patient\",\"sex\":\"SEX_MALE\"},"
+     "\"reasons\":[{\"system\":\"ICD-10\",\"code\":\"I21\"}],\"service\":\"SERVICE_INPATIENT_BED\","
+     "\"department\":\"cardiology\",\"family_doctor_contract\":true,\"deductible_paid_fen\":50000}",
+     "\"deductible_paid_fen\":50000"},
+    {"yx-lead", "t-aihua", "referral_update",
+     "{\"referral_id\":\"R-UP-1\",\"step\":\"STEP_ACCEPTED\",\"appointment_at_ms\":1795000000000,"
+     "\"location\":\"Cardiology ward 3, bed 12\"}",
+     "\"step\":\"STEP_ACCEPTED\""},
+    {"yx-lead", "t-manwan", "referral",
+     "{\"referral_id\":\"R-DOWN-1\",\"reasons\":[{\"system\":\"ICD-10\",\"code\":\"E11\"}],"
+     "\"service\":\"SERVICE_FOLLOW_UP\"}",
+     "\"code\":\"E11\""},
+    {"t-manwan", "yx-imaging", "imaging_request",
+     "{\"accession_number\":\"ACC-1\",\"modality\":\"MODALITY_CT\",\"body_part\":\"HEAD\","
+     "\"study_instance_uid\":\"1.2.840.113619.2.1.1\",\"clinical_question\":\"bleed?\"}",
+     "\"accession_number\":\"ACC-1\""},
+    {"yx-imaging", "t-manwan", "imaging_report",
+     "{\"accession_number\":\"ACC-1\",\"status\":\"REPORT_FINAL\",\"impression\":\"no bleed\","
+     "\"critical_finding\":false}",
+     "\"status\":\"REPORT_FINAL\""},
+    {"t-aihua", "yx-lab", "lab_order",
+     "{\"placer_order_number\":\"PO-1\",\"tests\":[{\"system\":\"LOINC\",\"code\":\"2823-3\"}]}",
+     "\"placer_order_number\":\"PO-1\""},
+    {"yx-lab", "t-aihua", "lab_result",
+     "{\"placer_order_number\":\"PO-1\",\"status\":\"RESULT_FINAL\",\"items\":[{\"test\":"
+     "{\"system\":\"LOINC\",\"code\":\"2823-3\"},\"value\":\"6.8\",\"unit\":\"mmol/L\","
+     "\"reference_range\":\"3.5-5.3\",\"abnormal\":\"ABNORMAL_CRITICAL_HIGH\",\"critical\":true}]}",
+     "\"critical\":true"},
+};
+
+static void test_routing_every_kind_both_ways(void **state)
+{
+    mrt_daemon_t *d = *state;
+    for (size_t i = 0; i < sizeof s_cases / sizeof s_cases[0]; i++) {
+        const route_case_t *rc = &s_cases[i];
+        mr_client_t *from = connected(d, rc->from);
+        mr_client_t *to = connected(d, rc->to);
+        char json[4096];
+        snprintf(json, sizeof json,
+                 "{\"destination\":\"%s\",\"kind\":\"%s\",\"priority\":\"urgent\",\"%s\":%s}", rc->to,
+                 rc->kind, rc->kind, rc->payload);
+        mr_result_t res;
+        assert_int_equal(mr_client_send_json(from, json, &res, 5000, NULL, NULL), 0);
+        assert_int_equal(res.code, 0);
+        assert_true(res.seq > 0);
+        seen_t seen = {0};
+        want_t w = {&seen, 1};
+        assert_true(mrt_poll_until(to, 5000, got_deliveries, &w, on_event, &seen));
+        assert_int_equal(seen.deliveries, 1);
+        assert_string_equal(seen.kinds[0], rc->kind);
+        assert_string_equal(seen.ids[0], res.message_id);
+        assert_non_null(strstr(seen.json[0], rc->probe));
+        char src[64];
+        snprintf(src, sizeof src, "\"source\":\"%s\"", rc->from);
+        assert_non_null(strstr(seen.json[0], src));
+        mr_client_destroy(&from);
+        mr_client_destroy(&to);
+    }
+}
+
+static void test_routing_offline_facility_gets_messages_in_order(void **state)
+{
+    mrt_daemon_t *d = *state;
+    mr_client_t *lead = connected(d, "yx-lead");
+    enum { N = 40 };
+    char ids[N][72];
+    for (int i = 0; i < N; i++) {
+        char json[512];
+        snprintf(json, sizeof json,
+                 "{\"destination\":\"t-lishu\",\"kind\":\"referral\",\"referral\":"
+                 "{\"referral_id\":\"R-OFF-%03d\",\"service\":\"SERVICE_FOLLOW_UP\"}}",
+                 i);
+        mr_result_t res;
+        assert_int_equal(mr_client_send_json(lead, json, &res, 5000, NULL, NULL), 0);
+        snprintf(ids[i], sizeof ids[i], "%s", res.message_id);
+    }
+    /* The status shows them waiting. */
+    char *status = mrt_operator(d, "{\"status\":{}}");
+    assert_non_null(status);
+    assert_non_null(strstr(status, "\"facility_id\":\"t-lishu\""));
+    json_t *st = json_loads(status, 0, NULL);
+    free(status);
+    assert_non_null(st);
+    json_t *facs = json_object_get(json_object_get(st, "status"), "facilities");
+    long long pending = -1;
+    for (size_t i = 0; i < json_array_size(facs); i++) {
+        json_t *f = json_array_get(facs, i);
+        if (strcmp(json_string_value(json_object_get(f, "facility_id")), "t-lishu") == 0)
+            pending = json_integer_value(json_object_get(f, "pending"));
+    }
+    json_decref(st);
+    assert_int_equal(pending, N);
+
+    mr_client_t *lishu = connected(d, "t-lishu");
+    seen_t *seen = calloc(1, sizeof *seen);
+    want_t w = {seen, N};
+    assert_true(mrt_poll_until(lishu, 10000, got_deliveries, &w, on_event, seen));
+    assert_int_equal(seen->deliveries, N);
+    for (int i = 0; i < N; i++) {
+        assert_string_equal(seen->ids[i], ids[i]);
+        char probe[64];
+        snprintf(probe, sizeof probe, "R-OFF-%03d", i);
+        assert_non_null(strstr(seen->json[i], probe));
+    }
+    free(seen);
+    mr_client_destroy(&lishu);
+    mr_client_destroy(&lead);
+}
+
+static void test_routing_resend_is_acked_and_routed_once(void **state)
+{
+    mrt_daemon_t *d = *state;
+    mr_client_t *a = connected(d, "t-houqing");
+    mr_client_t *lead = connected(d, "yx-lead");
+    const char *json = "{\"message_id\":\"dup-1\",\"created_at_ms\":1795000000000,\"destination\":\"yx-lead\",\"kind\":\"lab_order\","
+                       "\"lab_order\":{\"placer_order_number\":\"PO-DUP\"}}";
+    mr_result_t r1, r2, r3;
+    assert_int_equal(mr_client_send_json(a, json, &r1, 5000, NULL, NULL), 0);
+    assert_false(r1.duplicate);
+    assert_int_equal(mr_client_send_json(a, json, &r2, 5000, NULL, NULL), 0);
+    assert_true(r2.duplicate);
+    assert_int_equal(r1.seq, r2.seq);
+    /* Same id, other content: refused. */
+    const char *other = "{\"message_id\":\"dup-1\",\"created_at_ms\":1795000000000,\"destination\":\"yx-lead\",\"kind\":\"lab_order\","
+                        "\"lab_order\":{\"placer_order_number\":\"PO-OTHER\"}}";
+    assert_int_equal(mr_client_send_json(a, other, &r3, 5000, NULL, NULL), -EPROTO);
+    assert_int_equal(r3.code, MR_E_CONFLICT);
+    seen_t seen = {0};
+    want_t w = {&seen, 2};
+    /* Wait long enough that a second copy would have arrived. */
+    assert_false(mrt_poll_until(lead, 1500, got_deliveries, &w, on_event, &seen));
+    assert_int_equal(seen.deliveries, 1);
+    assert_string_equal(seen.ids[0], "dup-1");
+    mr_client_destroy(&a);
+    mr_client_destroy(&lead);
+}
+
+/* ---- bad input over a raw socket ------------------------------------------------ */
+
+typedef struct {
+    void *ctx, *sock;
+} raw_t;
+
+static void raw_open(raw_t *r, const mrt_daemon_t *d)
+{
+    r->ctx = zmq_ctx_new();
+    r->sock = zmq_socket(r->ctx, ZMQ_DEALER);
+    int linger = 0;
+    zmq_setsockopt(r->sock, ZMQ_LINGER, &linger, sizeof linger);
+    assert_int_equal(zmq_connect(r->sock, d->facility_ep), 0);
+}
+
+static void raw_close(raw_t *r)
+{
+    zmq_close(r->sock);
+    zmq_ctx_term(r->ctx);
+}
+
+static void raw_send_frame(raw_t *r, mr_frame_t *f)
+{
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(mr_pack(&f->base, &buf, &len), 0);
+    assert_int_equal(zmq_send(r->sock, buf, len, 0), (int)len);
+    free(buf);
+}
+
+/* Receives frames until an Error or Welcome; returns the error code or 0 for Welcome. */
+static int raw_expect(raw_t *r)
+{
+    zmq_pollitem_t it = {.socket = r->sock, .events = ZMQ_POLLIN};
+    long long deadline = mrt_now_ms() + 5000;
+    while (mrt_now_ms() < deadline) {
+        if (zmq_poll(&it, 1, 100) <= 0)
+            continue;
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        assert_true(zmq_msg_recv(&m, r->sock, 0) >= 0);
+        mr_frame_t *f = medroute__v1__frame__unpack(NULL, zmq_msg_size(&m), zmq_msg_data(&m));
+        zmq_msg_close(&m);
+        assert_non_null(f);
+        int code = -1;
+        if (f->body_case == MEDROUTE__V1__FRAME__BODY_ERROR) {
+            code = (int)f->error->code;
+            assert_true(f->error->reason != NULL && strlen(f->error->reason) > 0);
+        } else if (f->body_case == MEDROUTE__V1__FRAME__BODY_WELCOME) {
+            code = 0;
+        }
+        medroute__v1__frame__free_unpacked(f, NULL);
+        if (code >= 0)
+            return code;
+    }
+    fail_msg("no reply from the broker");
+    return -1;
+}
+
+static void raw_hello(raw_t *r, const char *facility)
+{
+    Medroute__V1__Hello h = MEDROUTE__V1__HELLO__INIT;
+    h.facility_id = (char *)facility;
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    f.version = 1;
+    f.body_case = MEDROUTE__V1__FRAME__BODY_HELLO;
+    f.hello = &h;
+    raw_send_frame(r, &f);
+}
+
+/* An envelope frame from t-aihua to yx-lab with the given twists. */
+static int raw_envelope(raw_t *r, const char *source, const char *dest, int kind, int payload_kind,
+                        int version)
+{
+    Medroute__V1__LabOrder lo = MEDROUTE__V1__LAB_ORDER__INIT;
+    lo.placer_order_number = "PO-BAD";
+    Medroute__V1__LabResult lr = MEDROUTE__V1__LAB_RESULT__INIT;
+    mr_envelope_t e = MEDROUTE__V1__ENVELOPE__INIT;
+    char id[40];
+    static int n;
+    snprintf(id, sizeof id, "bad-%lld-%d", mrt_now_ms(), ++n);
+    e.message_id = id;
+    e.source = (char *)source;
+    e.destination = (char *)dest;
+    e.kind = (Medroute__V1__Kind)kind;
+    if (payload_kind == MEDROUTE__V1__KIND__KIND_LAB_RESULT) {
+        e.payload_case = MEDROUTE__V1__ENVELOPE__PAYLOAD_LAB_RESULT;
+        e.lab_result = &lr;
+    } else {
+        e.payload_case = MEDROUTE__V1__ENVELOPE__PAYLOAD_LAB_ORDER;
+        e.lab_order = &lo;
+    }
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    f.version = (Medroute__V1__ProtocolVersion)version;
+    f.body_case = MEDROUTE__V1__FRAME__BODY_ENVELOPE;
+    f.envelope = &e;
+    raw_send_frame(r, &f);
+    return raw_expect(r);
+}
+
+static void test_routing_bad_input_gets_distinct_errors(void **state)
+{
+    mrt_daemon_t *d = *state;
+    const int LO = MEDROUTE__V1__KIND__KIND_LAB_ORDER;
+    raw_t r;
+    raw_open(&r, d);
+
+    /* Before Hello. */
+    assert_int_equal(raw_envelope(&r, "t-aihua", "yx-lab", LO, LO, 1), MR_E_NO_HELLO);
+    /* Hello from a facility nobody registered. */
+    raw_hello(&r, "t-nowhere");
+    assert_int_equal(raw_expect(&r), MR_E_UNKNOWN_SOURCE);
+    raw_hello(&r, "t-aihua");
+    assert_int_equal(raw_expect(&r), 0);
+
+    /* Garbage bytes. */
+    assert_int_equal(zmq_send(r.sock, "\xff\xff\xff\xff garbage", 12, 0), 12);
+    assert_int_equal(raw_expect(&r), MR_E_MALFORMED);
+    /* Two parts. */
+    assert_int_equal(zmq_send(r.sock, "a", 1, ZMQ_SNDMORE), 1);
+    assert_int_equal(zmq_send(r.sock, "b", 1, 0), 1);
+    assert_int_equal(raw_expect(&r), MR_E_MALFORMED);
+    /* Over the size limit (1 MiB by default). */
+    size_t big = (1 << 20) + 100;
+    char *blob = calloc(1, big);
+    assert_int_equal(zmq_send(r.sock, blob, big, 0), (int)big);
+    free(blob);
+    assert_int_equal(raw_expect(&r), MR_E_TOO_LARGE);
+    /* Wrong protocol version. */
+    assert_int_equal(raw_envelope(&r, "t-aihua", "yx-lab", LO, LO, 7), MR_E_UNSUPPORTED_VERSION);
+    /* Unknown kind. */
+    assert_int_equal(raw_envelope(&r, "t-aihua", "yx-lab", 99, LO, 1), MR_E_UNKNOWN_KIND);
+    /* Kind and payload disagree. */
+    assert_int_equal(
+        raw_envelope(&r, "t-aihua", "yx-lab", LO, MEDROUTE__V1__KIND__KIND_LAB_RESULT, 1),
+        MR_E_INVALID);
+    /* Unknown destination. */
+    assert_int_equal(raw_envelope(&r, "t-aihua", "yx-nowhere", LO, LO, 1),
+                     MR_E_UNKNOWN_DESTINATION);
+    /* Unknown source in the envelope. */
+    assert_int_equal(raw_envelope(&r, "t-nowhere", "yx-lab", LO, LO, 1), MR_E_UNKNOWN_SOURCE);
+    /* Another facility's source. */
+    assert_int_equal(raw_envelope(&r, "t-manwan", "yx-lab", LO, LO, 1), MR_E_FORBIDDEN);
+    /* A frame a facility may not send. */
+    Medroute__V1__Ack ack = MEDROUTE__V1__ACK__INIT;
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    f.version = 1;
+    f.body_case = MEDROUTE__V1__FRAME__BODY_ACK;
+    f.ack = &ack;
+    raw_send_frame(&r, &f);
+    assert_int_equal(raw_expect(&r), MR_E_UNEXPECTED_FRAME);
+    raw_close(&r);
+
+    /* Nothing else was affected: a good message still flows. */
+    mr_client_t *a = connected(d, "t-aihua");
+    mr_client_t *lab = connected(d, "yx-lab");
+    mr_result_t res;
+    assert_int_equal(
+        mr_client_send_json(a,
+                            "{\"destination\":\"yx-lab\",\"kind\":\"lab_order\",\"lab_order\":"
+                            "{\"placer_order_number\":\"PO-GOOD\"}}",
+                            &res, 5000, NULL, NULL),
+        0);
+    seen_t seen = {0};
+    want_t w = {&seen, 1};
+    assert_true(mrt_poll_until(lab, 5000, got_deliveries, &w, on_event, &seen));
+    assert_non_null(strstr(seen.json[0], "PO-GOOD"));
+    assert_null(strstr(seen.json[0], "PO-BAD"));
+    mr_client_destroy(&a);
+    mr_client_destroy(&lab);
+
+    /* Each refusal was counted by code and logged without patient data. */
+    char *status = mrt_operator(d, "{\"status\":{}}");
+    assert_non_null(status);
+    const char *counted[] = {"rejected.MALFORMED",        "rejected.TOO_LARGE",
+                             "rejected.UNSUPPORTED_VERSION", "rejected.UNKNOWN_KIND",
+                             "rejected.INVALID",           "rejected.UNKNOWN_DESTINATION",
+                             "rejected.UNKNOWN_SOURCE",    "rejected.FORBIDDEN",
+                             "rejected.NO_HELLO",          "rejected.UNEXPECTED_FRAME"};
+    for (size_t i = 0; i < sizeof counted / sizeof counted[0]; i++)
+        assert_non_null(strstr(status, counted[i]));
+    free(status);
+    assert_true(mrt_log_count(d, "event=message.rejected") >= 12);
+    assert_int_equal(mrt_log_count(d, "Test Patient"), 0);
+    assert_int_equal(mrt_log_count(d, "TEST0001"), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_routing_every_kind_both_ways),
+        cmocka_unit_test(test_routing_offline_facility_gets_messages_in_order),
+        cmocka_unit_test(test_routing_resend_is_acked_and_routed_once),
+        cmocka_unit_test(test_routing_bad_input_gets_distinct_errors),
+    };
+    return cmocka_run_group_tests_name("routing", tests, setup, teardown);
+}

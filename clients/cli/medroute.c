@@ -299,7 +299,9 @@ static int s_operator_call(const s_ctx_t *ctx, json_t *request, int timeout_ms,
     }
     if (rc == -EPROTO) {
         const json_t *e = json_object_get(*reply_out, "error");
-        const char *name = s_json_str(e, "code", "UNSPECIFIED");
+        const char *name = s_json_str(e, "code", "ERROR_UNSPECIFIED");
+        if (strncmp(name, "ERROR_", 6) == 0)
+            name += 6;
         fprintf(stderr, "medroute: the broker refused: %s: %s\n", name,
                 s_json_str(e, "reason", ""));
         goto out;
@@ -415,11 +417,17 @@ fail:
     return NULL;
 }
 
-/* Deliveries that reach `send` are left for a later `listen`. */
+/* Deliveries that reach `send` are left for a later `listen`.  An Error
+ * about no message (the broker refusing our Hello, e.g. UNKNOWN_SOURCE) is
+ * kept in *arg, to be reported instead of a bare time-out. */
 static int on_send_event(mr_client_t *client, const mr_event_t *event, void *arg)
 {
+    mr_result_t *hello = arg;
     (void)client;
-    (void)arg;
+    if (event->type == MR_EVENT_ERROR && (event->message_id == NULL || !event->message_id[0])) {
+        hello->code = event->code;
+        snprintf(hello->reason, sizeof hello->reason, "%s", event->reason ? event->reason : "");
+    }
     return event->type == MR_EVENT_DELIVERY ? -1 : 0;
 }
 
@@ -531,9 +539,16 @@ static int s_cmd_send(s_ctx_t *ctx, int argc, char **argv)
                 ctx->state_dir ? ctx->state_dir : "");
         goto out;
     }
-    mr_result_t res;
+    mr_result_t res, hello;
     memset(&res, 0, sizeof res);
-    int rc = mr_client_send_json(client, text, &res, (int)a.timeout_ms, on_send_event, NULL);
+    memset(&hello, 0, sizeof hello);
+    int rc = mr_client_send_json(client, text, &res, (int)a.timeout_ms, on_send_event, &hello);
+    if (rc == -ETIMEDOUT && hello.code != 0) {
+        /* No Ack because the broker would not take us at all: say why. */
+        rc = -EPROTO;
+        snprintf(hello.message_id, sizeof hello.message_id, "%s", res.message_id);
+        res = hello;
+    }
     status = s_print_result(rc, &res, (int)a.timeout_ms);
 out:
     mr_client_destroy(&client);
@@ -959,8 +974,8 @@ static const s_command_t s_commands[] = {
      "show the facilities' connections and queues, and the broker's counters"},
     {"queue", s_cmd_queue,
      "queue ls [--dest FACILITY] [--dead] [--limit N] [--json]\n"
-     "       queue retry SEQ\n"
-     "       queue drop SEQ --reason TEXT",
+     "       medroute queue retry SEQ\n"
+     "       medroute queue drop SEQ --reason TEXT",
      "list pending messages or dead letters; retry a dead letter; drop a message"},
     {"help", s_cmd_help, "help [COMMAND]", "show this help"},
 };

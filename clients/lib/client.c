@@ -450,10 +450,13 @@ static int s_on_frame(mr_client_t *c, const void *data, size_t len, mr_handler_t
         break;
     }
     case MEDROUTE__V1__FRAME__BODY_ACK: {
+        /* One event per submitted message: an Ack for a message no longer
+         * in the outbox answers a resend that crossed the first Ack. */
         const Medroute__V1__Ack *a = f->ack;
-        bool ours = s_outbox_remove(c, a->message_id);
+        if (!s_outbox_remove(c, a->message_id))
+            break;
         mr_event_t ev = {.type = MR_EVENT_ACK, .message_id = a->message_id, .seq = a->seq,
-                         .duplicate = a->duplicate || !ours};
+                         .duplicate = a->duplicate};
         if (h)
             h(c, &ev, arg);
         events++;

@@ -51,7 +51,7 @@ typedef struct {
 
 typedef enum {
     MR_EVENT_CONNECTED = 1,    /* the broker welcomed us (after every (re)connect) */
-    MR_EVENT_ACK,              /* a message we sent is stored by the broker */
+    MR_EVENT_ACK,              /* a message we sent is stored by the broker (once per message) */
     MR_EVENT_ERROR,            /* the broker refused a message, or reports a dead letter */
     MR_EVENT_DELIVERY,         /* a message for us */
 } mr_event_type_t;

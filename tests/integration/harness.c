@@ -211,3 +211,16 @@ char *mrt_operator(const mrt_daemon_t *d, const char *request_json)
     }
     return reply;
 }
+
+long mrt_count_lines(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return 0;
+    long n = 0;
+    int ch;
+    while ((ch = getc(f)) != EOF)
+        n += ch == '\n';
+    fclose(f);
+    return n;
+}

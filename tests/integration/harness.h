@@ -54,5 +54,7 @@ bool mrt_poll_until(mr_client_t *c, int timeout_ms, bool (*pred)(void *), void *
 char *mrt_operator(const mrt_daemon_t *d, const char *request_json);
 
 long long mrt_now_ms(void);
+/* Lines in a file (0 if it does not exist). */
+long mrt_count_lines(const char *path);
 
 #endif

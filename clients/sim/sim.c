@@ -1,0 +1,1320 @@
+/*
+ * sim.c - medroute-sim: a simulated county for the demo.
+ *
+ * One process, one thread, one mr_client_t per facility it plays: the lead
+ * hospital (yx-lead), the imaging centre (yx-imaging), the lab centre
+ * (yx-lab) and N township health centres.  A county's day (SAMPLE-COUNTY.md
+ * volumes) is compressed into --duration seconds:
+ *
+ *   township --referral-------> yx-lead     --referral_update (accept/reject)--> township
+ *   yx-lead  --referral (down)-> township   --referral_update (follow-up ok)--> yx-lead
+ *   township --imaging_request-> yx-imaging --imaging_report (CT: prelim+final)-> township
+ *   township --lab_order-------> yx-lab     --lab_result------------------------> township
+ *
+ * One township loses its link at 35 % of the run (its client is destroyed)
+ * and comes back at 65 % (a new client); what was sent to it meanwhile waits
+ * in the broker.  Then the simulator waits (up to 10 s) for every Ack and
+ * every delivery and prints who sent and received what.
+ *
+ * Invariants
+ *   1. Every submitted message has one s_msg_t, found by (source, message_id);
+ *      an Ack marks it acked, the first delivery to its destination marks it
+ *      delivered; later deliveries count as duplicates.
+ *   2. Answers are never submitted from inside a handler: the handler queues
+ *      an s_todo_t (owning its payload), the main loop submits it.
+ *   3. Random numbers come only from the s_rng_t in s_sim_t (--seed), so the
+ *      schedule and the payloads are the same for the same seed.
+ *
+ * Exit status: 0 when nothing was lost and no Error event came, 1 otherwise,
+ * 2 for bad usage.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <jansson.h>
+
+#include "medroute.h"
+
+#define S_MAX_TOWNSHIPS 12
+#define S_MAX_PLAYERS (3 + S_MAX_TOWNSHIPS)
+#define S_FINAL_WAIT_MS 10000
+#define S_PROGRESS_MS 2000
+
+/* The township ids of config/medroute.conf, in its order. */
+static const char *const s_townships[S_MAX_TOWNSHIPS] = {
+    "t-aihua",  "t-manwan",    "t-dachaoshan", "t-yongbao", "t-maolan",  "t-xingfu",
+    "t-dazhai", "t-toudaoshui", "t-xiaojie",   "t-chafang", "t-lishu",   "t-houqing",
+};
+
+/* medroute.v1.Kind: index = enum value. */
+enum { K_REFERRAL = 1, K_REFERRAL_UPDATE, K_IMAGING_REQUEST, K_IMAGING_REPORT, K_LAB_ORDER,
+       K_LAB_RESULT, K_COUNT };
+static const char *const s_kinds[K_COUNT] = {
+    NULL, "referral", "referral_update", "imaging_request", "imaging_report", "lab_order",
+    "lab_result",
+};
+
+typedef enum { ROLE_LEAD, ROLE_IMAGING, ROLE_LAB, ROLE_TOWNSHIP } s_role_t;
+
+/* What a scheduled event of the day does. */
+typedef enum { EV_UP_REFERRAL, EV_DOWN_REFERRAL, EV_IMAGING, EV_LAB } s_event_type_t;
+
+/* ---- clinical tables (SAMPLE-COUNTY.md) ------------------------------------ */
+
+typedef struct {
+    const char *code, *display, *department, *service, *priority, *modality;
+    int weight;
+} s_reason_t;
+
+static const s_reason_t s_up_reasons[] = {
+    {"I21", "Acute myocardial infarction", "cardiology", "SERVICE_INPATIENT_BED", "stat", NULL, 6},
+    {"I63", "Cerebral infarction", "neurology", "SERVICE_INPATIENT_BED", "stat", NULL, 8},
+    {"I61", "Intracerebral haemorrhage", "neurosurgery", "SERVICE_INPATIENT_BED", "stat", NULL, 3},
+    {"J18", "Pneumonia", "respiratory medicine", "SERVICE_INPATIENT_BED", "urgent", NULL, 10},
+    {"J44", "COPD with acute exacerbation", "respiratory medicine", "SERVICE_INPATIENT_BED",
+     "urgent", NULL, 8},
+    {"K35", "Acute appendicitis", "general surgery", "SERVICE_INPATIENT_BED", "urgent", NULL, 5},
+    {"K80", "Cholelithiasis", "general surgery", "SERVICE_SPECIALIST_CLINIC", "routine", NULL, 6},
+    {"O14", "Pre-eclampsia", "obstetrics", "SERVICE_INPATIENT_BED", "stat", NULL, 2},
+    {"O60", "Preterm labour", "obstetrics", "SERVICE_INPATIENT_BED", "urgent", NULL, 2},
+    {"S72", "Fracture of femur", "orthopaedics", "SERVICE_INPATIENT_BED", "urgent", NULL, 5},
+    {"S06", "Intracranial injury", "neurosurgery", "SERVICE_INPATIENT_BED", "stat", NULL, 3},
+    {"C34", "Malignant neoplasm of bronchus and lung", "oncology", "SERVICE_EXAM", "routine",
+     "CT", 3},
+    {"N18", "Chronic kidney disease", "nephrology", "SERVICE_SPECIALIST_CLINIC", "routine", NULL,
+     4},
+};
+#define S_N_UP_REASONS (sizeof s_up_reasons / sizeof s_up_reasons[0])
+
+static const s_reason_t s_down_reasons[] = {
+    {"E11", "Type 2 diabetes mellitus", "general practice", "SERVICE_FOLLOW_UP", "routine", NULL,
+     1},
+    {"I10", "Essential hypertension", "general practice", "SERVICE_FOLLOW_UP", "routine", NULL, 1},
+};
+
+typedef struct {
+    const char *modality, *body_parts[4], *question;
+    int weight;
+} s_modality_t;
+
+/* DR ~55 a day, CT ~12, ultrasound a few (SAMPLE-COUNTY.md). */
+static const s_modality_t s_modalities[] = {
+    {"DR", {"CHEST", "CHEST", "KNEE", "LSPINE"}, "rule out pneumonia / fracture", 55},
+    {"CT", {"HEAD", "CHEST", "ABDOMEN", "HEAD"}, "rule out haemorrhage / mass", 12},
+    {"US", {"ABDOMEN", "THYROID", "PELVIS", "ABDOMEN"}, "abdominal pain, query gallstones", 10},
+};
+
+typedef struct {
+    const char *loinc, *display, *unit, *specimen;
+    double ref_lo, ref_hi;
+    double crit_lo, crit_hi; /* < 0: no critical limit on that side */
+    int decimals;
+} s_test_t;
+
+static const s_test_t s_tests[] = {
+    {"2823-3", "Potassium", "mmol/L", "serum", 3.5, 5.3, 2.8, 6.2, 1},
+    {"2951-2", "Sodium", "mmol/L", "serum", 137, 147, 120, 160, 0},
+    {"2345-7", "Glucose", "mmol/L", "serum", 3.9, 6.1, 2.2, 22.2, 1},
+    {"718-7", "Haemoglobin", "g/L", "whole blood", 115, 175, 50, 200, 0},
+    {"777-3", "Platelets", "10*9/L", "whole blood", 125, 350, 30, 1000, 0},
+    {"6690-2", "White cells", "10*9/L", "whole blood", 3.5, 9.5, 1.0, 30, 1},
+    {"2160-0", "Creatinine", "umol/L", "serum", 41, 111, -1, 707, 0},
+    {"10839-9", "Troponin I", "ng/mL", "serum", 0, 0.04, -1, 0.04, 3},
+    {"1742-6", "ALT", "U/L", "serum", 7, 40, -1, -1, 0},
+};
+#define S_N_TESTS ((int)(sizeof s_tests / sizeof s_tests[0]))
+
+/* Panels as ordered at a township: indexes into s_tests, -1 ends. */
+static const int s_panels[][5] = {
+    {0, 1, 2, -1},  /* electrolytes + glucose */
+    {3, 4, 5, -1},  /* blood count */
+    {6, 0, -1},     /* renal */
+    {8, -1},        /* liver */
+    {7, -1},        /* cardiac */
+    {2, -1},        /* glucose */
+};
+#define S_N_PANELS (sizeof s_panels / sizeof s_panels[0])
+
+/* ---- state ------------------------------------------------------------------ */
+
+/* xorshift64*: small, deterministic, passed around (no global state). */
+typedef struct {
+    uint64_t s;
+} s_rng_t;
+
+typedef struct s_sim_t s_sim_t;
+
+typedef struct {
+    s_sim_t *sim;
+    int idx;
+    const char *id;
+    s_role_t role;
+    mr_client_t *client;        /* NULL while offline */
+    unsigned sent[K_COUNT], received[K_COUNT];
+    unsigned serial;            /* for referral / accession / order numbers */
+} s_player_t;
+
+typedef struct {
+    char id[65];
+    int src, dst, kind;
+    bool acked, failed, queued_offline;
+    unsigned delivered;
+} s_msg_t;
+
+typedef struct {
+    int64_t due_ms;             /* monotonic */
+    int src, dst, kind;
+    const char *priority;
+    char corr[65];
+    json_t *payload;            /* owned */
+} s_todo_t;
+
+typedef struct {
+    int64_t at_ms;              /* since start */
+    s_event_type_t type;
+    int township;               /* player index */
+} s_event_t;
+
+typedef struct {
+    const char *endpoint, *operator_ep, *report, *state_dir;
+    long long duration_s, seed, townships, scale;
+    bool verbose;
+} s_opts_t;
+
+struct s_sim_t {
+    s_opts_t o;
+    s_rng_t rng;
+    s_player_t players[S_MAX_PLAYERS];
+    int n_players;
+    s_msg_t *msgs;
+    size_t n_msgs, cap_msgs;
+    uint32_t *index;            /* open addressing: 0 empty, else msgs index + 1 */
+    size_t index_cap;
+    s_todo_t *todo;
+    size_t n_todo, cap_todo;
+    s_event_t *events;
+    size_t n_events, next_event;
+    int offline;                /* player that loses its link, -1 none */
+    int64_t t0, offline_at, online_at;
+    bool went_offline, came_back;
+    size_t n_acked, n_delivered;
+    unsigned errors, duplicates, stale, misrouted, submit_failed, poll_failed;
+    unsigned queued_offline, delivered_after_return;
+    unsigned accepted, rejected, family_doctor, crit_values, crit_findings;
+    int rr;                     /* round-robin position for the idle poll */
+};
+
+static uint64_t s_rng_next(s_rng_t *r)
+{
+    r->s ^= r->s >> 12;
+    r->s ^= r->s << 25;
+    r->s ^= r->s >> 27;
+    return r->s * 0x2545F4914F6CDD1DULL;
+}
+
+static uint32_t s_rng_below(s_rng_t *r, uint32_t n)
+{
+    return n ? (uint32_t)(s_rng_next(r) % n) : 0;
+}
+
+static double s_rng_unit(s_rng_t *r)
+{
+    return (double)(s_rng_next(r) >> 11) / 9007199254740992.0;
+}
+
+static bool s_rng_chance(s_rng_t *r, double p)
+{
+    return s_rng_unit(r) < p;
+}
+
+static int64_t s_mono_ms(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
+        return 0;
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t s_wall_ms(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_REALTIME, &ts) != 0)
+        return 0;
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static double s_elapsed(const s_sim_t *sim)
+{
+    return (double)(s_mono_ms() - sim->t0) / 1000.0;
+}
+
+static int s_kind_index(const char *name)
+{
+    if (name == NULL)
+        return -1;
+    if (strncasecmp(name, "kind_", 5) == 0)
+        name += 5;
+    for (int i = 1; i < K_COUNT; i++)
+        if (strcasecmp(name, s_kinds[i]) == 0)
+            return i;
+    return -1;
+}
+
+static int s_player_find(const s_sim_t *sim, const char *id)
+{
+    for (int i = 0; id && i < sim->n_players; i++)
+        if (strcmp(sim->players[i].id, id) == 0)
+            return i;
+    return -1;
+}
+
+/* ---- the message table ------------------------------------------------------- */
+
+static size_t s_hash(int src, const char *id)
+{
+    uint64_t h = 1469598103934665603ULL ^ (uint64_t)src;
+    for (const unsigned char *p = (const unsigned char *)id; *p; p++)
+        h = (h ^ *p) * 1099511628211ULL;
+    return (size_t)h;
+}
+
+static s_msg_t *s_msg_find(s_sim_t *sim, int src, const char *id)
+{
+    if (sim->index_cap == 0 || id == NULL)
+        return NULL;
+    for (size_t i = s_hash(src, id) & (sim->index_cap - 1);; i = (i + 1) & (sim->index_cap - 1)) {
+        uint32_t slot = sim->index[i];
+        if (slot == 0)
+            return NULL;
+        s_msg_t *m = &sim->msgs[slot - 1];
+        if (m->src == src && strcmp(m->id, id) == 0)
+            return m;
+    }
+}
+
+static void s_index_put(s_sim_t *sim, size_t n)
+{
+    const s_msg_t *m = &sim->msgs[n];
+    size_t i = s_hash(m->src, m->id) & (sim->index_cap - 1);
+    while (sim->index[i] != 0)
+        i = (i + 1) & (sim->index_cap - 1);
+    sim->index[i] = (uint32_t)(n + 1);
+}
+
+/* Adds a record; NULL on allocation failure. */
+static s_msg_t *s_msg_add(s_sim_t *sim, int src, int dst, int kind, const char *id)
+{
+    if (sim->n_msgs == sim->cap_msgs) {
+        size_t cap = sim->cap_msgs ? sim->cap_msgs * 2 : 256;
+        s_msg_t *m = realloc(sim->msgs, cap * sizeof *m);
+        if (m == NULL)
+            return NULL;
+        sim->msgs = m;
+        sim->cap_msgs = cap;
+    }
+    if ((sim->n_msgs + 1) * 2 > sim->index_cap) {
+        size_t cap = sim->index_cap ? sim->index_cap * 2 : 512;
+        uint32_t *ix = calloc(cap, sizeof *ix);
+        if (ix == NULL)
+            return NULL;
+        free(sim->index);
+        sim->index = ix;
+        sim->index_cap = cap;
+        for (size_t i = 0; i < sim->n_msgs; i++)
+            s_index_put(sim, i);
+    }
+    s_msg_t *m = &sim->msgs[sim->n_msgs];
+    memset(m, 0, sizeof *m);
+    snprintf(m->id, sizeof m->id, "%s", id);
+    m->src = src;
+    m->dst = dst;
+    m->kind = kind;
+    s_index_put(sim, sim->n_msgs);
+    sim->n_msgs++;
+    return m;
+}
+
+/* ---- submitting ------------------------------------------------------------- */
+
+/* Queues an answer or a deferred message; takes payload.  0 or -ENOMEM. */
+static int s_todo_push(s_sim_t *sim, int64_t due_ms, int src, int dst, int kind,
+                       const char *priority, const char *corr, json_t *payload)
+{
+    if (payload == NULL)
+        return -ENOMEM;
+    if (sim->n_todo == sim->cap_todo) {
+        size_t cap = sim->cap_todo ? sim->cap_todo * 2 : 64;
+        s_todo_t *t = realloc(sim->todo, cap * sizeof *t);
+        if (t == NULL) {
+            json_decref(payload);
+            return -ENOMEM;
+        }
+        sim->todo = t;
+        sim->cap_todo = cap;
+    }
+    s_todo_t *t = &sim->todo[sim->n_todo++];
+    t->due_ms = due_ms;
+    t->src = src;
+    t->dst = dst;
+    t->kind = kind;
+    t->priority = priority;
+    snprintf(t->corr, sizeof t->corr, "%s", corr ? corr : "");
+    t->payload = payload;
+    return 0;
+}
+
+/* Submits one message from src (whose client must exist); takes payload. */
+static int s_submit(s_sim_t *sim, int src, int dst, int kind, const char *priority,
+                    const char *corr, json_t *payload)
+{
+    s_player_t *from = &sim->players[src];
+    s_player_t *to = &sim->players[dst];
+    char id[65] = "", err[256] = "";
+    char *text = NULL;
+    int rc = -ENOMEM;
+    json_t *env = json_pack("{s:s, s:s, s:s, s:o}", "destination", to->id, "kind",
+                            s_kinds[kind], "priority", priority, s_kinds[kind], payload);
+    if (env == NULL)
+        goto out;
+    if (corr && corr[0] && json_object_set_new(env, "correlation_id", json_string(corr)) != 0)
+        goto out;
+    if ((text = json_dumps(env, JSON_COMPACT)) == NULL)
+        goto out;
+    rc = mr_client_submit_json(from->client, text, id, err, sizeof err);
+    if (rc < 0) {
+        fprintf(stderr, "[%5.1fs] %s: cannot submit a %s: %s\n", s_elapsed(sim), from->id,
+                s_kinds[kind], err[0] ? err : strerror(-rc));
+        goto out;
+    }
+    s_msg_t *m = s_msg_add(sim, src, dst, kind, id);
+    if (m == NULL) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    m->queued_offline = to->client == NULL;
+    sim->queued_offline += m->queued_offline;
+    from->sent[kind]++;
+    if (sim->o.verbose)
+        fprintf(stderr, "[%5.1fs] %-12s -> %-12s %-15s %s %s\n", s_elapsed(sim), from->id, to->id,
+                s_kinds[kind], priority, id);
+out:
+    if (rc < 0)
+        sim->submit_failed++;
+    free(text);
+    json_decref(env); /* payload went with env (or was never taken: see below) */
+    return rc;
+}
+
+/* Submits due answers whose sender is online; keeps the rest in order. */
+static void s_drain_todo(s_sim_t *sim, int64_t now)
+{
+    size_t keep = 0;
+    for (size_t i = 0; i < sim->n_todo; i++) {
+        s_todo_t *t = &sim->todo[i];
+        if (t->due_ms > now || sim->players[t->src].client == NULL) {
+            sim->todo[keep++] = *t;
+            continue;
+        }
+        (void)s_submit(sim, t->src, t->dst, t->kind, t->priority, t->corr, t->payload);
+    }
+    sim->n_todo = keep;
+}
+
+/* ---- payloads ---------------------------------------------------------------- */
+
+static json_t *s_patient(s_sim_t *sim, const s_player_t *home)
+{
+    unsigned n = s_rng_below(&sim->rng, 100000);
+    char resident[32], mrn[32], name[48], birth[16];
+    snprintf(resident, sizeof resident, "DEMO-000000-%05u", n);
+    snprintf(mrn, sizeof mrn, "DEMO-MRN-%05u", n);
+    snprintf(name, sizeof name, "Demo Patient %05u", n);
+    snprintf(birth, sizeof birth, "%04u-%02u-%02u", 1935 + s_rng_below(&sim->rng, 80),
+             1 + s_rng_below(&sim->rng, 12), 1 + s_rng_below(&sim->rng, 28));
+    char system[48];
+    snprintf(system, sizeof system, "mrn:%s", home->id);
+    return json_pack("{s:[{s:s,s:s},{s:s,s:s}], s:s, s:s, s:s}", "identifiers", "system",
+                     "cn-resident-id", "value", resident, "system", system, "value", mrn, "name",
+                     name, "birth_date", birth, "sex",
+                     s_rng_chance(&sim->rng, 0.5) ? "SEX_FEMALE" : "SEX_MALE");
+}
+
+static const s_reason_t *s_pick_reason(s_rng_t *r, const s_reason_t *list, size_t n)
+{
+    int total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += list[i].weight;
+    int x = (int)s_rng_below(r, (uint32_t)total);
+    for (size_t i = 0; i < n; i++) {
+        if (x < list[i].weight)
+            return &list[i];
+        x -= list[i].weight;
+    }
+    return &list[0];
+}
+
+/* A referral from `from` (up: a township; down: the lead). */
+static json_t *s_referral(s_sim_t *sim, s_player_t *from, const s_player_t *home,
+                          const s_reason_t *why, bool family_doctor)
+{
+    char rid[48], doctor[48], summary[160];
+    snprintf(rid, sizeof rid, "%s-R%05u", from->id, ++from->serial);
+    snprintf(doctor, sizeof doctor, "Dr. Demo %s-%02u", from->id, 1 + s_rng_below(&sim->rng, 6));
+    snprintf(summary, sizeof summary, "%s. Demo data, not a real patient.", why->display);
+    long long deductible = why->service[8] == 'F' ? 0 : 100LL * s_rng_below(&sim->rng, 900);
+    json_t *r = json_pack("{s:s, s:o, s:[{s:s,s:s,s:s}], s:s, s:s, s:b, s:I, s:s, s:s}",
+                          "referral_id", rid, "patient", s_patient(sim, home), "reasons",
+                          "system", "ICD-10", "code", why->code, "display", why->display,
+                          "service", why->service, "department", why->department,
+                          "family_doctor_contract", family_doctor, "deductible_paid_fen",
+                          (json_int_t)deductible, "referring_practitioner", doctor,
+                          "clinical_summary", summary);
+    if (r && why->modality && json_object_set_new(r, "requested_modality",
+                                                  json_string(why->modality)) != 0) {
+        json_decref(r);
+        return NULL;
+    }
+    return r;
+}
+
+static json_t *s_imaging_request(s_sim_t *sim, s_player_t *from, const s_modality_t *m)
+{
+    char acc[48], uid[64], uri[160];
+    snprintf(acc, sizeof acc, "%s-A%05u", from->id, ++from->serial);
+    snprintf(uid, sizeof uid, "2.25.%" PRIu64 "%06u", s_rng_next(&sim->rng) >> 1,
+             s_rng_below(&sim->rng, 1000000));
+    snprintf(uri, sizeof uri, "https://pacs.%s.example/dicomweb/studies/%s", from->id, uid);
+    return json_pack("{s:s, s:o, s:s, s:s, s:s, s:s, s:s}", "accession_number", acc, "patient",
+                     s_patient(sim, from), "modality", m->modality, "body_part",
+                     m->body_parts[s_rng_below(&sim->rng, 4)], "study_instance_uid", uid,
+                     "clinical_question", m->question, "pacs_uri", uri);
+}
+
+static json_t *s_lab_order(s_sim_t *sim, s_player_t *from)
+{
+    char placer[48], specimen[32];
+    snprintf(placer, sizeof placer, "%s-L%05u", from->id, ++from->serial);
+    snprintf(specimen, sizeof specimen, "SP%010" PRIu64,
+             (uint64_t)(s_rng_next(&sim->rng) % 10000000000ULL));
+    bool chosen[S_N_TESTS] = {false};
+    unsigned n_panels = 1 + s_rng_below(&sim->rng, 3);
+    json_t *tests = json_array();
+    const char *type = "serum";
+    for (unsigned p = 0; p < n_panels; p++) {
+        const int *panel = s_panels[s_rng_below(&sim->rng, S_N_PANELS)];
+        for (int i = 0; i < 5 && panel[i] >= 0; i++) {
+            if (chosen[panel[i]])
+                continue;
+            chosen[panel[i]] = true;
+            const s_test_t *t = &s_tests[panel[i]];
+            if (strcmp(t->specimen, "serum") != 0)
+                type = t->specimen;
+            if (json_array_append_new(tests, json_pack("{s:s,s:s,s:s}", "system", "LOINC",
+                                                       "code", t->loinc, "display",
+                                                       t->display)) != 0) {
+                json_decref(tests);
+                return NULL;
+            }
+        }
+    }
+    return json_pack("{s:s, s:o, s:{s:s,s:s,s:I}, s:o, s:s}", "placer_order_number", placer,
+                     "patient", s_patient(sim, from), "specimen", "specimen_id", specimen, "type",
+                     type, "collected_at_ms", (json_int_t)(s_wall_ms() - 600000), "tests", tests,
+                     "clinical_info", "Demo order, not a real patient.");
+}
+
+/* ---- answers ----------------------------------------------------------------- */
+
+/* The lead hospital answers an up-referral: accepted with an appointment, or
+ * (rarely, never for stat) rejected with a reason. */
+static json_t *s_answer_referral(s_sim_t *sim, const json_t *ref, const char *priority)
+{
+    const char *rid = json_string_value(json_object_get(ref, "referral_id"));
+    const char *dept = json_string_value(json_object_get(ref, "department"));
+    const char *service = json_string_value(json_object_get(ref, "service"));
+    char loc[96], reason[160];
+    dept = dept ? dept : "outpatients";
+    if (strcmp(priority, "stat") != 0 && s_rng_chance(&sim->rng, 0.1)) {
+        sim->rejected++;
+        snprintf(reason, sizeof reason, "%s",
+                 s_rng_chance(&sim->rng, 0.5)
+                     ? "no bed available in the requested department; please call the duty desk"
+                     : "referral incomplete: please attach the recent examination results");
+        return json_pack("{s:s, s:s, s:s, s:s}", "referral_id", rid ? rid : "", "step",
+                         "STEP_REJECTED", "reason", reason, "practitioner", "Dr. Demo yx-lead-duty");
+    }
+    sim->accepted++;
+    int64_t wait_min = strcmp(priority, "stat") == 0     ? 30
+                       : strcmp(priority, "urgent") == 0 ? 240
+                                                         : 1440 * (1 + s_rng_below(&sim->rng, 5));
+    if (service && strcmp(service, "SERVICE_INPATIENT_BED") == 0)
+        snprintf(loc, sizeof loc, "%s ward, bed %u", dept, 1 + s_rng_below(&sim->rng, 40));
+    else
+        snprintf(loc, sizeof loc, "%s clinic, room %u", dept, 1 + s_rng_below(&sim->rng, 12));
+    return json_pack("{s:s, s:s, s:I, s:s, s:s}", "referral_id", rid ? rid : "", "step",
+                     "STEP_ACCEPTED", "appointment_at_ms",
+                     (json_int_t)(s_wall_ms() + wait_min * 60000), "location", loc,
+                     "practitioner", "Dr. Demo yx-lead-referral-desk");
+}
+
+/* The township confirms the follow-up of a down-referral. */
+static json_t *s_answer_down_referral(s_sim_t *sim, const json_t *ref, const s_player_t *me)
+{
+    const char *rid = json_string_value(json_object_get(ref, "referral_id"));
+    char loc[96];
+    snprintf(loc, sizeof loc, "%s general practice clinic", me->id);
+    return json_pack("{s:s, s:s, s:I, s:s}", "referral_id", rid ? rid : "", "step",
+                     "STEP_FOLLOW_UP_CONFIRMED", "appointment_at_ms",
+                     (json_int_t)(s_wall_ms() + 86400000LL * (3 + s_rng_below(&sim->rng, 11))),
+                     "location", loc);
+}
+
+static json_t *s_imaging_report(s_sim_t *sim, const json_t *req, const char *status,
+                                bool critical)
+{
+    const char *part = json_string_value(json_object_get(req, "body_part"));
+    char findings[200], impression[160];
+    part = part ? part : "region";
+    if (critical) {
+        snprintf(findings, sizeof findings, "%s: findings of an acute process requiring "
+                 "immediate attention (demo).", part);
+        snprintf(impression, sizeof impression, "CRITICAL: acute finding in %s; clinician "
+                 "notified by phone (demo).", part);
+    } else {
+        snprintf(findings, sizeof findings, "%s: no acute abnormality demonstrated (demo).", part);
+        snprintf(impression, sizeof impression, "No acute abnormality of %s.", part);
+    }
+    char reader[48];
+    snprintf(reader, sizeof reader, "Dr. Demo yx-imaging-%02u", 1 + s_rng_below(&sim->rng, 5));
+    const char *acc = json_string_value(json_object_get(req, "accession_number"));
+    const char *uid = json_string_value(json_object_get(req, "study_instance_uid"));
+    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:b, s:I}", "accession_number",
+                     acc ? acc : "", "study_instance_uid", uid ? uid : "", "status", status,
+                     "findings", findings, "impression", impression, "reading_physician", reader,
+                     "critical_finding", critical, "reported_at_ms", (json_int_t)s_wall_ms());
+}
+
+static const s_test_t *s_test_by_loinc(const char *code)
+{
+    for (int i = 0; code && i < S_N_TESTS; i++)
+        if (strcmp(s_tests[i].loinc, code) == 0)
+            return &s_tests[i];
+    return NULL;
+}
+
+/* One result item: mostly normal, some out of range, rarely critical. */
+static json_t *s_lab_item(s_sim_t *sim, const s_test_t *t)
+{
+    double span = t->ref_hi - t->ref_lo, v;
+    double x = s_rng_unit(&sim->rng);
+    bool has_crit = t->crit_lo >= 0 || t->crit_hi >= 0;
+    if (has_crit && x < 0.03) {
+        v = t->crit_hi >= 0 && (t->crit_lo < 0 || s_rng_chance(&sim->rng, 0.5))
+                ? t->crit_hi * (1.05 + 0.3 * s_rng_unit(&sim->rng)) + 0.01
+                : t->crit_lo * (0.6 + 0.3 * s_rng_unit(&sim->rng));
+    } else if (x < 0.15) {
+        v = s_rng_chance(&sim->rng, 0.5) ? t->ref_hi + span * 0.2 * s_rng_unit(&sim->rng)
+                                         : t->ref_lo - span * 0.2 * s_rng_unit(&sim->rng);
+    } else {
+        v = t->ref_lo + span * (0.1 + 0.8 * s_rng_unit(&sim->rng));
+    }
+    if (v < 0)
+        v = 0;
+    /* Keep the flag consistent with the printed value. */
+    char value[32], range[32];
+    snprintf(value, sizeof value, "%.*f", t->decimals, v);
+    v = strtod(value, NULL);
+    snprintf(range, sizeof range, "%.*f-%.*f", t->decimals, t->ref_lo, t->decimals, t->ref_hi);
+    const char *flag = "ABNORMAL_NORMAL";
+    bool critical = false;
+    if (t->crit_lo >= 0 && v < t->crit_lo) {
+        flag = "ABNORMAL_CRITICAL_LOW";
+        critical = true;
+    } else if (t->crit_hi >= 0 && v > t->crit_hi) {
+        flag = "ABNORMAL_CRITICAL_HIGH";
+        critical = true;
+    } else if (v < t->ref_lo) {
+        flag = "ABNORMAL_LOW";
+    } else if (v > t->ref_hi) {
+        flag = "ABNORMAL_HIGH";
+    }
+    sim->crit_values += critical;
+    return json_pack("{s:{s:s,s:s,s:s}, s:s, s:s, s:s, s:s, s:b}", "test", "system", "LOINC",
+                     "code", t->loinc, "display", t->display, "value", value, "unit", t->unit,
+                     "reference_range", range, "abnormal", flag, "critical", critical);
+}
+
+static json_t *s_lab_result(s_sim_t *sim, s_player_t *lab, const json_t *order)
+{
+    const char *placer = json_string_value(json_object_get(order, "placer_order_number"));
+    char filler[32];
+    snprintf(filler, sizeof filler, "YXLAB-%06u", ++lab->serial);
+    json_t *items = json_array();
+    size_t i;
+    const json_t *code;
+    json_array_foreach(json_object_get(order, "tests"), i, code) {
+        const s_test_t *t = s_test_by_loinc(json_string_value(json_object_get(code, "code")));
+        if (t != NULL && json_array_append_new(items, s_lab_item(sim, t)) != 0) {
+            json_decref(items);
+            return NULL;
+        }
+    }
+    return json_pack("{s:s, s:s, s:s, s:o, s:s, s:I}", "placer_order_number",
+                     placer ? placer : "", "filler_order_number", filler, "status",
+                     "RESULT_FINAL", "items", items, "verified_by", "Demo lab technologist 07",
+                     "reported_at_ms", (json_int_t)s_wall_ms());
+}
+
+/* A priority name as the answer's: "PRIORITY_STAT" -> "stat". */
+static const char *s_priority_of(const json_t *env)
+{
+    const char *p = json_string_value(json_object_get(env, "priority"));
+    if (p && strcasestr(p, "stat"))
+        return "stat";
+    if (p && strcasestr(p, "urgent"))
+        return "urgent";
+    return "routine";
+}
+
+/* Queues this player's answer to a first delivery, if its role answers it. */
+static void s_answer(s_sim_t *sim, s_player_t *me, int src, int kind, const mr_delivery_t *d)
+{
+    bool answers = (me->role == ROLE_LEAD && kind == K_REFERRAL) ||
+                   (me->role == ROLE_TOWNSHIP && kind == K_REFERRAL) ||
+                   (me->role == ROLE_IMAGING && kind == K_IMAGING_REQUEST) ||
+                   (me->role == ROLE_LAB && kind == K_LAB_ORDER);
+    if (!answers)
+        return;
+    json_error_t jerr;
+    char *text = mr_delivery_json(d);
+    json_t *env = text ? json_loads(text, 0, &jerr) : NULL;
+    free(text);
+    const json_t *body = json_object_get(env, s_kinds[kind]);
+    if (body == NULL) {
+        fprintf(stderr, "[%5.1fs] %s: cannot read delivery %" PRIu64 "\n", s_elapsed(sim), me->id,
+                d->seq);
+        sim->errors++;
+        json_decref(env);
+        return;
+    }
+    const char *prio = s_priority_of(env);
+    /* Turnaround compressed: stat within ~0.1 s, the rest within ~0.6 s. */
+    int64_t due = s_mono_ms() + (strcmp(prio, "stat") == 0 ? 20 + s_rng_below(&sim->rng, 100)
+                                                           : 50 + s_rng_below(&sim->rng, 550));
+    int rc = 0;
+    switch (me->role) {
+    case ROLE_LEAD:
+        rc = s_todo_push(sim, due, me->idx, src, K_REFERRAL_UPDATE, prio, d->message_id,
+                         s_answer_referral(sim, body, prio));
+        break;
+    case ROLE_TOWNSHIP:
+        rc = s_todo_push(sim, due, me->idx, src, K_REFERRAL_UPDATE, "routine", d->message_id,
+                         s_answer_down_referral(sim, body, me));
+        break;
+    case ROLE_IMAGING: {
+        const char *mod = json_string_value(json_object_get(body, "modality"));
+        bool ct = mod && strcasestr(mod, "CT") != NULL;
+        bool critical = s_rng_chance(&sim->rng, ct ? 0.06 : 0.02);
+        sim->crit_findings += critical;
+        if (ct)
+            rc = s_todo_push(sim, due, me->idx, src, K_IMAGING_REPORT, prio, d->message_id,
+                             s_imaging_report(sim, body, "REPORT_PRELIMINARY", critical));
+        if (rc == 0)
+            rc = s_todo_push(sim, due + (ct ? 300 + s_rng_below(&sim->rng, 500) : 0), me->idx,
+                             src, K_IMAGING_REPORT, prio, d->message_id,
+                             s_imaging_report(sim, body, "REPORT_FINAL", critical));
+        break;
+    }
+    case ROLE_LAB:
+        rc = s_todo_push(sim, due, me->idx, src, K_LAB_RESULT, prio, d->message_id,
+                         s_lab_result(sim, me, body));
+        break;
+    }
+    if (rc < 0) {
+        fprintf(stderr, "[%5.1fs] %s: out of memory for an answer\n", s_elapsed(sim), me->id);
+        sim->errors++;
+    }
+    json_decref(env);
+}
+
+/* ---- events from the broker ------------------------------------------------- */
+
+static int on_event(mr_client_t *client, const mr_event_t *ev, void *arg)
+{
+    s_player_t *me = arg;
+    s_sim_t *sim = me->sim;
+    (void)client;
+    switch (ev->type) {
+    case MR_EVENT_CONNECTED:
+        if (sim->o.verbose || ev->pending)
+            fprintf(stderr, "[%5.1fs] %s connected, %" PRIu64 " waiting for it\n", s_elapsed(sim),
+                    me->id, ev->pending);
+        return 0;
+    case MR_EVENT_ACK: {
+        s_msg_t *m = s_msg_find(sim, me->idx, ev->message_id);
+        if (m != NULL && !m->acked && !m->failed) {
+            m->acked = true;
+            sim->n_acked++;
+        }
+        return 0;
+    }
+    case MR_EVENT_ERROR: {
+        s_msg_t *m = s_msg_find(sim, me->idx, ev->message_id);
+        if (m != NULL)
+            m->failed = true;
+        sim->errors++;
+        fprintf(stderr, "[%5.1fs] %s: ERROR %s (%d): %s [message %s]\n", s_elapsed(sim), me->id,
+                ev->code_name ? ev->code_name : "?", ev->code, ev->reason ? ev->reason : "",
+                ev->message_id && ev->message_id[0] ? ev->message_id : "-");
+        return 0;
+    }
+    case MR_EVENT_DELIVERY:
+        break;
+    default:
+        return 0;
+    }
+    const mr_delivery_t *d = ev->delivery;
+    int src = s_player_find(sim, d->source);
+    s_msg_t *m = src >= 0 ? s_msg_find(sim, src, d->message_id) : NULL;
+    if (m == NULL) {
+        /* Left over from an earlier run against the same store. */
+        sim->stale++;
+        return 0;
+    }
+    if (m->dst != me->idx) {
+        sim->misrouted++;
+        fprintf(stderr, "[%5.1fs] %s: received %s meant for %s\n", s_elapsed(sim), me->id,
+                m->id, sim->players[m->dst].id);
+        return 0;
+    }
+    if (m->delivered++ > 0) {
+        sim->duplicates++;
+        return 0;
+    }
+    sim->n_delivered++;
+    if (m->queued_offline && sim->came_back)
+        sim->delivered_after_return++;
+    int kind = s_kind_index(d->kind);
+    if (kind < 0)
+        kind = m->kind;
+    me->received[kind]++;
+    s_answer(sim, me, src, kind, d);
+    return 0;
+}
+
+/* ---- the day's schedule ----------------------------------------------------- */
+
+static int s_event_cmp(const void *a, const void *b)
+{
+    const s_event_t *x = a, *y = b;
+    return (x->at_ms > y->at_ms) - (x->at_ms < y->at_ms);
+}
+
+/* Per-day volumes of SAMPLE-COUNTY.md, times --scale, spread over the first
+ * 85 % of the run so that answers fit in. */
+static int s_plan_day(s_sim_t *sim)
+{
+    const struct {
+        s_event_type_t type;
+        unsigned per_day;
+    } vol[] = {{EV_UP_REFERRAL, 30}, {EV_DOWN_REFERRAL, 10}, {EV_IMAGING, 77}, {EV_LAB, 12}};
+    /* The lead, not knowing, down-refers patients to the township that is
+     * offline: these must wait in the broker until it returns. */
+    size_t n_offline = sim->offline >= 0 ? 3 * (size_t)sim->o.scale : 0;
+    size_t n = n_offline;
+    for (size_t i = 0; i < sizeof vol / sizeof vol[0]; i++)
+        n += vol[i].per_day * (size_t)sim->o.scale;
+    sim->events = calloc(n, sizeof *sim->events);
+    if (sim->events == NULL)
+        return -ENOMEM;
+    int64_t span = sim->o.duration_s * 1000;
+    int n_town = sim->n_players - 3;
+    for (size_t i = 0; i < sizeof vol / sizeof vol[0]; i++) {
+        for (size_t k = 0; k < vol[i].per_day * (size_t)sim->o.scale; k++) {
+            s_event_t *e = &sim->events[sim->n_events++];
+            e->type = vol[i].type;
+            e->at_ms = (int64_t)((0.02 + 0.83 * s_rng_unit(&sim->rng)) * (double)span);
+            e->township = 3 + (int)s_rng_below(&sim->rng, (uint32_t)n_town);
+        }
+    }
+    for (size_t k = 0; k < n_offline; k++) {
+        s_event_t *e = &sim->events[sim->n_events++];
+        e->type = EV_DOWN_REFERRAL;
+        e->township = sim->offline;
+        e->at_ms = sim->offline_at +
+                   (sim->online_at - sim->offline_at) * (int64_t)(k + 1) / (int64_t)(n_offline + 1);
+    }
+    qsort(sim->events, sim->n_events, sizeof *sim->events, s_event_cmp);
+    return 0;
+}
+
+/* One scheduled event: builds the message and submits it, or queues it while
+ * its sender is offline (it goes out when the link is back). */
+static void s_fire(s_sim_t *sim, const s_event_t *e)
+{
+    s_player_t *town = &sim->players[e->township];
+    s_player_t *lead = &sim->players[0];
+    int src = e->township, dst = 0, kind = K_REFERRAL;
+    const char *prio = "routine";
+    json_t *payload = NULL;
+    switch (e->type) {
+    case EV_UP_REFERRAL: {
+        const s_reason_t *why = s_pick_reason(&sim->rng, s_up_reasons, S_N_UP_REASONS);
+        bool fd = s_rng_chance(&sim->rng, 0.5);
+        sim->family_doctor += fd;
+        prio = why->priority;
+        /* About half urgent or stat: some "routine" reasons come in urgent. */
+        if (strcmp(prio, "routine") == 0 && s_rng_chance(&sim->rng, 0.2))
+            prio = "urgent";
+        payload = s_referral(sim, town, town, why, fd);
+        break;
+    }
+    case EV_DOWN_REFERRAL:
+        src = 0;
+        dst = e->township;
+        payload = s_referral(sim, lead, town, s_pick_reason(&sim->rng, s_down_reasons, 2),
+                             s_rng_chance(&sim->rng, 0.5));
+        break;
+    case EV_IMAGING: {
+        const s_modality_t *m = &s_modalities[0];
+        int x = (int)s_rng_below(&sim->rng, 77);
+        for (size_t i = 0; i < 3; x -= s_modalities[i].weight, i++)
+            if (x < s_modalities[i].weight) {
+                m = &s_modalities[i];
+                break;
+            }
+        dst = 1;
+        kind = K_IMAGING_REQUEST;
+        prio = s_rng_chance(&sim->rng, 0.15) ? "urgent" : "routine";
+        payload = s_imaging_request(sim, town, m);
+        break;
+    }
+    case EV_LAB:
+        dst = 2;
+        kind = K_LAB_ORDER;
+        prio = s_rng_chance(&sim->rng, 0.1) ? "stat" : "routine";
+        payload = s_lab_order(sim, town);
+        break;
+    }
+    if (sim->players[src].client == NULL)
+        (void)s_todo_push(sim, 0, src, dst, kind, prio, NULL, payload);
+    else
+        (void)s_submit(sim, src, dst, kind, prio, NULL, payload);
+}
+
+/* ---- clients --------------------------------------------------------------- */
+
+static int s_connect(s_sim_t *sim, s_player_t *p)
+{
+    mr_client_opts_t o = {.endpoint = sim->o.endpoint, .facility = p->id,
+                          .state_dir = sim->o.state_dir, .client_name = "medroute-sim"};
+    p->client = mr_client_new(&o);
+    if (p->client == NULL) {
+        fprintf(stderr, "medroute-sim: cannot create the client of %s\n", p->id);
+        return -EIO;
+    }
+    return 0;
+}
+
+/* Polls every online client once without waiting; when nothing at all came,
+ * waits briefly on one of them (round-robin) instead of spinning. */
+static void s_poll_round(s_sim_t *sim)
+{
+    int total = 0;
+    for (int i = 0; i < sim->n_players; i++) {
+        s_player_t *p = &sim->players[i];
+        if (p->client == NULL)
+            continue;
+        int rc = mr_client_poll(p->client, 0, on_event, p);
+        if (rc < 0) {
+            if (sim->poll_failed++ == 0)
+                fprintf(stderr, "medroute-sim: %s: poll: %s\n", p->id, strerror(-rc));
+            continue;
+        }
+        total += rc;
+    }
+    if (total > 0)
+        return;
+    for (int k = 0; k < sim->n_players; k++) {
+        s_player_t *p = &sim->players[sim->rr++ % sim->n_players];
+        if (p->client != NULL) {
+            (void)mr_client_poll(p->client, 2, on_event, p);
+            return;
+        }
+    }
+}
+
+/* The township loses its link: let its outbox drain first (its unsent work
+ * would otherwise die with the client when no --state-dir is given). */
+static void s_go_offline(s_sim_t *sim)
+{
+    s_player_t *p = &sim->players[sim->offline];
+    int64_t until = s_mono_ms() + 2000;
+    while (mr_client_unacked(p->client) > 0 && s_mono_ms() < until)
+        s_poll_round(sim);
+    mr_client_destroy(&p->client);
+    sim->went_offline = true;
+    fprintf(stderr, "[%5.1fs] %s loses its link (client closed); the broker keeps its messages\n",
+            s_elapsed(sim), p->id);
+}
+
+static void s_come_back(s_sim_t *sim)
+{
+    s_player_t *p = &sim->players[sim->offline];
+    sim->came_back = true;
+    if (s_connect(sim, p) != 0) {
+        sim->errors++;
+        return;
+    }
+    fprintf(stderr, "[%5.1fs] %s is back online (%u messages were sent to it meanwhile)\n",
+            s_elapsed(sim), p->id, sim->queued_offline);
+}
+
+static bool s_all_done(const s_sim_t *sim)
+{
+    if (sim->next_event < sim->n_events || sim->n_todo > 0 ||
+        (sim->offline >= 0 && !sim->came_back))
+        return false;
+    for (int i = 0; i < sim->n_players; i++)
+        if (sim->players[i].client && mr_client_unacked(sim->players[i].client) > 0)
+            return false;
+    for (size_t i = 0; i < sim->n_msgs; i++) {
+        const s_msg_t *m = &sim->msgs[i];
+        if (!m->failed && (!m->acked || m->delivered == 0))
+            return false;
+    }
+    return true;
+}
+
+/* The day, then the wait for the last Acks and deliveries. */
+static void s_run(s_sim_t *sim)
+{
+    int64_t end = sim->t0 + sim->o.duration_s * 1000, wait_from = 0, next_progress = S_PROGRESS_MS;
+    for (;;) {
+        int64_t now = s_mono_ms(), at = now - sim->t0;
+        if (sim->offline >= 0 && !sim->went_offline && at >= sim->offline_at)
+            s_go_offline(sim);
+        if (sim->went_offline && !sim->came_back && at >= sim->online_at)
+            s_come_back(sim);
+        while (sim->next_event < sim->n_events && sim->events[sim->next_event].at_ms <= at)
+            s_fire(sim, &sim->events[sim->next_event++]);
+        s_drain_todo(sim, now);
+        s_poll_round(sim);
+        if (at >= next_progress) {
+            fprintf(stderr, "[%5.1fs] sent %zu, acked %zu, delivered %zu\n", s_elapsed(sim),
+                    sim->n_msgs, sim->n_acked, sim->n_delivered);
+            next_progress += S_PROGRESS_MS;
+        }
+        if (now < end)
+            continue;
+        if (wait_from == 0) {
+            wait_from = now;
+            fprintf(stderr, "[%5.1fs] the day is over; waiting for the last Acks and deliveries\n",
+                    s_elapsed(sim));
+        }
+        if (s_all_done(sim) || now - wait_from >= S_FINAL_WAIT_MS)
+            break;
+    }
+}
+
+/* ---- the report -------------------------------------------------------------- */
+
+static const char *const s_short[K_COUNT] = {NULL, "referral", "ref_update", "img_request",
+                                             "img_report", "lab_order", "lab_result"};
+
+static void s_print_table(const s_sim_t *sim)
+{
+    unsigned tot_s[K_COUNT] = {0}, tot_r[K_COUNT] = {0};
+    printf("\n%-14s", "FACILITY");
+    for (int k = 1; k < K_COUNT; k++)
+        printf(" %11s", s_short[k]);
+    printf(" %11s\n%-14s", "total", "(sent/recv)");
+    for (int k = 1; k <= K_COUNT; k++)
+        printf(" %11s", "");
+    printf("\n");
+    for (int i = 0; i < sim->n_players; i++) {
+        const s_player_t *p = &sim->players[i];
+        unsigned s = 0, r = 0;
+        char cell[32];
+        printf("%-14s", p->id);
+        for (int k = 1; k < K_COUNT; k++) {
+            snprintf(cell, sizeof cell, "%u/%u", p->sent[k], p->received[k]);
+            printf(" %11s", cell);
+            s += p->sent[k];
+            r += p->received[k];
+            tot_s[k] += p->sent[k];
+            tot_r[k] += p->received[k];
+        }
+        snprintf(cell, sizeof cell, "%u/%u", s, r);
+        printf(" %11s\n", cell);
+    }
+    unsigned s = 0, r = 0;
+    char cell[32];
+    printf("%-14s", "all");
+    for (int k = 1; k < K_COUNT; k++) {
+        snprintf(cell, sizeof cell, "%u/%u", tot_s[k], tot_r[k]);
+        printf(" %11s", cell);
+        s += tot_s[k];
+        r += tot_r[k];
+    }
+    snprintf(cell, sizeof cell, "%u/%u", s, r);
+    printf(" %11s\n\n", cell);
+}
+
+static size_t s_lost(const s_sim_t *sim, size_t *unacked)
+{
+    size_t lost = 0;
+    *unacked = 0;
+    for (size_t i = 0; i < sim->n_msgs; i++) {
+        const s_msg_t *m = &sim->msgs[i];
+        lost += m->acked && m->delivered == 0;
+        *unacked += !m->acked && !m->failed;
+    }
+    return lost;
+}
+
+static int s_write_report(const s_sim_t *sim, size_t lost, size_t unacked)
+{
+    json_t *facs = json_array();
+    json_t *root = json_pack("{s:I, s:I, s:I, s:I, s:o}", "seed", (json_int_t)sim->o.seed,
+                             "duration_s", (json_int_t)sim->o.duration_s, "townships",
+                             (json_int_t)sim->o.townships, "scale", (json_int_t)sim->o.scale,
+                             "facilities", facs);
+    int rc = -ENOMEM;
+    if (root == NULL)
+        goto out;
+    for (int i = 0; i < sim->n_players; i++) {
+        const s_player_t *p = &sim->players[i];
+        json_t *sent = json_object(), *recv = json_object();
+        unsigned s = 0, r = 0;
+        for (int k = 1; k < K_COUNT; k++) {
+            json_object_set_new(sent, s_kinds[k], json_integer(p->sent[k]));
+            json_object_set_new(recv, s_kinds[k], json_integer(p->received[k]));
+            s += p->sent[k];
+            r += p->received[k];
+        }
+        json_object_set_new(sent, "total", json_integer(s));
+        json_object_set_new(recv, "total", json_integer(r));
+        if (json_array_append_new(facs, json_pack("{s:s, s:o, s:o}", "facility", p->id, "sent",
+                                                  sent, "received", recv)) != 0)
+            goto out;
+    }
+    json_t *sum = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "sent",
+                            (json_int_t)sim->n_msgs, "acked", (json_int_t)sim->n_acked,
+                            "delivered", (json_int_t)sim->n_delivered, "lost", (json_int_t)lost,
+                            "unacked", (json_int_t)unacked, "errors",
+                            (json_int_t)(sim->errors + sim->misrouted), "duplicates",
+                            (json_int_t)sim->duplicates, "stale", (json_int_t)sim->stale,
+                            "submit_failed", (json_int_t)sim->submit_failed);
+    if (json_object_set_new(root, "summary", sum) != 0)
+        goto out;
+    if (sim->offline >= 0 &&
+        json_object_set_new(root, "offline",
+                            json_pack("{s:s, s:I, s:I}", "facility",
+                                      sim->players[sim->offline].id, "queued",
+                                      (json_int_t)sim->queued_offline, "delivered_after_return",
+                                      (json_int_t)sim->delivered_after_return)) != 0)
+        goto out;
+    rc = json_dump_file(root, sim->o.report, JSON_INDENT(2) | JSON_PRESERVE_ORDER) == 0 ? 0 : -EIO;
+    if (rc < 0)
+        fprintf(stderr, "medroute-sim: cannot write %s\n", sim->o.report);
+out:
+    json_decref(root);
+    return rc;
+}
+
+/* The broker's own view, for comparison; a failure here is only a warning. */
+static void s_print_broker(const s_sim_t *sim)
+{
+    mr_operator_t *op = mr_operator_new(sim->o.operator_ep);
+    char *reply = NULL, err[128];
+    json_t *j = NULL;
+    json_error_t jerr;
+    if (op == NULL || mr_operator_call_json(op, "{\"status\":{}}", &reply, 3000, err, sizeof err) != 0 ||
+        (j = json_loads(reply, 0, &jerr)) == NULL) {
+        fprintf(stderr, "medroute-sim: (no status from the operator endpoint %s)\n",
+                sim->o.operator_ep);
+        goto out;
+    }
+    printf("broker counters:");
+    size_t i;
+    const json_t *c;
+    json_array_foreach(json_object_get(json_object_get(j, "status"), "counters"), i, c) {
+        const json_t *v = json_object_get(c, "value");
+        printf(" %s=%s%lld", json_string_value(json_object_get(c, "name")),
+               json_is_string(v) ? json_string_value(v) : "",
+               json_is_integer(v) ? (long long)json_integer_value(v) : 0LL);
+    }
+    printf("\n");
+out:
+    json_decref(j);
+    free(reply);
+    mr_operator_destroy(&op);
+}
+
+/* ---- setup ------------------------------------------------------------------- */
+
+static void s_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: medroute-sim [--endpoint URL] [--operator URL] [--duration SECONDS]\n"
+            "                    [--seed N] [--townships N] [--scale N] [--state-dir DIR]\n"
+            "                    [--report FILE] [--verbose]\n"
+            "Plays yx-lead, yx-imaging, yx-lab and N townships for one compressed day.\n"
+            "  --duration  length of the day in seconds (default 20)\n"
+            "  --townships how many of the 12 sample townships (default 10)\n"
+            "  --scale     multiply the daily volumes (default 1)\n"
+            "  --state-dir give the clients an on-disk outbox and seen-set\n"
+            "  --report    write the final table as JSON to FILE\n"
+            "Exit status 0 when every acknowledged message was delivered and no Error came.\n");
+}
+
+static int s_parse_opts(s_opts_t *o, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"endpoint", required_argument, NULL, 'e'}, {"operator", required_argument, NULL, 'o'},
+        {"duration", required_argument, NULL, 'd'}, {"seed", required_argument, NULL, 's'},
+        {"townships", required_argument, NULL, 'n'}, {"report", required_argument, NULL, 'r'},
+        {"scale", required_argument, NULL, 'x'},    {"state-dir", required_argument, NULL, 'S'},
+        {"verbose", no_argument, NULL, 'v'},        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int c;
+    while ((c = getopt_long(argc, argv, "e:o:d:s:n:r:x:S:vh", opts, NULL)) != -1) {
+        long long *num = NULL, lo = 0, hi = 0;
+        switch (c) {
+        case 'e': o->endpoint = optarg; break;
+        case 'o': o->operator_ep = optarg; break;
+        case 'r': o->report = optarg; break;
+        case 'S': o->state_dir = optarg; break;
+        case 'v': o->verbose = true; break;
+        case 'd': num = &o->duration_s, lo = 1, hi = 86400; break;
+        case 's': num = &o->seed, lo = 0, hi = LLONG_MAX; break;
+        case 'n': num = &o->townships, lo = 1, hi = S_MAX_TOWNSHIPS; break;
+        case 'x': num = &o->scale, lo = 1, hi = 1000; break;
+        case 'h': s_usage(stdout); return 1;
+        default: s_usage(stderr); return -EINVAL;
+        }
+        if (num != NULL) {
+            char *end = NULL;
+            errno = 0;
+            long long v = strtoll(optarg, &end, 10);
+            if (errno || *end || end == optarg || v < lo || v > hi) {
+                fprintf(stderr, "medroute-sim: --%s wants a number in %lld..%lld\n",
+                        opts[c == 'd' ? 2 : c == 's' ? 3 : c == 'n' ? 4 : 6].name, lo, hi);
+                return -EINVAL;
+            }
+            *num = v;
+        }
+    }
+    if (optind != argc) {
+        s_usage(stderr);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static void s_sim_close(s_sim_t *sim)
+{
+    for (int i = 0; i < sim->n_players; i++)
+        mr_client_destroy(&sim->players[i].client);
+    for (size_t i = 0; i < sim->n_todo; i++)
+        json_decref(sim->todo[i].payload);
+    free(sim->todo);
+    free(sim->events);
+    free(sim->index);
+    free(sim->msgs);
+}
+
+int main(int argc, char **argv)
+{
+    s_sim_t sim;
+    memset(&sim, 0, sizeof sim);
+    sim.o = (s_opts_t){.endpoint = "tcp://127.0.0.1:7700", .operator_ep = "tcp://127.0.0.1:7701",
+                       .duration_s = 20, .seed = 1, .townships = 10, .scale = 1};
+    int rc = s_parse_opts(&sim.o, argc, argv);
+    if (rc != 0)
+        return rc > 0 ? 0 : 2;
+    sim.rng.s = (uint64_t)sim.o.seed * 0x9E3779B97F4A7C15ULL + 0x2545F4914F6CDD1DULL;
+    const struct {
+        const char *id;
+        s_role_t role;
+    } fixed[] = {{"yx-lead", ROLE_LEAD}, {"yx-imaging", ROLE_IMAGING}, {"yx-lab", ROLE_LAB}};
+    for (int i = 0; i < 3 + sim.o.townships; i++) {
+        s_player_t *p = &sim.players[sim.n_players++];
+        p->sim = &sim;
+        p->idx = i;
+        p->id = i < 3 ? fixed[i].id : s_townships[i - 3];
+        p->role = i < 3 ? fixed[i].role : ROLE_TOWNSHIP;
+    }
+    /* The remote one: t-lishu when it plays, else the last township. */
+    sim.offline = s_player_find(&sim, "t-lishu");
+    if (sim.offline < 0)
+        sim.offline = sim.n_players - 1;
+    sim.offline_at = sim.o.duration_s * 350;
+    sim.online_at = sim.o.duration_s * 650;
+
+    int status = 1;
+    if (s_plan_day(&sim) != 0) {
+        fprintf(stderr, "medroute-sim: out of memory\n");
+        goto out;
+    }
+    for (int i = 0; i < sim.n_players; i++)
+        if (s_connect(&sim, &sim.players[i]) != 0)
+            goto out;
+    for (int i = 0; i < sim.n_players; i++) {
+        if (mr_client_wait_connected(sim.players[i].client, 5000) != 0) {
+            fprintf(stderr, "medroute-sim: %s: no Welcome from %s within 5 s\n",
+                    sim.players[i].id, sim.o.endpoint);
+            goto out;
+        }
+    }
+    printf("medroute-sim: %d facilities, %zu scheduled requests over %llds (seed %lld); "
+           "%s goes offline at %.1fs and returns at %.1fs\n",
+           sim.n_players, sim.n_events, sim.o.duration_s, sim.o.seed,
+           sim.players[sim.offline].id, (double)sim.offline_at / 1000,
+           (double)sim.online_at / 1000);
+    if (fflush(stdout) != 0)
+        goto out;
+    sim.t0 = s_mono_ms();
+    s_run(&sim);
+
+    size_t unacked, lost = s_lost(&sim, &unacked);
+    unsigned up = sim.players[0].received[K_REFERRAL];
+    unsigned down = sim.players[0].sent[K_REFERRAL];
+    s_print_table(&sim);
+    printf("referrals: up %u (family-doctor %u), down %u, down/up %.2f; accepted %u, "
+           "rejected %u\n",
+           up, sim.family_doctor, down, up ? (double)down / up : 0.0, sim.accepted, sim.rejected);
+    printf("critical lab values %u, critical imaging findings %u\n", sim.crit_values,
+           sim.crit_findings);
+    if (sim.offline >= 0)
+        printf("%s offline %.1fs-%.1fs: %u messages sent to it meanwhile, %u delivered after "
+               "it returned\n",
+               sim.players[sim.offline].id, (double)sim.offline_at / 1000,
+               (double)sim.online_at / 1000, sim.queued_offline, sim.delivered_after_return);
+    s_print_broker(&sim);
+    printf("errors %u, misrouted %u, duplicates %u, stale %u, unacked %zu, submit failures %u\n",
+           sim.errors, sim.misrouted, sim.duplicates, sim.stale, unacked, sim.submit_failed);
+    printf("sent %zu, acked %zu, delivered %zu, lost %zu\n", sim.n_msgs, sim.n_acked,
+           sim.n_delivered, lost);
+    if (fflush(stdout) != 0)
+        goto out;
+    if (sim.o.report && s_write_report(&sim, lost, unacked) != 0)
+        goto out;
+    status = lost == 0 && unacked == 0 && sim.errors == 0 && sim.misrouted == 0 &&
+                     sim.submit_failed == 0 && sim.queued_offline == sim.delivered_after_return
+                 ? 0
+                 : 1;
+out:
+    s_sim_close(&sim);
+    return status;
+}

@@ -8,6 +8,7 @@
  */
 #include "intake.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,6 +74,29 @@ static int64_t s_expiry(const server_t *s, const mr_envelope_t *env, int64_t now
         env->referral->expires_at_ms > 0 && env->referral->expires_at_ms < ttl_end)
         return env->referral->expires_at_ms;
     return ttl_end;
+}
+
+/*
+ * What makes two sends "the same message": the envelope without its
+ * created_at_ms, which a sender's library may stamp anew on a retry.
+ * FNV-1a over the canonical encoding.
+ */
+static int s_content_hash(const mr_envelope_t *env, uint64_t *out)
+{
+    mr_envelope_t copy = *env;
+    copy.created_at_ms = 0;
+    uint8_t *buf;
+    size_t len;
+    uint64_t h = 1469598103934665603ULL;
+    if (mr_pack(&copy.base, &buf, &len) != 0)
+        return -ENOMEM;
+    for (size_t i = 0; i < len; i++) {
+        h ^= buf[i];
+        h *= 1099511628211ULL;
+    }
+    free(buf);
+    *out = h;
+    return 0;
 }
 
 static void s_send_ack(server_t *s, int peer, const char *message_id, uint64_t seq, bool dup)
@@ -149,7 +173,8 @@ int handle_envelope(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f,
     m->stored_ms = now;
     m->expires_ms = s_expiry(s, env, now);
     if (m->source == NULL || m->message_id == NULL || m->dest == NULL ||
-        mr_pack(&env->base, &m->body, &m->body_len) != 0) {
+        mr_pack(&env->base, &m->body, &m->body_len) != 0 ||
+        s_content_hash(env, &m->content_hash) != 0) {
         store_row_clear(m);
         free(req);
         return mr_fail(err, MR_E_INTERNAL, "out of memory");

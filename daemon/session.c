@@ -13,6 +13,7 @@
  */
 #include "session.h"
 
+#include <errno.h>
 #include <string.h>
 
 #include "handlers.h"
@@ -127,6 +128,7 @@ void session_cron(server_t *s, int64_t now_ms)
             session_end(s, (int)i, "heartbeat_timeout");
             continue;
         }
-        server_send_facility(s, p->rid, p->rid_len, &f.base);
+        if (server_send_facility(s, p->rid, p->rid_len, &f.base) == -EHOSTUNREACH)
+            session_end(s, (int)i, "unreachable"); /* its connection is gone */
     }
 }

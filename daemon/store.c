@@ -57,9 +57,9 @@ enum {
 
 static const char *const s_sql[S_STMT_COUNT] = {
     [S_PUT_INSERT] = "INSERT INTO messages(source, message_id, dest, kind, priority, stored_ms,"
-                     " expires_ms, body) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                     " expires_ms, body, content_hash) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
                      " ON CONFLICT(source, message_id) DO NOTHING",
-    [S_PUT_FIND] = "SELECT seq, body FROM messages WHERE source = ?1 AND message_id = ?2",
+    [S_PUT_FIND] = "SELECT seq, content_hash FROM messages WHERE source = ?1 AND message_id = ?2",
     [S_ACK_UPDATE] = "UPDATE messages SET state = 1, done_ms = ?3"
                      " WHERE seq = ?1 AND dest = ?2 AND state = 0",
     [S_ACK_FIND] = "SELECT state FROM messages WHERE seq = ?1 AND dest = ?2",
@@ -94,7 +94,7 @@ static const char *const s_schema =
     " kind INTEGER NOT NULL, priority INTEGER NOT NULL,"
     " stored_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL,"
     " state INTEGER NOT NULL DEFAULT 0, done_ms INTEGER, dead_reason TEXT,"
-    " body BLOB NOT NULL,"
+    " body BLOB NOT NULL, content_hash INTEGER NOT NULL,"
     " UNIQUE(source, message_id));"
     "CREATE INDEX IF NOT EXISTS messages_pending ON messages(dest, seq) WHERE state = 0;"
     "CREATE INDEX IF NOT EXISTS messages_expiry ON messages(expires_ms) WHERE state = 0;"
@@ -123,7 +123,8 @@ struct store_t {
     /* store thread only */
     sqlite3 *db;
     sqlite3_stmt *stmt[S_STMT_COUNT];
-    int last_error;                          /* SQLite code last logged, to log once */
+    int last_error;                          /* SQLite code of the failure being reported */
+    bool opened_once;
 };
 
 const char *store_status_name(store_status_t s)
@@ -185,6 +186,24 @@ static void s_log_failure(store_t *self, int rc, const char *what)
               self->path, what, rc, sqlite3_errstr(rc));
 }
 
+/* Errors after which the connection itself is suspect (file replaced,
+ * remounted read-only, corrupt): close it and open again.  A full disk or a
+ * busy lock leaves the connection usable. */
+static bool s_needs_reopen(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+    case SQLITE_CANTOPEN:
+    case SQLITE_IOERR:
+    case SQLITE_READONLY:
+    case SQLITE_MISUSE:
+        return true;
+    default:
+        return false;
+    }
+}
+
 static int s_open_db(store_t *self)
 {
     /* Create the file ourselves so that it is owner-only from the start;
@@ -220,12 +239,10 @@ static int s_open_db(store_t *self)
         if (rc != SQLITE_OK)
             goto fail;
     }
-    if (self->last_error != 0)
-        log_info(self->log, "store.recovered", "path=%s", self->path);
-    else
+    if (!self->opened_once)
         log_info(self->log, "store.opened", "path=%s synchronous=%s", self->path,
                  self->sync_full ? "full" : "normal");
-    self->last_error = 0;
+    self->opened_once = true;
     return SQLITE_OK;
 fail:
     s_log_failure(self, rc, "open");
@@ -319,6 +336,7 @@ static int s_op_put(store_t *self, store_req_t *req)
     S_BIND(sqlite3_bind_int64(st, 6, m->stored_ms));
     S_BIND(sqlite3_bind_int64(st, 7, m->expires_ms));
     S_BIND(sqlite3_bind_blob(st, 8, m->body, (int)m->body_len, SQLITE_STATIC));
+    S_BIND(sqlite3_bind_int64(st, 9, (sqlite3_int64)m->content_hash));
     int rc = sqlite3_step(st);
     if (rc != SQLITE_DONE)
         return rc;
@@ -327,7 +345,7 @@ static int s_op_put(store_t *self, store_req_t *req)
         req->status = STORE_OK;
         return SQLITE_OK;
     }
-    /* Seen before: the same bytes are a resend, other bytes a conflict. */
+    /* Seen before: the same content is a resend, other content a conflict. */
     st = s_stmt(self, S_PUT_FIND);
     S_BIND(sqlite3_bind_text(st, 1, m->source, -1, SQLITE_STATIC));
     S_BIND(sqlite3_bind_text(st, 2, m->message_id, -1, SQLITE_STATIC));
@@ -335,9 +353,7 @@ static int s_op_put(store_t *self, store_req_t *req)
     if (rc != SQLITE_ROW)
         return rc == SQLITE_DONE ? SQLITE_CORRUPT : rc;
     req->seq = (uint64_t)sqlite3_column_int64(st, 0);
-    int n = sqlite3_column_bytes(st, 1);
-    const void *body = sqlite3_column_blob(st, 1);
-    bool same = (size_t)n == m->body_len && (n == 0 || memcmp(body, m->body, (size_t)n) == 0);
+    bool same = (uint64_t)sqlite3_column_int64(st, 1) == m->content_hash;
     req->status = same ? STORE_DUPLICATE : STORE_CONFLICT;
     return SQLITE_OK;
 }
@@ -550,6 +566,7 @@ static void *s_thread(void *arg)
         int rc = SQLITE_OK;
         if (self->db == NULL)
             rc = s_open_db(self);
+        int changes_before = self->db ? sqlite3_total_changes(self->db) : 0;
         if (rc == SQLITE_OK)
             rc = sqlite3_exec(self->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
         if (rc == SQLITE_OK) {
@@ -576,9 +593,15 @@ static void *s_thread(void *arg)
         if (rc != SQLITE_OK) {
             s_log_failure(self, rc, "batch");
             s_fail_batch(head);
-            s_close_db(self); /* reopen, and re-check, on the next batch */
+            if (s_needs_reopen(rc))
+                s_close_db(self); /* reopen, and re-check, on the next batch */
             atomic_store(&self->unavailable, true);
-        } else {
+        } else if (self->last_error != 0 && sqlite3_total_changes(self->db) != changes_before) {
+            /* Recovered only when something was written again: a batch of
+             * reads succeeds on a full disk too. */
+            log_info(self->log, "store.recovered", "path=%s after=\"%s\"", self->path,
+                     sqlite3_errstr(self->last_error));
+            self->last_error = 0;
             atomic_store(&self->unavailable, false);
         }
         s_complete(self, head, tail);

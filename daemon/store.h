@@ -60,6 +60,7 @@ typedef struct {
     uint8_t *body;     /* packed medroute.v1.Envelope */
     size_t body_len;
     uint64_t count;    /* SUMMARY: messages pending for dest */
+    uint64_t content_hash; /* PUT: identifies the content for resend/conflict */
 } store_row_t;
 
 typedef struct store_req_t store_req_t;

@@ -53,6 +53,7 @@ struct mr_client_t {
     cstore_t *cs;
     bool persistent;
     bool welcomed;
+    int refused;              /* error code of a refused Hello, 0 if none */
     uint32_t hb_interval_ms;
     uint32_t hb_timeout_ms;
     int64_t last_rx_ms, last_tx_ms, last_hello_ms, last_prune_ms;
@@ -411,7 +412,9 @@ static int s_on_delivery(mr_client_t *c, const Medroute__V1__Delivery *d, mr_han
         .kind = kind ? kind : "unknown",
         .priority = prio ? prio : "routine",
         .correlation_id = env->correlation_id,
-        .redelivered = seen == SEEN_IN_HANDLER,
+        /* With a seen-set on disk, it knows whether a handler ran; in
+         * memory only, the broker's "sent before" is the best hint. */
+        .redelivered = seen == SEEN_IN_HANDLER || (!c->persistent && d->redelivered),
         .attempt = d->attempt,
         .envelope = &env->base,
     };
@@ -437,12 +440,16 @@ static int s_on_frame(mr_client_t *c, const void *data, size_t len, mr_handler_t
     switch (f->body_case) {
     case MEDROUTE__V1__FRAME__BODY_WELCOME: {
         const Medroute__V1__Welcome *w = f->welcome;
+        bool again = c->welcomed;
         c->welcomed = true;
+        c->refused = 0;
         if (w->heartbeat_interval_ms)
             c->hb_interval_ms = w->heartbeat_interval_ms;
         if (w->heartbeat_timeout_ms)
             c->hb_timeout_ms = w->heartbeat_timeout_ms;
         s_outbox_send_due(c, true);
+        if (again)
+            break; /* a second Welcome answers a crossing Hello: one event */
         mr_event_t ev = {.type = MR_EVENT_CONNECTED, .message_id = "", .pending = w->pending};
         if (h)
             h(c, &ev, arg);
@@ -466,9 +473,14 @@ static int s_on_frame(mr_client_t *c, const void *data, size_t len, mr_handler_t
         const Medroute__V1__Error *e = f->error;
         if ((int)e->code == MR_E_NO_HELLO) {
             c->welcomed = false;
-            if (mr_now_ms() - c->last_hello_ms > 200)
+            if (mr_now_ms() - c->last_hello_ms > 1000)
                 s_send_hello(c);
         }
+        /* A refused Hello (no message id): this client cannot connect. */
+        if (!c->welcomed && (e->message_id == NULL || e->message_id[0] == '\0') &&
+            ((int)e->code == MR_E_UNKNOWN_SOURCE || (int)e->code == MR_E_FORBIDDEN ||
+             (int)e->code == MR_E_INVALID))
+            c->refused = (int)e->code;
         if (!s_transient(e->code) && e->message_id && e->message_id[0])
             s_outbox_remove(c, e->message_id);
         mr_event_t ev = {.type = MR_EVENT_ERROR,
@@ -585,6 +597,8 @@ int mr_client_wait_connected(mr_client_t *self, int timeout_ms)
     int64_t deadline = mr_now_ms() + timeout_ms;
     while (!self->welcomed) {
         int64_t left = deadline - mr_now_ms();
+        if (self->refused)
+            return -EACCES;
         if (left <= 0)
             return -ETIMEDOUT;
         int rc = mr_client_poll(self, (int)left, NULL, NULL);
@@ -634,6 +648,11 @@ int mr_client_send_json(mr_client_t *self, const char *json, mr_result_t *res, i
     int64_t deadline = mr_now_ms() + timeout_ms;
     while (!w.done) {
         int64_t left = deadline - mr_now_ms();
+        if (self->refused) {
+            res->code = self->refused;
+            snprintf(res->reason, sizeof res->reason, "the broker refused this facility's Hello");
+            return -EACCES;
+        }
         if (left <= 0)
             return -ETIMEDOUT;
         rc = mr_client_poll(self, (int)left, s_wait_handler, &w);

@@ -64,7 +64,9 @@ typedef struct {
     const char *kind;          /* "referral", "lab_result", ... */
     const char *priority;      /* "routine", "urgent", "stat" */
     const char *correlation_id;
-    bool redelivered;          /* it may have reached this handler before */
+    bool redelivered;          /* it may have reached the application before: its
+                                  handler was interrupted (state_dir), or, without
+                                  state_dir, the broker had sent it before */
     uint32_t attempt;          /* the broker's send count */
     /* The decoded medroute.v1.Envelope (a Medroute__V1__Envelope: include
      * "medroute/v1/envelope.pb-c.h" to read its fields), or use
@@ -123,6 +125,7 @@ typedef struct {
 /*
  * Submits json and polls until its Ack or Error (other events go to handler,
  * which may be NULL).  0 on Ack; -EPROTO on an Error (see res->code); -ETIMEDOUT;
+ * -EACCES when the broker refused our Hello (res->code says why);
  * -EINVAL for bad JSON (reason in res->reason).
  */
 int mr_client_send_json(mr_client_t *self, const char *json, mr_result_t *res, int timeout_ms,
@@ -135,7 +138,8 @@ int mr_client_send_json(mr_client_t *self, const char *json, mr_result_t *res, i
  */
 int mr_client_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void *arg);
 
-/* Polls until the broker has welcomed us. 0 or -ETIMEDOUT. */
+/* Polls until the broker has welcomed us. 0, -ETIMEDOUT, or -EACCES when
+ * the broker refused our Hello (facility unknown to it). */
 int mr_client_wait_connected(mr_client_t *self, int timeout_ms);
 
 /* Messages submitted and not yet acknowledged by the broker. */

@@ -8,6 +8,7 @@ static const char *const s_names[CNT_COUNT] = {
     [CNT_REJECTED] = "rejected",       [CNT_EXPIRED] = "expired",
     [CNT_DEAD] = "dead",               [CNT_CONNECTS] = "connects",
     [CNT_DISCONNECTS] = "disconnects", [CNT_SEND_FAILED] = "send_failed",
+    [CNT_PRUNED] = "pruned",
 };
 
 const char *counters_name(counter_t c)

@@ -24,6 +24,7 @@ typedef enum {
     CNT_CONNECTS,       /* Hellos accepted */
     CNT_DISCONNECTS,    /* facilities gone silent or replaced */
     CNT_SEND_FAILED,    /* frames the socket refused (peer gone, queue full) */
+    CNT_PRUNED,         /* delivered messages deleted after their retention */
     CNT_COUNT
 } counter_t;
 

@@ -65,6 +65,7 @@ static void on_pruned(store_req_t *req, void *arg)
     server_t *s = arg;
     s->cron_pruning = false;
     if (req->status == STORE_OK && req->value > 0) {
+        s->counters.v[CNT_PRUNED] += req->value;
         log_info(s->log, "store.pruned", "rows=%llu", (unsigned long long)req->value);
         if (req->value >= req->limit)
             s->last_prune_ms = 0; /* more to do: next tick */

@@ -290,7 +290,14 @@ void router_on_retried(server_t *s, int peer, uint64_t seq, uint8_t *body, size_
 {
     peer_t *p = &s->peers[peer];
     p->pending++;
-    /* An old seq, below the cursor: it goes into the window directly. */
+    if (seq > p->cursor) {
+        /* Beyond what memory holds: the next page load picks it up. */
+        p->complete = false;
+        free(body);
+        router_pump(s, peer);
+        return;
+    }
+    /* Below the cursor no load will see it again: into the window directly. */
     qmsg_t *m = s_find(&p->ready, seq) || s_find(&p->inflight, seq)
                     ? NULL
                     : s_qmsg(seq, body, len, stored_ms);

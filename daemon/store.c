@@ -158,7 +158,7 @@ store_req_t *store_req_new(store_op_t op, store_cb_t cb, void *arg)
 static void s_req_free(store_req_t *req)
 {
     store_row_clear(&req->msg);
-    for (size_t i = 0; i < req->n_rows; i++)
+    for (size_t i = 0; req->rows != NULL && i < req->n_rows; i++)
         store_row_clear(&req->rows[i]);
     free(req->rows);
     free(req);

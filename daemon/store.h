@@ -10,8 +10,8 @@
  *
  * Ownership: store_req_new allocates a request; after store_submit the store
  * owns it until its callback has run on the loop thread, then frees it with
- * everything it holds (rows, body).  A callback may take req->body or the
- * rows by setting the pointer to NULL.
+ * everything it holds (rows, msg.body).  A callback may take req->msg.body,
+ * a row's body, or the whole rows array by setting the pointer to NULL.
  */
 #ifndef MR_STORE_H
 #define MR_STORE_H

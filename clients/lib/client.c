@@ -420,7 +420,8 @@ static int s_on_delivery(mr_client_t *c, const Medroute__V1__Delivery *d, mr_han
     };
     mr_event_t ev = {.type = MR_EVENT_DELIVERY, .message_id = env->message_id, .seq = d->seq,
                      .delivery = &dv};
-    int rc = h ? h(c, &ev, arg) : 0;
+    /* Without a handler nobody takes it: it stays with the broker. */
+    int rc = h ? h(c, &ev, arg) : 1;
     if (rc != 0) {
         (void)cstore_seen_clear(c->cs, env->source, env->message_id);
         return 1;
@@ -555,7 +556,10 @@ static void s_timers(mr_client_t *c)
     }
 }
 
-int mr_client_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void *arg)
+/* Polls; with until_welcome, stops reading as soon as a Welcome is in, so
+ * that what follows it stays queued for the application's own poll. */
+static int s_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void *arg,
+                  bool until_welcome)
 {
     zmq_pollitem_t items[2] = {
         {.socket = self->sock, .events = ZMQ_POLLIN},
@@ -574,7 +578,7 @@ int mr_client_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void
             return events ? events : -EINTR;
         if (items[1].revents & ZMQ_POLLIN)
             s_on_monitor(self);
-        for (int i = 0; i < S_RECV_BUDGET; i++) {
+        for (int i = 0; i < S_RECV_BUDGET && !(until_welcome && self->welcomed); i++) {
             zmq_msg_t m;
             zmq_msg_init(&m);
             if (zmq_msg_recv(&m, self->sock, ZMQ_DONTWAIT) < 0) {
@@ -585,11 +589,16 @@ int mr_client_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void
             zmq_msg_close(&m);
         }
         s_timers(self);
-        if (events > 0 || mr_now_ms() >= deadline)
+        if (events > 0 || mr_now_ms() >= deadline || (until_welcome && self->welcomed))
             return events;
         int64_t left = deadline - mr_now_ms();
         wait = left < 100 ? left : 100;
     }
+}
+
+int mr_client_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void *arg)
+{
+    return s_poll(self, timeout_ms, handler, arg, false);
 }
 
 int mr_client_wait_connected(mr_client_t *self, int timeout_ms)
@@ -601,7 +610,7 @@ int mr_client_wait_connected(mr_client_t *self, int timeout_ms)
             return -EACCES;
         if (left <= 0)
             return -ETIMEDOUT;
-        int rc = mr_client_poll(self, (int)left, NULL, NULL);
+        int rc = s_poll(self, (int)left, NULL, NULL, true);
         if (rc < 0 && rc != -EINTR)
             return rc;
     }
@@ -624,8 +633,8 @@ static int s_wait_handler(mr_client_t *c, const mr_event_t *ev, void *arg)
     s_wait_t *w = arg;
     bool mine = (ev->type == MR_EVENT_ACK || ev->type == MR_EVENT_ERROR) &&
                 strcmp(ev->message_id, w->id) == 0;
-    if (!mine)
-        return w->user ? w->user(c, ev, w->user_arg) : 0;
+    if (!mine) /* a delivery nobody handles stays with the broker */
+        return w->user ? w->user(c, ev, w->user_arg) : ev->type == MR_EVENT_DELIVERY;
     if (ev->type == MR_EVENT_ERROR && s_transient(ev->code))
         return 0; /* resent by the outbox; keep waiting */
     w->done = true;

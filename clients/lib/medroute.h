@@ -133,12 +133,14 @@ int mr_client_send_json(mr_client_t *self, const char *json, mr_result_t *res, i
 
 /*
  * Waits up to timeout_ms for traffic and handles everything that arrived:
- * events go to handler.  Also sends heartbeats and resends what is due.
+ * events go to handler.  With handler NULL, deliveries are left with the
+ * broker (not acknowledged; it sends them again later).  Also sends heartbeats and resends what is due.
  * Returns the number of events handled, or a negative errno.
  */
 int mr_client_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void *arg);
 
-/* Polls until the broker has welcomed us. 0, -ETIMEDOUT, or -EACCES when
+/* Polls until the broker has welcomed us, reading nothing past the Welcome
+ * (deliveries wait for the next mr_client_poll). 0, -ETIMEDOUT, or -EACCES when
  * the broker refused our Hello (facility unknown to it). */
 int mr_client_wait_connected(mr_client_t *self, int timeout_ms);
 

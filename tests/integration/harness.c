@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -62,8 +63,13 @@ static int s_spawn(mrt_daemon_t *d)
     if (pid < 0)
         return -1;
     if (pid == 0) {
+        /* The daemon dies with the test, even when a failed assertion
+         * skipped the test's own clean-up; and it must not hold the test's
+         * stdout, which ctest waits on. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         int fd = open(d->log_path, O_WRONLY | O_CREAT | O_APPEND, 0600);
         if (fd >= 0) {
+            dup2(fd, 1);
             dup2(fd, 2);
             close(fd);
         }

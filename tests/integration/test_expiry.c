@@ -1,0 +1,172 @@
+/*
+ * test_expiry.c - dead letters and bounded storage on the real daemon:
+ * a message past its time-to-live moves to the dead letters and its sender
+ * is told; an operator can list, retry and drop; delivered messages are
+ * pruned after their retention while pending and dead ones stay.
+ */
+#include <errno.h>
+#include <jansson.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+#include "mr_codec.h"
+
+typedef struct {
+    int expired;
+    uint64_t expired_seq;
+    char expired_id[72];
+    int deliveries;
+    char delivered_id[8][72];
+} events_t;
+
+static int on_event(mr_client_t *c, const mr_event_t *ev, void *arg)
+{
+    (void)c;
+    events_t *e = arg;
+    if (ev->type == MR_EVENT_ERROR && ev->code == MR_E_EXPIRED) {
+        e->expired++;
+        e->expired_seq = ev->seq;
+        snprintf(e->expired_id, sizeof e->expired_id, "%s", ev->message_id);
+    } else if (ev->type == MR_EVENT_DELIVERY) {
+        if (e->deliveries < 8)
+            snprintf(e->delivered_id[e->deliveries], sizeof e->delivered_id[0], "%s",
+                     ev->message_id);
+        e->deliveries++;
+    }
+    return 0;
+}
+
+static bool got_expired(void *arg)
+{
+    return ((events_t *)arg)->expired > 0;
+}
+
+static bool got_delivery(void *arg)
+{
+    return ((events_t *)arg)->deliveries > 0;
+}
+
+static mr_client_t *connected(mrt_daemon_t *d, const char *facility)
+{
+    mr_client_t *c = mrt_client(d, facility, NULL);
+    assert_non_null(c);
+    assert_int_equal(mr_client_wait_connected(c, 5000), 0);
+    return c;
+}
+
+static uint64_t counter(const mrt_daemon_t *d, const char *name)
+{
+    char *r = mrt_operator(d, "{\"status\":{}}");
+    assert_non_null(r);
+    json_t *j = json_loads(r, 0, NULL);
+    free(r);
+    json_t *cs = json_object_get(json_object_get(j, "status"), "counters");
+    uint64_t v = 0;
+    for (size_t i = 0; i < json_array_size(cs); i++) {
+        json_t *c = json_array_get(cs, i);
+        if (strcmp(json_string_value(json_object_get(c, "name")), name) == 0)
+            v = (uint64_t)json_integer_value(json_object_get(c, "value"));
+    }
+    json_decref(j);
+    return v;
+}
+
+static void test_expiry_dead_letter_retry_drop_and_prune(void **state)
+{
+    (void)state;
+    mrt_daemon_t d;
+    assert_int_equal(mrt_daemon_start(&d, "ttl = { referral = 2; };\n"
+                                          "store = { retention_days = 0; };\n"),
+                     0);
+    mr_client_t *lead = connected(&d, "yx-lead");
+    mr_result_t res;
+    assert_int_equal(mr_client_send_json(lead,
+                                         "{\"destination\":\"t-lishu\",\"kind\":\"referral\","
+                                         "\"priority\":\"urgent\",\"referral\":{\"referral_id\":"
+                                         "\"R-EXP\"}}",
+                                         &res, 5000, NULL, NULL),
+                     0);
+    /* Nobody takes it within its 2 s: the sender hears of it. */
+    events_t ev = {0};
+    assert_true(mrt_poll_until(lead, 8000, got_expired, &ev, on_event, &ev));
+    assert_string_equal(ev.expired_id, res.message_id);
+    assert_int_equal(ev.expired_seq, res.seq);
+    assert_int_equal(counter(&d, "expired"), 1);
+
+    /* It is listed with its reason among the dead letters, not as pending. */
+    char *r = mrt_operator(&d, "{\"queue_list\":{\"dead\":true}}");
+    assert_non_null(r);
+    assert_non_null(strstr(r, res.message_id));
+    assert_non_null(strstr(r, "\"dead_reason\":\"expired\""));
+    free(r);
+    r = mrt_operator(&d, "{\"queue_list\":{\"destination\":\"t-lishu\"}}");
+    assert_null(strstr(r, res.message_id));
+    free(r);
+
+    /* Retry: pending again, and delivered when t-lishu comes. */
+    char req[128];
+    snprintf(req, sizeof req, "{\"queue_retry\":{\"seq\":%llu}}", (unsigned long long)res.seq);
+    r = mrt_operator(&d, req);
+    assert_non_null(strstr(r, "\"done\""));
+    free(r);
+    mr_client_t *lishu = connected(&d, "t-lishu");
+    events_t got = {0};
+    assert_true(mrt_poll_until(lishu, 5000, got_delivery, &got, on_event, &got));
+    assert_string_equal(got.delivered_id[0], res.message_id);
+    mr_client_destroy(&lishu);
+
+    /* Drop: a pending message for t-houqing goes to the dead letters. */
+    mr_result_t res2;
+    assert_int_equal(mr_client_send_json(lead,
+                                         "{\"destination\":\"t-houqing\",\"kind\":\"referral\","
+                                         "\"referral\":{\"referral_id\":\"R-DROP\"}}",
+                                         &res2, 5000, NULL, NULL),
+                     0);
+    snprintf(req, sizeof req, "{\"queue_drop\":{\"seq\":%llu,\"reason\":\"sent in error\"}}",
+             (unsigned long long)res2.seq);
+    r = mrt_operator(&d, req);
+    assert_non_null(strstr(r, "\"done\""));
+    free(r);
+    r = mrt_operator(&d, "{\"queue_list\":{\"dead\":true}}");
+    assert_non_null(strstr(r, "sent in error"));
+    free(r);
+    /* A second drop of the same message is refused. */
+    r = mrt_operator(&d, req);
+    assert_non_null(strstr(r, "\"error\""));
+    free(r);
+    mr_client_t *houqing = connected(&d, "t-houqing");
+    events_t none = {0};
+    assert_false(mrt_poll_until(houqing, 1000, got_delivery, &none, on_event, &none));
+    mr_client_destroy(&houqing);
+    mr_client_destroy(&lead);
+
+    /* Retention 0 days: after a restart the delivered message is pruned,
+     * the dead one stays. */
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    assert_int_equal(mrt_daemon_restart(&d), 0);
+    long long until = mrt_now_ms() + 5000;
+    while (counter(&d, "pruned") < 1 && mrt_now_ms() < until)
+        ;
+    assert_int_equal(counter(&d, "pruned"), 1);
+    r = mrt_operator(&d, "{\"queue_list\":{\"dead\":true}}");
+    assert_non_null(strstr(r, "sent in error"));
+    free(r);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_expiry_dead_letter_retry_drop_and_prune),
+    };
+    return cmocka_run_group_tests_name("expiry", tests, NULL, NULL);
+}

@@ -1,0 +1,359 @@
+/*
+ * Unit tests for proto/codec.c: kind, priority and error-code names, the
+ * kind -> payload rule, mr_pack, and mr_embed_field (a stored Envelope put
+ * into a Delivery as raw bytes must decode as Delivery.envelope).
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "mr_codec.h"
+
+static void test_codec_kind_names_round_trip(void **state)
+{
+    (void)state;
+    static const struct {
+        int kind;
+        const char *name;
+        int payload;
+    } kinds[] = {
+        {MEDROUTE__V1__KIND__KIND_REFERRAL, "referral", MEDROUTE__V1__ENVELOPE__PAYLOAD_REFERRAL},
+        {MEDROUTE__V1__KIND__KIND_REFERRAL_UPDATE, "referral_update",
+         MEDROUTE__V1__ENVELOPE__PAYLOAD_REFERRAL_UPDATE},
+        {MEDROUTE__V1__KIND__KIND_IMAGING_REQUEST, "imaging_request",
+         MEDROUTE__V1__ENVELOPE__PAYLOAD_IMAGING_REQUEST},
+        {MEDROUTE__V1__KIND__KIND_IMAGING_REPORT, "imaging_report",
+         MEDROUTE__V1__ENVELOPE__PAYLOAD_IMAGING_REPORT},
+        {MEDROUTE__V1__KIND__KIND_LAB_ORDER, "lab_order",
+         MEDROUTE__V1__ENVELOPE__PAYLOAD_LAB_ORDER},
+        {MEDROUTE__V1__KIND__KIND_LAB_RESULT, "lab_result",
+         MEDROUTE__V1__ENVELOPE__PAYLOAD_LAB_RESULT},
+    };
+    assert_int_equal(sizeof kinds / sizeof kinds[0], MR_KIND_MAX);
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
+        assert_string_equal(mr_kind_name(kinds[i].kind), kinds[i].name);
+        assert_int_equal(mr_kind_from_name(kinds[i].name), kinds[i].kind);
+        assert_int_equal(mr_kind_payload_case(kinds[i].kind), kinds[i].payload);
+    }
+    /* Names are matched without regard to case. */
+    assert_int_equal(mr_kind_from_name("LAB_RESULT"), MEDROUTE__V1__KIND__KIND_LAB_RESULT);
+}
+
+static void test_codec_kind_unknown(void **state)
+{
+    (void)state;
+    assert_null(mr_kind_name(0));
+    assert_null(mr_kind_name(-1));
+    assert_null(mr_kind_name(MR_KIND_MAX + 1));
+    assert_null(mr_kind_name(99));
+    assert_int_equal(mr_kind_from_name("ecg_trace"), -1);
+    assert_int_equal(mr_kind_from_name(""), -1);
+    assert_int_equal(mr_kind_from_name("referral "), -1);
+    assert_int_equal(mr_kind_payload_case(0), 0);
+    assert_int_equal(mr_kind_payload_case(-3), 0);
+    assert_int_equal(mr_kind_payload_case(MR_KIND_MAX + 1), 0);
+}
+
+static void test_codec_priority_names(void **state)
+{
+    (void)state;
+    assert_string_equal(mr_priority_name(MEDROUTE__V1__PRIORITY__PRIORITY_ROUTINE), "routine");
+    assert_string_equal(mr_priority_name(MEDROUTE__V1__PRIORITY__PRIORITY_URGENT), "urgent");
+    assert_string_equal(mr_priority_name(MEDROUTE__V1__PRIORITY__PRIORITY_STAT), "stat");
+    assert_null(mr_priority_name(3));
+    assert_null(mr_priority_name(-1));
+    assert_int_equal(mr_priority_from_name("routine"), 0);
+    assert_int_equal(mr_priority_from_name("urgent"), 1);
+    assert_int_equal(mr_priority_from_name("stat"), 2);
+    assert_int_equal(mr_priority_from_name("STAT"), 2);
+    assert_int_equal(mr_priority_from_name("asap"), -1);
+}
+
+static void test_codec_error_names(void **state)
+{
+    (void)state;
+    static const struct {
+        int code;
+        const char *name;
+    } codes[] = {
+        {MR_E_MALFORMED, "MALFORMED"},
+        {MR_E_UNSUPPORTED_VERSION, "UNSUPPORTED_VERSION"},
+        {MR_E_UNKNOWN_KIND, "UNKNOWN_KIND"},
+        {MR_E_UNKNOWN_SOURCE, "UNKNOWN_SOURCE"},
+        {MR_E_UNKNOWN_DESTINATION, "UNKNOWN_DESTINATION"},
+        {MR_E_TOO_LARGE, "TOO_LARGE"},
+        {MR_E_INVALID, "INVALID"},
+        {MR_E_NO_HELLO, "NO_HELLO"},
+        {MR_E_FORBIDDEN, "FORBIDDEN"},
+        {MR_E_STORE_UNAVAILABLE, "STORE_UNAVAILABLE"},
+        {MR_E_CONFLICT, "CONFLICT"},
+        {MR_E_QUEUE_FULL, "QUEUE_FULL"},
+        {MR_E_RATE_LIMITED, "RATE_LIMITED"},
+        {MR_E_EXPIRED, "EXPIRED"},
+        {MR_E_ILLEGAL_TRANSITION, "ILLEGAL_TRANSITION"},
+        {MR_E_UNKNOWN_DELIVERY, "UNKNOWN_DELIVERY"},
+        {MR_E_UNEXPECTED_FRAME, "UNEXPECTED_FRAME"},
+        {MR_E_INTERNAL, "INTERNAL"},
+        {MR_E_SHUTTING_DOWN, "SHUTTING_DOWN"},
+    };
+    /* Every code 1..MR_E_COUNT-1 is in the table, in order. */
+    assert_int_equal(sizeof codes / sizeof codes[0], MR_E_COUNT - 1);
+    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
+        assert_int_equal(codes[i].code, (int)i + 1);
+        assert_string_equal(mr_error_name(codes[i].code), codes[i].name);
+    }
+    assert_string_equal(mr_error_name(0), "UNSPECIFIED");
+    assert_string_equal(mr_error_name(MR_E_COUNT), "UNKNOWN_CODE");
+    assert_string_equal(mr_error_name(-1), "UNKNOWN_CODE");
+    assert_string_equal(mr_error_name(1000), "UNKNOWN_CODE");
+}
+
+/* An Envelope carrying a referral with a clinical summary of body_len bytes. */
+typedef struct {
+    mr_envelope_t env;
+    Medroute__V1__Referral ref;
+    char *summary;
+} s_env_t;
+
+static void s_env_init(s_env_t *e, const char *message_id, size_t body_len)
+{
+    medroute__v1__envelope__init(&e->env);
+    medroute__v1__referral__init(&e->ref);
+    e->summary = malloc(body_len + 1);
+    assert_non_null(e->summary);
+    for (size_t i = 0; i < body_len; i++)
+        e->summary[i] = (char)('a' + i % 26);
+    e->summary[body_len] = '\0';
+    e->ref.referral_id = "R-2024-0001";
+    e->ref.service = MEDROUTE__V1__SERVICE_TYPE__SERVICE_SPECIALIST_CLINIC;
+    e->ref.clinical_summary = e->summary;
+    e->ref.expires_at_ms = 1700000000123;
+    e->env.message_id = (char *)message_id;
+    e->env.source = "t-aihua";
+    e->env.destination = "yx-lead";
+    e->env.kind = MEDROUTE__V1__KIND__KIND_REFERRAL;
+    e->env.priority = MEDROUTE__V1__PRIORITY__PRIORITY_URGENT;
+    e->env.created_at_ms = 1700000000000;
+    e->env.correlation_id = "corr-1";
+    e->env.payload_case = MEDROUTE__V1__ENVELOPE__PAYLOAD_REFERRAL;
+    e->env.referral = &e->ref;
+}
+
+static void s_assert_same_envelope(const mr_envelope_t *got, const s_env_t *want)
+{
+    assert_non_null(got);
+    assert_string_equal(got->message_id, want->env.message_id);
+    assert_string_equal(got->source, want->env.source);
+    assert_string_equal(got->destination, want->env.destination);
+    assert_int_equal(got->kind, want->env.kind);
+    assert_int_equal(got->priority, want->env.priority);
+    assert_int_equal(got->created_at_ms, want->env.created_at_ms);
+    assert_string_equal(got->correlation_id, want->env.correlation_id);
+    assert_int_equal(got->payload_case, MEDROUTE__V1__ENVELOPE__PAYLOAD_REFERRAL);
+    assert_non_null(got->referral);
+    assert_string_equal(got->referral->referral_id, want->ref.referral_id);
+    assert_int_equal(got->referral->service, want->ref.service);
+    assert_int_equal(got->referral->expires_at_ms, want->ref.expires_at_ms);
+    assert_int_equal(strlen(got->referral->clinical_summary), strlen(want->summary));
+    assert_string_equal(got->referral->clinical_summary, want->summary);
+}
+
+static void test_codec_pack_unpack_frame(void **state)
+{
+    (void)state;
+    s_env_t e;
+    s_env_init(&e, "m-1", 40);
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    f.version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+    f.body_case = MEDROUTE__V1__FRAME__BODY_ENVELOPE;
+    f.envelope = &e.env;
+
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    assert_int_equal(mr_pack(&f.base, &buf, &len), 0);
+    assert_non_null(buf);
+    assert_int_equal(len, protobuf_c_message_get_packed_size(&f.base));
+
+    mr_frame_t *got = medroute__v1__frame__unpack(NULL, len, buf);
+    assert_non_null(got);
+    assert_int_equal(got->version, MR_PROTOCOL_VERSION);
+    assert_int_equal(got->body_case, MEDROUTE__V1__FRAME__BODY_ENVELOPE);
+    s_assert_same_envelope(got->envelope, &e);
+    medroute__v1__frame__free_unpacked(got, NULL);
+    free(buf);
+    free(e.summary);
+}
+
+static void test_codec_pack_empty_message(void **state)
+{
+    (void)state;
+    /* A message with every field at its default packs to zero bytes; the
+     * buffer is still a valid allocation to free. */
+    Medroute__V1__Heartbeat hb = MEDROUTE__V1__HEARTBEAT__INIT;
+    uint8_t *buf = NULL;
+    size_t len = 99;
+    assert_int_equal(mr_pack(&hb.base, &buf, &len), 0);
+    assert_non_null(buf);
+    assert_int_equal(len, 0);
+    free(buf);
+}
+
+static size_t s_varint_len(size_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+/*
+ * Packs the envelope, embeds it as field 2 of a Delivery inside a Frame,
+ * and checks that the frame decodes with Delivery.envelope equal to it.
+ */
+static void s_check_embed(size_t body_len, size_t want_prefix)
+{
+    s_env_t e;
+    s_env_init(&e, "m-embed", body_len);
+    uint8_t *env_bytes = NULL;
+    size_t env_len = 0;
+    assert_int_equal(mr_pack(&e.env.base, &env_bytes, &env_len), 0);
+    assert_int_equal(s_varint_len(env_len), want_prefix);
+
+    ProtobufCMessageUnknownField uf;
+    memset(&uf, 0, sizeof uf);
+    assert_int_equal(mr_embed_field(&uf, 2, env_bytes, env_len), 0);
+    assert_int_equal(uf.tag, 2);
+    assert_int_equal(uf.wire_type, PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED);
+    assert_int_equal(uf.len, want_prefix + env_len);
+    /* The prefix is the varint of the length, then the bytes as given. */
+    size_t v = 0;
+    for (size_t i = 0; i < want_prefix; i++) {
+        v |= (size_t)(uf.data[i] & 0x7f) << (7 * i);
+        assert_int_equal(uf.data[i] & 0x80, i + 1 < want_prefix ? 0x80 : 0);
+    }
+    assert_int_equal(v, env_len);
+    assert_memory_equal(uf.data + want_prefix, env_bytes, env_len);
+
+    Medroute__V1__Delivery d = MEDROUTE__V1__DELIVERY__INIT;
+    d.seq = 4242;
+    d.redelivered = 1;
+    d.attempt = 3;
+    d.stored_at_ms = 1700000000999;
+    d.base.n_unknown_fields = 1;
+    d.base.unknown_fields = &uf;
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    f.version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+    f.body_case = MEDROUTE__V1__FRAME__BODY_DELIVERY;
+    f.delivery = &d;
+
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    assert_int_equal(mr_pack(&f.base, &buf, &len), 0);
+
+    /* The whole frame, as a facility decodes it. */
+    mr_frame_t *got = medroute__v1__frame__unpack(NULL, len, buf);
+    assert_non_null(got);
+    assert_int_equal(got->version, MR_PROTOCOL_VERSION);
+    assert_int_equal(got->body_case, MEDROUTE__V1__FRAME__BODY_DELIVERY);
+    assert_non_null(got->delivery);
+    assert_int_equal(got->delivery->seq, 4242);
+    assert_int_equal(got->delivery->redelivered, 1);
+    assert_int_equal(got->delivery->attempt, 3);
+    assert_int_equal(got->delivery->stored_at_ms, 1700000000999);
+    assert_int_equal(got->delivery->base.n_unknown_fields, 0);
+    s_assert_same_envelope(got->delivery->envelope, &e);
+    medroute__v1__frame__free_unpacked(got, NULL);
+
+    /* The Delivery on its own. */
+    uint8_t *dbuf = NULL;
+    size_t dlen = 0;
+    assert_int_equal(mr_pack(&d.base, &dbuf, &dlen), 0);
+    Medroute__V1__Delivery *gd = medroute__v1__delivery__unpack(NULL, dlen, dbuf);
+    assert_non_null(gd);
+    assert_int_equal(gd->seq, 4242);
+    s_assert_same_envelope(gd->envelope, &e);
+    medroute__v1__delivery__free_unpacked(gd, NULL);
+
+    free(dbuf);
+    free(buf);
+    free(uf.data);
+    free(env_bytes);
+    free(e.summary);
+}
+
+static void test_codec_embed_field_one_byte_length(void **state)
+{
+    (void)state;
+    s_check_embed(10, 1);
+}
+
+static void test_codec_embed_field_two_byte_length(void **state)
+{
+    (void)state;
+    s_check_embed(200, 2);
+}
+
+static void test_codec_embed_field_three_byte_length(void **state)
+{
+    (void)state;
+    s_check_embed(20000, 3);
+}
+
+static void test_codec_embed_field_empty(void **state)
+{
+    (void)state;
+    /* A zero-length submessage: prefix 0x00 and nothing after. */
+    ProtobufCMessageUnknownField uf;
+    assert_int_equal(mr_embed_field(&uf, 2, (const uint8_t *)"", 0), 0);
+    assert_int_equal(uf.len, 1);
+    assert_int_equal(uf.data[0], 0x00);
+    Medroute__V1__Delivery d = MEDROUTE__V1__DELIVERY__INIT;
+    d.seq = 1;
+    d.base.n_unknown_fields = 1;
+    d.base.unknown_fields = &uf;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    assert_int_equal(mr_pack(&d.base, &buf, &len), 0);
+    Medroute__V1__Delivery *gd = medroute__v1__delivery__unpack(NULL, len, buf);
+    assert_non_null(gd);
+    assert_non_null(gd->envelope);
+    assert_string_equal(gd->envelope->message_id, "");
+    medroute__v1__delivery__free_unpacked(gd, NULL);
+    free(buf);
+    free(uf.data);
+}
+
+static void test_codec_now_ms_plausible(void **state)
+{
+    (void)state;
+    int64_t a = mr_now_ms();
+    int64_t b = mr_now_ms();
+    assert_true(a > 1600000000000LL); /* after September 2020 */
+    assert_true(b >= a);
+    assert_true(b - a < 1000);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_codec_kind_names_round_trip),
+        cmocka_unit_test(test_codec_kind_unknown),
+        cmocka_unit_test(test_codec_priority_names),
+        cmocka_unit_test(test_codec_error_names),
+        cmocka_unit_test(test_codec_pack_unpack_frame),
+        cmocka_unit_test(test_codec_pack_empty_message),
+        cmocka_unit_test(test_codec_embed_field_one_byte_length),
+        cmocka_unit_test(test_codec_embed_field_two_byte_length),
+        cmocka_unit_test(test_codec_embed_field_three_byte_length),
+        cmocka_unit_test(test_codec_embed_field_empty),
+        cmocka_unit_test(test_codec_now_ms_plausible),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,495 @@
+/*
+ * Unit tests for daemon/conf.c: a full config read back field by field, the
+ * defaults, and every kind of problem reported as "name:LINE: key: reason"
+ * (or "name: key: reason" for what has no line: missing keys, cross-checks).
+ * Texts are written line by line so that the line numbers in the expected
+ * messages can be counted in the source.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "conf.h"
+
+#ifndef MR_CONF_PATH
+#error "MR_CONF_PATH (config/medroute.conf) must be defined by the build"
+#endif
+
+/* The minimum a config must say: endpoints, data_dir, one facility. */
+#define S_REQUIRED                                                                                 \
+    "facility_endpoint = \"tcp://127.0.0.1:7700\";\n"                                              \
+    "operator_endpoint = \"tcp://127.0.0.1:7701\";\n"                                              \
+    "data_dir = \"var/x\";\n"                                                                      \
+    "facilities = ( { id = \"lead\"; role = \"lead\"; } );\n"
+
+/* Loads text expecting failure; returns the error text (static buffer). */
+static const char *s_fail(const char *text)
+{
+    static char err[4096];
+    memset(err, 'x', sizeof err);
+    conf_t *c = conf_load_string(text, "t.conf", err, sizeof err);
+    if (c != NULL) {
+        conf_destroy(&c);
+        fail_msg("config loaded but was expected to fail:\n%s", text);
+    }
+    return err;
+}
+
+static int s_count_lines(const char *s)
+{
+    if (*s == '\0')
+        return 0;
+    int n = 1;
+    for (; *s; s++)
+        n += *s == '\n';
+    return n;
+}
+
+static void test_conf_full_config_every_field(void **state)
+{
+    (void)state;
+    const char *text =
+        "broker_id = \"b-1\";\n"
+        "facility_endpoint = \"tcp://127.0.0.1:9000\";\n"
+        "operator_endpoint = \"ipc:///tmp/op.sock\";\n"
+        "data_dir = \"/var/lib/medroute\";\n"
+        "insecure = true;\n"
+        "log_level = \"debug\";\n"
+        "limits = {\n"
+        "  max_message_bytes = 2048;\n"
+        "  max_inflight = 7;\n"
+        "  heartbeat_interval_ms = 1000;\n"
+        "  heartbeat_timeout_ms = 4000;\n"
+        "  redelivery_timeout_ms = 9000;\n"
+        "};\n"
+        "store = {\n"
+        "  synchronous = \"normal\";\n"
+        "  batch_max = 50;\n"
+        "  batch_ms = 0;\n"
+        "  retention_days = 90;\n"
+        "};\n"
+        "ttl = {\n"
+        "  referral = 11;\n"
+        "  referral_update = 12;\n"
+        "  imaging_request = 13;\n"
+        "  imaging_report = 14;\n"
+        "  lab_order = 15;\n"
+        "  lab_result = 16;\n"
+        "};\n"
+        "facilities = (\n"
+        "  { id = \"lead\"; role = \"lead\"; name = \"County\"; },\n"
+        "  { id = \"img\"; role = \"imaging_centre\"; name = \"Imaging\"; host = \"lead\";"
+        " public_key = \"PK1\"; },\n"
+        "  { id = \"t-1\"; role = \"township\"; }\n"
+        ");\n";
+    char err[1024] = "unchanged";
+    conf_t *c = conf_load_string(text, "full.conf", err, sizeof err);
+    assert_non_null(c);
+    assert_string_equal(err, "");
+    assert_string_equal(c->broker_id, "b-1");
+    assert_string_equal(c->facility_endpoint, "tcp://127.0.0.1:9000");
+    assert_string_equal(c->operator_endpoint, "ipc:///tmp/op.sock");
+    assert_string_equal(c->data_dir, "/var/lib/medroute");
+    assert_true(c->insecure);
+    assert_string_equal(c->log_level, "debug");
+    assert_int_equal(c->max_message_bytes, 2048);
+    assert_int_equal(c->max_inflight, 7);
+    assert_int_equal(c->heartbeat_interval_ms, 1000);
+    assert_int_equal(c->heartbeat_timeout_ms, 4000);
+    assert_int_equal(c->redelivery_timeout_ms, 9000);
+    assert_false(c->sync_full);
+    assert_int_equal(c->batch_max, 50);
+    assert_int_equal(c->batch_ms, 0);
+    assert_int_equal(c->retention_days, 90);
+    assert_int_equal(c->ttl_s[0], 0);
+    assert_int_equal(c->ttl_s[MEDROUTE__V1__KIND__KIND_REFERRAL], 11);
+    assert_int_equal(c->ttl_s[MEDROUTE__V1__KIND__KIND_REFERRAL_UPDATE], 12);
+    assert_int_equal(c->ttl_s[MEDROUTE__V1__KIND__KIND_IMAGING_REQUEST], 13);
+    assert_int_equal(c->ttl_s[MEDROUTE__V1__KIND__KIND_IMAGING_REPORT], 14);
+    assert_int_equal(c->ttl_s[MEDROUTE__V1__KIND__KIND_LAB_ORDER], 15);
+    assert_int_equal(c->ttl_s[MEDROUTE__V1__KIND__KIND_LAB_RESULT], 16);
+    assert_int_equal(c->n_facilities, 3);
+    assert_string_equal(c->facilities[0].id, "lead");
+    assert_int_equal(c->facilities[0].role, ROLE_LEAD);
+    assert_string_equal(c->facilities[0].name, "County");
+    assert_null(c->facilities[0].host);
+    assert_null(c->facilities[0].public_key);
+    assert_string_equal(c->facilities[1].id, "img");
+    assert_int_equal(c->facilities[1].role, ROLE_IMAGING_CENTRE);
+    assert_string_equal(c->facilities[1].name, "Imaging");
+    assert_string_equal(c->facilities[1].host, "lead");
+    assert_string_equal(c->facilities[1].public_key, "PK1");
+    assert_string_equal(c->facilities[2].id, "t-1");
+    assert_int_equal(c->facilities[2].role, ROLE_TOWNSHIP);
+    assert_null(c->facilities[2].name);
+    conf_destroy(&c);
+    assert_null(c);
+    conf_destroy(&c);
+}
+
+static void test_conf_defaults_when_groups_omitted(void **state)
+{
+    (void)state;
+    char err[512] = "";
+    conf_t *c = conf_load_string(S_REQUIRED, "min.conf", err, sizeof err);
+    assert_non_null(c);
+    assert_string_equal(err, "");
+    assert_string_equal(c->broker_id, "medroute");
+    assert_string_equal(c->log_level, "info");
+    assert_false(c->insecure);
+    assert_int_equal(c->max_message_bytes, 1 << 20);
+    assert_int_equal(c->max_inflight, 64);
+    assert_int_equal(c->heartbeat_interval_ms, 5000);
+    assert_int_equal(c->heartbeat_timeout_ms, 15000);
+    assert_int_equal(c->redelivery_timeout_ms, 30000);
+    assert_true(c->sync_full);
+    assert_int_equal(c->batch_max, 1000);
+    assert_int_equal(c->batch_ms, 2);
+    assert_int_equal(c->retention_days, 30);
+    assert_int_equal(c->ttl_s[MEDROUTE__V1__KIND__KIND_REFERRAL], 3 * 86400);
+    assert_int_equal(c->ttl_s[MEDROUTE__V1__KIND__KIND_REFERRAL_UPDATE], 7 * 86400);
+    assert_int_equal(c->ttl_s[MEDROUTE__V1__KIND__KIND_IMAGING_REQUEST], 2 * 86400);
+    assert_int_equal(c->ttl_s[MEDROUTE__V1__KIND__KIND_IMAGING_REPORT], 7 * 86400);
+    assert_int_equal(c->ttl_s[MEDROUTE__V1__KIND__KIND_LAB_ORDER], 2 * 86400);
+    assert_int_equal(c->ttl_s[MEDROUTE__V1__KIND__KIND_LAB_RESULT], 7 * 86400);
+    assert_int_equal(c->n_facilities, 1);
+    conf_destroy(&c);
+}
+
+static void test_conf_partial_group_keeps_other_defaults(void **state)
+{
+    (void)state;
+    char err[512] = "";
+    conf_t *c = conf_load_string(S_REQUIRED "limits = { max_inflight = 3; };\n"
+                                            "store = { batch_ms = 10; };\n"
+                                            "ttl = { lab_order = 60; };\n",
+                                 "p.conf", err, sizeof err);
+    assert_non_null(c);
+    assert_int_equal(c->max_inflight, 3);
+    assert_int_equal(c->max_message_bytes, 1 << 20);
+    assert_int_equal(c->batch_ms, 10);
+    assert_int_equal(c->batch_max, 1000);
+    assert_true(c->sync_full);
+    assert_int_equal(c->ttl_s[MEDROUTE__V1__KIND__KIND_LAB_ORDER], 60);
+    assert_int_equal(c->ttl_s[MEDROUTE__V1__KIND__KIND_LAB_RESULT], 7 * 86400);
+    conf_destroy(&c);
+}
+
+static void test_conf_unknown_top_level_key(void **state)
+{
+    (void)state;
+    assert_string_equal(s_fail(S_REQUIRED "colour = \"blue\";\n"), "t.conf:5: colour: unknown key");
+}
+
+static void test_conf_unknown_key_in_limits(void **state)
+{
+    (void)state;
+    assert_string_equal(s_fail(S_REQUIRED "limits = {\n"
+                                          "  max_inflight = 5;\n"
+                                          "  max_rate = 5;\n"
+                                          "};\n"),
+                        "t.conf:7: limits.max_rate: unknown key");
+}
+
+static void test_conf_unknown_key_in_store(void **state)
+{
+    (void)state;
+    assert_string_equal(s_fail(S_REQUIRED "store = {\n"
+                                          "  wal = true;\n"
+                                          "};\n"),
+                        "t.conf:6: store.wal: unknown key");
+}
+
+static void test_conf_unknown_key_in_ttl(void **state)
+{
+    (void)state;
+    assert_string_equal(s_fail(S_REQUIRED "ttl = {\n"
+                                          "  referral = 5;\n"
+                                          "  ecg_trace = 5;\n"
+                                          "};\n"),
+                        "t.conf:7: ttl.ecg_trace: unknown key");
+}
+
+static void test_conf_unknown_key_in_facility(void **state)
+{
+    (void)state;
+    assert_string_equal(s_fail("facility_endpoint = \"tcp://127.0.0.1:1\";\n"
+                               "operator_endpoint = \"tcp://127.0.0.1:2\";\n"
+                               "data_dir = \"d\";\n"
+                               "facilities = (\n"
+                               "  { id = \"lead\"; role = \"lead\";\n"
+                               "    colour = \"red\"; }\n"
+                               ");\n"),
+                        "t.conf:6: facilities[0].colour: unknown key");
+}
+
+static void test_conf_wrong_types(void **state)
+{
+    (void)state;
+    assert_string_equal(s_fail(S_REQUIRED "broker_id = 5;\n"),
+                        "t.conf:5: broker_id: expected a string");
+    assert_string_equal(s_fail(S_REQUIRED "insecure = \"yes\";\n"),
+                        "t.conf:5: insecure: expected true or false");
+    assert_string_equal(s_fail(S_REQUIRED "limits = { max_inflight = \"many\"; };\n"),
+                        "t.conf:5: limits.max_inflight: expected an integer");
+    assert_string_equal(s_fail(S_REQUIRED "limits = { max_inflight = 2.5; };\n"),
+                        "t.conf:5: limits.max_inflight: expected an integer");
+    assert_string_equal(s_fail(S_REQUIRED "store = { batch_max = true; };\n"),
+                        "t.conf:5: store.batch_max: expected an integer");
+    assert_string_equal(s_fail(S_REQUIRED "ttl = { referral = \"3d\"; };\n"),
+                        "t.conf:5: ttl.referral: expected an integer");
+    assert_string_equal(s_fail(S_REQUIRED "limits = 5;\n"),
+                        "t.conf:5: limits: expected a group { ... }");
+    assert_string_equal(s_fail(S_REQUIRED "store = \"full\";\n"),
+                        "t.conf:5: store: expected a group { ... }");
+    assert_string_equal(s_fail(S_REQUIRED "ttl = [1, 2];\n"),
+                        "t.conf:5: ttl: expected a group { ... }");
+}
+
+static void test_conf_wrong_facility_types(void **state)
+{
+    (void)state;
+    const char *head = "facility_endpoint = \"tcp://127.0.0.1:1\";\n"
+                       "operator_endpoint = \"tcp://127.0.0.1:2\";\n"
+                       "data_dir = \"d\";\n";
+    char text[512];
+    snprintf(text, sizeof text, "%sfacilities = \"lead\";\n", head);
+    assert_string_equal(s_fail(text),
+                        "t.conf:4: facilities: expected a list ( { id = ...; }, ... )\n"
+                        "t.conf: facilities: at least one facility is required");
+    snprintf(text, sizeof text, "%sfacilities = ( \"lead\" );\n", head);
+    assert_string_equal(s_fail(text), "t.conf:4: facilities[0]: expected a group { id = ...; }");
+    snprintf(text, sizeof text, "%sfacilities = ( { id = 7; role = \"lead\"; } );\n", head);
+    assert_string_equal(s_fail(text), "t.conf:4: facilities[0].id: expected a string\n"
+                                      "t.conf:4: facilities[0]: id is required");
+}
+
+static void test_conf_out_of_range_integers(void **state)
+{
+    (void)state;
+    assert_string_equal(s_fail(S_REQUIRED "limits = { max_inflight = 0; };\n"),
+                        "t.conf:5: limits.max_inflight: 0 is out of range 1..10000");
+    assert_string_equal(s_fail(S_REQUIRED "limits = { max_inflight = 10001; };\n"),
+                        "t.conf:5: limits.max_inflight: 10001 is out of range 1..10000");
+    assert_string_equal(s_fail(S_REQUIRED "limits = { max_message_bytes = 1023; };\n"),
+                        "t.conf:5: limits.max_message_bytes: 1023 is out of range 1024..67108864");
+    /* Too large for an int: libconfig reads it as a 64-bit integer. */
+    assert_string_equal(
+        s_fail(S_REQUIRED "limits = { max_message_bytes = 5000000000L; };\n"),
+        "t.conf:5: limits.max_message_bytes: 5000000000 is out of range 1024..67108864");
+    assert_string_equal(s_fail(S_REQUIRED "store = { batch_ms = -1; };\n"),
+                        "t.conf:5: store.batch_ms: -1 is out of range 0..1000");
+    assert_string_equal(s_fail(S_REQUIRED "store = { retention_days = 36501; };\n"),
+                        "t.conf:5: store.retention_days: 36501 is out of range 0..36500");
+    assert_string_equal(s_fail(S_REQUIRED "ttl = { lab_result = 0; };\n"),
+                        "t.conf:5: ttl.lab_result: 0 is out of range 1..31536000");
+
+    /* The bounds themselves are accepted. */
+    char err[512];
+    conf_t *c = conf_load_string(S_REQUIRED "limits = { max_inflight = 10000;"
+                                            " max_message_bytes = 67108864; };\n"
+                                            "store = { batch_ms = 0; retention_days = 0; };\n"
+                                            "ttl = { referral = 31536000; };\n",
+                                 "b.conf", err, sizeof err);
+    assert_non_null(c);
+    assert_int_equal(c->max_inflight, 10000);
+    assert_int_equal(c->max_message_bytes, 67108864);
+    assert_int_equal(c->retention_days, 0);
+    assert_int_equal(c->ttl_s[MEDROUTE__V1__KIND__KIND_REFERRAL], 31536000);
+    conf_destroy(&c);
+}
+
+static void test_conf_bad_synchronous(void **state)
+{
+    (void)state;
+    assert_string_equal(s_fail(S_REQUIRED "store = {\n"
+                                          "  synchronous = \"off\";\n"
+                                          "};\n"),
+                        "t.conf:6: store.synchronous: expected \"full\" or \"normal\"");
+    assert_string_equal(s_fail(S_REQUIRED "store = { synchronous = 1; };\n"),
+                        "t.conf:5: store.synchronous: expected \"full\" or \"normal\"");
+    char err[512];
+    conf_t *c = conf_load_string(S_REQUIRED "store = { synchronous = \"full\"; };\n", "s.conf", err,
+                                 sizeof err);
+    assert_non_null(c);
+    assert_true(c->sync_full);
+    conf_destroy(&c);
+}
+
+static void test_conf_missing_required_keys(void **state)
+{
+    (void)state;
+    /* Nothing at all: every required key is named, without a line. */
+    assert_string_equal(s_fail(""), "t.conf: facility_endpoint: required\n"
+                                    "t.conf: operator_endpoint: required\n"
+                                    "t.conf: data_dir: required\n"
+                                    "t.conf: facilities: at least one facility is required");
+    assert_string_equal(s_fail("facility_endpoint = \"tcp://127.0.0.1:1\";\n"
+                               "data_dir = \"d\";\n"
+                               "facilities = ( { id = \"lead\"; role = \"lead\"; } );\n"),
+                        "t.conf: operator_endpoint: required");
+    /* A facility needs an id and a role. */
+    assert_string_equal(s_fail("facility_endpoint = \"tcp://127.0.0.1:1\";\n"
+                               "operator_endpoint = \"tcp://127.0.0.1:2\";\n"
+                               "data_dir = \"d\";\n"
+                               "facilities = (\n"
+                               "  { id = \"lead\"; },\n"
+                               "  { role = \"township\"; }\n"
+                               ");\n"),
+                        "t.conf:5: facilities[0]: role is required\n"
+                        "t.conf:6: facilities[1]: id is required");
+}
+
+static void test_conf_bad_role(void **state)
+{
+    (void)state;
+    assert_string_equal(s_fail("facility_endpoint = \"tcp://127.0.0.1:1\";\n"
+                               "operator_endpoint = \"tcp://127.0.0.1:2\";\n"
+                               "data_dir = \"d\";\n"
+                               "facilities = ( { id = \"x\"; role = \"clinic\"; } );\n"),
+                        "t.conf:4: facilities[0].role: \"clinic\" is not one of lead, township, "
+                        "imaging_centre, lab_centre, ecg_centre, county_member");
+}
+
+static void test_conf_registry_checks(void **state)
+{
+    (void)state;
+    assert_string_equal(s_fail("facility_endpoint = \"tcp://127.0.0.1:1\";\n"
+                               "operator_endpoint = \"tcp://127.0.0.1:2\";\n"
+                               "data_dir = \"d\";\n"
+                               "facilities = ( { id = \"a\"; role = \"lead\"; },\n"
+                               "               { id = \"a\"; role = \"township\"; } );\n"),
+                        "t.conf: facilities: facility a: duplicate id");
+    assert_string_equal(s_fail("facility_endpoint = \"tcp://127.0.0.1:1\";\n"
+                               "operator_endpoint = \"tcp://127.0.0.1:2\";\n"
+                               "data_dir = \"d\";\n"
+                               "facilities = ( { id = \"t\"; role = \"township\"; },\n"
+                               "  { id = \"i\"; role = \"imaging_centre\"; host = \"t\"; } );\n"),
+                        "t.conf: facilities: facility i: host t is not a lead hospital in the "
+                        "registry");
+}
+
+static void test_conf_heartbeat_timeout_must_exceed_interval(void **state)
+{
+    (void)state;
+    assert_string_equal(s_fail(S_REQUIRED "limits = { heartbeat_interval_ms = 5000;"
+                                          " heartbeat_timeout_ms = 5000; };\n"),
+                        "t.conf: limits.heartbeat_timeout_ms: must exceed heartbeat_interval_ms");
+}
+
+static void test_conf_syntax_error(void **state)
+{
+    (void)state;
+    assert_string_equal(s_fail("broker_id = \"b\";\n"
+                               "data_dir = \"d\";\n"
+                               "insecure = = true;\n"),
+                        "t.conf:3: syntax error");
+    /* An unclosed group is noticed at the end of the text (line 5). */
+    assert_string_equal(s_fail("limits = {\n"
+                               "  max_inflight = 5;\n"
+                               "\n"
+                               "facilities = ();\n"),
+                        "t.conf:5: syntax error");
+}
+
+static void test_conf_several_problems_at_once(void **state)
+{
+    (void)state;
+    const char *err = s_fail("broker_id = 1;\n"                              /* 1 */
+                             "facility_endpoint = \"tcp://127.0.0.1:1\";\n"  /* 2 */
+                             "operator_endpoint = \"tcp://127.0.0.1:2\";\n"  /* 3 */
+                             "data_dir = \"d\";\n"                           /* 4 */
+                             "colour = 1;\n"                                 /* 5 */
+                             "limits = {\n"                                  /* 6 */
+                             "  max_inflight = 0;\n"                         /* 7 */
+                             "  bogus = 1;\n"                                /* 8 */
+                             "};\n"                                          /* 9 */
+                             "store = { synchronous = \"sometimes\"; };\n"   /* 10 */
+                             "ttl = { referral = \"soon\"; };\n"             /* 11 */
+                             "facilities = ( { id = \"a\"; role = \"x\"; } );\n"); /* 12 */
+    assert_string_equal(err, "t.conf:1: broker_id: expected a string\n"
+                             "t.conf:5: colour: unknown key\n"
+                             "t.conf:7: limits.max_inflight: 0 is out of range 1..10000\n"
+                             "t.conf:8: limits.bogus: unknown key\n"
+                             "t.conf:10: store.synchronous: expected \"full\" or \"normal\"\n"
+                             "t.conf:11: ttl.referral: expected an integer\n"
+                             "t.conf:12: facilities[0].role: \"x\" is not one of lead, township, "
+                             "imaging_centre, lab_centre, ecg_centre, county_member");
+    assert_int_equal(s_count_lines(err), 7);
+}
+
+static void test_conf_error_buffer_truncates_safely(void **state)
+{
+    (void)state;
+    char err[24];
+    memset(err, 'x', sizeof err);
+    conf_t *c = conf_load_string("", "t.conf", err, sizeof err);
+    assert_null(c);
+    /* NUL-terminated inside the buffer, a prefix of the full report. */
+    assert_non_null(memchr(err, '\0', sizeof err));
+    assert_int_equal(strlen(err), sizeof err - 1);
+    assert_memory_equal(err, "t.conf: facility_endpoin", sizeof err - 1);
+}
+
+static void test_conf_load_file_shipped_config(void **state)
+{
+    (void)state;
+    char err[2048] = "unchanged";
+    conf_t *c = conf_load_file(MR_CONF_PATH, err, sizeof err);
+    if (c == NULL)
+        fail_msg("%s: %s", MR_CONF_PATH, err);
+    assert_string_equal(err, "");
+    assert_int_equal(c->n_facilities, 18);
+    assert_true(c->insecure);
+    assert_string_equal(c->broker_id, "yx-medroute");
+    assert_string_equal(c->facility_endpoint, "tcp://127.0.0.1:7700");
+    assert_string_equal(c->operator_endpoint, "tcp://127.0.0.1:7701");
+    assert_string_equal(c->facilities[0].id, "yx-lead");
+    assert_int_equal(c->facilities[0].role, ROLE_LEAD);
+    assert_string_equal(c->facilities[17].id, "t-houqing");
+    assert_int_equal(c->facilities[17].role, ROLE_TOWNSHIP);
+    conf_destroy(&c);
+}
+
+static void test_conf_load_file_missing(void **state)
+{
+    (void)state;
+    char err[512] = "";
+    conf_t *c = conf_load_file("/nonexistent/medroute.conf", err, sizeof err);
+    assert_null(c);
+    assert_string_equal(err, "/nonexistent/medroute.conf: file I/O error");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_conf_full_config_every_field),
+        cmocka_unit_test(test_conf_defaults_when_groups_omitted),
+        cmocka_unit_test(test_conf_partial_group_keeps_other_defaults),
+        cmocka_unit_test(test_conf_unknown_top_level_key),
+        cmocka_unit_test(test_conf_unknown_key_in_limits),
+        cmocka_unit_test(test_conf_unknown_key_in_store),
+        cmocka_unit_test(test_conf_unknown_key_in_ttl),
+        cmocka_unit_test(test_conf_unknown_key_in_facility),
+        cmocka_unit_test(test_conf_wrong_types),
+        cmocka_unit_test(test_conf_wrong_facility_types),
+        cmocka_unit_test(test_conf_out_of_range_integers),
+        cmocka_unit_test(test_conf_bad_synchronous),
+        cmocka_unit_test(test_conf_missing_required_keys),
+        cmocka_unit_test(test_conf_bad_role),
+        cmocka_unit_test(test_conf_registry_checks),
+        cmocka_unit_test(test_conf_heartbeat_timeout_must_exceed_interval),
+        cmocka_unit_test(test_conf_syntax_error),
+        cmocka_unit_test(test_conf_several_problems_at_once),
+        cmocka_unit_test(test_conf_error_buffer_truncates_safely),
+        cmocka_unit_test(test_conf_load_file_shipped_config),
+        cmocka_unit_test(test_conf_load_file_missing),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -312,6 +312,11 @@ int mr_client_submit_packed(mr_client_t *self, const char *message_id, const voi
 {
     if (message_id == NULL || strlen(message_id) == 0 || strlen(message_id) > MR_MESSAGE_ID_MAX)
         return -EINVAL;
+    /* Already waiting for its Ack (e.g. resubmitted after a restart): the
+     * outbox sends it; submitting is idempotent. */
+    for (s_out_t *o = self->out_head; o; o = o->next)
+        if (strcmp(o->id, message_id) == 0)
+            return 0;
     int rc = s_outbox_push(self, message_id, envelope, len, self->persistent);
     if (rc < 0)
         return rc;

@@ -109,7 +109,8 @@ void mr_client_destroy(mr_client_t **self_p);
  */
 int mr_client_submit_json(mr_client_t *self, const char *json, char *id_out, char *err,
                           size_t errlen);
-/* Queues an already packed Envelope whose source is ours and message_id set. */
+/* Queues an already packed Envelope whose source is ours and message_id set.
+ * Submitting an id already waiting for its Ack does nothing (returns 0). */
 int mr_client_submit_packed(mr_client_t *self, const char *message_id, const void *envelope,
                             size_t len);
 

@@ -3,9 +3,11 @@
  *
  *   crash_peer send ENDPOINT FACILITY DEST COUNT STATE_DIR ACKED_FILE
  *     submits COUNT referrals "FACILITY-i" (i = 0..COUNT-1) with a window of
- *     50 unacknowledged, appending each Acked id to ACKED_FILE; exits 0 when
- *     all are acknowledged.  Ids and content are fixed by i, so a restarted
- *     sender resubmitting from its last Ack sends identical bytes.
+ *     50 unacknowledged, appending each Acked id to ACKED_FILE and each
+ *     submitted index to ACKED_FILE.sub; exits 0 when all are acknowledged.
+ *     A restarted sender continues after its last recorded submission; one
+ *     submitted but not yet recorded is submitted again with the same id and
+ *     bytes, which the library and broker absorb.
  *   crash_peer recv ENDPOINT FACILITY STATE_DIR OUT_FILE EXPECT
  *     appends "source id redelivered" for every delivery its handler gets,
  *     flushed before the handler returns; exits 0 after EXPECT lines in
@@ -70,18 +72,22 @@ static int s_send(int argc, char **argv)
     const char *endpoint = argv[2], *facility = argv[3], *dest = argv[4];
     long count = atol(argv[5]);
     peer_t p = {.out = fopen(argv[7], "a")};
-    if (p.out == NULL)
+    char sub_path[512];
+    snprintf(sub_path, sizeof sub_path, "%s.sub", argv[7]);
+    FILE *sub = fopen(sub_path, "a");
+    if (p.out == NULL || sub == NULL)
         return 2;
     mr_client_opts_t o = {.endpoint = endpoint, .facility = facility, .state_dir = argv[6],
                           .ack_timeout_ms = 3000};
     mr_client_t *c = mr_client_new(&o);
     if (c == NULL)
         return 2;
-    /* Start after the last acknowledged one; what is in the outbox is resent by the library. */
-    long next = s_count_lines(argv[7]) + (long)mr_client_unacked(c);
+    /* Continue after the last recorded submission; the outbox resends the rest. */
+    long next = s_count_lines(sub_path);
     p.acked = s_count_lines(argv[7]);
     p.last_traffic = s_now();
-    while (p.acked < count) {
+    /* Done when every index is submitted and the outbox is empty. */
+    while (next < count || mr_client_unacked(c) > 0) {
         while (next < count && mr_client_unacked(c) < 50) {
             char json[512];
             snprintf(json, sizeof json,
@@ -94,16 +100,19 @@ static int s_send(int argc, char **argv)
                 fprintf(stderr, "sender: %s\n", err);
                 return 1;
             }
+            fprintf(sub, "%ld\n", next);
+            fflush(sub);
             next++;
         }
         mr_client_poll(c, 50, on_send_event, &p);
         if (s_now() - p.last_traffic > 60000) {
-            fprintf(stderr, "sender %s: no Ack for 60 s (acked %ld of %ld)\n", facility, p.acked,
-                    count);
+            fprintf(stderr, "sender %s: no Ack for 60 s (%ld acked in this life)\n", facility,
+                    p.acked);
             return 1;
         }
     }
     mr_client_destroy(&c);
+    fclose(sub);
     fclose(p.out);
     return 0;
 }

@@ -48,6 +48,7 @@ void dispatch_reply_error(server_t *s, const uint8_t *rid, size_t rid_len, int p
     e.message_id = (char *)err->message_id;
     e.code = (Medroute__V1__ErrorCode)err->code;
     e.reason = (char *)err->reason;
+    e.seq = err->seq;
     mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
     f.version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
     f.body_case = MEDROUTE__V1__FRAME__BODY_ERROR;

@@ -49,8 +49,26 @@ static void s_reply_error(server_t *s, const uint8_t *rid, size_t rid_len, uint6
     s_reply(s, rid, rid_len, &r);
 }
 
-static void s_status(server_t *s, const uint8_t *rid, size_t rid_len, uint64_t request_id)
+static s_pending_t *s_pending(server_t *s, const uint8_t *rid, size_t rid_len,
+                              uint64_t request_id)
 {
+    if (rid_len > MR_RID_MAX)
+        return NULL;
+    s_pending_t *p = calloc(1, sizeof *p);
+    if (p == NULL)
+        return NULL;
+    p->s = s;
+    p->request_id = request_id;
+    memcpy(p->rid, rid, rid_len);
+    p->rid_len = rid_len;
+    return p;
+}
+
+/* Builds the status reply once the store has counted what is pending. */
+static void on_status_summary(store_req_t *req, void *arg)
+{
+    s_pending_t *pd = arg;
+    server_t *s = pd->s;
     size_t n = registry_count(s->registry);
     Medroute__V1__FacilityStatus *fs = calloc(n, sizeof *fs);
     Medroute__V1__FacilityStatus **fsp = calloc(n, sizeof *fsp);
@@ -58,7 +76,12 @@ static void s_status(server_t *s, const uint8_t *rid, size_t rid_len, uint64_t r
     Medroute__V1__Counter **csp = calloc(CNT_COUNT + MR_E_COUNT, sizeof *csp);
     char (*names)[48] = calloc(MR_E_COUNT, sizeof *names);
     if (!fs || !fsp || !cs || !csp || !names) {
-        s_reply_error(s, rid, rid_len, request_id, MR_E_INTERNAL, "out of memory");
+        s_reply_error(s, pd->rid, pd->rid_len, pd->request_id, MR_E_INTERNAL, "out of memory");
+        goto out;
+    }
+    if (req->status != STORE_OK) {
+        s_reply_error(s, pd->rid, pd->rid_len, pd->request_id, MR_E_STORE_UNAVAILABLE,
+                      "the store is unavailable");
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
@@ -70,12 +93,16 @@ static void s_status(server_t *s, const uint8_t *rid, size_t rid_len, uint64_t r
         fs[i].role = (char *)registry_role_name(f->role);
         fs[i].connected = p->connected;
         fs[i].last_seen_ms = p->last_seen_ms;
-        fs[i].pending = p->pending;
         fs[i].inflight = p->inflight.n;
-        fs[i].oldest_pending_ms = p->inflight.head   ? p->inflight.head->stored_ms
-                                  : p->ready.head    ? p->ready.head->stored_ms
-                                                     : 0;
         fsp[i] = &fs[i];
+    }
+    /* Pending counts and ages are the store's, not memory's. */
+    for (size_t r = 0; r < req->n_rows; r++) {
+        int i = registry_find(s->registry, req->rows[r].dest, strlen(req->rows[r].dest));
+        if (i < 0)
+            continue;
+        fs[i].pending = req->rows[r].count;
+        fs[i].oldest_pending_ms = req->rows[r].stored_ms;
     }
     size_t nc = 0;
     for (int c = 0; c < CNT_COUNT; c++) {
@@ -104,31 +131,17 @@ static void s_status(server_t *s, const uint8_t *rid, size_t rid_len, uint64_t r
     st.counters = csp;
     st.store_bytes = s->store_bytes;
     mr_op_reply_t r = MEDROUTE__V1__OP_REPLY__INIT;
-    r.request_id = request_id;
+    r.request_id = pd->request_id;
     r.body_case = MEDROUTE__V1__OP_REPLY__BODY_STATUS;
     r.status = &st;
-    s_reply(s, rid, rid_len, &r);
+    s_reply(s, pd->rid, pd->rid_len, &r);
 out:
     free(names);
     free(csp);
     free(cs);
     free(fsp);
     free(fs);
-}
-
-static s_pending_t *s_pending(server_t *s, const uint8_t *rid, size_t rid_len,
-                              uint64_t request_id)
-{
-    if (rid_len > MR_RID_MAX)
-        return NULL;
-    s_pending_t *p = calloc(1, sizeof *p);
-    if (p == NULL)
-        return NULL;
-    p->s = s;
-    p->request_id = request_id;
-    memcpy(p->rid, rid, rid_len);
-    p->rid_len = rid_len;
-    return p;
+    free(pd);
 }
 
 static void on_listed(store_req_t *req, void *arg)
@@ -224,6 +237,11 @@ static void s_store_request(server_t *s, const uint8_t *rid, size_t rid_len,
     if (pd == NULL)
         goto oom;
     switch (q->body_case) {
+    case MEDROUTE__V1__OP_REQUEST__BODY_STATUS:
+        req = store_req_new(STORE_SUMMARY, on_status_summary, pd);
+        if (req == NULL)
+            goto oom;
+        break;
     case MEDROUTE__V1__OP_REQUEST__BODY_QUEUE_LIST: {
         const Medroute__V1__QueueListRequest *l = q->queue_list;
         req = store_req_new(STORE_LIST, on_listed, pd);
@@ -283,9 +301,8 @@ void opapi_on_message(void *arg, const uint8_t *rid, size_t rid_len, const void 
     if (q->version != MR_PROTOCOL_VERSION) {
         s_reply_error(s, rid, rid_len, q->request_id, MR_E_UNSUPPORTED_VERSION,
                       "unsupported protocol version");
-    } else if (q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_STATUS) {
-        s_status(s, rid, rid_len, q->request_id);
-    } else if (q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_QUEUE_LIST ||
+    } else if (q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_STATUS ||
+               q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_QUEUE_LIST ||
                q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_QUEUE_RETRY ||
                q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_QUEUE_DROP) {
         s_store_request(s, rid, rid_len, q);

@@ -46,7 +46,6 @@ typedef struct {
     bool complete;          /* no pending message with seq > cursor in the store */
     bool loading;           /* a STORE_LOAD is in flight */
     uint64_t pending;       /* stored, not yet acknowledged (store truth) */
-    uint64_t oldest_seq;    /* lowest pending seq known, 0 = unknown/none */
 } peer_t;
 
 #endif

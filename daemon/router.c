@@ -229,8 +229,6 @@ void router_on_stored(server_t *s, int peer, uint64_t seq, uint8_t *body, size_t
 {
     peer_t *p = &s->peers[peer];
     p->pending++;
-    if (p->oldest_seq == 0)
-        p->oldest_seq = seq;
     if (p->loading) {
         free(body); /* the load in flight was executed after this commit */
         return;
@@ -281,8 +279,6 @@ void router_forget(server_t *s, int peer, uint64_t seq)
     s_free(m);
     if (p->pending > 0)
         p->pending--;
-    if (p->oldest_seq == seq)
-        p->oldest_seq = 0;
 }
 
 void router_on_retried(server_t *s, int peer, uint64_t seq, uint8_t *body, size_t len,
@@ -329,6 +325,7 @@ static void on_acked(store_req_t *req, void *arg)
         mr_err_t err = {0};
         mr_fail(&err, MR_E_UNKNOWN_DELIVERY, "no pending delivery %llu for this facility",
                 (unsigned long long)seq);
+        err.seq = seq;
         if (p->connected)
             dispatch_reply_error(s, p->rid, p->rid_len, peer, &err);
         break;
@@ -398,7 +395,6 @@ static void on_summary(store_req_t *req, void *arg)
             continue;
         }
         s->peers[peer].pending += r->count;
-        s->peers[peer].oldest_seq = r->seq;
     }
     for (size_t i = 0; i < n; i++)
         if (s->peers[i].pending == 0 && !s->peers[i].loading)
@@ -425,7 +421,9 @@ void router_cron(server_t *s, int64_t now_ms)
         if (!p->connected)
             continue;
         for (qmsg_t *m = p->inflight.head; m; m = m->next) {
-            if (m->acking || now_ms - m->sent_ms < timeout)
+            /* Back off: each unanswered send doubles the wait, up to 32x. */
+            unsigned shift = m->attempts > 1 ? (m->attempts - 1 < 5 ? m->attempts - 1 : 5) : 0;
+            if (m->acking || now_ms - m->sent_ms < (timeout << shift))
                 continue;
             int rc = s_send(s, (int)i, m);
             if (rc == -EHOSTUNREACH) {

@@ -71,7 +71,8 @@ static const char *const s_sql[S_STMT_COUNT] = {
     [S_LIST_DEST] = "SELECT seq, source, message_id, dest, kind, priority, stored_ms, expires_ms,"
                     " dead_reason, NULL FROM messages WHERE state = ?1 AND dest = ?3"
                     " ORDER BY seq LIMIT ?2",
-    [S_SUMMARY] = "SELECT dest, count(*), min(seq) FROM messages WHERE state = 0 GROUP BY dest",
+    [S_SUMMARY] = "SELECT dest, count(*), min(seq), min(stored_ms) FROM messages WHERE state = 0"
+                  " GROUP BY dest",
     [S_DROP] = "UPDATE messages SET state = 2, done_ms = ?3, dead_reason = ?2"
                " WHERE seq = ?1 AND state = 0 RETURNING seq, source, message_id, dest, kind,"
                " priority, stored_ms, expires_ms, dead_reason, NULL",
@@ -419,6 +420,7 @@ static int s_op_summary(store_t *self, store_req_t *req)
         r->dest = s_text(st, 0);
         r->count = (uint64_t)sqlite3_column_int64(st, 1);
         r->seq = (uint64_t)sqlite3_column_int64(st, 2);
+        r->stored_ms = sqlite3_column_int64(st, 3);
         if (r->dest == NULL)
             return SQLITE_NOMEM;
     }

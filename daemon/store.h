@@ -28,7 +28,7 @@ typedef enum {
     STORE_ACK,         /* the destination acknowledged delivery of seq */
     STORE_LOAD,        /* pending messages for dest with seq > after, in order */
     STORE_LIST,        /* pending or dead messages, for operators */
-    STORE_SUMMARY,     /* per destination: pending count and oldest */
+    STORE_SUMMARY,     /* per destination: pending count, lowest seq, oldest stored_ms */
     STORE_DROP,        /* move a pending message to dead with a reason; row returned */
     STORE_RETRY,       /* move a dead message back to pending; row with body returned */
     STORE_EXPIRE,      /* move pending messages past their expiry to dead */

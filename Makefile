@@ -23,6 +23,10 @@ test: build
 demo: build
 	@bash scripts/demo.sh $(BUILD)
 
+# The benchmarks of issue 8 (bench/run.sh): one table, about 5 minutes.
+bench: build
+	@bash bench/run.sh $(BUILD)
+
 # The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer.
 asan:
 	@$(MAKE) test BUILD=build-asan CMAKE_FLAGS="-DCMAKE_BUILD_TYPE=Debug -DMR_SANITIZE=ON"

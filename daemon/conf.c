@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum { S_STR, S_BOOL, S_U32 } s_type_t;
+typedef enum { S_STR, S_BOOL, S_U32, S_DOUBLE } s_type_t;
 
 typedef struct {
     const char *key;
@@ -33,6 +33,25 @@ static const s_field_t s_top[] = {
     S_FIELD("data_dir", S_STR, data_dir, 0, 0),
     S_FIELD("insecure", S_BOOL, insecure, 0, 0),
     S_FIELD("log_level", S_STR, log_level, 0, 0),
+    S_FIELD("timezone", S_STR, timezone, 0, 0),
+    {NULL, 0, 0, 0, 0},
+};
+
+static const s_field_t s_referrals[] = {
+    S_FIELD("min_reserved_share", S_DOUBLE, min_reserved_share, 0, 1),
+    S_FIELD("allow_low_reserve", S_BOOL, allow_low_reserve, 0, 0),
+    S_FIELD("reserve_release_cutoff_s", S_U32, reserve_cutoff_s, 0, 30 * 86400),
+    {NULL, 0, 0, 0, 0},
+};
+
+static const s_field_t s_sla[] = {
+    S_FIELD("urgent_accept_s", S_U32, sla_urgent_accept_s, 1, 30 * 86400),
+    S_FIELD("stat_accept_s", S_U32, sla_stat_accept_s, 1, 30 * 86400),
+    S_FIELD("imaging_final_s", S_U32, sla_imaging_final_s, 1, 30 * 86400),
+    S_FIELD("stat_imaging_final_s", S_U32, sla_stat_imaging_final_s, 1, 30 * 86400),
+    S_FIELD("lab_result_s", S_U32, sla_lab_result_s, 1, 30 * 86400),
+    S_FIELD("stat_lab_result_s", S_U32, sla_stat_lab_result_s, 1, 30 * 86400),
+    S_FIELD("critical_readback_s", S_U32, sla_critical_readback_s, 1, 30 * 86400),
     {NULL, 0, 0, 0, 0},
 };
 
@@ -60,6 +79,7 @@ static const s_field_t s_ttl[] = {
     S_TTL("imaging_report", MEDROUTE__V1__KIND__KIND_IMAGING_REPORT),
     S_TTL("lab_order", MEDROUTE__V1__KIND__KIND_LAB_ORDER),
     S_TTL("lab_result", MEDROUTE__V1__KIND__KIND_LAB_RESULT),
+    S_TTL("critical_ack", MEDROUTE__V1__KIND__KIND_CRITICAL_ACK),
     {NULL, 0, 0, 0, 0},
 };
 
@@ -111,6 +131,17 @@ static void s_defaults(conf_t *c)
     c->ttl_s[MEDROUTE__V1__KIND__KIND_IMAGING_REPORT] = 7 * 86400;
     c->ttl_s[MEDROUTE__V1__KIND__KIND_LAB_ORDER] = 2 * 86400;
     c->ttl_s[MEDROUTE__V1__KIND__KIND_LAB_RESULT] = 7 * 86400;
+    c->ttl_s[MEDROUTE__V1__KIND__KIND_CAPACITY] = 7 * 86400;
+    c->ttl_s[MEDROUTE__V1__KIND__KIND_CRITICAL_ACK] = 86400;
+    c->min_reserved_share = 0.20;
+    c->reserve_cutoff_s = 86400;
+    c->sla_urgent_accept_s = 1800;
+    c->sla_stat_accept_s = 600;
+    c->sla_imaging_final_s = 4 * 3600;
+    c->sla_stat_imaging_final_s = 3600;
+    c->sla_lab_result_s = 4 * 3600;
+    c->sla_stat_lab_result_s = 3600;
+    c->sla_critical_readback_s = 900;
 }
 
 static const s_field_t *s_lookup(const s_field_t *fields, const char *key)
@@ -163,6 +194,23 @@ static void s_read_field(s_report_t *r, conf_t *c, const s_field_t *f, config_se
             return;
         }
         *(uint32_t *)(base + f->offset) = (uint32_t)v;
+        return;
+    }
+    case S_DOUBLE: {
+        double v;
+        if (type == CONFIG_TYPE_FLOAT)
+            v = config_setting_get_float(s);
+        else if (type == CONFIG_TYPE_INT)
+            v = config_setting_get_int(s);
+        else {
+            s_problem(r, line, "%s: expected a number", path);
+            return;
+        }
+        if (v < (double)f->min || v > (double)f->max) {
+            s_problem(r, line, "%s: %g is out of range %lld..%lld", path, v, f->min, f->max);
+            return;
+        }
+        *(double *)(base + f->offset) = v;
         return;
     }
     }
@@ -298,6 +346,8 @@ static void s_validate(s_report_t *r, conf_t *c)
         s_problem(r, 0, "out of memory");
     if (c->log_level == NULL && (c->log_level = strdup("info")) == NULL)
         s_problem(r, 0, "out of memory");
+    if (c->timezone == NULL && (c->timezone = strdup("Asia/Shanghai")) == NULL)
+        s_problem(r, 0, "out of memory");
 }
 
 static conf_t *s_load(config_t *cfg, int read_ok, const char *name, char *err, size_t errlen)
@@ -328,7 +378,8 @@ static conf_t *s_load(config_t *cfg, int read_ok, const char *name, char *err, s
             s_read_facilities(&r, c, s);
         else if (config_setting_type(s) != CONFIG_TYPE_GROUP &&
                  (strcmp(key, "limits") == 0 || strcmp(key, "store") == 0 ||
-                  strcmp(key, "ttl") == 0))
+                  strcmp(key, "ttl") == 0 || strcmp(key, "referrals") == 0 ||
+                  strcmp(key, "sla") == 0))
             s_problem(&r, line, "%s: expected a group { ... }", key);
         else if (strcmp(key, "limits") == 0)
             s_read_group(&r, c, s, "limits.", s_limits);
@@ -336,6 +387,10 @@ static conf_t *s_load(config_t *cfg, int read_ok, const char *name, char *err, s
             s_read_store(&r, c, s);
         else if (strcmp(key, "ttl") == 0)
             s_read_group(&r, c, s, "ttl.", s_ttl);
+        else if (strcmp(key, "referrals") == 0)
+            s_read_group(&r, c, s, "referrals.", s_referrals);
+        else if (strcmp(key, "sla") == 0)
+            s_read_group(&r, c, s, "sla.", s_sla);
         else
             s_problem(&r, line, "%s: unknown key", key);
     }
@@ -376,6 +431,7 @@ void conf_destroy(conf_t **self_p)
     free(c->operator_endpoint);
     free(c->data_dir);
     free(c->log_level);
+    free(c->timezone);
     for (size_t i = 0; i < c->n_facilities; i++) {
         free(c->facilities[i].id);
         free(c->facilities[i].name);

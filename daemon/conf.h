@@ -39,6 +39,21 @@ typedef struct {
     /* time-to-live per kind, seconds; index by Kind */
     uint32_t ttl_s[MR_KIND_MAX + 1];
 
+    /* referrals and the reserved-capacity ledger */
+    double min_reserved_share;       /* refuse a capacity notice reserving less (0.20) */
+    bool allow_low_reserve;          /* accept it anyway, with a warning */
+    uint32_t reserve_cutoff_s;       /* unclaimed reserve released this long before the slots */
+    char *timezone;                  /* local time for days and periods */
+
+    /* service levels: past these, an escalation event */
+    uint32_t sla_urgent_accept_s;
+    uint32_t sla_stat_accept_s;
+    uint32_t sla_imaging_final_s;
+    uint32_t sla_stat_imaging_final_s;
+    uint32_t sla_lab_result_s;
+    uint32_t sla_stat_lab_result_s;
+    uint32_t sla_critical_readback_s;
+
     facility_t *facilities;
     size_t n_facilities;
 } conf_t;

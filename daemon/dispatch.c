@@ -58,8 +58,10 @@ void dispatch_reply_error(server_t *s, const uint8_t *rid, size_t rid_len, int p
     if (err->code > 0 && err->code < MR_E_COUNT)
         s->counters.rejected_by_code[err->code]++;
     const facility_t *fac = peer >= 0 ? registry_at(s->registry, (size_t)peer) : NULL;
-    log_warn(s->log, "message.rejected", "facility=%s message_id=\"%.64s\" code=%s reason=\"%s\"",
-             fac ? fac->id : "-", err->message_id, mr_error_name(err->code), err->reason);
+    char id[MR_MESSAGE_ID_MAX + 1], why[sizeof err->reason];
+    log_warn(s->log, "message.rejected", "facility=%s message_id=\"%s\" code=%s reason=\"%s\"",
+             fac ? fac->id : "-", log_clean(id, sizeof id, err->message_id),
+             mr_error_name(err->code), log_clean(why, sizeof why, err->reason));
     if (rid != NULL)
         server_send_facility(s, rid, rid_len, &f.base);
 }

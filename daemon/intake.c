@@ -12,9 +12,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "clinical.h"
 #include "dispatch.h"
+#include "facts.h"
 #include "handlers.h"
+#include "policy.h"
 #include "router.h"
 
 static int s_set(char *reason, size_t len, int code, const char *text)
@@ -26,6 +30,7 @@ static int s_set(char *reason, size_t len, int code, const char *text)
 int intake_validate(const server_t *s, int peer, const mr_envelope_t *env, int *dest_out,
                     char *reason, size_t reason_len)
 {
+    int dest;
     size_t id_len = env->message_id ? strlen(env->message_id) : 0;
     if (id_len == 0 || id_len > MR_MESSAGE_ID_MAX)
         return s_set(reason, reason_len, MR_E_INVALID, "message_id must be 1..64 characters");
@@ -42,7 +47,24 @@ int intake_validate(const server_t *s, int peer, const mr_envelope_t *env, int *
     size_t dlen = env->destination ? strlen(env->destination) : 0;
     if (dlen == 0)
         return s_set(reason, reason_len, MR_E_INVALID, "destination is required");
-    int dest = registry_find(s->registry, env->destination, dlen);
+    const char *kind = mr_kind_name((int)env->kind);
+    if (kind == NULL) {
+        snprintf(reason, reason_len, "kind %d is not a known kind", (int)env->kind);
+        return MR_E_UNKNOWN_KIND;
+    }
+    const char *why = NULL;
+    if (policy_may_send(me->role, (int)env->kind, &why) != 0)
+        return s_set(reason, reason_len, MR_E_FORBIDDEN, why);
+    if (policy_broker_bound((int)env->kind)) {
+        if (strcmp(env->destination, s->conf->broker_id) != 0) {
+            snprintf(reason, reason_len, "kind %s is addressed to the broker (%s)", kind,
+                     s->conf->broker_id);
+            return MR_E_INVALID;
+        }
+        dest = -1;
+        goto payload;
+    }
+    dest = registry_find(s->registry, env->destination, dlen);
     if (dest < 0) {
         snprintf(reason, reason_len, "destination \"%.64s\" is not in the registry",
                  env->destination);
@@ -50,11 +72,7 @@ int intake_validate(const server_t *s, int peer, const mr_envelope_t *env, int *
     }
     if (dest == peer)
         return s_set(reason, reason_len, MR_E_INVALID, "destination is the sender itself");
-    const char *kind = mr_kind_name((int)env->kind);
-    if (kind == NULL) {
-        snprintf(reason, reason_len, "kind %d is not a known kind", (int)env->kind);
-        return MR_E_UNKNOWN_KIND;
-    }
+payload:
     if ((int)env->payload_case != mr_kind_payload_case((int)env->kind)) {
         snprintf(reason, reason_len, "kind %s does not match the payload (case %d)", kind,
                  (int)env->payload_case);
@@ -115,6 +133,20 @@ static void s_send_ack(server_t *s, int peer, const char *message_id, uint64_t s
     server_send_facility(s, p->rid, p->rid_len, &f.base);
 }
 
+/* Logs what a stored message did to the clinical state. */
+static void s_log_effect(server_t *s, const store_req_t *req)
+{
+    const clin_facts_t *f = req->facts;
+    if (f == NULL || (f->kind != MEDROUTE__V1__KIND__KIND_REFERRAL &&
+                      f->kind != MEDROUTE__V1__KIND__KIND_REFERRAL_UPDATE))
+        return;
+    log_info(s->log, "referral.step", "seq=%llu source=%s dest=%s state=%s claim=%s%s",
+             (unsigned long long)req->seq, req->msg.source, req->msg.dest,
+             referral_state_name((ref_state_t)req->clin.ref_state),
+             slots_claim_name((claim_t)req->clin.claim),
+             req->clin.claim_released ? " released=1" : "");
+}
+
 static void on_put(store_req_t *req, void *arg)
 {
     server_t *s = arg;
@@ -127,8 +159,12 @@ static void on_put(store_req_t *req, void *arg)
         s->counters.v[CNT_STORED]++;
         if (src >= 0)
             s_send_ack(s, src, req->msg.message_id, req->seq, false);
-        router_on_stored(s, dest, req->seq, req->msg.body, req->msg.body_len, req->msg.stored_ms);
-        req->msg.body = NULL; /* the router owns it now */
+        s_log_effect(s, req);
+        if (dest >= 0) {
+            router_on_stored(s, dest, req->seq, req->msg.body, req->msg.body_len,
+                             req->msg.stored_ms, req->facts && facts_express(req->facts));
+            req->msg.body = NULL; /* the router owns it now */
+        }
         return;
     case STORE_DUPLICATE:
         s->counters.v[CNT_DUPLICATE]++;
@@ -137,6 +173,10 @@ static void on_put(store_req_t *req, void *arg)
         return;
     case STORE_CONFLICT:
         mr_fail(&err, MR_E_CONFLICT, "message_id was used before for different content");
+        break;
+    case STORE_REFUSED:
+        err.code = req->clin.code;
+        snprintf(err.reason, sizeof err.reason, "%s", req->clin.reason);
         break;
     default:
         mr_fail(&err, MR_E_STORE_UNAVAILABLE, "the store could not commit the message; resend");
@@ -172,9 +212,20 @@ int handle_envelope(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f,
     m->priority = (int)env->priority;
     m->stored_ms = now;
     m->expires_ms = s_expiry(s, env, now);
-    if (m->source == NULL || m->message_id == NULL || m->dest == NULL ||
+    /* A message to the broker itself is delivered the moment it is stored. */
+    req->state = dest < 0 ? MSG_DELIVERED : MSG_PENDING;
+    code = facts_extract(s, ctx->peer, dest, env, m->expires_ms, now, &req->facts, err->reason,
+                         sizeof err->reason);
+    if (code > 0) {
+        store_row_clear(m);
+        free(req);
+        err->code = code;
+        return code;
+    }
+    if (code < 0 || m->source == NULL || m->message_id == NULL || m->dest == NULL ||
         mr_pack(&env->base, &m->body, &m->body_len) != 0 ||
         s_content_hash(env, &m->content_hash) != 0) {
+        clinical_facts_free(req->facts);
         store_row_clear(m);
         free(req);
         return mr_fail(err, MR_E_INTERNAL, "out of memory");

@@ -120,3 +120,15 @@ void log_event(log_t *self, log_level_t level, const char *event, const char *fi
     fflush(self->out);
     pthread_mutex_unlock(&self->lock);
 }
+
+const char *log_clean(char *buf, size_t len, const char *s)
+{
+    size_t i = 0;
+    for (; s != NULL && s[i] != '\0' && i + 1 < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        buf[i] = c < 0x20 || c == 0x7f || c == '"' || c == '\\' ? '?' : (char)c;
+    }
+    if (len > 0)
+        buf[i] = '\0';
+    return buf;
+}

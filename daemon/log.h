@@ -31,6 +31,13 @@ int log_enabled(const log_t *self, log_level_t level);
 void log_event(log_t *self, log_level_t level, const char *event, const char *fields, ...)
     __attribute__((format(printf, 4, 5)));
 
+/*
+ * Copies s into buf (len bytes) for use inside a quoted log value: control
+ * characters, quotes and backslashes become '?', so that a peer-supplied
+ * string cannot forge a line or a field.  Returns buf.
+ */
+const char *log_clean(char *buf, size_t len, const char *s);
+
 #define log_error(l, ev, ...) log_event((l), MR_LOG_ERROR, (ev), __VA_ARGS__)
 #define log_warn(l, ev, ...) log_event((l), MR_LOG_WARN, (ev), __VA_ARGS__)
 #define log_info(l, ev, ...) log_event((l), MR_LOG_INFO, (ev), __VA_ARGS__)

@@ -22,6 +22,7 @@ typedef struct qmsg_t {
     int64_t sent_ms;        /* last send, 0 = never */
     uint32_t attempts;      /* sends so far */
     bool acking;            /* DeliveryAck received, store write in flight */
+    bool express;           /* critical or stat: sent ahead of routine messages */
     struct qmsg_t *next;
 } qmsg_t;
 

@@ -44,6 +44,20 @@ static void s_push(qlist_t *l, qmsg_t *m)
     l->n++;
 }
 
+/* Puts an express message after the express ones already waiting, ahead of
+ * every routine one. */
+static void s_push_express(qlist_t *l, qmsg_t *m)
+{
+    qmsg_t **pp = &l->head;
+    while (*pp && (*pp)->express)
+        pp = &(*pp)->next;
+    m->next = *pp;
+    *pp = m;
+    if (m->next == NULL)
+        l->tail = m;
+    l->n++;
+}
+
 static qmsg_t *s_pop(qlist_t *l)
 {
     qmsg_t *m = l->head;
@@ -225,7 +239,7 @@ static void on_loaded(store_req_t *req, void *arg)
 }
 
 void router_on_stored(server_t *s, int peer, uint64_t seq, uint8_t *body, size_t len,
-                      int64_t stored_ms)
+                      int64_t stored_ms, bool express)
 {
     peer_t *p = &s->peers[peer];
     p->pending++;
@@ -244,7 +258,11 @@ void router_on_stored(server_t *s, int peer, uint64_t seq, uint8_t *body, size_t
         free(body);
         return;
     }
-    s_push(&p->ready, m);
+    m->express = express;
+    if (express)
+        s_push_express(&p->ready, m);
+    else
+        s_push(&p->ready, m);
     p->cursor = seq;
     router_pump(s, peer);
 }

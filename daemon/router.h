@@ -14,9 +14,10 @@
 /* Start-up: learns every destination's pending count from the store. */
 int router_start(server_t *s);
 /* A message for peer committed with seq; body (packed Envelope) is handed
- * over to the router, which frees it. */
+ * over to the router, which frees it.  An express message (a critical value
+ * or finding, or stat) goes ahead of routine messages waiting in memory. */
 void router_on_stored(server_t *s, int peer, uint64_t seq, uint8_t *body, size_t len,
-                      int64_t stored_ms);
+                      int64_t stored_ms, bool express);
 /* Sends what the window allows; loads more from the store when needed. */
 void router_pump(server_t *s, int peer);
 /* The facility's session ended: in-flight deliveries will be sent again. */

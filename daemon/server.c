@@ -62,9 +62,12 @@ static void s_close_all(server_t *self)
     endpoint_destroy(&self->operator_ep);
     if (!uv_is_closing((uv_handle_t *)&self->cron))
         uv_close((uv_handle_t *)&self->cron, NULL);
-    uv_close((uv_handle_t *)&self->sig_int, NULL);
-    uv_close((uv_handle_t *)&self->sig_term, NULL);
-    uv_close((uv_handle_t *)&self->sig_hup, NULL);
+    /* The signal watchers stay installed until server_destroy (closing them
+     * would restore the default action, and a late SIGTERM would kill us
+     * mid-shutdown); unref'd, they no longer keep the loop running. */
+    uv_unref((uv_handle_t *)&self->sig_int);
+    uv_unref((uv_handle_t *)&self->sig_term);
+    uv_unref((uv_handle_t *)&self->sig_hup);
     /* Runs whatever is still queued and its callbacks (which find the
      * sockets gone and only update state). */
     store_destroy(&self->store);
@@ -89,6 +92,8 @@ static void on_signal(uv_signal_t *handle, int signum)
         log_info(self->log, "server.reload_requested", "result=not_supported_yet");
         return;
     }
+    if (self->store == NULL)
+        return; /* already closing */
     if (++self->stop_signals > 1) {
         log_warn(self->log, "server.stop_now", "signal=%d", signum);
         uv_timer_stop(&self->cron);

@@ -91,8 +91,10 @@ int handle_hello(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f, mr
     p->last_seen_ms = mr_now_ms();
     uint32_t want = h->max_inflight ? h->max_inflight : s->conf->max_inflight;
     p->max_inflight = want < s->conf->max_inflight ? want : s->conf->max_inflight;
-    log_info(s->log, "facility.connected", "facility=%s client=\"%.40s\" pending=%llu%s",
-             registry_at(s->registry, (size_t)peer)->id, h->client_name ? h->client_name : "",
+    char client[41];
+    log_info(s->log, "facility.connected", "facility=%s client=\"%s\" pending=%llu%s",
+             registry_at(s->registry, (size_t)peer)->id,
+             log_clean(client, sizeof client, h->client_name),
              (unsigned long long)p->pending, same_rid ? " again=1" : "");
     s_send_welcome(s, peer);
     /* A repeated Hello on the same connection means the client restarted its

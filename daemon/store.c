@@ -57,7 +57,8 @@ enum {
 
 static const char *const s_sql[S_STMT_COUNT] = {
     [S_PUT_INSERT] = "INSERT INTO messages(source, message_id, dest, kind, priority, stored_ms,"
-                     " expires_ms, body, content_hash) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+                     " expires_ms, body, content_hash, state, done_ms)"
+                     " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, CASE ?10 WHEN 1 THEN ?6 END)"
                      " ON CONFLICT(source, message_id) DO NOTHING",
     [S_PUT_FIND] = "SELECT seq, content_hash FROM messages WHERE source = ?1 AND message_id = ?2",
     [S_ACK_UPDATE] = "UPDATE messages SET state = 1, done_ms = ?3"
@@ -124,15 +125,16 @@ struct store_t {
     /* store thread only */
     sqlite3 *db;
     sqlite3_stmt *stmt[S_STMT_COUNT];
+    clinical_t *clin;
     int last_error;                          /* SQLite code of the failure being reported */
     bool opened_once;
 };
 
 const char *store_status_name(store_status_t s)
 {
-    static const char *const names[] = {"ok", "duplicate", "conflict", "not_found",
-                                        "unavailable"};
-    return s <= STORE_UNAVAILABLE ? names[s] : "?";
+    static const char *const names[] = {"ok",          "duplicate", "conflict", "not_found",
+                                        "unavailable", "refused"};
+    return s <= STORE_REFUSED ? names[s] : "?";
 }
 
 void store_row_clear(store_row_t *row)
@@ -159,6 +161,11 @@ store_req_t *store_req_new(store_op_t op, store_cb_t cb, void *arg)
 static void s_req_free(store_req_t *req)
 {
     store_row_clear(&req->msg);
+    clinical_facts_free(req->facts);
+    clinical_events_free(req->events, req->n_events);
+    clinical_slots_free(req->slots, req->n_slots);
+    clinical_open_free(req->open, req->n_open);
+    free(req->query);
     for (size_t i = 0; req->rows != NULL && i < req->n_rows; i++)
         store_row_clear(&req->rows[i]);
     free(req->rows);
@@ -169,6 +176,7 @@ static void s_req_free(store_req_t *req)
 
 static void s_close_db(store_t *self)
 {
+    clinical_close(&self->clin);
     for (int i = 0; i < S_STMT_COUNT; i++) {
         sqlite3_finalize(self->stmt[i]);
         self->stmt[i] = NULL;
@@ -234,6 +242,9 @@ static int s_open_db(store_t *self)
     /* No integrity scan here: it reads the whole file, and start-up must stay
      * fast with a million messages pending.  Corruption shows as
      * SQLITE_CORRUPT on the first statement that meets it. */
+    self->clin = clinical_open(self->db, &rc);
+    if (self->clin == NULL)
+        goto fail;
     for (int i = 0; i < S_STMT_COUNT; i++) {
         rc = sqlite3_prepare_v3(self->db, s_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &self->stmt[i],
                                 NULL);
@@ -338,13 +349,33 @@ static int s_op_put(store_t *self, store_req_t *req)
     S_BIND(sqlite3_bind_int64(st, 7, m->expires_ms));
     S_BIND(sqlite3_bind_blob(st, 8, m->body, (int)m->body_len, SQLITE_STATIC));
     S_BIND(sqlite3_bind_int64(st, 9, (sqlite3_int64)m->content_hash));
-    int rc = sqlite3_step(st);
+    S_BIND(sqlite3_bind_int(st, 10, req->state));
+    /* The clinical effects may refuse the message: a savepoint undoes the insert. */
+    int rc = req->facts ? sqlite3_exec(self->db, "SAVEPOINT put", NULL, NULL, NULL) : SQLITE_OK;
+    if (rc != SQLITE_OK)
+        return rc;
+    rc = sqlite3_step(st);
     if (rc != SQLITE_DONE)
         return rc;
     if (sqlite3_changes(self->db) == 1) {
         req->seq = (uint64_t)sqlite3_last_insert_rowid(self->db);
         req->status = STORE_OK;
-        return SQLITE_OK;
+        if (req->facts == NULL)
+            return SQLITE_OK;
+        sqlite3_reset(st);
+        rc = clinical_on_put(self->clin, req->seq, m->source, m->dest, req->facts, m->stored_ms,
+                             &req->clin);
+        if (rc == SQLITE_OK && req->clin.code != 0) {
+            req->status = STORE_REFUSED;
+            rc = sqlite3_exec(self->db, "ROLLBACK TO put", NULL, NULL, NULL);
+        }
+        return rc == SQLITE_OK ? sqlite3_exec(self->db, "RELEASE put", NULL, NULL, NULL) : rc;
+    }
+    if (req->facts != NULL) {
+        sqlite3_reset(st);
+        rc = sqlite3_exec(self->db, "RELEASE put", NULL, NULL, NULL);
+        if (rc != SQLITE_OK)
+            return rc;
     }
     /* Seen before: the same content is a resend, other content a conflict. */
     st = s_stmt(self, S_PUT_FIND);
@@ -370,7 +401,8 @@ static int s_op_ack(store_t *self, store_req_t *req)
         return rc;
     if (sqlite3_changes(self->db) == 1) {
         req->status = STORE_OK;
-        return SQLITE_OK;
+        sqlite3_reset(st);
+        return clinical_on_delivered(self->clin, req->msg.seq, req->now_ms);
     }
     st = s_stmt(self, S_ACK_FIND);
     S_BIND(sqlite3_bind_int64(st, 1, (sqlite3_int64)req->msg.seq));
@@ -496,6 +528,14 @@ static int s_execute(store_t *self, store_req_t *req)
     case STORE_EXPIRE: rc = s_op_expire(self, req); break;
     case STORE_PRUNE: rc = s_op_prune(self, req); break;
     case STORE_SIZE: rc = s_op_size(self, req); break;
+    case STORE_SCAN:
+        rc = clinical_scan(self->clin, &req->sla, req->now_ms, &req->events, &req->n_events);
+        break;
+    case STORE_SLOTS: rc = clinical_slots(self->clin, req->query, &req->slots, &req->n_slots); break;
+    case STORE_OPEN:
+        rc = clinical_open_loops(self->clin, req->query, req->older_than_ms, &req->open,
+                                 &req->n_open);
+        break;
     default: rc = SQLITE_MISUSE; break;
     }
     /* Release the statements (and any read they hold) for the next request. */
@@ -553,6 +593,9 @@ static void s_fail_batch(store_req_t *head)
         for (size_t i = 0; i < r->n_rows; i++)
             store_row_clear(&r->rows[i]);
         r->n_rows = 0;
+        clinical_events_free(r->events, r->n_events);
+        r->events = NULL;
+        r->n_events = 0;
     }
 }
 

@@ -21,6 +21,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "clinical.h"
 #include "log.h"
 
 typedef enum {
@@ -34,6 +35,9 @@ typedef enum {
     STORE_EXPIRE,      /* move pending messages past their expiry to dead */
     STORE_PRUNE,       /* delete delivered messages older than retention */
     STORE_SIZE,        /* the store's size on disk in bytes */
+    STORE_SCAN,        /* service levels, referral expiry, reserve cut-offs due now */
+    STORE_SLOTS,       /* the reserved-capacity ledger, for operators */
+    STORE_OPEN,        /* open referrals and loops, for operators */
     STORE_OP_COUNT
 } store_op_t;
 
@@ -43,6 +47,7 @@ typedef enum {
     STORE_CONFLICT,    /* PUT: same id, different content */
     STORE_NOT_FOUND,   /* ACK/DROP/RETRY: no such message in the expected state */
     STORE_UNAVAILABLE, /* the store could not do it; nothing changed */
+    STORE_REFUSED,     /* PUT: the clinical state refuses it (req->clin says why); not stored */
 } store_status_t;
 
 typedef enum { MSG_PENDING = 0, MSG_DELIVERED = 1, MSG_DEAD = 2 } msg_state_t;
@@ -75,7 +80,12 @@ struct store_req_t {
     store_row_t msg;   /* PUT: the message; ACK: seq + dest; DROP: seq + dead_reason */
     uint64_t after;    /* LOAD: seq to continue after */
     uint32_t limit;    /* LOAD, LIST, PRUNE: at most this many */
-    int state;         /* LIST: MSG_PENDING or MSG_DEAD */
+    int state;         /* LIST: MSG_PENDING or MSG_DEAD; PUT: MSG_PENDING, or MSG_DELIVERED
+                          for a message to the broker itself */
+    clin_facts_t *facts; /* PUT: the clinical facts to apply (owned), or NULL */
+    clin_sla_t sla;    /* SCAN */
+    char *query;       /* SLOTS: date; OPEN: facility (owned, may be NULL) */
+    int64_t older_than_ms; /* OPEN: opened at or before */
     int64_t now_ms;    /* EXPIRE, PRUNE, ACK: the time to compare with / record */
     int64_t before_ms; /* PRUNE: delivered before this */
     /* outputs */
@@ -84,6 +94,13 @@ struct store_req_t {
     uint64_t value;    /* SIZE: bytes; PRUNE: rows deleted */
     store_row_t *rows; /* LOAD, LIST, SUMMARY, EXPIRE */
     size_t n_rows;
+    clin_result_t clin;     /* PUT: refusal or effect */
+    clin_event_t *events;   /* SCAN */
+    size_t n_events;
+    clin_slot_t *slots;     /* SLOTS */
+    size_t n_slots;
+    clin_open_t *open;      /* OPEN */
+    size_t n_open;
     store_req_t *next; /* queue link, the store's */
 };
 

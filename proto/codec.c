@@ -26,6 +26,9 @@ static const s_kind_t s_kinds[MR_KIND_MAX + 1] = {
                                                  MEDROUTE__V1__ENVELOPE__PAYLOAD_IMAGING_REPORT},
     [MEDROUTE__V1__KIND__KIND_LAB_ORDER] = {"lab_order", MEDROUTE__V1__ENVELOPE__PAYLOAD_LAB_ORDER},
     [MEDROUTE__V1__KIND__KIND_LAB_RESULT] = {"lab_result", MEDROUTE__V1__ENVELOPE__PAYLOAD_LAB_RESULT},
+    [MEDROUTE__V1__KIND__KIND_CAPACITY] = {"capacity", MEDROUTE__V1__ENVELOPE__PAYLOAD_CAPACITY},
+    [MEDROUTE__V1__KIND__KIND_CRITICAL_ACK] = {"critical_ack",
+                                               MEDROUTE__V1__ENVELOPE__PAYLOAD_CRITICAL_ACK},
 };
 
 const char *mr_kind_name(int kind)

@@ -440,7 +440,8 @@ static int s_print_result(int rc, const mr_result_t *res, int timeout_ms)
             s_set(o, "seq", s_json_u64(res->seq)) || s_set(o, "duplicate", json_boolean(res->duplicate)))
             goto oom;
         status = S_EXIT_OK;
-    } else if (rc == -EPROTO) {
+    } else if (rc == -EPROTO || (rc == -EACCES && res->code != 0)) {
+        /* A refused message, or a refused Hello (this facility may not connect). */
         if (s_set(o, "ack", json_false()) || s_set(o, "code", json_integer(res->code)) ||
             s_set(o, "code_name", json_string(mr_error_code_name(res->code))) ||
             s_set(o, "reason", json_string(res->reason)))
@@ -694,8 +695,12 @@ static int s_cmd_listen(s_ctx_t *ctx, int argc, char **argv)
         int wait = 200; /* short, so that a signal is noticed soon */
         if (deadline) {
             int64_t left = deadline - s_mono_ms();
-            if (left <= 0)
+            if (left <= 0) {
+                /* Fewer than --count arrived in time: a time-out. */
+                if (l.count > 0 && l.delivered < l.count)
+                    status = S_EXIT_TIMEOUT;
                 break;
+            }
             if (left < wait)
                 wait = (int)left;
         }

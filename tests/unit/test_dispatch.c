@@ -681,6 +681,7 @@ static void test_dispatch_valid_envelope_acked_after_commit(void **state)
     /* A second message gets the next seq. */
     s_env_init(&e, "m-next");
     e.env.destination = "img";
+    e.ref.referral_id = "R-2"; /* a referral number is used once per sender */
     s_send_env(s, RID_A, &e.env);
     s_wait_replies(s, 5);
     assert_int_equal(s_replies[4].f->body_case, MEDROUTE__V1__FRAME__BODY_ACK);

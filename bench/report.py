@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""report.py - the one table of `make bench` (bench/run.sh), in Markdown.
+
+    report.py RESULTS.jsonl NOTES.txt
+
+Reads the benchmarks' one-line JSON results (each tagged with "run"), prints
+the machine's facts, one table of figures with ratios and a PASS/MISS mark
+against each target of issue 8, and the notes (runs that failed or were
+skipped, and why).
+"""
+import json
+import os
+import platform
+import subprocess
+import sys
+
+
+def sh(cmd):
+    try:
+        return subprocess.run(cmd, shell=True, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    except Exception:  # a fact we cannot read is left out
+        return ""
+
+
+def machine():
+    cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip()
+    mem = sh("awk '/MemTotal/ {printf \"%.1f GiB\", $2/1048576}' /proc/meminfo")
+    disk = sh("df -hT /tmp | awk 'NR==2 {print $1\" \"$2\", \"$3\" total\"}'")
+    dev = sh("df /tmp | awk 'NR==2 {print $1}'")
+    rot = sh(f"cat /sys/block/$(basename {dev})/queue/rotational 2>/dev/null") if dev else ""
+    vers = ", ".join(v for v in [
+        "libzmq " + sh("pkg-config --modversion libzmq"),
+        "libuv " + sh("pkg-config --modversion libuv"),
+        "SQLite " + sh("pkg-config --modversion sqlite3"),
+        "rabbitmq-server " + sh("dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null"),
+        "librabbitmq " + sh("pkg-config --modversion librabbitmq"),
+        "gcc " + sh("gcc -dumpfullversion"),
+    ] if not v.endswith(" "))
+    return [
+        f"- CPU: {os.cpu_count()} × {cpu or platform.processor()}",
+        f"- memory: {mem}; kernel {platform.release()}",
+        f"- disk under /tmp (stores): {disk}" + (f", rotational={rot}" if rot else ""),
+        f"- versions: {vers}",
+    ]
+
+
+def load(path):
+    runs = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                r = json.loads(line)
+                runs[r["run"]] = r
+    return runs
+
+
+def num(v, unit=""):
+    if v is None:
+        return "—"
+    if isinstance(v, float) and v < 100:
+        return f"{v:.2f}{unit}"
+    return f"{v:,.0f}{unit}"
+
+
+def us(v):
+    if v is None:
+        return "—"
+    return f"{v / 1000:.2f} ms" if v >= 1000 else f"{v:.0f} µs"
+
+
+def mark(ok):
+    return "—" if ok is None else ("PASS" if ok else "MISS")
+
+
+def main():
+    runs = load(sys.argv[1])
+    notes = open(sys.argv[2]).read().strip().splitlines() if len(sys.argv) > 2 else []
+    g = lambda run, k: runs.get(run, {}).get(k)
+    rows = []
+
+    def row(figure, value, ratio="", target="", ok=None):
+        rows.append((figure, value, ratio, target, mark(ok) if target else ""))
+
+    ceil = g("ceiling", "msgs_per_s")
+    full = g("medroute_full", "msgs_per_s")
+    norm = g("medroute_normal", "msgs_per_s")
+    rmq = g("rabbitmq", "msgs_per_s")
+    c = runs.get("medroute_full", {})
+    row(f"ceiling: ZeroMQ ROUTER forwarder, {g('ceiling', 'senders')} senders → 1 receiver, "
+        f"{g('ceiling', 'payload')} B, window {g('ceiling', 'window')}", num(ceil, " msg/s"))
+    row("medroute durable (synchronous=FULL), end-to-end (delivery ack committed)",
+        num(full, " msg/s"), f"{full / ceil:.1%} of ceiling" if full and ceil else "",
+        "≥ 20 % of ceiling", full / ceil >= 0.20 if full and ceil else None)
+    row("  of which Acks (stored) during that run", num(g("medroute_full", "acked_per_s"), " msg/s"))
+    row("medroute synchronous=NORMAL, end-to-end", num(norm, " msg/s"),
+        f"{norm / ceil:.1%} of ceiling" if norm and ceil else "")
+    row("  of which Acks (stored) during that run", num(g("medroute_normal", "acked_per_s"), " msg/s"))
+    if rmq:
+        row("RabbitMQ durable queue, persistent, confirms, manual acks", num(rmq, " msg/s"),
+            f"medroute FULL / RabbitMQ = {full / rmq:.2f}×" if full else "",
+            "≥ 5× RabbitMQ", full / rmq >= 5 if full else None)
+    else:
+        row("RabbitMQ durable queue, persistent, confirms, manual acks", "not measured",
+            "see notes", "≥ 5× RabbitMQ", None)
+    for pct in (20, 50):
+        m, k = runs.get(f"medroute_lat{pct}"), runs.get(f"ceiling_lat{pct}")
+        if not m:
+            continue
+        row(f"latency at {pct} % load ({num(m['offered_per_s'], ' msg/s')} offered, "
+            f"{num(m['msgs_per_s'], ' msg/s')} done): medroute send→Ack p50 / p99 / p99.9",
+            f"{us(m['ack_p50_us'])} / {us(m['ack_p99_us'])} / {us(m['ack_p999_us'])}")
+        row("  medroute send→delivered p50 / p99 / p99.9",
+            f"{us(m['dlv_p50_us'])} / {us(m['dlv_p99_us'])} / {us(m['dlv_p999_us'])}")
+        if k:
+            row("  ceiling send→echo-ack (round trip) p50 / p99 / p99.9, same offered rate",
+                f"{us(k['ack_p50_us'])} / {us(k['ack_p99_us'])} / {us(k['ack_p999_us'])}")
+            row("  ceiling send→delivered p50 / p99 / p99.9",
+                f"{us(k['dlv_p50_us'])} / {us(k['dlv_p99_us'])} / {us(k['dlv_p999_us'])}")
+            r = m["ack_p99_us"] / k["ack_p99_us"] if k["ack_p99_us"] else None
+            rd = m["dlv_p99_us"] / k["dlv_p99_us"] if k["dlv_p99_us"] else None
+            row("  ratio medroute / ceiling, p99: Ack / delivered",
+                f"{r:.1f}× / {rd:.1f}×" if r and rd else "—", "",
+                "Ack p99 ≤ 10× ceiling" if pct == 50 else "",
+                (r <= 10) if (pct == 50 and r) else None)
+    b = runs.get("backlog")
+    if b:
+        row(f"backlog: accept {num(b['count'])} referrals for an offline facility",
+            f"{b['fill_s']:.1f} s ({num(b['fill_per_s'], ' msg/s')})"
+            + ("" if b["fill_complete"] else f", INCOMPLETE: {num(b['accepted'])} accepted"))
+        row("  daemon RSS while queued (VmRSS / VmHWM since start)",
+            f"{b['rss_queued_kb'] / 1024:.1f} MB / {b['hwm_queued_kb'] / 1024:.1f} MB",
+            f"store {b['store_bytes'] / 1e6:.0f} MB on disk",
+            "≤ 150 MB", b["hwm_queued_kb"] / 1024 <= 150 and b["fill_complete"])
+        row("  restart to ready (status answers, all pending), after a SIGTERM stop of "
+            f"{b['stop_s']:.2f} s", f"{b['ready_s']:.2f} s" if b["ready_s"] >= 0 else "never",
+            f"RSS then {b['rss_ready_kb'] / 1024:.1f} MB", "≤ 3 s",
+            0 <= b["ready_s"] <= 3 and b["fill_complete"])
+        row("  drain when the facility connects",
+            f"{num(b['drain_per_s'], ' msg/s')}"
+            + ("" if b["drain_complete"] else f" ({num(b['drained'])} in {b['drain_s']:.0f} s, "
+               "bounded; not all)"),
+            f"RSS peak {b['rss_drain_peak_kb'] / 1024:.1f} MB")
+
+    print("## medroute benchmark (`make bench`)\n")
+    print("\n".join(machine()))
+    print()
+    print("| figure | value | ratio / context | target | mark |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    missing = [n for n in ("ceiling", "medroute_full", "medroute_normal", "medroute_lat20",
+                           "medroute_lat50", "ceiling_lat20", "ceiling_lat50", "backlog",
+                           "rabbitmq") if n not in runs]
+    if missing or notes:
+        print("\nNotes:")
+        for n in notes:
+            print(f"- {n}")
+        if missing:
+            print(f"- no result for: {', '.join(missing)}")
+    bad = [n for n, r in runs.items() if not r.get("ok", True)]
+    if bad:
+        print(f"- runs reporting ok=false: {', '.join(bad)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# run.sh - `make bench`: every benchmark of issue 8 in one invocation, one table.
+#
+#   bench/run.sh [BUILD_DIR]      (from the repository root; default: build)
+#
+# Runs, one after the other on this machine and only on 127.0.0.1:
+#   1. bench_ceiling      raw ZeroMQ forwarder, throughput
+#   2. bench_medroute     medrouted throughput, synchronous=FULL and NORMAL
+#   3. bench_medroute     latency at 20 % and 50 % of the FULL throughput,
+#      bench_ceiling      and the ceiling's round trip at the same offered rates
+#   4. bench_medroute     backlog of BENCH_BACKLOG referrals for an offline facility
+#   5. peers/rabbitmq.sh  the same workload against a local RabbitMQ (if it starts)
+# collects their one-line JSON results in BUILD_DIR/bench-results/results.jsonl
+# and prints one table with the ratios and a PASS/MISS mark per target
+# (bench/report.py).  Each run is bounded in time; the whole takes about
+# 5 minutes on a 2-core machine.
+#
+# Knobs (environment): BENCH_SENDERS (4), BENCH_WINDOW (256), BENCH_SECS
+# (10, measured seconds per throughput/latency run), BENCH_BACKLOG (1000000),
+# BENCH_FILL_SECS (240), BENCH_DRAIN_SECS (120), BENCH_RABBITMQ (1; 0 skips it).
+set -uo pipefail
+
+BUILD=${1:-build}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+if [[ ! -d $BUILD ]]; then
+  echo "bench: build directory '$BUILD' not found (run 'make build' first)" >&2
+  exit 2
+fi
+BUILD=$(cd "$BUILD" && pwd)
+B=$BUILD/bench
+for exe in "$B/bench_ceiling" "$B/bench_medroute"; do
+  if [[ ! -x $exe ]]; then
+    echo "bench: $exe is missing (configure with -DMR_BUILD_BENCH=ON and build)" >&2
+    exit 2
+  fi
+done
+
+SENDERS=${BENCH_SENDERS:-4}
+WINDOW=${BENCH_WINDOW:-256}
+SECS=${BENCH_SECS:-10}
+BACKLOG=${BENCH_BACKLOG:-1000000}
+FILL_SECS=${BENCH_FILL_SECS:-240}
+DRAIN_SECS=${BENCH_DRAIN_SECS:-120}
+OUT=$BUILD/bench-results
+mkdir -p "$OUT"
+RES=$OUT/results.jsonl
+: >"$RES"
+NOTES=$OUT/notes.txt
+: >"$NOTES"
+common=(--senders "$SENDERS" --window "$WINDOW")
+
+# Runs one benchmark under a time limit; appends its JSON line, or a note.
+run() {
+  local name=$1 limit=$2
+  shift 2
+  echo "bench: $name ..." >&2
+  local line
+  if line=$(timeout "$limit" "$@" 2>>"$OUT/$name.err" | tail -n 1) && [[ $line == \{* ]]; then
+    echo "$line" | sed "s/^{/{\"run\":\"$name\",/" >>"$RES"
+  else
+    echo "$name: failed or timed out after ${limit}s (stderr: $OUT/$name.err)" >>"$NOTES"
+    [[ $line == \{* ]] && echo "$line" | sed "s/^{/{\"run\":\"$name\",/" >>"$RES"
+  fi
+}
+
+# JSON field of a run, from results.jsonl.
+field() {
+  python3 - "$RES" "$1" "$2" <<'PY'
+import json, sys
+for l in open(sys.argv[1]):
+    r = json.loads(l)
+    if r.get("run") == sys.argv[2]:
+        print(r.get(sys.argv[3], "")); break
+PY
+}
+
+if [[ ${BENCH_RABBITMQ:-1} != 0 ]]; then
+  bash "$ROOT/scripts/deps.sh" bench >&2 ||
+    echo "deps: could not install rabbitmq-server/librabbitmq-dev" >>"$NOTES"
+fi
+
+run ceiling 60 "$B/bench_ceiling" --mode throughput --duration-s 5 "${common[@]}"
+run medroute_full 120 "$B/bench_medroute" --mode throughput --sync full --duration-s "$SECS" "${common[@]}"
+run medroute_normal 120 "$B/bench_medroute" --mode throughput --sync normal --duration-s "$SECS" "${common[@]}"
+
+max=$(field medroute_full msgs_per_s)
+if [[ -n $max && $max != 0 ]]; then
+  for pct in 20 50; do
+    rate=$((max * pct / 100))
+    run "medroute_lat$pct" 120 "$B/bench_medroute" --mode latency --sync full --rate "$rate" \
+      --duration-s "$SECS" "${common[@]}"
+    run "ceiling_lat$pct" 60 "$B/bench_ceiling" --mode latency --rate "$rate" --duration-s 5 \
+      "${common[@]}"
+  done
+else
+  echo "latency runs skipped: no medroute throughput to take 20 %/50 % of" >>"$NOTES"
+fi
+
+run backlog $((FILL_SECS + DRAIN_SECS + 180)) "$B/bench_medroute" --mode backlog --count "$BACKLOG" \
+  --fill-s "$FILL_SECS" --drain-s "$DRAIN_SECS" "${common[@]}"
+
+if [[ ${BENCH_RABBITMQ:-1} != 0 ]]; then
+  echo "bench: rabbitmq ..." >&2
+  rc=0
+  line=$(timeout 300 bash "$ROOT/bench/peers/rabbitmq.sh" "$BUILD" --duration-s "$SECS" \
+    "${common[@]}" 2>"$OUT/rabbitmq.err" | tail -n 1) || rc=$?
+  if [[ $line == \{* ]]; then
+    echo "$line" | sed 's/^{/{"run":"rabbitmq",/' >>"$RES"
+  else
+    echo "rabbitmq: no result (exit $rc): $(tail -n 3 "$OUT/rabbitmq.err" | tr '\n' ' ')" >>"$NOTES"
+  fi
+else
+  echo "rabbitmq: skipped (BENCH_RABBITMQ=0)" >>"$NOTES"
+fi
+
+python3 "$ROOT/bench/report.py" "$RES" "$NOTES" | tee "$OUT/table.md"

@@ -1,0 +1,914 @@
+/*
+ * clinical.c - referral lifecycles, the reserved-capacity ledger, imaging and
+ * lab loops, read-backs and escalations, as tables of the message store.
+ *
+ * Thread: the store thread only, inside the store's open transaction (see
+ * store.c).  Owns its prepared statements.
+ *
+ * Invariants
+ *   1. A referral row exists for every stored Referral; its state changes
+ *      only through referral_next() (referral.c), in the transaction that
+ *      stores the ReferralUpdate, the delivery ack or the expiry.
+ *   2. A referral holds at most one claim (claim != CLAIM_NONE implies
+ *      resource_key is set), and the capacity row's counters include it;
+ *      a release gives back exactly what was taken (slots.c).
+ *   3. A loop row exists for every stored ImagingRequest / LabOrder; reports
+ *      and results only move it forward (OPEN -> PARTIAL -> FINAL -> AMENDED).
+ *   4. Every escalation is raised once: its *_escalated_ms column is set in
+ *      the same statement that reports it.
+ *
+ * Keys: a referral is "<source>/<referral_id>"; a loop is
+ * "img/<orderer>/<accession>" or "lab/<orderer>/<placer order number>"; a
+ * resource is "<clinic|bed|exam>/<unit>/<YYYY-MM-DD>".
+ */
+#include "clinical.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mr_codec.h"
+
+enum { LOOP_OPEN = 0, LOOP_PARTIAL, LOOP_FINAL, LOOP_AMENDED };
+enum { LOOP_IMAGING = 1, LOOP_LAB = 2 };
+
+static const char *const s_schema =
+    "CREATE TABLE IF NOT EXISTS referrals("
+    " ref_key TEXT PRIMARY KEY, referral_id TEXT NOT NULL, source TEXT NOT NULL,"
+    " dest TEXT NOT NULL, direction INTEGER NOT NULL, service INTEGER NOT NULL, unit TEXT,"
+    " family_doctor INTEGER NOT NULL, priority INTEGER NOT NULL, state INTEGER NOT NULL,"
+    " created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL,"
+    " accepted_ms INTEGER, appointment_ms INTEGER, resource_key TEXT,"
+    " claim INTEGER NOT NULL DEFAULT 0, escalated_ms INTEGER, msg_seq INTEGER NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS referrals_state ON referrals(state, created_ms);"
+    "CREATE INDEX IF NOT EXISTS referrals_id ON referrals(referral_id);"
+    "CREATE TABLE IF NOT EXISTS referral_steps(ref_key TEXT NOT NULL, msg_seq INTEGER,"
+    " step INTEGER NOT NULL, actor INTEGER NOT NULL, from_state INTEGER NOT NULL,"
+    " to_state INTEGER NOT NULL, at_ms INTEGER NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS referral_steps_key ON referral_steps(ref_key);"
+    "CREATE TABLE IF NOT EXISTS capacity(resource_key TEXT PRIMARY KEY,"
+    " resource INTEGER NOT NULL, unit TEXT NOT NULL, date TEXT NOT NULL,"
+    " capacity INTEGER NOT NULL, reserved INTEGER NOT NULL,"
+    " claimed_reserved INTEGER NOT NULL DEFAULT 0, general_used INTEGER NOT NULL DEFAULT 0,"
+    " released INTEGER NOT NULL DEFAULT 0, slot_start_ms INTEGER NOT NULL,"
+    " released_at_ms INTEGER, updated_ms INTEGER NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS capacity_cutoff ON capacity(slot_start_ms)"
+    " WHERE released_at_ms IS NULL;"
+    "CREATE TABLE IF NOT EXISTS loops(loop_key TEXT PRIMARY KEY, kind INTEGER NOT NULL,"
+    " ref_id TEXT NOT NULL, orderer TEXT NOT NULL, filler TEXT NOT NULL, modality TEXT,"
+    " priority INTEGER NOT NULL, state INTEGER NOT NULL, items INTEGER NOT NULL DEFAULT 0,"
+    " opened_ms INTEGER NOT NULL, first_result_ms INTEGER, final_ms INTEGER,"
+    " updated_ms INTEGER NOT NULL, critical INTEGER NOT NULL DEFAULT 0, critical_at_ms INTEGER,"
+    " readback_ms INTEGER, escalated_ms INTEGER, readback_escalated_ms INTEGER);"
+    "CREATE INDEX IF NOT EXISTS loops_state ON loops(state, opened_ms);";
+
+enum {
+    Q_REF_INSERT = 0,
+    Q_REF_FIND,
+    Q_REF_BY_KEY,
+    Q_REF_UPDATE,
+    Q_REF_STEP,
+    Q_MSG_REFKEY,
+    Q_MSG_KIND,
+    Q_CAP_GET,
+    Q_CAP_PUT,
+    Q_CAP_LEDGER,
+    Q_LOOP_INSERT,
+    Q_LOOP_GET,
+    Q_LOOP_UPDATE,
+    Q_COUNT
+};
+
+static const char *const s_sql[Q_COUNT] = {
+    [Q_REF_INSERT] = "INSERT INTO referrals(ref_key, referral_id, source, dest, direction, service,"
+                     " unit, family_doctor, priority, state, created_ms, updated_ms, expires_ms,"
+                     " msg_seq) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13)"
+                     " ON CONFLICT(ref_key) DO NOTHING",
+    /* An update names the referral by its id; the pair of facilities, in
+     * either order, makes it unique. */
+    [Q_REF_FIND] = "SELECT ref_key, source, dest, direction, service, unit, family_doctor, state,"
+                   " resource_key, claim FROM referrals WHERE referral_id = ?1 AND"
+                   " ((source = ?2 AND dest = ?3) OR (source = ?3 AND dest = ?2))",
+    [Q_REF_BY_KEY] = "SELECT ref_key, source, dest, direction, service, unit, family_doctor,"
+                     " state, resource_key, claim FROM referrals WHERE ref_key = ?1",
+    [Q_REF_UPDATE] = "UPDATE referrals SET state = ?2, updated_ms = ?3,"
+                     " accepted_ms = CASE WHEN ?2 = 3 THEN ?3 ELSE accepted_ms END,"
+                     " appointment_ms = coalesce(?4, appointment_ms),"
+                     " resource_key = ?5, claim = ?6 WHERE ref_key = ?1",
+    [Q_REF_STEP] = "INSERT INTO referral_steps(ref_key, msg_seq, step, actor, from_state,"
+                   " to_state, at_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    [Q_MSG_REFKEY] = "UPDATE messages SET ref_key = ?2 WHERE seq = ?1",
+    [Q_MSG_KIND] = "SELECT kind, ref_key FROM messages WHERE seq = ?1",
+    [Q_CAP_GET] = "SELECT capacity, reserved, claimed_reserved, general_used, released"
+                  " FROM capacity WHERE resource_key = ?1",
+    [Q_CAP_PUT] = "INSERT INTO capacity(resource_key, resource, unit, date, capacity, reserved,"
+                  " slot_start_ms, updated_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                  " ON CONFLICT(resource_key) DO UPDATE SET capacity = ?5, reserved = ?6,"
+                  " slot_start_ms = ?7, updated_ms = ?8",
+    [Q_CAP_LEDGER] = "UPDATE capacity SET claimed_reserved = ?2, general_used = ?3,"
+                     " released = ?4, updated_ms = ?5 WHERE resource_key = ?1",
+    [Q_LOOP_INSERT] = "INSERT INTO loops(loop_key, kind, ref_id, orderer, filler, modality,"
+                      " priority, state, items, opened_ms, updated_ms)"
+                      " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?9)"
+                      " ON CONFLICT(loop_key) DO NOTHING",
+    [Q_LOOP_GET] = "SELECT filler, state, critical, readback_ms FROM loops WHERE loop_key = ?1",
+    [Q_LOOP_UPDATE] = "UPDATE loops SET state = ?2, updated_ms = ?3,"
+                      " first_result_ms = coalesce(first_result_ms, ?3),"
+                      " final_ms = CASE WHEN ?2 >= 2 THEN coalesce(final_ms, ?3) ELSE final_ms END,"
+                      " critical = max(critical, ?4),"
+                      " critical_at_ms = CASE WHEN ?4 = 1 THEN coalesce(critical_at_ms, ?3)"
+                      " ELSE critical_at_ms END,"
+                      " readback_ms = coalesce(readback_ms, ?5) WHERE loop_key = ?1",
+};
+
+struct clinical_t {
+    sqlite3 *db;
+    sqlite3_stmt *q[Q_COUNT];
+};
+
+#define S_TRY(call)                                                                                \
+    do {                                                                                           \
+        int s_try_rc_ = (call);                                                                    \
+        if (s_try_rc_ != SQLITE_OK)                                                                \
+            return s_try_rc_;                                                                      \
+    } while (0)
+
+static sqlite3_stmt *s_q(clinical_t *self, int which)
+{
+    sqlite3_stmt *st = self->q[which];
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return st;
+}
+
+/* Runs a statement that returns no row. */
+static int s_exec(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+static int s_text(sqlite3_stmt *st, int i, const char *v)
+{
+    return v ? sqlite3_bind_text(st, i, v, -1, SQLITE_TRANSIENT) : sqlite3_bind_null(st, i);
+}
+
+static char *s_col(sqlite3_stmt *st, int i)
+{
+    const unsigned char *t = sqlite3_column_text(st, i);
+    return strdup(t ? (const char *)t : "");
+}
+
+static int s_refuse(clin_result_t *out, int code, const char *fmt, const char *a, const char *b)
+{
+    out->code = code;
+    snprintf(out->reason, sizeof out->reason, fmt, a ? a : "", b ? b : "");
+    return SQLITE_OK;
+}
+
+void clinical_facts_free(clin_facts_t *f)
+{
+    if (f == NULL)
+        return;
+    free(f->ref_id);
+    free(f->unit);
+    free(f->appointment_day);
+    free(f->modality);
+    for (size_t i = 0; i < f->n_capacity; i++) {
+        free(f->capacity[i].unit);
+        free(f->capacity[i].date);
+    }
+    free(f->capacity);
+    free(f);
+}
+
+clinical_t *clinical_open(sqlite3 *db, int *rc_out)
+{
+    clinical_t *self = calloc(1, sizeof *self);
+    int rc = SQLITE_NOMEM;
+    if (self == NULL)
+        goto fail;
+    self->db = db;
+    /* messages.ref_key links a stored Referral to its lifecycle row. */
+    rc = sqlite3_exec(db, "SELECT ref_key FROM messages LIMIT 0", NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        rc = sqlite3_exec(db, "ALTER TABLE messages ADD COLUMN ref_key TEXT", NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        goto fail;
+    rc = sqlite3_exec(db, s_schema, NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        goto fail;
+    for (int i = 0; i < Q_COUNT; i++) {
+        rc = sqlite3_prepare_v3(db, s_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &self->q[i], NULL);
+        if (rc != SQLITE_OK)
+            goto fail;
+    }
+    *rc_out = SQLITE_OK;
+    return self;
+fail:
+    clinical_close(&self);
+    *rc_out = rc;
+    return NULL;
+}
+
+void clinical_close(clinical_t **self_p)
+{
+    clinical_t *self = *self_p;
+    if (self == NULL)
+        return;
+    for (int i = 0; i < Q_COUNT; i++)
+        sqlite3_finalize(self->q[i]);
+    free(self);
+    *self_p = NULL;
+}
+
+/* ---- the ledger ------------------------------------------------------------ */
+
+static res_kind_t s_resource_of(int service)
+{
+    switch (service) {
+    case MEDROUTE__V1__SERVICE_TYPE__SERVICE_SPECIALIST_CLINIC: return RES_CLINIC;
+    case MEDROUTE__V1__SERVICE_TYPE__SERVICE_INPATIENT_BED: return RES_BED;
+    case MEDROUTE__V1__SERVICE_TYPE__SERVICE_EXAM: return RES_EXAM;
+    default: return RES_KIND_COUNT;
+    }
+}
+
+static void s_resource_key(char *out, size_t len, res_kind_t r, const char *unit, const char *day)
+{
+    snprintf(out, len, "%s/%s/%s", slots_kind_name(r), unit ? unit : "", day ? day : "");
+}
+
+/* Reads a ledger; *found = false when the resource was never published. */
+static int s_ledger_get(clinical_t *self, const char *key, ledger_t *l, bool *found)
+{
+    sqlite3_stmt *st = s_q(self, Q_CAP_GET);
+    S_TRY(sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC));
+    int rc = sqlite3_step(st);
+    *found = rc == SQLITE_ROW;
+    if (*found) {
+        l->capacity = sqlite3_column_int64(st, 0);
+        l->reserved = sqlite3_column_int64(st, 1);
+        l->claimed_reserved = sqlite3_column_int64(st, 2);
+        l->general_used = sqlite3_column_int64(st, 3);
+        l->released = sqlite3_column_int64(st, 4);
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+static int s_ledger_put(clinical_t *self, const char *key, const ledger_t *l, int64_t now)
+{
+    sqlite3_stmt *st = s_q(self, Q_CAP_LEDGER);
+    S_TRY(sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC));
+    S_TRY(sqlite3_bind_int64(st, 2, l->claimed_reserved));
+    S_TRY(sqlite3_bind_int64(st, 3, l->general_used));
+    S_TRY(sqlite3_bind_int64(st, 4, l->released));
+    S_TRY(sqlite3_bind_int64(st, 5, now));
+    return s_exec(st);
+}
+
+static int s_on_capacity(clinical_t *self, const clin_facts_t *f, int64_t now, clin_result_t *out)
+{
+    for (size_t i = 0; i < f->n_capacity; i++) {
+        const clin_capacity_t *c = &f->capacity[i];
+        if (c->resource >= RES_KIND_COUNT || c->unit == NULL || c->unit[0] == '\0' ||
+            c->date == NULL || strlen(c->date) != 10)
+            return s_refuse(out, MR_E_INVALID, "capacity item: resource, unit and date (YYYY-MM-DD) are required%s%s", NULL, NULL);
+        char key[160];
+        s_resource_key(key, sizeof key, c->resource, c->unit, c->date);
+        sqlite3_stmt *st = s_q(self, Q_CAP_PUT);
+        S_TRY(sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC));
+        S_TRY(sqlite3_bind_int(st, 2, (int)c->resource));
+        S_TRY(sqlite3_bind_text(st, 3, c->unit, -1, SQLITE_STATIC));
+        S_TRY(sqlite3_bind_text(st, 4, c->date, -1, SQLITE_STATIC));
+        S_TRY(sqlite3_bind_int64(st, 5, c->capacity));
+        S_TRY(sqlite3_bind_int64(st, 6, c->reserved));
+        S_TRY(sqlite3_bind_int64(st, 7, c->slot_start_ms));
+        S_TRY(sqlite3_bind_int64(st, 8, now));
+        S_TRY(s_exec(st));
+    }
+    return SQLITE_OK;
+}
+
+/* ---- referrals ---------------------------------------------------------------- */
+
+static int s_on_referral(clinical_t *self, uint64_t seq, const char *source, const char *dest,
+                         const clin_facts_t *f, int64_t now, clin_result_t *out)
+{
+    if (f->ref_id == NULL || f->ref_id[0] == '\0')
+        return s_refuse(out, MR_E_INVALID, "referral.referral_id is required%s%s", NULL, NULL);
+    char key[200];
+    snprintf(key, sizeof key, "%s/%s", source, f->ref_id);
+    sqlite3_stmt *st = s_q(self, Q_REF_INSERT);
+    S_TRY(sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC));
+    S_TRY(sqlite3_bind_text(st, 2, f->ref_id, -1, SQLITE_STATIC));
+    S_TRY(sqlite3_bind_text(st, 3, source, -1, SQLITE_STATIC));
+    S_TRY(sqlite3_bind_text(st, 4, dest, -1, SQLITE_STATIC));
+    S_TRY(sqlite3_bind_int(st, 5, (int)f->direction));
+    S_TRY(sqlite3_bind_int(st, 6, f->service));
+    S_TRY(s_text(st, 7, f->unit));
+    S_TRY(sqlite3_bind_int(st, 8, f->family_doctor));
+    S_TRY(sqlite3_bind_int(st, 9, f->priority));
+    S_TRY(sqlite3_bind_int(st, 10, REF_REQUESTED));
+    S_TRY(sqlite3_bind_int64(st, 11, now));
+    S_TRY(sqlite3_bind_int64(st, 12, f->expires_ms));
+    S_TRY(sqlite3_bind_int64(st, 13, (sqlite3_int64)seq));
+    S_TRY(s_exec(st));
+    if (sqlite3_changes(self->db) != 1)
+        return s_refuse(out, MR_E_INVALID, "referral %s from %s exists already", f->ref_id, source);
+    st = s_q(self, Q_MSG_REFKEY);
+    S_TRY(sqlite3_bind_int64(st, 1, (sqlite3_int64)seq));
+    S_TRY(sqlite3_bind_text(st, 2, key, -1, SQLITE_STATIC));
+    out->ref_state = REF_REQUESTED;
+    return s_exec(st);
+}
+
+typedef struct {
+    char key[200];
+    char source[80];
+    char dest[80];
+    ref_dir_t direction;
+    int service;
+    char unit[80];
+    bool family_doctor;
+    ref_state_t state;
+    char resource_key[160];
+    claim_t claim;
+} s_ref_t;
+
+static void s_copy(char *dst, size_t len, sqlite3_stmt *st, int i)
+{
+    const unsigned char *t = sqlite3_column_text(st, i);
+    snprintf(dst, len, "%s", t ? (const char *)t : "");
+}
+
+/* Steps a Q_REF_FIND / Q_REF_BY_KEY statement and reads its row. */
+static int s_ref_read(sqlite3_stmt *st, s_ref_t *r, bool *found)
+{
+    int rc = sqlite3_step(st);
+    *found = rc == SQLITE_ROW;
+    if (*found) {
+        s_copy(r->key, sizeof r->key, st, 0);
+        s_copy(r->source, sizeof r->source, st, 1);
+        s_copy(r->dest, sizeof r->dest, st, 2);
+        r->direction = (ref_dir_t)sqlite3_column_int(st, 3);
+        r->service = sqlite3_column_int(st, 4);
+        s_copy(r->unit, sizeof r->unit, st, 5);
+        r->family_doctor = sqlite3_column_int(st, 6) != 0;
+        r->state = (ref_state_t)sqlite3_column_int(st, 7);
+        s_copy(r->resource_key, sizeof r->resource_key, st, 8);
+        r->claim = (claim_t)sqlite3_column_int(st, 9);
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+static int s_ref_find(clinical_t *self, const char *ref_id, const char *a, const char *b,
+                      s_ref_t *r, bool *found)
+{
+    sqlite3_stmt *st = s_q(self, Q_REF_FIND);
+    S_TRY(sqlite3_bind_text(st, 1, ref_id, -1, SQLITE_STATIC));
+    S_TRY(sqlite3_bind_text(st, 2, a, -1, SQLITE_STATIC));
+    S_TRY(sqlite3_bind_text(st, 3, b, -1, SQLITE_STATIC));
+    return s_ref_read(st, r, found);
+}
+
+static int s_ref_by_key(clinical_t *self, const char *key, s_ref_t *r, bool *found)
+{
+    sqlite3_stmt *st = s_q(self, Q_REF_BY_KEY);
+    S_TRY(sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC));
+    return s_ref_read(st, r, found);
+}
+
+/* Moves a referral through one step and applies its ledger effect. */
+static int s_apply_step(clinical_t *self, s_ref_t *r, uint64_t seq, int step, ref_actor_t actor,
+                        const ref_transition_t *t, int64_t appointment_ms, const char *day,
+                        int64_t now, clin_result_t *out)
+{
+    if (t->ledger == LEDGER_CLAIM && r->direction == REF_DIR_UP && r->claim == CLAIM_NONE) {
+        res_kind_t res = s_resource_of(r->service);
+        if (res < RES_KIND_COUNT) {
+            char key[160];
+            s_resource_key(key, sizeof key, res, r->unit, day);
+            ledger_t l;
+            bool found;
+            S_TRY(s_ledger_get(self, key, &l, &found));
+            if (found) {
+                r->claim = slots_claim(&l, r->family_doctor);
+                S_TRY(s_ledger_put(self, key, &l, now));
+                snprintf(r->resource_key, sizeof r->resource_key, "%s", key);
+                out->claim = (int)r->claim;
+            }
+        }
+    } else if (t->ledger == LEDGER_RELEASE && r->claim != CLAIM_NONE && r->resource_key[0]) {
+        ledger_t l;
+        bool found;
+        S_TRY(s_ledger_get(self, r->resource_key, &l, &found));
+        if (found) {
+            slots_release(&l, r->claim);
+            S_TRY(s_ledger_put(self, r->resource_key, &l, now));
+        }
+        out->claim = (int)r->claim;
+        out->claim_released = true;
+        r->claim = CLAIM_NONE;
+    }
+    sqlite3_stmt *st = s_q(self, Q_REF_UPDATE);
+    S_TRY(sqlite3_bind_text(st, 1, r->key, -1, SQLITE_STATIC));
+    S_TRY(sqlite3_bind_int(st, 2, (int)t->to));
+    S_TRY(sqlite3_bind_int64(st, 3, now));
+    S_TRY(appointment_ms > 0 ? sqlite3_bind_int64(st, 4, appointment_ms) : sqlite3_bind_null(st, 4));
+    S_TRY(r->resource_key[0] ? sqlite3_bind_text(st, 5, r->resource_key, -1, SQLITE_STATIC)
+                             : sqlite3_bind_null(st, 5));
+    S_TRY(sqlite3_bind_int(st, 6, (int)r->claim));
+    S_TRY(s_exec(st));
+    st = s_q(self, Q_REF_STEP);
+    S_TRY(sqlite3_bind_text(st, 1, r->key, -1, SQLITE_STATIC));
+    S_TRY(seq ? sqlite3_bind_int64(st, 2, (sqlite3_int64)seq) : sqlite3_bind_null(st, 2));
+    S_TRY(sqlite3_bind_int(st, 3, step));
+    S_TRY(sqlite3_bind_int(st, 4, (int)actor));
+    S_TRY(sqlite3_bind_int(st, 5, (int)r->state));
+    S_TRY(sqlite3_bind_int(st, 6, (int)t->to));
+    S_TRY(sqlite3_bind_int64(st, 7, now));
+    S_TRY(s_exec(st));
+    r->state = t->to;
+    out->ref_state = (int)t->to;
+    return SQLITE_OK;
+}
+
+static int s_on_update(clinical_t *self, uint64_t seq, const char *source, const char *dest,
+                       const clin_facts_t *f, int64_t now, clin_result_t *out)
+{
+    if (f->ref_id == NULL || f->ref_id[0] == '\0')
+        return s_refuse(out, MR_E_INVALID, "referral_update.referral_id is required%s%s", NULL,
+                        NULL);
+    s_ref_t r;
+    bool found;
+    S_TRY(s_ref_find(self, f->ref_id, source, dest, &r, &found));
+    if (!found)
+        return s_refuse(out, MR_E_ILLEGAL_TRANSITION,
+                        "no referral %s between these facilities (state NONE)%s", f->ref_id, NULL);
+    ref_actor_t actor = strcmp(source, r.source) == 0 ? ACTOR_SENDER : ACTOR_RECEIVER;
+    ref_transition_t t;
+    const char *why = NULL;
+    if (referral_next(r.state, f->step, actor, r.direction, &t, &why) != 0) {
+        out->code = MR_E_ILLEGAL_TRANSITION;
+        snprintf(out->reason, sizeof out->reason, "referral %.60s is %s: %s", f->ref_id,
+                 referral_state_name(r.state), why ? why : "step not allowed");
+        out->ref_state = (int)r.state;
+        return SQLITE_OK;
+    }
+    if (t.needs_reason && !f->has_reason)
+        return s_refuse(out, MR_E_INVALID, "this step needs a reason%s%s", NULL, NULL);
+    if (t.needs_summary && !f->has_summary)
+        return s_refuse(out, MR_E_INVALID,
+                        "completing needs the discharge or visit summary reference%s%s", NULL,
+                        NULL);
+    return s_apply_step(self, &r, seq, f->step, actor, &t, f->appointment_ms, f->appointment_day,
+                        now, out);
+}
+
+int clinical_on_delivered(clinical_t *self, uint64_t seq, int64_t now_ms)
+{
+    sqlite3_stmt *st = s_q(self, Q_MSG_KIND);
+    S_TRY(sqlite3_bind_int64(st, 1, (sqlite3_int64)seq));
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW) {
+        sqlite3_reset(st);
+        return rc == SQLITE_DONE ? SQLITE_OK : rc;
+    }
+    int kind = sqlite3_column_int(st, 0);
+    char key[200];
+    s_copy(key, sizeof key, st, 1);
+    sqlite3_reset(st);
+    if (kind != MEDROUTE__V1__KIND__KIND_REFERRAL || key[0] == '\0')
+        return SQLITE_OK;
+    s_ref_t r;
+    bool found;
+    S_TRY(s_ref_by_key(self, key, &r, &found));
+    if (!found)
+        return SQLITE_OK;
+    ref_transition_t t;
+    const char *why;
+    if (referral_next(r.state, MEDROUTE__V1__REFERRAL_STEP__STEP_RECEIVED, ACTOR_BROKER,
+                      r.direction, &t, &why) != 0)
+        return SQLITE_OK; /* already past RECEIVED (accepted before the ack was committed) */
+    clin_result_t ignored = {0};
+    return s_apply_step(self, &r, 0, MEDROUTE__V1__REFERRAL_STEP__STEP_RECEIVED, ACTOR_BROKER, &t,
+                        0, NULL, now_ms, &ignored);
+}
+
+/* ---- imaging and lab loops ------------------------------------------------------ */
+
+static int s_on_order(clinical_t *self, const char *prefix, int kind, const char *source,
+                      const char *dest, const clin_facts_t *f, int64_t now, clin_result_t *out)
+{
+    if (f->ref_id == NULL || f->ref_id[0] == '\0')
+        return s_refuse(out, MR_E_INVALID, "%s number is required%s",
+                        kind == LOOP_IMAGING ? "accession" : "placer order", NULL);
+    char key[200];
+    snprintf(key, sizeof key, "%s/%s/%s", prefix, source, f->ref_id);
+    sqlite3_stmt *st = s_q(self, Q_LOOP_INSERT);
+    S_TRY(sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC));
+    S_TRY(sqlite3_bind_int(st, 2, kind));
+    S_TRY(sqlite3_bind_text(st, 3, f->ref_id, -1, SQLITE_STATIC));
+    S_TRY(sqlite3_bind_text(st, 4, source, -1, SQLITE_STATIC));
+    S_TRY(sqlite3_bind_text(st, 5, dest, -1, SQLITE_STATIC));
+    S_TRY(s_text(st, 6, f->modality));
+    S_TRY(sqlite3_bind_int(st, 7, f->priority));
+    S_TRY(sqlite3_bind_int(st, 8, f->items));
+    S_TRY(sqlite3_bind_int64(st, 9, now));
+    S_TRY(s_exec(st));
+    if (sqlite3_changes(self->db) != 1)
+        return s_refuse(out, MR_E_INVALID, "order %s from %s exists already", f->ref_id, source);
+    return SQLITE_OK;
+}
+
+/* A report/result (from the filler to the orderer) or a read-back (from the
+ * orderer to the filler) moving a loop forward. */
+static int s_on_result(clinical_t *self, const char *prefix, const char *orderer,
+                       const char *filler, const clin_facts_t *f, bool readback, int64_t now,
+                       clin_result_t *out)
+{
+    if (f->ref_id == NULL || f->ref_id[0] == '\0')
+        return s_refuse(out, MR_E_INVALID, "the %s number is required%s",
+                        strcmp(prefix, "img") == 0 ? "accession" : "placer order", NULL);
+    char key[200];
+    snprintf(key, sizeof key, "%s/%s/%s", prefix, orderer, f->ref_id);
+    sqlite3_stmt *st = s_q(self, Q_LOOP_GET);
+    S_TRY(sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC));
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW) {
+        sqlite3_reset(st);
+        if (rc != SQLITE_DONE)
+            return rc;
+        return s_refuse(out, MR_E_ILLEGAL_TRANSITION, "no open order %s from %s", f->ref_id,
+                        orderer);
+    }
+    char loop_filler[80];
+    s_copy(loop_filler, sizeof loop_filler, st, 0);
+    int state = sqlite3_column_int(st, 1);
+    bool critical = sqlite3_column_int(st, 2) != 0;
+    bool read_back = sqlite3_column_type(st, 3) != SQLITE_NULL;
+    sqlite3_reset(st);
+    if (strcmp(loop_filler, filler) != 0)
+        return s_refuse(out, MR_E_FORBIDDEN, "order %s was sent to %s, not this facility",
+                        f->ref_id, loop_filler);
+    int next = state;
+    if (readback) {
+        if (!critical || read_back)
+            return s_refuse(out, MR_E_ILLEGAL_TRANSITION,
+                            "order %s has no critical value awaiting read-back%s", f->ref_id,
+                            NULL);
+    } else {
+        bool is_final = f->report_status == MEDROUTE__V1__REPORT_STATUS__REPORT_FINAL;
+        bool is_prelim = f->report_status == MEDROUTE__V1__REPORT_STATUS__REPORT_PRELIMINARY;
+        bool is_amend = f->report_status == MEDROUTE__V1__REPORT_STATUS__REPORT_AMENDED;
+        /* Lab ResultStatus uses the same numbers: PARTIAL=1, FINAL=2, CORRECTED=3. */
+        if (is_prelim && state <= LOOP_PARTIAL)
+            next = LOOP_PARTIAL;
+        else if (is_final && state <= LOOP_PARTIAL)
+            next = LOOP_FINAL;
+        else if (is_amend && state >= LOOP_FINAL)
+            next = LOOP_AMENDED;
+        else
+            return s_refuse(out, MR_E_ILLEGAL_TRANSITION,
+                            "order %s cannot take this report status now%s", f->ref_id, NULL);
+    }
+    st = s_q(self, Q_LOOP_UPDATE);
+    S_TRY(sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC));
+    S_TRY(sqlite3_bind_int(st, 2, next));
+    S_TRY(sqlite3_bind_int64(st, 3, now));
+    S_TRY(sqlite3_bind_int(st, 4, !readback && f->critical ? 1 : 0));
+    S_TRY(readback ? sqlite3_bind_int64(st, 5, now) : sqlite3_bind_null(st, 5));
+    return s_exec(st);
+}
+
+int clinical_on_put(clinical_t *self, uint64_t seq, const char *source, const char *dest,
+                    const clin_facts_t *f, int64_t now_ms, clin_result_t *out)
+{
+    memset(out, 0, sizeof *out);
+    switch (f->kind) {
+    case MEDROUTE__V1__KIND__KIND_REFERRAL:
+        return s_on_referral(self, seq, source, dest, f, now_ms, out);
+    case MEDROUTE__V1__KIND__KIND_REFERRAL_UPDATE:
+        return s_on_update(self, seq, source, dest, f, now_ms, out);
+    case MEDROUTE__V1__KIND__KIND_IMAGING_REQUEST:
+        return s_on_order(self, "img", LOOP_IMAGING, source, dest, f, now_ms, out);
+    case MEDROUTE__V1__KIND__KIND_LAB_ORDER:
+        return s_on_order(self, "lab", LOOP_LAB, source, dest, f, now_ms, out);
+    case MEDROUTE__V1__KIND__KIND_IMAGING_REPORT:
+        return s_on_result(self, "img", dest, source, f, false, now_ms, out);
+    case MEDROUTE__V1__KIND__KIND_LAB_RESULT:
+        return s_on_result(self, "lab", dest, source, f, false, now_ms, out);
+    case MEDROUTE__V1__KIND__KIND_CRITICAL_ACK:
+        /* The ref_id says which kind: an accession or a placer number. */
+        return s_on_result(self, f->imaging ? "img" : "lab", source, dest, f, true, now_ms, out);
+    case MEDROUTE__V1__KIND__KIND_CAPACITY:
+        return s_on_capacity(self, f, now_ms, out);
+    default:
+        return SQLITE_OK;
+    }
+}
+
+/* ---- scans -------------------------------------------------------------------------- */
+
+static int s_event(clin_event_t **events, size_t *n, clin_event_kind_t kind, const char *key,
+                   const char *facility, int64_t value)
+{
+    if (*n % 32 == 0) {
+        clin_event_t *e = realloc(*events, (*n + 32) * sizeof *e);
+        if (e == NULL)
+            return SQLITE_NOMEM;
+        *events = e;
+    }
+    clin_event_t *e = &(*events)[(*n)++];
+    e->kind = kind;
+    e->key = strdup(key ? key : "");
+    e->facility = strdup(facility ? facility : "");
+    e->value = value;
+    return e->key && e->facility ? SQLITE_OK : SQLITE_NOMEM;
+}
+
+/* Runs an UPDATE ... RETURNING key, facility, value and records each row. */
+static int s_scan(clinical_t *self, const char *sql, int64_t now, int64_t a, int64_t b,
+                  clin_event_kind_t kind, clin_event_t **events, size_t *n)
+{
+    sqlite3_stmt *st;
+    int rc = sqlite3_prepare_v3(self->db, sql, -1, 0, &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    sqlite3_bind_int64(st, 1, now);
+    sqlite3_bind_int64(st, 2, a);
+    sqlite3_bind_int64(st, 3, b);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        rc = s_event(events, n, kind, (const char *)sqlite3_column_text(st, 0),
+                     (const char *)sqlite3_column_text(st, 1), sqlite3_column_int64(st, 2));
+        if (rc != SQLITE_OK)
+            break;
+    }
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE || rc == SQLITE_OK ? SQLITE_OK : rc;
+}
+
+/* Referrals past their expiry before the patient arrived: EXPIRED, claims released. */
+static int s_expire_referrals(clinical_t *self, int64_t now, clin_event_t **events, size_t *n)
+{
+    sqlite3_stmt *st;
+    int rc = sqlite3_prepare_v2(self->db,
+                                "SELECT referral_id, source, dest FROM referrals"
+                                " WHERE state IN (1, 2, 3, 5) AND expires_ms < ?1 LIMIT 200",
+                                -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    sqlite3_bind_int64(st, 1, now);
+    typedef struct {
+        char id[100], a[80], b[80];
+    } s_due_t;
+    s_due_t due[200];
+    int nd = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW && nd < 200) {
+        s_copy(due[nd].id, sizeof due[nd].id, st, 0);
+        s_copy(due[nd].a, sizeof due[nd].a, st, 1);
+        s_copy(due[nd].b, sizeof due[nd].b, st, 2);
+        nd++;
+    }
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW)
+        return rc;
+    for (int i = 0; i < nd; i++) {
+        s_ref_t r;
+        bool found;
+        S_TRY(s_ref_find(self, due[i].id, due[i].a, due[i].b, &r, &found));
+        ref_transition_t t;
+        const char *why;
+        if (!found || referral_next(r.state, MEDROUTE__V1__REFERRAL_STEP__STEP_EXPIRED,
+                                    ACTOR_BROKER, r.direction, &t, &why) != 0)
+            continue;
+        clin_result_t res = {0};
+        S_TRY(s_apply_step(self, &r, 0, MEDROUTE__V1__REFERRAL_STEP__STEP_EXPIRED, ACTOR_BROKER,
+                           &t, 0, NULL, now, &res));
+        S_TRY(s_event(events, n, EV_REFERRAL_EXPIRED, r.key, r.dest, res.claim_released));
+    }
+    return SQLITE_OK;
+}
+
+/* Reserve cut-off: unclaimed reserved units become general. */
+static int s_release_reserves(clinical_t *self, int64_t now, int64_t cutoff_ms,
+                              clin_event_t **events, size_t *n)
+{
+    sqlite3_stmt *st;
+    int rc = sqlite3_prepare_v2(self->db,
+                                "SELECT resource_key FROM capacity WHERE released_at_ms IS NULL"
+                                " AND slot_start_ms - ?2 <= ?1 LIMIT 200",
+                                -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    sqlite3_bind_int64(st, 1, now);
+    sqlite3_bind_int64(st, 2, cutoff_ms);
+    char keys[200][160];
+    int nk = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW && nk < 200)
+        s_copy(keys[nk++], sizeof keys[0], st, 0);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW)
+        return rc;
+    for (int i = 0; i < nk; i++) {
+        ledger_t l;
+        bool found;
+        S_TRY(s_ledger_get(self, keys[i], &l, &found));
+        if (!found)
+            continue;
+        int64_t freed = slots_release_unclaimed(&l);
+        S_TRY(s_ledger_put(self, keys[i], &l, now));
+        sqlite3_stmt *u;
+        rc = sqlite3_prepare_v2(self->db,
+                                "UPDATE capacity SET released_at_ms = ?2 WHERE resource_key = ?1",
+                                -1, &u, NULL);
+        if (rc != SQLITE_OK)
+            return rc;
+        sqlite3_bind_text(u, 1, keys[i], -1, SQLITE_STATIC);
+        sqlite3_bind_int64(u, 2, now);
+        rc = sqlite3_step(u);
+        sqlite3_finalize(u);
+        if (rc != SQLITE_DONE)
+            return rc;
+        S_TRY(s_event(events, n, EV_RESERVE_RELEASED, keys[i], "", freed));
+    }
+    return SQLITE_OK;
+}
+
+int clinical_scan(clinical_t *self, const clin_sla_t *sla, int64_t now_ms, clin_event_t **events,
+                  size_t *n_events)
+{
+    /* Urgent (1) and stat (2) referrals not accepted within their limits. */
+    S_TRY(s_scan(self,
+                 "UPDATE referrals SET escalated_ms = ?1 WHERE escalated_ms IS NULL"
+                 " AND state IN (1, 2) AND priority >= 1 AND created_ms +"
+                 " (CASE priority WHEN 2 THEN ?3 ELSE ?2 END) < ?1"
+                 " RETURNING ref_key, dest, ?1 - created_ms",
+                 now_ms, (int64_t)sla->urgent_accept_s * 1000, (int64_t)sla->stat_accept_s * 1000,
+                 EV_ACCEPT_OVERDUE, events, n_events));
+    S_TRY(s_scan(self,
+                 "UPDATE loops SET escalated_ms = ?1 WHERE escalated_ms IS NULL AND kind = 1"
+                 " AND state < 2 AND opened_ms + (CASE priority WHEN 2 THEN ?3 ELSE ?2 END) < ?1"
+                 " RETURNING loop_key, filler, ?1 - opened_ms",
+                 now_ms, (int64_t)sla->imaging_final_s * 1000,
+                 (int64_t)sla->stat_imaging_final_s * 1000, EV_IMAGING_OVERDUE, events, n_events));
+    S_TRY(s_scan(self,
+                 "UPDATE loops SET escalated_ms = ?1 WHERE escalated_ms IS NULL AND kind = 2"
+                 " AND state < 2 AND opened_ms + (CASE priority WHEN 2 THEN ?3 ELSE ?2 END) < ?1"
+                 " RETURNING loop_key, filler, ?1 - opened_ms",
+                 now_ms, (int64_t)sla->lab_result_s * 1000, (int64_t)sla->stat_lab_result_s * 1000,
+                 EV_LAB_OVERDUE, events, n_events));
+    S_TRY(s_scan(self,
+                 "UPDATE loops SET readback_escalated_ms = ?1 WHERE readback_escalated_ms IS NULL"
+                 " AND critical = 1 AND readback_ms IS NULL AND critical_at_ms + ?2 < ?1"
+                 " RETURNING loop_key, orderer, ?1 - critical_at_ms + 0 * ?3",
+                 now_ms, (int64_t)sla->critical_readback_s * 1000, 0, EV_READBACK_OVERDUE, events,
+                 n_events));
+    S_TRY(s_expire_referrals(self, now_ms, events, n_events));
+    return s_release_reserves(self, now_ms, (int64_t)sla->reserve_cutoff_s * 1000, events,
+                              n_events);
+}
+
+void clinical_events_free(clin_event_t *events, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(events[i].key);
+        free(events[i].facility);
+    }
+    free(events);
+}
+
+const char *clinical_event_name(clin_event_kind_t k)
+{
+    switch (k) {
+    case EV_ACCEPT_OVERDUE: return "referral_accept_overdue";
+    case EV_IMAGING_OVERDUE: return "imaging_report_overdue";
+    case EV_LAB_OVERDUE: return "lab_result_overdue";
+    case EV_READBACK_OVERDUE: return "critical_readback_overdue";
+    case EV_RESERVE_RELEASED: return "reserve_released";
+    case EV_REFERRAL_EXPIRED: return "referral_expired";
+    }
+    return "?";
+}
+
+/* ---- operator queries ---------------------------------------------------------------- */
+
+int clinical_slots(clinical_t *self, const char *date, clin_slot_t **rows, size_t *n)
+{
+    sqlite3_stmt *st;
+    int rc = sqlite3_prepare_v2(self->db,
+                                "SELECT resource_key, resource, unit, date, capacity, reserved,"
+                                " claimed_reserved, general_used, released, released_at_ms"
+                                " FROM capacity WHERE ?1 IS NULL OR date = ?1"
+                                " ORDER BY date, resource, unit LIMIT 1000",
+                                -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    if (date && date[0])
+        sqlite3_bind_text(st, 1, date, -1, SQLITE_STATIC);
+    *rows = NULL;
+    *n = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (*n % 32 == 0) {
+            clin_slot_t *r = realloc(*rows, (*n + 32) * sizeof *r);
+            if (r == NULL) {
+                rc = SQLITE_NOMEM;
+                break;
+            }
+            *rows = r;
+        }
+        clin_slot_t *r = &(*rows)[(*n)++];
+        r->resource_key = s_col(st, 0);
+        r->resource = (res_kind_t)sqlite3_column_int(st, 1);
+        r->unit = s_col(st, 2);
+        r->date = s_col(st, 3);
+        r->ledger.capacity = sqlite3_column_int64(st, 4);
+        r->ledger.reserved = sqlite3_column_int64(st, 5);
+        r->ledger.claimed_reserved = sqlite3_column_int64(st, 6);
+        r->ledger.general_used = sqlite3_column_int64(st, 7);
+        r->ledger.released = sqlite3_column_int64(st, 8);
+        r->released_at_ms = sqlite3_column_int64(st, 9);
+    }
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+void clinical_slots_free(clin_slot_t *rows, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(rows[i].resource_key);
+        free(rows[i].unit);
+        free(rows[i].date);
+    }
+    free(rows);
+}
+
+int clinical_open_loops(clinical_t *self, const char *facility, int64_t older_than_ms,
+                        clin_open_t **rows, size_t *n)
+{
+    sqlite3_stmt *st;
+    int rc = sqlite3_prepare_v2(
+        self->db,
+        "SELECT 'referral', referral_id, source, dest, state, priority, created_ms, updated_ms,"
+        " escalated_ms IS NOT NULL FROM referrals WHERE state IN (1, 2, 3, 5, 6, 7)"
+        " AND (?1 IS NULL OR source = ?1 OR dest = ?1) AND created_ms <= ?2"
+        " UNION ALL "
+        "SELECT CASE kind WHEN 1 THEN 'imaging' ELSE 'lab' END, ref_id, orderer, filler,"
+        " -1 - state, priority, opened_ms, updated_ms, escalated_ms IS NOT NULL FROM loops"
+        " WHERE (state < 2 OR (critical = 1 AND readback_ms IS NULL))"
+        " AND (?1 IS NULL OR orderer = ?1 OR filler = ?1) AND opened_ms <= ?2"
+        " ORDER BY 7 LIMIT 1000",
+        -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    if (facility && facility[0])
+        sqlite3_bind_text(st, 1, facility, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, older_than_ms);
+    *rows = NULL;
+    *n = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (*n % 32 == 0) {
+            clin_open_t *r = realloc(*rows, (*n + 32) * sizeof *r);
+            if (r == NULL) {
+                rc = SQLITE_NOMEM;
+                break;
+            }
+            *rows = r;
+        }
+        clin_open_t *r = &(*rows)[(*n)++];
+        r->kind = s_col(st, 0);
+        r->key = s_col(st, 1);
+        r->from = s_col(st, 2);
+        r->to = s_col(st, 3);
+        int state = sqlite3_column_int(st, 4);
+        static const char *const loop_states[] = {"OPEN", "PARTIAL", "FINAL", "AMENDED"};
+        const char *sname = state >= 0 ? referral_state_name((ref_state_t)state)
+                                       : loop_states[(-1 - state) & 3];
+        /* A final report still open is waiting for its critical read-back. */
+        if (state < 0 && -1 - state >= LOOP_FINAL)
+            sname = "AWAITING_READBACK";
+        r->state = strdup(sname);
+        r->priority = sqlite3_column_int(st, 5);
+        r->opened_ms = sqlite3_column_int64(st, 6);
+        r->updated_ms = sqlite3_column_int64(st, 7);
+        r->escalated = sqlite3_column_int(st, 8) != 0;
+    }
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+void clinical_open_free(clin_open_t *rows, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(rows[i].kind);
+        free(rows[i].key);
+        free(rows[i].from);
+        free(rows[i].to);
+        free(rows[i].state);
+    }
+    free(rows);
+}

@@ -1,0 +1,183 @@
+/*
+ * facts.c - the clinical facts of a message, taken while it is validated on
+ * the loop thread, so that the store thread never decodes an Envelope.
+ */
+#include "facts.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+void facts_local_day(int64_t ms, char out[11])
+{
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    if (localtime_r(&t, &tm) == NULL || strftime(out, 11, "%Y-%m-%d", &tm) == 0)
+        snprintf(out, 11, "0000-00-00");
+}
+
+/* Local midnight of a YYYY-MM-DD day, in Unix ms; 0 if it does not parse. */
+static int64_t s_day_start(const char *day)
+{
+    struct tm tm = {0};
+    if (day == NULL || sscanf(day, "%4d-%2d-%2d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday) != 3)
+        return 0;
+    tm.tm_year -= 1900;
+    tm.tm_mon -= 1;
+    tm.tm_isdst = -1;
+    time_t t = mktime(&tm);
+    return t == (time_t)-1 ? 0 : (int64_t)t * 1000;
+}
+
+static char *s_dup(const char *s)
+{
+    return s && s[0] ? strdup(s) : NULL;
+}
+
+static ref_dir_t s_dir(const server_t *s, int src, int dest)
+{
+    switch (registry_direction(s->registry, src, dest)) {
+    case DIRECTION_UP: return REF_DIR_UP;
+    case DIRECTION_DOWN: return REF_DIR_DOWN;
+    default: return REF_DIR_LATERAL;
+    }
+}
+
+static int s_capacity(const server_t *s, const Medroute__V1__CapacityNotice *cn, clin_facts_t *f,
+                      char *reason, size_t len)
+{
+    if (cn == NULL || cn->n_items == 0) {
+        snprintf(reason, len, "capacity notice has no items");
+        return MR_E_INVALID;
+    }
+    f->capacity = calloc(cn->n_items, sizeof *f->capacity);
+    if (f->capacity == NULL)
+        return -ENOMEM;
+    for (size_t i = 0; i < cn->n_items; i++) {
+        const Medroute__V1__CapacityItem *it = cn->items[i];
+        clin_capacity_t *c = &f->capacity[f->n_capacity++];
+        bool under = false;
+        const char *why = NULL;
+        if (slots_check_offer(it->capacity, it->reserved, s->conf->min_reserved_share, &under,
+                              &why) != 0 &&
+            !(under && s->conf->allow_low_reserve)) {
+            snprintf(reason, len, "capacity item %zu (%.40s %.10s): %s", i + 1,
+                     it->unit ? it->unit : "", it->date ? it->date : "", why ? why : "invalid");
+            return MR_E_INVALID;
+        }
+        if (under) {
+            char unit[41], date[11];
+            log_warn(s->log, "capacity.low_reserve",
+                     "unit=\"%s\" date=\"%s\" capacity=%u reserved=%u min_share=%.2f",
+                     log_clean(unit, sizeof unit, it->unit), log_clean(date, sizeof date, it->date),
+                     it->capacity, it->reserved, s->conf->min_reserved_share);
+        }
+        switch (it->resource) {
+        case MEDROUTE__V1__RESOURCE_TYPE__RESOURCE_CLINIC: c->resource = RES_CLINIC; break;
+        case MEDROUTE__V1__RESOURCE_TYPE__RESOURCE_BED: c->resource = RES_BED; break;
+        case MEDROUTE__V1__RESOURCE_TYPE__RESOURCE_EXAM: c->resource = RES_EXAM; break;
+        default: c->resource = RES_KIND_COUNT; break; /* the store refuses it */
+        }
+        c->unit = s_dup(it->unit);
+        c->date = s_dup(it->date);
+        c->capacity = it->capacity;
+        c->reserved = it->reserved;
+        c->slot_start_ms = it->slot_start_ms ? it->slot_start_ms : s_day_start(it->date);
+        if ((it->unit && it->unit[0] && c->unit == NULL) || (it->date && it->date[0] && !c->date))
+            return -ENOMEM;
+    }
+    return 0;
+}
+
+int facts_extract(const server_t *s, int src, int dest, const mr_envelope_t *env,
+                  int64_t expires_ms, int64_t now_ms, clin_facts_t **out, char *reason,
+                  size_t reason_len)
+{
+    clin_facts_t *f = calloc(1, sizeof *f);
+    if (f == NULL)
+        return -ENOMEM;
+    int rc = 0;
+    const char *id = NULL;
+    f->kind = (int)env->kind;
+    f->priority = (int)env->priority;
+    f->direction = dest >= 0 ? s_dir(s, src, dest) : REF_DIR_LATERAL;
+    f->expires_ms = expires_ms;
+    switch (env->payload_case) {
+    case MEDROUTE__V1__ENVELOPE__PAYLOAD_REFERRAL: {
+        const Medroute__V1__Referral *r = env->referral;
+        id = r->referral_id;
+        f->service = (int)r->service;
+        f->unit = s_dup(r->service == MEDROUTE__V1__SERVICE_TYPE__SERVICE_EXAM
+                            ? r->requested_modality
+                            : r->department);
+        f->family_doctor = r->family_doctor_contract;
+        break;
+    }
+    case MEDROUTE__V1__ENVELOPE__PAYLOAD_REFERRAL_UPDATE: {
+        const Medroute__V1__ReferralUpdate *u = env->referral_update;
+        id = u->referral_id;
+        f->step = (int)u->step;
+        f->has_reason = u->reason && u->reason[0];
+        f->has_summary = u->summary && u->summary->uri && u->summary->uri[0];
+        f->appointment_ms = u->appointment_at_ms;
+        char day[11];
+        facts_local_day(u->appointment_at_ms ? u->appointment_at_ms : now_ms, day);
+        f->appointment_day = strdup(day);
+        if (f->appointment_day == NULL)
+            rc = -ENOMEM;
+        break;
+    }
+    case MEDROUTE__V1__ENVELOPE__PAYLOAD_IMAGING_REQUEST: {
+        const Medroute__V1__ImagingRequest *q = env->imaging_request;
+        id = q->accession_number;
+        const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(
+            &medroute__v1__modality__descriptor, (int)q->modality);
+        f->modality = s_dup(v ? v->name + strlen("MODALITY_") : NULL);
+        break;
+    }
+    case MEDROUTE__V1__ENVELOPE__PAYLOAD_IMAGING_REPORT:
+        id = env->imaging_report->accession_number;
+        f->report_status = (int)env->imaging_report->status;
+        f->critical = env->imaging_report->critical_finding;
+        break;
+    case MEDROUTE__V1__ENVELOPE__PAYLOAD_LAB_ORDER:
+        id = env->lab_order->placer_order_number;
+        f->items = (int)env->lab_order->n_tests;
+        break;
+    case MEDROUTE__V1__ENVELOPE__PAYLOAD_LAB_RESULT: {
+        const Medroute__V1__LabResult *r = env->lab_result;
+        id = r->placer_order_number;
+        f->report_status = (int)r->status;
+        f->items = (int)r->n_items;
+        for (size_t i = 0; i < r->n_items; i++)
+            f->critical = f->critical || r->items[i]->critical;
+        break;
+    }
+    case MEDROUTE__V1__ENVELOPE__PAYLOAD_CRITICAL_ACK: {
+        const Medroute__V1__CriticalAck *a = env->critical_ack;
+        f->imaging = a->accession_number && a->accession_number[0];
+        id = f->imaging ? a->accession_number : a->placer_order_number;
+        break;
+    }
+    case MEDROUTE__V1__ENVELOPE__PAYLOAD_CAPACITY:
+        rc = s_capacity(s, env->capacity, f, reason, reason_len);
+        break;
+    default:
+        break;
+    }
+    if (rc == 0 && id != NULL && id[0] && (f->ref_id = strdup(id)) == NULL)
+        rc = -ENOMEM;
+    if (rc != 0) {
+        clinical_facts_free(f);
+        return rc;
+    }
+    *out = f;
+    return 0;
+}
+
+bool facts_express(const clin_facts_t *f)
+{
+    return f->critical || f->priority == MEDROUTE__V1__PRIORITY__PRIORITY_STAT;
+}

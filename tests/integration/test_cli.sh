@@ -1,0 +1,559 @@
+#!/usr/bin/env bash
+# test_cli.sh - end-to-end test of the `medroute` command line tool against a
+# real medrouted, as an operator and two facilities would use them.
+#
+#   test_cli.sh MEDROUTED_PATH MEDROUTE_CLI_PATH SOURCE_DIR
+#
+# It writes its own config into a temporary directory (free loopback ports,
+# data_dir there, insecure = true, lab_order ttl 2 s), starts the daemon and
+# checks: send (payload file and whole envelope on stdin), listen (online and
+# offline, in order), the CLI's exit statuses for refusals and bad input,
+# idempotent resend, expiry to the dead letters with retry and drop, the
+# status table, that no patient data reaches the daemon's log, and a clean
+# exit on SIGTERM.
+#
+# Every wait is bounded; everything talks to 127.0.0.1.  The last line is
+# "N passed, M failed"; the exit status is 0 only when nothing failed.
+set -euo pipefail
+
+if [ $# -ne 3 ]; then
+    echo "usage: $0 MEDROUTED_PATH MEDROUTE_CLI_PATH SOURCE_DIR" >&2
+    exit 2
+fi
+MEDROUTED=$1
+CLI=$2
+SOURCE_DIR=$3
+
+PASSED=0
+FAILED=0
+DAEMON_PID=
+LISTEN_PID=
+FINISHED=0
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/medroute-clitest.XXXXXX")
+
+# Stops a process we started: SIGTERM, up to 5 s, then SIGKILL.
+stop_pid() {
+    local pid=$1 i
+    [ -n "$pid" ] || return 0
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for i in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$?
+    stop_pid "$LISTEN_PID"
+    stop_pid "$DAEMON_PID"
+    if [ "$FINISHED" -eq 0 ]; then
+        # Stopped by a signal or by an unexpected error under set -e.
+        bad "the script ran to its end" "it stopped early with status $rc"
+        dump_log
+        echo "$PASSED passed, $FAILED failed"
+        rc=1
+    fi
+    rm -rf "$TMP"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+ok() {
+    PASSED=$((PASSED + 1))
+    echo "ok     $1"
+}
+
+bad() {
+    FAILED=$((FAILED + 1))
+    echo "FAILED $1${2:+ -- $2}"
+}
+
+# check DESCRIPTION DETAIL-ON-FAILURE COMMAND...: one check, passed when
+# COMMAND succeeds.
+check() {
+    local what=$1 detail=$2
+    shift 2
+    if "$@"; then ok "$what"; else bad "$what" "$detail"; fi
+}
+
+# For a failure's diagnosis: the daemon's last words, before the summary.
+dump_log() {
+    if [ -f "$TMP/medrouted.log" ]; then
+        echo "--- last lines of medrouted.log ---"
+        tail -n 40 "$TMP/medrouted.log" || true
+        echo "---"
+    fi
+}
+
+finish() {
+    FINISHED=1
+    [ "$FAILED" -eq 0 ] || dump_log
+    echo "$PASSED passed, $FAILED failed"
+    [ "$FAILED" -eq 0 ] && exit 0
+    exit 1
+}
+
+# A precondition failed: nothing after it can be checked.
+fatal() {
+    bad "$1" "${2:-}"
+    finish
+}
+
+for tool in python3 timeout; do
+    command -v "$tool" >/dev/null || fatal "prerequisite: $tool is installed"
+done
+[ -x "$MEDROUTED" ] || fatal "prerequisite: $MEDROUTED is executable"
+[ -x "$CLI" ] || fatal "prerequisite: $CLI is executable"
+[ -f "$SOURCE_DIR/config/medroute.conf" ] || fatal "prerequisite: $SOURCE_DIR is the source tree"
+
+# jget PATH < JSON: the value at a dotted path (list indices are numbers):
+# strings bare, booleans true/false, objects and lists as JSON, nothing when
+# absent or when the input is not JSON.
+JGET_PY='
+import json, sys
+try:
+    d = json.loads(sys.stdin.read())
+    for k in [p for p in sys.argv[1].split(".") if p]:
+        if isinstance(d, list):
+            d = d[int(k)] if int(k) < len(d) else None
+        elif isinstance(d, dict):
+            d = d.get(k)
+        else:
+            d = None
+        if d is None:
+            break
+except Exception:
+    d = None
+if isinstance(d, bool):
+    print("true" if d else "false")
+elif isinstance(d, (dict, list)):
+    print(json.dumps(d))
+elif d is not None:
+    print(d)
+'
+jget() { python3 -c "$JGET_PY" "$1"; }
+
+# pending_of FACILITY < STATUS-JSON: the facility's pending count (proto3 JSON
+# leaves out zeros), or nothing if the facility is not listed.
+PENDING_PY='
+import json, sys
+try:
+    st = json.loads(sys.stdin.read())["status"]
+    for f in st.get("facilities", []):
+        if f.get("facility_id") == sys.argv[1]:
+            print(int(f.get("pending", 0)))
+except Exception:
+    pass
+'
+pending_of() { python3 -c "$PENDING_PY" "$1"; }
+
+# field_of_lines PATH < JSON-LINES: jget over each line, space separated.
+FIELDS_PY='
+import json, sys
+out = []
+for line in sys.stdin:
+    line = line.strip()
+    if not line:
+        continue
+    try:
+        d = json.loads(line)
+        for k in sys.argv[1].split("."):
+            d = d[int(k)] if isinstance(d, list) else d.get(k)
+    except Exception:
+        d = None
+    out.append("?" if d is None else str(d))
+print(" ".join(out))
+'
+field_of_lines() { python3 -c "$FIELDS_PY" "$1"; }
+
+# ---- the broker ----------------------------------------------------------------
+
+# start_daemon: picks two free loopback ports, writes the config, starts
+# medrouted and waits (10 s at most) until `medroute status` answers.  0 when
+# up; 1 when the daemon exited (e.g. a port was taken meanwhile); 2 when it
+# runs but does not answer.
+start_daemon() {
+    local ports i
+    ports=$(python3 -c '
+import socket
+a = socket.socket(); a.bind(("127.0.0.1", 0))
+b = socket.socket(); b.bind(("127.0.0.1", 0))
+print(a.getsockname()[1], b.getsockname()[1])
+a.close(); b.close()
+') || return 1
+    FAC_EP="tcp://127.0.0.1:${ports% *}"
+    OP_EP="tcp://127.0.0.1:${ports#* }"
+    cat >"$TMP/medroute.conf" <<EOF
+# written by test_cli.sh
+broker_id = "clitest-broker";
+facility_endpoint = "$FAC_EP";
+operator_endpoint = "$OP_EP";
+data_dir = "$TMP/data";
+insecure = true;
+log_level = "info";
+ttl = { lab_order = 2; };
+facilities = (
+  { id = "yx-lead";    role = "lead";           name = "Yun County People's Hospital"; },
+  { id = "yx-imaging"; role = "imaging_centre"; name = "Regional imaging diagnosis centre"; host = "yx-lead"; },
+  { id = "yx-lab";     role = "lab_centre";     name = "Regional clinical lab centre"; host = "yx-lead"; },
+  { id = "t-aihua";    role = "township";       name = "Aihua town health centre"; },
+  { id = "t-lishu";    role = "township";       name = "Lishu township health centre (remote, poor link)"; }
+);
+EOF
+    # Under timeout(1) so that it cannot outlive a test killed from outside
+    # (CTest's TIMEOUT); timeout passes our SIGTERM on and exits with the
+    # daemon's status.  --foreground: pass it on once, to the daemon only
+    # (without it timeout also signals its process group, and a second
+    # SIGTERM that lands after the daemon has closed its signal watchers
+    # while stopping kills it: exit 143).
+    timeout --foreground -k 5 170 "$MEDROUTED" --config "$TMP/medroute.conf" \
+        >"$TMP/medrouted.log" 2>&1 &
+    DAEMON_PID=$!
+    for i in $(seq 50); do
+        if ! kill -0 "$DAEMON_PID" 2>/dev/null; then
+            wait "$DAEMON_PID" || true
+            DAEMON_PID=
+            return 1
+        fi
+        mr status --timeout 500 >/dev/null 2>&1 && return 0
+        sleep 0.2
+    done
+    return 2
+}
+
+# The CLI, bounded by timeout(1) in case it hangs, always on our endpoints.
+mr() { timeout 30 "$CLI" --endpoint "$FAC_EP" --operator "$OP_EP" "$@"; }
+
+# run NAME COMMAND...: stdout to $TMP/NAME.out, stderr to $TMP/NAME.err,
+# exit status in RC.
+RC=0
+run() {
+    local name=$1
+    shift
+    RC=0
+    "$@" >"$TMP/$name.out" 2>"$TMP/$name.err" || RC=$?
+}
+
+FAC_EP=
+OP_EP=
+UP=1
+for attempt in 1 2 3; do
+    UP=0
+    start_daemon || UP=$?
+    [ "$UP" -eq 1 ] || break
+    echo "# medrouted exited at start (attempt $attempt): $(tail -n 3 "$TMP/medrouted.log" | tr '\n' ' ')"
+done
+[ "$UP" -ne 1 ] || fatal "medrouted starts" "it exited three times; see its log above"
+[ "$UP" -eq 0 ] || fatal "medrouted answers \`medroute status\` within 10 s"
+ok "medrouted is up and answers \`medroute status\`"
+
+# ---- payloads ------------------------------------------------------------------
+
+# Patient data that must travel, but never reach the daemon's log.
+PATIENT_NAME="Bai Yuzhen"
+RESIDENT_ID="53092719580314202X"
+INSURANCE_ID="YB5309270042917"
+PHONE="13987012345"
+SECRETS=("$PATIENT_NAME" "$RESIDENT_ID" "$INSURANCE_ID" "$PHONE")
+
+# referral_json REFERRAL_ID: a Referral payload (ICD-10 I21 up to cardiology).
+referral_json() {
+    cat <<EOF
+{
+  "referral_id": "$1",
+  "patient": {
+    "identifiers": [
+      {"system": "cn-resident-id", "value": "$RESIDENT_ID"},
+      {"system": "cn-insurance", "value": "$INSURANCE_ID"}
+    ],
+    "name": "$PATIENT_NAME",
+    "birth_date": "1958-03-14",
+    "sex": "SEX_FEMALE",
+    "phone": "$PHONE"
+  },
+  "reasons": [{"system": "ICD-10", "code": "I21", "display": "Acute myocardial infarction"}],
+  "service": "SERVICE_INPATIENT_BED",
+  "department": "cardiology",
+  "family_doctor_contract": true,
+  "referring_practitioner": "Dr. Township GP",
+  "clinical_summary": "chest pain 2 h, ST elevation V1-V4"
+}
+EOF
+}
+
+lab_order_json() {
+    cat <<EOF
+{
+  "placer_order_number": "$1",
+  "patient": {
+    "identifiers": [{"system": "cn-resident-id", "value": "$RESIDENT_ID"}],
+    "name": "$PATIENT_NAME"
+  },
+  "specimen": {"specimen_id": "SP-$1", "type": "serum"},
+  "tests": [{"system": "LOINC", "code": "2345-7", "display": "Glucose"}]
+}
+EOF
+}
+
+referral_json "R-UP-1" >"$TMP/referral.json"
+
+# ---- 1 + 2: a referral up, received by the lead (listening) ---------------------
+
+echo "# 1-2: send a referral from t-aihua to yx-lead, listen at yx-lead"
+# Started directly (not through mr) so that $! is timeout(1), which passes a
+# SIGTERM on to the CLI.
+timeout 30 "$CLI" --endpoint "$FAC_EP" --operator "$OP_EP" listen --as yx-lead --count 1 \
+    --timeout 5000 >"$TMP/listen1.out" 2>"$TMP/listen1.err" &
+LISTEN_PID=$!
+run send1 mr send --as t-aihua --to yx-lead --kind referral --json "$TMP/referral.json"
+SEQ1=$(jget seq <"$TMP/send1.out")
+MID1=$(jget message_id <"$TMP/send1.out")
+check "send --json FILE exits 0" "exit $RC, stderr: $(cat "$TMP/send1.err")" test "$RC" -eq 0
+check "send prints one JSON line with \"ack\":true and a seq" "got: $(cat "$TMP/send1.out")" \
+    test "$(wc -l <"$TMP/send1.out")" -eq 1 -a "$(jget ack <"$TMP/send1.out")" = true \
+    -a -n "$SEQ1" -a -n "$MID1"
+
+# The listener stops by itself after --count 1 or --timeout 5000; give it 10 s.
+LRC=
+for i in $(seq 100); do
+    if ! kill -0 "$LISTEN_PID" 2>/dev/null; then
+        LRC=0
+        wait "$LISTEN_PID" || LRC=$?
+        break
+    fi
+    sleep 0.1
+done
+if [ -z "$LRC" ]; then
+    stop_pid "$LISTEN_PID"
+    LRC=hung
+fi
+LISTEN_PID=
+check "listen --count 1 exits 0 after its delivery" "exit $LRC, stderr: $(cat "$TMP/listen1.err")" \
+    test "$LRC" = 0
+check "listen prints exactly one JSON line" "got $(wc -l <"$TMP/listen1.out") lines" \
+    test "$(wc -l <"$TMP/listen1.out")" -eq 1
+check "the delivery has the sent message_id, source t-aihua, kind referral, ICD-10 I21" \
+    "got: $(cat "$TMP/listen1.out")" \
+    test "$(jget envelope.message_id <"$TMP/listen1.out")" = "$MID1" \
+    -a "$(jget envelope.source <"$TMP/listen1.out")" = t-aihua \
+    -a "$(jget envelope.kind <"$TMP/listen1.out")" = KIND_REFERRAL \
+    -a "$(jget envelope.referral.reasons.0.code <"$TMP/listen1.out")" = I21 \
+    -a "$(jget envelope.referral.reasons.0.system <"$TMP/listen1.out")" = ICD-10 \
+    -a "$(jget envelope.referral.department <"$TMP/listen1.out")" = cardiology \
+    -a "$(jget envelope.referral.family_doctor_contract <"$TMP/listen1.out")" = true \
+    -a "$(jget envelope.referral.patient.identifiers.0.value <"$TMP/listen1.out")" = "$RESIDENT_ID" \
+    -a "$(jget seq <"$TMP/listen1.out")" = "$SEQ1"
+
+# ---- 3: a whole envelope on stdin ------------------------------------------------
+
+echo "# 3: a second referral (its own referral number) as a whole Envelope on stdin"
+python3 -c '
+import json, sys
+ref = json.load(open(sys.argv[1]))
+ref["referral_id"] = "R-UP-2"   # a referral number is used once per sender
+env = {"message_id": "env-stdin-1", "source": "t-aihua", "destination": "yx-lead",
+       "kind": "KIND_REFERRAL", "priority": "PRIORITY_URGENT",
+       "referral": ref}
+print(json.dumps(env))
+' "$TMP/referral.json" >"$TMP/envelope.json"
+RC=0
+mr send --as t-aihua --json - <"$TMP/envelope.json" >"$TMP/send3.out" 2>"$TMP/send3.err" || RC=$?
+check "send --json - (a whole Envelope on stdin) exits 0 with \"ack\":true and its message_id" \
+    "exit $RC, out: $(cat "$TMP/send3.out"), err: $(cat "$TMP/send3.err")" \
+    test "$RC" -eq 0 -a "$(jget ack <"$TMP/send3.out")" = true \
+    -a "$(jget message_id <"$TMP/send3.out")" = env-stdin-1
+run listen3 mr listen --as yx-lead --count 1 --timeout 5000
+check "yx-lead receives the stdin envelope (id, urgent, I21)" \
+    "exit $RC, got: $(cat "$TMP/listen3.out")" \
+    test "$RC" -eq 0 -a "$(wc -l <"$TMP/listen3.out")" -eq 1 \
+    -a "$(jget envelope.message_id <"$TMP/listen3.out")" = env-stdin-1 \
+    -a "$(jget envelope.priority <"$TMP/listen3.out")" = PRIORITY_URGENT \
+    -a "$(jget envelope.referral.reasons.0.code <"$TMP/listen3.out")" = I21
+
+# ---- 4: refusals and bad input ---------------------------------------------------
+
+echo "# 4: error exits"
+run err_dest mr send --as t-aihua --to t-nowhere --kind referral --json "$TMP/referral.json"
+check "unknown destination: exit 1, \"ack\":false, code_name UNKNOWN_DESTINATION" \
+    "exit $RC, out: $(cat "$TMP/err_dest.out"), err: $(cat "$TMP/err_dest.err")" \
+    test "$RC" -eq 1 -a "$(jget ack <"$TMP/err_dest.out")" = false \
+    -a "$(jget code_name <"$TMP/err_dest.out")" = UNKNOWN_DESTINATION
+
+printf '{"referral_id": "R-BAD", ' >"$TMP/bad.json"
+run err_json mr send --as t-aihua --to yx-lead --kind referral --json "$TMP/bad.json"
+check "bad JSON: exit 2" "exit $RC, err: $(cat "$TMP/err_json.err")" test "$RC" -eq 2
+
+run err_kind mr send --as t-aihua --to yx-lead --kind telegram --json "$TMP/referral.json"
+check "unknown kind: exit 2" "exit $RC, err: $(cat "$TMP/err_kind.err")" test "$RC" -eq 2
+
+run err_src mr send --as t-nobody --to yx-lead --kind referral --json "$TMP/referral.json"
+check "--as t-nobody: exit 1" "exit $RC, out: $(cat "$TMP/err_src.out"), err: $(cat "$TMP/err_src.err")" \
+    test "$RC" -eq 1
+check "--as t-nobody: the refusal is reported as UNKNOWN_SOURCE" \
+    "out: $(cat "$TMP/err_src.out"), err: $(cat "$TMP/err_src.err")" \
+    grep -q UNKNOWN_SOURCE "$TMP/err_src.out" "$TMP/err_src.err"
+
+# ---- 5: an offline facility gets its messages later, in order ----------------------
+
+echo "# 5: five referrals to t-lishu while it is offline"
+sent5=0
+for n in 1 2 3 4 5; do
+    referral_json "R-$n" >"$TMP/r$n.json"
+    run send5_$n mr send --as t-aihua --to t-lishu --kind referral --json "$TMP/r$n.json"
+    if [ "$RC" -eq 0 ] && [ "$(jget ack <"$TMP/send5_$n.out")" = true ]; then
+        sent5=$((sent5 + 1))
+    fi
+done
+check "5 referrals R-1..R-5 to offline t-lishu are acknowledged" "$sent5 of 5" test "$sent5" -eq 5
+
+run status5 mr status --json
+P=$(pending_of t-lishu <"$TMP/status5.out")
+check "status --json shows t-lishu pending 5" "exit $RC, pending '$P'" test "$RC" -eq 0 -a "$P" = 5
+
+run queue5 mr queue ls --dest t-lishu
+ROWS=$(grep -c -E '^[0-9]+ +[^ ]+ +t-aihua +t-lishu +referral ' "$TMP/queue5.out" || true)
+check "queue ls --dest t-lishu lists 5 rows" "exit $RC, got: $(cat "$TMP/queue5.out")" \
+    test "$RC" -eq 0 -a "$ROWS" -eq 5 -a "$(tail -n 1 "$TMP/queue5.out")" = "(5 pending)"
+
+run listen5 mr listen --as t-lishu --count 5 --timeout 10000
+IDS=$(field_of_lines envelope.referral.referral_id <"$TMP/listen5.out")
+check "listen --as t-lishu --count 5 prints R-1..R-5 in order" \
+    "exit $RC, referral ids: '$IDS'" test "$RC" -eq 0 -a "$IDS" = "R-1 R-2 R-3 R-4 R-5"
+
+# The last Ack may still be on its way when listen exits: poll, bounded.
+P=
+for i in $(seq 25); do
+    P=$(mr status --json 2>/dev/null | pending_of t-lishu || true)
+    [ "$P" = 0 ] && break
+    sleep 0.2
+done
+check "status then shows t-lishu pending 0" "pending '$P' after 5 s" test "$P" = 0
+
+# ---- 6: a resend with the same id is routed once ----------------------------------
+
+echo "# 6: resend with --id fixed-1"
+referral_json "R-RESEND" >"$TMP/resend.json"
+run dup1 mr send --as t-aihua --to yx-imaging --kind referral --id fixed-1 --json "$TMP/resend.json"
+RC1=$RC
+run dup2 mr send --as t-aihua --to yx-imaging --kind referral --id fixed-1 --json "$TMP/resend.json"
+SEQ_D1=$(jget seq <"$TMP/dup1.out")
+check "first send --id fixed-1: ack, not a duplicate" "exit $RC1, got: $(cat "$TMP/dup1.out")" \
+    test "$RC1" -eq 0 -a "$(jget ack <"$TMP/dup1.out")" = true \
+    -a "$(jget duplicate <"$TMP/dup1.out")" = false -a -n "$SEQ_D1"
+check "second send --id fixed-1: ack with \"duplicate\":true and the same seq" \
+    "exit $RC, first: $(cat "$TMP/dup1.out"), second: $(cat "$TMP/dup2.out")" \
+    test "$RC" -eq 0 -a "$(jget ack <"$TMP/dup2.out")" = true \
+    -a "$(jget duplicate <"$TMP/dup2.out")" = true -a "$(jget seq <"$TMP/dup2.out")" = "$SEQ_D1"
+
+run listen6 mr listen --as yx-imaging --count 2 --timeout 2000
+check "listen --count 2 at yx-imaging gets fixed-1 exactly once" \
+    "got: $(cat "$TMP/listen6.out")" \
+    test "$(wc -l <"$TMP/listen6.out")" -eq 1 \
+    -a "$(field_of_lines envelope.message_id <"$TMP/listen6.out")" = fixed-1
+# `medroute help`: "exit status: 0 ok, 1 refused or failed, 2 bad usage or
+# input, 3 time-out"; --count 2 was not reached within --timeout 2000.
+check "listen that reaches --timeout before --count exits 3 (time-out, as documented)" \
+    "exit $RC" test "$RC" -eq 3
+
+# ---- 7: expiry to the dead letters, retry, drop -----------------------------------
+
+echo "# 7: dead letters (lab_order ttl 2 s)"
+lab_order_json "LO-EXP-1" >"$TMP/lab1.json"
+run lab1 mr send --as t-aihua --to yx-lab --kind lab_order --json "$TMP/lab1.json"
+SEQ_L1=$(jget seq <"$TMP/lab1.out")
+check "lab_order to offline yx-lab is acknowledged" "exit $RC, got: $(cat "$TMP/lab1.out")" \
+    test "$RC" -eq 0 -a -n "$SEQ_L1"
+sleep 4
+# The expiry sweep runs every second; allow a few more.
+DEADROW=
+for i in $(seq 20); do
+    run dead1 mr queue ls --dead
+    DEADROW=$(grep -E "^$SEQ_L1 " "$TMP/dead1.out" || true)
+    case "$DEADROW" in *expired*) break ;; esac
+    sleep 0.2
+done
+check "queue ls --dead lists seq $SEQ_L1 with reason expired" \
+    "exit $RC, got: $(cat "$TMP/dead1.out")" \
+    test "$RC" -eq 0 -a -n "$DEADROW" -a "${DEADROW%expired}" != "$DEADROW"
+
+run retry1 mr queue retry "$SEQ_L1"
+check "queue retry $SEQ_L1 succeeds" "exit $RC, out: $(cat "$TMP/retry1.out"), err: $(cat "$TMP/retry1.err")" \
+    test "$RC" -eq 0
+run listen7 mr listen --as yx-lab --count 1 --timeout 5000
+check "listen --as yx-lab receives the retried lab_order" \
+    "exit $RC, got: $(cat "$TMP/listen7.out")" \
+    test "$RC" -eq 0 -a "$(wc -l <"$TMP/listen7.out")" -eq 1 \
+    -a "$(jget seq <"$TMP/listen7.out")" = "$SEQ_L1" \
+    -a "$(jget envelope.kind <"$TMP/listen7.out")" = KIND_LAB_ORDER \
+    -a "$(jget envelope.lab_order.placer_order_number <"$TMP/listen7.out")" = LO-EXP-1
+
+lab_order_json "LO-DROP-1" >"$TMP/lab2.json"
+run lab2 mr send --as t-aihua --to yx-lab --kind lab_order --json "$TMP/lab2.json"
+SEQ_L2=$(jget seq <"$TMP/lab2.out")
+check "a second lab_order to yx-lab is acknowledged" "exit $RC, got: $(cat "$TMP/lab2.out")" \
+    test "$RC" -eq 0 -a -n "$SEQ_L2"
+run drop1 mr queue drop "$SEQ_L2" --reason "entered in error"
+check "queue drop $SEQ_L2 --reason \"entered in error\" succeeds" \
+    "exit $RC, out: $(cat "$TMP/drop1.out"), err: $(cat "$TMP/drop1.err")" test "$RC" -eq 0
+run dead2 mr queue ls --dead
+check "queue ls --dead shows seq $SEQ_L2 with \"entered in error\"" \
+    "exit $RC, got: $(cat "$TMP/dead2.out")" \
+    grep -q -E "^$SEQ_L2 .*entered in error\$" "$TMP/dead2.out"
+run drop2 mr queue drop "$SEQ_L2" --reason "entered in error"
+check "a second drop of seq $SEQ_L2 fails with exit 1" \
+    "exit $RC, err: $(cat "$TMP/drop2.err")" test "$RC" -eq 1
+
+# ---- 8: the status table -----------------------------------------------------------
+
+echo "# 8: status table"
+run table mr status
+check "status (table) exits 0" "exit $RC, err: $(cat "$TMP/table.err")" test "$RC" -eq 0
+missing=
+for f in yx-lead yx-imaging yx-lab t-aihua t-lishu; do
+    grep -q -E "^$f +" "$TMP/table.out" || missing="$missing $f"
+done
+check "status table lists every facility" "missing:$missing" test -z "$missing"
+run statusj mr status --json
+COUNTERS=$(python3 -c '
+import json, sys
+print(" ".join(c["name"] for c in json.load(sys.stdin)["status"]["counters"]))
+' <"$TMP/statusj.out" 2>/dev/null || true)
+missing=
+for c in received stored duplicate delivered expired dead $COUNTERS; do
+    grep -q -E "^$c +[0-9]+\$" "$TMP/table.out" || missing="$missing $c"
+done
+check "status table has a COUNTER section with every counter name" \
+    "missing:$missing; table: $(cat "$TMP/table.out")" \
+    test -z "$missing" -a -n "$COUNTERS" -a -n "$(grep -E '^COUNTER +VALUE$' "$TMP/table.out")"
+
+# ---- 9: no patient data in the log; clean stop ---------------------------------------
+
+echo "# 9: the log, and SIGTERM"
+leaks=
+for s in "${SECRETS[@]}"; do
+    n=$(grep -c -F -- "$s" "$TMP/medrouted.log" || true)
+    [ "$n" -eq 0 ] || leaks="$leaks '$s' ($n lines)"
+done
+check "the daemon's log holds no patient name or identifier" "found:$leaks" test -z "$leaks"
+
+kill -TERM "$DAEMON_PID" 2>/dev/null || true
+DRC=
+for i in $(seq 100); do
+    if ! kill -0 "$DAEMON_PID" 2>/dev/null; then
+        DRC=0
+        wait "$DAEMON_PID" || DRC=$?
+        break
+    fi
+    sleep 0.1
+done
+if [ -z "$DRC" ]; then
+    stop_pid "$DAEMON_PID"
+    DRC="still running after 10 s"
+fi
+DAEMON_PID=
+check "medrouted exits 0 on SIGTERM" "exit $DRC" test "$DRC" = 0
+
+finish

@@ -271,6 +271,7 @@ typedef struct {
     Medroute__V1__Code *reasons[1];
     char summary[BU_PAYLOAD];
     char id[65];
+    char ref_id[40];          /* a referral number is unique per source */
     uint8_t buf[2 * BU_PAYLOAD];
 } s_msg_t;
 
@@ -293,7 +294,8 @@ static void s_msg_init(s_msg_t *m, const char *source, const char *dest)
     m->reason.code = "I20.0";
     m->reason.display = "Unstable angina";
     m->reasons[0] = &m->reason;
-    m->ref.referral_id = "R-bench";
+    snprintf(m->ref_id, sizeof m->ref_id, "R00-%llx", 1ULL << 20);
+    m->ref.referral_id = m->ref_id;
     m->ref.patient = &m->pat;
     m->ref.n_reasons = 1;
     m->ref.reasons = m->reasons;
@@ -322,6 +324,7 @@ static size_t s_msg_next(s_msg_t *m, int sender, uint64_t n, uint64_t now_ns)
 {
     snprintf(m->id, sizeof m->id, "b%02d-%llx-%llx", sender, (unsigned long long)n,
              (unsigned long long)now_ns);
+    snprintf(m->ref_id, sizeof m->ref_id, "R%02d-%llx", sender, (unsigned long long)n);
     return protobuf_c_message_pack(&m->env.base, m->buf);
 }
 

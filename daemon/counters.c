@@ -8,7 +8,8 @@ static const char *const s_names[CNT_COUNT] = {
     [CNT_REJECTED] = "rejected",       [CNT_EXPIRED] = "expired",
     [CNT_DEAD] = "dead",               [CNT_CONNECTS] = "connects",
     [CNT_DISCONNECTS] = "disconnects", [CNT_SEND_FAILED] = "send_failed",
-    [CNT_PRUNED] = "pruned",
+    [CNT_PRUNED] = "pruned",           [CNT_ESCALATIONS] = "escalations",
+    [CNT_RESERVE_RELEASES] = "reserve_releases",
 };
 
 const char *counters_name(counter_t c)

@@ -25,6 +25,8 @@ typedef enum {
     CNT_DISCONNECTS,    /* facilities gone silent or replaced */
     CNT_SEND_FAILED,    /* frames the socket refused (peer gone, queue full) */
     CNT_PRUNED,         /* delivered messages deleted after their retention */
+    CNT_ESCALATIONS,    /* service levels missed (acceptance, report, result, read-back) */
+    CNT_RESERVE_RELEASES, /* resources whose unclaimed reserve went to general use */
     CNT_COUNT
 } counter_t;
 

@@ -18,6 +18,7 @@
 #define S_SIZE_EVERY_MS 10000
 #define S_REDELIVER_EVERY_MS 500
 #define S_BATCH 500
+#define S_SCAN_EVERY_MS 1000
 
 /* Tells the sender of an expired message, if it is connected. */
 static void s_notify_expired(server_t *s, const store_row_t *r)
@@ -72,6 +73,28 @@ static void on_pruned(store_req_t *req, void *arg)
     }
 }
 
+/* Escalations and ledger events found by the clinical scan. */
+static void on_scanned(store_req_t *req, void *arg)
+{
+    server_t *s = arg;
+    s->cron_scanning = false;
+    if (req->status != STORE_OK)
+        return;
+    for (size_t i = 0; i < req->n_events; i++) {
+        const clin_event_t *e = &req->events[i];
+        char key[160];
+        log_clean(key, sizeof key, e->key);
+        s->counters.v[e->kind == EV_RESERVE_RELEASED ? CNT_RESERVE_RELEASES : CNT_ESCALATIONS]++;
+        if (e->kind == EV_RESERVE_RELEASED)
+            log_info(s->log, "ledger.reserve_released", "resource=\"%s\" units=%lld", key,
+                     (long long)e->value);
+        else
+            log_warn(s->log, "escalation.raised", "kind=%s key=\"%s\" facility=%s age_s=%lld",
+                     clinical_event_name(e->kind), key, e->facility,
+                     (long long)(e->value / 1000));
+    }
+}
+
 static void on_sized(store_req_t *req, void *arg)
 {
     server_t *s = arg;
@@ -114,6 +137,26 @@ void cron_tick(uv_timer_t *handle)
         s->last_prune_ms = now;
         s_submit(s, STORE_PRUNE, on_pruned, now,
                  now - (int64_t)s->conf->retention_days * 86400 * 1000);
+    }
+    if (!s->cron_scanning && now - s->last_scan_ms >= S_SCAN_EVERY_MS) {
+        store_req_t *req = store_req_new(STORE_SCAN, on_scanned, s);
+        if (req != NULL) {
+            const conf_t *c = s->conf;
+            req->now_ms = now;
+            req->sla = (clin_sla_t){
+                .urgent_accept_s = c->sla_urgent_accept_s,
+                .stat_accept_s = c->sla_stat_accept_s,
+                .imaging_final_s = c->sla_imaging_final_s,
+                .stat_imaging_final_s = c->sla_stat_imaging_final_s,
+                .lab_result_s = c->sla_lab_result_s,
+                .stat_lab_result_s = c->sla_stat_lab_result_s,
+                .critical_readback_s = c->sla_critical_readback_s,
+                .reserve_cutoff_s = c->reserve_cutoff_s,
+            };
+            s->last_scan_ms = now;
+            s->cron_scanning = true;
+            store_submit(s->store, req);
+        }
     }
     if (now - s->last_size_ms >= S_SIZE_EVERY_MS) {
         s->last_size_ms = now;

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "conf.h"
 #include "log.h"
@@ -83,6 +84,14 @@ int main(int argc, char **argv)
         return 1;
     }
     umask(077); /* store, keys and sockets are owner-only */
+    /* Local days and periods: set once, before any thread starts. */
+    if (setenv("TZ", conf->timezone, 1) != 0) {
+        fprintf(stderr, "cannot set the time zone\n");
+        conf_destroy(&conf);
+        log_destroy(&log);
+        return 1;
+    }
+    tzset();
     server_t *server = server_new(conf, log); /* takes conf */
     int rc = server ? server_run(server) : -1;
     server_destroy(&server);

@@ -193,6 +193,89 @@ out:
     free(pd);
 }
 
+static void on_slots(store_req_t *req, void *arg)
+{
+    s_pending_t *pd = arg;
+    server_t *s = pd->s;
+    size_t n = req->n_slots;
+    Medroute__V1__SlotRow *rows = calloc(n ? n : 1, sizeof *rows);
+    Medroute__V1__SlotRow **rp = calloc(n ? n : 1, sizeof *rp);
+    if (req->status != STORE_OK || rows == NULL || rp == NULL) {
+        s_reply_error(s, pd->rid, pd->rid_len, pd->request_id,
+                      req->status != STORE_OK ? MR_E_STORE_UNAVAILABLE : MR_E_INTERNAL,
+                      "could not read the ledger");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const clin_slot_t *c = &req->slots[i];
+        medroute__v1__slot_row__init(&rows[i]);
+        rows[i].resource = (char *)slots_kind_name(c->resource);
+        rows[i].unit = c->unit;
+        rows[i].date = c->date;
+        rows[i].capacity = (uint32_t)c->ledger.capacity;
+        rows[i].reserved = (uint32_t)c->ledger.reserved;
+        rows[i].claimed_reserved = (uint32_t)c->ledger.claimed_reserved;
+        rows[i].general_used = (uint32_t)c->ledger.general_used;
+        rows[i].released = (uint32_t)c->ledger.released;
+        rows[i].released_at_ms = c->released_at_ms;
+        rows[i].reserved_share = slots_reserved_share(&c->ledger);
+        rp[i] = &rows[i];
+    }
+    Medroute__V1__SlotsReply sr = MEDROUTE__V1__SLOTS_REPLY__INIT;
+    sr.n_rows = n;
+    sr.rows = rp;
+    mr_op_reply_t r = MEDROUTE__V1__OP_REPLY__INIT;
+    r.request_id = pd->request_id;
+    r.body_case = MEDROUTE__V1__OP_REPLY__BODY_SLOTS;
+    r.slots = &sr;
+    s_reply(s, pd->rid, pd->rid_len, &r);
+out:
+    free(rp);
+    free(rows);
+    free(pd);
+}
+
+static void on_open_loops(store_req_t *req, void *arg)
+{
+    s_pending_t *pd = arg;
+    server_t *s = pd->s;
+    size_t n = req->n_open;
+    Medroute__V1__OpenLoop *rows = calloc(n ? n : 1, sizeof *rows);
+    Medroute__V1__OpenLoop **rp = calloc(n ? n : 1, sizeof *rp);
+    if (req->status != STORE_OK || rows == NULL || rp == NULL) {
+        s_reply_error(s, pd->rid, pd->rid_len, pd->request_id,
+                      req->status != STORE_OK ? MR_E_STORE_UNAVAILABLE : MR_E_INTERNAL,
+                      "could not read the open loops");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const clin_open_t *o = &req->open[i];
+        medroute__v1__open_loop__init(&rows[i]);
+        rows[i].kind = o->kind;
+        rows[i].id = o->key;
+        rows[i].from = o->from;
+        rows[i].to = o->to;
+        rows[i].state = o->state;
+        rows[i].priority = o->priority;
+        rows[i].opened_at_ms = o->opened_ms;
+        rows[i].updated_at_ms = o->updated_ms;
+        rows[i].escalated = o->escalated;
+        rp[i] = &rows[i];
+    }
+    Medroute__V1__OpenLoopsReply olr = MEDROUTE__V1__OPEN_LOOPS_REPLY__INIT;
+    olr.n_loops = n;
+    olr.loops = rp;
+    mr_op_reply_t r = MEDROUTE__V1__OP_REPLY__INIT;
+    r.request_id = pd->request_id;
+    r.body_case = MEDROUTE__V1__OP_REPLY__BODY_OPEN_LOOPS;
+    r.open_loops = &olr;
+    s_reply(s, pd->rid, pd->rid_len, &r);
+out:
+    free(rp);
+    free(rows);
+    free(pd);
+}
+
 static void on_changed(store_req_t *req, void *arg)
 {
     s_pending_t *pd = arg;
@@ -242,6 +325,22 @@ static void s_store_request(server_t *s, const uint8_t *rid, size_t rid_len,
         if (req == NULL)
             goto oom;
         break;
+    case MEDROUTE__V1__OP_REQUEST__BODY_SLOTS:
+        req = store_req_new(STORE_SLOTS, on_slots, pd);
+        if (req == NULL)
+            goto oom;
+        if (q->slots->date && q->slots->date[0] && (req->query = strdup(q->slots->date)) == NULL)
+            goto oom;
+        break;
+    case MEDROUTE__V1__OP_REQUEST__BODY_OPEN_LOOPS:
+        req = store_req_new(STORE_OPEN, on_open_loops, pd);
+        if (req == NULL)
+            goto oom;
+        if (q->open_loops->facility && q->open_loops->facility[0] &&
+            (req->query = strdup(q->open_loops->facility)) == NULL)
+            goto oom;
+        req->older_than_ms = mr_now_ms() - q->open_loops->older_than_ms;
+        break;
     case MEDROUTE__V1__OP_REQUEST__BODY_QUEUE_LIST: {
         const Medroute__V1__QueueListRequest *l = q->queue_list;
         req = store_req_new(STORE_LIST, on_listed, pd);
@@ -279,6 +378,7 @@ static void s_store_request(server_t *s, const uint8_t *rid, size_t rid_len,
 oom:
     if (req != NULL) {
         store_row_clear(&req->msg);
+        free(req->query);
         free(req);
     }
     free(pd);
@@ -302,6 +402,8 @@ void opapi_on_message(void *arg, const uint8_t *rid, size_t rid_len, const void 
         s_reply_error(s, rid, rid_len, q->request_id, MR_E_UNSUPPORTED_VERSION,
                       "unsupported protocol version");
     } else if (q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_STATUS ||
+               q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_SLOTS ||
+               q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_OPEN_LOOPS ||
                q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_QUEUE_LIST ||
                q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_QUEUE_RETRY ||
                q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_QUEUE_DROP) {

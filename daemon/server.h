@@ -37,8 +37,9 @@ typedef struct server_t {
     uv_signal_t sig_int, sig_term, sig_hup;
     int64_t started_at_ms;
     /* cron (cron.c) */
-    int64_t last_heartbeat_ms, last_redeliver_ms, last_expire_ms, last_prune_ms, last_size_ms;
-    bool cron_expiring, cron_pruning;
+    int64_t last_heartbeat_ms, last_redeliver_ms, last_expire_ms, last_prune_ms, last_size_ms,
+        last_scan_ms;
+    bool cron_expiring, cron_pruning, cron_scanning;
     uint64_t store_bytes;
     bool draining;             /* SIGTERM: no new messages, finish commits */
     int64_t drain_started_ms;

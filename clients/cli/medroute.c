@@ -964,6 +964,162 @@ static int s_cmd_queue(s_ctx_t *ctx, int argc, char **argv)
     return S_EXIT_USAGE;
 }
 
+/* ---- slots and open loops ------------------------------------------------ */
+
+static int s_print_slots(const json_t *reply)
+{
+    const json_t *rows = json_object_get(json_object_get(reply, "slots"), "rows");
+    printf("%-10s %-7s %-18s %8s %8s %7s %8s %8s %8s\n", "DATE", "RESOURCE", "UNIT", "CAPACITY",
+           "RESERVED", "SHARE", "CLAIMED", "GENERAL", "RELEASED");
+    size_t i;
+    const json_t *r;
+    json_array_foreach(rows, i, r) {
+        double share = json_number_value(json_object_get(r, "reserved_share"));
+        printf("%-10s %-7s %-18s %8lld %8lld %6.1f%% %8lld %8lld %8lld\n",
+               s_json_str(r, "date", ""), s_json_str(r, "resource", ""), s_json_str(r, "unit", ""),
+               s_json_ll(json_object_get(r, "capacity"), 0),
+               s_json_ll(json_object_get(r, "reserved"), 0), share * 100.0,
+               s_json_ll(json_object_get(r, "claimed_reserved"), 0),
+               s_json_ll(json_object_get(r, "general_used"), 0),
+               s_json_ll(json_object_get(r, "released"), 0));
+    }
+    printf("(%zu resources)\n", json_array_size(rows));
+    return fflush(stdout) == 0 ? S_EXIT_OK : S_EXIT_FAIL;
+}
+
+static int s_cmd_slots(s_ctx_t *ctx, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"date", required_argument, NULL, 'd'},
+        {"json", no_argument, NULL, 'j'},
+        S_GLOBAL_OPTIONS,
+        {NULL, 0, NULL, 0},
+    };
+    const char *date = NULL;
+    int as_json = 0, c, done = 0, status;
+    while ((c = getopt_long(argc, argv, "d:j", opts, NULL)) != -1) {
+        switch (c) {
+        case 'd': date = optarg; break;
+        case 'j': as_json = 1; break;
+        default:
+            status = s_other_opt(ctx, c, "slots", &done);
+            if (done)
+                return status;
+        }
+    }
+    if (optind != argc) {
+        s_usage_of(stderr, "slots");
+        return S_EXIT_USAGE;
+    }
+    json_t *req = date ? json_pack("{s:{s:s}}", "slots", "date", date) : json_pack("{s:{}}", "slots");
+    json_t *reply = NULL;
+    if (req == NULL)
+        return S_EXIT_FAIL;
+    status = s_operator_call(ctx, req, 5000, &reply);
+    if (as_json)
+        status = s_print_raw(reply, status);
+    else if (status == S_EXIT_OK)
+        status = s_print_slots(reply);
+    json_decref(reply);
+    json_decref(req);
+    return status;
+}
+
+/* "90s", "30m", "2h", "1d" (or plain seconds) -> milliseconds; -1 if bad. */
+static long long s_parse_age(const char *text)
+{
+    char *end;
+    long long v = strtoll(text, &end, 10);
+    if (end == text || v < 0)
+        return -1;
+    long long unit = 1000;
+    if (*end == 'm')
+        unit = 60000;
+    else if (*end == 'h')
+        unit = 3600000;
+    else if (*end == 'd')
+        unit = 86400000;
+    else if (*end != 's' && *end != '\0')
+        return -1;
+    if (*end != '\0' && end[1] != '\0')
+        return -1;
+    return v * unit;
+}
+
+static int s_print_open(const json_t *reply)
+{
+    const json_t *rows = json_object_get(json_object_get(reply, "open_loops"), "loops");
+    int64_t now = s_now_ms();
+    char age[32];
+    printf("%-9s %-24s %-14s %-14s %-18s %-8s %-8s %s\n", "KIND", "ID", "FROM", "TO", "STATE",
+           "PRIORITY", "AGE", "ESCALATED");
+    size_t i;
+    const json_t *r;
+    static const char *const prio[] = {"routine", "urgent", "stat"};
+    json_array_foreach(rows, i, r) {
+        long long p = s_json_ll(json_object_get(r, "priority"), 0);
+        s_age(age, sizeof age, s_json_ll(json_object_get(r, "opened_at_ms"), 0), now);
+        printf("%-9s %-24s %-14s %-14s %-18s %-8s %-8s %s\n", s_json_str(r, "kind", ""),
+               s_json_str(r, "id", ""), s_json_str(r, "from", ""), s_json_str(r, "to", ""),
+               s_json_str(r, "state", ""), p >= 0 && p <= 2 ? prio[p] : "?", age,
+               json_is_true(json_object_get(r, "escalated")) ? "yes" : "");
+    }
+    printf("(%zu open)\n", json_array_size(rows));
+    return fflush(stdout) == 0 ? S_EXIT_OK : S_EXIT_FAIL;
+}
+
+static int s_cmd_open(s_ctx_t *ctx, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"facility", required_argument, NULL, 'f'},
+        {"older-than", required_argument, NULL, 'o'},
+        {"json", no_argument, NULL, 'j'},
+        S_GLOBAL_OPTIONS,
+        {NULL, 0, NULL, 0},
+    };
+    const char *facility = NULL;
+    long long older = 0;
+    int as_json = 0, c, done = 0, status;
+    while ((c = getopt_long(argc, argv, "f:o:j", opts, NULL)) != -1) {
+        switch (c) {
+        case 'f': facility = optarg; break;
+        case 'j': as_json = 1; break;
+        case 'o':
+            if ((older = s_parse_age(optarg)) < 0) {
+                fprintf(stderr, "medroute open: --older-than wants e.g. 90s, 30m, 2h, 1d\n");
+                return S_EXIT_USAGE;
+            }
+            break;
+        default:
+            status = s_other_opt(ctx, c, "open", &done);
+            if (done)
+                return status;
+        }
+    }
+    if (optind != argc) {
+        s_usage_of(stderr, "open");
+        return S_EXIT_USAGE;
+    }
+    json_t *body = json_object();
+    json_t *req = json_object();
+    json_t *reply = NULL;
+    status = S_EXIT_FAIL;
+    if (s_set(req, "open_loops", json_incref(body)) ||
+        (facility && s_set(body, "facility", json_string(facility))) ||
+        s_set(body, "older_than_ms", json_integer(older)))
+        goto out;
+    status = s_operator_call(ctx, req, 5000, &reply);
+    if (as_json)
+        status = s_print_raw(reply, status);
+    else if (status == S_EXIT_OK)
+        status = s_print_open(reply);
+out:
+    json_decref(reply);
+    json_decref(req);
+    json_decref(body);
+    return status;
+}
+
 /* ---- the command table ----------------------------------------------------- */
 
 static int s_cmd_help(s_ctx_t *ctx, int argc, char **argv);
@@ -982,6 +1138,10 @@ static const s_command_t s_commands[] = {
      "       medroute queue retry SEQ\n"
      "       medroute queue drop SEQ --reason TEXT",
      "list pending messages or dead letters; retry a dead letter; drop a message"},
+    {"slots", s_cmd_slots, "slots [--date YYYY-MM-DD] [--json]",
+     "show the reserved-capacity ledger: capacity, reserved, claimed, released per resource"},
+    {"open", s_cmd_open, "open [--facility FACILITY] [--older-than 2h] [--json]",
+     "list referrals, imaging requests and lab orders not yet closed, with state and age"},
     {"help", s_cmd_help, "help [COMMAND]", "show this help"},
 };
 #define S_N_COMMANDS (sizeof s_commands / sizeof s_commands[0])

@@ -59,6 +59,11 @@ struct mr_client_t {
     int64_t last_rx_ms, last_tx_ms, last_hello_ms, last_prune_ms;
     s_out_t *out_head, *out_tail;
     size_t n_out;
+    /* Frames that arrived while nobody could take deliveries (a poll without
+     * handler): handed over, in order, by the next poll with a handler. */
+    zmq_msg_t *deferred;
+    size_t n_deferred, cap_deferred;
+    bool defer_deliveries;    /* set while a synchronous send without handler polls */
     uint64_t id_counter;
     uint64_t id_salt;
 };
@@ -275,6 +280,9 @@ void mr_client_destroy(mr_client_t **self_p)
         zmq_close(c->sock);
     if (c->zctx)
         zmq_ctx_term(c->zctx);
+    for (size_t i = 0; i < c->n_deferred; i++)
+        zmq_msg_close(&c->deferred[i]);
+    free(c->deferred);
     while (c->out_head) {
         s_out_t *o = c->out_head;
         c->out_head = o->next;
@@ -425,8 +433,7 @@ static int s_on_delivery(mr_client_t *c, const Medroute__V1__Delivery *d, mr_han
     };
     mr_event_t ev = {.type = MR_EVENT_DELIVERY, .message_id = env->message_id, .seq = d->seq,
                      .delivery = &dv};
-    /* Without a handler nobody takes it: it stays with the broker. */
-    int rc = h ? h(c, &ev, arg) : 1;
+    int rc = h(c, &ev, arg);
     if (rc != 0) {
         (void)cstore_seen_clear(c->cs, env->source, env->message_id);
         return 1;
@@ -436,12 +443,30 @@ static int s_on_delivery(mr_client_t *c, const Medroute__V1__Delivery *d, mr_han
     return 1;
 }
 
+static int s_defer(mr_client_t *c, const void *data, size_t len)
+{
+    if (c->n_deferred == c->cap_deferred) {
+        size_t cap = c->cap_deferred ? c->cap_deferred * 2 : 16;
+        zmq_msg_t *d = realloc(c->deferred, cap * sizeof *d);
+        if (d == NULL)
+            return -ENOMEM; /* dropped unacknowledged: the broker sends it again */
+        c->deferred = d;
+        c->cap_deferred = cap;
+    }
+    if (zmq_msg_init_size(&c->deferred[c->n_deferred], len) != 0)
+        return -ENOMEM;
+    memcpy(zmq_msg_data(&c->deferred[c->n_deferred]), data, len);
+    c->n_deferred++;
+    return 0;
+}
+
 static int s_on_frame(mr_client_t *c, const void *data, size_t len, mr_handler_t h, void *arg)
 {
     mr_frame_t *f = medroute__v1__frame__unpack(NULL, len, data);
     if (f == NULL)
         return 0;
     int events = 0;
+    bool deferred = false;
     c->last_rx_ms = mr_now_ms();
     switch (f->body_case) {
     case MEDROUTE__V1__FRAME__BODY_WELCOME: {
@@ -501,12 +526,17 @@ static int s_on_frame(mr_client_t *c, const void *data, size_t len, mr_handler_t
         break;
     }
     case MEDROUTE__V1__FRAME__BODY_DELIVERY:
-        events += s_on_delivery(c, f->delivery, h, arg);
+        if (h == NULL || c->defer_deliveries)
+            deferred = true; /* nobody to take it now: kept for the next poll */
+        else
+            events += s_on_delivery(c, f->delivery, h, arg);
         break;
     default:
         break; /* heartbeats: last_rx_ms is enough */
     }
     medroute__v1__frame__free_unpacked(f, NULL);
+    if (deferred)
+        (void)s_defer(c, data, len);
     return events;
 }
 
@@ -575,6 +605,21 @@ static int s_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void 
         wait = 100; /* wake up for timers */
     int64_t deadline = mr_now_ms() + (timeout_ms < 0 ? 0 : timeout_ms);
     int events = 0;
+    if (handler != NULL && !self->defer_deliveries && self->n_deferred > 0) {
+        /* First what arrived while nobody could take it, in order. */
+        size_t n = self->n_deferred;
+        zmq_msg_t *held = self->deferred;
+        self->deferred = NULL;
+        self->n_deferred = self->cap_deferred = 0;
+        for (size_t i = 0; i < n; i++) {
+            events += s_on_frame(self, zmq_msg_data(&held[i]), zmq_msg_size(&held[i]), handler,
+                                 arg);
+            zmq_msg_close(&held[i]);
+        }
+        free(held);
+        if (events > 0)
+            return events;
+    }
     for (;;) {
         int n = zmq_poll(items, 2, (long)wait);
         if (n < 0 && zmq_errno() != EINTR)
@@ -638,8 +683,8 @@ static int s_wait_handler(mr_client_t *c, const mr_event_t *ev, void *arg)
     s_wait_t *w = arg;
     bool mine = (ev->type == MR_EVENT_ACK || ev->type == MR_EVENT_ERROR) &&
                 strcmp(ev->message_id, w->id) == 0;
-    if (!mine) /* a delivery nobody handles stays with the broker */
-        return w->user ? w->user(c, ev, w->user_arg) : ev->type == MR_EVENT_DELIVERY;
+    if (!mine)
+        return w->user ? w->user(c, ev, w->user_arg) : 0;
     if (ev->type == MR_EVENT_ERROR && s_transient(ev->code))
         return 0; /* resent by the outbox; keep waiting */
     w->done = true;
@@ -669,7 +714,10 @@ int mr_client_send_json(mr_client_t *self, const char *json, mr_result_t *res, i
         }
         if (left <= 0)
             return -ETIMEDOUT;
+        /* Without a handler of the caller's, deliveries wait for its next poll. */
+        self->defer_deliveries = handler == NULL;
         rc = mr_client_poll(self, (int)left, s_wait_handler, &w);
+        self->defer_deliveries = false;
         if (rc < 0 && rc != -EINTR)
             return rc;
     }

@@ -124,8 +124,8 @@ typedef struct {
 } mr_result_t;
 
 /*
- * Submits json and polls until its Ack or Error (other events go to handler,
- * which may be NULL).  0 on Ack; -EPROTO on an Error (see res->code); -ETIMEDOUT;
+ * Submits json and polls until its Ack or Error (other events go to handler;
+ * with handler NULL, deliveries are kept for the next mr_client_poll).  0 on Ack; -EPROTO on an Error (see res->code); -ETIMEDOUT;
  * -EACCES when the broker refused our Hello (res->code says why);
  * -EINVAL for bad JSON (reason in res->reason).
  */
@@ -134,8 +134,8 @@ int mr_client_send_json(mr_client_t *self, const char *json, mr_result_t *res, i
 
 /*
  * Waits up to timeout_ms for traffic and handles everything that arrived:
- * events go to handler.  With handler NULL, deliveries are left with the
- * broker (not acknowledged; it sends them again later).  Also sends heartbeats and resends what is due.
+ * events go to handler.  With handler NULL, deliveries are kept (not
+ * acknowledged) and handed, in order, to the next poll that has a handler.  Also sends heartbeats and resends what is due.
  * Returns the number of events handled, or a negative errno.
  */
 int mr_client_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void *arg);

@@ -1,0 +1,478 @@
+/*
+ * test_lifecycle.c - the broker knows the medicine it carries, over the real
+ * daemon: a referral walked through its whole life both ways, the reserved
+ * capacity ledger, role refusals, imaging and lab loops with a critical
+ * read-back, service-level escalations, open loops, and a restart that
+ * loses none of it.
+ */
+#include <errno.h>
+#include <jansson.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+#include "mr_codec.h"
+
+static mrt_daemon_t g_d;
+static char g_day[11]; /* tomorrow, local (Asia/Shanghai) */
+
+static int setup(void **state)
+{
+    (void)state;
+    if (mrt_daemon_start(&g_d, "sla = { urgent_accept_s = 1; stat_accept_s = 1;"
+                               " imaging_final_s = 1; stat_imaging_final_s = 1;"
+                               " lab_result_s = 1; stat_lab_result_s = 1;"
+                               " critical_readback_s = 1; };\n") != 0)
+        return -1;
+    time_t t = time(NULL) + 86400 + 8 * 3600; /* the daemon's days are UTC+8 */
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(g_day, sizeof g_day, "%Y-%m-%d", &tm);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    int rc = mrt_daemon_stop(&g_d);
+    mrt_daemon_cleanup(&g_d);
+    return rc == 0 ? 0 : -1;
+}
+
+static mr_client_t *client(const char *facility)
+{
+    mr_client_t *c = mrt_client(&g_d, facility, NULL);
+    assert_non_null(c);
+    assert_int_equal(mr_client_wait_connected(c, 5000), 0);
+    return c;
+}
+
+/* Sends {destination, kind, <kind>: payload}; returns 0 or the error code. */
+static int sendp(mr_client_t *c, const char *to, const char *kind, const char *priority,
+                 const char *payload, char *reason_out)
+{
+    char json[4096];
+    snprintf(json, sizeof json, "{\"destination\":\"%s\",\"kind\":\"%s\",\"priority\":\"%s\",\"%s\":%s}",
+             to, kind, priority, kind, payload);
+    mr_result_t res;
+    int rc = mr_client_send_json(c, json, &res, 5000, NULL, NULL);
+    if (reason_out)
+        snprintf(reason_out, 200, "%.199s", res.reason);
+    if (rc == 0)
+        return 0;
+    assert_int_equal(rc, -EPROTO);
+    return res.code;
+}
+
+static int step(mr_client_t *c, const char *to, const char *ref, const char *step_name,
+                const char *extra, char *reason_out)
+{
+    char payload[1024];
+    snprintf(payload, sizeof payload, "{\"referral_id\":\"%s\",\"step\":\"%s\"%s%s}", ref,
+             step_name, extra ? "," : "", extra ? extra : "");
+    return sendp(c, to, "referral_update", "routine", payload, reason_out);
+}
+
+/* Takes every delivery for c (acknowledging them) for a moment. */
+static int on_any(mr_client_t *c, const mr_event_t *ev, void *arg)
+{
+    (void)c;
+    if (ev->type == MR_EVENT_DELIVERY)
+        ++*(int *)arg;
+    return 0;
+}
+
+static int drain(mr_client_t *c, int ms)
+{
+    int n = 0;
+    long long until = mrt_now_ms() + ms;
+    while (mrt_now_ms() < until)
+        mr_client_poll(c, 50, on_any, &n);
+    return n;
+}
+
+static json_t *op(const char *request)
+{
+    char *r = mrt_operator(&g_d, request);
+    assert_non_null(r);
+    json_t *j = json_loads(r, 0, NULL);
+    free(r);
+    assert_non_null(j);
+    return j;
+}
+
+/* The ledger row for resource/unit on g_day. */
+static json_t *slot(const char *resource, const char *unit)
+{
+    char req[128];
+    snprintf(req, sizeof req, "{\"slots\":{\"date\":\"%s\"}}", g_day);
+    json_t *j = op(req);
+    json_t *rows = json_object_get(json_object_get(j, "slots"), "rows");
+    json_t *found = NULL;
+    for (size_t i = 0; i < json_array_size(rows); i++) {
+        json_t *r = json_array_get(rows, i);
+        if (strcmp(json_string_value(json_object_get(r, "resource")), resource) == 0 &&
+            strcmp(json_string_value(json_object_get(r, "unit")), unit) == 0)
+            found = json_incref(r);
+    }
+    json_decref(j);
+    assert_non_null(found);
+    return found;
+}
+
+static long long num(const json_t *o, const char *key)
+{
+    return json_integer_value(json_object_get(o, key));
+}
+
+/* The open-loop row with this id, or NULL. */
+static json_t *open_loop(const char *id)
+{
+    json_t *j = op("{\"open_loops\":{}}");
+    json_t *loops = json_object_get(json_object_get(j, "open_loops"), "loops");
+    json_t *found = NULL;
+    for (size_t i = 0; i < json_array_size(loops); i++) {
+        json_t *l = json_array_get(loops, i);
+        if (strcmp(json_string_value(json_object_get(l, "id")), id) == 0)
+            found = json_incref(l);
+    }
+    json_decref(j);
+    return found;
+}
+
+/* "appointment_at_ms": 09:00 (UTC+8) on g_day, as a JSON member. */
+static void appointment(char *out, size_t len)
+{
+    struct tm tm = {0};
+    sscanf(g_day, "%4d-%2d-%2d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday);
+    tm.tm_year -= 1900;
+    tm.tm_mon -= 1;
+    tm.tm_hour = 1;
+    snprintf(out, len, "\"appointment_at_ms\":%lld", (long long)timegm(&tm) * 1000);
+}
+
+static void publish_capacity(mr_client_t *lead, const char *unit, int capacity, int reserved,
+                             int expect)
+{
+    char payload[512];
+    snprintf(payload, sizeof payload,
+             "{\"items\":[{\"resource\":\"RESOURCE_CLINIC\",\"unit\":\"%s\",\"date\":\"%s\","
+             "\"capacity\":%d,\"reserved\":%d}]}",
+             unit, g_day, capacity, reserved);
+    assert_int_equal(sendp(lead, "test", "capacity", "routine", payload, NULL), expect);
+}
+
+static void referral_to(mr_client_t *from, const char *to, const char *id, bool family_doctor,
+                        const char *service, const char *priority, const char *department)
+{
+    char payload[512];
+    snprintf(payload, sizeof payload,
+             "{\"referral_id\":\"%s\",\"reasons\":[{\"system\":\"ICD-10\",\"code\":\"I21\"}],"
+             "\"service\":\"%s\",\"department\":\"%s\",\"family_doctor_contract\":%s}",
+             id, service, department, family_doctor ? "true" : "false");
+    assert_int_equal(sendp(from, to, "referral", priority, payload, NULL), 0);
+}
+
+static void referral(mr_client_t *from, const char *to, const char *id, bool family_doctor,
+                     const char *service, const char *priority)
+{
+    referral_to(from, to, id, family_doctor, service, priority, "cardiology");
+}
+
+static void test_referral_up_whole_life_with_reserved_slot(void **state)
+{
+    (void)state;
+    mr_client_t *lead = client("yx-lead"), *aihua = client("t-aihua"), *manwan = client("t-manwan");
+    char why[200];
+    /* The ledger: a 10 % reserve is refused, a township may not publish, 20 % is fine. */
+    publish_capacity(lead, "cardiology", 10, 1, MR_E_INVALID);
+    publish_capacity(aihua, "cardiology", 10, 2, MR_E_FORBIDDEN);
+    publish_capacity(lead, "cardiology", 10, 2, 0);
+
+    referral(aihua, "yx-lead", "R-UP-1", true, "SERVICE_SPECIALIST_CLINIC", "routine");
+    assert_int_equal(drain(lead, 300), 1); /* delivered and acknowledged: RECEIVED */
+    json_t *l = open_loop("R-UP-1");
+    assert_non_null(l);
+    assert_string_equal(json_string_value(json_object_get(l, "state")), "RECEIVED");
+    json_decref(l);
+
+    /* Only the receiver accepts; nobody else can touch it. */
+    assert_int_equal(step(aihua, "yx-lead", "R-UP-1", "STEP_ACCEPTED", NULL, why),
+                     MR_E_ILLEGAL_TRANSITION);
+    assert_non_null(strstr(why, "RECEIVED"));
+    assert_int_equal(step(manwan, "yx-lead", "R-UP-1", "STEP_ACCEPTED", NULL, NULL),
+                     MR_E_ILLEGAL_TRANSITION);
+    /* Rejecting needs a reason. */
+    assert_int_equal(step(lead, "t-aihua", "R-UP-1", "STEP_REJECTED", NULL, NULL), MR_E_INVALID);
+
+    char appt[96];
+    appointment(appt, sizeof appt);
+    assert_int_equal(step(lead, "t-aihua", "R-UP-1", "STEP_ACCEPTED", appt, NULL), 0);
+    json_t *sl = slot("clinic", "cardiology");
+    assert_int_equal(num(sl, "capacity"), 10);
+    assert_int_equal(num(sl, "reserved"), 2);
+    assert_int_equal(num(sl, "claimed_reserved"), 1);
+    assert_int_equal(num(sl, "general_used"), 0);
+    json_decref(sl);
+
+    assert_int_equal(step(lead, "t-aihua", "R-UP-1", "STEP_SCHEDULED", appt, NULL), 0);
+    assert_int_equal(step(lead, "t-aihua", "R-UP-1", "STEP_ARRIVED", NULL, NULL), 0);
+    /* Cancelling after arrival is no longer possible. */
+    assert_int_equal(step(aihua, "yx-lead", "R-UP-1", "STEP_CANCELLED", "\"reason\":\"x\"", NULL),
+                     MR_E_ILLEGAL_TRANSITION);
+    assert_int_equal(step(lead, "t-aihua", "R-UP-1", "STEP_IN_PROGRESS", NULL, NULL), 0);
+    assert_int_equal(step(lead, "t-aihua", "R-UP-1", "STEP_COMPLETED", NULL, NULL), MR_E_INVALID);
+    assert_int_equal(step(lead, "t-aihua", "R-UP-1", "STEP_COMPLETED",
+                          "\"summary\":{\"uri\":\"emr://yx-lead/discharge/1\"}", NULL),
+                     0);
+    assert_int_equal(step(lead, "t-aihua", "R-UP-1", "STEP_COMPLETED",
+                          "\"summary\":{\"uri\":\"emr://yx-lead/discharge/1b\"}", why),
+                     MR_E_ILLEGAL_TRANSITION);
+    assert_non_null(strstr(why, "COMPLETED"));
+    assert_null(open_loop("R-UP-1"));
+    assert_int_equal(drain(aihua, 500), 5); /* the township saw each of the 5 steps */
+    mr_client_destroy(&lead);
+    mr_client_destroy(&aihua);
+    mr_client_destroy(&manwan);
+}
+
+static void test_referral_down_completes_on_follow_up(void **state)
+{
+    (void)state;
+    mr_client_t *lead = client("yx-lead"), *manwan = client("t-manwan");
+    referral(lead, "t-manwan", "R-DOWN-1", false, "SERVICE_FOLLOW_UP", "routine");
+    assert_int_equal(step(manwan, "yx-lead", "R-DOWN-1", "STEP_ACCEPTED", NULL, NULL), 0);
+    assert_int_equal(step(manwan, "yx-lead", "R-DOWN-1", "STEP_ARRIVED", NULL, NULL), 0);
+    char why[200];
+    /* The lead hospital (the sender) cannot complete it, nor can COMPLETED. */
+    assert_int_equal(step(lead, "t-manwan", "R-DOWN-1", "STEP_FOLLOW_UP_CONFIRMED", NULL, NULL),
+                     MR_E_ILLEGAL_TRANSITION);
+    assert_int_equal(step(manwan, "yx-lead", "R-DOWN-1", "STEP_COMPLETED",
+                          "\"summary\":{\"uri\":\"x\"}", why),
+                     MR_E_ILLEGAL_TRANSITION);
+    assert_non_null(strstr(why, "follow-up"));
+    assert_int_equal(step(manwan, "yx-lead", "R-DOWN-1", "STEP_FOLLOW_UP_CONFIRMED", NULL, NULL),
+                     0);
+    assert_null(open_loop("R-DOWN-1"));
+    mr_client_destroy(&lead);
+    mr_client_destroy(&manwan);
+}
+
+static void test_referral_ledger_reserve_general_and_release(void **state)
+{
+    (void)state;
+    mr_client_t *lead = client("yx-lead"), *aihua = client("t-aihua");
+    /* 5 slots, 1 reserved for family-doctor referrals. */
+    publish_capacity(lead, "neurology", 5, 1, 0);
+    const char *ids[] = {"R-N1", "R-N2", "R-N3"};
+    const bool fd[] = {true, true, false};
+    char appt[96];
+    appointment(appt, sizeof appt);
+    for (int i = 0; i < 3; i++) {
+        referral_to(aihua, "yx-lead", ids[i], fd[i], "SERVICE_SPECIALIST_CLINIC", "routine",
+                    "neurology");
+        assert_int_equal(step(lead, "t-aihua", ids[i], "STEP_ACCEPTED", appt, NULL), 0);
+    }
+    /* R-N1 took the reserve; R-N2 found it gone and used a general slot, as R-N3. */
+    json_t *sl = slot("clinic", "neurology");
+    assert_int_equal(num(sl, "claimed_reserved"), 1);
+    assert_int_equal(num(sl, "general_used"), 2);
+    json_decref(sl);
+    /* The sender cancels R-N1 (a reason is required): the reserved unit comes back. */
+    assert_int_equal(step(aihua, "yx-lead", "R-N1", "STEP_CANCELLED", NULL, NULL), MR_E_INVALID);
+    assert_int_equal(
+        step(aihua, "yx-lead", "R-N1", "STEP_CANCELLED", "\"reason\":\"patient declined\"", NULL),
+        0);
+    sl = slot("clinic", "neurology");
+    assert_int_equal(num(sl, "claimed_reserved"), 0);
+    assert_int_equal(num(sl, "general_used"), 2);
+    json_decref(sl);
+    /* No-show only from SCHEDULED, and it releases the general slot. */
+    assert_int_equal(step(lead, "t-aihua", "R-N3", "STEP_NO_SHOW", NULL, NULL),
+                     MR_E_ILLEGAL_TRANSITION);
+    assert_int_equal(step(lead, "t-aihua", "R-N3", "STEP_SCHEDULED", NULL, NULL), 0);
+    assert_int_equal(step(lead, "t-aihua", "R-N3", "STEP_NO_SHOW", NULL, NULL), 0);
+    sl = slot("clinic", "neurology");
+    assert_int_equal(num(sl, "general_used"), 1);
+    json_decref(sl);
+    drain(aihua, 200);
+    drain(lead, 200);
+    mr_client_destroy(&lead);
+    mr_client_destroy(&aihua);
+}
+
+static int on_error_code(mr_client_t *c, const mr_event_t *ev, void *arg)
+{
+    (void)c;
+    (void)ev;
+    (void)arg;
+    return 0;
+}
+
+static long long counter(const char *name)
+{
+    json_t *j = op("{\"status\":{}}");
+    json_t *cs = json_object_get(json_object_get(j, "status"), "counters");
+    long long v = -1;
+    for (size_t i = 0; i < json_array_size(cs); i++) {
+        json_t *c = json_array_get(cs, i);
+        if (strcmp(json_string_value(json_object_get(c, "name")), name) == 0)
+            v = json_integer_value(json_object_get(c, "value"));
+    }
+    json_decref(j);
+    return v;
+}
+
+static void test_referral_imaging_lab_loops_and_critical_readback(void **state)
+{
+    (void)state;
+    mr_client_t *img = client("yx-imaging"), *lab = client("yx-lab"), *aihua = client("t-aihua");
+    (void)on_error_code;
+    /* A township cannot report or send results. */
+    assert_int_equal(sendp(aihua, "yx-imaging", "imaging_report", "routine",
+                           "{\"accession_number\":\"A-1\",\"status\":\"REPORT_FINAL\"}", NULL),
+                     MR_E_FORBIDDEN);
+    assert_int_equal(sendp(aihua, "yx-lab", "lab_result", "routine",
+                           "{\"placer_order_number\":\"P-1\",\"status\":\"RESULT_FINAL\"}",
+                           NULL),
+                     MR_E_FORBIDDEN);
+    /* A report for an accession nobody ordered. */
+    assert_int_equal(sendp(img, "t-aihua", "imaging_report", "routine",
+                           "{\"accession_number\":\"A-NONE\",\"status\":\"REPORT_FINAL\"}",
+                           NULL),
+                     MR_E_ILLEGAL_TRANSITION);
+
+    assert_int_equal(sendp(aihua, "yx-imaging", "imaging_request", "urgent",
+                           "{\"accession_number\":\"A-1\",\"modality\":\"MODALITY_CT\"}", NULL),
+                     0);
+    assert_int_equal(sendp(img, "t-aihua", "imaging_report", "urgent",
+                           "{\"accession_number\":\"A-1\",\"status\":\"REPORT_PRELIMINARY\"}",
+                           NULL),
+                     0);
+    json_t *l = open_loop("A-1");
+    assert_non_null(l);
+    assert_string_equal(json_string_value(json_object_get(l, "state")), "PARTIAL");
+    json_decref(l);
+    /* Amending before a final report is not a step there is. */
+    assert_int_equal(sendp(img, "t-aihua", "imaging_report", "urgent",
+                           "{\"accession_number\":\"A-1\",\"status\":\"REPORT_AMENDED\"}", NULL),
+                     MR_E_ILLEGAL_TRANSITION);
+    assert_int_equal(sendp(img, "t-aihua", "imaging_report", "stat",
+                           "{\"accession_number\":\"A-1\",\"status\":\"REPORT_FINAL\","
+                           "\"critical_finding\":true}",
+                           NULL),
+                     0);
+    l = open_loop("A-1");
+    assert_non_null(l);
+    assert_string_equal(json_string_value(json_object_get(l, "state")), "AWAITING_READBACK");
+    json_decref(l);
+
+    /* Lab: partial then final with a critical potassium. */
+    assert_int_equal(sendp(aihua, "yx-lab", "lab_order", "routine",
+                           "{\"placer_order_number\":\"P-1\",\"tests\":[{\"system\":\"LOINC\","
+                           "\"code\":\"2823-3\"},{\"system\":\"LOINC\",\"code\":\"2951-2\"}]}",
+                           NULL),
+                     0);
+    assert_int_equal(sendp(lab, "t-aihua", "lab_result", "routine",
+                           "{\"placer_order_number\":\"P-1\",\"status\":\"RESULT_PARTIAL\","
+                           "\"items\":[{\"test\":{\"code\":\"2951-2\"},\"value\":\"140\"}]}",
+                           NULL),
+                     0);
+    assert_int_equal(sendp(lab, "t-aihua", "lab_result", "stat",
+                           "{\"placer_order_number\":\"P-1\",\"status\":\"RESULT_FINAL\","
+                           "\"items\":[{\"test\":{\"code\":\"2823-3\"},\"value\":\"6.9\","
+                           "\"critical\":true}]}",
+                           NULL),
+                     0);
+    /* Nobody reads them back within 1 s: escalated and counted. */
+    long long until = mrt_now_ms() + 5000;
+    while (counter("escalations") < 2 && mrt_now_ms() < until)
+        drain(aihua, 100);
+    assert_true(counter("escalations") >= 2);
+    l = open_loop("P-1");
+    assert_non_null(l);
+    assert_true(json_is_true(json_object_get(l, "escalated")) ||
+                strcmp(json_string_value(json_object_get(l, "state")), "AWAITING_READBACK") == 0);
+    json_decref(l);
+    /* The read-backs close both loops; a second read-back is refused. */
+    assert_int_equal(sendp(aihua, "yx-imaging", "critical_ack", "stat",
+                           "{\"accession_number\":\"A-1\",\"read_back_by\":\"Dr W\"}", NULL),
+                     0);
+    assert_int_equal(sendp(aihua, "yx-lab", "critical_ack", "stat",
+                           "{\"placer_order_number\":\"P-1\",\"read_back_by\":\"Nurse L\"}",
+                           NULL),
+                     0);
+    assert_int_equal(sendp(aihua, "yx-lab", "critical_ack", "stat",
+                           "{\"placer_order_number\":\"P-1\"}", NULL),
+                     MR_E_ILLEGAL_TRANSITION);
+    assert_null(open_loop("A-1"));
+    assert_null(open_loop("P-1"));
+    /* An amendment after the final report is fine. */
+    assert_int_equal(sendp(img, "t-aihua", "imaging_report", "routine",
+                           "{\"accession_number\":\"A-1\",\"status\":\"REPORT_AMENDED\"}", NULL),
+                     0);
+    drain(img, 100);
+    drain(lab, 100);
+    mr_client_destroy(&img);
+    mr_client_destroy(&lab);
+    mr_client_destroy(&aihua);
+}
+
+static void test_referral_escalation_and_restart_keep_state(void **state)
+{
+    (void)state;
+    mr_client_t *lead = client("yx-lead"), *aihua = client("t-aihua");
+    long long before = counter("escalations");
+    referral(aihua, "yx-lead", "R-STAT-1", false, "SERVICE_INPATIENT_BED", "stat");
+    long long until = mrt_now_ms() + 5000;
+    json_t *l = NULL;
+    while (mrt_now_ms() < until) {
+        json_decref(l);
+        l = open_loop("R-STAT-1");
+        if (l && json_is_true(json_object_get(l, "escalated")))
+            break;
+        drain(lead, 100);
+    }
+    assert_non_null(l);
+    assert_true(json_is_true(json_object_get(l, "escalated")));
+    json_decref(l);
+    assert_true(counter("escalations") > before);
+    mr_client_destroy(&lead);
+    mr_client_destroy(&aihua);
+
+    /* After a restart the referral, its state and the ledger are all there. */
+    assert_int_equal(mrt_daemon_stop(&g_d), 0);
+    assert_int_equal(mrt_daemon_restart(&g_d), 0);
+    l = open_loop("R-STAT-1");
+    assert_non_null(l);
+    assert_string_equal(json_string_value(json_object_get(l, "state")), "RECEIVED");
+    json_decref(l);
+    json_t *sl = slot("clinic", "neurology");
+    assert_int_equal(num(sl, "general_used"), 1);
+    json_decref(sl);
+    lead = client("yx-lead");
+    assert_int_equal(step(lead, "t-aihua", "R-STAT-1", "STEP_ACCEPTED", NULL, NULL), 0);
+    assert_int_equal(step(lead, "t-aihua", "R-STAT-1", "STEP_ACCEPTED", NULL, NULL),
+                     MR_E_ILLEGAL_TRANSITION);
+    mr_client_destroy(&lead);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_referral_up_whole_life_with_reserved_slot),
+        cmocka_unit_test(test_referral_down_completes_on_follow_up),
+        cmocka_unit_test(test_referral_ledger_reserve_general_and_release),
+        cmocka_unit_test(test_referral_imaging_lab_loops_and_critical_readback),
+        cmocka_unit_test(test_referral_escalation_and_restart_keep_state),
+    };
+    return cmocka_run_group_tests_name("lifecycle", tests, setup, teardown);
+}

@@ -565,14 +565,16 @@ static json_t *s_answer_referral(s_sim_t *sim, const json_t *ref, const char *pr
                      "practitioner", "Dr. Demo yx-lead-referral-desk");
 }
 
-/* The township confirms the follow-up of a down-referral. */
-static json_t *s_answer_down_referral(s_sim_t *sim, const json_t *ref, const s_player_t *me)
+/* The township's steps for a down-referral: it accepts the patient, sees
+ * them arrive, and confirms the follow-up (which completes the referral). */
+static json_t *s_answer_down_referral(s_sim_t *sim, const json_t *ref, const s_player_t *me,
+                                      const char *step)
 {
     const char *rid = json_string_value(json_object_get(ref, "referral_id"));
     char loc[96];
     snprintf(loc, sizeof loc, "%s general practice clinic", me->id);
-    return json_pack("{s:s, s:s, s:I, s:s}", "referral_id", rid ? rid : "", "step",
-                     "STEP_FOLLOW_UP_CONFIRMED", "appointment_at_ms",
+    return json_pack("{s:s, s:s, s:I, s:s}", "referral_id", rid ? rid : "", "step", step,
+                     "appointment_at_ms",
                      (json_int_t)(s_wall_ms() + 86400000LL * (3 + s_rng_below(&sim->rng, 11))),
                      "location", loc);
 }
@@ -715,10 +717,14 @@ static void s_answer(s_sim_t *sim, s_player_t *me, int src, int kind, const mr_d
         rc = s_todo_push(sim, due, me->idx, src, K_REFERRAL_UPDATE, prio, d->message_id,
                          s_answer_referral(sim, body, prio));
         break;
-    case ROLE_TOWNSHIP:
-        rc = s_todo_push(sim, due, me->idx, src, K_REFERRAL_UPDATE, "routine", d->message_id,
-                         s_answer_down_referral(sim, body, me));
+    case ROLE_TOWNSHIP: {
+        static const char *const steps[] = {"STEP_ACCEPTED", "STEP_ARRIVED",
+                                            "STEP_FOLLOW_UP_CONFIRMED"};
+        for (int i = 0; i < 3 && rc == 0; i++)
+            rc = s_todo_push(sim, due + i * 150, me->idx, src, K_REFERRAL_UPDATE, "routine",
+                             d->message_id, s_answer_down_referral(sim, body, me, steps[i]));
         break;
+    }
     case ROLE_IMAGING: {
         const char *mod = json_string_value(json_object_get(body, "modality"));
         bool ct = mod && strcasestr(mod, "CT") != NULL;

@@ -99,8 +99,8 @@ static const char *const s_sql[Q_COUNT] = {
                    " to_state, at_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     [Q_MSG_REFKEY] = "UPDATE messages SET ref_key = ?2 WHERE seq = ?1",
     [Q_MSG_KIND] = "SELECT kind, ref_key FROM messages WHERE seq = ?1",
-    [Q_CAP_GET] = "SELECT capacity, reserved, claimed_reserved, general_used, released"
-                  " FROM capacity WHERE resource_key = ?1",
+    [Q_CAP_GET] = "SELECT capacity, reserved, claimed_reserved, general_used, released,"
+                  " released_at_ms IS NOT NULL FROM capacity WHERE resource_key = ?1",
     [Q_CAP_PUT] = "INSERT INTO capacity(resource_key, resource, unit, date, capacity, reserved,"
                   " slot_start_ms, updated_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
                   " ON CONFLICT(resource_key) DO UPDATE SET capacity = ?5, reserved = ?6,"
@@ -240,8 +240,10 @@ static void s_resource_key(char *out, size_t len, res_kind_t r, const char *unit
     snprintf(out, len, "%s/%s/%s", slots_kind_name(r), unit ? unit : "", day ? day : "");
 }
 
-/* Reads a ledger; *found = false when the resource was never published. */
-static int s_ledger_get(clinical_t *self, const char *key, ledger_t *l, bool *found)
+/* Reads a ledger; *found = false when the resource was never published;
+ * *past_cutoff when its unclaimed reserve has been released already. */
+static int s_ledger_get(clinical_t *self, const char *key, ledger_t *l, bool *found,
+                        bool *past_cutoff)
 {
     sqlite3_stmt *st = s_q(self, Q_CAP_GET);
     S_TRY(sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC));
@@ -253,6 +255,8 @@ static int s_ledger_get(clinical_t *self, const char *key, ledger_t *l, bool *fo
         l->claimed_reserved = sqlite3_column_int64(st, 2);
         l->general_used = sqlite3_column_int64(st, 3);
         l->released = sqlite3_column_int64(st, 4);
+        if (past_cutoff)
+            *past_cutoff = sqlite3_column_int(st, 5) != 0;
     }
     sqlite3_reset(st);
     return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
@@ -394,7 +398,7 @@ static int s_apply_step(clinical_t *self, s_ref_t *r, uint64_t seq, int step, re
             s_resource_key(key, sizeof key, res, r->unit, day);
             ledger_t l;
             bool found;
-            S_TRY(s_ledger_get(self, key, &l, &found));
+            S_TRY(s_ledger_get(self, key, &l, &found, NULL));
             if (found) {
                 r->claim = slots_claim(&l, r->family_doctor);
                 S_TRY(s_ledger_put(self, key, &l, now));
@@ -404,10 +408,13 @@ static int s_apply_step(clinical_t *self, s_ref_t *r, uint64_t seq, int step, re
         }
     } else if (t->ledger == LEDGER_RELEASE && r->claim != CLAIM_NONE && r->resource_key[0]) {
         ledger_t l;
-        bool found;
-        S_TRY(s_ledger_get(self, r->resource_key, &l, &found));
+        bool found, past_cutoff = false;
+        S_TRY(s_ledger_get(self, r->resource_key, &l, &found, &past_cutoff));
         if (found) {
             slots_release(&l, r->claim);
+            /* After the cut-off a reserved unit given back is general at once. */
+            if (past_cutoff)
+                (void)slots_release_unclaimed(&l);
             S_TRY(s_ledger_put(self, r->resource_key, &l, now));
         }
         out->claim = (int)r->claim;
@@ -717,7 +724,7 @@ static int s_release_reserves(clinical_t *self, int64_t now, int64_t cutoff_ms,
     for (int i = 0; i < nk; i++) {
         ledger_t l;
         bool found;
-        S_TRY(s_ledger_get(self, keys[i], &l, &found));
+        S_TRY(s_ledger_get(self, keys[i], &l, &found, NULL));
         if (!found)
             continue;
         int64_t freed = slots_release_unclaimed(&l);

@@ -87,10 +87,11 @@ static const char *const s_sql[Q_COUNT] = {
     /* An update names the referral by its id; the pair of facilities, in
      * either order, makes it unique. */
     [Q_REF_FIND] = "SELECT ref_key, source, dest, direction, service, unit, family_doctor, state,"
-                   " resource_key, claim FROM referrals WHERE referral_id = ?1 AND"
+                   " resource_key, claim, priority, created_ms FROM referrals WHERE referral_id = ?1 AND"
                    " ((source = ?2 AND dest = ?3) OR (source = ?3 AND dest = ?2))",
     [Q_REF_BY_KEY] = "SELECT ref_key, source, dest, direction, service, unit, family_doctor,"
-                     " state, resource_key, claim FROM referrals WHERE ref_key = ?1",
+                     " state, resource_key, claim, priority, created_ms FROM referrals"
+                     " WHERE ref_key = ?1",
     [Q_REF_UPDATE] = "UPDATE referrals SET state = ?2, updated_ms = ?3,"
                      " accepted_ms = CASE WHEN ?2 = 3 THEN ?3 ELSE accepted_ms END,"
                      " appointment_ms = coalesce(?4, appointment_ms),"
@@ -111,7 +112,8 @@ static const char *const s_sql[Q_COUNT] = {
                       " priority, state, items, opened_ms, updated_ms)"
                       " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?9)"
                       " ON CONFLICT(loop_key) DO NOTHING",
-    [Q_LOOP_GET] = "SELECT filler, state, critical, readback_ms FROM loops WHERE loop_key = ?1",
+    [Q_LOOP_GET] = "SELECT filler, state, critical, readback_ms, coalesce(modality, ''), opened_ms,"
+                   " critical_at_ms FROM loops WHERE loop_key = ?1",
     [Q_LOOP_UPDATE] = "UPDATE loops SET state = ?2, updated_ms = ?3,"
                       " first_result_ms = coalesce(first_result_ms, ?3),"
                       " final_ms = CASE WHEN ?2 >= 2 THEN coalesce(final_ms, ?3) ELSE final_ms END,"
@@ -123,8 +125,17 @@ static const char *const s_sql[Q_COUNT] = {
 
 struct clinical_t {
     sqlite3 *db;
+    tally_t *tally;
     sqlite3_stmt *q[Q_COUNT];
 };
+
+static const char *const s_dir_names[] = {"lateral", "up", "down"};
+static const char *const s_prio_names[] = {"routine", "urgent", "stat"};
+
+static const char *s_prio(int p)
+{
+    return p >= 0 && p <= 2 ? s_prio_names[p] : "routine";
+}
 
 #define S_TRY(call)                                                                                \
     do {                                                                                           \
@@ -183,13 +194,14 @@ void clinical_facts_free(clin_facts_t *f)
     free(f);
 }
 
-clinical_t *clinical_open(sqlite3 *db, int *rc_out)
+clinical_t *clinical_open(sqlite3 *db, tally_t *tally, int *rc_out)
 {
     clinical_t *self = calloc(1, sizeof *self);
     int rc = SQLITE_NOMEM;
     if (self == NULL)
         goto fail;
     self->db = db;
+    self->tally = tally;
     /* messages.ref_key links a stored Referral to its lifecycle row. */
     rc = sqlite3_exec(db, "SELECT ref_key FROM messages LIMIT 0", NULL, NULL, NULL);
     if (rc != SQLITE_OK)
@@ -275,13 +287,29 @@ static int s_ledger_put(clinical_t *self, const char *key, const ledger_t *l, in
 
 static int s_on_capacity(clinical_t *self, const clin_facts_t *f, int64_t now, clin_result_t *out)
 {
+    /* Check every item before changing anything (and counting anything). */
     for (size_t i = 0; i < f->n_capacity; i++) {
         const clin_capacity_t *c = &f->capacity[i];
         if (c->resource >= RES_KIND_COUNT || c->unit == NULL || c->unit[0] == '\0' ||
             c->date == NULL || strlen(c->date) != 10)
-            return s_refuse(out, MR_E_INVALID, "capacity item: resource, unit and date (YYYY-MM-DD) are required%s%s", NULL, NULL);
+            return s_refuse(out, MR_E_INVALID,
+                            "capacity item: resource, unit and date (YYYY-MM-DD) are required%s%s",
+                            NULL, NULL);
+    }
+    for (size_t i = 0; i < f->n_capacity; i++) {
+        const clin_capacity_t *c = &f->capacity[i];
         char key[160];
         s_resource_key(key, sizeof key, c->resource, c->unit, c->date);
+        /* Offered units count once per resource: a new notice counts the change. */
+        ledger_t old = {0};
+        bool found;
+        S_TRY(s_ledger_get(self, key, &old, &found, NULL));
+        char labels[64];
+        snprintf(labels, sizeof labels, "resource=\"%s\"", slots_kind_name(c->resource));
+        S_TRY(tally_add(self->tally, "capacity_offered_units_total", labels,
+                        c->capacity - (found ? old.capacity : 0)));
+        S_TRY(tally_add(self->tally, "reserve_offered_units_total", labels,
+                        c->reserved - (found ? old.reserved : 0)));
         sqlite3_stmt *st = s_q(self, Q_CAP_PUT);
         S_TRY(sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC));
         S_TRY(sqlite3_bind_int(st, 2, (int)c->resource));
@@ -297,6 +325,19 @@ static int s_on_capacity(clinical_t *self, const clin_facts_t *f, int64_t now, c
 }
 
 /* ---- referrals ---------------------------------------------------------------- */
+
+/* The label set of a referral's tallies. */
+static void s_ref_labels(char *out, size_t len, ref_dir_t dir, const char *source,
+                         const char *dest, const char *unit, int priority)
+{
+    char dept[40];
+    tally_label_value(dept, sizeof dept, unit && unit[0] ? unit : "-");
+    snprintf(out, len,
+             "department=\"%s\",destination=\"%s\",direction=\"%s\",priority=\"%s\","
+             "source=\"%s\"",
+             dept, dest, s_dir_names[dir <= REF_DIR_DOWN ? dir : 0], s_prio(priority), source);
+}
+
 
 static int s_on_referral(clinical_t *self, uint64_t seq, const char *source, const char *dest,
                          const clin_facts_t *f, int64_t now, clin_result_t *out)
@@ -322,6 +363,9 @@ static int s_on_referral(clinical_t *self, uint64_t seq, const char *source, con
     S_TRY(s_exec(st));
     if (sqlite3_changes(self->db) != 1)
         return s_refuse(out, MR_E_INVALID, "referral %s from %s exists already", f->ref_id, source);
+    char labels[320];
+    s_ref_labels(labels, sizeof labels, f->direction, source, dest, f->unit, f->priority);
+    S_TRY(tally_add(self->tally, "referrals_requested_total", labels, 1));
     st = s_q(self, Q_MSG_REFKEY);
     S_TRY(sqlite3_bind_int64(st, 1, (sqlite3_int64)seq));
     S_TRY(sqlite3_bind_text(st, 2, key, -1, SQLITE_STATIC));
@@ -340,6 +384,8 @@ typedef struct {
     ref_state_t state;
     char resource_key[160];
     claim_t claim;
+    int priority;
+    int64_t created_ms;
 } s_ref_t;
 
 static void s_copy(char *dst, size_t len, sqlite3_stmt *st, int i)
@@ -364,6 +410,8 @@ static int s_ref_read(sqlite3_stmt *st, s_ref_t *r, bool *found)
         r->state = (ref_state_t)sqlite3_column_int(st, 7);
         s_copy(r->resource_key, sizeof r->resource_key, st, 8);
         r->claim = (claim_t)sqlite3_column_int(st, 9);
+        r->priority = sqlite3_column_int(st, 10);
+        r->created_ms = sqlite3_column_int64(st, 11);
     }
     sqlite3_reset(st);
     return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
@@ -386,11 +434,52 @@ static int s_ref_by_key(clinical_t *self, const char *key, s_ref_t *r, bool *fou
     return s_ref_read(st, r, found);
 }
 
+/* Counts what a step did: outcomes, acceptance time, claims and releases. */
+static int s_tally_step(clinical_t *self, const s_ref_t *r, ref_state_t to, claim_t claimed,
+                        claim_t released, int64_t now)
+{
+    static const struct {
+        ref_state_t state;
+        const char *outcome;
+    } outcomes[] = {{REF_ACCEPTED, "accepted"},   {REF_REJECTED, "rejected"},
+                    {REF_COMPLETED, "completed"}, {REF_CANCELLED, "cancelled"},
+                    {REF_NO_SHOW, "no_show"},     {REF_EXPIRED, "expired"}};
+    char labels[320], l2[400];
+    s_ref_labels(labels, sizeof labels, r->direction, r->source, r->dest, r->unit, r->priority);
+    for (size_t i = 0; i < sizeof outcomes / sizeof outcomes[0]; i++) {
+        if (outcomes[i].state != to)
+            continue;
+        snprintf(l2, sizeof l2, "%s,outcome=\"%s\"", labels, outcomes[i].outcome);
+        S_TRY(tally_add(self->tally, "referral_outcomes_total", l2, 1));
+    }
+    if (to == REF_ACCEPTED) {
+        snprintf(l2, sizeof l2, "direction=\"%s\",priority=\"%s\"",
+                 s_dir_names[r->direction <= REF_DIR_DOWN ? r->direction : 0], s_prio(r->priority));
+        S_TRY(tally_observe(self->tally, "referral_acceptance_seconds", l2,
+                            (now - r->created_ms) / 1000));
+    }
+    res_kind_t res = s_resource_of(r->service);
+    const char *rname = res < RES_KIND_COUNT ? slots_kind_name(res) : "none";
+    if (to == REF_ACCEPTED && r->direction == REF_DIR_UP) {
+        /* claim="none": nothing published for it, or over capacity */
+        snprintf(l2, sizeof l2, "claim=\"%s\",family_doctor=\"%s\",resource=\"%s\"",
+                 slots_claim_name(claimed), r->family_doctor ? "yes" : "no", rname);
+        S_TRY(tally_add(self->tally, "slot_claims_total", l2, 1));
+    }
+    if (released != CLAIM_NONE) {
+        snprintf(l2, sizeof l2, "claim=\"%s\",resource=\"%s\"", slots_claim_name(released),
+                 rname);
+        S_TRY(tally_add(self->tally, "slot_claims_released_total", l2, 1));
+    }
+    return SQLITE_OK;
+}
+
 /* Moves a referral through one step and applies its ledger effect. */
 static int s_apply_step(clinical_t *self, s_ref_t *r, uint64_t seq, int step, ref_actor_t actor,
                         const ref_transition_t *t, int64_t appointment_ms, const char *day,
                         int64_t now, clin_result_t *out)
 {
+    claim_t claimed = CLAIM_NONE, released = CLAIM_NONE;
     if (t->ledger == LEDGER_CLAIM && r->direction == REF_DIR_UP && r->claim == CLAIM_NONE) {
         res_kind_t res = s_resource_of(r->service);
         if (res < RES_KIND_COUNT) {
@@ -401,6 +490,7 @@ static int s_apply_step(clinical_t *self, s_ref_t *r, uint64_t seq, int step, re
             S_TRY(s_ledger_get(self, key, &l, &found, NULL));
             if (found) {
                 r->claim = slots_claim(&l, r->family_doctor);
+                claimed = r->claim;
                 S_TRY(s_ledger_put(self, key, &l, now));
                 snprintf(r->resource_key, sizeof r->resource_key, "%s", key);
                 out->claim = (int)r->claim;
@@ -419,8 +509,11 @@ static int s_apply_step(clinical_t *self, s_ref_t *r, uint64_t seq, int step, re
         }
         out->claim = (int)r->claim;
         out->claim_released = true;
+        released = r->claim;
         r->claim = CLAIM_NONE;
     }
+    if (actor != ACTOR_BROKER || t->to == REF_EXPIRED)
+        S_TRY(s_tally_step(self, r, t->to, claimed, released, now));
     sqlite3_stmt *st = s_q(self, Q_REF_UPDATE);
     S_TRY(sqlite3_bind_text(st, 1, r->key, -1, SQLITE_STATIC));
     S_TRY(sqlite3_bind_int(st, 2, (int)t->to));
@@ -529,7 +622,15 @@ static int s_on_order(clinical_t *self, const char *prefix, int kind, const char
     S_TRY(s_exec(st));
     if (sqlite3_changes(self->db) != 1)
         return s_refuse(out, MR_E_INVALID, "order %s from %s exists already", f->ref_id, source);
-    return SQLITE_OK;
+    char labels[200];
+    if (kind == LOOP_IMAGING) {
+        snprintf(labels, sizeof labels, "modality=\"%s\",source=\"%s\"",
+                 f->modality ? f->modality : "UNSPECIFIED", source);
+        return tally_add(self->tally, "imaging_requests_total", labels, 1);
+    }
+    snprintf(labels, sizeof labels, "source=\"%s\"", source);
+    S_TRY(tally_add(self->tally, "lab_orders_total", labels, 1));
+    return tally_add(self->tally, "lab_tests_ordered_total", labels, f->items);
 }
 
 /* A report/result (from the filler to the orderer) or a read-back (from the
@@ -558,6 +659,10 @@ static int s_on_result(clinical_t *self, const char *prefix, const char *orderer
     int state = sqlite3_column_int(st, 1);
     bool critical = sqlite3_column_int(st, 2) != 0;
     bool read_back = sqlite3_column_type(st, 3) != SQLITE_NULL;
+    char modality[24];
+    s_copy(modality, sizeof modality, st, 4);
+    int64_t opened_ms = sqlite3_column_int64(st, 5);
+    int64_t critical_at_ms = sqlite3_column_int64(st, 6);
     sqlite3_reset(st);
     if (strcmp(loop_filler, filler) != 0)
         return s_refuse(out, MR_E_FORBIDDEN, "order %s was sent to %s, not this facility",
@@ -582,6 +687,34 @@ static int s_on_result(clinical_t *self, const char *prefix, const char *orderer
         else
             return s_refuse(out, MR_E_ILLEGAL_TRANSITION,
                             "order %s cannot take this report status now%s", f->ref_id, NULL);
+    }
+    /* Counts: reports/results, turnaround at the first final, critical values
+     * and read-back delay. */
+    bool imaging = strcmp(prefix, "img") == 0;
+    char labels[96];
+    if (imaging)
+        snprintf(labels, sizeof labels, "modality=\"%s\"", modality[0] ? modality : "UNSPECIFIED");
+    else
+        labels[0] = '\0';
+    if (readback) {
+        char l2[64];
+        snprintf(l2, sizeof l2, "kind=\"%s\"", imaging ? "imaging" : "lab");
+        S_TRY(tally_observe(self->tally, "critical_readback_seconds", l2,
+                            (now - critical_at_ms) / 1000));
+    } else {
+        S_TRY(tally_add(self->tally, imaging ? "imaging_reports_total" : "lab_results_total",
+                        labels, 1));
+        if (!imaging)
+            S_TRY(tally_add(self->tally, "lab_result_items_total", "", f->items));
+        if (next == LOOP_FINAL && state < LOOP_FINAL)
+            S_TRY(tally_observe(self->tally,
+                                imaging ? "imaging_turnaround_seconds" : "lab_turnaround_seconds",
+                                labels, (now - opened_ms) / 1000));
+        if (f->critical && !critical) {
+            char l2[64];
+            snprintf(l2, sizeof l2, "kind=\"%s\"", imaging ? "imaging" : "lab");
+            S_TRY(tally_add(self->tally, "critical_values_total", l2, 1));
+        }
     }
     st = s_q(self, Q_LOOP_UPDATE);
     S_TRY(sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC));
@@ -624,6 +757,7 @@ int clinical_on_put(clinical_t *self, uint64_t seq, const char *source, const ch
 static int s_event(clin_event_t **events, size_t *n, clin_event_kind_t kind, const char *key,
                    const char *facility, int64_t value)
 {
+    /* (counted by clinical_scan once all events are in) */
     if (*n % 32 == 0) {
         clin_event_t *e = realloc(*events, (*n + 32) * sizeof *e);
         if (e == NULL)
@@ -776,8 +910,24 @@ int clinical_scan(clinical_t *self, const clin_sla_t *sla, int64_t now_ms, clin_
                  now_ms, (int64_t)sla->critical_readback_s * 1000, 0, EV_READBACK_OVERDUE, events,
                  n_events));
     S_TRY(s_expire_referrals(self, now_ms, events, n_events));
-    return s_release_reserves(self, now_ms, (int64_t)sla->reserve_cutoff_s * 1000, events,
-                              n_events);
+    S_TRY(s_release_reserves(self, now_ms, (int64_t)sla->reserve_cutoff_s * 1000, events,
+                             n_events));
+    for (size_t i = 0; i < *n_events; i++) {
+        const clin_event_t *e = &(*events)[i];
+        char labels[200];
+        if (e->kind == EV_RESERVE_RELEASED) {
+            /* key is "<resource>/<unit>/<day>" */
+            const char *slash = strchr(e->key, '/');
+            snprintf(labels, sizeof labels, "resource=\"%.*s\"",
+                     (int)(slash ? slash - e->key : 0), e->key);
+            S_TRY(tally_add(self->tally, "reserve_released_unclaimed_units_total", labels,
+                            e->value));
+        } else if (e->kind != EV_REFERRAL_EXPIRED) {
+            snprintf(labels, sizeof labels, "kind=\"%s\"", clinical_event_name(e->kind));
+            S_TRY(tally_add(self->tally, "escalations_total", labels, 1));
+        }
+    }
+    return SQLITE_OK;
 }
 
 void clinical_events_free(clin_event_t *events, size_t n)

@@ -20,6 +20,7 @@
 
 #include "referral.h"
 #include "slots.h"
+#include "tally.h"
 
 typedef struct {
     res_kind_t resource;
@@ -115,8 +116,9 @@ typedef struct {
 
 typedef struct clinical_t clinical_t;
 
-/* Creates the tables (if missing) and prepares statements. NULL on failure. */
-clinical_t *clinical_open(sqlite3 *db, int *rc_out);
+/* Creates the tables (if missing) and prepares statements; counts go to
+ * tally (borrowed).  NULL on failure. */
+clinical_t *clinical_open(sqlite3 *db, tally_t *tally, int *rc_out);
 void clinical_close(clinical_t **self_p);
 
 /*

@@ -28,6 +28,8 @@
  */
 #include "store.h"
 
+#include "mr_codec.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -62,7 +64,7 @@ static const char *const s_sql[S_STMT_COUNT] = {
                      " ON CONFLICT(source, message_id) DO NOTHING",
     [S_PUT_FIND] = "SELECT seq, content_hash FROM messages WHERE source = ?1 AND message_id = ?2",
     [S_ACK_UPDATE] = "UPDATE messages SET state = 1, done_ms = ?3"
-                     " WHERE seq = ?1 AND dest = ?2 AND state = 0",
+                     " WHERE seq = ?1 AND dest = ?2 AND state = 0 RETURNING kind",
     [S_ACK_FIND] = "SELECT state FROM messages WHERE seq = ?1 AND dest = ?2",
     [S_LOAD] = "SELECT seq, source, message_id, dest, kind, priority, stored_ms, expires_ms,"
                " dead_reason, body FROM messages WHERE dest = ?1 AND state = 0 AND seq > ?2"
@@ -126,6 +128,7 @@ struct store_t {
     sqlite3 *db;
     sqlite3_stmt *stmt[S_STMT_COUNT];
     clinical_t *clin;
+    tally_t *tally;
     int last_error;                          /* SQLite code of the failure being reported */
     bool opened_once;
 };
@@ -165,6 +168,9 @@ static void s_req_free(store_req_t *req)
     clinical_events_free(req->events, req->n_events);
     clinical_slots_free(req->slots, req->n_slots);
     clinical_open_free(req->open, req->n_open);
+    tally_rows_free(req->tallies, req->n_tallies);
+    free(req->tally_name);
+    free(req->tally_labels);
     free(req->query);
     for (size_t i = 0; req->rows != NULL && i < req->n_rows; i++)
         store_row_clear(&req->rows[i]);
@@ -177,6 +183,7 @@ static void s_req_free(store_req_t *req)
 static void s_close_db(store_t *self)
 {
     clinical_close(&self->clin);
+    tally_destroy(&self->tally);
     for (int i = 0; i < S_STMT_COUNT; i++) {
         sqlite3_finalize(self->stmt[i]);
         self->stmt[i] = NULL;
@@ -242,7 +249,10 @@ static int s_open_db(store_t *self)
     /* No integrity scan here: it reads the whole file, and start-up must stay
      * fast with a million messages pending.  Corruption shows as
      * SQLITE_CORRUPT on the first statement that meets it. */
-    self->clin = clinical_open(self->db, &rc);
+    self->tally = tally_new(self->db, &rc);
+    if (self->tally == NULL)
+        goto fail;
+    self->clin = clinical_open(self->db, self->tally, &rc);
     if (self->clin == NULL)
         goto fail;
     for (int i = 0; i < S_STMT_COUNT; i++) {
@@ -269,6 +279,12 @@ fail:
  * before it is bound again: binding one that has run to its end fails with
  * SQLITE_MISUSE and would leave the previous (dangling) bindings in place.
  */
+static const char *s_kind(int kind)
+{
+    const char *k = mr_kind_name(kind);
+    return k ? k : "unknown";
+}
+
 /* Returns from the calling operation when a bind fails. */
 #define S_BIND(call)                                                                               \
     do {                                                                                           \
@@ -357,19 +373,30 @@ static int s_op_put(store_t *self, store_req_t *req)
     rc = sqlite3_step(st);
     if (rc != SQLITE_DONE)
         return rc;
+    char labels[200];
     if (sqlite3_changes(self->db) == 1) {
         req->seq = (uint64_t)sqlite3_last_insert_rowid(self->db);
         req->status = STORE_OK;
-        if (req->facts == NULL)
-            return SQLITE_OK;
         sqlite3_reset(st);
-        rc = clinical_on_put(self->clin, req->seq, m->source, m->dest, req->facts, m->stored_ms,
-                             &req->clin);
-        if (rc == SQLITE_OK && req->clin.code != 0) {
-            req->status = STORE_REFUSED;
-            rc = sqlite3_exec(self->db, "ROLLBACK TO put", NULL, NULL, NULL);
+        if (req->facts != NULL) {
+            rc = clinical_on_put(self->clin, req->seq, m->source, m->dest, req->facts,
+                                 m->stored_ms, &req->clin);
+            if (rc == SQLITE_OK && req->clin.code != 0) {
+                req->status = STORE_REFUSED;
+                rc = sqlite3_exec(self->db, "ROLLBACK TO put", NULL, NULL, NULL);
+            }
+            if (rc == SQLITE_OK)
+                rc = sqlite3_exec(self->db, "RELEASE put", NULL, NULL, NULL);
+            if (rc != SQLITE_OK)
+                return rc;
         }
-        return rc == SQLITE_OK ? sqlite3_exec(self->db, "RELEASE put", NULL, NULL, NULL) : rc;
+        if (req->status == STORE_REFUSED) {
+            snprintf(labels, sizeof labels, "code=\"%s\"", mr_error_name(req->clin.code));
+            return tally_add(self->tally, "messages_rejected_total", labels, 1);
+        }
+        snprintf(labels, sizeof labels, "destination=\"%s\",kind=\"%s\",source=\"%s\"",
+                 m->dest, s_kind(m->kind), m->source);
+        return tally_add(self->tally, "messages_stored_total", labels, 1);
     }
     if (req->facts != NULL) {
         sqlite3_reset(st);
@@ -387,7 +414,12 @@ static int s_op_put(store_t *self, store_req_t *req)
     req->seq = (uint64_t)sqlite3_column_int64(st, 0);
     bool same = (uint64_t)sqlite3_column_int64(st, 1) == m->content_hash;
     req->status = same ? STORE_DUPLICATE : STORE_CONFLICT;
-    return SQLITE_OK;
+    sqlite3_reset(st);
+    if (same) {
+        snprintf(labels, sizeof labels, "kind=\"%s\",source=\"%s\"", s_kind(m->kind), m->source);
+        return tally_add(self->tally, "messages_duplicate_total", labels, 1);
+    }
+    return tally_add(self->tally, "messages_rejected_total", "code=\"CONFLICT\"", 1);
 }
 
 static int s_op_ack(store_t *self, store_req_t *req)
@@ -397,13 +429,18 @@ static int s_op_ack(store_t *self, store_req_t *req)
     S_BIND(sqlite3_bind_text(st, 2, req->msg.dest, -1, SQLITE_STATIC));
     S_BIND(sqlite3_bind_int64(st, 3, req->now_ms));
     int rc = sqlite3_step(st);
-    if (rc != SQLITE_DONE)
-        return rc;
-    if (sqlite3_changes(self->db) == 1) {
+    if (rc == SQLITE_ROW) {
+        int kind = sqlite3_column_int(st, 0);
         req->status = STORE_OK;
         sqlite3_reset(st);
+        char labels[160];
+        snprintf(labels, sizeof labels, "destination=\"%s\",kind=\"%s\"", req->msg.dest,
+                 s_kind(kind));
+        S_BIND(tally_add(self->tally, "messages_delivered_total", labels, 1));
         return clinical_on_delivered(self->clin, req->msg.seq, req->now_ms);
     }
+    if (rc != SQLITE_DONE)
+        return rc;
     st = s_stmt(self, S_ACK_FIND);
     S_BIND(sqlite3_bind_int64(st, 1, (sqlite3_int64)req->msg.seq));
     S_BIND(sqlite3_bind_text(st, 2, req->msg.dest, -1, SQLITE_STATIC));
@@ -474,6 +511,9 @@ static int s_op_update(store_t *self, store_req_t *req, int which)
     if (rc != SQLITE_OK)
         return rc;
     req->status = req->n_rows == 1 ? STORE_OK : STORE_NOT_FOUND;
+    if (req->status == STORE_OK)
+        return tally_add(self->tally, which == S_DROP ? "messages_dead_total" : "messages_retried_total",
+                         which == S_DROP ? "reason=\"dropped\"" : "", 1);
     return SQLITE_OK;
 }
 
@@ -482,7 +522,16 @@ static int s_op_expire(store_t *self, store_req_t *req)
     sqlite3_stmt *st = s_stmt(self, S_EXPIRE);
     S_BIND(sqlite3_bind_int64(st, 1, req->now_ms));
     S_BIND(sqlite3_bind_int(st, 2, (int)req->limit));
-    return s_collect(st, req);
+    int rc = s_collect(st, req);
+    for (size_t i = 0; rc == SQLITE_OK && i < req->n_rows; i++) {
+        char labels[160];
+        snprintf(labels, sizeof labels, "destination=\"%s\",kind=\"%s\"", req->rows[i].dest,
+                 s_kind(req->rows[i].kind));
+        rc = tally_add(self->tally, "messages_expired_total", labels, 1);
+        if (rc == SQLITE_OK)
+            rc = tally_add(self->tally, "messages_dead_total", "reason=\"expired\"", 1);
+    }
+    return rc;
 }
 
 static int s_op_prune(store_t *self, store_req_t *req)
@@ -536,6 +585,15 @@ static int s_execute(store_t *self, store_req_t *req)
         rc = clinical_open_loops(self->clin, req->query, req->older_than_ms, &req->open,
                                  &req->n_open);
         break;
+    case STORE_TALLY:
+        rc = tally_add(self->tally, req->tally_name, req->tally_labels ? req->tally_labels : "",
+                       req->tally_delta);
+        break;
+    case STORE_STATS:
+        rc = tally_query(self->tally, req->first_day[0] ? req->first_day : NULL,
+                         req->last_day[0] ? req->last_day : NULL, req->query, &req->tallies,
+                         &req->n_tallies);
+        break;
     default: rc = SQLITE_MISUSE; break;
     }
     /* Release the statements (and any read they hold) for the next request. */
@@ -546,6 +604,13 @@ static int s_execute(store_t *self, store_req_t *req)
 }
 
 /* ---- store thread: batches ---------------------------------------------- */
+
+static int64_t s_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 static int64_t s_mono_ms(void)
 {
@@ -630,6 +695,9 @@ static void *s_thread(void *arg)
                 tail = req;
                 count++;
             }
+            /* The batch's counts go in its own transaction. */
+            if (rc == SQLITE_OK)
+                rc = tally_flush(self->tally, s_wall_ms());
             if (rc == SQLITE_OK)
                 rc = sqlite3_exec(self->db, "COMMIT", NULL, NULL, NULL);
             if (rc != SQLITE_OK && !sqlite3_get_autocommit(self->db))
@@ -637,6 +705,8 @@ static void *s_thread(void *arg)
         }
         if (rc != SQLITE_OK) {
             s_log_failure(self, rc, "batch");
+            if (self->tally != NULL)
+                tally_discard(self->tally);
             s_fail_batch(head);
             if (s_needs_reopen(rc))
                 s_close_db(self); /* reopen, and re-check, on the next batch */

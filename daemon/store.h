@@ -38,6 +38,8 @@ typedef enum {
     STORE_SCAN,        /* service levels, referral expiry, reserve cut-offs due now */
     STORE_SLOTS,       /* the reserved-capacity ledger, for operators */
     STORE_OPEN,        /* open referrals and loops, for operators */
+    STORE_TALLY,       /* count an event that stores no message (a refusal, a resend) */
+    STORE_STATS,       /* tallies summed over a period (query: facility) */
     STORE_OP_COUNT
 } store_op_t;
 
@@ -86,6 +88,10 @@ struct store_req_t {
     clin_sla_t sla;    /* SCAN */
     char *query;       /* SLOTS: date; OPEN: facility (owned, may be NULL) */
     int64_t older_than_ms; /* OPEN: opened at or before */
+    char *tally_name;  /* TALLY (owned) */
+    char *tally_labels;
+    int64_t tally_delta;
+    char first_day[11], last_day[11]; /* STATS: the period, inclusive; "" = all time */
     int64_t now_ms;    /* EXPIRE, PRUNE, ACK: the time to compare with / record */
     int64_t before_ms; /* PRUNE: delivered before this */
     /* outputs */
@@ -101,6 +107,8 @@ struct store_req_t {
     size_t n_slots;
     clin_open_t *open;      /* OPEN */
     size_t n_open;
+    tally_row_t *tallies;   /* STATS */
+    size_t n_tallies;
     store_req_t *next; /* queue link, the store's */
 };
 

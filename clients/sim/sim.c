@@ -10,6 +10,22 @@
  *   yx-lead  --referral (down)-> township   --referral_update (follow-up ok)--> yx-lead
  *   township --imaging_request-> yx-imaging --imaging_report (CT: prelim+final)-> township
  *   township --lab_order-------> yx-lab     --lab_result------------------------> township
+ *   yx-lead  --capacity (once, at start)-> the broker itself (--broker-id)
+ *   township --critical_ack (read-back)---> yx-imaging / yx-lab
+ *
+ * At start the lead hospital publishes its capacity for today and the next
+ * two days (local dates, Asia/Shanghai) as one CapacityNotice to the broker:
+ * specialist clinic slots per department and inpatient beds per ward of the
+ * departments its referrals name, and exam bookings per modality, each with
+ * 20-25 % reserved for family-doctor referrals.  The day starts only after
+ * the broker has acknowledged it, so every acceptance finds its resource.
+ * The lead accepts an up-referral with an appointment within those three
+ * days (a stat one within 30 min, an urgent one within 4 h, a routine one
+ * on one of the next two days), so the claim lands on a published resource,
+ * and walks most accepted ones on (SCHEDULED, ARRIVED, IN_PROGRESS,
+ * COMPLETED with a summary reference); it cancels none.  A township that
+ * receives a critical lab value or imaging finding reads it back once
+ * (critical_ack to the lab or imaging centre).
  *
  * One township loses its link at 35 % of the run (its client is destroyed)
  * and comes back at 65 % (a new client); what was sent to it meanwhile waits
@@ -19,7 +35,9 @@
  * Invariants
  *   1. Every submitted message has one s_msg_t, found by (source, message_id);
  *      an Ack marks it acked, the first delivery to its destination marks it
- *      delivered; later deliveries count as duplicates.
+ *      delivered; later deliveries count as duplicates.  A message addressed
+ *      to the broker itself (the capacity notice) is delivered when it is
+ *      stored, so its Ack marks it delivered too.
  *   2. Answers are never submitted from inside a handler: the handler queues
  *      an s_todo_t (owning its payload), the main loop submits it.
  *   3. Random numbers come only from the s_rng_t in s_sim_t (--seed), so the
@@ -47,6 +65,8 @@
 #define S_MAX_PLAYERS (3 + S_MAX_TOWNSHIPS)
 #define S_FINAL_WAIT_MS 10000
 #define S_PROGRESS_MS 2000
+#define S_CAPACITY_DAYS 3       /* today and the next two days */
+#define S_CAPACITY_WAIT_MS 5000
 
 /* The township ids of config/medroute.conf, in its order. */
 static const char *const s_townships[S_MAX_TOWNSHIPS] = {
@@ -56,11 +76,14 @@ static const char *const s_townships[S_MAX_TOWNSHIPS] = {
 
 /* medroute.v1.Kind: index = enum value. */
 enum { K_REFERRAL = 1, K_REFERRAL_UPDATE, K_IMAGING_REQUEST, K_IMAGING_REPORT, K_LAB_ORDER,
-       K_LAB_RESULT, K_COUNT };
+       K_LAB_RESULT, K_CAPACITY, K_CRITICAL_ACK, K_COUNT };
 static const char *const s_kinds[K_COUNT] = {
     NULL, "referral", "referral_update", "imaging_request", "imaging_report", "lab_order",
-    "lab_result",
+    "lab_result", "capacity", "critical_ack",
 };
+
+/* Destination index of a message addressed to the broker itself. */
+#define S_BROKER (-1)
 
 typedef enum { ROLE_LEAD, ROLE_IMAGING, ROLE_LAB, ROLE_TOWNSHIP } s_role_t;
 
@@ -111,6 +134,33 @@ static const s_modality_t s_modalities[] = {
     {"CT", {"HEAD", "CHEST", "ABDOMEN", "HEAD"}, "rule out haemorrhage / mass", 12},
     {"US", {"ABDOMEN", "THYROID", "PELVIS", "ABDOMEN"}, "abdominal pain, query gallstones", 10},
 };
+
+/* The lead hospital's daily capacity for referred patients (a county
+ * people's hospital of some 600 beds): specialist clinic slots per
+ * department, and admissions per ward for the departments that take
+ * inpatient referrals.  Only departments that s_up_reasons names are
+ * published; a department missing here gets no clinic or ward. */
+typedef struct {
+    const char *department;
+    unsigned clinic_slots, ward_beds;
+} s_department_t;
+
+static const s_department_t s_departments[] = {
+    {"cardiology", 40, 10},   {"neurology", 36, 12},        {"neurosurgery", 16, 5},
+    {"respiratory medicine", 40, 12}, {"general surgery", 48, 10}, {"obstetrics", 30, 8},
+    {"orthopaedics", 40, 8},  {"oncology", 24, 5},          {"nephrology", 24, 5},
+};
+
+/* Exam bookings per modality and day (预约检查). */
+static const struct {
+    const char *modality;
+    unsigned capacity;
+} s_exam_capacity[] = {{"DR", 120}, {"CT", 60}, {"MR", 24}, {"US", 80}};
+
+/* Reserved share, in percent, before rounding up: the result is 20-25 %. */
+#define S_RESERVE_PCT_CLINIC 22
+#define S_RESERVE_PCT_BED 20
+#define S_RESERVE_PCT_EXAM 25
 
 typedef struct {
     const char *loinc, *display, *unit, *specimen;
@@ -166,6 +216,7 @@ typedef struct {
     char id[65];
     int src, dst, kind;
     bool acked, failed, queued_offline;
+    bool to_broker;             /* addressed to the broker: delivered once stored */
     unsigned delivered;
 } s_msg_t;
 
@@ -184,7 +235,7 @@ typedef struct {
 } s_event_t;
 
 typedef struct {
-    const char *endpoint, *operator_ep, *report, *state_dir;
+    const char *endpoint, *operator_ep, *report, *state_dir, *broker_id;
     long long duration_s, seed, townships, scale;
     bool verbose;
 } s_opts_t;
@@ -209,6 +260,11 @@ struct s_sim_t {
     unsigned errors, duplicates, stale, misrouted, submit_failed, poll_failed;
     unsigned queued_offline, delivered_after_return;
     unsigned accepted, rejected, family_doctor, crit_values, crit_findings;
+    unsigned walked, completed, readbacks, capacity_items;
+    unsigned broker_received[K_COUNT];   /* messages to the broker itself, stored */
+    char days[S_CAPACITY_DAYS][11];      /* the published local dates, YYYY-MM-DD */
+    int64_t day_start_ms[S_CAPACITY_DAYS + 1]; /* their local midnights (+ the day after) */
+    json_t *read_back;          /* "<township>/<accession or placer>" already read back */
     int rr;                     /* round-robin position for the idle poll */
 };
 
@@ -371,16 +427,19 @@ static int s_todo_push(s_sim_t *sim, int64_t due_ms, int src, int dst, int kind,
     return 0;
 }
 
-/* Submits one message from src (whose client must exist); takes payload. */
-static int s_submit(s_sim_t *sim, int src, int dst, int kind, const char *priority,
-                    const char *corr, json_t *payload)
+/* Submits one message from src (whose client must exist) to player dst, or
+ * to the broker itself (dst = S_BROKER); takes payload.  Returns 0 and the
+ * message's record in *out (may be NULL), or a negative errno. */
+static int s_submit_msg(s_sim_t *sim, int src, int dst, int kind, const char *priority,
+                        const char *corr, json_t *payload, s_msg_t **out)
 {
     s_player_t *from = &sim->players[src];
-    s_player_t *to = &sim->players[dst];
+    s_player_t *to = dst >= 0 ? &sim->players[dst] : NULL;
+    const char *to_id = to ? to->id : sim->o.broker_id;
     char id[65] = "", err[256] = "";
     char *text = NULL;
     int rc = -ENOMEM;
-    json_t *env = json_pack("{s:s, s:s, s:s, s:o}", "destination", to->id, "kind",
+    json_t *env = json_pack("{s:s, s:s, s:s, s:o}", "destination", to_id, "kind",
                             s_kinds[kind], "priority", priority, s_kinds[kind], payload);
     if (env == NULL)
         goto out;
@@ -399,18 +458,27 @@ static int s_submit(s_sim_t *sim, int src, int dst, int kind, const char *priori
         rc = -ENOMEM;
         goto out;
     }
-    m->queued_offline = to->client == NULL;
+    m->to_broker = to == NULL;
+    m->queued_offline = to != NULL && to->client == NULL;
     sim->queued_offline += m->queued_offline;
     from->sent[kind]++;
+    if (out != NULL)
+        *out = m;
     if (sim->o.verbose)
-        fprintf(stderr, "[%5.1fs] %-12s -> %-12s %-15s %s %s\n", s_elapsed(sim), from->id, to->id,
+        fprintf(stderr, "[%5.1fs] %-12s -> %-12s %-15s %s %s\n", s_elapsed(sim), from->id, to_id,
                 s_kinds[kind], priority, id);
 out:
     if (rc < 0)
         sim->submit_failed++;
     free(text);
     json_decref(env); /* payload went with env (or was never taken: see below) */
-    return rc;
+    return rc < 0 ? rc : 0;
+}
+
+static int s_submit(s_sim_t *sim, int src, int dst, int kind, const char *priority,
+                    const char *corr, json_t *payload)
+{
+    return s_submit_msg(sim, src, dst, kind, priority, corr, payload, NULL);
 }
 
 /* Submits due answers whose sender is online; keeps the rest in order. */
@@ -769,6 +837,11 @@ static int on_event(mr_client_t *client, const mr_event_t *ev, void *arg)
         if (m != NULL && !m->acked && !m->failed) {
             m->acked = true;
             sim->n_acked++;
+            /* The broker is the destination: stored is delivered. */
+            if (m->to_broker && m->delivered++ == 0) {
+                sim->n_delivered++;
+                sim->broker_received[m->kind]++;
+            }
         }
         return 0;
     }

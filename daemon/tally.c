@@ -1,0 +1,248 @@
+/*
+ * tally.c - per-day counts in the store, merged per batch.
+ *
+ * Owns: the pending batch (keys and deltas, a strmap index) and two
+ * prepared statements.  Invariant: pending holds exactly the deltas of the
+ * requests executed since the last flush or discard, i.e. of the open
+ * transaction.
+ */
+#include "tally.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "strmap.h"
+
+const int64_t tally_bucket_le[TALLY_BUCKETS] = {60,   300,   900,   1800,  3600,
+                                                7200, 14400, 28800, 86400, -1};
+
+typedef struct {
+    char *name;
+    char *labels;
+    int64_t delta;
+} s_pending_t;
+
+struct tally_t {
+    sqlite3 *db;
+    sqlite3_stmt *upsert;
+    sqlite3_stmt *query;
+    strmap_t *index;          /* "name\x1flabels" -> pending index */
+    s_pending_t *pending;
+    size_t n, cap;
+};
+
+static const char *const s_schema =
+    "CREATE TABLE IF NOT EXISTS tallies(day TEXT NOT NULL, name TEXT NOT NULL,"
+    " labels TEXT NOT NULL, value INTEGER NOT NULL, PRIMARY KEY(day, name, labels))"
+    " WITHOUT ROWID;";
+
+tally_t *tally_new(sqlite3 *db, int *rc_out)
+{
+    tally_t *self = calloc(1, sizeof *self);
+    int rc = SQLITE_NOMEM;
+    if (self == NULL || (self->index = strmap_new()) == NULL)
+        goto fail;
+    self->db = db;
+    rc = sqlite3_exec(db, s_schema, NULL, NULL, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v3(db,
+                                "INSERT INTO tallies(day, name, labels, value) VALUES(?1, ?2, ?3, ?4)"
+                                " ON CONFLICT(day, name, labels) DO UPDATE SET value = value + ?4",
+                                -1, SQLITE_PREPARE_PERSISTENT, &self->upsert, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v3(db,
+                                "SELECT name, labels, sum(value) FROM tallies"
+                                " WHERE day BETWEEN ?1 AND ?2"
+                                " AND (?3 IS NULL OR instr(labels, '\"' || ?3 || '\"') > 0)"
+                                " GROUP BY name, labels ORDER BY name, labels",
+                                -1, SQLITE_PREPARE_PERSISTENT, &self->query, NULL);
+    if (rc != SQLITE_OK)
+        goto fail;
+    *rc_out = SQLITE_OK;
+    return self;
+fail:
+    tally_destroy(&self);
+    *rc_out = rc;
+    return NULL;
+}
+
+void tally_discard(tally_t *self)
+{
+    for (size_t i = 0; i < self->n; i++) {
+        free(self->pending[i].name);
+        free(self->pending[i].labels);
+    }
+    self->n = 0;
+    strmap_destroy(&self->index);
+    self->index = strmap_new(); /* NULL on OOM: tally_add then reports it */
+}
+
+void tally_destroy(tally_t **self_p)
+{
+    tally_t *self = *self_p;
+    if (self == NULL)
+        return;
+    tally_discard(self);
+    strmap_destroy(&self->index);
+    free(self->pending);
+    sqlite3_finalize(self->upsert);
+    sqlite3_finalize(self->query);
+    free(self);
+    *self_p = NULL;
+}
+
+int tally_add(tally_t *self, const char *name, const char *labels, int64_t delta)
+{
+    char key[512];
+    int k = snprintf(key, sizeof key, "%s\x1f%s", name, labels ? labels : "");
+    if (k < 0 || (size_t)k >= sizeof key || self->index == NULL)
+        return SQLITE_NOMEM;
+    int at = strmap_get(self->index, key, (size_t)k);
+    if (at >= 0) {
+        self->pending[at].delta += delta;
+        return SQLITE_OK;
+    }
+    if (self->n == self->cap) {
+        size_t cap = self->cap ? self->cap * 2 : 64;
+        s_pending_t *p = realloc(self->pending, cap * sizeof *p);
+        if (p == NULL)
+            return SQLITE_NOMEM;
+        self->pending = p;
+        self->cap = cap;
+    }
+    s_pending_t *p = &self->pending[self->n];
+    p->name = strdup(name);
+    p->labels = strdup(labels ? labels : "");
+    p->delta = delta;
+    if (p->name == NULL || p->labels == NULL ||
+        strmap_put(self->index, key, (size_t)k, (int)self->n) != 0) {
+        free(p->name);
+        free(p->labels);
+        return SQLITE_NOMEM;
+    }
+    self->n++;
+    return SQLITE_OK;
+}
+
+int tally_observe(tally_t *self, const char *name, const char *labels, int64_t seconds)
+{
+    char n[96], l[400];
+    if (seconds < 0)
+        seconds = 0;
+    for (int b = 0; b < TALLY_BUCKETS; b++) {
+        if (tally_bucket_le[b] >= 0 && seconds > tally_bucket_le[b])
+            continue;
+        /* Stored per bucket (not cumulative): the one it falls in. */
+        char le[24];
+        if (tally_bucket_le[b] < 0)
+            snprintf(le, sizeof le, "+Inf");
+        else
+            snprintf(le, sizeof le, "%lld", (long long)tally_bucket_le[b]);
+        snprintf(n, sizeof n, "%s_bucket", name);
+        snprintf(l, sizeof l, "%s%sle=\"%s\"", labels && labels[0] ? labels : "",
+                 labels && labels[0] ? "," : "", le);
+        int rc = tally_add(self, n, l, 1);
+        if (rc != SQLITE_OK)
+            return rc;
+        break;
+    }
+    snprintf(n, sizeof n, "%s_sum", name);
+    int rc = tally_add(self, n, labels, seconds);
+    if (rc != SQLITE_OK)
+        return rc;
+    snprintf(n, sizeof n, "%s_count", name);
+    return tally_add(self, n, labels, 1);
+}
+
+int tally_flush(tally_t *self, int64_t now_ms)
+{
+    if (self->n == 0)
+        return SQLITE_OK;
+    time_t t = (time_t)(now_ms / 1000);
+    struct tm tm;
+    char day[11];
+    if (localtime_r(&t, &tm) == NULL || strftime(day, sizeof day, "%Y-%m-%d", &tm) == 0)
+        return SQLITE_ERROR;
+    int rc = SQLITE_OK;
+    for (size_t i = 0; i < self->n && rc == SQLITE_OK; i++) {
+        if (self->pending[i].delta == 0)
+            continue;
+        sqlite3_stmt *st = self->upsert;
+        sqlite3_reset(st);
+        rc = sqlite3_bind_text(st, 1, day, -1, SQLITE_TRANSIENT);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_bind_text(st, 2, self->pending[i].name, -1, SQLITE_STATIC);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_bind_text(st, 3, self->pending[i].labels, -1, SQLITE_STATIC);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_bind_int64(st, 4, self->pending[i].delta);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(self->db);
+        sqlite3_reset(st);
+    }
+    tally_discard(self);
+    return rc;
+}
+
+int tally_query(tally_t *self, const char *first, const char *last, const char *facility,
+                tally_row_t **rows, size_t *n)
+{
+    sqlite3_stmt *st = self->query;
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    int rc = sqlite3_bind_text(st, 1, first ? first : "0000-00-00", -1, SQLITE_TRANSIENT);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_text(st, 2, last ? last : "9999-99-99", -1, SQLITE_TRANSIENT);
+    if (rc == SQLITE_OK && facility && facility[0])
+        rc = sqlite3_bind_text(st, 3, facility, -1, SQLITE_TRANSIENT);
+    if (rc != SQLITE_OK)
+        return rc;
+    *rows = NULL;
+    *n = 0;
+    size_t cap = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (*n == cap) {
+            cap = cap ? cap * 2 : 64;
+            tally_row_t *r = realloc(*rows, cap * sizeof *r);
+            if (r == NULL) {
+                rc = SQLITE_NOMEM;
+                break;
+            }
+            *rows = r;
+        }
+        tally_row_t *r = &(*rows)[(*n)++];
+        r->name = strdup((const char *)sqlite3_column_text(st, 0));
+        r->labels = strdup((const char *)sqlite3_column_text(st, 1));
+        r->value = sqlite3_column_int64(st, 2);
+        if (r->name == NULL || r->labels == NULL) {
+            rc = SQLITE_NOMEM;
+            break;
+        }
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+void tally_rows_free(tally_row_t *rows, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(rows[i].name);
+        free(rows[i].labels);
+    }
+    free(rows);
+}
+
+void tally_label_value(char *out, size_t len, const char *s)
+{
+    size_t i = 0;
+    for (; s && s[i] && i + 1 < len && i < 32; i++) {
+        unsigned char c = (unsigned char)s[i];
+        out[i] = c < 0x20 || c == '"' || c == '\\' || c == ',' || c == '=' || c > 0x7e ? '_'
+                                                                                       : (char)c;
+    }
+    if (len)
+        out[i] = '\0';
+}

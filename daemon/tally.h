@@ -1,0 +1,55 @@
+/*
+ * tally.h - the community's counts, exact and durable.
+ *
+ * Counts are kept per local day in the store (table `tallies`), keyed by a
+ * name and a label set in Prometheus form (`direction="up",source="t-aihua"`).
+ * They are added on the store thread while a batch runs and written, merged
+ * per key, just before that batch's COMMIT: a tally changes in the same
+ * transaction as the message or step it counts, so a resend counts once and
+ * a restart loses nothing.  Months, half-years and years are sums of days.
+ *
+ * Thread: store thread (tally_add, tally_flush, tally_discard); the query
+ * functions run there too, from store requests.
+ */
+#ifndef MR_TALLY_H
+#define MR_TALLY_H
+
+#include <sqlite3.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct tally_t tally_t;
+
+/* Histogram buckets (seconds) for turnaround and delay tallies. */
+#define TALLY_BUCKETS 10
+extern const int64_t tally_bucket_le[TALLY_BUCKETS]; /* last is "+Inf" (-1) */
+
+tally_t *tally_new(sqlite3 *db, int *rc_out);
+void tally_destroy(tally_t **self_p);
+
+/* Adds delta to (today, name, labels) in the pending batch.  labels is a
+ * Prometheus label set without braces, keys sorted; "" for none. */
+int tally_add(tally_t *self, const char *name, const char *labels, int64_t delta);
+/* Records one observation of seconds in histogram `name` (buckets, _sum, _count). */
+int tally_observe(tally_t *self, const char *name, const char *labels, int64_t seconds);
+/* Writes the batch's counts (inside the caller's transaction). */
+int tally_flush(tally_t *self, int64_t now_ms);
+/* Forgets the batch's counts (its transaction was rolled back). */
+void tally_discard(tally_t *self);
+
+typedef struct {
+    char *name;
+    char *labels;
+    int64_t value;
+} tally_row_t;
+
+/* Sums per (name, labels) over days first..last (YYYY-MM-DD, inclusive);
+ * NULL first/last: all time.  facility filters to label sets naming it. */
+int tally_query(tally_t *self, const char *first, const char *last, const char *facility,
+                tally_row_t **rows, size_t *n);
+void tally_rows_free(tally_row_t *rows, size_t n);
+
+/* Label value safe inside quotes and of bounded length (peer strings). */
+void tally_label_value(char *out, size_t len, const char *s);
+
+#endif

@@ -74,8 +74,18 @@ def mark(ok):
     return "—" if ok is None else ("PASS" if ok else "MISS")
 
 
+def median_runs(runs):
+    """ceiling_lat<pct>_<a|b|c> -> ceiling_lat<pct>: the run with the median Ack p99."""
+    for pct in (20, 50):
+        reps = [r for n, r in runs.items() if n.startswith(f"ceiling_lat{pct}_")]
+        if reps:
+            reps.sort(key=lambda r: r.get("ack_p99_us", 0))
+            runs[f"ceiling_lat{pct}"] = dict(reps[len(reps) // 2], of_runs=len(reps))
+
+
 def main():
     runs = load(sys.argv[1])
+    median_runs(runs)
     notes = open(sys.argv[2]).read().strip().splitlines() if len(sys.argv) > 2 else []
     g = lambda run, k: runs.get(run, {}).get(k)
     rows = []
@@ -114,7 +124,8 @@ def main():
         row("  medroute send→delivered p50 / p99 / p99.9",
             f"{us(m['dlv_p50_us'])} / {us(m['dlv_p99_us'])} / {us(m['dlv_p999_us'])}")
         if k:
-            row("  ceiling send→echo-ack (round trip) p50 / p99 / p99.9, same offered rate",
+            row(f"  ceiling send→echo-ack (round trip) p50 / p99 / p99.9, same offered rate"
+                f" (median of {k.get('of_runs', 1)} runs)",
                 f"{us(k['ack_p50_us'])} / {us(k['ack_p99_us'])} / {us(k['ack_p999_us'])}")
             row("  ceiling send→delivered p50 / p99 / p99.9",
                 f"{us(k['dlv_p50_us'])} / {us(k['dlv_p99_us'])} / {us(k['dlv_p999_us'])}")

@@ -60,7 +60,12 @@ static const char *const s_schema =
     " opened_ms INTEGER NOT NULL, first_result_ms INTEGER, final_ms INTEGER,"
     " updated_ms INTEGER NOT NULL, critical INTEGER NOT NULL DEFAULT 0, critical_at_ms INTEGER,"
     " readback_ms INTEGER, escalated_ms INTEGER, readback_escalated_ms INTEGER);"
-    "CREATE INDEX IF NOT EXISTS loops_state ON loops(state, opened_ms);";
+    "CREATE INDEX IF NOT EXISTS loops_state ON loops(state, opened_ms);"
+    "CREATE TABLE IF NOT EXISTS visit_reports(facility TEXT NOT NULL, date TEXT NOT NULL,"
+    " grassroots INTEGER NOT NULL, outpatient INTEGER NOT NULL, emergency INTEGER NOT NULL,"
+    " insured_in INTEGER NOT NULL, insured_out INTEGER NOT NULL, inpatient INTEGER NOT NULL,"
+    " fund INTEGER NOT NULL, fund_out INTEGER NOT NULL, tcm INTEGER NOT NULL,"
+    " msg_seq INTEGER NOT NULL, PRIMARY KEY(facility, date));";
 
 enum {
     Q_REF_INSERT = 0,
@@ -191,6 +196,7 @@ void clinical_facts_free(clin_facts_t *f)
         free(f->capacity[i].date);
     }
     free(f->capacity);
+    free(f->visit_date);
     free(f);
 }
 
@@ -725,6 +731,61 @@ static int s_on_result(clinical_t *self, const char *prefix, const char *orderer
     return s_exec(st);
 }
 
+/* A facility's figures for a day: a later report for the same day replaces it. */
+static int s_on_visits(clinical_t *self, uint64_t seq, const char *source, const clin_facts_t *f,
+                       clin_result_t *out)
+{
+    if (f->visit_date == NULL || strlen(f->visit_date) != 10)
+        return s_refuse(out, MR_E_INVALID, "visit_tally.date (YYYY-MM-DD) is required%s%s", NULL,
+                        NULL);
+    sqlite3_stmt *st;
+    int rc = sqlite3_prepare_v2(
+        self->db,
+        "INSERT OR REPLACE INTO visit_reports(facility, date, grassroots, outpatient, emergency,"
+        " insured_in, insured_out, inpatient, fund, fund_out, tcm, msg_seq)"
+        " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, f->visit_date, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 3, f->grassroots);
+    for (int i = 0; i < CLIN_VISIT_FIELDS; i++)
+        sqlite3_bind_int64(st, 4 + i, f->visits[i]);
+    sqlite3_bind_int64(st, 12, (sqlite3_int64)seq);
+    rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+int clinical_visits(clinical_t *self, const char *first, const char *last, clin_visits_t *out)
+{
+    memset(out, 0, sizeof *out);
+    sqlite3_stmt *st;
+    int rc = sqlite3_prepare_v2(
+        self->db,
+        "SELECT grassroots, count(*), sum(outpatient), sum(emergency), sum(insured_in),"
+        " sum(insured_out), sum(inpatient), sum(fund), sum(fund_out), sum(tcm)"
+        " FROM visit_reports WHERE date BETWEEN ?1 AND ?2 GROUP BY grassroots",
+        -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    sqlite3_bind_text(st, 1, first ? first : "0000-00-00", -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 2, last ? last : "9999-99-99", -1, SQLITE_TRANSIENT);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        int g = sqlite3_column_int(st, 0) ? 0 : -1;
+        out->reports += sqlite3_column_int64(st, 1);
+        for (int i = 0; i < CLIN_VISIT_FIELDS; i++) {
+            int64_t v = sqlite3_column_int64(st, 2 + i);
+            out->sum[1][i] += v;
+            if (g == 0)
+                out->sum[0][i] += v;
+        }
+    }
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
 int clinical_on_put(clinical_t *self, uint64_t seq, const char *source, const char *dest,
                     const clin_facts_t *f, int64_t now_ms, clin_result_t *out)
 {
@@ -747,6 +808,8 @@ int clinical_on_put(clinical_t *self, uint64_t seq, const char *source, const ch
         return s_on_result(self, f->imaging ? "img" : "lab", source, dest, f, true, now_ms, out);
     case MEDROUTE__V1__KIND__KIND_CAPACITY:
         return s_on_capacity(self, f, now_ms, out);
+    case MEDROUTE__V1__KIND__KIND_VISIT_TALLY:
+        return s_on_visits(self, seq, source, f, out);
     default:
         return SQLITE_OK;
     }

@@ -31,6 +31,25 @@ typedef struct {
     int64_t slot_start_ms; /* when the day's slots begin */
 } clin_capacity_t;
 
+/* The figures of a VisitTally, in this order. */
+enum {
+    VISIT_OUTPATIENT = 0,
+    VISIT_EMERGENCY,
+    VISIT_INSURED_IN_COUNTY,
+    VISIT_INSURED_OUT_OF_COUNTY,
+    VISIT_INPATIENT,
+    VISIT_FUND_FEN,
+    VISIT_FUND_OUT_OF_COUNTY_FEN,
+    VISIT_TCM,
+    CLIN_VISIT_FIELDS
+};
+
+/* Sums of VisitTally figures over a period: [0] grassroots, [1] all. */
+typedef struct {
+    int64_t sum[2][CLIN_VISIT_FIELDS];
+    int64_t reports;
+} clin_visits_t;
+
 /* The facts of one message that matter to the clinical state. */
 typedef struct {
     int kind;              /* medroute.v1.Kind */
@@ -57,6 +76,10 @@ typedef struct {
     /* capacity notice */
     clin_capacity_t *capacity;
     size_t n_capacity;
+    /* visit tally */
+    char *visit_date;
+    bool grassroots;       /* sent by a township centre */
+    int64_t visits[CLIN_VISIT_FIELDS];
 } clin_facts_t;
 
 void clinical_facts_free(clin_facts_t *f);
@@ -146,6 +169,9 @@ void clinical_slots_free(clin_slot_t *rows, size_t n);
 int clinical_open_loops(clinical_t *self, const char *facility, int64_t older_than_ms,
                         clin_open_t **rows, size_t *n);
 void clinical_open_free(clin_open_t *rows, size_t n);
+
+/* VisitTally sums over days first..last (inclusive, YYYY-MM-DD; NULL = all). */
+int clinical_visits(clinical_t *self, const char *first, const char *last, clin_visits_t *out);
 
 const char *clinical_event_name(clin_event_kind_t k);
 

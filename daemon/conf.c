@@ -8,6 +8,8 @@
  */
 #include "conf.h"
 
+#include "indicators.h"
+
 #include <errno.h>
 #include <libconfig.h>
 #include <stdarg.h>
@@ -30,6 +32,7 @@ static const s_field_t s_top[] = {
     S_FIELD("broker_id", S_STR, broker_id, 0, 0),
     S_FIELD("facility_endpoint", S_STR, facility_endpoint, 0, 0),
     S_FIELD("operator_endpoint", S_STR, operator_endpoint, 0, 0),
+    S_FIELD("http_listen", S_STR, http_listen, 0, 0),
     S_FIELD("data_dir", S_STR, data_dir, 0, 0),
     S_FIELD("insecure", S_BOOL, insecure, 0, 0),
     S_FIELD("log_level", S_STR, log_level, 0, 0),
@@ -133,6 +136,7 @@ static void s_defaults(conf_t *c)
     c->ttl_s[MEDROUTE__V1__KIND__KIND_LAB_RESULT] = 7 * 86400;
     c->ttl_s[MEDROUTE__V1__KIND__KIND_CAPACITY] = 7 * 86400;
     c->ttl_s[MEDROUTE__V1__KIND__KIND_CRITICAL_ACK] = 86400;
+    c->ttl_s[MEDROUTE__V1__KIND__KIND_VISIT_TALLY] = 86400;
     c->min_reserved_share = 0.20;
     c->reserve_cutoff_s = 86400;
     c->sla_urgent_accept_s = 1800;
@@ -323,6 +327,66 @@ static void s_read_facilities(s_report_t *r, conf_t *c, config_setting_t *list)
     }
 }
 
+static void s_read_indicators(s_report_t *r, conf_t *c, config_setting_t *list)
+{
+    if (config_setting_type(list) != CONFIG_TYPE_LIST) {
+        s_problem(r, (int)config_setting_source_line(list),
+                  "indicators: expected a list ( { name = ...; target = ...; warn = ...; }, ... )");
+        return;
+    }
+    int n = config_setting_length(list);
+    c->indicators = calloc(n > 0 ? (size_t)n : 1, sizeof *c->indicators);
+    if (c->indicators == NULL) {
+        s_problem(r, 0, "out of memory");
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        config_setting_t *g = config_setting_get_elem(list, (unsigned)i);
+        int line = (int)config_setting_source_line(g);
+        indicator_conf_t *ic = &c->indicators[c->n_indicators++];
+        const char *name = NULL;
+        double target = 0, warn = 0;
+        int has_target = 0, has_warn = 0;
+        for (int j = 0; j < config_setting_length(g); j++) {
+            config_setting_t *s = config_setting_get_elem(g, (unsigned)j);
+            const char *key = config_setting_name(s);
+            int t = config_setting_type(s);
+            double v = t == CONFIG_TYPE_FLOAT ? config_setting_get_float(s)
+                       : t == CONFIG_TYPE_INT  ? config_setting_get_int(s)
+                                               : 0;
+            if (key && strcmp(key, "name") == 0 && t == CONFIG_TYPE_STRING)
+                name = config_setting_get_string(s);
+            else if (key && strcmp(key, "target") == 0 &&
+                     (t == CONFIG_TYPE_FLOAT || t == CONFIG_TYPE_INT))
+                target = v, has_target = 1;
+            else if (key && strcmp(key, "warn") == 0 &&
+                     (t == CONFIG_TYPE_FLOAT || t == CONFIG_TYPE_INT))
+                warn = v, has_warn = 1;
+            else
+                s_problem(r, (int)config_setting_source_line(s),
+                          "indicators[%d].%s: unknown key or wrong type", i, key ? key : "?");
+        }
+        const indicator_def_t *def = name ? indicators_find(name) : NULL;
+        if (def == NULL) {
+            s_problem(r, line, "indicators[%d].name: \"%s\" is not a known indicator", i,
+                      name ? name : "");
+            continue;
+        }
+        if (!has_target || !has_warn) {
+            s_problem(r, line, "indicators[%d]: target and warn are required", i);
+            continue;
+        }
+        if ((def->cmp == CMP_AT_LEAST && warn < target) || (def->cmp == CMP_AT_MOST && warn > target))
+            s_problem(r, line, "indicators[%d].warn: must be on the safe side of the target (%s)",
+                      i, def->cmp == CMP_AT_LEAST ? ">= target" : "<= target");
+        ic->name = strdup(name);
+        ic->target = target;
+        ic->warn = warn;
+        if (ic->name == NULL)
+            s_problem(r, 0, "out of memory");
+    }
+}
+
 static void s_validate(s_report_t *r, conf_t *c)
 {
     if (c->facility_endpoint == NULL)
@@ -376,6 +440,8 @@ static conf_t *s_load(config_t *cfg, int read_ok, const char *name, char *err, s
             s_read_field(&r, c, f, s, key);
         else if (strcmp(key, "facilities") == 0)
             s_read_facilities(&r, c, s);
+        else if (strcmp(key, "indicators") == 0)
+            s_read_indicators(&r, c, s);
         else if (config_setting_type(s) != CONFIG_TYPE_GROUP &&
                  (strcmp(key, "limits") == 0 || strcmp(key, "store") == 0 ||
                   strcmp(key, "ttl") == 0 || strcmp(key, "referrals") == 0 ||
@@ -429,6 +495,7 @@ void conf_destroy(conf_t **self_p)
     free(c->broker_id);
     free(c->facility_endpoint);
     free(c->operator_endpoint);
+    free(c->http_listen);
     free(c->data_dir);
     free(c->log_level);
     free(c->timezone);
@@ -439,6 +506,9 @@ void conf_destroy(conf_t **self_p)
         free(c->facilities[i].public_key);
     }
     free(c->facilities);
+    for (size_t i = 0; i < c->n_indicators; i++)
+        free(c->indicators[i].name);
+    free(c->indicators);
     free(c);
     *self_p = NULL;
 }

@@ -19,6 +19,7 @@ typedef struct {
     char *broker_id;
     char *facility_endpoint;   /* ZeroMQ endpoint facilities connect to */
     char *operator_endpoint;   /* ZeroMQ endpoint for operator tools */
+    char *http_listen;         /* HOST:PORT for /metrics and /healthz; NULL = off */
     char *data_dir;            /* store directory; relative to the working directory */
     bool insecure;             /* plaintext links; only allowed on loopback */
     char *log_level;
@@ -53,6 +54,10 @@ typedef struct {
     uint32_t sla_lab_result_s;
     uint32_t sla_stat_lab_result_s;
     uint32_t sla_critical_readback_s;
+
+    /* indicator targets and warning thresholds, by name */
+    struct indicator_conf_s *indicators;
+    size_t n_indicators;
 
     facility_t *facilities;
     size_t n_facilities;

@@ -27,6 +27,7 @@ typedef enum {
     CNT_PRUNED,         /* delivered messages deleted after their retention */
     CNT_ESCALATIONS,    /* service levels missed (acceptance, report, result, read-back) */
     CNT_RESERVE_RELEASES, /* resources whose unclaimed reserve went to general use */
+    CNT_INDICATOR_WARNINGS, /* indicators that went into warning or off target */
     CNT_COUNT
 } counter_t;
 

@@ -8,8 +8,12 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "dispatch.h"
+#include "indicators.h"
+#include "period.h"
+#include "watch.h"
 #include "router.h"
 #include "session.h"
 
@@ -19,6 +23,8 @@
 #define S_REDELIVER_EVERY_MS 500
 #define S_BATCH 500
 #define S_SCAN_EVERY_MS 1000
+#define S_WATCH_EVERY_MS 1000
+#define S_JUDGE_EVERY_MS 10000
 
 /* Tells the sender of an expired message, if it is connected. */
 static void s_notify_expired(server_t *s, const store_row_t *r)
@@ -85,13 +91,54 @@ static void on_scanned(store_req_t *req, void *arg)
         char key[160];
         log_clean(key, sizeof key, e->key);
         s->counters.v[e->kind == EV_RESERVE_RELEASED ? CNT_RESERVE_RELEASES : CNT_ESCALATIONS]++;
-        if (e->kind == EV_RESERVE_RELEASED)
+        char text[300];
+        if (e->kind == EV_RESERVE_RELEASED) {
             log_info(s->log, "ledger.reserve_released", "resource=\"%s\" units=%lld", key,
                      (long long)e->value);
-        else
+            snprintf(text, sizeof text, "%s: %lld unclaimed reserved units released", key,
+                     (long long)e->value);
+            watch_event(s, "reserve_released", text);
+        } else {
             log_warn(s->log, "escalation.raised", "kind=%s key=\"%s\" facility=%s age_s=%lld",
                      clinical_event_name(e->kind), key, e->facility,
                      (long long)(e->value / 1000));
+            snprintf(text, sizeof text, "%s %s (%s) after %lld s", clinical_event_name(e->kind),
+                     key, e->facility, (long long)(e->value / 1000));
+            watch_event(s, "escalation", text);
+        }
+    }
+}
+
+/* Indicators of the current half-year: a change into warning or off target
+ * is logged, counted and streamed once. */
+static void on_judged(store_req_t *req, void *arg)
+{
+    server_t *s = arg;
+    s->cron_judging = false;
+    if (req->status != STORE_OK)
+        return;
+    size_t n_defs;
+    indicators_defs(&n_defs);
+    indicator_t ind[32];
+    if (n_defs > 32)
+        return;
+    size_t n = indicators_compute(s->conf->indicators, s->conf->n_indicators, req->tallies,
+                                  req->n_tallies, &req->visits, ind);
+    for (size_t i = 0; i < n; i++) {
+        int now = (int)ind[i].status;
+        int before = s->indicator_status[i];
+        s->indicator_status[i] = now;
+        if (now == before || (now != IND_WARNING && now != IND_OFF_TARGET))
+            continue;
+        s->counters.v[CNT_INDICATOR_WARNINGS]++;
+        log_warn(s->log, "indicator.warning", "indicator=%s status=%s value=%.4f target=%.4f",
+                 ind[i].def->name, indicators_status_name(ind[i].status), ind[i].value,
+                 ind[i].target);
+        char text[200];
+        snprintf(text, sizeof text, "%s is %s: %.3f (target %s %.3f) this half-year",
+                 ind[i].def->name, indicators_status_name(ind[i].status), ind[i].value,
+                 ind[i].def->cmp == CMP_AT_LEAST ? ">=" : "<=", ind[i].target);
+        watch_event(s, "warning", text);
     }
 }
 
@@ -157,6 +204,29 @@ void cron_tick(uv_timer_t *handle)
             s->cron_scanning = true;
             store_submit(s->store, req);
         }
+    }
+    if (now - s->last_watch_ms >= S_WATCH_EVERY_MS) {
+        s->last_watch_ms = now;
+        watch_tick(s, now);
+    }
+    if (!s->cron_judging && now - s->last_judge_ms >= S_JUDGE_EVERY_MS) {
+        period_t half;
+        char label[16];
+        time_t t = (time_t)(now / 1000);
+        struct tm tm;
+        if (localtime_r(&t, &tm) != NULL) {
+            snprintf(label, sizeof label, "%04d-H%d", tm.tm_year + 1900, tm.tm_mon < 6 ? 1 : 2);
+            store_req_t *req = store_req_new(STORE_STATS, on_judged, s);
+            if (req != NULL && period_parse(label, now, &half) == 0) {
+                snprintf(req->first_day, sizeof req->first_day, "%s", half.first);
+                snprintf(req->last_day, sizeof req->last_day, "%s", half.last);
+                s->cron_judging = true;
+                store_submit(s->store, req);
+            } else {
+                free(req);
+            }
+        }
+        s->last_judge_ms = now;
     }
     if (now - s->last_size_ms >= S_SIZE_EVERY_MS) {
         s->last_size_ms = now;

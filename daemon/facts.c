@@ -164,6 +164,21 @@ int facts_extract(const server_t *s, int src, int dest, const mr_envelope_t *env
     case MEDROUTE__V1__ENVELOPE__PAYLOAD_CAPACITY:
         rc = s_capacity(s, env->capacity, f, reason, reason_len);
         break;
+    case MEDROUTE__V1__ENVELOPE__PAYLOAD_VISIT_TALLY: {
+        const Medroute__V1__VisitTally *v = env->visit_tally;
+        f->grassroots = registry_at(s->registry, (size_t)src)->role == ROLE_TOWNSHIP;
+        f->visits[VISIT_OUTPATIENT] = v->outpatient_visits;
+        f->visits[VISIT_EMERGENCY] = v->emergency_visits;
+        f->visits[VISIT_INSURED_IN_COUNTY] = v->insured_visits_in_county;
+        f->visits[VISIT_INSURED_OUT_OF_COUNTY] = v->insured_visits_out_of_county;
+        f->visits[VISIT_INPATIENT] = v->inpatient_admissions;
+        f->visits[VISIT_FUND_FEN] = v->fund_spend_fen;
+        f->visits[VISIT_FUND_OUT_OF_COUNTY_FEN] = v->fund_spend_out_of_county_fen;
+        f->visits[VISIT_TCM] = v->tcm_visits;
+        if (v->date && v->date[0] && (f->visit_date = strdup(v->date)) == NULL)
+            rc = -ENOMEM;
+        break;
+    }
     default:
         break;
     }

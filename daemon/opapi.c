@@ -9,7 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "indicators.h"
+#include "period.h"
 #include "router.h"
+#include "watch.h"
 
 #define S_LIST_DEFAULT 100
 #define S_LIST_MAX 10000
@@ -19,6 +22,7 @@ typedef struct {
     uint64_t request_id;
     uint8_t rid[MR_RID_MAX];
     size_t rid_len;
+    period_t period;
 } s_pending_t;
 
 static void s_reply(server_t *s, const uint8_t *rid, size_t rid_len, mr_op_reply_t *r)
@@ -276,6 +280,95 @@ out:
     free(pd);
 }
 
+static void on_stats(store_req_t *req, void *arg)
+{
+    s_pending_t *pd = arg;
+    server_t *s = pd->s;
+    size_t n = req->n_tallies;
+    Medroute__V1__TallyRow *rows = calloc(n ? n : 1, sizeof *rows);
+    Medroute__V1__TallyRow **rp = calloc(n ? n : 1, sizeof *rp);
+    if (req->status != STORE_OK || rows == NULL || rp == NULL) {
+        s_reply_error(s, pd->rid, pd->rid_len, pd->request_id,
+                      req->status != STORE_OK ? MR_E_STORE_UNAVAILABLE : MR_E_INTERNAL,
+                      "could not read the tallies");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        medroute__v1__tally_row__init(&rows[i]);
+        rows[i].name = req->tallies[i].name;
+        rows[i].labels = req->tallies[i].labels;
+        rows[i].value = req->tallies[i].value;
+        rp[i] = &rows[i];
+    }
+    Medroute__V1__StatsReply sr = MEDROUTE__V1__STATS_REPLY__INIT;
+    sr.period = pd->period.label;
+    sr.first_day = pd->period.first;
+    sr.last_day = pd->period.last;
+    sr.n_tallies = n;
+    sr.tallies = rp;
+    mr_op_reply_t r = MEDROUTE__V1__OP_REPLY__INIT;
+    r.request_id = pd->request_id;
+    r.body_case = MEDROUTE__V1__OP_REPLY__BODY_STATS;
+    r.stats = &sr;
+    s_reply(s, pd->rid, pd->rid_len, &r);
+out:
+    free(rp);
+    free(rows);
+    free(pd);
+}
+
+static void on_indicators(store_req_t *req, void *arg)
+{
+    s_pending_t *pd = arg;
+    server_t *s = pd->s;
+    size_t n_defs;
+    indicators_defs(&n_defs);
+    indicator_t *ind = calloc(n_defs, sizeof *ind);
+    Medroute__V1__IndicatorRow *rows = calloc(n_defs, sizeof *rows);
+    Medroute__V1__IndicatorRow **rp = calloc(n_defs, sizeof *rp);
+    if (req->status != STORE_OK || ind == NULL || rows == NULL || rp == NULL) {
+        s_reply_error(s, pd->rid, pd->rid_len, pd->request_id,
+                      req->status != STORE_OK ? MR_E_STORE_UNAVAILABLE : MR_E_INTERNAL,
+                      "could not compute the indicators");
+        goto out;
+    }
+    size_t n = indicators_compute(s->conf->indicators, s->conf->n_indicators, req->tallies,
+                                  req->n_tallies, &req->visits, ind);
+    for (size_t i = 0; i < n; i++) {
+        medroute__v1__indicator_row__init(&rows[i]);
+        rows[i].name = (char *)ind[i].def->name;
+        rows[i].title = (char *)ind[i].def->title;
+        rows[i].formula = (char *)ind[i].def->formula;
+        rows[i].unit = (char *)ind[i].def->unit;
+        rows[i].compare = ind[i].def->cmp == CMP_AT_LEAST ? ">=" : "<=";
+        rows[i].target = ind[i].target;
+        rows[i].warn = ind[i].warn;
+        rows[i].has_value = ind[i].has_value;
+        rows[i].value = ind[i].value;
+        rows[i].numerator = ind[i].numerator;
+        rows[i].denominator = ind[i].denominator;
+        rows[i].status = (char *)indicators_status_name(ind[i].status);
+        rp[i] = &rows[i];
+    }
+    Medroute__V1__IndicatorsReply ir = MEDROUTE__V1__INDICATORS_REPLY__INIT;
+    ir.period = pd->period.label;
+    ir.first_day = pd->period.first;
+    ir.last_day = pd->period.last;
+    ir.n_indicators = n;
+    ir.indicators = rp;
+    ir.visit_reports = (uint64_t)req->visits.reports;
+    mr_op_reply_t r = MEDROUTE__V1__OP_REPLY__INIT;
+    r.request_id = pd->request_id;
+    r.body_case = MEDROUTE__V1__OP_REPLY__BODY_INDICATORS;
+    r.indicators = &ir;
+    s_reply(s, pd->rid, pd->rid_len, &r);
+out:
+    free(rp);
+    free(rows);
+    free(ind);
+    free(pd);
+}
+
 static void on_changed(store_req_t *req, void *arg)
 {
     s_pending_t *pd = arg;
@@ -325,6 +418,26 @@ static void s_store_request(server_t *s, const uint8_t *rid, size_t rid_len,
         if (req == NULL)
             goto oom;
         break;
+    case MEDROUTE__V1__OP_REQUEST__BODY_STATS:
+    case MEDROUTE__V1__OP_REQUEST__BODY_INDICATORS: {
+        bool stats = q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_STATS;
+        const char *period = stats ? q->stats->period : q->indicators->period;
+        if (period_parse(period, mr_now_ms(), &pd->period) != 0) {
+            free(pd);
+            s_reply_error(s, rid, rid_len, q->request_id, MR_E_INVALID,
+                          "period: today, yesterday, YYYY-MM-DD, YYYY-MM, YYYY-H1, YYYY-H2 or YYYY");
+            return;
+        }
+        req = store_req_new(STORE_STATS, stats ? on_stats : on_indicators, pd);
+        if (req == NULL)
+            goto oom;
+        snprintf(req->first_day, sizeof req->first_day, "%s", pd->period.first);
+        snprintf(req->last_day, sizeof req->last_day, "%s", pd->period.last);
+        if (stats && q->stats->facility && q->stats->facility[0] &&
+            (req->query = strdup(q->stats->facility)) == NULL)
+            goto oom;
+        break;
+    }
     case MEDROUTE__V1__OP_REQUEST__BODY_SLOTS:
         req = store_req_new(STORE_SLOTS, on_slots, pd);
         if (req == NULL)
@@ -401,7 +514,24 @@ void opapi_on_message(void *arg, const uint8_t *rid, size_t rid_len, const void 
     if (q->version != MR_PROTOCOL_VERSION) {
         s_reply_error(s, rid, rid_len, q->request_id, MR_E_UNSUPPORTED_VERSION,
                       "unsupported protocol version");
+    } else if (q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_WATCH) {
+        if (watch_subscribe(s, rid, rid_len, q->request_id) != 0)
+            s_reply_error(s, rid, rid_len, q->request_id, MR_E_QUEUE_FULL,
+                          "too many watchers");
+        else {
+            Medroute__V1__WatchEvent ev = MEDROUTE__V1__WATCH_EVENT__INIT;
+            ev.at_ms = mr_now_ms();
+            ev.kind = "subscribed";
+            ev.text = "watching counters, escalations and indicator warnings";
+            mr_op_reply_t r = MEDROUTE__V1__OP_REPLY__INIT;
+            r.request_id = q->request_id;
+            r.body_case = MEDROUTE__V1__OP_REPLY__BODY_WATCH;
+            r.watch = &ev;
+            s_reply(s, rid, rid_len, &r);
+        }
     } else if (q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_STATUS ||
+               q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_STATS ||
+               q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_INDICATORS ||
                q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_SLOTS ||
                q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_OPEN_LOOPS ||
                q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_QUEUE_LIST ||

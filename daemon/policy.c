@@ -24,6 +24,7 @@ static const s_rule_t s_rules[] = {
      "only a lab centre or hospital may send a lab result"},
     {MEDROUTE__V1__KIND__KIND_CAPACITY, S_ROLE(ROLE_LEAD), 1,
      "only the lead hospital may publish capacity"},
+    {MEDROUTE__V1__KIND__KIND_VISIT_TALLY, ~0u, 1, ""},
 };
 
 static const s_rule_t *s_rule(int kind)

@@ -21,6 +21,7 @@
 #include <zmq.h>
 
 #include "cron.h"
+#include "http.h"
 #include "dispatch.h"
 #include "opapi.h"
 #include "router.h"
@@ -69,8 +70,9 @@ static void s_close_all(server_t *self)
     uv_unref((uv_handle_t *)&self->sig_term);
     uv_unref((uv_handle_t *)&self->sig_hup);
     /* Runs whatever is still queued and its callbacks (which find the
-     * sockets gone and only update state). */
+     * sockets gone and only update state, or resume HTTP requests). */
     store_destroy(&self->store);
+    http_destroy(&self->http);
 }
 
 static void on_drain_check(uv_timer_t *handle)
@@ -177,6 +179,17 @@ server_t *server_new(conf_t *conf, log_t *log)
     self->operator_ep = endpoint_new(&self->loop, self->zctx, &oo, opapi_on_message, self, log);
     if (self->facility_ep == NULL || self->operator_ep == NULL)
         goto fail;
+    if (conf->http_listen != NULL) {
+        if (conf->insecure && strncmp(conf->http_listen, "127.", 4) != 0 &&
+            strncmp(conf->http_listen, "localhost:", 10) != 0) {
+            log_error(log, "server.config_refused",
+                      "reason=\"insecure = true is only allowed with a loopback http_listen\"");
+            goto fail;
+        }
+        self->http = http_new(self, conf->http_listen);
+        if (self->http == NULL)
+            goto fail;
+    }
     if (uv_timer_init(&self->loop, &self->cron) != 0 ||
         uv_signal_init(&self->loop, &self->sig_int) != 0 ||
         uv_signal_init(&self->loop, &self->sig_term) != 0 ||
@@ -214,10 +227,11 @@ void server_destroy(server_t **self_p)
     if (self == NULL)
         return;
     if (self->loop_ready) {
-        if (self->store != NULL || self->facility_ep || self->operator_ep) {
+        if (self->store != NULL || self->facility_ep || self->operator_ep || self->http) {
             endpoint_destroy(&self->facility_ep);
             endpoint_destroy(&self->operator_ep);
             store_destroy(&self->store);
+            http_destroy(&self->http);
         }
         if (self->handles_ready) {
             uv_handle_t *hs[] = {(uv_handle_t *)&self->cron, (uv_handle_t *)&self->sig_int,

@@ -21,6 +21,16 @@
 #include "store.h"
 #include "strmap.h"
 
+#define MR_WATCHERS_MAX 16
+
+/* An operator connection subscribed to the live stream (watch.c). */
+typedef struct {
+    uint8_t rid[MR_RID_MAX];
+    size_t rid_len;           /* 0: free slot */
+    uint64_t request_id;
+    int64_t renewed_ms;
+} watcher_t;
+
 typedef struct server_t {
     uv_loop_t loop;
     log_t *log;
@@ -32,6 +42,7 @@ typedef struct server_t {
     endpoint_t *facility_ep;
     endpoint_t *operator_ep;
     store_t *store;
+    struct http_t *http;       /* /metrics, /healthz; NULL when not configured */
     counters_t counters;
     uv_timer_t cron;
     uv_signal_t sig_int, sig_term, sig_hup;
@@ -39,7 +50,13 @@ typedef struct server_t {
     /* cron (cron.c) */
     int64_t last_heartbeat_ms, last_redeliver_ms, last_expire_ms, last_prune_ms, last_size_ms,
         last_scan_ms;
-    bool cron_expiring, cron_pruning, cron_scanning;
+    bool cron_expiring, cron_pruning, cron_scanning, cron_judging;
+    int64_t last_watch_ms, last_judge_ms;
+    /* live stream (watch.c) */
+    watcher_t watchers[MR_WATCHERS_MAX];
+    uint64_t watch_snapshot[CNT_COUNT];
+    /* last status of each indicator over the current half-year (cron.c) */
+    int indicator_status[32];
     uint64_t store_bytes;
     bool draining;             /* SIGTERM: no new messages, finish commits */
     int64_t drain_started_ms;

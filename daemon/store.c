@@ -593,6 +593,9 @@ static int s_execute(store_t *self, store_req_t *req)
         rc = tally_query(self->tally, req->first_day[0] ? req->first_day : NULL,
                          req->last_day[0] ? req->last_day : NULL, req->query, &req->tallies,
                          &req->n_tallies);
+        if (rc == SQLITE_OK)
+            rc = clinical_visits(self->clin, req->first_day[0] ? req->first_day : NULL,
+                                 req->last_day[0] ? req->last_day : NULL, &req->visits);
         break;
     default: rc = SQLITE_MISUSE; break;
     }

@@ -109,6 +109,7 @@ struct store_req_t {
     size_t n_open;
     tally_row_t *tallies;   /* STATS */
     size_t n_tallies;
+    clin_visits_t visits;   /* STATS: VisitTally sums of the period */
     store_req_t *next; /* queue link, the store's */
 };
 

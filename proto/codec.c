@@ -29,6 +29,8 @@ static const s_kind_t s_kinds[MR_KIND_MAX + 1] = {
     [MEDROUTE__V1__KIND__KIND_CAPACITY] = {"capacity", MEDROUTE__V1__ENVELOPE__PAYLOAD_CAPACITY},
     [MEDROUTE__V1__KIND__KIND_CRITICAL_ACK] = {"critical_ack",
                                                MEDROUTE__V1__ENVELOPE__PAYLOAD_CRITICAL_ACK},
+    [MEDROUTE__V1__KIND__KIND_VISIT_TALLY] = {"visit_tally",
+                                              MEDROUTE__V1__ENVELOPE__PAYLOAD_VISIT_TALLY},
 };
 
 const char *mr_kind_name(int kind)

@@ -57,7 +57,7 @@ int mr_kind_from_name(const char *name);
 /* The Envelope payload case a kind must carry; 0 for an unknown kind. */
 int mr_kind_payload_case(int kind);
 /* Number of kinds known, including 0 (unspecified): kinds are 1..MR_KIND_MAX. */
-#define MR_KIND_MAX 8
+#define MR_KIND_MAX 9
 
 /* "routine" / "urgent" / "stat"; NULL if unknown. */
 const char *mr_priority_name(int priority);

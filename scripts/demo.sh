@@ -5,8 +5,10 @@
 #
 # Starts medrouted with its embedded defaults (tcp://127.0.0.1:7700 facility,
 # :7701 operator) on a fresh store under BUILD_DIR/demo, runs medroute-sim
-# for 20 s, shows `medroute status`, stops the daemon with SIGTERM and exits
-# with the simulator's status.  The daemon is killed on any exit.
+# for 20 s, shows `medroute status`, the reserved-capacity ledger
+# (`medroute slots`) and what is still open (`medroute open`), stops the
+# daemon with SIGTERM and exits with the simulator's status (a failing
+# `slots` or `open` fails the demo too).  The daemon is killed on any exit.
 set -euo pipefail
 
 BUILD=${1:-build}
@@ -58,7 +60,7 @@ header() {
   printf '\n=== %s\n' "$*"
 }
 
-header "1/4 starting medrouted (embedded defaults, store in ${DEMO#$PWD/}/var, log in ${LOG#$PWD/})"
+header "1/6 starting medrouted (embedded defaults, store in ${DEMO#$PWD/}/var, log in ${LOG#$PWD/})"
 rm -rf "$DEMO"
 mkdir -p "$DEMO"
 "$DAEMON" --data-dir "$DEMO/var" >"$LOG" 2>&1 &
@@ -84,14 +86,21 @@ if [[ -z $ready ]]; then
 fi
 echo "medrouted is up (pid $daemon_pid)"
 
-header "2/4 medroute-sim: a county day in 20 s (lead hospital, imaging and lab centres, 10 townships; one township drops off the network and comes back)"
+header "2/6 medroute-sim: a county day in 20 s (the lead hospital publishes its capacity, then referrals, imaging and lab with 10 townships; one township drops off the network and comes back)"
 sim_status=0
 "$SIM" --duration 20 --report "$DEMO/sim-report.json" --state-dir "$DEMO/sim-state" || sim_status=$?
 
-header "3/4 medroute status: what the broker holds now"
+header "3/6 medroute status: what the broker holds now"
 "$CLI" status || echo "demo: medroute status failed (exit $?)" >&2
 
-header "4/4 stopping medrouted (SIGTERM)"
+header "4/6 medroute slots: the lead hospital's reserved-capacity ledger (CLAIMED = reserve taken by family-doctor referrals, GENERAL = general units taken by referrals, RELEASED = unclaimed reserve given to general use at the cut-off)"
+view_status=0
+"$CLI" slots || { view_status=$?; echo "demo: medroute slots failed (exit $view_status)" >&2; }
+
+header "5/6 medroute open: referrals, imaging requests and lab orders not yet closed"
+"$CLI" open || { view_status=$?; echo "demo: medroute open failed (exit $view_status)" >&2; }
+
+header "6/6 stopping medrouted (SIGTERM)"
 kill -TERM "$daemon_pid"
 if wait_gone "$daemon_pid" 100; then
   daemon_status=0
@@ -103,9 +112,12 @@ else
 fi
 daemon_pid=
 
-if ((sim_status == 0)); then
+if ((sim_status == 0 && view_status == 0)); then
   echo "demo: OK - every acknowledged message reached its destination (report: ${DEMO#$PWD/}/sim-report.json)"
-else
+elif ((sim_status != 0)); then
   echo "demo: FAILED - medroute-sim exited $sim_status (see above and ${LOG#$PWD/})" >&2
+  exit "$sim_status"
+else
+  echo "demo: FAILED - medroute slots/open exited $view_status (see above and ${LOG#$PWD/})" >&2
+  exit "$view_status"
 fi
-exit "$sim_status"

@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config
   libzmq3-dev libprotobuf-c-dev protobuf-c-compiler libuv1-dev libcmocka-dev
-  libjansson-dev libconfig-dev libsqlite3-dev
+  libjansson-dev libconfig-dev libsqlite3-dev libmicrohttpd-dev prometheus
   python3 python3-zmq python3-protobuf protobuf-compiler
 )
 # Extra sets: `deps.sh bench` adds what `make bench` uses.

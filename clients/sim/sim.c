@@ -601,15 +601,128 @@ static json_t *s_lab_order(s_sim_t *sim, s_player_t *from)
 
 /* ---- answers ----------------------------------------------------------------- */
 
-/* The lead hospital answers an up-referral: accepted with an appointment, or
- * (rarely, never for stat) rejected with a reason. */
-static json_t *s_answer_referral(s_sim_t *sim, const json_t *ref, const char *priority)
+/* ---- the published days and the capacity notice ------------------------------ */
+
+/* Local midnight (process time zone) of the day add_days after t's day, Unix ms. */
+static int64_t s_local_midnight_ms(time_t t, int add_days)
+{
+    struct tm tm;
+    if (localtime_r(&t, &tm) == NULL)
+        return 0;
+    tm.tm_mday += add_days;
+    tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
+    tm.tm_isdst = -1;
+    time_t m = mktime(&tm);
+    return m == (time_t)-1 ? 0 : (int64_t)m * 1000;
+}
+
+/* Today and the next days, local: their dates and midnights. */
+static int s_plan_dates(s_sim_t *sim)
+{
+    time_t now = time(NULL);
+    for (int d = 0; d <= S_CAPACITY_DAYS; d++) {
+        sim->day_start_ms[d] = s_local_midnight_ms(now, d);
+        if (sim->day_start_ms[d] == 0)
+            return -EINVAL;
+        if (d == S_CAPACITY_DAYS)
+            break;
+        time_t t = (time_t)(sim->day_start_ms[d] / 1000);
+        struct tm tm;
+        if (localtime_r(&t, &tm) == NULL || strftime(sim->days[d], sizeof sim->days[d],
+                                                     "%Y-%m-%d", &tm) == 0)
+            return -EINVAL;
+    }
+    return 0;
+}
+
+static bool s_reason_uses(const char *department, const char *service)
+{
+    for (size_t i = 0; i < S_N_UP_REASONS; i++)
+        if (strcmp(s_up_reasons[i].department, department) == 0 &&
+            (service == NULL || strcmp(s_up_reasons[i].service, service) == 0))
+            return true;
+    return false;
+}
+
+static unsigned s_reserve_of(unsigned capacity, unsigned pct)
+{
+    return (capacity * pct + 99) / 100; /* rounded up */
+}
+
+static int s_capacity_item(s_sim_t *sim, json_t *items, int day, const char *resource,
+                           const char *unit, unsigned capacity, unsigned pct)
+{
+    /* The day's clinics, admissions and exam lists start at 08:00 local. */
+    json_t *it = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I}", "resource", resource, "unit", unit,
+                           "date", sim->days[day], "capacity", (json_int_t)capacity, "reserved",
+                           (json_int_t)s_reserve_of(capacity, pct), "slot_start_ms",
+                           (json_int_t)(sim->day_start_ms[day] + 8 * 3600000LL));
+    if (it == NULL || json_array_append_new(items, it) != 0)
+        return -ENOMEM;
+    sim->capacity_items++;
+    return 0;
+}
+
+/* The lead's CapacityNotice for today and the next two days. */
+static json_t *s_capacity_notice(s_sim_t *sim)
+{
+    json_t *items = json_array();
+    if (items == NULL)
+        return NULL;
+    sim->capacity_items = 0;
+    for (int d = 0; d < S_CAPACITY_DAYS; d++) {
+        for (size_t i = 0; i < sizeof s_departments / sizeof s_departments[0]; i++) {
+            const s_department_t *dep = &s_departments[i];
+            if (s_reason_uses(dep->department, NULL) &&
+                s_capacity_item(sim, items, d, "RESOURCE_CLINIC", dep->department,
+                                dep->clinic_slots, S_RESERVE_PCT_CLINIC) != 0)
+                goto fail;
+            if (s_reason_uses(dep->department, "SERVICE_INPATIENT_BED") &&
+                s_capacity_item(sim, items, d, "RESOURCE_BED", dep->department, dep->ward_beds,
+                                S_RESERVE_PCT_BED) != 0)
+                goto fail;
+        }
+        for (size_t i = 0; i < sizeof s_exam_capacity / sizeof s_exam_capacity[0]; i++)
+            if (s_capacity_item(sim, items, d, "RESOURCE_EXAM", s_exam_capacity[i].modality,
+                                s_exam_capacity[i].capacity, S_RESERVE_PCT_EXAM) != 0)
+                goto fail;
+    }
+    return json_pack("{s:o}", "items", items);
+fail:
+    json_decref(items);
+    return NULL;
+}
+
+/* ---- answers ----------------------------------------------------------------- */
+
+/* When the lead books a referred patient: a stat one within 30 min, an
+ * urgent one within 4 h, a routine one between 08:30 and 16:00 on one of the
+ * next two days; never past the last published day. */
+static int64_t s_appointment(s_sim_t *sim, const char *priority)
+{
+    int64_t now = s_wall_ms(), at;
+    if (strcmp(priority, "stat") == 0)
+        at = now + 30 * 60000LL;
+    else if (strcmp(priority, "urgent") == 0)
+        at = now + 4 * 3600000LL;
+    else
+        at = sim->day_start_ms[1 + s_rng_below(&sim->rng, S_CAPACITY_DAYS - 1)] +
+             8 * 3600000LL + 30 * 60000LL * (1 + (int64_t)s_rng_below(&sim->rng, 16));
+    int64_t last = sim->day_start_ms[S_CAPACITY_DAYS] - 60000;
+    return at < last ? at : last;
+}
+
+/* The lead hospital answers an up-referral: accepted with an appointment at
+ * appt (location in loc), or (rarely, never for stat) rejected with a reason. */
+static json_t *s_answer_referral(s_sim_t *sim, const json_t *ref, const char *priority,
+                                 int64_t appt, char *loc, size_t loc_len, bool *accepted)
 {
     const char *rid = json_string_value(json_object_get(ref, "referral_id"));
     const char *dept = json_string_value(json_object_get(ref, "department"));
     const char *service = json_string_value(json_object_get(ref, "service"));
-    char loc[96], reason[160];
+    char reason[160];
     dept = dept ? dept : "outpatients";
+    *accepted = false;
     if (strcmp(priority, "stat") != 0 && s_rng_chance(&sim->rng, 0.1)) {
         sim->rejected++;
         snprintf(reason, sizeof reason, "%s",
@@ -620,17 +733,140 @@ static json_t *s_answer_referral(s_sim_t *sim, const json_t *ref, const char *pr
                          "STEP_REJECTED", "reason", reason, "practitioner", "Dr. Demo yx-lead-duty");
     }
     sim->accepted++;
-    int64_t wait_min = strcmp(priority, "stat") == 0     ? 30
-                       : strcmp(priority, "urgent") == 0 ? 240
-                                                         : 1440 * (1 + s_rng_below(&sim->rng, 5));
+    *accepted = true;
     if (service && strcmp(service, "SERVICE_INPATIENT_BED") == 0)
-        snprintf(loc, sizeof loc, "%s ward, bed %u", dept, 1 + s_rng_below(&sim->rng, 40));
+        snprintf(loc, loc_len, "%s ward, bed %u", dept, 1 + s_rng_below(&sim->rng, 40));
+    else if (service && strcmp(service, "SERVICE_EXAM") == 0)
+        snprintf(loc, loc_len, "imaging department, %s room %u",
+                 json_string_value(json_object_get(ref, "requested_modality"))
+                     ? json_string_value(json_object_get(ref, "requested_modality"))
+                     : "exam",
+                 1 + s_rng_below(&sim->rng, 3));
     else
-        snprintf(loc, sizeof loc, "%s clinic, room %u", dept, 1 + s_rng_below(&sim->rng, 12));
+        snprintf(loc, loc_len, "%s clinic, room %u", dept, 1 + s_rng_below(&sim->rng, 12));
     return json_pack("{s:s, s:s, s:I, s:s, s:s}", "referral_id", rid ? rid : "", "step",
-                     "STEP_ACCEPTED", "appointment_at_ms",
-                     (json_int_t)(s_wall_ms() + wait_min * 60000), "location", loc,
+                     "STEP_ACCEPTED", "appointment_at_ms", (json_int_t)appt, "location", loc,
                      "practitioner", "Dr. Demo yx-lead-referral-desk");
+}
+
+/*
+ * The lead walks an accepted up-referral on, as the compressed day allows:
+ * a stat patient arrives at once (ARRIVED, IN_PROGRESS, mostly COMPLETED);
+ * others are SCHEDULED and then some arrive, are seen and are COMPLETED with
+ * a summary reference.  About a quarter stay ACCEPTED (the appointment is
+ * still to come); none is cancelled.  Steps are queued after the acceptance.
+ */
+static int s_walk_referral(s_sim_t *sim, s_player_t *me, int to, const json_t *ref,
+                           const char *priority, int64_t appt, const char *loc, int64_t due,
+                           const char *corr)
+{
+    const char *rid = json_string_value(json_object_get(ref, "referral_id"));
+    const char *service = json_string_value(json_object_get(ref, "service"));
+    bool stat = strcmp(priority, "stat") == 0;
+    double r = s_rng_unit(&sim->rng);
+    const char *steps[4];
+    int n = 0;
+    if (stat) {
+        steps[n++] = "STEP_ARRIVED";
+        steps[n++] = "STEP_IN_PROGRESS";
+        if (r >= 0.3)
+            steps[n++] = "STEP_COMPLETED";
+    } else if (r >= 0.25) {
+        steps[n++] = "STEP_SCHEDULED";
+        if (r >= 0.45) {
+            steps[n++] = "STEP_ARRIVED";
+            steps[n++] = "STEP_IN_PROGRESS";
+        }
+        if (r >= 0.6)
+            steps[n++] = "STEP_COMPLETED";
+    }
+    if (n > 0)
+        sim->walked++;
+    rid = rid ? rid : "";
+    for (int i = 0; i < n; i++) {
+        json_t *u = json_pack("{s:s, s:s, s:s}", "referral_id", rid, "step", steps[i],
+                              "practitioner", "Dr. Demo yx-lead-ward");
+        if (u == NULL)
+            return -ENOMEM;
+        int rc = 0;
+        if (strcmp(steps[i], "STEP_SCHEDULED") == 0) {
+            rc = json_object_set_new(u, "appointment_at_ms", json_integer((json_int_t)appt)) ||
+                 json_object_set_new(u, "location", json_string(loc));
+        } else if (strcmp(steps[i], "STEP_COMPLETED") == 0) {
+            bool bed = service && strcmp(service, "SERVICE_INPATIENT_BED") == 0;
+            bool exam = service && strcmp(service, "SERVICE_EXAM") == 0;
+            char uri[128];
+            snprintf(uri, sizeof uri, "emr://yx-lead/%s/%s",
+                     bed ? "discharge-summary" : exam ? "exam-report" : "visit-summary", rid);
+            rc = json_object_set_new(
+                u, "summary",
+                json_pack("{s:s, s:s, s:s}", "uri", uri, "content_type", "application/pdf",
+                          "title", bed    ? "Discharge summary (demo)"
+                                   : exam ? "Examination report (demo)"
+                                          : "Specialist visit summary (demo)"));
+            sim->completed++;
+        }
+        if (rc != 0) {
+            json_decref(u);
+            return -ENOMEM;
+        }
+        /* Strictly later than the step before: the todo list keeps its
+         * order, and each step must reach the broker after the previous one. */
+        due += 120 + s_rng_below(&sim->rng, 130);
+        rc = s_todo_push(sim, due, me->idx, to, K_REFERRAL_UPDATE, priority, corr, u);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* A township reads back a critical lab value or imaging finding once
+ * (危急值回读): critical_ack to the centre that reported it.  A CT's
+ * preliminary and final reports both carry the flag; only the first is read
+ * back (a second read-back would be refused). */
+static int s_read_back(s_sim_t *sim, s_player_t *me, int to, int kind, const json_t *body,
+                       const char *corr)
+{
+    bool imaging = kind == K_IMAGING_REPORT;
+    const char *ref = json_string_value(
+        json_object_get(body, imaging ? "accession_number" : "placer_order_number"));
+    char text[256], key[160], by[64];
+    if (imaging) {
+        if (!json_is_true(json_object_get(body, "critical_finding")))
+            return 0;
+        snprintf(text, sizeof text, "critical finding read back to the reading physician: %.160s",
+                 json_string_value(json_object_get(body, "impression"))
+                     ? json_string_value(json_object_get(body, "impression"))
+                     : "(no impression)");
+    } else {
+        const json_t *crit = NULL, *item;
+        size_t i;
+        json_array_foreach(json_object_get(body, "items"), i, item) {
+            if (crit == NULL && json_is_true(json_object_get(item, "critical")))
+                crit = item;
+        }
+        if (crit == NULL)
+            return 0;
+        const char *name = json_string_value(json_object_get(json_object_get(crit, "test"),
+                                                             "display"));
+        const char *value = json_string_value(json_object_get(crit, "value"));
+        const char *unit = json_string_value(json_object_get(crit, "unit"));
+        snprintf(text, sizeof text, "critical value read back to the lab: %s %s %s",
+                 name ? name : "result", value ? value : "?", unit ? unit : "");
+    }
+    if (ref == NULL || ref[0] == '\0')
+        return 0;
+    snprintf(key, sizeof key, "%s/%s", me->id, ref);
+    if (json_object_get(sim->read_back, key) != NULL)
+        return 0;
+    if (json_object_set_new(sim->read_back, key, json_true()) != 0)
+        return -ENOMEM;
+    snprintf(by, sizeof by, "Dr. Demo %s-duty", me->id);
+    json_t *ack = json_pack("{s:s, s:s, s:s}", imaging ? "accession_number" : "placer_order_number",
+                            ref, "read_back_by", by, "read_back_text", text);
+    sim->readbacks++;
+    return s_todo_push(sim, s_mono_ms() + 20 + s_rng_below(&sim->rng, 100), me->idx, to,
+                       K_CRITICAL_ACK, "stat", corr, ack);
 }
 
 /* The township's steps for a down-referral: it accepts the patient, sees
@@ -758,7 +994,8 @@ static const char *s_priority_of(const json_t *env)
 static void s_answer(s_sim_t *sim, s_player_t *me, int src, int kind, const mr_delivery_t *d)
 {
     bool answers = (me->role == ROLE_LEAD && kind == K_REFERRAL) ||
-                   (me->role == ROLE_TOWNSHIP && kind == K_REFERRAL) ||
+                   (me->role == ROLE_TOWNSHIP &&
+                    (kind == K_REFERRAL || kind == K_IMAGING_REPORT || kind == K_LAB_RESULT)) ||
                    (me->role == ROLE_IMAGING && kind == K_IMAGING_REQUEST) ||
                    (me->role == ROLE_LAB && kind == K_LAB_ORDER);
     if (!answers)
@@ -781,11 +1018,21 @@ static void s_answer(s_sim_t *sim, s_player_t *me, int src, int kind, const mr_d
                                                            : 50 + s_rng_below(&sim->rng, 550));
     int rc = 0;
     switch (me->role) {
-    case ROLE_LEAD:
+    case ROLE_LEAD: {
+        int64_t appt = s_appointment(sim, prio);
+        char loc[128];
+        bool accepted;
         rc = s_todo_push(sim, due, me->idx, src, K_REFERRAL_UPDATE, prio, d->message_id,
-                         s_answer_referral(sim, body, prio));
+                         s_answer_referral(sim, body, prio, appt, loc, sizeof loc, &accepted));
+        if (rc == 0 && accepted)
+            rc = s_walk_referral(sim, me, src, body, prio, appt, loc, due, d->message_id);
         break;
+    }
     case ROLE_TOWNSHIP: {
+        if (kind != K_REFERRAL) {
+            rc = s_read_back(sim, me, src, kind, body, d->message_id);
+            break;
+        }
         static const char *const steps[] = {"STEP_ACCEPTED", "STEP_ARRIVED",
                                             "STEP_FOLLOW_UP_CONFIRMED"};
         for (int i = 0; i < 3 && rc == 0; i++)
@@ -1106,8 +1353,9 @@ static void s_run(s_sim_t *sim)
 
 /* ---- the report -------------------------------------------------------------- */
 
-static const char *const s_short[K_COUNT] = {NULL, "referral", "ref_update", "img_request",
-                                             "img_report", "lab_order", "lab_result"};
+static const char *const s_short[K_COUNT] = {NULL,         "referral",   "ref_update",
+                                             "img_request", "img_report", "lab_order",
+                                             "lab_result",  "capacity",   "crit_ack"};
 
 static void s_print_table(const s_sim_t *sim)
 {
@@ -1135,8 +1383,20 @@ static void s_print_table(const s_sim_t *sim)
         snprintf(cell, sizeof cell, "%u/%u", s, r);
         printf(" %11s\n", cell);
     }
-    unsigned s = 0, r = 0;
+    /* The broker itself: what was addressed to it (the capacity notice). */
+    unsigned r = 0;
     char cell[32];
+    printf("%-14.14s", sim->o.broker_id);
+    for (int k = 1; k < K_COUNT; k++) {
+        snprintf(cell, sizeof cell, "0/%u", sim->broker_received[k]);
+        printf(" %11s", cell);
+        r += sim->broker_received[k];
+        tot_r[k] += sim->broker_received[k];
+    }
+    snprintf(cell, sizeof cell, "0/%u", r);
+    printf(" %11s\n", cell);
+    unsigned s = 0;
+    r = 0;
     printf("%-14s", "all");
     for (int k = 1; k < K_COUNT; k++) {
         snprintf(cell, sizeof cell, "%u/%u", tot_s[k], tot_r[k]);
@@ -1195,6 +1455,21 @@ static int s_write_report(const s_sim_t *sim, size_t lost, size_t unacked)
                             "submit_failed", (json_int_t)sim->submit_failed);
     if (json_object_set_new(root, "summary", sum) != 0)
         goto out;
+    json_t *brecv = json_object();
+    for (int k = 1; k < K_COUNT; k++)
+        json_object_set_new(brecv, s_kinds[k], json_integer(sim->broker_received[k]));
+    if (json_object_set_new(root, "broker", json_pack("{s:s, s:o}", "broker_id", sim->o.broker_id,
+                                                      "received", brecv)) != 0 ||
+        json_object_set_new(
+            root, "clinical",
+            json_pack("{s:[s,s,s], s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "capacity_days",
+                      sim->days[0], sim->days[1], sim->days[2], "capacity_items",
+                      (json_int_t)sim->capacity_items, "accepted", (json_int_t)sim->accepted,
+                      "rejected", (json_int_t)sim->rejected, "walked", (json_int_t)sim->walked,
+                      "completed", (json_int_t)sim->completed, "critical_values",
+                      (json_int_t)(sim->crit_values + sim->crit_findings), "read_backs",
+                      (json_int_t)sim->readbacks)) != 0)
+        goto out;
     if (sim->offline >= 0 &&
         json_object_set_new(root, "offline",
                             json_pack("{s:s, s:I, s:I}", "facility",
@@ -1244,10 +1519,12 @@ out:
 static void s_usage(FILE *out)
 {
     fprintf(out,
-            "usage: medroute-sim [--endpoint URL] [--operator URL] [--duration SECONDS]\n"
-            "                    [--seed N] [--townships N] [--scale N] [--state-dir DIR]\n"
-            "                    [--report FILE] [--verbose]\n"
+            "usage: medroute-sim [--endpoint URL] [--operator URL] [--broker-id ID]\n"
+            "                    [--duration SECONDS] [--seed N] [--townships N] [--scale N]\n"
+            "                    [--state-dir DIR] [--report FILE] [--verbose]\n"
             "Plays yx-lead, yx-imaging, yx-lab and N townships for one compressed day.\n"
+            "  --broker-id the broker's id, where the lead's capacity notice goes\n"
+            "              (default yx-medroute, as in the embedded config)\n"
             "  --duration  length of the day in seconds (default 20)\n"
             "  --townships how many of the 12 sample townships (default 10)\n"
             "  --scale     multiply the daily volumes (default 1)\n"
@@ -1264,16 +1541,17 @@ static int s_parse_opts(s_opts_t *o, int argc, char **argv)
         {"townships", required_argument, NULL, 'n'}, {"report", required_argument, NULL, 'r'},
         {"scale", required_argument, NULL, 'x'},    {"state-dir", required_argument, NULL, 'S'},
         {"verbose", no_argument, NULL, 'v'},        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"broker-id", required_argument, NULL, 'b'}, {NULL, 0, NULL, 0},
     };
     int c;
-    while ((c = getopt_long(argc, argv, "e:o:d:s:n:r:x:S:vh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "e:o:d:s:n:r:x:S:b:vh", opts, NULL)) != -1) {
         long long *num = NULL, lo = 0, hi = 0;
         switch (c) {
         case 'e': o->endpoint = optarg; break;
         case 'o': o->operator_ep = optarg; break;
         case 'r': o->report = optarg; break;
         case 'S': o->state_dir = optarg; break;
+        case 'b': o->broker_id = optarg; break;
         case 'v': o->verbose = true; break;
         case 'd': num = &o->duration_s, lo = 1, hi = 86400; break;
         case 's': num = &o->seed, lo = 0, hi = LLONG_MAX; break;
@@ -1308,17 +1586,52 @@ static void s_sim_close(s_sim_t *sim)
     for (size_t i = 0; i < sim->n_todo; i++)
         json_decref(sim->todo[i].payload);
     free(sim->todo);
+    json_decref(sim->read_back);
     free(sim->events);
     free(sim->index);
     free(sim->msgs);
 }
 
+/* The lead publishes its capacity and waits for the broker's Ack: the day
+ * starts only once the ledger exists.  0, or -1 when it was refused or not
+ * acknowledged in time. */
+static int s_publish_capacity(s_sim_t *sim)
+{
+    json_t *notice = s_capacity_notice(sim);
+    s_msg_t *m = NULL;
+    if (notice == NULL ||
+        s_submit_msg(sim, 0, S_BROKER, K_CAPACITY, "routine", NULL, notice, &m) != 0) {
+        fprintf(stderr, "medroute-sim: yx-lead could not submit its capacity notice\n");
+        return -1;
+    }
+    size_t mi = (size_t)(m - sim->msgs); /* the table may move while polling */
+    int64_t until = s_mono_ms() + S_CAPACITY_WAIT_MS;
+    while (!sim->msgs[mi].acked && !sim->msgs[mi].failed && s_mono_ms() < until)
+        s_poll_round(sim);
+    if (!sim->msgs[mi].acked) {
+        fprintf(stderr, "medroute-sim: the capacity notice to %s was %s\n", sim->o.broker_id,
+                sim->msgs[mi].failed ? "refused" : "not acknowledged within 5 s");
+        return -1;
+    }
+    printf("medroute-sim: yx-lead published capacity for %s, %s and %s to %s: %u resources "
+           "(clinic slots per department, beds per ward, exams per modality), 20-25 %% "
+           "reserved for family-doctor referrals\n",
+           sim->days[0], sim->days[1], sim->days[2], sim->o.broker_id, sim->capacity_items);
+    return fflush(stdout) == 0 ? 0 : -1;
+}
+
 int main(int argc, char **argv)
 {
+    /* A standalone program: its local dates are the county's (the daemon's
+     * embedded config uses the same zone). */
+    if (setenv("TZ", "Asia/Shanghai", 1) != 0)
+        return 1;
+    tzset();
     s_sim_t sim;
     memset(&sim, 0, sizeof sim);
     sim.o = (s_opts_t){.endpoint = "tcp://127.0.0.1:7700", .operator_ep = "tcp://127.0.0.1:7701",
-                       .duration_s = 20, .seed = 1, .townships = 10, .scale = 1};
+                       .broker_id = "yx-medroute", .duration_s = 20, .seed = 1, .townships = 10,
+                       .scale = 1};
     int rc = s_parse_opts(&sim.o, argc, argv);
     if (rc != 0)
         return rc > 0 ? 0 : 2;
@@ -1342,7 +1655,8 @@ int main(int argc, char **argv)
     sim.online_at = sim.o.duration_s * 650;
 
     int status = 1;
-    if (s_plan_day(&sim) != 0) {
+    if ((sim.read_back = json_object()) == NULL || s_plan_dates(&sim) != 0 ||
+        s_plan_day(&sim) != 0) {
         fprintf(stderr, "medroute-sim: out of memory\n");
         goto out;
     }
@@ -1364,6 +1678,9 @@ int main(int argc, char **argv)
     if (fflush(stdout) != 0)
         goto out;
     sim.t0 = s_mono_ms();
+    if (s_publish_capacity(&sim) != 0)
+        goto out;
+    sim.t0 = s_mono_ms();
     s_run(&sim);
 
     size_t unacked, lost = s_lost(&sim, &unacked);
@@ -1373,8 +1690,12 @@ int main(int argc, char **argv)
     printf("referrals: up %u (family-doctor %u), down %u, down/up %.2f; accepted %u, "
            "rejected %u\n",
            up, sim.family_doctor, down, up ? (double)down / up : 0.0, sim.accepted, sim.rejected);
-    printf("critical lab values %u, critical imaging findings %u\n", sim.crit_values,
-           sim.crit_findings);
+    printf("lead walked %u accepted up-referrals on (%u completed with a summary), cancelled "
+           "none\n",
+           sim.walked, sim.completed);
+    printf("critical lab values %u, critical imaging findings %u, read back by the townships "
+           "%u\n",
+           sim.crit_values, sim.crit_findings, sim.readbacks);
     if (sim.offline >= 0)
         printf("%s offline %.1fs-%.1fs: %u messages sent to it meanwhile, %u delivered after "
                "it returned\n",

@@ -99,9 +99,11 @@ int mrt_daemon_start(mrt_daemon_t *d, const char *extra)
     snprintf(d->dir, sizeof d->dir, "/tmp/mrtest-XXXXXX");
     if (mkdtemp(d->dir) == NULL)
         return -1;
-    int p1 = s_free_port(), p2 = s_free_port();
-    if (p1 < 0 || p2 < 0 || p1 == p2)
+    int p1 = s_free_port(), p2 = s_free_port(), p3 = s_free_port();
+    if (p1 < 0 || p2 < 0 || p3 < 0 || p1 == p2 || p2 == p3 || p1 == p3)
         return -1;
+    d->http_port = p3;
+    snprintf(d->http_listen, sizeof d->http_listen, "127.0.0.1:%d", p3);
     snprintf(d->facility_ep, sizeof d->facility_ep, "tcp://127.0.0.1:%d", p1);
     snprintf(d->operator_ep, sizeof d->operator_ep, "tcp://127.0.0.1:%d", p2);
     snprintf(d->conf_path, sizeof d->conf_path, "%s/medroute.conf", d->dir);
@@ -111,8 +113,10 @@ int mrt_daemon_start(mrt_daemon_t *d, const char *extra)
         return -1;
     fprintf(f,
             "broker_id = \"test\";\nfacility_endpoint = \"%s\";\noperator_endpoint = \"%s\";\n"
+            "http_listen = \"%s\";\n"
             "data_dir = \"%s/var\";\ninsecure = true;\nlog_level = \"debug\";\n%s\n%s\n",
-            d->facility_ep, d->operator_ep, d->dir, mrt_facilities_conf, extra ? extra : "");
+            d->facility_ep, d->operator_ep, d->http_listen, d->dir, mrt_facilities_conf,
+            extra ? extra : "");
     if (fclose(f) != 0)
         return -1;
     return s_spawn(d);

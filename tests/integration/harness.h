@@ -21,6 +21,8 @@ typedef struct {
     char log_path[300];
     char facility_ep[64];
     char operator_ep[64];
+    char http_listen[64];      /* 127.0.0.1:PORT of /metrics and /healthz */
+    int http_port;
 } mrt_daemon_t;
 
 /* The sample county's facilities, as a libconfig list (for configs). */

@@ -36,6 +36,8 @@ static void test_codec_kind_names_round_trip(void **state)
         {MEDROUTE__V1__KIND__KIND_CAPACITY, "capacity", MEDROUTE__V1__ENVELOPE__PAYLOAD_CAPACITY},
         {MEDROUTE__V1__KIND__KIND_CRITICAL_ACK, "critical_ack",
          MEDROUTE__V1__ENVELOPE__PAYLOAD_CRITICAL_ACK},
+        {MEDROUTE__V1__KIND__KIND_VISIT_TALLY, "visit_tally",
+         MEDROUTE__V1__ENVELOPE__PAYLOAD_VISIT_TALLY},
     };
     assert_int_equal(sizeof kinds / sizeof kinds[0], MR_KIND_MAX);
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {

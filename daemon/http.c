@@ -1,0 +1,533 @@
+/*
+ * http.c - the operators' HTTP endpoints on the loop, through libmicrohttpd.
+ *
+ * Owns: the MHD daemon, a uv_poll on its epoll fd, a uv_timer for its
+ * time-outs, and each /metrics request's context (freed when MHD completes
+ * the request).
+ *
+ * Invariants
+ *   1. MHD_run is called whenever its epoll fd is readable, when its timer
+ *      fires, and after a suspended connection is resumed.
+ *   2. A suspended connection has exactly one store request in flight; its
+ *      context outlives the request (MHD tells us when it is done).
+ */
+#include "http.h"
+
+#include <arpa/inet.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct http_t {
+    server_t *s;
+    struct MHD_Daemon *mhd;
+    uv_poll_t poll;
+    uv_timer_t timer;
+    int open_handles;
+};
+
+typedef struct {
+    http_t *http;
+    struct MHD_Connection *conn;
+    int waiting;           /* store requests not yet answered */
+    bool failed;
+    bool gone;             /* MHD finished with the connection first */
+    tally_row_t *rows;
+    size_t n_rows;
+    store_row_t *queues;
+    size_t n_queues;
+} s_req_t;
+
+/* ---- text building ------------------------------------------------------------ */
+
+typedef struct {
+    char *buf;
+    size_t len, cap;
+    bool oom;
+} s_text_t;
+
+__attribute__((format(printf, 2, 3))) static void s_put(s_text_t *t, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        size_t room = t->cap - t->len;
+        int n = t->buf ? vsnprintf(t->buf + t->len, room, fmt, ap) : -1;
+        va_end(ap);
+        if (n >= 0 && (size_t)n < room) {
+            t->len += (size_t)n;
+            return;
+        }
+        size_t cap = t->cap ? t->cap * 2 : 16384;
+        while (n >= 0 && cap - t->len <= (size_t)n)
+            cap *= 2;
+        char *b = realloc(t->buf, cap);
+        if (b == NULL) {
+            t->oom = true;
+            return;
+        }
+        t->buf = b;
+        t->cap = cap;
+    }
+}
+
+static const struct {
+    const char *name;
+    const char *help;
+} s_help[] = {
+    {"messages_stored_total", "Messages committed to the store, by source, destination and kind."},
+    {"messages_delivered_total", "Messages whose delivery ack was committed."},
+    {"messages_duplicate_total", "Resends acknowledged again and not routed again."},
+    {"messages_rejected_total", "Messages refused, by error code."},
+    {"messages_redelivered_total", "Deliveries sent again (reconnect or time-out)."},
+    {"messages_expired_total", "Messages that passed their time-to-live undelivered."},
+    {"messages_dead_total", "Messages moved to the dead letters, by reason."},
+    {"messages_retried_total", "Dead letters put back by an operator."},
+    {"referrals_requested_total", "Referrals requested, by direction, source, destination, "
+                                  "department and priority."},
+    {"referral_outcomes_total", "Referral outcomes (accepted, rejected, completed, cancelled, "
+                                "no_show, expired)."},
+    {"referral_acceptance_seconds", "Time from referral request to acceptance."},
+    {"capacity_offered_units_total", "Capacity units published by the lead hospital."},
+    {"reserve_offered_units_total", "Units reserved for family-doctor referrals."},
+    {"slot_claims_total", "Units taken by accepted up-referrals, by claim (reserved, general, none)."},
+    {"slot_claims_released_total", "Claims given back (cancel, no-show, expiry)."},
+    {"reserve_released_unclaimed_units_total", "Reserved units released to general use at the "
+                                               "cut-off."},
+    {"imaging_requests_total", "Imaging requests, by modality and source."},
+    {"imaging_reports_total", "Imaging reports, by modality."},
+    {"imaging_turnaround_seconds", "Time from imaging request to final report."},
+    {"lab_orders_total", "Lab orders, by source."},
+    {"lab_tests_ordered_total", "Lab tests ordered."},
+    {"lab_results_total", "Lab results (partial, final, corrected)."},
+    {"lab_result_items_total", "Lab result items reported."},
+    {"lab_turnaround_seconds", "Time from lab order to final result."},
+    {"critical_values_total", "Critical values and findings reported."},
+    {"critical_readback_seconds", "Time from a critical report to its read-back."},
+    {"escalations_total", "Service levels missed, by kind."},
+};
+
+static const char *s_help_of(const char *name)
+{
+    for (size_t i = 0; i < sizeof s_help / sizeof s_help[0]; i++)
+        if (strcmp(s_help[i].name, name) == 0)
+            return s_help[i].help;
+    return "medroute tally.";
+}
+
+/* "a=\"1\",le=\"60\"" -> "a=\"1\"" and "60". */
+static void s_split_le(const char *labels, char *rest, size_t len, char *le, size_t le_len)
+{
+    const char *p = strstr(labels, "le=\"");
+    if (p == NULL) {
+        snprintf(rest, len, "%s", labels);
+        le[0] = '\0';
+        return;
+    }
+    size_t head = (size_t)(p - labels);
+    if (head > 0 && labels[head - 1] == ',')
+        head--;
+    snprintf(rest, len, "%.*s", (int)head, labels);
+    const char *v = p + 4;
+    const char *end = strchr(v, '"');
+    snprintf(le, le_len, "%.*s", end ? (int)(end - v) : 0, v);
+}
+
+static int s_le_rank(const char *le)
+{
+    if (strcmp(le, "+Inf") == 0)
+        return TALLY_BUCKETS - 1;
+    long long v = atoll(le);
+    for (int b = 0; b < TALLY_BUCKETS; b++)
+        if (tally_bucket_le[b] == v)
+            return b;
+    return TALLY_BUCKETS - 1;
+}
+
+static bool s_ends(const char *s, const char *suffix)
+{
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && strcmp(s + a - b, suffix) == 0;
+}
+
+/* Histograms: cumulative buckets per label set, then _sum and _count. */
+static void s_histograms(s_text_t *t, const tally_row_t *rows, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!s_ends(rows[i].name, "_bucket"))
+            continue;
+        char base[96];
+        snprintf(base, sizeof base, "%.*s", (int)(strlen(rows[i].name) - 7), rows[i].name);
+        char rest[400], le[24];
+        s_split_le(rows[i].labels, rest, sizeof rest, le, sizeof le);
+        /* Handle each (base, rest) once: at its first row. */
+        bool first = true;
+        for (size_t j = 0; j < i && first; j++) {
+            char r2[400], l2[24];
+            if (strcmp(rows[j].name, rows[i].name) != 0)
+                continue;
+            s_split_le(rows[j].labels, r2, sizeof r2, l2, sizeof l2);
+            first = strcmp(r2, rest) != 0;
+        }
+        if (!first)
+            continue;
+        bool typed = false;
+        for (size_t j = 0; j < i && !typed; j++)
+            typed = strcmp(rows[j].name, rows[i].name) == 0;
+        if (!typed)
+            s_put(t, "# HELP medroute_%s %s\n# TYPE medroute_%s histogram\n", base,
+                  s_help_of(base), base);
+        int64_t counts[TALLY_BUCKETS] = {0};
+        for (size_t j = i; j < n; j++) {
+            char r2[400], l2[24];
+            if (strcmp(rows[j].name, rows[i].name) != 0)
+                continue;
+            s_split_le(rows[j].labels, r2, sizeof r2, l2, sizeof l2);
+            if (strcmp(r2, rest) == 0)
+                counts[s_le_rank(l2)] += rows[j].value;
+        }
+        int64_t cum = 0;
+        for (int b = 0; b < TALLY_BUCKETS; b++) {
+            cum += counts[b];
+            char lev[24];
+            if (tally_bucket_le[b] < 0)
+                snprintf(lev, sizeof lev, "+Inf");
+            else
+                snprintf(lev, sizeof lev, "%lld", (long long)tally_bucket_le[b]);
+            s_put(t, "medroute_%s_bucket{%s%sle=\"%s\"} %lld\n", base, rest, rest[0] ? "," : "",
+                  lev, (long long)cum);
+        }
+        int64_t sum = 0, count = 0;
+        char sname[112], cname[112];
+        snprintf(sname, sizeof sname, "%s_sum", base);
+        snprintf(cname, sizeof cname, "%s_count", base);
+        for (size_t j = 0; j < n; j++) {
+            if (strcmp(rows[j].labels, rest) != 0)
+                continue;
+            if (strcmp(rows[j].name, sname) == 0)
+                sum += rows[j].value;
+            else if (strcmp(rows[j].name, cname) == 0)
+                count += rows[j].value;
+        }
+        s_put(t, "medroute_%s_sum{%s} %lld\nmedroute_%s_count{%s} %lld\n", base, rest,
+              (long long)sum, base, rest, (long long)count);
+    }
+}
+
+char *http_metrics_text(const server_t *s, const tally_row_t *rows, size_t n,
+                        const store_row_t *queues, size_t n_queues)
+{
+    s_text_t t = {0};
+    /* Counters from the durable tallies (all time). */
+    for (size_t i = 0; i < n; i++) {
+        if (!s_ends(rows[i].name, "_total"))
+            continue;
+        bool typed = false;
+        for (size_t j = 0; j < i && !typed; j++)
+            typed = strcmp(rows[j].name, rows[i].name) == 0;
+        if (!typed) {
+            char base[96];
+            snprintf(base, sizeof base, "%.*s", (int)(strlen(rows[i].name) - 6), rows[i].name);
+            s_put(&t, "# HELP medroute_%s %s\n# TYPE medroute_%s counter\n", base,
+                  s_help_of(rows[i].name), base);
+        }
+        s_put(&t, "medroute_%s{%s} %lld\n", rows[i].name, rows[i].labels,
+              (long long)rows[i].value);
+    }
+    s_histograms(&t, rows, n);
+    /* Gauges: queues, connections, store. */
+    int64_t now = mr_now_ms();
+    size_t nf = registry_count(s->registry);
+    s_put(&t, "# HELP medroute_queue_depth Messages stored for a facility, not yet acknowledged.\n"
+              "# TYPE medroute_queue_depth gauge\n");
+    for (size_t i = 0; i < nf; i++) {
+        uint64_t depth = 0;
+        const char *id = registry_at(s->registry, i)->id;
+        for (size_t q = 0; q < n_queues; q++)
+            if (strcmp(queues[q].dest, id) == 0)
+                depth = queues[q].count;
+        s_put(&t, "medroute_queue_depth{destination=\"%s\"} %llu\n", id,
+              (unsigned long long)depth);
+    }
+    s_put(&t, "# HELP medroute_queue_oldest_seconds Age of the oldest pending message.\n"
+              "# TYPE medroute_queue_oldest_seconds gauge\n");
+    for (size_t i = 0; i < nf; i++) {
+        double age = 0;
+        const char *id = registry_at(s->registry, i)->id;
+        for (size_t q = 0; q < n_queues; q++)
+            if (strcmp(queues[q].dest, id) == 0 && queues[q].stored_ms > 0)
+                age = (double)(now - queues[q].stored_ms) / 1000.0;
+        s_put(&t, "medroute_queue_oldest_seconds{destination=\"%s\"} %.3f\n", id, age);
+    }
+    s_put(&t, "# HELP medroute_facility_connected 1 while the facility has a session.\n"
+              "# TYPE medroute_facility_connected gauge\n");
+    for (size_t i = 0; i < nf; i++)
+        s_put(&t, "medroute_facility_connected{facility=\"%s\"} %d\n",
+              registry_at(s->registry, i)->id, s->peers[i].connected ? 1 : 0);
+    s_put(&t, "# HELP medroute_facility_last_seen_seconds Time since the facility's last frame "
+              "(-1: never).\n# TYPE medroute_facility_last_seen_seconds gauge\n");
+    for (size_t i = 0; i < nf; i++)
+        s_put(&t, "medroute_facility_last_seen_seconds{facility=\"%s\"} %.3f\n",
+              registry_at(s->registry, i)->id,
+              s->peers[i].last_seen_ms ? (double)(now - s->peers[i].last_seen_ms) / 1000.0 : -1.0);
+    s_put(&t, "# HELP medroute_store_bytes Size of the store on disk.\n"
+              "# TYPE medroute_store_bytes gauge\nmedroute_store_bytes %llu\n",
+          (unsigned long long)s->store_bytes);
+    s_put(&t, "# HELP medroute_insecure 1 when links are plaintext (insecure = true).\n"
+              "# TYPE medroute_insecure gauge\nmedroute_insecure %d\n",
+          s->conf->insecure ? 1 : 0);
+    s_put(&t, "# HELP medroute_flow_since_start_total Message flow since the daemon started.\n"
+              "# TYPE medroute_flow_since_start_total counter\n");
+    for (int c = 0; c < CNT_COUNT; c++)
+        s_put(&t, "medroute_flow_since_start_total{counter=\"%s\"} %llu\n",
+              counters_name((counter_t)c), (unsigned long long)s->counters.v[c]);
+    if (t.oom) {
+        free(t.buf);
+        return NULL;
+    }
+    return t.buf;
+}
+
+/* ---- MHD on the loop -------------------------------------------------------- */
+
+static void s_run(http_t *h);
+
+static void s_req_free(s_req_t *r)
+{
+    tally_rows_free(r->rows, r->n_rows);
+    for (size_t i = 0; i < r->n_queues; i++)
+        store_row_clear(&r->queues[i]);
+    free(r->queues);
+    free(r);
+}
+
+static void on_store(store_req_t *req, void *arg)
+{
+    s_req_t *r = arg;
+    if (req->status != STORE_OK)
+        r->failed = true;
+    else if (req->op == STORE_STATS) {
+        r->rows = req->tallies;
+        r->n_rows = req->n_tallies;
+        req->tallies = NULL;
+        req->n_tallies = 0;
+    } else {
+        r->queues = req->rows;
+        r->n_queues = req->n_rows;
+        req->rows = NULL;
+        req->n_rows = 0;
+    }
+    if (--r->waiting > 0)
+        return;
+    if (r->gone) {
+        s_req_free(r);
+        return;
+    }
+    MHD_resume_connection(r->conn);
+    s_run(r->http);
+}
+
+static enum MHD_Result s_respond(struct MHD_Connection *conn, unsigned code, const char *type,
+                                 char *body, size_t len)
+{
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(len, body, body ? MHD_RESPMEM_MUST_FREE
+                                                        : MHD_RESPMEM_PERSISTENT);
+    if (resp == NULL) {
+        free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type", type);
+    enum MHD_Result rc = MHD_queue_response(conn, code, resp);
+    MHD_destroy_response(resp);
+    return rc;
+}
+
+static char *s_healthz(const server_t *s, unsigned *code)
+{
+    size_t connected = 0;
+    for (size_t i = 0; i < registry_count(s->registry); i++)
+        connected += s->peers[i].connected;
+    bool store_ok = s->store && !store_unavailable(s->store);
+    *code = store_ok ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE;
+    char *out = NULL;
+    if (asprintf(&out,
+                 "{\"status\":\"%s\",\"store\":\"%s\",\"insecure\":%s,%s\"facilities\":%zu,"
+                 "\"connected\":%zu,\"draining\":%s}\n",
+                 store_ok ? (s->conf->insecure ? "degraded" : "ok") : "unavailable",
+                 store_ok ? "ok" : "unavailable", s->conf->insecure ? "true" : "false",
+                 s->conf->insecure ? "\"warning\":\"plaintext links (insecure = true)\"," : "",
+                 registry_count(s->registry), connected, s->draining ? "true" : "false") < 0)
+        return NULL;
+    return out;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_size, void **con_cls)
+{
+    (void)version;
+    (void)upload_data;
+    (void)upload_size;
+    http_t *h = cls;
+    server_t *s = h->s;
+    if (strcmp(method, "GET") != 0)
+        return s_respond(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "text/plain", NULL, 0);
+    if (strcmp(url, "/healthz") == 0) {
+        unsigned code;
+        char *body = s_healthz(s, &code);
+        return s_respond(conn, code, "application/json", body, body ? strlen(body) : 0);
+    }
+    if (strcmp(url, "/metrics") != 0)
+        return s_respond(conn, MHD_HTTP_NOT_FOUND, "text/plain", NULL, 0);
+    s_req_t *r = *con_cls;
+    if (r == NULL) {
+        /* First call: ask the store, suspend until it answers. */
+        r = calloc(1, sizeof *r);
+        store_req_t *q1 = store_req_new(STORE_STATS, on_store, r);
+        store_req_t *q2 = store_req_new(STORE_SUMMARY, on_store, r);
+        if (r == NULL || q1 == NULL || q2 == NULL || s->store == NULL) {
+            free(q1);
+            free(q2);
+            free(r);
+            return s_respond(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "text/plain", NULL, 0);
+        }
+        r->http = h;
+        r->conn = conn;
+        r->waiting = 2;
+        *con_cls = r;
+        MHD_suspend_connection(conn);
+        store_submit(s->store, q1);
+        store_submit(s->store, q2);
+        return MHD_YES;
+    }
+    if (r->failed)
+        return s_respond(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "text/plain", NULL, 0);
+    char *body = http_metrics_text(s, r->rows, r->n_rows, r->queues, r->n_queues);
+    return s_respond(conn, body ? MHD_HTTP_OK : MHD_HTTP_INTERNAL_SERVER_ERROR,
+                     "text/plain; version=0.0.4; charset=utf-8", body, body ? strlen(body) : 0);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)cls;
+    (void)conn;
+    (void)toe;
+    s_req_t *r = *con_cls;
+    if (r == NULL)
+        return;
+    if (r->waiting > 0)
+        r->gone = true; /* the store callback frees it */
+    else
+        s_req_free(r);
+    *con_cls = NULL;
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    s_run(t->data);
+}
+
+static void on_poll(uv_poll_t *p, int status, int events)
+{
+    (void)status;
+    (void)events;
+    s_run(p->data);
+}
+
+static void s_run(http_t *h)
+{
+    if (h->mhd == NULL)
+        return;
+    MHD_run(h->mhd);
+    MHD_UNSIGNED_LONG_LONG timeout;
+    if (MHD_get_timeout(h->mhd, &timeout) == MHD_YES)
+        uv_timer_start(&h->timer, on_timer, timeout, 0);
+    else
+        uv_timer_start(&h->timer, on_timer, 1000, 0);
+}
+
+static int s_parse_listen(const char *listen, struct sockaddr_in *sa)
+{
+    char host[64];
+    int port;
+    if (sscanf(listen, "%63[^:]:%d", host, &port) != 2 || port <= 0 || port > 65535)
+        return -1;
+    memset(sa, 0, sizeof *sa);
+    sa->sin_family = AF_INET;
+    sa->sin_port = htons((uint16_t)port);
+    if (strcmp(host, "localhost") == 0)
+        snprintf(host, sizeof host, "127.0.0.1");
+    return inet_pton(AF_INET, host, &sa->sin_addr) == 1 ? 0 : -1;
+}
+
+http_t *http_new(server_t *s, const char *listen)
+{
+    struct sockaddr_in sa;
+    if (s_parse_listen(listen, &sa) != 0) {
+        log_error(s->log, "http.bad_listen", "listen=\"%s\"", listen);
+        return NULL;
+    }
+    http_t *h = calloc(1, sizeof *h);
+    if (h == NULL)
+        return NULL;
+    h->s = s;
+    h->mhd = MHD_start_daemon(MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0,
+                              NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, &sa,
+                              MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+                              MHD_OPTION_CONNECTION_LIMIT, (unsigned)64,
+                              MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30, MHD_OPTION_END);
+    if (h->mhd == NULL) {
+        log_error(s->log, "http.start_failed", "listen=\"%s\"", listen);
+        free(h);
+        return NULL;
+    }
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_EPOLL_FD);
+    if (info == NULL || uv_poll_init(&s->loop, &h->poll, info->epoll_fd) != 0) {
+        MHD_stop_daemon(h->mhd);
+        free(h);
+        return NULL;
+    }
+    h->poll.data = h;
+    h->open_handles++;
+    if (uv_timer_init(&s->loop, &h->timer) != 0) {
+        MHD_stop_daemon(h->mhd);
+        h->mhd = NULL;
+        http_destroy(&h);
+        return NULL;
+    }
+    h->timer.data = h;
+    h->open_handles++;
+    uv_poll_start(&h->poll, UV_READABLE, on_poll);
+    s_run(h);
+    log_info(s->log, "http.listening", "listen=%s", listen);
+    return h;
+}
+
+static void on_close(uv_handle_t *handle)
+{
+    http_t *h = handle->data;
+    if (--h->open_handles == 0)
+        free(h);
+}
+
+void http_destroy(http_t **self_p)
+{
+    http_t *h = *self_p;
+    if (h == NULL)
+        return;
+    *self_p = NULL;
+    if (h->mhd)
+        MHD_stop_daemon(h->mhd);
+    h->mhd = NULL;
+    uv_poll_stop(&h->poll);
+    uv_timer_stop(&h->timer);
+    int n = h->open_handles;
+    uv_close((uv_handle_t *)&h->poll, on_close);
+    if (n > 1)
+        uv_close((uv_handle_t *)&h->timer, on_close);
+}

@@ -228,12 +228,9 @@ char *http_metrics_text(const server_t *s, const tally_row_t *rows, size_t n,
         bool typed = false;
         for (size_t j = 0; j < i && !typed; j++)
             typed = strcmp(rows[j].name, rows[i].name) == 0;
-        if (!typed) {
-            char base[96];
-            snprintf(base, sizeof base, "%.*s", (int)(strlen(rows[i].name) - 6), rows[i].name);
-            s_put(&t, "# HELP medroute_%s %s\n# TYPE medroute_%s counter\n", base,
-                  s_help_of(rows[i].name), base);
-        }
+        if (!typed)
+            s_put(&t, "# HELP medroute_%s %s\n# TYPE medroute_%s counter\n", rows[i].name,
+                  s_help_of(rows[i].name), rows[i].name);
         s_put(&t, "medroute_%s{%s} %lld\n", rows[i].name, rows[i].labels,
               (long long)rows[i].value);
     }

@@ -1120,6 +1120,199 @@ out:
     return status;
 }
 
+/* ---- stats, indicators, watch ---------------------------------------------- */
+
+static int s_print_stats(const json_t *reply)
+{
+    const json_t *st = json_object_get(reply, "stats");
+    const json_t *rows = json_object_get(st, "tallies");
+    printf("period %s (%s .. %s)\n\n", s_json_str(st, "period", ""), s_json_str(st, "first_day", ""),
+           s_json_str(st, "last_day", ""));
+    printf("%-40s %-70s %10s\n", "TALLY", "LABELS", "VALUE");
+    size_t i;
+    const json_t *r;
+    json_array_foreach(rows, i, r) {
+        printf("%-40s %-70s %10lld\n", s_json_str(r, "name", ""), s_json_str(r, "labels", ""),
+               s_json_ll(json_object_get(r, "value"), 0));
+    }
+    printf("(%zu tallies)\n", json_array_size(rows));
+    return fflush(stdout) == 0 ? S_EXIT_OK : S_EXIT_FAIL;
+}
+
+static int s_print_indicators(const json_t *reply)
+{
+    const json_t *ir = json_object_get(reply, "indicators");
+    const json_t *rows = json_object_get(ir, "indicators");
+    printf("period %s (%s .. %s), %lld visit reports\n\n", s_json_str(ir, "period", ""),
+           s_json_str(ir, "first_day", ""), s_json_str(ir, "last_day", ""),
+           s_json_ll(json_object_get(ir, "visit_reports"), 0));
+    printf("%-34s %12s %4s %10s %10s  %-10s %s\n", "INDICATOR", "VALUE", "", "TARGET", "WARN AT",
+           "STATUS", "FORMULA");
+    size_t i;
+    const json_t *r;
+    json_array_foreach(rows, i, r) {
+        char value[32] = "-";
+        if (json_is_true(json_object_get(r, "has_value")))
+            snprintf(value, sizeof value, "%.4g", json_number_value(json_object_get(r, "value")));
+        printf("%-34s %12s %4s %10.4g %10.4g  %-10s %s\n", s_json_str(r, "name", ""), value,
+               s_json_str(r, "compare", ""), json_number_value(json_object_get(r, "target")),
+               json_number_value(json_object_get(r, "warn")), s_json_str(r, "status", ""),
+               s_json_str(r, "formula", ""));
+    }
+    return fflush(stdout) == 0 ? S_EXIT_OK : S_EXIT_FAIL;
+}
+
+/* stats and indicators: one period, a table or JSON. */
+static int s_period_cmd(s_ctx_t *ctx, int argc, char **argv, const char *what)
+{
+    static const struct option opts[] = {
+        {"period", required_argument, NULL, 'p'},
+        {"facility", required_argument, NULL, 'f'},
+        {"json", no_argument, NULL, 'j'},
+        S_GLOBAL_OPTIONS,
+        {NULL, 0, NULL, 0},
+    };
+    const char *period = "today", *facility = NULL;
+    int as_json = 0, c, done = 0, status;
+    bool stats = strcmp(what, "stats") == 0;
+    while ((c = getopt_long(argc, argv, "p:f:j", opts, NULL)) != -1) {
+        switch (c) {
+        case 'p': period = optarg; break;
+        case 'f':
+            if (!stats) {
+                s_usage_of(stderr, what);
+                return S_EXIT_USAGE;
+            }
+            facility = optarg;
+            break;
+        case 'j': as_json = 1; break;
+        default:
+            status = s_other_opt(ctx, c, what, &done);
+            if (done)
+                return status;
+        }
+    }
+    if (optind != argc) {
+        s_usage_of(stderr, what);
+        return S_EXIT_USAGE;
+    }
+    json_t *body = json_pack("{s:s}", "period", period);
+    json_t *req = json_object();
+    json_t *reply = NULL;
+    status = S_EXIT_FAIL;
+    if (body == NULL || s_set(req, what, json_incref(body)) ||
+        (facility && s_set(body, "facility", json_string(facility))))
+        goto out;
+    status = s_operator_call(ctx, req, 10000, &reply);
+    if (as_json)
+        status = s_print_raw(reply, status);
+    else if (status == S_EXIT_OK)
+        status = stats ? s_print_stats(reply) : s_print_indicators(reply);
+out:
+    json_decref(reply);
+    json_decref(req);
+    json_decref(body);
+    return status;
+}
+
+static int s_cmd_stats(s_ctx_t *ctx, int argc, char **argv)
+{
+    return s_period_cmd(ctx, argc, argv, "stats");
+}
+
+static int s_cmd_indicators(s_ctx_t *ctx, int argc, char **argv)
+{
+    return s_period_cmd(ctx, argc, argv, "indicators");
+}
+
+/* Prints one watch event line; returns true for a printable event. */
+static bool s_print_watch(const char *reply_json, int as_json)
+{
+    json_t *j = json_loads(reply_json, 0, NULL);
+    const json_t *w = json_object_get(j, "watch");
+    bool ok = json_is_object(w);
+    if (ok && as_json) {
+        printf("%s\n", reply_json);
+    } else if (ok) {
+        long long at = s_json_ll(json_object_get(w, "at_ms"), 0);
+        time_t t = (time_t)(at / 1000);
+        struct tm tm;
+        char when[32] = "";
+        if (localtime_r(&t, &tm))
+            strftime(when, sizeof when, "%H:%M:%S", &tm);
+        printf("%s %-16s %s\n", when, s_json_str(w, "kind", ""), s_json_str(w, "text", ""));
+    }
+    fflush(stdout);
+    json_decref(j);
+    return ok;
+}
+
+static int s_cmd_watch(s_ctx_t *ctx, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"count", required_argument, NULL, 'n'},
+        {"timeout", required_argument, NULL, 'T'},
+        {"json", no_argument, NULL, 'j'},
+        S_GLOBAL_OPTIONS,
+        {NULL, 0, NULL, 0},
+    };
+    long long count = 0, timeout_ms = 0;
+    int as_json = 0, c, done = 0, status;
+    while ((c = getopt_long(argc, argv, "n:T:j", opts, NULL)) != -1) {
+        switch (c) {
+        case 'n':
+            if (s_parse_int(optarg, 1, INT_MAX, &count) != 0)
+                return S_EXIT_USAGE;
+            break;
+        case 'T':
+            if (s_parse_int(optarg, 1, INT_MAX, &timeout_ms) != 0)
+                return S_EXIT_USAGE;
+            break;
+        case 'j': as_json = 1; break;
+        default:
+            status = s_other_opt(ctx, c, "watch", &done);
+            if (done)
+                return status;
+        }
+    }
+    mr_operator_t *op = mr_operator_new(ctx->operator_ep);
+    if (op == NULL) {
+        fprintf(stderr, "medroute: cannot connect to %s\n", ctx->operator_ep);
+        return S_EXIT_FAIL;
+    }
+    status = S_EXIT_OK;
+    int64_t start = s_mono_ms(), renewed = 0;
+    long long seen = 0;
+    while (!s_stop && (count == 0 || seen < count)) {
+        int64_t now = s_mono_ms();
+        if (timeout_ms && now - start >= timeout_ms) {
+            status = count ? S_EXIT_TIMEOUT : S_EXIT_OK;
+            break;
+        }
+        if (renewed == 0 || now - renewed >= 30000) {
+            char *reply = NULL, err[256];
+            int rc = mr_operator_call_json(op, "{\"watch\":{}}", &reply, 5000, err, sizeof err);
+            if (rc != 0) {
+                fprintf(stderr, "medroute watch: %s\n", err);
+                free(reply);
+                status = rc == -ETIMEDOUT ? S_EXIT_TIMEOUT : S_EXIT_FAIL;
+                break;
+            }
+            if (renewed == 0 && s_print_watch(reply, as_json))
+                seen++;
+            free(reply);
+            renewed = now;
+        }
+        char *reply = NULL;
+        int rc = mr_operator_next_json(op, &reply, 200);
+        if (rc == 0 && s_print_watch(reply, as_json))
+            seen++;
+        free(reply);
+    }
+    mr_operator_destroy(&op);
+    return status;
+}
+
 /* ---- the command table ----------------------------------------------------- */
 
 static int s_cmd_help(s_ctx_t *ctx, int argc, char **argv);
@@ -1142,6 +1335,13 @@ static const s_command_t s_commands[] = {
      "show the reserved-capacity ledger: capacity, reserved, claimed, released per resource"},
     {"open", s_cmd_open, "open [--facility FACILITY] [--older-than 2h] [--json]",
      "list referrals, imaging requests and lab orders not yet closed, with state and age"},
+    {"stats", s_cmd_stats,
+     "stats [--period today|yesterday|YYYY-MM-DD|YYYY-MM|YYYY-H1|YYYY-H2|YYYY] [--facility F] [--json]",
+     "the community's tallies for a period (local time)"},
+    {"indicators", s_cmd_indicators, "indicators [--period P] [--json]",
+     "the indicators of a period with their targets and status"},
+    {"watch", s_cmd_watch, "watch [--count N] [--timeout MS] [--json]",
+     "a live stream of counter changes, escalations and indicator warnings"},
     {"help", s_cmd_help, "help [COMMAND]", "show this help"},
 };
 #define S_N_COMMANDS (sizeof s_commands / sizeof s_commands[0])

@@ -170,6 +170,13 @@ void mr_operator_destroy(mr_operator_t **self_p);
 int mr_operator_call_json(mr_operator_t *self, const char *request_json, char **reply,
                           int timeout_ms, char *err, size_t errlen);
 
+/*
+ * Waits up to timeout_ms for the next OpReply of any request (e.g. a
+ * `watch` event) and returns it as JSON in *reply (caller frees).
+ * 0, -ETIMEDOUT, or another negative errno.
+ */
+int mr_operator_next_json(mr_operator_t *self, char **reply, int timeout_ms);
+
 /* "ERROR_X" names without the prefix, e.g. "UNKNOWN_DESTINATION". */
 const char *mr_error_code_name(int code);
 

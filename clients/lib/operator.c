@@ -55,7 +55,8 @@ void mr_operator_destroy(mr_operator_t **self_p)
     *self_p = NULL;
 }
 
-/* Waits for the reply to request_id; *out owned by the caller. */
+/* Waits for the reply to request_id (any request when request_id is
+ * UINT64_MAX); *out owned by the caller. */
 static int s_wait_reply(mr_operator_t *self, uint64_t request_id, int timeout_ms,
                         mr_op_reply_t **out)
 {
@@ -78,7 +79,8 @@ static int s_wait_reply(mr_operator_t *self, uint64_t request_id, int timeout_ms
         }
         mr_op_reply_t *r = medroute__v1__op_reply__unpack(NULL, zmq_msg_size(&m), zmq_msg_data(&m));
         zmq_msg_close(&m);
-        if (r != NULL && (r->request_id == request_id || r->request_id == 0)) {
+        if (r != NULL &&
+            (request_id == UINT64_MAX || r->request_id == request_id || r->request_id == 0)) {
             *out = r;
             return 0;
         }
@@ -141,4 +143,20 @@ out:
         protobuf_c_message_free_unpacked(msg, NULL);
     json_decref(req);
     return rc;
+}
+
+int mr_operator_next_json(mr_operator_t *self, char **reply, int timeout_ms)
+{
+    mr_op_reply_t *r = NULL;
+    *reply = NULL;
+    int rc = s_wait_reply(self, UINT64_MAX, timeout_ms, &r);
+    if (rc < 0)
+        return rc;
+    json_t *j = pbjson_from_message(&r->base);
+    medroute__v1__op_reply__free_unpacked(r, NULL);
+    if (j == NULL)
+        return -ENOMEM;
+    *reply = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    return *reply ? 0 : -ENOMEM;
 }

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -233,4 +234,64 @@ long mrt_count_lines(const char *path)
         n += ch == '\n';
     fclose(f);
     return n;
+}
+
+int mrt_send(mr_client_t *c, const char *to, const char *kind, const char *priority,
+             const char *payload, char *reason_out)
+{
+    size_t len = strlen(payload) + 256;
+    char *json = malloc(len);
+    if (json == NULL)
+        return -1;
+    snprintf(json, len, "{\"destination\":\"%s\",\"kind\":\"%s\",\"priority\":\"%s\",\"%s\":%s}",
+             to, kind, priority, kind, payload);
+    mr_result_t res;
+    int rc = mr_client_send_json(c, json, &res, 5000, NULL, NULL);
+    free(json);
+    if (reason_out)
+        snprintf(reason_out, 200, "%.199s", res.reason);
+    if (rc == 0)
+        return 0;
+    return rc == -EPROTO ? res.code : -1;
+}
+
+char *mrt_http_get(const mrt_daemon_t *d, const char *path)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        return NULL;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)d->http_port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char req[256];
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0 || write(fd, req, (size_t)n) != n) {
+        close(fd);
+        return NULL;
+    }
+    size_t cap = 65536, used = 0;
+    char *buf = malloc(cap);
+    ssize_t got;
+    while (buf && (got = read(fd, buf + used, cap - used - 1)) > 0) {
+        used += (size_t)got;
+        if (used + 1 == cap) {
+            char *b = realloc(buf, cap * 2);
+            if (b == NULL) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            buf = b;
+            cap *= 2;
+        }
+    }
+    close(fd);
+    if (buf == NULL)
+        return NULL;
+    buf[used] = '\0';
+    char *body = strstr(buf, "\r\n\r\n");
+    char *out = body ? strdup(body + 4) : NULL;
+    free(buf);
+    return out;
 }

@@ -56,6 +56,17 @@ bool mrt_poll_until(mr_client_t *c, int timeout_ms, bool (*pred)(void *), void *
 char *mrt_operator(const mrt_daemon_t *d, const char *request_json);
 
 long long mrt_now_ms(void);
+
+/*
+ * Sends {destination: to, kind, priority, <kind>: payload} and waits for the
+ * answer: 0 on Ack, else the broker's error code (reason copied to
+ * reason_out, 200 bytes, when not NULL); -1 on no answer.
+ */
+int mrt_send(mr_client_t *c, const char *to, const char *kind, const char *priority,
+             const char *payload, char *reason_out);
+
+/* GET path from the daemon's HTTP endpoint; the body (caller frees) or NULL. */
+char *mrt_http_get(const mrt_daemon_t *d, const char *path);
 /* Lines in a file (0 if it does not exist). */
 long mrt_count_lines(const char *path);
 

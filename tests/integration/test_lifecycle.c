@@ -55,21 +55,12 @@ static mr_client_t *client(const char *facility)
     return c;
 }
 
-/* Sends {destination, kind, <kind>: payload}; returns 0 or the error code. */
 static int sendp(mr_client_t *c, const char *to, const char *kind, const char *priority,
                  const char *payload, char *reason_out)
 {
-    char json[4096];
-    snprintf(json, sizeof json, "{\"destination\":\"%s\",\"kind\":\"%s\",\"priority\":\"%s\",\"%s\":%s}",
-             to, kind, priority, kind, payload);
-    mr_result_t res;
-    int rc = mr_client_send_json(c, json, &res, 5000, NULL, NULL);
-    if (reason_out)
-        snprintf(reason_out, 200, "%.199s", res.reason);
-    if (rc == 0)
-        return 0;
-    assert_int_equal(rc, -EPROTO);
-    return res.code;
+    int rc = mrt_send(c, to, kind, priority, payload, reason_out);
+    assert_true(rc >= 0);
+    return rc;
 }
 
 static int step(mr_client_t *c, const char *to, const char *ref, const char *step_name,

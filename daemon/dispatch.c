@@ -57,6 +57,13 @@ void dispatch_reply_error(server_t *s, const uint8_t *rid, size_t rid_len, int p
     s->counters.v[CNT_REJECTED]++;
     if (err->code > 0 && err->code < MR_E_COUNT)
         s->counters.rejected_by_code[err->code]++;
+    /* The durable tally, unless the store counted it with its own refusal
+     * (a store that is unavailable cannot count either). */
+    if (!err->tallied && err->code != MR_E_STORE_UNAVAILABLE && s->store != NULL) {
+        char labels[64];
+        snprintf(labels, sizeof labels, "code=\"%s\"", mr_error_name(err->code));
+        store_tally(s->store, "messages_rejected_total", labels, 1);
+    }
     const facility_t *fac = peer >= 0 ? registry_at(s->registry, (size_t)peer) : NULL;
     char id[MR_MESSAGE_ID_MAX + 1], why[sizeof err->reason];
     log_warn(s->log, "message.rejected", "facility=%s message_id=\"%s\" code=%s reason=\"%s\"",

@@ -28,6 +28,7 @@ typedef struct {
     char message_id[MR_MESSAGE_ID_MAX + 1];
     char reason[200];       /* never patient data */
     uint64_t seq;           /* the broker's seq the error concerns, 0 if none */
+    bool tallied;           /* the store already counted it (in its transaction) */
 } mr_err_t;
 
 /* Fills err and returns code: `return mr_fail(err, MR_E_X, "fmt", ...);` */

@@ -140,7 +140,7 @@ static void s_log_effect(server_t *s, const store_req_t *req)
     if (f == NULL || (f->kind != MEDROUTE__V1__KIND__KIND_REFERRAL &&
                       f->kind != MEDROUTE__V1__KIND__KIND_REFERRAL_UPDATE))
         return;
-    log_info(s->log, "referral.step", "seq=%llu source=%s dest=%s state=%s claim=%s%s",
+    log_debug(s->log, "referral.step", "seq=%llu source=%s dest=%s state=%s claim=%s%s",
              (unsigned long long)req->seq, req->msg.source, req->msg.dest,
              referral_state_name((ref_state_t)req->clin.ref_state),
              slots_claim_name((claim_t)req->clin.claim),
@@ -173,10 +173,12 @@ static void on_put(store_req_t *req, void *arg)
         return;
     case STORE_CONFLICT:
         mr_fail(&err, MR_E_CONFLICT, "message_id was used before for different content");
+        err.tallied = true;
         break;
     case STORE_REFUSED:
         err.code = req->clin.code;
         snprintf(err.reason, sizeof err.reason, "%s", req->clin.reason);
+        err.tallied = true;
         break;
     default:
         mr_fail(&err, MR_E_STORE_UNAVAILABLE, "the store could not commit the message; resend");

@@ -167,6 +167,12 @@ static int s_send(server_t *s, int peer, qmsg_t *m)
     free(envelope.data);
     if (rc == 0) {
         s->counters.v[m->attempts > 0 ? CNT_REDELIVERED : CNT_SENT]++;
+        if (m->attempts > 0) {
+            char labels[96];
+            snprintf(labels, sizeof labels, "destination=\"%s\"",
+                     registry_at(s->registry, (size_t)peer)->id);
+            store_tally(s->store, "messages_redelivered_total", labels, 1);
+        }
         m->attempts++;
         m->sent_ms = mr_now_ms();
     }

@@ -791,6 +791,21 @@ fail_alloc:
     return NULL;
 }
 
+void store_tally(store_t *self, const char *name, const char *labels, int64_t delta)
+{
+    store_req_t *req = store_req_new(STORE_TALLY, NULL, NULL);
+    if (req == NULL)
+        return;
+    req->tally_name = strdup(name);
+    req->tally_labels = strdup(labels ? labels : "");
+    req->tally_delta = delta;
+    if (req->tally_name == NULL || req->tally_labels == NULL) {
+        s_req_free(req);
+        return;
+    }
+    store_submit(self, req);
+}
+
 void store_submit(store_t *self, store_req_t *req)
 {
     req->next = NULL;

@@ -134,6 +134,9 @@ store_t *store_new(uv_loop_t *loop, const store_opts_t *opts, log_t *log);
 void store_destroy(store_t **self_p);
 
 store_req_t *store_req_new(store_op_t op, store_cb_t cb, void *arg);
+/* Counts an event that stores no message (a refusal, a redelivery) in the
+ * next batch's transaction.  Best effort: out of memory, it is not counted. */
+void store_tally(store_t *self, const char *name, const char *labels, int64_t delta);
 /* Queues req; the store owns it from now on.  Never blocks on disk. */
 void store_submit(store_t *self, store_req_t *req);
 /* Requests submitted and not yet completed. */

@@ -143,6 +143,11 @@ static void test_tallies_scripted_day_exact(void **state)
     ok(lead, "t-manwan", "referral_update", "routine",
        "{\"referral_id\":\"U4\",\"step\":\"STEP_REJECTED\",\"reason\":\"no bed\"}");
 
+    /* A refusal is counted by its code, durably. */
+    assert_int_equal(mrt_send(aihua, "t-nowhere", "lab_order", "routine",
+                              "{\"placer_order_number\":\"PX\"}", NULL),
+                     MR_E_UNKNOWN_DESTINATION);
+
     /* Restart in the middle of the day. */
     mr_client_destroy(&lead);
     mr_client_destroy(&aihua);
@@ -206,6 +211,7 @@ static void test_tallies_scripted_day_exact(void **state)
     /* 1 capacity + 5 up + 2 down + 4 updates + 2 img req + 1 report + 1 order
      * + 1 result + 1 read-back + 3 visit reports = 21 stored once each. */
     assert_int_equal(tally(st, "messages_stored_total", NULL), 21);
+    assert_int_equal(tally(st, "messages_rejected_total", "code=\"UNKNOWN_DESTINATION\""), 1);
     json_decref(st);
     /* The same over the year, and filtered to one facility. */
     char req[128];
@@ -267,10 +273,39 @@ static void test_tallies_scripted_day_exact(void **state)
     mrt_daemon_cleanup(&g_d);
 }
 
+/* `watch`: a subscriber sees counter changes as traffic flows. */
+static void test_tallies_watch_streams_counter_changes(void **state)
+{
+    (void)state;
+    assert_int_equal(mrt_daemon_start(&g_d, NULL), 0);
+    mr_operator_t *op = mr_operator_new(g_d.operator_ep);
+    assert_non_null(op);
+    char *reply = NULL, err[200];
+    assert_int_equal(mr_operator_call_json(op, "{\"watch\":{}}", &reply, 5000, err, sizeof err), 0);
+    assert_non_null(strstr(reply, "\"subscribed\""));
+    free(reply);
+    mr_client_t *aihua = client("t-aihua");
+    ok(aihua, "yx-lab", "lab_order", "routine", "{\"placer_order_number\":\"PW\"}");
+    bool seen = false;
+    long long until = mrt_now_ms() + 5000;
+    while (!seen && mrt_now_ms() < until) {
+        if (mr_operator_next_json(op, &reply, 200) == 0) {
+            seen = strstr(reply, "\"kind\":\"counters\"") && strstr(reply, "stored +1");
+            free(reply);
+        }
+    }
+    assert_true(seen);
+    mr_client_destroy(&aihua);
+    mr_operator_destroy(&op);
+    assert_int_equal(mrt_daemon_stop(&g_d), 0);
+    mrt_daemon_cleanup(&g_d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tallies_scripted_day_exact),
+        cmocka_unit_test(test_tallies_watch_streams_counter_changes),
     };
     return cmocka_run_group_tests_name("tallies", tests, NULL, NULL);
 }

@@ -301,6 +301,17 @@ static int s_on_capacity(clinical_t *self, const clin_facts_t *f, int64_t now, c
             return s_refuse(out, MR_E_INVALID,
                             "capacity item: resource, unit and date (YYYY-MM-DD) are required%s%s",
                             NULL, NULL);
+        /* A new notice cannot take back what referrals already hold. */
+        char key[160];
+        s_resource_key(key, sizeof key, c->resource, c->unit, c->date);
+        ledger_t old;
+        bool found;
+        S_TRY(s_ledger_get(self, key, &old, &found, NULL));
+        if (found && (c->reserved < old.claimed_reserved + old.released ||
+                      c->capacity - c->reserved < old.general_used - old.released))
+            return s_refuse(out, MR_E_INVALID,
+                            "capacity for %.80s is below what accepted referrals hold%s", key,
+                            NULL);
     }
     for (size_t i = 0; i < f->n_capacity; i++) {
         const clin_capacity_t *c = &f->capacity[i];
@@ -893,7 +904,7 @@ static int s_expire_referrals(clinical_t *self, int64_t now, clin_event_t **even
         clin_result_t res = {0};
         S_TRY(s_apply_step(self, &r, 0, MEDROUTE__V1__REFERRAL_STEP__STEP_EXPIRED, ACTOR_BROKER,
                            &t, 0, NULL, now, &res));
-        S_TRY(s_event(events, n, EV_REFERRAL_EXPIRED, r.key, r.dest, res.claim_released));
+        S_TRY(s_event(events, n, EV_REFERRAL_EXPIRED, r.key, r.dest, now - r.created_ms));
     }
     return SQLITE_OK;
 }
@@ -1078,7 +1089,8 @@ int clinical_open_loops(clinical_t *self, const char *facility, int64_t older_th
         " AND (?1 IS NULL OR source = ?1 OR dest = ?1) AND created_ms <= ?2"
         " UNION ALL "
         "SELECT CASE kind WHEN 1 THEN 'imaging' ELSE 'lab' END, ref_id, orderer, filler,"
-        " -1 - state, priority, opened_ms, updated_ms, escalated_ms IS NOT NULL FROM loops"
+        " -1 - state, priority, opened_ms, updated_ms,"
+        " escalated_ms IS NOT NULL OR readback_escalated_ms IS NOT NULL FROM loops"
         " WHERE (state < 2 OR (critical = 1 AND readback_ms IS NULL))"
         " AND (?1 IS NULL OR orderer = ?1 OR filler = ?1) AND opened_ms <= ?2"
         " ORDER BY 7 LIMIT 1000",

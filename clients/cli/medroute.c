@@ -72,8 +72,8 @@ static volatile sig_atomic_t s_stop;
 
 /* The kinds, in medroute.v1.Kind order: index = enum value. */
 static const char *const s_kinds[] = {
-    NULL, "referral", "referral_update", "imaging_request", "imaging_report", "lab_order",
-    "lab_result",
+    NULL,     "referral",     "referral_update", "imaging_request", "imaging_report", "lab_order",
+    "lab_result", "capacity", "critical_ack",    "visit_tally",
 };
 #define S_N_KINDS ((int)(sizeof s_kinds / sizeof s_kinds[0]))
 
@@ -969,13 +969,13 @@ static int s_cmd_queue(s_ctx_t *ctx, int argc, char **argv)
 static int s_print_slots(const json_t *reply)
 {
     const json_t *rows = json_object_get(json_object_get(reply, "slots"), "rows");
-    printf("%-10s %-7s %-18s %8s %8s %7s %8s %8s %8s\n", "DATE", "RESOURCE", "UNIT", "CAPACITY",
+    printf("%-10s %-7s %-24s %8s %8s %7s %8s %8s %8s\n", "DATE", "RESOURCE", "UNIT", "CAPACITY",
            "RESERVED", "SHARE", "CLAIMED", "GENERAL", "RELEASED");
     size_t i;
     const json_t *r;
     json_array_foreach(rows, i, r) {
         double share = json_number_value(json_object_get(r, "reserved_share"));
-        printf("%-10s %-7s %-18s %8lld %8lld %6.1f%% %8lld %8lld %8lld\n",
+        printf("%-10s %-7s %-24s %8lld %8lld %6.1f%% %8lld %8lld %8lld\n",
                s_json_str(r, "date", ""), s_json_str(r, "resource", ""), s_json_str(r, "unit", ""),
                s_json_ll(json_object_get(r, "capacity"), 0),
                s_json_ll(json_object_get(r, "reserved"), 0), share * 100.0,

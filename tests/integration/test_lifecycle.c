@@ -22,7 +22,7 @@
 #include "mr_codec.h"
 
 static mrt_daemon_t g_d;
-static char g_day[11]; /* tomorrow, local (Asia/Shanghai) */
+static char g_day[11]; /* the day after tomorrow, local (Asia/Shanghai): before its cut-off */
 
 static int setup(void **state)
 {
@@ -32,7 +32,7 @@ static int setup(void **state)
                                " lab_result_s = 1; stat_lab_result_s = 1;"
                                " critical_readback_s = 1; };\n") != 0)
         return -1;
-    time_t t = time(NULL) + 86400 + 8 * 3600; /* the daemon's days are UTC+8 */
+    time_t t = time(NULL) + 2 * 86400 + 8 * 3600; /* the daemon's days are UTC+8 */
     struct tm tm;
     gmtime_r(&t, &tm);
     strftime(g_day, sizeof g_day, "%Y-%m-%d", &tm);

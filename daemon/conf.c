@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <libconfig.h>
+#include <zmq.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +38,7 @@ static const s_field_t s_top[] = {
     S_FIELD("insecure", S_BOOL, insecure, 0, 0),
     S_FIELD("log_level", S_STR, log_level, 0, 0),
     S_FIELD("timezone", S_STR, timezone, 0, 0),
+    S_FIELD("server_key_file", S_STR, server_key_file, 0, 0),
     {NULL, 0, 0, 0, 0},
 };
 
@@ -64,6 +66,10 @@ static const s_field_t s_limits[] = {
     S_FIELD("heartbeat_interval_ms", S_U32, heartbeat_interval_ms, 100, 600000),
     S_FIELD("heartbeat_timeout_ms", S_U32, heartbeat_timeout_ms, 300, 3600000),
     S_FIELD("redelivery_timeout_ms", S_U32, redelivery_timeout_ms, 100, 86400000),
+    S_FIELD("handshake_ms", S_U32, handshake_ms, 100, 600000),
+    S_FIELD("rate_per_s", S_U32, rate_per_s, 1, 1000000),
+    S_FIELD("rate_burst", S_U32, rate_burst, 1, 10000000),
+    S_FIELD("queue_quota", S_U32, queue_quota, 1, 100000000),
     {NULL, 0, 0, 0, 0},
 };
 
@@ -120,6 +126,10 @@ __attribute__((format(printf, 3, 4))) static void s_problem(s_report_t *r, int l
 static void s_defaults(conf_t *c)
 {
     c->max_message_bytes = 1 << 20;
+    c->handshake_ms = 10000;
+    c->rate_per_s = 2000;
+    c->rate_burst = 20000;
+    c->queue_quota = 2000000;
     c->max_inflight = 64;
     c->heartbeat_interval_ms = 5000;
     c->heartbeat_timeout_ms = 15000;
@@ -387,6 +397,85 @@ static void s_read_indicators(s_report_t *r, conf_t *c, config_setting_t *list)
     }
 }
 
+static bool s_z85_key_ok(const char *k)
+{
+    uint8_t raw[32];
+    return k != NULL && strlen(k) == 40 && zmq_z85_decode(raw, k) != NULL;
+}
+
+static void s_read_operators(s_report_t *r, conf_t *c, config_setting_t *list)
+{
+    if (config_setting_type(list) != CONFIG_TYPE_LIST) {
+        s_problem(r, (int)config_setting_source_line(list),
+                  "operators: expected a list ( { name = ...; public_key = ...; role = ...; } )");
+        return;
+    }
+    int n = config_setting_length(list);
+    c->operators = calloc(n > 0 ? (size_t)n : 1, sizeof *c->operators);
+    if (c->operators == NULL) {
+        s_problem(r, 0, "out of memory");
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        config_setting_t *g = config_setting_get_elem(list, (unsigned)i);
+        int line = (int)config_setting_source_line(g);
+        conf_operator_t *o = &c->operators[c->n_operators++];
+        const char *name = NULL, *key = NULL, *role = NULL;
+        for (int j = 0; j < config_setting_length(g); j++) {
+            config_setting_t *s = config_setting_get_elem(g, (unsigned)j);
+            const char *k = config_setting_name(s);
+            const char *v = config_setting_get_string(s);
+            if (k && v && strcmp(k, "name") == 0)
+                name = v;
+            else if (k && v && strcmp(k, "public_key") == 0)
+                key = v;
+            else if (k && v && strcmp(k, "role") == 0)
+                role = v;
+            else
+                s_problem(r, (int)config_setting_source_line(s),
+                          "operators[%d].%s: unknown key or not a string", i, k ? k : "?");
+        }
+        if (name == NULL || !s_z85_key_ok(key) || role == NULL ||
+            (strcmp(role, "admin") != 0 && strcmp(role, "read_only") != 0)) {
+            s_problem(r, line,
+                      "operators[%d]: name, public_key (40 Z85 characters) and role "
+                      "(\"admin\" or \"read_only\") are required",
+                      i);
+            continue;
+        }
+        o->name = strdup(name);
+        o->public_key = strdup(key);
+        o->admin = strcmp(role, "admin") == 0;
+        if (o->name == NULL || o->public_key == NULL)
+            s_problem(r, 0, "out of memory");
+    }
+}
+
+/* Reads the broker's secret key (first line of the file, Z85). */
+static void s_read_server_key(s_report_t *r, conf_t *c)
+{
+    FILE *f = fopen(c->server_key_file, "r");
+    char line[128];
+    if (f == NULL) {
+        s_problem(r, 0, "server_key_file: cannot read %s", c->server_key_file);
+        return;
+    }
+    bool got = false;
+    while (!got && fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\r\n")] = '\0';
+        if (line[0] == '#' || line[0] == '\0')
+            continue;
+        got = true;
+    }
+    fclose(f);
+    if (!got || !s_z85_key_ok(line)) {
+        s_problem(r, 0, "server_key_file: %s holds no Z85 secret key", c->server_key_file);
+        return;
+    }
+    if ((c->server_secret_key = strdup(line)) == NULL)
+        s_problem(r, 0, "out of memory");
+}
+
 static void s_validate(s_report_t *r, conf_t *c)
 {
     if (c->facility_endpoint == NULL)
@@ -399,6 +488,13 @@ static void s_validate(s_report_t *r, conf_t *c)
         s_problem(r, 0, "limits.heartbeat_timeout_ms: must exceed heartbeat_interval_ms");
     if (c->n_facilities == 0)
         s_problem(r, 0, "facilities: at least one facility is required");
+    for (size_t i = 0; i < c->n_facilities; i++)
+        if (c->facilities[i].public_key && !s_z85_key_ok(c->facilities[i].public_key))
+            s_problem(r, 0, "facilities[%zu].public_key: not a 40-character Z85 key", i);
+    if (!c->insecure && c->server_key_file == NULL)
+        s_problem(r, 0, "server_key_file: required unless insecure = true");
+    else if (!c->insecure)
+        s_read_server_key(r, c);
     if (r->count == 0) {
         char why[256];
         registry_t *reg = registry_new(c->facilities, c->n_facilities, why, sizeof why);
@@ -442,6 +538,8 @@ static conf_t *s_load(config_t *cfg, int read_ok, const char *name, char *err, s
             s_read_facilities(&r, c, s);
         else if (strcmp(key, "indicators") == 0)
             s_read_indicators(&r, c, s);
+        else if (strcmp(key, "operators") == 0)
+            s_read_operators(&r, c, s);
         else if (config_setting_type(s) != CONFIG_TYPE_GROUP &&
                  (strcmp(key, "limits") == 0 || strcmp(key, "store") == 0 ||
                   strcmp(key, "ttl") == 0 || strcmp(key, "referrals") == 0 ||
@@ -496,6 +594,13 @@ void conf_destroy(conf_t **self_p)
     free(c->facility_endpoint);
     free(c->operator_endpoint);
     free(c->http_listen);
+    free(c->server_key_file);
+    free(c->server_secret_key);
+    for (size_t i = 0; i < c->n_operators; i++) {
+        free(c->operators[i].name);
+        free(c->operators[i].public_key);
+    }
+    free(c->operators);
     free(c->data_dir);
     free(c->log_level);
     free(c->timezone);

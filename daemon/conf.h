@@ -15,6 +15,13 @@
 #include "mr_codec.h"
 #include "registry.h"
 
+/* An operator tool's key and role (CURVE on the operator endpoint). */
+typedef struct {
+    char *name;
+    char *public_key;      /* Z85, 40 characters */
+    bool admin;            /* else read-only */
+} conf_operator_t;
+
 typedef struct {
     char *broker_id;
     char *facility_endpoint;   /* ZeroMQ endpoint facilities connect to */
@@ -22,6 +29,14 @@ typedef struct {
     char *http_listen;         /* HOST:PORT for /metrics and /healthz; NULL = off */
     char *data_dir;            /* store directory; relative to the working directory */
     bool insecure;             /* plaintext links; only allowed on loopback */
+    char *server_key_file;     /* the broker's CURVE secret key (medroute keygen) */
+    char *server_secret_key;   /* read from server_key_file at load, Z85 */
+    conf_operator_t *operators;
+    size_t n_operators;
+    uint32_t handshake_ms;     /* CURVE handshake must finish within this */
+    uint32_t rate_per_s;       /* messages a facility may send per second (sustained) */
+    uint32_t rate_burst;       /* ... and in a burst */
+    uint32_t queue_quota;      /* pending messages a destination may hold */
     char *log_level;
 
     /* limits */

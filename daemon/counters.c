@@ -10,6 +10,7 @@ static const char *const s_names[CNT_COUNT] = {
     [CNT_DISCONNECTS] = "disconnects", [CNT_SEND_FAILED] = "send_failed",
     [CNT_PRUNED] = "pruned",           [CNT_ESCALATIONS] = "escalations",
     [CNT_RESERVE_RELEASES] = "reserve_releases", [CNT_INDICATOR_WARNINGS] = "indicator_warnings",
+    [CNT_SECURITY_EVENTS] = "security_events",
 };
 
 const char *counters_name(counter_t c)

@@ -28,6 +28,7 @@ typedef enum {
     CNT_ESCALATIONS,    /* service levels missed (acceptance, report, result, read-back) */
     CNT_RESERVE_RELEASES, /* resources whose unclaimed reserve went to general use */
     CNT_INDICATOR_WARNINGS, /* indicators that went into warning or off target */
+    CNT_SECURITY_EVENTS, /* unknown keys, spoofed sources, frames without User-Id */
     CNT_COUNT
 } counter_t;
 

@@ -90,6 +90,15 @@ void dispatch_facility(void *arg, const uint8_t *rid, size_t rid_len, const void
     mr_frame_t *f = NULL;
     int rc = 0;
     s->counters.v[CNT_RECEIVED]++;
+    ctx.user_id = endpoint_user_id(s->facility_ep);
+    if (!s->conf->insecure && ctx.user_id == NULL) {
+        /* CURVE is on and this message carries no authenticated identity:
+         * nothing about it can be trusted, not even to answer it. */
+        s->counters.v[CNT_SECURITY_EVENTS]++;
+        log_warn(s->log, "security.no_user_id", "action=dropped bytes=%zu",
+                 n_parts ? sizes[0] : 0);
+        return;
+    }
     ctx.peer = session_find(s, rid, rid_len);
     if (n_parts != 1 || truncated) {
         rc = mr_fail(&err, MR_E_MALFORMED, "expected exactly one frame part, got %zu%s", n_parts,

@@ -20,6 +20,7 @@ typedef struct {
     const uint8_t *rid;
     size_t rid_len;
     int peer;               /* registry index of the connection's facility, -1 before Hello */
+    const char *user_id;    /* ZAP User-Id (the facility id) with CURVE; NULL when insecure */
     size_t frame_bytes;
 } dispatch_ctx_t;
 

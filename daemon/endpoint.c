@@ -21,6 +21,13 @@
 
 #define S_MAX_PARTS 4
 
+/* A stable option of libzmq 4.3 still declared only in its draft API. */
+#ifndef ZMQ_ZAP_ENFORCE_DOMAIN
+#define MR_ZMQ_ZAP_ENFORCE_DOMAIN 93
+#else
+#define MR_ZMQ_ZAP_ENFORCE_DOMAIN ZMQ_ZAP_ENFORCE_DOMAIN
+#endif
+
 struct endpoint_t {
     void *sock;
     uv_poll_t poll;
@@ -30,6 +37,7 @@ struct endpoint_t {
     int budget;
     endpoint_msg_cb cb;
     void *arg;
+    const char *user_id;      /* of the message in the callback */
     log_t *log;
     char name[32];
 };
@@ -80,8 +88,11 @@ static int s_recv_one(endpoint_t *self)
             data[i - 1] = zmq_msg_data(&parts[i]);
             sizes[i - 1] = zmq_msg_size(&parts[i]);
         }
+        /* ZAP's User-Id is metadata of every part after the routing id. */
+        self->user_id = n >= 2 ? zmq_msg_gets(&parts[1], "User-Id") : NULL;
         self->cb(self->arg, zmq_msg_data(&parts[0]), zmq_msg_size(&parts[0]), data, sizes, n - 1,
                  truncated);
+        self->user_id = NULL;
     }
     for (size_t i = 0; i < n; i++)
         zmq_msg_close(&parts[i]);
@@ -159,6 +170,19 @@ endpoint_t *endpoint_new(uv_loop_t *loop, void *zctx, const endpoint_opts_t *opt
         return NULL;
     }
     int64_t maxmsg = opts->hard_max_bytes > 0 ? opts->hard_max_bytes : -1;
+    if (opts->curve_secret != NULL) {
+        /* CURVE with our own ZAP handler, fail closed: a domain must be set,
+         * or libzmq lets any client key in, and enforced. */
+        if (s_setint(self, ZMQ_CURVE_SERVER, 1, "CURVE_SERVER") ||
+            s_setopt(self, ZMQ_CURVE_SECRETKEY, opts->curve_secret, 40, "CURVE_SECRETKEY") ||
+            s_setopt(self, ZMQ_ZAP_DOMAIN, opts->zap_domain, strlen(opts->zap_domain),
+                     "ZAP_DOMAIN") ||
+            s_setint(self, MR_ZMQ_ZAP_ENFORCE_DOMAIN, 1, "ZAP_ENFORCE_DOMAIN"))
+            goto fail_sock;
+    }
+    if (opts->handshake_ms > 0 && s_setint(self, ZMQ_HANDSHAKE_IVL, opts->handshake_ms,
+                                           "HANDSHAKE_IVL"))
+        goto fail_sock;
     if (s_setint(self, ZMQ_ROUTER_MANDATORY, 1, "ROUTER_MANDATORY") ||
         s_setint(self, ZMQ_LINGER, 0, "LINGER") ||
         s_setint(self, ZMQ_SNDHWM, opts->sndhwm > 0 ? opts->sndhwm : 100000, "SNDHWM") ||
@@ -240,6 +264,11 @@ int endpoint_send(endpoint_t *self, const uint8_t *rid, size_t rid_len, const vo
     /* A send may have consumed the fd's edge: look at ZMQ_EVENTS again. */
     s_arm(self);
     return rc;
+}
+
+const char *endpoint_user_id(const endpoint_t *self)
+{
+    return self ? self->user_id : NULL;
 }
 
 void endpoint_pause(endpoint_t *self, int paused)

@@ -37,6 +37,9 @@ typedef struct {
     int budget;               /* messages per loop turn */
     int heartbeat_ivl_ms;     /* ZMTP heartbeats, 0 = off */
     int heartbeat_timeout_ms;
+    const char *curve_secret; /* Z85 server secret key: CURVE on; NULL = plaintext */
+    const char *zap_domain;   /* ZAP domain (enforced) when CURVE is on */
+    int handshake_ms;         /* ZMQ_HANDSHAKE_IVL; 0 = libzmq default */
 } endpoint_opts_t;
 
 /* Creates, configures and binds the socket.  Any failing setsockopt or bind
@@ -52,6 +55,12 @@ void endpoint_destroy(endpoint_t **self_p);
  */
 int endpoint_send(endpoint_t *self, const uint8_t *rid, size_t rid_len, const void *data,
                   size_t len);
+
+/*
+ * The authenticated User-Id (ZAP) of the message being handed to the
+ * callback, or NULL (plaintext, or missing).  Valid only during the callback.
+ */
+const char *endpoint_user_id(const endpoint_t *self);
 
 /* Pauses or resumes reading (for draining on shutdown). */
 void endpoint_pause(endpoint_t *self, int paused);

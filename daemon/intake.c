@@ -27,7 +27,7 @@ static int s_set(char *reason, size_t len, int code, const char *text)
     return code;
 }
 
-int intake_validate(const server_t *s, int peer, const mr_envelope_t *env, int *dest_out,
+int intake_validate(server_t *s, int peer, const mr_envelope_t *env, int *dest_out,
                     char *reason, size_t reason_len)
 {
     int dest;
@@ -38,6 +38,7 @@ int intake_validate(const server_t *s, int peer, const mr_envelope_t *env, int *
     if (env->source == NULL || env->source[0] == '\0')
         return s_set(reason, reason_len, MR_E_INVALID, "source is required");
     if (strcmp(env->source, me->id) != 0) {
+        s->counters.v[CNT_SECURITY_EVENTS]++; /* a spoofing attempt, or a broken client */
         snprintf(reason, reason_len, "source \"%.64s\" is not this connection's facility %s",
                  env->source, me->id);
         return registry_find(s->registry, env->source, strlen(env->source)) < 0
@@ -201,6 +202,22 @@ int handle_envelope(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f,
     }
     if (s->draining)
         return mr_fail(err, MR_E_SHUTTING_DOWN, "the broker is shutting down; resend later");
+    /* Limits: one facility's flood must not delay the others, and no queue
+     * grows without bound.  Both are answered, never dropped silently. */
+    peer_t *me = &s->peers[ctx->peer];
+    int64_t now_ms = mr_now_ms();
+    double refill = (double)(now_ms - me->tokens_at_ms) * s->conf->rate_per_s / 1000.0;
+    me->tokens = me->tokens_at_ms == 0 ? s->conf->rate_burst : me->tokens + refill;
+    if (me->tokens > s->conf->rate_burst)
+        me->tokens = s->conf->rate_burst;
+    me->tokens_at_ms = now_ms;
+    if (me->tokens < 1.0)
+        return mr_fail(err, MR_E_RATE_LIMITED, "over %u messages per second; resend later",
+                       s->conf->rate_per_s);
+    me->tokens -= 1.0;
+    if (dest >= 0 && s->peers[dest].pending >= s->conf->queue_quota)
+        return mr_fail(err, MR_E_QUEUE_FULL, "the destination's queue holds its quota of %u",
+                       s->conf->queue_quota);
     store_req_t *req = store_req_new(STORE_PUT, on_put, s);
     if (req == NULL)
         return mr_fail(err, MR_E_INTERNAL, "out of memory");

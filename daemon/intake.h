@@ -8,7 +8,7 @@
 #include "server.h"
 
 /* Checks an Envelope from facility `peer`; 0 or an MR_E_* code with reason. */
-int intake_validate(const server_t *s, int peer, const mr_envelope_t *env, int *dest_out,
+int intake_validate(server_t *s, int peer, const mr_envelope_t *env, int *dest_out,
                     char *reason, size_t reason_len);
 
 #endif

@@ -498,10 +498,25 @@ oom:
     s_reply_error(s, rid, rid_len, q->request_id, MR_E_INTERNAL, "out of memory");
 }
 
+/* The operator's role: from its key's User-Id with CURVE ("admin:NAME" or
+ * "read_only:NAME"); plaintext (loopback only) counts as admin. */
+static bool s_is_admin(const server_t *s)
+{
+    const char *user = endpoint_user_id(s->operator_ep);
+    if (user == NULL)
+        return s->conf->insecure;
+    return strncmp(user, "admin:", 6) == 0;
+}
+
 void opapi_on_message(void *arg, const uint8_t *rid, size_t rid_len, const void *const *parts,
                       const size_t *sizes, size_t n_parts, int truncated)
 {
     server_t *s = arg;
+    if (!s->conf->insecure && endpoint_user_id(s->operator_ep) == NULL) {
+        s->counters.v[CNT_SECURITY_EVENTS]++;
+        log_warn(s->log, "security.no_user_id", "endpoint=operator action=dropped");
+        return;
+    }
     if (n_parts != 1 || truncated || sizes[0] > s->conf->max_message_bytes) {
         s_reply_error(s, rid, rid_len, 0, MR_E_MALFORMED, "expected one OpRequest frame");
         return;
@@ -514,6 +529,12 @@ void opapi_on_message(void *arg, const uint8_t *rid, size_t rid_len, const void 
     if (q->version != MR_PROTOCOL_VERSION) {
         s_reply_error(s, rid, rid_len, q->request_id, MR_E_UNSUPPORTED_VERSION,
                       "unsupported protocol version");
+    } else if ((q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_QUEUE_RETRY ||
+                q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_QUEUE_DROP) &&
+               !s_is_admin(s)) {
+        s->counters.v[CNT_SECURITY_EVENTS]++;
+        s_reply_error(s, rid, rid_len, q->request_id, MR_E_FORBIDDEN,
+                      "this operator key is read-only; queue changes need an admin key");
     } else if (q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_WATCH) {
         if (watch_subscribe(s, rid, rid_len, q->request_id) != 0)
             s_reply_error(s, rid, rid_len, q->request_id, MR_E_QUEUE_FULL,

@@ -39,6 +39,8 @@ typedef struct {
     int64_t last_seen_ms;
     int64_t connected_at_ms;
     uint32_t max_inflight;
+    double tokens;          /* rate limit: messages it may send now (intake.c) */
+    int64_t tokens_at_ms;
 
     /* delivery queue (router.c) */
     qlist_t ready;          /* loaded from the store, not yet sent; seq order */

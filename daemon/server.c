@@ -25,6 +25,7 @@
 #include "dispatch.h"
 #include "opapi.h"
 #include "router.h"
+#include "zap.h"
 
 #define S_DRAIN_LIMIT_MS 10000
 
@@ -61,6 +62,7 @@ static void s_close_all(server_t *self)
 {
     endpoint_destroy(&self->facility_ep);
     endpoint_destroy(&self->operator_ep);
+    zap_destroy(&self->zap);
     if (!uv_is_closing((uv_handle_t *)&self->cron))
         uv_close((uv_handle_t *)&self->cron, NULL);
     /* The signal watchers stay installed until server_destroy (closing them
@@ -133,18 +135,15 @@ server_t *server_new(conf_t *conf, log_t *log)
     self->conf = conf;
     self->log = log;
     self->started_at_ms = mr_now_ms();
-    if (!conf->insecure) {
-        log_error(log, "server.config_refused",
-                  "reason=\"CURVE security is not available in this build; set insecure = true "
-                  "with loopback endpoints\"");
-        goto fail;
-    }
-    if (!s_is_local(conf->facility_endpoint) || !s_is_local(conf->operator_endpoint)) {
+    if (conf->insecure &&
+        (!s_is_local(conf->facility_endpoint) || !s_is_local(conf->operator_endpoint))) {
         log_error(log, "server.config_refused",
                   "reason=\"insecure = true is only allowed with loopback or ipc endpoints\"");
         goto fail;
     }
-    log_warn(log, "server.insecure", "reason=\"plaintext links (insecure = true), loopback only\"");
+    if (conf->insecure)
+        log_warn(log, "server.insecure",
+                 "reason=\"plaintext links (insecure = true), loopback only\"");
     if (uv_loop_init(&self->loop) != 0)
         goto fail;
     self->loop_ready = true;
@@ -167,15 +166,25 @@ server_t *server_new(conf_t *conf, log_t *log)
     self->store = store_new(&self->loop, &so, log);
     if (self->store == NULL || router_start(self) < 0)
         goto fail;
+    /* The ZAP handler must be bound before any CURVE socket binds. */
+    if (!conf->insecure && (self->zap = zap_new(self)) == NULL)
+        goto fail;
+    const char *secret = conf->insecure ? NULL : conf->server_secret_key;
     endpoint_opts_t fo = {.name = "facility",
                           .bind = conf->facility_endpoint,
                           .hard_max_bytes = (int)(conf->max_message_bytes * 2 + 4096),
-                          .budget = 512};
+                          .budget = 512,
+                          .curve_secret = secret,
+                          .zap_domain = MR_ZAP_DOMAIN_FACILITY,
+                          .handshake_ms = (int)conf->handshake_ms};
     self->facility_ep = endpoint_new(&self->loop, self->zctx, &fo, dispatch_facility, self, log);
     endpoint_opts_t oo = {.name = "operator",
                           .bind = conf->operator_endpoint,
                           .hard_max_bytes = 1 << 20,
-                          .budget = 64};
+                          .budget = 64,
+                          .curve_secret = secret,
+                          .zap_domain = MR_ZAP_DOMAIN_OPERATOR,
+                          .handshake_ms = (int)conf->handshake_ms};
     self->operator_ep = endpoint_new(&self->loop, self->zctx, &oo, opapi_on_message, self, log);
     if (self->facility_ep == NULL || self->operator_ep == NULL)
         goto fail;
@@ -227,9 +236,11 @@ void server_destroy(server_t **self_p)
     if (self == NULL)
         return;
     if (self->loop_ready) {
-        if (self->store != NULL || self->facility_ep || self->operator_ep || self->http) {
+        if (self->store != NULL || self->facility_ep || self->operator_ep || self->http ||
+            self->zap) {
             endpoint_destroy(&self->facility_ep);
             endpoint_destroy(&self->operator_ep);
+            zap_destroy(&self->zap);
             store_destroy(&self->store);
             http_destroy(&self->http);
         }

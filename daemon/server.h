@@ -43,6 +43,7 @@ typedef struct server_t {
     endpoint_t *operator_ep;
     store_t *store;
     struct http_t *http;       /* /metrics, /healthz; NULL when not configured */
+    struct zap_t *zap;         /* CURVE authentication; NULL when insecure */
     counters_t counters;
     uv_timer_t cron;
     uv_signal_t sig_int, sig_term, sig_hup;

@@ -74,6 +74,13 @@ int handle_hello(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f, mr
                        h->facility_id);
     if (ctx->peer >= 0 && ctx->peer != peer)
         return mr_fail(err, MR_E_FORBIDDEN, "this connection already speaks for another facility");
+    /* With CURVE the key decides who this is: a Hello for another facility
+     * is a spoofing attempt. */
+    if (ctx->user_id != NULL && strcmp(ctx->user_id, h->facility_id) != 0) {
+        s->counters.v[CNT_SECURITY_EVENTS]++;
+        log_warn(s->log, "security.spoofed_hello", "key_of=%s", ctx->user_id);
+        return mr_fail(err, MR_E_FORBIDDEN, "this key belongs to another facility");
+    }
     peer_t *p = &s->peers[peer];
     bool same_rid = p->connected && p->rid_len == ctx->rid_len &&
                     memcmp(p->rid, ctx->rid, ctx->rid_len) == 0;

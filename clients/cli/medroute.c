@@ -39,12 +39,15 @@
 #define S_DEFAULT_TIMEOUT_MS 10000
 
 /* Long-option codes of the global options; above any short option char. */
-enum { S_OPT_ENDPOINT = 1000, S_OPT_OPERATOR, S_OPT_STATE_DIR, S_OPT_HELP };
+enum { S_OPT_ENDPOINT = 1000, S_OPT_OPERATOR, S_OPT_STATE_DIR, S_OPT_HELP, S_OPT_KEY,
+       S_OPT_SERVER_KEY };
 
 #define S_GLOBAL_OPTIONS                                                                      \
     {"endpoint", required_argument, NULL, S_OPT_ENDPOINT},                                    \
         {"operator", required_argument, NULL, S_OPT_OPERATOR},                                \
         {"state-dir", required_argument, NULL, S_OPT_STATE_DIR},                              \
+        {"key", required_argument, NULL, S_OPT_KEY},                                          \
+        {"server-key", required_argument, NULL, S_OPT_SERVER_KEY},                            \
         {"help", no_argument, NULL, S_OPT_HELP}
 
 /* What every command may be given, before or after its name. */
@@ -52,6 +55,10 @@ typedef struct {
     const char *endpoint;
     const char *operator_ep;
     const char *state_dir;
+    const char *key_file;        /* our CURVE secret key (medroute keygen) */
+    const char *server_key_file; /* the broker's public key */
+    char secret[41], public_[41], server[41]; /* loaded keys, when given */
+    bool curve;
 } s_ctx_t;
 
 typedef int (*s_command_fn)(s_ctx_t *ctx, int argc, char **argv);
@@ -229,6 +236,8 @@ static int s_global_opt(s_ctx_t *ctx, int c)
     case S_OPT_ENDPOINT: ctx->endpoint = optarg; return 1;
     case S_OPT_OPERATOR: ctx->operator_ep = optarg; return 1;
     case S_OPT_STATE_DIR: ctx->state_dir = optarg; return 1;
+    case S_OPT_KEY: ctx->key_file = optarg; return 1;
+    case S_OPT_SERVER_KEY: ctx->server_key_file = optarg; return 1;
     case S_OPT_HELP: return -1;
     default: return 0;
     }
@@ -247,6 +256,83 @@ static int s_other_opt(s_ctx_t *ctx, int c, const char *cmd, int *done)
     return g < 0 ? S_EXIT_OK : S_EXIT_USAGE;
 }
 
+/* ---- keys ------------------------------------------------------------------- */
+
+/* Loads --key and --server-key once: CURVE when both are given. 0 or exit status. */
+static int s_load_keys(s_ctx_t *ctx)
+{
+    if (ctx->curve || (ctx->key_file == NULL && ctx->server_key_file == NULL))
+        return 0;
+    if (ctx->key_file == NULL || ctx->server_key_file == NULL) {
+        fprintf(stderr, "medroute: CURVE needs both --key FILE and --server-key FILE\n");
+        return S_EXIT_USAGE;
+    }
+    if (mr_key_read(ctx->key_file, ctx->secret, ctx->public_) != 0 ||
+        mr_key_read(ctx->server_key_file, ctx->server, NULL) != 0) {
+        fprintf(stderr, "medroute: cannot read the keys %s and %s\n", ctx->key_file,
+                ctx->server_key_file);
+        return S_EXIT_USAGE;
+    }
+    ctx->curve = true;
+    return 0;
+}
+
+static mr_operator_t *s_operator_new(s_ctx_t *ctx)
+{
+    if (s_load_keys(ctx) != 0)
+        return NULL;
+    return ctx->curve ? mr_operator_new_curve(ctx->operator_ep, ctx->server, ctx->public_,
+                                              ctx->secret)
+                      : mr_operator_new(ctx->operator_ep);
+}
+
+/* Fills the CURVE part of client options from --key/--server-key. */
+static int s_client_keys(s_ctx_t *ctx, mr_client_opts_t *o)
+{
+    int rc = s_load_keys(ctx);
+    if (rc == 0 && ctx->curve) {
+        o->server_public_key = ctx->server;
+        o->public_key = ctx->public_;
+        o->secret_key = ctx->secret;
+    }
+    return rc;
+}
+
+static int s_cmd_keygen(s_ctx_t *ctx, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"out", required_argument, NULL, 'o'},
+        {"name", required_argument, NULL, 'n'},
+        S_GLOBAL_OPTIONS,
+        {NULL, 0, NULL, 0},
+    };
+    const char *out = NULL, *name = "medroute";
+    int c, done = 0, status;
+    while ((c = getopt_long(argc, argv, "o:n:", opts, NULL)) != -1) {
+        switch (c) {
+        case 'o': out = optarg; break;
+        case 'n': name = optarg; break;
+        default:
+            status = s_other_opt(ctx, c, "keygen", &done);
+            if (done)
+                return status;
+        }
+    }
+    if (out == NULL || optind != argc) {
+        s_usage_of(stderr, "keygen");
+        return S_EXIT_USAGE;
+    }
+    char pub[41];
+    int rc = mr_keygen(out, name, pub);
+    if (rc != 0) {
+        fprintf(stderr, "medroute keygen: %s/%s.key: %s\n", out, name, strerror(-rc));
+        return S_EXIT_FAIL;
+    }
+    printf("%s/%s.key (secret, mode 0600) and %s/%s.pub written\npublic_key = \"%s\";\n", out,
+           name, out, name, pub);
+    return fflush(stdout) == 0 ? S_EXIT_OK : S_EXIT_FAIL;
+}
+
 /* ---- the operator endpoint -------------------------------------------------- */
 
 /*
@@ -255,7 +341,7 @@ static int s_other_opt(s_ctx_t *ctx, int c, const char *cmd, int *done)
  * status: 0; 1 for an Error reply (the reply is still returned) or a broken
  * connection; 2 for a request the library rejects; 3 on time-out.
  */
-static int s_operator_call(const s_ctx_t *ctx, json_t *request, int timeout_ms,
+static int s_operator_call(s_ctx_t *ctx, json_t *request, int timeout_ms,
                            json_t **reply_out)
 {
     int status = S_EXIT_FAIL;
@@ -269,7 +355,7 @@ static int s_operator_call(const s_ctx_t *ctx, json_t *request, int timeout_ms,
         fprintf(stderr, "medroute: out of memory\n");
         goto out;
     }
-    op = mr_operator_new(ctx->operator_ep);
+    op = s_operator_new(ctx);
     if (op == NULL) {
         fprintf(stderr, "medroute: cannot open the operator endpoint %s\n", ctx->operator_ep);
         goto out;
@@ -533,6 +619,8 @@ static int s_cmd_send(s_ctx_t *ctx, int argc, char **argv)
     }
     mr_client_opts_t o = {.endpoint = ctx->endpoint, .facility = a.as,
                           .state_dir = ctx->state_dir, .client_name = "medroute-cli " MR_CLIENT_VERSION};
+    if ((status = s_client_keys(ctx, &o)) != 0)
+        goto out;
     client = mr_client_new(&o);
     if (client == NULL) {
         fprintf(stderr, "medroute: cannot create a client for %s at %s%s%s\n", a.as,
@@ -684,6 +772,9 @@ static int s_cmd_listen(s_ctx_t *ctx, int argc, char **argv)
     }
     mr_client_opts_t o = {.endpoint = ctx->endpoint, .facility = as,
                           .state_dir = ctx->state_dir, .client_name = "medroute-cli " MR_CLIENT_VERSION};
+    int krc = s_client_keys(ctx, &o);
+    if (krc != 0)
+        return krc;
     mr_client_t *client = mr_client_new(&o);
     if (client == NULL) {
         fprintf(stderr, "medroute: cannot create a client for %s at %s\n", as, ctx->endpoint);
@@ -1275,7 +1366,7 @@ static int s_cmd_watch(s_ctx_t *ctx, int argc, char **argv)
                 return status;
         }
     }
-    mr_operator_t *op = mr_operator_new(ctx->operator_ep);
+    mr_operator_t *op = s_operator_new(ctx);
     if (op == NULL) {
         fprintf(stderr, "medroute: cannot connect to %s\n", ctx->operator_ep);
         return S_EXIT_FAIL;
@@ -1342,6 +1433,8 @@ static const s_command_t s_commands[] = {
      "the indicators of a period with their targets and status"},
     {"watch", s_cmd_watch, "watch [--count N] [--timeout MS] [--json]",
      "a live stream of counter changes, escalations and indicator warnings"},
+    {"keygen", s_cmd_keygen, "keygen --out DIR [--name NAME]",
+     "make a CURVE keypair: DIR/NAME.key (secret, 0600) and DIR/NAME.pub (for the registry)"},
     {"help", s_cmd_help, "help [COMMAND]", "show this help"},
 };
 #define S_N_COMMANDS (sizeof s_commands / sizeof s_commands[0])
@@ -1355,7 +1448,8 @@ static void s_usage_of(FILE *out, const char *name)
 
 static void s_usage(FILE *out)
 {
-    fprintf(out, "usage: medroute [--endpoint URL] [--operator URL] [--state-dir DIR] COMMAND ...\n\n"
+    fprintf(out, "usage: medroute [--endpoint URL] [--operator URL] [--state-dir DIR]\n"
+                 "                [--key FILE --server-key FILE] COMMAND ...\n\n"
                  "commands:\n");
     for (size_t i = 0; i < S_N_COMMANDS; i++)
         fprintf(out, "  %-8s %s\n", s_commands[i].name, s_commands[i].help);

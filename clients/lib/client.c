@@ -245,6 +245,12 @@ mr_client_t *mr_client_new(const mr_client_opts_t *opts)
     c->sock = zmq_socket(c->zctx, ZMQ_DEALER);
     if (c->sock == NULL)
         goto fail;
+    if (opts->server_public_key != NULL &&
+        (opts->public_key == NULL || opts->secret_key == NULL ||
+         zmq_setsockopt(c->sock, ZMQ_CURVE_SERVERKEY, opts->server_public_key, 40) != 0 ||
+         zmq_setsockopt(c->sock, ZMQ_CURVE_PUBLICKEY, opts->public_key, 40) != 0 ||
+         zmq_setsockopt(c->sock, ZMQ_CURVE_SECRETKEY, opts->secret_key, 40) != 0))
+        goto fail;
     if (s_setint(c->sock, ZMQ_LINGER, 1000) || s_setint(c->sock, ZMQ_RECONNECT_IVL, 100) ||
         s_setint(c->sock, ZMQ_RECONNECT_IVL_MAX, 2000) ||
         s_setint(c->sock, ZMQ_HEARTBEAT_IVL, 2000) ||

@@ -47,6 +47,10 @@ typedef struct {
     const char *client_name;   /* for the broker's logs; NULL: "libmedroute" */
     uint32_t max_inflight;     /* deliveries we accept unacknowledged; 0: broker default */
     uint32_t ack_timeout_ms;   /* resend an unacknowledged message after this; 0: 10000 */
+    /* CURVE (all three, Z85) or plaintext (all NULL; the broker must allow it) */
+    const char *server_public_key;
+    const char *public_key;
+    const char *secret_key;
 } mr_client_opts_t;
 
 typedef enum {
@@ -158,6 +162,9 @@ typedef struct mr_operator_t mr_operator_t;
 
 /* Connects to the broker's operator endpoint. NULL on failure. Caller owns it. */
 mr_operator_t *mr_operator_new(const char *endpoint);
+/* The same with CURVE keys (Z85): the broker's public key and ours. */
+mr_operator_t *mr_operator_new_curve(const char *endpoint, const char *server_public_key,
+                                     const char *public_key, const char *secret_key);
 void mr_operator_destroy(mr_operator_t **self_p);
 
 /*
@@ -176,6 +183,19 @@ int mr_operator_call_json(mr_operator_t *self, const char *request_json, char **
  * 0, -ETIMEDOUT, or another negative errno.
  */
 int mr_operator_next_json(mr_operator_t *self, char **reply, int timeout_ms);
+
+/* ---- keys ------------------------------------------------------------------- */
+
+/*
+ * Makes a CURVE keypair: DIR/NAME.key (the secret key, mode 0600) and
+ * DIR/NAME.pub (the public key, for the broker's registry).  Each file holds
+ * the Z85 key on its first line after comment lines.  0 or -errno
+ * (-EEXIST: NAME.key exists already; keys are never overwritten).
+ */
+int mr_keygen(const char *dir, const char *name, char public_out[41]);
+/* Reads a key file written by mr_keygen (.key or .pub): the Z85 key into
+ * key_out.  From a .key file, public_out (may be NULL) gets its public key. */
+int mr_key_read(const char *path, char key_out[41], char public_out[41]);
 
 /* "ERROR_X" names without the prefix, e.g. "UNKNOWN_DESTINATION". */
 const char *mr_error_code_name(int code);

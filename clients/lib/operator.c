@@ -24,6 +24,12 @@ struct mr_operator_t {
 
 mr_operator_t *mr_operator_new(const char *endpoint)
 {
+    return mr_operator_new_curve(endpoint, NULL, NULL, NULL);
+}
+
+mr_operator_t *mr_operator_new_curve(const char *endpoint, const char *server_public_key,
+                                     const char *public_key, const char *secret_key)
+{
     mr_operator_t *self = calloc(1, sizeof *self);
     if (self == NULL)
         return NULL;
@@ -32,8 +38,15 @@ mr_operator_t *mr_operator_new(const char *endpoint)
     if (self->zctx == NULL)
         goto fail;
     self->sock = zmq_socket(self->zctx, ZMQ_DEALER);
-    if (self->sock == NULL || zmq_setsockopt(self->sock, ZMQ_LINGER, &linger, sizeof linger) ||
-        zmq_connect(self->sock, endpoint) != 0)
+    if (self->sock == NULL || zmq_setsockopt(self->sock, ZMQ_LINGER, &linger, sizeof linger))
+        goto fail;
+    if (server_public_key != NULL &&
+        (public_key == NULL || secret_key == NULL ||
+         zmq_setsockopt(self->sock, ZMQ_CURVE_SERVERKEY, server_public_key, 40) != 0 ||
+         zmq_setsockopt(self->sock, ZMQ_CURVE_PUBLICKEY, public_key, 40) != 0 ||
+         zmq_setsockopt(self->sock, ZMQ_CURVE_SECRETKEY, secret_key, 40) != 0))
+        goto fail;
+    if (zmq_connect(self->sock, endpoint) != 0)
         goto fail;
     self->next_id = (uint64_t)mr_now_ms();
     return self;

@@ -23,6 +23,7 @@ typedef struct {
     char operator_ep[64];
     char http_listen[64];      /* 127.0.0.1:PORT of /metrics and /healthz */
     int http_port;
+    int starts;                /* server.ready lines in the log before this start */
 } mrt_daemon_t;
 
 /* The sample county's facilities, as a libconfig list (for configs). */
@@ -34,6 +35,10 @@ extern const char *const mrt_facilities_conf;
  * Waits until the operator endpoint answers.  0 or -1.
  */
 int mrt_daemon_start(mrt_daemon_t *d, const char *extra);
+/* The same with a facilities list of the caller's; insecure = false leaves
+ * the security settings to extra (server_key_file, keys in the registry). */
+int mrt_daemon_start_with(mrt_daemon_t *d, const char *facilities, const char *extra,
+                          bool insecure);
 /* Starts the daemon again on the same directory and ports. */
 int mrt_daemon_restart(mrt_daemon_t *d);
 /* SIGTERM and wait; returns the exit status or -1. */

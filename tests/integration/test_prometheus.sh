@@ -493,6 +493,58 @@ if [ -s "$TMP/promtool.out" ]; then
     echo "# promtool said: $(head -n 10 "$TMP/promtool.out" | tr '\n' ' ')"
 fi
 
+# ---- the same tallies through the operator endpoint --------------------------------------
+
+# indicator NAME FIELD < INDICATORS-JSON: a field of one indicator row
+# (numbers with 4 decimals); nothing when absent.
+IND_PY='
+import json, sys
+try:
+    d = json.loads(sys.stdin.read())["indicators"]
+    if sys.argv[1] == "visit_reports":
+        print(int(d.get("visit_reports", 0)))
+        sys.exit(0)
+    for r in d.get("indicators", []):
+        if r.get("name") == sys.argv[1]:
+            v = r.get(sys.argv[2])
+            print("%.4f" % v if isinstance(v, float) else v)
+except Exception:
+    pass
+'
+STATS_PY='
+import json, sys
+try:
+    d = json.loads(sys.stdin.read())["stats"]
+    print(sum(int(t.get("value", 0)) for t in d.get("tallies", [])
+              if t.get("name") == sys.argv[1] and sys.argv[2] in t.get("labels", "")))
+except Exception:
+    print("error")
+'
+# This half-year (the monitoring period; less exposed to midnight than "today").
+HALF="$(TZ=Asia/Shanghai date +%Y)-H$(( $(TZ=Asia/Shanghai date +%-m) <= 6 ? 1 : 2 ))"
+IRC=0
+mr indicators --period "$HALF" --json >"$TMP/indicators.json" 2>"$TMP/indicators.err" || IRC=$?
+check "medroute indicators --period $HALF --json exits 0" \
+    "exit $IRC: $(cat "$TMP/indicators.err")" test "$IRC" -eq 0
+check_eq "indicators: down_up_ratio = 1/3" 0.3333 \
+    "$(python3 -c "$IND_PY" down_up_ratio value <"$TMP/indicators.json")"
+check_eq "indicators: down_up_ratio is ok (>= 0.30)" ok \
+    "$(python3 -c "$IND_PY" down_up_ratio status <"$TMP/indicators.json")"
+check_eq "indicators: lab_turnaround_p90_hours has no data" no_data \
+    "$(python3 -c "$IND_PY" lab_turnaround_p90_hours status <"$TMP/indicators.json")"
+if [ "$VISIT_SENT" -eq 1 ]; then
+    check_eq "indicators: one visit report this half-year" 1 \
+        "$(python3 -c "$IND_PY" visit_reports x <"$TMP/indicators.json")"
+    check_eq "indicators: in_county_consultation_rate = 110/119" 0.9244 \
+        "$(python3 -c "$IND_PY" in_county_consultation_rate value <"$TMP/indicators.json")"
+fi
+SRC=0
+mr stats --period "$HALF" --json >"$TMP/stats.json" 2>"$TMP/stats.err" || SRC=$?
+check "medroute stats --period $HALF --json exits 0" \
+    "exit $SRC: $(cat "$TMP/stats.err")" test "$SRC" -eq 0
+check_eq "stats: referrals_requested_total{direction=up} = 3 this half-year" 3 \
+    "$(python3 -c "$STATS_PY" referrals_requested_total 'direction="up"' <"$TMP/stats.json")"
+
 # ---- durable tallies: a restart changes nothing ------------------------------------------
 
 stop_pid "$DAEMON_PID"

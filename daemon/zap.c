@@ -1,0 +1,172 @@
+/*
+ * zap.c - ZAP REP socket on the loop, answering libzmq's authentication
+ * requests from the registry and the operator list.
+ *
+ * Owns the REP socket, its uv_poll and the struct (freed on close).  Each
+ * request is answered at once, so REP's strict recv/send alternation holds.
+ */
+#include "zap.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#define S_MAX_FRAMES 8
+
+struct zap_t {
+    server_t *s;
+    void *sock;
+    uv_poll_t poll;
+};
+
+/* Looks a CURVE public key (Z85) up; writes the User-Id or returns -1. */
+static int s_authorise(server_t *s, const char *domain, const char *z85, char *user, size_t len)
+{
+    if (strcmp(domain, MR_ZAP_DOMAIN_FACILITY) == 0) {
+        for (size_t i = 0; i < registry_count(s->registry); i++) {
+            const facility_t *f = registry_at(s->registry, i);
+            if (f->public_key && strcmp(f->public_key, z85) == 0) {
+                snprintf(user, len, "%s", f->id);
+                return 0;
+            }
+        }
+        return -1;
+    }
+    if (strcmp(domain, MR_ZAP_DOMAIN_OPERATOR) == 0) {
+        for (size_t i = 0; i < s->conf->n_operators; i++) {
+            const conf_operator_t *o = &s->conf->operators[i];
+            if (strcmp(o->public_key, z85) == 0) {
+                snprintf(user, len, "%s:%s", o->admin ? "admin" : "read_only", o->name);
+                return 0;
+            }
+        }
+    }
+    return -1;
+}
+
+static void s_reply(zap_t *z, const zmq_msg_t *request_id, const char *code, const char *text,
+                    const char *user)
+{
+    zmq_msg_t id;
+    zmq_msg_init(&id);
+    zmq_msg_copy(&id, (zmq_msg_t *)request_id);
+    int rc = zmq_send(z->sock, "1.0", 3, ZMQ_SNDMORE);
+    if (rc >= 0)
+        rc = zmq_msg_send(&id, z->sock, ZMQ_SNDMORE);
+    if (rc >= 0)
+        rc = zmq_send(z->sock, code, strlen(code), ZMQ_SNDMORE);
+    if (rc >= 0)
+        rc = zmq_send(z->sock, text, strlen(text), ZMQ_SNDMORE);
+    if (rc >= 0)
+        rc = zmq_send(z->sock, user, strlen(user), ZMQ_SNDMORE);
+    if (rc >= 0)
+        rc = zmq_send(z->sock, "", 0, 0);
+    zmq_msg_close(&id);
+    if (rc < 0)
+        log_error(z->s->log, "zap.reply_failed", "reason=\"%s\"", zmq_strerror(zmq_errno()));
+}
+
+static void s_handle(zap_t *z)
+{
+    zmq_msg_t f[S_MAX_FRAMES];
+    int n = 0, more = 1;
+    while (more) {
+        zmq_msg_t scratch, *m = n < S_MAX_FRAMES ? &f[n] : &scratch;
+        zmq_msg_init(m);
+        if (zmq_msg_recv(m, z->sock, 0) < 0) {
+            zmq_msg_close(m);
+            break;
+        }
+        more = zmq_msg_more(m);
+        if (m == &scratch)
+            zmq_msg_close(m);
+        else
+            n++;
+    }
+    /* version, request id, domain, address, identity, mechanism, credentials */
+    char domain[64] = "", mech[16] = "", addr[64] = "", z85[41] = "", user[128] = "";
+    bool ok = n >= 7 && zmq_msg_size(&f[0]) == 3 && memcmp(zmq_msg_data(&f[0]), "1.0", 3) == 0;
+    if (ok) {
+        snprintf(domain, sizeof domain, "%.*s", (int)zmq_msg_size(&f[2]),
+                 (const char *)zmq_msg_data(&f[2]));
+        snprintf(addr, sizeof addr, "%.*s", (int)zmq_msg_size(&f[3]),
+                 (const char *)zmq_msg_data(&f[3]));
+        snprintf(mech, sizeof mech, "%.*s", (int)zmq_msg_size(&f[5]),
+                 (const char *)zmq_msg_data(&f[5]));
+        ok = strcmp(mech, "CURVE") == 0 && zmq_msg_size(&f[6]) == 32 &&
+             zmq_z85_encode(z85, zmq_msg_data(&f[6]), 32) != NULL &&
+             s_authorise(z->s, domain, z85, user, sizeof user) == 0;
+    }
+    if (n >= 2) {
+        if (ok) {
+            s_reply(z, &f[1], "200", "OK", user);
+            log_debug(z->s->log, "zap.allowed", "domain=%s user=%s", domain, user);
+        } else {
+            s_reply(z, &f[1], "400", "unknown key", "");
+            z->s->counters.v[CNT_SECURITY_EVENTS]++;
+            char safe[64];
+            log_warn(z->s->log, "security.unknown_key", "domain=\"%s\" address=\"%s\" key=%.8s",
+                     log_clean(safe, sizeof safe, domain), addr, z85[0] ? z85 : "-");
+        }
+    }
+    for (int i = 0; i < n; i++)
+        zmq_msg_close(&f[i]);
+}
+
+static void on_poll(uv_poll_t *p, int status, int events)
+{
+    (void)status;
+    (void)events;
+    zap_t *z = p->data;
+    for (int budget = 0; budget < 256; budget++) {
+        int ev = 0;
+        size_t len = sizeof ev;
+        if (zmq_getsockopt(z->sock, ZMQ_EVENTS, &ev, &len) != 0 || !(ev & ZMQ_POLLIN))
+            return;
+        s_handle(z);
+    }
+}
+
+zap_t *zap_new(server_t *s)
+{
+    zap_t *z = calloc(1, sizeof *z);
+    if (z == NULL)
+        return NULL;
+    z->s = s;
+    int linger = 0, fd;
+    size_t fdlen = sizeof fd;
+    z->sock = zmq_socket(s->zctx, ZMQ_REP);
+    if (z->sock == NULL || zmq_setsockopt(z->sock, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
+        zmq_bind(z->sock, "inproc://zeromq.zap.01") != 0 ||
+        zmq_getsockopt(z->sock, ZMQ_FD, &fd, &fdlen) != 0 ||
+        uv_poll_init(&s->loop, &z->poll, fd) != 0) {
+        log_error(s->log, "zap.start_failed", "reason=\"%s\"", zmq_strerror(zmq_errno()));
+        if (z->sock)
+            zmq_close(z->sock);
+        free(z);
+        return NULL;
+    }
+    z->poll.data = z;
+    if (uv_poll_start(&z->poll, UV_READABLE, on_poll) != 0) {
+        zap_destroy(&z);
+        return NULL;
+    }
+    return z;
+}
+
+static void on_close(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+void zap_destroy(zap_t **self_p)
+{
+    zap_t *z = *self_p;
+    if (z == NULL)
+        return;
+    *self_p = NULL;
+    uv_poll_stop(&z->poll);
+    zmq_close(z->sock);
+    uv_close((uv_handle_t *)&z->poll, on_close);
+}

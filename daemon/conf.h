@@ -87,4 +87,8 @@ conf_t *conf_load_file(const char *path, char *err, size_t errlen);
 conf_t *conf_load_string(const char *text, const char *name, char *err, size_t errlen);
 void conf_destroy(conf_t **self_p);
 
+/* The security settings hold together: CURVE needs the broker's key unless
+ * insecure = true.  0, or -EINVAL with the reason. */
+int conf_check_security(const conf_t *c, char *err, size_t errlen);
+
 #endif

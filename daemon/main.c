@@ -54,6 +54,8 @@ int main(int argc, char **argv)
     char err[4096];
     conf_t *conf = config ? conf_load_file(config, err, sizeof err)
                           : conf_load_string(mr_default_conf, "<embedded>", err, sizeof err);
+    if (conf != NULL && conf_check_security(conf, err, sizeof err) != 0)
+        conf_destroy(&conf);
     if (conf == NULL) {
         fprintf(stderr, "%s\n", err);
         return check ? 1 : 78; /* EX_CONFIG */

@@ -135,6 +135,10 @@ server_t *server_new(conf_t *conf, log_t *log)
     self->conf = conf;
     self->log = log;
     self->started_at_ms = mr_now_ms();
+    if (conf_check_security(conf, why, sizeof why) != 0) {
+        log_error(log, "server.config_refused", "reason=\"%s\"", why);
+        goto fail;
+    }
     if (conf->insecure &&
         (!s_is_local(conf->facility_endpoint) || !s_is_local(conf->operator_endpoint))) {
         log_error(log, "server.config_refused",

@@ -85,7 +85,7 @@ static void test_conf_full_config_every_field(void **state)
         "facilities = (\n"
         "  { id = \"lead\"; role = \"lead\"; name = \"County\"; },\n"
         "  { id = \"img\"; role = \"imaging_centre\"; name = \"Imaging\"; host = \"lead\";"
-        " public_key = \"PK1\"; },\n"
+        " public_key = \"Jylr>3hiQ%!>O#MV%!l3v}HgyJ4f]bn<Po%B{E4O\"; },\n"
         "  { id = \"t-1\"; role = \"township\"; }\n"
         ");\n";
     char err[1024] = "unchanged";
@@ -124,7 +124,7 @@ static void test_conf_full_config_every_field(void **state)
     assert_int_equal(c->facilities[1].role, ROLE_IMAGING_CENTRE);
     assert_string_equal(c->facilities[1].name, "Imaging");
     assert_string_equal(c->facilities[1].host, "lead");
-    assert_string_equal(c->facilities[1].public_key, "PK1");
+    assert_string_equal(c->facilities[1].public_key, "Jylr>3hiQ%!>O#MV%!l3v}HgyJ4f]bn<Po%B{E4O");
     assert_string_equal(c->facilities[2].id, "t-1");
     assert_int_equal(c->facilities[2].role, ROLE_TOWNSHIP);
     assert_null(c->facilities[2].name);

@@ -12,6 +12,7 @@
 
 #include "dispatch.h"
 #include "indicators.h"
+#include "notify.h"
 #include "period.h"
 #include "watch.h"
 #include "router.h"
@@ -168,6 +169,11 @@ void cron_tick(uv_timer_t *handle)
 {
     server_t *s = handle->data;
     int64_t now = mr_now_ms();
+    /* From the loop itself: if the loop is stuck, the pings stop. */
+    if (s->watchdog_ms > 0 && now - s->last_watchdog_ms >= s->watchdog_ms) {
+        s->last_watchdog_ms = now;
+        notify_state("WATCHDOG=1");
+    }
     if (now - s->last_heartbeat_ms >= (int64_t)s->conf->heartbeat_interval_ms) {
         s->last_heartbeat_ms = now;
         session_cron(s, now);

@@ -95,6 +95,10 @@ int main(int argc, char **argv)
     }
     tzset();
     server_t *server = server_new(conf, log); /* takes conf */
+    if (server != NULL) {
+        server->config_path = config;          /* argv outlives the server */
+        server->config_text = mr_default_conf; /* static */
+    }
     int rc = server ? server_run(server) : -1;
     server_destroy(&server);
     log_destroy(&log);

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "indicators.h"
+#include "reload.h"
 #include "period.h"
 #include "router.h"
 #include "watch.h"
@@ -88,17 +89,19 @@ static void on_status_summary(store_req_t *req, void *arg)
                       "the store is unavailable");
         goto out;
     }
+    size_t shown = 0;
     for (size_t i = 0; i < n; i++) {
         const facility_t *f = registry_at(s->registry, i);
         const peer_t *p = &s->peers[i];
         medroute__v1__facility_status__init(&fs[i]);
+        if (!f->removed)
+            fsp[shown++] = &fs[i];
         fs[i].facility_id = f->id;
         fs[i].name = f->name;
         fs[i].role = (char *)registry_role_name(f->role);
         fs[i].connected = p->connected;
         fs[i].last_seen_ms = p->last_seen_ms;
         fs[i].inflight = p->inflight.n;
-        fsp[i] = &fs[i];
     }
     /* Pending counts and ages are the store's, not memory's. */
     for (size_t r = 0; r < req->n_rows; r++) {
@@ -129,7 +132,7 @@ static void on_status_summary(store_req_t *req, void *arg)
     Medroute__V1__StatusReply st = MEDROUTE__V1__STATUS_REPLY__INIT;
     st.broker_id = s->conf->broker_id;
     st.started_at_ms = s->started_at_ms;
-    st.n_facilities = n;
+    st.n_facilities = shown;
     st.facilities = fsp;
     st.n_counters = nc;
     st.counters = csp;
@@ -369,6 +372,35 @@ out:
     free(pd);
 }
 
+static void s_done(server_t *s, const uint8_t *rid, size_t rid_len, uint64_t request_id,
+                   const char *detail)
+{
+    Medroute__V1__OpDone done = MEDROUTE__V1__OP_DONE__INIT;
+    done.detail = (char *)detail;
+    mr_op_reply_t r = MEDROUTE__V1__OP_REPLY__INIT;
+    r.request_id = request_id;
+    r.body_case = MEDROUTE__V1__OP_REPLY__BODY_DONE;
+    r.done = &done;
+    s_reply(s, rid, rid_len, &r);
+}
+
+static void on_backup(store_req_t *req, void *arg)
+{
+    s_pending_t *pd = arg;
+    char detail[600];
+    if (req->status == STORE_OK) {
+        snprintf(detail, sizeof detail, "backup of %llu pages written to %s",
+                 (unsigned long long)req->value, req->query);
+        log_info(pd->s->log, "store.backup", "to=\"%s\" pages=%llu", req->query,
+                 (unsigned long long)req->value);
+        s_done(pd->s, pd->rid, pd->rid_len, pd->request_id, detail);
+    } else {
+        s_reply_error(pd->s, pd->rid, pd->rid_len, pd->request_id, MR_E_STORE_UNAVAILABLE,
+                      "the backup failed (see the broker's log)");
+    }
+    free(pd);
+}
+
 static void on_changed(store_req_t *req, void *arg)
 {
     s_pending_t *pd = arg;
@@ -438,6 +470,17 @@ static void s_store_request(server_t *s, const uint8_t *rid, size_t rid_len,
             goto oom;
         break;
     }
+    case MEDROUTE__V1__OP_REQUEST__BODY_BACKUP:
+        if (q->backup->path == NULL || q->backup->path[0] != '/') {
+            free(pd);
+            s_reply_error(s, rid, rid_len, q->request_id, MR_E_INVALID,
+                          "backup.path must be an absolute path on the broker's machine");
+            return;
+        }
+        req = store_req_new(STORE_BACKUP, on_backup, pd);
+        if (req == NULL || (req->query = strdup(q->backup->path)) == NULL)
+            goto oom;
+        break;
     case MEDROUTE__V1__OP_REQUEST__BODY_SLOTS:
         req = store_req_new(STORE_SLOTS, on_slots, pd);
         if (req == NULL)
@@ -530,11 +573,19 @@ void opapi_on_message(void *arg, const uint8_t *rid, size_t rid_len, const void 
         s_reply_error(s, rid, rid_len, q->request_id, MR_E_UNSUPPORTED_VERSION,
                       "unsupported protocol version");
     } else if ((q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_QUEUE_RETRY ||
-                q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_QUEUE_DROP) &&
+                q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_QUEUE_DROP ||
+                q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_RELOAD ||
+                q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_BACKUP) &&
                !s_is_admin(s)) {
         s->counters.v[CNT_SECURITY_EVENTS]++;
         s_reply_error(s, rid, rid_len, q->request_id, MR_E_FORBIDDEN,
-                      "this operator key is read-only; queue changes need an admin key");
+                      "this operator key is read-only; this request needs an admin key");
+    } else if (q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_RELOAD) {
+        char why[512];
+        if (reload_config(s, why, sizeof why) == 0)
+            s_done(s, rid, rid_len, q->request_id, "reloaded");
+        else
+            s_reply_error(s, rid, rid_len, q->request_id, MR_E_INVALID, why);
     } else if (q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_WATCH) {
         if (watch_subscribe(s, rid, rid_len, q->request_id) != 0)
             s_reply_error(s, rid, rid_len, q->request_id, MR_E_QUEUE_FULL,
@@ -554,6 +605,7 @@ void opapi_on_message(void *arg, const uint8_t *rid, size_t rid_len, const void 
                q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_STATS ||
                q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_INDICATORS ||
                q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_SLOTS ||
+               q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_BACKUP ||
                q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_OPEN_LOOPS ||
                q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_QUEUE_LIST ||
                q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_QUEUE_RETRY ||

@@ -84,6 +84,7 @@ registry_t *registry_new(const facility_t *facilities, size_t n, char *err, size
         f->role = src->role;
         f->host = s_dup(src->host);
         f->public_key = s_dup(src->public_key);
+        f->removed = src->removed;
         self->n = i + 1;
         if (f->id == NULL || f->name == NULL || (src->host && f->host == NULL) ||
             (src->public_key && f->public_key == NULL))
@@ -93,7 +94,7 @@ registry_t *registry_new(const facility_t *facilities, size_t n, char *err, size
     }
     for (size_t i = 0; i < n; i++) {
         const facility_t *f = &self->facilities[i];
-        if (f->host == NULL)
+        if (f->host == NULL || f->removed)
             continue;
         int h = registry_find(self, f->host, strlen(f->host));
         if (h < 0 || self->facilities[h].role != ROLE_LEAD) {
@@ -135,7 +136,8 @@ const facility_t *registry_at(const registry_t *self, size_t i)
 
 int registry_find(const registry_t *self, const char *id, size_t len)
 {
-    return strmap_get(self->by_id, id, len);
+    int i = strmap_get(self->by_id, id, len);
+    return i >= 0 && self->facilities[i].removed ? -1 : i;
 }
 
 /* Centres hosted by the lead hospital count as the lead hospital's level. */

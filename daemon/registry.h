@@ -8,6 +8,7 @@
 #ifndef MR_REGISTRY_H
 #define MR_REGISTRY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 typedef enum {
@@ -26,6 +27,7 @@ typedef struct {
     role_t role;
     char *host;        /* id of the hosting facility for centres; NULL otherwise */
     char *public_key;  /* Z85 CURVE public key; NULL until security is configured */
+    bool removed;      /* taken out by a reload: keeps its index, cannot connect or receive */
 } facility_t;
 
 typedef struct registry_t registry_t;
@@ -45,7 +47,7 @@ void registry_destroy(registry_t **self_p);
 size_t registry_count(const registry_t *self);
 /* The facility at index i (i < count). Borrowed. */
 const facility_t *registry_at(const registry_t *self, size_t i);
-/* Index of facility id (len bytes), or -1. */
+/* Index of facility id (len bytes), or -1 (also for a removed facility). */
 int registry_find(const registry_t *self, const char *id, size_t len);
 
 /* The referral direction between two facilities: derived from roles. */

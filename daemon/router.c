@@ -462,6 +462,15 @@ void router_cron(server_t *s, int64_t now_ms)
     }
 }
 
+void router_forget_memory(server_t *s, int peer)
+{
+    peer_t *p = &s->peers[peer];
+    s_clear(&p->ready);
+    s_clear(&p->inflight);
+    p->complete = false;
+    p->cursor = 0;
+}
+
 void router_stop(server_t *s)
 {
     size_t n = registry_count(s->registry);

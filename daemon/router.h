@@ -30,6 +30,8 @@ void router_forget(server_t *s, int peer, uint64_t seq);
  * handed over. */
 void router_on_retried(server_t *s, int peer, uint64_t seq, uint8_t *body, size_t len,
                        int64_t stored_ms);
+/* Frees the messages of peer held in memory (they stay in the store). */
+void router_forget_memory(server_t *s, int peer);
 /* Frees every message held in memory. */
 void router_stop(server_t *s);
 

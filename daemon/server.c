@@ -22,8 +22,10 @@
 
 #include "cron.h"
 #include "http.h"
+#include "notify.h"
 #include "dispatch.h"
 #include "opapi.h"
+#include "reload.h"
 #include "router.h"
 #include "zap.h"
 
@@ -93,7 +95,9 @@ static void on_signal(uv_signal_t *handle, int signum)
 {
     server_t *self = handle->data;
     if (signum == SIGHUP) {
-        log_info(self->log, "server.reload_requested", "result=not_supported_yet");
+        char why[512];
+        log_info(self->log, "server.reload_requested", "signal=%d", signum);
+        (void)reload_config(self, why, sizeof why); /* logs its own outcome */
         return;
     }
     if (self->store == NULL)
@@ -106,6 +110,7 @@ static void on_signal(uv_signal_t *handle, int signum)
     }
     log_info(self->log, "server.draining", "signal=%d backlog=%zu", signum,
              store_backlog(self->store));
+    notify_state("STOPPING=1");
     self->draining = true;
     self->drain_started_ms = mr_now_ms();
     /* Reuse the cron timer: from now on it only checks the drain. */
@@ -215,6 +220,11 @@ server_t *server_new(conf_t *conf, log_t *log)
         uv_signal_start(&self->sig_term, on_signal, SIGTERM) != 0 ||
         uv_signal_start(&self->sig_hup, on_signal, SIGHUP) != 0)
         goto fail;
+    self->watchdog_ms = notify_watchdog_ms();
+    char status[160];
+    snprintf(status, sizeof status, "READY=1\nSTATUS=routing for %zu facilities",
+             registry_count(self->registry));
+    notify_state(status);
     log_info(log, "server.ready", "broker_id=%s facilities=%zu facility_endpoint=%s "
              "operator_endpoint=%s",
              conf->broker_id, registry_count(self->registry), conf->facility_endpoint,

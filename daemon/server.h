@@ -34,7 +34,9 @@ typedef struct {
 typedef struct server_t {
     uv_loop_t loop;
     log_t *log;
-    conf_t *conf;              /* owned */
+    conf_t *conf;              /* owned; replaced by a reload */
+    const char *config_path;   /* the file to reload, or NULL: config_text */
+    const char *config_text;   /* the embedded defaults (borrowed, static) */
     registry_t *registry;      /* owned; rebuilt on reload */
     peer_t *peers;             /* one per registry index */
     strmap_t *by_rid;          /* connected routing id -> registry index */
@@ -61,6 +63,7 @@ typedef struct server_t {
     uint64_t store_bytes;
     bool draining;             /* SIGTERM: no new messages, finish commits */
     int64_t drain_started_ms;
+    int64_t watchdog_ms, last_watchdog_ms; /* systemd watchdog pings (0: off) */
     bool loop_ready, handles_ready;
     int stop_signals;
 } server_t;

@@ -123,6 +123,7 @@ struct store_t {
     bool stopping;
     atomic_size_t backlog;
     atomic_bool unavailable;
+    atomic_int backups;          /* backup threads running (they use this struct) */
 
     /* store thread only */
     sqlite3 *db;
@@ -760,6 +761,7 @@ store_t *store_new(uv_loop_t *loop, const store_opts_t *opts, log_t *log)
     self->batch_ms = opts->batch_ms;
     atomic_init(&self->backlog, 0);
     atomic_init(&self->unavailable, false);
+    atomic_init(&self->backups, 0);
     if (self->path == NULL)
         goto fail_alloc;
     if (pthread_mutex_init(&self->lock, NULL) != 0)
@@ -806,8 +808,79 @@ void store_tally(store_t *self, const char *name, const char *labels, int64_t de
     store_submit(self, req);
 }
 
+/* ---- backup: its own thread and read connection ------------------------------ */
+
+typedef struct {
+    store_t *store;
+    store_req_t *req;
+} s_backup_t;
+
+static void *s_backup_thread(void *arg)
+{
+    s_backup_t *b = arg;
+    store_t *self = b->store;
+    store_req_t *req = b->req;
+    free(b);
+    sqlite3 *src = NULL, *dst = NULL;
+    req->status = STORE_UNAVAILABLE;
+    int fd = open(req->query, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd >= 0)
+        close(fd);
+    /* A read transaction on its own connection: with WAL the writer goes on,
+     * and the copy is one consistent snapshot. */
+    if (fd >= 0 &&
+        sqlite3_open_v2(self->path, &src, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) ==
+            SQLITE_OK &&
+        sqlite3_open_v2(req->query, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) ==
+            SQLITE_OK) {
+        sqlite3_backup *bk = sqlite3_backup_init(dst, "main", src, "main");
+        if (bk != NULL) {
+            int rc = sqlite3_backup_step(bk, -1);
+            req->value = (uint64_t)sqlite3_backup_pagecount(bk);
+            if (sqlite3_backup_finish(bk) == SQLITE_OK && rc == SQLITE_DONE)
+                req->status = STORE_OK;
+        }
+    }
+    if (req->status != STORE_OK)
+        log_error(self->log, "store.backup_failed", "to=\"%s\" reason=\"%s\"", req->query,
+                  dst ? sqlite3_errmsg(dst) : src ? sqlite3_errmsg(src) : "cannot open");
+    sqlite3_close_v2(dst);
+    sqlite3_close_v2(src);
+    req->next = NULL;
+    s_complete(self, req, req);
+    atomic_fetch_sub(&self->backups, 1);
+    return NULL;
+}
+
+static void s_start_backup(store_t *self, store_req_t *req)
+{
+    s_backup_t *b = malloc(sizeof *b);
+    pthread_t t;
+    pthread_attr_t attr;
+    if (b != NULL && pthread_attr_init(&attr) == 0) {
+        b->store = self;
+        b->req = req;
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        atomic_fetch_add(&self->backups, 1);
+        int rc = pthread_create(&t, &attr, s_backup_thread, b);
+        pthread_attr_destroy(&attr);
+        if (rc == 0)
+            return;
+        atomic_fetch_sub(&self->backups, 1);
+    }
+    free(b);
+    req->status = STORE_UNAVAILABLE;
+    req->next = NULL;
+    s_complete(self, req, req);
+}
+
 void store_submit(store_t *self, store_req_t *req)
 {
+    if (req->op == STORE_BACKUP) {
+        atomic_fetch_add(&self->backlog, 1);
+        s_start_backup(self, req);
+        return;
+    }
     req->next = NULL;
     atomic_fetch_add(&self->backlog, 1);
     pthread_mutex_lock(&self->lock);
@@ -849,6 +922,11 @@ void store_destroy(store_t **self_p)
     pthread_cond_signal(&self->wake);
     pthread_mutex_unlock(&self->lock);
     pthread_join(self->thread, NULL);
+    /* A backup in progress finishes first: its thread uses this struct. */
+    while (atomic_load(&self->backups) > 0) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
     /* Everything has committed: run the callbacks still waiting. */
     on_async(&self->async);
     uv_close((uv_handle_t *)&self->async, on_close);

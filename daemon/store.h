@@ -40,6 +40,8 @@ typedef enum {
     STORE_OPEN,        /* open referrals and loops, for operators */
     STORE_TALLY,       /* count an event that stores no message (a refusal, a resend) */
     STORE_STATS,       /* tallies summed over a period (query: facility) */
+    STORE_BACKUP,      /* online copy of the database to req->query (a path); runs on its
+                          own thread and connection, so it completes out of order */
     STORE_OP_COUNT
 } store_op_t;
 

@@ -26,7 +26,7 @@ static int s_authorise(server_t *s, const char *domain, const char *z85, char *u
     if (strcmp(domain, MR_ZAP_DOMAIN_FACILITY) == 0) {
         for (size_t i = 0; i < registry_count(s->registry); i++) {
             const facility_t *f = registry_at(s->registry, i);
-            if (f->public_key && strcmp(f->public_key, z85) == 0) {
+            if (!f->removed && f->public_key && strcmp(f->public_key, z85) == 0) {
                 snprintf(user, len, "%s", f->id);
                 return 0;
             }

@@ -6,12 +6,17 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config
   libzmq3-dev libprotobuf-c-dev protobuf-c-compiler libuv1-dev libcmocka-dev
-  libjansson-dev libconfig-dev libsqlite3-dev libmicrohttpd-dev prometheus
+  libjansson-dev libconfig-dev libsqlite3-dev libmicrohttpd-dev libsystemd-dev prometheus
   python3 python3-zmq python3-protobuf protobuf-compiler
 )
 # Extra sets: `deps.sh bench` adds what `make bench` uses.
 if [ "${1:-}" = "bench" ]; then
   packages+=(rabbitmq-server librabbitmq-dev)
+fi
+# `deps.sh fuzz` adds what scripts/fuzz.sh (clang, libFuzzer and the
+# sanitizer runtimes) and scripts/valgrind.sh use.
+if [ "${1:-}" = "fuzz" ]; then
+  packages+=(clang libclang-rt-14-dev valgrind)
 fi
 
 missing=()

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <strings.h>
 #include <time.h>
 
@@ -1404,6 +1405,51 @@ static int s_cmd_watch(s_ctx_t *ctx, int argc, char **argv)
     return status;
 }
 
+/* ---- admin ------------------------------------------------------------------- */
+
+/* admin backup FILE | admin reload */
+static int s_cmd_admin(s_ctx_t *ctx, int argc, char **argv)
+{
+    static const struct option opts[] = {S_GLOBAL_OPTIONS, {NULL, 0, NULL, 0}};
+    int c, done = 0, status;
+    while ((c = getopt_long(argc, argv, "+", opts, NULL)) != -1) {
+        status = s_other_opt(ctx, c, "admin", &done);
+        if (done)
+            return status;
+    }
+    int i = optind;
+    json_t *req = NULL;
+    if (i + 2 == argc && strcmp(argv[i], "backup") == 0) {
+        char path[4096];
+        if (argv[i + 1][0] == '/') {
+            snprintf(path, sizeof path, "%s", argv[i + 1]);
+        } else {
+            char cwd[2048];
+            if (getcwd(cwd, sizeof cwd) == NULL)
+                return S_EXIT_FAIL;
+            snprintf(path, sizeof path, "%s/%s", cwd, argv[i + 1]);
+        }
+        req = json_pack("{s:{s:s}}", "backup", "path", path);
+    } else if (i + 1 == argc && strcmp(argv[i], "reload") == 0) {
+        req = json_pack("{s:{}}", "reload");
+    } else {
+        s_usage_of(stderr, "admin");
+        return S_EXIT_USAGE;
+    }
+    json_t *reply = NULL;
+    if (req == NULL)
+        return S_EXIT_FAIL;
+    status = s_operator_call(ctx, req, 600000, &reply);
+    if (status == S_EXIT_OK) {
+        printf("%s\n", s_json_str(json_object_get(reply, "done"), "detail", "done"));
+        if (fflush(stdout) != 0)
+            status = S_EXIT_FAIL;
+    }
+    json_decref(reply);
+    json_decref(req);
+    return status;
+}
+
 /* ---- the command table ----------------------------------------------------- */
 
 static int s_cmd_help(s_ctx_t *ctx, int argc, char **argv);
@@ -1433,6 +1479,8 @@ static const s_command_t s_commands[] = {
      "the indicators of a period with their targets and status"},
     {"watch", s_cmd_watch, "watch [--count N] [--timeout MS] [--json]",
      "a live stream of counter changes, escalations and indicator warnings"},
+    {"admin", s_cmd_admin, "admin backup FILE\n       medroute admin reload",
+     "an online copy of the store to FILE (on the broker's machine); reload the config"},
     {"keygen", s_cmd_keygen, "keygen --out DIR [--name NAME]",
      "make a CURVE keypair: DIR/NAME.key (secret, 0600) and DIR/NAME.pub (for the registry)"},
     {"help", s_cmd_help, "help [COMMAND]", "show this help"},

@@ -74,6 +74,9 @@ static int s_spawn(mrt_daemon_t *d)
             dup2(fd, 2);
             close(fd);
         }
+        for (int i = 0; i < 4; i++)
+            if (d->env[i][0])
+                putenv(d->env[i]);
         execl(MEDROUTED_PATH, "medrouted", "--config", d->conf_path, (char *)NULL);
         _exit(127);
     }
@@ -111,7 +114,10 @@ int mrt_daemon_start(mrt_daemon_t *d, const char *extra)
 int mrt_daemon_start_with(mrt_daemon_t *d, const char *facilities, const char *extra,
                           bool insecure)
 {
+    char env[4][300];
+    memcpy(env, d->env, sizeof env); /* set by the caller before starting */
     memset(d, 0, sizeof *d);
+    memcpy(d->env, env, sizeof env);
     snprintf(d->dir, sizeof d->dir, "/tmp/mrtest-XXXXXX");
     if (mkdtemp(d->dir) == NULL)
         return -1;

@@ -24,6 +24,7 @@ typedef struct {
     char http_listen[64];      /* 127.0.0.1:PORT of /metrics and /healthz */
     int http_port;
     int starts;                /* server.ready lines in the log before this start */
+    char env[4][300];          /* extra NAME=VALUE for the daemon's environment */
 } mrt_daemon_t;
 
 /* The sample county's facilities, as a libconfig list (for configs). */

@@ -82,7 +82,7 @@ static uint64_t counter(const mrt_daemon_t *d, const char *name)
 static void test_expiry_dead_letter_retry_drop_and_prune(void **state)
 {
     (void)state;
-    mrt_daemon_t d;
+    mrt_daemon_t d = {0};
     assert_int_equal(mrt_daemon_start(&d, "ttl = { referral = 2; };\n"
                                           "store = { retention_days = 0; };\n"),
                      0);

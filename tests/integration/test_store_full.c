@@ -76,7 +76,7 @@ static void test_store_full_refuses_then_recovers(void **state)
         return;
     }
     /* A daemon first, to learn its directory; then put its store on a tmpfs. */
-    mrt_daemon_t d;
+    mrt_daemon_t d = {0};
     assert_int_equal(mrt_daemon_start(&d, NULL), 0);
     assert_int_equal(mrt_daemon_stop(&d), 0);
     char var[400];

@@ -1,0 +1,267 @@
+/*
+ * test_service.c - medrouted as a system service, over the real binary:
+ * READY=1 and WATCHDOG=1 on a NOTIFY_SOCKET of the test's own; SIGHUP
+ * reloads the registry without dropping connections or messages (a facility
+ * added can connect, a removed one is disconnected and its messages kept,
+ * an invalid config is refused and the old one stays); --check-config
+ * reports every problem with its line; an online backup restores on a new
+ * store with nothing lost; a second SIGTERM exits at once, losing nothing
+ * acknowledged.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+#include "mr_codec.h"
+
+static void test_service_notify_ready_and_watchdog(void **state)
+{
+    (void)state;
+    char path[108];
+    snprintf(path, sizeof path, "/tmp/mrnotify-%d.sock", (int)getpid());
+    unlink(path);
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    struct timeval tv = {.tv_sec = 1};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+
+    mrt_daemon_t d = {0};
+    snprintf(d.env[0], sizeof d.env[0], "NOTIFY_SOCKET=%s", path);
+    snprintf(d.env[1], sizeof d.env[1], "WATCHDOG_USEC=400000"); /* ping every 200 ms */
+    assert_int_equal(mrt_daemon_start(&d, NULL), 0);
+    bool ready = false;
+    int watchdogs = 0;
+    long long until = mrt_now_ms() + 5000;
+    while ((!ready || watchdogs < 3) && mrt_now_ms() < until) {
+        char buf[512];
+        ssize_t n = recv(fd, buf, sizeof buf - 1, 0);
+        if (n <= 0)
+            continue;
+        buf[n] = '\0';
+        ready = ready || strstr(buf, "READY=1") != NULL;
+        if (strstr(buf, "WATCHDOG=1") != NULL)
+            watchdogs++;
+    }
+    printf("notify: ready=%d watchdog pings=%d\n", ready, watchdogs);
+    assert_true(ready);
+    assert_true(watchdogs >= 3);
+    /* SIGTERM says STOPPING=1 and exits 0. */
+    kill(d.pid, SIGTERM);
+    bool stopping = false;
+    until = mrt_now_ms() + 5000;
+    while (!stopping && mrt_now_ms() < until) {
+        char buf[512];
+        ssize_t n = recv(fd, buf, sizeof buf - 1, 0);
+        if (n > 0) {
+            buf[n] = '\0';
+            stopping = strstr(buf, "STOPPING=1") != NULL;
+        }
+    }
+    assert_true(stopping);
+    assert_int_equal(mrt_daemon_stop(&d), 0); /* it exited 0 */
+    close(fd);
+    unlink(path);
+    mrt_daemon_cleanup(&d);
+}
+
+typedef struct {
+    int n;
+} count_t;
+
+static int on_event(mr_client_t *c, const mr_event_t *ev, void *arg)
+{
+    (void)c;
+    if (ev->type == MR_EVENT_DELIVERY)
+        ((count_t *)arg)->n++;
+    return 0;
+}
+
+static bool got(void *arg)
+{
+    return ((count_t *)arg)->n >= 1;
+}
+
+/* Rewrites the daemon's config with another facilities list (and extra). */
+static void s_rewrite(mrt_daemon_t *d, const char *facilities, const char *extra)
+{
+    FILE *f = fopen(d->conf_path, "w");
+    assert_non_null(f);
+    fprintf(f,
+            "broker_id = \"test\";\nfacility_endpoint = \"%s\";\noperator_endpoint = \"%s\";\n"
+            "http_listen = \"%s\";\ndata_dir = \"%s/var\";\ninsecure = true;\n%s\n%s\n",
+            d->facility_ep, d->operator_ep, d->http_listen, d->dir, facilities,
+            extra ? extra : "");
+    assert_int_equal(fclose(f), 0);
+}
+
+static void test_service_sighup_reload(void **state)
+{
+    (void)state;
+    mrt_daemon_t d = {0};
+    const char *before = "facilities = ( { id = \"yx-lead\"; role = \"lead\"; },"
+                         " { id = \"t-aihua\"; role = \"township\"; },"
+                         " { id = \"t-lishu\"; role = \"township\"; } );";
+    assert_int_equal(mrt_daemon_start_with(&d, before, NULL, true), 0);
+    mr_client_t *lead = mrt_client(&d, "yx-lead", NULL);
+    mr_client_t *aihua = mrt_client(&d, "t-aihua", NULL);
+    assert_int_equal(mr_client_wait_connected(lead, 5000), 0);
+    assert_int_equal(mr_client_wait_connected(aihua, 5000), 0);
+    /* A message waits for t-lishu, which the reload will remove. */
+    assert_int_equal(mrt_send(lead, "t-lishu", "referral", "routine",
+                              "{\"referral_id\":\"R-KEEP\",\"service\":\"SERVICE_FOLLOW_UP\"}", NULL),
+                     0);
+    /* A new township can't connect yet. */
+    mr_client_t *new_one = mrt_client(&d, "t-manwan", NULL);
+    assert_int_equal(mr_client_wait_connected(new_one, 1000), -EACCES);
+    mr_client_destroy(&new_one);
+
+    /* An invalid config is refused; the old one stays. */
+    s_rewrite(&d, before, "limits = { max_inflight = 0; };");
+    kill(d.pid, SIGHUP);
+    usleep(300000);
+    assert_true(mrt_log_count(&d, "event=server.reload_refused") == 1);
+    assert_int_equal(mrt_send(aihua, "yx-lead", "lab_order", "routine",
+                              "{\"placer_order_number\":\"P-STILL\"}", NULL),
+                     0);
+
+    /* Add t-manwan, remove t-lishu. */
+    s_rewrite(&d, "facilities = ( { id = \"yx-lead\"; role = \"lead\"; },"
+                  " { id = \"t-aihua\"; role = \"township\"; },"
+                  " { id = \"t-manwan\"; role = \"township\"; } );",
+              NULL);
+    kill(d.pid, SIGHUP);
+    long long until = mrt_now_ms() + 3000;
+    while (mrt_log_count(&d, "event=server.reloaded") < 1 && mrt_now_ms() < until)
+        usleep(50000);
+    assert_int_equal(mrt_log_count(&d, "event=server.reloaded"), 1);
+    new_one = mrt_client(&d, "t-manwan", NULL);
+    assert_int_equal(mr_client_wait_connected(new_one, 5000), 0);
+    /* Existing connections were not dropped: they route on without a new Hello. */
+    assert_int_equal(mrt_send(aihua, "t-manwan", "lab_order", "routine",
+                              "{\"placer_order_number\":\"P-NEW\"}", NULL),
+                     0);
+    count_t c = {0};
+    assert_true(mrt_poll_until(new_one, 5000, got, &c, on_event, &c));
+    /* t-lishu is gone as a destination, its message is kept. */
+    assert_int_equal(mrt_send(lead, "t-lishu", "referral", "routine",
+                              "{\"referral_id\":\"R-LATE\",\"service\":\"SERVICE_FOLLOW_UP\"}", NULL),
+                     MR_E_UNKNOWN_DESTINATION);
+    char *r = mrt_operator(&d, "{\"queue_list\":{\"destination\":\"t-lishu\"}}");
+    assert_non_null(r);
+    assert_non_null(strstr(r, "\"destination\":\"t-lishu\""));
+    free(r);
+    mr_client_destroy(&new_one);
+    mr_client_destroy(&lead);
+    mr_client_destroy(&aihua);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+}
+
+static void test_service_check_config_reports_lines(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/mrcheck-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    const char *bad = "facility_endpoint = \"tcp://127.0.0.1:1\";\n"
+                      "operator_endpoint = \"tcp://127.0.0.1:2\";\n"
+                      "data_dir = \"/tmp\";\ninsecure = true;\n"
+                      "colour = \"blue\";\n"
+                      "limits = { max_inflight = 0; };\n"
+                      "facilities = ( { id = \"a\"; role = \"township\"; } );\n";
+    assert_int_equal(write(fd, bad, strlen(bad)), (ssize_t)strlen(bad));
+    close(fd);
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "%s --check-config %s 2>&1", MEDROUTED_PATH_FOR_TESTS, path);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    char out[2048] = "";
+    size_t n = fread(out, 1, sizeof out - 1, p);
+    out[n] = '\0';
+    int status = pclose(p);
+    unlink(path);
+    printf("check-config said:\n%s", out);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) != 0);
+    assert_non_null(strstr(out, ":5: colour: unknown key"));
+    assert_non_null(strstr(out, ":6: limits.max_inflight: 0 is out of range"));
+}
+
+static void test_service_backup_restores_on_a_new_store(void **state)
+{
+    (void)state;
+    mrt_daemon_t d = {0};
+    assert_int_equal(mrt_daemon_start(&d, NULL), 0);
+    mr_client_t *lead = mrt_client(&d, "yx-lead", NULL);
+    assert_int_equal(mr_client_wait_connected(lead, 5000), 0);
+    for (int i = 0; i < 20; i++) {
+        char p[128];
+        snprintf(p, sizeof p, "{\"referral_id\":\"R-B%d\",\"service\":\"SERVICE_FOLLOW_UP\"}", i);
+        assert_int_equal(mrt_send(lead, "t-lishu", "referral", "routine", p, NULL), 0);
+    }
+    char backup[400], req[512];
+    snprintf(backup, sizeof backup, "%s/backup.db", d.dir);
+    snprintf(req, sizeof req, "{\"backup\":{\"path\":\"%s\"}}", backup);
+    /* Online: traffic goes on while the copy is taken. */
+    char *r = mrt_operator(&d, req);
+    assert_non_null(r);
+    assert_non_null(strstr(r, "\"done\""));
+    free(r);
+    assert_int_equal(mrt_send(lead, "t-aihua", "lab_order", "routine",
+                              "{\"placer_order_number\":\"P-AFTER\"}", NULL),
+                     0);
+    mr_client_destroy(&lead);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    struct stat st;
+    assert_int_equal(stat(backup, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+
+    /* A new machine: a fresh daemon whose store is the backup. */
+    mrt_daemon_t e = {0};
+    assert_int_equal(mrt_daemon_start(&e, NULL), 0);
+    assert_int_equal(mrt_daemon_stop(&e), 0);
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "rm -f '%s'/var/medroute.db* && cp '%s' '%s'/var/medroute.db", e.dir,
+             backup, e.dir);
+    assert_int_equal(system(cmd), 0);
+    assert_int_equal(mrt_daemon_restart(&e), 0);
+    mr_client_t *lishu = mrt_client(&e, "t-lishu", NULL);
+    count_t c = {0};
+    long long until = mrt_now_ms() + 10000;
+    while (c.n < 20 && mrt_now_ms() < until)
+        mr_client_poll(lishu, 100, on_event, &c);
+    printf("restored: %d of 20 messages delivered from the backup\n", c.n);
+    assert_int_equal(c.n, 20);
+    mr_client_destroy(&lishu);
+    assert_int_equal(mrt_daemon_stop(&e), 0);
+    mrt_daemon_cleanup(&e);
+    mrt_daemon_cleanup(&d);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_service_notify_ready_and_watchdog),
+        cmocka_unit_test(test_service_sighup_reload),
+        cmocka_unit_test(test_service_check_config_reports_lines),
+        cmocka_unit_test(test_service_backup_restores_on_a_new_store),
+    };
+    return cmocka_run_group_tests_name("service", tests, NULL, NULL);
+}

@@ -454,10 +454,19 @@ static void s_read_operators(s_report_t *r, conf_t *c, config_setting_t *list)
 /* Reads the broker's secret key (first line of the file, Z85). */
 static void s_read_server_key(s_report_t *r, conf_t *c)
 {
-    FILE *f = fopen(c->server_key_file, "r");
+    /* "$CREDENTIALS_DIRECTORY/NAME": a systemd credential (LoadCredential=),
+     * readable by the service's dynamic user. */
+    char path[4096];
+    const char *prefix = "$CREDENTIALS_DIRECTORY/";
+    const char *creds = getenv("CREDENTIALS_DIRECTORY");
+    if (strncmp(c->server_key_file, prefix, strlen(prefix)) == 0 && creds != NULL)
+        snprintf(path, sizeof path, "%s/%s", creds, c->server_key_file + strlen(prefix));
+    else
+        snprintf(path, sizeof path, "%s", c->server_key_file);
+    FILE *f = fopen(path, "r");
     char line[128];
     if (f == NULL) {
-        s_problem(r, 0, "server_key_file: cannot read %s", c->server_key_file);
+        s_problem(r, 0, "server_key_file: cannot read %s", path);
         return;
     }
     bool got = false;
@@ -469,7 +478,7 @@ static void s_read_server_key(s_report_t *r, conf_t *c)
     }
     fclose(f);
     if (!got || !s_z85_key_ok(line)) {
-        s_problem(r, 0, "server_key_file: %s holds no Z85 secret key", c->server_key_file);
+        s_problem(r, 0, "server_key_file: %s holds no Z85 secret key", path);
         return;
     }
     if ((c->server_secret_key = strdup(line)) == NULL)

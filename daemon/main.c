@@ -98,6 +98,7 @@ int main(int argc, char **argv)
     if (server != NULL) {
         server->config_path = config;          /* argv outlives the server */
         server->config_text = mr_default_conf; /* static */
+        server->data_dir_override = data_dir;  /* argv, or NULL */
     }
     int rc = server ? server_run(server) : -1;
     server_destroy(&server);

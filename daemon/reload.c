@@ -96,6 +96,16 @@ int reload_config(server_t *s, char *why, size_t why_len)
         snprintf(why, why_len, "%s", err);
         goto out;
     }
+    if (s->data_dir_override != NULL) {
+        /* --data-dir wins over the file, now as at start. */
+        char *dir = strdup(s->data_dir_override);
+        if (dir == NULL) {
+            snprintf(why, why_len, "out of memory");
+            goto out;
+        }
+        free(n->data_dir);
+        n->data_dir = dir;
+    }
     const char *fixed = s_needs_restart(s->conf, n);
     if (fixed != NULL) {
         snprintf(why, why_len, "%s changed: that needs a restart", fixed);

@@ -37,6 +37,7 @@ typedef struct server_t {
     conf_t *conf;              /* owned; replaced by a reload */
     const char *config_path;   /* the file to reload, or NULL: config_text */
     const char *config_text;   /* the embedded defaults (borrowed, static) */
+    const char *data_dir_override; /* --data-dir, applied to every config loaded */
     registry_t *registry;      /* owned; rebuilt on reload */
     peer_t *peers;             /* one per registry index */
     strmap_t *by_rid;          /* connected routing id -> registry index */

@@ -33,3 +33,15 @@ asan:
 
 clean:
 	rm -rf $(BUILD) build-asan
+
+.PHONY: fuzz valgrind
+FUZZ_SECONDS ?= 20
+
+# The libFuzzer targets of tests/fuzz (clang, in build-fuzz/), each for
+# FUZZ_SECONDS seconds on a copy of its seed corpus (scripts/fuzz.sh).
+fuzz:
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) bash scripts/fuzz.sh
+
+# The unit tests, and medrouted serving medroute-sim, under valgrind.
+valgrind: build
+	@bash scripts/valgrind.sh $(BUILD)

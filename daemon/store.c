@@ -54,6 +54,11 @@ enum {
     S_RETRY,
     S_EXPIRE,
     S_PRUNE,
+    S_SAVEPOINT,
+    S_RELEASE,
+    S_ROLLBACK_TO,
+    S_BEGIN,
+    S_COMMIT,
     S_STMT_COUNT
 };
 
@@ -89,6 +94,12 @@ static const char *const s_sql[S_STMT_COUNT] = {
                  " expires_ms, dead_reason, NULL",
     [S_PRUNE] = "DELETE FROM messages WHERE seq IN (SELECT seq FROM messages"
                 " WHERE state = 1 AND done_ms < ?1 LIMIT ?2)",
+    /* Prepared once: parsing these for every message showed in profiles. */
+    [S_SAVEPOINT] = "SAVEPOINT put",
+    [S_RELEASE] = "RELEASE put",
+    [S_ROLLBACK_TO] = "ROLLBACK TO put",
+    [S_BEGIN] = "BEGIN IMMEDIATE",
+    [S_COMMIT] = "COMMIT",
 };
 
 static const char *const s_schema =
@@ -124,6 +135,9 @@ struct store_t {
     atomic_size_t backlog;
     atomic_bool unavailable;
     atomic_int backups;          /* backup threads running (they use this struct) */
+    pthread_t checkpointer;      /* moves the WAL into the database, off the commit path */
+    pthread_cond_t ckpt_wake;    /* its own: sharing `wake` could steal a submission's signal */
+    bool checkpointer_started;
 
     /* store thread only */
     sqlite3 *db;
@@ -239,7 +253,7 @@ static int s_open_db(store_t *self)
     char pragmas[256];
     snprintf(pragmas, sizeof pragmas,
              "PRAGMA journal_mode=WAL; PRAGMA synchronous=%s; PRAGMA busy_timeout=200;"
-             " PRAGMA foreign_keys=OFF;",
+             " PRAGMA foreign_keys=OFF; PRAGMA wal_autocheckpoint=0;",
              self->sync_full ? "FULL" : "NORMAL");
     rc = sqlite3_exec(self->db, pragmas, NULL, NULL, NULL);
     if (rc != SQLITE_OK)
@@ -353,6 +367,15 @@ static int s_collect(sqlite3_stmt *st, store_req_t *req)
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
+/* Runs one of the prepared transaction-control statements. */
+static int s_control(store_t *self, int which)
+{
+    sqlite3_stmt *st = self->stmt[which];
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
 static int s_op_put(store_t *self, store_req_t *req)
 {
     const store_row_t *m = &req->msg;
@@ -368,7 +391,7 @@ static int s_op_put(store_t *self, store_req_t *req)
     S_BIND(sqlite3_bind_int64(st, 9, (sqlite3_int64)m->content_hash));
     S_BIND(sqlite3_bind_int(st, 10, req->state));
     /* The clinical effects may refuse the message: a savepoint undoes the insert. */
-    int rc = req->facts ? sqlite3_exec(self->db, "SAVEPOINT put", NULL, NULL, NULL) : SQLITE_OK;
+    int rc = req->facts ? s_control(self, S_SAVEPOINT) : SQLITE_OK;
     if (rc != SQLITE_OK)
         return rc;
     rc = sqlite3_step(st);
@@ -384,10 +407,10 @@ static int s_op_put(store_t *self, store_req_t *req)
                                  m->stored_ms, &req->clin);
             if (rc == SQLITE_OK && req->clin.code != 0) {
                 req->status = STORE_REFUSED;
-                rc = sqlite3_exec(self->db, "ROLLBACK TO put", NULL, NULL, NULL);
+                rc = s_control(self, S_ROLLBACK_TO);
             }
             if (rc == SQLITE_OK)
-                rc = sqlite3_exec(self->db, "RELEASE put", NULL, NULL, NULL);
+                rc = s_control(self, S_RELEASE);
             if (rc != SQLITE_OK)
                 return rc;
         }
@@ -401,7 +424,7 @@ static int s_op_put(store_t *self, store_req_t *req)
     }
     if (req->facts != NULL) {
         sqlite3_reset(st);
-        rc = sqlite3_exec(self->db, "RELEASE put", NULL, NULL, NULL);
+        rc = s_control(self, S_RELEASE);
         if (rc != SQLITE_OK)
             return rc;
     }
@@ -682,7 +705,7 @@ static void *s_thread(void *arg)
             rc = s_open_db(self);
         int changes_before = self->db ? sqlite3_total_changes(self->db) : 0;
         if (rc == SQLITE_OK)
-            rc = sqlite3_exec(self->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+            rc = s_control(self, S_BEGIN);
         if (rc == SQLITE_OK) {
             int64_t started = s_mono_ms();
             store_req_t *req = first;
@@ -703,7 +726,7 @@ static void *s_thread(void *arg)
             if (rc == SQLITE_OK)
                 rc = tally_flush(self->tally, s_wall_ms());
             if (rc == SQLITE_OK)
-                rc = sqlite3_exec(self->db, "COMMIT", NULL, NULL, NULL);
+                rc = s_control(self, S_COMMIT);
             if (rc != SQLITE_OK && !sqlite3_get_autocommit(self->db))
                 sqlite3_exec(self->db, "ROLLBACK", NULL, NULL, NULL);
         }
@@ -748,6 +771,8 @@ static void on_async(uv_async_t *handle)
     }
 }
 
+static void *s_checkpoint_thread(void *arg);
+
 store_t *store_new(uv_loop_t *loop, const store_opts_t *opts, log_t *log)
 {
     store_t *self = calloc(1, sizeof *self);
@@ -768,6 +793,10 @@ store_t *store_new(uv_loop_t *loop, const store_opts_t *opts, log_t *log)
         goto fail_alloc;
     if (pthread_cond_init(&self->wake, NULL) != 0)
         goto fail_mutex;
+    if (pthread_cond_init(&self->ckpt_wake, NULL) != 0) {
+        pthread_cond_destroy(&self->wake);
+        goto fail_mutex;
+    }
     if (uv_async_init(loop, &self->async, on_async) != 0)
         goto fail_cond;
     self->async.data = self;
@@ -776,6 +805,10 @@ store_t *store_new(uv_loop_t *loop, const store_opts_t *opts, log_t *log)
         atomic_store(&self->unavailable, true);
     if (pthread_create(&self->thread, NULL, s_thread, self) != 0)
         goto fail_async;
+    self->checkpointer_started =
+        pthread_create(&self->checkpointer, NULL, s_checkpoint_thread, self) == 0;
+    if (!self->checkpointer_started)
+        log_warn(log, "store.no_checkpointer", "reason=\"thread\" effect=\"the WAL grows\"");
     return self;
 fail_async:
     s_close_db(self);
@@ -784,6 +817,7 @@ fail_async:
      * until then, so it is leaked on this (start-up only) path. */
     return NULL;
 fail_cond:
+    pthread_cond_destroy(&self->ckpt_wake);
     pthread_cond_destroy(&self->wake);
 fail_mutex:
     pthread_mutex_destroy(&self->lock);
@@ -806,6 +840,51 @@ void store_tally(store_t *self, const char *name, const char *labels, int64_t de
         return;
     }
     store_submit(self, req);
+}
+
+/* ---- checkpoints: their own thread and connection ------------------------------ */
+
+/*
+ * With wal_autocheckpoint off, the writer never copies the WAL back into the
+ * database inside a COMMIT; this thread does it (PASSIVE: it never blocks
+ * the writer), twice a second, so the commit path only appends to the WAL.
+ */
+static void *s_checkpoint_thread(void *arg)
+{
+    store_t *self = arg;
+    sqlite3 *db = NULL;
+    for (;;) {
+        pthread_mutex_lock(&self->lock);
+        if (!self->stopping) {
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_nsec += 500 * 1000 * 1000;
+            if (until.tv_nsec >= 1000000000) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000;
+            }
+            pthread_cond_timedwait(&self->ckpt_wake, &self->lock, &until);
+        }
+        bool stop = self->stopping;
+        pthread_mutex_unlock(&self->lock);
+        if (stop)
+            break;
+        if (db == NULL && sqlite3_open_v2(self->path, &db,
+                                          SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+                              SQLITE_OK) {
+            sqlite3_close_v2(db);
+            db = NULL;
+            continue;
+        }
+        int wal = 0, done = 0;
+        if (sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &wal, &done) !=
+            SQLITE_OK) {
+            sqlite3_close_v2(db); /* reopen next time: the file may have changed */
+            db = NULL;
+        }
+    }
+    sqlite3_close_v2(db);
+    return NULL;
 }
 
 /* ---- backup: its own thread and read connection ------------------------------ */
@@ -906,6 +985,7 @@ bool store_unavailable(const store_t *self)
 static void on_close(uv_handle_t *handle)
 {
     store_t *self = handle->data;
+    pthread_cond_destroy(&self->ckpt_wake);
     pthread_cond_destroy(&self->wake);
     pthread_mutex_destroy(&self->lock);
     free(self->path);
@@ -919,9 +999,12 @@ void store_destroy(store_t **self_p)
         return;
     pthread_mutex_lock(&self->lock);
     self->stopping = true;
-    pthread_cond_signal(&self->wake);
+    pthread_cond_broadcast(&self->wake);
+    pthread_cond_broadcast(&self->ckpt_wake);
     pthread_mutex_unlock(&self->lock);
     pthread_join(self->thread, NULL);
+    if (self->checkpointer_started)
+        pthread_join(self->checkpointer, NULL);
     /* A backup in progress finishes first: its thread uses this struct. */
     while (atomic_load(&self->backups) > 0) {
         struct timespec ts = {0, 10 * 1000 * 1000};

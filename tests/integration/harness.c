@@ -91,7 +91,7 @@ static int s_spawn(mrt_daemon_t *d)
             d->pid = 0;
             return -1;
         }
-        char *r = mrt_operator(d, "{\"status\":{}}");
+        char *r = mrt_operator_wait(d, "{\"status\":{}}", 100);
         if (r != NULL) {
             free(r);
             return 0;
@@ -230,12 +230,17 @@ bool mrt_poll_until(mr_client_t *c, int timeout_ms, bool (*pred)(void *), void *
 
 char *mrt_operator(const mrt_daemon_t *d, const char *request_json)
 {
+    return mrt_operator_wait(d, request_json, 10000);
+}
+
+char *mrt_operator_wait(const mrt_daemon_t *d, const char *request_json, int timeout_ms)
+{
     mr_operator_t *op = mr_operator_new(d->operator_ep);
     if (op == NULL)
         return NULL;
     char *reply = NULL;
     char err[256];
-    int rc = mr_operator_call_json(op, request_json, &reply, 100, err, sizeof err);
+    int rc = mr_operator_call_json(op, request_json, &reply, timeout_ms, err, sizeof err);
     mr_operator_destroy(&op);
     if (rc < 0 && rc != -EPROTO) {
         free(reply);

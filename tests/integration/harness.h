@@ -58,8 +58,9 @@ mr_client_t *mrt_client(const mrt_daemon_t *d, const char *facility, const char 
 bool mrt_poll_until(mr_client_t *c, int timeout_ms, bool (*pred)(void *), void *arg,
                     mr_handler_t h, void *harg);
 
-/* Operator call; returns the reply JSON (caller frees) or NULL. */
+/* Operator call (10 s at most); returns the reply JSON (caller frees) or NULL. */
 char *mrt_operator(const mrt_daemon_t *d, const char *request_json);
+char *mrt_operator_wait(const mrt_daemon_t *d, const char *request_json, int timeout_ms);
 
 long long mrt_now_ms(void);
 

@@ -241,6 +241,7 @@ int handle_envelope(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f,
         err->code = code;
         return code;
     }
+    m->express = req->facts && facts_express(req->facts);
     if (code < 0 || m->source == NULL || m->message_id == NULL || m->dest == NULL ||
         mr_pack(&env->base, &m->body, &m->body_len) != 0 ||
         s_content_hash(env, &m->content_hash) != 0) {

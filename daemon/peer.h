@@ -48,6 +48,8 @@ typedef struct {
     uint64_t cursor;        /* highest seq taken into memory */
     bool complete;          /* no pending message with seq > cursor in the store */
     bool loading;           /* a STORE_LOAD is in flight */
+    bool loading_express;   /* ... and it fetches express messages only */
+    bool express_checked;   /* stored express messages were looked for since connecting */
     uint64_t pending;       /* stored, not yet acknowledged (store truth) */
 } peer_t;
 

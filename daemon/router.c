@@ -10,7 +10,11 @@
  *      seq > cursor, so a fresh commit can be appended to ready directly.
  *   3. At most one STORE_LOAD is in flight (loading).  Store completions run
  *      in execution order, so a commit reported while loading was executed
- *      before the load and is in its result: it is not appended.
+ *      before the load and is in its result: it is not appended.  An
+ *      express-only load (on each connect: critical and stat messages first)
+ *      may not hold it, so such a commit makes the queue incomplete.
+ *   6. Express messages sit at the head of ready, ahead of routine ones;
+ *      those loaded ahead of the cursor are skipped when a page reaches them.
  *   4. inflight.n <= max_inflight (a window), counting deliveries whose ack
  *      is being committed (acking).
  *   5. Memory per destination is bounded: ready <= S_PAGE + S_READY_MAX.
@@ -181,6 +185,22 @@ static int s_send(server_t *s, int peer, qmsg_t *m)
 
 static void on_loaded(store_req_t *req, void *arg);
 
+/* True when seq is already held in memory (in flight, or an express message
+ * at the head of ready).  Only express messages can be there ahead of the
+ * cursor, so only those are looked at. */
+static bool s_held(const peer_t *p, uint64_t seq)
+{
+    for (const qmsg_t *m = p->inflight.head; m; m = m->next)
+        if (m->seq == seq)
+            return true;
+    for (const qmsg_t *m = p->ready.head; m && m->express; m = m->next)
+        if (m->seq == seq)
+            return true;
+    return false;
+}
+
+static void s_load_express(server_t *s, int peer);
+
 static void s_load(server_t *s, int peer)
 {
     peer_t *p = &s->peers[peer];
@@ -206,6 +226,13 @@ void router_pump(server_t *s, int peer)
     peer_t *p = &s->peers[peer];
     if (s->facility_ep == NULL || s->store == NULL)
         return; /* shutting down */
+    if (p->connected && !p->express_checked) {
+        /* Just (re)connected: first fetch what is critical or stat from the
+         * store, so it goes ahead of everything already waiting. */
+        if (!p->loading)
+            s_load_express(s, peer);
+        return;
+    }
     while (p->connected && p->inflight.n < p->max_inflight && p->ready.head) {
         qmsg_t *m = p->ready.head;
         int rc = s_send(s, peer, m);
@@ -221,18 +248,63 @@ void router_pump(server_t *s, int peer)
         s_load(s, peer);
 }
 
+/* On (re)connecting: critical values and stat messages waiting in the store
+ * behind a routine backlog are taken first. */
+static void s_load_express(server_t *s, int peer)
+{
+    peer_t *p = &s->peers[peer];
+    store_req_t *req = store_req_new(STORE_LOAD, on_loaded, s);
+    if (req == NULL || (req->msg.dest = strdup(registry_at(s->registry, (size_t)peer)->id)) == NULL) {
+        free(req);
+        return;
+    }
+    req->tag = peer;
+    req->express_only = true;
+    req->after = p->cursor;
+    req->limit = 64;
+    p->loading = true;
+    p->loading_express = true;
+    p->express_checked = true;
+    store_submit(s->store, req);
+}
+
 static void on_loaded(store_req_t *req, void *arg)
 {
     server_t *s = arg;
     int peer = (int)req->tag;
     peer_t *p = &s->peers[peer];
     p->loading = false;
-    if (req->status != STORE_OK)
+    p->loading_express = false;
+    if (req->status != STORE_OK) {
+        if (req->express_only)
+            p->express_checked = false;
         return; /* the cron's next pump tries again */
+    }
+    if (req->express_only) {
+        /* Ahead of everything routine; the cursor stays, so the normal pages
+         * skip them when they reach them (s_held). */
+        for (size_t i = 0; i < req->n_rows; i++) {
+            store_row_t *r = &req->rows[i];
+            if (s_held(p, r->seq))
+                continue;
+            qmsg_t *m = s_qmsg(r->seq, r->body, r->body_len, r->stored_ms);
+            if (m == NULL)
+                break;
+            r->body = NULL;
+            m->express = true;
+            s_push_express(&p->ready, m);
+        }
+        router_pump(s, peer);
+        return;
+    }
     for (size_t i = 0; i < req->n_rows; i++) {
         store_row_t *r = &req->rows[i];
         if (r->seq <= p->cursor)
             continue;
+        if (s_held(p, r->seq)) {
+            p->cursor = r->seq; /* loaded ahead as express */
+            continue;
+        }
         qmsg_t *m = s_qmsg(r->seq, r->body, r->body_len, r->stored_ms);
         if (m == NULL)
             break; /* the rest is loaded again later: cursor stays */
@@ -250,7 +322,11 @@ void router_on_stored(server_t *s, int peer, uint64_t seq, uint8_t *body, size_t
     peer_t *p = &s->peers[peer];
     p->pending++;
     if (p->loading) {
-        free(body); /* the load in flight was executed after this commit */
+        /* The load in flight was executed after this commit: a full page
+         * load has it; an express-only one may not, so a later page must. */
+        if (p->loading_express)
+            p->complete = false;
+        free(body);
         return;
     }
     if (!p->complete || !p->connected || p->ready.n >= S_READY_MAX) {
@@ -276,6 +352,7 @@ void router_on_stored(server_t *s, int peer, uint64_t seq, uint8_t *body, size_t
 void router_on_disconnect(server_t *s, int peer)
 {
     peer_t *p = &s->peers[peer];
+    p->express_checked = false; /* look again on the next connection */
     /* inflight seqs all precede ready seqs: move them back to the front,
      * except those whose ack is being committed. */
     qlist_t keep = {0};

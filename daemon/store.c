@@ -47,6 +47,7 @@ enum {
     S_ACK_UPDATE,
     S_ACK_FIND,
     S_LOAD,
+    S_LOAD_EXPRESS,
     S_LIST_ALL,
     S_LIST_DEST,
     S_SUMMARY,
@@ -64,8 +65,9 @@ enum {
 
 static const char *const s_sql[S_STMT_COUNT] = {
     [S_PUT_INSERT] = "INSERT INTO messages(source, message_id, dest, kind, priority, stored_ms,"
-                     " expires_ms, body, content_hash, state, done_ms)"
-                     " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, CASE ?10 WHEN 1 THEN ?6 END)"
+                     " expires_ms, body, content_hash, state, done_ms, express)"
+                     " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, CASE ?10 WHEN 1 THEN ?6 END,"
+                     " ?11)"
                      " ON CONFLICT(source, message_id) DO NOTHING",
     [S_PUT_FIND] = "SELECT seq, content_hash FROM messages WHERE source = ?1 AND message_id = ?2",
     [S_ACK_UPDATE] = "UPDATE messages SET state = 1, done_ms = ?3"
@@ -74,6 +76,9 @@ static const char *const s_sql[S_STMT_COUNT] = {
     [S_LOAD] = "SELECT seq, source, message_id, dest, kind, priority, stored_ms, expires_ms,"
                " dead_reason, body FROM messages WHERE dest = ?1 AND state = 0 AND seq > ?2"
                " ORDER BY seq LIMIT ?3",
+    [S_LOAD_EXPRESS] = "SELECT seq, source, message_id, dest, kind, priority, stored_ms,"
+                       " expires_ms, dead_reason, body FROM messages WHERE dest = ?1 AND state = 0"
+                       " AND express = 1 AND seq > ?2 ORDER BY seq LIMIT ?3",
     [S_LIST_ALL] = "SELECT seq, source, message_id, dest, kind, priority, stored_ms, expires_ms,"
                    " dead_reason, NULL FROM messages WHERE state = ?1 ORDER BY seq LIMIT ?2",
     [S_LIST_DEST] = "SELECT seq, source, message_id, dest, kind, priority, stored_ms, expires_ms,"
@@ -109,9 +114,11 @@ static const char *const s_schema =
     " kind INTEGER NOT NULL, priority INTEGER NOT NULL,"
     " stored_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL,"
     " state INTEGER NOT NULL DEFAULT 0, done_ms INTEGER, dead_reason TEXT,"
-    " body BLOB NOT NULL, content_hash INTEGER NOT NULL,"
+    " body BLOB NOT NULL, content_hash INTEGER NOT NULL, express INTEGER NOT NULL DEFAULT 0,"
     " UNIQUE(source, message_id));"
     "CREATE INDEX IF NOT EXISTS messages_pending ON messages(dest, seq) WHERE state = 0;"
+    "CREATE INDEX IF NOT EXISTS messages_express ON messages(dest, seq)"
+    " WHERE state = 0 AND express = 1;"
     "CREATE INDEX IF NOT EXISTS messages_expiry ON messages(expires_ms) WHERE state = 0;"
     "CREATE INDEX IF NOT EXISTS messages_done ON messages(done_ms) WHERE state = 1;"
     "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value);"
@@ -235,8 +242,18 @@ static bool s_needs_reopen(int rc)
     }
 }
 
+static int s_exists(void *arg, int n, char **values, char **names)
+{
+    (void)n;
+    (void)values;
+    (void)names;
+    *(bool *)arg = true;
+    return 0;
+}
+
 static int s_open_db(store_t *self)
 {
+    bool old = false;
     /* Create the file ourselves so that it is owner-only from the start;
      * SQLite gives the -wal and -shm files the same mode. */
     int fd = open(self->path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
@@ -258,6 +275,14 @@ static int s_open_db(store_t *self)
     rc = sqlite3_exec(self->db, pragmas, NULL, NULL, NULL);
     if (rc != SQLITE_OK)
         goto fail;
+    /* A store made by an earlier version: add the columns it lacks. */
+    if (sqlite3_exec(self->db, "SELECT 1 FROM sqlite_master WHERE name = 'messages' AND"
+                               " sql NOT LIKE '%express%' AND type = 'table'",
+                     s_exists, &old, NULL) == SQLITE_OK &&
+        old)
+        (void)sqlite3_exec(self->db,
+                           "ALTER TABLE messages ADD COLUMN express INTEGER NOT NULL DEFAULT 0",
+                           NULL, NULL, NULL);
     rc = sqlite3_exec(self->db, s_schema, NULL, NULL, NULL);
     if (rc != SQLITE_OK)
         goto fail;
@@ -390,6 +415,7 @@ static int s_op_put(store_t *self, store_req_t *req)
     S_BIND(sqlite3_bind_blob(st, 8, m->body, (int)m->body_len, SQLITE_STATIC));
     S_BIND(sqlite3_bind_int64(st, 9, (sqlite3_int64)m->content_hash));
     S_BIND(sqlite3_bind_int(st, 10, req->state));
+    S_BIND(sqlite3_bind_int(st, 11, m->express));
     /* The clinical effects may refuse the message: a savepoint undoes the insert. */
     int rc = req->facts ? s_control(self, S_SAVEPOINT) : SQLITE_OK;
     if (rc != SQLITE_OK)
@@ -480,7 +506,7 @@ static int s_op_ack(store_t *self, store_req_t *req)
 
 static int s_op_load(store_t *self, store_req_t *req)
 {
-    sqlite3_stmt *st = s_stmt(self, S_LOAD);
+    sqlite3_stmt *st = s_stmt(self, req->express_only ? S_LOAD_EXPRESS : S_LOAD);
     S_BIND(sqlite3_bind_text(st, 1, req->msg.dest, -1, SQLITE_STATIC));
     S_BIND(sqlite3_bind_int64(st, 2, (sqlite3_int64)req->after));
     S_BIND(sqlite3_bind_int(st, 3, (int)req->limit));

@@ -70,6 +70,7 @@ typedef struct {
     size_t body_len;
     uint64_t count;    /* SUMMARY: messages pending for dest */
     uint64_t content_hash; /* PUT: identifies the content for resend/conflict */
+    int express;       /* PUT: a critical value/finding or stat: delivered ahead */
 } store_row_t;
 
 typedef struct store_req_t store_req_t;
@@ -83,6 +84,7 @@ struct store_req_t {
     /* inputs (which ones an op reads is said in store.c's table) */
     store_row_t msg;   /* PUT: the message; ACK: seq + dest; DROP: seq + dead_reason */
     uint64_t after;    /* LOAD: seq to continue after */
+    bool express_only; /* LOAD: only express messages (critical or stat) */
     uint32_t limit;    /* LOAD, LIST, PRUNE: at most this many */
     int state;         /* LIST: MSG_PENDING or MSG_DEAD; PUT: MSG_PENDING, or MSG_DELIVERED
                           for a message to the broker itself */

@@ -116,8 +116,10 @@ int mrt_daemon_start_with(mrt_daemon_t *d, const char *facilities, const char *e
 {
     char env[4][300];
     memcpy(env, d->env, sizeof env); /* set by the caller before starting */
+    bool use_ipc = d->use_ipc;
     memset(d, 0, sizeof *d);
     memcpy(d->env, env, sizeof env);
+    d->use_ipc = use_ipc;
     snprintf(d->dir, sizeof d->dir, "/tmp/mrtest-XXXXXX");
     if (mkdtemp(d->dir) == NULL)
         return -1;
@@ -126,8 +128,13 @@ int mrt_daemon_start_with(mrt_daemon_t *d, const char *facilities, const char *e
         return -1;
     d->http_port = p3;
     snprintf(d->http_listen, sizeof d->http_listen, "127.0.0.1:%d", p3);
-    snprintf(d->facility_ep, sizeof d->facility_ep, "tcp://127.0.0.1:%d", p1);
-    snprintf(d->operator_ep, sizeof d->operator_ep, "tcp://127.0.0.1:%d", p2);
+    if (d->use_ipc) {
+        snprintf(d->facility_ep, sizeof d->facility_ep, "ipc://%s/f.sock", d->dir);
+        snprintf(d->operator_ep, sizeof d->operator_ep, "ipc://%s/o.sock", d->dir);
+    } else {
+        snprintf(d->facility_ep, sizeof d->facility_ep, "tcp://127.0.0.1:%d", p1);
+        snprintf(d->operator_ep, sizeof d->operator_ep, "tcp://127.0.0.1:%d", p2);
+    }
     snprintf(d->conf_path, sizeof d->conf_path, "%s/medroute.conf", d->dir);
     snprintf(d->log_path, sizeof d->log_path, "%s/medrouted.log", d->dir);
     FILE *f = fopen(d->conf_path, "w");

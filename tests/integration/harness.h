@@ -19,12 +19,15 @@ typedef struct {
     char dir[256];
     char conf_path[300];
     char log_path[300];
-    char facility_ep[64];
-    char operator_ep[64];
+    char facility_ep[300];
+    char operator_ep[300];
     char http_listen[64];      /* 127.0.0.1:PORT of /metrics and /healthz */
     int http_port;
     int starts;                /* server.ready lines in the log before this start */
     char env[4][300];          /* extra NAME=VALUE for the daemon's environment */
+    bool use_ipc;              /* ipc:// endpoints in its directory instead of loopback TCP
+                                  (for tests that restart the daemon often: a TCP port
+                                  freed by a kill could be taken by another test) */
 } mrt_daemon_t;
 
 /* The sample county's facilities, as a libconfig list (for configs). */

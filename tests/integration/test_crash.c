@@ -166,7 +166,7 @@ static void s_tally(const mrt_daemon_t *d, tally_t *t)
 static void test_crash_daemon_killed_loses_nothing(void **state)
 {
     (void)state;
-    mrt_daemon_t d = {0};
+    mrt_daemon_t d = {.use_ipc = true};
     assert_int_equal(mrt_daemon_start(&d, "store = { batch_ms = 2; };"), 0);
     pid_t senders[SENDERS];
     for (int i = 0; i < SENDERS; i++)
@@ -233,7 +233,7 @@ static void test_crash_daemon_killed_loses_nothing(void **state)
 static void test_crash_receiver_killed_loses_nothing(void **state)
 {
     (void)state;
-    mrt_daemon_t d = {0};
+    mrt_daemon_t d = {.use_ipc = true};
     assert_int_equal(mrt_daemon_start(&d, NULL), 0);
     pid_t senders[SENDERS];
     for (int i = 0; i < SENDERS; i++)
@@ -296,7 +296,7 @@ static void test_crash_receiver_killed_loses_nothing(void **state)
 static void test_crash_sender_killed_loses_nothing(void **state)
 {
     (void)state;
-    mrt_daemon_t d = {0};
+    mrt_daemon_t d = {.use_ipc = true};
     assert_int_equal(mrt_daemon_start(&d, NULL), 0);
     pid_t senders[SENDERS];
     for (int i = 0; i < SENDERS; i++)

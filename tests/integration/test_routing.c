@@ -241,6 +241,33 @@ static void test_routing_resend_is_acked_and_routed_once(void **state)
     mr_client_destroy(&lead);
 }
 
+/* A stat (or critical) message waiting behind a routine backlog is
+ * delivered first when the facility comes back. */
+static void test_routing_stat_travels_ahead_of_a_stored_backlog(void **state)
+{
+    mrt_daemon_t *d = *state;
+    mr_client_t *lead = connected(d, "yx-lead");
+    for (int i = 0; i < 10; i++) {
+        char p[200];
+        snprintf(p, sizeof p, "{\"referral_id\":\"R-BACK-%d\",\"service\":\"SERVICE_FOLLOW_UP\"}", i);
+        assert_int_equal(mrt_send(lead, "t-houqing", "referral", "routine", p, NULL), 0);
+    }
+    assert_int_equal(mrt_send(lead, "t-houqing", "referral", "stat",
+                              "{\"referral_id\":\"R-STAT\",\"service\":\"SERVICE_FOLLOW_UP\"}",
+                              NULL),
+                     0);
+    mr_client_t *hq = connected(d, "t-houqing");
+    seen_t *seen = calloc(1, sizeof *seen);
+    want_t w = {seen, 11};
+    assert_true(mrt_poll_until(hq, 10000, got_deliveries, &w, on_event, seen));
+    assert_non_null(strstr(seen->json[0], "R-STAT"));
+    assert_non_null(strstr(seen->json[1], "R-BACK-0"));
+    assert_non_null(strstr(seen->json[10], "R-BACK-9"));
+    free(seen);
+    mr_client_destroy(&hq);
+    mr_client_destroy(&lead);
+}
+
 /* ---- bad input over a raw socket ------------------------------------------------ */
 
 typedef struct {
@@ -434,6 +461,7 @@ int main(void)
         cmocka_unit_test(test_routing_every_kind_both_ways),
         cmocka_unit_test(test_routing_offline_facility_gets_messages_in_order),
         cmocka_unit_test(test_routing_resend_is_acked_and_routed_once),
+        cmocka_unit_test(test_routing_stat_travels_ahead_of_a_stored_backlog),
         cmocka_unit_test(test_routing_bad_input_gets_distinct_errors),
     };
     return cmocka_run_group_tests_name("routing", tests, setup, teardown);

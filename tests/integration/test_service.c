@@ -255,6 +255,91 @@ static void test_service_backup_restores_on_a_new_store(void **state)
     mrt_daemon_cleanup(&d);
 }
 
+typedef struct {
+    int acks;
+    char ids[400][72];
+} acks_t;
+
+static int on_ack(mr_client_t *c, const mr_event_t *ev, void *arg)
+{
+    (void)c;
+    acks_t *a = arg;
+    if (ev->type == MR_EVENT_ACK && a->acks < 400)
+        snprintf(a->ids[a->acks++], sizeof a->ids[0], "%s", ev->message_id);
+    return 0;
+}
+
+typedef struct {
+    int n;
+    char ids[400][72];
+} recv_t;
+
+static int on_recv(mr_client_t *c, const mr_event_t *ev, void *arg)
+{
+    (void)c;
+    recv_t *r = arg;
+    if (ev->type == MR_EVENT_DELIVERY && r->n < 400)
+        snprintf(r->ids[r->n++], sizeof r->ids[0], "%s", ev->message_id);
+    return 0;
+}
+
+/* A second SIGTERM exits at once, mid-traffic, and loses nothing acknowledged. */
+static void test_service_second_sigterm_loses_nothing(void **state)
+{
+    (void)state;
+    mrt_daemon_t d = {.use_ipc = true};
+    assert_int_equal(mrt_daemon_start(&d, NULL), 0);
+    mr_client_t *a = mrt_client(&d, "t-aihua", NULL);
+    assert_int_equal(mr_client_wait_connected(a, 5000), 0);
+    acks_t *acked = calloc(1, sizeof *acked);
+    for (int i = 0; i < 300; i++) {
+        char json[200], err[100];
+        snprintf(json, sizeof json,
+                 "{\"destination\":\"t-lishu\",\"kind\":\"lab_order\",\"lab_order\":"
+                 "{\"placer_order_number\":\"T-%d\"}}", i);
+        assert_int_equal(mr_client_submit_json(a, json, NULL, err, sizeof err), 0);
+        if (i == 150) {
+            /* Half is acknowledged; the rest is in flight when both signals come. */
+            long long until = mrt_now_ms() + 5000;
+            while (acked->acks < 100 && mrt_now_ms() < until)
+                mr_client_poll(a, 10, on_ack, acked);
+            kill(d.pid, SIGTERM);
+            kill(d.pid, SIGTERM);
+        }
+        mr_client_poll(a, 0, on_ack, acked);
+    }
+    long long t0 = mrt_now_ms();
+    int status = 0;
+    while (waitpid(d.pid, &status, WNOHANG) == 0 && mrt_now_ms() - t0 < 5000)
+        mr_client_poll(a, 10, on_ack, acked);
+    long long took = mrt_now_ms() - t0;
+    d.pid = 0;
+    printf("second SIGTERM: exited after %lld ms, %d acknowledged\n", took, acked->acks);
+    assert_true(took < 3000);
+    mr_client_destroy(&a);
+    /* Restart: every message acknowledged before the exit is delivered once. */
+    assert_int_equal(mrt_daemon_restart(&d), 0);
+    mr_client_t *l = mrt_client(&d, "t-lishu", NULL);
+    recv_t *got = calloc(1, sizeof *got);
+    long long until = mrt_now_ms() + 10000;
+    while (mrt_now_ms() < until) {
+        mr_client_poll(l, 100, on_recv, got);
+        if (got->n >= acked->acks && mrt_now_ms() > until - 8000)
+            break;
+    }
+    for (int i = 0; i < acked->acks; i++) {
+        int seen = 0;
+        for (int j = 0; j < got->n; j++)
+            seen += strcmp(acked->ids[i], got->ids[j]) == 0;
+        assert_int_equal(seen, 1);
+    }
+    mr_client_destroy(&l);
+    free(got);
+    free(acked);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -262,6 +347,7 @@ int main(void)
         cmocka_unit_test(test_service_sighup_reload),
         cmocka_unit_test(test_service_check_config_reports_lines),
         cmocka_unit_test(test_service_backup_restores_on_a_new_store),
+        cmocka_unit_test(test_service_second_sigterm_loses_nothing),
     };
     return cmocka_run_group_tests_name("service", tests, NULL, NULL);
 }

@@ -250,6 +250,17 @@ int handle_envelope(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f,
         free(req);
         return mr_fail(err, MR_E_INTERNAL, "out of memory");
     }
+    /* What is stored must decode at the receiver.  protobuf-c accepts some
+     * encodings it cannot write back (an unknown field number 0 in a long
+     * tag): such an envelope is refused here, not delivered undecodable. */
+    mr_envelope_t *check = medroute__v1__envelope__unpack(NULL, m->body_len, m->body);
+    if (check == NULL) {
+        clinical_facts_free(req->facts);
+        store_row_clear(m);
+        free(req);
+        return mr_fail(err, MR_E_MALFORMED, "the envelope does not encode back to itself");
+    }
+    medroute__v1__envelope__free_unpacked(check, NULL);
     store_submit(s->store, req);
     return 0;
 }

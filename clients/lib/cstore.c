@@ -25,8 +25,8 @@ static const char *const s_sql[S_N] = {
     [S_OB_DEL] = "DELETE FROM outbox WHERE message_id = ?1",
     [S_OB_ALL] = "SELECT message_id, body FROM outbox ORDER BY rowid",
     [S_SEEN_GET] = "SELECT state FROM seen WHERE source = ?1 AND message_id = ?2",
-    [S_SEEN_SET] = "INSERT INTO seen(source, message_id, state, at_ms) VALUES(?1, ?2, ?3, ?4)"
-                   " ON CONFLICT(source, message_id) DO UPDATE SET state = ?3, at_ms = ?4",
+    [S_SEEN_SET] = "INSERT INTO seen(source, message_id, state, at_ms) VALUES(?1, ?2, ?3, ?4) "
+                   "ON CONFLICT(source, message_id) DO UPDATE SET state = ?3, at_ms = ?4",
     [S_SEEN_DEL] = "DELETE FROM seen WHERE source = ?1 AND message_id = ?2",
     [S_SEEN_PRUNE] = "DELETE FROM seen WHERE state = 2 AND at_ms < ?1",
 };

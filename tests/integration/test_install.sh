@@ -266,7 +266,12 @@ int main(int argc, char **argv)
 }
 EOF
 # shellcheck disable=SC2086 # the flags are words
-if cc -std=c11 -Wall -Wextra -Werror -o "$TMP/probe" "$TMP/probe.c" $flags >"$TMP/cc.log" 2>&1; then
+# A sanitizer build's library needs the sanitizer runtime in the program too.
+san=""
+if grep -q '^MR_SANITIZE:BOOL=ON' "$BUILD_DIR/CMakeCache.txt" 2>/dev/null; then
+    san="-fsanitize=address,undefined"
+fi
+if cc -std=c11 -Wall -Wextra -Werror $san -o "$TMP/probe" "$TMP/probe.c" $flags >"$TMP/cc.log" 2>&1; then
     ok "a C program builds against the installed header and library via pkg-config"
     out=$(timeout 20 "$TMP/probe" "$FAC_EP" t-aihua 2>&1) && rc=0 || rc=$?
     check "it creates an mr_client_t and connects to the installed daemon" "exit $rc: $out" \

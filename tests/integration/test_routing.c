@@ -411,6 +411,38 @@ static void test_routing_bad_input_gets_distinct_errors(void **state)
     assert_int_equal(raw_envelope(&r, "t-nowhere", "yx-lab", LO, LO, 1), MR_E_UNKNOWN_SOURCE);
     /* Another facility's source. */
     assert_int_equal(raw_envelope(&r, "t-manwan", "yx-lab", LO, LO, 1), MR_E_FORBIDDEN);
+    /* An envelope protobuf-c decodes but cannot write back (an unknown field
+     * number 0 in a two-byte tag): refused, never stored undecodable. */
+    {
+        Medroute__V1__LabOrder lo = MEDROUTE__V1__LAB_ORDER__INIT;
+        lo.placer_order_number = "PO-ZERO";
+        mr_envelope_t e = MEDROUTE__V1__ENVELOPE__INIT;
+        e.message_id = "zero-tag";
+        e.source = "t-aihua";
+        e.destination = "yx-lab";
+        e.kind = MEDROUTE__V1__KIND__KIND_LAB_ORDER;
+        e.payload_case = MEDROUTE__V1__ENVELOPE__PAYLOAD_LAB_ORDER;
+        e.lab_order = &lo;
+        uint8_t *env;
+        size_t env_len;
+        assert_int_equal(mr_pack(&e.base, &env, &env_len), 0);
+        uint8_t frame[512];
+        size_t n = 0, inner = env_len + 10;
+        frame[n++] = 0x08; /* version = 1 */
+        frame[n++] = 0x01;
+        frame[n++] = 0x2a; /* field 5 (envelope), length-delimited */
+        assert_true(inner < 128);
+        frame[n++] = (uint8_t)inner;
+        memcpy(frame + n, env, env_len);
+        n += env_len;
+        frame[n++] = 0x81; /* tag of field 0, wire type 1, in two bytes */
+        frame[n++] = 0x00;
+        memset(frame + n, 0, 8);
+        n += 8;
+        free(env);
+        assert_int_equal(zmq_send(r.sock, frame, n, 0), (int)n);
+        assert_int_equal(raw_expect(&r), MR_E_MALFORMED);
+    }
     /* A frame a facility may not send. */
     Medroute__V1__Ack ack = MEDROUTE__V1__ACK__INIT;
     mr_frame_t f = MEDROUTE__V1__FRAME__INIT;

@@ -39,8 +39,15 @@ static const char *const s_schema =
     " family_doctor INTEGER NOT NULL, priority INTEGER NOT NULL, state INTEGER NOT NULL,"
     " created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL,"
     " accepted_ms INTEGER, appointment_ms INTEGER, resource_key TEXT,"
-    " claim INTEGER NOT NULL DEFAULT 0, escalated_ms INTEGER, msg_seq INTEGER NOT NULL);"
+    " claim INTEGER NOT NULL DEFAULT 0, escalated_ms INTEGER, msg_seq INTEGER NOT NULL,"
+    " accept_due_ms INTEGER);"
     "CREATE INDEX IF NOT EXISTS referrals_state ON referrals(state, created_ms);"
+    /* The scans run every second: each reads only the rows that are due,
+     * through a partial index, however many referrals wait. */
+    "CREATE INDEX IF NOT EXISTS referrals_accept_due ON referrals(accept_due_ms)"
+    " WHERE escalated_ms IS NULL AND accept_due_ms IS NOT NULL AND state IN (1, 2);"
+    "CREATE INDEX IF NOT EXISTS referrals_expiry ON referrals(expires_ms)"
+    " WHERE state IN (1, 2, 3, 5);"
     "CREATE INDEX IF NOT EXISTS referrals_id ON referrals(referral_id);"
     "CREATE TABLE IF NOT EXISTS referral_steps(ref_key TEXT NOT NULL, msg_seq INTEGER,"
     " step INTEGER NOT NULL, actor INTEGER NOT NULL, from_state INTEGER NOT NULL,"
@@ -59,8 +66,12 @@ static const char *const s_schema =
     " priority INTEGER NOT NULL, state INTEGER NOT NULL, items INTEGER NOT NULL DEFAULT 0,"
     " opened_ms INTEGER NOT NULL, first_result_ms INTEGER, final_ms INTEGER,"
     " updated_ms INTEGER NOT NULL, critical INTEGER NOT NULL DEFAULT 0, critical_at_ms INTEGER,"
-    " readback_ms INTEGER, escalated_ms INTEGER, readback_escalated_ms INTEGER);"
+    " readback_ms INTEGER, escalated_ms INTEGER, readback_escalated_ms INTEGER,"
+    " due_ms INTEGER NOT NULL DEFAULT 0);"
     "CREATE INDEX IF NOT EXISTS loops_state ON loops(state, opened_ms);"
+    "CREATE INDEX IF NOT EXISTS loops_due ON loops(due_ms) WHERE escalated_ms IS NULL AND state < 2;"
+    "CREATE INDEX IF NOT EXISTS loops_readback ON loops(critical_at_ms)"
+    " WHERE critical = 1 AND readback_ms IS NULL AND readback_escalated_ms IS NULL;"
     "CREATE TABLE IF NOT EXISTS visit_reports(facility TEXT NOT NULL, date TEXT NOT NULL,"
     " grassroots INTEGER NOT NULL, outpatient INTEGER NOT NULL, emergency INTEGER NOT NULL,"
     " insured_in INTEGER NOT NULL, insured_out INTEGER NOT NULL, inpatient INTEGER NOT NULL,"
@@ -87,7 +98,8 @@ enum {
 static const char *const s_sql[Q_COUNT] = {
     [Q_REF_INSERT] = "INSERT INTO referrals(ref_key, referral_id, source, dest, direction, service,"
                      " unit, family_doctor, priority, state, created_ms, updated_ms, expires_ms,"
-                     " msg_seq) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13)"
+                     " msg_seq, accept_due_ms)"
+                     " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13, ?14)"
                      " ON CONFLICT(ref_key) DO NOTHING",
     /* An update names the referral by its id; the pair of facilities, in
      * either order, makes it unique. */
@@ -114,8 +126,8 @@ static const char *const s_sql[Q_COUNT] = {
     [Q_CAP_LEDGER] = "UPDATE capacity SET claimed_reserved = ?2, general_used = ?3,"
                      " released = ?4, updated_ms = ?5 WHERE resource_key = ?1",
     [Q_LOOP_INSERT] = "INSERT INTO loops(loop_key, kind, ref_id, orderer, filler, modality,"
-                      " priority, state, items, opened_ms, updated_ms)"
-                      " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?9)"
+                      " priority, state, items, opened_ms, updated_ms, due_ms)"
+                      " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?9, ?10)"
                       " ON CONFLICT(loop_key) DO NOTHING",
     [Q_LOOP_GET] = "SELECT filler, state, critical, readback_ms, coalesce(modality, ''), opened_ms,"
                    " critical_at_ms FROM loops WHERE loop_key = ?1",
@@ -377,6 +389,7 @@ static int s_on_referral(clinical_t *self, uint64_t seq, const char *source, con
     S_TRY(sqlite3_bind_int64(st, 11, now));
     S_TRY(sqlite3_bind_int64(st, 12, f->expires_ms));
     S_TRY(sqlite3_bind_int64(st, 13, (sqlite3_int64)seq));
+    S_TRY(f->due_ms ? sqlite3_bind_int64(st, 14, f->due_ms) : sqlite3_bind_null(st, 14));
     S_TRY(s_exec(st));
     if (sqlite3_changes(self->db) != 1)
         return s_refuse(out, MR_E_INVALID, "referral %s from %s exists already", f->ref_id, source);
@@ -636,6 +649,7 @@ static int s_on_order(clinical_t *self, const char *prefix, int kind, const char
     S_TRY(sqlite3_bind_int(st, 7, f->priority));
     S_TRY(sqlite3_bind_int(st, 8, f->items));
     S_TRY(sqlite3_bind_int64(st, 9, now));
+    S_TRY(sqlite3_bind_int64(st, 10, f->due_ms ? f->due_ms : INT64_MAX));
     S_TRY(s_exec(st));
     if (sqlite3_changes(self->db) != 1)
         return s_refuse(out, MR_E_INVALID, "order %s from %s exists already", f->ref_id, source);
@@ -874,6 +888,7 @@ static int s_expire_referrals(clinical_t *self, int64_t now, clin_event_t **even
     int rc = sqlite3_prepare_v2(self->db,
                                 "SELECT referral_id, source, dest FROM referrals"
                                 " WHERE state IN (1, 2, 3, 5) AND expires_ms < ?1 LIMIT 200",
+                                /* (referrals_expiry: only the expired are read) */
                                 -1, &st, NULL);
     if (rc != SQLITE_OK)
         return rc;
@@ -958,28 +973,28 @@ int clinical_scan(clinical_t *self, const clin_sla_t *sla, int64_t now_ms, clin_
                   size_t *n_events)
 {
     /* Urgent (1) and stat (2) referrals not accepted within their limits. */
+    /* Due times were set when each referral and order came in (facts.c),
+     * so every scan reads only what is due through its partial index. */
+    (void)sla;
     S_TRY(s_scan(self,
                  "UPDATE referrals SET escalated_ms = ?1 WHERE escalated_ms IS NULL"
-                 " AND state IN (1, 2) AND priority >= 1 AND created_ms +"
-                 " (CASE priority WHEN 2 THEN ?3 ELSE ?2 END) < ?1"
-                 " RETURNING ref_key, dest, ?1 - created_ms",
-                 now_ms, (int64_t)sla->urgent_accept_s * 1000, (int64_t)sla->stat_accept_s * 1000,
-                 EV_ACCEPT_OVERDUE, events, n_events));
+                 " AND accept_due_ms IS NOT NULL AND state IN (1, 2) AND accept_due_ms < ?1"
+                 " RETURNING ref_key, dest, ?1 - created_ms + 0 * ?2 + 0 * ?3",
+                 now_ms, 0, 0, EV_ACCEPT_OVERDUE, events, n_events));
     S_TRY(s_scan(self,
-                 "UPDATE loops SET escalated_ms = ?1 WHERE escalated_ms IS NULL AND kind = 1"
-                 " AND state < 2 AND opened_ms + (CASE priority WHEN 2 THEN ?3 ELSE ?2 END) < ?1"
-                 " RETURNING loop_key, filler, ?1 - opened_ms",
-                 now_ms, (int64_t)sla->imaging_final_s * 1000,
-                 (int64_t)sla->stat_imaging_final_s * 1000, EV_IMAGING_OVERDUE, events, n_events));
+                 "UPDATE loops SET escalated_ms = ?1 WHERE escalated_ms IS NULL AND state < 2"
+                 " AND due_ms < ?1 AND kind = 1 RETURNING loop_key, filler,"
+                 " ?1 - opened_ms + 0 * ?2 + 0 * ?3",
+                 now_ms, 0, 0, EV_IMAGING_OVERDUE, events, n_events));
     S_TRY(s_scan(self,
-                 "UPDATE loops SET escalated_ms = ?1 WHERE escalated_ms IS NULL AND kind = 2"
-                 " AND state < 2 AND opened_ms + (CASE priority WHEN 2 THEN ?3 ELSE ?2 END) < ?1"
-                 " RETURNING loop_key, filler, ?1 - opened_ms",
-                 now_ms, (int64_t)sla->lab_result_s * 1000, (int64_t)sla->stat_lab_result_s * 1000,
-                 EV_LAB_OVERDUE, events, n_events));
+                 "UPDATE loops SET escalated_ms = ?1 WHERE escalated_ms IS NULL AND state < 2"
+                 " AND due_ms < ?1 AND kind = 2 RETURNING loop_key, filler,"
+                 " ?1 - opened_ms + 0 * ?2 + 0 * ?3",
+                 now_ms, 0, 0, EV_LAB_OVERDUE, events, n_events));
     S_TRY(s_scan(self,
-                 "UPDATE loops SET readback_escalated_ms = ?1 WHERE readback_escalated_ms IS NULL"
-                 " AND critical = 1 AND readback_ms IS NULL AND critical_at_ms + ?2 < ?1"
+                 "UPDATE loops SET readback_escalated_ms = ?1 WHERE critical = 1"
+                 " AND readback_ms IS NULL AND readback_escalated_ms IS NULL"
+                 " AND critical_at_ms < ?1 - ?2"
                  " RETURNING loop_key, orderer, ?1 - critical_at_ms + 0 * ?3",
                  now_ms, (int64_t)sla->critical_readback_s * 1000, 0, EV_READBACK_OVERDUE, events,
                  n_events));

@@ -61,6 +61,8 @@ typedef struct {
     char *unit;            /* department, or requested modality for exams */
     bool family_doctor;
     int64_t expires_ms;
+    int64_t due_ms;        /* referral: accept by (urgent/stat; 0 = none);
+                              imaging/lab order: final report/result by */
     /* referral update */
     int step;              /* medroute.v1.ReferralStep */
     bool has_reason;

@@ -113,6 +113,10 @@ int facts_extract(const server_t *s, int src, int dest, const mr_envelope_t *env
                             ? r->requested_modality
                             : r->department);
         f->family_doctor = r->family_doctor_contract;
+        if (env->priority == MEDROUTE__V1__PRIORITY__PRIORITY_STAT)
+            f->due_ms = now_ms + (int64_t)s->conf->sla_stat_accept_s * 1000;
+        else if (env->priority == MEDROUTE__V1__PRIORITY__PRIORITY_URGENT)
+            f->due_ms = now_ms + (int64_t)s->conf->sla_urgent_accept_s * 1000;
         break;
     }
     case MEDROUTE__V1__ENVELOPE__PAYLOAD_REFERRAL_UPDATE: {
@@ -135,6 +139,10 @@ int facts_extract(const server_t *s, int src, int dest, const mr_envelope_t *env
         const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(
             &medroute__v1__modality__descriptor, (int)q->modality);
         f->modality = s_dup(v ? v->name + strlen("MODALITY_") : NULL);
+        f->due_ms = now_ms + (int64_t)(env->priority == MEDROUTE__V1__PRIORITY__PRIORITY_STAT
+                                           ? s->conf->sla_stat_imaging_final_s
+                                           : s->conf->sla_imaging_final_s) *
+                                 1000;
         break;
     }
     case MEDROUTE__V1__ENVELOPE__PAYLOAD_IMAGING_REPORT:
@@ -145,6 +153,10 @@ int facts_extract(const server_t *s, int src, int dest, const mr_envelope_t *env
     case MEDROUTE__V1__ENVELOPE__PAYLOAD_LAB_ORDER:
         id = env->lab_order->placer_order_number;
         f->items = (int)env->lab_order->n_tests;
+        f->due_ms = now_ms + (int64_t)(env->priority == MEDROUTE__V1__PRIORITY__PRIORITY_STAT
+                                           ? s->conf->sla_stat_lab_result_s
+                                           : s->conf->sla_lab_result_s) *
+                                 1000;
         break;
     case MEDROUTE__V1__ENVELOPE__PAYLOAD_LAB_RESULT: {
         const Medroute__V1__LabResult *r = env->lab_result;

@@ -219,6 +219,76 @@ static void test_security_no_spoofing(void **state)
     mr_client_destroy(&lead);
 }
 
+/* A raw CURVE connection (t-aihua's key) sends a malformed and an oversize
+ * frame: each gets its Error, and t-manwan's traffic flows on. */
+static int s_expect_error(void *sock)
+{
+    zmq_pollitem_t it = {.socket = sock, .events = ZMQ_POLLIN};
+    long long until = mrt_now_ms() + 5000;
+    while (mrt_now_ms() < until) {
+        if (zmq_poll(&it, 1, 100) <= 0)
+            continue;
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, sock, 0) < 0)
+            continue;
+        mr_frame_t *f = medroute__v1__frame__unpack(NULL, zmq_msg_size(&m), zmq_msg_data(&m));
+        zmq_msg_close(&m);
+        int code = -1;
+        if (f && f->body_case == MEDROUTE__V1__FRAME__BODY_ERROR)
+            code = (int)f->error->code;
+        if (f)
+            medroute__v1__frame__free_unpacked(f, NULL);
+        if (code >= 0)
+            return code;
+    }
+    return -1;
+}
+
+static void test_security_bad_input_over_curve(void **state)
+{
+    (void)state;
+    void *ctx = zmq_ctx_new();
+    void *sock = zmq_socket(ctx, ZMQ_DEALER);
+    int linger = 0;
+    zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
+    assert_int_equal(zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, g_broker.pub, 40), 0);
+    assert_int_equal(zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, g_aihua.pub, 40), 0);
+    assert_int_equal(zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, g_aihua.sec, 40), 0);
+    assert_int_equal(zmq_connect(sock, g_d.facility_ep), 0);
+    Medroute__V1__Hello h = MEDROUTE__V1__HELLO__INIT;
+    h.facility_id = "t-aihua";
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    f.version = 1;
+    f.body_case = MEDROUTE__V1__FRAME__BODY_HELLO;
+    f.hello = &h;
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(mr_pack(&f.base, &buf, &len), 0);
+    assert_int_equal(zmq_send(sock, buf, len, 0), (int)len);
+    free(buf);
+    assert_int_equal(zmq_send(sock, "\xff\xfe garbage", 10, 0), 10);
+    assert_int_equal(s_expect_error(sock), MR_E_MALFORMED);
+    size_t big = (1 << 20) + 10;
+    char *blob = calloc(1, big);
+    assert_int_equal(zmq_send(sock, blob, big, 0), (int)big);
+    free(blob);
+    assert_int_equal(s_expect_error(sock), MR_E_TOO_LARGE);
+    mr_client_t *manwan = secure_client("t-manwan", &g_manwan);
+    mr_client_t *lead = secure_client("yx-lead", &g_lead);
+    assert_int_equal(mr_client_wait_connected(manwan, 5000), 0);
+    assert_int_equal(mr_client_wait_connected(lead, 5000), 0);
+    assert_int_equal(mrt_send(manwan, "yx-lead", "lab_order", "routine",
+                              "{\"placer_order_number\":\"FLOW\"}", NULL),
+                     0);
+    got_t got = {0};
+    assert_true(mrt_poll_until(lead, 5000, one, &got, on_event, &got));
+    mr_client_destroy(&manwan);
+    mr_client_destroy(&lead);
+    zmq_close(sock);
+    zmq_ctx_term(ctx);
+}
+
 static void test_security_operator_roles(void **state)
 {
     (void)state;
@@ -246,6 +316,7 @@ int main(void)
         cmocka_unit_test(test_security_registered_keys_route),
         cmocka_unit_test(test_security_unknown_key_and_plaintext_cannot_connect),
         cmocka_unit_test(test_security_no_spoofing),
+        cmocka_unit_test(test_security_bad_input_over_curve),
         cmocka_unit_test(test_security_operator_roles),
     };
     return cmocka_run_group_tests_name("security", tests, setup, teardown);

@@ -1042,6 +1042,17 @@ void store_destroy(store_t **self_p)
     }
     /* Everything has committed: run the callbacks still waiting. */
     on_async(&self->async);
+    /* Requests those callbacks submitted (a tally, a page load) come too
+     * late to run: free them. */
+    pthread_mutex_lock(&self->lock);
+    store_req_t *late = self->queue_head;
+    self->queue_head = self->queue_tail = NULL;
+    pthread_mutex_unlock(&self->lock);
+    while (late != NULL) {
+        store_req_t *next = late->next;
+        s_req_free(late);
+        late = next;
+    }
     uv_close((uv_handle_t *)&self->async, on_close);
     *self_p = NULL;
 }

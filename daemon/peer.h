@@ -45,6 +45,7 @@ typedef struct {
     /* delivery queue (router.c) */
     qlist_t ready;          /* loaded from the store, not yet sent; seq order */
     qlist_t inflight;       /* sent, awaiting DeliveryAck; seq order */
+    size_t acking;          /* of inflight, those whose DeliveryAck is being committed */
     uint64_t cursor;        /* highest seq taken into memory */
     bool complete;          /* no pending message with seq > cursor in the store */
     bool loading;           /* a STORE_LOAD is in flight */

@@ -15,8 +15,9 @@
  *      may not hold it, so such a commit makes the queue incomplete.
  *   6. Express messages sit at the head of ready, ahead of routine ones;
  *      those loaded ahead of the cursor are skipped when a page reaches them.
- *   4. inflight.n <= max_inflight (a window), counting deliveries whose ack
- *      is being committed (acking).
+ *   4. inflight.n - acking <= max_inflight (a window): a DeliveryAck frees its
+ *      slot at once, while its commit is still on the way (acking counts
+ *      those, and they stay in inflight until the commit).
  *   5. Memory per destination is bounded: ready <= S_PAGE + S_READY_MAX.
  *
  *   store --LOAD page--> ready --send--> inflight --DeliveryAck--> acking --commit--> freed
@@ -33,7 +34,10 @@
 #include "session.h"
 
 #define S_PAGE 256        /* messages per STORE_LOAD */
-#define S_READY_MAX 512   /* fresh commits appended to ready while complete */
+/* Fresh commits kept in memory for a connected destination whose queue is
+ * complete (~5 MB at 600-byte messages): while delivery keeps up, messages
+ * go from the commit to the socket without being read back from the store. */
+#define S_READY_MAX 8192
 
 /* ---- lists ------------------------------------------------------------------ */
 
@@ -114,6 +118,27 @@ static void s_insert_sorted(qlist_t *l, qmsg_t *m)
     m->next = *pp;
     *pp = m;
     l->n++;
+}
+
+/* Marks m as having its DeliveryAck committed (or not), keeping p->acking. */
+static void s_acking(peer_t *p, qmsg_t *m, bool on)
+{
+    if (m == NULL || m->acking == on)
+        return;
+    m->acking = on;
+    if (on)
+        p->acking++;
+    else if (p->acking > 0)
+        p->acking--;
+}
+
+/* Takes seq out of inflight (keeping p->acking right); NULL if not there. */
+static qmsg_t *s_take_inflight(peer_t *p, uint64_t seq)
+{
+    qmsg_t *m = s_remove(&p->inflight, seq);
+    if (m != NULL && m->acking && p->acking > 0)
+        p->acking--;
+    return m;
 }
 
 static void s_free(qmsg_t *m)
@@ -233,7 +258,7 @@ void router_pump(server_t *s, int peer)
             s_load_express(s, peer);
         return;
     }
-    while (p->connected && p->inflight.n < p->max_inflight && p->ready.head) {
+    while (p->connected && p->inflight.n - p->acking < p->max_inflight && p->ready.head) {
         qmsg_t *m = p->ready.head;
         int rc = s_send(s, peer, m);
         if (rc == -EHOSTUNREACH) {
@@ -374,7 +399,7 @@ void router_on_disconnect(server_t *s, int peer)
 void router_forget(server_t *s, int peer, uint64_t seq)
 {
     peer_t *p = &s->peers[peer];
-    qmsg_t *m = s_remove(&p->inflight, seq);
+    qmsg_t *m = s_take_inflight(p, seq);
     if (m == NULL)
         m = s_remove(&p->ready, seq);
     s_free(m);
@@ -420,7 +445,7 @@ static void on_acked(store_req_t *req, void *arg)
         router_forget(s, peer, seq);
         break;
     case STORE_DUPLICATE:
-        s_free(s_remove(&p->inflight, seq));
+        s_free(s_take_inflight(p, seq));
         break;
     case STORE_NOT_FOUND: {
         mr_err_t err = {0};
@@ -435,9 +460,9 @@ static void on_acked(store_req_t *req, void *arg)
         /* Not recorded: deliver again later, the client's seen-set absorbs it. */
         qmsg_t *m = s_find(&p->inflight, seq);
         if (m != NULL) {
-            m->acking = false;
+            s_acking(p, m, false);
             if (!p->connected)
-                s_insert_sorted(&p->ready, s_remove(&p->inflight, seq));
+                s_insert_sorted(&p->ready, s_take_inflight(p, seq));
         }
         break;
     }
@@ -456,7 +481,7 @@ int handle_delivery_ack(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t
     if (m != NULL) {
         if (m->acking)
             return 0; /* a repeat while the first is being committed */
-        m->acking = true;
+        s_acking(p, m, true); /* its window slot is free from now on */
     }
     store_req_t *req = store_req_new(STORE_ACK, on_acked, s);
     if (req == NULL)
@@ -467,8 +492,7 @@ int handle_delivery_ack(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t
     req->now_ms = mr_now_ms();
     if (req->msg.dest == NULL) {
         free(req);
-        if (m)
-            m->acking = false;
+        s_acking(p, m, false);
         return mr_fail(err, MR_E_INTERNAL, "out of memory");
     }
     store_submit(s->store, req);
@@ -544,6 +568,7 @@ void router_forget_memory(server_t *s, int peer)
     peer_t *p = &s->peers[peer];
     s_clear(&p->ready);
     s_clear(&p->inflight);
+    p->acking = 0;
     p->complete = false;
     p->cursor = 0;
 }

@@ -21,7 +21,6 @@ typedef struct qmsg_t {
     int64_t stored_ms;
     int64_t sent_ms;        /* last send, 0 = never */
     uint32_t attempts;      /* sends so far */
-    bool acking;            /* DeliveryAck received, store write in flight */
     bool express;           /* critical or stat: sent ahead of routine messages */
     struct qmsg_t *next;
 } qmsg_t;
@@ -45,7 +44,7 @@ typedef struct {
     /* delivery queue (router.c) */
     qlist_t ready;          /* loaded from the store, not yet sent; seq order */
     qlist_t inflight;       /* sent, awaiting DeliveryAck; seq order */
-    size_t acking;          /* of inflight, those whose DeliveryAck is being committed */
+    qlist_t acked;          /* DeliveryAck received, its commit on the way; ack order */
     uint64_t cursor;        /* highest seq taken into memory */
     bool complete;          /* no pending message with seq > cursor in the store */
     bool loading;           /* a STORE_LOAD is in flight */

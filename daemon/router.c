@@ -15,12 +15,14 @@
  *      may not hold it, so such a commit makes the queue incomplete.
  *   6. Express messages sit at the head of ready, ahead of routine ones;
  *      those loaded ahead of the cursor are skipped when a page reaches them.
- *   4. inflight.n - acking <= max_inflight (a window): a DeliveryAck frees its
- *      slot at once, while its commit is still on the way (acking counts
- *      those, and they stay in inflight until the commit).
+ *   4. inflight.n <= max_inflight (a window).  A DeliveryAck moves its
+ *      message from inflight to acked at once, freeing the slot; the message
+ *      is freed when the ack's commit comes back (or goes back to inflight
+ *      if the commit failed).  Both lists are searched from their head,
+ *      where acks and commits normally land, in order.
  *   5. Memory per destination is bounded: ready <= S_PAGE + S_READY_MAX.
  *
- *   store --LOAD page--> ready --send--> inflight --DeliveryAck--> acking --commit--> freed
+ *   store --LOAD page--> ready --send--> inflight --DeliveryAck--> acked --commit--> freed
  *                          ^                 |                         |
  *                          +-- disconnect ---+------- ack failed ------+
  */
@@ -120,27 +122,6 @@ static void s_insert_sorted(qlist_t *l, qmsg_t *m)
     l->n++;
 }
 
-/* Marks m as having its DeliveryAck committed (or not), keeping p->acking. */
-static void s_acking(peer_t *p, qmsg_t *m, bool on)
-{
-    if (m == NULL || m->acking == on)
-        return;
-    m->acking = on;
-    if (on)
-        p->acking++;
-    else if (p->acking > 0)
-        p->acking--;
-}
-
-/* Takes seq out of inflight (keeping p->acking right); NULL if not there. */
-static qmsg_t *s_take_inflight(peer_t *p, uint64_t seq)
-{
-    qmsg_t *m = s_remove(&p->inflight, seq);
-    if (m != NULL && m->acking && p->acking > 0)
-        p->acking--;
-    return m;
-}
-
 static void s_free(qmsg_t *m)
 {
     if (m == NULL)
@@ -218,6 +199,9 @@ static bool s_held(const peer_t *p, uint64_t seq)
     for (const qmsg_t *m = p->inflight.head; m; m = m->next)
         if (m->seq == seq)
             return true;
+    for (const qmsg_t *m = p->acked.head; m; m = m->next)
+        if (m->seq == seq)
+            return true;
     for (const qmsg_t *m = p->ready.head; m && m->express; m = m->next)
         if (m->seq == seq)
             return true;
@@ -258,7 +242,7 @@ void router_pump(server_t *s, int peer)
             s_load_express(s, peer);
         return;
     }
-    while (p->connected && p->inflight.n - p->acking < p->max_inflight && p->ready.head) {
+    while (p->connected && p->inflight.n < p->max_inflight && p->ready.head) {
         qmsg_t *m = p->ready.head;
         int rc = s_send(s, peer, m);
         if (rc == -EHOSTUNREACH) {
@@ -378,13 +362,10 @@ void router_on_disconnect(server_t *s, int peer)
 {
     peer_t *p = &s->peers[peer];
     p->express_checked = false; /* look again on the next connection */
-    /* inflight seqs all precede ready seqs: move them back to the front,
-     * except those whose ack is being committed. */
-    qlist_t keep = {0};
-    qmsg_t *m;
-    qlist_t back = {0};
-    while ((m = s_pop(&p->inflight)) != NULL)
-        s_push(m->acking ? &keep : &back, m);
+    /* inflight seqs all precede ready seqs: move them back to the front
+     * (the acked ones wait for their commit where they are). */
+    qlist_t back = p->inflight;
+    p->inflight = (qlist_t){0};
     if (back.head) {
         back.tail->next = p->ready.head;
         if (p->ready.tail == NULL)
@@ -392,14 +373,15 @@ void router_on_disconnect(server_t *s, int peer)
         p->ready.head = back.head;
         p->ready.n += back.n;
     }
-    p->inflight = keep;
     (void)s;
 }
 
 void router_forget(server_t *s, int peer, uint64_t seq)
 {
     peer_t *p = &s->peers[peer];
-    qmsg_t *m = s_take_inflight(p, seq);
+    qmsg_t *m = s_remove(&p->acked, seq);
+    if (m == NULL)
+        m = s_remove(&p->inflight, seq);
     if (m == NULL)
         m = s_remove(&p->ready, seq);
     s_free(m);
@@ -420,7 +402,7 @@ void router_on_retried(server_t *s, int peer, uint64_t seq, uint8_t *body, size_
         return;
     }
     /* Below the cursor no load will see it again: into the window directly. */
-    qmsg_t *m = s_find(&p->ready, seq) || s_find(&p->inflight, seq)
+    qmsg_t *m = s_find(&p->ready, seq) || s_find(&p->inflight, seq) || s_find(&p->acked, seq)
                     ? NULL
                     : s_qmsg(seq, body, len, stored_ms);
     if (m == NULL) {
@@ -445,7 +427,7 @@ static void on_acked(store_req_t *req, void *arg)
         router_forget(s, peer, seq);
         break;
     case STORE_DUPLICATE:
-        s_free(s_take_inflight(p, seq));
+        s_free(s_remove(&p->acked, seq));
         break;
     case STORE_NOT_FOUND: {
         mr_err_t err = {0};
@@ -458,12 +440,9 @@ static void on_acked(store_req_t *req, void *arg)
     }
     default: {
         /* Not recorded: deliver again later, the client's seen-set absorbs it. */
-        qmsg_t *m = s_find(&p->inflight, seq);
-        if (m != NULL) {
-            s_acking(p, m, false);
-            if (!p->connected)
-                s_insert_sorted(&p->ready, s_take_inflight(p, seq));
-        }
+        qmsg_t *m = s_remove(&p->acked, seq);
+        if (m != NULL)
+            s_insert_sorted(p->connected ? &p->inflight : &p->ready, m);
         break;
     }
     }
@@ -477,12 +456,11 @@ int handle_delivery_ack(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t
     if (seq == 0)
         return mr_fail(err, MR_E_INVALID, "DeliveryAck.seq is required");
     peer_t *p = &s->peers[ctx->peer];
-    qmsg_t *m = s_find(&p->inflight, seq);
-    if (m != NULL) {
-        if (m->acking)
-            return 0; /* a repeat while the first is being committed */
-        s_acking(p, m, true); /* its window slot is free from now on */
-    }
+    if (s_find(&p->acked, seq) != NULL)
+        return 0; /* a repeat while the first is being committed */
+    qmsg_t *m = s_remove(&p->inflight, seq);
+    if (m != NULL)
+        s_push(&p->acked, m); /* its window slot is free from now on */
     store_req_t *req = store_req_new(STORE_ACK, on_acked, s);
     if (req == NULL)
         return mr_fail(err, MR_E_INTERNAL, "out of memory");
@@ -492,7 +470,8 @@ int handle_delivery_ack(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t
     req->now_ms = mr_now_ms();
     if (req->msg.dest == NULL) {
         free(req);
-        s_acking(p, m, false);
+        if (m != NULL)
+            s_insert_sorted(&p->inflight, s_remove(&p->acked, seq));
         return mr_fail(err, MR_E_INTERNAL, "out of memory");
     }
     store_submit(s->store, req);
@@ -548,7 +527,7 @@ void router_cron(server_t *s, int64_t now_ms)
         for (qmsg_t *m = p->inflight.head; m; m = m->next) {
             /* Back off: each unanswered send doubles the wait, up to 32x. */
             unsigned shift = m->attempts > 1 ? (m->attempts - 1 < 5 ? m->attempts - 1 : 5) : 0;
-            if (m->acking || now_ms - m->sent_ms < (timeout << shift))
+            if (now_ms - m->sent_ms < (timeout << shift))
                 continue;
             int rc = s_send(s, (int)i, m);
             if (rc == -EHOSTUNREACH) {
@@ -568,7 +547,7 @@ void router_forget_memory(server_t *s, int peer)
     peer_t *p = &s->peers[peer];
     s_clear(&p->ready);
     s_clear(&p->inflight);
-    p->acking = 0;
+    s_clear(&p->acked);
     p->complete = false;
     p->cursor = 0;
 }
@@ -579,5 +558,6 @@ void router_stop(server_t *s)
     for (size_t i = 0; i < n; i++) {
         s_clear(&s->peers[i].ready);
         s_clear(&s->peers[i].inflight);
+        s_clear(&s->peers[i].acked);
     }
 }

@@ -456,11 +456,11 @@ int handle_delivery_ack(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t
     if (seq == 0)
         return mr_fail(err, MR_E_INVALID, "DeliveryAck.seq is required");
     peer_t *p = &s->peers[ctx->peer];
-    if (s_find(&p->acked, seq) != NULL)
-        return 0; /* a repeat while the first is being committed */
-    qmsg_t *m = s_remove(&p->inflight, seq);
+    qmsg_t *m = s_remove(&p->inflight, seq); /* normally at its head */
     if (m != NULL)
         s_push(&p->acked, m); /* its window slot is free from now on */
+    else if (s_find(&p->acked, seq) != NULL)
+        return 0; /* a repeat while the first is being committed */
     store_req_t *req = store_req_new(STORE_ACK, on_acked, s);
     if (req == NULL)
         return mr_fail(err, MR_E_INTERNAL, "out of memory");

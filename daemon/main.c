@@ -3,6 +3,7 @@
  * the loop, destroy.
  */
 #include <getopt.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,6 +87,10 @@ int main(int argc, char **argv)
         return 1;
     }
     umask(077); /* store, keys and sockets are owner-only */
+    /* Messages are allocated on one thread and freed on another: without this
+     * glibc keeps giving arena memory back (madvise) and taking it again. */
+    if (mallopt(M_TRIM_THRESHOLD, 64 << 20) != 1 || mallopt(M_TOP_PAD, 16 << 20) != 1)
+        fprintf(stderr, "medrouted: mallopt failed (memory is trimmed more often)\n");
     /* Local days and periods: set once, before any thread starts. */
     if (setenv("TZ", conf->timezone, 1) != 0) {
         fprintf(stderr, "cannot set the time zone\n");

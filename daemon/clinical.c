@@ -41,7 +41,6 @@ static const char *const s_schema =
     " accepted_ms INTEGER, appointment_ms INTEGER, resource_key TEXT,"
     " claim INTEGER NOT NULL DEFAULT 0, escalated_ms INTEGER, msg_seq INTEGER NOT NULL,"
     " accept_due_ms INTEGER);"
-    "CREATE INDEX IF NOT EXISTS referrals_state ON referrals(state, created_ms);"
     /* The scans run every second: each reads only the rows that are due,
      * through a partial index, however many referrals wait. */
     "CREATE INDEX IF NOT EXISTS referrals_accept_due ON referrals(accept_due_ms)"
@@ -52,7 +51,8 @@ static const char *const s_schema =
     "CREATE TABLE IF NOT EXISTS referral_steps(ref_key TEXT NOT NULL, msg_seq INTEGER,"
     " step INTEGER NOT NULL, actor INTEGER NOT NULL, from_state INTEGER NOT NULL,"
     " to_state INTEGER NOT NULL, at_ms INTEGER NOT NULL);"
-    "CREATE INDEX IF NOT EXISTS referral_steps_key ON referral_steps(ref_key);"
+    /* referral_steps is an audit trail: written on every step, read rarely,
+     * so it has no index to keep up. */
     "CREATE TABLE IF NOT EXISTS capacity(resource_key TEXT PRIMARY KEY,"
     " resource INTEGER NOT NULL, unit TEXT NOT NULL, date TEXT NOT NULL,"
     " capacity INTEGER NOT NULL, reserved INTEGER NOT NULL,"
@@ -84,7 +84,6 @@ enum {
     Q_REF_BY_KEY,
     Q_REF_UPDATE,
     Q_REF_STEP,
-    Q_MSG_REFKEY,
     Q_MSG_KIND,
     Q_CAP_GET,
     Q_CAP_PUT,
@@ -115,7 +114,6 @@ static const char *const s_sql[Q_COUNT] = {
                      " resource_key = ?5, claim = ?6 WHERE ref_key = ?1",
     [Q_REF_STEP] = "INSERT INTO referral_steps(ref_key, msg_seq, step, actor, from_state,"
                    " to_state, at_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    [Q_MSG_REFKEY] = "UPDATE messages SET ref_key = ?2 WHERE seq = ?1",
     [Q_MSG_KIND] = "SELECT kind, ref_key FROM messages WHERE seq = ?1",
     [Q_CAP_GET] = "SELECT capacity, reserved, claimed_reserved, general_used, released,"
                   " released_at_ms IS NOT NULL FROM capacity WHERE resource_key = ?1",
@@ -396,11 +394,8 @@ static int s_on_referral(clinical_t *self, uint64_t seq, const char *source, con
     char labels[320];
     s_ref_labels(labels, sizeof labels, f->direction, source, dest, f->unit, f->priority);
     S_TRY(tally_add(self->tally, "referrals_requested_total", labels, 1));
-    st = s_q(self, Q_MSG_REFKEY);
-    S_TRY(sqlite3_bind_int64(st, 1, (sqlite3_int64)seq));
-    S_TRY(sqlite3_bind_text(st, 2, key, -1, SQLITE_STATIC));
-    out->ref_state = REF_REQUESTED;
-    return s_exec(st);
+    out->ref_state = REF_REQUESTED; /* messages.ref_key was written by the INSERT (store.c) */
+    return SQLITE_OK;
 }
 
 typedef struct {

@@ -65,9 +65,9 @@ enum {
 
 static const char *const s_sql[S_STMT_COUNT] = {
     [S_PUT_INSERT] = "INSERT INTO messages(source, message_id, dest, kind, priority, stored_ms,"
-                     " expires_ms, body, content_hash, state, done_ms, express)"
+                     " expires_ms, body, content_hash, state, done_ms, express, ref_key)"
                      " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, CASE ?10 WHEN 1 THEN ?6 END,"
-                     " ?11)"
+                     " ?11, ?12)"
                      " ON CONFLICT(source, message_id) DO NOTHING",
     [S_PUT_FIND] = "SELECT seq, content_hash FROM messages WHERE source = ?1 AND message_id = ?2",
     [S_ACK_UPDATE] = "UPDATE messages SET state = 1, done_ms = ?3"
@@ -115,6 +115,7 @@ static const char *const s_schema =
     " stored_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL,"
     " state INTEGER NOT NULL DEFAULT 0, done_ms INTEGER, dead_reason TEXT,"
     " body BLOB NOT NULL, content_hash INTEGER NOT NULL, express INTEGER NOT NULL DEFAULT 0,"
+    " ref_key TEXT,"
     " UNIQUE(source, message_id));"
     "CREATE INDEX IF NOT EXISTS messages_pending ON messages(dest, seq) WHERE state = 0;"
     "CREATE INDEX IF NOT EXISTS messages_express ON messages(dest, seq)"
@@ -417,6 +418,13 @@ static int s_op_put(store_t *self, store_req_t *req)
     S_BIND(sqlite3_bind_int64(st, 9, (sqlite3_int64)m->content_hash));
     S_BIND(sqlite3_bind_int(st, 10, req->state));
     S_BIND(sqlite3_bind_int(st, 11, m->express));
+    /* A referral's lifecycle key, written with the message (no second write). */
+    char ref_key[200];
+    if (req->facts && req->facts->kind == MEDROUTE__V1__KIND__KIND_REFERRAL &&
+        req->facts->ref_id != NULL) {
+        snprintf(ref_key, sizeof ref_key, "%s/%s", m->source, req->facts->ref_id);
+        S_BIND(sqlite3_bind_text(st, 12, ref_key, -1, SQLITE_TRANSIENT));
+    }
     /* The clinical effects may refuse the message: a savepoint undoes the insert. */
     int rc = req->facts ? s_control(self, S_SAVEPOINT) : SQLITE_OK;
     if (rc != SQLITE_OK)

@@ -50,6 +50,7 @@ typedef struct {
     bool loading;           /* a STORE_LOAD is in flight */
     bool loading_express;   /* ... and it fetches express messages only */
     bool express_checked;   /* stored express messages were looked for since connecting */
+    uint64_t express_ahead; /* highest seq taken into memory ahead of the cursor as express */
     uint64_t pending;       /* stored, not yet acknowledged (store truth) */
 } peer_t;
 

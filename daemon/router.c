@@ -302,6 +302,8 @@ static void on_loaded(store_req_t *req, void *arg)
             r->body = NULL;
             m->express = true;
             s_push_express(&p->ready, m);
+            if (r->seq > p->express_ahead)
+                p->express_ahead = r->seq;
         }
         router_pump(s, peer);
         return;
@@ -310,7 +312,8 @@ static void on_loaded(store_req_t *req, void *arg)
         store_row_t *r = &req->rows[i];
         if (r->seq <= p->cursor)
             continue;
-        if (s_held(p, r->seq)) {
+        /* Only seqs up to the last express one loaded ahead can be held. */
+        if (r->seq <= p->express_ahead && s_held(p, r->seq)) {
             p->cursor = r->seq; /* loaded ahead as express */
             continue;
         }

@@ -6,6 +6,7 @@
  */
 #include "opapi.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -151,172 +152,173 @@ out:
     free(pd);
 }
 
+/* The arrays of a repeated message field: n messages of desc's type, each
+ * initialised, and the pointer array protobuf-c packs from. */
+typedef struct {
+    void *items;
+    void **ptrs;
+} s_rows_t;
+
+static int s_rows_new(s_rows_t *r, size_t n, const ProtobufCMessageDescriptor *desc)
+{
+    size_t size = desc->sizeof_message;
+    r->items = calloc(n ? n : 1, size);
+    r->ptrs = calloc(n ? n : 1, sizeof *r->ptrs);
+    if (r->items == NULL || r->ptrs == NULL)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        r->ptrs[i] = (char *)r->items + i * size;
+        desc->message_init(r->ptrs[i]);
+    }
+    return 0;
+}
+
+static void s_rows_free(s_rows_t *r)
+{
+    free(r->ptrs);
+    free(r->items);
+}
+
+/* Answers a store request that failed, or that cannot be answered for lack
+ * of memory; true when it did (the caller then only cleans up). */
+static bool s_failed(const s_pending_t *pd, const store_req_t *req, int rows_rc, const char *what)
+{
+    if (req->status == STORE_OK && rows_rc == 0)
+        return false;
+    s_reply_error(pd->s, pd->rid, pd->rid_len, pd->request_id,
+                  req->status != STORE_OK ? MR_E_STORE_UNAVAILABLE : MR_E_INTERNAL, what);
+    return true;
+}
+
+/* Sends r as the answer to pd's request. */
+static void s_answer(const s_pending_t *pd, mr_op_reply_t *r)
+{
+    r->request_id = pd->request_id;
+    s_reply(pd->s, pd->rid, pd->rid_len, r);
+}
+
 static void on_listed(store_req_t *req, void *arg)
 {
     s_pending_t *pd = arg;
     server_t *s = pd->s;
-    if (req->status != STORE_OK) {
-        s_reply_error(s, pd->rid, pd->rid_len, pd->request_id, MR_E_STORE_UNAVAILABLE,
-                      "the store is unavailable");
-        free(pd);
-        return;
-    }
-    Medroute__V1__QueuedMessage *qm = calloc(req->n_rows ? req->n_rows : 1, sizeof *qm);
-    Medroute__V1__QueuedMessage **qmp = calloc(req->n_rows ? req->n_rows : 1, sizeof *qmp);
-    if (qm == NULL || qmp == NULL) {
-        s_reply_error(s, pd->rid, pd->rid_len, pd->request_id, MR_E_INTERNAL, "out of memory");
-        goto out;
-    }
-    for (size_t i = 0; i < req->n_rows; i++) {
-        const store_row_t *r = &req->rows[i];
-        medroute__v1__queued_message__init(&qm[i]);
-        qm[i].seq = r->seq;
-        qm[i].message_id = r->message_id;
-        qm[i].source = r->source;
-        qm[i].destination = r->dest;
-        qm[i].kind = r->kind;
-        qm[i].priority = r->priority;
-        qm[i].stored_at_ms = r->stored_ms;
-        qm[i].dead_reason = r->dead_reason ? r->dead_reason : (char *)"";
-        int peer = registry_find(s->registry, r->dest, strlen(r->dest));
-        if (peer >= 0) {
-            for (qmsg_t *m = s->peers[peer].inflight.head; m; m = m->next)
+    s_rows_t rows;
+    int rc = s_rows_new(&rows, req->n_rows, &medroute__v1__queued_message__descriptor);
+    if (!s_failed(pd, req, rc, "could not list the queue")) {
+        for (size_t i = 0; i < req->n_rows; i++) {
+            const store_row_t *r = &req->rows[i];
+            Medroute__V1__QueuedMessage *q = rows.ptrs[i];
+            q->seq = r->seq;
+            q->message_id = r->message_id;
+            q->source = r->source;
+            q->destination = r->dest;
+            q->kind = r->kind;
+            q->priority = r->priority;
+            q->stored_at_ms = r->stored_ms;
+            q->dead_reason = r->dead_reason ? r->dead_reason : (char *)"";
+            int peer = registry_find(s->registry, r->dest, strlen(r->dest));
+            for (qmsg_t *m = peer >= 0 ? s->peers[peer].inflight.head : NULL; m; m = m->next)
                 if (m->seq == r->seq)
-                    qm[i].attempts = m->attempts;
+                    q->attempts = m->attempts;
         }
-        qmp[i] = &qm[i];
+        Medroute__V1__QueueListReply ql = MEDROUTE__V1__QUEUE_LIST_REPLY__INIT;
+        ql.n_messages = req->n_rows;
+        ql.messages = (Medroute__V1__QueuedMessage **)rows.ptrs;
+        mr_op_reply_t r = MEDROUTE__V1__OP_REPLY__INIT;
+        r.body_case = MEDROUTE__V1__OP_REPLY__BODY_QUEUE_LIST;
+        r.queue_list = &ql;
+        s_answer(pd, &r);
     }
-    Medroute__V1__QueueListReply ql = MEDROUTE__V1__QUEUE_LIST_REPLY__INIT;
-    ql.n_messages = req->n_rows;
-    ql.messages = qmp;
-    mr_op_reply_t r = MEDROUTE__V1__OP_REPLY__INIT;
-    r.request_id = pd->request_id;
-    r.body_case = MEDROUTE__V1__OP_REPLY__BODY_QUEUE_LIST;
-    r.queue_list = &ql;
-    s_reply(s, pd->rid, pd->rid_len, &r);
-out:
-    free(qmp);
-    free(qm);
+    s_rows_free(&rows);
     free(pd);
 }
 
 static void on_slots(store_req_t *req, void *arg)
 {
     s_pending_t *pd = arg;
-    server_t *s = pd->s;
-    size_t n = req->n_slots;
-    Medroute__V1__SlotRow *rows = calloc(n ? n : 1, sizeof *rows);
-    Medroute__V1__SlotRow **rp = calloc(n ? n : 1, sizeof *rp);
-    if (req->status != STORE_OK || rows == NULL || rp == NULL) {
-        s_reply_error(s, pd->rid, pd->rid_len, pd->request_id,
-                      req->status != STORE_OK ? MR_E_STORE_UNAVAILABLE : MR_E_INTERNAL,
-                      "could not read the ledger");
-        goto out;
+    s_rows_t rows;
+    int rc = s_rows_new(&rows, req->n_slots, &medroute__v1__slot_row__descriptor);
+    if (!s_failed(pd, req, rc, "could not read the ledger")) {
+        for (size_t i = 0; i < req->n_slots; i++) {
+            const clin_slot_t *c = &req->slots[i];
+            Medroute__V1__SlotRow *row = rows.ptrs[i];
+            row->resource = (char *)slots_kind_name(c->resource);
+            row->unit = c->unit;
+            row->date = c->date;
+            row->capacity = (uint32_t)c->ledger.capacity;
+            row->reserved = (uint32_t)c->ledger.reserved;
+            row->claimed_reserved = (uint32_t)c->ledger.claimed_reserved;
+            row->general_used = (uint32_t)c->ledger.general_used;
+            row->released = (uint32_t)c->ledger.released;
+            row->released_at_ms = c->released_at_ms;
+            row->reserved_share = slots_reserved_share(&c->ledger);
+        }
+        Medroute__V1__SlotsReply sr = MEDROUTE__V1__SLOTS_REPLY__INIT;
+        sr.n_rows = req->n_slots;
+        sr.rows = (Medroute__V1__SlotRow **)rows.ptrs;
+        mr_op_reply_t r = MEDROUTE__V1__OP_REPLY__INIT;
+        r.body_case = MEDROUTE__V1__OP_REPLY__BODY_SLOTS;
+        r.slots = &sr;
+        s_answer(pd, &r);
     }
-    for (size_t i = 0; i < n; i++) {
-        const clin_slot_t *c = &req->slots[i];
-        medroute__v1__slot_row__init(&rows[i]);
-        rows[i].resource = (char *)slots_kind_name(c->resource);
-        rows[i].unit = c->unit;
-        rows[i].date = c->date;
-        rows[i].capacity = (uint32_t)c->ledger.capacity;
-        rows[i].reserved = (uint32_t)c->ledger.reserved;
-        rows[i].claimed_reserved = (uint32_t)c->ledger.claimed_reserved;
-        rows[i].general_used = (uint32_t)c->ledger.general_used;
-        rows[i].released = (uint32_t)c->ledger.released;
-        rows[i].released_at_ms = c->released_at_ms;
-        rows[i].reserved_share = slots_reserved_share(&c->ledger);
-        rp[i] = &rows[i];
-    }
-    Medroute__V1__SlotsReply sr = MEDROUTE__V1__SLOTS_REPLY__INIT;
-    sr.n_rows = n;
-    sr.rows = rp;
-    mr_op_reply_t r = MEDROUTE__V1__OP_REPLY__INIT;
-    r.request_id = pd->request_id;
-    r.body_case = MEDROUTE__V1__OP_REPLY__BODY_SLOTS;
-    r.slots = &sr;
-    s_reply(s, pd->rid, pd->rid_len, &r);
-out:
-    free(rp);
-    free(rows);
+    s_rows_free(&rows);
     free(pd);
 }
 
 static void on_open_loops(store_req_t *req, void *arg)
 {
     s_pending_t *pd = arg;
-    server_t *s = pd->s;
-    size_t n = req->n_open;
-    Medroute__V1__OpenLoop *rows = calloc(n ? n : 1, sizeof *rows);
-    Medroute__V1__OpenLoop **rp = calloc(n ? n : 1, sizeof *rp);
-    if (req->status != STORE_OK || rows == NULL || rp == NULL) {
-        s_reply_error(s, pd->rid, pd->rid_len, pd->request_id,
-                      req->status != STORE_OK ? MR_E_STORE_UNAVAILABLE : MR_E_INTERNAL,
-                      "could not read the open loops");
-        goto out;
+    s_rows_t rows;
+    int rc = s_rows_new(&rows, req->n_open, &medroute__v1__open_loop__descriptor);
+    if (!s_failed(pd, req, rc, "could not read the open loops")) {
+        for (size_t i = 0; i < req->n_open; i++) {
+            const clin_open_t *o = &req->open[i];
+            Medroute__V1__OpenLoop *l = rows.ptrs[i];
+            l->kind = o->kind;
+            l->id = o->key;
+            l->from = o->from;
+            l->to = o->to;
+            l->state = o->state;
+            l->priority = o->priority;
+            l->opened_at_ms = o->opened_ms;
+            l->updated_at_ms = o->updated_ms;
+            l->escalated = o->escalated;
+        }
+        Medroute__V1__OpenLoopsReply olr = MEDROUTE__V1__OPEN_LOOPS_REPLY__INIT;
+        olr.n_loops = req->n_open;
+        olr.loops = (Medroute__V1__OpenLoop **)rows.ptrs;
+        mr_op_reply_t r = MEDROUTE__V1__OP_REPLY__INIT;
+        r.body_case = MEDROUTE__V1__OP_REPLY__BODY_OPEN_LOOPS;
+        r.open_loops = &olr;
+        s_answer(pd, &r);
     }
-    for (size_t i = 0; i < n; i++) {
-        const clin_open_t *o = &req->open[i];
-        medroute__v1__open_loop__init(&rows[i]);
-        rows[i].kind = o->kind;
-        rows[i].id = o->key;
-        rows[i].from = o->from;
-        rows[i].to = o->to;
-        rows[i].state = o->state;
-        rows[i].priority = o->priority;
-        rows[i].opened_at_ms = o->opened_ms;
-        rows[i].updated_at_ms = o->updated_ms;
-        rows[i].escalated = o->escalated;
-        rp[i] = &rows[i];
-    }
-    Medroute__V1__OpenLoopsReply olr = MEDROUTE__V1__OPEN_LOOPS_REPLY__INIT;
-    olr.n_loops = n;
-    olr.loops = rp;
-    mr_op_reply_t r = MEDROUTE__V1__OP_REPLY__INIT;
-    r.request_id = pd->request_id;
-    r.body_case = MEDROUTE__V1__OP_REPLY__BODY_OPEN_LOOPS;
-    r.open_loops = &olr;
-    s_reply(s, pd->rid, pd->rid_len, &r);
-out:
-    free(rp);
-    free(rows);
+    s_rows_free(&rows);
     free(pd);
 }
 
 static void on_stats(store_req_t *req, void *arg)
 {
     s_pending_t *pd = arg;
-    server_t *s = pd->s;
-    size_t n = req->n_tallies;
-    Medroute__V1__TallyRow *rows = calloc(n ? n : 1, sizeof *rows);
-    Medroute__V1__TallyRow **rp = calloc(n ? n : 1, sizeof *rp);
-    if (req->status != STORE_OK || rows == NULL || rp == NULL) {
-        s_reply_error(s, pd->rid, pd->rid_len, pd->request_id,
-                      req->status != STORE_OK ? MR_E_STORE_UNAVAILABLE : MR_E_INTERNAL,
-                      "could not read the tallies");
-        goto out;
+    s_rows_t rows;
+    int rc = s_rows_new(&rows, req->n_tallies, &medroute__v1__tally_row__descriptor);
+    if (!s_failed(pd, req, rc, "could not read the tallies")) {
+        for (size_t i = 0; i < req->n_tallies; i++) {
+            Medroute__V1__TallyRow *t = rows.ptrs[i];
+            t->name = req->tallies[i].name;
+            t->labels = req->tallies[i].labels;
+            t->value = req->tallies[i].value;
+        }
+        Medroute__V1__StatsReply sr = MEDROUTE__V1__STATS_REPLY__INIT;
+        sr.period = pd->period.label;
+        sr.first_day = pd->period.first;
+        sr.last_day = pd->period.last;
+        sr.n_tallies = req->n_tallies;
+        sr.tallies = (Medroute__V1__TallyRow **)rows.ptrs;
+        mr_op_reply_t r = MEDROUTE__V1__OP_REPLY__INIT;
+        r.body_case = MEDROUTE__V1__OP_REPLY__BODY_STATS;
+        r.stats = &sr;
+        s_answer(pd, &r);
     }
-    for (size_t i = 0; i < n; i++) {
-        medroute__v1__tally_row__init(&rows[i]);
-        rows[i].name = req->tallies[i].name;
-        rows[i].labels = req->tallies[i].labels;
-        rows[i].value = req->tallies[i].value;
-        rp[i] = &rows[i];
-    }
-    Medroute__V1__StatsReply sr = MEDROUTE__V1__STATS_REPLY__INIT;
-    sr.period = pd->period.label;
-    sr.first_day = pd->period.first;
-    sr.last_day = pd->period.last;
-    sr.n_tallies = n;
-    sr.tallies = rp;
-    mr_op_reply_t r = MEDROUTE__V1__OP_REPLY__INIT;
-    r.request_id = pd->request_id;
-    r.body_case = MEDROUTE__V1__OP_REPLY__BODY_STATS;
-    r.stats = &sr;
-    s_reply(s, pd->rid, pd->rid_len, &r);
-out:
-    free(rp);
-    free(rows);
+    s_rows_free(&rows);
     free(pd);
 }
 
@@ -327,47 +329,39 @@ static void on_indicators(store_req_t *req, void *arg)
     size_t n_defs;
     indicators_defs(&n_defs);
     indicator_t *ind = calloc(n_defs, sizeof *ind);
-    Medroute__V1__IndicatorRow *rows = calloc(n_defs, sizeof *rows);
-    Medroute__V1__IndicatorRow **rp = calloc(n_defs, sizeof *rp);
-    if (req->status != STORE_OK || ind == NULL || rows == NULL || rp == NULL) {
-        s_reply_error(s, pd->rid, pd->rid_len, pd->request_id,
-                      req->status != STORE_OK ? MR_E_STORE_UNAVAILABLE : MR_E_INTERNAL,
-                      "could not compute the indicators");
-        goto out;
+    s_rows_t rows;
+    int rc = s_rows_new(&rows, n_defs, &medroute__v1__indicator_row__descriptor);
+    if (!s_failed(pd, req, ind == NULL ? -ENOMEM : rc, "could not compute the indicators")) {
+        size_t n = indicators_compute(s->conf->indicators, s->conf->n_indicators, req->tallies,
+                                      req->n_tallies, &req->visits, ind);
+        for (size_t i = 0; i < n; i++) {
+            Medroute__V1__IndicatorRow *row = rows.ptrs[i];
+            row->name = (char *)ind[i].def->name;
+            row->title = (char *)ind[i].def->title;
+            row->formula = (char *)ind[i].def->formula;
+            row->unit = (char *)ind[i].def->unit;
+            row->compare = ind[i].def->cmp == CMP_AT_LEAST ? ">=" : "<=";
+            row->target = ind[i].target;
+            row->warn = ind[i].warn;
+            row->has_value = ind[i].has_value;
+            row->value = ind[i].value;
+            row->numerator = ind[i].numerator;
+            row->denominator = ind[i].denominator;
+            row->status = (char *)indicators_status_name(ind[i].status);
+        }
+        Medroute__V1__IndicatorsReply ir = MEDROUTE__V1__INDICATORS_REPLY__INIT;
+        ir.period = pd->period.label;
+        ir.first_day = pd->period.first;
+        ir.last_day = pd->period.last;
+        ir.n_indicators = n;
+        ir.indicators = (Medroute__V1__IndicatorRow **)rows.ptrs;
+        ir.visit_reports = (uint64_t)req->visits.reports;
+        mr_op_reply_t r = MEDROUTE__V1__OP_REPLY__INIT;
+        r.body_case = MEDROUTE__V1__OP_REPLY__BODY_INDICATORS;
+        r.indicators = &ir;
+        s_answer(pd, &r);
     }
-    size_t n = indicators_compute(s->conf->indicators, s->conf->n_indicators, req->tallies,
-                                  req->n_tallies, &req->visits, ind);
-    for (size_t i = 0; i < n; i++) {
-        medroute__v1__indicator_row__init(&rows[i]);
-        rows[i].name = (char *)ind[i].def->name;
-        rows[i].title = (char *)ind[i].def->title;
-        rows[i].formula = (char *)ind[i].def->formula;
-        rows[i].unit = (char *)ind[i].def->unit;
-        rows[i].compare = ind[i].def->cmp == CMP_AT_LEAST ? ">=" : "<=";
-        rows[i].target = ind[i].target;
-        rows[i].warn = ind[i].warn;
-        rows[i].has_value = ind[i].has_value;
-        rows[i].value = ind[i].value;
-        rows[i].numerator = ind[i].numerator;
-        rows[i].denominator = ind[i].denominator;
-        rows[i].status = (char *)indicators_status_name(ind[i].status);
-        rp[i] = &rows[i];
-    }
-    Medroute__V1__IndicatorsReply ir = MEDROUTE__V1__INDICATORS_REPLY__INIT;
-    ir.period = pd->period.label;
-    ir.first_day = pd->period.first;
-    ir.last_day = pd->period.last;
-    ir.n_indicators = n;
-    ir.indicators = rp;
-    ir.visit_reports = (uint64_t)req->visits.reports;
-    mr_op_reply_t r = MEDROUTE__V1__OP_REPLY__INIT;
-    r.request_id = pd->request_id;
-    r.body_case = MEDROUTE__V1__OP_REPLY__BODY_INDICATORS;
-    r.indicators = &ir;
-    s_reply(s, pd->rid, pd->rid_len, &r);
-out:
-    free(rp);
-    free(rows);
+    s_rows_free(&rows);
     free(ind);
     free(pd);
 }

@@ -26,6 +26,8 @@ SOURCE_DIR=$3
 
 PASSED=0
 FAILED=0
+# ok, bad, check, fatal
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 DAEMON_PID=
 LISTEN_PID=
 FINISHED=0
@@ -61,24 +63,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-ok() {
-    PASSED=$((PASSED + 1))
-    echo "ok     $1"
-}
-
-bad() {
-    FAILED=$((FAILED + 1))
-    echo "FAILED $1${2:+ -- $2}"
-}
-
-# check DESCRIPTION DETAIL-ON-FAILURE COMMAND...: one check, passed when
-# COMMAND succeeds.
-check() {
-    local what=$1 detail=$2
-    shift 2
-    if "$@"; then ok "$what"; else bad "$what" "$detail"; fi
-}
-
 # For a failure's diagnosis: the daemon's last words, before the summary.
 dump_log() {
     if [ -f "$TMP/medrouted.log" ]; then
@@ -94,12 +78,6 @@ finish() {
     echo "$PASSED passed, $FAILED failed"
     [ "$FAILED" -eq 0 ] && exit 0
     exit 1
-}
-
-# A precondition failed: nothing after it can be checked.
-fatal() {
-    bad "$1" "${2:-}"
-    finish
 }
 
 for tool in python3 timeout; do

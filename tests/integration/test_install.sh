@@ -26,6 +26,8 @@ SOURCE_DIR=$2
 
 PASSED=0
 FAILED=0
+# ok, bad, check, fatal
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 DAEMON_PID=
 FINISHED=0
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/medroute-insttest.XXXXXX")
@@ -59,23 +61,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-ok() {
-    PASSED=$((PASSED + 1))
-    echo "ok     $1"
-}
-
-bad() {
-    FAILED=$((FAILED + 1))
-    echo "FAILED $1${2:+ -- $2}"
-}
-
-# check DESCRIPTION DETAIL-ON-FAILURE COMMAND...: passed when COMMAND succeeds.
-check() {
-    local what=$1 detail=$2
-    shift 2
-    if "$@"; then ok "$what"; else bad "$what" "$detail"; fi
-}
-
 dump_log() {
     local f
     for f in "$TMP/install.log" "$TMP/medrouted.log"; do
@@ -93,11 +78,6 @@ finish() {
     echo "$PASSED passed, $FAILED failed"
     [ "$FAILED" -eq 0 ] && exit 0
     exit 1
-}
-
-fatal() {
-    bad "$1" "${2:-}"
-    finish
 }
 
 for tool in cmake pkg-config python3 timeout cc; do

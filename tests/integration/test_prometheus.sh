@@ -39,6 +39,8 @@ PROMTOOL=${PROMTOOL:-$(command -v promtool || echo /usr/bin/promtool)}
 
 PASSED=0
 FAILED=0
+# ok, bad, check, fatal
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 DAEMON_PID=
 PROM_PID=
 FINISHED=0
@@ -77,23 +79,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-ok() {
-    PASSED=$((PASSED + 1))
-    echo "ok     $1"
-}
-
-bad() {
-    FAILED=$((FAILED + 1))
-    echo "FAILED $1${2:+ -- $2}"
-}
-
-# check DESCRIPTION DETAIL-ON-FAILURE COMMAND...: passed when COMMAND succeeds.
-check() {
-    local what=$1 detail=$2
-    shift 2
-    if "$@"; then ok "$what"; else bad "$what" "$detail"; fi
-}
-
 # check_eq DESCRIPTION EXPECTED ACTUAL
 check_eq() {
     if [ "$2" = "$3" ]; then ok "$1"; else bad "$1" "expected '$2', got '$3'"; fi
@@ -116,12 +101,6 @@ finish() {
     echo "$PASSED passed, $FAILED failed"
     [ "$FAILED" -eq 0 ] && exit 0
     exit 1
-}
-
-# A precondition failed: nothing after it can be checked.
-fatal() {
-    bad "$1" "${2:-}"
-    finish
 }
 
 for tool in python3 timeout curl; do

@@ -163,6 +163,23 @@ static void s_tally(const mrt_daemon_t *d, tally_t *t)
     fclose(f);
 }
 
+/* Waits (2 min at most) for every sender and the receiver to finish
+ * successfully, then stops the daemon. */
+static void s_all_done(mrt_daemon_t *d, const pid_t *senders, pid_t receiver)
+{
+    int status = 0;
+    long long deadline = mrt_now_ms() + 120000;
+    for (int i = 0; i < SENDERS; i++) {
+        while (!s_exited(senders[i], &status) && mrt_now_ms() < deadline)
+            usleep(50000);
+        assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    }
+    while (!s_exited(receiver, &status) && mrt_now_ms() < deadline)
+        usleep(50000);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    assert_int_equal(mrt_daemon_stop(d), 0);
+}
+
 static void test_crash_daemon_killed_loses_nothing(void **state)
 {
     (void)state;
@@ -255,16 +272,7 @@ static void test_crash_receiver_killed_loses_nothing(void **state)
         kills++;
         receiver = s_receiver(&d);
     }
-    long long deadline = mrt_now_ms() + 120000;
-    for (int i = 0; i < SENDERS; i++) {
-        while (!s_exited(senders[i], &status) && mrt_now_ms() < deadline)
-            usleep(50000);
-        assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-    }
-    while (!s_exited(receiver, &status) && mrt_now_ms() < deadline)
-        usleep(50000);
-    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-    assert_int_equal(mrt_daemon_stop(&d), 0);
+    s_all_done(&d, senders, receiver);
 
     tally_t *t = calloc(1, sizeof *t);
     s_tally(&d, t);
@@ -319,16 +327,7 @@ static void test_crash_sender_killed_loses_nothing(void **state)
         kills++;
         senders[0] = s_sender(&d, 0);
     }
-    long long deadline = mrt_now_ms() + 120000;
-    for (int i = 0; i < SENDERS; i++) {
-        while (!s_exited(senders[i], &status) && mrt_now_ms() < deadline)
-            usleep(50000);
-        assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-    }
-    while (!s_exited(receiver, &status) && mrt_now_ms() < deadline)
-        usleep(50000);
-    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-    assert_int_equal(mrt_daemon_stop(&d), 0);
+    s_all_done(&d, senders, receiver);
 
     tally_t *t = calloc(1, sizeof *t);
     s_tally(&d, t);

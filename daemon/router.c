@@ -208,25 +208,29 @@ static bool s_held(const peer_t *p, uint64_t seq)
     return false;
 }
 
-static void s_load_express(server_t *s, int peer);
 
-static void s_load(server_t *s, int peer)
+/*
+ * Asks the store for the next page of peer's pending messages after the
+ * cursor; with express, only the critical and stat ones (on each connect,
+ * so that they go ahead of everything already waiting).
+ */
+static void s_load(server_t *s, int peer, bool express)
 {
     peer_t *p = &s->peers[peer];
     store_req_t *req = store_req_new(STORE_LOAD, on_loaded, s);
-    if (req == NULL) {
+    if (req == NULL || (req->msg.dest = strdup(registry_at(s->registry, (size_t)peer)->id)) == NULL) {
         log_error(s->log, "router.oom", "facility=%s", registry_at(s->registry, (size_t)peer)->id);
-        return;
+        free(req);
+        return; /* the cron's next pump tries again */
     }
     req->tag = peer;
-    req->msg.dest = strdup(registry_at(s->registry, (size_t)peer)->id);
     req->after = p->cursor;
-    req->limit = S_PAGE;
-    if (req->msg.dest == NULL) {
-        free(req);
-        return;
-    }
+    req->limit = express ? 64 : S_PAGE;
+    req->express_only = express;
     p->loading = true;
+    p->loading_express = express;
+    if (express)
+        p->express_checked = true;
     store_submit(s->store, req);
 }
 
@@ -239,7 +243,7 @@ void router_pump(server_t *s, int peer)
         /* Just (re)connected: first fetch what is critical or stat from the
          * store, so it goes ahead of everything already waiting. */
         if (!p->loading)
-            s_load_express(s, peer);
+            s_load(s, peer, true);
         return;
     }
     while (p->connected && p->inflight.n < p->max_inflight && p->ready.head) {
@@ -254,27 +258,7 @@ void router_pump(server_t *s, int peer)
         s_push(&p->inflight, s_pop(&p->ready));
     }
     if (p->connected && p->ready.n < S_PAGE / 2 && !p->complete && !p->loading)
-        s_load(s, peer);
-}
-
-/* On (re)connecting: critical values and stat messages waiting in the store
- * behind a routine backlog are taken first. */
-static void s_load_express(server_t *s, int peer)
-{
-    peer_t *p = &s->peers[peer];
-    store_req_t *req = store_req_new(STORE_LOAD, on_loaded, s);
-    if (req == NULL || (req->msg.dest = strdup(registry_at(s->registry, (size_t)peer)->id)) == NULL) {
-        free(req);
-        return;
-    }
-    req->tag = peer;
-    req->express_only = true;
-    req->after = p->cursor;
-    req->limit = 64;
-    p->loading = true;
-    p->loading_express = true;
-    p->express_checked = true;
-    store_submit(s->store, req);
+        s_load(s, peer, false);
 }
 
 static void on_loaded(store_req_t *req, void *arg)

@@ -32,22 +32,52 @@
 enum { LOOP_OPEN = 0, LOOP_PARTIAL, LOOP_FINAL, LOOP_AMENDED };
 enum { LOOP_IMAGING = 1, LOOP_LAB = 2 };
 
+/*
+ * The referrals table, keyed by its text key (WITHOUT ROWID: one B-tree,
+ * not a table plus a key index).  Its indexes are partial on columns that
+ * change only when a referral enters or leaves the sets the scans need, so
+ * the step taken for every delivered referral (REQUESTED -> RECEIVED)
+ * rewrites the row and no index:
+ *   live = 1          while the referral can still expire (s_live());
+ *   accept_due_ms     set while it awaits an answer (s_awaiting()), NULL after.
+ */
+#define S_REFERRALS_TABLE(name)                                                                    \
+    "CREATE TABLE IF NOT EXISTS " name "("                                                         \
+    " ref_key TEXT PRIMARY KEY, referral_id TEXT NOT NULL, source TEXT NOT NULL,"                 \
+    " dest TEXT NOT NULL, direction INTEGER NOT NULL, service INTEGER NOT NULL, unit TEXT,"       \
+    " family_doctor INTEGER NOT NULL, priority INTEGER NOT NULL, state INTEGER NOT NULL,"         \
+    " created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL,"      \
+    " accepted_ms INTEGER, appointment_ms INTEGER, resource_key TEXT,"                            \
+    " claim INTEGER NOT NULL DEFAULT 0, escalated_ms INTEGER, msg_seq INTEGER NOT NULL,"          \
+    " accept_due_ms INTEGER, live INTEGER NOT NULL DEFAULT 1) WITHOUT ROWID;"
+
+#define S_REFERRALS_COLUMNS                                                                        \
+    "ref_key, referral_id, source, dest, direction, service, unit, family_doctor, priority,"      \
+    " state, created_ms, updated_ms, expires_ms, accepted_ms, appointment_ms, resource_key,"      \
+    " claim, escalated_ms, msg_seq, accept_due_ms"
+
+/*
+ * Stores made before the table above: a rowid table with an index on
+ * referral_id and indexes partial on state.  Rebuilt once, in one
+ * transaction; live and accept_due_ms follow s_live() and s_awaiting().
+ */
+static const char *const s_migrate_referrals =
+    "BEGIN IMMEDIATE;"
+    S_REFERRALS_TABLE("referrals_v2")
+    "INSERT INTO referrals_v2(" S_REFERRALS_COLUMNS ", live) SELECT " S_REFERRALS_COLUMNS
+    ", state IN (1, 2, 3, 5) FROM referrals;"
+    "UPDATE referrals_v2 SET accept_due_ms = NULL WHERE state NOT IN (1, 2);"
+    "DROP TABLE referrals;"
+    "ALTER TABLE referrals_v2 RENAME TO referrals;"
+    "COMMIT;";
+
 static const char *const s_schema =
-    "CREATE TABLE IF NOT EXISTS referrals("
-    " ref_key TEXT PRIMARY KEY, referral_id TEXT NOT NULL, source TEXT NOT NULL,"
-    " dest TEXT NOT NULL, direction INTEGER NOT NULL, service INTEGER NOT NULL, unit TEXT,"
-    " family_doctor INTEGER NOT NULL, priority INTEGER NOT NULL, state INTEGER NOT NULL,"
-    " created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL,"
-    " accepted_ms INTEGER, appointment_ms INTEGER, resource_key TEXT,"
-    " claim INTEGER NOT NULL DEFAULT 0, escalated_ms INTEGER, msg_seq INTEGER NOT NULL,"
-    " accept_due_ms INTEGER);"
+    S_REFERRALS_TABLE("referrals")
     /* The scans run every second: each reads only the rows that are due,
      * through a partial index, however many referrals wait. */
-    "CREATE INDEX IF NOT EXISTS referrals_accept_due ON referrals(accept_due_ms)"
-    " WHERE escalated_ms IS NULL AND accept_due_ms IS NOT NULL AND state IN (1, 2);"
-    "CREATE INDEX IF NOT EXISTS referrals_expiry ON referrals(expires_ms)"
-    " WHERE state IN (1, 2, 3, 5);"
-    "CREATE INDEX IF NOT EXISTS referrals_id ON referrals(referral_id);"
+    "CREATE INDEX IF NOT EXISTS referrals_awaiting ON referrals(accept_due_ms)"
+    " WHERE escalated_ms IS NULL AND accept_due_ms IS NOT NULL;"
+    "CREATE INDEX IF NOT EXISTS referrals_live ON referrals(expires_ms) WHERE live = 1;"
     "CREATE TABLE IF NOT EXISTS referral_steps(ref_key TEXT NOT NULL, msg_seq INTEGER,"
     " step INTEGER NOT NULL, actor INTEGER NOT NULL, from_state INTEGER NOT NULL,"
     " to_state INTEGER NOT NULL, at_ms INTEGER NOT NULL);"
@@ -80,9 +110,9 @@ static const char *const s_schema =
 
 enum {
     Q_REF_INSERT = 0,
-    Q_REF_FIND,
     Q_REF_BY_KEY,
     Q_REF_UPDATE,
+    Q_REF_STATE,
     Q_REF_STEP,
     Q_MSG_KIND,
     Q_CAP_GET,
@@ -100,18 +130,16 @@ static const char *const s_sql[Q_COUNT] = {
                      " msg_seq, accept_due_ms)"
                      " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13, ?14)"
                      " ON CONFLICT(ref_key) DO NOTHING",
-    /* An update names the referral by its id; the pair of facilities, in
-     * either order, makes it unique. */
-    [Q_REF_FIND] = "SELECT ref_key, source, dest, direction, service, unit, family_doctor, state,"
-                   " resource_key, claim, priority, created_ms FROM referrals WHERE referral_id = ?1 AND"
-                   " ((source = ?2 AND dest = ?3) OR (source = ?3 AND dest = ?2))",
     [Q_REF_BY_KEY] = "SELECT ref_key, source, dest, direction, service, unit, family_doctor,"
                      " state, resource_key, claim, priority, created_ms FROM referrals"
                      " WHERE ref_key = ?1",
     [Q_REF_UPDATE] = "UPDATE referrals SET state = ?2, updated_ms = ?3,"
                      " accepted_ms = CASE WHEN ?2 = 3 THEN ?3 ELSE accepted_ms END,"
                      " appointment_ms = coalesce(?4, appointment_ms),"
-                     " resource_key = ?5, claim = ?6 WHERE ref_key = ?1",
+                     " resource_key = ?5, claim = ?6, live = ?7,"
+                     " accept_due_ms = CASE WHEN ?8 THEN accept_due_ms END WHERE ref_key = ?1",
+    /* A step that changes neither the ledger nor the indexed columns. */
+    [Q_REF_STATE] = "UPDATE referrals SET state = ?2, updated_ms = ?3 WHERE ref_key = ?1",
     [Q_REF_STEP] = "INSERT INTO referral_steps(ref_key, msg_seq, step, actor, from_state,"
                    " to_state, at_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     [Q_MSG_KIND] = "SELECT kind, ref_key FROM messages WHERE seq = ?1",
@@ -210,6 +238,15 @@ void clinical_facts_free(clin_facts_t *f)
     free(f);
 }
 
+static int s_exists(void *arg, int n, char **values, char **names)
+{
+    (void)n;
+    (void)values;
+    (void)names;
+    *(bool *)arg = true;
+    return 0;
+}
+
 clinical_t *clinical_open(sqlite3 *db, tally_t *tally, int *rc_out)
 {
     clinical_t *self = calloc(1, sizeof *self);
@@ -222,6 +259,18 @@ clinical_t *clinical_open(sqlite3 *db, tally_t *tally, int *rc_out)
     rc = sqlite3_exec(db, "SELECT ref_key FROM messages LIMIT 0", NULL, NULL, NULL);
     if (rc != SQLITE_OK)
         rc = sqlite3_exec(db, "ALTER TABLE messages ADD COLUMN ref_key TEXT", NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        goto fail;
+    bool old = false;
+    rc = sqlite3_exec(db,
+                      "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'referrals'"
+                      " AND sql NOT LIKE '%WITHOUT ROWID%'",
+                      s_exists, &old, NULL);
+    if (rc == SQLITE_OK && old) {
+        rc = sqlite3_exec(db, s_migrate_referrals, NULL, NULL, NULL);
+        if (rc != SQLITE_OK && !sqlite3_get_autocommit(db))
+            (void)sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    }
     if (rc != SQLITE_OK)
         goto fail;
     rc = sqlite3_exec(db, s_schema, NULL, NULL, NULL);
@@ -419,9 +468,10 @@ static void s_copy(char *dst, size_t len, sqlite3_stmt *st, int i)
     snprintf(dst, len, "%s", t ? (const char *)t : "");
 }
 
-/* Steps a Q_REF_FIND / Q_REF_BY_KEY statement and reads its row. */
-static int s_ref_read(sqlite3_stmt *st, s_ref_t *r, bool *found)
+static int s_ref_by_key(clinical_t *self, const char *key, s_ref_t *r, bool *found)
 {
+    sqlite3_stmt *st = s_q(self, Q_REF_BY_KEY);
+    S_TRY(sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC));
     int rc = sqlite3_step(st);
     *found = rc == SQLITE_ROW;
     if (*found) {
@@ -442,21 +492,35 @@ static int s_ref_read(sqlite3_stmt *st, s_ref_t *r, bool *found)
     return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
+/*
+ * The referral ref_id between facilities a and b, sent by either: its key
+ * is "<sender>/<ref_id>", so at most two lookups by key.
+ */
 static int s_ref_find(clinical_t *self, const char *ref_id, const char *a, const char *b,
                       s_ref_t *r, bool *found)
 {
-    sqlite3_stmt *st = s_q(self, Q_REF_FIND);
-    S_TRY(sqlite3_bind_text(st, 1, ref_id, -1, SQLITE_STATIC));
-    S_TRY(sqlite3_bind_text(st, 2, a, -1, SQLITE_STATIC));
-    S_TRY(sqlite3_bind_text(st, 3, b, -1, SQLITE_STATIC));
-    return s_ref_read(st, r, found);
+    const char *pair[2][2] = {{a, b}, {b, a}};
+    for (int i = 0; i < 2; i++) {
+        char key[200];
+        snprintf(key, sizeof key, "%s/%s", pair[i][0], ref_id);
+        S_TRY(s_ref_by_key(self, key, r, found));
+        if (*found && strcmp(r->source, pair[i][0]) == 0 && strcmp(r->dest, pair[i][1]) == 0)
+            return SQLITE_OK;
+    }
+    *found = false;
+    return SQLITE_OK;
 }
 
-static int s_ref_by_key(clinical_t *self, const char *key, s_ref_t *r, bool *found)
+/* States in which a referral can still expire (the referrals_live index). */
+static bool s_live(ref_state_t s)
 {
-    sqlite3_stmt *st = s_q(self, Q_REF_BY_KEY);
-    S_TRY(sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC));
-    return s_ref_read(st, r, found);
+    return s == REF_REQUESTED || s == REF_RECEIVED || s == REF_ACCEPTED || s == REF_SCHEDULED;
+}
+
+/* States in which a referral awaits the receiver's answer (referrals_awaiting). */
+static bool s_awaiting(ref_state_t s)
+{
+    return s == REF_REQUESTED || s == REF_RECEIVED;
 }
 
 /* Counts what a step did: outcomes, acceptance time, claims and releases. */
@@ -539,15 +603,29 @@ static int s_apply_step(clinical_t *self, s_ref_t *r, uint64_t seq, int step, re
     }
     if (actor != ACTOR_BROKER || t->to == REF_EXPIRED)
         S_TRY(s_tally_step(self, r, t->to, claimed, released, now));
-    sqlite3_stmt *st = s_q(self, Q_REF_UPDATE);
-    S_TRY(sqlite3_bind_text(st, 1, r->key, -1, SQLITE_STATIC));
-    S_TRY(sqlite3_bind_int(st, 2, (int)t->to));
-    S_TRY(sqlite3_bind_int64(st, 3, now));
-    S_TRY(appointment_ms > 0 ? sqlite3_bind_int64(st, 4, appointment_ms) : sqlite3_bind_null(st, 4));
-    S_TRY(r->resource_key[0] ? sqlite3_bind_text(st, 5, r->resource_key, -1, SQLITE_STATIC)
-                             : sqlite3_bind_null(st, 5));
-    S_TRY(sqlite3_bind_int(st, 6, (int)r->claim));
-    S_TRY(s_exec(st));
+    sqlite3_stmt *st;
+    if (t->ledger == LEDGER_NONE && appointment_ms <= 0 && t->to != REF_ACCEPTED && s_live(r->state) == s_live(t->to) &&
+        s_awaiting(r->state) == s_awaiting(t->to)) {
+        /* The common case (every delivered referral): no index to rewrite. */
+        st = s_q(self, Q_REF_STATE);
+        S_TRY(sqlite3_bind_text(st, 1, r->key, -1, SQLITE_STATIC));
+        S_TRY(sqlite3_bind_int(st, 2, (int)t->to));
+        S_TRY(sqlite3_bind_int64(st, 3, now));
+        S_TRY(s_exec(st));
+    } else {
+        st = s_q(self, Q_REF_UPDATE);
+        S_TRY(sqlite3_bind_text(st, 1, r->key, -1, SQLITE_STATIC));
+        S_TRY(sqlite3_bind_int(st, 2, (int)t->to));
+        S_TRY(sqlite3_bind_int64(st, 3, now));
+        S_TRY(appointment_ms > 0 ? sqlite3_bind_int64(st, 4, appointment_ms)
+                                 : sqlite3_bind_null(st, 4));
+        S_TRY(r->resource_key[0] ? sqlite3_bind_text(st, 5, r->resource_key, -1, SQLITE_STATIC)
+                                 : sqlite3_bind_null(st, 5));
+        S_TRY(sqlite3_bind_int(st, 6, (int)r->claim));
+        S_TRY(sqlite3_bind_int(st, 7, s_live(t->to)));
+        S_TRY(sqlite3_bind_int(st, 8, s_awaiting(t->to)));
+        S_TRY(s_exec(st));
+    }
     st = s_q(self, Q_REF_STEP);
     S_TRY(sqlite3_bind_text(st, 1, r->key, -1, SQLITE_STATIC));
     S_TRY(seq ? sqlite3_bind_int64(st, 2, (sqlite3_int64)seq) : sqlite3_bind_null(st, 2));
@@ -594,20 +672,9 @@ static int s_on_update(clinical_t *self, uint64_t seq, const char *source, const
                         now, out);
 }
 
-int clinical_on_delivered(clinical_t *self, uint64_t seq, int64_t now_ms)
+int clinical_on_delivered(clinical_t *self, const char *key, int64_t now_ms)
 {
-    sqlite3_stmt *st = s_q(self, Q_MSG_KIND);
-    S_TRY(sqlite3_bind_int64(st, 1, (sqlite3_int64)seq));
-    int rc = sqlite3_step(st);
-    if (rc != SQLITE_ROW) {
-        sqlite3_reset(st);
-        return rc == SQLITE_DONE ? SQLITE_OK : rc;
-    }
-    int kind = sqlite3_column_int(st, 0);
-    char key[200];
-    s_copy(key, sizeof key, st, 1);
-    sqlite3_reset(st);
-    if (kind != MEDROUTE__V1__KIND__KIND_REFERRAL || key[0] == '\0')
+    if (key == NULL || key[0] == '\0')
         return SQLITE_OK;
     s_ref_t r;
     bool found;
@@ -881,42 +948,45 @@ static int s_expire_referrals(clinical_t *self, int64_t now, clin_event_t **even
 {
     sqlite3_stmt *st;
     int rc = sqlite3_prepare_v2(self->db,
-                                "SELECT referral_id, source, dest FROM referrals"
-                                " WHERE state IN (1, 2, 3, 5) AND expires_ms < ?1 LIMIT 200",
-                                /* (referrals_expiry: only the expired are read) */
+                                "SELECT ref_key FROM referrals WHERE live = 1 AND expires_ms < ?1"
+                                " LIMIT 200",
+                                /* (referrals_live: only the expired are read) */
                                 -1, &st, NULL);
     if (rc != SQLITE_OK)
         return rc;
     sqlite3_bind_int64(st, 1, now);
-    typedef struct {
-        char id[100], a[80], b[80];
-    } s_due_t;
-    s_due_t due[200];
-    int nd = 0;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW && nd < 200) {
-        s_copy(due[nd].id, sizeof due[nd].id, st, 0);
-        s_copy(due[nd].a, sizeof due[nd].a, st, 1);
-        s_copy(due[nd].b, sizeof due[nd].b, st, 2);
-        nd++;
+    char (*due)[200] = malloc(200 * sizeof *due);
+    if (due == NULL) {
+        sqlite3_finalize(st);
+        return SQLITE_NOMEM;
     }
+    int nd = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW && nd < 200)
+        s_copy(due[nd++], sizeof due[0], st, 0);
     sqlite3_finalize(st);
-    if (rc != SQLITE_DONE && rc != SQLITE_ROW)
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+        free(due);
         return rc;
-    for (int i = 0; i < nd; i++) {
+    }
+    rc = SQLITE_OK;
+    for (int i = 0; i < nd && rc == SQLITE_OK; i++) {
         s_ref_t r;
         bool found;
-        S_TRY(s_ref_find(self, due[i].id, due[i].a, due[i].b, &r, &found));
+        rc = s_ref_by_key(self, due[i], &r, &found);
         ref_transition_t t;
         const char *why;
-        if (!found || referral_next(r.state, MEDROUTE__V1__REFERRAL_STEP__STEP_EXPIRED,
-                                    ACTOR_BROKER, r.direction, &t, &why) != 0)
+        if (rc != SQLITE_OK || !found ||
+            referral_next(r.state, MEDROUTE__V1__REFERRAL_STEP__STEP_EXPIRED, ACTOR_BROKER,
+                          r.direction, &t, &why) != 0)
             continue;
         clin_result_t res = {0};
-        S_TRY(s_apply_step(self, &r, 0, MEDROUTE__V1__REFERRAL_STEP__STEP_EXPIRED, ACTOR_BROKER,
-                           &t, 0, NULL, now, &res));
-        S_TRY(s_event(events, n, EV_REFERRAL_EXPIRED, r.key, r.dest, now - r.created_ms));
+        rc = s_apply_step(self, &r, 0, MEDROUTE__V1__REFERRAL_STEP__STEP_EXPIRED, ACTOR_BROKER, &t,
+                          0, NULL, now, &res);
+        if (rc == SQLITE_OK)
+            rc = s_event(events, n, EV_REFERRAL_EXPIRED, r.key, r.dest, now - r.created_ms);
     }
-    return SQLITE_OK;
+    free(due);
+    return rc;
 }
 
 /* Reserve cut-off: unclaimed reserved units become general. */
@@ -973,7 +1043,7 @@ int clinical_scan(clinical_t *self, const clin_sla_t *sla, int64_t now_ms, clin_
     (void)sla;
     S_TRY(s_scan(self,
                  "UPDATE referrals SET escalated_ms = ?1 WHERE escalated_ms IS NULL"
-                 " AND accept_due_ms IS NOT NULL AND state IN (1, 2) AND accept_due_ms < ?1"
+                 " AND accept_due_ms IS NOT NULL AND accept_due_ms < ?1"
                  " RETURNING ref_key, dest, ?1 - created_ms + 0 * ?2 + 0 * ?3",
                  now_ms, 0, 0, EV_ACCEPT_OVERDUE, events, n_events));
     S_TRY(s_scan(self,

@@ -154,8 +154,9 @@ void clinical_close(clinical_t **self_p);
 int clinical_on_put(clinical_t *self, uint64_t seq, const char *source, const char *dest,
                     const clin_facts_t *f, int64_t now_ms, clin_result_t *out);
 
-/* The destination acknowledged message seq: a referral becomes RECEIVED. */
-int clinical_on_delivered(clinical_t *self, uint64_t seq, int64_t now_ms);
+/* The destination acknowledged a stored Referral (its messages.ref_key; NULL
+ * or "" for other messages): the referral becomes RECEIVED. */
+int clinical_on_delivered(clinical_t *self, const char *ref_key, int64_t now_ms);
 
 /* Service levels, referral expiry and reserve cut-offs due at now_ms; the
  * events are appended to *events (caller frees with clinical_events_free). */

@@ -70,9 +70,10 @@ static const char *const s_sql[S_STMT_COUNT] = {
                      " ?11, ?12)"
                      " ON CONFLICT(source, message_id) DO NOTHING",
     [S_PUT_FIND] = "SELECT seq, content_hash FROM messages WHERE source = ?1 AND message_id = ?2",
-    [S_ACK_UPDATE] = "UPDATE messages SET state = 1, done_ms = ?3"
-                     " WHERE seq = ?1 AND dest = ?2 AND state = 0 RETURNING kind",
-    [S_ACK_FIND] = "SELECT state FROM messages WHERE seq = ?1 AND dest = ?2",
+    /* A delivery ack reads the row by its key, then updates it (an UPDATE
+     * ... RETURNING would build a temporary table for each ack). */
+    [S_ACK_UPDATE] = "UPDATE messages SET state = 1, done_ms = ?2 WHERE seq = ?1",
+    [S_ACK_FIND] = "SELECT state, kind, ref_key FROM messages WHERE seq = ?1 AND dest = ?2",
     [S_LOAD] = "SELECT seq, source, message_id, dest, kind, priority, stored_ms, expires_ms,"
                " dead_reason, body FROM messages WHERE dest = ?1 AND state = 0 AND seq > ?2"
                " ORDER BY seq LIMIT ?3",
@@ -483,34 +484,38 @@ static int s_op_put(store_t *self, store_req_t *req)
 
 static int s_op_ack(store_t *self, store_req_t *req)
 {
-    sqlite3_stmt *st = s_stmt(self, S_ACK_UPDATE);
+    sqlite3_stmt *st = s_stmt(self, S_ACK_FIND);
     S_BIND(sqlite3_bind_int64(st, 1, (sqlite3_int64)req->msg.seq));
     S_BIND(sqlite3_bind_text(st, 2, req->msg.dest, -1, SQLITE_STATIC));
-    S_BIND(sqlite3_bind_int64(st, 3, req->now_ms));
     int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
-        int kind = sqlite3_column_int(st, 0);
-        req->status = STORE_OK;
-        sqlite3_reset(st);
-        char labels[160];
-        snprintf(labels, sizeof labels, "destination=\"%s\",kind=\"%s\"", req->msg.dest,
-                 s_kind(kind));
-        S_BIND(tally_add(self->tally, "messages_delivered_total", labels, 1));
-        return clinical_on_delivered(self->clin, req->msg.seq, req->now_ms);
+    if (rc == SQLITE_DONE) {
+        req->status = STORE_NOT_FOUND;
+        return SQLITE_OK;
     }
+    if (rc != SQLITE_ROW)
+        return rc;
+    int state = sqlite3_column_int(st, 0);
+    int kind = sqlite3_column_int(st, 1);
+    char ref_key[200];
+    const unsigned char *k = sqlite3_column_text(st, 2);
+    snprintf(ref_key, sizeof ref_key, "%s", k ? (const char *)k : "");
+    sqlite3_reset(st);
+    if (state != MSG_PENDING) {
+        req->status = state == MSG_DELIVERED ? STORE_DUPLICATE : STORE_NOT_FOUND;
+        return SQLITE_OK;
+    }
+    st = s_stmt(self, S_ACK_UPDATE);
+    S_BIND(sqlite3_bind_int64(st, 1, (sqlite3_int64)req->msg.seq));
+    S_BIND(sqlite3_bind_int64(st, 2, req->now_ms));
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
     if (rc != SQLITE_DONE)
         return rc;
-    st = s_stmt(self, S_ACK_FIND);
-    S_BIND(sqlite3_bind_int64(st, 1, (sqlite3_int64)req->msg.seq));
-    S_BIND(sqlite3_bind_text(st, 2, req->msg.dest, -1, SQLITE_STATIC));
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW)
-        req->status = sqlite3_column_int(st, 0) == MSG_DELIVERED ? STORE_DUPLICATE : STORE_NOT_FOUND;
-    else if (rc == SQLITE_DONE)
-        req->status = STORE_NOT_FOUND;
-    else
-        return rc;
-    return SQLITE_OK;
+    req->status = STORE_OK;
+    char labels[160];
+    snprintf(labels, sizeof labels, "destination=\"%s\",kind=\"%s\"", req->msg.dest, s_kind(kind));
+    S_BIND(tally_add(self->tally, "messages_delivered_total", labels, 1));
+    return clinical_on_delivered(self->clin, ref_key, req->now_ms);
 }
 
 static int s_op_load(store_t *self, store_req_t *req)

@@ -24,6 +24,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <sqlite3.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -949,6 +950,76 @@ static void test_store_callback_may_take_rows(void **state)
     assert_int_equal(WEXITSTATUS(status), 0);
 }
 
+/* Runs sql on the file at path; returns the first column of its first row. */
+static long long s_sql_int(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    int rc = sqlite3_step(st);
+    assert_true(rc == SQLITE_ROW || rc == SQLITE_DONE);
+    long long v = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : -1;
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+/*
+ * A store made before the referrals table was keyed WITHOUT ROWID (with an
+ * index on referral_id and indexes partial on state) is rebuilt when opened:
+ * rows and states kept, `live` and `accept_due_ms` set from each state, the
+ * old indexes gone.
+ */
+static void test_store_migrates_old_referrals_table(void **state)
+{
+    s_fx_t *fx = *state;
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(fx->path, &db), SQLITE_OK);
+    const char *old =
+        "CREATE TABLE referrals(ref_key TEXT PRIMARY KEY, referral_id TEXT NOT NULL,"
+        " source TEXT NOT NULL, dest TEXT NOT NULL, direction INTEGER NOT NULL,"
+        " service INTEGER NOT NULL, unit TEXT, family_doctor INTEGER NOT NULL,"
+        " priority INTEGER NOT NULL, state INTEGER NOT NULL, created_ms INTEGER NOT NULL,"
+        " updated_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL, accepted_ms INTEGER,"
+        " appointment_ms INTEGER, resource_key TEXT, claim INTEGER NOT NULL DEFAULT 0,"
+        " escalated_ms INTEGER, msg_seq INTEGER NOT NULL, accept_due_ms INTEGER);"
+        "CREATE INDEX referrals_id ON referrals(referral_id);"
+        "CREATE INDEX referrals_expiry ON referrals(expires_ms) WHERE state IN (1, 2, 3, 5);"
+        "INSERT INTO referrals VALUES('t-a/r1', 'r1', 't-a', 'lead', 1, 1, 'cardio', 0, 1, 2,"
+        " 1000, 1000, 99000, NULL, NULL, NULL, 0, NULL, 1, 5000);"
+        "INSERT INTO referrals VALUES('t-a/r2', 'r2', 't-a', 'lead', 1, 1, 'cardio', 0, 1, 3,"
+        " 1000, 2000, 99000, 2000, NULL, NULL, 0, NULL, 2, 5000);"
+        "INSERT INTO referrals VALUES('t-a/r3', 'r3', 't-a', 'lead', 1, 1, 'cardio', 0, 1, 8,"
+        " 1000, 3000, 99000, 2000, NULL, NULL, 0, NULL, 3, 5000);";
+    assert_int_equal(sqlite3_exec(db, old, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+
+    fx->store = s_open(fx, fx->path);
+    assert_non_null(fx->store);
+    assert_int_equal(s_put(fx, "t-a", "m-1", "lead", "b", 9000)->status, STORE_OK);
+    store_destroy(&fx->store);
+
+    assert_int_equal(s_sql_int(fx->path, "SELECT count(*) FROM sqlite_master WHERE"
+                                         " name = 'referrals' AND sql LIKE '%WITHOUT ROWID%'"),
+                     1);
+    assert_int_equal(s_sql_int(fx->path, "SELECT count(*) FROM sqlite_master WHERE"
+                                         " name IN ('referrals_id', 'referrals_expiry',"
+                                         " 'referrals_v2')"),
+                     0);
+    assert_int_equal(s_sql_int(fx->path, "SELECT count(*) FROM referrals"), 3);
+    /* RECEIVED: live and awaiting; ACCEPTED: live only; COMPLETED: neither. */
+    assert_int_equal(s_sql_int(fx->path, "SELECT group_concat(state || ':' || live || ':' ||"
+                                         " coalesce(accept_due_ms, 0), ' ') = '2:1:5000 3:1:0 8:0:0'"
+                                         " FROM (SELECT * FROM referrals ORDER BY ref_key)"),
+                     1);
+    /* A second open leaves the rebuilt table as it is. */
+    fx->store = s_open(fx, fx->path);
+    assert_int_equal(s_put(fx, "t-a", "m-2", "lead", "b2", 9000)->status, STORE_OK);
+    store_destroy(&fx->store);
+    assert_int_equal(s_sql_int(fx->path, "SELECT count(*) FROM referrals"), 3);
+}
+
 int main(void)
 {
     umask(022);
@@ -973,6 +1044,7 @@ int main(void)
         T0(test_store_unavailable_directory_in_place_then_recovers),
         T0(test_store_unavailable_not_a_database_then_recovers),
         T0(test_store_callback_may_take_rows),
+        T0(test_store_migrates_old_referrals_table),
     };
     /* MR_TEST_FILTER / MR_TEST_SKIP: glob patterns of test names to run or
      * skip (e.g. to run the rest under valgrind while a known bug is open). */

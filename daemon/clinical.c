@@ -113,6 +113,7 @@ enum {
     Q_REF_BY_KEY,
     Q_REF_UPDATE,
     Q_REF_STATE,
+    Q_REF_RECEIVE,
     Q_REF_STEP,
     Q_MSG_KIND,
     Q_CAP_GET,
@@ -140,6 +141,9 @@ static const char *const s_sql[Q_COUNT] = {
                      " accept_due_ms = CASE WHEN ?8 THEN accept_due_ms END WHERE ref_key = ?1",
     /* A step that changes neither the ledger nor the indexed columns. */
     [Q_REF_STATE] = "UPDATE referrals SET state = ?2, updated_ms = ?3 WHERE ref_key = ?1",
+    /* The broker's step for a delivered referral, without reading it first. */
+    [Q_REF_RECEIVE] = "UPDATE referrals SET state = ?2, updated_ms = ?3 WHERE ref_key = ?1"
+                      " AND state = ?4",
     [Q_REF_STEP] = "INSERT INTO referral_steps(ref_key, msg_seq, step, actor, from_state,"
                    " to_state, at_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     [Q_MSG_KIND] = "SELECT kind, ref_key FROM messages WHERE seq = ?1",
@@ -170,6 +174,9 @@ struct clinical_t {
     sqlite3 *db;
     tally_t *tally;
     sqlite3_stmt *q[Q_COUNT];
+    /* RECEIVED is, in every direction, a plain step from REQUESTED (no
+     * ledger effect, no count, same index sets): Q_REF_RECEIVE applies it. */
+    bool receive_plain;
 };
 
 static const char *const s_dir_names[] = {"lateral", "up", "down"};
@@ -238,6 +245,18 @@ void clinical_facts_free(clin_facts_t *f)
     free(f);
 }
 
+/* States in which a referral can still expire (the referrals_live index). */
+static bool s_live(ref_state_t s)
+{
+    return s == REF_REQUESTED || s == REF_RECEIVED || s == REF_ACCEPTED || s == REF_SCHEDULED;
+}
+
+/* States in which a referral awaits the receiver's answer (referrals_awaiting). */
+static bool s_awaiting(ref_state_t s)
+{
+    return s == REF_REQUESTED || s == REF_RECEIVED;
+}
+
 static int s_exists(void *arg, int n, char **values, char **names)
 {
     (void)n;
@@ -280,6 +299,18 @@ clinical_t *clinical_open(sqlite3 *db, tally_t *tally, int *rc_out)
         rc = sqlite3_prepare_v3(db, s_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &self->q[i], NULL);
         if (rc != SQLITE_OK)
             goto fail;
+    }
+    self->receive_plain = true;
+    for (ref_dir_t d = REF_DIR_LATERAL; d <= REF_DIR_DOWN; d++) {
+        ref_transition_t t;
+        const char *why;
+        self->receive_plain =
+            self->receive_plain &&
+            referral_next(REF_REQUESTED, MEDROUTE__V1__REFERRAL_STEP__STEP_RECEIVED, ACTOR_BROKER,
+                          d, &t, &why) == 0 &&
+            t.to == REF_RECEIVED && t.ledger == LEDGER_NONE &&
+            s_live(REF_REQUESTED) == s_live(REF_RECEIVED) &&
+            s_awaiting(REF_REQUESTED) == s_awaiting(REF_RECEIVED);
     }
     *rc_out = SQLITE_OK;
     return self;
@@ -511,18 +542,6 @@ static int s_ref_find(clinical_t *self, const char *ref_id, const char *a, const
     return SQLITE_OK;
 }
 
-/* States in which a referral can still expire (the referrals_live index). */
-static bool s_live(ref_state_t s)
-{
-    return s == REF_REQUESTED || s == REF_RECEIVED || s == REF_ACCEPTED || s == REF_SCHEDULED;
-}
-
-/* States in which a referral awaits the receiver's answer (referrals_awaiting). */
-static bool s_awaiting(ref_state_t s)
-{
-    return s == REF_REQUESTED || s == REF_RECEIVED;
-}
-
 /* Counts what a step did: outcomes, acceptance time, claims and releases. */
 static int s_tally_step(clinical_t *self, const s_ref_t *r, ref_state_t to, claim_t claimed,
                         claim_t released, int64_t now)
@@ -561,6 +580,21 @@ static int s_tally_step(clinical_t *self, const s_ref_t *r, ref_state_t to, clai
         S_TRY(tally_add(self->tally, "slot_claims_released_total", l2, 1));
     }
     return SQLITE_OK;
+}
+
+/* The audit row of one step (referral_steps). */
+static int s_step_row(clinical_t *self, const char *key, uint64_t seq, int step,
+                      ref_actor_t actor, ref_state_t from, ref_state_t to, int64_t now)
+{
+    sqlite3_stmt *st = s_q(self, Q_REF_STEP);
+    S_TRY(sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC));
+    S_TRY(seq ? sqlite3_bind_int64(st, 2, (sqlite3_int64)seq) : sqlite3_bind_null(st, 2));
+    S_TRY(sqlite3_bind_int(st, 3, step));
+    S_TRY(sqlite3_bind_int(st, 4, (int)actor));
+    S_TRY(sqlite3_bind_int(st, 5, (int)from));
+    S_TRY(sqlite3_bind_int(st, 6, (int)to));
+    S_TRY(sqlite3_bind_int64(st, 7, now));
+    return s_exec(st);
 }
 
 /* Moves a referral through one step and applies its ledger effect. */
@@ -626,15 +660,7 @@ static int s_apply_step(clinical_t *self, s_ref_t *r, uint64_t seq, int step, re
         S_TRY(sqlite3_bind_int(st, 8, s_awaiting(t->to)));
         S_TRY(s_exec(st));
     }
-    st = s_q(self, Q_REF_STEP);
-    S_TRY(sqlite3_bind_text(st, 1, r->key, -1, SQLITE_STATIC));
-    S_TRY(seq ? sqlite3_bind_int64(st, 2, (sqlite3_int64)seq) : sqlite3_bind_null(st, 2));
-    S_TRY(sqlite3_bind_int(st, 3, step));
-    S_TRY(sqlite3_bind_int(st, 4, (int)actor));
-    S_TRY(sqlite3_bind_int(st, 5, (int)r->state));
-    S_TRY(sqlite3_bind_int(st, 6, (int)t->to));
-    S_TRY(sqlite3_bind_int64(st, 7, now));
-    S_TRY(s_exec(st));
+    S_TRY(s_step_row(self, r->key, seq, step, actor, r->state, t->to, now));
     r->state = t->to;
     out->ref_state = (int)t->to;
     return SQLITE_OK;
@@ -676,6 +702,18 @@ int clinical_on_delivered(clinical_t *self, const char *key, int64_t now_ms)
 {
     if (key == NULL || key[0] == '\0')
         return SQLITE_OK;
+    if (self->receive_plain) {
+        sqlite3_stmt *st = s_q(self, Q_REF_RECEIVE);
+        S_TRY(sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC));
+        S_TRY(sqlite3_bind_int(st, 2, REF_RECEIVED));
+        S_TRY(sqlite3_bind_int64(st, 3, now_ms));
+        S_TRY(sqlite3_bind_int(st, 4, REF_REQUESTED));
+        S_TRY(s_exec(st));
+        if (sqlite3_changes(self->db) != 1)
+            return SQLITE_OK; /* no such referral, or already past REQUESTED */
+        return s_step_row(self, key, 0, MEDROUTE__V1__REFERRAL_STEP__STEP_RECEIVED, ACTOR_BROKER,
+                          REF_REQUESTED, REF_RECEIVED, now_ms);
+    }
     s_ref_t r;
     bool found;
     S_TRY(s_ref_by_key(self, key, &r, &found));

@@ -35,7 +35,7 @@
 #include "handlers.h"
 #include "session.h"
 
-#define S_PAGE 256        /* messages per STORE_LOAD */
+#define S_PAGE 1024       /* messages per STORE_LOAD */
 /* Fresh commits kept in memory for a connected destination whose queue is
  * complete (~5 MB at 600-byte messages): while delivery keeps up, messages
  * go from the commit to the socket without being read back from the store. */
@@ -257,7 +257,7 @@ void router_pump(server_t *s, int peer)
             return; /* queue full: the cron tries again */
         s_push(&p->inflight, s_pop(&p->ready));
     }
-    if (p->connected && p->ready.n < S_PAGE / 2 && !p->complete && !p->loading)
+    if (p->connected && p->ready.n < S_PAGE && !p->complete && !p->loading)
         s_load(s, peer, false);
 }
 

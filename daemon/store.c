@@ -885,7 +885,7 @@ void store_tally(store_t *self, const char *name, const char *labels, int64_t de
 /* ---- checkpoints: their own thread and connection ------------------------------ */
 
 /*
- * This thread copies the WAL back into the database twice a second
+ * This thread copies the WAL back into the database ten times a second
  * (PASSIVE: it never blocks the writer), so the commit path mostly only
  * appends.  Under sustained writes a passive checkpoint may never catch up,
  * and the WAL could only be restarted after one that does: the writer keeps
@@ -901,7 +901,7 @@ static void *s_checkpoint_thread(void *arg)
         if (!self->stopping) {
             struct timespec until;
             clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_nsec += 500 * 1000 * 1000;
+            until.tv_nsec += 100 * 1000 * 1000;
             if (until.tv_nsec >= 1000000000) {
                 until.tv_sec++;
                 until.tv_nsec -= 1000000000;

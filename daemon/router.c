@@ -15,10 +15,11 @@
  *      may not hold it, so such a commit makes the queue incomplete.
  *   6. Express messages sit at the head of ready, ahead of routine ones;
  *      those loaded ahead of the cursor are skipped when a page reaches them.
- *   4. inflight.n <= max_inflight (a window).  A DeliveryAck moves its
- *      message from inflight to acked at once, freeing the slot; the message
- *      is freed when the ack's commit comes back (or goes back to inflight
- *      if the commit failed).  Both lists are searched from their head,
+ *   4. inflight.n <= max_inflight (a window), but for messages whose ack
+ *      failed to commit.  A DeliveryAck moves its message from inflight to
+ *      acked and fills the freed slot at once, without waiting for the
+ *      commit; the message is freed when the ack's commit comes back (or
+ *      goes back to inflight if the commit failed).  Both lists are searched from their head,
  *      where acks and commits normally land, in order.
  *   5. Memory per destination is bounded: ready <= S_PAGE + S_READY_MAX.
  *
@@ -462,6 +463,8 @@ int handle_delivery_ack(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t
         return mr_fail(err, MR_E_INTERNAL, "out of memory");
     }
     store_submit(s->store, req);
+    if (m != NULL)
+        router_pump(s, ctx->peer); /* the freed slot: the next message goes now */
     return 0;
 }
 

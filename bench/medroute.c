@@ -131,7 +131,7 @@ static int s_daemon_setup(s_daemon_t *d, int senders, const char *sync, int wind
             "data_dir = \"%s/var\";\ninsecure = true;\nlog_level = \"info\";\n"
             "limits = { max_inflight = %d; rate_per_s = 1000000; rate_burst = 10000000;"
             " queue_quota = 100000000; };\n"
-            "store = { synchronous = \"%s\"; batch_max = 1000; batch_ms = 2; };\n"
+            "store = { synchronous = \"%s\"; };\n"
             "facilities = (\n"
             "  { id = \"yx-lead\"; role = \"lead\"; name = \"Yun County People's Hospital\"; },\n"
             "  { id = \"t-lishu\"; role = \"township\"; name = \"Lishu (offline in the backlog)\"; }",

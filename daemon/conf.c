@@ -136,7 +136,7 @@ static void s_defaults(conf_t *c)
     c->redelivery_timeout_ms = 30000;
     c->sync_full = true;
     c->batch_max = 1000;
-    c->batch_ms = 2;
+    c->batch_ms = 20;
     c->retention_days = 30;
     c->ttl_s[MEDROUTE__V1__KIND__KIND_REFERRAL] = 3 * 86400;
     c->ttl_s[MEDROUTE__V1__KIND__KIND_REFERRAL_UPDATE] = 7 * 86400;

@@ -150,7 +150,7 @@ static void test_conf_defaults_when_groups_omitted(void **state)
     assert_int_equal(c->redelivery_timeout_ms, 30000);
     assert_true(c->sync_full);
     assert_int_equal(c->batch_max, 1000);
-    assert_int_equal(c->batch_ms, 2);
+    assert_int_equal(c->batch_ms, 20);
     assert_int_equal(c->retention_days, 30);
     assert_int_equal(c->ttl_s[MEDROUTE__V1__KIND__KIND_REFERRAL], 3 * 86400);
     assert_int_equal(c->ttl_s[MEDROUTE__V1__KIND__KIND_REFERRAL_UPDATE], 7 * 86400);

@@ -148,8 +148,9 @@ void clinical_close(clinical_t **self_p);
 
 /*
  * Applies a newly stored message (seq) inside the open transaction.
- * Returns an SQLite code; a refusal is SQLITE_OK with out->code set, and the
- * caller must roll the message back.
+ * Returns an SQLite code; a refusal is SQLITE_OK with out->code set.  Every
+ * refusal is decided before anything is written or counted, so the caller
+ * undoes a refused message by deleting its row alone (no savepoint).
  */
 int clinical_on_put(clinical_t *self, uint64_t seq, const char *source, const char *dest,
                     const clin_facts_t *f, int64_t now_ms, clin_result_t *out);

@@ -419,7 +419,10 @@ static int s_on_delivery(mr_client_t *c, const Medroute__V1__Delivery *d, mr_han
         s_send_delivery_ack(c, d->seq);
         return 0;
     }
-    if (cstore_seen_set(c->cs, env->source, env->message_id, SEEN_IN_HANDLER) < 0)
+    /* On disk, the mark says after a crash that this handler may have run.
+     * In memory it would not outlive the process: not written. */
+    if (c->persistent &&
+        cstore_seen_set(c->cs, env->source, env->message_id, SEEN_IN_HANDLER) < 0)
         return 0; /* cannot promise once-only: leave it unacknowledged */
     const char *kind = mr_kind_name((int)env->kind);
     const char *prio = mr_priority_name((int)env->priority);
@@ -441,7 +444,8 @@ static int s_on_delivery(mr_client_t *c, const Medroute__V1__Delivery *d, mr_han
                      .delivery = &dv};
     int rc = h(c, &ev, arg);
     if (rc != 0) {
-        (void)cstore_seen_clear(c->cs, env->source, env->message_id);
+        if (c->persistent)
+            (void)cstore_seen_clear(c->cs, env->source, env->message_id);
         return 1;
     }
     if (cstore_seen_set(c->cs, env->source, env->message_id, SEEN_DONE) == 0)
@@ -634,6 +638,9 @@ static int s_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void 
             return events ? events : -EINTR;
         if (items[1].revents & ZMQ_POLLIN)
             s_on_monitor(self);
+        /* In memory, the seen-set writes of a whole budget go in one commit;
+         * on disk each is committed before its DeliveryAck is sent. */
+        bool grouped = !self->persistent && cstore_begin(self->cs) == 0;
         for (int i = 0; i < S_RECV_BUDGET && !(until_welcome && self->welcomed); i++) {
             zmq_msg_t m;
             zmq_msg_init(&m);
@@ -644,6 +651,8 @@ static int s_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void 
             events += s_on_frame(self, zmq_msg_data(&m), zmq_msg_size(&m), handler, arg);
             zmq_msg_close(&m);
         }
+        if (grouped)
+            (void)cstore_commit(self->cs);
         s_timers(self);
         if (events > 0 || mr_now_ms() >= deadline || (until_welcome && self->welcomed))
             return events;

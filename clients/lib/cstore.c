@@ -18,7 +18,18 @@
 #include <time.h>
 #include <unistd.h>
 
-enum { S_OB_ADD, S_OB_DEL, S_OB_ALL, S_SEEN_GET, S_SEEN_SET, S_SEEN_DEL, S_SEEN_PRUNE, S_N };
+enum {
+    S_OB_ADD,
+    S_OB_DEL,
+    S_OB_ALL,
+    S_SEEN_GET,
+    S_SEEN_SET,
+    S_SEEN_DEL,
+    S_SEEN_PRUNE,
+    S_BEGIN,
+    S_COMMIT,
+    S_N
+};
 
 static const char *const s_sql[S_N] = {
     [S_OB_ADD] = "INSERT OR IGNORE INTO outbox(message_id, body) VALUES(?1, ?2)",
@@ -29,6 +40,8 @@ static const char *const s_sql[S_N] = {
                    "ON CONFLICT(source, message_id) DO UPDATE SET state = ?3, at_ms = ?4",
     [S_SEEN_DEL] = "DELETE FROM seen WHERE source = ?1 AND message_id = ?2",
     [S_SEEN_PRUNE] = "DELETE FROM seen WHERE state = 2 AND at_ms < ?1",
+    [S_BEGIN] = "BEGIN",
+    [S_COMMIT] = "COMMIT",
 };
 
 struct cstore_t {
@@ -165,6 +178,16 @@ int cstore_seen_clear(cstore_t *self, const char *source, const char *message_id
     sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, message_id, -1, SQLITE_STATIC);
     return s_run(st);
+}
+
+int cstore_begin(cstore_t *self)
+{
+    return s_run(self->st[S_BEGIN]);
+}
+
+int cstore_commit(cstore_t *self)
+{
+    return s_run(self->st[S_COMMIT]);
 }
 
 int cstore_seen_prune(cstore_t *self, int64_t before_ms)

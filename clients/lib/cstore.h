@@ -32,6 +32,11 @@ seen_state_t cstore_seen_get(cstore_t *self, const char *source, const char *mes
 int cstore_seen_set(cstore_t *self, const char *source, const char *message_id,
                     seen_state_t state);
 int cstore_seen_clear(cstore_t *self, const char *source, const char *message_id);
+/* Groups the writes that follow into one transaction, until cstore_commit():
+ * for a store in memory, where a write has nothing to make durable, this saves
+ * a commit per message.  0 or -EIO. */
+int cstore_begin(cstore_t *self);
+int cstore_commit(cstore_t *self);
 /* Forgets DONE entries older than before_ms. */
 int cstore_seen_prune(cstore_t *self, int64_t before_ms);
 

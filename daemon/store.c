@@ -890,8 +890,9 @@ void store_tally(store_t *self, const char *name, const char *labels, int64_t de
  * (PASSIVE: it never blocks the writer), so the commit path mostly only
  * appends.  Under sustained writes a passive checkpoint may never catch up,
  * and the WAL could only be restarted after one that does: the writer keeps
- * SQLite's own auto-checkpoint as a bound (4096 pages, ~16 MB; 8192 and 32768 were slower in the benchmark), and
- * journal_size_limit truncates the file back to 64 MB after a restart.
+ * SQLite's own auto-checkpoint as a bound (4096 pages, ~16 MB; 8192 and
+ * 32768 were slower in the benchmark), and journal_size_limit truncates the
+ * file back to 64 MB after a restart.
  */
 static void *s_checkpoint_thread(void *arg)
 {

@@ -115,7 +115,6 @@ enum {
     Q_REF_STATE,
     Q_REF_RECEIVE,
     Q_REF_STEP,
-    Q_MSG_KIND,
     Q_CAP_GET,
     Q_CAP_PUT,
     Q_CAP_LEDGER,
@@ -146,7 +145,6 @@ static const char *const s_sql[Q_COUNT] = {
                       " AND state = ?4",
     [Q_REF_STEP] = "INSERT INTO referral_steps(ref_key, msg_seq, step, actor, from_state,"
                    " to_state, at_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    [Q_MSG_KIND] = "SELECT kind, ref_key FROM messages WHERE seq = ?1",
     [Q_CAP_GET] = "SELECT capacity, reserved, claimed_reserved, general_used, released,"
                   " released_at_ms IS NOT NULL FROM capacity WHERE resource_key = ?1",
     [Q_CAP_PUT] = "INSERT INTO capacity(resource_key, resource, unit, date, capacity, reserved,"
@@ -638,8 +636,8 @@ static int s_apply_step(clinical_t *self, s_ref_t *r, uint64_t seq, int step, re
     if (actor != ACTOR_BROKER || t->to == REF_EXPIRED)
         S_TRY(s_tally_step(self, r, t->to, claimed, released, now));
     sqlite3_stmt *st;
-    if (t->ledger == LEDGER_NONE && appointment_ms <= 0 && t->to != REF_ACCEPTED && s_live(r->state) == s_live(t->to) &&
-        s_awaiting(r->state) == s_awaiting(t->to)) {
+    if (t->ledger == LEDGER_NONE && appointment_ms <= 0 && t->to != REF_ACCEPTED &&
+        s_live(r->state) == s_live(t->to) && s_awaiting(r->state) == s_awaiting(t->to)) {
         /* The common case (every delivered referral): no index to rewrite. */
         st = s_q(self, Q_REF_STATE);
         S_TRY(sqlite3_bind_text(st, 1, r->key, -1, SQLITE_STATIC));

@@ -310,7 +310,8 @@ int handle_envelope(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f,
         clinical_facts_free(req->facts);
         store_row_clear(m);
         free(req);
-        return mr_fail(err, MR_E_MALFORMED, "the envelope's encoding cannot be read field by field");
+        return mr_fail(err, MR_E_MALFORMED,
+                       "the envelope's encoding cannot be read field by field");
     }
     store_submit(s->store, req);
     return 0;

@@ -19,8 +19,9 @@
  *      failed to commit.  A DeliveryAck moves its message from inflight to
  *      acked and fills the freed slot at once, without waiting for the
  *      commit; the message is freed when the ack's commit comes back (or
- *      goes back to inflight if the commit failed).  Both lists are searched from their head,
- *      where acks and commits normally land, in order.
+ *      goes back to inflight if the commit failed).  Both lists are
+ *      searched from their head, where acks and commits normally land, in
+ *      order.
  *   5. Memory per destination is bounded: ready <= S_PAGE + S_READY_MAX.
  *
  *   store --LOAD page--> ready --send--> inflight --DeliveryAck--> acked --commit--> freed

@@ -95,75 +95,6 @@ static int64_t s_expiry(const server_t *s, const mr_envelope_t *env, int64_t now
     return ttl_end;
 }
 
-/* Reads a protobuf varint at b[*i]; 0, or -1 if it runs past the end. */
-static int s_varint(const uint8_t *b, size_t len, size_t *i, uint64_t *v)
-{
-    *v = 0;
-    for (int shift = 0; shift < 64 && *i < len; shift += 7) {
-        uint8_t c = b[(*i)++];
-        *v |= (uint64_t)(c & 0x7f) << shift;
-        if ((c & 0x80) == 0)
-            return 0;
-    }
-    return -1;
-}
-
-/*
- * What makes two sends "the same message": the envelope without its
- * created_at_ms, which a sender's library may stamp anew on a retry.
- * FNV-1a over the stored encoding with that field's bytes left out, which
- * are the bytes of the envelope packed with created_at_ms = 0 (proto3 omits
- * a zero; protobuf-c writes fields in number order), without packing twice.
- * -1 if body is not a sequence of well-formed fields.
- */
-static int s_content_hash(const uint8_t *body, size_t len, uint64_t *out)
-{
-    const ProtobufCFieldDescriptor *created = protobuf_c_message_descriptor_get_field_by_name(
-        &medroute__v1__envelope__descriptor, "created_at_ms");
-    if (created == NULL)
-        return -1;
-    const uint64_t created_tag = (uint64_t)created->id << 3; /* a varint */
-    uint64_t h = 1469598103934665603ULL;
-    size_t i = 0;
-    while (i < len) {
-        size_t start = i;
-        uint64_t tag, n;
-        if (s_varint(body, len, &i, &tag) != 0)
-            return -1;
-        switch (tag & 7) {
-        case 0: /* varint */
-            if (s_varint(body, len, &i, &n) != 0)
-                return -1;
-            break;
-        case 1: /* 64-bit */
-            if (len - i < 8)
-                return -1;
-            i += 8;
-            break;
-        case 2: /* length-delimited */
-            if (s_varint(body, len, &i, &n) != 0 || n > len - i)
-                return -1;
-            i += (size_t)n;
-            break;
-        case 5: /* 32-bit */
-            if (len - i < 4)
-                return -1;
-            i += 4;
-            break;
-        default:
-            return -1;
-        }
-        if (tag == created_tag)
-            continue;
-        for (size_t k = start; k < i; k++) {
-            h ^= body[k];
-            h *= 1099511628211ULL;
-        }
-    }
-    *out = h;
-    return 0;
-}
-
 static void s_send_ack(server_t *s, int peer, const char *message_id, uint64_t seq, bool dup)
 {
     peer_t *p = &s->peers[peer];
@@ -306,7 +237,7 @@ int handle_envelope(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f,
         return mr_fail(err, MR_E_MALFORMED, "the envelope does not encode back to itself");
     }
     medroute__v1__envelope__free_unpacked(check, NULL);
-    if (s_content_hash(m->body, m->body_len, &m->content_hash) != 0) {
+    if (mr_envelope_hash(m->body, m->body_len, &m->content_hash) != 0) {
         clinical_facts_free(req->facts);
         store_row_clear(m);
         free(req);

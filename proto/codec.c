@@ -113,6 +113,60 @@ int mr_embed_field(ProtobufCMessageUnknownField *uf, uint32_t tag, const uint8_t
     return 0;
 }
 
+/* Reads a protobuf varint at b[*i]; 0, or -1 if it runs past the end. */
+static int s_varint(const uint8_t *b, size_t len, size_t *i, uint64_t *v)
+{
+    *v = 0;
+    for (int shift = 0; shift < 64 && *i < len; shift += 7) {
+        uint8_t c = b[(*i)++];
+        *v |= (uint64_t)(c & 0x7f) << shift;
+        if ((c & 0x80) == 0)
+            return 0;
+    }
+    return -1;
+}
+
+/* Moves *i past the value of a field of wire type `type`; 0 or -1. */
+static int s_skip(const uint8_t *b, size_t len, size_t *i, unsigned type)
+{
+    uint64_t n = 0;
+    switch (type) {
+    case PROTOBUF_C_WIRE_TYPE_VARINT: return s_varint(b, len, i, &n);
+    case PROTOBUF_C_WIRE_TYPE_64BIT: n = 8; break;
+    case PROTOBUF_C_WIRE_TYPE_32BIT: n = 4; break;
+    case PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED:
+        if (s_varint(b, len, i, &n) != 0)
+            return -1;
+        break;
+    default: return -1;
+    }
+    if (n > len - *i)
+        return -1;
+    *i += (size_t)n;
+    return 0;
+}
+
+int mr_envelope_hash(const uint8_t *body, size_t len, uint64_t *out)
+{
+    const uint64_t created = (uint64_t)MR_ENVELOPE_CREATED_AT_FIELD << 3; /* a varint */
+    uint64_t h = 1469598103934665603ULL;
+    size_t i = 0;
+    while (i < len) {
+        size_t start = i;
+        uint64_t tag;
+        if (s_varint(body, len, &i, &tag) != 0 || s_skip(body, len, &i, (unsigned)(tag & 7)) != 0)
+            return -1;
+        if (tag == created)
+            continue;
+        for (size_t k = start; k < i; k++) {
+            h ^= body[k];
+            h *= 1099511628211ULL;
+        }
+    }
+    *out = h;
+    return 0;
+}
+
 int64_t mr_now_ms(void)
 {
     struct timespec ts;

@@ -82,6 +82,20 @@ int mr_pack(const ProtobufCMessage *msg, uint8_t **out, size_t *len);
 int mr_embed_field(ProtobufCMessageUnknownField *uf, uint32_t tag, const uint8_t *bytes,
                    size_t len);
 
+/* envelope.proto: created_at_ms = 6 (a field number never changes on the
+ * wire; test_codec checks it against the descriptor). */
+#define MR_ENVELOPE_CREATED_AT_FIELD 6
+
+/*
+ * What makes two sends "the same message": FNV-1a over a packed Envelope
+ * with its created_at_ms field left out (a sender's library may stamp it
+ * anew on a retry).  The value equals FNV-1a over the same envelope packed
+ * with created_at_ms = 0 (proto3 omits a zero, protobuf-c writes fields in
+ * number order), so stores hashed either way agree.  0, or -1 if body is
+ * not a sequence of well-formed fields.
+ */
+int mr_envelope_hash(const uint8_t *body, size_t len, uint64_t *out);
+
 /* Current wall-clock time in Unix milliseconds. */
 int64_t mr_now_ms(void);
 

@@ -1,7 +1,8 @@
 /*
  * Unit tests for proto/codec.c: kind, priority and error-code names, the
  * kind -> payload rule, mr_pack, and mr_embed_field (a stored Envelope put
- * into a Delivery as raw bytes must decode as Delivery.envelope).
+ * into a Delivery as raw bytes must decode as Delivery.envelope), and the
+ * content hash that tells a resend from a conflict.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -345,6 +346,74 @@ static void test_codec_now_ms_plausible(void **state)
     assert_true(b - a < 1000);
 }
 
+/* ---- the content hash ------------------------------------------------------ */
+
+static void test_codec_created_at_field_number(void **state)
+{
+    (void)state;
+    const ProtobufCFieldDescriptor *fd = protobuf_c_message_descriptor_get_field_by_name(
+        &medroute__v1__envelope__descriptor, "created_at_ms");
+    assert_non_null(fd);
+    assert_int_equal(fd->id, MR_ENVELOPE_CREATED_AT_FIELD);
+    assert_int_equal(fd->type, PROTOBUF_C_TYPE_INT64); /* a varint on the wire */
+}
+
+static size_t s_pack_env(uint8_t *buf, const char *id, int64_t created_at_ms)
+{
+    mr_envelope_t e = MEDROUTE__V1__ENVELOPE__INIT;
+    e.message_id = (char *)id;
+    e.source = "t-aihua";
+    e.destination = "yx-lead";
+    e.kind = MEDROUTE__V1__KIND__KIND_REFERRAL;
+    e.priority = 1;
+    e.correlation_id = "c-1";
+    e.created_at_ms = created_at_ms;
+    return protobuf_c_message_pack(&e.base, buf);
+}
+
+static uint64_t s_fnv(const uint8_t *b, size_t n)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < n; i++) {
+        h ^= b[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+static void test_codec_envelope_hash_ignores_created_at(void **state)
+{
+    (void)state;
+    uint8_t a[512], b[512], zero[512];
+    size_t na = s_pack_env(a, "m-1", 1795000000000), nb = s_pack_env(b, "m-1", 1795000009999);
+    size_t nz = s_pack_env(zero, "m-1", 0);
+    uint64_t ha = 0, hb = 0;
+    assert_int_equal(mr_envelope_hash(a, na, &ha), 0);
+    assert_int_equal(mr_envelope_hash(b, nb, &hb), 0);
+    assert_true(ha == hb);
+    /* The definition stores were made with: the envelope packed without it. */
+    assert_true(ha == s_fnv(zero, nz));
+    /* Other content, another hash. */
+    uint8_t c[512];
+    size_t nc = s_pack_env(c, "m-2", 1795000000000);
+    uint64_t hc = 0;
+    assert_int_equal(mr_envelope_hash(c, nc, &hc), 0);
+    assert_true(hc != ha);
+}
+
+static void test_codec_envelope_hash_refuses_broken_fields(void **state)
+{
+    (void)state;
+    uint8_t a[512];
+    size_t n = s_pack_env(a, "m-1", 1795000000000);
+    uint64_t h = 0;
+    assert_int_equal(mr_envelope_hash(a, n - 1, &h), -1); /* the last field cut short */
+    const uint8_t group[] = {0x0b, 0x0c};                 /* wire type 3: not proto3 */
+    assert_int_equal(mr_envelope_hash(group, sizeof group, &h), -1);
+    const uint8_t long_len[] = {0x0a, 0x7f, 'x'};         /* length past the end */
+    assert_int_equal(mr_envelope_hash(long_len, sizeof long_len, &h), -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -359,6 +428,9 @@ int main(void)
         cmocka_unit_test(test_codec_embed_field_three_byte_length),
         cmocka_unit_test(test_codec_embed_field_empty),
         cmocka_unit_test(test_codec_now_ms_plausible),
+        cmocka_unit_test(test_codec_created_at_field_number),
+        cmocka_unit_test(test_codec_envelope_hash_ignores_created_at),
+        cmocka_unit_test(test_codec_envelope_hash_refuses_broken_fields),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

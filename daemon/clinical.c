@@ -255,15 +255,6 @@ static bool s_awaiting(ref_state_t s)
     return s == REF_REQUESTED || s == REF_RECEIVED;
 }
 
-static int s_exists(void *arg, int n, char **values, char **names)
-{
-    (void)n;
-    (void)values;
-    (void)names;
-    *(bool *)arg = true;
-    return 0;
-}
-
 clinical_t *clinical_open(sqlite3 *db, tally_t *tally, int *rc_out)
 {
     clinical_t *self = calloc(1, sizeof *self);
@@ -278,12 +269,12 @@ clinical_t *clinical_open(sqlite3 *db, tally_t *tally, int *rc_out)
         rc = sqlite3_exec(db, "ALTER TABLE messages ADD COLUMN ref_key TEXT", NULL, NULL, NULL);
     if (rc != SQLITE_OK)
         goto fail;
-    bool old = false;
-    rc = sqlite3_exec(db,
-                      "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'referrals'"
-                      " AND sql NOT LIKE '%WITHOUT ROWID%'",
-                      s_exists, &old, NULL);
-    if (rc == SQLITE_OK && old) {
+    /* A referrals table without the `live` column is the old one. */
+    bool old = sqlite3_table_column_metadata(db, NULL, "referrals", NULL, NULL, NULL, NULL, NULL,
+                                             NULL) == SQLITE_OK &&
+               sqlite3_table_column_metadata(db, NULL, "referrals", "live", NULL, NULL, NULL,
+                                             NULL, NULL) != SQLITE_OK;
+    if (old) {
         rc = sqlite3_exec(db, s_migrate_referrals, NULL, NULL, NULL);
         if (rc != SQLITE_OK && !sqlite3_get_autocommit(db))
             (void)sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);

@@ -638,9 +638,10 @@ static int s_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void 
             return events ? events : -EINTR;
         if (items[1].revents & ZMQ_POLLIN)
             s_on_monitor(self);
-        /* In memory, the seen-set writes of a whole budget go in one commit;
-         * on disk each is committed before its DeliveryAck is sent. */
-        bool grouped = !self->persistent && cstore_begin(self->cs) == 0;
+        /* In memory, the seen-set writes of a whole budget go in one commit
+         * (begun with the first frame); on disk each is committed before its
+         * DeliveryAck is sent. */
+        bool grouped = false;
         for (int i = 0; i < S_RECV_BUDGET && !(until_welcome && self->welcomed); i++) {
             zmq_msg_t m;
             zmq_msg_init(&m);
@@ -648,6 +649,8 @@ static int s_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void 
                 zmq_msg_close(&m);
                 break;
             }
+            if (i == 0 && !self->persistent)
+                grouped = cstore_begin(self->cs) == 0;
             events += s_on_frame(self, zmq_msg_data(&m), zmq_msg_size(&m), handler, arg);
             zmq_msg_close(&m);
         }

@@ -26,42 +26,11 @@ SOURCE_DIR=$3
 
 PASSED=0
 FAILED=0
-# ok, bad, check, fatal
+# ok, bad, check, fatal, finish, stop_pid, free_ports, start_medrouted
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 DAEMON_PID=
 LISTEN_PID=
-FINISHED=0
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/medroute-clitest.XXXXXX")
-
-# Stops a process we started: SIGTERM, up to 5 s, then SIGKILL.
-stop_pid() {
-    local pid=$1 i
-    [ -n "$pid" ] || return 0
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for i in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-    local rc=$?
-    stop_pid "$LISTEN_PID"
-    stop_pid "$DAEMON_PID"
-    if [ "$FINISHED" -eq 0 ]; then
-        # Stopped by a signal or by an unexpected error under set -e.
-        bad "the script ran to its end" "it stopped early with status $rc"
-        dump_log
-        echo "$PASSED passed, $FAILED failed"
-        rc=1
-    fi
-    rm -rf "$TMP"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 # For a failure's diagnosis: the daemon's last words, before the summary.
 dump_log() {
@@ -72,13 +41,8 @@ dump_log() {
     fi
 }
 
-finish() {
-    FINISHED=1
-    [ "$FAILED" -eq 0 ] || dump_log
-    echo "$PASSED passed, $FAILED failed"
-    [ "$FAILED" -eq 0 ] && exit 0
-    exit 1
-}
+CLEANUP_PIDS="LISTEN_PID DAEMON_PID"
+lib_traps
 
 for tool in python3 timeout; do
     command -v "$tool" >/dev/null || fatal "prerequisite: $tool is installed"
@@ -154,14 +118,8 @@ field_of_lines() { python3 -c "$FIELDS_PY" "$1"; }
 # up; 1 when the daemon exited (e.g. a port was taken meanwhile); 2 when it
 # runs but does not answer.
 start_daemon() {
-    local ports i
-    ports=$(python3 -c '
-import socket
-a = socket.socket(); a.bind(("127.0.0.1", 0))
-b = socket.socket(); b.bind(("127.0.0.1", 0))
-print(a.getsockname()[1], b.getsockname()[1])
-a.close(); b.close()
-') || return 1
+    local ports
+    ports=$(free_ports 2) || return 1
     FAC_EP="tcp://127.0.0.1:${ports% *}"
     OP_EP="tcp://127.0.0.1:${ports#* }"
     cat >"$TMP/medroute.conf" <<EOF
@@ -181,25 +139,8 @@ facilities = (
   { id = "t-lishu";    role = "township";       name = "Lishu township health centre (remote, poor link)"; }
 );
 EOF
-    # Under timeout(1) so that it cannot outlive a test killed from outside
-    # (CTest's TIMEOUT); timeout passes our SIGTERM on and exits with the
-    # daemon's status.  --foreground: pass it on once, to the daemon only
-    # (without it timeout also signals its process group, and a second
-    # SIGTERM that lands after the daemon has closed its signal watchers
-    # while stopping kills it: exit 143).
-    timeout --foreground -k 5 170 "$MEDROUTED" --config "$TMP/medroute.conf" \
-        >"$TMP/medrouted.log" 2>&1 &
-    DAEMON_PID=$!
-    for i in $(seq 50); do
-        if ! kill -0 "$DAEMON_PID" 2>/dev/null; then
-            wait "$DAEMON_PID" || true
-            DAEMON_PID=
-            return 1
-        fi
-        mr status --timeout 500 >/dev/null 2>&1 && return 0
-        sleep 0.2
-    done
-    return 2
+    start_medrouted "$MEDROUTED" "$TMP/medroute.conf" "$TMP/medrouted.log" \
+        mr status --timeout 500
 }
 
 # The CLI, bounded by timeout(1) in case it hangs, always on our endpoints.

@@ -26,40 +26,11 @@ SOURCE_DIR=$2
 
 PASSED=0
 FAILED=0
-# ok, bad, check, fatal
+# ok, bad, check, fatal, finish, stop_pid, free_ports, start_medrouted
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 DAEMON_PID=
-FINISHED=0
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/medroute-insttest.XXXXXX")
 P=$TMP/prefix
-
-# Stops a process we started: SIGTERM, up to 5 s, then SIGKILL.
-stop_pid() {
-    local pid=$1
-    [ -n "$pid" ] || return 0
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for _ in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-    local rc=$?
-    stop_pid "$DAEMON_PID"
-    if [ "$FINISHED" -eq 0 ]; then
-        bad "the script ran to its end" "it stopped early with status $rc"
-        dump_log
-        echo "$PASSED passed, $FAILED failed"
-        rc=1
-    fi
-    rm -rf "$TMP"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 dump_log() {
     local f
@@ -72,13 +43,8 @@ dump_log() {
     done
 }
 
-finish() {
-    FINISHED=1
-    [ "$FAILED" -eq 0 ] || dump_log
-    echo "$PASSED passed, $FAILED failed"
-    [ "$FAILED" -eq 0 ] && exit 0
-    exit 1
-}
+CLEANUP_PIDS="DAEMON_PID"
+lib_traps
 
 for tool in cmake pkg-config python3 timeout cc; do
     command -v "$tool" >/dev/null || fatal "prerequisite: $tool is installed"
@@ -152,13 +118,7 @@ check "installed medroute help (library found)" "exit $rc: $out" grep -q '^comma
 # daemon exited (a port was taken meanwhile?); 2 it runs but does not answer.
 start_daemon() {
     local ports
-    ports=$(python3 -c '
-import socket
-s = [socket.socket() for _ in range(3)]
-for x in s: x.bind(("127.0.0.1", 0))
-print(" ".join(str(x.getsockname()[1]) for x in s))
-for x in s: x.close()
-') || return 1
+    ports=$(free_ports 3) || return 1
     read -r FAC_PORT OP_PORT HTTP_PORT <<<"$ports"
     FAC_EP="tcp://127.0.0.1:$FAC_PORT"
     OP_EP="tcp://127.0.0.1:$OP_PORT"
@@ -167,20 +127,8 @@ for x in s: x.close()
         -e "s|^http_listen = .*|http_listen = \"127.0.0.1:$HTTP_PORT\";|" \
         -e "s|^data_dir = .*|data_dir = \"$TMP/data\";|" \
         "$P/etc/medroute/medroute.conf" >"$TMP/medroute.conf"
-    "$P/sbin/medrouted" --config "$TMP/medroute.conf" >>"$TMP/medrouted.log" 2>&1 &
-    DAEMON_PID=$!
-    for _ in $(seq 100); do
-        if ! kill -0 "$DAEMON_PID" 2>/dev/null; then
-            wait "$DAEMON_PID" 2>/dev/null || true
-            DAEMON_PID=
-            return 1
-        fi
-        if "$CLI" --operator "$OP_EP" status --timeout 500 >/dev/null 2>&1; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    return 2
+    start_medrouted "$P/sbin/medrouted" "$TMP/medroute.conf" "$TMP/medrouted.log" \
+        "$CLI" --operator "$OP_EP" status --timeout 500
 }
 
 up=1

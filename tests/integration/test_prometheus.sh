@@ -39,52 +39,18 @@ PROMTOOL=${PROMTOOL:-$(command -v promtool || echo /usr/bin/promtool)}
 
 PASSED=0
 FAILED=0
-# ok, bad, check, fatal
+# ok, bad, check, fatal, finish, stop_pid, free_ports, start_medrouted
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 DAEMON_PID=
 PROM_PID=
-FINISHED=0
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/medroute-promtest.XXXXXX")
-
-# Stops a process we started: SIGTERM, up to 5 s, then SIGKILL.  Sets
-# STOP_RC to its exit status.
-STOP_RC=0
-stop_pid() {
-    local pid=$1 i
-    STOP_RC=0
-    [ -n "$pid" ] || return 0
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for i in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || STOP_RC=$?
-}
-
-cleanup() {
-    local rc=$?
-    stop_pid "$PROM_PID"
-    stop_pid "$DAEMON_PID"
-    if [ "$FINISHED" -eq 0 ]; then
-        # Stopped by a signal or by an unexpected error under set -e.
-        bad "the script ran to its end" "it stopped early with status $rc"
-        dump_logs
-        echo "$PASSED passed, $FAILED failed"
-        rc=1
-    fi
-    rm -rf "$TMP"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 # check_eq DESCRIPTION EXPECTED ACTUAL
 check_eq() {
     if [ "$2" = "$3" ]; then ok "$1"; else bad "$1" "expected '$2', got '$3'"; fi
 }
 
-dump_logs() {
+dump_log() {
     local f
     for f in medrouted.log prometheus.log; do
         if [ -f "$TMP/$f" ]; then
@@ -95,13 +61,8 @@ dump_logs() {
     done
 }
 
-finish() {
-    FINISHED=1
-    [ "$FAILED" -eq 0 ] || dump_logs
-    echo "$PASSED passed, $FAILED failed"
-    [ "$FAILED" -eq 0 ] && exit 0
-    exit 1
-}
+CLEANUP_PIDS="PROM_PID DAEMON_PID"
+lib_traps
 
 for tool in python3 timeout curl; do
     command -v "$tool" >/dev/null || fatal "prerequisite: $tool is installed"
@@ -219,15 +180,7 @@ wait_for() {
 FACILITIES=(yx-lead yx-imaging yx-lab t-aihua t-manwan)
 BROKER_ID=promtest-broker
 
-read -r FAC_PORT OP_PORT HTTP_PORT PROM_PORT < <(python3 -c '
-import socket
-socks = [socket.socket() for _ in range(4)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-for s in socks:
-    s.close()
-')
+read -r FAC_PORT OP_PORT HTTP_PORT PROM_PORT < <(free_ports 4)
 FAC_EP="tcp://127.0.0.1:$FAC_PORT"
 OP_EP="tcp://127.0.0.1:$OP_PORT"
 HTTP="http://127.0.0.1:$HTTP_PORT"
@@ -254,22 +207,8 @@ EOF
 # start_daemon: starts medrouted and waits (10 s at most) until /healthz
 # answers.  0 when up, 1 when the daemon exited, 2 when it does not answer.
 start_daemon() {
-    # Under timeout(1) so that it cannot outlive a test killed from outside;
-    # --foreground: our SIGTERM goes to the daemon once.
-    timeout --foreground -k 5 170 "$MEDROUTED" --config "$TMP/medroute.conf" \
-        >>"$TMP/medrouted.log" 2>&1 &
-    DAEMON_PID=$!
-    local i
-    for i in $(seq 50); do
-        if ! kill -0 "$DAEMON_PID" 2>/dev/null; then
-            wait "$DAEMON_PID" || true
-            DAEMON_PID=
-            return 1
-        fi
-        curl -s --max-time 1 -o /dev/null "$HTTP/healthz" && return 0
-        sleep 0.2
-    done
-    return 2
+    start_medrouted "$MEDROUTED" "$TMP/medroute.conf" "$TMP/medrouted.log" \
+        curl -s --max-time 1 -o /dev/null "$HTTP/healthz"
 }
 
 UP=0

@@ -357,17 +357,27 @@ static char *s_text(sqlite3_stmt *st, int col)
     return t ? strdup((const char *)t) : NULL;
 }
 
-/* Reads the 10 columns shared by LOAD, LIST and EXPIRE into a new row. */
-static int s_read_row(sqlite3_stmt *st, store_req_t *req)
+/* A new, zeroed row at the end of req->rows (grown 64 at a time); NULL
+ * when out of memory. */
+static store_row_t *s_new_row(store_req_t *req)
 {
     if (req->n_rows % 64 == 0) {
         store_row_t *rows = realloc(req->rows, (req->n_rows + 64) * sizeof *rows);
         if (rows == NULL)
-            return SQLITE_NOMEM;
+            return NULL;
         req->rows = rows;
     }
     store_row_t *r = &req->rows[req->n_rows++];
     memset(r, 0, sizeof *r);
+    return r;
+}
+
+/* Reads the 10 columns shared by LOAD, LIST and EXPIRE into a new row. */
+static int s_read_row(sqlite3_stmt *st, store_req_t *req)
+{
+    store_row_t *r = s_new_row(req);
+    if (r == NULL)
+        return SQLITE_NOMEM;
     r->seq = (uint64_t)sqlite3_column_int64(st, 0);
     r->source = s_text(st, 1);
     r->message_id = s_text(st, 2);
@@ -543,14 +553,9 @@ static int s_op_summary(store_t *self, store_req_t *req)
     sqlite3_stmt *st = s_stmt(self, S_SUMMARY);
     int rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (req->n_rows % 64 == 0) {
-            store_row_t *rows = realloc(req->rows, (req->n_rows + 64) * sizeof *rows);
-            if (rows == NULL)
-                return SQLITE_NOMEM;
-            req->rows = rows;
-        }
-        store_row_t *r = &req->rows[req->n_rows++];
-        memset(r, 0, sizeof *r);
+        store_row_t *r = s_new_row(req);
+        if (r == NULL)
+            return SQLITE_NOMEM;
         r->dest = s_text(st, 0);
         r->count = (uint64_t)sqlite3_column_int64(st, 1);
         r->seq = (uint64_t)sqlite3_column_int64(st, 2);

@@ -26,6 +26,9 @@
  *               time until status answers with every message pending;
  *               then t-lishu connects and drains for at most --drain-s.
  *
+ * --store adds settings to the daemon's store group, for experiments
+ * (make bench runs the defaults but for synchronous).
+ *
  * Prints one JSON line.  Threads: main (daemon, operator, measuring),
  * senders, receiver.
  */
@@ -109,7 +112,10 @@ static int s_spawn(s_daemon_t *d)
     return 0;
 }
 
-static int s_daemon_setup(s_daemon_t *d, int senders, const char *sync, int window)
+/* store_extra: more settings for the store group ("batch_ms = 2;"), for
+ * experiments; "" in make bench, which runs the daemon's defaults. */
+static int s_daemon_setup(s_daemon_t *d, int senders, const char *sync, int window,
+                          const char *store_extra)
 {
     snprintf(d->dir, sizeof d->dir, "%s/mrbench-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     if (mkdtemp(d->dir) == NULL)
@@ -131,11 +137,11 @@ static int s_daemon_setup(s_daemon_t *d, int senders, const char *sync, int wind
             "data_dir = \"%s/var\";\ninsecure = true;\nlog_level = \"info\";\n"
             "limits = { max_inflight = %d; rate_per_s = 1000000; rate_burst = 10000000;"
             " queue_quota = 100000000; };\n"
-            "store = { synchronous = \"%s\"; };\n"
+            "store = { synchronous = \"%s\"; %s };\n"
             "facilities = (\n"
             "  { id = \"yx-lead\"; role = \"lead\"; name = \"Yun County People's Hospital\"; },\n"
             "  { id = \"t-lishu\"; role = \"township\"; name = \"Lishu (offline in the backlog)\"; }",
-            d->fac_ep, d->op_ep, d->dir, window, sync);
+            d->fac_ep, d->op_ep, d->dir, window, sync, store_extra);
     for (int i = 0; i < senders; i++)
         fprintf(f, ",\n  { id = \"t-bench%02d\"; role = \"township\"; }", i + 1);
     fprintf(f, "\n);\n");
@@ -662,12 +668,13 @@ int main(int argc, char **argv)
         fprintf(stderr,
                 "usage: bench_medroute [--mode throughput|latency|backlog] [--sync full|normal]\n"
                 "  [--senders N] [--window W] [--warmup-s S] [--duration-s S] [--rate R]\n"
-                "  [--count N] [--fill-s S] [--drain-s S] [--daemon PATH] [--keep 1]\n");
+                "  [--count N] [--fill-s S] [--drain-s S] [--daemon PATH] [--keep 1]\n"
+                "  [--store 'SETTING = VALUE; ...']\n");
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
     int rc = s_daemon_setup(&d, run.senders, strcmp(mode, "backlog") == 0 ? "full" : sync,
-                            run.window);
+                            run.window, bu_arg(argc, argv, "--store", ""));
     if (rc < 0) {
         fprintf(stderr, "bench_medroute: setup: %s\n", strerror(-rc));
         return 1;

@@ -146,6 +146,7 @@ struct store_t {
     atomic_int backups;          /* backup threads running (they use this struct) */
     pthread_t checkpointer;      /* moves the WAL into the database, off the commit path */
     pthread_cond_t ckpt_wake;    /* its own: sharing `wake` could steal a submission's signal */
+    bool ckpt_due;               /* a commit wrote to the WAL since the last checkpoint began */
     bool checkpointer_started;
 
     /* store thread only */
@@ -737,6 +738,17 @@ static void s_fail_batch(store_req_t *head)
     }
 }
 
+/* Wakes the checkpoint thread after a commit that wrote. */
+static void s_checkpoint_due(store_t *self)
+{
+    pthread_mutex_lock(&self->lock);
+    if (!self->ckpt_due) {
+        self->ckpt_due = true;
+        pthread_cond_signal(&self->ckpt_wake);
+    }
+    pthread_mutex_unlock(&self->lock);
+}
+
 static void *s_thread(void *arg)
 {
     store_t *self = arg;
@@ -784,13 +796,16 @@ static void *s_thread(void *arg)
             if (s_needs_reopen(rc))
                 s_close_db(self); /* reopen, and re-check, on the next batch */
             atomic_store(&self->unavailable, true);
-        } else if (self->last_error != 0 && sqlite3_total_changes(self->db) != changes_before) {
+        } else if (sqlite3_total_changes(self->db) != changes_before) {
+            s_checkpoint_due(self);
             /* Recovered only when something was written again: a batch of
              * reads succeeds on a full disk too. */
-            log_info(self->log, "store.recovered", "path=%s after=\"%s\"", self->path,
-                     sqlite3_errstr(self->last_error));
-            self->last_error = 0;
-            atomic_store(&self->unavailable, false);
+            if (self->last_error != 0) {
+                log_info(self->log, "store.recovered", "path=%s after=\"%s\"", self->path,
+                         sqlite3_errstr(self->last_error));
+                self->last_error = 0;
+                atomic_store(&self->unavailable, false);
+            }
         }
         s_complete(self, head, tail);
     }
@@ -891,47 +906,63 @@ void store_tally(store_t *self, const char *name, const char *labels, int64_t de
 /* ---- checkpoints: their own thread and connection ------------------------------ */
 
 /*
- * This thread copies the WAL back into the database ten times a second
- * (PASSIVE: it never blocks the writer), so the commit path mostly only
- * appends.  Under sustained writes a passive checkpoint may never catch up,
- * and the WAL could only be restarted after one that does: the writer keeps
- * SQLite's own auto-checkpoint as a bound (4096 pages, ~16 MB; 8192 and
- * 32768 were slower in the benchmark), and journal_size_limit truncates the
- * file back to 64 MB after a restart.
+ * This thread copies the WAL back into the database (PASSIVE: it never
+ * blocks the writer) after commits, at most once every S_CKPT_PACE_MS, so
+ * that the commit path mostly only appends.  Under sustained writes a
+ * passive checkpoint rarely catches up, and the WAL can only restart after
+ * one that does: the writer keeps SQLite's auto-checkpoint as that bound
+ * (4096 pages, ~16 MB; 8192 and 32768 were slower in the benchmark), and as
+ * this thread has copied nearly everything by then, that checkpoint costs
+ * the writer about a millisecond instead of copying 16 MB
+ * (docs/performance.md).  journal_size_limit truncates the file back to
+ * 64 MB after a restart.  An idle store wakes this thread no more.
  */
+enum { S_CKPT_PACE_MS = 5 };
+
+/* A connection of its own; NULL if the file cannot be opened now. */
+static sqlite3 *s_checkpoint_open(const char *path)
+{
+    sqlite3 *db = NULL;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
+        sqlite3_close_v2(db);
+        return NULL;
+    }
+    /* A connection that has never read the database has not opened its WAL
+     * either, and its checkpoints do nothing at all (they report -1 frames):
+     * read once. */
+    if (sqlite3_exec(db, "SELECT 1 FROM sqlite_master LIMIT 1", NULL, NULL, NULL) != SQLITE_OK) {
+        sqlite3_close_v2(db);
+        return NULL;
+    }
+    return db;
+}
+
 static void *s_checkpoint_thread(void *arg)
 {
     store_t *self = arg;
     sqlite3 *db = NULL;
     for (;;) {
         pthread_mutex_lock(&self->lock);
-        if (!self->stopping) {
-            struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_nsec += 100 * 1000 * 1000;
-            if (until.tv_nsec >= 1000000000) {
-                until.tv_sec++;
-                until.tv_nsec -= 1000000000;
-            }
-            pthread_cond_timedwait(&self->ckpt_wake, &self->lock, &until);
-        }
+        while (!self->ckpt_due && !self->stopping)
+            pthread_cond_wait(&self->ckpt_wake, &self->lock);
+        self->ckpt_due = false;
         bool stop = self->stopping;
         pthread_mutex_unlock(&self->lock);
         if (stop)
             break;
-        if (db == NULL && sqlite3_open_v2(self->path, &db,
-                                          SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
-                              SQLITE_OK) {
-            sqlite3_close_v2(db);
-            db = NULL;
-            continue;
-        }
+        if (db == NULL)
+            db = s_checkpoint_open(self->path);
         int wal = 0, done = 0;
-        if (sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &wal, &done) !=
-            SQLITE_OK) {
+        int rc = db ? sqlite3_wal_checkpoint_v2(db, "main", SQLITE_CHECKPOINT_PASSIVE, &wal, &done)
+                    : SQLITE_CANTOPEN;
+        /* BUSY: the writer's own auto-checkpoint is running. */
+        if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
             sqlite3_close_v2(db); /* reopen next time: the file may have changed */
             db = NULL;
         }
+        struct timespec pace = {0, S_CKPT_PACE_MS * 1000 * 1000};
+        nanosleep(&pace, NULL);
     }
     sqlite3_close_v2(db);
     return NULL;

@@ -694,6 +694,33 @@ static void test_store_size_counts_db_and_wal(void **state)
     assert_int_equal(d->value, want);
 }
 
+/* The checkpoint thread copies committed pages into the database file
+ * soon after a commit, long before the WAL reaches the writer's own
+ * auto-checkpoint bound (4096 pages): the file grows without any further
+ * write.  (A checkpoint connection that never read the database did
+ * nothing at all, and the file stayed at its first page.) */
+static void test_store_checkpoints_in_background(void **state)
+{
+    s_fx_t *fx = *state;
+    char body[3001];
+    memset(body, 'b', sizeof body - 1);
+    body[sizeof body - 1] = '\0';
+    for (int i = 0; i < 40; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "m-%d", i);
+        assert_int_equal(s_put(fx, "t-a", id, "lead", body, 9000)->status, STORE_OK);
+    }
+    off_t want = 40 * (off_t)(sizeof body - 1);
+    struct stat st = {0};
+    uint64_t start = uv_hrtime();
+    while (stat(fx->path, &st) == 0 && st.st_size < want &&
+           (uv_hrtime() - start) / 1000000 < S_WAIT_MS) {
+        struct timespec ts = {0, 5 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    assert_true(st.st_size >= want);
+}
+
 static void test_store_callbacks_in_submission_order(void **state)
 {
     s_fx_t *fx = *state;
@@ -1037,6 +1064,7 @@ int main(void)
         T(test_store_expire_moves_to_dead),
         T(test_store_prune_delivered_only),
         T(test_store_size_counts_db_and_wal),
+        T(test_store_checkpoints_in_background),
         T(test_store_callbacks_in_submission_order),
         T(test_store_db_file_mode_0600),
         T(test_store_destroy_runs_remaining_callbacks),

@@ -5,6 +5,7 @@
 #include "bench_util.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdlib.h>
@@ -122,6 +123,82 @@ int bu_proc_mem(pid_t pid, long *rss_kb, long *hwm_kb)
     }
     fclose(f);
     return 0;
+}
+
+/* The comm and the utime + stime of one /proc/PID/task/TID. */
+static int s_task_cpu(pid_t pid, const char *tid, char *name, size_t len, double *secs)
+{
+    char path[96], line[1024];
+    snprintf(path, sizeof path, "/proc/%d/task/%s/comm", (int)pid, tid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -errno;
+    bool got = fgets(name, (int)len, f) != NULL;
+    fclose(f);
+    if (!got)
+        return -EIO;
+    name[strcspn(name, "\n")] = '\0';
+    snprintf(path, sizeof path, "/proc/%d/task/%s/stat", (int)pid, tid);
+    f = fopen(path, "r");
+    if (f == NULL)
+        return -errno;
+    got = fgets(line, sizeof line, f) != NULL;
+    fclose(f);
+    /* Fields after the ")" that closes comm: 3 state ... 14 utime 15 stime. */
+    char *p = got ? strrchr(line, ')') : NULL;
+    unsigned long long ut = 0, st = 0;
+    if (p == NULL || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut,
+                            &st) != 2)
+        return -EIO;
+    *secs = (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+    return 0;
+}
+
+int bu_proc_cpu(pid_t pid, bu_cpu_t *out)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    if (d == NULL)
+        return -errno;
+    out->n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        char name[16];
+        double secs;
+        if (e->d_name[0] == '.' || s_task_cpu(pid, e->d_name, name, sizeof name, &secs) != 0)
+            continue; /* a thread that ended meanwhile */
+        size_t i = 0;
+        while (i < out->n && strcmp(out->t[i].name, name) != 0)
+            i++;
+        if (i == out->n) {
+            if (out->n == BU_THREAD_NAMES)
+                continue;
+            snprintf(out->t[i].name, sizeof out->t[i].name, "%s", name);
+            out->t[i].secs = 0;
+            out->n++;
+        }
+        out->t[i].secs += secs;
+    }
+    closedir(d);
+    return 0;
+}
+
+void bu_cpu_json(FILE *out, const char *prefix, const bu_cpu_t *a, const bu_cpu_t *b,
+                 double msgs)
+{
+    fprintf(out, ",\"%s\":{", prefix);
+    double total = 0;
+    for (size_t i = 0; i < b->n && msgs > 0; i++) {
+        double before = 0;
+        for (size_t j = 0; j < a->n; j++)
+            if (strcmp(a->t[j].name, b->t[i].name) == 0)
+                before = a->t[j].secs;
+        double us = (b->t[i].secs - before) * 1e6 / msgs;
+        total += us;
+        fprintf(out, "\"%s\":%.1f,", b->t[i].name, us);
+    }
+    fprintf(out, "\"total\":%.1f}", total);
 }
 
 int bu_free_port(void)

@@ -45,6 +45,24 @@ int bu_proc_mem(pid_t pid, long *rss_kb, long *hwm_kb);
 /* A loopback TCP port the kernel just handed out (and we released); -1 on failure. */
 int bu_free_port(void);
 
+/* CPU time of a process's threads, summed by thread name (comm). */
+#define BU_THREAD_NAMES 16
+typedef struct {
+    size_t n;
+    struct {
+        char name[16];
+        double secs; /* user + system */
+    } t[BU_THREAD_NAMES];
+} bu_cpu_t;
+
+/* Reads /proc/PID/task/<tid>/{comm,stat}; 0 or -errno. */
+int bu_proc_cpu(pid_t pid, bu_cpu_t *out);
+
+/* ,"PREFIX":{"name":us,...,"total":us}: CPU microseconds per message of
+ * each thread name between two readings, for msgs messages. */
+void bu_cpu_json(FILE *out, const char *prefix, const bu_cpu_t *a, const bu_cpu_t *b,
+                 double msgs);
+
 /* A token bucket: the next send time for a rate of per_s messages per second. */
 typedef struct {
     uint64_t start_ns;

@@ -495,6 +495,8 @@ static int s_flow(s_run_t *run, const char *mode, const char *sync, double warmu
     }
     bu_sleep_ms((int)(warmup * 1000));
     json_t *a = s_status(run->d, 5000);
+    bu_cpu_t cpu0 = {0}, cpu1 = {0};
+    bu_proc_cpu(run->d->pid, &cpu0);
     atomic_store(&run->measuring, true);
     uint64_t t0 = bu_now_ns();
     unsigned long long rcv0 = atomic_load(&run->received), ack0 = atomic_load(&run->acked);
@@ -502,6 +504,7 @@ static int s_flow(s_run_t *run, const char *mode, const char *sync, double warmu
     atomic_store(&run->measuring, false);
     unsigned long long rcv1 = atomic_load(&run->received), ack1 = atomic_load(&run->acked);
     json_t *b = s_status(run->d, 5000);
+    bu_proc_cpu(run->d->pid, &cpu1);
     uint64_t t1 = bu_now_ns();
     atomic_store(&run->stop, true);
     for (int i = 0; i < run->senders; i++)
@@ -531,6 +534,7 @@ static int s_flow(s_run_t *run, const char *mode, const char *sync, double warmu
            (double)(rcv1 - rcv0) / secs, rss, hwm);
     bu_lat_json(stdout, "ack", &ack);
     bu_lat_json(stdout, "dlv", &rcv.lat);
+    bu_cpu_json(stdout, "daemon_cpu_us_per_msg", &cpu0, &cpu1, (double)(d1 - d0));
     printf(",\"ok\":%s}\n", ok ? "true" : "false");
     bu_lat_close(&ack);
     bu_lat_close(&rcv.lat);

@@ -104,6 +104,11 @@ def main():
         num(full, " msg/s"), f"{full / ceil:.1%} of ceiling" if full and ceil else "",
         "≥ 20 % of ceiling", full / ceil >= 0.20 if full and ceil else None)
     row("  of which Acks (stored) during that run", num(g("medroute_full", "acked_per_s"), " msg/s"))
+    cpu = g("medroute_full", "daemon_cpu_us_per_msg")
+    if cpu:
+        parts = sorted(((v, k) for k, v in cpu.items() if k != "total" and v >= 0.1), reverse=True)
+        row("  medrouted CPU per message, by thread (2 cores in all)",
+            f"{cpu['total']:.1f} µs", " · ".join(f"{k} {v:.1f}" for v, k in parts))
     row("medroute synchronous=NORMAL, end-to-end", num(norm, " msg/s"),
         f"{norm / ceil:.1%} of ceiling" if norm and ceil else "")
     row("  of which Acks (stored) during that run", num(g("medroute_normal", "acked_per_s"), " msg/s"))

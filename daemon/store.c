@@ -752,6 +752,7 @@ static void s_checkpoint_due(store_t *self)
 static void *s_thread(void *arg)
 {
     store_t *self = arg;
+    (void)pthread_setname_np(pthread_self(), "mr-store"); /* top -H, the benchmark */
     for (;;) {
         store_req_t *first = s_take(self, true);
         if (first == NULL)
@@ -941,6 +942,7 @@ static sqlite3 *s_checkpoint_open(const char *path)
 static void *s_checkpoint_thread(void *arg)
 {
     store_t *self = arg;
+    (void)pthread_setname_np(pthread_self(), "mr-checkpoint");
     sqlite3 *db = NULL;
     for (;;) {
         pthread_mutex_lock(&self->lock);
@@ -980,6 +982,7 @@ static void *s_backup_thread(void *arg)
     s_backup_t *b = arg;
     store_t *self = b->store;
     store_req_t *req = b->req;
+    (void)pthread_setname_np(pthread_self(), "mr-backup");
     free(b);
     sqlite3 *src = NULL, *dst = NULL;
     req->status = STORE_UNAVAILABLE;

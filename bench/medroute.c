@@ -376,6 +376,7 @@ static int on_sender_event(mr_client_t *c, const mr_event_t *ev, void *arg)
 static void *s_sender(void *arg)
 {
     s_worker_t *w = arg;
+    (void)pthread_setname_np(pthread_self(), "bench-sender");
     s_run_t *run = w->run;
     mr_client_t *c = s_client(run, w->facility);
     if (c == NULL) {
@@ -444,6 +445,7 @@ static int on_delivery(mr_client_t *c, const mr_event_t *ev, void *arg)
 static void *s_receiver(void *arg)
 {
     s_worker_t *w = arg;
+    (void)pthread_setname_np(pthread_self(), "bench-receiver");
     s_run_t *run = w->run;
     mr_client_t *c = s_client(run, w->facility);
     if (c == NULL) {
@@ -495,8 +497,9 @@ static int s_flow(s_run_t *run, const char *mode, const char *sync, double warmu
     }
     bu_sleep_ms((int)(warmup * 1000));
     json_t *a = s_status(run->d, 5000);
-    bu_cpu_t cpu0 = {0}, cpu1 = {0};
+    bu_cpu_t cpu0 = {0}, cpu1 = {0}, own0 = {0}, own1 = {0};
     bu_proc_cpu(run->d->pid, &cpu0);
+    bu_proc_cpu(getpid(), &own0);
     atomic_store(&run->measuring, true);
     uint64_t t0 = bu_now_ns();
     unsigned long long rcv0 = atomic_load(&run->received), ack0 = atomic_load(&run->acked);
@@ -505,6 +508,7 @@ static int s_flow(s_run_t *run, const char *mode, const char *sync, double warmu
     unsigned long long rcv1 = atomic_load(&run->received), ack1 = atomic_load(&run->acked);
     json_t *b = s_status(run->d, 5000);
     bu_proc_cpu(run->d->pid, &cpu1);
+    bu_proc_cpu(getpid(), &own1);
     uint64_t t1 = bu_now_ns();
     atomic_store(&run->stop, true);
     for (int i = 0; i < run->senders; i++)
@@ -535,6 +539,7 @@ static int s_flow(s_run_t *run, const char *mode, const char *sync, double warmu
     bu_lat_json(stdout, "ack", &ack);
     bu_lat_json(stdout, "dlv", &rcv.lat);
     bu_cpu_json(stdout, "daemon_cpu_us_per_msg", &cpu0, &cpu1, (double)(d1 - d0));
+    bu_cpu_json(stdout, "clients_cpu_us_per_msg", &own0, &own1, (double)(d1 - d0));
     printf(",\"ok\":%s}\n", ok ? "true" : "false");
     bu_lat_close(&ack);
     bu_lat_close(&rcv.lat);

@@ -438,35 +438,58 @@ static void on_acked(store_req_t *req, void *arg)
     router_pump(s, peer);
 }
 
-int handle_delivery_ack(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f,
-                        mr_err_t *err)
+/* One acknowledged seq: its window slot is free at once (*freed), its
+ * commit follows (on_acked).  0, or the error of an out-of-memory. */
+static int s_ack_one(server_t *s, int peer, uint64_t seq, int64_t now, bool *freed,
+                     mr_err_t *err)
 {
-    uint64_t seq = f->delivery_ack->seq;
-    if (seq == 0)
-        return mr_fail(err, MR_E_INVALID, "DeliveryAck.seq is required");
-    peer_t *p = &s->peers[ctx->peer];
+    peer_t *p = &s->peers[peer];
     qmsg_t *m = s_remove(&p->inflight, seq); /* normally at its head */
     if (m != NULL)
         s_push(&p->acked, m); /* its window slot is free from now on */
     else if (s_find(&p->acked, seq) != NULL)
         return 0; /* a repeat while the first is being committed */
     store_req_t *req = store_req_new(STORE_ACK, on_acked, s);
-    if (req == NULL)
-        return mr_fail(err, MR_E_INTERNAL, "out of memory");
-    req->tag = ctx->peer;
-    req->msg.seq = seq;
-    req->msg.dest = strdup(registry_at(s->registry, (size_t)ctx->peer)->id);
-    req->now_ms = mr_now_ms();
-    if (req->msg.dest == NULL) {
+    if (req != NULL) {
+        req->tag = peer;
+        req->msg.seq = seq;
+        req->msg.dest = strdup(registry_at(s->registry, (size_t)peer)->id);
+        req->now_ms = now;
+    }
+    if (req == NULL || req->msg.dest == NULL) {
         free(req);
         if (m != NULL)
             s_insert_sorted(&p->inflight, s_remove(&p->acked, seq));
         return mr_fail(err, MR_E_INTERNAL, "out of memory");
     }
     store_submit(s->store, req);
-    if (m != NULL)
-        router_pump(s, ctx->peer); /* the freed slot: the next message goes now */
+    *freed = *freed || m != NULL;
     return 0;
+}
+
+int handle_delivery_ack(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f,
+                        mr_err_t *err)
+{
+    const Medroute__V1__DeliveryAck *a = f->delivery_ack;
+    if (a->seq == 0)
+        return mr_fail(err, MR_E_INVALID, "DeliveryAck.seq is required");
+    if (a->n_more_seqs >= MR_ACKS_PER_FRAME_MAX)
+        return mr_fail(err, MR_E_INVALID,
+                       "DeliveryAck carries more seqs than Welcome.max_acks_per_frame");
+    int64_t now = mr_now_ms();
+    bool freed = false, zero = false;
+    int rc = s_ack_one(s, ctx->peer, a->seq, now, &freed, err);
+    for (size_t i = 0; rc == 0 && i < a->n_more_seqs; i++) {
+        if (a->more_seqs[i] == 0)
+            zero = true; /* the others still count */
+        else
+            rc = s_ack_one(s, ctx->peer, a->more_seqs[i], now, &freed, err);
+    }
+    if (freed)
+        router_pump(s, ctx->peer); /* the freed slots: the next messages go now */
+    if (rc == 0 && zero)
+        return mr_fail(err, MR_E_INVALID, "DeliveryAck.more_seqs holds a 0");
+    return rc;
 }
 
 /* ---- start, cron, stop ---------------------------------------------------------- */

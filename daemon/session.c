@@ -53,6 +53,7 @@ static void s_send_welcome(server_t *s, int peer)
     w.pending = p->pending;
     w.max_message_bytes = s->conf->max_message_bytes;
     w.max_inflight = p->max_inflight;
+    w.max_acks_per_frame = MR_ACKS_PER_FRAME_MAX;
     mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
     f.version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
     f.body_case = MEDROUTE__V1__FRAME__BODY_WELCOME;

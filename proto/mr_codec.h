@@ -17,6 +17,9 @@
 #include "medroute/v1/operator.pb-c.h"
 
 #define MR_PROTOCOL_VERSION 1
+/* Seqs one DeliveryAck may carry (seq and more_seqs), as this broker's
+ * Welcome.max_acks_per_frame says. */
+#define MR_ACKS_PER_FRAME_MAX 1024
 #define MR_MESSAGE_ID_MAX 64   /* bytes in Envelope.message_id */
 #define MR_FACILITY_ID_MAX 64  /* bytes in a facility id */
 

@@ -29,6 +29,7 @@
 #include "pbjson.h"
 
 #define S_RECV_BUDGET 1000
+#define S_ACKS_MAX 256 /* seqs one DeliveryAck of ours carries at most */
 #define S_HELLO_RETRY_MS 2000
 #define S_PRUNE_EVERY_MS 3600000
 #define S_SEEN_KEEP_MS (7LL * 86400 * 1000)
@@ -66,6 +67,11 @@ struct mr_client_t {
     bool defer_deliveries;    /* set while a synchronous send without handler polls */
     uint64_t id_counter;
     uint64_t id_salt;
+    /* DeliveryAcks not sent yet: a broker that allows it (Welcome) gets one
+     * frame per receive budget instead of one per delivery. */
+    uint32_t max_acks;        /* Welcome.max_acks_per_frame; 0 or 1: one seq a frame */
+    uint64_t acks[S_ACKS_MAX];
+    size_t n_acks;
 };
 
 const char *mr_error_code_name(int code)
@@ -118,14 +124,30 @@ static void s_send_hello(mr_client_t *c)
     c->last_hello_ms = mr_now_ms();
 }
 
-static void s_send_delivery_ack(mr_client_t *c, uint64_t seq)
+/* Sends the DeliveryAcks held back, in one frame. */
+static void s_flush_acks(mr_client_t *c)
 {
+    if (c->n_acks == 0)
+        return;
     Medroute__V1__DeliveryAck a = MEDROUTE__V1__DELIVERY_ACK__INIT;
-    a.seq = seq;
+    a.seq = c->acks[0];
+    a.n_more_seqs = c->n_acks - 1;
+    a.more_seqs = c->acks + 1;
     mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
     f.body_case = MEDROUTE__V1__FRAME__BODY_DELIVERY_ACK;
     f.delivery_ack = &a;
+    c->n_acks = 0;
     (void)s_send_frame(c, &f); /* lost: the broker resends, the seen-set absorbs */
+}
+
+/* Acknowledges a delivery whose DONE mark is committed: at once, or with the
+ * others of this receive budget (s_poll flushes them at its end). */
+static void s_send_delivery_ack(mr_client_t *c, uint64_t seq)
+{
+    size_t cap = c->max_acks < S_ACKS_MAX ? c->max_acks : S_ACKS_MAX;
+    c->acks[c->n_acks++] = seq;
+    if (c->n_acks >= cap)
+        s_flush_acks(c);
 }
 
 /* ---- outbox ---------------------------------------------------------------- */
@@ -278,8 +300,10 @@ void mr_client_destroy(mr_client_t **self_p)
     mr_client_t *c = *self_p;
     if (c == NULL)
         return;
-    if (c->sock)
+    if (c->sock) {
+        s_flush_acks(c); /* best effort: unsent, they are delivered again */
         zmq_socket_monitor(c->sock, NULL, 0);
+    }
     if (c->mon)
         zmq_close(c->mon);
     if (c->sock)
@@ -488,6 +512,7 @@ static int s_on_frame(mr_client_t *c, const void *data, size_t len, mr_handler_t
             c->hb_interval_ms = w->heartbeat_interval_ms;
         if (w->heartbeat_timeout_ms)
             c->hb_timeout_ms = w->heartbeat_timeout_ms;
+        c->max_acks = w->max_acks_per_frame;
         s_outbox_send_due(c, true);
         if (again)
             break; /* a second Welcome answers a crossing Hello: one event */
@@ -627,6 +652,7 @@ static int s_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void 
             zmq_msg_close(&held[i]);
         }
         free(held);
+        s_flush_acks(self);
         if (events > 0)
             return events;
     }
@@ -656,6 +682,7 @@ static int s_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void 
         }
         if (grouped)
             (void)cstore_commit(self->cs);
+        s_flush_acks(self);
         s_timers(self);
         if (events > 0 || mr_now_ms() >= deadline || (until_welcome && self->welcomed))
             return events;

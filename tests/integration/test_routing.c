@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <zmq.h>
 
 #include <cmocka.h>
@@ -487,6 +488,130 @@ static void test_routing_bad_input_gets_distinct_errors(void **state)
     assert_int_equal(mrt_log_count(d, "TEST0001"), 0);
 }
 
+/* ---- DeliveryAcks carrying several seqs (protocol 1.1) ------------------------- */
+
+/* The next frame with the given body (the caller frees it), or NULL. */
+static mr_frame_t *raw_next(raw_t *r, int body_case, int timeout_ms)
+{
+    zmq_pollitem_t it = {.socket = r->sock, .events = ZMQ_POLLIN};
+    long long deadline = mrt_now_ms() + timeout_ms;
+    while (mrt_now_ms() < deadline) {
+        if (zmq_poll(&it, 1, 50) <= 0)
+            continue;
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        assert_true(zmq_msg_recv(&m, r->sock, 0) >= 0);
+        mr_frame_t *f = medroute__v1__frame__unpack(NULL, zmq_msg_size(&m), zmq_msg_data(&m));
+        zmq_msg_close(&m);
+        assert_non_null(f);
+        if ((int)f->body_case == body_case)
+            return f;
+        medroute__v1__frame__free_unpacked(f, NULL);
+    }
+    return NULL;
+}
+
+static void raw_delivery_ack(raw_t *r, uint64_t seq, uint64_t *more, size_t n_more)
+{
+    Medroute__V1__DeliveryAck a = MEDROUTE__V1__DELIVERY_ACK__INIT;
+    a.seq = seq;
+    a.more_seqs = more;
+    a.n_more_seqs = n_more;
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    f.version = 1;
+    f.body_case = MEDROUTE__V1__FRAME__BODY_DELIVERY_ACK;
+    f.delivery_ack = &a;
+    raw_send_frame(r, &f);
+}
+
+/* The operator status's counter of that name. */
+static long long status_counter(mrt_daemon_t *d, const char *name)
+{
+    char *text = mrt_operator(d, "{\"status\":{}}");
+    assert_non_null(text);
+    json_t *st = json_loads(text, 0, NULL);
+    free(text);
+    assert_non_null(st);
+    long long v = -1;
+    size_t i;
+    json_t *c;
+    json_array_foreach(json_object_get(json_object_get(st, "status"), "counters"), i, c)
+    {
+        const char *n = json_string_value(json_object_get(c, "name"));
+        json_t *value = json_object_get(c, "value");
+        if (n != NULL && strcmp(n, name) == 0)
+            v = json_is_string(value) ? atoll(json_string_value(value))
+                                      : (long long)json_integer_value(value);
+    }
+    json_decref(st);
+    return v;
+}
+
+/* Five deliveries acknowledged by one frame: all five count as delivered
+ * and none comes again; a seq of 0 among them, or more seqs than the
+ * Welcome allows, is refused with INVALID. */
+static void test_routing_one_frame_acknowledges_several_deliveries(void **state)
+{
+    mrt_daemon_t *d = *state;
+    raw_t r;
+    raw_open(&r, d);
+    raw_hello(&r, "yx-imaging");
+    mr_frame_t *w = raw_next(&r, MEDROUTE__V1__FRAME__BODY_WELCOME, 5000);
+    assert_non_null(w);
+    uint32_t max_acks = w->welcome->max_acks_per_frame;
+    medroute__v1__frame__free_unpacked(w, NULL);
+    assert_true(max_acks > 1);
+
+    long long delivered0 = status_counter(d, "delivered");
+    mr_client_t *a = connected(d, "t-manwan");
+    for (int i = 0; i < 5; i++) {
+        char json[256];
+        mr_result_t res;
+        snprintf(json, sizeof json,
+                 "{\"destination\":\"yx-imaging\",\"kind\":\"imaging_request\","
+                 "\"imaging_request\":{\"accession_number\":\"ACC-MULTI-%d\","
+                 "\"modality\":\"MODALITY_DR\"}}",
+                 i);
+        assert_int_equal(mr_client_send_json(a, json, &res, 5000, NULL, NULL), 0);
+    }
+    mr_client_destroy(&a);
+    uint64_t seqs[5];
+    for (int i = 0; i < 5; i++) {
+        mr_frame_t *f = raw_next(&r, MEDROUTE__V1__FRAME__BODY_DELIVERY, 5000);
+        assert_non_null(f);
+        seqs[i] = f->delivery->seq;
+        medroute__v1__frame__free_unpacked(f, NULL);
+    }
+    raw_delivery_ack(&r, seqs[4], seqs, 4); /* any order */
+    long long deadline = mrt_now_ms() + 5000;
+    while (status_counter(d, "delivered") < delivered0 + 5 && mrt_now_ms() < deadline)
+        nanosleep(&(struct timespec){0, 20 * 1000 * 1000}, NULL);
+    assert_int_equal(status_counter(d, "delivered"), delivered0 + 5);
+    /* Nothing is delivered again after a reconnect: all five are done. */
+    raw_close(&r);
+    raw_open(&r, d);
+    raw_hello(&r, "yx-imaging");
+    w = raw_next(&r, MEDROUTE__V1__FRAME__BODY_WELCOME, 5000);
+    assert_non_null(w);
+    medroute__v1__frame__free_unpacked(w, NULL);
+    mr_frame_t *again = raw_next(&r, MEDROUTE__V1__FRAME__BODY_DELIVERY, 500);
+    assert_null(again);
+
+    /* A 0 among the seqs, and one seq more than allowed. */
+    uint64_t zero[2] = {seqs[0], 0};
+    raw_delivery_ack(&r, seqs[1], zero, 2);
+    assert_int_equal(raw_expect(&r), MR_E_INVALID);
+    uint64_t *many = calloc(max_acks, sizeof *many);
+    assert_non_null(many);
+    for (uint32_t i = 0; i < max_acks; i++)
+        many[i] = seqs[0];
+    raw_delivery_ack(&r, seqs[0], many, max_acks);
+    free(many);
+    assert_int_equal(raw_expect(&r), MR_E_INVALID);
+    raw_close(&r);
+    assert_int_equal(status_counter(d, "delivered"), delivered0 + 5);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -495,6 +620,7 @@ int main(void)
         cmocka_unit_test(test_routing_resend_is_acked_and_routed_once),
         cmocka_unit_test(test_routing_stat_travels_ahead_of_a_stored_backlog),
         cmocka_unit_test(test_routing_bad_input_gets_distinct_errors),
+        cmocka_unit_test(test_routing_one_frame_acknowledges_several_deliveries),
     };
     return cmocka_run_group_tests_name("routing", tests, setup, teardown);
 }

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "acks.h"
 #include "clinical.h"
 #include "dispatch.h"
 #include "facts.h"
@@ -100,15 +101,7 @@ static void s_send_ack(server_t *s, int peer, const char *message_id, uint64_t s
     peer_t *p = &s->peers[peer];
     if (!p->connected)
         return; /* the sender resends on reconnect and gets its Ack then */
-    Medroute__V1__Ack a = MEDROUTE__V1__ACK__INIT;
-    a.message_id = (char *)message_id;
-    a.seq = seq;
-    a.duplicate = dup;
-    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
-    f.version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
-    f.body_case = MEDROUTE__V1__FRAME__BODY_ACK;
-    f.ack = &a;
-    server_send_facility(s, p->rid, p->rid_len, &f.base);
+    acks_add(s->acks, p->rid, p->rid_len, p->max_acks, message_id, seq, dup);
 }
 
 /* Logs what a stored message did to the clinical state. */

@@ -38,6 +38,7 @@ typedef struct {
     int64_t last_seen_ms;
     int64_t connected_at_ms;
     uint32_t max_inflight;
+    uint32_t max_acks;      /* Hello.max_acks_per_frame: Acks it takes in one frame */
     double tokens;          /* rate limit: messages it may send now (intake.c) */
     int64_t tokens_at_ms;
 

@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <zmq.h>
 
+#include "acks.h"
 #include "cron.h"
 #include "http.h"
 #include "notify.h"
@@ -77,6 +78,7 @@ static void s_close_all(server_t *self)
      * sockets gone and only update state, or resume HTTP requests). */
     store_destroy(&self->store);
     http_destroy(&self->http);
+    acks_close(&self->acks); /* after the store's last callbacks, which may add some */
 }
 
 static void on_drain_check(uv_timer_t *handle)
@@ -173,7 +175,8 @@ server_t *server_new(conf_t *conf, log_t *log)
                        .batch_max = conf->batch_max,
                        .batch_ms = conf->batch_ms};
     self->store = store_new(&self->loop, &so, log);
-    if (self->store == NULL || router_start(self) < 0)
+    self->acks = acks_new(&self->loop, self);
+    if (self->store == NULL || self->acks == NULL || router_start(self) < 0)
         goto fail;
     /* The ZAP handler must be bound before any CURVE socket binds. */
     if (!conf->insecure && (self->zap = zap_new(self)) == NULL)
@@ -258,6 +261,7 @@ void server_destroy(server_t **self_p)
             store_destroy(&self->store);
             http_destroy(&self->http);
         }
+        acks_close(&self->acks);
         if (self->handles_ready) {
             uv_handle_t *hs[] = {(uv_handle_t *)&self->cron, (uv_handle_t *)&self->sig_int,
                                  (uv_handle_t *)&self->sig_term, (uv_handle_t *)&self->sig_hup};

@@ -99,6 +99,7 @@ int handle_hello(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f, mr
     p->last_seen_ms = mr_now_ms();
     uint32_t want = h->max_inflight ? h->max_inflight : s->conf->max_inflight;
     p->max_inflight = want < s->conf->max_inflight ? want : s->conf->max_inflight;
+    p->max_acks = h->max_acks_per_frame;
     char client[41];
     log_info(s->log, "facility.connected", "facility=%s client=\"%s\" pending=%llu%s",
              registry_at(s->registry, (size_t)peer)->id,

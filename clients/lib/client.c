@@ -117,6 +117,7 @@ static void s_send_hello(mr_client_t *c)
     h.facility_id = c->facility;
     h.client_name = c->client_name;
     h.max_inflight = c->max_inflight;
+    h.max_acks_per_frame = MR_ACKS_PER_FRAME_MAX; /* any number: each is handled alone */
     mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
     f.body_case = MEDROUTE__V1__FRAME__BODY_HELLO;
     f.hello = &h;
@@ -494,6 +495,19 @@ static int s_defer(mr_client_t *c, const void *data, size_t len)
     return 0;
 }
 
+/* One event per submitted message: an Ack for a message no longer in the
+ * outbox answers a resend that crossed the first Ack.  The events: 0 or 1. */
+static int s_on_ack(mr_client_t *c, const Medroute__V1__Ack *a, mr_handler_t h, void *arg)
+{
+    if (a->message_id == NULL || !s_outbox_remove(c, a->message_id))
+        return 0;
+    mr_event_t ev = {.type = MR_EVENT_ACK, .message_id = a->message_id, .seq = a->seq,
+                     .duplicate = a->duplicate};
+    if (h)
+        h(c, &ev, arg);
+    return 1;
+}
+
 static int s_on_frame(mr_client_t *c, const void *data, size_t len, mr_handler_t h, void *arg)
 {
     mr_frame_t *f = medroute__v1__frame__unpack(NULL, len, data);
@@ -522,19 +536,12 @@ static int s_on_frame(mr_client_t *c, const void *data, size_t len, mr_handler_t
         events++;
         break;
     }
-    case MEDROUTE__V1__FRAME__BODY_ACK: {
-        /* One event per submitted message: an Ack for a message no longer
-         * in the outbox answers a resend that crossed the first Ack. */
-        const Medroute__V1__Ack *a = f->ack;
-        if (!s_outbox_remove(c, a->message_id))
-            break;
-        mr_event_t ev = {.type = MR_EVENT_ACK, .message_id = a->message_id, .seq = a->seq,
-                         .duplicate = a->duplicate};
-        if (h)
-            h(c, &ev, arg);
-        events++;
+    case MEDROUTE__V1__FRAME__BODY_ACK:
+        /* The frame's Ack and the ones it carries (Hello.max_acks_per_frame). */
+        events += s_on_ack(c, f->ack, h, arg);
+        for (size_t i = 0; i < f->ack->n_more; i++)
+            events += s_on_ack(c, f->ack->more[i], h, arg);
         break;
-    }
     case MEDROUTE__V1__FRAME__BODY_ERROR: {
         const Medroute__V1__Error *e = f->error;
         if ((int)e->code == MR_E_NO_HELLO) {

@@ -17,6 +17,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "acks.h"
 #include "dispatch.h"
 #include "router.h"
 #include "server.h"
@@ -127,8 +129,9 @@ static int s_setup(void **state)
     s->by_rid = strmap_new();
     store_opts_t so = {.path = fx->path, .sync_full = false, .batch_max = 100, .batch_ms = 1};
     s->store = store_new(&s->loop, &so, s->log);
+    s->acks = acks_new(&s->loop, s);
     s->facility_ep = NULL;
-    if (s->peers == NULL || s->by_rid == NULL || s->store == NULL)
+    if (s->peers == NULL || s->by_rid == NULL || s->store == NULL || s->acks == NULL)
         return -1;
     *state = fx;
     return 0;
@@ -147,6 +150,7 @@ static int s_teardown(void **state)
     server_t *s = fx->s;
     int rc = 0;
     store_destroy(&s->store);
+    acks_close(&s->acks);
     uv_run(&s->loop, UV_RUN_DEFAULT);
     if (uv_loop_close(&s->loop) != 0)
         rc = -1;
@@ -762,6 +766,114 @@ static void test_dispatch_delivery_ack_unknown(void **state)
     assert_int_equal(s->counters.v[CNT_RECEIVED], 3);
 }
 
+/* ---- Acks gathered per loop turn (acks.c) --------------------------------------- */
+
+/* The message ids one reply carries, first and more, joined by ','. */
+static void s_ack_ids(const s_reply_t *r, char *out, size_t len)
+{
+    assert_int_equal(r->f->body_case, MEDROUTE__V1__FRAME__BODY_ACK);
+    int n = snprintf(out, len, "%s", r->f->ack->message_id);
+    for (size_t i = 0; i < r->f->ack->n_more; i++) {
+        assert_int_equal(r->f->ack->more[i]->n_more, 0);
+        n += snprintf(out + n, len - (size_t)n, ",%s", r->f->ack->more[i]->message_id);
+    }
+}
+
+/* Acks for a connection that takes several go out in one frame, in order,
+ * when the loop turn ends (or when the frame is full); one that takes one
+ * gets each in a frame of its own at once. */
+static void test_dispatch_acks_gathered_per_turn(void **state)
+{
+    s_fx_t *fx = *state;
+    server_t *s = fx->s;
+    acks_add(s->acks, RID_A, RID_LEN, 16, "a-1", 1, false);
+    acks_add(s->acks, RID_B, RID_LEN, 0, "b-1", 2, false);
+    acks_add(s->acks, RID_A, RID_LEN, 16, "a-2", 3, true);
+    acks_add(s->acks, RID_A, RID_LEN, 16, "a-3", 4, false);
+    assert_int_equal(s_n_replies, 1); /* b-1 alone, at once */
+    char ids[256];
+    s_ack_ids(&s_replies[0], ids, sizeof ids);
+    assert_string_equal(ids, "b-1");
+    uv_run(&s->loop, UV_RUN_NOWAIT); /* the turn ends: the check handle flushes */
+    assert_int_equal(s_n_replies, 2);
+    assert_memory_equal(s_replies[1].rid, RID_A, RID_LEN);
+    s_ack_ids(&s_replies[1], ids, sizeof ids);
+    assert_string_equal(ids, "a-1,a-2,a-3");
+    assert_int_equal(s_replies[1].f->ack->more[0]->seq, 3);
+    assert_true(s_replies[1].f->ack->more[0]->duplicate);
+    uv_run(&s->loop, UV_RUN_NOWAIT); /* nothing more to send */
+    assert_int_equal(s_n_replies, 2);
+
+    /* A full frame goes at once. */
+    for (int i = 0; i < 5; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "c-%d", i);
+        acks_add(s->acks, RID_B, RID_LEN, 2, id, (uint64_t)(10 + i), false);
+    }
+    assert_int_equal(s_n_replies, 4);
+    acks_flush(s->acks);
+    assert_int_equal(s_n_replies, 5);
+    const char *want[] = {"c-0,c-1", "c-2,c-3", "c-4"};
+    for (int i = 0; i < 3; i++) {
+        s_ack_ids(&s_replies[2 + i], ids, sizeof ids);
+        assert_string_equal(ids, want[i]);
+    }
+}
+
+/* Through dispatch: a Hello that allows several Acks, three envelopes
+ * committed before the loop runs their callbacks: one Ack frame for all
+ * three; the Welcome says how many seqs a DeliveryAck may carry. */
+static void test_dispatch_hello_allows_acks_in_one_frame(void **state)
+{
+    s_fx_t *fx = *state;
+    server_t *s = fx->s;
+    Medroute__V1__Hello h = MEDROUTE__V1__HELLO__INIT;
+    h.facility_id = "t-a";
+    h.max_acks_per_frame = 64;
+    mr_frame_t f;
+    s_frame_init(&f, MEDROUTE__V1__FRAME__BODY_HELLO);
+    f.hello = &h;
+    s_send(s, RID_A, &f);
+    assert_int_equal(s_n_replies, 1);
+    assert_int_equal(s_replies[0].f->body_case, MEDROUTE__V1__FRAME__BODY_WELCOME);
+    assert_int_equal(s_replies[0].f->welcome->max_acks_per_frame, MR_ACKS_PER_FRAME_MAX);
+    const char *ids[] = {"m-1", "m-2", "m-3"};
+    s_env_t e[3];
+    for (int i = 0; i < 3; i++) {
+        s_env_init(&e[i], ids[i]);
+        e[i].ref.referral_id = (char *)ids[i];
+        s_send_env(s, RID_A, &e[i].env);
+    }
+    /* Wait, without running the loop, until the store has committed all
+     * three (read from the file): their callbacks then run in one turn. */
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open_v2(fx->path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    uint64_t start = uv_hrtime();
+    int committed = 0;
+    while (committed < 3 && (uv_hrtime() - start) / 1000000 < S_WAIT_MS) {
+        sqlite3_stmt *st = NULL;
+        if (sqlite3_prepare_v2(db, "SELECT count(*) FROM messages", -1, &st, NULL) == SQLITE_OK &&
+            sqlite3_step(st) == SQLITE_ROW)
+            committed = sqlite3_column_int(st, 0);
+        sqlite3_finalize(st);
+        struct timespec ts = {0, 5 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    sqlite3_close(db);
+    assert_int_equal(committed, 3);
+    s_settle(s);
+    uv_run(&s->loop, UV_RUN_NOWAIT);
+    char got[256] = "";
+    size_t n = 0;
+    for (int i = 1; i < s_n_replies; i++) {
+        char one[128];
+        s_ack_ids(&s_replies[i], one, sizeof one);
+        n += (size_t)snprintf(got + n, sizeof got - n, "%s%s", n ? "," : "", one);
+    }
+    assert_string_equal(got, "m-1,m-2,m-3");
+    assert_int_equal(s_n_replies, 2);
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, s_setup, s_teardown)
@@ -780,6 +892,8 @@ int main(void)
         T(test_dispatch_draining_refuses_envelopes),
         T(test_dispatch_store_unavailable_reported),
         T(test_dispatch_delivery_ack_unknown),
+        T(test_dispatch_acks_gathered_per_turn),
+        T(test_dispatch_hello_allows_acks_in_one_frame),
     };
     /* MR_TEST_FILTER / MR_TEST_SKIP: glob patterns of test names to run or
      * skip (e.g. to run the rest under valgrind while a known bug is open). */

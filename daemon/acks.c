@@ -1,0 +1,164 @@
+/*
+ * acks.c - the Acks of one loop turn, one frame per sender (acks.h).
+ *
+ * A group per connection that has Acks waiting; groups keep their buffers
+ * from turn to turn (a broker has a few dozen senders, each group holds at
+ * most MR_ACKS_SENT_MAX Acks).  A group that fills up is sent at once.
+ */
+#include "acks.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mr_codec.h"
+#include "server.h"
+
+typedef struct {
+    uint8_t rid[MR_RID_MAX];
+    size_t rid_len;
+    uint32_t max;                     /* Acks per frame for this connection */
+    size_t n;
+    Medroute__V1__Ack acks[MR_ACKS_SENT_MAX];
+    Medroute__V1__Ack *more[MR_ACKS_SENT_MAX];
+    char ids[MR_ACKS_SENT_MAX][MR_MESSAGE_ID_MAX + 1];
+} s_group_t;
+
+struct acks_t {
+    uv_check_t check;
+    struct server_t *s;
+    s_group_t **groups;
+    size_t n_groups, cap_groups;      /* groups in use this turn, allocated */
+    bool pending;
+};
+
+static void s_send(acks_t *self, const uint8_t *rid, size_t rid_len, Medroute__V1__Ack *first,
+                   Medroute__V1__Ack **more, size_t n_more)
+{
+    first->n_more = n_more;
+    first->more = n_more ? more : NULL;
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    f.version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+    f.body_case = MEDROUTE__V1__FRAME__BODY_ACK;
+    f.ack = first;
+    (void)server_send_facility(self->s, rid, rid_len, &f.base); /* counted there */
+}
+
+static void s_flush_group(acks_t *self, s_group_t *g)
+{
+    if (g->n > 0)
+        s_send(self, g->rid, g->rid_len, &g->acks[0], g->more + 1, g->n - 1);
+    g->n = 0;
+}
+
+void acks_flush(acks_t *self)
+{
+    if (self == NULL || !self->pending)
+        return;
+    for (size_t i = 0; i < self->n_groups; i++)
+        s_flush_group(self, self->groups[i]);
+    self->n_groups = 0;
+    self->pending = false;
+}
+
+static void on_check(uv_check_t *handle)
+{
+    acks_flush(handle->data);
+}
+
+/* The group of this connection, a new one, or NULL without memory. */
+static s_group_t *s_group(acks_t *self, const uint8_t *rid, size_t rid_len, uint32_t max)
+{
+    for (size_t i = 0; i < self->n_groups; i++) {
+        s_group_t *g = self->groups[i];
+        if (g->rid_len == rid_len && memcmp(g->rid, rid, rid_len) == 0)
+            return g;
+    }
+    if (self->n_groups == self->cap_groups) {
+        size_t cap = self->cap_groups ? self->cap_groups * 2 : 8;
+        s_group_t **gs = realloc(self->groups, cap * sizeof *gs);
+        if (gs == NULL)
+            return NULL;
+        memset(gs + self->cap_groups, 0, (cap - self->cap_groups) * sizeof *gs);
+        self->groups = gs;
+        self->cap_groups = cap;
+    }
+    s_group_t *g = self->groups[self->n_groups];
+    if (g == NULL) {
+        g = malloc(sizeof *g);
+        if (g == NULL)
+            return NULL;
+        for (size_t i = 0; i < MR_ACKS_SENT_MAX; i++)
+            g->more[i] = &g->acks[i];
+        self->groups[self->n_groups] = g;
+    }
+    self->n_groups++;
+    memcpy(g->rid, rid, rid_len);
+    g->rid_len = rid_len;
+    g->max = max < MR_ACKS_SENT_MAX ? max : MR_ACKS_SENT_MAX;
+    g->n = 0;
+    return g;
+}
+
+void acks_add(acks_t *self, const uint8_t *rid, size_t rid_len, uint32_t max,
+              const char *message_id, uint64_t seq, bool duplicate)
+{
+    if (self == NULL)
+        return; /* closed: the sockets are gone, the sender resends */
+    Medroute__V1__Ack one = MEDROUTE__V1__ACK__INIT;
+    one.message_id = (char *)message_id;
+    one.seq = seq;
+    one.duplicate = duplicate;
+    s_group_t *g = max > 1 && rid_len <= MR_RID_MAX && strlen(message_id) <= MR_MESSAGE_ID_MAX
+                       ? s_group(self, rid, rid_len, max)
+                       : NULL;
+    if (g == NULL) {
+        s_send(self, rid, rid_len, &one, NULL, 0); /* a frame of its own */
+        return;
+    }
+    Medroute__V1__Ack *a = &g->acks[g->n];
+    *a = one;
+    snprintf(g->ids[g->n], sizeof g->ids[g->n], "%s", message_id);
+    a->message_id = g->ids[g->n];
+    g->n++;
+    self->pending = true;
+    if (g->n >= g->max)
+        s_flush_group(self, g);
+}
+
+static void on_closed(uv_handle_t *handle)
+{
+    acks_t *self = handle->data;
+    for (size_t i = 0; i < self->cap_groups; i++)
+        free(self->groups[i]);
+    free(self->groups);
+    free(self);
+}
+
+acks_t *acks_new(uv_loop_t *loop, struct server_t *s)
+{
+    acks_t *self = calloc(1, sizeof *self);
+    if (self == NULL)
+        return NULL;
+    self->s = s;
+    if (uv_check_init(loop, &self->check) != 0) {
+        free(self);
+        return NULL;
+    }
+    self->check.data = self;
+    if (uv_check_start(&self->check, on_check) != 0) {
+        uv_close((uv_handle_t *)&self->check, on_closed); /* the teardown's loop run frees it */
+        return NULL;
+    }
+    return self;
+}
+
+void acks_close(acks_t **self_p)
+{
+    acks_t *self = *self_p;
+    if (self == NULL)
+        return;
+    acks_flush(self);
+    uv_close((uv_handle_t *)&self->check, on_closed);
+    *self_p = NULL;
+}

@@ -35,6 +35,7 @@
 #include <uv.h>
 #include <zmq.h>
 
+#include "acks.h"
 #include "dispatch.h"
 #include "fuzz_util.h"
 #include "router.h"
@@ -156,6 +157,7 @@ static void s_teardown(void)
     s_settle(s);
     endpoint_destroy(&s->facility_ep);
     store_destroy(&s->store);
+    acks_close(&s->acks);
     uv_run(&s->loop, UV_RUN_DEFAULT);
     if (uv_loop_close(&s->loop) != 0)
         fprintf(stderr, "fuzz_dispatch: uv loop still has handles at exit\n");
@@ -202,7 +204,8 @@ static void s_setup(void)
     s->by_rid = strmap_new();
     store_opts_t so = {.path = s_h.path, .sync_full = false, .batch_max = 100, .batch_ms = 1};
     s->store = store_new(&s->loop, &so, s->log);
-    FUZZ_CHECK(s->peers != NULL && s->by_rid != NULL && s->store != NULL);
+    s->acks = acks_new(&s->loop, s);
+    FUZZ_CHECK(s->peers != NULL && s->by_rid != NULL && s->store != NULL && s->acks != NULL);
     FUZZ_CHECK(router_start(s) == 0);
     s->zctx = zmq_ctx_new();
     FUZZ_CHECK(s->zctx != NULL);

@@ -428,10 +428,13 @@ static void s_ref_labels(char *out, size_t len, ref_dir_t dir, const char *sourc
 {
     char dept[40];
     tally_label_value(dept, sizeof dept, unit && unit[0] ? unit : "-");
-    snprintf(out, len,
-             "department=\"%s\",destination=\"%s\",direction=\"%s\",priority=\"%s\","
-             "source=\"%s\"",
-             dept, dest, s_dir_names[dir <= REF_DIR_DOWN ? dir : 0], s_prio(priority), source);
+    const char *const pairs[] = {"department", dept,
+                                 "destination", dest,
+                                 "direction", s_dir_names[dir <= REF_DIR_DOWN ? dir : 0],
+                                 "priority", s_prio(priority),
+                                 "source", source};
+    /* Facility ids are at most 64 bytes, the department 32: 320 bytes hold it. */
+    (void)tally_labels(out, len, 5, pairs);
 }
 
 

@@ -471,8 +471,10 @@ static int s_op_put(store_t *self, store_req_t *req)
             snprintf(labels, sizeof labels, "code=\"%s\"", mr_error_name(req->clin.code));
             return tally_add(self->tally, "messages_rejected_total", labels, 1);
         }
-        snprintf(labels, sizeof labels, "destination=\"%s\",kind=\"%s\",source=\"%s\"",
-                 m->dest, s_kind(m->kind), m->source);
+        const char *const pairs[] = {"destination", m->dest, "kind", s_kind(m->kind), "source",
+                                     m->source};
+        if (tally_labels(labels, sizeof labels, 3, pairs) < 0)
+            return SQLITE_TOOBIG;
         return tally_add(self->tally, "messages_stored_total", labels, 1);
     }
     sqlite3_reset(st);
@@ -525,7 +527,9 @@ static int s_op_ack(store_t *self, store_req_t *req)
         return rc;
     req->status = STORE_OK;
     char labels[160];
-    snprintf(labels, sizeof labels, "destination=\"%s\",kind=\"%s\"", req->msg.dest, s_kind(kind));
+    const char *const pairs[] = {"destination", req->msg.dest, "kind", s_kind(kind)};
+    if (tally_labels(labels, sizeof labels, 2, pairs) < 0)
+        return SQLITE_TOOBIG;
     S_BIND(tally_add(self->tally, "messages_delivered_total", labels, 1));
     return clinical_on_delivered(self->clin, ref_key, req->now_ms);
 }

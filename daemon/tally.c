@@ -9,6 +9,7 @@
 #include "tally.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -96,11 +97,16 @@ void tally_destroy(tally_t **self_p)
 
 int tally_add(tally_t *self, const char *name, const char *labels, int64_t delta)
 {
+    /* name 0x1f labels, without snprintf: this runs for every message. */
     char key[512];
-    int k = snprintf(key, sizeof key, "%s\x1f%s", name, labels ? labels : "");
-    if (k < 0 || (size_t)k >= sizeof key || self->index == NULL)
+    size_t nl = strlen(name), ll = labels ? strlen(labels) : 0;
+    if (nl + 1 + ll >= sizeof key || self->index == NULL)
         return SQLITE_NOMEM;
-    int at = strmap_get(self->index, key, (size_t)k);
+    memcpy(key, name, nl);
+    key[nl] = '\x1f';
+    memcpy(key + nl + 1, labels ? labels : "", ll);
+    size_t k = nl + 1 + ll;
+    int at = strmap_get(self->index, key, k);
     if (at >= 0) {
         self->pending[at].delta += delta;
         return SQLITE_OK;
@@ -118,7 +124,7 @@ int tally_add(tally_t *self, const char *name, const char *labels, int64_t delta
     p->labels = strdup(labels ? labels : "");
     p->delta = delta;
     if (p->name == NULL || p->labels == NULL ||
-        strmap_put(self->index, key, (size_t)k, (int)self->n) != 0) {
+        strmap_put(self->index, key, k, (int)self->n) != 0) {
         free(p->name);
         free(p->labels);
         return SQLITE_NOMEM;
@@ -233,6 +239,35 @@ void tally_rows_free(tally_row_t *rows, size_t n)
         free(rows[i].labels);
     }
     free(rows);
+}
+
+/* Appends n bytes at out[*at] if they fit (one byte stays for the NUL). */
+static bool s_put(char *out, size_t len, size_t *at, const char *s, size_t n)
+{
+    if (*at + n >= len)
+        return false;
+    memcpy(out + *at, s, n);
+    *at += n;
+    return true;
+}
+
+int tally_labels(char *out, size_t len, size_t n, const char *const pairs[])
+{
+    size_t at = 0;
+    bool ok = len > 0;
+    for (size_t i = 0; ok && i < n; i++) {
+        const char *k = pairs[2 * i], *v = pairs[2 * i + 1] ? pairs[2 * i + 1] : "";
+        ok = (i == 0 || s_put(out, len, &at, ",", 1)) && s_put(out, len, &at, k, strlen(k)) &&
+             s_put(out, len, &at, "=\"", 2) && s_put(out, len, &at, v, strlen(v)) &&
+             s_put(out, len, &at, "\"", 1);
+    }
+    if (!ok) {
+        if (len > 0)
+            out[0] = '\0';
+        return -1;
+    }
+    out[at] = '\0';
+    return (int)at;
 }
 
 void tally_label_value(char *out, size_t len, const char *s)

@@ -49,6 +49,10 @@ int tally_query(tally_t *self, const char *first, const char *last, const char *
                 tally_row_t **rows, size_t *n);
 void tally_rows_free(tally_row_t *rows, size_t n);
 
+/* Writes the label set k1="v1",k2="v2",... of n (key, value) pairs, keys
+ * given in sorted order, into out; its length, or -1 if it does not fit.
+ * On the hot path instead of snprintf (a message's counts, every message). */
+int tally_labels(char *out, size_t len, size_t n, const char *const pairs[]);
 /* Label value safe inside quotes and of bounded length (peer strings). */
 void tally_label_value(char *out, size_t len, const char *s);
 

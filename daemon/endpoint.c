@@ -266,6 +266,22 @@ int endpoint_send(endpoint_t *self, const uint8_t *rid, size_t rid_len, const vo
     return rc;
 }
 
+int endpoint_send_msg(endpoint_t *self, const uint8_t *rid, size_t rid_len, zmq_msg_t *msg)
+{
+    int rc = 0;
+    if (self->sock == NULL)
+        rc = -ENOTCONN;
+    else if (zmq_send(self->sock, rid, rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
+        rc = -zmq_errno();
+    else if (zmq_msg_send(msg, self->sock, ZMQ_DONTWAIT) < 0)
+        rc = -zmq_errno();
+    if (rc < 0)
+        zmq_msg_close(msg); /* sent, it belongs to ZeroMQ */
+    if (self->sock != NULL)
+        s_arm(self); /* a send may have consumed the fd's edge */
+    return rc;
+}
+
 const char *endpoint_user_id(const endpoint_t *self)
 {
     return self ? self->user_id : NULL;

@@ -118,30 +118,12 @@ static void s_log_effect(server_t *s, const store_req_t *req)
              req->clin.claim_released ? " released=1" : "");
 }
 
-static void on_put(store_req_t *req, void *arg)
+/* A PUT the store did not accept: the Error to its sender. */
+static void s_put_failed(server_t *s, const store_req_t *req, int src)
 {
-    server_t *s = arg;
-    int src = registry_find(s->registry, req->msg.source, strlen(req->msg.source));
-    int dest = (int)req->tag;
     mr_err_t err = {0};
     snprintf(err.message_id, sizeof err.message_id, "%s", req->msg.message_id);
     switch (req->status) {
-    case STORE_OK:
-        s->counters.v[CNT_STORED]++;
-        if (src >= 0)
-            s_send_ack(s, src, req->msg.message_id, req->seq, false);
-        s_log_effect(s, req);
-        if (dest >= 0) {
-            router_on_stored(s, dest, req->seq, req->msg.body, req->msg.body_len,
-                             req->msg.stored_ms, req->facts && facts_express(req->facts));
-            req->msg.body = NULL; /* the router owns it now */
-        }
-        return;
-    case STORE_DUPLICATE:
-        s->counters.v[CNT_DUPLICATE]++;
-        if (src >= 0)
-            s_send_ack(s, src, req->msg.message_id, req->seq, true);
-        return;
     case STORE_CONFLICT:
         mr_fail(&err, MR_E_CONFLICT, "message_id was used before for different content");
         err.tallied = true;
@@ -159,6 +141,34 @@ static void on_put(store_req_t *req, void *arg)
         dispatch_reply_error(s, s->peers[src].rid, s->peers[src].rid_len, src, &err);
     else
         dispatch_reply_error(s, NULL, 0, src, &err);
+}
+
+static void on_put(store_req_t *req, void *arg)
+{
+    server_t *s = arg;
+    int src = registry_find(s->registry, req->msg.source, strlen(req->msg.source));
+    int dest = (int)req->tag;
+    switch (req->status) {
+    case STORE_OK:
+        s->counters.v[CNT_STORED]++;
+        if (src >= 0)
+            s_send_ack(s, src, req->msg.message_id, req->seq, false);
+        s_log_effect(s, req);
+        if (dest >= 0) {
+            router_on_stored(s, dest, req->seq, req->msg.body, req->msg.body_len,
+                             req->msg.stored_ms, req->facts && facts_express(req->facts));
+            req->msg.body = NULL; /* the router owns it now */
+        }
+        return;
+    case STORE_DUPLICATE:
+        s->counters.v[CNT_DUPLICATE]++;
+        if (src >= 0)
+            s_send_ack(s, src, req->msg.message_id, req->seq, true);
+        return;
+    default:
+        s_put_failed(s, req, src);
+        return;
+    }
 }
 
 int handle_envelope(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f, mr_err_t *err)

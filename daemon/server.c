@@ -47,13 +47,13 @@ int server_send_facility(server_t *self, const uint8_t *rid, size_t rid_len,
 {
     if (self->facility_ep == NULL)
         return -ENOTCONN;
-    uint8_t *buf;
-    size_t len;
-    int rc = mr_pack(frame, &buf, &len);
-    if (rc < 0)
-        return rc;
-    rc = endpoint_send(self->facility_ep, rid, rid_len, buf, len);
-    free(buf);
+    /* Packed straight into the message ZeroMQ sends: no buffer, no copy. */
+    size_t len = protobuf_c_message_get_packed_size(frame);
+    zmq_msg_t msg;
+    if (zmq_msg_init_size(&msg, len) != 0)
+        return -ENOMEM;
+    protobuf_c_message_pack(frame, zmq_msg_data(&msg));
+    int rc = endpoint_send_msg(self->facility_ep, rid, rid_len, &msg);
     if (rc < 0) {
         self->counters.v[CNT_SEND_FAILED]++;
         log_debug(self->log, "facility.send_failed", "reason=\"%s\"", zmq_strerror(-rc));

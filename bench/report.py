@@ -93,6 +93,20 @@ def main():
     def row(figure, value, ratio="", target="", ok=None):
         rows.append((figure, value, ratio, target, mark(ok) if target else ""))
 
+    def cpu_row(run):
+        """CPU per message of the daemon's threads and of the benchmark's clients."""
+        cpu, own = g(run, "daemon_cpu_us_per_msg"), g(run, "clients_cpu_us_per_msg")
+        rate = g(run, "msgs_per_s")
+        if not cpu:
+            return
+        parts = sorted(((v, k) for k, v in cpu.items() if k != "total" and v >= 0.1), reverse=True)
+        busy = ""
+        if own and rate:
+            busy = f"; with the clients' {own['total']:.1f} µs: " \
+                   f"{(cpu['total'] + own['total']) * rate / 1e6 / 2:.0%} of the 2 cores"
+        row("  medrouted CPU per message, by thread",
+            f"{cpu['total']:.1f} µs", " · ".join(f"{k} {v:.1f}" for v, k in parts) + busy)
+
     ceil = g("ceiling", "msgs_per_s")
     full = g("medroute_full", "msgs_per_s")
     norm = g("medroute_normal", "msgs_per_s")
@@ -104,11 +118,7 @@ def main():
         num(full, " msg/s"), f"{full / ceil:.1%} of ceiling" if full and ceil else "",
         "≥ 20 % of ceiling", full / ceil >= 0.20 if full and ceil else None)
     row("  of which Acks (stored) during that run", num(g("medroute_full", "acked_per_s"), " msg/s"))
-    cpu = g("medroute_full", "daemon_cpu_us_per_msg")
-    if cpu:
-        parts = sorted(((v, k) for k, v in cpu.items() if k != "total" and v >= 0.1), reverse=True)
-        row("  medrouted CPU per message, by thread (2 cores in all)",
-            f"{cpu['total']:.1f} µs", " · ".join(f"{k} {v:.1f}" for v, k in parts))
+    cpu_row("medroute_full")
     row("medroute synchronous=NORMAL, end-to-end", num(norm, " msg/s"),
         f"{norm / ceil:.1%} of ceiling" if norm and ceil else "")
     row("  of which Acks (stored) during that run", num(g("medroute_normal", "acked_per_s"), " msg/s"))
@@ -128,6 +138,7 @@ def main():
             f"{us(m['ack_p50_us'])} / {us(m['ack_p99_us'])} / {us(m['ack_p999_us'])}")
         row("  medroute send→delivered p50 / p99 / p99.9",
             f"{us(m['dlv_p50_us'])} / {us(m['dlv_p99_us'])} / {us(m['dlv_p999_us'])}")
+        cpu_row(f"medroute_lat{pct}")
         if k:
             row(f"  ceiling send→echo-ack (round trip) p50 / p99 / p99.9, same offered rate"
                 f" (median of {k.get('of_runs', 1)} runs)",

@@ -12,8 +12,8 @@
 #   5. peers/rabbitmq.sh  the same workload against a local RabbitMQ (if it starts)
 # collects their one-line JSON results in BUILD_DIR/bench-results/results.jsonl
 # and prints one table with the ratios and a PASS/MISS mark per target
-# (bench/report.py).  Each run is bounded in time; the whole takes about
-# 5 minutes on a 2-core machine.
+# (bench/report.py).  Each run is bounded in time; the whole takes 2-3
+# minutes on a 2-core machine.
 #
 # Knobs (environment): BENCH_SENDERS (4), BENCH_WINDOW (256), BENCH_SECS
 # (10, measured seconds per throughput/latency run), BENCH_BACKLOG (1000000),

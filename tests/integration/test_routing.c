@@ -299,13 +299,12 @@ static void raw_send_frame(raw_t *r, mr_frame_t *f)
     free(buf);
 }
 
-/* Receives frames until an Error or Welcome; returns the error code or 0 for Welcome. */
-static int raw_expect(raw_t *r)
+/* The next frame to arrive before deadline (the caller frees it), or NULL. */
+static mr_frame_t *raw_recv(raw_t *r, long long deadline)
 {
     zmq_pollitem_t it = {.socket = r->sock, .events = ZMQ_POLLIN};
-    long long deadline = mrt_now_ms() + 5000;
     while (mrt_now_ms() < deadline) {
-        if (zmq_poll(&it, 1, 100) <= 0)
+        if (zmq_poll(&it, 1, 50) <= 0)
             continue;
         zmq_msg_t m;
         zmq_msg_init(&m);
@@ -313,6 +312,17 @@ static int raw_expect(raw_t *r)
         mr_frame_t *f = medroute__v1__frame__unpack(NULL, zmq_msg_size(&m), zmq_msg_data(&m));
         zmq_msg_close(&m);
         assert_non_null(f);
+        return f;
+    }
+    return NULL;
+}
+
+/* Receives frames until an Error or Welcome; returns the error code or 0 for Welcome. */
+static int raw_expect(raw_t *r)
+{
+    long long deadline = mrt_now_ms() + 5000;
+    mr_frame_t *f;
+    while ((f = raw_recv(r, deadline)) != NULL) {
         int code = -1;
         if (f->body_case == MEDROUTE__V1__FRAME__BODY_ERROR) {
             code = (int)f->error->code;
@@ -488,22 +498,14 @@ static void test_routing_bad_input_gets_distinct_errors(void **state)
     assert_int_equal(mrt_log_count(d, "TEST0001"), 0);
 }
 
-/* ---- DeliveryAcks carrying several seqs (protocol 1.1) ------------------------- */
+/* ---- DeliveryAcks carrying several seqs (Welcome.max_acks_per_frame) ------------- */
 
 /* The next frame with the given body (the caller frees it), or NULL. */
 static mr_frame_t *raw_next(raw_t *r, int body_case, int timeout_ms)
 {
-    zmq_pollitem_t it = {.socket = r->sock, .events = ZMQ_POLLIN};
     long long deadline = mrt_now_ms() + timeout_ms;
-    while (mrt_now_ms() < deadline) {
-        if (zmq_poll(&it, 1, 50) <= 0)
-            continue;
-        zmq_msg_t m;
-        zmq_msg_init(&m);
-        assert_true(zmq_msg_recv(&m, r->sock, 0) >= 0);
-        mr_frame_t *f = medroute__v1__frame__unpack(NULL, zmq_msg_size(&m), zmq_msg_data(&m));
-        zmq_msg_close(&m);
-        assert_non_null(f);
+    mr_frame_t *f;
+    while ((f = raw_recv(r, deadline)) != NULL) {
         if ((int)f->body_case == body_case)
             return f;
         medroute__v1__frame__free_unpacked(f, NULL);

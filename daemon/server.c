@@ -63,6 +63,7 @@ int server_send_facility(server_t *self, const uint8_t *rid, size_t rid_len,
 
 static void s_close_all(server_t *self)
 {
+    acks_flush(self->acks); /* while the sockets are there */
     endpoint_destroy(&self->facility_ep);
     endpoint_destroy(&self->operator_ep);
     zap_destroy(&self->zap);

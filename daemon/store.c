@@ -916,7 +916,8 @@ void store_tally(store_t *self, const char *name, const char *labels, int64_t de
  * that the commit path mostly only appends.  Under sustained writes a
  * passive checkpoint rarely catches up, and the WAL can only restart after
  * one that does: the writer keeps SQLite's auto-checkpoint as that bound
- * (4096 pages, ~16 MB; 8192 and 32768 were slower in the benchmark), and as
+ * (4096 pages, ~16 MB; 8192 and 16384 were no better in the benchmark,
+ * 32768 much worse: the WAL outgrows journal_size_limit), and as
  * this thread has copied nearly everything by then, that checkpoint costs
  * the writer about a millisecond instead of copying 16 MB
  * (docs/performance.md).  journal_size_limit truncates the file back to

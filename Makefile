@@ -23,7 +23,7 @@ test: build
 demo: build
 	@bash scripts/demo.sh $(BUILD)
 
-# The benchmarks of issue 8 (bench/run.sh): one table, about 5 minutes.
+# The benchmarks of issue 8 (bench/run.sh): one table, 2-3 minutes.
 bench: build
 	@bash bench/run.sh $(BUILD)
 

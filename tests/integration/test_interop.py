@@ -13,7 +13,8 @@ protocol as a township health centre and as the lead hospital:
   DeliveryAck, a ReferralUpdate back with correlation_id, a resend of the same
   bytes (Ack duplicate=true, routed once), the error codes the document
   promises for a selection of bad frames, an offline destination, a session
-  takeover with redelivery, and the operator endpoint's status and queue_list.
+  takeover with redelivery, several Acks and DeliveryAcks in one frame, and
+  the operator endpoint's status and queue_list.
 
 Every network wait is bounded.  The daemon is stopped with SIGTERM and must
 exit 0.  The last line is "N passed, M failed"; the exit status is 0 only when
@@ -187,13 +188,14 @@ class Facility:
         return self.expect(lambda f: f.WhichOneof("body") == body and (where is None or where(f)),
                            timeout_s)
 
-    def hello(self, timeout_s=10.0, max_inflight=0):
+    def hello(self, timeout_s=10.0, max_inflight=0, max_acks_per_frame=0):
         """Hello until Welcome (the daemon may still be starting)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self.send(hello=self.pb.Hello(facility_id=self.facility_id,
                                           client_name="test_interop.py/1",
-                                          max_inflight=max_inflight))
+                                          max_inflight=max_inflight,
+                                          max_acks_per_frame=max_acks_per_frame))
             f = self.expect(lambda f: f.WhichOneof("body") in ("welcome", "error"), 1.0)
             if f is not None:
                 if f.WhichOneof("body") == "welcome":
@@ -529,6 +531,47 @@ def run(ctx, conns, daemon, pb, envelope_pb, clinical, op, facility_ep, operator
     check("lead (connection 1): after the takeover its frames get NO_HELLO",
           f is not None and f.error.code == pb.ERROR_NO_HELLO, str(f))
 
+    # ---- several Acks and DeliveryAcks per frame (protocol 4.2, 6.2) -----------------------
+    town3 = connect(TOWN2)
+    f = town3.hello(max_acks_per_frame=32)
+    check("a Hello with max_acks_per_frame is answered with Welcome",
+          f is not None and f.WhichOneof("body") == "welcome", str(f))
+    sent = []
+    for i in range(5):
+        e = envelope_pb.Envelope(
+            message_id="lishu-img-%04d" % i, source=TOWN2, destination=IMAGING,
+            kind=envelope_pb.KIND_IMAGING_REQUEST, priority=envelope_pb.PRIORITY_ROUTINE,
+            created_at_ms=now_ms())
+        e.imaging_request.accession_number = "ACC-LS-%04d" % i
+        e.imaging_request.modality = clinical.MODALITY_DR
+        town3.send(envelope=e)
+        sent.append(e.message_id)
+    acked, frames, well_formed = [], 0, True
+    while len(acked) < 5:
+        f = town3.expect_body("ack")
+        if f is None:
+            break
+        frames += 1
+        well_formed = well_formed and len(f.ack.more) < 32 and all(
+            len(m.more) == 0 and m.seq > 0 for m in f.ack.more)
+        acked += [f.ack.message_id] + [m.message_id for m in f.ack.more]
+    check("each of five messages acknowledged once, Ack and Ack.more read (%d frames)" % frames,
+          sorted(acked) == sorted(sent) and well_formed, str(acked))
+    seqs = []
+    for _ in range(5):
+        f = imaging.expect_body("delivery")
+        if f is None:
+            break
+        seqs.append(f.delivery.seq)
+    check("imaging: the five deliveries arrive; its Welcome allows several seqs per ack",
+          len(seqs) == 5 and imaging.welcome is not None and
+          imaging.welcome.max_acks_per_frame >= 5, str(seqs))
+    if seqs:
+        imaging.send(delivery_ack=pb.DeliveryAck(seq=seqs[-1], more_seqs=seqs[:-1]))
+    f = imaging.expect_body("delivery", timeout_s=1.0)
+    check("imaging: one DeliveryAck with more_seqs acknowledges all five (none comes again)",
+          f is None, str(f))
+
     # ---- operator endpoint ----------------------------------------------------------------
     opsock = ctx.socket(zmq.DEALER)
     opsock.setsockopt(zmq.LINGER, 0)
@@ -576,9 +619,9 @@ def run(ctx, conns, daemon, pb, envelope_pb, clinical, op, facility_ep, operator
                   ids[LEAD].role == "lead" and ids[TOWN].role == "township" and
                   ids[LEAD].connected and ids[TOWN].connected and ids[IMAGING].connected)
             counters = {c.name: c.value for c in st.counters}
-            check("operator: counters stored=4 duplicate=2 delivered=4",
-                  counters.get("stored") == 4 and counters.get("duplicate") == 2 and
-                  counters.get("delivered") == 4, str(counters))
+            check("operator: counters stored=9 duplicate=2 delivered=9",
+                  counters.get("stored") == 9 and counters.get("duplicate") == 2 and
+                  counters.get("delivered") == 9, str(counters))
             check("operator: per-code rejection counters",
                   counters.get("rejected.UNKNOWN_DESTINATION") == 1 and
                   counters.get("rejected.CONFLICT") == 1, str(counters))

@@ -2,8 +2,9 @@
  * acks.c - the Acks of one loop turn, one frame per sender (acks.h).
  *
  * A group per connection that has Acks waiting; groups keep their buffers
- * from turn to turn (a broker has a few dozen senders, each group holds at
- * most MR_ACKS_SENT_MAX Acks).  A group that fills up is sent at once.
+ * from turn to turn, each grown to what its connection needed in one turn
+ * (at most MR_ACKS_SENT_MAX Acks: a busy sender ~35 KB, a quiet one ~2 KB).
+ * A group that fills up is sent at once.
  */
 #include "acks.h"
 
@@ -18,10 +19,10 @@ typedef struct {
     uint8_t rid[MR_RID_MAX];
     size_t rid_len;
     uint32_t max;                     /* Acks per frame for this connection */
-    size_t n;
-    Medroute__V1__Ack acks[MR_ACKS_SENT_MAX];
-    Medroute__V1__Ack *more[MR_ACKS_SENT_MAX];
-    char ids[MR_ACKS_SENT_MAX][MR_MESSAGE_ID_MAX + 1];
+    size_t n, cap;                    /* Acks waiting; room for (grows to max) */
+    Medroute__V1__Ack *acks;
+    Medroute__V1__Ack **more;         /* &acks[i], set when the frame is sent */
+    char (*ids)[MR_MESSAGE_ID_MAX + 1];
 } s_group_t;
 
 struct acks_t {
@@ -46,9 +47,38 @@ static void s_send(acks_t *self, const uint8_t *rid, size_t rid_len, Medroute__V
 
 static void s_flush_group(acks_t *self, s_group_t *g)
 {
+    for (size_t i = 0; i < g->n; i++)
+        g->more[i] = &g->acks[i];
     if (g->n > 0)
         s_send(self, g->rid, g->rid_len, &g->acks[0], g->more + 1, g->n - 1);
     g->n = 0;
+}
+
+/* Room for one more Ack in g; false without memory (g is then unchanged
+ * in what it holds, only some of its arrays may have grown). */
+static bool s_room(s_group_t *g)
+{
+    if (g->n < g->cap)
+        return true;
+    size_t cap = g->cap ? g->cap * 2 : 16;
+    if (cap > MR_ACKS_SENT_MAX)
+        cap = MR_ACKS_SENT_MAX;
+    char(*ids)[MR_MESSAGE_ID_MAX + 1] = realloc(g->ids, cap * sizeof *ids);
+    if (ids == NULL)
+        return false;
+    g->ids = ids;
+    for (size_t i = 0; i < g->n; i++)
+        g->acks[i].message_id = g->ids[i]; /* the ids may have moved */
+    Medroute__V1__Ack *acks = realloc(g->acks, cap * sizeof *acks);
+    if (acks == NULL)
+        return false;
+    g->acks = acks;
+    Medroute__V1__Ack **more = realloc(g->more, cap * sizeof *more);
+    if (more == NULL)
+        return false;
+    g->more = more;
+    g->cap = cap;
+    return true;
 }
 
 void acks_flush(acks_t *self)
@@ -85,11 +115,9 @@ static s_group_t *s_group(acks_t *self, const uint8_t *rid, size_t rid_len, uint
     }
     s_group_t *g = self->groups[self->n_groups];
     if (g == NULL) {
-        g = malloc(sizeof *g);
+        g = calloc(1, sizeof *g);
         if (g == NULL)
             return NULL;
-        for (size_t i = 0; i < MR_ACKS_SENT_MAX; i++)
-            g->more[i] = &g->acks[i];
         self->groups[self->n_groups] = g;
     }
     self->n_groups++;
@@ -112,7 +140,9 @@ void acks_add(acks_t *self, const uint8_t *rid, size_t rid_len, uint32_t max,
     s_group_t *g = max > 1 && rid_len <= MR_RID_MAX && strlen(message_id) <= MR_MESSAGE_ID_MAX
                        ? s_group(self, rid, rid_len, max)
                        : NULL;
-    if (g == NULL) {
+    if (g != NULL && !s_room(g))
+        s_flush_group(self, g); /* no memory to grow: what it holds goes now */
+    if (g == NULL || g->n == g->cap) {
         s_send(self, rid, rid_len, &one, NULL, 0); /* a frame of its own */
         return;
     }
@@ -129,8 +159,15 @@ void acks_add(acks_t *self, const uint8_t *rid, size_t rid_len, uint32_t max,
 static void on_closed(uv_handle_t *handle)
 {
     acks_t *self = handle->data;
-    for (size_t i = 0; i < self->cap_groups; i++)
-        free(self->groups[i]);
+    for (size_t i = 0; i < self->cap_groups; i++) {
+        s_group_t *g = self->groups[i];
+        if (g != NULL) {
+            free(g->acks);
+            free(g->more);
+            free(g->ids);
+        }
+        free(g);
+    }
     free(self->groups);
     free(self);
 }

@@ -818,6 +818,23 @@ static void test_dispatch_acks_gathered_per_turn(void **state)
         s_ack_ids(&s_replies[2 + i], ids, sizeof ids);
         assert_string_equal(ids, want[i]);
     }
+
+    /* A group grows past its first buffers (16) and keeps every id. */
+    char expect[1024] = "";
+    size_t n = 0;
+    for (int i = 0; i < 40; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "g-%02d", i);
+        acks_add(s->acks, RID_A, RID_LEN, 64, id, (uint64_t)(100 + i), false);
+        n += (size_t)snprintf(expect + n, sizeof expect - n, "%s%s", i ? "," : "", id);
+    }
+    assert_int_equal(s_n_replies, 5);
+    uv_run(&s->loop, UV_RUN_NOWAIT);
+    assert_int_equal(s_n_replies, 6);
+    char all[1024];
+    s_ack_ids(&s_replies[5], all, sizeof all);
+    assert_string_equal(all, expect);
+    assert_int_equal(s_replies[5].f->ack->more[38]->seq, 139);
 }
 
 /* Through dispatch: a Hello that allows several Acks, three envelopes

@@ -13,6 +13,9 @@
  *   lmdb    (when built with liblmdb) bodies under big-endian seq (append),
  *           a dedup tree, a pending tree (dest, seq), a done tree;
  *           ack = delete pending + put done; default (synced) commits
+ *   rocksdb (when built with librocksdb) the same keys, prefixed, in one
+ *           LSM tree; one write batch per batch with sync = true (its WAL
+ *           appended and fsynced); compaction threads are counted too
  *   log     the floor: body records and 16-byte ack records appended to
  *           one file, one write and one fdatasync per batch
  *
@@ -34,6 +37,9 @@
 #include <unistd.h>
 #ifdef MR_HAVE_LMDB
 #include <lmdb.h>
+#endif
+#ifdef MR_HAVE_ROCKSDB
+#include <rocksdb/c.h>
 #endif
 
 #include "bench_util.h"
@@ -62,7 +68,7 @@ static void s_start(s_clock_t *c)
 static void s_report(const s_clock_t *c, const char *engine, int batch, int total)
 {
     double cpu = s_cpu() - c->cpu0, wall = (double)bu_now_ns() / 1e9 - c->wall0;
-    printf("%-6s batch %4d: %6.1f us CPU/msg, %6.1f us wall/msg, %8.0f msg/s\n", engine, batch,
+    printf("%-7s batch %4d: %6.1f us CPU/msg, %6.1f us wall/msg, %8.0f msg/s\n", engine, batch,
            cpu / total * 1e6, wall / total * 1e6, total / wall);
     fflush(stdout);
 }
@@ -230,6 +236,81 @@ static int s_lmdb(const char *dir, int batch, int total)
 }
 #endif
 
+/* ---- RocksDB ------------------------------------------------------------------------ */
+
+#ifdef MR_HAVE_ROCKSDB
+/* prefix byte + big-endian seq */
+static size_t s_key(char *k, char prefix, const char *mid, uint64_t seq)
+{
+    size_t n = 0;
+    k[n++] = prefix;
+    if (mid != NULL) {
+        size_t l = strlen(mid);
+        memcpy(k + n, mid, l + 1);
+        n += l + 1;
+    }
+    for (int i = 7; i >= 0; i--)
+        k[n + (size_t)(7 - i)] = (char)(seq >> (8 * i));
+    return n + 8;
+}
+
+static int s_rocksdb(const char *dir, int batch, int total)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/rocksdb-%d", dir, batch);
+    char *err = NULL;
+    rocksdb_options_t *o = rocksdb_options_create();
+    rocksdb_options_set_create_if_missing(o, 1);
+    rocksdb_t *db = rocksdb_open(o, path, &err);
+    rocksdb_writeoptions_t *w = rocksdb_writeoptions_create();
+    rocksdb_writeoptions_set_sync(w, 1);
+    rocksdb_writebatch_t *b = rocksdb_writebatch_create();
+    int rc = db != NULL && err == NULL ? 0 : -EIO;
+    char body[S_BODY];
+    memset(body, 'x', sizeof body);
+    s_clock_t c;
+    s_start(&c);
+    uint64_t seq = 0;
+    for (int n = 0; rc == 0 && n < total; n += batch) {
+        rocksdb_writebatch_clear(b);
+        for (int i = 0; i < batch; i++) {
+            seq++;
+            char k[96], v[8];
+            size_t kl = s_key(k, 'm', NULL, seq);
+            rocksdb_writebatch_put(b, k, kl, body, sizeof body);
+            char dk[96];
+            int dl = snprintf(dk, sizeof dk, "dt-bench%02d\x1f", (int)(seq % 4));
+            dl += s_id(dk + dl, sizeof dk - (size_t)dl, seq);
+            s_key(v, 'x', NULL, seq);
+            rocksdb_writebatch_put(b, dk, (size_t)dl, v + 1, 8);
+            kl = s_key(k, 'p', "yx-lead", seq);
+            rocksdb_writebatch_put(b, k, kl, "", 0);
+            if (seq > (uint64_t)batch) {
+                kl = s_key(k, 'p', "yx-lead", seq - (uint64_t)batch);
+                rocksdb_writebatch_delete(b, k, kl);
+                int64_t done_ms = 1700000001000LL + (int64_t)seq;
+                kl = s_key(k, 'o', NULL, seq - (uint64_t)batch);
+                rocksdb_writebatch_put(b, k, kl, (const char *)&done_ms, sizeof done_ms);
+            }
+        }
+        rocksdb_write(db, w, b, &err);
+        if (err != NULL)
+            rc = -EIO;
+    }
+    if (rc == 0)
+        s_report(&c, "rocksdb", batch, total);
+    else
+        fprintf(stderr, "bench_store_path: rocksdb: %s\n", err ? err : "open failed");
+    rocksdb_free(err);
+    rocksdb_writebatch_destroy(b);
+    rocksdb_writeoptions_destroy(w);
+    if (db != NULL)
+        rocksdb_close(db);
+    rocksdb_options_destroy(o);
+    return rc;
+}
+#endif
+
 /* ---- append-only log ------------------------------------------------------------------ */
 
 static int s_log(const char *dir, int batch, int total)
@@ -276,6 +357,10 @@ int main(int argc, char **argv)
 #ifdef MR_HAVE_LMDB
         if (rc == 0)
             rc = s_lmdb(dir, batches[b], total);
+#endif
+#ifdef MR_HAVE_ROCKSDB
+        if (rc == 0)
+            rc = s_rocksdb(dir, batches[b], total);
 #endif
         if (rc == 0)
             rc = s_log(dir, batches[b], total);

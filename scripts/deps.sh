@@ -11,7 +11,7 @@ packages=(
 )
 # Extra sets: `deps.sh bench` adds what `make bench` uses.
 if [ "${1:-}" = "bench" ]; then
-  packages+=(rabbitmq-server librabbitmq-dev liblmdb-dev)
+  packages+=(rabbitmq-server librabbitmq-dev liblmdb-dev librocksdb-dev)
 fi
 # `deps.sh fuzz` adds what scripts/fuzz.sh (clang, libFuzzer and the
 # sanitizer runtimes) and scripts/valgrind.sh use.

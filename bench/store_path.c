@@ -9,7 +9,7 @@
  *
  *   sqlite  the `messages` table as daemon/store.c has it (rowid seq, the
  *           (source, message_id) unique index, partial indexes for pending,
- *           expiry and done), WAL, synchronous=FULL; ack = UPDATE state
+ *           express, expiry and done), WAL, synchronous=FULL; ack = UPDATE
  *   lmdb    (when built with liblmdb) bodies under big-endian seq (append),
  *           a dedup tree, a pending tree (dest, seq), a done tree;
  *           ack = delete pending + put done; default (synced) commits
@@ -20,9 +20,10 @@
  *           one file, one write and one fdatasync per batch
  *
  * B = 13 is medroute's batch at half load in the benchmark, 700 its batch
- * when saturated.  Prints one line per engine and batch: CPU and wall time
- * per message.  Stores go to a fresh temporary directory (TMPDIR or /tmp),
- * removed at the end.  Used for docs/performance.md ("Next steps").
+ * when saturated.  Prints one line per engine and batch: CPU (all threads of
+ * this process) and wall time per message.  Stores go to a fresh temporary
+ * directory (TMPDIR or /tmp), removed at the end.  Used for
+ * docs/performance.md ("Next steps") and docs/proposal-message-log.md.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -33,7 +34,6 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 #ifdef MR_HAVE_LMDB
 #include <lmdb.h>
@@ -46,9 +46,18 @@
 
 #define S_BODY 600
 
+/* One engine: open a store in dir, then per batch begin, put and ack each
+ * message, commit; close.  Every call: 0 or a negative errno. */
 typedef struct {
-    double cpu0, wall0;
-} s_clock_t;
+    const char *name;
+    void *(*open)(const char *dir, int batch, int *rc);
+    int (*begin)(void *e);
+    int (*put)(void *e, uint64_t seq, const char *source, const char *id, size_t id_len,
+               const char *body);
+    int (*ack)(void *e, uint64_t seq, int64_t done_ms);
+    int (*commit)(void *e);
+    void (*close)(void *e);
+} s_engine_t;
 
 static double s_cpu(void)
 {
@@ -59,28 +68,61 @@ static double s_cpu(void)
            ru.ru_stime.tv_usec / 1e6;
 }
 
-static void s_start(s_clock_t *c)
+#if defined(MR_HAVE_LMDB) || defined(MR_HAVE_ROCKSDB)
+/* Keys that sort by seq. */
+static void s_be64(uint8_t *b, uint64_t v)
 {
-    c->cpu0 = s_cpu();
-    c->wall0 = (double)bu_now_ns() / 1e9;
+    for (int i = 7; i >= 0; i--, v >>= 8)
+        b[i] = (uint8_t)v;
 }
+#endif
 
-static void s_report(const s_clock_t *c, const char *engine, int batch, int total)
+/* Runs total messages through an engine in batches; prints its line. */
+static int s_drive(const s_engine_t *eng, const char *dir, int batch, int total)
 {
-    double cpu = s_cpu() - c->cpu0, wall = (double)bu_now_ns() / 1e9 - c->wall0;
-    printf("%-7s batch %4d: %6.1f us CPU/msg, %6.1f us wall/msg, %8.0f msg/s\n", engine, batch,
-           cpu / total * 1e6, wall / total * 1e6, total / wall);
-    fflush(stdout);
-}
-
-/* The message id of seq, time-ordered as libmedroute's are; its length. */
-static int s_id(char *out, size_t len, uint64_t seq)
-{
-    return snprintf(out, len, "%016llx-b%02d-%010llu", (unsigned long long)seq * 1000,
-                    (int)(seq % 4), (unsigned long long)seq);
+    int rc = 0;
+    void *e = eng->open(dir, batch, &rc);
+    if (e == NULL)
+        return rc ? rc : -EIO;
+    char body[S_BODY];
+    memset(body, 'x', sizeof body);
+    double cpu0 = s_cpu(), wall0 = (double)bu_now_ns() / 1e9;
+    uint64_t seq = 0;
+    for (int n = 0; rc == 0 && n < total; n += batch) {
+        rc = eng->begin(e);
+        for (int i = 0; rc == 0 && i < batch; i++) {
+            seq++;
+            char source[16], id[64];
+            snprintf(source, sizeof source, "t-bench%02d", (int)(seq % 4));
+            /* time-ordered, as libmedroute's message ids are */
+            int id_len = snprintf(id, sizeof id, "%016llx-b%02d-%010llu",
+                                  (unsigned long long)seq * 1000, (int)(seq % 4),
+                                  (unsigned long long)seq);
+            rc = eng->put(e, seq, source, id, (size_t)id_len, body);
+            if (rc == 0 && seq > (uint64_t)batch)
+                rc = eng->ack(e, seq - (uint64_t)batch, 1700000001000LL + (int64_t)seq);
+        }
+        if (rc == 0)
+            rc = eng->commit(e);
+    }
+    if (rc == 0) {
+        double cpu = s_cpu() - cpu0, wall = (double)bu_now_ns() / 1e9 - wall0;
+        printf("%-7s batch %4d: %6.1f us CPU/msg, %6.1f us wall/msg, %8.0f msg/s\n", eng->name,
+               batch, cpu / total * 1e6, wall / total * 1e6, total / wall);
+        fflush(stdout);
+    }
+    eng->close(e);
+    return rc;
 }
 
 /* ---- SQLite ------------------------------------------------------------------------- */
+
+enum { Q_BEGIN, Q_COMMIT, Q_PUT, Q_ACK, Q_N };
+
+typedef struct {
+    sqlite3 *db;
+    sqlite3_stmt *st[Q_N];
+} s_sqlite_t;
 
 static const char *const s_sqlite_schema =
     "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA cache_size=-32768;"
@@ -100,249 +142,373 @@ static int s_step(sqlite3_stmt *st)
     return rc == SQLITE_DONE ? 0 : -EIO;
 }
 
-static int s_sqlite(const char *dir, int batch, int total)
+static void s_sqlite_close(void *e)
 {
+    s_sqlite_t *q = e;
+    for (int i = 0; i < Q_N; i++)
+        sqlite3_finalize(q->st[i]);
+    sqlite3_close(q->db);
+    free(q);
+}
+
+static void *s_sqlite_open(const char *dir, int batch, int *rc)
+{
+    static const char *const sql[Q_N] = {
+        [Q_BEGIN] = "BEGIN IMMEDIATE",
+        [Q_COMMIT] = "COMMIT",
+        [Q_PUT] = "INSERT INTO messages(source, message_id, dest, kind, stored_ms, expires_ms,"
+                  " state, body, express) VALUES(?1, ?2, 'yx-lead', 1, ?3, ?4, 0, ?5, 0)",
+        [Q_ACK] = "UPDATE messages SET state = 1, done_ms = ?2 WHERE seq = ?1"};
     char path[512];
     snprintf(path, sizeof path, "%s/sqlite-%d.db", dir, batch);
-    sqlite3 *db = NULL;
-    sqlite3_stmt *st[4] = {NULL};
-    static const char *const sql[4] = {
-        "BEGIN IMMEDIATE", "COMMIT",
-        "INSERT INTO messages(source, message_id, dest, kind, stored_ms, expires_ms, state, body,"
-        " express) VALUES(?1, ?2, 'yx-lead', 1, ?3, ?4, 0, ?5, 0)",
-        "UPDATE messages SET state = 1, done_ms = ?2 WHERE seq = ?1"};
-    int rc = sqlite3_open(path, &db) == SQLITE_OK &&
-                     sqlite3_exec(db, s_sqlite_schema, NULL, NULL, NULL) == SQLITE_OK
-                 ? 0
-                 : -EIO;
-    for (int i = 0; rc == 0 && i < 4; i++)
-        rc = sqlite3_prepare_v2(db, sql[i], -1, &st[i], NULL) == SQLITE_OK ? 0 : -EIO;
-    char body[S_BODY];
-    memset(body, 'x', sizeof body);
-    s_clock_t c;
-    s_start(&c);
-    uint64_t seq = 0;
-    for (int n = 0; rc == 0 && n < total; n += batch) {
-        rc = s_step(st[0]);
-        for (int i = 0; rc == 0 && i < batch; i++) {
-            seq++;
-            char src[16], id[64];
-            snprintf(src, sizeof src, "t-bench%02d", (int)(seq % 4));
-            int idl = s_id(id, sizeof id, seq);
-            sqlite3_bind_text(st[2], 1, src, -1, SQLITE_STATIC);
-            sqlite3_bind_text(st[2], 2, id, idl, SQLITE_STATIC);
-            sqlite3_bind_int64(st[2], 3, 1700000000000LL + (int64_t)seq);
-            sqlite3_bind_int64(st[2], 4, 1800000000000LL + (int64_t)seq);
-            sqlite3_bind_blob(st[2], 5, body, sizeof body, SQLITE_STATIC);
-            rc = s_step(st[2]);
-            if (rc == 0 && seq > (uint64_t)batch) {
-                sqlite3_bind_int64(st[3], 1, (sqlite3_int64)(seq - (uint64_t)batch));
-                sqlite3_bind_int64(st[3], 2, 1700000001000LL + (int64_t)seq);
-                rc = s_step(st[3]);
-            }
-        }
-        if (rc == 0)
-            rc = s_step(st[1]);
+    s_sqlite_t *q = calloc(1, sizeof *q);
+    if (q == NULL) {
+        *rc = -ENOMEM;
+        return NULL;
     }
-    if (rc == 0)
-        s_report(&c, "sqlite", batch, total);
-    for (int i = 0; i < 4; i++)
-        sqlite3_finalize(st[i]);
-    sqlite3_close(db);
-    return rc;
+    *rc = sqlite3_open(path, &q->db) == SQLITE_OK &&
+                  sqlite3_exec(q->db, s_sqlite_schema, NULL, NULL, NULL) == SQLITE_OK
+              ? 0
+              : -EIO;
+    for (int i = 0; *rc == 0 && i < Q_N; i++)
+        *rc = sqlite3_prepare_v2(q->db, sql[i], -1, &q->st[i], NULL) == SQLITE_OK ? 0 : -EIO;
+    if (*rc != 0) {
+        s_sqlite_close(q);
+        return NULL;
+    }
+    return q;
+}
+
+static int s_sqlite_begin(void *e)
+{
+    return s_step(((s_sqlite_t *)e)->st[Q_BEGIN]);
+}
+
+static int s_sqlite_put(void *e, uint64_t seq, const char *source, const char *id, size_t id_len,
+                        const char *body)
+{
+    sqlite3_stmt *st = ((s_sqlite_t *)e)->st[Q_PUT];
+    sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, id, (int)id_len, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, 1700000000000LL + (int64_t)seq);
+    sqlite3_bind_int64(st, 4, 1800000000000LL + (int64_t)seq);
+    sqlite3_bind_blob(st, 5, body, S_BODY, SQLITE_STATIC);
+    return s_step(st);
+}
+
+static int s_sqlite_ack(void *e, uint64_t seq, int64_t done_ms)
+{
+    sqlite3_stmt *st = ((s_sqlite_t *)e)->st[Q_ACK];
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
+    sqlite3_bind_int64(st, 2, done_ms);
+    return s_step(st);
+}
+
+static int s_sqlite_commit(void *e)
+{
+    return s_step(((s_sqlite_t *)e)->st[Q_COMMIT]);
 }
 
 /* ---- LMDB --------------------------------------------------------------------------- */
 
 #ifdef MR_HAVE_LMDB
-static void s_be64(uint8_t *b, uint64_t v)
+typedef struct {
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi msgs, dedup, pend, done;
+} s_lmdb_t;
+
+static void s_lmdb_close(void *e)
 {
-    for (int i = 7; i >= 0; i--, v >>= 8)
-        b[i] = (uint8_t)v;
+    s_lmdb_t *l = e;
+    if (l->txn != NULL)
+        mdb_txn_abort(l->txn);
+    mdb_env_close(l->env);
+    free(l);
 }
 
-static int s_lmdb(const char *dir, int batch, int total)
+static void *s_lmdb_open(const char *dir, int batch, int *rc)
 {
     char path[512];
     snprintf(path, sizeof path, "%s/lmdb-%d", dir, batch);
-    if (mkdir(path, 0700) != 0)
-        return -errno;
-    MDB_env *env = NULL;
-    MDB_txn *txn = NULL;
-    MDB_dbi msgs, dedup, pend, done;
-    int rc = mdb_env_create(&env);
-    if (rc == 0)
-        rc = mdb_env_set_mapsize(env, (size_t)4 << 30);
-    if (rc == 0)
-        rc = mdb_env_set_maxdbs(env, 4);
-    if (rc == 0)
-        rc = mdb_env_open(env, path, 0, 0600);
-    if (rc == 0)
-        rc = mdb_txn_begin(env, NULL, 0, &txn);
-    if (rc == 0)
-        rc = mdb_dbi_open(txn, "msgs", MDB_CREATE, &msgs);
-    if (rc == 0)
-        rc = mdb_dbi_open(txn, "dedup", MDB_CREATE, &dedup);
-    if (rc == 0)
-        rc = mdb_dbi_open(txn, "pend", MDB_CREATE, &pend);
-    if (rc == 0)
-        rc = mdb_dbi_open(txn, "done", MDB_CREATE, &done);
-    if (rc == 0)
-        rc = mdb_txn_commit(txn);
-    char body[S_BODY];
-    memset(body, 'x', sizeof body);
-    s_clock_t c;
-    s_start(&c);
-    uint64_t seq = 0;
-    for (int n = 0; rc == 0 && n < total; n += batch) {
-        rc = mdb_txn_begin(env, NULL, 0, &txn);
-        for (int i = 0; rc == 0 && i < batch; i++) {
-            seq++;
-            uint8_t k[8], pk[16];
-            s_be64(k, seq);
-            MDB_val key = {8, k}, val = {sizeof body, body};
-            rc = mdb_put(txn, msgs, &key, &val, MDB_APPEND);
-            char dk[96];
-            int dl = snprintf(dk, sizeof dk, "t-bench%02d\x1f", (int)(seq % 4));
-            dl += s_id(dk + dl, sizeof dk - (size_t)dl, seq);
-            MDB_val dkey = {(size_t)dl, dk}, dval = {8, k};
-            if (rc == 0)
-                rc = mdb_put(txn, dedup, &dkey, &dval, 0);
-            memcpy(pk, "yx-lead", 8);
-            s_be64(pk + 8, seq);
-            MDB_val pkey = {16, pk}, none = {0, (void *)""};
-            if (rc == 0)
-                rc = mdb_put(txn, pend, &pkey, &none, 0);
-            if (rc == 0 && seq > (uint64_t)batch) {
-                s_be64(pk + 8, seq - (uint64_t)batch);
-                rc = mdb_del(txn, pend, &pkey, NULL);
-                int64_t done_ms = 1700000001000LL + (int64_t)seq;
-                MDB_val akey = {8, pk + 8}, aval = {sizeof done_ms, &done_ms};
-                if (rc == 0)
-                    rc = mdb_put(txn, done, &akey, &aval, MDB_APPEND);
-            }
-        }
-        if (rc == 0)
-            rc = mdb_txn_commit(txn);
-        else
-            mdb_txn_abort(txn);
+    s_lmdb_t *l = calloc(1, sizeof *l);
+    if (l == NULL || mkdir(path, 0700) != 0) {
+        *rc = l == NULL ? -ENOMEM : -errno;
+        free(l);
+        return NULL;
     }
-    if (rc == 0)
-        s_report(&c, "lmdb", batch, total);
-    else
-        fprintf(stderr, "bench_store_path: lmdb: %s\n", mdb_strerror(rc));
-    mdb_env_close(env);
-    return rc == 0 ? 0 : -EIO;
+    int r = mdb_env_create(&l->env);
+    if (r == 0)
+        r = mdb_env_set_mapsize(l->env, (size_t)4 << 30);
+    if (r == 0)
+        r = mdb_env_set_maxdbs(l->env, 4);
+    if (r == 0)
+        r = mdb_env_open(l->env, path, 0, 0600);
+    if (r == 0)
+        r = mdb_txn_begin(l->env, NULL, 0, &l->txn);
+    const char *names[] = {"msgs", "dedup", "pend", "done"};
+    MDB_dbi *dbis[] = {&l->msgs, &l->dedup, &l->pend, &l->done};
+    for (int i = 0; r == 0 && i < 4; i++)
+        r = mdb_dbi_open(l->txn, names[i], MDB_CREATE, dbis[i]);
+    if (r == 0)
+        r = mdb_txn_commit(l->txn);
+    l->txn = NULL;
+    if (r != 0) {
+        fprintf(stderr, "bench_store_path: lmdb: %s\n", mdb_strerror(r));
+        *rc = -EIO;
+        s_lmdb_close(l);
+        return NULL;
+    }
+    return l;
+}
+
+static int s_lmdb_begin(void *e)
+{
+    s_lmdb_t *l = e;
+    return mdb_txn_begin(l->env, NULL, 0, &l->txn) == 0 ? 0 : -EIO;
+}
+
+static int s_lmdb_put(void *e, uint64_t seq, const char *source, const char *id, size_t id_len,
+                      const char *body)
+{
+    s_lmdb_t *l = e;
+    uint8_t k[8], pk[16];
+    s_be64(k, seq);
+    MDB_val key = {8, k}, val = {S_BODY, (void *)body};
+    int r = mdb_put(l->txn, l->msgs, &key, &val, MDB_APPEND);
+    char dk[96];
+    int dl = snprintf(dk, sizeof dk, "%s\x1f%.*s", source, (int)id_len, id);
+    MDB_val dkey = {(size_t)dl, dk}, dval = {8, k};
+    if (r == 0)
+        r = mdb_put(l->txn, l->dedup, &dkey, &dval, 0);
+    memcpy(pk, "yx-lead", 8);
+    s_be64(pk + 8, seq);
+    MDB_val pkey = {16, pk}, none = {0, (void *)""};
+    if (r == 0)
+        r = mdb_put(l->txn, l->pend, &pkey, &none, 0);
+    return r == 0 ? 0 : -EIO;
+}
+
+static int s_lmdb_ack(void *e, uint64_t seq, int64_t done_ms)
+{
+    s_lmdb_t *l = e;
+    uint8_t pk[16];
+    memcpy(pk, "yx-lead", 8);
+    s_be64(pk + 8, seq);
+    MDB_val pkey = {16, pk}, akey = {8, pk + 8}, aval = {sizeof done_ms, &done_ms};
+    int r = mdb_del(l->txn, l->pend, &pkey, NULL);
+    if (r == 0)
+        r = mdb_put(l->txn, l->done, &akey, &aval, MDB_APPEND);
+    return r == 0 ? 0 : -EIO;
+}
+
+static int s_lmdb_commit(void *e)
+{
+    s_lmdb_t *l = e;
+    int r = mdb_txn_commit(l->txn);
+    l->txn = NULL;
+    return r == 0 ? 0 : -EIO;
 }
 #endif
 
 /* ---- RocksDB ------------------------------------------------------------------------ */
 
 #ifdef MR_HAVE_ROCKSDB
-/* prefix byte + big-endian seq */
-static size_t s_key(char *k, char prefix, const char *mid, uint64_t seq)
+typedef struct {
+    rocksdb_options_t *options;
+    rocksdb_writeoptions_t *write;
+    rocksdb_writebatch_t *batch;
+    rocksdb_t *db;
+} s_rocks_t;
+
+/* prefix byte, an optional NUL-terminated middle, big-endian seq; its length */
+static size_t s_rkey(uint8_t *k, char prefix, const char *mid, uint64_t seq)
 {
     size_t n = 0;
-    k[n++] = prefix;
+    k[n++] = (uint8_t)prefix;
     if (mid != NULL) {
-        size_t l = strlen(mid);
-        memcpy(k + n, mid, l + 1);
-        n += l + 1;
+        size_t len = strlen(mid) + 1;
+        memcpy(k + n, mid, len);
+        n += len;
     }
-    for (int i = 7; i >= 0; i--)
-        k[n + (size_t)(7 - i)] = (char)(seq >> (8 * i));
+    s_be64(k + n, seq);
     return n + 8;
 }
 
-static int s_rocksdb(const char *dir, int batch, int total)
+static void s_rocks_close(void *e)
 {
-    char path[512];
+    s_rocks_t *r = e;
+    if (r->db != NULL)
+        rocksdb_close(r->db);
+    rocksdb_writebatch_destroy(r->batch);
+    rocksdb_writeoptions_destroy(r->write);
+    rocksdb_options_destroy(r->options);
+    free(r);
+}
+
+static void *s_rocks_open(const char *dir, int batch, int *rc)
+{
+    char path[512], *err = NULL;
     snprintf(path, sizeof path, "%s/rocksdb-%d", dir, batch);
-    char *err = NULL;
-    rocksdb_options_t *o = rocksdb_options_create();
-    rocksdb_options_set_create_if_missing(o, 1);
-    rocksdb_t *db = rocksdb_open(o, path, &err);
-    rocksdb_writeoptions_t *w = rocksdb_writeoptions_create();
-    rocksdb_writeoptions_set_sync(w, 1);
-    rocksdb_writebatch_t *b = rocksdb_writebatch_create();
-    int rc = db != NULL && err == NULL ? 0 : -EIO;
-    char body[S_BODY];
-    memset(body, 'x', sizeof body);
-    s_clock_t c;
-    s_start(&c);
-    uint64_t seq = 0;
-    for (int n = 0; rc == 0 && n < total; n += batch) {
-        rocksdb_writebatch_clear(b);
-        for (int i = 0; i < batch; i++) {
-            seq++;
-            char k[96], v[8];
-            size_t kl = s_key(k, 'm', NULL, seq);
-            rocksdb_writebatch_put(b, k, kl, body, sizeof body);
-            char dk[96];
-            int dl = snprintf(dk, sizeof dk, "dt-bench%02d\x1f", (int)(seq % 4));
-            dl += s_id(dk + dl, sizeof dk - (size_t)dl, seq);
-            s_key(v, 'x', NULL, seq);
-            rocksdb_writebatch_put(b, dk, (size_t)dl, v + 1, 8);
-            kl = s_key(k, 'p', "yx-lead", seq);
-            rocksdb_writebatch_put(b, k, kl, "", 0);
-            if (seq > (uint64_t)batch) {
-                kl = s_key(k, 'p', "yx-lead", seq - (uint64_t)batch);
-                rocksdb_writebatch_delete(b, k, kl);
-                int64_t done_ms = 1700000001000LL + (int64_t)seq;
-                kl = s_key(k, 'o', NULL, seq - (uint64_t)batch);
-                rocksdb_writebatch_put(b, k, kl, (const char *)&done_ms, sizeof done_ms);
-            }
-        }
-        rocksdb_write(db, w, b, &err);
-        if (err != NULL)
-            rc = -EIO;
+    s_rocks_t *r = calloc(1, sizeof *r);
+    if (r == NULL) {
+        *rc = -ENOMEM;
+        return NULL;
     }
-    if (rc == 0)
-        s_report(&c, "rocksdb", batch, total);
-    else
+    r->options = rocksdb_options_create();
+    r->write = rocksdb_writeoptions_create();
+    r->batch = rocksdb_writebatch_create();
+    rocksdb_options_set_create_if_missing(r->options, 1);
+    rocksdb_writeoptions_set_sync(r->write, 1);
+    r->db = rocksdb_open(r->options, path, &err);
+    if (r->db == NULL || err != NULL) {
         fprintf(stderr, "bench_store_path: rocksdb: %s\n", err ? err : "open failed");
+        rocksdb_free(err);
+        *rc = -EIO;
+        s_rocks_close(r);
+        return NULL;
+    }
+    return r;
+}
+
+static int s_rocks_begin(void *e)
+{
+    rocksdb_writebatch_clear(((s_rocks_t *)e)->batch);
+    return 0;
+}
+
+static int s_rocks_put(void *e, uint64_t seq, const char *source, const char *id, size_t id_len,
+                       const char *body)
+{
+    s_rocks_t *r = e;
+    uint8_t k[96], v[9];
+    size_t kl = s_rkey(k, 'm', NULL, seq);
+    rocksdb_writebatch_put(r->batch, (const char *)k, kl, body, S_BODY);
+    char dk[96];
+    int dl = snprintf(dk, sizeof dk, "d%s\x1f%.*s", source, (int)id_len, id);
+    s_rkey(v, 'x', NULL, seq);
+    rocksdb_writebatch_put(r->batch, dk, (size_t)dl, (const char *)v + 1, 8);
+    kl = s_rkey(k, 'p', "yx-lead", seq);
+    rocksdb_writebatch_put(r->batch, (const char *)k, kl, "", 0);
+    return 0;
+}
+
+static int s_rocks_ack(void *e, uint64_t seq, int64_t done_ms)
+{
+    s_rocks_t *r = e;
+    uint8_t k[96];
+    size_t kl = s_rkey(k, 'p', "yx-lead", seq);
+    rocksdb_writebatch_delete(r->batch, (const char *)k, kl);
+    kl = s_rkey(k, 'o', NULL, seq);
+    rocksdb_writebatch_put(r->batch, (const char *)k, kl, (const char *)&done_ms,
+                           sizeof done_ms);
+    return 0;
+}
+
+static int s_rocks_commit(void *e)
+{
+    s_rocks_t *r = e;
+    char *err = NULL;
+    rocksdb_write(r->db, r->write, r->batch, &err);
+    int rc = err == NULL ? 0 : -EIO;
     rocksdb_free(err);
-    rocksdb_writebatch_destroy(b);
-    rocksdb_writeoptions_destroy(w);
-    if (db != NULL)
-        rocksdb_close(db);
-    rocksdb_options_destroy(o);
     return rc;
 }
 #endif
 
 /* ---- append-only log ------------------------------------------------------------------ */
 
-static int s_log(const char *dir, int batch, int total)
+typedef struct {
+    int fd;
+    char *buf;
+    size_t len, cap;
+} s_log_t;
+
+static void s_log_close(void *e)
+{
+    s_log_t *g = e;
+    if (g->fd >= 0)
+        close(g->fd);
+    free(g->buf);
+    free(g);
+}
+
+static void *s_log_open(const char *dir, int batch, int *rc)
 {
     char path[512];
     snprintf(path, sizeof path, "%s/log-%d", dir, batch);
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return -errno;
-    size_t rec = 16 + S_BODY + 16; /* header + body, then an ack record */
-    char *buf = malloc((size_t)batch * rec);
-    int rc = buf ? 0 : -ENOMEM;
-    s_clock_t c;
-    s_start(&c);
-    for (int n = 0; rc == 0 && n < total; n += batch) {
-        size_t len = 0;
-        for (int i = 0; i < batch; i++, len += rec)
-            memset(buf + len, 'x', rec);
-        if (write(fd, buf, len) != (ssize_t)len || fdatasync(fd) != 0)
-            rc = -errno;
+    s_log_t *g = calloc(1, sizeof *g);
+    if (g == NULL) {
+        *rc = -ENOMEM;
+        return NULL;
     }
-    if (rc == 0)
-        s_report(&c, "log", batch, total);
-    free(buf);
-    close(fd);
-    return rc;
+    g->cap = (size_t)batch * (16 + S_BODY + 16);
+    g->buf = malloc(g->cap);
+    g->fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (g->buf == NULL || g->fd < 0) {
+        *rc = g->buf == NULL ? -ENOMEM : -errno;
+        s_log_close(g);
+        return NULL;
+    }
+    return g;
 }
 
-int main(int argc, char **argv)
+static int s_log_begin(void *e)
 {
-    (void)argc;
-    (void)argv;
+    ((s_log_t *)e)->len = 0;
+    return 0;
+}
+
+/* Appends a record of n bytes (a header of 16 and the payload, all 'x'). */
+static int s_log_add(s_log_t *g, size_t n)
+{
+    if (g->len + n > g->cap)
+        return -ENOSPC;
+    memset(g->buf + g->len, 'x', n);
+    g->len += n;
+    return 0;
+}
+
+static int s_log_put(void *e, uint64_t seq, const char *source, const char *id, size_t id_len,
+                     const char *body)
+{
+    (void)seq;
+    (void)source;
+    (void)id;
+    (void)id_len;
+    (void)body;
+    return s_log_add(e, 16 + S_BODY);
+}
+
+static int s_log_ack(void *e, uint64_t seq, int64_t done_ms)
+{
+    (void)seq;
+    (void)done_ms;
+    return s_log_add(e, 16);
+}
+
+static int s_log_commit(void *e)
+{
+    s_log_t *g = e;
+    if (write(g->fd, g->buf, g->len) != (ssize_t)g->len || fdatasync(g->fd) != 0)
+        return -errno;
+    return 0;
+}
+
+int main(void)
+{
+    static const s_engine_t engines[] = {
+        {"sqlite", s_sqlite_open, s_sqlite_begin, s_sqlite_put, s_sqlite_ack, s_sqlite_commit,
+         s_sqlite_close},
+#ifdef MR_HAVE_LMDB
+        {"lmdb", s_lmdb_open, s_lmdb_begin, s_lmdb_put, s_lmdb_ack, s_lmdb_commit, s_lmdb_close},
+#endif
+#ifdef MR_HAVE_ROCKSDB
+        {"rocksdb", s_rocks_open, s_rocks_begin, s_rocks_put, s_rocks_ack, s_rocks_commit,
+         s_rocks_close},
+#endif
+        {"log", s_log_open, s_log_begin, s_log_put, s_log_ack, s_log_commit, s_log_close},
+    };
     char dir[256];
     snprintf(dir, sizeof dir, "%s/mrstore-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     if (mkdtemp(dir) == NULL) {
@@ -353,17 +519,8 @@ int main(int argc, char **argv)
     int rc = 0;
     for (size_t b = 0; rc == 0 && b < sizeof batches / sizeof batches[0]; b++) {
         int total = batches[b] * (batches[b] == 13 ? 4000 : 300); /* a bounded run each */
-        rc = s_sqlite(dir, batches[b], total);
-#ifdef MR_HAVE_LMDB
-        if (rc == 0)
-            rc = s_lmdb(dir, batches[b], total);
-#endif
-#ifdef MR_HAVE_ROCKSDB
-        if (rc == 0)
-            rc = s_rocksdb(dir, batches[b], total);
-#endif
-        if (rc == 0)
-            rc = s_log(dir, batches[b], total);
+        for (size_t i = 0; rc == 0 && i < sizeof engines / sizeof engines[0]; i++)
+            rc = s_drive(&engines[i], dir, batches[b], total);
     }
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);

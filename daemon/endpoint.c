@@ -251,35 +251,32 @@ void endpoint_destroy(endpoint_t **self_p)
     uv_close((uv_handle_t *)&self->idle, on_close);
 }
 
-int endpoint_send(endpoint_t *self, const uint8_t *rid, size_t rid_len, const void *data,
-                  size_t len)
-{
-    if (self->sock == NULL)
-        return -ENOTCONN;
-    int rc = 0;
-    if (zmq_send(self->sock, rid, rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
-        rc = -zmq_errno();
-    else if (zmq_send(self->sock, data, len, ZMQ_DONTWAIT) < 0)
-        rc = -zmq_errno();
-    /* A send may have consumed the fd's edge: look at ZMQ_EVENTS again. */
-    s_arm(self);
-    return rc;
-}
-
 int endpoint_send_msg(endpoint_t *self, const uint8_t *rid, size_t rid_len, zmq_msg_t *msg)
 {
+    if (self->sock == NULL) {
+        zmq_msg_close(msg);
+        return -ENOTCONN;
+    }
     int rc = 0;
-    if (self->sock == NULL)
-        rc = -ENOTCONN;
-    else if (zmq_send(self->sock, rid, rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
+    if (zmq_send(self->sock, rid, rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
         rc = -zmq_errno();
     else if (zmq_msg_send(msg, self->sock, ZMQ_DONTWAIT) < 0)
         rc = -zmq_errno();
     if (rc < 0)
         zmq_msg_close(msg); /* sent, it belongs to ZeroMQ */
-    if (self->sock != NULL)
-        s_arm(self); /* a send may have consumed the fd's edge */
+    /* A send may have consumed the fd's edge: look at ZMQ_EVENTS again. */
+    s_arm(self);
     return rc;
+}
+
+int endpoint_send(endpoint_t *self, const uint8_t *rid, size_t rid_len, const void *data,
+                  size_t len)
+{
+    zmq_msg_t msg;
+    if (zmq_msg_init_size(&msg, len) != 0)
+        return -ENOMEM;
+    memcpy(zmq_msg_data(&msg), data, len);
+    return endpoint_send_msg(self, rid, rid_len, &msg);
 }
 
 const char *endpoint_user_id(const endpoint_t *self)

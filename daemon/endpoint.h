@@ -56,7 +56,8 @@ void endpoint_destroy(endpoint_t **self_p);
  */
 int endpoint_send(endpoint_t *self, const uint8_t *rid, size_t rid_len, const void *data,
                   size_t len);
-/* The same with a message built in place (no copy); msg is consumed either way. */
+/* The same with a message built in place (no copy); msg is consumed either
+ * way.  endpoint_send copies data into such a message. */
 int endpoint_send_msg(endpoint_t *self, const uint8_t *rid, size_t rid_len, zmq_msg_t *msg);
 
 /*

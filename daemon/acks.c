@@ -1,19 +1,20 @@
 /*
  * acks.c - the Acks of one loop turn, one frame per sender (acks.h).
  *
- * A group per connection that has Acks waiting; groups keep their buffers
- * from turn to turn, each grown to what its connection needed in one turn
- * (at most MR_ACKS_SENT_MAX Acks: a busy sender ~35 KB, a quiet one ~2 KB).
- * A group that fills up is sent at once.
+ * A group per connection that has Acks waiting, found by routing id through
+ * a strmap (one turn may complete messages from hundreds of senders).
+ * Groups keep their buffers from turn to turn, each grown to what its
+ * connection needed in one turn (at most MR_ACKS_SENT_MAX Acks: a busy
+ * sender ~35 KB, a quiet one ~2 KB).  A group that fills up is sent at once.
  */
 #include "acks.h"
 
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "mr_codec.h"
 #include "server.h"
+#include "strmap.h"
 
 typedef struct {
     uint8_t rid[MR_RID_MAX];
@@ -30,6 +31,7 @@ struct acks_t {
     struct server_t *s;
     s_group_t **groups;
     size_t n_groups, cap_groups;      /* groups in use this turn, allocated */
+    strmap_t *index;                  /* routing id -> group in use this turn */
     bool pending;
 };
 
@@ -85,8 +87,11 @@ void acks_flush(acks_t *self)
 {
     if (self == NULL || !self->pending)
         return;
-    for (size_t i = 0; i < self->n_groups; i++)
-        s_flush_group(self, self->groups[i]);
+    for (size_t i = 0; i < self->n_groups; i++) {
+        s_group_t *g = self->groups[i];
+        s_flush_group(self, g);
+        strmap_del(self->index, g->rid, g->rid_len);
+    }
     self->n_groups = 0;
     self->pending = false;
 }
@@ -99,11 +104,9 @@ static void on_check(uv_check_t *handle)
 /* The group of this connection, a new one, or NULL without memory. */
 static s_group_t *s_group(acks_t *self, const uint8_t *rid, size_t rid_len, uint32_t max)
 {
-    for (size_t i = 0; i < self->n_groups; i++) {
-        s_group_t *g = self->groups[i];
-        if (g->rid_len == rid_len && memcmp(g->rid, rid, rid_len) == 0)
-            return g;
-    }
+    int at = strmap_get(self->index, rid, rid_len);
+    if (at >= 0)
+        return self->groups[at];
     if (self->n_groups == self->cap_groups) {
         size_t cap = self->cap_groups ? self->cap_groups * 2 : 8;
         s_group_t **gs = realloc(self->groups, cap * sizeof *gs);
@@ -120,7 +123,10 @@ static s_group_t *s_group(acks_t *self, const uint8_t *rid, size_t rid_len, uint
             return NULL;
         self->groups[self->n_groups] = g;
     }
+    if (strmap_put(self->index, rid, rid_len, (int)self->n_groups) != 0)
+        return NULL;
     self->n_groups++;
+    self->pending = true; /* the group is released at the end of the turn */
     memcpy(g->rid, rid, rid_len);
     g->rid_len = rid_len;
     g->max = max < MR_ACKS_SENT_MAX ? max : MR_ACKS_SENT_MAX;
@@ -137,7 +143,8 @@ void acks_add(acks_t *self, const uint8_t *rid, size_t rid_len, uint32_t max,
     one.message_id = (char *)message_id;
     one.seq = seq;
     one.duplicate = duplicate;
-    s_group_t *g = max > 1 && rid_len <= MR_RID_MAX && strlen(message_id) <= MR_MESSAGE_ID_MAX
+    size_t id_len = strlen(message_id);
+    s_group_t *g = max > 1 && rid_len <= MR_RID_MAX && id_len <= MR_MESSAGE_ID_MAX
                        ? s_group(self, rid, rid_len, max)
                        : NULL;
     if (g != NULL && !s_room(g))
@@ -148,7 +155,7 @@ void acks_add(acks_t *self, const uint8_t *rid, size_t rid_len, uint32_t max,
     }
     Medroute__V1__Ack *a = &g->acks[g->n];
     *a = one;
-    snprintf(g->ids[g->n], sizeof g->ids[g->n], "%s", message_id);
+    memcpy(g->ids[g->n], message_id, id_len + 1);
     a->message_id = g->ids[g->n];
     g->n++;
     self->pending = true;
@@ -169,6 +176,7 @@ static void on_closed(uv_handle_t *handle)
         free(g);
     }
     free(self->groups);
+    strmap_destroy(&self->index);
     free(self);
 }
 
@@ -178,7 +186,9 @@ acks_t *acks_new(uv_loop_t *loop, struct server_t *s)
     if (self == NULL)
         return NULL;
     self->s = s;
-    if (uv_check_init(loop, &self->check) != 0) {
+    self->index = strmap_new();
+    if (self->index == NULL || uv_check_init(loop, &self->check) != 0) {
+        strmap_destroy(&self->index);
         free(self);
         return NULL;
     }

@@ -627,7 +627,7 @@ static void s_timers(mr_client_t *c)
         s_send_hello(c);
     }
     s_outbox_send_due(c, false);
-    if (c->persistent && now - c->last_prune_ms > S_PRUNE_EVERY_MS) {
+    if (now - c->last_prune_ms > S_PRUNE_EVERY_MS) {
         c->last_prune_ms = now;
         (void)cstore_seen_prune(c->cs, now - S_SEEN_KEEP_MS);
     }
@@ -671,10 +671,6 @@ static int s_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void 
             return events ? events : -EINTR;
         if (items[1].revents & ZMQ_POLLIN)
             s_on_monitor(self);
-        /* In memory, the seen-set writes of a whole budget go in one commit
-         * (begun with the first frame); on disk each is committed before its
-         * DeliveryAck is sent. */
-        bool grouped = false;
         for (int i = 0; i < S_RECV_BUDGET && !(until_welcome && self->welcomed); i++) {
             zmq_msg_t m;
             zmq_msg_init(&m);
@@ -682,13 +678,9 @@ static int s_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void 
                 zmq_msg_close(&m);
                 break;
             }
-            if (i == 0 && !self->persistent)
-                grouped = cstore_begin(self->cs) == 0;
             events += s_on_frame(self, zmq_msg_data(&m), zmq_msg_size(&m), handler, arg);
             zmq_msg_close(&m);
         }
-        if (grouped)
-            (void)cstore_commit(self->cs);
         s_flush_acks(self);
         s_timers(self);
         if (events > 0 || mr_now_ms() >= deadline || (until_welcome && self->welcomed))

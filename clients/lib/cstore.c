@@ -5,8 +5,15 @@
  * being killed (the guarantee the delivery protocol needs); only a power
  * loss may forget the last writes, after which the broker's resend is
  * absorbed by the application's own key (docs/delivery.md).
+ *
+ * Without a directory there is nothing to outlive the process: no SQLite,
+ * the outbox is not kept (the client's own list is all there is) and the
+ * seen-set is a seenset_t, keyed by source, NUL, message id.
  */
 #include "cstore.h"
+
+#include "mr_codec.h"
+#include "seenset.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -26,8 +33,6 @@ enum {
     S_SEEN_SET,
     S_SEEN_DEL,
     S_SEEN_PRUNE,
-    S_BEGIN,
-    S_COMMIT,
     S_N
 };
 
@@ -40,14 +45,28 @@ static const char *const s_sql[S_N] = {
                    "ON CONFLICT(source, message_id) DO UPDATE SET state = ?3, at_ms = ?4",
     [S_SEEN_DEL] = "DELETE FROM seen WHERE source = ?1 AND message_id = ?2",
     [S_SEEN_PRUNE] = "DELETE FROM seen WHERE state = 2 AND at_ms < ?1",
-    [S_BEGIN] = "BEGIN",
-    [S_COMMIT] = "COMMIT",
 };
 
 struct cstore_t {
-    sqlite3 *db;
+    sqlite3 *db; /* NULL in memory */
     sqlite3_stmt *st[S_N];
+    seenset_t *mem; /* the seen-set in memory */
 };
+
+/* source NUL message_id, in buf; its length, or 0 if it does not fit (ids
+ * longer than the protocol allows, which the broker never delivers). */
+static size_t s_mem_key(char *buf, size_t cap, const char *source, const char *message_id)
+{
+    size_t a = strlen(source), b = strlen(message_id);
+    if (a + 1 + b > cap)
+        return 0;
+    memcpy(buf, source, a);
+    buf[a] = '\0';
+    memcpy(buf + a + 1, message_id, b);
+    return a + 1 + b;
+}
+
+#define S_MEM_KEY_MAX (MR_FACILITY_ID_MAX + 1 + MR_MESSAGE_ID_MAX)
 
 static int64_t s_now_ms(void)
 {
@@ -58,21 +77,25 @@ static int64_t s_now_ms(void)
 
 cstore_t *cstore_open(const char *dir, const char *facility)
 {
-    char path[4096] = ":memory:";
-    if (dir != NULL) {
-        int n = snprintf(path, sizeof path, "%s/client-%s.db", dir, facility);
-        if (n < 0 || (size_t)n >= sizeof path)
-            return NULL;
-        if (mkdir(dir, 0700) != 0 && errno != EEXIST)
-            return NULL;
-        int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-        if (fd < 0)
-            return NULL;
-        close(fd);
-    }
     cstore_t *self = calloc(1, sizeof *self);
     if (self == NULL)
         return NULL;
+    if (dir == NULL) {
+        self->mem = seenset_new();
+        if (self->mem == NULL)
+            cstore_close(&self);
+        return self;
+    }
+    char path[4096];
+    int n = snprintf(path, sizeof path, "%s/client-%s.db", dir, facility);
+    if (n < 0 || (size_t)n >= sizeof path)
+        goto fail;
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+        goto fail;
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        goto fail;
+    close(fd);
     if (sqlite3_open_v2(path, &self->db,
                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL) !=
         SQLITE_OK)
@@ -104,6 +127,7 @@ void cstore_close(cstore_t **self_p)
     for (int i = 0; i < S_N; i++)
         sqlite3_finalize(self->st[i]);
     sqlite3_close_v2(self->db);
+    seenset_destroy(&self->mem);
     free(self);
     *self_p = NULL;
 }
@@ -118,6 +142,8 @@ static int s_run(sqlite3_stmt *st)
 
 int cstore_outbox_add(cstore_t *self, const char *message_id, const void *body, size_t len)
 {
+    if (self->db == NULL)
+        return 0;
     sqlite3_stmt *st = self->st[S_OB_ADD];
     sqlite3_bind_text(st, 1, message_id, -1, SQLITE_STATIC);
     sqlite3_bind_blob(st, 2, body, (int)len, SQLITE_STATIC);
@@ -126,6 +152,8 @@ int cstore_outbox_add(cstore_t *self, const char *message_id, const void *body, 
 
 int cstore_outbox_remove(cstore_t *self, const char *message_id)
 {
+    if (self->db == NULL)
+        return 0;
     sqlite3_stmt *st = self->st[S_OB_DEL];
     sqlite3_bind_text(st, 1, message_id, -1, SQLITE_STATIC);
     return s_run(st);
@@ -135,6 +163,8 @@ int cstore_outbox_each(cstore_t *self,
                        int (*fn)(void *arg, const char *id, const void *body, size_t len),
                        void *arg)
 {
+    if (self->db == NULL)
+        return 0;
     sqlite3_stmt *st = self->st[S_OB_ALL];
     int rc, out = 0;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -151,6 +181,11 @@ int cstore_outbox_each(cstore_t *self,
 
 seen_state_t cstore_seen_get(cstore_t *self, const char *source, const char *message_id)
 {
+    if (self->db == NULL) {
+        char key[S_MEM_KEY_MAX];
+        size_t len = s_mem_key(key, sizeof key, source, message_id);
+        return len ? (seen_state_t)seenset_get(self->mem, key, len) : SEEN_NONE;
+    }
     sqlite3_stmt *st = self->st[S_SEEN_GET];
     sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, message_id, -1, SQLITE_STATIC);
@@ -164,6 +199,13 @@ seen_state_t cstore_seen_get(cstore_t *self, const char *source, const char *mes
 int cstore_seen_set(cstore_t *self, const char *source, const char *message_id,
                     seen_state_t state)
 {
+    if (self->db == NULL) {
+        char key[S_MEM_KEY_MAX];
+        size_t len = s_mem_key(key, sizeof key, source, message_id);
+        if (len == 0)
+            return -EINVAL;
+        return seenset_set(self->mem, key, len, (int)state, s_now_ms());
+    }
     sqlite3_stmt *st = self->st[S_SEEN_SET];
     sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, message_id, -1, SQLITE_STATIC);
@@ -174,24 +216,25 @@ int cstore_seen_set(cstore_t *self, const char *source, const char *message_id,
 
 int cstore_seen_clear(cstore_t *self, const char *source, const char *message_id)
 {
+    if (self->db == NULL) {
+        char key[S_MEM_KEY_MAX];
+        size_t len = s_mem_key(key, sizeof key, source, message_id);
+        if (len != 0)
+            seenset_del(self->mem, key, len);
+        return 0;
+    }
     sqlite3_stmt *st = self->st[S_SEEN_DEL];
     sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, message_id, -1, SQLITE_STATIC);
     return s_run(st);
 }
 
-int cstore_begin(cstore_t *self)
-{
-    return s_run(self->st[S_BEGIN]);
-}
-
-int cstore_commit(cstore_t *self)
-{
-    return s_run(self->st[S_COMMIT]);
-}
-
 int cstore_seen_prune(cstore_t *self, int64_t before_ms)
 {
+    if (self->db == NULL) {
+        seenset_prune(self->mem, SEEN_DONE, before_ms);
+        return 0;
+    }
     sqlite3_stmt *st = self->st[S_SEEN_PRUNE];
     sqlite3_bind_int64(st, 1, before_ms);
     return s_run(st);

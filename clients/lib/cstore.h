@@ -1,5 +1,6 @@
 /*
- * cstore.h - the client's own small store: outbox and seen-set (SQLite).
+ * cstore.h - the client's own small store: outbox and seen-set (SQLite in
+ * the state directory; without one, the seen-set alone, in memory).
  *
  * outbox: messages submitted and not yet acknowledged by the broker, in
  * submission order.  seen: message keys (source, message_id) whose handler
@@ -32,11 +33,6 @@ seen_state_t cstore_seen_get(cstore_t *self, const char *source, const char *mes
 int cstore_seen_set(cstore_t *self, const char *source, const char *message_id,
                     seen_state_t state);
 int cstore_seen_clear(cstore_t *self, const char *source, const char *message_id);
-/* Groups the writes that follow into one transaction, until cstore_commit():
- * for a store in memory, where a write has nothing to make durable, this saves
- * a commit per message.  0 or -EIO. */
-int cstore_begin(cstore_t *self);
-int cstore_commit(cstore_t *self);
 /* Forgets DONE entries older than before_ms. */
 int cstore_seen_prune(cstore_t *self, int64_t before_ms);
 

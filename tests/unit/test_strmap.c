@@ -1,7 +1,7 @@
 /*
- * Unit tests for daemon/strmap.c: the byte-string -> int map behind facility
- * ids and ZeroMQ routing ids.  Growth, tombstones and binary keys are
- * exercised through the public API only.
+ * Unit tests for proto/strmap.c: the byte-string -> int map behind facility
+ * ids, ZeroMQ routing ids and libmedroute's seen-set in memory.  Growth,
+ * tombstones and binary keys are exercised through the public API only.
  */
 #include <stdarg.h>
 #include <stddef.h>

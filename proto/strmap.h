@@ -2,8 +2,9 @@
  * strmap.h - a small open-addressing hash map from byte strings to ints.
  *
  * Keys are copied in; values are non-negative ints (indexes into a table the
- * caller owns).  Used for facility id -> registry index and ZeroMQ routing
- * id -> facility index.  Not thread-safe: one owner.
+ * caller owns).  In the daemon: facility id -> registry index, ZeroMQ routing
+ * id -> facility index, tally keys; in libmedroute: the seen-set in memory.
+ * Not thread-safe: one owner.
  */
 #ifndef MR_STRMAP_H
 #define MR_STRMAP_H

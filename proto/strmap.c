@@ -2,7 +2,9 @@
  * strmap.c - linear-probing hash map, FNV-1a hashed, tombstones on delete,
  * grown to keep the load under 1/2.
  *
- * Invariants: capacity is a power of two; used + tombstones < capacity / 2.
+ * Invariants: capacity is a power of two; used + tombstones < capacity / 2;
+ * a slot keeps its key's hash, so that a probe compares key bytes (another
+ * cache line) only when the hashes are equal, and growth does not rehash.
  */
 #include "strmap.h"
 
@@ -15,6 +17,7 @@ typedef struct {
     void *key;     /* NULL: empty; s_tomb: deleted */
     size_t len;
     int value;
+    uint32_t hash; /* the low half of s_hash(key) */
 } s_slot_t;
 
 struct strmap_t {
@@ -27,7 +30,7 @@ struct strmap_t {
 static char s_tomb_mark;
 #define S_TOMB ((void *)&s_tomb_mark)
 
-static uint64_t s_hash(const void *key, size_t len)
+static uint32_t s_hash(const void *key, size_t len)
 {
     const unsigned char *p = key;
     uint64_t h = 1469598103934665603ULL;
@@ -35,7 +38,7 @@ static uint64_t s_hash(const void *key, size_t len)
         h ^= p[i];
         h *= 1099511628211ULL;
     }
-    return h;
+    return (uint32_t)h;
 }
 
 strmap_t *strmap_new(void)
@@ -65,11 +68,12 @@ void strmap_destroy(strmap_t **self_p)
     *self_p = NULL;
 }
 
-/* The slot holding key, or the first free slot where it would go. */
-static s_slot_t *s_find(const strmap_t *self, const void *key, size_t len, int for_insert)
+/* The slot holding key (of hash h), or the first free slot where it would go. */
+static s_slot_t *s_find(const strmap_t *self, const void *key, size_t len, uint32_t h,
+                        int for_insert)
 {
     size_t mask = self->cap - 1;
-    size_t i = (size_t)s_hash(key, len) & mask;
+    size_t i = (size_t)h & mask;
     s_slot_t *first_tomb = NULL;
     for (;;) {
         s_slot_t *s = &self->slots[i];
@@ -78,7 +82,7 @@ static s_slot_t *s_find(const strmap_t *self, const void *key, size_t len, int f
         if (s->key == S_TOMB) {
             if (first_tomb == NULL)
                 first_tomb = s;
-        } else if (s->len == len && memcmp(s->key, key, len) == 0) {
+        } else if (s->hash == h && s->len == len && memcmp(s->key, key, len) == 0) {
             return s;
         }
         i = (i + 1) & mask;
@@ -99,7 +103,7 @@ static int s_grow(strmap_t *self)
     for (size_t i = 0; i < old_cap; i++) {
         if (old[i].key == NULL || old[i].key == S_TOMB)
             continue;
-        s_slot_t *s = s_find(self, old[i].key, old[i].len, 1);
+        s_slot_t *s = s_find(self, old[i].key, old[i].len, old[i].hash, 1);
         *s = old[i];
     }
     free(old);
@@ -108,7 +112,8 @@ static int s_grow(strmap_t *self)
 
 int strmap_put(strmap_t *self, const void *key, size_t len, int value)
 {
-    s_slot_t *s = s_find(self, key, len, 0);
+    uint32_t h = s_hash(key, len);
+    s_slot_t *s = s_find(self, key, len, h, 0);
     if (s != NULL) {
         s->value = value;
         return 0;
@@ -118,7 +123,7 @@ int strmap_put(strmap_t *self, const void *key, size_t len, int value)
         if (rc < 0)
             return rc;
     }
-    s = s_find(self, key, len, 1);
+    s = s_find(self, key, len, h, 1);
     void *copy = malloc(len ? len : 1);
     if (copy == NULL)
         return -ENOMEM;
@@ -128,19 +133,20 @@ int strmap_put(strmap_t *self, const void *key, size_t len, int value)
     s->key = copy;
     s->len = len;
     s->value = value;
+    s->hash = h;
     self->used++;
     return 0;
 }
 
 int strmap_get(const strmap_t *self, const void *key, size_t len)
 {
-    s_slot_t *s = s_find(self, key, len, 0);
+    s_slot_t *s = s_find(self, key, len, s_hash(key, len), 0);
     return s ? s->value : -1;
 }
 
 void strmap_del(strmap_t *self, const void *key, size_t len)
 {
-    s_slot_t *s = s_find(self, key, len, 0);
+    s_slot_t *s = s_find(self, key, len, s_hash(key, len), 0);
     if (s == NULL)
         return;
     free(s->key);

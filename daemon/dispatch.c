@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "arena.h"
 #include "handlers.h"
 #include "session.h"
 
@@ -111,7 +112,7 @@ void dispatch_facility(void *arg, const uint8_t *rid, size_t rid_len, const void
                      s->conf->max_message_bytes);
         goto out;
     }
-    f = medroute__v1__frame__unpack(NULL, sizes[0], parts[0]);
+    f = medroute__v1__frame__unpack(arena_pb(s->arena), sizes[0], parts[0]);
     if (f == NULL) {
         rc = mr_fail(&err, MR_E_MALFORMED, "frame does not decode as medroute.v1.Frame");
         goto out;
@@ -143,6 +144,5 @@ void dispatch_facility(void *arg, const uint8_t *rid, size_t rid_len, const void
 out:
     if (rc != 0)
         dispatch_reply_error(s, rid, rid_len, ctx.peer, &err);
-    if (f != NULL)
-        medroute__v1__frame__free_unpacked(f, NULL);
+    arena_reset(s->arena); /* f and all it holds */
 }

@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "acks.h"
+#include "arena.h"
 #include "clinical.h"
 #include "dispatch.h"
 #include "facts.h"
@@ -232,14 +233,13 @@ int handle_envelope(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f,
     /* What is stored must decode at the receiver.  protobuf-c accepts some
      * encodings it cannot write back (an unknown field number 0 in a long
      * tag): such an envelope is refused here, not delivered undecodable. */
-    mr_envelope_t *check = medroute__v1__envelope__unpack(NULL, m->body_len, m->body);
+    mr_envelope_t *check = medroute__v1__envelope__unpack(arena_pb(s->arena), m->body_len, m->body);
     if (check == NULL) {
         clinical_facts_free(req->facts);
         store_row_clear(m);
         free(req);
         return mr_fail(err, MR_E_MALFORMED, "the envelope does not encode back to itself");
     }
-    medroute__v1__envelope__free_unpacked(check, NULL);
     if (mr_envelope_hash(m->body, m->body_len, &m->content_hash) != 0) {
         clinical_facts_free(req->facts);
         store_row_clear(m);

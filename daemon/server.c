@@ -21,6 +21,7 @@
 #include <zmq.h>
 
 #include "acks.h"
+#include "arena.h"
 #include "cron.h"
 #include "http.h"
 #include "notify.h"
@@ -31,6 +32,8 @@
 #include "zap.h"
 
 #define S_DRAIN_LIMIT_MS 10000
+/* A decoded referral takes ~2 KB; larger frames use the arena's malloc path. */
+#define S_ARENA_BYTES (64 * 1024)
 
 static int s_is_local(const char *endpoint)
 {
@@ -166,8 +169,9 @@ server_t *server_new(conf_t *conf, log_t *log)
     }
     self->peers = calloc(registry_count(self->registry), sizeof *self->peers);
     self->by_rid = strmap_new();
+    self->arena = arena_new(S_ARENA_BYTES);
     self->zctx = zmq_ctx_new();
-    if (self->peers == NULL || self->by_rid == NULL || self->zctx == NULL)
+    if (self->peers == NULL || self->by_rid == NULL || self->arena == NULL || self->zctx == NULL)
         goto fail;
     if (s_make_data_dir(self, db_path, sizeof db_path) < 0)
         goto fail;
@@ -279,6 +283,7 @@ void server_destroy(server_t **self_p)
     if (self->zctx != NULL)
         zmq_ctx_term(self->zctx);
     strmap_destroy(&self->by_rid);
+    arena_destroy(&self->arena);
     free(self->peers);
     registry_destroy(&self->registry);
     conf_destroy(&self->conf);

@@ -26,6 +26,7 @@
 #include <uv.h>
 
 #include "acks.h"
+#include "arena.h"
 #include "dispatch.h"
 #include "router.h"
 #include "server.h"
@@ -127,11 +128,13 @@ static int s_setup(void **state)
         return -1;
     s->peers = calloc(registry_count(s->registry), sizeof *s->peers);
     s->by_rid = strmap_new();
+    s->arena = arena_new(4096); /* small: big frames take the malloc path too */
     store_opts_t so = {.path = fx->path, .sync_full = false, .batch_max = 100, .batch_ms = 1};
     s->store = store_new(&s->loop, &so, s->log);
     s->acks = acks_new(&s->loop, s);
     s->facility_ep = NULL;
-    if (s->peers == NULL || s->by_rid == NULL || s->store == NULL || s->acks == NULL)
+    if (s->peers == NULL || s->by_rid == NULL || s->arena == NULL || s->store == NULL ||
+        s->acks == NULL)
         return -1;
     *state = fx;
     return 0;
@@ -156,6 +159,7 @@ static int s_teardown(void **state)
         rc = -1;
     router_stop(s);
     strmap_destroy(&s->by_rid);
+    arena_destroy(&s->arena);
     free(s->peers);
     registry_destroy(&s->registry);
     conf_destroy(&s->conf);

@@ -27,6 +27,7 @@
 #include "cstore.h"
 #include "mr_codec.h"
 #include "pbjson.h"
+#include "strmap.h"
 
 #define S_RECV_BUDGET 1000
 #define S_ACKS_MAX 256 /* seqs one DeliveryAck of ours carries at most */
@@ -60,6 +61,7 @@ struct mr_client_t {
     int64_t last_rx_ms, last_tx_ms, last_hello_ms, last_prune_ms;
     s_out_t *out_head, *out_tail;
     size_t n_out;
+    strmap_t *out_ids;        /* the ids in the outbox: submit and Ack find them at once */
     /* Frames that arrived while nobody could take deliveries (a poll without
      * handler): handed over, in order, by the next poll with a handler. */
     zmq_msg_t *deferred;
@@ -156,18 +158,23 @@ static void s_send_delivery_ack(mr_client_t *c, uint64_t seq)
 static int s_outbox_push(mr_client_t *c, const char *id, const uint8_t *body, size_t len,
                          bool persist)
 {
+    size_t id_len = strlen(id);
+    if (id_len > MR_MESSAGE_ID_MAX)
+        return -EINVAL;
     s_out_t *o = calloc(1, sizeof *o);
     if (o == NULL)
         return -ENOMEM;
     o->body = malloc(len ? len : 1);
-    if (o->body == NULL) {
+    if (o->body == NULL || strmap_put(c->out_ids, id, id_len, 0) < 0) {
+        free(o->body);
         free(o);
         return -ENOMEM;
     }
     memcpy(o->body, body, len);
     o->len = len;
-    snprintf(o->id, sizeof o->id, "%s", id);
+    memcpy(o->id, id, id_len + 1);
     if (persist && cstore_outbox_add(c->cs, id, body, len) < 0) {
+        strmap_del(c->out_ids, id, id_len);
         free(o->body);
         free(o);
         return -EIO;
@@ -183,6 +190,10 @@ static int s_outbox_push(mr_client_t *c, const char *id, const uint8_t *body, si
 
 static bool s_outbox_remove(mr_client_t *c, const char *id)
 {
+    size_t id_len = strlen(id);
+    if (strmap_get(c->out_ids, id, id_len) < 0)
+        return false;
+    strmap_del(c->out_ids, id, id_len);
     s_out_t *prev = NULL;
     for (s_out_t *o = c->out_head; o; prev = o, o = o->next) {
         if (strcmp(o->id, id) != 0)
@@ -255,7 +266,8 @@ mr_client_t *mr_client_new(const mr_client_opts_t *opts)
         goto fail;
     c->persistent = opts->state_dir != NULL;
     c->cs = cstore_open(opts->state_dir, c->facility);
-    if (c->cs == NULL)
+    c->out_ids = strmap_new();
+    if (c->cs == NULL || c->out_ids == NULL)
         goto fail;
     if (c->persistent) {
         if (cstore_seen_prune(c->cs, mr_now_ms() - S_SEEN_KEEP_MS) < 0 ||
@@ -321,6 +333,7 @@ void mr_client_destroy(mr_client_t **self_p)
         free(o);
     }
     cstore_close(&c->cs);
+    strmap_destroy(&c->out_ids);
     free(c->endpoint);
     free(c->facility);
     free(c->client_name);
@@ -353,9 +366,8 @@ int mr_client_submit_packed(mr_client_t *self, const char *message_id, const voi
         return -EINVAL;
     /* Already waiting for its Ack (e.g. resubmitted after a restart): the
      * outbox sends it; submitting is idempotent. */
-    for (s_out_t *o = self->out_head; o; o = o->next)
-        if (strcmp(o->id, message_id) == 0)
-            return 0;
+    if (strmap_get(self->out_ids, message_id, strlen(message_id)) >= 0)
+        return 0;
     int rc = s_outbox_push(self, message_id, envelope, len, self->persistent);
     if (rc < 0)
         return rc;

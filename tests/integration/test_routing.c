@@ -242,6 +242,52 @@ static void test_routing_resend_is_acked_and_routed_once(void **state)
     mr_client_destroy(&lead);
 }
 
+static bool got_acks(void *arg)
+{
+    want_t *w = arg;
+    return w->s->acks >= w->want;
+}
+
+/* Submitting an id that waits for its Ack again (an application retrying
+ * before the Ack came) keeps one message: one Ack, one delivery. */
+static void test_routing_submit_while_waiting_is_one_message(void **state)
+{
+    mrt_daemon_t *d = *state;
+    mr_client_t *a = connected(d, "t-houqing");
+    mr_client_t *lead = connected(d, "yx-lead");
+    const char *json = "{\"message_id\":\"twice-1\",\"destination\":\"yx-lead\","
+                       "\"kind\":\"lab_order\",\"lab_order\":{\"placer_order_number\":\"PO-T1\"}}";
+    const char *json2 = "{\"message_id\":\"twice-2\",\"destination\":\"yx-lead\","
+                        "\"kind\":\"lab_order\",\"lab_order\":{\"placer_order_number\":\"PO-T2\"}}";
+    char id[72], err[256];
+    assert_int_equal(mr_client_submit_json(a, json, id, err, sizeof err), 0);
+    assert_int_equal(mr_client_submit_json(a, json2, id, err, sizeof err), 0);
+    assert_int_equal(mr_client_submit_json(a, json, id, err, sizeof err), 0);
+    assert_string_equal(id, "twice-1");
+    assert_int_equal(mr_client_unacked(a), 2);
+    seen_t sent = {0};
+    want_t wa = {&sent, 3};
+    /* Wait long enough that a third Ack would have come. */
+    assert_false(mrt_poll_until(a, 1500, got_acks, &wa, on_event, &sent));
+    assert_int_equal(sent.acks, 2);
+    assert_int_equal(mr_client_unacked(a), 0);
+    /* Once acknowledged, the same id is a new submission: the broker calls it a duplicate. */
+    assert_int_equal(mr_client_submit_json(a, json, id, err, sizeof err), 0);
+    assert_int_equal(mr_client_unacked(a), 1);
+    seen_t again = {0};
+    want_t wg = {&again, 1};
+    assert_true(mrt_poll_until(a, 5000, got_acks, &wg, on_event, &again));
+    assert_int_equal(mr_client_unacked(a), 0);
+    seen_t got = {0};
+    want_t wd = {&got, 3};
+    assert_false(mrt_poll_until(lead, 1500, got_deliveries, &wd, on_event, &got));
+    assert_int_equal(got.deliveries, 2);
+    assert_string_equal(got.ids[0], "twice-1");
+    assert_string_equal(got.ids[1], "twice-2");
+    mr_client_destroy(&a);
+    mr_client_destroy(&lead);
+}
+
 /* A stat (or critical) message waiting behind a routine backlog is
  * delivered first when the facility comes back. */
 static void test_routing_stat_travels_ahead_of_a_stored_backlog(void **state)
@@ -620,6 +666,7 @@ int main(void)
         cmocka_unit_test(test_routing_every_kind_both_ways),
         cmocka_unit_test(test_routing_offline_facility_gets_messages_in_order),
         cmocka_unit_test(test_routing_resend_is_acked_and_routed_once),
+        cmocka_unit_test(test_routing_submit_while_waiting_is_one_message),
         cmocka_unit_test(test_routing_stat_travels_ahead_of_a_stored_backlog),
         cmocka_unit_test(test_routing_bad_input_gets_distinct_errors),
         cmocka_unit_test(test_routing_one_frame_acknowledges_several_deliveries),

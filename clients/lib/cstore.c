@@ -53,20 +53,22 @@ struct cstore_t {
     seenset_t *mem; /* the seen-set in memory */
 };
 
-/* source NUL message_id, in buf; its length, or 0 if it does not fit (ids
- * longer than the protocol allows, which the broker never delivers). */
-static size_t s_mem_key(char *buf, size_t cap, const char *source, const char *message_id)
+/* The bytes source NUL message_id, of length *len: in buf (S_MEM_KEY_MAX
+ * bytes) if they fit, as they do for every id the protocol allows, else
+ * malloc'ed (the caller frees what is not buf).  NULL if out of memory. */
+#define S_MEM_KEY_MAX (MR_FACILITY_ID_MAX + 1 + MR_MESSAGE_ID_MAX)
+static char *s_mem_key(char *buf, const char *source, const char *message_id, size_t *len)
 {
     size_t a = strlen(source), b = strlen(message_id);
-    if (a + 1 + b > cap)
-        return 0;
-    memcpy(buf, source, a);
-    buf[a] = '\0';
-    memcpy(buf + a + 1, message_id, b);
-    return a + 1 + b;
+    char *key = a + 1 + b <= S_MEM_KEY_MAX ? buf : malloc(a + 1 + b);
+    if (key == NULL)
+        return NULL;
+    memcpy(key, source, a);
+    key[a] = '\0';
+    memcpy(key + a + 1, message_id, b);
+    *len = a + 1 + b;
+    return key;
 }
-
-#define S_MEM_KEY_MAX (MR_FACILITY_ID_MAX + 1 + MR_MESSAGE_ID_MAX)
 
 static int64_t s_now_ms(void)
 {
@@ -182,9 +184,13 @@ int cstore_outbox_each(cstore_t *self,
 seen_state_t cstore_seen_get(cstore_t *self, const char *source, const char *message_id)
 {
     if (self->db == NULL) {
-        char key[S_MEM_KEY_MAX];
-        size_t len = s_mem_key(key, sizeof key, source, message_id);
-        return len ? (seen_state_t)seenset_get(self->mem, key, len) : SEEN_NONE;
+        char buf[S_MEM_KEY_MAX];
+        size_t len;
+        char *key = s_mem_key(buf, source, message_id, &len);
+        seen_state_t s = key ? (seen_state_t)seenset_get(self->mem, key, len) : SEEN_NONE;
+        if (key != buf)
+            free(key);
+        return s;
     }
     sqlite3_stmt *st = self->st[S_SEEN_GET];
     sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC);
@@ -200,11 +206,13 @@ int cstore_seen_set(cstore_t *self, const char *source, const char *message_id,
                     seen_state_t state)
 {
     if (self->db == NULL) {
-        char key[S_MEM_KEY_MAX];
-        size_t len = s_mem_key(key, sizeof key, source, message_id);
-        if (len == 0)
-            return -EINVAL;
-        return seenset_set(self->mem, key, len, (int)state, s_now_ms());
+        char buf[S_MEM_KEY_MAX];
+        size_t len;
+        char *key = s_mem_key(buf, source, message_id, &len);
+        int rc = key ? seenset_set(self->mem, key, len, (int)state, s_now_ms()) : -ENOMEM;
+        if (key != buf)
+            free(key);
+        return rc;
     }
     sqlite3_stmt *st = self->st[S_SEEN_SET];
     sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC);
@@ -217,10 +225,14 @@ int cstore_seen_set(cstore_t *self, const char *source, const char *message_id,
 int cstore_seen_clear(cstore_t *self, const char *source, const char *message_id)
 {
     if (self->db == NULL) {
-        char key[S_MEM_KEY_MAX];
-        size_t len = s_mem_key(key, sizeof key, source, message_id);
-        if (len != 0)
-            seenset_del(self->mem, key, len);
+        char buf[S_MEM_KEY_MAX];
+        size_t len;
+        char *key = s_mem_key(buf, source, message_id, &len);
+        if (key == NULL)
+            return -ENOMEM;
+        seenset_del(self->mem, key, len);
+        if (key != buf)
+            free(key);
         return 0;
     }
     sqlite3_stmt *st = self->st[S_SEEN_DEL];

@@ -232,8 +232,10 @@ int handle_envelope(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f,
     }
     /* What is stored must decode at the receiver.  protobuf-c accepts some
      * encodings it cannot write back (an unknown field number 0 in a long
-     * tag): such an envelope is refused here, not delivered undecodable. */
-    mr_envelope_t *check = medroute__v1__envelope__unpack(arena_pb(s->arena), m->body_len, m->body);
+     * tag): such an envelope is refused here, not delivered undecodable.
+     * Decoded into the frame's arena: freed with the frame (dispatch.c). */
+    mr_envelope_t *check =
+        medroute__v1__envelope__unpack(arena_pb(s->arena), m->body_len, m->body);
     if (check == NULL) {
         clinical_facts_free(req->facts);
         store_row_clear(m);

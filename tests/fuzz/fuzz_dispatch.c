@@ -208,7 +208,8 @@ static void s_setup(void)
     store_opts_t so = {.path = s_h.path, .sync_full = false, .batch_max = 100, .batch_ms = 1};
     s->store = store_new(&s->loop, &so, s->log);
     s->acks = acks_new(&s->loop, s);
-    FUZZ_CHECK(s->peers != NULL && s->by_rid != NULL && s->arena != NULL && s->store != NULL && s->acks != NULL);
+    FUZZ_CHECK(s->peers != NULL && s->by_rid != NULL && s->arena != NULL && s->store != NULL &&
+               s->acks != NULL);
     FUZZ_CHECK(router_start(s) == 0);
     s->zctx = zmq_ctx_new();
     FUZZ_CHECK(s->zctx != NULL);

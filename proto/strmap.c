@@ -144,16 +144,18 @@ int strmap_get(const strmap_t *self, const void *key, size_t len)
     return s ? s->value : -1;
 }
 
-void strmap_del(strmap_t *self, const void *key, size_t len)
+int strmap_del(strmap_t *self, const void *key, size_t len)
 {
     s_slot_t *s = s_find(self, key, len, s_hash(key, len), 0);
     if (s == NULL)
-        return;
+        return -1;
+    int value = s->value;
     free(s->key);
     s->key = S_TOMB;
     s->len = 0;
     self->used--;
     self->tombs++;
+    return value;
 }
 
 size_t strmap_size(const strmap_t *self)

@@ -20,8 +20,8 @@ void strmap_destroy(strmap_t **self_p);
 int strmap_put(strmap_t *self, const void *key, size_t len, int value);
 /* The value for key, or -1. */
 int strmap_get(const strmap_t *self, const void *key, size_t len);
-/* Removes key if present. */
-void strmap_del(strmap_t *self, const void *key, size_t len);
+/* Removes key if present: its value, or -1 if it was not there. */
+int strmap_del(strmap_t *self, const void *key, size_t len);
 size_t strmap_size(const strmap_t *self);
 
 #endif

@@ -190,10 +190,8 @@ static int s_outbox_push(mr_client_t *c, const char *id, const uint8_t *body, si
 
 static bool s_outbox_remove(mr_client_t *c, const char *id)
 {
-    size_t id_len = strlen(id);
-    if (strmap_get(c->out_ids, id, id_len) < 0)
+    if (strmap_del(c->out_ids, id, strlen(id)) < 0)
         return false;
-    strmap_del(c->out_ids, id, id_len);
     s_out_t *prev = NULL;
     for (s_out_t *o = c->out_head; o; prev = o, o = o->next) {
         if (strcmp(o->id, id) != 0)

@@ -118,10 +118,9 @@ int seenset_set(seenset_t *self, const void *key, size_t len, int state, int64_t
 
 void seenset_del(seenset_t *self, const void *key, size_t len)
 {
-    int i = strmap_get(self->map, key, len);
+    int i = strmap_del(self->map, key, len);
     if (i < 0)
         return;
-    strmap_del(self->map, key, len);
     free(self->ring[i].key);
     self->ring[i].key = NULL;
 }

@@ -42,15 +42,15 @@ static void test_strmap_put_get_del(void **state)
     assert_int_equal(strmap_get(m, "beta", 4), 2);
     assert_int_equal(strmap_get(m, "gamma", 5), 0);
 
-    strmap_del(m, "beta", 4);
+    assert_int_equal(strmap_del(m, "beta", 4), 2); /* the value it had */
     assert_int_equal(strmap_size(m), 2);
     assert_int_equal(strmap_get(m, "beta", 4), -1);
     assert_int_equal(strmap_get(m, "alpha", 5), 1);
     assert_int_equal(strmap_get(m, "gamma", 5), 0);
 
     /* Deleting a missing key changes nothing. */
-    strmap_del(m, "beta", 4);
-    strmap_del(m, "delta", 5);
+    assert_int_equal(strmap_del(m, "beta", 4), -1);
+    assert_int_equal(strmap_del(m, "delta", 5), -1);
     assert_int_equal(strmap_size(m), 2);
 }
 

@@ -10,7 +10,7 @@ static const char *const s_names[CNT_COUNT] = {
     [CNT_DISCONNECTS] = "disconnects", [CNT_SEND_FAILED] = "send_failed",
     [CNT_PRUNED] = "pruned",           [CNT_ESCALATIONS] = "escalations",
     [CNT_RESERVE_RELEASES] = "reserve_releases", [CNT_INDICATOR_WARNINGS] = "indicator_warnings",
-    [CNT_SECURITY_EVENTS] = "security_events",
+    [CNT_SECURITY_EVENTS] = "security_events", [CNT_INTAKE_PAUSED] = "intake_paused",
 };
 
 const char *counters_name(counter_t c)

@@ -286,9 +286,18 @@ const char *endpoint_user_id(const endpoint_t *self)
 
 void endpoint_pause(endpoint_t *self, int paused)
 {
+    if (self->sock == NULL || self->paused == (paused != 0))
+        return;
     self->paused = paused != 0;
-    if (paused)
+    /* The poll handle stops too: ZMQ_FD stays readable until ZMQ_EVENTS is
+     * read, and a level-triggered poll on it would spin the loop. */
+    if (paused) {
         uv_idle_stop(&self->idle);
-    else
+        uv_poll_stop(&self->poll);
+    } else if (uv_poll_start(&self->poll, UV_READABLE, on_poll) != 0) {
+        log_error(self->log, "endpoint.poll_failed", "endpoint=%s", self->name);
+        s_arm(self); /* the idle handle still drains; the next send re-arms it */
+    } else {
         s_arm(self);
+    }
 }

@@ -66,7 +66,8 @@ int endpoint_send_msg(endpoint_t *self, const uint8_t *rid, size_t rid_len, zmq_
  */
 const char *endpoint_user_id(const endpoint_t *self);
 
-/* Pauses or resumes reading (for draining on shutdown). */
+/* Pauses or resumes reading (intake back-pressure, flow.h): while paused,
+ * ZeroMQ queues up to rcvhwm frames per connection, then stops reading it. */
 void endpoint_pause(endpoint_t *self, int paused);
 
 #endif

@@ -21,6 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "flow.h"
+
 struct http_t {
     server_t *s;
     struct MHD_Daemon *mhd;
@@ -273,6 +275,12 @@ char *http_metrics_text(const server_t *s, const tally_row_t *rows, size_t n,
     s_put(&t, "# HELP medroute_store_bytes Size of the store on disk.\n"
               "# TYPE medroute_store_bytes gauge\nmedroute_store_bytes %llu\n",
           (unsigned long long)s->store_bytes);
+    s_put(&t, "# HELP medroute_store_queue Requests queued for the store or in its open batch.\n"
+              "# TYPE medroute_store_queue gauge\nmedroute_store_queue %zu\n"
+              "# HELP medroute_store_queue_peak The longest store queue since start (intake "
+              "pauses at 4 x store.batch_max).\n"
+              "# TYPE medroute_store_queue_peak gauge\nmedroute_store_queue_peak %zu\n",
+          s->store ? store_backlog(s->store) : 0, flow_peak(s->flow));
     s_put(&t, "# HELP medroute_insecure 1 when links are plaintext (insecure = true).\n"
               "# TYPE medroute_insecure gauge\nmedroute_insecure %d\n",
           s->conf->insecure ? 1 : 0);

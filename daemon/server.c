@@ -26,6 +26,7 @@
 #include "http.h"
 #include "notify.h"
 #include "dispatch.h"
+#include "flow.h"
 #include "opapi.h"
 #include "reload.h"
 #include "router.h"
@@ -34,6 +35,9 @@
 #define S_DRAIN_LIMIT_MS 10000
 /* A decoded referral takes ~2 KB; larger frames use the arena's malloc path. */
 #define S_ARENA_BYTES (64 * 1024)
+/* Frames ZeroMQ holds for one facility connection while intake is paused
+ * (flow.h); past them its TCP stream waits, then its client's outbox. */
+#define S_FACILITY_RCVHWM 1000
 
 static int s_is_local(const char *endpoint)
 {
@@ -67,6 +71,7 @@ int server_send_facility(server_t *self, const uint8_t *rid, size_t rid_len,
 static void s_close_all(server_t *self)
 {
     acks_flush(self->acks); /* while the sockets are there */
+    flow_close(&self->flow);
     endpoint_destroy(&self->facility_ep);
     endpoint_destroy(&self->operator_ep);
     zap_destroy(&self->zap);
@@ -191,6 +196,7 @@ server_t *server_new(conf_t *conf, log_t *log)
                           .bind = conf->facility_endpoint,
                           .hard_max_bytes = (int)(conf->max_message_bytes * 2 + 4096),
                           .budget = 512,
+                          .rcvhwm = S_FACILITY_RCVHWM,
                           .curve_secret = secret,
                           .zap_domain = MR_ZAP_DOMAIN_FACILITY,
                           .handshake_ms = (int)conf->handshake_ms};
@@ -204,6 +210,11 @@ server_t *server_new(conf_t *conf, log_t *log)
                           .handshake_ms = (int)conf->handshake_ms};
     self->operator_ep = endpoint_new(&self->loop, self->zctx, &oo, opapi_on_message, self, log);
     if (self->facility_ep == NULL || self->operator_ep == NULL)
+        goto fail;
+    /* Resumed with two full batches still queued, the store never waits for
+     * the loop; queued beyond four, a request is only memory. */
+    self->flow = flow_new(&self->loop, self, 4 * (size_t)conf->batch_max);
+    if (self->flow == NULL)
         goto fail;
     if (conf->http_listen != NULL) {
         if (conf->insecure && strncmp(conf->http_listen, "127.", 4) != 0 &&
@@ -267,6 +278,7 @@ void server_destroy(server_t **self_p)
             http_destroy(&self->http);
         }
         acks_close(&self->acks);
+        flow_close(&self->flow);
         if (self->handles_ready) {
             uv_handle_t *hs[] = {(uv_handle_t *)&self->cron, (uv_handle_t *)&self->sig_int,
                                  (uv_handle_t *)&self->sig_term, (uv_handle_t *)&self->sig_hup};

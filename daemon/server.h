@@ -46,6 +46,7 @@ typedef struct server_t {
     endpoint_t *operator_ep;
     store_t *store;
     struct acks_t *acks;       /* Acks of a loop turn, a frame per sender (acks.c) */
+    struct flow_t *flow;       /* intake back-pressure on the store queue (flow.c) */
     struct arena_t *arena;     /* what the inbound frame decodes to, reset after it (arena.c) */
     struct http_t *http;       /* /metrics, /healthz; NULL when not configured */
     struct zap_t *zap;         /* CURVE authentication; NULL when insecure */

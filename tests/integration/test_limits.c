@@ -3,6 +3,8 @@
  * ERROR_RATE_LIMITED (and its library resends later) while another
  * facility's traffic flows; a destination at its queue quota makes the
  * sender get ERROR_QUEUE_FULL.  Everything acknowledged is delivered.
+ * A burst beyond what the store commits is held back (intake pauses), not
+ * read into memory, and still arrives once.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -19,15 +21,17 @@
 #include "mr_codec.h"
 
 typedef struct {
-    int acks, limited, full, deliveries;
+    int acks, limited, full, deliveries, duplicates;
 } tally_t;
 
 static int on_event(mr_client_t *c, const mr_event_t *ev, void *arg)
 {
     (void)c;
     tally_t *t = arg;
-    if (ev->type == MR_EVENT_ACK)
+    if (ev->type == MR_EVENT_ACK) {
         t->acks++;
+        t->duplicates += ev->duplicate;
+    }
     else if (ev->type == MR_EVENT_ERROR && ev->code == MR_E_RATE_LIMITED)
         t->limited++;
     else if (ev->type == MR_EVENT_ERROR && ev->code == MR_E_QUEUE_FULL)
@@ -104,10 +108,83 @@ static void test_limits_rate_and_quota(void **state)
     mrt_daemon_cleanup(&d);
 }
 
+/* A gauge or counter of the daemon's /metrics, or -1. */
+static long long s_metric(const mrt_daemon_t *d, const char *name)
+{
+    char *m = mrt_http_get(d, "/metrics");
+    if (m == NULL)
+        return -1;
+    char needle[128];
+    snprintf(needle, sizeof needle, "\n%s ", name);
+    const char *at = strstr(m, needle);
+    long long v = at ? strtoll(at + strlen(needle), NULL, 10) : -1;
+    free(m);
+    return v;
+}
+
+static long long s_counter(const mrt_daemon_t *d, const char *name)
+{
+    char needle[128];
+    snprintf(needle, sizeof needle, "medroute_flow_since_start_total{counter=\"%s\"}", name);
+    return s_metric(d, needle);
+}
+
+static void test_limits_burst_is_held_back_not_buffered(void **state)
+{
+    (void)state;
+    /* No rate limit, and batches of 50: intake pauses at 200 queued requests. */
+    enum { N = 5000, HIGH = 200, BUDGET = 512 };
+    mrt_daemon_t d = {0};
+    assert_int_equal(mrt_daemon_start(&d, "limits = { rate_per_s = 1000000;"
+                                          " rate_burst = 1000000; };"
+                                          " store = { batch_max = 50; };"),
+                     0);
+    mr_client_t *flood = mrt_client(&d, "t-aihua", NULL);
+    mr_client_t *lead = mrt_client(&d, "yx-lead", NULL);
+    assert_int_equal(mr_client_wait_connected(flood, 5000), 0);
+    assert_int_equal(mr_client_wait_connected(lead, 5000), 0);
+    /* The whole burst goes out at once, far faster than batches of 50 commit. */
+    for (int i = 0; i < N; i++) {
+        char json[200], err[100];
+        snprintf(json, sizeof json,
+                 "{\"destination\":\"yx-lead\",\"kind\":\"lab_order\",\"lab_order\":"
+                 "{\"placer_order_number\":\"B-%d\"}}", i);
+        assert_int_equal(mr_client_submit_json(flood, json, NULL, err, sizeof err), 0);
+    }
+    tally_t ft = {0}, lt = {0};
+    long long until = mrt_now_ms() + 60000;
+    while ((mr_client_unacked(flood) > 0 || lt.deliveries < N) && mrt_now_ms() < until) {
+        mr_client_poll(flood, 5, on_event, &ft);
+        mr_client_poll(lead, 5, on_event, &lt);
+    }
+    long long paused = s_counter(&d, "intake_paused");
+    long long peak = s_metric(&d, "medroute_store_queue_peak");
+    printf("burst: acked=%d duplicates=%d delivered=%d intake_paused=%lld queue_peak=%lld\n",
+           ft.acks, ft.duplicates, lt.deliveries, paused, peak);
+    /* Every message once: acknowledged, stored and delivered. */
+    assert_int_equal(ft.acks, N);
+    assert_int_equal(ft.duplicates, 0);
+    assert_int_equal(lt.deliveries, N);
+    assert_int_equal(s_counter(&d, "stored"), N);
+    assert_int_equal(s_counter(&d, "duplicate"), 0);
+    /* Held back: the endpoint stopped reading, and the store's queue stayed
+     * within a loop turn's reading of the mark (it would hold most of the
+     * burst otherwise). */
+    assert_true(paused > 0);
+    assert_true(peak >= HIGH);
+    assert_true(peak <= HIGH + BUDGET + 64);
+    assert_true(mrt_log_count(&d, "event=flow.paused") >= 1);
+    mr_client_destroy(&flood);
+    mr_client_destroy(&lead);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_limits_rate_and_quota),
+        cmocka_unit_test(test_limits_burst_is_held_back_not_buffered),
     };
     return cmocka_run_group_tests_name("limits", tests, NULL, NULL);
 }

@@ -537,9 +537,13 @@ static int s_on_frame(mr_client_t *c, const void *data, size_t len, mr_handler_t
         if (w->heartbeat_timeout_ms)
             c->hb_timeout_ms = w->heartbeat_timeout_ms;
         c->max_acks = w->max_acks_per_frame;
-        s_outbox_send_due(c, true);
+        /* A second Welcome answers a Hello that crossed the first (several
+         * queue up while the broker is away): the same session, its outbox
+         * already sent, so one send and one event.  A session that really
+         * ended clears welcomed first (disconnect, silence, NO_HELLO). */
         if (again)
-            break; /* a second Welcome answers a crossing Hello: one event */
+            break;
+        s_outbox_send_due(c, true);
         mr_event_t ev = {.type = MR_EVENT_CONNECTED, .message_id = "", .pending = w->pending};
         if (h)
             h(c, &ev, arg);

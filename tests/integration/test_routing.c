@@ -288,6 +288,67 @@ static void test_routing_submit_while_waiting_is_one_message(void **state)
     mr_client_destroy(&lead);
 }
 
+/* A flow counter of the daemon's status (JSON leaves out a zero value), or
+ * -1 when the counter is not there at all. */
+static long long s_counter(const mrt_daemon_t *d, const char *name)
+{
+    char *r = mrt_operator(d, "{\"status\":{}}");
+    if (r == NULL)
+        return -1;
+    char pat[80];
+    int n = snprintf(pat, sizeof pat, "\"name\":\"%s\"", name);
+    const char *p = strstr(r, pat);
+    long long v = -1;
+    if (p != NULL) {
+        const char *val = ",\"value\":";
+        p += n;
+        v = strncmp(p, val, strlen(val)) == 0 ? atoll(p + strlen(val) + (p[strlen(val)] == '"'))
+                                              : 0;
+    }
+    free(r);
+    return v;
+}
+
+/* A client made while the broker is down (a township offline all night)
+ * says Hello several times: at its start, every 2 s, and on connect; the
+ * queued ones all reach the broker and are all answered.  Only the first
+ * Welcome sends the outbox, so the broker gets every message once, not the
+ * whole outbox once per Hello. */
+static void test_routing_outbox_kept_offline_is_sent_once(void **state)
+{
+    (void)state;
+    enum { N = 300 };
+    mrt_daemon_t d = {0};
+    assert_int_equal(mrt_daemon_start(&d, NULL), 0);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mr_client_t *a = mrt_client(&d, "t-aihua", NULL);
+    assert_non_null(a);
+    for (int i = 0; i < N; i++) {
+        char json[200], err[100];
+        snprintf(json, sizeof json,
+                 "{\"destination\":\"yx-lead\",\"kind\":\"lab_order\",\"lab_order\":"
+                 "{\"placer_order_number\":\"OFF-%d\"}}", i);
+        assert_int_equal(mr_client_submit_json(a, json, NULL, err, sizeof err), 0);
+    }
+    /* Hello retries while the broker is away */
+    seen_t *seen = calloc(1, sizeof *seen);
+    mr_client_poll(a, 2500, on_event, seen);
+    assert_int_equal(mr_client_unacked(a), N);
+    assert_int_equal(mrt_daemon_restart(&d), 0);
+    want_t w = {seen, N};
+    assert_true(mrt_poll_until(a, 20000, got_acks, &w, on_event, seen));
+    /* a second copy would be acknowledged (as a duplicate) within this */
+    mr_client_poll(a, 1000, on_event, seen);
+    assert_int_equal(seen->acks, N);
+    assert_int_equal(mr_client_unacked(a), 0);
+    assert_int_equal(s_counter(&d, "stored"), N);
+    assert_int_equal(s_counter(&d, "duplicate"), 0);
+    free(seen);
+    mr_client_destroy(&a);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+}
+
 /* A stat (or critical) message waiting behind a routine backlog is
  * delivered first when the facility comes back. */
 static void test_routing_stat_travels_ahead_of_a_stored_backlog(void **state)
@@ -667,6 +728,7 @@ int main(void)
         cmocka_unit_test(test_routing_offline_facility_gets_messages_in_order),
         cmocka_unit_test(test_routing_resend_is_acked_and_routed_once),
         cmocka_unit_test(test_routing_submit_while_waiting_is_one_message),
+        cmocka_unit_test(test_routing_outbox_kept_offline_is_sent_once),
         cmocka_unit_test(test_routing_stat_travels_ahead_of_a_stored_backlog),
         cmocka_unit_test(test_routing_bad_input_gets_distinct_errors),
         cmocka_unit_test(test_routing_one_frame_acknowledges_several_deliveries),

@@ -25,6 +25,11 @@
  *               windows allow; VmRSS/VmHWM of the daemon; SIGTERM, restart,
  *               time until status answers with every message pending;
  *               then t-lishu connects and drains for at most --drain-s.
+ *   outbox      a burst: the daemon is stopped while every sender takes
+ *               --count / N referrals into its outbox (the townships were
+ *               offline all night); it starts, they all reconnect and
+ *               flush at once; time until every Ack is in and until the
+ *               receiver has every message, the daemon's RSS peak.
  *
  * --store adds settings to the daemon's store group, for experiments
  * (make bench runs the defaults but for synchronous).
@@ -657,6 +662,121 @@ static int s_backlog(s_run_t *run, long count, double fill_max, double drain_max
     return ok ? 0 : 1;
 }
 
+/* A sender whose facility was offline: its client is made before the
+ * daemon runs, takes per_sender submissions into its outbox, then polls
+ * until the daemon has acknowledged all of them. */
+static void *s_offline_sender(void *arg)
+{
+    s_worker_t *w = arg;
+    (void)pthread_setname_np(pthread_self(), "bench-sender");
+    s_run_t *run = w->run;
+    mr_client_opts_t o = {
+        .endpoint = run->d->fac_ep,
+        .facility = w->facility,
+        .client_name = "bench",
+        .max_inflight = (uint32_t)run->window,
+        /* the library's default Ack time-out: resends the burst causes count */
+    };
+    mr_client_t *c = mr_client_new(&o);
+    s_msg_t *m = calloc(1, sizeof *m);
+    if (c == NULL || m == NULL) {
+        w->rc = -1;
+        atomic_fetch_add(&run->failed, 1);
+        goto out;
+    }
+    s_msg_init(m, w->facility, run->dest);
+    for (long i = 0; i < run->per_sender; i++) {
+        size_t len = s_msg_next(m, w->idx, ++w->n, bu_now_ns());
+        int rc = mr_client_submit_packed(c, m->id, m->buf, len);
+        if (rc < 0) {
+            w->rc = rc;
+            atomic_fetch_add(&run->failed, 1);
+            goto out;
+        }
+    }
+    atomic_fetch_add(&run->ready, 1);
+    while (!atomic_load(&run->stop) && mr_client_unacked(c) > 0) {
+        int rc = mr_client_poll(c, 100, on_sender_event, w);
+        if (rc < 0 && rc != -EINTR) {
+            w->rc = rc;
+            break;
+        }
+    }
+out:
+    atomic_fetch_add(&run->done_senders, 1);
+    free(m);
+    mr_client_destroy(&c);
+    return NULL;
+}
+
+/* Every sender was offline with count/senders messages in its outbox; the
+ * daemon starts; time until all are acknowledged and delivered. */
+static int s_outbox(s_run_t *run, long count, double max_s)
+{
+    s_daemon_t *d = run->d;
+    if (s_daemon_stop(d) < 0)
+        return 1;
+    run->per_sender = (count + run->senders - 1) / run->senders;
+    long total = run->per_sender * run->senders;
+    s_worker_t *snd = calloc((size_t)run->senders, sizeof *snd);
+    pthread_t st[S_MAX_SENDERS], rt;
+    for (int i = 0; i < run->senders; i++) {
+        snd[i].run = run;
+        snd[i].idx = i + 1;
+        snprintf(snd[i].facility, sizeof snd[i].facility, "t-bench%02d", i + 1);
+        bu_lat_init(&snd[i].lat, 0);
+        pthread_create(&st[i], NULL, s_offline_sender, &snd[i]);
+    }
+    s_wait_count(&run->ready, run->senders, 60000);
+    atomic_store(&run->ready, 0);
+    uint64_t t0 = bu_now_ns();
+    if (s_spawn(d) != 0) {
+        atomic_store(&run->stop, true);
+        for (int i = 0; i < run->senders; i++)
+            pthread_join(st[i], NULL);
+        free(snd);
+        return 1;
+    }
+    s_worker_t rcv = {.run = run};
+    snprintf(rcv.facility, sizeof rcv.facility, "yx-lead");
+    bu_lat_init(&rcv.lat, 0);
+    pthread_create(&rt, NULL, s_receiver, &rcv);
+    long rss = 0, hwm = 0, peak = 0;
+    double acked_s = -1, recv_s = -1;
+    while ((double)(bu_now_ns() - t0) / 1e9 < max_s) {
+        bu_sleep_ms(20);
+        if (bu_proc_mem(d->pid, &rss, &hwm) == 0 && rss > peak)
+            peak = rss;
+        double t = (double)(bu_now_ns() - t0) / 1e9;
+        if (acked_s < 0 && atomic_load(&run->done_senders) >= run->senders)
+            acked_s = t;
+        if (recv_s < 0 && atomic_load(&run->received) >= (unsigned long long)total)
+            recv_s = t;
+        if (acked_s >= 0 && recv_s >= 0)
+            break;
+    }
+    atomic_store(&run->stop, true);
+    for (int i = 0; i < run->senders; i++)
+        pthread_join(st[i], NULL);
+    pthread_join(rt, NULL);
+    bu_proc_mem(d->pid, &rss, &hwm);
+    /* resends the burst caused: the library's Ack time-out, while queued */
+    json_t *stj = s_status(d, 10000);
+    unsigned long long dups = stj ? s_counter(stj, "duplicate") : 0;
+    unsigned long long pauses = stj ? s_counter(stj, "intake_paused") : 0;
+    json_decref(stj);
+    bool ok = acked_s > 0 && recv_s > 0 && atomic_load(&run->failed) == 0;
+    printf("{\"bench\":\"medroute\",\"mode\":\"outbox\",\"senders\":%d,\"count\":%ld,"
+           "\"acked\":%llu,\"received\":%llu,\"acked_s\":%.3f,\"received_s\":%.3f,"
+           "\"per_s\":%.0f,\"rss_peak_kb\":%ld,\"hwm_kb\":%ld,\"duplicates\":%llu,"
+           "\"intake_paused\":%llu,\"ok\":%s}\n",
+           run->senders, total, atomic_load(&run->acked), atomic_load(&run->received), acked_s,
+           recv_s, recv_s > 0 ? (double)total / recv_s : 0, peak, hwm, dups, pauses,
+           ok ? "true" : "false");
+    free(snd);
+    return ok ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
     static s_daemon_t d;
@@ -673,9 +793,10 @@ int main(int argc, char **argv)
     if (run.senders < 1 || run.senders > S_MAX_SENDERS || run.window < 1 ||
         (strcmp(sync, "full") != 0 && strcmp(sync, "normal") != 0) ||
         (strcmp(mode, "throughput") != 0 && strcmp(mode, "latency") != 0 &&
-         strcmp(mode, "backlog") != 0)) {
+         strcmp(mode, "backlog") != 0 && strcmp(mode, "outbox") != 0)) {
         fprintf(stderr,
-                "usage: bench_medroute [--mode throughput|latency|backlog] [--sync full|normal]\n"
+                "usage: bench_medroute [--mode throughput|latency|backlog|outbox]"
+                " [--sync full|normal]\n"
                 "  [--senders N] [--window W] [--warmup-s S] [--duration-s S] [--rate R]\n"
                 "  [--count N] [--fill-s S] [--drain-s S] [--daemon PATH] [--keep 1]\n"
                 "  [--store 'SETTING = VALUE; ...']\n");
@@ -693,7 +814,10 @@ int main(int argc, char **argv)
         s_daemon_cleanup(&d, true);
         return 1;
     }
-    if (strcmp(mode, "backlog") == 0)
+    if (strcmp(mode, "outbox") == 0)
+        rc = s_outbox(&run, bu_arg_long(argc, argv, "--count", 200000),
+                      bu_arg_double(argc, argv, "--drain-s", 120));
+    else if (strcmp(mode, "backlog") == 0)
         rc = s_backlog(&run, bu_arg_long(argc, argv, "--count", 1000000),
                        bu_arg_double(argc, argv, "--fill-s", 300),
                        bu_arg_double(argc, argv, "--drain-s", 120));

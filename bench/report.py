@@ -169,6 +169,16 @@ def main():
             + ("" if b["drain_complete"] else f" ({num(b['drained'])} in {b['drain_s']:.0f} s, "
                "bounded; not all)"),
             f"RSS peak {b['rss_drain_peak_kb'] / 1024:.1f} MB")
+    o = runs.get("outbox")
+    if o:
+        done = o["acked_s"] > 0 and o["received_s"] > 0
+        row(f"burst: {num(o['count'])} referrals in the outboxes of {o['senders']} townships"
+            " that reconnect at once",
+            (f"all Acks in {o['acked_s']:.1f} s, all delivered in {o['received_s']:.1f} s"
+             f" ({num(o['per_s'], ' msg/s')})") if done
+            else f"INCOMPLETE: {num(o['acked'])} acked, {num(o['received'])} delivered",
+            f"daemon RSS peak {o['rss_peak_kb'] / 1024:.1f} MB; intake paused"
+            f" {num(o.get('intake_paused'))} times; {num(o.get('duplicates'))} resends")
 
     print("## medroute benchmark (`make bench`)\n")
     print("\n".join(machine()))
@@ -179,7 +189,7 @@ def main():
         print("| " + " | ".join(r) + " |")
     missing = [n for n in ("ceiling", "medroute_full", "medroute_normal", "medroute_lat20",
                            "medroute_lat50", "ceiling_lat20", "ceiling_lat50", "backlog",
-                           "rabbitmq") if n not in runs]
+                           "outbox", "rabbitmq") if n not in runs]
     if missing or notes:
         print("\nNotes:")
         for n in notes:

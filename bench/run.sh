@@ -9,6 +9,8 @@
 #   3. bench_medroute     latency at 20 % and 50 % of the FULL throughput,
 #      bench_ceiling      and the ceiling's round trip at the same offered rates
 #   4. bench_medroute     backlog of BENCH_BACKLOG referrals for an offline facility
+#   5. bench_medroute     the same number waiting in the senders' outboxes, flushed
+#                         at once when the daemon starts (a burst)
 #   5. peers/rabbitmq.sh  the same workload against a local RabbitMQ (if it starts)
 # collects their one-line JSON results in BUILD_DIR/bench-results/results.jsonl
 # and prints one table with the ratios and a PASS/MISS mark per target
@@ -102,6 +104,8 @@ fi
 
 run backlog $((FILL_SECS + DRAIN_SECS + 180)) "$B/bench_medroute" --mode backlog --count "$BACKLOG" \
   --fill-s "$FILL_SECS" --drain-s "$DRAIN_SECS" "${common[@]}"
+run outbox $((DRAIN_SECS + 120)) "$B/bench_medroute" --mode outbox --count "$BACKLOG" \
+  --drain-s "$DRAIN_SECS" "${common[@]}"
 
 if [[ ${BENCH_RABBITMQ:-1} != 0 ]]; then
   echo "bench: rabbitmq ..." >&2

@@ -55,6 +55,7 @@ struct mr_client_t {
     cstore_t *cs;
     bool persistent;
     bool welcomed;
+    bool linked;              /* a TCP connection is up (monitor): frames reach the broker */
     int refused;              /* error code of a refused Hello, 0 if none */
     uint32_t hb_interval_ms;
     uint32_t hb_timeout_ms;
@@ -616,17 +617,23 @@ static void s_on_monitor(mr_client_t *c)
             }
             zmq_msg_close(&addr);
         }
-        if (event == ZMQ_EVENT_CONNECTED)
+        if (event == ZMQ_EVENT_CONNECTED) {
+            c->linked = true;
             s_send_hello(c);
-        else if (event == ZMQ_EVENT_DISCONNECTED)
+        } else if (event == ZMQ_EVENT_DISCONNECTED) {
+            c->linked = false;
             c->welcomed = false;
+        }
     }
 }
 
 static void s_timers(mr_client_t *c)
 {
     int64_t now = mr_now_ms();
-    if (!c->welcomed && now - c->last_hello_ms > S_HELLO_RETRY_MS)
+    /* Retried only over a connection: without one, ZeroMQ would queue every
+     * retry and deliver them all when the broker is back (one per 2 s of an
+     * outage, each answered with a Welcome). */
+    if (!c->welcomed && c->linked && now - c->last_hello_ms > S_HELLO_RETRY_MS)
         s_send_hello(c);
     if (c->welcomed && now - c->last_tx_ms >= (int64_t)c->hb_interval_ms) {
         Medroute__V1__Heartbeat hb = MEDROUTE__V1__HEARTBEAT__INIT;

@@ -9,7 +9,13 @@
  *
  *   sqlite  the `messages` table as daemon/store.c has it (rowid seq, the
  *           (source, message_id) unique index, partial indexes for pending,
- *           express, expiry and done), WAL, synchronous=FULL; ack = UPDATE
+ *           express, expiry and done), WAL, synchronous=FULL, through the
+ *           walbuf VFS as the store writes it; ack = UPDATE
+ *   sqlapp  SQLite written append-only, the shape of the log proposal kept
+ *           in SQLite: message rows inserted under their seq and never
+ *           updated, the (source, message_id) -> seq key in a WITHOUT ROWID
+ *           table, acks appended to acks(seq, done_ms); the pending set and
+ *           expiry would live in memory, rebuilt at start
  *   lmdb    (when built with liblmdb) bodies under big-endian seq (append),
  *           a dedup tree, a pending tree (dest, seq), a done tree;
  *           ack = delete pending + put done; default (synced) commits
@@ -28,6 +34,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sqlite3.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,6 +50,7 @@
 #endif
 
 #include "bench_util.h"
+#include "walbuf.h"
 
 #define S_BODY 600
 
@@ -117,11 +125,13 @@ static int s_drive(const s_engine_t *eng, const char *dir, int batch, int total)
 
 /* ---- SQLite ------------------------------------------------------------------------- */
 
-enum { Q_BEGIN, Q_COMMIT, Q_PUT, Q_ACK, Q_N };
+enum { Q_BEGIN, Q_COMMIT, Q_PUT, Q_ACK, Q_KEY, Q_N };
 
 typedef struct {
     sqlite3 *db;
-    sqlite3_stmt *st[Q_N];
+    sqlite3_stmt *st[Q_N];   /* Q_KEY: sqlapp only */
+    bool append;
+    walbuf_t *vfs;
 } s_sqlite_t;
 
 static const char *const s_sqlite_schema =
@@ -134,6 +144,16 @@ static const char *const s_sqlite_schema =
     "CREATE INDEX express ON messages(dest, seq) WHERE state = 0 AND express = 1;"
     "CREATE INDEX expiry ON messages(expires_ms) WHERE state = 0;"
     "CREATE INDEX done ON messages(done_ms) WHERE state = 1;";
+
+static const char *const s_sqlapp_schema =
+    "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA cache_size=-32768;"
+    "CREATE TABLE messages(seq INTEGER PRIMARY KEY, source TEXT NOT NULL,"
+    " message_id TEXT NOT NULL, dest TEXT NOT NULL, kind INTEGER NOT NULL,"
+    " stored_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL, body BLOB NOT NULL,"
+    " express INTEGER NOT NULL);"
+    "CREATE TABLE message_keys(source TEXT NOT NULL, message_id TEXT NOT NULL,"
+    " seq INTEGER NOT NULL, PRIMARY KEY(source, message_id)) WITHOUT ROWID;"
+    "CREATE TABLE acks(seq INTEGER PRIMARY KEY, done_ms INTEGER NOT NULL);";
 
 static int s_step(sqlite3_stmt *st)
 {
@@ -148,10 +168,11 @@ static void s_sqlite_close(void *e)
     for (int i = 0; i < Q_N; i++)
         sqlite3_finalize(q->st[i]);
     sqlite3_close(q->db);
+    walbuf_destroy(&q->vfs);
     free(q);
 }
 
-static void *s_sqlite_open(const char *dir, int batch, int *rc)
+static void *s_sqlite_open_as(const char *dir, int batch, int *rc, bool append)
 {
     static const char *const sql[Q_N] = {
         [Q_BEGIN] = "BEGIN IMMEDIATE",
@@ -159,24 +180,49 @@ static void *s_sqlite_open(const char *dir, int batch, int *rc)
         [Q_PUT] = "INSERT INTO messages(source, message_id, dest, kind, stored_ms, expires_ms,"
                   " state, body, express) VALUES(?1, ?2, 'yx-lead', 1, ?3, ?4, 0, ?5, 0)",
         [Q_ACK] = "UPDATE messages SET state = 1, done_ms = ?2 WHERE seq = ?1"};
+    static const char *const app[Q_N] = {
+        [Q_BEGIN] = "BEGIN IMMEDIATE",
+        [Q_COMMIT] = "COMMIT",
+        [Q_PUT] = "INSERT INTO messages(seq, source, message_id, dest, kind, stored_ms,"
+                  " expires_ms, body, express) VALUES(?6, ?1, ?2, 'yx-lead', 1, ?3, ?4, ?5, 0)",
+        [Q_ACK] = "INSERT INTO acks(seq, done_ms) VALUES(?1, ?2)",
+        [Q_KEY] = "INSERT INTO message_keys(source, message_id, seq) VALUES(?1, ?2, ?3)"};
     char path[512];
-    snprintf(path, sizeof path, "%s/sqlite-%d.db", dir, batch);
+    snprintf(path, sizeof path, "%s/%s-%d.db", dir, append ? "sqlapp" : "sqlite", batch);
     s_sqlite_t *q = calloc(1, sizeof *q);
     if (q == NULL) {
         *rc = -ENOMEM;
         return NULL;
     }
-    *rc = sqlite3_open(path, &q->db) == SQLITE_OK &&
-                  sqlite3_exec(q->db, s_sqlite_schema, NULL, NULL, NULL) == SQLITE_OK
+    q->append = append;
+    q->vfs = walbuf_new();
+    *rc = q->vfs != NULL &&
+                  sqlite3_open_v2(path, &q->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
+                                  walbuf_name(q->vfs)) == SQLITE_OK &&
+                  sqlite3_exec(q->db, append ? s_sqlapp_schema : s_sqlite_schema, NULL, NULL,
+                               NULL) == SQLITE_OK
               ? 0
               : -EIO;
-    for (int i = 0; *rc == 0 && i < Q_N; i++)
-        *rc = sqlite3_prepare_v2(q->db, sql[i], -1, &q->st[i], NULL) == SQLITE_OK ? 0 : -EIO;
+    for (int i = 0; *rc == 0 && i < Q_N; i++) {
+        const char *text = (append ? app : sql)[i];
+        if (text != NULL)
+            *rc = sqlite3_prepare_v2(q->db, text, -1, &q->st[i], NULL) == SQLITE_OK ? 0 : -EIO;
+    }
     if (*rc != 0) {
         s_sqlite_close(q);
         return NULL;
     }
     return q;
+}
+
+static void *s_sqlite_open(const char *dir, int batch, int *rc)
+{
+    return s_sqlite_open_as(dir, batch, rc, false);
+}
+
+static void *s_sqlapp_open(const char *dir, int batch, int *rc)
+{
+    return s_sqlite_open_as(dir, batch, rc, true);
 }
 
 static int s_sqlite_begin(void *e)
@@ -187,12 +233,22 @@ static int s_sqlite_begin(void *e)
 static int s_sqlite_put(void *e, uint64_t seq, const char *source, const char *id, size_t id_len,
                         const char *body)
 {
-    sqlite3_stmt *st = ((s_sqlite_t *)e)->st[Q_PUT];
+    s_sqlite_t *q = e;
+    sqlite3_stmt *st = q->st[Q_PUT];
     sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, id, (int)id_len, SQLITE_STATIC);
     sqlite3_bind_int64(st, 3, 1700000000000LL + (int64_t)seq);
     sqlite3_bind_int64(st, 4, 1800000000000LL + (int64_t)seq);
     sqlite3_bind_blob(st, 5, body, S_BODY, SQLITE_STATIC);
+    if (q->append)
+        sqlite3_bind_int64(st, 6, (sqlite3_int64)seq);
+    int rc = s_step(st);
+    if (rc != 0 || !q->append)
+        return rc;
+    st = q->st[Q_KEY];
+    sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, id, (int)id_len, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)seq);
     return s_step(st);
 }
 
@@ -499,6 +555,8 @@ int main(void)
 {
     static const s_engine_t engines[] = {
         {"sqlite", s_sqlite_open, s_sqlite_begin, s_sqlite_put, s_sqlite_ack, s_sqlite_commit,
+         s_sqlite_close},
+        {"sqlapp", s_sqlapp_open, s_sqlite_begin, s_sqlite_put, s_sqlite_ack, s_sqlite_commit,
          s_sqlite_close},
 #ifdef MR_HAVE_LMDB
         {"lmdb", s_lmdb_open, s_lmdb_begin, s_lmdb_put, s_lmdb_ack, s_lmdb_commit, s_lmdb_close},

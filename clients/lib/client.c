@@ -61,6 +61,12 @@ struct mr_client_t {
     uint32_t hb_timeout_ms;
     int64_t last_rx_ms, last_tx_ms, last_hello_ms, last_prune_ms;
     s_out_t *out_head, *out_tail;
+    /* The first entry not sent on this connection; every one before it has
+     * been (sent_ms != 0).  Sending resumes here, so a poll does not walk
+     * the entries that only wait for their Ack (up to ZMQ_SNDHWM of them
+     * while a large outbox drains). */
+    s_out_t *out_unsent;
+    int64_t last_resend_scan_ms;
     size_t n_out;
     strmap_t *out_ids;        /* the ids in the outbox: submit and Ack find them at once */
     /* Frames that arrived while nobody could take deliveries (a poll without
@@ -185,6 +191,8 @@ static int s_outbox_push(mr_client_t *c, const char *id, const uint8_t *body, si
     else
         c->out_head = o;
     c->out_tail = o;
+    if (c->out_unsent == NULL)
+        c->out_unsent = o;
     c->n_out++;
     return 0;
 }
@@ -203,6 +211,8 @@ static bool s_outbox_remove(mr_client_t *c, const char *id)
             c->out_head = o->next;
         if (c->out_tail == o)
             c->out_tail = prev;
+        if (c->out_unsent == o)
+            c->out_unsent = o->next;
         c->n_out--;
         if (c->persistent)
             (void)cstore_outbox_remove(c->cs, id); /* a stale row is resent: harmless */
@@ -213,17 +223,36 @@ static bool s_outbox_remove(mr_client_t *c, const char *id)
     return false;
 }
 
+/*
+ * Sends what is due: with all (a new session), the whole outbox again;
+ * otherwise, what was never sent on this connection (in order, until the
+ * socket's queue is full) and, a few times per Ack time-out, what waited
+ * longer than the time-out for its Ack.
+ */
 static void s_outbox_send_due(mr_client_t *c, bool all)
 {
     if (!c->welcomed)
         return;
     int64_t now = mr_now_ms();
-    for (s_out_t *o = c->out_head; o; o = o->next) {
-        if (!all && o->sent_ms != 0 && now - o->sent_ms < (int64_t)c->ack_timeout_ms)
-            continue;
+    if (all) {
+        for (s_out_t *o = c->out_head; o; o = o->next)
+            o->sent_ms = 0;
+        c->out_unsent = c->out_head;
+    } else if (now - c->last_resend_scan_ms >= (int64_t)c->ack_timeout_ms / 4) {
+        c->last_resend_scan_ms = now;
+        for (s_out_t *o = c->out_head; o && o != c->out_unsent; o = o->next) {
+            if (now - o->sent_ms < (int64_t)c->ack_timeout_ms)
+                continue;
+            if (s_send_raw(c, o->body, o->len) != 0)
+                return;
+            o->sent_ms = now;
+        }
+    }
+    for (s_out_t *o = c->out_unsent; o; o = o->next) {
         if (s_send_raw(c, o->body, o->len) != 0)
             break;
         o->sent_ms = now;
+        c->out_unsent = o->next;
     }
 }
 
@@ -370,8 +399,13 @@ int mr_client_submit_packed(mr_client_t *self, const char *message_id, const voi
     int rc = s_outbox_push(self, message_id, envelope, len, self->persistent);
     if (rc < 0)
         return rc;
-    if (self->welcomed && s_send_raw(self, envelope, len) == 0)
-        self->out_tail->sent_ms = mr_now_ms();
+    /* Sent at once unless older ones still wait for room in the socket's
+     * queue: the outbox goes out in order. */
+    s_out_t *o = self->out_tail;
+    if (self->welcomed && self->out_unsent == o && s_send_raw(self, envelope, len) == 0) {
+        o->sent_ms = mr_now_ms();
+        self->out_unsent = NULL;
+    }
     return 0;
 }
 

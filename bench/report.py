@@ -178,7 +178,9 @@ def main():
              f" ({num(o['per_s'], ' msg/s')})") if done
             else f"INCOMPLETE: {num(o['acked'])} acked, {num(o['received'])} delivered",
             f"daemon RSS peak {o['rss_peak_kb'] / 1024:.1f} MB; intake paused"
-            f" {num(o.get('intake_paused'))} times; {num(o.get('duplicates'))} resends")
+            f" {num(o.get('intake_paused'))} times; {num(o.get('duplicates'))} resends;"
+            f" CPU per message: daemon {o.get('daemon_cpu_us_per_msg', {}).get('total', 0):.1f} µs,"
+            f" clients {o.get('clients_cpu_us_per_msg', {}).get('total', 0):.1f} µs")
 
     print("## medroute benchmark (`make bench`)\n")
     print("\n".join(machine()))

@@ -480,6 +480,20 @@ static bool s_wait_count(atomic_int *v, int want, int timeout_ms)
     return atomic_load(v) >= want;
 }
 
+/* Starts run->senders threads running fn, each on its worker t-benchNN,
+ * keeping up to lat_max latency samples. */
+static void s_start_senders(s_run_t *run, s_worker_t *snd, pthread_t *st, void *(*fn)(void *),
+                            size_t lat_max)
+{
+    for (int i = 0; i < run->senders; i++) {
+        snd[i].run = run;
+        snd[i].idx = i + 1;
+        snprintf(snd[i].facility, sizeof snd[i].facility, "t-bench%02d", i + 1);
+        bu_lat_init(&snd[i].lat, lat_max);
+        pthread_create(&st[i], NULL, fn, &snd[i]);
+    }
+}
+
 /* ---- modes ---------------------------------------------------------------------------- */
 
 static int s_flow(s_run_t *run, const char *mode, const char *sync, double warmup,
@@ -493,13 +507,7 @@ static int s_flow(s_run_t *run, const char *mode, const char *sync, double warmu
     pthread_create(&rt, NULL, s_receiver, &rcv);
     if (!s_wait_count(&run->ready, 1, 10000))
         fprintf(stderr, "bench_medroute: receiver did not connect\n");
-    for (int i = 0; i < run->senders; i++) {
-        snd[i].run = run;
-        snd[i].idx = i + 1;
-        snprintf(snd[i].facility, sizeof snd[i].facility, "t-bench%02d", i + 1);
-        bu_lat_init(&snd[i].lat, S_LAT_MAX / (size_t)run->senders);
-        pthread_create(&st[i], NULL, s_sender, &snd[i]);
-    }
+    s_start_senders(run, snd, st, s_sender, S_LAT_MAX / (size_t)run->senders);
     bu_sleep_ms((int)(warmup * 1000));
     json_t *a = s_status(run->d, 5000);
     bu_cpu_t cpu0 = {0}, cpu1 = {0}, own0 = {0}, own1 = {0};
@@ -564,13 +572,7 @@ static int s_backlog(s_run_t *run, long count, double fill_max, double drain_max
     long total = run->per_sender * run->senders;
     long rss_fill_peak = 0, hwm = 0, rss = 0;
     uint64_t t0 = bu_now_ns();
-    for (int i = 0; i < run->senders; i++) {
-        snd[i].run = run;
-        snd[i].idx = i + 1;
-        snprintf(snd[i].facility, sizeof snd[i].facility, "t-bench%02d", i + 1);
-        bu_lat_init(&snd[i].lat, 0);
-        pthread_create(&st[i], NULL, s_sender, &snd[i]);
-    }
+    s_start_senders(run, snd, st, s_sender, 0);
     /* filling: until every sender has all of its messages acknowledged */
     bool filled = false;
     while ((double)(bu_now_ns() - t0) / 1e9 < fill_max) {
@@ -721,13 +723,7 @@ static int s_outbox(s_run_t *run, long count, double max_s)
     long total = run->per_sender * run->senders;
     s_worker_t *snd = calloc((size_t)run->senders, sizeof *snd);
     pthread_t st[S_MAX_SENDERS], rt;
-    for (int i = 0; i < run->senders; i++) {
-        snd[i].run = run;
-        snd[i].idx = i + 1;
-        snprintf(snd[i].facility, sizeof snd[i].facility, "t-bench%02d", i + 1);
-        bu_lat_init(&snd[i].lat, 0);
-        pthread_create(&st[i], NULL, s_offline_sender, &snd[i]);
-    }
+    s_start_senders(run, snd, st, s_offline_sender, 0);
     s_wait_count(&run->ready, run->senders, 60000);
     atomic_store(&run->ready, 0);
     bu_cpu_t own0 = {0}, own1 = {0}, cpu0 = {0}, cpu1 = {0};

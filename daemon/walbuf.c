@@ -91,11 +91,12 @@ static int s_write(sqlite3_file *f, const void *data, int amt, sqlite3_int64 off
 {
     s_wal_t *w = (s_wal_t *)f;
     size_t n = (size_t)amt;
-    if (w->len > 0 && off >= w->start && off + (sqlite3_int64)n <= w->start + (sqlite3_int64)w->len) {
+    sqlite3_int64 end = w->start + (sqlite3_int64)w->len;
+    if (w->len > 0 && off >= w->start && off + (sqlite3_int64)n <= end) {
         memcpy(w->buf + (off - w->start), data, n); /* a frame rewritten in the same commit */
         return SQLITE_OK;
     }
-    bool extends = w->len > 0 && off == w->start + (sqlite3_int64)w->len;
+    bool extends = w->len > 0 && off == end;
     if (!extends || w->len + n > S_BUF_MAX) {
         int rc = s_flush(w);
         if (rc != SQLITE_OK)

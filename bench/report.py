@@ -75,12 +75,15 @@ def mark(ok):
 
 
 def median_runs(runs):
-    """ceiling_lat<pct>_<a|b|c> -> ceiling_lat<pct>: the run with the median Ack p99."""
-    for pct in (20, 50):
-        reps = [r for n, r in runs.items() if n.startswith(f"ceiling_lat{pct}_")]
-        if reps:
-            reps.sort(key=lambda r: r.get("ack_p99_us", 0))
-            runs[f"ceiling_lat{pct}"] = dict(reps[len(reps) // 2], of_runs=len(reps))
+    """<who>_lat<pct>_<a|b|c> -> <who>_lat<pct>: the run with the median Ack p99,
+    with the p99 of every run (for the table)."""
+    for who in ("ceiling", "medroute"):
+        for pct in (20, 50):
+            reps = [r for n, r in runs.items() if n.startswith(f"{who}_lat{pct}_")]
+            if reps:
+                reps.sort(key=lambda r: r.get("ack_p99_us", 0))
+                runs[f"{who}_lat{pct}"] = dict(reps[len(reps) // 2], of_runs=len(reps),
+                                              p99s=[r.get("ack_p99_us", 0) for r in reps])
 
 
 def main():
@@ -134,8 +137,11 @@ def main():
         if not m:
             continue
         row(f"latency at {pct} % load ({num(m['offered_per_s'], ' msg/s')} offered, "
-            f"{num(m['msgs_per_s'], ' msg/s')} done): medroute send→Ack p50 / p99 / p99.9",
-            f"{us(m['ack_p50_us'])} / {us(m['ack_p99_us'])} / {us(m['ack_p999_us'])}")
+            f"{num(m['msgs_per_s'], ' msg/s')} done): medroute send→Ack p50 / p99 / p99.9"
+            f" (median of {m.get('of_runs', 1)} runs)",
+            f"{us(m['ack_p50_us'])} / {us(m['ack_p99_us'])} / {us(m['ack_p999_us'])}",
+            "Ack p99 of each run: " + " / ".join(us(v) for v in m.get("p99s", []))
+            + ("; ceiling: " + " / ".join(us(v) for v in k.get("p99s", [])) if k else ""))
         row("  medroute send→delivered p50 / p99 / p99.9",
             f"{us(m['dlv_p50_us'])} / {us(m['dlv_p99_us'])} / {us(m['dlv_p999_us'])}")
         cpu_row(f"medroute_lat{pct}")

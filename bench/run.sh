@@ -43,6 +43,7 @@ SECS=${BENCH_SECS:-10}
 BACKLOG=${BENCH_BACKLOG:-1000000}
 FILL_SECS=${BENCH_FILL_SECS:-240}
 DRAIN_SECS=${BENCH_DRAIN_SECS:-120}
+LAT_SECS=$(( SECS / 2 > 3 ? SECS / 2 : 3 )) # each of the three latency runs
 OUT=$BUILD/bench-results
 mkdir -p "$OUT"
 RES=$OUT/results.jsonl
@@ -89,11 +90,12 @@ max=$(field medroute_full msgs_per_s)
 if [[ -n $max && $max != 0 ]]; then
   for pct in 20 50; do
     rate=$((max * pct / 100))
-    run "medroute_lat$pct" 120 "$B/bench_medroute" --mode latency --sync full --rate "$rate" \
-      --duration-s "$SECS" "${common[@]}"
-    # three short runs: the table takes the median p99 (one noisy neighbour
-    # on a shared 2-core machine would otherwise decide the ratio)
+    # three runs of each, interleaved: the table takes the run with the
+    # median p99 of each (one noisy neighbour on a shared 2-core machine
+    # would otherwise decide the ratio)
     for k in a b c; do
+      run "medroute_lat${pct}_$k" 120 "$B/bench_medroute" --mode latency --sync full \
+        --rate "$rate" --duration-s "$LAT_SECS" "${common[@]}"
       run "ceiling_lat${pct}_$k" 60 "$B/bench_ceiling" --mode latency --rate "$rate" \
         --duration-s 3 "${common[@]}"
     done

@@ -190,6 +190,13 @@ def main():
 
     print("## medroute benchmark (`make bench`)\n")
     print("\n".join(machine()))
+    for when in ("before", "after"):
+        f = runs.get(f"fsync_{when}")
+        if f:
+            print(f"- disk {when} the runs: 64 KB write + fdatasync, {f['fdatasync_n']:,} in"
+                  f" {f['secs']:.0f} s: p50 {us(f['fdatasync_p50_us'])}, p99"
+                  f" {us(f['fdatasync_p99_us'])}, p99.9 {us(f['fdatasync_p999_us'])},"
+                  f" max {us(f['fdatasync_max_us'])}")
     print()
     print("| figure | value | ratio / context | target | mark |")
     print("|---|---|---|---|---|")

@@ -30,7 +30,7 @@ if [[ ! -d $BUILD ]]; then
 fi
 BUILD=$(cd "$BUILD" && pwd)
 B=$BUILD/bench
-for exe in "$B/bench_ceiling" "$B/bench_medroute"; do
+for exe in "$B/bench_ceiling" "$B/bench_medroute" "$B/bench_fsync"; do
   if [[ ! -x $exe ]]; then
     echo "bench: $exe is missing (configure with -DMR_BUILD_BENCH=ON and build)" >&2
     exit 2
@@ -82,6 +82,8 @@ if [[ ${BENCH_RABBITMQ:-1} != 0 ]]; then
     echo "deps: could not install rabbitmq-server/librabbitmq-dev" >>"$NOTES"
 fi
 
+# the disk's fdatasync before and after: its stalls decide the tails
+run fsync_before 30 "$B/bench_fsync" --duration-s 5
 run ceiling 60 "$B/bench_ceiling" --mode throughput --duration-s 5 "${common[@]}"
 run medroute_full 120 "$B/bench_medroute" --mode throughput --sync full --duration-s "$SECS" "${common[@]}"
 run medroute_normal 120 "$B/bench_medroute" --mode throughput --sync normal --duration-s "$SECS" "${common[@]}"
@@ -122,5 +124,7 @@ if [[ ${BENCH_RABBITMQ:-1} != 0 ]]; then
 else
   echo "rabbitmq: skipped (BENCH_RABBITMQ=0)" >>"$NOTES"
 fi
+
+run fsync_after 30 "$B/bench_fsync" --duration-s 5
 
 python3 "$ROOT/bench/report.py" "$RES" "$NOTES" | tee "$OUT/table.md"

@@ -27,6 +27,7 @@ struct flow_t {
     size_t high, low;
     size_t peak;
     bool paused;
+    int64_t resumed_ms;     /* when reading last resumed; 0: never paused */
     int64_t last_log_ms;
     uint64_t pauses_unlogged;
 };
@@ -55,6 +56,7 @@ static void on_check(uv_check_t *handle)
         }
     } else if (self->paused && queued <= self->low) {
         self->paused = false;
+        self->resumed_ms = mr_now_ms();
         endpoint_pause(s->facility_ep, 0);
     }
 }
@@ -87,6 +89,13 @@ flow_t *flow_new(uv_loop_t *loop, struct server_t *s, size_t high)
 size_t flow_peak(const flow_t *self)
 {
     return self ? self->peak : 0;
+}
+
+int64_t flow_heard_since(const flow_t *self)
+{
+    if (self == NULL)
+        return 0;
+    return self->paused ? INT64_MAX : self->resumed_ms;
 }
 
 void flow_close(flow_t **self_p)

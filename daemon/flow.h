@@ -20,6 +20,7 @@
 #define MR_FLOW_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <uv.h>
 
 struct server_t;
@@ -34,6 +35,12 @@ typedef struct flow_t flow_t;
 flow_t *flow_new(uv_loop_t *loop, struct server_t *s, size_t high);
 /* The store queue's longest length seen at a loop turn's end. */
 size_t flow_peak(const flow_t *self);
+/*
+ * Since when the endpoint has been reading without a pause: INT64_MAX while
+ * paused, the time it last resumed, or 0 if it never paused (or self is
+ * NULL).  A facility's silence can only be judged from then (session.c).
+ */
+int64_t flow_heard_since(const flow_t *self);
 /* Resumes the endpoint if it is paused (and still there), then closes the
  * handle; the memory goes with its close callback. */
 void flow_close(flow_t **self_p);

@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "flow.h"
 #include "handlers.h"
 #include "router.h"
 
@@ -131,12 +132,17 @@ void session_cron(server_t *s, int64_t now_ms)
     f.version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
     f.body_case = MEDROUTE__V1__FRAME__BODY_HEARTBEAT;
     f.heartbeat = &hb;
+    int64_t heard = flow_heard_since(s->flow);
     size_t n = registry_count(s->registry);
     for (size_t i = 0; i < n; i++) {
         peer_t *p = &s->peers[i];
         if (!p->connected)
             continue;
-        if (now_ms - p->last_seen_ms > (int64_t)s->conf->heartbeat_timeout_ms) {
+        /* Silence counts only while the broker reads: a store that holds
+         * intake back (flow.h) for longer than the time-out must not end
+         * every session. */
+        int64_t since = p->last_seen_ms > heard ? p->last_seen_ms : heard;
+        if (now_ms - since > (int64_t)s->conf->heartbeat_timeout_ms) {
             session_end(s, (int)i, "heartbeat_timeout");
             continue;
         }

@@ -222,6 +222,20 @@ mr_client_t *mrt_client(const mrt_daemon_t *d, const char *facility, const char 
     return mr_client_new(&o);
 }
 
+int mrt_submit_orders(mr_client_t *c, const char *to, const char *prefix, int n)
+{
+    for (int i = 0; i < n; i++) {
+        char json[256], err[100];
+        snprintf(json, sizeof json,
+                 "{\"destination\":\"%s\",\"kind\":\"lab_order\",\"lab_order\":"
+                 "{\"placer_order_number\":\"%s-%d\"}}", to, prefix, i);
+        int rc = mr_client_submit_json(c, json, NULL, err, sizeof err);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
 bool mrt_poll_until(mr_client_t *c, int timeout_ms, bool (*pred)(void *), void *arg,
                     mr_handler_t h, void *harg)
 {

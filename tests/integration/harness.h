@@ -75,6 +75,12 @@ long long mrt_now_ms(void);
 int mrt_send(mr_client_t *c, const char *to, const char *kind, const char *priority,
              const char *payload, char *reason_out);
 
+/*
+ * Submits n lab orders to `to` without waiting for their Acks (a burst),
+ * numbered "<prefix>-0" .. "<prefix>-(n-1)".  0, or the first submit's error.
+ */
+int mrt_submit_orders(mr_client_t *c, const char *to, const char *prefix, int n);
+
 /* GET path from the daemon's HTTP endpoint; the body (caller frees) or NULL. */
 char *mrt_http_get(const mrt_daemon_t *d, const char *path);
 /* Lines in a file (0 if it does not exist). */

@@ -56,13 +56,7 @@ static void test_limits_rate_and_quota(void **state)
     assert_int_equal(mr_client_wait_connected(lead, 5000), 0);
     /* t-aihua floods 60 messages at once: 20 pass, the rest are told to wait
      * and are resent by its library as tokens come back. */
-    for (int i = 0; i < 60; i++) {
-        char json[200], err[100];
-        snprintf(json, sizeof json,
-                 "{\"destination\":\"yx-lead\",\"kind\":\"lab_order\",\"lab_order\":"
-                 "{\"placer_order_number\":\"F-%d\"}}", i);
-        assert_int_equal(mr_client_submit_json(flood, json, NULL, err, sizeof err), 0);
-    }
+    assert_int_equal(mrt_submit_orders(flood, "yx-lead", "F", 60), 0);
     tally_t ft = {0}, lt = {0};
     for (int i = 0; i < 10; i++)
         mr_client_poll(flood, 20, on_event, &ft);
@@ -144,13 +138,7 @@ static void test_limits_burst_is_held_back_not_buffered(void **state)
     assert_int_equal(mr_client_wait_connected(flood, 5000), 0);
     assert_int_equal(mr_client_wait_connected(lead, 5000), 0);
     /* The whole burst goes out at once, far faster than batches of 50 commit. */
-    for (int i = 0; i < N; i++) {
-        char json[200], err[100];
-        snprintf(json, sizeof json,
-                 "{\"destination\":\"yx-lead\",\"kind\":\"lab_order\",\"lab_order\":"
-                 "{\"placer_order_number\":\"B-%d\"}}", i);
-        assert_int_equal(mr_client_submit_json(flood, json, NULL, err, sizeof err), 0);
-    }
+    assert_int_equal(mrt_submit_orders(flood, "yx-lead", "B", N), 0);
     tally_t ft = {0}, lt = {0};
     long long until = mrt_now_ms() + 60000;
     while ((mr_client_unacked(flood) > 0 || lt.deliveries < N) && mrt_now_ms() < until) {

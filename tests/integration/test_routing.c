@@ -323,13 +323,7 @@ static void test_routing_outbox_kept_offline_is_sent_once(void **state)
     assert_int_equal(mrt_daemon_stop(&d), 0);
     mr_client_t *a = mrt_client(&d, "t-aihua", NULL);
     assert_non_null(a);
-    for (int i = 0; i < N; i++) {
-        char json[200], err[100];
-        snprintf(json, sizeof json,
-                 "{\"destination\":\"yx-lead\",\"kind\":\"lab_order\",\"lab_order\":"
-                 "{\"placer_order_number\":\"OFF-%d\"}}", i);
-        assert_int_equal(mr_client_submit_json(a, json, NULL, err, sizeof err), 0);
-    }
+    assert_int_equal(mrt_submit_orders(a, "yx-lead", "OFF", N), 0);
     /* the broker is away for a while (its Hello retry is every 2 s) */
     seen_t *seen = calloc(1, sizeof *seen);
     mr_client_poll(a, 6500, on_event, seen);

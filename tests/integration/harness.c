@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <jansson.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -220,6 +221,26 @@ mr_client_t *mrt_client(const mrt_daemon_t *d, const char *facility, const char 
         .ack_timeout_ms = 2000,
     };
     return mr_client_new(&o);
+}
+
+long long mrt_counter(const mrt_daemon_t *d, const char *name)
+{
+    char *text = mrt_operator(d, "{\"status\":{}}");
+    json_t *st = text ? json_loads(text, 0, NULL) : NULL;
+    free(text);
+    long long v = -1;
+    size_t i;
+    json_t *c;
+    json_array_foreach(json_object_get(json_object_get(st, "status"), "counters"), i, c)
+    {
+        const char *n = json_string_value(json_object_get(c, "name"));
+        json_t *value = json_object_get(c, "value");
+        if (n != NULL && strcmp(n, name) == 0)
+            v = json_is_string(value) ? atoll(json_string_value(value))
+                                      : (long long)json_integer_value(value);
+    }
+    json_decref(st);
+    return v;
 }
 
 int mrt_submit_orders(mr_client_t *c, const char *to, const char *prefix, int n)

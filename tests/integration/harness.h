@@ -75,6 +75,10 @@ long long mrt_now_ms(void);
 int mrt_send(mr_client_t *c, const char *to, const char *kind, const char *priority,
              const char *payload, char *reason_out);
 
+/* The operator status's flow counter of that name (a zero value, which the
+ * JSON leaves out, is 0); -1 when there is no such counter or no answer. */
+long long mrt_counter(const mrt_daemon_t *d, const char *name);
+
 /*
  * Submits n lab orders to `to` without waiting for their Acks (a burst),
  * numbered "<prefix>-0" .. "<prefix>-(n-1)".  0, or the first submit's error.

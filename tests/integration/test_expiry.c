@@ -62,23 +62,6 @@ static mr_client_t *connected(mrt_daemon_t *d, const char *facility)
     return c;
 }
 
-static uint64_t counter(const mrt_daemon_t *d, const char *name)
-{
-    char *r = mrt_operator(d, "{\"status\":{}}");
-    assert_non_null(r);
-    json_t *j = json_loads(r, 0, NULL);
-    free(r);
-    json_t *cs = json_object_get(json_object_get(j, "status"), "counters");
-    uint64_t v = 0;
-    for (size_t i = 0; i < json_array_size(cs); i++) {
-        json_t *c = json_array_get(cs, i);
-        if (strcmp(json_string_value(json_object_get(c, "name")), name) == 0)
-            v = (uint64_t)json_integer_value(json_object_get(c, "value"));
-    }
-    json_decref(j);
-    return v;
-}
-
 static void test_expiry_dead_letter_retry_drop_and_prune(void **state)
 {
     (void)state;
@@ -99,7 +82,7 @@ static void test_expiry_dead_letter_retry_drop_and_prune(void **state)
     assert_true(mrt_poll_until(lead, 8000, got_expired, &ev, on_event, &ev));
     assert_string_equal(ev.expired_id, res.message_id);
     assert_int_equal(ev.expired_seq, res.seq);
-    assert_int_equal(counter(&d, "expired"), 1);
+    assert_int_equal(mrt_counter(&d, "expired"), 1);
 
     /* It is listed with its reason among the dead letters, not as pending. */
     char *r = mrt_operator(&d, "{\"queue_list\":{\"dead\":true}}");
@@ -153,9 +136,9 @@ static void test_expiry_dead_letter_retry_drop_and_prune(void **state)
     assert_int_equal(mrt_daemon_stop(&d), 0);
     assert_int_equal(mrt_daemon_restart(&d), 0);
     long long until = mrt_now_ms() + 5000;
-    while (counter(&d, "pruned") < 1 && mrt_now_ms() < until)
+    while (mrt_counter(&d, "pruned") < 1 && mrt_now_ms() < until)
         ;
-    assert_int_equal(counter(&d, "pruned"), 1);
+    assert_int_equal(mrt_counter(&d, "pruned"), 1);
     r = mrt_operator(&d, "{\"queue_list\":{\"dead\":true}}");
     assert_non_null(strstr(r, "sent in error"));
     free(r);

@@ -308,20 +308,6 @@ static int on_error_code(mr_client_t *c, const mr_event_t *ev, void *arg)
     return 0;
 }
 
-static long long counter(const char *name)
-{
-    json_t *j = op("{\"status\":{}}");
-    json_t *cs = json_object_get(json_object_get(j, "status"), "counters");
-    long long v = -1;
-    for (size_t i = 0; i < json_array_size(cs); i++) {
-        json_t *c = json_array_get(cs, i);
-        if (strcmp(json_string_value(json_object_get(c, "name")), name) == 0)
-            v = json_integer_value(json_object_get(c, "value"));
-    }
-    json_decref(j);
-    return v;
-}
-
 static void test_referral_imaging_lab_loops_and_critical_readback(void **state)
 {
     (void)state;
@@ -385,9 +371,9 @@ static void test_referral_imaging_lab_loops_and_critical_readback(void **state)
                      0);
     /* Nobody reads them back within 1 s: escalated and counted. */
     long long until = mrt_now_ms() + 5000;
-    while (counter("escalations") < 2 && mrt_now_ms() < until)
+    while (mrt_counter(&g_d, "escalations") < 2 && mrt_now_ms() < until)
         drain(aihua, 100);
-    assert_true(counter("escalations") >= 2);
+    assert_true(mrt_counter(&g_d, "escalations") >= 2);
     l = open_loop("P-1");
     assert_non_null(l);
     assert_true(json_is_true(json_object_get(l, "escalated")) ||
@@ -421,7 +407,7 @@ static void test_referral_escalation_and_restart_keep_state(void **state)
 {
     (void)state;
     mr_client_t *lead = client("yx-lead"), *aihua = client("t-aihua");
-    long long before = counter("escalations");
+    long long before = mrt_counter(&g_d, "escalations");
     referral(aihua, "yx-lead", "R-STAT-1", false, "SERVICE_INPATIENT_BED", "stat");
     long long until = mrt_now_ms() + 5000;
     json_t *l = NULL;
@@ -435,7 +421,7 @@ static void test_referral_escalation_and_restart_keep_state(void **state)
     assert_non_null(l);
     assert_true(json_is_true(json_object_get(l, "escalated")));
     json_decref(l);
-    assert_true(counter("escalations") > before);
+    assert_true(mrt_counter(&g_d, "escalations") > before);
     mr_client_destroy(&lead);
     mr_client_destroy(&aihua);
 

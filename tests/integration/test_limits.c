@@ -116,13 +116,6 @@ static long long s_metric(const mrt_daemon_t *d, const char *name)
     return v;
 }
 
-static long long s_counter(const mrt_daemon_t *d, const char *name)
-{
-    char needle[128];
-    snprintf(needle, sizeof needle, "medroute_flow_since_start_total{counter=\"%s\"}", name);
-    return s_metric(d, needle);
-}
-
 static void test_limits_burst_is_held_back_not_buffered(void **state)
 {
     (void)state;
@@ -145,7 +138,7 @@ static void test_limits_burst_is_held_back_not_buffered(void **state)
         mr_client_poll(flood, 5, on_event, &ft);
         mr_client_poll(lead, 5, on_event, &lt);
     }
-    long long paused = s_counter(&d, "intake_paused");
+    long long paused = mrt_counter(&d, "intake_paused");
     long long peak = s_metric(&d, "medroute_store_queue_peak");
     printf("burst: acked=%d duplicates=%d delivered=%d intake_paused=%lld queue_peak=%lld\n",
            ft.acks, ft.duplicates, lt.deliveries, paused, peak);
@@ -153,8 +146,8 @@ static void test_limits_burst_is_held_back_not_buffered(void **state)
     assert_int_equal(ft.acks, N);
     assert_int_equal(ft.duplicates, 0);
     assert_int_equal(lt.deliveries, N);
-    assert_int_equal(s_counter(&d, "stored"), N);
-    assert_int_equal(s_counter(&d, "duplicate"), 0);
+    assert_int_equal(mrt_counter(&d, "stored"), N);
+    assert_int_equal(mrt_counter(&d, "duplicate"), 0);
     /* Held back: the endpoint stopped reading, and the store's queue stayed
      * within a loop turn's reading of the mark (it would hold most of the
      * burst otherwise). */

@@ -288,27 +288,6 @@ static void test_routing_submit_while_waiting_is_one_message(void **state)
     mr_client_destroy(&lead);
 }
 
-/* A flow counter of the daemon's status (JSON leaves out a zero value), or
- * -1 when the counter is not there at all. */
-static long long s_counter(const mrt_daemon_t *d, const char *name)
-{
-    char *r = mrt_operator(d, "{\"status\":{}}");
-    if (r == NULL)
-        return -1;
-    char pat[80];
-    int n = snprintf(pat, sizeof pat, "\"name\":\"%s\"", name);
-    const char *p = strstr(r, pat);
-    long long v = -1;
-    if (p != NULL) {
-        const char *val = ",\"value\":";
-        p += n;
-        v = strncmp(p, val, strlen(val)) == 0 ? atoll(p + strlen(val) + (p[strlen(val)] == '"'))
-                                              : 0;
-    }
-    free(r);
-    return v;
-}
-
 /* A client made while the broker is down (a township offline all night)
  * says Hello several times: at its start, every 2 s, and on connect; the
  * queued ones all reach the broker and are all answered.  Only the first
@@ -335,11 +314,11 @@ static void test_routing_outbox_kept_offline_is_sent_once(void **state)
     mr_client_poll(a, 1000, on_event, seen);
     assert_int_equal(seen->acks, N);
     assert_int_equal(mr_client_unacked(a), 0);
-    assert_int_equal(s_counter(&d, "stored"), N);
-    assert_int_equal(s_counter(&d, "duplicate"), 0);
+    assert_int_equal(mrt_counter(&d, "stored"), N);
+    assert_int_equal(mrt_counter(&d, "duplicate"), 0);
     /* No Hellos piled up while it was away: one on connect (two if a
      * retry crossed it), not one per retry. */
-    long long frames = s_counter(&d, "received");
+    long long frames = mrt_counter(&d, "received");
     printf("offline start: frames received %lld for %d messages\n", frames, N);
     assert_true(frames >= N + 1 && frames <= N + 2);
     free(seen);
@@ -632,29 +611,6 @@ static void raw_delivery_ack(raw_t *r, uint64_t seq, uint64_t *more, size_t n_mo
     raw_send_frame(r, &f);
 }
 
-/* The operator status's counter of that name. */
-static long long status_counter(mrt_daemon_t *d, const char *name)
-{
-    char *text = mrt_operator(d, "{\"status\":{}}");
-    assert_non_null(text);
-    json_t *st = json_loads(text, 0, NULL);
-    free(text);
-    assert_non_null(st);
-    long long v = -1;
-    size_t i;
-    json_t *c;
-    json_array_foreach(json_object_get(json_object_get(st, "status"), "counters"), i, c)
-    {
-        const char *n = json_string_value(json_object_get(c, "name"));
-        json_t *value = json_object_get(c, "value");
-        if (n != NULL && strcmp(n, name) == 0)
-            v = json_is_string(value) ? atoll(json_string_value(value))
-                                      : (long long)json_integer_value(value);
-    }
-    json_decref(st);
-    return v;
-}
-
 /* Five deliveries acknowledged by one frame: all five count as delivered
  * and none comes again; a seq of 0 among them, or more seqs than the
  * Welcome allows, is refused with INVALID. */
@@ -670,7 +626,7 @@ static void test_routing_one_frame_acknowledges_several_deliveries(void **state)
     medroute__v1__frame__free_unpacked(w, NULL);
     assert_true(max_acks > 1);
 
-    long long delivered0 = status_counter(d, "delivered");
+    long long delivered0 = mrt_counter(d, "delivered");
     mr_client_t *a = connected(d, "t-manwan");
     for (int i = 0; i < 5; i++) {
         char json[256];
@@ -692,9 +648,9 @@ static void test_routing_one_frame_acknowledges_several_deliveries(void **state)
     }
     raw_delivery_ack(&r, seqs[4], seqs, 4); /* any order */
     long long deadline = mrt_now_ms() + 5000;
-    while (status_counter(d, "delivered") < delivered0 + 5 && mrt_now_ms() < deadline)
+    while (mrt_counter(d, "delivered") < delivered0 + 5 && mrt_now_ms() < deadline)
         nanosleep(&(struct timespec){0, 20 * 1000 * 1000}, NULL);
-    assert_int_equal(status_counter(d, "delivered"), delivered0 + 5);
+    assert_int_equal(mrt_counter(d, "delivered"), delivered0 + 5);
     /* Nothing is delivered again after a reconnect: all five are done. */
     raw_close(&r);
     raw_open(&r, d);
@@ -717,7 +673,7 @@ static void test_routing_one_frame_acknowledges_several_deliveries(void **state)
     free(many);
     assert_int_equal(raw_expect(&r), MR_E_INVALID);
     raw_close(&r);
-    assert_int_equal(status_counter(d, "delivered"), delivered0 + 5);
+    assert_int_equal(mrt_counter(d, "delivered"), delivered0 + 5);
 }
 
 int main(void)

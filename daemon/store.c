@@ -29,6 +29,7 @@
 #include "store.h"
 
 #include "mr_codec.h"
+#include "pending.h"
 #include "walbuf.h"
 
 #include <errno.h>
@@ -45,87 +46,122 @@
 enum {
     S_PUT_INSERT = 0,
     S_PUT_FIND,
-    S_ACK_UPDATE,
-    S_ACK_FIND,
-    S_LOAD,
-    S_LOAD_EXPRESS,
-    S_LIST_ALL,
-    S_LIST_DEST,
-    S_SUMMARY,
-    S_DROP,
-    S_RETRY,
-    S_EXPIRE,
-    S_PRUNE,
     S_PUT_UNDO,
+    S_DONE_INSERT,
+    S_ACK_STATE,
+    S_REF_KEY,
+    S_ROW,
+    S_ROW_HEAD,
+    S_LIST_DEAD_ALL,
+    S_LIST_DEAD_DEST,
+    S_LIST_DONE_ALL,
+    S_LIST_DONE_DEST,
+    S_RETRY_UNDEAD,
+    S_RETRY_ROW,
+    S_PRUNE_SCAN,
+    S_PRUNE_DONE,
+    S_FLOOR,
     S_BEGIN,
     S_COMMIT,
     S_STMT_COUNT
 };
 
+/* The columns a row is read from (s_read_row), in this order. */
+#define S_ROW_COLS                                                                                 \
+    "m.seq, m.source, m.message_id, m.dest, m.kind, m.priority, m.stored_ms, m.expires_ms"
+
 static const char *const s_sql[S_STMT_COUNT] = {
     [S_PUT_INSERT] = "INSERT INTO messages(source, message_id, dest, kind, priority, stored_ms,"
-                     " expires_ms, body, content_hash, state, done_ms, express, ref_key)"
-                     " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, CASE ?10 WHEN 1 THEN ?6 END,"
-                     " ?11, ?12)"
+                     " expires_ms, body, content_hash, express, ref_key)"
+                     " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
                      " ON CONFLICT(source, message_id) DO NOTHING",
     [S_PUT_FIND] = "SELECT seq, content_hash FROM messages WHERE source = ?1 AND message_id = ?2",
-    /* A delivery ack reads the row by its key, then updates it (an UPDATE
-     * ... RETURNING would build a temporary table for each ack). */
-    [S_ACK_UPDATE] = "UPDATE messages SET state = 1, done_ms = ?2 WHERE seq = ?1",
-    [S_ACK_FIND] = "SELECT state, kind, ref_key FROM messages WHERE seq = ?1 AND dest = ?2",
-    [S_LOAD] = "SELECT seq, source, message_id, dest, kind, priority, stored_ms, expires_ms,"
-               " dead_reason, body FROM messages WHERE dest = ?1 AND state = 0 AND seq > ?2"
-               " ORDER BY seq LIMIT ?3",
-    [S_LOAD_EXPRESS] = "SELECT seq, source, message_id, dest, kind, priority, stored_ms,"
-                       " expires_ms, dead_reason, body FROM messages WHERE dest = ?1 AND state = 0"
-                       " AND express = 1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-    [S_LIST_ALL] = "SELECT seq, source, message_id, dest, kind, priority, stored_ms, expires_ms,"
-                   " dead_reason, NULL FROM messages WHERE state = ?1 ORDER BY seq LIMIT ?2",
-    [S_LIST_DEST] = "SELECT seq, source, message_id, dest, kind, priority, stored_ms, expires_ms,"
-                    " dead_reason, NULL FROM messages WHERE state = ?1 AND dest = ?3"
-                    " ORDER BY seq LIMIT ?2",
-    [S_SUMMARY] = "SELECT dest, count(*), min(seq), min(stored_ms) FROM messages WHERE state = 0"
-                  " GROUP BY dest",
-    [S_DROP] = "UPDATE messages SET state = 2, done_ms = ?3, dead_reason = ?2"
-               " WHERE seq = ?1 AND state = 0 RETURNING seq, source, message_id, dest, kind,"
-               " priority, stored_ms, expires_ms, dead_reason, NULL",
-    [S_RETRY] = "UPDATE messages SET state = 0, done_ms = NULL, dead_reason = NULL,"
-                " expires_ms = max(expires_ms, ?2) WHERE seq = ?1 AND state = 2"
-                " RETURNING seq, source, message_id, dest, kind, priority, stored_ms,"
-                " expires_ms, dead_reason, body",
-    [S_EXPIRE] = "UPDATE messages SET state = 2, done_ms = ?1, dead_reason = 'expired'"
-                 " WHERE seq IN (SELECT seq FROM messages WHERE state = 0 AND expires_ms < ?1"
-                 " LIMIT ?2) RETURNING seq, source, message_id, dest, kind, priority, stored_ms,"
-                 " expires_ms, dead_reason, NULL",
-    [S_PRUNE] = "DELETE FROM messages WHERE seq IN (SELECT seq FROM messages"
-                " WHERE state = 1 AND done_ms < ?1 LIMIT ?2)",
     /* A message the clinical layer refused (it writes nothing when it
      * refuses: clinical.h).  Not a SAVEPOINT: one per message made SQLite
      * journal every page the batch touched again (a third of the store
-     * thread's time in the benchmark). */
+     * thread's time in the benchmark).  Also PRUNE's delete. */
     [S_PUT_UNDO] = "DELETE FROM messages WHERE seq = ?1",
+    /* A message's outcome, appended: delivered (1) or dead (2). */
+    [S_DONE_INSERT] = "INSERT INTO message_done(seq, state, done_ms, dead_reason)"
+                      " VALUES(?1, ?2, ?3, ?4)",
+    /* An ack for a message not pending: acked before, dead, or unknown. */
+    [S_ACK_STATE] = "SELECT d.state FROM messages m LEFT JOIN message_done d ON d.seq = m.seq"
+                    " WHERE m.seq = ?1 AND m.dest = ?2",
+    [S_REF_KEY] = "SELECT ref_key FROM messages WHERE seq = ?1",
+    [S_ROW] = "SELECT " S_ROW_COLS ", NULL, m.body FROM messages m WHERE m.seq = ?1",
+    [S_ROW_HEAD] = "SELECT " S_ROW_COLS ", NULL, NULL FROM messages m WHERE m.seq = ?1",
+    [S_LIST_DEAD_ALL] = "SELECT " S_ROW_COLS ", d.dead_reason, NULL FROM message_done d"
+                        " JOIN messages m ON m.seq = d.seq WHERE d.state = 2 ORDER BY d.seq"
+                        " LIMIT ?1",
+    [S_LIST_DEAD_DEST] = "SELECT " S_ROW_COLS ", d.dead_reason, NULL FROM message_done d"
+                         " JOIN messages m ON m.seq = d.seq WHERE d.state = 2 AND m.dest = ?2"
+                         " ORDER BY d.seq LIMIT ?1",
+    /* Delivered ones (no index: they are most rows, found at once). */
+    [S_LIST_DONE_ALL] = "SELECT " S_ROW_COLS ", d.dead_reason, NULL FROM message_done d"
+                        " JOIN messages m ON m.seq = d.seq WHERE d.state = 1 ORDER BY d.seq"
+                        " LIMIT ?1",
+    [S_LIST_DONE_DEST] = "SELECT " S_ROW_COLS ", d.dead_reason, NULL FROM message_done d"
+                         " JOIN messages m ON m.seq = d.seq WHERE d.state = 1 AND m.dest = ?2"
+                         " ORDER BY d.seq LIMIT ?1",
+    [S_RETRY_UNDEAD] = "DELETE FROM message_done WHERE seq = ?1 AND state = 2",
+    [S_RETRY_ROW] = "UPDATE messages SET expires_ms = max(expires_ms, ?2) WHERE seq = ?1"
+                    " RETURNING seq, source, message_id, dest, kind, priority, stored_ms,"
+                    " expires_ms, NULL, body, express, ref_key IS NOT NULL",
+    /* Messages in seq order with their outcome: PRUNE walks those stored
+     * before the retention cut-off. */
+    [S_PRUNE_SCAN] = "SELECT m.seq, m.stored_ms, d.state, d.done_ms FROM messages m"
+                     " LEFT JOIN message_done d ON d.seq = m.seq WHERE m.seq > ?1 ORDER BY m.seq",
+    [S_PRUNE_DONE] = "DELETE FROM message_done WHERE seq = ?1",
+    [S_FLOOR] = "INSERT OR REPLACE INTO meta(key, value) VALUES('pending_floor', ?1)",
     /* Prepared once: parsing these for every batch showed in profiles. */
     [S_BEGIN] = "BEGIN IMMEDIATE",
     [S_COMMIT] = "COMMIT",
 };
 
+/*
+ * Schema version 2.  A message row is written once and never updated (but
+ * for a retry's new expiry): its outcome is a row of message_done, and which
+ * messages are pending is held in memory (pending.h), rebuilt at open from
+ * the rows after meta.pending_floor that have no outcome.  So a delivery
+ * appends one small row, and no index follows the pending set.
+ */
 static const char *const s_schema =
     "CREATE TABLE IF NOT EXISTS messages("
     " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
     " source TEXT NOT NULL, message_id TEXT NOT NULL, dest TEXT NOT NULL,"
     " kind INTEGER NOT NULL, priority INTEGER NOT NULL,"
     " stored_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL,"
-    " state INTEGER NOT NULL DEFAULT 0, done_ms INTEGER, dead_reason TEXT,"
-    " body BLOB NOT NULL, content_hash INTEGER NOT NULL, express INTEGER NOT NULL DEFAULT 0,"
-    " ref_key TEXT,"
+    " express INTEGER NOT NULL DEFAULT 0, ref_key TEXT, content_hash INTEGER NOT NULL,"
+    " body BLOB NOT NULL,"
     " UNIQUE(source, message_id));"
-    "CREATE INDEX IF NOT EXISTS messages_pending ON messages(dest, seq) WHERE state = 0;"
-    "CREATE INDEX IF NOT EXISTS messages_express ON messages(dest, seq)"
-    " WHERE state = 0 AND express = 1;"
-    "CREATE INDEX IF NOT EXISTS messages_expiry ON messages(expires_ms) WHERE state = 0;"
-    "CREATE INDEX IF NOT EXISTS messages_done ON messages(done_ms) WHERE state = 1;"
+    "CREATE TABLE IF NOT EXISTS message_done("
+    " seq INTEGER PRIMARY KEY, state INTEGER NOT NULL, done_ms INTEGER NOT NULL,"
+    " dead_reason TEXT);"
+    "CREATE INDEX IF NOT EXISTS message_dead ON message_done(seq) WHERE state = 2;"
     "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value);"
-    "INSERT OR IGNORE INTO meta(key, value) VALUES('schema_version', 1);";
+    "INSERT OR IGNORE INTO meta(key, value) VALUES('schema_version', 2);";
+
+/*
+ * From version 1, where a message's state, done_ms and dead_reason were
+ * columns of its row and four partial indexes followed the pending set: the
+ * outcomes move to message_done, the indexes go, the columns stay unused
+ * (rewriting every row would take minutes on a large store).  One
+ * transaction: an interrupted migration is not one.
+ */
+static const char *const s_migrate_v1 =
+    "BEGIN IMMEDIATE;"
+    "CREATE TABLE message_done("
+    " seq INTEGER PRIMARY KEY, state INTEGER NOT NULL, done_ms INTEGER NOT NULL,"
+    " dead_reason TEXT);"
+    "INSERT INTO message_done(seq, state, done_ms, dead_reason)"
+    " SELECT seq, state, coalesce(done_ms, stored_ms), dead_reason FROM messages"
+    " WHERE state <> 0;"
+    "DROP INDEX IF EXISTS messages_pending;"
+    "DROP INDEX IF EXISTS messages_express;"
+    "DROP INDEX IF EXISTS messages_expiry;"
+    "DROP INDEX IF EXISTS messages_done;"
+    "INSERT OR REPLACE INTO meta(key, value) VALUES('schema_version', 2);"
+    "COMMIT;";
 
 struct store_t {
     uv_loop_t *loop;
@@ -157,6 +193,12 @@ struct store_t {
     tally_t *tally;
     int last_error;                          /* SQLite code of the failure being reported */
     bool opened_once;
+    pending_t *pending;  /* the pending set (pending.h), rebuilt at each open */
+    uint64_t last_seq;   /* the highest seq stored */
+    uint64_t floor_committed; /* meta.pending_floor as committed (UINT64_MAX: unknown) */
+    uint64_t floor_written;   /* ... as written in the open batch */
+    int64_t floor_at_ms;      /* when it was last raised */
+    uint64_t prune_after;     /* where PRUNE's walk goes on */
     walbuf_t *walbuf;  /* the writer's VFS under synchronous=FULL (walbuf.h), or NULL */
 };
 
@@ -256,6 +298,68 @@ static int s_exists(void *arg, int n, char **values, char **names)
     return 0;
 }
 
+/* One integer from a query of one row, or dflt when it has none. */
+static int s_query_int(sqlite3 *db, const char *sql, int64_t dflt, int64_t *out)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+    *out = dflt;
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
+            *out = sqlite3_column_int64(st, 0);
+        rc = rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/*
+ * The pending set, from the database: the messages from meta.pending_floor
+ * on that have no outcome (both tables are read in seq order, so this is a
+ * merge).  At each open, so that a reopened connection and the set agree.
+ */
+static int s_rebuild(store_t *self)
+{
+    int64_t floor = 0, last = 0;
+    sqlite3_stmt *st = NULL;
+    pending_clear(self->pending);
+    int rc = s_query_int(self->db, "SELECT value FROM meta WHERE key = 'pending_floor'", 0, &floor);
+    if (rc == SQLITE_OK)
+        rc = s_query_int(self->db, "SELECT max(seq) FROM messages", 0, &last);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(self->db,
+                                "SELECT m.seq, m.dest, m.kind, m.stored_ms, m.expires_ms,"
+                                " m.express, m.ref_key IS NOT NULL FROM messages m"
+                                " LEFT JOIN message_done d ON d.seq = m.seq"
+                                " WHERE m.seq >= ?1 AND d.seq IS NULL ORDER BY m.seq",
+                                -1, &st, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, 1, floor);
+    while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const unsigned char *dest = sqlite3_column_text(st, 1);
+        pending_entry_t e = {
+            .seq = (uint64_t)sqlite3_column_int64(st, 0),
+            .kind = (uint8_t)sqlite3_column_int(st, 2),
+            .stored_ms = sqlite3_column_int64(st, 3),
+            .expires_ms = sqlite3_column_int64(st, 4),
+            .express = sqlite3_column_int(st, 5) != 0,
+            .referral = sqlite3_column_int(st, 6) != 0,
+        };
+        if (dest == NULL)
+            rc = SQLITE_CORRUPT;
+        else if (pending_add(self->pending, (const char *)dest, &e) != 0)
+            rc = SQLITE_NOMEM;
+        else
+            rc = SQLITE_OK;
+    }
+    sqlite3_finalize(st);
+    self->last_seq = (uint64_t)last;
+    self->floor_committed = self->floor_written = (uint64_t)floor;
+    self->prune_after = 0;
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
 static int s_open_db(store_t *self)
 {
     bool old = false;
@@ -296,6 +400,19 @@ static int s_open_db(store_t *self)
         (void)sqlite3_exec(self->db,
                            "ALTER TABLE messages ADD COLUMN express INTEGER NOT NULL DEFAULT 0",
                            NULL, NULL, NULL);
+    old = false;
+    rc = sqlite3_exec(self->db, "SELECT 1 FROM sqlite_master WHERE name = 'messages' AND NOT"
+                                " EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'message_done')",
+                      s_exists, &old, NULL);
+    if (rc == SQLITE_OK && old) {
+        rc = sqlite3_exec(self->db, s_migrate_v1, NULL, NULL, NULL);
+        if (rc != SQLITE_OK && !sqlite3_get_autocommit(self->db))
+            (void)sqlite3_exec(self->db, "ROLLBACK", NULL, NULL, NULL);
+        if (rc == SQLITE_OK)
+            log_info(self->log, "store.migrated", "path=%s from=1 to=2", self->path);
+    }
+    if (rc != SQLITE_OK)
+        goto fail;
     rc = sqlite3_exec(self->db, s_schema, NULL, NULL, NULL);
     if (rc != SQLITE_OK)
         goto fail;
@@ -314,9 +431,12 @@ static int s_open_db(store_t *self)
         if (rc != SQLITE_OK)
             goto fail;
     }
+    rc = s_rebuild(self);
+    if (rc != SQLITE_OK)
+        goto fail;
     if (!self->opened_once)
-        log_info(self->log, "store.opened", "path=%s synchronous=%s", self->path,
-                 self->sync_full ? "full" : "normal");
+        log_info(self->log, "store.opened", "path=%s synchronous=%s pending=%zu", self->path,
+                 self->sync_full ? "full" : "normal", pending_count(self->pending));
     self->opened_once = true;
     return SQLITE_OK;
 fail:
@@ -424,6 +544,44 @@ static int s_control(store_t *self, int which)
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
+/* Runs a statement whose only parameter is a seq and that returns no row. */
+static int s_by_seq(store_t *self, int which, uint64_t seq)
+{
+    sqlite3_stmt *st = s_stmt(self, which);
+    S_BIND(sqlite3_bind_int64(st, 1, (sqlite3_int64)seq));
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+/* Appends a message's outcome: MSG_DELIVERED or MSG_DEAD (with reason). */
+static int s_done(store_t *self, uint64_t seq, int state, int64_t at_ms, const char *reason)
+{
+    sqlite3_stmt *st = s_stmt(self, S_DONE_INSERT);
+    S_BIND(sqlite3_bind_int64(st, 1, (sqlite3_int64)seq));
+    S_BIND(sqlite3_bind_int(st, 2, state));
+    S_BIND(sqlite3_bind_int64(st, 3, at_ms));
+    if (reason != NULL)
+        S_BIND(sqlite3_bind_text(st, 4, reason, -1, SQLITE_STATIC));
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+/* Reads message seq into a new row of req (with its body if body is set). */
+static int s_read_seq(store_t *self, store_req_t *req, uint64_t seq, bool body)
+{
+    sqlite3_stmt *st = s_stmt(self, body ? S_ROW : S_ROW_HEAD);
+    S_BIND(sqlite3_bind_int64(st, 1, (sqlite3_int64)seq));
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        rc = s_read_row(st, req);
+    else if (rc == SQLITE_DONE)
+        rc = SQLITE_CORRUPT; /* pending in memory, and no row */
+    sqlite3_reset(st);
+    return rc;
+}
+
 static int s_op_put(store_t *self, store_req_t *req)
 {
     const store_row_t *m = &req->msg;
@@ -437,14 +595,14 @@ static int s_op_put(store_t *self, store_req_t *req)
     S_BIND(sqlite3_bind_int64(st, 7, m->expires_ms));
     S_BIND(sqlite3_bind_blob(st, 8, m->body, (int)m->body_len, SQLITE_STATIC));
     S_BIND(sqlite3_bind_int64(st, 9, (sqlite3_int64)m->content_hash));
-    S_BIND(sqlite3_bind_int(st, 10, req->state));
-    S_BIND(sqlite3_bind_int(st, 11, m->express));
+    S_BIND(sqlite3_bind_int(st, 10, m->express));
     /* A referral's lifecycle key, written with the message (no second write). */
     char ref_key[200];
-    if (req->facts && req->facts->kind == MEDROUTE__V1__KIND__KIND_REFERRAL &&
-        req->facts->ref_id != NULL) {
+    bool referral = req->facts && req->facts->kind == MEDROUTE__V1__KIND__KIND_REFERRAL &&
+                    req->facts->ref_id != NULL;
+    if (referral) {
         snprintf(ref_key, sizeof ref_key, "%s/%s", m->source, req->facts->ref_id);
-        S_BIND(sqlite3_bind_text(st, 12, ref_key, -1, SQLITE_TRANSIENT));
+        S_BIND(sqlite3_bind_text(st, 11, ref_key, -1, SQLITE_TRANSIENT));
     }
     int rc = sqlite3_step(st);
     if (rc != SQLITE_DONE)
@@ -463,16 +621,28 @@ static int s_op_put(store_t *self, store_req_t *req)
         if (req->clin.code != 0) {
             /* Refused: the message row goes (its seq is not used again). */
             req->status = STORE_REFUSED;
-            st = s_stmt(self, S_PUT_UNDO);
-            S_BIND(sqlite3_bind_int64(st, 1, (sqlite3_int64)req->seq));
-            rc = sqlite3_step(st);
-            sqlite3_reset(st);
-            if (rc != SQLITE_DONE)
+            rc = s_by_seq(self, S_PUT_UNDO, req->seq);
+            if (rc != SQLITE_OK)
                 return rc;
             req->seq = 0;
             snprintf(labels, sizeof labels, "code=\"%s\"", mr_error_name(req->clin.code));
             return tally_add(self->tally, "messages_rejected_total", labels, 1);
         }
+        if (req->seq > self->last_seq)
+            self->last_seq = req->seq;
+        if (req->state == MSG_DELIVERED) {
+            rc = s_done(self, req->seq, MSG_DELIVERED, m->stored_ms, NULL);
+        } else {
+            pending_entry_t e = {.seq = req->seq,
+                                 .stored_ms = m->stored_ms,
+                                 .expires_ms = m->expires_ms,
+                                 .kind = (uint8_t)m->kind,
+                                 .express = m->express != 0,
+                                 .referral = referral};
+            rc = pending_add(self->pending, m->dest, &e) == 0 ? SQLITE_OK : SQLITE_NOMEM;
+        }
+        if (rc != SQLITE_OK)
+            return rc;
         const char *const pairs[] = {"destination", m->dest, "kind", s_kind(m->kind), "source",
                                      m->source};
         if (tally_labels(labels, sizeof labels, 3, pairs) < 0)
@@ -498,129 +668,265 @@ static int s_op_put(store_t *self, store_req_t *req)
     return tally_add(self->tally, "messages_rejected_total", "code=\"CONFLICT\"", 1);
 }
 
-static int s_op_ack(store_t *self, store_req_t *req)
+/* An ack for a message that is not pending for its sender: delivered before
+ * (a resent ack), dead, or no such message for that destination. */
+static int s_ack_not_pending(store_t *self, store_req_t *req)
 {
-    sqlite3_stmt *st = s_stmt(self, S_ACK_FIND);
+    sqlite3_stmt *st = s_stmt(self, S_ACK_STATE);
     S_BIND(sqlite3_bind_int64(st, 1, (sqlite3_int64)req->msg.seq));
     S_BIND(sqlite3_bind_text(st, 2, req->msg.dest, -1, SQLITE_STATIC));
     int rc = sqlite3_step(st);
-    if (rc == SQLITE_DONE) {
-        req->status = STORE_NOT_FOUND;
-        return SQLITE_OK;
-    }
-    if (rc != SQLITE_ROW)
-        return rc;
-    int state = sqlite3_column_int(st, 0);
-    int kind = sqlite3_column_int(st, 1);
-    char ref_key[200];
-    const unsigned char *k = sqlite3_column_text(st, 2);
-    snprintf(ref_key, sizeof ref_key, "%s", k ? (const char *)k : "");
+    req->status = rc == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL &&
+                          sqlite3_column_int(st, 0) == MSG_DELIVERED
+                      ? STORE_DUPLICATE
+                      : STORE_NOT_FOUND;
     sqlite3_reset(st);
-    if (state != MSG_PENDING) {
-        req->status = state == MSG_DELIVERED ? STORE_DUPLICATE : STORE_NOT_FOUND;
-        return SQLITE_OK;
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+static int s_op_ack(store_t *self, store_req_t *req)
+{
+    pending_entry_t e;
+    if (!pending_get(self->pending, req->msg.dest, req->msg.seq, &e))
+        return s_ack_not_pending(self, req);
+    /* A referral's lifecycle key, read only for referrals. */
+    char ref_key[200] = "";
+    int rc;
+    if (e.referral) {
+        sqlite3_stmt *st = s_stmt(self, S_REF_KEY);
+        S_BIND(sqlite3_bind_int64(st, 1, (sqlite3_int64)e.seq));
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW && sqlite3_column_text(st, 0) != NULL)
+            snprintf(ref_key, sizeof ref_key, "%s", (const char *)sqlite3_column_text(st, 0));
+        sqlite3_reset(st);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+            return rc;
     }
-    st = s_stmt(self, S_ACK_UPDATE);
-    S_BIND(sqlite3_bind_int64(st, 1, (sqlite3_int64)req->msg.seq));
-    S_BIND(sqlite3_bind_int64(st, 2, req->now_ms));
-    rc = sqlite3_step(st);
-    sqlite3_reset(st);
-    if (rc != SQLITE_DONE)
+    rc = s_done(self, e.seq, MSG_DELIVERED, req->now_ms, NULL);
+    if (rc != SQLITE_OK)
         return rc;
+    if (pending_remove(self->pending, req->msg.dest, e.seq, NULL) != 0)
+        return SQLITE_NOMEM; /* the journal's memory: the batch fails whole */
     req->status = STORE_OK;
     char labels[160];
-    const char *const pairs[] = {"destination", req->msg.dest, "kind", s_kind(kind)};
+    const char *const pairs[] = {"destination", req->msg.dest, "kind", s_kind(e.kind)};
     if (tally_labels(labels, sizeof labels, 2, pairs) < 0)
         return SQLITE_TOOBIG;
     S_BIND(tally_add(self->tally, "messages_delivered_total", labels, 1));
     return clinical_on_delivered(self->clin, ref_key, req->now_ms);
 }
 
+/* Reads the messages whose seqs are given, in that order, into req->rows. */
+static int s_read_seqs(store_t *self, store_req_t *req, const uint64_t *seqs, size_t n, bool body)
+{
+    int rc = SQLITE_OK;
+    for (size_t i = 0; rc == SQLITE_OK && i < n; i++)
+        rc = s_read_seq(self, req, seqs[i], body);
+    return rc;
+}
+
 static int s_op_load(store_t *self, store_req_t *req)
 {
-    sqlite3_stmt *st = s_stmt(self, req->express_only ? S_LOAD_EXPRESS : S_LOAD);
-    S_BIND(sqlite3_bind_text(st, 1, req->msg.dest, -1, SQLITE_STATIC));
-    S_BIND(sqlite3_bind_int64(st, 2, (sqlite3_int64)req->after));
-    S_BIND(sqlite3_bind_int(st, 3, (int)req->limit));
-    return s_collect(st, req);
+    uint64_t *seqs = malloc((req->limit ? req->limit : 1) * sizeof *seqs);
+    if (seqs == NULL)
+        return SQLITE_NOMEM;
+    size_t n = pending_after(self->pending, req->msg.dest, req->after, req->express_only, seqs,
+                             req->limit);
+    int rc = s_read_seqs(self, req, seqs, n, true);
+    free(seqs);
+    return rc;
 }
 
 static int s_op_list(store_t *self, store_req_t *req)
 {
-    sqlite3_stmt *st = s_stmt(self, req->msg.dest ? S_LIST_DEST : S_LIST_ALL);
-    S_BIND(sqlite3_bind_int(st, 1, req->state));
-    S_BIND(sqlite3_bind_int(st, 2, (int)req->limit));
-    if (req->msg.dest)
-        S_BIND(sqlite3_bind_text(st, 3, req->msg.dest, -1, SQLITE_STATIC));
-    return s_collect(st, req);
+    if (req->state == MSG_DEAD || req->state == MSG_DELIVERED) {
+        int which = req->state == MSG_DEAD ? S_LIST_DEAD_ALL : S_LIST_DONE_ALL;
+        sqlite3_stmt *st = s_stmt(self, req->msg.dest ? which + 1 : which);
+        S_BIND(sqlite3_bind_int(st, 1, (int)req->limit));
+        if (req->msg.dest)
+            S_BIND(sqlite3_bind_text(st, 2, req->msg.dest, -1, SQLITE_STATIC));
+        return s_collect(st, req);
+    }
+    if (req->state != MSG_PENDING)
+        return SQLITE_OK;
+    uint64_t *seqs = malloc((req->limit ? req->limit : 1) * sizeof *seqs);
+    if (seqs == NULL)
+        return SQLITE_NOMEM;
+    size_t n = req->msg.dest
+                   ? pending_after(self->pending, req->msg.dest, 0, false, seqs, req->limit)
+                   : pending_lowest(self->pending, seqs, req->limit);
+    int rc = s_read_seqs(self, req, seqs, n, false);
+    free(seqs);
+    return rc;
 }
 
 static int s_op_summary(store_t *self, store_req_t *req)
 {
-    sqlite3_stmt *st = s_stmt(self, S_SUMMARY);
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    size_t n = pending_summary(self->pending, NULL, 0);
+    pending_dest_t *d = malloc((n ? n : 1) * sizeof *d);
+    if (d == NULL)
+        return SQLITE_NOMEM;
+    n = pending_summary(self->pending, d, n);
+    int rc = SQLITE_OK;
+    for (size_t i = 0; rc == SQLITE_OK && i < n; i++) {
         store_row_t *r = s_new_row(req);
-        if (r == NULL)
-            return SQLITE_NOMEM;
-        r->dest = s_text(st, 0);
-        r->count = (uint64_t)sqlite3_column_int64(st, 1);
-        r->seq = (uint64_t)sqlite3_column_int64(st, 2);
-        r->stored_ms = sqlite3_column_int64(st, 3);
-        if (r->dest == NULL)
-            return SQLITE_NOMEM;
+        if (r == NULL || (r->dest = strdup(d[i].dest)) == NULL) {
+            rc = SQLITE_NOMEM;
+            break;
+        }
+        r->count = d[i].count;
+        r->seq = d[i].min_seq;
+        r->stored_ms = d[i].min_stored_ms;
     }
-    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+    free(d);
+    return rc;
 }
 
-static int s_op_update(store_t *self, store_req_t *req, int which)
+/* A pending message becomes dead: its outcome row, out of the pending set,
+ * and its row (without body) at the end of req->rows with the reason. */
+static int s_kill(store_t *self, store_req_t *req, const char *dest, uint64_t seq,
+                  const char *reason)
 {
-    sqlite3_stmt *st = s_stmt(self, which);
-    S_BIND(sqlite3_bind_int64(st, 1, (sqlite3_int64)req->msg.seq));
-    if (which == S_DROP) {
-        S_BIND(sqlite3_bind_text(st, 2, req->msg.dead_reason ? req->msg.dead_reason : "dropped", -1,
-                          SQLITE_STATIC));
-        S_BIND(sqlite3_bind_int64(st, 3, req->now_ms));
-    } else {
-        S_BIND(sqlite3_bind_int64(st, 2, req->now_ms));
+    int rc = s_done(self, seq, MSG_DEAD, req->now_ms, reason);
+    if (rc == SQLITE_OK && pending_remove(self->pending, dest, seq, NULL) != 0)
+        rc = SQLITE_NOMEM;
+    if (rc == SQLITE_OK)
+        rc = s_read_seq(self, req, seq, false);
+    if (rc == SQLITE_OK && (req->rows[req->n_rows - 1].dead_reason = strdup(reason)) == NULL)
+        rc = SQLITE_NOMEM;
+    return rc;
+}
+
+static int s_op_drop(store_t *self, store_req_t *req)
+{
+    /* Its destination first: the pending set is per destination. */
+    int rc = s_read_seq(self, req, req->msg.seq, false);
+    if (rc == SQLITE_CORRUPT) { /* no such message */
+        req->status = STORE_NOT_FOUND;
+        return SQLITE_OK;
     }
-    int rc = s_collect(st, req);
     if (rc != SQLITE_OK)
         return rc;
+    store_row_t probe = req->rows[0];
+    req->n_rows = 0;
+    rc = pending_get(self->pending, probe.dest, probe.seq, NULL)
+             ? s_kill(self, req, probe.dest, probe.seq,
+                      req->msg.dead_reason ? req->msg.dead_reason : "dropped")
+             : SQLITE_OK;
+    store_row_clear(&probe);
     req->status = req->n_rows == 1 ? STORE_OK : STORE_NOT_FOUND;
-    if (req->status == STORE_OK)
-        return tally_add(self->tally, which == S_DROP ? "messages_dead_total" : "messages_retried_total",
-                         which == S_DROP ? "reason=\"dropped\"" : "", 1);
-    return SQLITE_OK;
+    if (rc == SQLITE_OK && req->status == STORE_OK)
+        rc = tally_add(self->tally, "messages_dead_total", "reason=\"dropped\"", 1);
+    return rc;
+}
+
+static int s_op_retry(store_t *self, store_req_t *req)
+{
+    sqlite3_stmt *st = s_stmt(self, S_RETRY_UNDEAD);
+    S_BIND(sqlite3_bind_int64(st, 1, (sqlite3_int64)req->msg.seq));
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE)
+        return rc;
+    if (sqlite3_changes(self->db) != 1) {
+        req->status = STORE_NOT_FOUND;
+        return SQLITE_OK;
+    }
+    st = s_stmt(self, S_RETRY_ROW);
+    S_BIND(sqlite3_bind_int64(st, 1, (sqlite3_int64)req->msg.seq));
+    S_BIND(sqlite3_bind_int64(st, 2, req->now_ms));
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW) {
+        sqlite3_reset(st);
+        return rc == SQLITE_DONE ? SQLITE_CORRUPT : rc;
+    }
+    rc = s_read_row(st, req);
+    pending_entry_t e = {.express = sqlite3_column_int(st, 10) != 0,
+                         .referral = sqlite3_column_int(st, 11) != 0};
+    sqlite3_reset(st);
+    if (rc != SQLITE_OK)
+        return rc;
+    const store_row_t *r = &req->rows[0];
+    e.seq = r->seq;
+    e.stored_ms = r->stored_ms;
+    e.expires_ms = r->expires_ms;
+    e.kind = (uint8_t)r->kind;
+    if (pending_add(self->pending, r->dest, &e) != 0)
+        return SQLITE_NOMEM;
+    req->status = STORE_OK;
+    return tally_add(self->tally, "messages_retried_total", "", 1);
 }
 
 static int s_op_expire(store_t *self, store_req_t *req)
 {
-    sqlite3_stmt *st = s_stmt(self, S_EXPIRE);
-    S_BIND(sqlite3_bind_int64(st, 1, req->now_ms));
-    S_BIND(sqlite3_bind_int(st, 2, (int)req->limit));
-    int rc = s_collect(st, req);
-    for (size_t i = 0; rc == SQLITE_OK && i < req->n_rows; i++) {
+    size_t max = req->limit ? req->limit : 1;
+    pending_entry_t *due = malloc(max * sizeof *due);
+    const char **dests = malloc(max * sizeof *dests);
+    int rc = due && dests ? SQLITE_OK : SQLITE_NOMEM;
+    size_t n = rc == SQLITE_OK ? pending_expired(self->pending, req->now_ms, due, dests, max) : 0;
+    for (size_t i = 0; rc == SQLITE_OK && i < n; i++) {
+        rc = s_kill(self, req, dests[i], due[i].seq, "expired");
         char labels[160];
-        snprintf(labels, sizeof labels, "destination=\"%s\",kind=\"%s\"", req->rows[i].dest,
-                 s_kind(req->rows[i].kind));
-        rc = tally_add(self->tally, "messages_expired_total", labels, 1);
+        const char *const pairs[] = {"destination", dests[i], "kind", s_kind(due[i].kind)};
+        if (rc == SQLITE_OK && tally_labels(labels, sizeof labels, 2, pairs) < 0)
+            rc = SQLITE_TOOBIG;
+        if (rc == SQLITE_OK)
+            rc = tally_add(self->tally, "messages_expired_total", labels, 1);
         if (rc == SQLITE_OK)
             rc = tally_add(self->tally, "messages_dead_total", "reason=\"expired\"", 1);
     }
+    free(due);
+    free(dests);
     return rc;
 }
 
+/*
+ * Deletes delivered messages whose delivery is older than before_ms.  They
+ * were stored before it too, and seqs follow storage, so the walk goes in
+ * seq order through the messages stored before the cut-off only: the ones
+ * it deletes, and those it keeps (pending, dead, delivered late), at most
+ * S_PRUNE_LOOK of them per call, going on where the last call stopped.
+ */
+enum { S_PRUNE_LOOK = 20000 };
+
 static int s_op_prune(store_t *self, store_req_t *req)
 {
-    sqlite3_stmt *st = s_stmt(self, S_PRUNE);
-    S_BIND(sqlite3_bind_int64(st, 1, req->before_ms));
-    S_BIND(sqlite3_bind_int(st, 2, (int)req->limit));
-    int rc = sqlite3_step(st);
-    if (rc != SQLITE_DONE)
-        return rc;
-    req->value = (uint64_t)sqlite3_changes(self->db);
-    return SQLITE_OK;
+    size_t max = req->limit ? req->limit : 1, n = 0, looked = 0;
+    uint64_t *seqs = malloc(max * sizeof *seqs);
+    if (seqs == NULL)
+        return SQLITE_NOMEM;
+    sqlite3_stmt *st = s_stmt(self, S_PRUNE_SCAN);
+    int rc = sqlite3_bind_int64(st, 1, (sqlite3_int64)self->prune_after);
+    bool end = false;
+    while (rc == SQLITE_OK && n < max && looked++ < S_PRUNE_LOOK) {
+        rc = sqlite3_step(st);
+        if (rc != SQLITE_ROW) {
+            end = true;
+            break;
+        }
+        rc = SQLITE_OK;
+        if (sqlite3_column_int64(st, 1) >= req->before_ms) {
+            end = true; /* stored after the cut-off: so is every later one */
+            break;
+        }
+        self->prune_after = (uint64_t)sqlite3_column_int64(st, 0);
+        if (sqlite3_column_type(st, 2) != SQLITE_NULL &&
+            sqlite3_column_int(st, 2) == MSG_DELIVERED && sqlite3_column_int64(st, 3) < req->before_ms)
+            seqs[n++] = self->prune_after;
+    }
+    sqlite3_reset(st);
+    if (rc == SQLITE_DONE)
+        rc = SQLITE_OK;
+    if (end)
+        self->prune_after = 0; /* next time from the start: late deliveries age too */
+    for (size_t i = 0; rc == SQLITE_OK && i < n; i++) {
+        rc = s_by_seq(self, S_PRUNE_DONE, seqs[i]);
+        if (rc == SQLITE_OK)
+            rc = s_by_seq(self, S_PUT_UNDO, seqs[i]);
+    }
+    free(seqs);
+    req->value = rc == SQLITE_OK ? n : 0;
+    return rc;
 }
 
 static int s_op_size(store_t *self, store_req_t *req)
@@ -649,8 +955,8 @@ static int s_execute(store_t *self, store_req_t *req)
     case STORE_LOAD: rc = s_op_load(self, req); break;
     case STORE_LIST: rc = s_op_list(self, req); break;
     case STORE_SUMMARY: rc = s_op_summary(self, req); break;
-    case STORE_DROP: rc = s_op_update(self, req, S_DROP); break;
-    case STORE_RETRY: rc = s_op_update(self, req, S_RETRY); break;
+    case STORE_DROP: rc = s_op_drop(self, req); break;
+    case STORE_RETRY: rc = s_op_retry(self, req); break;
     case STORE_EXPIRE: rc = s_op_expire(self, req); break;
     case STORE_PRUNE: rc = s_op_prune(self, req); break;
     case STORE_SIZE: rc = s_op_size(self, req); break;
@@ -755,6 +1061,31 @@ static void s_checkpoint_due(store_t *self)
     pthread_mutex_unlock(&self->lock);
 }
 
+/*
+ * Keeps meta.pending_floor at or below every pending seq, so that the next
+ * open reads the messages from there on: lowered in the batch that brings an
+ * older message back (RETRY), raised at most once a second (a write per
+ * batch would cost more than the few rows it saves at open).
+ */
+static int s_floor(store_t *self)
+{
+    uint64_t f = pending_floor(self->pending);
+    if (f == 0)
+        f = self->last_seq + 1; /* nothing pending: every later message is above */
+    int64_t now = s_mono_ms();
+    if (f == self->floor_written || (f > self->floor_written && now - self->floor_at_ms < 1000))
+        return SQLITE_OK;
+    sqlite3_stmt *st = s_stmt(self, S_FLOOR);
+    S_BIND(sqlite3_bind_int64(st, 1, (sqlite3_int64)f));
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE)
+        return rc;
+    self->floor_written = f;
+    self->floor_at_ms = now;
+    return SQLITE_OK;
+}
+
 static void *s_thread(void *arg)
 {
     store_t *self = arg;
@@ -771,6 +1102,10 @@ static void *s_thread(void *arg)
         int changes_before = self->db ? sqlite3_total_changes(self->db) : 0;
         if (rc == SQLITE_OK)
             rc = s_control(self, S_BEGIN);
+        bool journalled = rc == SQLITE_OK;
+        uint64_t last_seq = self->last_seq;
+        if (journalled)
+            pending_begin(self->pending);
         if (rc == SQLITE_OK) {
             int64_t started = s_mono_ms();
             store_req_t *req = first;
@@ -791,17 +1126,28 @@ static void *s_thread(void *arg)
             if (rc == SQLITE_OK)
                 rc = tally_flush(self->tally, s_wall_ms());
             if (rc == SQLITE_OK)
+                rc = s_floor(self);
+            if (rc == SQLITE_OK)
                 rc = s_control(self, S_COMMIT);
             if (rc != SQLITE_OK && !sqlite3_get_autocommit(self->db))
                 sqlite3_exec(self->db, "ROLLBACK", NULL, NULL, NULL);
+        }
+        bool set_lost = false;
+        if (journalled && rc == SQLITE_OK) {
+            pending_commit(self->pending);
+            self->floor_committed = self->floor_written;
+        } else if (journalled) {
+            set_lost = pending_rollback(self->pending) != 0;
+            self->floor_written = self->floor_committed;
+            self->last_seq = last_seq;
         }
         if (rc != SQLITE_OK) {
             s_log_failure(self, rc, "batch");
             if (self->tally != NULL)
                 tally_discard(self->tally);
             s_fail_batch(head);
-            if (s_needs_reopen(rc))
-                s_close_db(self); /* reopen, and re-check, on the next batch */
+            if (s_needs_reopen(rc) || set_lost)
+                s_close_db(self); /* reopen, re-check and rebuild on the next batch */
             atomic_store(&self->unavailable, true);
         } else if (sqlite3_total_changes(self->db) != changes_before) {
             s_checkpoint_due(self);
@@ -855,7 +1201,8 @@ store_t *store_new(uv_loop_t *loop, const store_opts_t *opts, log_t *log)
     atomic_init(&self->backlog, 0);
     atomic_init(&self->unavailable, false);
     atomic_init(&self->backups, 0);
-    if (self->path == NULL)
+    self->pending = pending_new();
+    if (self->path == NULL || self->pending == NULL)
         goto fail_alloc;
     if (pthread_mutex_init(&self->lock, NULL) != 0)
         goto fail_alloc;
@@ -894,6 +1241,7 @@ fail_cond:
 fail_mutex:
     pthread_mutex_destroy(&self->lock);
 fail_alloc:
+    pending_destroy(&self->pending);
     free(self->path);
     free(self);
     return NULL;
@@ -1081,6 +1429,7 @@ static void on_close(uv_handle_t *handle)
 {
     store_t *self = handle->data;
     walbuf_destroy(&self->walbuf); /* every connection is closed */
+    pending_destroy(&self->pending);
     pthread_cond_destroy(&self->ckpt_wake);
     pthread_cond_destroy(&self->wake);
     pthread_mutex_destroy(&self->lock);

@@ -1058,6 +1058,223 @@ static void test_store_migrates_old_referrals_table(void **state)
     assert_int_equal(s_sql_int(fx->path, "SELECT count(*) FROM referrals"), 3);
 }
 
+/* Runs sql on the file at path through a connection of its own. */
+static void s_sql_exec(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+}
+
+/* The seqs of a LOAD (or LIST) as "1 2 3". */
+static const char *s_seqs(const s_done_t *d, char *buf, size_t size)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < d->n_rows && used < size; i++)
+        used += (size_t)snprintf(buf + used, size - used, "%s%llu", i ? " " : "",
+                                 (unsigned long long)d->rows[i].seq);
+    return buf;
+}
+
+static s_done_t *s_load_express(s_fx_t *fx, const char *dest)
+{
+    s_done_t *d;
+    store_req_t *req = s_req(fx, STORE_LOAD, &d);
+    req->msg.dest = strdup(dest);
+    req->express_only = true;
+    req->limit = 100;
+    s_submit(fx, req);
+    s_wait(fx, d);
+    return d;
+}
+
+/* A PUT of an express message (a critical value). */
+static s_done_t *s_put_express(s_fx_t *fx, const char *id, const char *dest)
+{
+    s_done_t *d;
+    store_req_t *req = s_req(fx, STORE_PUT, &d);
+    req->msg.source = strdup("t-a");
+    req->msg.message_id = strdup(id);
+    req->msg.dest = strdup(dest);
+    req->msg.kind = 1;
+    req->msg.stored_ms = 1000;
+    req->msg.expires_ms = 99000;
+    req->msg.express = 1;
+    req->msg.body = (uint8_t *)strdup(id);
+    req->msg.body_len = strlen(id);
+    req->msg.content_hash = s_hash(id);
+    s_submit(fx, req);
+    s_wait(fx, d);
+    return d;
+}
+
+/*
+ * Which messages are pending is kept in memory and rebuilt from the file at
+ * open: after a close and an open, each destination's pending messages are
+ * exactly those without an outcome (delivered, dropped and expired ones
+ * gone, a retried one back in its place, express ones in the express list),
+ * with the same counts.  The floor the store records lets the rebuild start
+ * after the messages delivered long ago, and never after a pending one.
+ */
+static void test_store_pending_rebuilt_at_open(void **state)
+{
+    s_fx_t *fx = *state;
+    char buf[128];
+    for (int i = 1; i <= 6; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "m-%d", i);
+        s_put(fx, "t-a", id, i % 2 ? "lead" : "lab", "b", i == 5 ? 4000 : 99000);
+    }
+    s_put_express(fx, "crit-7", "lab");           /* 7 */
+    assert_int_equal(s_ack(fx, 1, "lead", 2000)->status, STORE_OK);
+    assert_int_equal(s_ack(fx, 2, "lab", 2000)->status, STORE_OK);
+    assert_int_equal(s_drop(fx, 3, "test", 2000)->status, STORE_OK);
+    assert_int_equal(s_expire(fx, 5000, 100)->n_rows, 1); /* 5 */
+    assert_int_equal(s_drop(fx, 4, "test", 2000)->status, STORE_OK);
+    assert_int_equal(s_retry(fx, 4, 6000)->status, STORE_OK);
+    /* lead: 1 delivered, 3 dropped, 5 expired; lab: 2 delivered, 4 back. */
+    assert_string_equal(s_seqs(s_load(fx, "lab", 0, 100), buf, sizeof buf), "4 6 7");
+    assert_int_equal(s_load(fx, "lead", 0, 100)->n_rows, 0);
+
+    store_destroy(&fx->store);
+    fx->store = s_open(fx, fx->path);
+    assert_non_null(fx->store);
+    assert_string_equal(s_seqs(s_load(fx, "lab", 0, 100), buf, sizeof buf), "4 6 7");
+    assert_string_equal(s_seqs(s_load(fx, "lab", 4, 100), buf, sizeof buf), "6 7");
+    assert_string_equal(s_seqs(s_load_express(fx, "lab"), buf, sizeof buf), "7");
+    assert_int_equal(s_load(fx, "lead", 0, 100)->n_rows, 0);
+    s_done_t *d = s_simple(fx, STORE_SUMMARY);
+    assert_int_equal(d->n_rows, 1);
+    assert_string_equal(d->rows[0].dest, "lab");
+    assert_int_equal(d->rows[0].count, 3);
+    assert_int_equal(d->rows[0].seq, 4);
+    assert_string_equal(s_seqs(s_list(fx, MSG_DEAD, NULL, 100), buf, sizeof buf), "3 5");
+    assert_int_equal(s_ack(fx, 1, "lead", 9)->status, STORE_DUPLICATE);
+    assert_int_equal(s_ack(fx, 3, "lead", 9)->status, STORE_NOT_FOUND);
+
+    /* Deliver everything up to 6: the floor rises past them (at most once a
+     * second), to the lowest pending seq and not beyond. */
+    assert_int_equal(s_ack(fx, 4, "lab", 7000)->status, STORE_OK);
+    assert_int_equal(s_ack(fx, 6, "lab", 7000)->status, STORE_OK);
+    struct timespec pause = {1, 100 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+    s_put(fx, "t-a", "m-8", "lead", "b", 99000); /* 8: a batch that writes the floor */
+    store_destroy(&fx->store);
+    assert_int_equal(s_sql_int(fx->path, "SELECT value FROM meta WHERE key = 'pending_floor'"),
+                     7);
+    fx->store = s_open(fx, fx->path);
+    assert_string_equal(s_seqs(s_load(fx, "lab", 0, 100), buf, sizeof buf), "7");
+    assert_string_equal(s_seqs(s_load(fx, "lead", 0, 100), buf, sizeof buf), "8");
+    /* A retry brings back a message below the floor: the floor follows it in
+     * the same batch, so the next open finds it. */
+    assert_int_equal(s_retry(fx, 3, 8000)->status, STORE_OK);
+    store_destroy(&fx->store);
+    assert_int_equal(s_sql_int(fx->path, "SELECT value FROM meta WHERE key = 'pending_floor'"),
+                     3);
+    fx->store = s_open(fx, fx->path);
+    assert_string_equal(s_seqs(s_load(fx, "lead", 0, 100), buf, sizeof buf), "3 8");
+}
+
+/*
+ * A batch that fails after changing the pending set (its tallies cannot be
+ * written: a trigger refuses them) rolls the set back with the transaction:
+ * the message it stored is not pending, the one it delivered still is, and
+ * the store goes on from there once writes succeed again.
+ */
+static void test_store_failed_batch_rolls_back_pending(void **state)
+{
+    s_fx_t *fx = *state;
+    char buf[128];
+    assert_int_equal(s_put(fx, "t-a", "m-1", "lead", "b", 99000)->status, STORE_OK);
+    assert_int_equal(s_put(fx, "t-a", "m-2", "lead", "b", 99000)->status, STORE_OK);
+    s_sql_exec(fx->path, "CREATE TRIGGER no_tally BEFORE INSERT ON tallies"
+                         " BEGIN SELECT RAISE(ABORT, 'test'); END;"
+                         "CREATE TRIGGER no_tally_update BEFORE UPDATE ON tallies"
+                         " BEGIN SELECT RAISE(ABORT, 'test'); END;");
+    assert_int_equal(s_put(fx, "t-a", "m-3", "lead", "b", 99000)->status, STORE_UNAVAILABLE);
+    assert_int_equal(s_ack(fx, 1, "lead", 2000)->status, STORE_UNAVAILABLE);
+    s_sql_exec(fx->path, "DROP TRIGGER no_tally; DROP TRIGGER no_tally_update;");
+
+    assert_string_equal(s_seqs(s_load(fx, "lead", 0, 100), buf, sizeof buf), "1 2");
+    s_done_t *d = s_simple(fx, STORE_SUMMARY);
+    assert_int_equal(d->n_rows, 1);
+    assert_int_equal(d->rows[0].count, 2);
+    /* The rolled-back seq is given again, and it is pending like any other. */
+    d = s_put(fx, "t-a", "m-3", "lead", "b", 99000);
+    assert_int_equal(d->status, STORE_OK);
+    assert_int_equal(d->seq, 3);
+    assert_int_equal(s_ack(fx, 1, "lead", 2000)->status, STORE_OK);
+    assert_string_equal(s_seqs(s_load(fx, "lead", 0, 100), buf, sizeof buf), "2 3");
+    store_destroy(&fx->store);
+    fx->store = s_open(fx, fx->path);
+    assert_string_equal(s_seqs(s_load(fx, "lead", 0, 100), buf, sizeof buf), "2 3");
+}
+
+/*
+ * A store of schema version 1 (a message's state, done_ms and dead_reason
+ * in its row; partial indexes on the pending set) is migrated at open: the
+ * outcomes move to message_done, the indexes go, and every message keeps
+ * its state.
+ */
+static void test_store_migrates_messages_v1(void **state)
+{
+    s_fx_t *fx = *state;
+    char buf[128];
+    s_sql_exec(fx->path,
+               "CREATE TABLE messages(seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+               " source TEXT NOT NULL, message_id TEXT NOT NULL, dest TEXT NOT NULL,"
+               " kind INTEGER NOT NULL, priority INTEGER NOT NULL,"
+               " stored_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL,"
+               " state INTEGER NOT NULL DEFAULT 0, done_ms INTEGER, dead_reason TEXT,"
+               " body BLOB NOT NULL, content_hash INTEGER NOT NULL,"
+               " express INTEGER NOT NULL DEFAULT 0, ref_key TEXT,"
+               " UNIQUE(source, message_id));"
+               "CREATE INDEX messages_pending ON messages(dest, seq) WHERE state = 0;"
+               "CREATE INDEX messages_express ON messages(dest, seq)"
+               " WHERE state = 0 AND express = 1;"
+               "CREATE INDEX messages_expiry ON messages(expires_ms) WHERE state = 0;"
+               "CREATE INDEX messages_done ON messages(done_ms) WHERE state = 1;"
+               "CREATE TABLE meta(key TEXT PRIMARY KEY, value);"
+               "INSERT INTO meta VALUES('schema_version', 1);"
+               "INSERT INTO messages(source, message_id, dest, kind, priority, stored_ms,"
+               " expires_ms, state, done_ms, dead_reason, body, content_hash, express) VALUES"
+               " ('t-a', 'm-1', 'lead', 1, 2, 1000, 99000, 1, 1500, NULL, x'01', 1, 0),"
+               " ('t-a', 'm-2', 'lead', 1, 2, 1000, 99000, 0, NULL, NULL, x'02', 2, 0),"
+               " ('t-a', 'm-3', 'lead', 1, 2, 1000, 99000, 2, 1600, 'expired', x'03', 3, 0),"
+               " ('t-a', 'm-4', 'lab', 1, 2, 1000, 99000, 0, NULL, NULL, x'04', 4, 1);");
+    fx->store = s_open(fx, fx->path);
+    assert_non_null(fx->store);
+    assert_string_equal(s_seqs(s_load(fx, "lead", 0, 100), buf, sizeof buf), "2");
+    assert_string_equal(s_seqs(s_load_express(fx, "lab"), buf, sizeof buf), "4");
+    s_done_t *d = s_list(fx, MSG_DEAD, NULL, 100);
+    assert_int_equal(d->n_rows, 1);
+    assert_int_equal(d->rows[0].seq, 3);
+    assert_string_equal(d->rows[0].dead_reason, "expired");
+    assert_int_equal(s_ack(fx, 1, "lead", 9)->status, STORE_DUPLICATE);
+    assert_int_equal(s_ack(fx, 2, "lead", 2000)->status, STORE_OK);
+    d = s_put(fx, "t-a", "m-5", "lead", "b", 99000);
+    assert_int_equal(d->status, STORE_OK);
+    assert_int_equal(d->seq, 5);
+    assert_int_equal(s_put(fx, "t-a", "m-1", "lead", "other", 99000)->status, STORE_CONFLICT);
+    store_destroy(&fx->store);
+
+    assert_int_equal(s_sql_int(fx->path, "SELECT value FROM meta WHERE key = 'schema_version'"),
+                     2);
+    assert_int_equal(s_sql_int(fx->path, "SELECT count(*) FROM sqlite_master WHERE name LIKE"
+                                         " 'messages\\_%' ESCAPE '\\' AND type = 'index'"),
+                     0);
+    /* 1 delivered and 3 dead as they were; 2 delivered since. */
+    assert_int_equal(s_sql_int(fx->path, "SELECT group_concat(seq || ':' || state || ':' ||"
+                                         " done_ms, ' ') = '1:1:1500 2:1:2000 3:2:1600'"
+                                         " FROM (SELECT * FROM message_done ORDER BY seq)"),
+                     1);
+    fx->store = s_open(fx, fx->path);
+    assert_string_equal(s_seqs(s_load(fx, "lead", 0, 100), buf, sizeof buf), "5");
+    assert_string_equal(s_seqs(s_load(fx, "lab", 0, 100), buf, sizeof buf), "4");
+}
+
 int main(void)
 {
     umask(022);
@@ -1084,6 +1301,9 @@ int main(void)
         T0(test_store_unavailable_not_a_database_then_recovers),
         T0(test_store_callback_may_take_rows),
         T0(test_store_migrates_old_referrals_table),
+        T(test_store_pending_rebuilt_at_open),
+        T(test_store_failed_batch_rolls_back_pending),
+        T0(test_store_migrates_messages_v1),
     };
     /* MR_TEST_FILTER / MR_TEST_SKIP: glob patterns of test names to run or
      * skip (e.g. to run the rest under valgrind while a known bug is open). */

@@ -84,6 +84,15 @@ static void s_compact(s_list_t *l)
             l->v[w++] = l->v[r];
     l->head = 0;
     l->len = w;
+    /* After a backlog has drained: give back what it took. */
+    if (l->cap > 4 * w + 256) {
+        size_t cap = 2 * w + 64;
+        pending_entry_t *v = realloc(l->v, cap * sizeof *v);
+        if (v != NULL) {
+            l->v = v;
+            l->cap = cap;
+        }
+    }
 }
 
 /* Room for one more at the end; compacts first when half the window is dead. */
@@ -136,9 +145,14 @@ static void s_list_remove(s_list_t *l, pending_entry_t *e)
     l->live--;
     while (l->head < l->len && !l->v[l->head].live)
         l->head++;
-    if (l->head == l->len)
+    if (l->head == l->len) {
         l->head = l->len = 0;
-    else if (l->len - l->head > 2 * l->live + 64)
+        if (l->cap > 1024) { /* drained after a backlog */
+            free(l->v);
+            l->v = NULL;
+            l->cap = 0;
+        }
+    } else if (l->len - l->head > 2 * l->live + 64)
         s_compact(l); /* a list that drains without adds: also here */
 }
 
@@ -199,6 +213,11 @@ void pending_commit(pending_t *self)
 {
     self->n_undo = 0;
     self->journalling = false;
+    if (self->cap_undo > 65536) { /* a large batch's journal is not kept */
+        free(self->undo);
+        self->undo = NULL;
+        self->cap_undo = 0;
+    }
 }
 
 static s_dest_t *s_dest(const pending_t *self, const char *dest)

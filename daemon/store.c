@@ -107,10 +107,8 @@ static const char *const s_sql[S_STMT_COUNT] = {
     [S_RETRY_ROW] = "UPDATE messages SET expires_ms = max(expires_ms, ?2) WHERE seq = ?1"
                     " RETURNING seq, source, message_id, dest, kind, priority, stored_ms,"
                     " expires_ms, NULL, body, express, ref_key IS NOT NULL",
-    /* Messages in seq order with their outcome: PRUNE walks those stored
-     * before the retention cut-off. */
-    [S_PRUNE_SCAN] = "SELECT m.seq, m.stored_ms, d.state, d.done_ms FROM messages m"
-                     " LEFT JOIN message_done d ON d.seq = m.seq WHERE m.seq > ?1 ORDER BY m.seq",
+    /* Delivered before the retention cut-off (message_delivered). */
+    [S_PRUNE_SCAN] = "SELECT seq FROM message_done WHERE state = 1 AND done_ms < ?1 LIMIT ?2",
     [S_PRUNE_DONE] = "DELETE FROM message_done WHERE seq = ?1",
     [S_FLOOR] = "INSERT OR REPLACE INTO meta(key, value) VALUES('pending_floor', ?1)",
     /* Prepared once: parsing these for every batch showed in profiles. */
@@ -125,6 +123,8 @@ static const char *const s_sql[S_STMT_COUNT] = {
  * the rows after meta.pending_floor that have no outcome.  So a delivery
  * appends one small row, and no index follows the pending set.
  */
+enum { S_SCHEMA_VERSION = 2 };
+
 static const char *const s_schema =
     "CREATE TABLE IF NOT EXISTS messages("
     " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
@@ -138,8 +138,15 @@ static const char *const s_schema =
     " seq INTEGER PRIMARY KEY, state INTEGER NOT NULL, done_ms INTEGER NOT NULL,"
     " dead_reason TEXT);"
     "CREATE INDEX IF NOT EXISTS message_dead ON message_done(seq) WHERE state = 2;"
+    "CREATE INDEX IF NOT EXISTS message_delivered ON message_done(done_ms) WHERE state = 1;"
+    /* A daemon of version 1 creates an index of this name at open: this
+     * table makes it fail there, instead of loading every message as
+     * pending again. */
+    "CREATE TABLE IF NOT EXISTS messages_pending(note TEXT);"
+    "INSERT INTO messages_pending(note) SELECT 'schema version 2: the pending set is in"
+    " message_done and in memory' WHERE NOT EXISTS (SELECT 1 FROM messages_pending);"
     "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value);"
-    "INSERT OR IGNORE INTO meta(key, value) VALUES('schema_version', 2);";
+    "INSERT OR IGNORE INTO meta(key, value) VALUES('schema_version', 2);"; /* S_SCHEMA_VERSION */
 
 /*
  * From version 1, where a message's state, done_ms and dead_reason were
@@ -158,6 +165,7 @@ static const char *const s_migrate_v1 =
     " WHERE state <> 0;"
     "DROP INDEX IF EXISTS messages_pending;"
     "DROP INDEX IF EXISTS messages_express;"
+    "CREATE INDEX message_delivered ON message_done(done_ms) WHERE state = 1;"
     "DROP INDEX IF EXISTS messages_expiry;"
     "DROP INDEX IF EXISTS messages_done;"
     "INSERT OR REPLACE INTO meta(key, value) VALUES('schema_version', 2);"
@@ -198,7 +206,6 @@ struct store_t {
     uint64_t floor_committed; /* meta.pending_floor as committed (UINT64_MAX: unknown) */
     uint64_t floor_written;   /* ... as written in the open batch */
     int64_t floor_at_ms;      /* when it was last raised */
-    uint64_t prune_after;     /* where PRUNE's walk goes on */
     walbuf_t *walbuf;  /* the writer's VFS under synchronous=FULL (walbuf.h), or NULL */
 };
 
@@ -356,7 +363,6 @@ static int s_rebuild(store_t *self)
     sqlite3_finalize(st);
     self->last_seq = (uint64_t)last;
     self->floor_committed = self->floor_written = (uint64_t)floor;
-    self->prune_after = 0;
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
@@ -413,6 +419,17 @@ static int s_open_db(store_t *self)
     }
     if (rc != SQLITE_OK)
         goto fail;
+    /* A store a later version has changed: this one would misread it. */
+    int64_t version = 0; /* no meta table: a new store */
+    if (s_query_int(self->db, "SELECT value FROM meta WHERE key = 'schema_version'", 0,
+                    &version) == SQLITE_OK &&
+        version > S_SCHEMA_VERSION) {
+        if (self->last_error != SQLITE_CANTOPEN) /* once, not at each retry */
+            log_error(self->log, "store.too_new", "path=%s schema_version=%lld supported=%d",
+                      self->path, (long long)version, S_SCHEMA_VERSION);
+        rc = SQLITE_CANTOPEN;
+        goto fail;
+    }
     rc = sqlite3_exec(self->db, s_schema, NULL, NULL, NULL);
     if (rc != SQLITE_OK)
         goto fail;
@@ -568,7 +585,8 @@ static int s_done(store_t *self, uint64_t seq, int state, int64_t at_ms, const c
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
-/* Reads message seq into a new row of req (with its body if body is set). */
+/* Reads message seq into a new row of req (with its body if body is set).
+ * SQLITE_NOTFOUND when there is no such message. */
 static int s_read_seq(store_t *self, store_req_t *req, uint64_t seq, bool body)
 {
     sqlite3_stmt *st = s_stmt(self, body ? S_ROW : S_ROW_HEAD);
@@ -577,7 +595,7 @@ static int s_read_seq(store_t *self, store_req_t *req, uint64_t seq, bool body)
     if (rc == SQLITE_ROW)
         rc = s_read_row(st, req);
     else if (rc == SQLITE_DONE)
-        rc = SQLITE_CORRUPT; /* pending in memory, and no row */
+        rc = SQLITE_NOTFOUND; /* not an error SQLite returns from a step */
     sqlite3_reset(st);
     return rc;
 }
@@ -722,7 +740,7 @@ static int s_read_seqs(store_t *self, store_req_t *req, const uint64_t *seqs, si
     int rc = SQLITE_OK;
     for (size_t i = 0; rc == SQLITE_OK && i < n; i++)
         rc = s_read_seq(self, req, seqs[i], body);
-    return rc;
+    return rc == SQLITE_NOTFOUND ? SQLITE_CORRUPT : rc; /* pending, and no row */
 }
 
 static int s_op_load(store_t *self, store_req_t *req)
@@ -790,8 +808,8 @@ static int s_kill(store_t *self, store_req_t *req, const char *dest, uint64_t se
     int rc = s_done(self, seq, MSG_DEAD, req->now_ms, reason);
     if (rc == SQLITE_OK && pending_remove(self->pending, dest, seq, NULL) != 0)
         rc = SQLITE_NOMEM;
-    if (rc == SQLITE_OK)
-        rc = s_read_seq(self, req, seq, false);
+    if (rc == SQLITE_OK && (rc = s_read_seq(self, req, seq, false)) == SQLITE_NOTFOUND)
+        rc = SQLITE_CORRUPT; /* pending, and no row */
     if (rc == SQLITE_OK && (req->rows[req->n_rows - 1].dead_reason = strdup(reason)) == NULL)
         rc = SQLITE_NOMEM;
     return rc;
@@ -801,7 +819,7 @@ static int s_op_drop(store_t *self, store_req_t *req)
 {
     /* Its destination first: the pending set is per destination. */
     int rc = s_read_seq(self, req, req->msg.seq, false);
-    if (rc == SQLITE_CORRUPT) { /* no such message */
+    if (rc == SQLITE_NOTFOUND) {
         req->status = STORE_NOT_FOUND;
         return SQLITE_OK;
     }
@@ -859,7 +877,9 @@ static int s_op_retry(store_t *self, store_req_t *req)
 
 static int s_op_expire(store_t *self, store_req_t *req)
 {
-    size_t max = req->limit ? req->limit : 1;
+    size_t max = req->limit;
+    if (max == 0)
+        return SQLITE_OK;
     pending_entry_t *due = malloc(max * sizeof *due);
     const char **dests = malloc(max * sizeof *dests);
     int rc = due && dests ? SQLITE_OK : SQLITE_NOMEM;
@@ -880,45 +900,24 @@ static int s_op_expire(store_t *self, store_req_t *req)
     return rc;
 }
 
-/*
- * Deletes delivered messages whose delivery is older than before_ms.  They
- * were stored before it too, and seqs follow storage, so the walk goes in
- * seq order through the messages stored before the cut-off only: the ones
- * it deletes, and those it keeps (pending, dead, delivered late), at most
- * S_PRUNE_LOOK of them per call, going on where the last call stopped.
- */
-enum { S_PRUNE_LOOK = 20000 };
-
+/* Deletes messages delivered before before_ms, at most limit of them. */
 static int s_op_prune(store_t *self, store_req_t *req)
 {
-    size_t max = req->limit ? req->limit : 1, n = 0, looked = 0;
-    uint64_t *seqs = malloc(max * sizeof *seqs);
+    size_t max = req->limit, n = 0;
+    uint64_t *seqs = malloc((max ? max : 1) * sizeof *seqs);
     if (seqs == NULL)
         return SQLITE_NOMEM;
     sqlite3_stmt *st = s_stmt(self, S_PRUNE_SCAN);
-    int rc = sqlite3_bind_int64(st, 1, (sqlite3_int64)self->prune_after);
-    bool end = false;
-    while (rc == SQLITE_OK && n < max && looked++ < S_PRUNE_LOOK) {
-        rc = sqlite3_step(st);
-        if (rc != SQLITE_ROW) {
-            end = true;
-            break;
-        }
+    int rc = sqlite3_bind_int64(st, 1, req->before_ms);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, 2, (sqlite3_int64)max);
+    while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW && n < max) {
+        seqs[n++] = (uint64_t)sqlite3_column_int64(st, 0);
         rc = SQLITE_OK;
-        if (sqlite3_column_int64(st, 1) >= req->before_ms) {
-            end = true; /* stored after the cut-off: so is every later one */
-            break;
-        }
-        self->prune_after = (uint64_t)sqlite3_column_int64(st, 0);
-        if (sqlite3_column_type(st, 2) != SQLITE_NULL &&
-            sqlite3_column_int(st, 2) == MSG_DELIVERED && sqlite3_column_int64(st, 3) < req->before_ms)
-            seqs[n++] = self->prune_after;
     }
-    sqlite3_reset(st);
-    if (rc == SQLITE_DONE)
+    sqlite3_reset(st); /* before deleting what it reads */
+    if (rc == SQLITE_DONE || rc == SQLITE_ROW)
         rc = SQLITE_OK;
-    if (end)
-        self->prune_after = 0; /* next time from the start: late deliveries age too */
     for (size_t i = 0; rc == SQLITE_OK && i < n; i++) {
         rc = s_by_seq(self, S_PRUNE_DONE, seqs[i]);
         if (rc == SQLITE_OK)
@@ -1065,15 +1064,17 @@ static void s_checkpoint_due(store_t *self)
  * Keeps meta.pending_floor at or below every pending seq, so that the next
  * open reads the messages from there on: lowered in the batch that brings an
  * older message back (RETRY), raised at most once a second (a write per
- * batch would cost more than the few rows it saves at open).
+ * batch would cost more than the few rows it saves at open) and only in a
+ * batch that wrote anyway: a batch of reads must not fail for want of disk.
  */
-static int s_floor(store_t *self)
+static int s_floor(store_t *self, bool wrote)
 {
     uint64_t f = pending_floor(self->pending);
     if (f == 0)
         f = self->last_seq + 1; /* nothing pending: every later message is above */
     int64_t now = s_mono_ms();
-    if (f == self->floor_written || (f > self->floor_written && now - self->floor_at_ms < 1000))
+    if (f == self->floor_written ||
+        (f > self->floor_written && (!wrote || now - self->floor_at_ms < 1000)))
         return SQLITE_OK;
     sqlite3_stmt *st = s_stmt(self, S_FLOOR);
     S_BIND(sqlite3_bind_int64(st, 1, (sqlite3_int64)f));
@@ -1126,7 +1127,7 @@ static void *s_thread(void *arg)
             if (rc == SQLITE_OK)
                 rc = tally_flush(self->tally, s_wall_ms());
             if (rc == SQLITE_OK)
-                rc = s_floor(self);
+                rc = s_floor(self, sqlite3_total_changes(self->db) != changes_before);
             if (rc == SQLITE_OK)
                 rc = s_control(self, S_COMMIT);
             if (rc != SQLITE_OK && !sqlite3_get_autocommit(self->db))

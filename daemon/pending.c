@@ -60,6 +60,20 @@ struct pending_t {
     size_t n_undo, cap_undo;
 };
 
+/* Room for one more element in array v of n (size bytes each) whose
+ * capacity is *cap: v itself, or v moved with its capacity doubled (*cap
+ * updated).  NULL without memory, v then unchanged. */
+static void *s_grow(void *v, size_t *cap, size_t n, size_t size, size_t first)
+{
+    if (n < *cap)
+        return v;
+    size_t c = *cap ? *cap * 2 : first;
+    void *p = realloc(v, c * size);
+    if (p != NULL)
+        *cap = c;
+    return p;
+}
+
 /* ---- one list ------------------------------------------------------------ */
 
 /* The first position in [head, len) whose seq is >= seq (len if none). */
@@ -100,14 +114,10 @@ static int s_reserve(s_list_t *l)
 {
     if (l->len - l->head > 2 * l->live + 64 || (l->head > 0 && l->len == l->cap))
         s_compact(l);
-    if (l->len < l->cap)
-        return 0;
-    size_t cap = l->cap ? l->cap * 2 : 64;
-    pending_entry_t *v = realloc(l->v, cap * sizeof *v);
+    pending_entry_t *v = s_grow(l->v, &l->cap, l->len, sizeof *v, 64);
     if (v == NULL)
         return -ENOMEM;
     l->v = v;
-    l->cap = cap;
     return 0;
 }
 
@@ -233,15 +243,11 @@ static int s_dest_make(pending_t *self, const char *dest)
     int i = strmap_get(self->index, dest, len);
     if (i >= 0)
         return i;
-    if (self->n_dests == self->cap_dests) {
-        size_t cap = self->cap_dests ? self->cap_dests * 2 : 16;
-        s_dest_t *d = realloc(self->dests, cap * sizeof *d);
-        if (d == NULL)
-            return -1;
-        self->dests = d;
-        self->cap_dests = cap;
-    }
-    s_dest_t *d = &self->dests[self->n_dests];
+    s_dest_t *d = s_grow(self->dests, &self->cap_dests, self->n_dests, sizeof *d, 16);
+    if (d == NULL)
+        return -1;
+    self->dests = d;
+    d = &self->dests[self->n_dests];
     memset(d, 0, sizeof *d);
     d->name = strdup(dest);
     if (d->name == NULL || strmap_put(self->index, dest, len, (int)self->n_dests) != 0) {
@@ -255,14 +261,10 @@ static int s_journal(pending_t *self, int dest, bool added, const pending_entry_
 {
     if (!self->journalling)
         return 0;
-    if (self->n_undo == self->cap_undo) {
-        size_t cap = self->cap_undo ? self->cap_undo * 2 : 256;
-        s_undo_t *u = realloc(self->undo, cap * sizeof *u);
-        if (u == NULL)
-            return -ENOMEM;
-        self->undo = u;
-        self->cap_undo = cap;
-    }
+    s_undo_t *u = s_grow(self->undo, &self->cap_undo, self->n_undo, sizeof *u, 256);
+    if (u == NULL)
+        return -ENOMEM;
+    self->undo = u;
     self->undo[self->n_undo++] = (s_undo_t){.dest = dest, .added = added, .e = *e};
     return 0;
 }

@@ -163,9 +163,9 @@ static const char *const s_migrate_v1 =
     "INSERT INTO message_done(seq, state, done_ms, dead_reason)"
     " SELECT seq, state, coalesce(done_ms, stored_ms), dead_reason FROM messages"
     " WHERE state <> 0;"
+    "CREATE INDEX message_delivered ON message_done(done_ms) WHERE state = 1;"
     "DROP INDEX IF EXISTS messages_pending;"
     "DROP INDEX IF EXISTS messages_express;"
-    "CREATE INDEX message_delivered ON message_done(done_ms) WHERE state = 1;"
     "DROP INDEX IF EXISTS messages_expiry;"
     "DROP INDEX IF EXISTS messages_done;"
     "INSERT OR REPLACE INTO meta(key, value) VALUES('schema_version', 2);"
@@ -203,7 +203,7 @@ struct store_t {
     bool opened_once;
     pending_t *pending;  /* the pending set (pending.h), rebuilt at each open */
     uint64_t last_seq;   /* the highest seq stored */
-    uint64_t floor_committed; /* meta.pending_floor as committed (UINT64_MAX: unknown) */
+    uint64_t floor_committed; /* meta.pending_floor as committed */
     uint64_t floor_written;   /* ... as written in the open batch */
     int64_t floor_at_ms;      /* when it was last raised */
     walbuf_t *walbuf;  /* the writer's VFS under synchronous=FULL (walbuf.h), or NULL */

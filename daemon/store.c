@@ -1135,6 +1135,7 @@ static void *s_thread(void *arg)
         }
         bool set_lost = false;
         if (journalled && rc == SQLITE_OK) {
+            tally_commit(self->tally);
             pending_commit(self->pending);
             self->floor_committed = self->floor_written;
         } else if (journalled) {

@@ -32,8 +32,11 @@ void tally_destroy(tally_t **self_p);
 int tally_add(tally_t *self, const char *name, const char *labels, int64_t delta);
 /* Records one observation of seconds in histogram `name` (buckets, _sum, _count). */
 int tally_observe(tally_t *self, const char *name, const char *labels, int64_t seconds);
-/* Writes the batch's counts (inside the caller's transaction). */
+/* Writes the batch's counts (inside the caller's transaction); they stay
+ * the batch's until tally_commit or tally_discard. */
 int tally_flush(tally_t *self, int64_t now_ms);
+/* The batch's transaction committed: its counts join the all-time totals. */
+void tally_commit(tally_t *self);
 /* Forgets the batch's counts (its transaction was rolled back). */
 void tally_discard(tally_t *self);
 
@@ -44,7 +47,9 @@ typedef struct {
 } tally_row_t;
 
 /* Sums per (name, labels) over days first..last (YYYY-MM-DD, inclusive);
- * NULL first/last: all time.  facility filters to label sets naming it. */
+ * NULL first and last: all time, from memory (totals kept since tally_new).
+ * facility filters to label sets naming it.  Rows sorted by name, labels;
+ * on failure the caller still frees *rows (n of them). */
 int tally_query(tally_t *self, const char *first, const char *last, const char *facility,
                 tally_row_t **rows, size_t *n);
 void tally_rows_free(tally_row_t *rows, size_t n);

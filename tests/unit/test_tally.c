@@ -1,6 +1,8 @@
 /*
- * Unit tests for daemon/tally.c's label text: tally_labels (the hot path's
- * replacement for snprintf) and tally_label_value.
+ * Unit tests for daemon/tally.c: the label text (tally_labels, the hot
+ * path's replacement for snprintf, and tally_label_value), and the all-time
+ * totals kept in memory, checked against the table's own sums on a real
+ * SQLite file.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -8,7 +10,12 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <sqlite3.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "tally.h"
 
@@ -51,12 +58,109 @@ static void test_tally_label_value_is_made_safe(void **state)
     assert_int_equal(strlen(out), 32);
 }
 
+/* One batch: adds, flush inside a transaction, then commit or roll back. */
+static void s_batch(sqlite3 *db, tally_t *t, int64_t day_ms, bool commit, int64_t k)
+{
+    assert_int_equal(tally_add(t, "messages_stored_total", "source=\"t-a\"", k), SQLITE_OK);
+    assert_int_equal(tally_add(t, "messages_stored_total", "source=\"t-b\"", 2 * k), SQLITE_OK);
+    assert_int_equal(tally_observe(t, "referral_accept_seconds", "dest=\"yx-lead\"", 90),
+                     SQLITE_OK);
+    assert_int_equal(tally_add(t, "zero_total", "", 0), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "BEGIN", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(tally_flush(t, day_ms), SQLITE_OK);
+    if (commit) {
+        assert_int_equal(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+        tally_commit(t);
+    } else {
+        assert_int_equal(sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK);
+        tally_discard(t);
+    }
+}
+
+/* The rows of a query as "name{labels}=value;..." */
+static char *s_text(tally_t *t, const char *first, const char *last, const char *facility)
+{
+    tally_row_t *rows = NULL;
+    size_t n = 0;
+    assert_int_equal(tally_query(t, first, last, facility, &rows, &n), SQLITE_OK);
+    size_t cap = 64 + n * 200, at = 0;
+    char *out = malloc(cap);
+    assert_non_null(out);
+    out[0] = '\0';
+    for (size_t i = 0; i < n; i++)
+        at += (size_t)snprintf(out + at, cap - at, "%s{%s}=%lld;", rows[i].name, rows[i].labels,
+                               (long long)rows[i].value);
+    tally_rows_free(rows, n);
+    return out;
+}
+
+/* Checks that the all-time answer (from memory) is the table's (a period
+ * covering every day goes to the table), with and without a facility. */
+static void s_same_as_table(tally_t *t, const char *expect_all)
+{
+    char *mem = s_text(t, NULL, NULL, NULL);
+    char *tab = s_text(t, "0000-00-00", "9999-99-99", NULL);
+    assert_string_equal(mem, tab);
+    if (expect_all != NULL)
+        assert_string_equal(mem, expect_all);
+    free(mem);
+    free(tab);
+    mem = s_text(t, NULL, NULL, "t-b");
+    tab = s_text(t, "0000-00-00", "9999-99-99", "t-b");
+    assert_string_equal(mem, tab);
+    free(mem);
+    free(tab);
+}
+
+/*
+ * All time is answered from totals kept in memory: the same rows as the
+ * table's sums, in the same order, over several days; a rolled-back batch
+ * counts nowhere; a new tally_new on the file starts from the table.
+ */
+static void test_tally_all_time_totals_match_the_table(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/mr-test-tally-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    int rc = 0;
+    tally_t *t = tally_new(db, &rc);
+    assert_non_null(t);
+    s_same_as_table(t, "");
+    int64_t day = 86400LL * 1000;
+    s_batch(db, t, 20000 * day, true, 1);
+    s_batch(db, t, 20001 * day, true, 10);
+    s_batch(db, t, 20001 * day, false, 100); /* rolled back */
+    s_batch(db, t, 20002 * day, true, 1000);
+    const char *expect = "messages_stored_total{source=\"t-a\"}=1011;"
+                         "messages_stored_total{source=\"t-b\"}=2022;"
+                         "referral_accept_seconds_bucket{dest=\"yx-lead\",le=\"300\"}=3;"
+                         "referral_accept_seconds_count{dest=\"yx-lead\"}=3;"
+                         "referral_accept_seconds_sum{dest=\"yx-lead\"}=270;";
+    s_same_as_table(t, expect);
+    char *one = s_text(t, NULL, NULL, "t-b");
+    assert_string_equal(one, "messages_stored_total{source=\"t-b\"}=2022;");
+    free(one);
+    tally_destroy(&t);
+    assert_null(t);
+    t = tally_new(db, &rc);
+    assert_non_null(t);
+    s_same_as_table(t, expect);
+    tally_destroy(&t);
+    sqlite3_close(db);
+    unlink(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tally_labels_in_prometheus_form),
         cmocka_unit_test(test_tally_labels_too_long_is_refused),
         cmocka_unit_test(test_tally_label_value_is_made_safe),
+        cmocka_unit_test(test_tally_all_time_totals_match_the_table),
     };
     return cmocka_run_group_tests_name("tally", tests, NULL, NULL);
 }

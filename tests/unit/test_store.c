@@ -1067,6 +1067,22 @@ static void s_sql_exec(const char *path, const char *sql)
     sqlite3_close(db);
 }
 
+/* From now on (refuse) or no longer, inserts into and updates of table
+ * fail, as on a full disk but for that table only. */
+static void s_refuse_writes(const char *path, const char *table, bool refuse)
+{
+    char sql[512];
+    if (refuse)
+        snprintf(sql, sizeof sql,
+                 "CREATE TRIGGER no_insert BEFORE INSERT ON %s BEGIN SELECT RAISE(ABORT, 'test');"
+                 " END; CREATE TRIGGER no_update BEFORE UPDATE ON %s BEGIN SELECT"
+                 " RAISE(ABORT, 'test'); END;",
+                 table, table);
+    else
+        snprintf(sql, sizeof sql, "DROP TRIGGER no_insert; DROP TRIGGER no_update;");
+    s_sql_exec(path, sql);
+}
+
 /* The seqs of a LOAD (or LIST) as "1 2 3". */
 static const char *s_seqs(const s_done_t *d, char *buf, size_t size)
 {
@@ -1189,13 +1205,10 @@ static void test_store_failed_batch_rolls_back_pending(void **state)
     char buf[128];
     assert_int_equal(s_put(fx, "t-a", "m-1", "lead", "b", 99000)->status, STORE_OK);
     assert_int_equal(s_put(fx, "t-a", "m-2", "lead", "b", 99000)->status, STORE_OK);
-    s_sql_exec(fx->path, "CREATE TRIGGER no_tally BEFORE INSERT ON tallies"
-                         " BEGIN SELECT RAISE(ABORT, 'test'); END;"
-                         "CREATE TRIGGER no_tally_update BEFORE UPDATE ON tallies"
-                         " BEGIN SELECT RAISE(ABORT, 'test'); END;");
+    s_refuse_writes(fx->path, "tallies", true);
     assert_int_equal(s_put(fx, "t-a", "m-3", "lead", "b", 99000)->status, STORE_UNAVAILABLE);
     assert_int_equal(s_ack(fx, 1, "lead", 2000)->status, STORE_UNAVAILABLE);
-    s_sql_exec(fx->path, "DROP TRIGGER no_tally; DROP TRIGGER no_tally_update;");
+    s_refuse_writes(fx->path, "tallies", false);
 
     assert_string_equal(s_seqs(s_load(fx, "lead", 0, 100), buf, sizeof buf), "1 2");
     s_done_t *d = s_simple(fx, STORE_SUMMARY);
@@ -1298,10 +1311,7 @@ static void test_store_reads_need_no_write(void **state)
     assert_int_equal(s_put(fx, "t-a", "m-1", "lead", "b", 99000)->status, STORE_OK);
     assert_int_equal(s_put(fx, "t-a", "m-2", "lead", "b", 99000)->status, STORE_OK);
     assert_int_equal(s_ack(fx, 1, "lead", 2000)->status, STORE_OK);
-    s_sql_exec(fx->path, "CREATE TRIGGER no_meta BEFORE INSERT ON meta"
-                         " BEGIN SELECT RAISE(ABORT, 'test'); END;"
-                         "CREATE TRIGGER no_meta_update BEFORE UPDATE ON meta"
-                         " BEGIN SELECT RAISE(ABORT, 'test'); END;");
+    s_refuse_writes(fx->path, "meta", true);
     struct timespec pause = {1, 100 * 1000 * 1000};
     nanosleep(&pause, NULL);
     s_done_t *d = s_load(fx, "lead", 0, 100);

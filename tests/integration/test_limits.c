@@ -149,11 +149,16 @@ static void test_limits_burst_is_held_back_not_buffered(void **state)
     assert_int_equal(mrt_counter(&d, "stored"), N);
     assert_int_equal(mrt_counter(&d, "duplicate"), 0);
     /* Held back: the endpoint stopped reading, and the store's queue stayed
-     * within a loop turn's reading of the mark (it would hold most of the
-     * burst otherwise). */
+     * within a loop turn's reading of the mark (it held most of the burst,
+     * 4,887 of 5,000, without flow.c).  A turn reads at most BUDGET frames:
+     * a Submit is one request, a frame of the receiver's DeliveryAcks up to
+     * MR_ACKS_PER_FRAME_MAX.  The receiver's acks come back within the same
+     * turn's reading, since each ack read sends the next delivery at once,
+     * so more than max_inflight (64) of them can be read in one turn: 256,
+     * one full frame of the client's, in 1 of ~30 runs. */
     assert_true(paused > 0);
     assert_true(peak >= HIGH);
-    assert_true(peak <= HIGH + BUDGET + 64);
+    assert_true(peak <= HIGH + BUDGET + MR_ACKS_PER_FRAME_MAX);
     assert_true(mrt_log_count(&d, "event=flow.paused") >= 1);
     mr_client_destroy(&flood);
     mr_client_destroy(&lead);

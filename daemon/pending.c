@@ -123,6 +123,15 @@ static int s_reserve(s_list_t *l)
 
 static int s_list_add(s_list_t *l, const pending_entry_t *e)
 {
+    /* The usual case, a new message: after everything held. */
+    if (l->len == l->head || l->v[l->len - 1].seq < e->seq) {
+        if (s_reserve(l) != 0)
+            return -ENOMEM;
+        l->v[l->len] = *e;
+        l->v[l->len++].live = true;
+        l->live++;
+        return 0;
+    }
     size_t at = s_search(l, e->seq);
     if (at < l->len && l->v[at].seq == e->seq) {
         if (l->v[at].live)
@@ -302,9 +311,8 @@ int pending_add(pending_t *self, const char *dest, const pending_entry_t *e)
     int i = s_dest_make(self, dest);
     if (i < 0)
         return -ENOMEM;
-    /* Journal first: an entry that could not be journalled is not added. */
-    if (s_list_find(&self->dests[i].all, e->seq) != NULL)
-        return -EEXIST;
+    /* Journal first: an entry that could not be journalled is not added
+     * (and one that was not added, -EEXIST too, leaves the journal). */
     if (s_journal(self, i, true, e) != 0)
         return -ENOMEM;
     int rc = s_add(self, i, e);

@@ -704,9 +704,14 @@ static int s_ack_not_pending(store_t *self, store_req_t *req)
 
 static int s_op_ack(store_t *self, store_req_t *req)
 {
+    /* Out of the pending set first (one search): a failure of what follows
+     * fails the batch, whose rollback puts it back. */
     pending_entry_t e;
-    if (!pending_get(self->pending, req->msg.dest, req->msg.seq, &e))
+    int r = pending_remove(self->pending, req->msg.dest, req->msg.seq, &e);
+    if (r == -ENOENT)
         return s_ack_not_pending(self, req);
+    if (r != 0)
+        return SQLITE_NOMEM; /* the journal's memory */
     /* A referral's lifecycle key, read only for referrals. */
     char ref_key[200] = "";
     int rc;
@@ -723,8 +728,6 @@ static int s_op_ack(store_t *self, store_req_t *req)
     rc = s_done(self, e.seq, MSG_DELIVERED, req->now_ms, NULL);
     if (rc != SQLITE_OK)
         return rc;
-    if (pending_remove(self->pending, req->msg.dest, e.seq, NULL) != 0)
-        return SQLITE_NOMEM; /* the journal's memory: the batch fails whole */
     req->status = STORE_OK;
     char labels[160];
     const char *const pairs[] = {"destination", req->msg.dest, "kind", s_kind(e.kind)};
@@ -800,40 +803,35 @@ static int s_op_summary(store_t *self, store_req_t *req)
     return rc;
 }
 
-/* A pending message becomes dead: its outcome row, out of the pending set,
- * and its row (without body) at the end of req->rows with the reason. */
-static int s_kill(store_t *self, store_req_t *req, const char *dest, uint64_t seq,
+/* A message pending for dest becomes dead: out of the pending set, and its
+ * outcome row.  SQLITE_NOTFOUND when it is not pending there. */
+static int s_kill(store_t *self, const char *dest, uint64_t seq, int64_t now_ms,
                   const char *reason)
 {
-    int rc = s_done(self, seq, MSG_DEAD, req->now_ms, reason);
-    if (rc == SQLITE_OK && pending_remove(self->pending, dest, seq, NULL) != 0)
-        rc = SQLITE_NOMEM;
-    if (rc == SQLITE_OK && (rc = s_read_seq(self, req, seq, false)) == SQLITE_NOTFOUND)
-        rc = SQLITE_CORRUPT; /* pending, and no row */
-    if (rc == SQLITE_OK && (req->rows[req->n_rows - 1].dead_reason = strdup(reason)) == NULL)
-        rc = SQLITE_NOMEM;
-    return rc;
+    int r = pending_remove(self->pending, dest, seq, NULL);
+    if (r != 0)
+        return r == -ENOENT ? SQLITE_NOTFOUND : SQLITE_NOMEM;
+    return s_done(self, seq, MSG_DEAD, now_ms, reason);
 }
 
 static int s_op_drop(store_t *self, store_req_t *req)
 {
-    /* Its destination first: the pending set is per destination. */
+    /* Its row first: it gives the destination, whose pending set holds it,
+     * and it is what the request returns. */
+    const char *reason = req->msg.dead_reason ? req->msg.dead_reason : "dropped";
     int rc = s_read_seq(self, req, req->msg.seq, false);
-    if (rc == SQLITE_NOTFOUND) {
+    if (rc == SQLITE_OK)
+        rc = s_kill(self, req->rows[0].dest, req->msg.seq, req->now_ms, reason);
+    if (rc == SQLITE_NOTFOUND) { /* no such message, or not pending */
+        for (size_t i = 0; i < req->n_rows; i++)
+            store_row_clear(&req->rows[i]);
+        req->n_rows = 0;
         req->status = STORE_NOT_FOUND;
         return SQLITE_OK;
     }
-    if (rc != SQLITE_OK)
-        return rc;
-    store_row_t probe = req->rows[0];
-    req->n_rows = 0;
-    rc = pending_get(self->pending, probe.dest, probe.seq, NULL)
-             ? s_kill(self, req, probe.dest, probe.seq,
-                      req->msg.dead_reason ? req->msg.dead_reason : "dropped")
-             : SQLITE_OK;
-    store_row_clear(&probe);
-    req->status = req->n_rows == 1 ? STORE_OK : STORE_NOT_FOUND;
-    if (rc == SQLITE_OK && req->status == STORE_OK)
+    if (rc == SQLITE_OK && (req->rows[0].dead_reason = strdup(reason)) == NULL)
+        rc = SQLITE_NOMEM;
+    if (rc == SQLITE_OK)
         rc = tally_add(self->tally, "messages_dead_total", "reason=\"dropped\"", 1);
     return rc;
 }
@@ -885,7 +883,11 @@ static int s_op_expire(store_t *self, store_req_t *req)
     int rc = due && dests ? SQLITE_OK : SQLITE_NOMEM;
     size_t n = rc == SQLITE_OK ? pending_expired(self->pending, req->now_ms, due, dests, max) : 0;
     for (size_t i = 0; rc == SQLITE_OK && i < n; i++) {
-        rc = s_kill(self, req, dests[i], due[i].seq, "expired");
+        rc = s_kill(self, dests[i], due[i].seq, req->now_ms, "expired");
+        if (rc == SQLITE_OK && (rc = s_read_seq(self, req, due[i].seq, false)) == SQLITE_NOTFOUND)
+            rc = SQLITE_CORRUPT; /* pending, and no row */
+        if (rc == SQLITE_OK && (req->rows[req->n_rows - 1].dead_reason = strdup("expired")) == NULL)
+            rc = SQLITE_NOMEM;
         char labels[160];
         const char *const pairs[] = {"destination", dests[i], "kind", s_kind(due[i].kind)};
         if (rc == SQLITE_OK && tally_labels(labels, sizeof labels, 2, pairs) < 0)

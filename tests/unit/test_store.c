@@ -218,8 +218,9 @@ static uint64_t s_hash(const char *body)
     return h;
 }
 
-static s_done_t *s_put_req(s_fx_t *fx, const char *source, const char *id, const char *dest,
-                           const char *body, int64_t expires_ms)
+/* A PUT request, not yet submitted. */
+static store_req_t *s_put_build(s_fx_t *fx, const char *source, const char *id, const char *dest,
+                                const char *body, int64_t expires_ms)
 {
     s_done_t *d;
     store_req_t *req = s_req(fx, STORE_PUT, &d);
@@ -235,7 +236,13 @@ static s_done_t *s_put_req(s_fx_t *fx, const char *source, const char *id, const
     assert_non_null(req->msg.body);
     memcpy(req->msg.body, body, req->msg.body_len);
     req->msg.content_hash = s_hash(body);
-    return s_submit(fx, req);
+    return req;
+}
+
+static s_done_t *s_put_req(s_fx_t *fx, const char *source, const char *id, const char *dest,
+                           const char *body, int64_t expires_ms)
+{
+    return s_submit(fx, s_put_build(fx, source, id, dest, body, expires_ms));
 }
 
 static s_done_t *s_put(s_fx_t *fx, const char *source, const char *id, const char *dest,
@@ -1003,6 +1010,15 @@ static long long s_sql_int(const char *path, const char *sql)
     return v;
 }
 
+/* Runs sql on the file at path through a connection of its own. */
+static void s_sql_exec(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+}
+
 /*
  * A store made before the referrals table was keyed WITHOUT ROWID (with an
  * index on referral_id and indexes partial on state) is rebuilt when opened:
@@ -1012,8 +1028,6 @@ static long long s_sql_int(const char *path, const char *sql)
 static void test_store_migrates_old_referrals_table(void **state)
 {
     s_fx_t *fx = *state;
-    sqlite3 *db = NULL;
-    assert_int_equal(sqlite3_open(fx->path, &db), SQLITE_OK);
     const char *old =
         "CREATE TABLE referrals(ref_key TEXT PRIMARY KEY, referral_id TEXT NOT NULL,"
         " source TEXT NOT NULL, dest TEXT NOT NULL, direction INTEGER NOT NULL,"
@@ -1030,8 +1044,7 @@ static void test_store_migrates_old_referrals_table(void **state)
         " 1000, 2000, 99000, 2000, NULL, NULL, 0, NULL, 2, 5000);"
         "INSERT INTO referrals VALUES('t-a/r3', 'r3', 't-a', 'lead', 1, 1, 'cardio', 0, 1, 8,"
         " 1000, 3000, 99000, 2000, NULL, NULL, 0, NULL, 3, 5000);";
-    assert_int_equal(sqlite3_exec(db, old, NULL, NULL, NULL), SQLITE_OK);
-    sqlite3_close(db);
+    s_sql_exec(fx->path, old);
 
     fx->store = s_open(fx, fx->path);
     assert_non_null(fx->store);
@@ -1056,15 +1069,6 @@ static void test_store_migrates_old_referrals_table(void **state)
     assert_int_equal(s_put(fx, "t-a", "m-2", "lead", "b2", 9000)->status, STORE_OK);
     store_destroy(&fx->store);
     assert_int_equal(s_sql_int(fx->path, "SELECT count(*) FROM referrals"), 3);
-}
-
-/* Runs sql on the file at path through a connection of its own. */
-static void s_sql_exec(const char *path, const char *sql)
-{
-    sqlite3 *db = NULL;
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
-    sqlite3_close(db);
 }
 
 /* From now on (refuse) or no longer, inserts into and updates of table
@@ -1109,19 +1113,9 @@ static s_done_t *s_load_express(s_fx_t *fx, const char *dest)
 /* A PUT of an express message (a critical value). */
 static s_done_t *s_put_express(s_fx_t *fx, const char *id, const char *dest)
 {
-    s_done_t *d;
-    store_req_t *req = s_req(fx, STORE_PUT, &d);
-    req->msg.source = strdup("t-a");
-    req->msg.message_id = strdup(id);
-    req->msg.dest = strdup(dest);
-    req->msg.kind = 1;
-    req->msg.stored_ms = 1000;
-    req->msg.expires_ms = 99000;
+    store_req_t *req = s_put_build(fx, "t-a", id, dest, id, 99000);
     req->msg.express = 1;
-    req->msg.body = (uint8_t *)strdup(id);
-    req->msg.body_len = strlen(id);
-    req->msg.content_hash = s_hash(id);
-    s_submit(fx, req);
+    s_done_t *d = s_submit(fx, req);
     s_wait(fx, d);
     return d;
 }

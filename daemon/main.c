@@ -13,6 +13,7 @@
 #include "conf.h"
 #include "log.h"
 #include "server.h"
+#include "store.h"
 
 extern const char mr_default_conf[];
 
@@ -99,6 +100,8 @@ int main(int argc, char **argv)
         return 1;
     }
     tzset();
+    if (store_process_init() != 0)
+        fprintf(stderr, "medrouted: SQLite settings not applied (memory statistics stay on)\n");
     server_t *server = server_new(conf, log); /* takes conf */
     if (server != NULL) {
         server->config_path = config;          /* argv outlives the server */

@@ -1191,6 +1191,11 @@ static void on_async(uv_async_t *handle)
 
 static void *s_checkpoint_thread(void *arg);
 
+int store_process_init(void)
+{
+    return sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0) == SQLITE_OK ? 0 : -1;
+}
+
 store_t *store_new(uv_loop_t *loop, const store_opts_t *opts, log_t *log)
 {
     store_t *self = calloc(1, sizeof *self);

@@ -127,6 +127,14 @@ typedef struct {
 typedef struct store_t store_t;
 
 /*
+ * Process-wide SQLite settings: call once, before any thread uses SQLite.
+ * Turns off SQLite's memory statistics (nothing reads them): with them,
+ * every allocation of the store thread takes a global mutex.  Returns 0, or
+ * -1 if SQLite was already in use (the settings then stay SQLite's).
+ */
+int store_process_init(void);
+
+/*
  * Starts the store thread and opens the database at opts->path (created with
  * mode 0600).  If the database cannot be opened, the store still starts:
  * requests fail with STORE_UNAVAILABLE and opening is retried.  Completion

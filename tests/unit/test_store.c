@@ -1349,9 +1349,22 @@ static void test_store_refuses_newer_schema(void **state)
     assert_int_equal(s_sql_int(fx->path, "SELECT count(*) FROM sqlite_master"), 2);
 }
 
+/* main() applied the process-wide settings before any test: after a store
+ * has worked, SQLite has counted no memory, and the settings can no longer
+ * be changed. */
+static void test_store_process_init_turns_off_memory_statistics(void **state)
+{
+    s_fx_t *fx = *state;
+    assert_int_equal(s_put(fx, "t-a", "m-1", "lead", "body", 99000)->status, STORE_OK);
+    assert_int_equal(sqlite3_memory_used(), 0);
+    assert_int_equal(store_process_init(), -1);
+}
+
 int main(void)
 {
     umask(022);
+    if (store_process_init() != 0)
+        return 1;
 #define T(fn) cmocka_unit_test_setup_teardown(fn, s_setup_store, s_teardown)
 #define T0(fn) cmocka_unit_test_setup_teardown(fn, s_setup, s_teardown)
     const struct CMUnitTest tests[] = {
@@ -1381,6 +1394,7 @@ int main(void)
         T(test_store_reads_need_no_write),
         T(test_store_prune_ignores_clock_steps),
         T0(test_store_refuses_newer_schema),
+        T(test_store_process_init_turns_off_memory_statistics),
     };
     /* MR_TEST_FILTER / MR_TEST_SKIP: glob patterns of test names to run or
      * skip (e.g. to run the rest under valgrind while a known bug is open). */

@@ -1349,6 +1349,31 @@ static void test_store_refuses_newer_schema(void **state)
     assert_int_equal(s_sql_int(fx->path, "SELECT count(*) FROM sqlite_master"), 2);
 }
 
+/* A new store is made with 8 KB pages; a store made with SQLite's default
+ * 4 KB pages keeps them (and works). */
+static void test_store_new_files_have_8k_pages(void **state)
+{
+    s_fx_t *fx = *state;
+    fx->store = s_open(fx, fx->path);
+    assert_non_null(fx->store);
+    assert_int_equal(s_put(fx, "t-a", "m-1", "lead", "body", 99000)->status, STORE_OK);
+    store_destroy(&fx->store);
+    assert_int_equal(s_sql_int(fx->path, "PRAGMA page_size"), 8192);
+
+    char old[sizeof fx->path + 8];
+    snprintf(old, sizeof old, "%s.old", fx->path);
+    s_sql_exec(old, "PRAGMA page_size=4096; CREATE TABLE earlier(x);");
+    fx->store = s_open(fx, old);
+    assert_non_null(fx->store);
+    assert_int_equal(s_put(fx, "t-a", "m-1", "lead", "body", 99000)->status, STORE_OK);
+    store_destroy(&fx->store);
+    assert_int_equal(s_sql_int(old, "PRAGMA page_size"), 4096);
+    assert_int_equal(s_sql_int(old, "SELECT count(*) FROM messages"), 1);
+    s_rm(fx->dir, "medroute.db.old");
+    s_rm(fx->dir, "medroute.db.old-wal");
+    s_rm(fx->dir, "medroute.db.old-shm");
+}
+
 /* main() applied the process-wide settings before any test: after a store
  * has worked, SQLite has counted no memory, and the settings can no longer
  * be changed. */
@@ -1395,6 +1420,7 @@ int main(void)
         T(test_store_prune_ignores_clock_steps),
         T0(test_store_refuses_newer_schema),
         T(test_store_process_init_turns_off_memory_statistics),
+        T0(test_store_new_files_have_8k_pages),
     };
     /* MR_TEST_FILTER / MR_TEST_SKIP: glob patterns of test names to run or
      * skip (e.g. to run the rest under valgrind while a known bug is open). */

@@ -106,6 +106,7 @@ void dispatch_facility(void *arg, const uint8_t *rid, size_t rid_len, const void
                      truncated ? "+" : "");
         goto out;
     }
+    ctx.frame = parts[0];
     ctx.frame_bytes = sizes[0];
     if (sizes[0] > s->conf->max_message_bytes) {
         rc = mr_fail(&err, MR_E_TOO_LARGE, "frame of %zu bytes exceeds the limit of %u", sizes[0],

@@ -146,6 +146,60 @@ static int s_skip(const uint8_t *b, size_t len, size_t *i, unsigned type)
     return 0;
 }
 
+int mr_field_slice(const uint8_t *buf, size_t len, uint32_t field, const uint8_t **out,
+                   size_t *out_len)
+{
+    const uint64_t want = ((uint64_t)field << 3) | PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED;
+    int found = 0;
+    size_t i = 0;
+    while (i < len) {
+        uint64_t tag;
+        if (s_varint(buf, len, &i, &tag) != 0)
+            return -1;
+        size_t start = i;
+        if (s_skip(buf, len, &i, (unsigned)(tag & 7)) != 0)
+            return -1;
+        if (tag != want)
+            continue;
+        if (found++)
+            return -1;
+        uint64_t n;
+        (void)s_varint(buf, len, &start, &n); /* read once already by s_skip */
+        *out = buf + start;
+        *out_len = (size_t)n;
+    }
+    return found == 1 ? 0 : -1;
+}
+
+int mr_has_field_zero(const ProtobufCMessage *msg)
+{
+    const ProtobufCMessageDescriptor *d = msg->descriptor;
+    for (unsigned i = 0; i < msg->n_unknown_fields; i++)
+        if (msg->unknown_fields[i].tag == 0)
+            return 1;
+    const char *base = (const char *)msg;
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        if (f->type != PROTOBUF_C_TYPE_MESSAGE)
+            continue;
+        size_t n = 1;
+        const ProtobufCMessage *const *subs = (const ProtobufCMessage *const *)(base + f->offset);
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            memcpy(&n, base + f->quantifier_offset, sizeof n);
+            memcpy(&subs, base + f->offset, sizeof subs);
+        } else if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
+            uint32_t which;
+            memcpy(&which, base + f->quantifier_offset, sizeof which);
+            if (which != f->id)
+                continue;
+        }
+        for (size_t k = 0; k < n; k++)
+            if (subs[k] != NULL && mr_has_field_zero(subs[k]))
+                return 1;
+    }
+    return 0;
+}
+
 int mr_envelope_hash(const uint8_t *body, size_t len, uint64_t *out)
 {
     const uint64_t created = (uint64_t)MR_ENVELOPE_CREATED_AT_FIELD << 3; /* a varint */

@@ -85,6 +85,29 @@ int mr_pack(const ProtobufCMessage *msg, uint8_t **out, size_t *len);
 int mr_embed_field(ProtobufCMessageUnknownField *uf, uint32_t tag, const uint8_t *bytes,
                    size_t len);
 
+/* frame.proto: Frame.envelope = 5 (test_codec checks it against the
+ * descriptor). */
+#define MR_FRAME_ENVELOPE_FIELD 5
+
+/*
+ * The encoded value of length-delimited field `field` among the top-level
+ * fields of the message encoded in buf: *out points into buf.  0, or -1 if
+ * buf is not a sequence of well-formed fields, or the field is absent, or it
+ * occurs more than once (a decoder merges the occurrences: no one slice is
+ * the value).
+ */
+int mr_field_slice(const uint8_t *buf, size_t len, uint32_t field, const uint8_t **out,
+                   size_t *out_len);
+
+/*
+ * Whether msg or any submessage it holds keeps an unknown field numbered 0.
+ * protobuf-c 1.4.1 refuses field number 0 only in a one-byte tag: an
+ * overlong tag (0x81 0x00) decodes and is kept as an unknown field, which
+ * other decoders, and protobuf-c itself once the field is packed again (as
+ * the one-byte tag), refuse.
+ */
+int mr_has_field_zero(const ProtobufCMessage *msg);
+
 /* envelope.proto: created_at_ms = 6 (a field number never changes on the
  * wire; test_codec checks it against the descriptor). */
 #define MR_ENVELOPE_CREATED_AT_FIELD 6

@@ -539,6 +539,36 @@ static void test_routing_bad_input_gets_distinct_errors(void **state)
         assert_int_equal(zmq_send(r.sock, frame, n, 0), (int)n);
         assert_int_equal(raw_expect(&r), MR_E_MALFORMED);
     }
+    /* A frame carrying its envelope twice (a decoder merges the two, so no
+     * one copy is what was read): refused, not stored. */
+    {
+        Medroute__V1__LabOrder lo = MEDROUTE__V1__LAB_ORDER__INIT;
+        lo.placer_order_number = "PO-TWICE";
+        mr_envelope_t e = MEDROUTE__V1__ENVELOPE__INIT;
+        e.message_id = "twice";
+        e.source = "t-aihua";
+        e.destination = "yx-lab";
+        e.kind = MEDROUTE__V1__KIND__KIND_LAB_ORDER;
+        e.payload_case = MEDROUTE__V1__ENVELOPE__PAYLOAD_LAB_ORDER;
+        e.lab_order = &lo;
+        uint8_t *env;
+        size_t env_len;
+        assert_int_equal(mr_pack(&e.base, &env, &env_len), 0);
+        uint8_t frame[512];
+        size_t n = 0;
+        frame[n++] = 0x08; /* version = 1 */
+        frame[n++] = 0x01;
+        assert_true(env_len < 128);
+        for (int i = 0; i < 2; i++) {
+            frame[n++] = 0x2a; /* field 5 (envelope), length-delimited */
+            frame[n++] = (uint8_t)env_len;
+            memcpy(frame + n, env, env_len);
+            n += env_len;
+        }
+        free(env);
+        assert_int_equal(zmq_send(r.sock, frame, n, 0), (int)n);
+        assert_int_equal(raw_expect(&r), MR_E_MALFORMED);
+    }
     /* A frame a facility may not send. */
     Medroute__V1__Ack ack = MEDROUTE__V1__ACK__INIT;
     mr_frame_t f = MEDROUTE__V1__FRAME__INIT;

@@ -346,6 +346,72 @@ static void test_codec_now_ms_plausible(void **state)
     assert_true(b - a < 1000);
 }
 
+/* ---- the envelope's bytes in a frame --------------------------------------- */
+
+static void test_codec_frame_envelope_field_number(void **state)
+{
+    (void)state;
+    const ProtobufCFieldDescriptor *fd =
+        protobuf_c_message_descriptor_get_field_by_name(&medroute__v1__frame__descriptor, "envelope");
+    assert_non_null(fd);
+    assert_int_equal(fd->id, MR_FRAME_ENVELOPE_FIELD);
+    assert_int_equal(fd->type, PROTOBUF_C_TYPE_MESSAGE);
+}
+
+/* The slice found in a packed frame is the packed envelope; a field that is
+ * absent, repeated or cut short has no slice. */
+static void test_codec_field_slice(void **state)
+{
+    (void)state;
+    mr_envelope_t e = MEDROUTE__V1__ENVELOPE__INIT;
+    e.message_id = "m-1";
+    e.source = "t-aihua";
+    e.destination = "yx-lab";
+    e.created_at_ms = 1700000000000;
+    uint8_t env[256], frame[600];
+    size_t env_len = protobuf_c_message_pack(&e.base, env);
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    f.version = 1;
+    f.body_case = MEDROUTE__V1__FRAME__BODY_ENVELOPE;
+    f.envelope = &e;
+    size_t n = protobuf_c_message_pack(&f.base, frame);
+    const uint8_t *out = NULL;
+    size_t out_len = 0;
+    assert_int_equal(mr_field_slice(frame, n, MR_FRAME_ENVELOPE_FIELD, &out, &out_len), 0);
+    assert_int_equal(out_len, env_len);
+    assert_memory_equal(out, env, env_len);
+    /* Absent: the version's field is a varint, Hello's is not there. */
+    assert_int_equal(mr_field_slice(frame, n, 1, &out, &out_len), -1);
+    assert_int_equal(mr_field_slice(frame, n, 2, &out, &out_len), -1);
+    /* Twice: a decoder would merge the two. */
+    memcpy(frame + n, frame + 2, n - 2);
+    assert_int_equal(mr_field_slice(frame, n + n - 2, MR_FRAME_ENVELOPE_FIELD, &out, &out_len),
+                     -1);
+    /* Cut short. */
+    assert_int_equal(mr_field_slice(frame, n - 1, MR_FRAME_ENVELOPE_FIELD, &out, &out_len), -1);
+}
+
+/* An unknown field numbered 0 is found however deep it is kept. */
+static void test_codec_has_field_zero(void **state)
+{
+    (void)state;
+    Medroute__V1__LabOrder lo = MEDROUTE__V1__LAB_ORDER__INIT;
+    lo.placer_order_number = "PO-1";
+    mr_envelope_t e = MEDROUTE__V1__ENVELOPE__INIT;
+    e.message_id = "m-1";
+    e.payload_case = MEDROUTE__V1__ENVELOPE__PAYLOAD_LAB_ORDER;
+    e.lab_order = &lo;
+    assert_int_equal(mr_has_field_zero(&e.base), 0);
+    uint8_t data[8] = {0};
+    ProtobufCMessageUnknownField uf = {
+        .tag = 0, .wire_type = PROTOBUF_C_WIRE_TYPE_64BIT, .len = 8, .data = data};
+    lo.base.n_unknown_fields = 1;
+    lo.base.unknown_fields = &uf;
+    assert_int_equal(mr_has_field_zero(&e.base), 1);
+    uf.tag = 99;
+    assert_int_equal(mr_has_field_zero(&e.base), 0);
+}
+
 /* ---- the content hash ------------------------------------------------------ */
 
 static void test_codec_created_at_field_number(void **state)
@@ -429,6 +495,9 @@ int main(void)
         cmocka_unit_test(test_codec_embed_field_empty),
         cmocka_unit_test(test_codec_now_ms_plausible),
         cmocka_unit_test(test_codec_created_at_field_number),
+        cmocka_unit_test(test_codec_frame_envelope_field_number),
+        cmocka_unit_test(test_codec_field_slice),
+        cmocka_unit_test(test_codec_has_field_zero),
         cmocka_unit_test(test_codec_envelope_hash_ignores_created_at),
         cmocka_unit_test(test_codec_envelope_hash_refuses_broken_fields),
     };

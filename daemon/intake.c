@@ -189,14 +189,10 @@ int handle_envelope(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f,
      * decoders refuse (mr_codec.h). */
     const uint8_t *raw;
     size_t raw_len;
-    uint64_t hash;
     if (mr_field_slice(ctx->frame, ctx->frame_bytes, MR_FRAME_ENVELOPE_FIELD, &raw, &raw_len) != 0)
         return mr_fail(err, MR_E_MALFORMED, "the frame carries its envelope more than once");
     if (mr_has_field_zero(&env->base))
         return mr_fail(err, MR_E_MALFORMED, "the envelope holds a field numbered 0");
-    if (mr_envelope_hash(raw, raw_len, &hash) != 0)
-        return mr_fail(err, MR_E_MALFORMED,
-                       "the envelope's encoding cannot be read field by field");
     /* Limits: one facility's flood must not delay the others, and no queue
      * grows without bound.  Both are answered, never dropped silently. */
     peer_t *me = &s->peers[ctx->peer];
@@ -237,7 +233,6 @@ int handle_envelope(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f,
         return code;
     }
     m->express = req->facts && facts_express(req->facts);
-    m->content_hash = hash;
     m->body = malloc(raw_len ? raw_len : 1);
     if (code < 0 || m->source == NULL || m->message_id == NULL || m->dest == NULL ||
         m->body == NULL) {

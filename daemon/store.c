@@ -73,9 +73,9 @@ enum {
 static const char *const s_sql[S_STMT_COUNT] = {
     [S_PUT_INSERT] = "INSERT INTO messages(source, message_id, dest, kind, priority, stored_ms,"
                      " expires_ms, body, content_hash, express, ref_key)"
-                     " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                     " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?10)"
                      " ON CONFLICT(source, message_id) DO NOTHING",
-    [S_PUT_FIND] = "SELECT seq, content_hash FROM messages WHERE source = ?1 AND message_id = ?2",
+    [S_PUT_FIND] = "SELECT seq, body FROM messages WHERE source = ?1 AND message_id = ?2",
     /* A message the clinical layer refused (it writes nothing when it
      * refuses: clinical.h).  Not a SAVEPOINT: one per message made SQLite
      * journal every page the batch touched again (a third of the store
@@ -131,6 +131,9 @@ static const char *const s_schema =
     " source TEXT NOT NULL, message_id TEXT NOT NULL, dest TEXT NOT NULL,"
     " kind INTEGER NOT NULL, priority INTEGER NOT NULL,"
     " stored_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL,"
+    /* content_hash: 0 since the seventh session, when a resend came to be
+     * told from a conflict by its body (mr_envelope_same); a hash of older
+     * rows is left unread. */
     " express INTEGER NOT NULL DEFAULT 0, ref_key TEXT, content_hash INTEGER NOT NULL,"
     " body BLOB NOT NULL,"
     " UNIQUE(source, message_id));"
@@ -615,15 +618,14 @@ static int s_op_put(store_t *self, store_req_t *req)
     S_BIND(sqlite3_bind_int64(st, 6, m->stored_ms));
     S_BIND(sqlite3_bind_int64(st, 7, m->expires_ms));
     S_BIND(sqlite3_bind_blob(st, 8, m->body, (int)m->body_len, SQLITE_STATIC));
-    S_BIND(sqlite3_bind_int64(st, 9, (sqlite3_int64)m->content_hash));
-    S_BIND(sqlite3_bind_int(st, 10, m->express));
+    S_BIND(sqlite3_bind_int(st, 9, m->express));
     /* A referral's lifecycle key, written with the message (no second write). */
     char ref_key[200];
     bool referral = req->facts && req->facts->kind == MEDROUTE__V1__KIND__KIND_REFERRAL &&
                     req->facts->ref_id != NULL;
     if (referral) {
         snprintf(ref_key, sizeof ref_key, "%s/%s", m->source, req->facts->ref_id);
-        S_BIND(sqlite3_bind_text(st, 11, ref_key, -1, SQLITE_TRANSIENT));
+        S_BIND(sqlite3_bind_text(st, 10, ref_key, -1, SQLITE_TRANSIENT));
     }
     int rc = sqlite3_step(st);
     if (rc != SQLITE_DONE)
@@ -679,7 +681,14 @@ static int s_op_put(store_t *self, store_req_t *req)
     if (rc != SQLITE_ROW)
         return rc == SQLITE_DONE ? SQLITE_CORRUPT : rc;
     req->seq = (uint64_t)sqlite3_column_int64(st, 0);
-    bool same = (uint64_t)sqlite3_column_int64(st, 1) == m->content_hash;
+    const uint8_t *stored = sqlite3_column_blob(st, 1); /* before its size (sqlite3.h) */
+    size_t stored_len = (size_t)sqlite3_column_bytes(st, 1);
+    if (stored == NULL && sqlite3_errcode(self->db) == SQLITE_NOMEM) {
+        sqlite3_reset(st);
+        return SQLITE_NOMEM;
+    }
+    bool same = stored_len == 0 ? m->body_len == 0
+                                : mr_envelope_same(stored, stored_len, m->body, m->body_len);
     req->status = same ? STORE_DUPLICATE : STORE_CONFLICT;
     sqlite3_reset(st);
     if (same) {

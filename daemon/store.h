@@ -69,7 +69,6 @@ typedef struct {
     uint8_t *body;     /* packed medroute.v1.Envelope */
     size_t body_len;
     uint64_t count;    /* SUMMARY: messages pending for dest */
-    uint64_t content_hash; /* PUT: identifies the content for resend/conflict */
     int express;       /* PUT: a critical value/finding or stat: delivered ahead */
 } store_row_t;
 

@@ -200,25 +200,40 @@ int mr_has_field_zero(const ProtobufCMessage *msg)
     return 0;
 }
 
-int mr_envelope_hash(const uint8_t *body, size_t len, uint64_t *out)
+/* Moves *i to the start of the next field of b that is not created_at_ms
+ * and *end past it; 1 if there is one, 0 at the end, -1 if malformed. */
+static int s_next_field(const uint8_t *b, size_t len, size_t *i, size_t *end)
 {
     const uint64_t created = (uint64_t)MR_ENVELOPE_CREATED_AT_FIELD << 3; /* a varint */
-    uint64_t h = 1469598103934665603ULL;
-    size_t i = 0;
-    while (i < len) {
-        size_t start = i;
+    while (*i < len) {
+        size_t j = *i;
         uint64_t tag;
-        if (s_varint(body, len, &i, &tag) != 0 || s_skip(body, len, &i, (unsigned)(tag & 7)) != 0)
+        if (s_varint(b, len, &j, &tag) != 0 || s_skip(b, len, &j, (unsigned)(tag & 7)) != 0)
             return -1;
-        if (tag == created)
-            continue;
-        for (size_t k = start; k < i; k++) {
-            h ^= body[k];
-            h *= 1099511628211ULL;
+        if (tag != created) {
+            *end = j;
+            return 1;
         }
+        *i = j;
     }
-    *out = h;
     return 0;
+}
+
+int mr_envelope_same(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
+{
+    size_t i = 0, j = 0;
+    for (;;) {
+        size_t ie = 0, je = 0;
+        int ra = s_next_field(a, alen, &i, &ie), rb = s_next_field(b, blen, &j, &je);
+        if (ra < 0 || rb < 0)
+            return alen == blen && memcmp(a, b, alen) == 0;
+        if (ra == 0 || rb == 0)
+            return ra == rb;
+        if (ie - i != je - j || memcmp(a + i, b + j, ie - i) != 0)
+            return 0;
+        i = ie;
+        j = je;
+    }
 }
 
 int64_t mr_now_ms(void)

@@ -113,14 +113,12 @@ int mr_has_field_zero(const ProtobufCMessage *msg);
 #define MR_ENVELOPE_CREATED_AT_FIELD 6
 
 /*
- * What makes two sends "the same message": FNV-1a over a packed Envelope
- * with its created_at_ms field left out (a sender's library may stamp it
- * anew on a retry).  The value equals FNV-1a over the same envelope packed
- * with created_at_ms = 0 (proto3 omits a zero, protobuf-c writes fields in
- * number order), so stores hashed either way agree.  0, or -1 if body is
- * not a sequence of well-formed fields.
+ * What makes two sends "the same message": their packed Envelopes are equal
+ * field by field, the created_at_ms fields left out (a sender's library may
+ * stamp it anew on a retry).  1 if a and b are the same message, 0 if not;
+ * bytes that are not a sequence of well-formed fields are compared whole.
  */
-int mr_envelope_hash(const uint8_t *body, size_t len, uint64_t *out);
+int mr_envelope_same(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen);
 
 /* Current wall-clock time in Unix milliseconds. */
 int64_t mr_now_ms(void);

@@ -1,8 +1,8 @@
 /*
  * Unit tests for proto/codec.c: kind, priority and error-code names, the
  * kind -> payload rule, mr_pack, and mr_embed_field (a stored Envelope put
- * into a Delivery as raw bytes must decode as Delivery.envelope), and the
- * content hash that tells a resend from a conflict.
+ * into a Delivery as raw bytes must decode as Delivery.envelope), a field's
+ * bytes in a frame, and the comparison that tells a resend from a conflict.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -412,7 +412,7 @@ static void test_codec_has_field_zero(void **state)
     assert_int_equal(mr_has_field_zero(&e.base), 0);
 }
 
-/* ---- the content hash ------------------------------------------------------ */
+/* ---- the same message sent again ---------------------------------------- */
 
 static void test_codec_created_at_field_number(void **state)
 {
@@ -437,47 +437,44 @@ static size_t s_pack_env(uint8_t *buf, const char *id, int64_t created_at_ms)
     return protobuf_c_message_pack(&e.base, buf);
 }
 
-static uint64_t s_fnv(const uint8_t *b, size_t n)
-{
-    uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < n; i++) {
-        h ^= b[i];
-        h *= 1099511628211ULL;
-    }
-    return h;
-}
-
-static void test_codec_envelope_hash_ignores_created_at(void **state)
+/* The same message sent again with another created_at_ms is the same;
+ * another message_id is not; a field cut short or extra is not. */
+static void test_codec_envelope_same_leaves_out_created_at(void **state)
 {
     (void)state;
-    uint8_t a[512], b[512], zero[512];
+    uint8_t a[512], b[512], zero[512], c[512];
     size_t na = s_pack_env(a, "m-1", 1795000000000), nb = s_pack_env(b, "m-1", 1795000009999);
-    size_t nz = s_pack_env(zero, "m-1", 0);
-    uint64_t ha = 0, hb = 0;
-    assert_int_equal(mr_envelope_hash(a, na, &ha), 0);
-    assert_int_equal(mr_envelope_hash(b, nb, &hb), 0);
-    assert_true(ha == hb);
-    /* The definition stores were made with: the envelope packed without it. */
-    assert_true(ha == s_fnv(zero, nz));
-    /* Other content, another hash. */
-    uint8_t c[512];
-    size_t nc = s_pack_env(c, "m-2", 1795000000000);
-    uint64_t hc = 0;
-    assert_int_equal(mr_envelope_hash(c, nc, &hc), 0);
-    assert_true(hc != ha);
+    size_t nz = s_pack_env(zero, "m-1", 0), nc = s_pack_env(c, "m-1x", 1795000000000);
+    assert_int_equal(mr_envelope_same(a, na, b, nb), 1);
+    assert_int_equal(mr_envelope_same(a, na, zero, nz), 1); /* proto3 omits a zero */
+    assert_int_equal(mr_envelope_same(zero, nz, b, nb), 1);
+    assert_int_equal(mr_envelope_same(a, na, a, na), 1);
+    assert_int_equal(mr_envelope_same(a, na, c, nc), 0);
+    assert_int_equal(mr_envelope_same(c, nc, a, na), 0);
+    /* One more field at the end (an unknown one), on either side. */
+    memcpy(b, a, na);
+    b[na] = 0xf8; /* field 31, varint */
+    b[na + 1] = 0x01;
+    b[na + 2] = 0x05;
+    assert_int_equal(mr_envelope_same(a, na, b, na + 3), 0);
+    assert_int_equal(mr_envelope_same(b, na + 3, a, na), 0);
 }
 
-static void test_codec_envelope_hash_refuses_broken_fields(void **state)
+/* Bytes that are not well-formed fields are compared whole. */
+static void test_codec_envelope_same_compares_broken_bytes_whole(void **state)
 {
     (void)state;
-    uint8_t a[512];
+    uint8_t a[512], b[512];
     size_t n = s_pack_env(a, "m-1", 1795000000000);
-    uint64_t h = 0;
-    assert_int_equal(mr_envelope_hash(a, n - 1, &h), -1); /* the last field cut short */
-    const uint8_t group[] = {0x0b, 0x0c};                 /* wire type 3: not proto3 */
-    assert_int_equal(mr_envelope_hash(group, sizeof group, &h), -1);
-    const uint8_t long_len[] = {0x0a, 0x7f, 'x'};         /* length past the end */
-    assert_int_equal(mr_envelope_hash(long_len, sizeof long_len, &h), -1);
+    memcpy(b, a, n);
+    assert_int_equal(mr_envelope_same(a, n - 1, b, n - 1), 1); /* the last field cut short */
+    assert_int_equal(mr_envelope_same(a, n - 1, b, n), 0);
+    const uint8_t group[] = {0x0b, 0x0c}; /* wire type 3: not proto3 */
+    const uint8_t group2[] = {0x0b, 0x0d};
+    assert_int_equal(mr_envelope_same(group, sizeof group, group, sizeof group), 1);
+    assert_int_equal(mr_envelope_same(group, sizeof group, group2, sizeof group2), 0);
+    const uint8_t long_len[] = {0x0a, 0x7f, 'x'}; /* length past the end */
+    assert_int_equal(mr_envelope_same(long_len, sizeof long_len, a, n), 0);
 }
 
 int main(void)
@@ -498,8 +495,8 @@ int main(void)
         cmocka_unit_test(test_codec_frame_envelope_field_number),
         cmocka_unit_test(test_codec_field_slice),
         cmocka_unit_test(test_codec_has_field_zero),
-        cmocka_unit_test(test_codec_envelope_hash_ignores_created_at),
-        cmocka_unit_test(test_codec_envelope_hash_refuses_broken_fields),
+        cmocka_unit_test(test_codec_envelope_same_leaves_out_created_at),
+        cmocka_unit_test(test_codec_envelope_same_compares_broken_bytes_whole),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -29,6 +29,7 @@
 #include <uv.h>
 
 #include "log.h"
+#include "mr_codec.h"
 #include "store.h"
 
 #define S_WAIT_MS 10000
@@ -207,17 +208,6 @@ static s_done_t *s_submit(s_fx_t *fx, store_req_t *req)
     return d;
 }
 
-/* The content identity the caller (intake) gives a PUT: here FNV-1a of the body. */
-static uint64_t s_hash(const char *body)
-{
-    uint64_t h = 1469598103934665603ULL;
-    for (const char *p = body; *p; p++) {
-        h ^= (uint8_t)*p;
-        h *= 1099511628211ULL;
-    }
-    return h;
-}
-
 /* A PUT request, not yet submitted. */
 static store_req_t *s_put_build(s_fx_t *fx, const char *source, const char *id, const char *dest,
                                 const char *body, int64_t expires_ms)
@@ -235,7 +225,6 @@ static store_req_t *s_put_build(s_fx_t *fx, const char *source, const char *id, 
     req->msg.body = malloc(req->msg.body_len + 1);
     assert_non_null(req->msg.body);
     memcpy(req->msg.body, body, req->msg.body_len);
-    req->msg.content_hash = s_hash(body);
     return req;
 }
 
@@ -410,41 +399,55 @@ static void test_store_put_conflict_different_body(void **state)
     s_assert_body(&l->rows[0], "first");
 }
 
-static void test_store_put_identity_is_content_hash(void **state)
+/* A packed envelope with this message_id, payload text and created_at_ms. */
+static char *s_env_body(const char *id, const char *text, int64_t created_at_ms, size_t *len)
 {
-    s_fx_t *fx = *state;
-    /* The caller's content_hash decides, not the stored bytes: a resend
-     * whose bytes differ only where the hash ignores them (created_at_ms) is
-     * a duplicate; the first bytes are kept. */
-    s_done_t *a = s_put(fx, "t-a", "m-1", "lead", "bytes-1", 9000);
+    mr_envelope_t e = MEDROUTE__V1__ENVELOPE__INIT;
+    e.message_id = (char *)id;
+    e.source = "t-a";
+    e.destination = "lead";
+    e.correlation_id = (char *)text;
+    e.created_at_ms = created_at_ms;
+    uint8_t *buf = NULL;
+    assert_int_equal(mr_pack(&e.base, &buf, len), 0);
+    return (char *)buf;
+}
+
+static s_done_t *s_put_env(s_fx_t *fx, const char *text, int64_t created_at_ms)
+{
     s_done_t *d;
     store_req_t *req = s_req(fx, STORE_PUT, &d);
     req->msg.source = strdup("t-a");
     req->msg.message_id = strdup("m-1");
     req->msg.dest = strdup("lead");
-    req->msg.body = (uint8_t *)strdup("bytes-2");
-    req->msg.body_len = 7;
-    req->msg.content_hash = s_hash("bytes-1");
+    req->msg.expires_ms = 9000;
+    req->msg.body = (uint8_t *)s_env_body("m-1", text, created_at_ms, &req->msg.body_len);
     s_submit(fx, req);
     s_wait(fx, d);
+    return d;
+}
+
+static void test_store_put_identity_leaves_out_created_at(void **state)
+{
+    s_fx_t *fx = *state;
+    /* A resend whose bytes differ only in created_at_ms (a sender's library
+     * may stamp it anew) is a duplicate; the first bytes are kept. */
+    s_done_t *a = s_put_env(fx, "text", 1795000000000);
+    s_done_t *d = s_put_env(fx, "text", 1795000009999);
     assert_int_equal(a->status, STORE_OK);
     assert_int_equal(d->status, STORE_DUPLICATE);
     assert_int_equal(d->seq, a->seq);
-    /* Same bytes, another hash: a conflict. */
-    req = s_req(fx, STORE_PUT, &d);
-    req->msg.source = strdup("t-a");
-    req->msg.message_id = strdup("m-1");
-    req->msg.dest = strdup("lead");
-    req->msg.body = (uint8_t *)strdup("bytes-1");
-    req->msg.body_len = 7;
-    req->msg.content_hash = s_hash("bytes-1") + 1;
-    s_submit(fx, req);
-    s_wait(fx, d);
+    /* Other content under the same message_id: a conflict. */
+    d = s_put_env(fx, "other", 1795000000000);
     assert_int_equal(d->status, STORE_CONFLICT);
     assert_int_equal(d->seq, a->seq);
     s_done_t *l = s_load(fx, "lead", 0, 10);
     assert_int_equal(l->n_rows, 1);
-    s_assert_body(&l->rows[0], "bytes-1");
+    size_t n;
+    char *first = s_env_body("m-1", "text", 1795000000000, &n);
+    assert_int_equal(l->rows[0].body_len, n);
+    assert_memory_equal(l->rows[0].body, first, n);
+    free(first);
 }
 
 static void test_store_load_pending_in_seq_order(void **state)
@@ -939,7 +942,6 @@ static void s_child_put(store_t *st, const char *id)
     req->msg.expires_ms = 9000;
     req->msg.body = (uint8_t *)strdup(id);
     req->msg.body_len = strlen(id);
-    req->msg.content_hash = s_hash(id);
     store_submit(st, req);
 }
 
@@ -1396,7 +1398,7 @@ int main(void)
         T(test_store_put_assigns_increasing_seq),
         T(test_store_put_duplicate_same_body),
         T(test_store_put_conflict_different_body),
-        T(test_store_put_identity_is_content_hash),
+        T(test_store_put_identity_leaves_out_created_at),
         T(test_store_load_pending_in_seq_order),
         T(test_store_ack_states),
         T(test_store_summary_counts_per_dest),

@@ -1291,19 +1291,23 @@ void store_tally(store_t *self, const char *name, const char *labels, int64_t de
  * that the commit path mostly only appends.  Under sustained writes a
  * passive checkpoint rarely catches up, and the WAL can only restart after
  * one that does: the writer keeps SQLite's auto-checkpoint as that bound
- * (4096 pages, ~16 MB; 8192 and 16384 were no better in the benchmark,
+ * (4096 pages, 32 MB of 8 KB pages, 16 MB of the 4 KB pages of stores made
+ * before; 8192 and 16384 4-KB pages were no better in the benchmark,
  * 32768 much worse: the WAL outgrows journal_size_limit), and as
  * this thread has copied nearly everything by then, that checkpoint costs
- * the writer about a millisecond instead of copying 16 MB
+ * the writer about a millisecond instead of copying the whole WAL
  * (docs/performance.md).  journal_size_limit truncates the file back to
  * 64 MB after a restart.  An idle store wakes this thread no more.
  * The pace: a page that many commits rewrite (an index's leaf, the file's
- * first page) is copied once per pass, so fewer passes copy less; 25 ms
- * took the thread from 2.6 to 1.6 us per message at saturation and 3.7 to
- * 1.6 at 24 k msg/s, with 100 ms the WAL would near the 4096-page bound at
- * saturation (docs/performance.md, sixth session).
+ * first page) is copied once per pass, so fewer passes copy less (25 ms
+ * instead of 5 took the thread from 2.6 to 1.6 us per message at
+ * saturation, sixth session), but a pass's copy and the sync of the
+ * database that ends it delay the commits running meanwhile, the more so
+ * the more it copies: at 28 k msg/s the Ack p99 was 3.7-4.7 ms at 10 ms
+ * against 4.6-6.2 ms at 25 ms and 6.4-8.9 at 100 ms, for 0.4-0.7 us more of
+ * this thread per message (docs/performance.md, seventh session).
  */
-enum { S_CKPT_PACE_MS = 25 };
+enum { S_CKPT_PACE_MS = 10 };
 
 /* A connection of its own; NULL if the file cannot be opened now. */
 static sqlite3 *s_checkpoint_open(const char *path)

@@ -161,22 +161,17 @@ static qmsg_t *s_qmsg(uint64_t seq, uint8_t *body, size_t len, int64_t stored_ms
 static int s_send(server_t *s, int peer, qmsg_t *m)
 {
     peer_t *p = &s->peers[peer];
-    Medroute__V1__Delivery d = MEDROUTE__V1__DELIVERY__INIT;
-    d.seq = m->seq;
-    d.redelivered = m->attempts > 0;
-    d.attempt = m->attempts + 1;
-    d.stored_at_ms = m->stored_ms;
-    ProtobufCMessageUnknownField envelope;
-    if (mr_embed_field(&envelope, 2, m->body, m->len) < 0)
+    /* The stored envelope framed as it is, copied once, into the message
+     * ZeroMQ sends. */
+    const mr_delivery_head_t d = {.seq = m->seq,
+                                  .redelivered = m->attempts > 0,
+                                  .attempt = m->attempts + 1,
+                                  .stored_at_ms = m->stored_ms};
+    zmq_msg_t msg;
+    if (zmq_msg_init_size(&msg, mr_delivery_frame_size(&d, m->len)) != 0)
         return -ENOMEM;
-    d.base.n_unknown_fields = 1;
-    d.base.unknown_fields = &envelope;
-    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
-    f.version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
-    f.body_case = MEDROUTE__V1__FRAME__BODY_DELIVERY;
-    f.delivery = &d;
-    int rc = server_send_facility(s, p->rid, p->rid_len, &f.base);
-    free(envelope.data);
+    (void)mr_delivery_frame_pack(&d, m->body, m->len, zmq_msg_data(&msg));
+    int rc = server_send_facility_msg(s, p->rid, p->rid_len, &msg);
     if (rc == 0) {
         s->counters.v[m->attempts > 0 ? CNT_REDELIVERED : CNT_SENT]++;
         if (m->attempts > 0) {

@@ -60,7 +60,16 @@ int server_send_facility(server_t *self, const uint8_t *rid, size_t rid_len,
     if (zmq_msg_init_size(&msg, len) != 0)
         return -ENOMEM;
     protobuf_c_message_pack(frame, zmq_msg_data(&msg));
-    int rc = endpoint_send_msg(self->facility_ep, rid, rid_len, &msg);
+    return server_send_facility_msg(self, rid, rid_len, &msg);
+}
+
+int server_send_facility_msg(server_t *self, const uint8_t *rid, size_t rid_len, zmq_msg_t *msg)
+{
+    if (self->facility_ep == NULL) {
+        zmq_msg_close(msg);
+        return -ENOTCONN;
+    }
+    int rc = endpoint_send_msg(self->facility_ep, rid, rid_len, msg);
     if (rc < 0) {
         self->counters.v[CNT_SEND_FAILED]++;
         log_debug(self->log, "facility.send_failed", "reason=\"%s\"", zmq_strerror(-rc));

@@ -78,8 +78,10 @@ server_t *server_new(conf_t *conf, log_t *log);
 int server_run(server_t *self);
 void server_destroy(server_t **self_p);
 
-/* Sends a packed frame to a facility connection; counts failures. */
+/* Sends a frame to a facility connection; counts failures. */
 int server_send_facility(server_t *self, const uint8_t *rid, size_t rid_len,
                          const ProtobufCMessage *frame);
+/* The same for a frame already encoded in msg, which it takes (sent or closed). */
+int server_send_facility_msg(server_t *self, const uint8_t *rid, size_t rid_len, zmq_msg_t *msg);
 
 #endif

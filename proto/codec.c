@@ -93,24 +93,106 @@ int mr_pack(const ProtobufCMessage *msg, uint8_t **out, size_t *len)
     return 0;
 }
 
-int mr_embed_field(ProtobufCMessageUnknownField *uf, uint32_t tag, const uint8_t *bytes,
-                   size_t len)
+/* ---- frames around an encoded envelope ------------------------------------ */
+
+static size_t s_varint_size(uint64_t v)
 {
-    uint8_t *buf = malloc(len + 10);
-    if (buf == NULL)
-        return -ENOMEM;
-    size_t n = 0;
-    for (size_t v = len; ; v >>= 7) {
-        buf[n++] = (uint8_t)((v & 0x7f) | (v >= 0x80 ? 0x80 : 0));
-        if (v < 0x80)
-            break;
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
     }
-    memcpy(buf + n, bytes, len);
-    uf->tag = tag;
-    uf->wire_type = PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED;
-    uf->len = n + len;
-    uf->data = buf;
-    return 0;
+    return n;
+}
+
+static size_t s_put_varint(uint8_t *out, uint64_t v)
+{
+    size_t n = 0;
+    while (v >= 0x80) {
+        out[n++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    out[n++] = (uint8_t)v;
+    return n;
+}
+
+/* The tag of field `field` of wire type `type`: one byte for fields 1-15. */
+#define S_TAG(field, type) ((uint8_t)(((field) << 3) | (type)))
+#define S_VARINT PROTOBUF_C_WIRE_TYPE_VARINT
+#define S_BYTES PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED
+
+/* Frame.version = 1: tag and value, two bytes. */
+enum { S_VERSION_BYTES = 2 };
+
+size_t mr_envelope_frame_size(size_t env_len)
+{
+    return S_VERSION_BYTES + 1 + s_varint_size(env_len) + env_len;
+}
+
+size_t mr_envelope_frame_pack(const uint8_t *env, size_t env_len, uint8_t *out)
+{
+    size_t n = 0;
+    out[n++] = S_TAG(MR_FRAME_VERSION_FIELD, S_VARINT);
+    out[n++] = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+    out[n++] = S_TAG(MR_FRAME_ENVELOPE_FIELD, S_BYTES);
+    n += s_put_varint(out + n, env_len);
+    if (env_len > 0)
+        memcpy(out + n, env, env_len);
+    return n + env_len;
+}
+
+/* The Delivery message's own bytes (proto3: fields at their default are
+ * left out, as protobuf-c leaves them). */
+static size_t s_delivery_size(const mr_delivery_head_t *d, size_t env_len)
+{
+    size_t n = 1 + s_varint_size(env_len) + env_len;
+    if (d->seq)
+        n += 1 + s_varint_size(d->seq);
+    if (d->redelivered)
+        n += 2;
+    if (d->attempt)
+        n += 1 + s_varint_size(d->attempt);
+    if (d->stored_at_ms)
+        n += 1 + s_varint_size((uint64_t)d->stored_at_ms);
+    return n;
+}
+
+size_t mr_delivery_frame_size(const mr_delivery_head_t *d, size_t env_len)
+{
+    size_t inner = s_delivery_size(d, env_len);
+    return S_VERSION_BYTES + 1 + s_varint_size(inner) + inner;
+}
+
+size_t mr_delivery_frame_pack(const mr_delivery_head_t *d, const uint8_t *env, size_t env_len,
+                              uint8_t *out)
+{
+    size_t n = 0;
+    out[n++] = S_TAG(MR_FRAME_VERSION_FIELD, S_VARINT);
+    out[n++] = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+    out[n++] = S_TAG(MR_FRAME_DELIVERY_FIELD, S_BYTES);
+    n += s_put_varint(out + n, s_delivery_size(d, env_len));
+    if (d->seq) {
+        out[n++] = S_TAG(MR_DELIVERY_SEQ_FIELD, S_VARINT);
+        n += s_put_varint(out + n, d->seq);
+    }
+    out[n++] = S_TAG(MR_DELIVERY_ENVELOPE_FIELD, S_BYTES);
+    n += s_put_varint(out + n, env_len);
+    if (env_len > 0)
+        memcpy(out + n, env, env_len);
+    n += env_len;
+    if (d->redelivered) {
+        out[n++] = S_TAG(MR_DELIVERY_REDELIVERED_FIELD, S_VARINT);
+        out[n++] = 1;
+    }
+    if (d->attempt) {
+        out[n++] = S_TAG(MR_DELIVERY_ATTEMPT_FIELD, S_VARINT);
+        n += s_put_varint(out + n, d->attempt);
+    }
+    if (d->stored_at_ms) {
+        out[n++] = S_TAG(MR_DELIVERY_STORED_AT_FIELD, S_VARINT);
+        n += s_put_varint(out + n, (uint64_t)d->stored_at_ms);
+    }
+    return n;
 }
 
 /* Reads a protobuf varint at b[*i]; 0, or -1 if it runs past the end. */

@@ -8,6 +8,7 @@
 #ifndef MR_CODEC_H
 #define MR_CODEC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -76,18 +77,38 @@ const char *mr_error_name(int code);
 int mr_pack(const ProtobufCMessage *msg, uint8_t **out, size_t *len);
 
 /*
- * Prepares an unknown field that carries already-encoded bytes (a packed
- * submessage) as field `tag` of the message it is attached to, so that a
- * stored Envelope can be framed without decoding it.  protobuf-c expects the
- * length prefix inside the field's data: uf->data is a new buffer holding
- * varint(len) + bytes, owned by the caller (free(uf->data)).  0 or -ENOMEM.
+ * Frames around an Envelope already encoded (a stored message, a client's
+ * outbox entry), written straight into the caller's buffer without decoding
+ * the envelope or copying it more than once:
+ *   Frame{version = 1, envelope = env}
+ *   Frame{version = 1, delivery = Delivery{seq, envelope = env, redelivered,
+ *                                          attempt, stored_at_ms}}
+ * Each _size gives the bytes its _pack writes into out (and returns).
  */
-int mr_embed_field(ProtobufCMessageUnknownField *uf, uint32_t tag, const uint8_t *bytes,
-                   size_t len);
+typedef struct {
+    uint64_t seq;
+    bool redelivered;
+    uint32_t attempt;
+    int64_t stored_at_ms;
+} mr_delivery_head_t;
 
-/* frame.proto: Frame.envelope = 5 (test_codec checks it against the
- * descriptor). */
+size_t mr_envelope_frame_size(size_t env_len);
+size_t mr_envelope_frame_pack(const uint8_t *env, size_t env_len, uint8_t *out);
+size_t mr_delivery_frame_size(const mr_delivery_head_t *d, size_t env_len);
+size_t mr_delivery_frame_pack(const mr_delivery_head_t *d, const uint8_t *env, size_t env_len,
+                              uint8_t *out);
+
+/* frame.proto's field numbers that codec.c writes or reads on the wire
+ * itself (a number never changes on the wire; test_codec checks each
+ * against the descriptor). */
+#define MR_FRAME_VERSION_FIELD 1
 #define MR_FRAME_ENVELOPE_FIELD 5
+#define MR_FRAME_DELIVERY_FIELD 8
+#define MR_DELIVERY_SEQ_FIELD 1
+#define MR_DELIVERY_ENVELOPE_FIELD 2
+#define MR_DELIVERY_REDELIVERED_FIELD 3
+#define MR_DELIVERY_ATTEMPT_FIELD 4
+#define MR_DELIVERY_STORED_AT_FIELD 5
 
 /*
  * The encoded value of length-delimited field `field` among the top-level

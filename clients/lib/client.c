@@ -107,16 +107,17 @@ static int s_send_frame(mr_client_t *c, mr_frame_t *f)
 
 static int s_send_raw(mr_client_t *c, const uint8_t *body, size_t len)
 {
-    /* Frame{version=1, envelope=<body>} without decoding body again: the
-     * envelope travels as Frame field 5 through protobuf-c's unknown fields. */
-    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
-    ProtobufCMessageUnknownField env;
-    if (mr_embed_field(&env, MEDROUTE__V1__FRAME__BODY_ENVELOPE, body, len) < 0)
+    /* Frame{version=1, envelope=<body>} without decoding body again, packed
+     * straight into the message ZeroMQ sends. */
+    zmq_msg_t msg;
+    if (zmq_msg_init_size(&msg, mr_envelope_frame_size(len)) != 0)
         return -ENOMEM;
-    f.base.n_unknown_fields = 1;
-    f.base.unknown_fields = &env;
-    int rc = s_send_frame(c, &f);
-    free(env.data);
+    (void)mr_envelope_frame_pack(body, len, zmq_msg_data(&msg));
+    int rc = zmq_msg_send(&msg, c->sock, ZMQ_DONTWAIT) < 0 ? -zmq_errno() : 0;
+    if (rc < 0)
+        zmq_msg_close(&msg); /* sent, it belongs to ZeroMQ */
+    else
+        c->last_tx_ms = mr_now_ms();
     return rc;
 }
 

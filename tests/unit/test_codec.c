@@ -1,7 +1,7 @@
 /*
  * Unit tests for proto/codec.c: kind, priority and error-code names, the
- * kind -> payload rule, mr_pack, and mr_embed_field (a stored Envelope put
- * into a Delivery as raw bytes must decode as Delivery.envelope), a field's
+ * kind -> payload rule, mr_pack, the frames packed around an encoded
+ * Envelope (the same bytes as protobuf-c's for the same frame), a field's
  * bytes in a frame, and the comparison that tells a resend from a conflict.
  */
 #include <stdarg.h>
@@ -219,11 +219,20 @@ static size_t s_varint_len(size_t v)
     return n;
 }
 
+/* Packs frame with protobuf-c into a new buffer. */
+static uint8_t *s_pb(const ProtobufCMessage *frame, size_t *len)
+{
+    uint8_t *buf = NULL;
+    assert_int_equal(mr_pack(frame, &buf, len), 0);
+    return buf;
+}
+
 /*
- * Packs the envelope, embeds it as field 2 of a Delivery inside a Frame,
- * and checks that the frame decodes with Delivery.envelope equal to it.
+ * Frames the packed envelope as a Delivery (with head d) and as a sender's
+ * Frame{envelope}: the bytes are protobuf-c's own for the same frames, the
+ * sizes are what was written, and they decode with the envelope as packed.
  */
-static void s_check_embed(size_t body_len, size_t want_prefix)
+static void s_check_frames(size_t body_len, size_t want_prefix, const mr_delivery_head_t *d)
 {
     s_env_t e;
     s_env_init(&e, "m-embed", body_len);
@@ -232,108 +241,110 @@ static void s_check_embed(size_t body_len, size_t want_prefix)
     assert_int_equal(mr_pack(&e.env.base, &env_bytes, &env_len), 0);
     assert_int_equal(s_varint_len(env_len), want_prefix);
 
-    ProtobufCMessageUnknownField uf;
-    memset(&uf, 0, sizeof uf);
-    assert_int_equal(mr_embed_field(&uf, 2, env_bytes, env_len), 0);
-    assert_int_equal(uf.tag, 2);
-    assert_int_equal(uf.wire_type, PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED);
-    assert_int_equal(uf.len, want_prefix + env_len);
-    /* The prefix is the varint of the length, then the bytes as given. */
-    size_t v = 0;
-    for (size_t i = 0; i < want_prefix; i++) {
-        v |= (size_t)(uf.data[i] & 0x7f) << (7 * i);
-        assert_int_equal(uf.data[i] & 0x80, i + 1 < want_prefix ? 0x80 : 0);
-    }
-    assert_int_equal(v, env_len);
-    assert_memory_equal(uf.data + want_prefix, env_bytes, env_len);
-
-    Medroute__V1__Delivery d = MEDROUTE__V1__DELIVERY__INIT;
-    d.seq = 4242;
-    d.redelivered = 1;
-    d.attempt = 3;
-    d.stored_at_ms = 1700000000999;
-    d.base.n_unknown_fields = 1;
-    d.base.unknown_fields = &uf;
+    Medroute__V1__Delivery dm = MEDROUTE__V1__DELIVERY__INIT;
+    dm.seq = d->seq;
+    dm.redelivered = d->redelivered;
+    dm.attempt = d->attempt;
+    dm.stored_at_ms = d->stored_at_ms;
+    dm.envelope = &e.env;
     mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
     f.version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
     f.body_case = MEDROUTE__V1__FRAME__BODY_DELIVERY;
-    f.delivery = &d;
-
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    assert_int_equal(mr_pack(&f.base, &buf, &len), 0);
-
-    /* The whole frame, as a facility decodes it. */
+    f.delivery = &dm;
+    size_t want_len;
+    uint8_t *want = s_pb(&f.base, &want_len);
+    size_t len = mr_delivery_frame_size(d, env_len);
+    uint8_t *buf = malloc(len);
+    assert_non_null(buf);
+    assert_int_equal(mr_delivery_frame_pack(d, env_bytes, env_len, buf), len);
+    assert_int_equal(len, want_len);
+    assert_memory_equal(buf, want, len);
     mr_frame_t *got = medroute__v1__frame__unpack(NULL, len, buf);
     assert_non_null(got);
     assert_int_equal(got->version, MR_PROTOCOL_VERSION);
     assert_int_equal(got->body_case, MEDROUTE__V1__FRAME__BODY_DELIVERY);
-    assert_non_null(got->delivery);
-    assert_int_equal(got->delivery->seq, 4242);
-    assert_int_equal(got->delivery->redelivered, 1);
-    assert_int_equal(got->delivery->attempt, 3);
-    assert_int_equal(got->delivery->stored_at_ms, 1700000000999);
+    assert_int_equal(got->delivery->seq, d->seq);
+    assert_int_equal(got->delivery->redelivered, d->redelivered);
+    assert_int_equal(got->delivery->attempt, d->attempt);
+    assert_int_equal(got->delivery->stored_at_ms, d->stored_at_ms);
     assert_int_equal(got->delivery->base.n_unknown_fields, 0);
     s_assert_same_envelope(got->delivery->envelope, &e);
     medroute__v1__frame__free_unpacked(got, NULL);
-
-    /* The Delivery on its own. */
-    uint8_t *dbuf = NULL;
-    size_t dlen = 0;
-    assert_int_equal(mr_pack(&d.base, &dbuf, &dlen), 0);
-    Medroute__V1__Delivery *gd = medroute__v1__delivery__unpack(NULL, dlen, dbuf);
-    assert_non_null(gd);
-    assert_int_equal(gd->seq, 4242);
-    s_assert_same_envelope(gd->envelope, &e);
-    medroute__v1__delivery__free_unpacked(gd, NULL);
-
-    free(dbuf);
     free(buf);
-    free(uf.data);
+    free(want);
+
+    mr_frame_t g = MEDROUTE__V1__FRAME__INIT;
+    g.version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+    g.body_case = MEDROUTE__V1__FRAME__BODY_ENVELOPE;
+    g.envelope = &e.env;
+    want = s_pb(&g.base, &want_len);
+    len = mr_envelope_frame_size(env_len);
+    buf = malloc(len);
+    assert_non_null(buf);
+    assert_int_equal(mr_envelope_frame_pack(env_bytes, env_len, buf), len);
+    assert_int_equal(len, want_len);
+    assert_memory_equal(buf, want, len);
+    free(buf);
+    free(want);
     free(env_bytes);
     free(e.summary);
 }
 
-static void test_codec_embed_field_one_byte_length(void **state)
+static const mr_delivery_head_t s_head = {
+    .seq = 4242, .redelivered = true, .attempt = 3, .stored_at_ms = 1700000000999};
+
+static void test_codec_frames_one_byte_length(void **state)
 {
     (void)state;
-    s_check_embed(10, 1);
+    s_check_frames(10, 1, &s_head);
 }
 
-static void test_codec_embed_field_two_byte_length(void **state)
+static void test_codec_frames_two_byte_length(void **state)
 {
     (void)state;
-    s_check_embed(200, 2);
+    s_check_frames(200, 2, &s_head);
 }
 
-static void test_codec_embed_field_three_byte_length(void **state)
+static void test_codec_frames_three_byte_length(void **state)
 {
     (void)state;
-    s_check_embed(20000, 3);
+    s_check_frames(20000, 3, &s_head);
 }
 
-static void test_codec_embed_field_empty(void **state)
+/* Fields at their default are left out, as protobuf-c leaves them; a
+ * negative time takes ten bytes. */
+static void test_codec_frames_default_and_negative_fields(void **state)
 {
     (void)state;
-    /* A zero-length submessage: prefix 0x00 and nothing after. */
-    ProtobufCMessageUnknownField uf;
-    assert_int_equal(mr_embed_field(&uf, 2, (const uint8_t *)"", 0), 0);
-    assert_int_equal(uf.len, 1);
-    assert_int_equal(uf.data[0], 0x00);
-    Medroute__V1__Delivery d = MEDROUTE__V1__DELIVERY__INIT;
-    d.seq = 1;
-    d.base.n_unknown_fields = 1;
-    d.base.unknown_fields = &uf;
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    assert_int_equal(mr_pack(&d.base, &buf, &len), 0);
-    Medroute__V1__Delivery *gd = medroute__v1__delivery__unpack(NULL, len, buf);
+    const mr_delivery_head_t zero = {0};
+    s_check_frames(10, 1, &zero);
+    const mr_delivery_head_t big = {
+        .seq = UINT64_MAX, .attempt = UINT32_MAX, .stored_at_ms = -1};
+    s_check_frames(10, 1, &big);
+}
+
+/* An empty envelope: a zero length and nothing after. */
+static void test_codec_frames_empty_envelope(void **state)
+{
+    (void)state;
+    uint8_t buf[64];
+    size_t n = mr_delivery_frame_pack(&s_head, (const uint8_t *)"", 0, buf);
+    assert_int_equal(n, mr_delivery_frame_size(&s_head, 0));
+    Medroute__V1__Delivery *gd = NULL;
+    mr_frame_t *got = medroute__v1__frame__unpack(NULL, n, buf);
+    assert_non_null(got);
+    gd = got->delivery;
     assert_non_null(gd);
+    assert_int_equal(gd->seq, 4242);
     assert_non_null(gd->envelope);
     assert_string_equal(gd->envelope->message_id, "");
-    medroute__v1__delivery__free_unpacked(gd, NULL);
-    free(buf);
-    free(uf.data);
+    medroute__v1__frame__free_unpacked(got, NULL);
+    n = mr_envelope_frame_pack((const uint8_t *)"", 0, buf);
+    assert_int_equal(n, mr_envelope_frame_size(0));
+    got = medroute__v1__frame__unpack(NULL, n, buf);
+    assert_non_null(got);
+    assert_int_equal(got->body_case, MEDROUTE__V1__FRAME__BODY_ENVELOPE);
+    medroute__v1__frame__free_unpacked(got, NULL);
 }
 
 static void test_codec_now_ms_plausible(void **state)
@@ -348,14 +359,30 @@ static void test_codec_now_ms_plausible(void **state)
 
 /* ---- the envelope's bytes in a frame --------------------------------------- */
 
-static void test_codec_frame_envelope_field_number(void **state)
+static void s_check_field(const ProtobufCMessageDescriptor *d, const char *name, unsigned id,
+                          ProtobufCType type)
+{
+    const ProtobufCFieldDescriptor *fd = protobuf_c_message_descriptor_get_field_by_name(d, name);
+    assert_non_null(fd);
+    assert_int_equal(fd->id, id);
+    assert_int_equal(fd->type, type);
+}
+
+/* The field numbers codec.c writes or reads on the wire itself. */
+static void test_codec_frame_field_numbers(void **state)
 {
     (void)state;
-    const ProtobufCFieldDescriptor *fd =
-        protobuf_c_message_descriptor_get_field_by_name(&medroute__v1__frame__descriptor, "envelope");
-    assert_non_null(fd);
-    assert_int_equal(fd->id, MR_FRAME_ENVELOPE_FIELD);
-    assert_int_equal(fd->type, PROTOBUF_C_TYPE_MESSAGE);
+    const ProtobufCMessageDescriptor *f = &medroute__v1__frame__descriptor;
+    s_check_field(f, "version", MR_FRAME_VERSION_FIELD, PROTOBUF_C_TYPE_ENUM);
+    s_check_field(f, "envelope", MR_FRAME_ENVELOPE_FIELD, PROTOBUF_C_TYPE_MESSAGE);
+    s_check_field(f, "delivery", MR_FRAME_DELIVERY_FIELD, PROTOBUF_C_TYPE_MESSAGE);
+    const ProtobufCMessageDescriptor *d = &medroute__v1__delivery__descriptor;
+    s_check_field(d, "seq", MR_DELIVERY_SEQ_FIELD, PROTOBUF_C_TYPE_UINT64);
+    s_check_field(d, "envelope", MR_DELIVERY_ENVELOPE_FIELD, PROTOBUF_C_TYPE_MESSAGE);
+    s_check_field(d, "redelivered", MR_DELIVERY_REDELIVERED_FIELD, PROTOBUF_C_TYPE_BOOL);
+    s_check_field(d, "attempt", MR_DELIVERY_ATTEMPT_FIELD, PROTOBUF_C_TYPE_UINT32);
+    s_check_field(d, "stored_at_ms", MR_DELIVERY_STORED_AT_FIELD, PROTOBUF_C_TYPE_INT64);
+    assert_int_equal(MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1, 1); /* one byte */
 }
 
 /* The slice found in a packed frame is the packed envelope; a field that is
@@ -486,13 +513,14 @@ int main(void)
         cmocka_unit_test(test_codec_error_names),
         cmocka_unit_test(test_codec_pack_unpack_frame),
         cmocka_unit_test(test_codec_pack_empty_message),
-        cmocka_unit_test(test_codec_embed_field_one_byte_length),
-        cmocka_unit_test(test_codec_embed_field_two_byte_length),
-        cmocka_unit_test(test_codec_embed_field_three_byte_length),
-        cmocka_unit_test(test_codec_embed_field_empty),
+        cmocka_unit_test(test_codec_frames_one_byte_length),
+        cmocka_unit_test(test_codec_frames_two_byte_length),
+        cmocka_unit_test(test_codec_frames_three_byte_length),
+        cmocka_unit_test(test_codec_frames_default_and_negative_fields),
+        cmocka_unit_test(test_codec_frames_empty_envelope),
         cmocka_unit_test(test_codec_now_ms_plausible),
         cmocka_unit_test(test_codec_created_at_field_number),
-        cmocka_unit_test(test_codec_frame_envelope_field_number),
+        cmocka_unit_test(test_codec_frame_field_numbers),
         cmocka_unit_test(test_codec_field_slice),
         cmocka_unit_test(test_codec_has_field_zero),
         cmocka_unit_test(test_codec_envelope_same_leaves_out_created_at),

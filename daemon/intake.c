@@ -15,7 +15,6 @@
 #include <time.h>
 
 #include "acks.h"
-#include "arena.h"
 #include "clinical.h"
 #include "dispatch.h"
 #include "facts.h"

@@ -393,9 +393,10 @@ static int s_open_db(store_t *self)
      * 1000 ran 10 % slower in the benchmark (docs/performance.md). */
     char pragmas[320];
     int n = snprintf(pragmas, sizeof pragmas,
-                     "PRAGMA page_size=8192; PRAGMA journal_mode=WAL; PRAGMA synchronous=%s; PRAGMA busy_timeout=200;"
-                     " PRAGMA foreign_keys=OFF; PRAGMA wal_autocheckpoint=4096;"
-                     " PRAGMA journal_size_limit=67108864; PRAGMA cache_size=-32768;",
+                     "PRAGMA page_size=8192; PRAGMA journal_mode=WAL; PRAGMA synchronous=%s;"
+                     " PRAGMA busy_timeout=200; PRAGMA foreign_keys=OFF;"
+                     " PRAGMA wal_autocheckpoint=4096; PRAGMA journal_size_limit=67108864;"
+                     " PRAGMA cache_size=-32768;",
                      self->sync_full ? "FULL" : "NORMAL");
     if (n < 0 || (size_t)n >= sizeof pragmas) {
         rc = SQLITE_INTERNAL;

@@ -435,6 +435,23 @@ static void raw_hello(raw_t *r, const char *facility)
 }
 
 /* An envelope frame from t-aihua to yx-lab with the given twists. */
+/* A lab order from t-aihua to yx-lab, packed (caller frees). */
+static uint8_t *s_lab_order_packed(const char *message_id, size_t *len)
+{
+    Medroute__V1__LabOrder lo = MEDROUTE__V1__LAB_ORDER__INIT;
+    lo.placer_order_number = "PO-RAW";
+    mr_envelope_t e = MEDROUTE__V1__ENVELOPE__INIT;
+    e.message_id = (char *)message_id;
+    e.source = "t-aihua";
+    e.destination = "yx-lab";
+    e.kind = MEDROUTE__V1__KIND__KIND_LAB_ORDER;
+    e.payload_case = MEDROUTE__V1__ENVELOPE__PAYLOAD_LAB_ORDER;
+    e.lab_order = &lo;
+    uint8_t *env = NULL;
+    assert_int_equal(mr_pack(&e.base, &env, len), 0);
+    return env;
+}
+
 static int raw_envelope(raw_t *r, const char *source, const char *dest, int kind, int payload_kind,
                         int version)
 {
@@ -510,18 +527,8 @@ static void test_routing_bad_input_gets_distinct_errors(void **state)
     /* An envelope protobuf-c decodes but cannot write back (an unknown field
      * number 0 in a two-byte tag): refused, never stored undecodable. */
     {
-        Medroute__V1__LabOrder lo = MEDROUTE__V1__LAB_ORDER__INIT;
-        lo.placer_order_number = "PO-ZERO";
-        mr_envelope_t e = MEDROUTE__V1__ENVELOPE__INIT;
-        e.message_id = "zero-tag";
-        e.source = "t-aihua";
-        e.destination = "yx-lab";
-        e.kind = MEDROUTE__V1__KIND__KIND_LAB_ORDER;
-        e.payload_case = MEDROUTE__V1__ENVELOPE__PAYLOAD_LAB_ORDER;
-        e.lab_order = &lo;
-        uint8_t *env;
         size_t env_len;
-        assert_int_equal(mr_pack(&e.base, &env, &env_len), 0);
+        uint8_t *env = s_lab_order_packed("zero-tag", &env_len);
         uint8_t frame[512];
         size_t n = 0, inner = env_len + 10;
         frame[n++] = 0x08; /* version = 1 */
@@ -542,18 +549,8 @@ static void test_routing_bad_input_gets_distinct_errors(void **state)
     /* A frame carrying its envelope twice (a decoder merges the two, so no
      * one copy is what was read): refused, not stored. */
     {
-        Medroute__V1__LabOrder lo = MEDROUTE__V1__LAB_ORDER__INIT;
-        lo.placer_order_number = "PO-TWICE";
-        mr_envelope_t e = MEDROUTE__V1__ENVELOPE__INIT;
-        e.message_id = "twice";
-        e.source = "t-aihua";
-        e.destination = "yx-lab";
-        e.kind = MEDROUTE__V1__KIND__KIND_LAB_ORDER;
-        e.payload_case = MEDROUTE__V1__ENVELOPE__PAYLOAD_LAB_ORDER;
-        e.lab_order = &lo;
-        uint8_t *env;
         size_t env_len;
-        assert_int_equal(mr_pack(&e.base, &env, &env_len), 0);
+        uint8_t *env = s_lab_order_packed("twice", &env_len);
         uint8_t frame[512];
         size_t n = 0;
         frame[n++] = 0x08; /* version = 1 */

@@ -46,6 +46,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -597,10 +598,18 @@ static int s_backlog(s_run_t *run, long count, double fill_max, double drain_max
     bu_proc_mem(d->pid, &rss_queued, &hwm_queued);
     json_t *st0 = s_status(d, 5000);
     unsigned long long pending0 = st0 ? s_pending(st0, "t-lishu") : 0;
-    long long store_bytes = st0 ? (long long)s_json_u64(json_object_get(
-                                      json_object_get(st0, "status"), "store_bytes"))
-                                : 0;
     json_decref(st0);
+    /* The files themselves (the status's store_bytes is sampled by the
+     * daemon's cron and may be seconds old). */
+    long long store_bytes = 0;
+    static const char *const files[] = {"medroute.db", "medroute.db-wal"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        char path[sizeof d->dir + 64];
+        struct stat sb;
+        snprintf(path, sizeof path, "%s/var/%s", d->dir, files[i]);
+        if (stat(path, &sb) == 0)
+            store_bytes += (long long)sb.st_size;
+    }
 
     /* restart with them pending */
     double stop_s = s_daemon_stop(d);

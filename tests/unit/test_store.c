@@ -413,16 +413,13 @@ static char *s_env_body(const char *id, const char *text, int64_t created_at_ms,
     return (char *)buf;
 }
 
+/* A PUT of message m-1 whose body is that envelope; waits for its completion. */
 static s_done_t *s_put_env(s_fx_t *fx, const char *text, int64_t created_at_ms)
 {
-    s_done_t *d;
-    store_req_t *req = s_req(fx, STORE_PUT, &d);
-    req->msg.source = strdup("t-a");
-    req->msg.message_id = strdup("m-1");
-    req->msg.dest = strdup("lead");
-    req->msg.expires_ms = 9000;
+    store_req_t *req = s_put_build(fx, "t-a", "m-1", "lead", "", 9000);
+    free(req->msg.body);
     req->msg.body = (uint8_t *)s_env_body("m-1", text, created_at_ms, &req->msg.body_len);
-    s_submit(fx, req);
+    s_done_t *d = s_submit(fx, req);
     s_wait(fx, d);
     return d;
 }

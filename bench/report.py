@@ -74,16 +74,23 @@ def mark(ok):
     return "—" if ok is None else ("PASS" if ok else "MISS")
 
 
+def median_run(runs, name, key, listed):
+    """<name>_<a|b|c> -> <name>: the run with the median <key>, with <key> of
+    every run, in the order they ran, under <listed> (for the table)."""
+    reps = [runs[f"{name}_{t}"] for t in "abc" if f"{name}_{t}" in runs]
+    if reps:
+        mid = sorted(reps, key=lambda r: r.get(key, 0))[len(reps) // 2]
+        runs[name] = dict(mid, of_runs=len(reps), **{listed: [r.get(key, 0) for r in reps]})
+
+
 def median_runs(runs):
-    """<who>_lat<pct>_<a|b|c> -> <who>_lat<pct>: the run with the median Ack p99,
-    with the p99 of every run (for the table)."""
+    """Throughput: the median msg/s of three runs of the ceiling, of medroute
+    FULL and of RabbitMQ; latency: the run with the median Ack p99 at each load."""
+    for name in ("ceiling", "medroute_full", "rabbitmq"):
+        median_run(runs, name, "msgs_per_s", "rates")
     for who in ("ceiling", "medroute"):
         for pct in (20, 50):
-            reps = [r for n, r in runs.items() if n.startswith(f"{who}_lat{pct}_")]
-            if reps:
-                reps.sort(key=lambda r: r.get("ack_p99_us", 0))
-                runs[f"{who}_lat{pct}"] = dict(reps[len(reps) // 2], of_runs=len(reps),
-                                              p99s=[r.get("ack_p99_us", 0) for r in reps])
+            median_run(runs, f"{who}_lat{pct}", "ack_p99_us", "p99s")
 
 
 def main():
@@ -114,10 +121,20 @@ def main():
     full = g("medroute_full", "msgs_per_s")
     norm = g("medroute_normal", "msgs_per_s")
     rmq = g("rabbitmq", "msgs_per_s")
-    c = runs.get("medroute_full", {})
+
+    def of_runs(run):
+        """' (median of 3 runs: a / b / c)' when the run is a median."""
+        r = runs.get(run, {})
+        if r.get("of_runs", 1) < 2:
+            return ""
+        return f" (median of {r['of_runs']} runs: " \
+               + " / ".join(num(v) for v in r["rates"]) + ")"
+
     row(f"ceiling: ZeroMQ ROUTER forwarder, {g('ceiling', 'senders')} senders → 1 receiver, "
-        f"{g('ceiling', 'payload')} B, window {g('ceiling', 'window')}", num(ceil, " msg/s"))
-    row("medroute durable (synchronous=FULL), end-to-end (delivery ack committed)",
+        f"{g('ceiling', 'payload')} B, window {g('ceiling', 'window')}" + of_runs("ceiling"),
+        num(ceil, " msg/s"))
+    row("medroute durable (synchronous=FULL), end-to-end (delivery ack committed)"
+        + of_runs("medroute_full"),
         num(full, " msg/s"), f"{full / ceil:.1%} of ceiling" if full and ceil else "",
         "≥ 20 % of ceiling", full / ceil >= 0.20 if full and ceil else None)
     row("  of which Acks (stored) during that run", num(g("medroute_full", "acked_per_s"), " msg/s"))
@@ -126,7 +143,8 @@ def main():
         f"{norm / ceil:.1%} of ceiling" if norm and ceil else "")
     row("  of which Acks (stored) during that run", num(g("medroute_normal", "acked_per_s"), " msg/s"))
     if rmq:
-        row("RabbitMQ durable queue, persistent, confirms, manual acks", num(rmq, " msg/s"),
+        row("RabbitMQ durable queue, persistent, confirms, manual acks" + of_runs("rabbitmq"),
+            num(rmq, " msg/s"),
             f"medroute FULL / RabbitMQ = {full / rmq:.2f}×" if full else "",
             "≥ 5× RabbitMQ", full / rmq >= 5 if full else None)
     else:

@@ -6,10 +6,11 @@
 # Starts Debian's rabbitmq-server as the current user, on loopback only, in
 # a temporary directory of its own (node name, mnesia, logs, cookie, config,
 # a private epmd on its own port), waits for it (rabbitmqctl await_startup,
-# bounded), runs BUILD_DIR/bench/bench_rabbitmq and prints its one JSON line
-# on stdout; stops the broker and its epmd on any exit.  Exit status: 0 ok,
-# 3 RabbitMQ is not installed or did not start (the reason on stderr), 1 the
-# benchmark failed.
+# bounded), runs BUILD_DIR/bench/bench_rabbitmq BENCH_RUNS times (1 unless
+# set; each declares, purges and deletes its queue) and prints their JSON
+# lines on stdout; stops the broker and its epmd on any exit.  Exit status:
+# 0 ok, 3 RabbitMQ is not installed or did not start (the reason on
+# stderr), 1 a run failed.
 set -euo pipefail
 
 BUILD=${1:?usage: rabbitmq.sh BUILD_DIR [options]}
@@ -93,5 +94,7 @@ if [[ -z $started ]]; then
   exit 3
 fi
 rc=0
-"$BENCH" --port "$RABBITMQ_NODE_PORT" "$@" || rc=1
+for ((i = 0; i < ${BENCH_RUNS:-1}; i++)); do
+  "$BENCH" --port "$RABBITMQ_NODE_PORT" "$@" || rc=1
+done
 exit $rc

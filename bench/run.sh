@@ -71,17 +71,6 @@ run() {
   fi
 }
 
-# JSON field of a run, from results.jsonl.
-field() {
-  python3 - "$RES" "$1" "$2" <<'PY'
-import json, sys
-for l in open(sys.argv[1]):
-    r = json.loads(l)
-    if r.get("run") == sys.argv[2]:
-        print(r.get(sys.argv[3], "")); break
-PY
-}
-
 # Median of a field over the runs NAME_a, NAME_b, NAME_c, from results.jsonl.
 median() {
   python3 - "$RES" "$1" "$2" <<'PY'

@@ -18,6 +18,30 @@ void facts_local_day(int64_t ms, char out[11])
         snprintf(out, 11, "0000-00-00");
 }
 
+/* The value of n decimal digits at p; -1 if one is not a digit. */
+static int s_digits(const char *p, int n)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9')
+            return -1;
+        v = v * 10 + (p[i] - '0');
+    }
+    return v;
+}
+
+bool facts_day_valid(const char *day)
+{
+    static const int s_month_days[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (day == NULL || strlen(day) != 10 || day[4] != '-' || day[7] != '-')
+        return false;
+    int y = s_digits(day, 4), m = s_digits(day + 5, 2), d = s_digits(day + 8, 2);
+    if (y < 1900 || m < 1 || m > 12 || d < 1)
+        return false;
+    bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    return d <= s_month_days[m - 1] + (m == 2 && leap ? 1 : 0);
+}
+
 /* Local midnight of a YYYY-MM-DD day, in Unix ms; 0 if it does not parse. */
 static int64_t s_day_start(const char *day)
 {
@@ -74,6 +98,14 @@ static int s_capacity(const server_t *s, const Medroute__V1__CapacityNotice *cn,
                      log_clean(unit, sizeof unit, it->unit), log_clean(date, sizeof date, it->date),
                      it->capacity, it->reserved, s->conf->min_reserved_share);
         }
+        /* A day that does not parse would be a ledger no referral finds,
+         * released at once (its slot start would be 0).  A missing day is
+         * refused by the clinical state, with the other required fields. */
+        if (it->date != NULL && it->date[0] != '\0' && !facts_day_valid(it->date)) {
+            snprintf(reason, len, "capacity item %zu: date must be a calendar day, YYYY-MM-DD",
+                     i + 1);
+            return MR_E_INVALID;
+        }
         switch (it->resource) {
         case MEDROUTE__V1__RESOURCE_TYPE__RESOURCE_CLINIC: c->resource = RES_CLINIC; break;
         case MEDROUTE__V1__RESOURCE_TYPE__RESOURCE_BED: c->resource = RES_BED; break;
@@ -88,6 +120,34 @@ static int s_capacity(const server_t *s, const Medroute__V1__CapacityNotice *cn,
         if ((it->unit && it->unit[0] && c->unit == NULL) || (it->date && it->date[0] && !c->date))
             return -ENOMEM;
     }
+    return 0;
+}
+
+/*
+ * A day's figures that the indicators can add up: a calendar day (one that
+ * does not parse would fall outside every period), and fund amounts from 0
+ * to S_FEN_MAX (a negative one has no meaning: a later report for the same
+ * day replaces the earlier one; and the sums must not overflow).
+ */
+#define S_FEN_MAX 10000000000000LL /* 100 billion yuan in a day */
+
+static int s_visit_check(const Medroute__V1__VisitTally *v, char *reason, size_t len)
+{
+    if (v->date != NULL && v->date[0] != '\0' && !facts_day_valid(v->date)) {
+        snprintf(reason, len, "visit_tally.date must be a calendar day, YYYY-MM-DD");
+        return MR_E_INVALID;
+    }
+    const struct {
+        const char *name;
+        int64_t fen;
+    } amounts[] = {{"fund_spend_fen", v->fund_spend_fen},
+                   {"fund_spend_out_of_county_fen", v->fund_spend_out_of_county_fen}};
+    for (size_t i = 0; i < sizeof amounts / sizeof amounts[0]; i++)
+        if (amounts[i].fen < 0 || amounts[i].fen > S_FEN_MAX) {
+            snprintf(reason, len, "visit_tally.%s must be from 0 to %lld", amounts[i].name,
+                     (long long)S_FEN_MAX);
+            return MR_E_INVALID;
+        }
     return 0;
 }
 
@@ -187,7 +247,8 @@ int facts_extract(const server_t *s, int src, int dest, const mr_envelope_t *env
         f->visits[VISIT_FUND_FEN] = v->fund_spend_fen;
         f->visits[VISIT_FUND_OUT_OF_COUNTY_FEN] = v->fund_spend_out_of_county_fen;
         f->visits[VISIT_TCM] = v->tcm_visits;
-        if (v->date && v->date[0] && (f->visit_date = strdup(v->date)) == NULL)
+        rc = s_visit_check(v, reason, reason_len);
+        if (rc == 0 && v->date && v->date[0] && (f->visit_date = strdup(v->date)) == NULL)
             rc = -ENOMEM;
         break;
     }

@@ -23,6 +23,9 @@ int facts_extract(const server_t *s, int src, int dest, const mr_envelope_t *env
 /* Travels ahead of routine traffic: a critical value or finding, or stat. */
 bool facts_express(const clin_facts_t *f);
 
+/* Whether day is a calendar day written YYYY-MM-DD (years from 1900). */
+bool facts_day_valid(const char *day);
+
 /* Local calendar day (YYYY-MM-DD) of a Unix ms time, in the daemon's time zone. */
 void facts_local_day(int64_t ms, char out[11]);
 

@@ -993,6 +993,15 @@ static int s_execute(store_t *self, store_req_t *req)
         if (rc == SQLITE_OK)
             rc = clinical_visits(self->clin, req->first_day[0] ? req->first_day : NULL,
                                  req->last_day[0] ? req->last_day : NULL, &req->visits);
+        /* Only reads: a query that fails for its own reasons fails alone, not
+         * the batch's messages and acks (an I/O class error still fails all). */
+        if (rc != SQLITE_OK && !s_needs_reopen(rc)) {
+            char why[120];
+            log_warn(self->log, "store.query_failed", "query=stats sqlite=%d reason=\"%s\"", rc,
+                     log_clean(why, sizeof why, sqlite3_errmsg(self->db)));
+            req->status = STORE_UNAVAILABLE;
+            rc = SQLITE_OK;
+        }
         break;
     default: rc = SQLITE_MISUSE; break;
     }

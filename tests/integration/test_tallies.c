@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include <cmocka.h>
+#include <sqlite3.h>
 
 #include "harness.h"
 #include "mr_codec.h"
@@ -301,11 +302,91 @@ static void test_tallies_watch_streams_counter_changes(void **state)
     mrt_daemon_cleanup(&g_d);
 }
 
+/*
+ * A day's figures that cannot be added up are refused at intake (a day that
+ * is not a calendar day, a negative or absurd fund amount), and a store that
+ * already holds amounts whose sum overflows (as one written before intake
+ * bounded them may) still answers stats, indicators and /metrics, without
+ * failing the messages stored meanwhile.
+ */
+static void test_tallies_bad_visit_figures(void **state)
+{
+    (void)state;
+    char day[11], p[512], why[200];
+    long long nine;
+    local_day(0, day, &nine);
+    assert_int_equal(mrt_daemon_start(&g_d, NULL), 0);
+    mr_client_t *aihua = client("t-aihua"), *lead = client("yx-lead");
+    const char *bad[] = {
+        "{\"date\":\"2026/11/20\",\"outpatient_visits\":1}",
+        "{\"date\":\"2026-02-29\",\"outpatient_visits\":1}", /* not a leap year */
+        "{\"date\":\"2026-13-01\",\"outpatient_visits\":1}",
+        "{\"date\":\"%s\",\"fund_spend_fen\":-1}",
+        "{\"date\":\"%s\",\"fund_spend_fen\":9223372036854775807}",
+        "{\"date\":\"%s\",\"fund_spend_out_of_county_fen\":10000000000001}",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(p, sizeof p, bad[i], day);
+        assert_int_equal(mrt_send(aihua, "test", "visit_tally", "routine", p, why), MR_E_INVALID);
+        assert_non_null(strstr(why, "visit_tally."));
+    }
+    ok(aihua, "test", "visit_tally", "routine",
+       "{\"date\":\"2024-02-29\",\"fund_spend_fen\":10000000000000}");
+    snprintf(p, sizeof p,
+             "{\"items\":[{\"resource\":\"RESOURCE_BED\",\"unit\":\"neurology\","
+             "\"date\":\"2026/12/05\",\"capacity\":10,\"reserved\":2}]}");
+    assert_int_equal(mrt_send(lead, "test", "capacity", "routine", p, why), MR_E_INVALID);
+    assert_non_null(strstr(why, "date"));
+    mr_client_destroy(&aihua);
+    mr_client_destroy(&lead);
+    assert_int_equal(mrt_daemon_stop(&g_d), 0);
+
+    /* Two reports whose fund amounts sum past INT64_MAX, written directly. */
+    char path[400];
+    snprintf(path, sizeof path, "%s/var/medroute.db", g_d.dir);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    snprintf(p, sizeof p,
+             "INSERT INTO visit_reports VALUES('t-aihua', '%s', 1, 1, 0, 0, 0, 0,"
+             " 9223372036854775807, 0, 0, 1), ('t-manwan', '%s', 1, 1, 0, 0, 0, 0,"
+             " 9223372036854775807, 0, 0, 2)", day, day);
+    assert_int_equal(sqlite3_exec(db, p, NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+
+    assert_int_equal(mrt_daemon_restart(&g_d), 0);
+    aihua = client("t-aihua");
+    for (int i = 0; i < 3; i++) {
+        json_t *st = op("{\"stats\":{\"period\":\"today\"}}");
+        assert_non_null(json_object_get(st, "stats"));
+        json_decref(st);
+        json_t *ind = op("{\"indicators\":{\"period\":\"today\"}}");
+        assert_int_equal(json_integer_value(json_object_get(json_object_get(ind, "indicators"),
+                                                            "visit_reports")),
+                         2);
+        json_decref(ind);
+        char *m = mrt_http_get(&g_d, "/metrics");
+        assert_non_null(m);
+        free(m);
+        /* A message stored while the reports are read is acknowledged. */
+        snprintf(p, sizeof p, "{\"placer_order_number\":\"BIG-%d\"}", i);
+        ok(aihua, "yx-lab", "lab_order", "routine", p);
+    }
+    char *h = mrt_http_get(&g_d, "/healthz");
+    assert_non_null(h);
+    assert_null(strstr(h, "unavailable"));
+    free(h);
+    assert_int_equal(mrt_log_count(&g_d, "store.unavailable"), 0);
+    mr_client_destroy(&aihua);
+    assert_int_equal(mrt_daemon_stop(&g_d), 0);
+    mrt_daemon_cleanup(&g_d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tallies_scripted_day_exact),
         cmocka_unit_test(test_tallies_watch_streams_counter_changes),
+        cmocka_unit_test(test_tallies_bad_visit_figures),
     };
     return cmocka_run_group_tests_name("tallies", tests, NULL, NULL);
 }

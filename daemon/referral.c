@@ -191,6 +191,13 @@ static int s_fail(const char **why, const char *reason)
     return -1;
 }
 
+int referral_step_actor(int step)
+{
+    if (step < S_STEP_MIN || step > S_STEP_MAX || s_rules[step].why_actor == NULL)
+        return -1;
+    return (int)s_rules[step].actor;
+}
+
 int referral_next(ref_state_t from, int step, ref_actor_t actor, ref_dir_t dir,
                   ref_transition_t *out, const char **why)
 {

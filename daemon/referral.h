@@ -74,6 +74,9 @@ typedef struct {
 int referral_next(ref_state_t from, int step, ref_actor_t actor, ref_dir_t dir,
                   ref_transition_t *out, const char **why);
 
+/* Who makes the step (a medroute.v1.ReferralStep value); -1 if unknown. */
+int referral_step_actor(int step);
+
 /* "REQUESTED", "RECEIVED", ... */
 const char *referral_state_name(ref_state_t s);
 bool referral_terminal(ref_state_t s);

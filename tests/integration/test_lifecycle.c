@@ -257,6 +257,40 @@ static void test_referral_down_completes_on_follow_up(void **state)
     mr_client_destroy(&manwan);
 }
 
+/*
+ * Referral numbers are unique per sender only: a township's RF-7 to the lead
+ * and the lead's own RF-7 to that township are two referrals, and each
+ * update reaches the one whose side the step belongs to.
+ */
+static void test_referral_same_number_both_ways(void **state)
+{
+    (void)state;
+    mr_client_t *lead = client("yx-lead"), *aihua = client("t-aihua");
+    referral(aihua, "yx-lead", "RF-7", false, "SERVICE_SPECIALIST_CLINIC", "routine");
+    referral(lead, "t-aihua", "RF-7", false, "SERVICE_FOLLOW_UP", "routine");
+    char why[200] = "";
+    /* Receiver steps: each accepts the other's. */
+    int rc = step(aihua, "yx-lead", "RF-7", "STEP_ACCEPTED", NULL, why);
+    if (rc != 0)
+        fail_msg("t-aihua accepting the lead's RF-7: %d %s", rc, why);
+    rc = step(lead, "t-aihua", "RF-7", "STEP_ACCEPTED", NULL, why);
+    if (rc != 0)
+        fail_msg("yx-lead accepting t-aihua's RF-7: %d %s", rc, why);
+    /* A sender step: the lead cancels its own; the township's goes on. */
+    assert_int_equal(step(lead, "t-aihua", "RF-7", "STEP_CANCELLED", "\"reason\":\"bed freed\"",
+                          NULL),
+                     0);
+    assert_int_equal(step(lead, "t-aihua", "RF-7", "STEP_ARRIVED", NULL, NULL), 0);
+    /* ARRIVED again: the up-referral has arrived, the down one is cancelled. */
+    assert_int_equal(step(lead, "t-aihua", "RF-7", "STEP_ARRIVED", NULL, why),
+                     MR_E_ILLEGAL_TRANSITION);
+    assert_int_equal(step(aihua, "yx-lead", "RF-7", "STEP_ARRIVED", NULL, why),
+                     MR_E_ILLEGAL_TRANSITION);
+    assert_non_null(strstr(why, "CANCELLED"));
+    mr_client_destroy(&lead);
+    mr_client_destroy(&aihua);
+}
+
 static void test_referral_ledger_reserve_general_and_release(void **state)
 {
     (void)state;
@@ -447,6 +481,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_referral_up_whole_life_with_reserved_slot),
         cmocka_unit_test(test_referral_down_completes_on_follow_up),
+        cmocka_unit_test(test_referral_same_number_both_ways),
         cmocka_unit_test(test_referral_ledger_reserve_general_and_release),
         cmocka_unit_test(test_referral_imaging_lab_loops_and_critical_readback),
         cmocka_unit_test(test_referral_escalation_and_restart_keep_state),

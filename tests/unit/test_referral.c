@@ -364,6 +364,33 @@ static void test_referral_state_predicates(void **state)
     assert_false(referral_terminal(REF_STATE_COUNT));
 }
 
+/* The actor of each step is the one referral_next accepts for it. */
+static void test_referral_step_actor(void **state)
+{
+    (void)state;
+    int known = 0;
+    for (int step = -1; step < 20; step++) {
+        int a = referral_step_actor(step);
+        if (a < 0)
+            continue;
+        known++;
+        for (int other = ACTOR_SENDER; other <= ACTOR_BROKER; other++) {
+            const char *why = NULL;
+            (void)referral_next(REF_REQUESTED, step, (ref_actor_t)other, REF_DIR_UP, NULL, &why);
+            /* another actor is refused for that reason first, whatever the state */
+            if (other != a)
+                assert_non_null(why);
+        }
+    }
+    assert_int_equal(known, 11);
+    assert_int_equal(referral_step_actor(MEDROUTE__V1__REFERRAL_STEP__STEP_ACCEPTED),
+                     ACTOR_RECEIVER);
+    assert_int_equal(referral_step_actor(MEDROUTE__V1__REFERRAL_STEP__STEP_CANCELLED),
+                     ACTOR_SENDER);
+    assert_int_equal(referral_step_actor(0), -1);
+    assert_int_equal(referral_step_actor(12), -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -372,6 +399,7 @@ int main(void)
         cmocka_unit_test(test_referral_flags_and_ledger),
         cmocka_unit_test(test_referral_whole_lives),
         cmocka_unit_test(test_referral_state_predicates),
+        cmocka_unit_test(test_referral_step_actor),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

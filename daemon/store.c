@@ -299,6 +299,20 @@ static bool s_needs_reopen(int rc)
     }
 }
 
+/* Errors that come from a query itself, not from the connection or the file. */
+static bool s_query_own_error(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_ERROR:
+    case SQLITE_TOOBIG:
+    case SQLITE_RANGE:
+    case SQLITE_MISMATCH:
+        return true;
+    default:
+        return false;
+    }
+}
+
 static int s_exists(void *arg, int n, char **values, char **names)
 {
     (void)n;
@@ -993,9 +1007,11 @@ static int s_execute(store_t *self, store_req_t *req)
         if (rc == SQLITE_OK)
             rc = clinical_visits(self->clin, req->first_day[0] ? req->first_day : NULL,
                                  req->last_day[0] ? req->last_day : NULL, &req->visits);
-        /* Only reads: a query that fails for its own reasons fails alone, not
-         * the batch's messages and acks (an I/O class error still fails all). */
-        if (rc != SQLITE_OK && !s_needs_reopen(rc)) {
+        /* Only reads: a query that fails for its own reasons (an overflow,
+         * a value too big) fails alone, not the batch's messages and acks.
+         * Any other error fails all, and so does one after which SQLite has
+         * ended the transaction itself (NOMEM, FULL, I/O: autocommit again). */
+        if (rc != SQLITE_OK && s_query_own_error(rc) && !sqlite3_get_autocommit(self->db)) {
             char why[120];
             log_warn(self->log, "store.query_failed", "query=stats sqlite=%d reason=\"%s\"", rc,
                      log_clean(why, sizeof why, sqlite3_errmsg(self->db)));

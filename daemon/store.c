@@ -1392,6 +1392,63 @@ typedef struct {
     store_req_t *req;
 } s_backup_t;
 
+/*
+ * Whether path names the store's own database or one of its companion files
+ * (by device and inode, so a symlink or hard link counts): a backup written
+ * there would replace the live store with an older snapshot of itself.
+ */
+static bool s_is_store_file(const store_t *self, const char *path)
+{
+    struct stat target;
+    if (stat(path, &target) != 0)
+        return false; /* nothing there: not one of the store's existing files */
+    static const char *const suffixes[] = {"", "-wal", "-shm", "-journal"};
+    for (size_t i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++) {
+        char own[4200];
+        struct stat st;
+        if (snprintf(own, sizeof own, "%s%s", self->path, suffixes[i]) < (int)sizeof own &&
+            stat(own, &st) == 0 && st.st_dev == target.st_dev && st.st_ino == target.st_ino)
+            return true;
+    }
+    return false;
+}
+
+/* Copies the store into tmp (a new, empty file); the page count in *pages. */
+static const char *s_backup_copy(const store_t *self, const char *tmp, uint64_t *pages)
+{
+    sqlite3 *src = NULL, *dst = NULL;
+    const char *why = NULL;
+    static _Thread_local char msg[200];
+    /* A read transaction on its own connection: with WAL the writer goes on,
+     * and the copy is one consistent snapshot. */
+    if (sqlite3_open_v2(self->path, &src, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
+        snprintf(msg, sizeof msg, "store: %s", sqlite3_errmsg(src));
+        why = msg;
+    } else if (sqlite3_open_v2(tmp, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+               SQLITE_OK) {
+        snprintf(msg, sizeof msg, "target: %s", sqlite3_errmsg(dst));
+        why = msg;
+    } else {
+        sqlite3_backup *bk = sqlite3_backup_init(dst, "main", src, "main");
+        int rc = bk ? sqlite3_backup_step(bk, -1) : SQLITE_ERROR;
+        *pages = bk ? (uint64_t)sqlite3_backup_pagecount(bk) : 0;
+        if (bk == NULL || sqlite3_backup_finish(bk) != SQLITE_OK || rc != SQLITE_DONE) {
+            snprintf(msg, sizeof msg, "%s", sqlite3_errmsg(dst));
+            why = msg;
+        }
+    }
+    if (dst != NULL && sqlite3_close(dst) != SQLITE_OK && why == NULL)
+        why = "closing the copy failed";
+    sqlite3_close_v2(src);
+    return why;
+}
+
+/*
+ * The copy goes to a new file beside the target and replaces the target
+ * only when complete (rename), so a failed backup leaves an earlier one of
+ * the same name whole; the target may not be one of the store's own files.
+ */
 static void *s_backup_thread(void *arg)
 {
     s_backup_t *b = arg;
@@ -1399,31 +1456,31 @@ static void *s_backup_thread(void *arg)
     store_req_t *req = b->req;
     (void)pthread_setname_np(pthread_self(), "mr-backup");
     free(b);
-    sqlite3 *src = NULL, *dst = NULL;
     req->status = STORE_UNAVAILABLE;
-    int fd = open(req->query, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd >= 0)
-        close(fd);
-    /* A read transaction on its own connection: with WAL the writer goes on,
-     * and the copy is one consistent snapshot. */
-    if (fd >= 0 &&
-        sqlite3_open_v2(self->path, &src, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) ==
-            SQLITE_OK &&
-        sqlite3_open_v2(req->query, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) ==
-            SQLITE_OK) {
-        sqlite3_backup *bk = sqlite3_backup_init(dst, "main", src, "main");
-        if (bk != NULL) {
-            int rc = sqlite3_backup_step(bk, -1);
-            req->value = (uint64_t)sqlite3_backup_pagecount(bk);
-            if (sqlite3_backup_finish(bk) == SQLITE_OK && rc == SQLITE_DONE)
-                req->status = STORE_OK;
-        }
+    const char *why = NULL;
+    char tmp[4200] = "";
+    int fd = -1;
+    if (s_is_store_file(self, req->query))
+        why = "the target is the store itself (or one of its files)";
+    else if (snprintf(tmp, sizeof tmp, "%s.tmp-XXXXXX", req->query) >= (int)sizeof tmp)
+        why = "path too long";
+    else if ((fd = mkstemp(tmp)) < 0)
+        why = strerror(errno);
+    if (fd >= 0) {
+        if (close(fd) != 0) /* mkstemp made it 0600, as the store's own files */
+            why = strerror(errno);
+        if (why == NULL)
+            why = s_backup_copy(self, tmp, &req->value);
+        if (why == NULL && rename(tmp, req->query) != 0)
+            why = strerror(errno);
+        if (why != NULL && unlink(tmp) != 0 && errno != ENOENT)
+            log_warn(self->log, "store.backup_leftover", "path=\"%s\"", tmp);
     }
-    if (req->status != STORE_OK)
+    if (why == NULL)
+        req->status = STORE_OK;
+    else
         log_error(self->log, "store.backup_failed", "to=\"%s\" reason=\"%s\"", req->query,
-                  dst ? sqlite3_errmsg(dst) : src ? sqlite3_errmsg(src) : "cannot open");
-    sqlite3_close_v2(dst);
-    sqlite3_close_v2(src);
+                  why);
     req->next = NULL;
     s_complete(self, req, req);
     atomic_fetch_sub(&self->backups, 1);

@@ -255,6 +255,63 @@ static void test_service_backup_restores_on_a_new_store(void **state)
     mrt_daemon_cleanup(&d);
 }
 
+/*
+ * A backup aimed at the store itself (its path, a symlink to it, its WAL) is
+ * refused and leaves the store whole; before, the target was truncated
+ * first, and the next restart found no message at all.
+ */
+static void test_service_backup_refuses_the_store_itself(void **state)
+{
+    (void)state;
+    mrt_daemon_t d = {0};
+    assert_int_equal(mrt_daemon_start(&d, NULL), 0);
+    mr_client_t *lead = mrt_client(&d, "yx-lead", NULL);
+    assert_int_equal(mr_client_wait_connected(lead, 5000), 0);
+    for (int i = 0; i < 5; i++) {
+        char p[128];
+        snprintf(p, sizeof p, "{\"referral_id\":\"R-S%d\",\"service\":\"SERVICE_FOLLOW_UP\"}", i);
+        assert_int_equal(mrt_send(lead, "t-lishu", "referral", "routine", p, NULL), 0);
+    }
+    char store[400], link[400], wal[410];
+    snprintf(store, sizeof store, "%s/var/medroute.db", d.dir);
+    snprintf(wal, sizeof wal, "%s-wal", store);
+    snprintf(link, sizeof link, "%s/link.db", d.dir);
+    assert_int_equal(symlink(store, link), 0);
+    const char *targets[] = {store, link, wal};
+    for (size_t i = 0; i < 3; i++) {
+        char req[512];
+        snprintf(req, sizeof req, "{\"backup\":{\"path\":\"%s\"}}", targets[i]);
+        char *r = mrt_operator(&d, req);
+        assert_non_null(r);
+        assert_null(strstr(r, "\"done\""));
+        free(r);
+    }
+    assert_int_equal(mrt_log_count(&d, "the target is the store itself"), 3);
+    /* A backup of another name still works, and the store takes more. */
+    char req[512], backup[400];
+    snprintf(backup, sizeof backup, "%s/ok.db", d.dir);
+    snprintf(req, sizeof req, "{\"backup\":{\"path\":\"%s\"}}", backup);
+    char *r = mrt_operator(&d, req);
+    assert_non_null(r);
+    assert_non_null(strstr(r, "\"done\""));
+    free(r);
+    assert_int_equal(mrt_send(lead, "t-lishu", "lab_order", "routine",
+                              "{\"placer_order_number\":\"P-LAST\"}", NULL),
+                     0);
+    mr_client_destroy(&lead);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    assert_int_equal(mrt_daemon_restart(&d), 0);
+    mr_client_t *lishu = mrt_client(&d, "t-lishu", NULL);
+    count_t c = {0};
+    long long until = mrt_now_ms() + 10000;
+    while (c.n < 6 && mrt_now_ms() < until)
+        mr_client_poll(lishu, 100, on_event, &c);
+    assert_int_equal(c.n, 6);
+    mr_client_destroy(&lishu);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+}
+
 typedef struct {
     int acks;
     char ids[400][72];
@@ -347,6 +404,7 @@ int main(void)
         cmocka_unit_test(test_service_sighup_reload),
         cmocka_unit_test(test_service_check_config_reports_lines),
         cmocka_unit_test(test_service_backup_restores_on_a_new_store),
+        cmocka_unit_test(test_service_backup_refuses_the_store_itself),
         cmocka_unit_test(test_service_second_sigterm_loses_nothing),
     };
     return cmocka_run_group_tests_name("service", tests, NULL, NULL);

@@ -189,8 +189,9 @@ static int s_send(server_t *s, int peer, qmsg_t *m)
 static void on_loaded(store_req_t *req, void *arg);
 
 /* True when seq is already held in memory (in flight, or an express message
- * at the head of ready).  Only express messages can be there ahead of the
- * cursor, so only those are looked at. */
+ * in ready).  Only express messages can be there ahead of the cursor, but
+ * not only at the head: a disconnect puts the in-flight routine ones back
+ * in front of them, and a retried or unacknowledged one goes in by seq. */
 static bool s_held(const peer_t *p, uint64_t seq)
 {
     for (const qmsg_t *m = p->inflight.head; m; m = m->next)
@@ -199,8 +200,8 @@ static bool s_held(const peer_t *p, uint64_t seq)
     for (const qmsg_t *m = p->acked.head; m; m = m->next)
         if (m->seq == seq)
             return true;
-    for (const qmsg_t *m = p->ready.head; m && m->express; m = m->next)
-        if (m->seq == seq)
+    for (const qmsg_t *m = p->ready.head; m; m = m->next)
+        if (m->express && m->seq == seq)
             return true;
     return false;
 }
@@ -289,6 +290,7 @@ static void on_loaded(store_req_t *req, void *arg)
         router_pump(s, peer);
         return;
     }
+    bool short_of_memory = false;
     for (size_t i = 0; i < req->n_rows; i++) {
         store_row_t *r = &req->rows[i];
         if (r->seq <= p->cursor)
@@ -299,13 +301,17 @@ static void on_loaded(store_req_t *req, void *arg)
             continue;
         }
         qmsg_t *m = s_qmsg(r->seq, r->body, r->body_len, r->stored_ms);
-        if (m == NULL)
-            break; /* the rest is loaded again later: cursor stays */
+        if (m == NULL) {
+            short_of_memory = true; /* the rest is loaded again later: cursor stays */
+            break;
+        }
         r->body = NULL;
         s_push(&p->ready, m);
         p->cursor = r->seq;
     }
-    p->complete = req->n_rows < req->limit;
+    /* Complete only if every row was taken: otherwise later commits would go
+     * straight to ready, the cursor past the rows left behind. */
+    p->complete = !short_of_memory && req->n_rows < req->limit;
     router_pump(s, peer);
 }
 

@@ -146,10 +146,36 @@ static void test_expiry_dead_letter_retry_drop_and_prune(void **state)
     mrt_daemon_cleanup(&d);
 }
 
+/* A referral whose own expiry has passed is refused, not acknowledged and
+ * then dead-lettered unseen; one that expires later is taken. */
+static void test_expiry_past_referral_refused(void **state)
+{
+    (void)state;
+    mrt_daemon_t d = {0};
+    assert_int_equal(mrt_daemon_start(&d, NULL), 0);
+    mr_client_t *aihua = mrt_client(&d, "t-aihua", NULL);
+    assert_int_equal(mr_client_wait_connected(aihua, 5000), 0);
+    char p[256], why[200] = "";
+    /* seconds where milliseconds belong: 1970-01-21 */
+    snprintf(p, sizeof p, "{\"referral_id\":\"R-PAST\",\"service\":\"SERVICE_SPECIALIST_CLINIC\","
+                          "\"department\":\"cardiology\",\"expires_at_ms\":1764000000}");
+    assert_int_equal(mrt_send(aihua, "yx-lead", "referral", "routine", p, why), MR_E_INVALID);
+    assert_non_null(strstr(why, "expires_at_ms"));
+    snprintf(p, sizeof p, "{\"referral_id\":\"R-LATER\",\"service\":\"SERVICE_SPECIALIST_CLINIC\","
+                          "\"department\":\"cardiology\",\"expires_at_ms\":%lld}",
+             mrt_now_ms() + 3600 * 1000LL);
+    assert_int_equal(mrt_send(aihua, "yx-lead", "referral", "routine", p, why), 0);
+    assert_int_equal(mrt_counter(&d, "stored"), 1);
+    mr_client_destroy(&aihua);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_expiry_dead_letter_retry_drop_and_prune),
+        cmocka_unit_test(test_expiry_past_referral_refused),
     };
     return cmocka_run_group_tests_name("expiry", tests, NULL, NULL);
 }

@@ -9,6 +9,7 @@
 #include "conf.h"
 
 #include "indicators.h"
+#include "mr_codec.h"
 
 #include <errno.h>
 #include <libconfig.h>
@@ -513,6 +514,11 @@ static void s_validate(s_report_t *r, conf_t *c)
     }
     if (c->broker_id == NULL && (c->broker_id = strdup("medroute")) == NULL)
         s_problem(r, 0, "out of memory");
+    /* The broker is a destination like a facility: its id goes into keys and
+     * tally labels sized for facility ids. */
+    else if (c->broker_id != NULL &&
+             (c->broker_id[0] == '\0' || strlen(c->broker_id) > MR_FACILITY_ID_MAX))
+        s_problem(r, 0, "broker_id: must be 1..%d characters", MR_FACILITY_ID_MAX);
     if (c->log_level == NULL && (c->log_level = strdup("info")) == NULL)
         s_problem(r, 0, "out of memory");
     if (c->timezone == NULL && (c->timezone = strdup("Asia/Shanghai")) == NULL)

@@ -322,6 +322,22 @@ static void test_conf_bad_synchronous(void **state)
     conf_destroy(&c);
 }
 
+/* The broker's id is bounded as a facility's. */
+static void test_conf_broker_id_length(void **state)
+{
+    (void)state;
+    char text[512];
+    snprintf(text, sizeof text, S_REQUIRED "broker_id = \"%0100d\";\n", 7);
+    assert_non_null(strstr(s_fail(text), "broker_id: must be 1..64 characters"));
+    assert_non_null(strstr(s_fail(S_REQUIRED "broker_id = \"\";\n"), "broker_id: must be"));
+    snprintf(text, sizeof text, S_REQUIRED "broker_id = \"%064d\";\n", 7);
+    char err[512];
+    conf_t *c = conf_load_string(text, "b.conf", err, sizeof err);
+    assert_non_null(c);
+    assert_int_equal(strlen(c->broker_id), 64);
+    conf_destroy(&c);
+}
+
 static void test_conf_missing_required_keys(void **state)
 {
     (void)state;
@@ -481,6 +497,7 @@ int main(void)
         cmocka_unit_test(test_conf_wrong_facility_types),
         cmocka_unit_test(test_conf_out_of_range_integers),
         cmocka_unit_test(test_conf_bad_synchronous),
+        cmocka_unit_test(test_conf_broker_id_length),
         cmocka_unit_test(test_conf_missing_required_keys),
         cmocka_unit_test(test_conf_bad_role),
         cmocka_unit_test(test_conf_registry_checks),

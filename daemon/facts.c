@@ -112,6 +112,11 @@ static int s_capacity(const server_t *s, const Medroute__V1__CapacityNotice *cn,
         case MEDROUTE__V1__RESOURCE_TYPE__RESOURCE_EXAM: c->resource = RES_EXAM; break;
         default: c->resource = RES_KIND_COUNT; break; /* the store refuses it */
         }
+        if (it->unit != NULL && strlen(it->unit) > MR_UNIT_MAX) {
+            snprintf(reason, len, "capacity item %zu: unit is longer than %d bytes", i + 1,
+                     MR_UNIT_MAX);
+            return MR_E_INVALID;
+        }
         c->unit = s_dup(it->unit);
         c->date = s_dup(it->date);
         c->capacity = it->capacity;
@@ -254,6 +259,20 @@ int facts_extract(const server_t *s, int src, int dest, const mr_envelope_t *env
     }
     default:
         break;
+    }
+    /* Keys are built from them in fixed buffers: bounded here, refused
+     * whole rather than cut short (two long ids sharing a prefix would be
+     * one referral). */
+    if (rc == 0 && id != NULL && strlen(id) > MR_CLINICAL_ID_MAX) {
+        snprintf(reason, reason_len,
+                 "the referral, accession or order number is longer than %d bytes",
+                 MR_CLINICAL_ID_MAX);
+        rc = MR_E_INVALID;
+    }
+    if (rc == 0 && f->unit != NULL && strlen(f->unit) > MR_UNIT_MAX) {
+        snprintf(reason, reason_len, "the department or modality is longer than %d bytes",
+                 MR_UNIT_MAX);
+        rc = MR_E_INVALID;
     }
     if (rc == 0 && id != NULL && id[0] && (f->ref_id = strdup(id)) == NULL)
         rc = -ENOMEM;

@@ -23,6 +23,8 @@
 #define MR_ACKS_PER_FRAME_MAX 1024
 #define MR_MESSAGE_ID_MAX 64   /* bytes in Envelope.message_id */
 #define MR_FACILITY_ID_MAX 64  /* bytes in a facility id */
+#define MR_CLINICAL_ID_MAX 64  /* bytes in a referral, accession or order number */
+#define MR_UNIT_MAX 64         /* bytes in a department, ward or modality name */
 
 typedef Medroute__V1__Frame mr_frame_t;
 typedef Medroute__V1__Envelope mr_envelope_t;

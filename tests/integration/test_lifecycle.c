@@ -291,6 +291,33 @@ static void test_referral_same_number_both_ways(void **state)
     mr_client_destroy(&aihua);
 }
 
+/* Numbers and units longer than the keys hold are refused whole. */
+static void test_referral_long_numbers_refused(void **state)
+{
+    (void)state;
+    mr_client_t *lead = client("yx-lead"), *aihua = client("t-aihua");
+    char id[80], p[512], why[200] = "";
+    memset(id, 'N', 65);
+    id[65] = '\0';
+    snprintf(p, sizeof p, "{\"referral_id\":\"%s\",\"service\":\"SERVICE_SPECIALIST_CLINIC\","
+                          "\"department\":\"cardiology\"}", id);
+    assert_int_equal(sendp(aihua, "yx-lead", "referral", "routine", p, why), MR_E_INVALID);
+    assert_non_null(strstr(why, "longer than 64"));
+    id[64] = '\0'; /* 64 bytes: taken */
+    snprintf(p, sizeof p, "{\"referral_id\":\"%s\",\"service\":\"SERVICE_SPECIALIST_CLINIC\","
+                          "\"department\":\"cardiology\"}", id);
+    assert_int_equal(sendp(aihua, "yx-lead", "referral", "routine", p, why), 0);
+    char unit[80];
+    memset(unit, 'u', 65);
+    unit[65] = '\0';
+    snprintf(p, sizeof p, "{\"items\":[{\"resource\":\"RESOURCE_BED\",\"unit\":\"%s\","
+                          "\"date\":\"%s\",\"capacity\":10,\"reserved\":2}]}", unit, g_day);
+    assert_int_equal(sendp(lead, "test", "capacity", "routine", p, why), MR_E_INVALID);
+    assert_non_null(strstr(why, "unit"));
+    mr_client_destroy(&lead);
+    mr_client_destroy(&aihua);
+}
+
 static void test_referral_ledger_reserve_general_and_release(void **state)
 {
     (void)state;
@@ -482,6 +509,7 @@ int main(void)
         cmocka_unit_test(test_referral_up_whole_life_with_reserved_slot),
         cmocka_unit_test(test_referral_down_completes_on_follow_up),
         cmocka_unit_test(test_referral_same_number_both_ways),
+        cmocka_unit_test(test_referral_long_numbers_refused),
         cmocka_unit_test(test_referral_ledger_reserve_general_and_release),
         cmocka_unit_test(test_referral_imaging_lab_loops_and_critical_readback),
         cmocka_unit_test(test_referral_escalation_and_restart_keep_state),

@@ -12,7 +12,9 @@
  *      out); after each Welcome the whole outbox is sent again.
  *   3. A delivery's key is marked IN_HANDLER before the handler runs and DONE
  *      after it returns 0, before the DeliveryAck is sent; a DONE key is
- *      acknowledged and not handed over again.
+ *      acknowledged and not handed over again.  A refusal (non-zero) clears
+ *      only a mark it set itself: one found IN_HANDLER (a crash inside the
+ *      handler) stays until the handler returns 0.
  */
 #include "medroute.h"
 
@@ -515,7 +517,11 @@ static int s_on_delivery(mr_client_t *c, const Medroute__V1__Delivery *d, mr_han
                      .delivery = &dv};
     int rc = h(c, &ev, arg);
     if (rc != 0) {
-        if (c->persistent)
+        /* Refused for now: the mark this hand-off set goes, so the next one
+         * is not called a redelivery.  A mark found IN_HANDLER stays: the
+         * run that died inside the handler may have applied the message, and
+         * every later hand-off must still say so. */
+        if (c->persistent && seen == SEEN_NONE)
             (void)cstore_seen_clear(c->cs, env->source, env->message_id);
         return 1;
     }

@@ -12,8 +12,13 @@
  *     appends "source id redelivered" for every delivery its handler gets,
  *     flushed before the handler returns; exits 0 after EXPECT lines in
  *     OUT_FILE in total (over all of its lives) or 20 s without traffic.
+ *   crash_peer die ENDPOINT FACILITY STATE_DIR OUT_FILE
+ *     appends the same line for the first delivery and kills itself with
+ *     SIGKILL inside the handler, leaving that delivery marked IN_HANDLER in
+ *     STATE_DIR; exits 1 after 20 s without a delivery.
  */
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -155,12 +160,43 @@ static int s_recv(int argc, char **argv)
     return p.received >= expect ? 0 : 1;
 }
 
+/* Dies as a crash would, between the IN_HANDLER mark and the handler's return. */
+static int on_die_event(mr_client_t *c, const mr_event_t *ev, void *arg)
+{
+    if (ev->type != MR_EVENT_DELIVERY)
+        return 0;
+    (void)on_recv_event(c, ev, arg);
+    raise(SIGKILL);
+    return -1; /* not reached */
+}
+
+static int s_die(int argc, char **argv)
+{
+    if (argc != 6)
+        return 2;
+    peer_t p = {.out = fopen(argv[5], "a")};
+    if (p.out == NULL)
+        return 2;
+    mr_client_opts_t o = {.endpoint = argv[2], .facility = argv[3], .state_dir = argv[4]};
+    mr_client_t *c = mr_client_new(&o);
+    if (c == NULL)
+        return 2;
+    long long start = s_now();
+    while (s_now() - start < 20000)
+        mr_client_poll(c, 100, on_die_event, &p);
+    mr_client_destroy(&c);
+    fclose(p.out);
+    return 1;
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "send") == 0)
         return s_send(argc, argv);
     if (argc > 1 && strcmp(argv[1], "recv") == 0)
         return s_recv(argc, argv);
-    fprintf(stderr, "usage: crash_peer send|recv ...\n");
+    if (argc > 1 && strcmp(argv[1], "die") == 0)
+        return s_die(argc, argv);
+    fprintf(stderr, "usage: crash_peer send|recv|die ...\n");
     return 2;
 }

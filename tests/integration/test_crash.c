@@ -11,6 +11,10 @@
  *    redelivered.
  * 3. The same with a sending process killed: its on-disk outbox resends what
  *    was not yet acknowledged; nothing is lost or routed twice.
+ * 4. A receiver killed inside its handler, restarted, whose handler then
+ *    refuses the redelivery: the hand-off after the refusal is still marked
+ *    redelivered (the killed run may have applied it); a message refused on
+ *    its first hand-off is not.
  * The counts checked are printed.
  */
 #include <errno.h>
@@ -354,12 +358,116 @@ static void test_crash_sender_killed_loses_nothing(void **state)
     mrt_daemon_cleanup(&d);
 }
 
+/* What a receiver's handler was handed, in order; it refuses (returns -1)
+ * the first `refuse` hand-offs and takes the rest. */
+#define HANDOFFS_MAX 8
+typedef struct {
+    int n, want, refuse;
+    char ids[HANDOFFS_MAX][72];
+    bool redelivered[HANDOFFS_MAX];
+} handoffs_t;
+
+static int on_handoff(mr_client_t *c, const mr_event_t *ev, void *arg)
+{
+    (void)c;
+    handoffs_t *h = arg;
+    if (ev->type != MR_EVENT_DELIVERY)
+        return 0;
+    if (h->n < HANDOFFS_MAX) {
+        snprintf(h->ids[h->n], sizeof h->ids[h->n], "%s", ev->delivery->message_id);
+        h->redelivered[h->n] = ev->delivery->redelivered;
+    }
+    h->n++;
+    if (h->refuse > 0) {
+        h->refuse--;
+        return -1;
+    }
+    return 0;
+}
+
+static bool s_handed(void *arg)
+{
+    const handoffs_t *h = arg;
+    return h->n >= h->want;
+}
+
+static void s_send_order(mr_client_t *sender, const char *id)
+{
+    char json[512];
+    snprintf(json, sizeof json,
+             "{\"message_id\":\"%s\",\"destination\":\"yx-lead\",\"kind\":\"lab_order\","
+             "\"lab_order\":{\"placer_order_number\":\"PO-%s\"}}",
+             id, id);
+    mr_result_t r;
+    assert_int_equal(mr_client_send_json(sender, json, &r, 5000, NULL, NULL), 0);
+}
+
+/* Polls until the handler has been handed want messages in all, refusing
+ * the first `refuse` of them; then checks that no further copy comes. */
+static void s_handoffs(mr_client_t *c, handoffs_t *h, int want, int refuse)
+{
+    memset(h, 0, sizeof *h);
+    h->want = want;
+    h->refuse = refuse;
+    assert_true(mrt_poll_until(c, 10000, s_handed, h, on_handoff, h));
+    h->want = want + 1; /* the last one was taken and acknowledged */
+    assert_false(mrt_poll_until(c, 2000, s_handed, h, on_handoff, h));
+}
+
+static void test_crash_refused_redelivery_stays_redelivered(void **state)
+{
+    (void)state;
+    mrt_daemon_t d = {.use_ipc = true};
+    assert_int_equal(mrt_daemon_start(&d, "limits = { redelivery_timeout_ms = 1000; };"), 0);
+    mr_client_t *sender = mrt_client(&d, "t-aihua", NULL);
+    assert_non_null(sender);
+    s_send_order(sender, "crash-in-handler");
+
+    /* The receiver dies inside its handler: the key stays IN_HANDLER on disk. */
+    char st[400], out[400];
+    snprintf(st, sizeof st, "%s/state-yx-lead", d.dir);
+    snprintf(out, sizeof out, "%s/received", d.dir);
+    char *argv[] = {"crash_peer", "die", d.facility_ep, "yx-lead", st, out, NULL};
+    pid_t pid = s_spawn(argv);
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    assert_int_equal(mrt_count_lines(out), 1);
+
+    /* Restarted on the same state: it refuses the redelivery once, and the
+     * broker's next copy (after its redelivery time-out) must still be
+     * marked, since the killed run may have applied it. */
+    mr_client_t *lead = mrt_client(&d, "yx-lead", "yx-lead");
+    assert_non_null(lead);
+    handoffs_t h;
+    s_handoffs(lead, &h, 2, 1);
+    for (int i = 0; i < 2; i++) {
+        assert_string_equal(h.ids[i], "crash-in-handler");
+        assert_true(h.redelivered[i]);
+    }
+
+    /* A refusal of a first hand-off leaves no mark: the next copy is not
+     * called a redelivery. */
+    s_send_order(sender, "refused-first");
+    s_handoffs(lead, &h, 2, 1);
+    for (int i = 0; i < 2; i++) {
+        assert_string_equal(h.ids[i], "refused-first");
+        assert_false(h.redelivered[i]);
+    }
+    printf("crash/refused: after a crash, both hand-offs redelivered; without, neither\n");
+    mr_client_destroy(&lead);
+    mr_client_destroy(&sender);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_crash_daemon_killed_loses_nothing),
         cmocka_unit_test(test_crash_receiver_killed_loses_nothing),
         cmocka_unit_test(test_crash_sender_killed_loses_nothing),
+        cmocka_unit_test(test_crash_refused_redelivery_stays_redelivered),
     };
     return cmocka_run_group_tests_name("crash", tests, NULL, NULL);
 }

@@ -541,6 +541,16 @@ static int s_print_result(int rc, const mr_result_t *res, int timeout_ms)
         fprintf(stderr, "medroute: invalid message: %s\n", res->reason);
         json_decref(o);
         return S_EXIT_USAGE;
+    } else if (rc == -EEXIST) {
+        /* A corrected message under the id of one still in the state dir's
+         * outbox: this one was not sent, and the user must know which is. */
+        fprintf(stderr,
+                "medroute: not sent: message id %s is queued in the --state-dir outbox with "
+                "other content, not yet acknowledged; the queued version is the one that will "
+                "be sent. Send the corrected message under a new --id.\n",
+                res->message_id);
+        json_decref(o);
+        return S_EXIT_FAIL;
     } else {
         fprintf(stderr, "medroute: send failed: %s\n", strerror(-rc));
         json_decref(o);

@@ -200,6 +200,18 @@ static int s_outbox_push(mr_client_t *c, const char *id, const uint8_t *body, si
     return 0;
 }
 
+/* The outbox entry of id, or NULL.  A walk, but only for an id the map
+ * knows: a resubmission, which is rare. */
+static const s_out_t *s_outbox_find(const mr_client_t *c, const char *id)
+{
+    if (strmap_get(c->out_ids, id, strlen(id)) < 0)
+        return NULL;
+    for (const s_out_t *o = c->out_head; o; o = o->next)
+        if (strcmp(o->id, id) == 0)
+            return o;
+    return NULL;
+}
+
 static bool s_outbox_remove(mr_client_t *c, const char *id)
 {
     if (strmap_del(c->out_ids, id, strlen(id)) < 0)
@@ -396,9 +408,14 @@ int mr_client_submit_packed(mr_client_t *self, const char *message_id, const voi
     if (message_id == NULL || strlen(message_id) == 0 || strlen(message_id) > MR_MESSAGE_ID_MAX)
         return -EINVAL;
     /* Already waiting for its Ack (e.g. resubmitted after a restart): the
-     * outbox sends it; submitting is idempotent. */
-    if (strmap_get(self->out_ids, message_id, strlen(message_id)) >= 0)
-        return 0;
+     * outbox sends it, so the same message again is idempotent.  Other
+     * content under that id is refused here: the queued version is what
+     * goes out, and dropping the new one silently would let the caller
+     * believe it was sent.  "The same" is the broker's rule (protocol.md
+     * 4.3): equal but for created_at_ms, which a retry stamps anew. */
+    const s_out_t *queued = s_outbox_find(self, message_id);
+    if (queued != NULL)
+        return mr_envelope_same(queued->body, queued->len, envelope, len) ? 0 : -EEXIST;
     int rc = s_outbox_push(self, message_id, envelope, len, self->persistent);
     if (rc < 0)
         return rc;
@@ -458,9 +475,14 @@ int mr_client_submit_json(mr_client_t *self, const char *json, char *id_out, cha
     if (rc < 0)
         goto out;
     rc = mr_client_submit_packed(self, env->message_id, body, len);
-    if (rc == 0 && id_out != NULL)
+    if ((rc == 0 || rc == -EEXIST) && id_out != NULL)
         snprintf(id_out, MR_MESSAGE_ID_MAX + 1, "%s", env->message_id);
-    if (rc < 0)
+    if (rc == -EEXIST)
+        snprintf(err, errlen,
+                 "message id %s is already queued with other content, not yet acknowledged; "
+                 "the queued version is the one sent",
+                 env->message_id);
+    else if (rc < 0)
         snprintf(err, errlen, "could not queue the message (%s)", strerror(-rc));
 out:
     free(body);

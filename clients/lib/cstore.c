@@ -37,7 +37,11 @@ enum {
 };
 
 static const char *const s_sql[S_N] = {
-    [S_OB_ADD] = "INSERT OR IGNORE INTO outbox(message_id, body) VALUES(?1, ?2)",
+    /* The client adds only an id its outbox in memory lacks (it checks the
+     * content of one it has): a row already here is one whose delete failed
+     * after its Ack, stale.  Replaced, not kept: IGNORE would put the old
+     * body back in the outbox at the next start, in place of the new one. */
+    [S_OB_ADD] = "INSERT OR REPLACE INTO outbox(message_id, body) VALUES(?1, ?2)",
     [S_OB_DEL] = "DELETE FROM outbox WHERE message_id = ?1",
     [S_OB_ALL] = "SELECT message_id, body FROM outbox ORDER BY rowid",
     [S_SEEN_GET] = "SELECT state FROM seen WHERE source = ?1 AND message_id = ?2",

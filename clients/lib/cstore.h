@@ -22,6 +22,8 @@ typedef enum { SEEN_NONE = 0, SEEN_IN_HANDLER = 1, SEEN_DONE = 2 } seen_state_t;
 cstore_t *cstore_open(const char *dir, const char *facility);
 void cstore_close(cstore_t **self_p);
 
+/* Adds, or replaces a stale row of the same id (the caller checked its
+ * outbox in memory, which holds every live row, for the id first). */
 int cstore_outbox_add(cstore_t *self, const char *message_id, const void *body, size_t len);
 int cstore_outbox_remove(cstore_t *self, const char *message_id);
 /* Calls fn for each outbox entry in submission order; stops on non-zero. */

@@ -108,13 +108,19 @@ void mr_client_destroy(mr_client_t **self_p);
  * Queues a message given as the JSON of a medroute.v1.Envelope (field names
  * as in the .proto; enums by name, e.g. "kind": "referral").  Missing
  * source, message_id and created_at_ms are filled in.  The message id used is
- * copied to id_out (at least 65 bytes) when not NULL.  0, or -EINVAL with a
- * reason in err.  The Ack or Error arrives as an event.
+ * copied to id_out (at least 65 bytes) when not NULL.  0, -EINVAL with a
+ * reason in err, or -EEXIST (see mr_client_submit_packed; reason in err).
+ * The Ack or Error arrives as an event.
  */
 int mr_client_submit_json(mr_client_t *self, const char *json, char *id_out, char *err,
                           size_t errlen);
 /* Queues an already packed Envelope whose source is ours and message_id set.
- * Submitting an id already waiting for its Ack does nothing (returns 0). */
+ * Submitting an id already waiting for its Ack (in the outbox, on disk with
+ * state_dir) with the same content does nothing and returns 0; "the same"
+ * as for the broker: equal but for created_at_ms.  Other content under that
+ * id returns -EEXIST and is not queued: the queued version stays and is the
+ * one sent.  Once the id is acknowledged, the broker answers a resubmission
+ * (Ack duplicate, or Error CONFLICT for other content). */
 int mr_client_submit_packed(mr_client_t *self, const char *message_id, const void *envelope,
                             size_t len);
 
@@ -131,7 +137,9 @@ typedef struct {
  * Submits json and polls until its Ack or Error (other events go to handler;
  * with handler NULL, deliveries are kept for the next mr_client_poll).  0 on Ack; -EPROTO on an Error (see res->code); -ETIMEDOUT;
  * -EACCES when the broker refused our Hello (res->code says why);
- * -EINVAL for bad JSON (reason in res->reason).
+ * -EINVAL for bad JSON (reason in res->reason); -EEXIST when the message id
+ * waits in the outbox with other content (mr_client_submit_packed; nothing
+ * is sent or waited for, reason in res->reason).
  */
 int mr_client_send_json(mr_client_t *self, const char *json, mr_result_t *res, int timeout_ms,
                         mr_handler_t handler, void *arg);

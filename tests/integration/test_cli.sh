@@ -8,7 +8,8 @@
 # data_dir there, insecure = true, lab_order ttl 2 s), starts the daemon and
 # checks: send (payload file and whole envelope on stdin), listen (online and
 # offline, in order), the CLI's exit statuses for refusals and bad input,
-# idempotent resend, expiry to the dead letters with retry and drop, the
+# idempotent resend, a corrected message under an id still queued in
+# --state-dir refused, expiry to the dead letters with retry and drop, the
 # status table, that no patient data reaches the daemon's log, and a clean
 # exit on SIGTERM.
 #
@@ -376,6 +377,32 @@ check "listen --count 2 at yx-imaging gets fixed-1 exactly once" \
 # input, 3 time-out"; --count 2 was not reached within --timeout 2000.
 check "listen that reaches --timeout before --count exits 3 (time-out, as documented)" \
     "exit $RC" test "$RC" -eq 3
+
+# A send that timed out leaves its message in the --state-dir outbox; a
+# corrected message under that id must not be dropped silently.
+echo "# 6b: a corrected message under an id still queued in --state-dir"
+referral_json "R-FIX" >"$TMP/fixa.json"
+referral_json "R-FIX-CORRECTED" >"$TMP/fixb.json"
+NOWHERE="ipc://$TMP/nobody.sock" # no broker there: nothing is acknowledged
+run fix1 mr send --as t-aihua --to yx-imaging --kind referral --id fix-2 --json "$TMP/fixa.json" \
+    --state-dir "$TMP/cli-state" --endpoint "$NOWHERE" --timeout 500
+check "send --id fix-2 with no broker times out (exit 3)" "exit $RC" test "$RC" -eq 3
+run fix2 mr send --as t-aihua --to yx-imaging --kind referral --id fix-2 --json "$TMP/fixb.json" \
+    --state-dir "$TMP/cli-state" --endpoint "$NOWHERE" --timeout 500
+check "a corrected fix-2 under the queued id: exit 1, and stderr says it was not sent" \
+    "exit $RC, err: $(cat "$TMP/fix2.err")" \
+    test "$RC" -eq 1 -a -n "$(grep -F 'not sent: message id fix-2' "$TMP/fix2.err" || true)"
+run fix3 mr send --as t-aihua --to yx-imaging --kind referral --id fix-2 --json "$TMP/fixa.json" \
+    --state-dir "$TMP/cli-state"
+check "the first fix-2 again, stamped anew, reaches the broker: ack" \
+    "exit $RC, got: $(cat "$TMP/fix3.out"), err: $(cat "$TMP/fix3.err")" \
+    test "$RC" -eq 0 -a "$(jget ack <"$TMP/fix3.out")" = true
+run listen6b mr listen --as yx-imaging --count 2 --timeout 2000
+check "yx-imaging gets fix-2 once, with the queued content (R-FIX)" \
+    "got: $(cat "$TMP/listen6b.out")" \
+    test "$(wc -l <"$TMP/listen6b.out")" -eq 1 \
+    -a "$(field_of_lines envelope.message_id <"$TMP/listen6b.out")" = fix-2 \
+    -a "$(field_of_lines envelope.referral.referral_id <"$TMP/listen6b.out")" = R-FIX
 
 # ---- 7: expiry to the dead letters, retry, drop -----------------------------------
 

@@ -327,6 +327,76 @@ static void test_routing_outbox_kept_offline_is_sent_once(void **state)
     mrt_daemon_cleanup(&d);
 }
 
+/* An id waiting in the outbox for its Ack (the broker away, as after a
+ * `medroute send` that timed out): the same message again, stamped with
+ * another created_at_ms, in the same process or a new one on the same state
+ * dir, stays one message; other content under that id is refused with
+ * -EEXIST, never sent, and the queued version is what is delivered. */
+static void test_routing_outbox_id_with_other_content_is_refused(void **state)
+{
+    (void)state;
+    const char *first = "{\"message_id\":\"fix-1\",\"created_at_ms\":1795000000000,"
+                        "\"destination\":\"yx-lead\",\"kind\":\"lab_order\","
+                        "\"lab_order\":{\"placer_order_number\":\"PO-FIRST\"}}";
+    const char *restamped = "{\"message_id\":\"fix-1\",\"created_at_ms\":1795000005555,"
+                            "\"destination\":\"yx-lead\",\"kind\":\"lab_order\","
+                            "\"lab_order\":{\"placer_order_number\":\"PO-FIRST\"}}";
+    /* No created_at_ms: the library stamps the time of this submission. */
+    const char *unstamped = "{\"message_id\":\"fix-1\",\"destination\":\"yx-lead\","
+                            "\"kind\":\"lab_order\","
+                            "\"lab_order\":{\"placer_order_number\":\"PO-FIRST\"}}";
+    const char *corrected = "{\"message_id\":\"fix-1\",\"destination\":\"yx-lead\","
+                            "\"kind\":\"lab_order\","
+                            "\"lab_order\":{\"placer_order_number\":\"PO-CORRECTED\"}}";
+    mrt_daemon_t d = {0};
+    assert_int_equal(mrt_daemon_start(&d, NULL), 0);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mr_client_t *a = mrt_client(&d, "t-aihua", "t-aihua");
+    assert_non_null(a);
+    char id[72], err[256];
+    assert_int_equal(mr_client_submit_json(a, first, id, err, sizeof err), 0);
+    assert_int_equal(mr_client_submit_json(a, restamped, id, err, sizeof err), 0);
+    id[0] = '\0';
+    assert_int_equal(mr_client_submit_json(a, corrected, id, err, sizeof err), -EEXIST);
+    assert_string_equal(id, "fix-1");
+    assert_non_null(strstr(err, "fix-1"));
+    assert_int_equal(mr_client_unacked(a), 1);
+
+    /* A new process on the same state dir finds the queued one on disk. */
+    mr_client_destroy(&a);
+    a = mrt_client(&d, "t-aihua", "t-aihua");
+    assert_non_null(a);
+    assert_int_equal(mr_client_unacked(a), 1);
+    mr_result_t r;
+    assert_int_equal(mr_client_send_json(a, corrected, &r, 1000, NULL, NULL), -EEXIST);
+    assert_string_equal(r.message_id, "fix-1");
+    assert_non_null(strstr(r.reason, "other content"));
+    assert_int_equal(mr_client_submit_json(a, unstamped, id, err, sizeof err), 0);
+    assert_int_equal(mr_client_unacked(a), 1);
+
+    /* The broker back: one Ack, one delivery, the queued content. */
+    assert_int_equal(mrt_daemon_restart(&d), 0);
+    seen_t sent = {0};
+    want_t wa = {&sent, 2};
+    assert_false(mrt_poll_until(a, 5000, got_acks, &wa, on_event, &sent));
+    assert_int_equal(sent.acks, 1);
+    assert_int_equal(sent.errors, 0);
+    assert_int_equal(mr_client_unacked(a), 0);
+    mr_client_t *lead = connected(&d, "yx-lead");
+    seen_t got = {0};
+    want_t wd = {&got, 2};
+    assert_false(mrt_poll_until(lead, 1500, got_deliveries, &wd, on_event, &got));
+    assert_int_equal(got.deliveries, 1);
+    assert_string_equal(got.ids[0], "fix-1");
+    assert_non_null(strstr(got.json[0], "PO-FIRST"));
+    assert_null(strstr(got.json[0], "PO-CORRECTED"));
+    assert_int_equal(mrt_counter(&d, "stored"), 1);
+    mr_client_destroy(&lead);
+    mr_client_destroy(&a);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+}
+
 /* A stat (or critical) message waiting behind a routine backlog is
  * delivered first when the facility comes back. */
 static void test_routing_stat_travels_ahead_of_a_stored_backlog(void **state)
@@ -711,6 +781,7 @@ int main(void)
         cmocka_unit_test(test_routing_resend_is_acked_and_routed_once),
         cmocka_unit_test(test_routing_submit_while_waiting_is_one_message),
         cmocka_unit_test(test_routing_outbox_kept_offline_is_sent_once),
+        cmocka_unit_test(test_routing_outbox_id_with_other_content_is_refused),
         cmocka_unit_test(test_routing_stat_travels_ahead_of_a_stored_backlog),
         cmocka_unit_test(test_routing_bad_input_gets_distinct_errors),
         cmocka_unit_test(test_routing_one_frame_acknowledges_several_deliveries),

@@ -211,12 +211,11 @@ int handle_envelope(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f,
         return mr_fail(err, MR_E_RATE_LIMITED, "over %u messages per second; resend later",
                        s->conf->rate_per_s);
     me->tokens -= 1.0;
-    if (dest >= 0 && s->peers[dest].pending >= s->conf->queue_quota)
-        return mr_fail(err, MR_E_QUEUE_FULL, "the destination's queue holds its quota of %u",
-                       s->conf->queue_quota);
     store_req_t *req = store_req_new(STORE_PUT, on_put, s);
     if (req == NULL)
         return mr_fail(err, MR_E_INTERNAL, "out of memory");
+    /* Checked by the store after it has told a resend from a new message. */
+    req->quota = dest >= 0 ? s->conf->queue_quota : 0;
     int64_t now = mr_now_ms();
     store_row_t *m = &req->msg;
     req->tag = dest;

@@ -472,3 +472,9 @@ size_t pending_count(const pending_t *self)
 {
     return self->count;
 }
+
+size_t pending_dest_count(const pending_t *self, const char *dest)
+{
+    const s_dest_t *d = s_dest(self, dest);
+    return d == NULL ? 0 : d->all.live;
+}

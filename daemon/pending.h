@@ -93,5 +93,7 @@ size_t pending_summary(const pending_t *self, pending_dest_t *out, size_t max);
 uint64_t pending_floor(const pending_t *self);
 /* Messages pending over every destination. */
 size_t pending_count(const pending_t *self);
+/* Messages pending for dest. */
+size_t pending_dest_count(const pending_t *self, const char *dest);
 
 #endif

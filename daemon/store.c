@@ -650,7 +650,14 @@ static int s_op_put(store_t *self, store_req_t *req)
         req->seq = (uint64_t)sqlite3_last_insert_rowid(self->db);
         req->status = STORE_OK;
         sqlite3_reset(st);
-        if (req->facts != NULL) {
+        /* The quota is checked here, after the duplicate check: a resend of
+         * a message stored before the queue filled is still acknowledged. */
+        if (req->quota > 0 && req->state == MSG_PENDING &&
+            pending_dest_count(self->pending, m->dest) >= req->quota) {
+            req->clin.code = MR_E_QUEUE_FULL;
+            snprintf(req->clin.reason, sizeof req->clin.reason,
+                     "the destination's queue holds its quota of %u", req->quota);
+        } else if (req->facts != NULL) {
             rc = clinical_on_put(self->clin, req->seq, m->source, m->dest, req->facts,
                                  m->stored_ms, &req->clin);
             if (rc != SQLITE_OK)

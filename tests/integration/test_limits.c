@@ -77,9 +77,15 @@ static void test_limits_rate_and_quota(void **state)
         mr_client_poll(lead, 50, on_event, &lt);
     assert_int_equal(lt.deliveries, 61);
 
-    /* t-lishu is offline: its queue fills to the quota of 30. */
+    /* t-lishu is offline: its queue fills to the quota of 30, the first
+     * message with an id of our own. */
+    const char *first = "{\"message_id\":\"Q-FIRST\",\"destination\":\"t-lishu\","
+                        "\"kind\":\"lab_order\",\"lab_order\":{\"placer_order_number\":\"Q-F\"}}";
+    mr_result_t res; /* RATE_LIMITED is resent by the library itself */
+    assert_int_equal(mr_client_send_json(calm, first, &res, 10000, NULL, NULL), 0);
+    assert_false(res.duplicate);
     tally_t qt = {0};
-    for (int i = 0; i < 31; i++) {
+    for (int i = 0; i < 30; i++) {
         char p[128];
         snprintf(p, sizeof p, "{\"placer_order_number\":\"Q-%d\"}", i);
         int rc = mrt_send(calm, "t-lishu", "lab_order", "routine", p, NULL);
@@ -91,6 +97,10 @@ static void test_limits_rate_and_quota(void **state)
             assert_int_equal(rc, 0);
     }
     assert_int_equal(qt.full, 1);
+    /* A resend of a message stored before the queue filled is still a
+     * duplicate, acknowledged, not QUEUE_FULL (the sender would drop it). */
+    assert_int_equal(mr_client_send_json(calm, first, &res, 10000, NULL, NULL), 0);
+    assert_true(res.duplicate);
     char *r = mrt_operator(&d, "{\"status\":{}}");
     assert_non_null(strstr(r, "rejected.QUEUE_FULL"));
     assert_non_null(strstr(r, "rejected.RATE_LIMITED"));

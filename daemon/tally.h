@@ -58,7 +58,9 @@ void tally_rows_free(tally_row_t *rows, size_t n);
  * given in sorted order, into out; its length, or -1 if it does not fit.
  * On the hot path instead of snprintf (a message's counts, every message). */
 int tally_labels(char *out, size_t len, size_t n, const char *const pairs[]);
-/* Label value safe inside quotes and of bounded length (peer strings). */
+/* Label value safe inside quotes and of bounded length (peer strings): at
+ * most 32 bytes, whole UTF-8 characters kept, controls, quotes, backslashes,
+ * commas, equals signs and broken UTF-8 bytes written '_'. */
 void tally_label_value(char *out, size_t len, const char *s);
 
 #endif

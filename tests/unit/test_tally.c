@@ -56,6 +56,23 @@ static void test_tally_label_value_is_made_safe(void **state)
     assert_string_equal(out, "cardio _x__y_z_");
     tally_label_value(out, sizeof out, "0123456789012345678901234567890123456789");
     assert_int_equal(strlen(out), 32);
+    /* Chinese department names stay apart, whole characters only. */
+    tally_label_value(out, sizeof out, "\xe5\xbf\x83\xe5\x86\x85\xe7\xa7\x91"); /* 心内科 */
+    assert_string_equal(out, "\xe5\xbf\x83\xe5\x86\x85\xe7\xa7\x91");
+    tally_label_value(out, sizeof out, "\xe9\xaa\xa8\xe5\xa4\x96\xe7\xa7\x91"); /* 骨外科 */
+    assert_string_equal(out, "\xe9\xaa\xa8\xe5\xa4\x96\xe7\xa7\x91");
+    /* 11 three-byte characters: 10 fit in 32 bytes, the 11th is not cut. */
+    char longer[64] = "";
+    for (int i = 0; i < 11; i++)
+        strcat(longer, "\xe7\xa7\x91");
+    tally_label_value(out, sizeof out, longer);
+    assert_int_equal(strlen(out), 30);
+    /* Broken UTF-8 (a lone continuation byte, a cut sequence) becomes '_'. */
+    tally_label_value(out, sizeof out, "a\x80" "b\xe5\xbf");
+    assert_string_equal(out, "a_b__");
+    char small[5];
+    tally_label_value(small, sizeof small, "\xe5\xbf\x83\xe5\x86\x85");
+    assert_string_equal(small, "\xe5\xbf\x83");
 }
 
 /* One batch: adds, flush inside a transaction, then commit or roll back. */

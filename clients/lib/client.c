@@ -32,6 +32,7 @@
 #include "strmap.h"
 
 #define S_RECV_BUDGET 1000
+#define S_KEEP_ALIVE_MS 200 /* within a pass of frames: acks and heartbeats at least this often */
 #define S_ACKS_MAX 256 /* seqs one DeliveryAck of ours carries at most */
 #define S_HELLO_RETRY_MS 2000
 #define S_PRUNE_EVERY_MS 3600000
@@ -717,6 +718,22 @@ static void s_timers(mr_client_t *c)
     }
 }
 
+/*
+ * Inside a pass over many frames whose handler is slow (a hospital system
+ * over a slow link): the DeliveryAcks gathered so far and a heartbeat go
+ * out every S_KEEP_ALIVE_MS, not only after the pass, or the broker would
+ * end a live session for silence and send the whole window again.
+ */
+static void s_keep_alive(mr_client_t *c, int64_t *flushed)
+{
+    int64_t now = mr_now_ms();
+    if (now - *flushed < S_KEEP_ALIVE_MS)
+        return;
+    *flushed = now;
+    s_flush_acks(c);
+    s_timers(c);
+}
+
 /* Polls; with until_welcome, stops reading as soon as a Welcome is in, so
  * that what follows it stays queued for the application's own poll. */
 static int s_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void *arg,
@@ -737,16 +754,19 @@ static int s_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void 
         zmq_msg_t *held = self->deferred;
         self->deferred = NULL;
         self->n_deferred = self->cap_deferred = 0;
+        int64_t flushed = mr_now_ms();
         for (size_t i = 0; i < n; i++) {
             events += s_on_frame(self, zmq_msg_data(&held[i]), zmq_msg_size(&held[i]), handler,
                                  arg);
             zmq_msg_close(&held[i]);
+            s_keep_alive(self, &flushed);
         }
         free(held);
         s_flush_acks(self);
         if (events > 0)
             return events;
     }
+    int64_t flushed = mr_now_ms();
     for (;;) {
         int n = zmq_poll(items, 2, (long)wait);
         if (n < 0 && zmq_errno() != EINTR)
@@ -764,6 +784,7 @@ static int s_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void 
             }
             events += s_on_frame(self, zmq_msg_data(&m), zmq_msg_size(&m), handler, arg);
             zmq_msg_close(&m);
+            s_keep_alive(self, &flushed);
         }
         s_flush_acks(self);
         s_timers(self);

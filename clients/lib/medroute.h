@@ -147,7 +147,10 @@ int mr_client_send_json(mr_client_t *self, const char *json, mr_result_t *res, i
 /*
  * Waits up to timeout_ms for traffic and handles everything that arrived:
  * events go to handler.  With handler NULL, deliveries are kept (not
- * acknowledged) and handed, in order, to the next poll that has a handler.  Also sends heartbeats and resends what is due.
+ * acknowledged) and handed, in order, to the next poll that has a handler.
+ * Also sends heartbeats and resends what is due; during a long pass over
+ * many deliveries (a slow handler), the acks gathered and a heartbeat go out
+ * every 200 ms, so the broker does not take the session for dead.
  * Returns the number of events handled, or a negative errno.
  */
 int mr_client_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void *arg);

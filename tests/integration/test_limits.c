@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -112,6 +113,52 @@ static void test_limits_rate_and_quota(void **state)
     mrt_daemon_cleanup(&d);
 }
 
+/* A handler that takes 40 ms a message (a hospital system over a slow link). */
+static int on_slow(mr_client_t *c, const mr_event_t *ev, void *arg)
+{
+    (void)c;
+    if (ev->type == MR_EVENT_DELIVERY) {
+        struct timespec ms40 = {0, 40 * 1000 * 1000};
+        nanosleep(&ms40, NULL);
+        ((tally_t *)arg)->deliveries++;
+        ((tally_t *)arg)->duplicates += ev->delivery->redelivered;
+    }
+    return 0;
+}
+
+/*
+ * A receiver whose window of deliveries takes longer to handle than the
+ * heartbeat time-out stays connected: its library sends the acks gathered
+ * and a heartbeat during the pass, not only after it, so the broker does not
+ * end the session and send the whole window again.
+ */
+static void test_limits_slow_handler_keeps_session(void **state)
+{
+    (void)state;
+    mrt_daemon_t d = {0};
+    assert_int_equal(mrt_daemon_start(&d, "limits = { heartbeat_interval_ms = 200;"
+                                          " heartbeat_timeout_ms = 1000; max_inflight = 64; };"),
+                     0);
+    mr_client_t *lead = mrt_client(&d, "yx-lead", NULL);
+    mr_client_t *aihua = mrt_client(&d, "t-aihua", NULL);
+    assert_int_equal(mr_client_wait_connected(lead, 5000), 0);
+    assert_int_equal(mrt_submit_orders(aihua, "yx-lead", "SLOW", 100), 0);
+    tally_t at = {0}, lt = {0};
+    long long until = mrt_now_ms() + 20000;
+    while (at.acks < 100 && mrt_now_ms() < until)
+        mr_client_poll(aihua, 20, on_event, &at);
+    assert_int_equal(at.acks, 100);
+    mr_client_destroy(&aihua); /* its own session would time out unpolled */
+    while (lt.deliveries < 100 && mrt_now_ms() < until)
+        mr_client_poll(lead, 20, on_slow, &lt);
+    assert_int_equal(lt.deliveries, 100);
+    assert_int_equal(lt.duplicates, 0);
+    assert_int_equal(mrt_log_count(&d, "heartbeat_timeout"), 0);
+    mr_client_destroy(&lead);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+}
+
 /* A gauge or counter of the daemon's /metrics, or -1. */
 static long long s_metric(const mrt_daemon_t *d, const char *name)
 {
@@ -180,6 +227,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_limits_rate_and_quota),
+        cmocka_unit_test(test_limits_slow_handler_keeps_session),
         cmocka_unit_test(test_limits_burst_is_held_back_not_buffered),
     };
     return cmocka_run_group_tests_name("limits", tests, NULL, NULL);

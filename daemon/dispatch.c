@@ -74,12 +74,29 @@ void dispatch_reply_error(server_t *s, const uint8_t *rid, size_t rid_len, int p
         server_send_facility(s, rid, rid_len, &f.base);
 }
 
-/* Copies the message id out of an Envelope frame, for error replies. */
+/* Copies the message id out of an Envelope frame, for error replies.  An id
+ * that is not UTF-8 is not echoed: the Error would not decode either. */
 static void s_note_message_id(const mr_frame_t *f, mr_err_t *err)
 {
     if (f->body_case == MEDROUTE__V1__FRAME__BODY_ENVELOPE && f->envelope &&
-        f->envelope->message_id)
+        f->envelope->message_id &&
+        mr_utf8_valid(f->envelope->message_id, strlen(f->envelope->message_id)))
         snprintf(err->message_id, sizeof err->message_id, "%s", f->envelope->message_id);
+}
+
+/* Every string of the frame is UTF-8 (mr_codec.h): what the broker stores
+ * and delivers must decode in any conforming decoder, and what it answers
+ * may echo these strings.  The reason names the field, never its content. */
+static int s_check_utf8(const dispatch_ctx_t *ctx, mr_err_t *err)
+{
+    char path[96];
+    int rc = mr_find_bad_utf8(&medroute__v1__frame__descriptor, ctx->frame, ctx->frame_bytes,
+                              path, sizeof path);
+    if (rc < 0)
+        return mr_fail(err, MR_E_MALFORMED, "frame does not decode as medroute.v1.Frame");
+    if (rc > 0)
+        return mr_fail(err, MR_E_INVALID, "%s is not valid UTF-8", path);
+    return 0;
 }
 
 void dispatch_facility(void *arg, const uint8_t *rid, size_t rid_len, const void *const *parts,
@@ -141,6 +158,9 @@ void dispatch_facility(void *arg, const uint8_t *rid, size_t rid_len, const void
     }
     if (ctx.peer >= 0)
         session_touch(s, ctx.peer);
+    rc = s_check_utf8(&ctx, &err);
+    if (rc != 0)
+        goto out;
     rc = route->fn(s, &ctx, f, &err);
 out:
     if (rc != 0)

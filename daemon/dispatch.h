@@ -2,11 +2,12 @@
  * dispatch.h - the facility protocol's one table and its one error path.
  *
  * Every frame from a facility goes through dispatch_facility: size, decode,
- * version, "has this connection said Hello", then the handler for the frame's
- * body.  Handlers hold domain logic only; when they refuse, they fill an
- * mr_err_t and return non-zero, and dispatch turns it into the Error reply,
- * the log line and the counter, in one place.  Replies that come later (after
- * a commit) use dispatch_reply_error for the same effect.
+ * version, "has this connection said Hello", every string valid UTF-8, then
+ * the handler for the frame's body.  Handlers hold domain logic only; when
+ * they refuse, they fill an mr_err_t and return non-zero, and dispatch turns
+ * it into the Error reply, the log line and the counter, in one place.
+ * Replies that come later (after a commit) use dispatch_reply_error for the
+ * same effect.
  */
 #ifndef MR_DISPATCH_H
 #define MR_DISPATCH_H

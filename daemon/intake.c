@@ -189,9 +189,10 @@ int handle_envelope(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f,
     if (s->draining)
         return mr_fail(err, MR_E_SHUTTING_DOWN, "the broker is shutting down; resend later");
     /* What is stored is the envelope's bytes as the frame carried them: they
-     * decoded into env, so they decode at the receiver too, but for a field
-     * numbered 0 in an overlong tag, which protobuf-c keeps and other
-     * decoders refuse (mr_codec.h). */
+     * decoded into env and their strings are UTF-8 (dispatch checked), so
+     * they decode at the receiver too, but for a field numbered 0 in an
+     * overlong tag, which protobuf-c keeps and other decoders refuse
+     * (mr_codec.h). */
     const uint8_t *raw;
     size_t raw_len;
     if (mr_field_slice(ctx->frame, ctx->frame_bytes, MR_FRAME_ENVELOPE_FIELD, &raw, &raw_len) != 0)

@@ -6,6 +6,7 @@
 #include "mr_codec.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -280,6 +281,139 @@ int mr_has_field_zero(const ProtobufCMessage *msg)
                 return 1;
     }
     return 0;
+}
+
+/* ---- UTF-8 in string fields ----------------------------------------------- */
+
+bool mr_utf8_valid(const char *str, size_t len)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    size_t i = 0;
+    while (i < len) {
+        unsigned c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        /* The bytes that follow a lead byte, and the range of the first of
+         * them: narrower after E0 (overlong), ED (surrogates), F0 (overlong)
+         * and F4 (above U+10FFFF).  C0, C1 (overlong) and F5..FF never lead. */
+        size_t more;
+        unsigned lo = 0x80, hi = 0xbf;
+        if (c >= 0xc2 && c <= 0xdf) {
+            more = 1;
+        } else if (c >= 0xe0 && c <= 0xef) {
+            more = 2;
+            lo = c == 0xe0 ? 0xa0 : 0x80;
+            hi = c == 0xed ? 0x9f : 0xbf;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            more = 3;
+            lo = c == 0xf0 ? 0x90 : 0x80;
+            hi = c == 0xf4 ? 0x8f : 0xbf;
+        } else {
+            return false;
+        }
+        if (more > len - i - 1 || s[i + 1] < lo || s[i + 1] > hi)
+            return false;
+        for (size_t k = 2; k <= more; k++)
+            if ((s[i + k] & 0xc0) != 0x80)
+                return false;
+        i += more + 1;
+    }
+    return true;
+}
+
+/* One step down the path to a field: the field f, whose tag starts at
+ * msg + tag_at, in the message msg encoded, itself held by `up` (NULL for
+ * the message the walk began at). */
+typedef struct s_step {
+    const struct s_step *up;
+    const ProtobufCFieldDescriptor *f;
+    const uint8_t *msg;
+    size_t tag_at;
+} s_step_t;
+
+/* How many times field `id` occurs in msg before offset end: the index of
+ * the occurrence at end in a repeated field.  The bytes were walked once
+ * already, so they are well-formed. */
+static size_t s_occurrence(const uint8_t *msg, size_t end, uint32_t id)
+{
+    size_t n = 0, i = 0;
+    while (i < end) {
+        uint64_t tag;
+        if (s_varint(msg, end, &i, &tag) != 0 || s_skip(msg, end, &i, (unsigned)(tag & 7)) != 0)
+            break;
+        n += (tag >> 3) == id;
+    }
+    return n;
+}
+
+/* Writes the path of `at` ("referral.patient.name", "items[2].unit") into
+ * out[used..cap); returns the new used.  Names come from the descriptors
+ * (ASCII), never from the message, so a cut path is still text. */
+static size_t s_path_write(char *out, size_t cap, const s_step_t *at)
+{
+    size_t used = at->up ? s_path_write(out, cap, at->up) : 0;
+    if (used + 1 >= cap)
+        return used;
+    int n;
+    if (at->f->label == PROTOBUF_C_LABEL_REPEATED)
+        n = snprintf(out + used, cap - used, "%s%s[%zu]", used ? "." : "", at->f->name,
+                     s_occurrence(at->msg, at->tag_at, at->f->id));
+    else
+        n = snprintf(out + used, cap - used, "%s%s", used ? "." : "", at->f->name);
+    if (n < 0)
+        return used;
+    return (size_t)n < cap - used ? used + (size_t)n : cap - 1;
+}
+
+/* The walk of mr_find_bad_utf8 over one message of type d, encoded in b. */
+static int s_utf8_walk(const ProtobufCMessageDescriptor *d, const uint8_t *b, size_t len,
+                       const s_step_t *up, char *path, size_t path_len)
+{
+    size_t i = 0;
+    while (i < len) {
+        size_t tag_at = i;
+        uint64_t tag, n;
+        if (s_varint(b, len, &i, &tag) != 0)
+            return -1;
+        if ((tag & 7) != PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED) {
+            if (s_skip(b, len, &i, (unsigned)(tag & 7)) != 0)
+                return -1;
+            continue;
+        }
+        if (s_varint(b, len, &i, &n) != 0 || n > len - i)
+            return -1;
+        const uint8_t *v = b + i;
+        i += (size_t)n;
+        /* An unknown field is kept as bytes by every decoder: not text. */
+        const ProtobufCFieldDescriptor *f =
+            (tag >> 3) <= UINT32_MAX
+                ? protobuf_c_message_descriptor_get_field(d, (unsigned)(tag >> 3))
+                : NULL;
+        if (f == NULL)
+            continue;
+        s_step_t here = {up, f, b, tag_at};
+        if (f->type == PROTOBUF_C_TYPE_STRING && !mr_utf8_valid((const char *)v, (size_t)n)) {
+            if (path != NULL && path_len > 0) {
+                path[0] = '\0';
+                (void)s_path_write(path, path_len, &here);
+            }
+            return 1;
+        }
+        if (f->type == PROTOBUF_C_TYPE_MESSAGE) {
+            int rc = s_utf8_walk(f->descriptor, v, (size_t)n, &here, path, path_len);
+            if (rc != 0)
+                return rc;
+        }
+    }
+    return 0;
+}
+
+int mr_find_bad_utf8(const ProtobufCMessageDescriptor *d, const uint8_t *buf, size_t len,
+                     char *path, size_t path_len)
+{
+    return s_utf8_walk(d, buf, len, NULL, path, path_len);
 }
 
 /* Moves *i to the start of the next field of b that is not created_at_ms

@@ -131,6 +131,31 @@ int mr_field_slice(const uint8_t *buf, size_t len, uint32_t field, const uint8_t
  */
 int mr_has_field_zero(const ProtobufCMessage *msg);
 
+/*
+ * Whether s[0..len) is well-formed UTF-8 (RFC 3629), as proto3 requires of
+ * every `string` field: no overlong form, no surrogate (U+D800..U+DFFF),
+ * nothing above U+10FFFF, no sequence cut short, no stray continuation byte.
+ */
+bool mr_utf8_valid(const char *s, size_t len);
+
+/*
+ * Whether a `string` field (repeated or not) of the message of type d
+ * encoded in buf, or of any submessage, is not valid UTF-8.  protobuf-c
+ * does not check it; conforming decoders (Python, Go, Java, C++) refuse
+ * the whole message, so such a message, once stored, can never be read by
+ * its receiver.  1, with the field's path written into path (e.g.
+ * "envelope.referral.patient.name", "items[2].unit"; names only, never the
+ * content; path may be NULL); 0 if every string is valid; -1 if buf is not
+ * a sequence of well-formed fields.
+ *
+ * It walks the encoded bytes, not the decoded message: protobuf-c keeps a
+ * string as a C string, so whatever follows a NUL inside it would escape a
+ * walk of the decoded message, yet those bytes are stored and delivered.
+ * Unknown fields are not looked into (decoders keep them as bytes).
+ */
+int mr_find_bad_utf8(const ProtobufCMessageDescriptor *d, const uint8_t *buf, size_t len,
+                     char *path, size_t path_len);
+
 /* envelope.proto: created_at_ms = 6 (a field number never changes on the
  * wire; test_codec checks it against the descriptor). */
 #define MR_ENVELOPE_CREATED_AT_FIELD 6

@@ -12,9 +12,10 @@ protocol as a township health centre and as the lead hospital:
   Hello/Welcome, a Referral up with its Ack, the Delivery at the lead and its
   DeliveryAck, a ReferralUpdate back with correlation_id, a resend of the same
   bytes (Ack duplicate=true, routed once), the error codes the document
-  promises for a selection of bad frames, an offline destination, a session
-  takeover with redelivery, several Acks and DeliveryAcks in one frame, and
-  the operator endpoint's status and queue_list.
+  promises for a selection of bad frames (a patient name in GBK among them),
+  an offline destination, a session takeover with redelivery, several Acks
+  and DeliveryAcks in one frame, and the operator endpoint's status and
+  queue_list.
 
 Every network wait is bounded.  The daemon is stopped with SIGTERM and must
 exit 0.  The last line is "N passed, M failed"; the exit status is 0 only when
@@ -432,6 +433,24 @@ def run(ctx, conns, daemon, pb, envelope_pb, clinical, op, facility_ep, operator
     longid.CopyFrom(ref)
     longid.message_id = "x" * 65
     refused(town, longid, pb.ERROR_INVALID, "message_id of 65 characters")
+
+    # A patient name in GBK, as a legacy system writes it: Python cannot even
+    # build it (a proto3 string must be UTF-8), so the name's bytes are put in
+    # place of a placeholder of the same length.  Refused, never delivered.
+    gbk = envelope_pb.Envelope()
+    gbk.CopyFrom(ref)
+    gbk.message_id = "aihua-gbk-name"
+    gbk.referral.referral_id = "RF-GBK-0001"
+    gbk.referral.patient.name = "@@GBK@@@"
+    data = town.frame(envelope=gbk).SerializeToString()
+    town.send_bytes(data.replace(b"@@GBK@@@", "张三丰".encode("gbk") + b"@@"))
+    f = town.expect_body("error", where=lambda f: f.error.message_id == gbk.message_id)
+    check("patient name in GBK -> Error INVALID naming the field",
+          f is not None and f.error.code == pb.ERROR_INVALID and
+          f.error.reason == "envelope.referral.patient.name is not valid UTF-8", str(f))
+    f = lead.expect_body("delivery", timeout_s=1.0,
+                         where=lambda f: f.delivery.envelope.message_id == gbk.message_id)
+    check("lead: the GBK referral is not delivered", f is None, str(f))
 
     v2 = pb.Frame(version=2, heartbeat=pb.Heartbeat(sent_at_ms=now_ms()))
     town.send_bytes(v2.SerializeToString())

@@ -1,7 +1,8 @@
 /*
  * test_routing.c - the real medrouted routes every kind both ways, holds
  * messages for an offline facility and delivers them in order, and answers
- * every kind of bad input with its own error code while traffic flows on.
+ * every kind of bad input with its own error code while traffic flows on
+ * (strings that are not UTF-8 among it: refused, never stored).
  */
 #include <errno.h>
 #include <jansson.h>
@@ -773,6 +774,94 @@ static void test_routing_one_frame_acknowledges_several_deliveries(void **state)
     assert_int_equal(mrt_counter(d, "delivered"), delivered0 + 5);
 }
 
+/* ---- strings that are not UTF-8 ------------------------------------------------- */
+
+typedef struct {
+    seen_t *s;
+    const char *probe;
+} probe_t;
+
+static bool got_probe(void *arg)
+{
+    probe_t *p = arg;
+    for (int i = 0; i < p->s->deliveries; i++)
+        if (strstr(p->s->json[i], p->probe) != NULL)
+            return true;
+    return false;
+}
+
+/* A referral whose patient name a legacy system wrote in GBK would be
+ * stored and then delivered to a receiver that cannot decode it (not even
+ * its seq, to acknowledge it): it is refused with INVALID, naming the field,
+ * and nothing is stored or delivered.  The same referral in UTF-8, under the
+ * same message id (so nothing was kept of the first), goes through. */
+static void test_routing_gbk_patient_name_refused(void **state)
+{
+    mrt_daemon_t *d = *state;
+    mr_client_t *lead = connected(d, "yx-lead");
+    long long stored0 = mrt_counter(d, "stored");
+    assert_true(stored0 >= 0);
+    raw_t r;
+    raw_open(&r, d);
+    raw_hello(&r, "t-aihua");
+    assert_int_equal(raw_expect(&r), 0);
+
+    Medroute__V1__Patient pat = MEDROUTE__V1__PATIENT__INIT;
+    pat.name = "\xd5\xc5\xc8\xfd"; /* 张三 in GBK */
+    Medroute__V1__Referral ref = MEDROUTE__V1__REFERRAL__INIT;
+    ref.referral_id = "R-GBK-1";
+    ref.patient = &pat;
+    ref.service = MEDROUTE__V1__SERVICE_TYPE__SERVICE_FOLLOW_UP;
+    ref.department = "心内科";
+    mr_envelope_t e = MEDROUTE__V1__ENVELOPE__INIT;
+    e.message_id = "gbk-name-1";
+    e.source = "t-aihua";
+    e.destination = "yx-lead";
+    e.kind = MEDROUTE__V1__KIND__KIND_REFERRAL;
+    e.payload_case = MEDROUTE__V1__ENVELOPE__PAYLOAD_REFERRAL;
+    e.referral = &ref;
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    f.version = 1;
+    f.body_case = MEDROUTE__V1__FRAME__BODY_ENVELOPE;
+    f.envelope = &e;
+    raw_send_frame(&r, &f);
+    mr_frame_t *reply = raw_next(&r, MEDROUTE__V1__FRAME__BODY_ERROR, 5000);
+    assert_non_null(reply);
+    assert_int_equal(reply->error->code, MR_E_INVALID);
+    assert_string_equal(reply->error->reason, "envelope.referral.patient.name is not valid UTF-8");
+    assert_string_equal(reply->error->message_id, "gbk-name-1");
+    medroute__v1__frame__free_unpacked(reply, NULL);
+
+    assert_int_equal(mrt_counter(d, "stored"), stored0);
+    seen_t *seen = calloc(1, sizeof *seen);
+    assert_non_null(seen);
+    probe_t gbk = {seen, "R-GBK-1"};
+    assert_false(mrt_poll_until(lead, 1000, got_probe, &gbk, on_event, seen));
+
+    pat.name = "张三";
+    raw_send_frame(&r, &f);
+    reply = raw_next(&r, MEDROUTE__V1__FRAME__BODY_ACK, 5000);
+    assert_non_null(reply);
+    assert_string_equal(reply->ack->message_id, "gbk-name-1");
+    assert_false(reply->ack->duplicate);
+    medroute__v1__frame__free_unpacked(reply, NULL);
+    raw_close(&r);
+    assert_true(mrt_poll_until(lead, 5000, got_probe, &gbk, on_event, seen));
+    int n = 0;
+    for (int i = 0; i < seen->deliveries; i++)
+        if (strstr(seen->json[i], "R-GBK-1") != NULL) {
+            n++;
+            assert_non_null(strstr(seen->json[i], "张三"));
+        }
+    assert_int_equal(n, 1);
+    assert_int_equal(mrt_counter(d, "stored"), stored0 + 1);
+    free(seen);
+    mr_client_destroy(&lead);
+    /* The refusal was logged by field, without the name. */
+    assert_true(mrt_log_count(d, "envelope.referral.patient.name is not valid UTF-8") >= 1);
+    assert_int_equal(mrt_log_count(d, "\xd5\xc5\xc8\xfd"), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -785,6 +874,7 @@ int main(void)
         cmocka_unit_test(test_routing_stat_travels_ahead_of_a_stored_backlog),
         cmocka_unit_test(test_routing_bad_input_gets_distinct_errors),
         cmocka_unit_test(test_routing_one_frame_acknowledges_several_deliveries),
+        cmocka_unit_test(test_routing_gbk_patient_name_refused),
     };
     return cmocka_run_group_tests_name("routing", tests, setup, teardown);
 }

@@ -439,6 +439,289 @@ static void test_codec_has_field_zero(void **state)
     assert_int_equal(mr_has_field_zero(&e.base), 0);
 }
 
+/* ---- UTF-8 in string fields ------------------------------------------------ */
+
+/* "张三" in GBK, as a legacy hospital system writes it: not UTF-8. */
+#define S_GBK_NAME "\xd5\xc5\xc8\xfd"
+
+static bool s_valid(const char *s)
+{
+    return mr_utf8_valid(s, strlen(s));
+}
+
+static void test_codec_utf8_valid_text(void **state)
+{
+    (void)state;
+    assert_true(mr_utf8_valid("", 0));
+    assert_true(s_valid("chest pain, 3 days"));
+    assert_true(s_valid("张三"));
+    assert_true(s_valid("心内科 (cardiology) 王医生"));
+    assert_true(s_valid("\xc2\x80"));             /* U+0080, the first two-byte */
+    assert_true(s_valid("\xdf\xbf"));             /* U+07FF */
+    assert_true(s_valid("\xe0\xa0\x80"));         /* U+0800, the first three-byte */
+    assert_true(s_valid("\xed\x9f\xbf"));         /* U+D7FF, below the surrogates */
+    assert_true(s_valid("\xee\x80\x80"));         /* U+E000, above them */
+    assert_true(s_valid("\xef\xbf\xbf"));         /* U+FFFF */
+    assert_true(s_valid("\xf0\x90\x80\x80"));     /* U+10000, the first four-byte */
+    assert_true(s_valid("\xf0\x9f\x98\x80"));     /* U+1F600 */
+    assert_true(s_valid("\xf4\x8f\xbf\xbf"));     /* U+10FFFF, the last */
+    assert_true(mr_utf8_valid("a\0b", 3));        /* U+0000 is a character */
+}
+
+static void test_codec_utf8_invalid_sequences(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {
+        S_GBK_NAME,
+        "\x80", "\xbf", "a\x80z",             /* a continuation byte alone */
+        "\xc0\x80", "\xc1\xbf",               /* overlong two-byte forms */
+        "\xe0\x80\x80", "\xe0\x9f\xbf",       /* overlong three-byte */
+        "\xf0\x80\x80\x80", "\xf0\x8f\xbf\xbf", /* overlong four-byte */
+        "\xed\xa0\x80", "\xed\xbf\xbf",       /* surrogates U+D800, U+DFFF */
+        "\xf4\x90\x80\x80",                   /* U+110000 */
+        "\xf5\x80\x80\x80", "\xf8\x88\x80\x80\x80", "\xfe", "\xff", /* never lead */
+        "\xc2", "\xe4\xb8", "\xf0\x9f\x98",   /* cut short at the end */
+        "\xe4\xb8" "A", "\xe4\xe4\xb8\xad",   /* cut short by the next character */
+        "张三\xe4",                            /* valid text, then a cut character */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        if (s_valid(bad[i]))
+            fail_msg("sequence %zu taken as valid UTF-8", i);
+    /* The length is what counts, not a NUL: the cut is found past one. */
+    assert_false(mr_utf8_valid("a\0\xe4\xb8", 4));
+    assert_true(mr_utf8_valid("\xe4\xb8\xad", 3));
+    assert_false(mr_utf8_valid("\xe4\xb8\xad", 2));
+}
+
+/* A referral in Chinese, as a township health centre sends it. */
+typedef struct {
+    mr_envelope_t env;
+    Medroute__V1__Referral ref;
+    Medroute__V1__Patient pat;
+    Medroute__V1__PatientIdentifier id0, id1;
+    Medroute__V1__PatientIdentifier *ids[2];
+    Medroute__V1__Code r0, r1;
+    Medroute__V1__Code *reasons[2];
+} s_cn_referral_t;
+
+static void s_cn_referral(s_cn_referral_t *m)
+{
+    medroute__v1__envelope__init(&m->env);
+    medroute__v1__referral__init(&m->ref);
+    medroute__v1__patient__init(&m->pat);
+    medroute__v1__patient_identifier__init(&m->id0);
+    medroute__v1__patient_identifier__init(&m->id1);
+    medroute__v1__code__init(&m->r0);
+    medroute__v1__code__init(&m->r1);
+    m->id0.system = "身份证";
+    m->id0.value = "530102199001011234";
+    m->id1.system = "医保卡";
+    m->id1.value = "YB-0001";
+    m->ids[0] = &m->id0;
+    m->ids[1] = &m->id1;
+    m->pat.name = "张三";
+    m->pat.n_identifiers = 2;
+    m->pat.identifiers = m->ids;
+    m->r0.code = "I20.0";
+    m->r0.display = "不稳定型心绞痛";
+    m->r1.code = "I10";
+    m->r1.display = "高血压";
+    m->reasons[0] = &m->r0;
+    m->reasons[1] = &m->r1;
+    m->ref.referral_id = "RF-2024-0001";
+    m->ref.patient = &m->pat;
+    m->ref.n_reasons = 2;
+    m->ref.reasons = m->reasons;
+    m->ref.department = "心内科";
+    m->ref.clinical_summary = "胸痛三天，活动后加重";
+    m->env.message_id = "转诊-0001";
+    m->env.source = "t-aihua";
+    m->env.destination = "yx-lead";
+    m->env.kind = MEDROUTE__V1__KIND__KIND_REFERRAL;
+    m->env.payload_case = MEDROUTE__V1__ENVELOPE__PAYLOAD_REFERRAL;
+    m->env.referral = &m->ref;
+}
+
+/* mr_find_bad_utf8 on msg packed, as an Envelope or inside a Frame. */
+static int s_find(const ProtobufCMessage *msg, char *path, size_t path_len)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    assert_int_equal(mr_pack(msg, &buf, &len), 0);
+    int rc = mr_find_bad_utf8(msg->descriptor, buf, len, path, path_len);
+    free(buf);
+    return rc;
+}
+
+static void s_expect_bad(const ProtobufCMessage *msg, const char *want_path)
+{
+    char path[96] = "unset";
+    assert_int_equal(s_find(msg, path, sizeof path), 1);
+    assert_string_equal(path, want_path);
+}
+
+static void test_codec_find_bad_utf8_passes_chinese_text(void **state)
+{
+    (void)state;
+    s_cn_referral_t m;
+    s_cn_referral(&m);
+    char path[96] = "unset";
+    assert_int_equal(s_find(&m.env.base, path, sizeof path), 0);
+    assert_string_equal(path, "unset"); /* untouched */
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    f.version = 1;
+    f.body_case = MEDROUTE__V1__FRAME__BODY_ENVELOPE;
+    f.envelope = &m.env;
+    assert_int_equal(s_find(&f.base, NULL, 0), 0);
+}
+
+/* Each string, however deep, is found and named by its path. */
+static void test_codec_find_bad_utf8_names_the_field(void **state)
+{
+    (void)state;
+    s_cn_referral_t m;
+
+    s_cn_referral(&m);
+    m.pat.name = S_GBK_NAME;
+    s_expect_bad(&m.env.base, "referral.patient.name");
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    f.version = 1;
+    f.body_case = MEDROUTE__V1__FRAME__BODY_ENVELOPE;
+    f.envelope = &m.env;
+    s_expect_bad(&f.base, "envelope.referral.patient.name");
+    char tiny[12];
+    assert_int_equal(s_find(&f.base, tiny, sizeof tiny), 1);
+    assert_string_equal(tiny, "envelope.re"); /* cut, still a string */
+    assert_int_equal(s_find(&f.base, NULL, 0), 1);
+
+    s_cn_referral(&m);
+    m.ref.department = "\xd0\xc4\xc4\xda\xbf\xc6"; /* 心内科 in GBK */
+    s_expect_bad(&m.env.base, "referral.department");
+
+    s_cn_referral(&m);
+    m.env.message_id = "\xe8\xbd\xac\xe8\xaf"; /* 转 and half of 诊 */
+    s_expect_bad(&m.env.base, "message_id");
+
+    /* In repeated submessages, with the index of the occurrence. */
+    s_cn_referral(&m);
+    m.r1.display = "\xb8\xdf\xd1\xaa\xd1\xb9"; /* 高血压 in GBK */
+    s_expect_bad(&m.env.base, "referral.reasons[1].display");
+    s_cn_referral(&m);
+    m.id0.system = "\xed\xa0\x80"; /* a surrogate */
+    s_expect_bad(&m.env.base, "referral.patient.identifiers[0].system");
+    s_cn_referral(&m);
+    m.id1.value = "\xc0\xaf"; /* an overlong '/' */
+    s_expect_bad(&m.env.base, "referral.patient.identifiers[1].value");
+
+    /* Another payload of the oneof, three levels down. */
+    Medroute__V1__LabResultItem items[3];
+    Medroute__V1__LabResultItem *ip[3];
+    Medroute__V1__Code test = MEDROUTE__V1__CODE__INIT;
+    test.code = "2345-7";
+    test.display = "\xf4\x90\x80\x80"; /* above U+10FFFF */
+    for (int i = 0; i < 3; i++) {
+        medroute__v1__lab_result_item__init(&items[i]);
+        items[i].value = "5.1";
+        items[i].unit = "mmol/L";
+        ip[i] = &items[i];
+    }
+    items[2].test = &test;
+    Medroute__V1__LabResult lr = MEDROUTE__V1__LAB_RESULT__INIT;
+    lr.placer_order_number = "PO-1";
+    lr.n_items = 3;
+    lr.items = ip;
+    mr_envelope_t e = MEDROUTE__V1__ENVELOPE__INIT;
+    e.message_id = "m-lab";
+    e.payload_case = MEDROUTE__V1__ENVELOPE__PAYLOAD_LAB_RESULT;
+    e.lab_result = &lr;
+    s_expect_bad(&e.base, "lab_result.items[2].test.display");
+    test.display = "葡萄糖";
+    items[1].unit = "\xe6\xaf\xab\xe6"; /* 毫 and a cut character */
+    s_expect_bad(&e.base, "lab_result.items[1].unit");
+    items[1].unit = "毫摩尔/升";
+    assert_int_equal(s_find(&e.base, NULL, 0), 0);
+
+    /* The Hello a facility sends first. */
+    Medroute__V1__Hello h = MEDROUTE__V1__HELLO__INIT;
+    h.facility_id = "t-aihua";
+    h.client_name = "HIS \xb0\xe6 2.1"; /* 版 in GBK */
+    f.body_case = MEDROUTE__V1__FRAME__BODY_HELLO;
+    f.hello = &h;
+    s_expect_bad(&f.base, "hello.client_name");
+}
+
+/* A message with a repeated string field (medroute.v1 has none yet). */
+typedef struct {
+    ProtobufCMessage base;
+    size_t n_tags;
+    char **tags;
+} s_tagged_t;
+
+static const ProtobufCFieldDescriptor s_tagged_fields[] = {
+    {"tags", 1, PROTOBUF_C_LABEL_REPEATED, PROTOBUF_C_TYPE_STRING, offsetof(s_tagged_t, n_tags),
+     offsetof(s_tagged_t, tags), NULL, NULL, 0, 0, NULL, NULL},
+};
+static const unsigned s_tagged_by_name[] = {0};
+static const ProtobufCIntRange s_tagged_ranges[] = {{1, 0}, {0, 1}};
+static const ProtobufCMessageDescriptor s_tagged_descriptor = {
+    PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+    "test.Tagged",
+    "Tagged",
+    "Tagged",
+    "test",
+    sizeof(s_tagged_t),
+    1,
+    s_tagged_fields,
+    s_tagged_by_name,
+    1,
+    s_tagged_ranges,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
+};
+
+static void test_codec_find_bad_utf8_repeated_string(void **state)
+{
+    (void)state;
+    char *tags[3] = {"急诊", "ok", "\xbc\xb1\xd5\xef"}; /* 急诊 in GBK last */
+    s_tagged_t m = {PROTOBUF_C_MESSAGE_INIT(&s_tagged_descriptor), 3, tags};
+    s_expect_bad(&m.base, "tags[2]");
+    tags[2] = "门诊";
+    assert_int_equal(s_find(&m.base, NULL, 0), 0);
+    tags[0] = "\xe9\x97"; /* the first, cut */
+    s_expect_bad(&m.base, "tags[0]");
+}
+
+/* protobuf-c ends a decoded string at a NUL, but the bytes after it are
+ * stored and delivered: the walk reads the encoded bytes, all of them. */
+static void test_codec_find_bad_utf8_past_a_nul(void **state)
+{
+    (void)state;
+    /* Envelope{message_id = "a\0" S_GBK_NAME} */
+    const uint8_t env[] = {0x0a, 0x06, 'a', 0x00, 0xd5, 0xc5, 0xc8, 0xfd};
+    mr_envelope_t *e = medroute__v1__envelope__unpack(NULL, sizeof env, env);
+    assert_non_null(e);
+    assert_string_equal(e->message_id, "a"); /* what a walk of e would check */
+    medroute__v1__envelope__free_unpacked(e, NULL);
+    char path[96];
+    assert_int_equal(
+        mr_find_bad_utf8(&medroute__v1__envelope__descriptor, env, sizeof env, path, sizeof path),
+        1);
+    assert_string_equal(path, "message_id");
+    /* An unknown field is bytes to every decoder: not looked into. */
+    const uint8_t unknown[] = {0xfa, 0x07, 0x02, 0xd5, 0xc5}; /* field 127 */
+    assert_int_equal(mr_find_bad_utf8(&medroute__v1__envelope__descriptor, unknown,
+                                      sizeof unknown, path, sizeof path),
+                     0);
+    /* Bytes that are not fields. */
+    assert_int_equal(
+        mr_find_bad_utf8(&medroute__v1__envelope__descriptor, env, sizeof env - 1, NULL, 0), -1);
+    const uint8_t group[] = {0x0b}; /* wire type 3 */
+    assert_int_equal(
+        mr_find_bad_utf8(&medroute__v1__envelope__descriptor, group, sizeof group, NULL, 0), -1);
+}
+
 /* ---- the same message sent again ---------------------------------------- */
 
 static void test_codec_created_at_field_number(void **state)
@@ -523,6 +806,12 @@ int main(void)
         cmocka_unit_test(test_codec_frame_field_numbers),
         cmocka_unit_test(test_codec_field_slice),
         cmocka_unit_test(test_codec_has_field_zero),
+        cmocka_unit_test(test_codec_utf8_valid_text),
+        cmocka_unit_test(test_codec_utf8_invalid_sequences),
+        cmocka_unit_test(test_codec_find_bad_utf8_passes_chinese_text),
+        cmocka_unit_test(test_codec_find_bad_utf8_names_the_field),
+        cmocka_unit_test(test_codec_find_bad_utf8_repeated_string),
+        cmocka_unit_test(test_codec_find_bad_utf8_past_a_nul),
         cmocka_unit_test(test_codec_envelope_same_leaves_out_created_at),
         cmocka_unit_test(test_codec_envelope_same_compares_broken_bytes_whole),
     };

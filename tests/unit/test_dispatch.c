@@ -9,7 +9,8 @@
  * with -Wl,--wrap=server_send_facility, so every reply the daemon sends
  * lands in __wrap_server_send_facility below, which packs it, decodes it
  * again as a medroute.v1.Frame (what a facility would read) and records it
- * with the routing id it was addressed to.
+ * with the routing id it was addressed to, after checking that a strict
+ * decoder would take it (every string valid UTF-8).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -58,6 +59,10 @@ int __wrap_server_send_facility(server_t *self, const uint8_t *rid, size_t rid_l
     uint8_t *buf = NULL;
     size_t len = 0;
     assert_int_equal(mr_pack(frame, &buf, &len), 0);
+    /* What a conforming (strict) decoder requires: every string UTF-8. */
+    char path[96];
+    if (mr_find_bad_utf8(&medroute__v1__frame__descriptor, buf, len, path, sizeof path) != 0)
+        fail_msg("the daemon sent a frame whose %s is not valid UTF-8", path);
     s_reply_t *r = &s_replies[s_n_replies++];
     memcpy(r->rid, rid, rid_len);
     r->rid_len = rid_len;
@@ -644,6 +649,75 @@ static void test_dispatch_envelope_validation(void **state)
     assert_int_equal(s->counters.v[CNT_RECEIVED], 14); /* Hello + 13 */
 }
 
+/* Strings that are not UTF-8 (a legacy system's GBK) are refused with
+ * INVALID, naming the field and not its content, and nothing is stored. */
+static void test_dispatch_refuses_strings_not_utf8(void **state)
+{
+    s_fx_t *fx = *state;
+    server_t *s = fx->s;
+    log_set_level(s->log, MR_LOG_DEBUG); /* every line, to look for the content */
+    /* A Hello whose client name is GBK: refused, no session. */
+    Medroute__V1__Hello h = MEDROUTE__V1__HELLO__INIT;
+    h.facility_id = "t-a";
+    h.client_name = "HIS \xb0\xe6 2.1"; /* 版 in GBK */
+    mr_frame_t f;
+    s_frame_init(&f, MEDROUTE__V1__FRAME__BODY_HELLO);
+    f.hello = &h;
+    s_send(s, RID_A, &f);
+    const Medroute__V1__Error *err = s_expect_error(0, RID_A, MR_E_INVALID);
+    assert_string_equal(err->reason, "hello.client_name is not valid UTF-8");
+    assert_int_equal(session_find(s, RID_A, RID_LEN), -1);
+    /* An Envelope before Hello is still NO_HELLO first. */
+    s_env_t e;
+    s_env_init(&e, "m-gbk");
+    Medroute__V1__Patient pat = MEDROUTE__V1__PATIENT__INIT;
+    pat.name = "\xd5\xc5\xc8\xfd"; /* 张三 in GBK */
+    e.ref.patient = &pat;
+    s_send_env(s, RID_A, &e.env);
+    s_expect_error(1, RID_A, MR_E_NO_HELLO);
+
+    s_hello(s, RID_A, "t-a");
+    assert_int_equal(s_n_replies, 3);
+    err = s_reject(s, &e.env, MR_E_INVALID);
+    assert_string_equal(err->reason, "envelope.referral.patient.name is not valid UTF-8");
+    assert_string_equal(err->message_id, "m-gbk");
+    pat.name = "张三";
+    e.ref.department = "\xd0\xc4\xc4\xda\xbf\xc6"; /* 心内科 in GBK */
+    err = s_reject(s, &e.env, MR_E_INVALID);
+    assert_string_equal(err->reason, "envelope.referral.department is not valid UTF-8");
+    /* A message id that is not UTF-8 is not echoed: the Error would not
+     * decode either (the wrapper above checks every reply). */
+    e.ref.department = "心内科";
+    e.env.message_id = "\xd7\xaa\xd5\xef-1"; /* 转诊 in GBK */
+    err = s_reject(s, &e.env, MR_E_INVALID);
+    assert_string_equal(err->reason, "envelope.message_id is not valid UTF-8");
+    assert_string_equal(err->message_id, "");
+
+    /* Nothing was stored; the same referral in UTF-8 is. */
+    s_settle(s);
+    assert_int_equal(s->counters.v[CNT_STORED], 0);
+    assert_int_equal(s->peers[LEAD].pending, 0);
+    e.env.message_id = "m-utf8";
+    s_send_env(s, RID_A, &e.env);
+    s_wait_replies(s, 7);
+    assert_int_equal(s_replies[6].f->body_case, MEDROUTE__V1__FRAME__BODY_ACK);
+    assert_int_equal(s->counters.v[CNT_STORED], 1);
+    assert_int_equal(s_rejected(s, MR_E_INVALID), 4);
+
+    /* The log names the field, never the content. */
+    assert_int_equal(fflush(fx->logf), 0);
+    rewind(fx->logf);
+    char line[2048];
+    int rejected = 0;
+    while (fgets(line, sizeof line, fx->logf) != NULL) {
+        rejected += strstr(line, "is not valid UTF-8") != NULL;
+        assert_null(strstr(line, "\xd5\xc5"));
+        assert_null(strstr(line, "\xd0\xc4"));
+        assert_null(strstr(line, "\xb0\xe6"));
+    }
+    assert_int_equal(rejected, 4);
+}
+
 static void test_dispatch_valid_envelope_acked_after_commit(void **state)
 {
     s_fx_t *fx = *state;
@@ -909,6 +983,7 @@ int main(void)
         T(test_dispatch_hello_unknown_facility),
         T(test_dispatch_hello_binds_session),
         T(test_dispatch_envelope_validation),
+        T(test_dispatch_refuses_strings_not_utf8),
         T(test_dispatch_valid_envelope_acked_after_commit),
         T(test_dispatch_draining_refuses_envelopes),
         T(test_dispatch_store_unavailable_reported),

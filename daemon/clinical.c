@@ -387,10 +387,12 @@ static int s_on_capacity(clinical_t *self, const clin_facts_t *f, int64_t now, c
         bool found;
         S_TRY(s_ledger_get(self, key, &old, &found, NULL));
         if (found && (c->reserved < old.claimed_reserved + old.released ||
-                      c->capacity - c->reserved < old.general_used - old.released))
+                      c->capacity - c->reserved < old.general_used - old.released)) {
+            key[mr_utf8_cut(key, 80)] = '\0'; /* the unit may be Chinese: cut whole */
             return s_refuse(out, MR_E_INVALID,
                             "capacity for %.80s is below what accepted referrals hold%s", key,
                             NULL);
+        }
     }
     for (size_t i = 0; i < f->n_capacity; i++) {
         const clin_capacity_t *c = &f->capacity[i];
@@ -685,8 +687,9 @@ static int s_on_update(clinical_t *self, uint64_t seq, const char *source, const
     const char *why = NULL;
     if (referral_next(r.state, f->step, actor, r.direction, &t, &why) != 0) {
         out->code = MR_E_ILLEGAL_TRANSITION;
-        snprintf(out->reason, sizeof out->reason, "referral %.60s is %s: %s", f->ref_id,
-                 referral_state_name(r.state), why ? why : "step not allowed");
+        snprintf(out->reason, sizeof out->reason, "referral %.*s is %s: %s",
+                 (int)mr_utf8_cut(f->ref_id, 60), f->ref_id, referral_state_name(r.state),
+                 why ? why : "step not allowed");
         out->ref_state = (int)r.state;
         return SQLITE_OK;
     }

@@ -38,8 +38,9 @@ static void s_notify_expired(server_t *s, const store_row_t *r)
     e.code = MEDROUTE__V1__ERROR_CODE__ERROR_EXPIRED;
     e.seq = r->seq;
     char reason[160];
-    snprintf(reason, sizeof reason, "not delivered to %.64s before its expiry; moved to dead letters",
-             r->dest);
+    snprintf(reason, sizeof reason,
+             "not delivered to %.*s before its expiry; moved to dead letters",
+             (int)mr_utf8_cut(r->dest, 64), r->dest);
     e.reason = reason;
     mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
     f.version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;

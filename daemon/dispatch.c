@@ -45,10 +45,15 @@ int mr_fail(mr_err_t *err, int code, const char *fmt, ...)
 void dispatch_reply_error(server_t *s, const uint8_t *rid, size_t rid_len, int peer,
                           const mr_err_t *err)
 {
+    /* A reason longer than its buffer was cut by snprintf at a byte count,
+     * possibly inside a character: what goes out ends on a whole one. */
+    char reason[sizeof err->reason];
+    snprintf(reason, sizeof reason, "%.*s", (int)mr_utf8_cut(err->reason, sizeof reason - 1),
+             err->reason);
     Medroute__V1__Error e = MEDROUTE__V1__ERROR__INIT;
     e.message_id = (char *)err->message_id;
     e.code = (Medroute__V1__ErrorCode)err->code;
-    e.reason = (char *)err->reason;
+    e.reason = reason;
     e.seq = err->seq;
     mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
     f.version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
@@ -69,19 +74,22 @@ void dispatch_reply_error(server_t *s, const uint8_t *rid, size_t rid_len, int p
     char id[MR_MESSAGE_ID_MAX + 1], why[sizeof err->reason];
     log_warn(s->log, "message.rejected", "facility=%s message_id=\"%s\" code=%s reason=\"%s\"",
              fac ? fac->id : "-", log_clean(id, sizeof id, err->message_id),
-             mr_error_name(err->code), log_clean(why, sizeof why, err->reason));
+             mr_error_name(err->code), log_clean(why, sizeof why, reason));
     if (rid != NULL)
         server_send_facility(s, rid, rid_len, &f.base);
 }
 
-/* Copies the message id out of an Envelope frame, for error replies.  An id
- * that is not UTF-8 is not echoed: the Error would not decode either. */
+/* Copies the message id out of an Envelope frame, for error replies, cut to
+ * MR_MESSAGE_ID_MAX bytes on a character boundary.  An id that is not UTF-8
+ * is not echoed: the Error would not decode either. */
 static void s_note_message_id(const mr_frame_t *f, mr_err_t *err)
 {
-    if (f->body_case == MEDROUTE__V1__FRAME__BODY_ENVELOPE && f->envelope &&
-        f->envelope->message_id &&
-        mr_utf8_valid(f->envelope->message_id, strlen(f->envelope->message_id)))
-        snprintf(err->message_id, sizeof err->message_id, "%s", f->envelope->message_id);
+    const char *id = f->body_case == MEDROUTE__V1__FRAME__BODY_ENVELOPE && f->envelope
+                         ? f->envelope->message_id
+                         : NULL;
+    if (id != NULL && mr_utf8_valid(id, strlen(id)))
+        snprintf(err->message_id, sizeof err->message_id, "%.*s",
+                 (int)mr_utf8_cut(id, MR_MESSAGE_ID_MAX), id);
 }
 
 /* Every string of the frame is UTF-8 (mr_codec.h): what the broker stores

@@ -87,8 +87,10 @@ static int s_capacity(const server_t *s, const Medroute__V1__CapacityNotice *cn,
         if (slots_check_offer(it->capacity, it->reserved, s->conf->min_reserved_share, &under,
                               &why) != 0 &&
             !(under && s->conf->allow_low_reserve)) {
-            snprintf(reason, len, "capacity item %zu (%.40s %.10s): %s", i + 1,
-                     it->unit ? it->unit : "", it->date ? it->date : "", why ? why : "invalid");
+            const char *unit = it->unit ? it->unit : "", *date = it->date ? it->date : "";
+            snprintf(reason, len, "capacity item %zu (%.*s %.*s): %s", i + 1,
+                     (int)mr_utf8_cut(unit, 40), unit, (int)mr_utf8_cut(date, 10), date,
+                     why ? why : "invalid");
             return MR_E_INVALID;
         }
         if (under) {

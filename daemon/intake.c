@@ -40,8 +40,8 @@ int intake_validate(server_t *s, int peer, const mr_envelope_t *env, int *dest_o
         return s_set(reason, reason_len, MR_E_INVALID, "source is required");
     if (strcmp(env->source, me->id) != 0) {
         s->counters.v[CNT_SECURITY_EVENTS]++; /* a spoofing attempt, or a broken client */
-        snprintf(reason, reason_len, "source \"%.64s\" is not this connection's facility %s",
-                 env->source, me->id);
+        snprintf(reason, reason_len, "source \"%.*s\" is not this connection's facility %s",
+                 (int)mr_utf8_cut(env->source, 64), env->source, me->id);
         return registry_find(s->registry, env->source, strlen(env->source)) < 0
                    ? MR_E_UNKNOWN_SOURCE
                    : MR_E_FORBIDDEN;
@@ -68,8 +68,8 @@ int intake_validate(server_t *s, int peer, const mr_envelope_t *env, int *dest_o
     }
     dest = registry_find(s->registry, env->destination, dlen);
     if (dest < 0) {
-        snprintf(reason, reason_len, "destination \"%.64s\" is not in the registry",
-                 env->destination);
+        snprintf(reason, reason_len, "destination \"%.*s\" is not in the registry",
+                 (int)mr_utf8_cut(env->destination, 64), env->destination);
         return MR_E_UNKNOWN_DESTINATION;
     }
     if (dest == peer)

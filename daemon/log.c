@@ -15,6 +15,8 @@
 #include <strings.h>
 #include <time.h>
 
+#include "mr_codec.h"
+
 #define S_REPEAT_WINDOW_S 10
 #define S_REPEAT_MAX 5
 
@@ -128,7 +130,12 @@ const char *log_clean(char *buf, size_t len, const char *s)
         unsigned char c = (unsigned char)s[i];
         buf[i] = c < 0x20 || c == 0x7f || c == '"' || c == '\\' ? '?' : (char)c;
     }
-    if (len > 0)
+    if (len > 0) {
         buf[i] = '\0';
+        /* Cut short: on a character boundary (the text also goes into
+         * WatchEvent frames, whose strings must be UTF-8). */
+        if (s != NULL && s[i] != '\0')
+            buf[mr_utf8_cut(buf, i)] = '\0';
+    }
     return buf;
 }

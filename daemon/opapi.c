@@ -385,6 +385,7 @@ static void on_backup(store_req_t *req, void *arg)
     if (req->status == STORE_OK) {
         snprintf(detail, sizeof detail, "backup of %llu pages written to %s",
                  (unsigned long long)req->value, req->query);
+        detail[mr_utf8_cut(detail, sizeof detail)] = '\0'; /* a long path, cut */
         log_info(pd->s->log, "store.backup", "to=\"%s\" pages=%llu", req->query,
                  (unsigned long long)req->value);
         s_done(pd->s, pd->rid, pd->rid_len, pd->request_id, detail);
@@ -576,10 +577,12 @@ void opapi_on_message(void *arg, const uint8_t *rid, size_t rid_len, const void 
                       "this operator key is read-only; this request needs an admin key");
     } else if (q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_RELOAD) {
         char why[512];
-        if (reload_config(s, why, sizeof why) == 0)
+        if (reload_config(s, why, sizeof why) == 0) {
             s_done(s, rid, rid_len, q->request_id, "reloaded");
-        else
+        } else {
+            why[mr_utf8_cut(why, sizeof why)] = '\0'; /* the config's error, cut */
             s_reply_error(s, rid, rid_len, q->request_id, MR_E_INVALID, why);
+        }
     } else if (q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_WATCH) {
         if (watch_subscribe(s, rid, rid_len, q->request_id) != 0)
             s_reply_error(s, rid, rid_len, q->request_id, MR_E_QUEUE_FULL,

@@ -72,8 +72,8 @@ int handle_hello(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f, mr
         return mr_fail(err, MR_E_INTERNAL, "routing id too long");
     int peer = registry_find(s->registry, h->facility_id, len);
     if (peer < 0)
-        return mr_fail(err, MR_E_UNKNOWN_SOURCE, "facility \"%.64s\" is not in the registry",
-                       h->facility_id);
+        return mr_fail(err, MR_E_UNKNOWN_SOURCE, "facility \"%.*s\" is not in the registry",
+                       (int)mr_utf8_cut(h->facility_id, 64), h->facility_id);
     if (ctx->peer >= 0 && ctx->peer != peer)
         return mr_fail(err, MR_E_FORBIDDEN, "this connection already speaks for another facility");
     /* With CURVE the key decides who this is: a Hello for another facility

@@ -323,6 +323,22 @@ bool mr_utf8_valid(const char *str, size_t len)
     return true;
 }
 
+size_t mr_utf8_cut(const char *str, size_t n)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    size_t len = strnlen(str, n);
+    /* Back over the continuation bytes at the end (three at most) to the
+     * byte that leads the last character, and see whether all of it fits. */
+    size_t i = len;
+    while (i > 0 && len - i < 3 && (s[i - 1] & 0xc0) == 0x80)
+        i--;
+    if (i == 0)
+        return len; /* continuation bytes only: not UTF-8, nothing to keep whole */
+    unsigned c = s[i - 1];
+    size_t more = c >= 0xf0 ? 3 : c >= 0xe0 ? 2 : c >= 0xc0 ? 1 : 0;
+    return len - i < more ? i - 1 : len;
+}
+
 /* One step down the path to a field: the field f, whose tag starts at
  * msg + tag_at, in the message msg encoded, itself held by `up` (NULL for
  * the message the walk began at). */

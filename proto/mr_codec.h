@@ -139,6 +139,17 @@ int mr_has_field_zero(const ProtobufCMessage *msg);
 bool mr_utf8_valid(const char *s, size_t len);
 
 /*
+ * How far the string s may be cut, to at most n bytes, without splitting a
+ * UTF-8 character: the length of its longest prefix of at most n bytes that
+ * does not end inside one (the whole string if it is no longer and ends
+ * whole).  Every string the broker puts into a frame must stay UTF-8, so
+ * text cut to fit is cut with it:
+ *   snprintf(out, size, "source \"%.*s\"", (int)mr_utf8_cut(src, 64), src);
+ *   buf[mr_utf8_cut(buf, size)] = '\0';  (after snprintf may have cut buf)
+ */
+size_t mr_utf8_cut(const char *s, size_t n);
+
+/*
  * Whether a `string` field (repeated or not) of the message of type d
  * encoded in buf, or of any submessage, is not valid UTF-8.  protobuf-c
  * does not check it; conforming decoders (Python, Go, Java, C++) refuse

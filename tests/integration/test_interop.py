@@ -434,6 +434,19 @@ def run(ctx, conns, daemon, pb, envelope_pb, clinical, op, facility_ep, operator
     longid.message_id = "x" * 65
     refused(town, longid, pb.ERROR_INVALID, "message_id of 65 characters")
 
+    # 72 bytes of Chinese (24 characters): echoed cut to 21 whole characters,
+    # so that this strict decoder takes the Error; so is a long destination.
+    cjkid = envelope_pb.Envelope()
+    cjkid.CopyFrom(ref)
+    cjkid.message_id = "转" * 24
+    refused(town, cjkid, pb.ERROR_INVALID, "message_id of 72 bytes of Chinese",
+            echo_id="转" * 21)
+    cjkdest = envelope_pb.Envelope()
+    cjkdest.CopyFrom(ref)
+    cjkdest.message_id = "aihua-cjk-dest"
+    cjkdest.destination = "转" * 30
+    refused(town, cjkdest, pb.ERROR_UNKNOWN_DESTINATION, "destination of 30 Chinese characters")
+
     # A patient name in GBK, as a legacy system writes it: Python cannot even
     # build it (a proto3 string must be UTF-8), so the name's bytes are put in
     # place of a placeholder of the same length.  Refused, never delivered.
@@ -641,8 +654,9 @@ def run(ctx, conns, daemon, pb, envelope_pb, clinical, op, facility_ep, operator
             check("operator: counters stored=9 duplicate=2 delivered=9",
                   counters.get("stored") == 9 and counters.get("duplicate") == 2 and
                   counters.get("delivered") == 9, str(counters))
+            # Two unknown destinations: "t-nowhere" and the Chinese one.
             check("operator: per-code rejection counters",
-                  counters.get("rejected.UNKNOWN_DESTINATION") == 1 and
+                  counters.get("rejected.UNKNOWN_DESTINATION") == 2 and
                   counters.get("rejected.CONFLICT") == 1, str(counters))
         rep = op_call(queue_list=op.QueueListRequest())
         check("operator: queue_list of pending messages is empty",

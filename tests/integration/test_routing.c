@@ -862,6 +862,73 @@ static void test_routing_gbk_patient_name_refused(void **state)
     assert_int_equal(mrt_log_count(d, "\xd5\xc5\xc8\xfd"), 0);
 }
 
+/* Whether a strict decoder would take f: every string valid UTF-8. */
+static bool strict_decodes(const mr_frame_t *f)
+{
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(mr_pack(&f->base, &buf, &len), 0);
+    int rc = mr_find_bad_utf8(&medroute__v1__frame__descriptor, buf, len, NULL, 0);
+    free(buf);
+    return rc == 0;
+}
+
+/* Sends an envelope from t-aihua with that message id and destination and
+ * returns the Error that answers it (the caller frees it). */
+static mr_frame_t *raw_refused(raw_t *r, const char *message_id, const char *dest)
+{
+    Medroute__V1__LabOrder lo = MEDROUTE__V1__LAB_ORDER__INIT;
+    lo.placer_order_number = "PO-CJK";
+    mr_envelope_t e = MEDROUTE__V1__ENVELOPE__INIT;
+    e.message_id = (char *)message_id;
+    e.source = "t-aihua";
+    e.destination = (char *)dest;
+    e.kind = MEDROUTE__V1__KIND__KIND_LAB_ORDER;
+    e.payload_case = MEDROUTE__V1__ENVELOPE__PAYLOAD_LAB_ORDER;
+    e.lab_order = &lo;
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    f.version = 1;
+    f.body_case = MEDROUTE__V1__FRAME__BODY_ENVELOPE;
+    f.envelope = &e;
+    raw_send_frame(r, &f);
+    mr_frame_t *reply = raw_next(r, MEDROUTE__V1__FRAME__BODY_ERROR, 5000);
+    assert_non_null(reply);
+    return reply;
+}
+
+/* The broker cuts what it echoes on a character boundary, so its Error to
+ * a message with 72 bytes of Chinese as its id (24 characters), or with a
+ * long Chinese destination, still decodes in a strict decoder. */
+static void test_routing_error_echoing_chinese_decodes(void **state)
+{
+    mrt_daemon_t *d = *state;
+    char cjk[128], cut[128];
+    for (int i = 0; i < 30; i++)
+        memcpy(cjk + 3 * i, "\xe8\xbd\xac", 3); /* 转 */
+    memcpy(cut, cjk, 63);
+    cut[63] = '\0'; /* 21 characters: the most that fits in 64 bytes */
+    raw_t r;
+    raw_open(&r, d);
+    raw_hello(&r, "t-aihua");
+    assert_int_equal(raw_expect(&r), 0);
+
+    cjk[72] = '\0';
+    mr_frame_t *f = raw_refused(&r, cjk, "yx-lab");
+    assert_int_equal(f->error->code, MR_E_INVALID);
+    assert_string_equal(f->error->message_id, cut);
+    assert_true(strict_decodes(f));
+    medroute__v1__frame__free_unpacked(f, NULL);
+
+    cjk[90] = '\0';
+    f = raw_refused(&r, "cjk-dest-1", cjk);
+    assert_int_equal(f->error->code, MR_E_UNKNOWN_DESTINATION);
+    assert_string_equal(f->error->message_id, "cjk-dest-1");
+    assert_non_null(strstr(f->error->reason, cut));
+    assert_true(strict_decodes(f));
+    medroute__v1__frame__free_unpacked(f, NULL);
+    raw_close(&r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -875,6 +942,7 @@ int main(void)
         cmocka_unit_test(test_routing_bad_input_gets_distinct_errors),
         cmocka_unit_test(test_routing_one_frame_acknowledges_several_deliveries),
         cmocka_unit_test(test_routing_gbk_patient_name_refused),
+        cmocka_unit_test(test_routing_error_echoing_chinese_decodes),
     };
     return cmocka_run_group_tests_name("routing", tests, setup, teardown);
 }

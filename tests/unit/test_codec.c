@@ -2,7 +2,9 @@
  * Unit tests for proto/codec.c: kind, priority and error-code names, the
  * kind -> payload rule, mr_pack, the frames packed around an encoded
  * Envelope (the same bytes as protobuf-c's for the same frame), a field's
- * bytes in a frame, and the comparison that tells a resend from a conflict.
+ * bytes in a frame, the comparison that tells a resend from a conflict, and
+ * UTF-8: its check, the walk that finds a string field that is not, and
+ * where text may be cut.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -493,6 +495,41 @@ static void test_codec_utf8_invalid_sequences(void **state)
     assert_false(mr_utf8_valid("\xe4\xb8\xad", 2));
 }
 
+/* Where text may be cut for a frame: never inside a character. */
+static void test_codec_utf8_cut(void **state)
+{
+    (void)state;
+    assert_int_equal(mr_utf8_cut("abcdef", 3), 3);
+    assert_int_equal(mr_utf8_cut("abc", 64), 3);
+    assert_int_equal(mr_utf8_cut("", 5), 0);
+    assert_int_equal(mr_utf8_cut("abc", 0), 0);
+    /* Three three-byte characters: 心内科. */
+    static const size_t cjk[10] = {0, 0, 0, 3, 3, 3, 6, 6, 6, 9};
+    for (size_t n = 0; n <= 9; n++)
+        assert_int_equal(mr_utf8_cut("心内科", n), cjk[n]);
+    assert_int_equal(mr_utf8_cut("心内科", 64), 9);
+    /* Two- and four-byte characters: "é" and U+1F600 between letters. */
+    assert_int_equal(mr_utf8_cut("\xc3\xa9", 1), 0);
+    static const size_t four[8] = {0, 1, 1, 1, 1, 5, 6, 6};
+    for (size_t n = 0; n <= 7; n++)
+        assert_int_equal(mr_utf8_cut("a\xf0\x9f\x98\x80" "b", n), four[n]);
+    /* A buffer cut at a byte count ("ab中文字" in 8 bytes, as snprintf
+     * leaves it) is mended to a whole character. */
+    char buf[8];
+    memcpy(buf, "ab中文字", sizeof buf - 1);
+    buf[sizeof buf - 1] = '\0';
+    assert_false(s_valid(buf));
+    buf[mr_utf8_cut(buf, sizeof buf)] = '\0';
+    assert_string_equal(buf, "ab中");
+    /* Any cut of mixed text is valid and loses at most three bytes. */
+    const char *mixed = "转诊 RF-1: 王 \xf0\x9f\x98\x80 胸痛, é";
+    for (size_t n = 0; n <= strlen(mixed) + 1; n++) {
+        size_t k = mr_utf8_cut(mixed, n);
+        assert_true(k <= n && k + 3 >= (n < strlen(mixed) ? n : strlen(mixed)));
+        assert_true(mr_utf8_valid(mixed, k));
+    }
+}
+
 /* A referral in Chinese, as a township health centre sends it. */
 typedef struct {
     mr_envelope_t env;
@@ -808,6 +845,7 @@ int main(void)
         cmocka_unit_test(test_codec_has_field_zero),
         cmocka_unit_test(test_codec_utf8_valid_text),
         cmocka_unit_test(test_codec_utf8_invalid_sequences),
+        cmocka_unit_test(test_codec_utf8_cut),
         cmocka_unit_test(test_codec_find_bad_utf8_passes_chinese_text),
         cmocka_unit_test(test_codec_find_bad_utf8_names_the_field),
         cmocka_unit_test(test_codec_find_bad_utf8_repeated_string),

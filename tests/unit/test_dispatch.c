@@ -718,6 +718,86 @@ static void test_dispatch_refuses_strings_not_utf8(void **state)
     assert_int_equal(rejected, 4);
 }
 
+/* n copies of the three-byte character 转 (U+8F6C) into buf. */
+static char *s_cjk(char *buf, size_t size, size_t n)
+{
+    assert_true(3 * n < size);
+    for (size_t i = 0; i < n; i++)
+        memcpy(buf + 3 * i, "\xe8\xbd\xac", 3);
+    buf[3 * n] = '\0';
+    return buf;
+}
+
+/* Text the daemon cuts to fit a reply is cut on a character boundary: the
+ * wrapper above refuses any reply a strict decoder would. */
+static void test_dispatch_cuts_echoed_text_on_character_boundaries(void **state)
+{
+    s_fx_t *fx = *state;
+    server_t *s = fx->s;
+    char long_cjk[400], cut[400];
+    log_set_level(s->log, MR_LOG_DEBUG);
+
+    /* Hello from a facility id of 30 characters (90 bytes): 21 are quoted. */
+    s_hello(s, RID_A, s_cjk(long_cjk, sizeof long_cjk, 30));
+    const Medroute__V1__Error *err = s_expect_error(0, RID_A, MR_E_UNKNOWN_SOURCE);
+    char want[512];
+    snprintf(want, sizeof want, "facility \"%s\" is not in the registry",
+             s_cjk(cut, sizeof cut, 21));
+    assert_string_equal(err->reason, want);
+
+    /* A message id of 72 bytes (24 characters): refused, echoed cut to 63. */
+    s_hello(s, RID_A, "t-a");
+    assert_int_equal(s_n_replies, 2);
+    s_env_t e;
+    s_env_init(&e, s_cjk(long_cjk, sizeof long_cjk, 24));
+    err = s_reject(s, &e.env, MR_E_INVALID);
+    assert_string_equal(err->reason, "message_id must be 1..64 characters");
+    assert_string_equal(err->message_id, s_cjk(cut, sizeof cut, 21));
+
+    /* Destination and source of 30 characters, quoted cut to 21. */
+    s_env_init(&e, "m-long-dest");
+    e.env.destination = s_cjk(long_cjk, sizeof long_cjk, 30);
+    err = s_reject(s, &e.env, MR_E_UNKNOWN_DESTINATION);
+    snprintf(want, sizeof want, "destination \"%s\" is not in the registry",
+             s_cjk(cut, sizeof cut, 21));
+    assert_string_equal(err->reason, want);
+    s_env_init(&e, "m-long-src");
+    e.env.source = long_cjk;
+    err = s_reject(s, &e.env, MR_E_UNKNOWN_SOURCE);
+    snprintf(want, sizeof want, "source \"%s\" is not this connection's facility t-a", cut);
+    assert_string_equal(err->reason, want);
+
+    /* A reason cut at its buffer's end: an update to a referral whose id is
+     * 70 characters long; "no referral " and 62 1/3 characters fill it. */
+    Medroute__V1__ReferralUpdate up = MEDROUTE__V1__REFERRAL_UPDATE__INIT;
+    up.referral_id = s_cjk(long_cjk, sizeof long_cjk, 70);
+    up.step = MEDROUTE__V1__REFERRAL_STEP__STEP_CANCELLED;
+    up.reason = "patient moved";
+    s_env_init(&e, "m-long-ref");
+    e.env.kind = MEDROUTE__V1__KIND__KIND_REFERRAL_UPDATE;
+    e.env.payload_case = MEDROUTE__V1__ENVELOPE__PAYLOAD_REFERRAL_UPDATE;
+    e.env.referral_update = &up;
+    int before = s_n_replies;
+    s_send_env(s, RID_A, &e.env);
+    s_wait_replies(s, before + 1);
+    err = s_error_at(before, RID_A, MR_E_ILLEGAL_TRANSITION);
+    snprintf(want, sizeof want, "no referral %s", s_cjk(cut, sizeof cut, 62));
+    assert_string_equal(err->reason, want);
+    assert_string_equal(err->message_id, "m-long-ref");
+
+    /* The log lines that quote them are whole text too. */
+    assert_int_equal(fflush(fx->logf), 0);
+    rewind(fx->logf);
+    char line[2048];
+    int lines = 0;
+    while (fgets(line, sizeof line, fx->logf) != NULL) {
+        lines++;
+        if (!mr_utf8_valid(line, strlen(line)))
+            fail_msg("log line not UTF-8: %s", line);
+    }
+    assert_true(lines >= 6);
+}
+
 static void test_dispatch_valid_envelope_acked_after_commit(void **state)
 {
     s_fx_t *fx = *state;
@@ -984,6 +1064,7 @@ int main(void)
         T(test_dispatch_hello_binds_session),
         T(test_dispatch_envelope_validation),
         T(test_dispatch_refuses_strings_not_utf8),
+        T(test_dispatch_cuts_echoed_text_on_character_boundaries),
         T(test_dispatch_valid_envelope_acked_after_commit),
         T(test_dispatch_draining_refuses_envelopes),
         T(test_dispatch_store_unavailable_reported),

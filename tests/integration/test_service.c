@@ -204,6 +204,18 @@ static void test_service_check_config_reports_lines(void **state)
     assert_non_null(strstr(out, ":6: limits.max_inflight: 0 is out of range"));
 }
 
+/* Asks d for a backup to path; true if the broker says it is done. */
+static bool backup_done(const mrt_daemon_t *d, const char *path)
+{
+    char req[512];
+    snprintf(req, sizeof req, "{\"backup\":{\"path\":\"%s\"}}", path);
+    char *r = mrt_operator(d, req);
+    assert_non_null(r);
+    bool done = strstr(r, "\"done\"") != NULL;
+    free(r);
+    return done;
+}
+
 static void test_service_backup_restores_on_a_new_store(void **state)
 {
     (void)state;
@@ -216,14 +228,10 @@ static void test_service_backup_restores_on_a_new_store(void **state)
         snprintf(p, sizeof p, "{\"referral_id\":\"R-B%d\",\"service\":\"SERVICE_FOLLOW_UP\"}", i);
         assert_int_equal(mrt_send(lead, "t-lishu", "referral", "routine", p, NULL), 0);
     }
-    char backup[400], req[512];
+    char backup[400];
     snprintf(backup, sizeof backup, "%s/backup.db", d.dir);
-    snprintf(req, sizeof req, "{\"backup\":{\"path\":\"%s\"}}", backup);
     /* Online: traffic goes on while the copy is taken. */
-    char *r = mrt_operator(&d, req);
-    assert_non_null(r);
-    assert_non_null(strstr(r, "\"done\""));
-    free(r);
+    assert_true(backup_done(&d, backup));
     assert_int_equal(mrt_send(lead, "t-aihua", "lab_order", "routine",
                               "{\"placer_order_number\":\"P-AFTER\"}", NULL),
                      0);
@@ -278,23 +286,13 @@ static void test_service_backup_refuses_the_store_itself(void **state)
     snprintf(link, sizeof link, "%s/link.db", d.dir);
     assert_int_equal(symlink(store, link), 0);
     const char *targets[] = {store, link, wal};
-    for (size_t i = 0; i < 3; i++) {
-        char req[512];
-        snprintf(req, sizeof req, "{\"backup\":{\"path\":\"%s\"}}", targets[i]);
-        char *r = mrt_operator(&d, req);
-        assert_non_null(r);
-        assert_null(strstr(r, "\"done\""));
-        free(r);
-    }
+    for (size_t i = 0; i < 3; i++)
+        assert_false(backup_done(&d, targets[i]));
     assert_int_equal(mrt_log_count(&d, "the target is the store itself"), 3);
     /* A backup of another name still works, and the store takes more. */
-    char req[512], backup[400];
+    char backup[400];
     snprintf(backup, sizeof backup, "%s/ok.db", d.dir);
-    snprintf(req, sizeof req, "{\"backup\":{\"path\":\"%s\"}}", backup);
-    char *r = mrt_operator(&d, req);
-    assert_non_null(r);
-    assert_non_null(strstr(r, "\"done\""));
-    free(r);
+    assert_true(backup_done(&d, backup));
     assert_int_equal(mrt_send(lead, "t-lishu", "lab_order", "routine",
                               "{\"placer_order_number\":\"P-LAST\"}", NULL),
                      0);

@@ -89,6 +89,12 @@ static double indicator(const json_t *ind, const char *name, const char **status
     return 0;
 }
 
+/* How many VisitTally reports an indicators reply counted. */
+static long long visit_reports(const json_t *ind)
+{
+    return json_integer_value(json_object_get(json_object_get(ind, "indicators"), "visit_reports"));
+}
+
 static void ref(mr_client_t *c, const char *to, const char *id, bool fd, const char *service)
 {
     char p[512];
@@ -246,9 +252,7 @@ static void test_tallies_scripted_day_exact(void **state)
                        1e-9);
     assert_float_equal(indicator(ind, "grassroots_tcm_share", &status), 25.0 / 150.0, 1e-9);
     assert_string_equal(status, "off_target");
-    assert_int_equal(json_integer_value(json_object_get(json_object_get(ind, "indicators"),
-                                                        "visit_reports")),
-                     2);
+    assert_int_equal(visit_reports(ind), 2);
     json_decref(ind);
 
     /* ---- /metrics: the same all-time figures ---- */
@@ -360,9 +364,7 @@ static void test_tallies_bad_visit_figures(void **state)
         assert_non_null(json_object_get(st, "stats"));
         json_decref(st);
         json_t *ind = op("{\"indicators\":{\"period\":\"today\"}}");
-        assert_int_equal(json_integer_value(json_object_get(json_object_get(ind, "indicators"),
-                                                            "visit_reports")),
-                         2);
+        assert_int_equal(visit_reports(ind), 2);
         json_decref(ind);
         char *m = mrt_http_get(&g_d, "/metrics");
         assert_non_null(m);

@@ -82,12 +82,6 @@ payload:
     }
     if (mr_priority_name((int)env->priority) == NULL)
         return s_set(reason, reason_len, MR_E_INVALID, "priority must be routine, urgent or stat");
-    /* Acknowledged and then dead at the next expiry scan, never delivered:
-     * refused instead (often seconds sent as milliseconds). */
-    if (env->payload_case == MEDROUTE__V1__ENVELOPE__PAYLOAD_REFERRAL && env->referral &&
-        env->referral->expires_at_ms > 0 && env->referral->expires_at_ms <= mr_now_ms())
-        return s_set(reason, reason_len, MR_E_INVALID,
-                     "referral.expires_at_ms is in the past (milliseconds since 1970)");
     *dest_out = dest;
     return 0;
 }

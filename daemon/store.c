@@ -650,10 +650,16 @@ static int s_op_put(store_t *self, store_req_t *req)
         req->seq = (uint64_t)sqlite3_last_insert_rowid(self->db);
         req->status = STORE_OK;
         sqlite3_reset(st);
-        /* The quota is checked here, after the duplicate check: a resend of
-         * a message stored before the queue filled is still acknowledged. */
-        if (req->quota > 0 && req->state == MSG_PENDING &&
-            pending_dest_count(self->pending, m->dest) >= req->quota) {
+        /* Checked here, after the duplicate check, so that a resend of a
+         * message stored earlier is still acknowledged: an expiry already
+         * past (it would be dead at the next scan, never delivered; often
+         * seconds sent as milliseconds), and the destination's quota. */
+        if (req->state == MSG_PENDING && m->expires_ms <= m->stored_ms) {
+            req->clin.code = MR_E_INVALID;
+            snprintf(req->clin.reason, sizeof req->clin.reason,
+                     "referral.expires_at_ms is in the past (milliseconds since 1970)");
+        } else if (req->quota > 0 && req->state == MSG_PENDING &&
+                   pending_dest_count(self->pending, m->dest) >= req->quota) {
             req->clin.code = MR_E_QUEUE_FULL;
             snprintf(req->clin.reason, sizeof req->clin.reason,
                      "the destination's queue holds its quota of %u", req->quota);

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -166,6 +167,21 @@ static void test_expiry_past_referral_refused(void **state)
              mrt_now_ms() + 3600 * 1000LL);
     assert_int_equal(mrt_send(aihua, "yx-lead", "referral", "routine", p, why), 0);
     assert_int_equal(mrt_counter(&d, "stored"), 1);
+    /* Stored while its expiry was ahead, resent after it passed (its Ack
+     * lost): still a duplicate, acknowledged, not refused. */
+    char env[512];
+    snprintf(env, sizeof env,
+             "{\"message_id\":\"R-SOON-1\",\"destination\":\"yx-lead\",\"kind\":\"referral\","
+             "\"referral\":{\"referral_id\":\"R-SOON\",\"service\":\"SERVICE_SPECIALIST_CLINIC\","
+             "\"department\":\"cardiology\",\"expires_at_ms\":%lld}}",
+             mrt_now_ms() + 1000);
+    mr_result_t res;
+    assert_int_equal(mr_client_send_json(aihua, env, &res, 5000, NULL, NULL), 0);
+    assert_false(res.duplicate);
+    struct timespec wait = {1, 500 * 1000 * 1000};
+    nanosleep(&wait, NULL);
+    assert_int_equal(mr_client_send_json(aihua, env, &res, 5000, NULL, NULL), 0);
+    assert_true(res.duplicate);
     mr_client_destroy(&aihua);
     assert_int_equal(mrt_daemon_stop(&d), 0);
     mrt_daemon_cleanup(&d);

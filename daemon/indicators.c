@@ -168,16 +168,16 @@ size_t indicators_compute(const indicator_conf_t *conf, size_t n_conf, const tal
             s_time(ind, indicators_quantile(rows, n_rows, "critical_readback_seconds", 0.9), 60);
         else if (strcmp(name, "in_county_consultation_rate") == 0)
             s_ratio(ind, (double)all[VISIT_INSURED_IN_COUNTY],
-                    (double)(all[VISIT_INSURED_IN_COUNTY] + all[VISIT_INSURED_OUT_OF_COUNTY]));
+                    (double)all[VISIT_INSURED_IN_COUNTY] + (double)all[VISIT_INSURED_OUT_OF_COUNTY]);
         else if (strcmp(name, "grassroots_outpatient_share") == 0)
-            s_ratio(ind, (double)(g[VISIT_OUTPATIENT] + g[VISIT_EMERGENCY]),
-                    (double)(all[VISIT_OUTPATIENT] + all[VISIT_EMERGENCY]));
+            s_ratio(ind, (double)g[VISIT_OUTPATIENT] + (double)g[VISIT_EMERGENCY],
+                    (double)all[VISIT_OUTPATIENT] + (double)all[VISIT_EMERGENCY]);
         else if (strcmp(name, "in_county_fund_share") == 0)
             s_ratio(ind, (double)all[VISIT_FUND_FEN],
-                    (double)(all[VISIT_FUND_FEN] + all[VISIT_FUND_OUT_OF_COUNTY_FEN]));
+                    (double)all[VISIT_FUND_FEN] + (double)all[VISIT_FUND_OUT_OF_COUNTY_FEN]);
         else if (strcmp(name, "grassroots_fund_share") == 0)
             s_ratio(ind, (double)g[VISIT_FUND_FEN],
-                    (double)(all[VISIT_FUND_FEN] + all[VISIT_FUND_OUT_OF_COUNTY_FEN]));
+                    (double)all[VISIT_FUND_FEN] + (double)all[VISIT_FUND_OUT_OF_COUNTY_FEN]);
         else if (strcmp(name, "grassroots_tcm_share") == 0)
             s_ratio(ind, (double)g[VISIT_TCM], (double)all[VISIT_OUTPATIENT]);
         s_judge(ind);

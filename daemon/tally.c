@@ -117,12 +117,14 @@ static int s_keys_add(s_keys_t *k, const char *name, const char *labels, int64_t
 
 /* ---- the tallies ---------------------------------------------------------- */
 
-/* Sums every day of the table into self->totals. */
+/* Sums every day of the table into self->totals.  total(), not sum(): an
+ * all-time sum past INT64_MAX (only a store edited by hand holds one) must
+ * not keep the store from opening; read as an integer, it saturates. */
 static int s_load_totals(tally_t *self)
 {
     sqlite3_stmt *st = NULL;
     int rc = sqlite3_prepare_v2(self->db,
-                                "SELECT name, labels, sum(value) FROM tallies GROUP BY name, labels",
+                                "SELECT name, labels, total(value) FROM tallies GROUP BY name, labels",
                                 -1, &st, NULL);
     while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW)
         rc = s_keys_add(&self->totals, (const char *)sqlite3_column_text(st, 0),

@@ -355,6 +355,15 @@ static void test_tallies_bad_visit_figures(void **state)
              " 9223372036854775807, 0, 0, 1), ('t-manwan', '%s', 1, 1, 0, 0, 0, 0,"
              " 9223372036854775807, 0, 0, 2)", day, day);
     assert_int_equal(sqlite3_exec(db, p, NULL, NULL, NULL), SQLITE_OK);
+    /* And a counter whose two days sum past INT64_MAX: a stats query over
+     * both fails (SQLite's sum() refuses to overflow), alone. */
+    char other[11];
+    snprintf(other, sizeof other, "%.4s-%s", day, strcmp(day + 5, "01-01") ? "01-01" : "12-31");
+    snprintf(p, sizeof p,
+             "INSERT INTO tallies VALUES('%s', 'lab_orders_total', 'source=\"t-x\"',"
+             " 9223372036854775807), ('%s', 'lab_orders_total', 'source=\"t-x\"', 1)",
+             day, other);
+    assert_int_equal(sqlite3_exec(db, p, NULL, NULL, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_close(db), SQLITE_OK);
 
     assert_int_equal(mrt_daemon_restart(&g_d), 0);
@@ -372,7 +381,16 @@ static void test_tallies_bad_visit_figures(void **state)
         /* A message stored while the reports are read is acknowledged. */
         snprintf(p, sizeof p, "{\"placer_order_number\":\"BIG-%d\"}", i);
         ok(aihua, "yx-lab", "lab_order", "routine", p);
+        /* The year's stats fail (an error reply), and nothing else does. */
+        char req[64];
+        snprintf(req, sizeof req, "{\"stats\":{\"period\":\"%.4s\"}}", day);
+        st = op(req);
+        assert_null(json_object_get(st, "stats"));
+        json_decref(st);
+        snprintf(p, sizeof p, "{\"placer_order_number\":\"BIG-%d-B\"}", i);
+        ok(aihua, "yx-lab", "lab_order", "routine", p);
     }
+    assert_true(mrt_log_count(&g_d, "store.query_failed") >= 1);
     char *h = mrt_http_get(&g_d, "/healthz");
     assert_non_null(h);
     assert_null(strstr(h, "unavailable"));

@@ -9,7 +9,9 @@
  *   1. Only the store thread touches the database.
  *   2. Requests are executed and completed in submission order.
  *   3. A request's callback runs only after the transaction holding its
- *      effect has committed (or failed as a whole: STORE_UNAVAILABLE).
+ *      effect has committed (or failed as a whole: STORE_UNAVAILABLE).  A
+ *      STATS query that fails for its own reasons completes
+ *      STORE_UNAVAILABLE alone, in a batch that commits (s_execute).
  *   4. A batch holds at most batch_max requests and stays open at most
  *      batch_ms after its first request; it closes early when the queue is
  *      empty, so a lone message waits for no timer.

@@ -489,6 +489,21 @@ static void test_codec_utf8_invalid_sequences(void **state)
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         if (s_valid(bad[i]))
             fail_msg("sequence %zu taken as valid UTF-8", i);
+    /* The same after 1..17 ASCII bytes, and followed by ASCII: the check
+     * takes eight ASCII bytes at a time, so each lands at every offset of
+     * such a word and after it. */
+    for (size_t pre = 1; pre <= 17; pre++)
+        for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+            char buf[64];
+            size_t n = strlen(bad[i]);
+            memset(buf, 'a', pre);
+            memcpy(buf + pre, bad[i], n);
+            memset(buf + pre + n, 'z', 9);
+            if (mr_utf8_valid(buf, pre + n) || mr_utf8_valid(buf, pre + n + 9))
+                fail_msg("sequence %zu after %zu ASCII bytes taken as valid UTF-8", i, pre);
+            memcpy(buf + pre, "\xe5\xbf\x83", 3); /* and a valid one passes */
+            assert_true(mr_utf8_valid(buf, pre + 3));
+        }
     /* The length is what counts, not a NUL: the cut is found past one. */
     assert_false(mr_utf8_valid("a\0\xe4\xb8", 4));
     assert_true(mr_utf8_valid("\xe4\xb8\xad", 3));

@@ -781,8 +781,8 @@ static void test_dispatch_cuts_echoed_text_on_character_boundaries(void **state)
     s_send_env(s, RID_A, &e.env);
     s_wait_replies(s, before + 1);
     err = s_error_at(before, RID_A, MR_E_INVALID);
-    assert_non_null(strstr(err->reason, "longer than 64 bytes"));
-    assert_true(mr_utf8_valid(err->reason, strlen(err->reason)));
+    assert_string_equal(err->reason,
+                        "the referral, accession or order number is longer than 64 bytes");
     assert_string_equal(err->message_id, "m-long-ref");
 
     /* The log lines that quote them are whole text too. */

@@ -374,12 +374,29 @@ static void test_referral_step_actor(void **state)
         if (a < 0)
             continue;
         known++;
+        /* From every open state: every other actor is refused, for the same
+         * reason from every state (the actor is checked before the direction
+         * and the state), and never for the reason the owner may get. */
         for (int other = ACTOR_SENDER; other <= ACTOR_BROKER; other++) {
-            const char *why = NULL;
-            (void)referral_next(REF_REQUESTED, step, (ref_actor_t)other, REF_DIR_UP, NULL, &why);
-            /* another actor is refused for that reason first, whatever the state */
-            if (other != a)
+            if (other == a)
+                continue;
+            const char *first = NULL;
+            for (int from = REF_REQUESTED; from < REF_STATE_COUNT; from++) {
+                if (referral_terminal((ref_state_t)from))
+                    continue;
+                const char *own = NULL, *why = NULL;
+                (void)referral_next((ref_state_t)from, step, (ref_actor_t)a, REF_DIR_UP, NULL,
+                                    &own);
+                assert_int_equal(referral_next((ref_state_t)from, step, (ref_actor_t)other,
+                                               REF_DIR_UP, NULL, &why),
+                                 -1);
                 assert_non_null(why);
+                if (own != NULL)
+                    assert_string_not_equal(why, own);
+                if (first == NULL)
+                    first = why;
+                assert_string_equal(why, first);
+            }
         }
     }
     assert_int_equal(known, 11);

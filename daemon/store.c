@@ -1428,41 +1428,68 @@ static bool s_is_store_file(const store_t *self, const char *path)
     return false;
 }
 
-/* Copies the store into tmp (a new, empty file); the page count in *pages. */
-static const char *s_backup_copy(const store_t *self, const char *tmp, uint64_t *pages)
+/* Copies the store into tmp (a new, empty file); the page count in *pages.
+ * 0, or -1 with the reason in why. */
+static int s_backup_copy(const store_t *self, const char *tmp, uint64_t *pages, char *why,
+                         size_t why_len)
 {
     sqlite3 *src = NULL, *dst = NULL;
-    const char *why = NULL;
-    static _Thread_local char msg[200];
+    int rc = -1;
     /* A read transaction on its own connection: with WAL the writer goes on,
      * and the copy is one consistent snapshot. */
     if (sqlite3_open_v2(self->path, &src, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) !=
         SQLITE_OK) {
-        snprintf(msg, sizeof msg, "store: %s", sqlite3_errmsg(src));
-        why = msg;
+        snprintf(why, why_len, "store: %s", sqlite3_errmsg(src));
     } else if (sqlite3_open_v2(tmp, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
                SQLITE_OK) {
-        snprintf(msg, sizeof msg, "target: %s", sqlite3_errmsg(dst));
-        why = msg;
+        snprintf(why, why_len, "target: %s", sqlite3_errmsg(dst));
     } else {
         sqlite3_backup *bk = sqlite3_backup_init(dst, "main", src, "main");
-        int rc = bk ? sqlite3_backup_step(bk, -1) : SQLITE_ERROR;
+        int step = bk ? sqlite3_backup_step(bk, -1) : SQLITE_ERROR;
         *pages = bk ? (uint64_t)sqlite3_backup_pagecount(bk) : 0;
-        if (bk == NULL || sqlite3_backup_finish(bk) != SQLITE_OK || rc != SQLITE_DONE) {
-            snprintf(msg, sizeof msg, "%s", sqlite3_errmsg(dst));
-            why = msg;
-        }
+        if (bk == NULL || sqlite3_backup_finish(bk) != SQLITE_OK || step != SQLITE_DONE)
+            snprintf(why, why_len, "%s", sqlite3_errmsg(dst));
+        else
+            rc = 0;
     }
-    if (dst != NULL && sqlite3_close(dst) != SQLITE_OK && why == NULL)
-        why = "closing the copy failed";
+    if (dst != NULL && sqlite3_close(dst) != SQLITE_OK) {
+        sqlite3_close_v2(dst); /* freed once nothing holds it */
+        if (rc == 0)
+            snprintf(why, why_len, "closing the copy failed");
+        rc = -1;
+    }
     sqlite3_close_v2(src);
-    return why;
+    return rc;
+}
+
+/* The reason of errno e, in buf. */
+static const char *s_errno(int e, char *buf, size_t len)
+{
+    return strerror_r(e, buf, len); /* GNU's: a static string or buf */
+}
+
+/* Makes the rename of the copy durable: the directory holding path, synced. */
+static int s_sync_parent(const char *path)
+{
+    char dir[4200];
+    const char *slash = strrchr(path, '/');
+    size_t n = slash == NULL ? 0 : slash == path ? 1 : (size_t)(slash - path);
+    if (n == 0 || n >= sizeof dir)
+        return n == 0 ? 0 : -1;
+    memcpy(dir, path, n);
+    dir[n] = '\0';
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int rc = fsync(fd);
+    return close(fd) == 0 ? rc : -1;
 }
 
 /*
  * The copy goes to a new file beside the target and replaces the target
- * only when complete (rename), so a failed backup leaves an earlier one of
- * the same name whole; the target may not be one of the store's own files.
+ * only when complete (rename, then the directory synced), so a failed
+ * backup leaves an earlier one of the same name whole; the target may not
+ * be one of the store's own files.
  */
 static void *s_backup_thread(void *arg)
 {
@@ -1472,30 +1499,32 @@ static void *s_backup_thread(void *arg)
     (void)pthread_setname_np(pthread_self(), "mr-backup");
     free(b);
     req->status = STORE_UNAVAILABLE;
-    const char *why = NULL;
-    char tmp[4200] = "";
+    char why[240] = "", tmp[4200] = "";
+    const char *reason = NULL;
     int fd = -1;
     if (s_is_store_file(self, req->query))
-        why = "the target is the store itself (or one of its files)";
+        reason = "the target is the store itself (or one of its files)";
     else if (snprintf(tmp, sizeof tmp, "%s.tmp-XXXXXX", req->query) >= (int)sizeof tmp)
-        why = "path too long";
+        reason = "path too long";
     else if ((fd = mkstemp(tmp)) < 0)
-        why = strerror(errno);
+        reason = s_errno(errno, why, sizeof why);
     if (fd >= 0) {
         if (close(fd) != 0) /* mkstemp made it 0600, as the store's own files */
-            why = strerror(errno);
-        if (why == NULL)
-            why = s_backup_copy(self, tmp, &req->value);
-        if (why == NULL && rename(tmp, req->query) != 0)
-            why = strerror(errno);
-        if (why != NULL && unlink(tmp) != 0 && errno != ENOENT)
+            reason = s_errno(errno, why, sizeof why);
+        else if (s_backup_copy(self, tmp, &req->value, why, sizeof why) != 0)
+            reason = why;
+        else if (rename(tmp, req->query) != 0)
+            reason = s_errno(errno, why, sizeof why);
+        else if (s_sync_parent(req->query) != 0)
+            reason = "the backup is written, but its directory could not be synced";
+        if (reason != NULL && unlink(tmp) != 0 && errno != ENOENT)
             log_warn(self->log, "store.backup_leftover", "path=\"%s\"", tmp);
     }
-    if (why == NULL)
+    if (reason == NULL)
         req->status = STORE_OK;
     else
         log_error(self->log, "store.backup_failed", "to=\"%s\" reason=\"%s\"", req->query,
-                  why);
+                  reason);
     req->next = NULL;
     s_complete(self, req, req);
     atomic_fetch_sub(&self->backups, 1);

@@ -15,6 +15,8 @@
  */
 #include "tally.h"
 
+#include "mr_codec.h"
+
 #include <errno.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -371,26 +373,16 @@ int tally_labels(char *out, size_t len, size_t n, const char *const pairs[])
     return (int)at;
 }
 
-/* Bytes in the UTF-8 sequence at s (1 to 4), or 0 if it is not one. */
-static size_t s_utf8_len(const unsigned char *s)
-{
-    size_t n = s[0] >= 0xf0 && s[0] <= 0xf4 ? 4 : s[0] >= 0xe0 ? 3 : s[0] >= 0xc2 ? 2 : 0;
-    for (size_t k = 1; k < n; k++)
-        if ((s[k] & 0xc0) != 0x80)
-            return 0;
-    return n;
-}
-
 void tally_label_value(char *out, size_t len, const char *s)
 {
-    size_t i = 0, o = 0;
+    size_t i = 0, o = 0, slen = s ? strlen(s) : 0;
     const unsigned char *u = (const unsigned char *)s;
     while (u && u[i] && o + 1 < len && o < 32) {
         unsigned char c = u[i];
         if (c >= 0x80) {
             /* Whole characters only (department names are often Chinese):
              * one that would not fit ends the value; a broken one is '_'. */
-            size_t n = s_utf8_len(u + i);
+            size_t n = mr_utf8_char(s + i, slen - i);
             if (n == 0) {
                 out[o++] = '_';
                 i++;

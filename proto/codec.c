@@ -285,6 +285,40 @@ int mr_has_field_zero(const ProtobufCMessage *msg)
 
 /* ---- UTF-8 in string fields ----------------------------------------------- */
 
+size_t mr_utf8_char(const char *str, size_t avail)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    if (avail == 0)
+        return 0;
+    unsigned c = s[0];
+    if (c < 0x80)
+        return 1;
+    /* The bytes that follow a lead byte, and the range of the first of
+     * them: narrower after E0 (overlong), ED (surrogates), F0 (overlong)
+     * and F4 (above U+10FFFF).  C0, C1 (overlong) and F5..FF never lead. */
+    size_t more;
+    unsigned lo = 0x80, hi = 0xbf;
+    if (c >= 0xc2 && c <= 0xdf) {
+        more = 1;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        more = 2;
+        lo = c == 0xe0 ? 0xa0 : 0x80;
+        hi = c == 0xed ? 0x9f : 0xbf;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        more = 3;
+        lo = c == 0xf0 ? 0x90 : 0x80;
+        hi = c == 0xf4 ? 0x8f : 0xbf;
+    } else {
+        return 0;
+    }
+    if (more > avail - 1 || s[1] < lo || s[1] > hi)
+        return 0;
+    for (size_t k = 2; k <= more; k++)
+        if ((s[k] & 0xc0) != 0x80)
+            return 0;
+    return more + 1;
+}
+
 bool mr_utf8_valid(const char *str, size_t len)
 {
     const unsigned char *s = (const unsigned char *)str;
@@ -300,35 +334,10 @@ bool mr_utf8_valid(const char *str, size_t len)
                 continue;
             }
         }
-        unsigned c = s[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        /* The bytes that follow a lead byte, and the range of the first of
-         * them: narrower after E0 (overlong), ED (surrogates), F0 (overlong)
-         * and F4 (above U+10FFFF).  C0, C1 (overlong) and F5..FF never lead. */
-        size_t more;
-        unsigned lo = 0x80, hi = 0xbf;
-        if (c >= 0xc2 && c <= 0xdf) {
-            more = 1;
-        } else if (c >= 0xe0 && c <= 0xef) {
-            more = 2;
-            lo = c == 0xe0 ? 0xa0 : 0x80;
-            hi = c == 0xed ? 0x9f : 0xbf;
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            more = 3;
-            lo = c == 0xf0 ? 0x90 : 0x80;
-            hi = c == 0xf4 ? 0x8f : 0xbf;
-        } else {
+        size_t n = mr_utf8_char(str + i, len - i);
+        if (n == 0)
             return false;
-        }
-        if (more > len - i - 1 || s[i + 1] < lo || s[i + 1] > hi)
-            return false;
-        for (size_t k = 2; k <= more; k++)
-            if ((s[i + k] & 0xc0) != 0x80)
-                return false;
-        i += more + 1;
+        i += n;
     }
     return true;
 }

@@ -138,6 +138,10 @@ int mr_has_field_zero(const ProtobufCMessage *msg);
  */
 bool mr_utf8_valid(const char *s, size_t len);
 
+/* Bytes in the UTF-8 character at s, of at most avail bytes: 1 to 4, or 0
+ * if it is not one (the rules of mr_utf8_valid). */
+size_t mr_utf8_char(const char *s, size_t avail);
+
 /*
  * How far the string s may be cut, to at most n bytes, without splitting a
  * UTF-8 character: the length of its longest prefix of at most n bytes that

@@ -77,10 +77,12 @@ def mark(ok):
 def median_run(runs, name, key, listed):
     """<name>_<a|b|c> -> <name>: the run with the median <key>, with <key> of
     every run, in the order they ran, under <listed> (for the table)."""
-    reps = [runs[f"{name}_{t}"] for t in "abc" if f"{name}_{t}" in runs]
+    reps = [runs[f"{name}_{t}"] for t in "abc"
+            if f"{name}_{t}" in runs and runs[f"{name}_{t}"].get(key)]
     if reps:
-        mid = sorted(reps, key=lambda r: r.get(key, 0))[len(reps) // 2]
-        runs[name] = dict(mid, of_runs=len(reps), **{listed: [r.get(key, 0) for r in reps]})
+        # of two (a run failed: the table says "of 2 runs"), the lower
+        mid = sorted(reps, key=lambda r: r[key])[(len(reps) - 1) // 2]
+        runs[name] = dict(mid, of_runs=len(reps), **{listed: [r[key] for r in reps]})
 
 
 def median_runs(runs):

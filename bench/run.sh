@@ -75,9 +75,10 @@ run() {
 median() {
   python3 - "$RES" "$1" "$2" <<'PY'
 import json, sys
-v = sorted(r.get(sys.argv[3], 0) for r in map(json.loads, open(sys.argv[1]))
-           if r.get("run", "")[:-2] == sys.argv[2] and r["run"][-2:] in ("_a", "_b", "_c"))
-print(v[len(v) // 2] if v else "")
+v = sorted(r[sys.argv[3]] for r in map(json.loads, open(sys.argv[1]))
+           if r.get("run", "")[:-2] == sys.argv[2] and r["run"][-2:] in ("_a", "_b", "_c")
+           and r.get(sys.argv[3]))
+print(v[(len(v) - 1) // 2] if v else "")  # of two (a run failed), the lower
 PY
 }
 
@@ -134,7 +135,8 @@ if [[ ${BENCH_RABBITMQ:-1} != 0 ]]; then
       echo "$line" | sed "s/^{/{\"run\":\"rabbitmq_${tags[k]}\",/" >>"$RES"
       k=$((k + 1))
     done <<<"$lines"
-    [[ $rc == 0 ]] || echo "rabbitmq: exit $rc after $k run(s) (stderr: $OUT/rabbitmq.err)" >>"$NOTES"
+    [[ $rc == 0 ]] ||
+      echo "rabbitmq: exit $rc after $k run(s) (stderr: $OUT/rabbitmq.err)" >>"$NOTES"
   else
     echo "rabbitmq: no result (exit $rc): $(tail -n 3 "$OUT/rabbitmq.err" | tr '\n' ' ')" >>"$NOTES"
   fi

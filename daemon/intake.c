@@ -211,6 +211,7 @@ int handle_envelope(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f,
         return mr_fail(err, MR_E_INTERNAL, "out of memory");
     /* Checked by the store after it has told a resend from a new message. */
     req->quota = dest >= 0 ? s->conf->queue_quota : 0;
+    req->fresh_only = true;
     int64_t now = mr_now_ms();
     store_row_t *m = &req->msg;
     req->tag = dest;

@@ -656,7 +656,7 @@ static int s_op_put(store_t *self, store_req_t *req)
          * message stored earlier is still acknowledged: an expiry already
          * past (it would be dead at the next scan, never delivered; often
          * seconds sent as milliseconds), and the destination's quota. */
-        if (req->state == MSG_PENDING && m->expires_ms <= m->stored_ms) {
+        if (req->fresh_only && req->state == MSG_PENDING && m->expires_ms <= m->stored_ms) {
             req->clin.code = MR_E_INVALID;
             snprintf(req->clin.reason, sizeof req->clin.reason,
                      "referral.expires_at_ms is in the past (milliseconds since 1970)");

@@ -85,6 +85,8 @@ struct store_req_t {
     uint64_t after;    /* LOAD: seq to continue after */
     uint32_t quota;    /* PUT: refused as QUEUE_FULL if new and msg.dest has this many
                         * pending already (0: no quota); a resend is still a duplicate */
+    bool fresh_only;   /* PUT: refused as INVALID if new and msg.expires_ms <= msg.stored_ms
+                        * (a resend is still a duplicate) */
     bool express_only; /* LOAD: only express messages (critical or stat) */
     uint32_t limit;    /* LOAD, LIST, PRUNE: at most this many */
     int state;         /* LIST: MSG_PENDING or MSG_DEAD; PUT: MSG_PENDING, or MSG_DELIVERED

@@ -800,9 +800,11 @@ static int s_on_result(clinical_t *self, const char *prefix, const char *orderer
     int64_t opened_ms = sqlite3_column_int64(st, 5);
     int64_t critical_at_ms = sqlite3_column_int64(st, 6);
     sqlite3_reset(st);
+    /* Not naming the facility the order went to: that is the orderer's
+     * business, not the wrong reporter's. */
     if (strcmp(loop_filler, filler) != 0)
-        return s_refuse(out, MR_E_FORBIDDEN, "order %s was sent to %s, not this facility",
-                        f->ref_id, loop_filler);
+        return s_refuse(out, MR_E_FORBIDDEN, "order %s was not sent to this facility%s",
+                        f->ref_id, NULL);
     int next = state;
     if (readback) {
         if (!critical || read_back)

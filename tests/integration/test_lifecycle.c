@@ -399,6 +399,15 @@ static void test_referral_imaging_lab_loops_and_critical_readback(void **state)
     assert_non_null(l);
     assert_string_equal(json_string_value(json_object_get(l, "state")), "PARTIAL");
     json_decref(l);
+    /* Another centre reporting on it is refused without learning where the
+     * order went. */
+    mr_client_t *ecg = client("yx-ecg");
+    char why[200] = "";
+    assert_int_equal(sendp(ecg, "t-aihua", "imaging_report", "urgent",
+                           "{\"accession_number\":\"A-1\",\"status\":\"REPORT_FINAL\"}", why),
+                     MR_E_FORBIDDEN);
+    assert_string_equal(why, "order A-1 was not sent to this facility");
+    mr_client_destroy(&ecg);
     /* Amending before a final report is not a step there is. */
     assert_int_equal(sendp(img, "t-aihua", "imaging_report", "urgent",
                            "{\"accession_number\":\"A-1\",\"status\":\"REPORT_AMENDED\"}", NULL),

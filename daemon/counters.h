@@ -30,6 +30,7 @@ typedef enum {
     CNT_INDICATOR_WARNINGS, /* indicators that went into warning or off target */
     CNT_SECURITY_EVENTS, /* unknown keys, spoofed sources, frames without User-Id */
     CNT_INTAKE_PAUSED,  /* times the facility endpoint stopped reading: store queue full (flow.c) */
+    CNT_OPERATOR_REJECTED, /* Error replies on the operator endpoint */
     CNT_COUNT
 } counter_t;
 

@@ -45,6 +45,12 @@ static void s_reply(server_t *s, const uint8_t *rid, size_t rid_len, mr_op_reply
 static void s_reply_error(server_t *s, const uint8_t *rid, size_t rid_len, uint64_t request_id,
                           int code, const char *reason)
 {
+    /* Counted and logged as a facility's refusals are (not in their tallies:
+     * an operator's request is not a message). */
+    s->counters.v[CNT_OPERATOR_REJECTED]++;
+    char why[200];
+    log_warn(s->log, "operator.rejected", "code=%s reason=\"%s\"", mr_error_name(code),
+             log_clean(why, sizeof why, reason));
     Medroute__V1__Error e = MEDROUTE__V1__ERROR__INIT;
     e.code = (Medroute__V1__ErrorCode)code;
     e.reason = (char *)reason;

@@ -296,10 +296,15 @@ static void test_security_operator_roles(void **state)
     assert_non_null(r);
     assert_non_null(strstr(r, "\"status\""));
     free(r);
+    long long refused = counter("operator_rejected");
+    int logged = mrt_log_count(&g_d, "event=operator.rejected");
     r = op_call(&g_ro, "{\"queue_drop\":{\"seq\":1,\"reason\":\"x\"}}");
     assert_non_null(r);
     assert_non_null(strstr(r, "ERROR_FORBIDDEN"));
     free(r);
+    /* Counted and logged, as a facility's refusals are. */
+    assert_int_equal(counter("operator_rejected"), refused + 1);
+    assert_int_equal(mrt_log_count(&g_d, "event=operator.rejected"), logged + 1);
     /* The admin may (the seq is already delivered: refused for that, not for the role). */
     r = op_call(&g_admin, "{\"queue_drop\":{\"seq\":1,\"reason\":\"x\"}}");
     assert_non_null(r);

@@ -531,6 +531,32 @@ int router_start(server_t *s)
     return 0;
 }
 
+static int s_cmp_seq(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+uint64_t *router_outstanding(const server_t *s, size_t *n)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < registry_count(s->registry); i++)
+        total += s->peers[i].inflight.n + s->peers[i].acked.n;
+    *n = 0;
+    uint64_t *seqs = total ? malloc(total * sizeof *seqs) : NULL;
+    if (seqs == NULL)
+        return NULL;
+    for (size_t i = 0; i < registry_count(s->registry); i++) {
+        const peer_t *p = &s->peers[i];
+        for (const qmsg_t *m = p->inflight.head; m && *n < total; m = m->next)
+            seqs[(*n)++] = m->seq;
+        for (const qmsg_t *m = p->acked.head; m && *n < total; m = m->next)
+            seqs[(*n)++] = m->seq;
+    }
+    qsort(seqs, *n, sizeof *seqs, s_cmp_seq);
+    return seqs;
+}
+
 void router_cron(server_t *s, int64_t now_ms)
 {
     size_t n = registry_count(s->registry);

@@ -250,6 +250,7 @@ static void s_req_free(store_req_t *req)
     clinical_slots_free(req->slots, req->n_slots);
     clinical_open_free(req->open, req->n_open);
     tally_rows_free(req->tallies, req->n_tallies);
+    free(req->outstanding);
     free(req->tally_name);
     free(req->tally_labels);
     free(req->query);
@@ -915,6 +916,12 @@ static int s_op_retry(store_t *self, store_req_t *req)
     return tally_add(self->tally, "messages_retried_total", "", 1);
 }
 
+static int s_cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
 static int s_op_expire(store_t *self, store_req_t *req)
 {
     size_t max = req->limit;
@@ -925,6 +932,13 @@ static int s_op_expire(store_t *self, store_req_t *req)
     int rc = due && dests ? SQLITE_OK : SQLITE_NOMEM;
     size_t n = rc == SQLITE_OK ? pending_expired(self->pending, req->now_ms, due, dests, max) : 0;
     for (size_t i = 0; rc == SQLITE_OK && i < n; i++) {
+        /* Out at the receiver, perhaps handled already, its DeliveryAck on
+         * the way: not expired under it (the sender would be told it was
+         * not delivered, and the ack refused).  Still pending, it is found
+         * again by the next scan once it is back in the queue. */
+        if (req->n_outstanding > 0 && bsearch(&due[i].seq, req->outstanding, req->n_outstanding,
+                                              sizeof *req->outstanding, s_cmp_u64) != NULL)
+            continue;
         rc = s_kill(self, dests[i], due[i].seq, req->now_ms, "expired");
         if (rc == SQLITE_OK && (rc = s_read_seq(self, req, due[i].seq, false)) == SQLITE_NOTFOUND)
             rc = SQLITE_CORRUPT; /* pending, and no row */

@@ -187,11 +187,60 @@ static void test_expiry_past_referral_refused(void **state)
     mrt_daemon_cleanup(&d);
 }
 
+/* A handler that holds its delivery 3 s, past the message's expiry. */
+static int on_slow_take(mr_client_t *c, const mr_event_t *ev, void *arg)
+{
+    (void)c;
+    if (ev->type == MR_EVENT_DELIVERY) {
+        struct timespec hold = {3, 0};
+        nanosleep(&hold, NULL);
+        ((events_t *)arg)->deliveries++;
+    }
+    return 0;
+}
+
+/*
+ * A message out at its receiver when its expiry passes is not expired under
+ * it: the receiver's DeliveryAck commits it as delivered, and the sender is
+ * not told it was dead-lettered.  Before, the expiry scan killed it while the
+ * receiver handled it, and the ack was refused as an unknown delivery.
+ */
+static void test_expiry_spares_a_message_out_at_its_receiver(void **state)
+{
+    (void)state;
+    mrt_daemon_t d = {0};
+    assert_int_equal(mrt_daemon_start(&d, "ttl = { lab_order = 2; };\n"), 0);
+    mr_client_t *aihua = connected(&d, "t-aihua"), *lab = connected(&d, "yx-lab");
+    assert_int_equal(mrt_send(aihua, "yx-lab", "lab_order", "routine",
+                              "{\"placer_order_number\":\"P-SLOW\"}", NULL),
+                     0);
+    events_t took = {0}, sender = {0};
+    long long until = mrt_now_ms() + 10000;
+    while (took.deliveries < 1 && mrt_now_ms() < until)
+        mr_client_poll(lab, 100, on_slow_take, &took);
+    assert_int_equal(took.deliveries, 1);
+    while (mrt_counter(&d, "delivered") < 1 && mrt_now_ms() < until) {
+        mr_client_poll(lab, 100, on_slow_take, &took);
+        mr_client_poll(aihua, 100, on_event, &sender);
+    }
+    assert_int_equal(mrt_counter(&d, "delivered"), 1);
+    for (int i = 0; i < 15; i++) /* 1.5 s more: two expiry scans */
+        mr_client_poll(aihua, 100, on_event, &sender);
+    assert_int_equal(mrt_counter(&d, "expired"), 0);
+    assert_int_equal(sender.expired, 0);
+    assert_int_equal(took.deliveries, 1);
+    mr_client_destroy(&aihua);
+    mr_client_destroy(&lab);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_expiry_dead_letter_retry_drop_and_prune),
         cmocka_unit_test(test_expiry_past_referral_refused),
+        cmocka_unit_test(test_expiry_spares_a_message_out_at_its_receiver),
     };
     return cmocka_run_group_tests_name("expiry", tests, NULL, NULL);
 }

@@ -160,7 +160,7 @@ static void s_submit(server_t *s, store_op_t op, store_cb_t cb, int64_t now, int
     req->before_ms = before;
     req->limit = S_BATCH;
     if (op == STORE_EXPIRE) /* none expires while out at its receiver */
-        req->outstanding = router_outstanding(s, &req->n_outstanding);
+        req->outstanding = router_outstanding(s, now, &req->n_outstanding);
     store_submit(s->store, req);
     if (op == STORE_EXPIRE)
         s->cron_expiring = true;

@@ -537,8 +537,9 @@ static int s_cmp_seq(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-uint64_t *router_outstanding(const server_t *s, size_t *n)
+uint64_t *router_outstanding(const server_t *s, int64_t now_ms, size_t *n)
 {
+    int64_t fresh = s->conf->redelivery_timeout_ms;
     size_t total = 0;
     for (size_t i = 0; i < registry_count(s->registry); i++)
         total += s->peers[i].inflight.n + s->peers[i].acked.n;
@@ -549,7 +550,8 @@ uint64_t *router_outstanding(const server_t *s, size_t *n)
     for (size_t i = 0; i < registry_count(s->registry); i++) {
         const peer_t *p = &s->peers[i];
         for (const qmsg_t *m = p->inflight.head; m && *n < total; m = m->next)
-            seqs[(*n)++] = m->seq;
+            if (now_ms - m->sent_ms < fresh)
+                seqs[(*n)++] = m->seq;
         for (const qmsg_t *m = p->acked.head; m && *n < total; m = m->next)
             seqs[(*n)++] = m->seq;
     }

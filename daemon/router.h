@@ -25,10 +25,12 @@ void router_on_disconnect(server_t *s, int peer);
 /* Periodic: resends deliveries unacknowledged past the redelivery time-out. */
 void router_cron(server_t *s, int64_t now_ms);
 
-/* The seqs sent to a facility whose delivery is not yet committed (in flight,
- * or acknowledged with the commit on its way), sorted; their count in *n.
- * NULL when there are none or without memory (*n is then 0). */
-uint64_t *router_outstanding(const server_t *s, size_t *n);
+/* The seqs out at a facility at now_ms, sorted, their count in *n: sent less
+ * than limits.redelivery_timeout_ms ago (a send not yet due again; one its
+ * receiver never answers is out only for that long after each send), or
+ * acknowledged with the commit on its way.  NULL when there are none or
+ * without memory (*n is then 0). */
+uint64_t *router_outstanding(const server_t *s, int64_t now_ms, size_t *n);
 /* A message of peer left the pending state outside a DeliveryAck (dead, expired). */
 void router_forget(server_t *s, int peer, uint64_t seq);
 /* A dead message of peer was put back to pending by an operator; body is

@@ -87,8 +87,8 @@ struct store_req_t {
                         * pending already (0: no quota); a resend is still a duplicate */
     bool fresh_only;   /* PUT: refused as INVALID if new and msg.expires_ms <= msg.stored_ms
                         * (a resend is still a duplicate) */
-    uint64_t *outstanding; /* EXPIRE: sorted seqs out at a facility (router_outstanding),
-                            * not expired this time; owned */
+    uint64_t *outstanding; /* EXPIRE: sorted seqs out at a facility, a send not yet due
+                            * again (router_outstanding): not expired this time; owned */
     size_t n_outstanding;
     bool express_only; /* LOAD: only express messages (critical or stat) */
     uint32_t limit;    /* LOAD, LIST, PRUNE: at most this many */

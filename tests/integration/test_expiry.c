@@ -235,12 +235,44 @@ static void test_expiry_spares_a_message_out_at_its_receiver(void **state)
     mrt_daemon_cleanup(&d);
 }
 
+static int on_refuse(mr_client_t *c, const mr_event_t *ev, void *arg)
+{
+    (void)c;
+    (void)arg;
+    return ev->type == MR_EVENT_DELIVERY ? 1 : 0; /* never taken */
+}
+
+/* ... but one its receiver never answers still expires: it is out only for
+ * the redelivery time-out after each send. */
+static void test_expiry_unanswered_message_still_expires(void **state)
+{
+    (void)state;
+    mrt_daemon_t d = {0};
+    assert_int_equal(mrt_daemon_start(&d, "ttl = { lab_order = 2; };\n"
+                                          "limits = { redelivery_timeout_ms = 300; };\n"),
+                     0);
+    mr_client_t *aihua = connected(&d, "t-aihua"), *lab = connected(&d, "yx-lab");
+    assert_int_equal(mrt_send(aihua, "yx-lab", "lab_order", "routine",
+                              "{\"placer_order_number\":\"P-NEVER\"}", NULL),
+                     0);
+    long long until = mrt_now_ms() + 10000;
+    while (mrt_counter(&d, "expired") < 1 && mrt_now_ms() < until)
+        mr_client_poll(lab, 100, on_refuse, NULL);
+    assert_int_equal(mrt_counter(&d, "expired"), 1);
+    assert_int_equal(mrt_counter(&d, "delivered"), 0);
+    mr_client_destroy(&aihua);
+    mr_client_destroy(&lab);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_expiry_dead_letter_retry_drop_and_prune),
         cmocka_unit_test(test_expiry_past_referral_refused),
         cmocka_unit_test(test_expiry_spares_a_message_out_at_its_receiver),
+        cmocka_unit_test(test_expiry_unanswered_message_still_expires),
     };
     return cmocka_run_group_tests_name("expiry", tests, NULL, NULL);
 }

@@ -114,8 +114,8 @@ void mr_client_destroy(mr_client_t **self_p);
  */
 int mr_client_submit_json(mr_client_t *self, const char *json, char *id_out, char *err,
                           size_t errlen);
-/* Queues an already packed Envelope whose source is ours and message_id set.
- * Submitting an id already waiting for its Ack (in the outbox, on disk with
+/* Queues an already packed Envelope whose source is ours and message_id set
+ * (1..64 bytes of UTF-8, else -EINVAL).  Submitting an id already waiting for its Ack (in the outbox, on disk with
  * state_dir) with the same content does nothing and returns 0; "the same"
  * as for the broker: equal but for created_at_ms.  Other content under that
  * id returns -EEXIST and is not queued: the queued version stays and is the

@@ -362,6 +362,12 @@ static void test_routing_outbox_id_with_other_content_is_refused(void **state)
     assert_string_equal(id, "fix-1");
     assert_non_null(strstr(err, "fix-1"));
     assert_int_equal(mr_client_unacked(a), 1);
+    /* An id that is not UTF-8 is not queued at all: the broker's Error could
+     * not name it, and the outbox would send it at every connect. */
+    static const uint8_t env_bytes[] = {0x0a, 0x01, 0x78};
+    assert_int_equal(mr_client_submit_packed(a, "fix-\xff", env_bytes, sizeof env_bytes),
+                     -EINVAL);
+    assert_int_equal(mr_client_unacked(a), 1);
 
     /* A new process on the same state dir finds the queued one on disk. */
     mr_client_destroy(&a);

@@ -702,6 +702,16 @@ static mr_frame_t *raw_next(raw_t *r, int body_case, int timeout_ms)
     return NULL;
 }
 
+/* Sends e in a Frame of version 1. */
+static void raw_send_envelope(raw_t *r, mr_envelope_t *e)
+{
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    f.version = 1;
+    f.body_case = MEDROUTE__V1__FRAME__BODY_ENVELOPE;
+    f.envelope = e;
+    raw_send_frame(r, &f);
+}
+
 static void raw_delivery_ack(raw_t *r, uint64_t seq, uint64_t *more, size_t n_more)
 {
     Medroute__V1__DeliveryAck a = MEDROUTE__V1__DELIVERY_ACK__INIT;
@@ -826,11 +836,7 @@ static void test_routing_gbk_patient_name_refused(void **state)
     e.kind = MEDROUTE__V1__KIND__KIND_REFERRAL;
     e.payload_case = MEDROUTE__V1__ENVELOPE__PAYLOAD_REFERRAL;
     e.referral = &ref;
-    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
-    f.version = 1;
-    f.body_case = MEDROUTE__V1__FRAME__BODY_ENVELOPE;
-    f.envelope = &e;
-    raw_send_frame(&r, &f);
+    raw_send_envelope(&r, &e);
     mr_frame_t *reply = raw_next(&r, MEDROUTE__V1__FRAME__BODY_ERROR, 5000);
     assert_non_null(reply);
     assert_int_equal(reply->error->code, MR_E_INVALID);
@@ -845,7 +851,7 @@ static void test_routing_gbk_patient_name_refused(void **state)
     assert_false(mrt_poll_until(lead, 1000, got_probe, &gbk, on_event, seen));
 
     pat.name = "张三";
-    raw_send_frame(&r, &f);
+    raw_send_envelope(&r, &e);
     reply = raw_next(&r, MEDROUTE__V1__FRAME__BODY_ACK, 5000);
     assert_non_null(reply);
     assert_string_equal(reply->ack->message_id, "gbk-name-1");
@@ -892,11 +898,7 @@ static mr_frame_t *raw_refused(raw_t *r, const char *message_id, const char *des
     e.kind = MEDROUTE__V1__KIND__KIND_LAB_ORDER;
     e.payload_case = MEDROUTE__V1__ENVELOPE__PAYLOAD_LAB_ORDER;
     e.lab_order = &lo;
-    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
-    f.version = 1;
-    f.body_case = MEDROUTE__V1__FRAME__BODY_ENVELOPE;
-    f.envelope = &e;
-    raw_send_frame(r, &f);
+    raw_send_envelope(r, &e);
     mr_frame_t *reply = raw_next(r, MEDROUTE__V1__FRAME__BODY_ERROR, 5000);
     assert_non_null(reply);
     return reply;

@@ -204,6 +204,22 @@ static void test_service_check_config_reports_lines(void **state)
     assert_non_null(strstr(out, ":6: limits.max_inflight: 0 is out of range"));
 }
 
+/* Starts d, and the lead hospital's client, which queues n down-referrals
+ * <prefix><i> for t-lishu (offline); returns the client. */
+static mr_client_t *start_with_referrals(mrt_daemon_t *d, const char *prefix, int n)
+{
+    assert_int_equal(mrt_daemon_start(d, NULL), 0);
+    mr_client_t *lead = mrt_client(d, "yx-lead", NULL);
+    assert_int_equal(mr_client_wait_connected(lead, 5000), 0);
+    for (int i = 0; i < n; i++) {
+        char p[128];
+        snprintf(p, sizeof p, "{\"referral_id\":\"%s%d\",\"service\":\"SERVICE_FOLLOW_UP\"}",
+                 prefix, i);
+        assert_int_equal(mrt_send(lead, "t-lishu", "referral", "routine", p, NULL), 0);
+    }
+    return lead;
+}
+
 /* Asks d for a backup to path; true if the broker says it is done. */
 static bool backup_done(const mrt_daemon_t *d, const char *path)
 {
@@ -220,14 +236,7 @@ static void test_service_backup_restores_on_a_new_store(void **state)
 {
     (void)state;
     mrt_daemon_t d = {0};
-    assert_int_equal(mrt_daemon_start(&d, NULL), 0);
-    mr_client_t *lead = mrt_client(&d, "yx-lead", NULL);
-    assert_int_equal(mr_client_wait_connected(lead, 5000), 0);
-    for (int i = 0; i < 20; i++) {
-        char p[128];
-        snprintf(p, sizeof p, "{\"referral_id\":\"R-B%d\",\"service\":\"SERVICE_FOLLOW_UP\"}", i);
-        assert_int_equal(mrt_send(lead, "t-lishu", "referral", "routine", p, NULL), 0);
-    }
+    mr_client_t *lead = start_with_referrals(&d, "R-B", 20);
     char backup[400];
     snprintf(backup, sizeof backup, "%s/backup.db", d.dir);
     /* Online: traffic goes on while the copy is taken. */
@@ -272,14 +281,7 @@ static void test_service_backup_refuses_the_store_itself(void **state)
 {
     (void)state;
     mrt_daemon_t d = {0};
-    assert_int_equal(mrt_daemon_start(&d, NULL), 0);
-    mr_client_t *lead = mrt_client(&d, "yx-lead", NULL);
-    assert_int_equal(mr_client_wait_connected(lead, 5000), 0);
-    for (int i = 0; i < 5; i++) {
-        char p[128];
-        snprintf(p, sizeof p, "{\"referral_id\":\"R-S%d\",\"service\":\"SERVICE_FOLLOW_UP\"}", i);
-        assert_int_equal(mrt_send(lead, "t-lishu", "referral", "routine", p, NULL), 0);
-    }
+    mr_client_t *lead = start_with_referrals(&d, "R-S", 5);
     char store[400], link[400], wal[410];
     snprintf(store, sizeof store, "%s/var/medroute.db", d.dir);
     snprintf(wal, sizeof wal, "%s-wal", store);

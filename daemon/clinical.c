@@ -520,16 +520,12 @@ static int s_ref_by_key(clinical_t *self, const char *key, s_ref_t *r, bool *fou
 /*
  * The referral ref_id between facilities a and b, sent by either: its key
  * is "<sender>/<ref_id>", so at most two lookups by key, the one sent by a
- * first (by b first if b_first).
+ * first.
  */
 static int s_ref_find(clinical_t *self, const char *ref_id, const char *a, const char *b,
-                      bool b_first, s_ref_t *r, bool *found)
+                      s_ref_t *r, bool *found)
 {
     const char *pair[2][2] = {{a, b}, {b, a}};
-    if (b_first) {
-        pair[0][0] = pair[1][1] = b;
-        pair[0][1] = pair[1][0] = a;
-    }
     for (int i = 0; i < 2; i++) {
         char key[200];
         snprintf(key, sizeof key, "%s/%s", pair[i][0], ref_id);
@@ -678,7 +674,8 @@ static int s_on_update(clinical_t *self, uint64_t seq, const char *source, const
      * step says which one is meant: a step the receiver makes looks first
      * for the referral sent to the updater. */
     bool receiver_step = referral_step_actor(f->step) == (int)ACTOR_RECEIVER;
-    S_TRY(s_ref_find(self, f->ref_id, source, dest, receiver_step, &r, &found));
+    S_TRY(s_ref_find(self, f->ref_id, receiver_step ? dest : source,
+                     receiver_step ? source : dest, &r, &found));
     if (!found)
         return s_refuse(out, MR_E_ILLEGAL_TRANSITION,
                         "no referral %s between these facilities (state NONE)%s", f->ref_id, NULL);

@@ -377,7 +377,7 @@ void tally_label_value(char *out, size_t len, const char *s)
 {
     size_t i = 0, o = 0, slen = s ? strlen(s) : 0;
     const unsigned char *u = (const unsigned char *)s;
-    while (u && u[i] && o + 1 < len && o < 32) {
+    while (i < slen && o + 1 < len && o < 32) {
         unsigned char c = u[i];
         if (c >= 0x80) {
             /* Whole characters only (department names are often Chinese):

@@ -441,8 +441,8 @@ int mr_client_submit_packed(mr_client_t *self, const char *message_id, const voi
 {
     /* An id that is not UTF-8 is refused by the broker with an Error that
      * cannot name it, so the outbox would send it again at every connect. */
-    if (message_id == NULL || strlen(message_id) == 0 || strlen(message_id) > MR_MESSAGE_ID_MAX ||
-        !mr_utf8_valid(message_id, strlen(message_id)))
+    size_t id_len = message_id ? strlen(message_id) : 0;
+    if (id_len == 0 || id_len > MR_MESSAGE_ID_MAX || !mr_utf8_valid(message_id, id_len))
         return -EINVAL;
     /* Already waiting for its Ack (e.g. resubmitted after a restart): the
      * outbox sends it, so the same message again is idempotent.  Other

@@ -183,9 +183,36 @@ void mrt_daemon_kill(mrt_daemon_t *d)
     d->pid = 0;
 }
 
+/* The daemon's last lines go to stderr, which ctest shows only for a failed
+ * test: what the broker saw is then in CI's output, next to the assertion. */
+static void s_print_log_tail(const mrt_daemon_t *d)
+{
+    FILE *f = fopen(d->log_path, "r");
+    if (f == NULL)
+        return;
+    char buf[6000];
+    long start = 0;
+    if (fseek(f, 0, SEEK_END) == 0) {
+        long size = ftell(f);
+        start = size > (long)sizeof buf - 1 ? size - (long)sizeof buf + 1 : 0;
+    }
+    size_t n = 0;
+    if (fseek(f, start, SEEK_SET) == 0)
+        n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *from = buf;
+    const char *nl = start > 0 ? strchr(buf, '\n') : NULL;
+    if (nl != NULL)
+        from = nl + 1;
+    fprintf(stderr, "--- the end of %s ---\n%s--- end ---\n", d->log_path, from);
+}
+
 void mrt_daemon_cleanup(mrt_daemon_t *d)
 {
     mrt_daemon_kill(d);
+    if (d->dir[0] != '\0')
+        s_print_log_tail(d);
     if (d->dir[0] == '\0' || getenv("MRT_KEEP") != NULL)
         return;
     char cmd[400];

@@ -341,7 +341,7 @@ int mrt_send(mr_client_t *c, const char *to, const char *kind, const char *prior
     snprintf(json, len, "{\"destination\":\"%s\",\"kind\":\"%s\",\"priority\":\"%s\",\"%s\":%s}",
              to, kind, priority, kind, payload);
     mr_result_t res;
-    int rc = mr_client_send_json(c, json, &res, 5000, NULL, NULL);
+    int rc = mr_client_send_json(c, json, &res, 10000, NULL, NULL);
     free(json);
     if (reason_out)
         snprintf(reason_out, 200, "%.199s", res.reason);

@@ -174,11 +174,11 @@ static void test_expiry_past_referral_refused(void **state)
              "{\"message_id\":\"R-SOON-1\",\"destination\":\"yx-lead\",\"kind\":\"referral\","
              "\"referral\":{\"referral_id\":\"R-SOON\",\"service\":\"SERVICE_SPECIALIST_CLINIC\","
              "\"department\":\"cardiology\",\"expires_at_ms\":%lld}}",
-             mrt_now_ms() + 1000);
+             mrt_now_ms() + 3000);
     mr_result_t res;
     assert_int_equal(mr_client_send_json(aihua, env, &res, 5000, NULL, NULL), 0);
     assert_false(res.duplicate);
-    struct timespec wait = {1, 500 * 1000 * 1000};
+    struct timespec wait = {3, 500 * 1000 * 1000};
     nanosleep(&wait, NULL);
     assert_int_equal(mr_client_send_json(aihua, env, &res, 5000, NULL, NULL), 0);
     assert_true(res.duplicate);

@@ -155,9 +155,7 @@ static void on_put(store_req_t *req, void *arg)
             s_send_ack(s, src, req->msg.message_id, req->seq, false);
         s_log_effect(s, req);
         if (dest >= 0) {
-            router_on_stored(s, dest, req->seq, req->msg.body, req->msg.body_len,
-                             req->msg.stored_ms, req->facts && facts_express(req->facts));
-            req->msg.body = NULL; /* the router owns it now */
+            router_on_stored(s, dest, req->seq, &req->msg, req->facts && facts_express(req->facts));
         }
         return;
     case STORE_DUPLICATE:

@@ -426,8 +426,7 @@ static void on_changed(store_req_t *req, void *arg)
             s->counters.v[CNT_DEAD]++;
             router_forget(s, peer, row->seq);
         } else if (peer >= 0) {
-            router_on_retried(s, peer, row->seq, row->body, row->body_len, row->stored_ms);
-            row->body = NULL;
+            router_on_retried(s, peer, row);
         }
     } else {
         s_reply_error(s, pd->rid, pd->rid_len, pd->request_id,

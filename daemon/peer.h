@@ -20,6 +20,7 @@ typedef struct qmsg_t {
     size_t len;
     int64_t stored_ms;
     int64_t sent_ms;        /* last send, 0 = never */
+    int64_t expires_ms;     /* never sent from then on; 0 = never expires */
     uint32_t attempts;      /* sends so far */
     bool express;           /* critical or stat: sent ahead of routine messages */
     struct qmsg_t *next;

@@ -139,16 +139,26 @@ static void s_clear(qlist_t *l)
         s_free(m);
 }
 
-static qmsg_t *s_qmsg(uint64_t seq, uint8_t *body, size_t len, int64_t stored_ms)
+/* A queued message for seq, taking row's body when it can (row->body is
+ * then NULL). */
+static qmsg_t *s_qmsg(uint64_t seq, store_row_t *row)
 {
     qmsg_t *m = calloc(1, sizeof *m);
     if (m == NULL)
         return NULL;
     m->seq = seq;
-    m->body = body;
-    m->len = len;
-    m->stored_ms = stored_ms;
+    m->body = row->body;
+    m->len = row->body_len;
+    m->stored_ms = row->stored_ms;
+    m->expires_ms = row->expires_ms;
+    row->body = NULL;
     return m;
+}
+
+/* Past its expiry at now_ms: the expiry scan will dead-letter it. */
+static bool s_expired(const qmsg_t *m, int64_t now_ms)
+{
+    return m->expires_ms > 0 && m->expires_ms <= now_ms;
 }
 
 /* ---- sending ------------------------------------------------------------------ */
@@ -244,8 +254,15 @@ void router_pump(server_t *s, int peer)
             s_load(s, peer, true);
         return;
     }
+    int64_t now = p->ready.head ? mr_now_ms() : 0;
     while (p->connected && p->inflight.n < p->max_inflight && p->ready.head) {
         qmsg_t *m = p->ready.head;
+        if (s_expired(m, now)) {
+            /* Still pending in the store, behind the cursor: only a reload
+             * after a reconnect meets it again, and drops it again. */
+            s_free(s_pop(&p->ready));
+            continue;
+        }
         int rc = s_send(s, peer, m);
         if (rc == -EHOSTUNREACH) {
             session_end(s, peer, "unreachable");
@@ -278,10 +295,9 @@ static void on_loaded(store_req_t *req, void *arg)
             store_row_t *r = &req->rows[i];
             if (s_held(p, r->seq))
                 continue;
-            qmsg_t *m = s_qmsg(r->seq, r->body, r->body_len, r->stored_ms);
+            qmsg_t *m = s_qmsg(r->seq, r);
             if (m == NULL)
                 break;
-            r->body = NULL;
             m->express = true;
             s_push_express(&p->ready, m);
             if (r->seq > p->express_ahead)
@@ -300,12 +316,11 @@ static void on_loaded(store_req_t *req, void *arg)
             p->cursor = r->seq; /* loaded ahead as express */
             continue;
         }
-        qmsg_t *m = s_qmsg(r->seq, r->body, r->body_len, r->stored_ms);
+        qmsg_t *m = s_qmsg(r->seq, r);
         if (m == NULL) {
             short_of_memory = true; /* the rest is loaded again later: cursor stays */
             break;
         }
-        r->body = NULL;
         s_push(&p->ready, m);
         p->cursor = r->seq;
     }
@@ -315,8 +330,7 @@ static void on_loaded(store_req_t *req, void *arg)
     router_pump(s, peer);
 }
 
-void router_on_stored(server_t *s, int peer, uint64_t seq, uint8_t *body, size_t len,
-                      int64_t stored_ms, bool express)
+void router_on_stored(server_t *s, int peer, uint64_t seq, store_row_t *row, bool express)
 {
     peer_t *p = &s->peers[peer];
     p->pending++;
@@ -325,18 +339,15 @@ void router_on_stored(server_t *s, int peer, uint64_t seq, uint8_t *body, size_t
          * load has it; an express-only one may not, so a later page must. */
         if (p->loading_express)
             p->complete = false;
-        free(body);
         return;
     }
     if (!p->complete || !p->connected || p->ready.n >= S_READY_MAX) {
         p->complete = false;
-        free(body);
         return;
     }
-    qmsg_t *m = s_qmsg(seq, body, len, stored_ms);
+    qmsg_t *m = s_qmsg(seq, row);
     if (m == NULL) {
         p->complete = false;
-        free(body);
         return;
     }
     m->express = express;
@@ -379,26 +390,23 @@ void router_forget(server_t *s, int peer, uint64_t seq)
         p->pending--;
 }
 
-void router_on_retried(server_t *s, int peer, uint64_t seq, uint8_t *body, size_t len,
-                       int64_t stored_ms)
+void router_on_retried(server_t *s, int peer, store_row_t *row)
 {
     peer_t *p = &s->peers[peer];
+    uint64_t seq = row->seq;
     p->pending++;
     if (seq > p->cursor) {
         /* Beyond what memory holds: the next page load picks it up. */
         p->complete = false;
-        free(body);
         router_pump(s, peer);
         return;
     }
     /* Below the cursor no load will see it again: into the window directly. */
     qmsg_t *m = s_find(&p->ready, seq) || s_find(&p->inflight, seq) || s_find(&p->acked, seq)
                     ? NULL
-                    : s_qmsg(seq, body, len, stored_ms);
-    if (m == NULL) {
-        free(body);
+                    : s_qmsg(seq, row);
+    if (m == NULL)
         return;
-    }
     s_insert_sorted(&p->ready, m);
     router_pump(s, peer);
 }
@@ -570,8 +578,8 @@ void router_cron(server_t *s, int64_t now_ms)
         for (qmsg_t *m = p->inflight.head; m; m = m->next) {
             /* Back off: each unanswered send doubles the wait, up to 32x. */
             unsigned shift = m->attempts > 1 ? (m->attempts - 1 < 5 ? m->attempts - 1 : 5) : 0;
-            if (now_ms - m->sent_ms < (timeout << shift))
-                continue;
+            if (now_ms - m->sent_ms < (timeout << shift) || s_expired(m, now_ms))
+                continue; /* not due; or expired, left for the scan */
             int rc = s_send(s, (int)i, m);
             if (rc == -EHOSTUNREACH) {
                 session_end(s, (int)i, "unreachable");

@@ -13,11 +13,13 @@
 
 /* Start-up: learns every destination's pending count from the store. */
 int router_start(server_t *s);
-/* A message for peer committed with seq; body (packed Envelope) is handed
- * over to the router, which frees it.  An express message (a critical value
- * or finding, or stat) goes ahead of routine messages waiting in memory. */
-void router_on_stored(server_t *s, int peer, uint64_t seq, uint8_t *body, size_t len,
-                      int64_t stored_ms, bool express);
+/* A message for peer committed with seq; its body (packed Envelope) is
+ * taken from row (row->body is then NULL) and freed by the router.  An
+ * express message (a critical value or finding, or stat) goes ahead of
+ * routine messages waiting in memory.  No message is sent once its expiry
+ * has passed: the expiry scan dead-letters it, and a send racing the scan
+ * would have the receiver handle what its sender is told was not delivered. */
+void router_on_stored(server_t *s, int peer, uint64_t seq, store_row_t *row, bool express);
 /* Sends what the window allows; loads more from the store when needed. */
 void router_pump(server_t *s, int peer);
 /* The facility's session ended: in-flight deliveries will be sent again. */
@@ -33,10 +35,9 @@ void router_cron(server_t *s, int64_t now_ms);
 uint64_t *router_outstanding(const server_t *s, int64_t now_ms, size_t *n);
 /* A message of peer left the pending state outside a DeliveryAck (dead, expired). */
 void router_forget(server_t *s, int peer, uint64_t seq);
-/* A dead message of peer was put back to pending by an operator; body is
- * handed over. */
-void router_on_retried(server_t *s, int peer, uint64_t seq, uint8_t *body, size_t len,
-                       int64_t stored_ms);
+/* A dead message of peer was put back to pending by an operator: row as the
+ * store read it back, its body taken as by router_on_stored. */
+void router_on_retried(server_t *s, int peer, store_row_t *row);
 /* Frees the messages of peer held in memory (they stay in the store). */
 void router_forget_memory(server_t *s, int peer);
 /* Frees every message held in memory. */

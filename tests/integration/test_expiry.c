@@ -266,6 +266,50 @@ static void test_expiry_unanswered_message_still_expires(void **state)
     mrt_daemon_cleanup(&d);
 }
 
+/*
+ * A message whose expiry has passed is never sent, even before the scan
+ * (once a second) has dead-lettered it.  Before, one sent in that moment was
+ * spared by the scan as out at its receiver, or, sent between the scan's
+ * start and its commit, expired under it: its sender told "not delivered"
+ * about a message the receiver handled.  Twenty referrals expire 50 ms
+ * apart while their receiver is offline; it connects after the last one.
+ */
+static void test_expiry_never_sent_past_its_expiry(void **state)
+{
+    (void)state;
+    enum { N = 20 };
+    mrt_daemon_t d = {0};
+    assert_int_equal(mrt_daemon_start(&d, NULL), 0);
+    mr_client_t *aihua = connected(&d, "t-aihua");
+    long long t0 = mrt_now_ms();
+    for (int k = 0; k < N; k++) {
+        char p[300];
+        snprintf(p, sizeof p,
+                 "{\"referral_id\":\"R-LATE-%d\",\"service\":\"SERVICE_SPECIALIST_CLINIC\","
+                 "\"department\":\"cardiology\",\"expires_at_ms\":%lld}",
+                 k, t0 + 1500 + 50LL * k);
+        assert_int_equal(mrt_send(aihua, "yx-lead", "referral", "routine", p, NULL), 0);
+    }
+    assert_true(mrt_now_ms() < t0 + 1500); /* all stored before the first expiry */
+    events_t got = {0}, told = {0};
+    while (mrt_now_ms() < t0 + 1500 + 50LL * N)
+        mr_client_poll(aihua, 50, on_event, &told);
+    mr_client_t *lead = connected(&d, "yx-lead");
+    long long until = mrt_now_ms() + 10000;
+    while ((mrt_counter(&d, "expired") < N || told.expired < N) && mrt_now_ms() < until) {
+        mr_client_poll(lead, 50, on_event, &got);
+        mr_client_poll(aihua, 50, on_event, &told);
+    }
+    assert_int_equal(got.deliveries, 0);
+    assert_int_equal(mrt_counter(&d, "sent"), 0);
+    assert_int_equal(mrt_counter(&d, "expired"), N);
+    assert_int_equal(told.expired, N);
+    mr_client_destroy(&aihua);
+    mr_client_destroy(&lead);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -273,6 +317,7 @@ int main(void)
         cmocka_unit_test(test_expiry_past_referral_refused),
         cmocka_unit_test(test_expiry_spares_a_message_out_at_its_receiver),
         cmocka_unit_test(test_expiry_unanswered_message_still_expires),
+        cmocka_unit_test(test_expiry_never_sent_past_its_expiry),
     };
     return cmocka_run_group_tests_name("expiry", tests, NULL, NULL);
 }

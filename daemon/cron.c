@@ -151,7 +151,8 @@ static void on_sized(store_req_t *req, void *arg)
         s->store_bytes = req->value;
 }
 
-static void s_submit(server_t *s, store_op_t op, store_cb_t cb, int64_t now, int64_t before)
+static void s_submit(server_t *s, store_op_t op, store_cb_t cb, int64_t now, int64_t mono,
+                     int64_t before)
 {
     store_req_t *req = store_req_new(op, cb, s);
     if (req == NULL)
@@ -160,7 +161,7 @@ static void s_submit(server_t *s, store_op_t op, store_cb_t cb, int64_t now, int
     req->before_ms = before;
     req->limit = S_BATCH;
     if (op == STORE_EXPIRE) /* none expires while out at its receiver */
-        req->outstanding = router_outstanding(s, now, &req->n_outstanding);
+        req->outstanding = router_outstanding(s, mono, &req->n_outstanding);
     store_submit(s->store, req);
     if (op == STORE_EXPIRE)
         s->cron_expiring = true;
@@ -171,30 +172,34 @@ static void s_submit(server_t *s, store_op_t op, store_cb_t cb, int64_t now, int
 void cron_tick(uv_timer_t *handle)
 {
     server_t *s = handle->data;
-    int64_t now = mr_now_ms();
+    /* Wall time for what is stored and compared with stored times (expiry,
+     * retention, SLAs, periods); the monotonic clock for every interval, so
+     * that a step of the wall clock neither stops the watchdog's pings nor
+     * ends every session at once. */
+    int64_t now = mr_now_ms(), mono = mr_mono_ms();
     /* From the loop itself: if the loop is stuck, the pings stop. */
-    if (s->watchdog_ms > 0 && now - s->last_watchdog_ms >= s->watchdog_ms) {
-        s->last_watchdog_ms = now;
+    if (s->watchdog_ms > 0 && mono - s->last_watchdog_ms >= s->watchdog_ms) {
+        s->last_watchdog_ms = mono;
         notify_state("WATCHDOG=1");
     }
-    if (now - s->last_heartbeat_ms >= (int64_t)s->conf->heartbeat_interval_ms) {
-        s->last_heartbeat_ms = now;
-        session_cron(s, now);
+    if (mono - s->last_heartbeat_ms >= (int64_t)s->conf->heartbeat_interval_ms) {
+        s->last_heartbeat_ms = mono;
+        session_cron(s, now, mono);
     }
-    if (now - s->last_redeliver_ms >= S_REDELIVER_EVERY_MS) {
-        s->last_redeliver_ms = now;
-        router_cron(s, now);
+    if (mono - s->last_redeliver_ms >= S_REDELIVER_EVERY_MS) {
+        s->last_redeliver_ms = mono;
+        router_cron(s, now, mono);
     }
-    if (!s->cron_expiring && now - s->last_expire_ms >= S_EXPIRE_EVERY_MS) {
-        s->last_expire_ms = now;
-        s_submit(s, STORE_EXPIRE, on_expired, now, 0);
+    if (!s->cron_expiring && mono - s->last_expire_ms >= S_EXPIRE_EVERY_MS) {
+        s->last_expire_ms = mono;
+        s_submit(s, STORE_EXPIRE, on_expired, now, mono, 0);
     }
-    if (!s->cron_pruning && now - s->last_prune_ms >= S_PRUNE_EVERY_MS) {
-        s->last_prune_ms = now;
-        s_submit(s, STORE_PRUNE, on_pruned, now,
+    if (!s->cron_pruning && mono - s->last_prune_ms >= S_PRUNE_EVERY_MS) {
+        s->last_prune_ms = mono;
+        s_submit(s, STORE_PRUNE, on_pruned, now, mono,
                  now - (int64_t)s->conf->retention_days * 86400 * 1000);
     }
-    if (!s->cron_scanning && now - s->last_scan_ms >= S_SCAN_EVERY_MS) {
+    if (!s->cron_scanning && mono - s->last_scan_ms >= S_SCAN_EVERY_MS) {
         store_req_t *req = store_req_new(STORE_SCAN, on_scanned, s);
         if (req != NULL) {
             const conf_t *c = s->conf;
@@ -209,16 +214,16 @@ void cron_tick(uv_timer_t *handle)
                 .critical_readback_s = c->sla_critical_readback_s,
                 .reserve_cutoff_s = c->reserve_cutoff_s,
             };
-            s->last_scan_ms = now;
+            s->last_scan_ms = mono;
             s->cron_scanning = true;
             store_submit(s->store, req);
         }
     }
-    if (now - s->last_watch_ms >= S_WATCH_EVERY_MS) {
-        s->last_watch_ms = now;
-        watch_tick(s, now);
+    if (mono - s->last_watch_ms >= S_WATCH_EVERY_MS) {
+        s->last_watch_ms = mono;
+        watch_tick(s, mono);
     }
-    if (!s->cron_judging && now - s->last_judge_ms >= S_JUDGE_EVERY_MS) {
+    if (!s->cron_judging && mono - s->last_judge_ms >= S_JUDGE_EVERY_MS) {
         period_t half;
         char label[16];
         time_t t = (time_t)(now / 1000);
@@ -235,10 +240,10 @@ void cron_tick(uv_timer_t *handle)
                 free(req);
             }
         }
-        s->last_judge_ms = now;
+        s->last_judge_ms = mono;
     }
-    if (now - s->last_size_ms >= S_SIZE_EVERY_MS) {
-        s->last_size_ms = now;
-        s_submit(s, STORE_SIZE, on_sized, now, 0);
+    if (mono - s->last_size_ms >= S_SIZE_EVERY_MS) {
+        s->last_size_ms = mono;
+        s_submit(s, STORE_SIZE, on_sized, now, mono, 0);
     }
 }

@@ -27,7 +27,7 @@ struct flow_t {
     size_t high, low;
     size_t peak;
     bool paused;
-    int64_t resumed_ms;     /* when reading last resumed; 0: never paused */
+    int64_t resumed_ms;     /* when reading last resumed, mr_mono_ms(); 0: never paused */
     int64_t last_log_ms;
     uint64_t pauses_unlogged;
 };
@@ -47,7 +47,7 @@ static void on_check(uv_check_t *handle)
         s->counters.v[CNT_INTAKE_PAUSED]++;
         self->pauses_unlogged++;
         /* A burst pauses many times a second: one line per 10 s says so. */
-        int64_t now = mr_now_ms();
+        int64_t now = mr_mono_ms();
         if (now - self->last_log_ms >= S_LOG_EVERY_MS) {
             log_info(s->log, "flow.paused", "store_queue=%zu high=%zu pauses=%llu", queued,
                      self->high, (unsigned long long)self->pauses_unlogged);
@@ -56,7 +56,7 @@ static void on_check(uv_check_t *handle)
         }
     } else if (self->paused && queued <= self->low) {
         self->paused = false;
-        self->resumed_ms = mr_now_ms();
+        self->resumed_ms = mr_mono_ms();
         endpoint_pause(s->facility_ep, 0);
     }
 }

@@ -238,7 +238,7 @@ char *http_metrics_text(const server_t *s, const tally_row_t *rows, size_t n,
     }
     s_histograms(&t, rows, n);
     /* Gauges: queues, connections, store. */
-    int64_t now = mr_now_ms();
+    int64_t now = mr_now_ms(), mono = mr_mono_ms();
     size_t nf = registry_count(s->registry);
     s_put(&t, "# HELP medroute_queue_depth Messages stored for a facility, not yet acknowledged.\n"
               "# TYPE medroute_queue_depth gauge\n");
@@ -271,7 +271,7 @@ char *http_metrics_text(const server_t *s, const tally_row_t *rows, size_t n,
     for (size_t i = 0; i < nf; i++)
         s_put(&t, "medroute_facility_last_seen_seconds{facility=\"%s\"} %.3f\n",
               registry_at(s->registry, i)->id,
-              s->peers[i].last_seen_ms ? (double)(now - s->peers[i].last_seen_ms) / 1000.0 : -1.0);
+              s->peers[i].heard_ms ? (double)(mono - s->peers[i].heard_ms) / 1000.0 : -1.0);
     s_put(&t, "# HELP medroute_store_bytes Size of the store on disk.\n"
               "# TYPE medroute_store_bytes gauge\nmedroute_store_bytes %llu\n",
           (unsigned long long)s->store_bytes);

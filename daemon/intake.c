@@ -194,7 +194,7 @@ int handle_envelope(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f,
     /* Limits: one facility's flood must not delay the others, and no queue
      * grows without bound.  Both are answered, never dropped silently. */
     peer_t *me = &s->peers[ctx->peer];
-    int64_t now_ms = mr_now_ms();
+    int64_t now_ms = mr_mono_ms();
     double refill = (double)(now_ms - me->tokens_at_ms) * s->conf->rate_per_s / 1000.0;
     me->tokens = me->tokens_at_ms == 0 ? s->conf->rate_burst : me->tokens + refill;
     if (me->tokens > s->conf->rate_burst)

@@ -97,6 +97,8 @@ static void on_status_summary(store_req_t *req, void *arg)
         goto out;
     }
     size_t shown = 0;
+    /* Last heard is kept on the monotonic clock; shown as a wall time. */
+    int64_t now = mr_now_ms(), mono = mr_mono_ms();
     for (size_t i = 0; i < n; i++) {
         const facility_t *f = registry_at(s->registry, i);
         const peer_t *p = &s->peers[i];
@@ -107,7 +109,7 @@ static void on_status_summary(store_req_t *req, void *arg)
         fs[i].name = f->name;
         fs[i].role = (char *)registry_role_name(f->role);
         fs[i].connected = p->connected;
-        fs[i].last_seen_ms = p->last_seen_ms;
+        fs[i].last_seen_ms = p->heard_ms ? now - (mono - p->heard_ms) : 0;
         fs[i].inflight = p->inflight.n;
     }
     /* Pending counts and ages are the store's, not memory's. */

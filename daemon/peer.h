@@ -19,7 +19,7 @@ typedef struct qmsg_t {
     uint8_t *body;          /* packed Envelope, owned */
     size_t len;
     int64_t stored_ms;
-    int64_t sent_ms;        /* last send, 0 = never */
+    int64_t sent_ms;        /* last send, mr_mono_ms(); 0 = never */
     int64_t expires_ms;     /* never sent from then on; 0 = never expires */
     uint32_t attempts;      /* sends so far */
     bool express;           /* critical or stat: sent ahead of routine messages */
@@ -36,12 +36,12 @@ typedef struct {
     bool connected;
     uint8_t rid[MR_RID_MAX];
     size_t rid_len;
-    int64_t last_seen_ms;
+    int64_t heard_ms;       /* its last frame, mr_mono_ms(); 0 = never */
     int64_t connected_at_ms;
     uint32_t max_inflight;
     uint32_t max_acks;      /* Hello.max_acks_per_frame: Acks it takes in one frame */
     double tokens;          /* rate limit: messages it may send now (intake.c) */
-    int64_t tokens_at_ms;
+    int64_t tokens_at_ms;   /* mr_mono_ms() of the last refill */
 
     /* delivery queue (router.c) */
     qlist_t ready;          /* loaded from the store, not yet sent; seq order */

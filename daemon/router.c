@@ -191,7 +191,7 @@ static int s_send(server_t *s, int peer, qmsg_t *m)
             store_tally(s->store, "messages_redelivered_total", labels, 1);
         }
         m->attempts++;
-        m->sent_ms = mr_now_ms();
+        m->sent_ms = mr_mono_ms();
     }
     return rc;
 }
@@ -545,7 +545,7 @@ static int s_cmp_seq(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-uint64_t *router_outstanding(const server_t *s, int64_t now_ms, size_t *n)
+uint64_t *router_outstanding(const server_t *s, int64_t mono_ms, size_t *n)
 {
     int64_t fresh = s->conf->redelivery_timeout_ms;
     size_t total = 0;
@@ -558,7 +558,7 @@ uint64_t *router_outstanding(const server_t *s, int64_t now_ms, size_t *n)
     for (size_t i = 0; i < registry_count(s->registry); i++) {
         const peer_t *p = &s->peers[i];
         for (const qmsg_t *m = p->inflight.head; m && *n < total; m = m->next)
-            if (now_ms - m->sent_ms < fresh)
+            if (mono_ms - m->sent_ms < fresh)
                 seqs[(*n)++] = m->seq;
         for (const qmsg_t *m = p->acked.head; m && *n < total; m = m->next)
             seqs[(*n)++] = m->seq;
@@ -567,7 +567,7 @@ uint64_t *router_outstanding(const server_t *s, int64_t now_ms, size_t *n)
     return seqs;
 }
 
-void router_cron(server_t *s, int64_t now_ms)
+void router_cron(server_t *s, int64_t now_ms, int64_t mono_ms)
 {
     size_t n = registry_count(s->registry);
     int64_t timeout = s->conf->redelivery_timeout_ms;
@@ -578,7 +578,7 @@ void router_cron(server_t *s, int64_t now_ms)
         for (qmsg_t *m = p->inflight.head; m; m = m->next) {
             /* Back off: each unanswered send doubles the wait, up to 32x. */
             unsigned shift = m->attempts > 1 ? (m->attempts - 1 < 5 ? m->attempts - 1 : 5) : 0;
-            if (now_ms - m->sent_ms < (timeout << shift) || s_expired(m, now_ms))
+            if (mono_ms - m->sent_ms < (timeout << shift) || s_expired(m, now_ms))
                 continue; /* not due; or expired, left for the scan */
             int rc = s_send(s, (int)i, m);
             if (rc == -EHOSTUNREACH) {

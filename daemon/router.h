@@ -24,15 +24,16 @@ void router_on_stored(server_t *s, int peer, uint64_t seq, store_row_t *row, boo
 void router_pump(server_t *s, int peer);
 /* The facility's session ended: in-flight deliveries will be sent again. */
 void router_on_disconnect(server_t *s, int peer);
-/* Periodic: resends deliveries unacknowledged past the redelivery time-out. */
-void router_cron(server_t *s, int64_t now_ms);
+/* Periodic: resends deliveries unacknowledged past the redelivery time-out,
+ * measured on mono_ms (mr_mono_ms()), unless past their expiry at now_ms. */
+void router_cron(server_t *s, int64_t now_ms, int64_t mono_ms);
 
 /* The seqs out at a facility at now_ms, sorted, their count in *n: sent less
  * than limits.redelivery_timeout_ms ago (a send not yet due again; one its
  * receiver never answers is out only for that long after each send), or
  * acknowledged with the commit on its way.  NULL when there are none or
  * without memory (*n is then 0). */
-uint64_t *router_outstanding(const server_t *s, int64_t now_ms, size_t *n);
+uint64_t *router_outstanding(const server_t *s, int64_t mono_ms, size_t *n);
 /* A message of peer left the pending state outside a DeliveryAck (dead, expired). */
 void router_forget(server_t *s, int peer, uint64_t seq);
 /* A dead message of peer was put back to pending by an operator: row as the

@@ -102,7 +102,7 @@ static void s_close_all(server_t *self)
 static void on_drain_check(uv_timer_t *handle)
 {
     server_t *self = handle->data;
-    int64_t waited = mr_now_ms() - self->drain_started_ms;
+    int64_t waited = mr_mono_ms() - self->drain_started_ms;
     if (store_backlog(self->store) == 0 || waited > S_DRAIN_LIMIT_MS) {
         log_info(self->log, "server.stopping", "waited_ms=%lld backlog=%zu", (long long)waited,
                  store_backlog(self->store));
@@ -132,7 +132,7 @@ static void on_signal(uv_signal_t *handle, int signum)
              store_backlog(self->store));
     notify_state("STOPPING=1");
     self->draining = true;
-    self->drain_started_ms = mr_now_ms();
+    self->drain_started_ms = mr_mono_ms();
     /* Reuse the cron timer: from now on it only checks the drain. */
     uv_timer_stop(&self->cron);
     uv_timer_start(&self->cron, on_drain_check, 0, 10);

@@ -54,7 +54,7 @@ typedef struct server_t {
     uv_timer_t cron;
     uv_signal_t sig_int, sig_term, sig_hup;
     int64_t started_at_ms;
-    /* cron (cron.c) */
+    /* cron (cron.c): when each job last ran, mr_mono_ms() */
     int64_t last_heartbeat_ms, last_redeliver_ms, last_expire_ms, last_prune_ms, last_size_ms,
         last_scan_ms;
     bool cron_expiring, cron_pruning, cron_scanning, cron_judging;

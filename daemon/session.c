@@ -27,7 +27,7 @@ int session_find(const server_t *s, const uint8_t *rid, size_t rid_len)
 
 void session_touch(server_t *s, int peer)
 {
-    s->peers[peer].last_seen_ms = mr_now_ms();
+    s->peers[peer].heard_ms = mr_mono_ms();
 }
 
 void session_end(server_t *s, int peer, const char *why)
@@ -97,7 +97,7 @@ int handle_hello(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f, mr
         p->connected_at_ms = mr_now_ms();
         s->counters.v[CNT_CONNECTS]++;
     }
-    p->last_seen_ms = mr_now_ms();
+    p->heard_ms = mr_mono_ms();
     uint32_t want = h->max_inflight ? h->max_inflight : s->conf->max_inflight;
     p->max_inflight = want < s->conf->max_inflight ? want : s->conf->max_inflight;
     p->max_acks = h->max_acks_per_frame;
@@ -124,7 +124,7 @@ int handle_heartbeat(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f
     return 0; /* dispatch has already touched the session */
 }
 
-void session_cron(server_t *s, int64_t now_ms)
+void session_cron(server_t *s, int64_t now_ms, int64_t mono_ms)
 {
     Medroute__V1__Heartbeat hb = MEDROUTE__V1__HEARTBEAT__INIT;
     hb.sent_at_ms = now_ms;
@@ -141,8 +141,8 @@ void session_cron(server_t *s, int64_t now_ms)
         /* Silence counts only while the broker reads: a store that holds
          * intake back (flow.h) for longer than the time-out must not end
          * every session. */
-        int64_t since = p->last_seen_ms > heard ? p->last_seen_ms : heard;
-        if (now_ms - since > (int64_t)s->conf->heartbeat_timeout_ms) {
+        int64_t since = p->heard_ms > heard ? p->heard_ms : heard;
+        if (mono_ms - since > (int64_t)s->conf->heartbeat_timeout_ms) {
             session_end(s, (int)i, "heartbeat_timeout");
             continue;
         }

@@ -17,7 +17,8 @@ int session_find(const server_t *s, const uint8_t *rid, size_t rid_len);
 void session_touch(server_t *s, int peer);
 /* Ends the session of peer (connection gone or replaced). */
 void session_end(server_t *s, int peer, const char *why);
-/* Periodic: heartbeats to connected facilities, ends silent sessions. */
-void session_cron(server_t *s, int64_t now_ms);
+/* Periodic: heartbeats (stamped now_ms) to connected facilities; ends the
+ * sessions silent for the time-out, measured on mono_ms (mr_mono_ms()). */
+void session_cron(server_t *s, int64_t now_ms, int64_t mono_ms);
 
 #endif

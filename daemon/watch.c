@@ -21,7 +21,7 @@ int watch_subscribe(server_t *s, const uint8_t *rid, size_t rid_len, uint64_t re
     for (int i = 0; i < MR_WATCHERS_MAX; i++) {
         watcher_t *w = &s->watchers[i];
         if (w->rid_len == rid_len && memcmp(w->rid, rid, rid_len) == 0) {
-            w->renewed_ms = mr_now_ms();
+            w->renewed_ms = mr_mono_ms();
             w->request_id = request_id;
             return 0;
         }
@@ -33,7 +33,7 @@ int watch_subscribe(server_t *s, const uint8_t *rid, size_t rid_len, uint64_t re
     memcpy(free_slot->rid, rid, rid_len);
     free_slot->rid_len = rid_len;
     free_slot->request_id = request_id;
-    free_slot->renewed_ms = mr_now_ms();
+    free_slot->renewed_ms = mr_mono_ms();
     return 0;
 }
 
@@ -80,10 +80,10 @@ void watch_event(server_t *s, const char *kind, const char *text)
     s_send(s, &ev);
 }
 
-void watch_tick(server_t *s, int64_t now_ms)
+void watch_tick(server_t *s, int64_t mono_ms)
 {
     for (int i = 0; i < MR_WATCHERS_MAX; i++)
-        if (s->watchers[i].rid_len && now_ms - s->watchers[i].renewed_ms > S_STALE_MS)
+        if (s->watchers[i].rid_len && mono_ms - s->watchers[i].renewed_ms > S_STALE_MS)
             s->watchers[i].rid_len = 0;
     Medroute__V1__Counter changed[CNT_COUNT];
     Medroute__V1__Counter *cp[CNT_COUNT];
@@ -109,7 +109,7 @@ void watch_tick(server_t *s, int64_t now_ms)
     if (n == 0 || !s_any(s))
         return;
     Medroute__V1__WatchEvent ev = MEDROUTE__V1__WATCH_EVENT__INIT;
-    ev.at_ms = now_ms;
+    ev.at_ms = mr_now_ms();
     ev.kind = "counters";
     ev.text = text;
     ev.n_changed = n;

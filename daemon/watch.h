@@ -13,7 +13,8 @@
 int watch_subscribe(server_t *s, const uint8_t *rid, size_t rid_len, uint64_t request_id);
 /* Sends an event of kind with one line of text to every watcher. */
 void watch_event(server_t *s, const char *kind, const char *text);
-/* Periodic: sends counter changes since the last tick, drops stale watchers. */
-void watch_tick(server_t *s, int64_t now_ms);
+/* Periodic: sends counter changes since the last tick, drops watchers not
+ * renewed for a while by mono_ms (mr_mono_ms()). */
+void watch_tick(server_t *s, int64_t mono_ms);
 
 #endif

@@ -183,7 +183,13 @@ int mr_find_bad_utf8(const ProtobufCMessageDescriptor *d, const uint8_t *buf, si
  */
 int mr_envelope_same(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen);
 
-/* Current wall-clock time in Unix milliseconds. */
+/* Current wall-clock time in Unix milliseconds: for times that are stored,
+ * sent or shown (stored_at, expiry, retention, periods). */
 int64_t mr_now_ms(void);
+/* Milliseconds on a clock that no one sets and that counts a suspend
+ * (CLOCK_BOOTTIME), from an arbitrary origin: for time-outs, intervals and
+ * rates, which a step of the wall clock (NTP, an operator's date) must not
+ * stretch or cut. */
+int64_t mr_mono_ms(void);
 
 #endif

@@ -261,9 +261,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     s_settle(s);
     if (s_h.inputs % S_CRON_EVERY == 0) {
-        int64_t now = mr_now_ms();
-        session_cron(s, now);
-        router_cron(s, now);
+        int64_t now = mr_now_ms(), mono = mr_mono_ms();
+        session_cron(s, now, mono);
+        router_cron(s, now, mono);
         s_settle(s);
     }
     return 0;

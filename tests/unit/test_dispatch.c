@@ -519,7 +519,7 @@ static void test_dispatch_hello_binds_session(void **state)
     assert_int_equal(session_find(s, RID_A, RID_LEN), TB);
     assert_true(s->peers[TB].connected);
     assert_int_equal(s->peers[TB].max_inflight, 8); /* the broker's limit */
-    assert_true(s->peers[TB].last_seen_ms > 0);
+    assert_true(s->peers[TB].heard_ms > 0);
     assert_int_equal(s->counters.v[CNT_CONNECTS], 1);
     assert_int_equal(s->counters.v[CNT_REJECTED], 0);
 

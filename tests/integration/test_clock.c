@@ -1,0 +1,180 @@
+/*
+ * test_clock.c - the real daemon under a step of its wall clock.
+ *
+ * A broker's clock is set by NTP or by hand, and it jumps: forward when a
+ * clinic's server that ran slow is corrected, back when one that ran fast
+ * is.  Time-outs and intervals must not follow it.  The daemon runs under
+ * libfaketime (Debian's libfaketime), which moves CLOCK_REALTIME by the
+ * offset in a file read at every call and leaves the monotonic clocks alone.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+
+#ifndef MRT_FAKETIME_LIB
+#error "MRT_FAKETIME_LIB: the path of libfaketimeMT.so.1"
+#endif
+
+/* Starts the daemon with its wall clock offset by what d->dir/clock says. */
+static void s_start(mrt_daemon_t *d, char *clock_path, size_t len, const char *extra)
+{
+    /* The offset file must exist before the daemon reads the clock, and the
+     * directory is made by the start: use a directory of our own. */
+    static const char tmpl[] = "/tmp/mrclock-XXXXXX";
+    char dir[sizeof tmpl];
+    memcpy(dir, tmpl, sizeof tmpl);
+    assert_non_null(mkdtemp(dir));
+    snprintf(clock_path, len, "%s/offset", dir);
+    FILE *f = fopen(clock_path, "w");
+    assert_non_null(f);
+    assert_true(fputs("+0\n", f) >= 0);
+    assert_int_equal(fclose(f), 0);
+    memset(d, 0, sizeof *d);
+    snprintf(d->env[0], sizeof d->env[0], "LD_PRELOAD=%s", MRT_FAKETIME_LIB);
+    snprintf(d->env[1], sizeof d->env[1], "FAKETIME_TIMESTAMP_FILE=%s", clock_path);
+    snprintf(d->env[2], sizeof d->env[2], "FAKETIME_NO_CACHE=1");
+    snprintf(d->env[3], sizeof d->env[3], "DONT_FAKE_MONOTONIC=1");
+    assert_int_equal(mrt_daemon_start(d, extra), 0);
+}
+
+/* Moves the daemon's wall clock by offset_s seconds from the true time. */
+static void s_set_offset(const char *clock_path, long offset_s)
+{
+    char tmp[400];
+    snprintf(tmp, sizeof tmp, "%s.new", clock_path);
+    FILE *f = fopen(tmp, "w");
+    assert_non_null(f);
+    assert_true(fprintf(f, "%+ld\n", offset_s) > 0);
+    assert_int_equal(fclose(f), 0);
+    assert_int_equal(rename(tmp, clock_path), 0); /* read whole or not at all */
+}
+
+static void s_remove_clock(const char *clock_path)
+{
+    char dir[400];
+    snprintf(dir, sizeof dir, "%s", clock_path);
+    char *slash = strrchr(dir, '/');
+    assert_non_null(slash);
+    (void)remove(clock_path);
+    *slash = '\0';
+    assert_int_equal(rmdir(dir), 0);
+}
+
+typedef struct {
+    int deliveries;
+    int redelivered;
+    bool refuse_first;
+} took_t;
+
+static int on_take(mr_client_t *c, const mr_event_t *ev, void *arg)
+{
+    (void)c;
+    took_t *t = arg;
+    if (ev->type != MR_EVENT_DELIVERY)
+        return 0;
+    t->deliveries++;
+    t->redelivered += ev->delivery->redelivered;
+    return t->refuse_first && t->deliveries == 1 ? 1 : 0;
+}
+
+static bool s_two(void *arg)
+{
+    return ((took_t *)arg)->deliveries >= 2;
+}
+
+static mr_client_t *connected(mrt_daemon_t *d, const char *facility)
+{
+    mr_client_t *c = mrt_client(d, facility, NULL);
+    assert_non_null(c);
+    assert_int_equal(mr_client_wait_connected(c, 10000), 0);
+    return c;
+}
+
+/*
+ * The clock goes back an hour while a delivery is out unanswered: it is
+ * sent again after the redelivery time-out, not an hour later.
+ */
+static void test_clock_back_does_not_stall_redelivery(void **state)
+{
+    (void)state;
+    mrt_daemon_t d;
+    char clock_path[400];
+    s_start(&d, clock_path, sizeof clock_path, "limits = { redelivery_timeout_ms = 2000; };\n");
+    mr_client_t *aihua = connected(&d, "t-aihua"), *lab = connected(&d, "yx-lab");
+    assert_int_equal(mrt_send(aihua, "yx-lab", "lab_order", "routine",
+                              "{\"placer_order_number\":\"P-CLOCK-BACK\"}", NULL),
+                     0);
+    took_t took = {.refuse_first = true};
+    long long until = mrt_now_ms() + 10000;
+    while (took.deliveries < 1 && mrt_now_ms() < until)
+        mr_client_poll(lab, 50, on_take, &took);
+    assert_int_equal(took.deliveries, 1); /* refused: no DeliveryAck */
+    s_set_offset(clock_path, -3600);
+    assert_true(mrt_poll_until(lab, 10000, s_two, &took, on_take, &took));
+    assert_int_equal(took.redelivered, 1);
+    until = mrt_now_ms() + 10000;
+    while (mrt_counter(&d, "delivered") < 1 && mrt_now_ms() < until)
+        mr_client_poll(lab, 50, on_take, &took);
+    assert_int_equal(mrt_counter(&d, "delivered"), 1);
+    mr_client_destroy(&aihua);
+    mr_client_destroy(&lab);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+    s_remove_clock(clock_path);
+}
+
+/*
+ * The clock goes forward an hour: no session is ended for an hour of
+ * silence it did not have, and messages flow on.
+ */
+static void test_clock_forward_ends_no_session(void **state)
+{
+    (void)state;
+    mrt_daemon_t d;
+    char clock_path[400];
+    s_start(&d, clock_path, sizeof clock_path,
+            "limits = { heartbeat_interval_ms = 300; heartbeat_timeout_ms = 2000; };\n");
+    mr_client_t *aihua = connected(&d, "t-aihua"), *lab = connected(&d, "yx-lab");
+    s_set_offset(clock_path, 3600);
+    took_t took = {0};
+    /* Three seconds: ten of the broker's heartbeat rounds, and longer than
+     * its time-out, over which the clients' own heartbeats keep arriving. */
+    long long until = mrt_now_ms() + 3000;
+    while (mrt_now_ms() < until) {
+        mr_client_poll(lab, 50, on_take, &took);
+        mr_client_poll(aihua, 50, NULL, NULL);
+    }
+    assert_int_equal(mrt_log_count(&d, "why=heartbeat_timeout"), 0);
+    assert_int_equal(mrt_counter(&d, "connects"), 2);
+    assert_int_equal(mrt_send(aihua, "yx-lab", "lab_order", "routine",
+                              "{\"placer_order_number\":\"P-CLOCK-FWD\"}", NULL),
+                     0);
+    until = mrt_now_ms() + 10000;
+    while (took.deliveries < 1 && mrt_now_ms() < until)
+        mr_client_poll(lab, 50, on_take, &took);
+    assert_int_equal(took.deliveries, 1);
+    mr_client_destroy(&aihua);
+    mr_client_destroy(&lab);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+    s_remove_clock(clock_path);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_clock_back_does_not_stall_redelivery),
+        cmocka_unit_test(test_clock_forward_ends_no_session),
+    };
+    return cmocka_run_group_tests_name("clock", tests, NULL, NULL);
+}

@@ -112,7 +112,7 @@ static int s_send_frame(mr_client_t *c, mr_frame_t *f)
     rc = zmq_send(c->sock, buf, len, ZMQ_DONTWAIT) < 0 ? -zmq_errno() : 0;
     free(buf);
     if (rc == 0)
-        c->last_tx_ms = mr_now_ms();
+        c->last_tx_ms = mr_mono_ms();
     return rc;
 }
 
@@ -128,7 +128,7 @@ static int s_send_raw(mr_client_t *c, const uint8_t *body, size_t len)
     if (rc < 0)
         zmq_msg_close(&msg); /* sent, it belongs to ZeroMQ */
     else
-        c->last_tx_ms = mr_now_ms();
+        c->last_tx_ms = mr_mono_ms();
     return rc;
 }
 
@@ -143,7 +143,7 @@ static void s_send_hello(mr_client_t *c)
     f.body_case = MEDROUTE__V1__FRAME__BODY_HELLO;
     f.hello = &h;
     (void)s_send_frame(c, &f); /* a failure is retried by the timer */
-    c->last_hello_ms = mr_now_ms();
+    c->last_hello_ms = mr_mono_ms();
 }
 
 /* Sends the DeliveryAcks held back, in one frame. */
@@ -280,7 +280,7 @@ static void s_outbox_send_due(mr_client_t *c, bool all)
 {
     if (!c->welcomed)
         return;
-    int64_t now = mr_now_ms();
+    int64_t now = mr_mono_ms();
     if (all) {
         for (s_out_t *o = c->out_head; o; o = o->next)
             o->sent_ms = 0;
@@ -345,7 +345,7 @@ mr_client_t *mr_client_new(const mr_client_opts_t *opts)
     if (c->cs == NULL || c->out_ids == NULL)
         goto fail;
     if (c->persistent) {
-        if (cstore_seen_prune(c->cs, mr_now_ms() - S_SEEN_KEEP_MS) < 0 ||
+        if (cstore_seen_prune(c->cs, S_SEEN_KEEP_MS) < 0 ||
             cstore_outbox_each(c->cs, s_load_outbox, c) < 0)
             goto fail;
     }
@@ -376,7 +376,7 @@ mr_client_t *mr_client_new(const mr_client_opts_t *opts)
         goto fail;
     if (zmq_connect(c->sock, c->endpoint) != 0)
         goto fail;
-    c->last_prune_ms = mr_now_ms();
+    c->last_prune_ms = mr_mono_ms();
     return c;
 fail:
     mr_client_destroy(&c);
@@ -460,7 +460,7 @@ int mr_client_submit_packed(mr_client_t *self, const char *message_id, const voi
      * queue: the outbox goes out in order. */
     s_out_t *o = self->out_tail;
     if (self->welcomed && self->out_unsent == o && s_send_raw(self, envelope, len) == 0) {
-        o->sent_ms = mr_now_ms();
+        o->sent_ms = mr_mono_ms();
         self->out_unsent = NULL;
     }
     return 0;
@@ -626,7 +626,7 @@ static int s_on_frame(mr_client_t *c, const void *data, size_t len, mr_handler_t
         return 0;
     int events = 0;
     bool deferred = false;
-    c->last_rx_ms = mr_now_ms();
+    c->last_rx_ms = mr_mono_ms();
     switch (f->body_case) {
     case MEDROUTE__V1__FRAME__BODY_WELCOME: {
         const Medroute__V1__Welcome *w = f->welcome;
@@ -661,7 +661,7 @@ static int s_on_frame(mr_client_t *c, const void *data, size_t len, mr_handler_t
         const Medroute__V1__Error *e = f->error;
         if ((int)e->code == MR_E_NO_HELLO) {
             c->welcomed = false;
-            if (mr_now_ms() - c->last_hello_ms > 1000)
+            if (mr_mono_ms() - c->last_hello_ms > 1000)
                 s_send_hello(c);
         }
         /* A refused Hello (no message id): this client cannot connect. */
@@ -729,7 +729,7 @@ static void s_on_monitor(mr_client_t *c)
 
 static void s_timers(mr_client_t *c)
 {
-    int64_t now = mr_now_ms();
+    int64_t now = mr_mono_ms();
     /* Retried only over a connection: without one, ZeroMQ would queue every
      * retry and deliver them all when the broker is back (one per 2 s of an
      * outage, each answered with a Welcome). */
@@ -737,7 +737,7 @@ static void s_timers(mr_client_t *c)
         s_send_hello(c);
     if (c->welcomed && now - c->last_tx_ms >= (int64_t)c->hb_interval_ms) {
         Medroute__V1__Heartbeat hb = MEDROUTE__V1__HEARTBEAT__INIT;
-        hb.sent_at_ms = now;
+        hb.sent_at_ms = mr_now_ms();
         mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
         f.body_case = MEDROUTE__V1__FRAME__BODY_HEARTBEAT;
         f.heartbeat = &hb;
@@ -750,7 +750,7 @@ static void s_timers(mr_client_t *c)
     s_outbox_send_due(c, false);
     if (now - c->last_prune_ms > S_PRUNE_EVERY_MS) {
         c->last_prune_ms = now;
-        (void)cstore_seen_prune(c->cs, now - S_SEEN_KEEP_MS);
+        (void)cstore_seen_prune(c->cs, S_SEEN_KEEP_MS);
     }
 }
 
@@ -762,7 +762,7 @@ static void s_timers(mr_client_t *c)
  */
 static void s_keep_alive(mr_client_t *c, int64_t *flushed)
 {
-    int64_t now = mr_now_ms();
+    int64_t now = mr_mono_ms();
     if (now - *flushed < S_KEEP_ALIVE_MS)
         return;
     *flushed = now;
@@ -782,7 +782,7 @@ static int s_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void 
     int64_t wait = timeout_ms;
     if (wait > 100 || wait < 0)
         wait = 100; /* wake up for timers */
-    int64_t deadline = mr_now_ms() + (timeout_ms < 0 ? 0 : timeout_ms);
+    int64_t deadline = mr_mono_ms() + (timeout_ms < 0 ? 0 : timeout_ms);
     int events = 0;
     if (handler != NULL && !self->defer_deliveries && self->n_deferred > 0) {
         /* First what arrived while nobody could take it, in order. */
@@ -790,7 +790,7 @@ static int s_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void 
         zmq_msg_t *held = self->deferred;
         self->deferred = NULL;
         self->n_deferred = self->cap_deferred = 0;
-        int64_t flushed = mr_now_ms();
+        int64_t flushed = mr_mono_ms();
         for (size_t i = 0; i < n; i++) {
             events += s_on_frame(self, zmq_msg_data(&held[i]), zmq_msg_size(&held[i]), handler,
                                  arg);
@@ -802,7 +802,7 @@ static int s_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void 
         if (events > 0)
             return events;
     }
-    int64_t flushed = mr_now_ms();
+    int64_t flushed = mr_mono_ms();
     for (;;) {
         int n = zmq_poll(items, 2, (long)wait);
         if (n < 0 && zmq_errno() != EINTR)
@@ -824,9 +824,9 @@ static int s_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void 
         }
         s_flush_acks(self);
         s_timers(self);
-        if (events > 0 || mr_now_ms() >= deadline || (until_welcome && self->welcomed))
+        if (events > 0 || mr_mono_ms() >= deadline || (until_welcome && self->welcomed))
             return events;
-        int64_t left = deadline - mr_now_ms();
+        int64_t left = deadline - mr_mono_ms();
         wait = left < 100 ? left : 100;
     }
 }
@@ -838,9 +838,9 @@ int mr_client_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void
 
 int mr_client_wait_connected(mr_client_t *self, int timeout_ms)
 {
-    int64_t deadline = mr_now_ms() + timeout_ms;
+    int64_t deadline = mr_mono_ms() + timeout_ms;
     while (!self->welcomed) {
-        int64_t left = deadline - mr_now_ms();
+        int64_t left = deadline - mr_mono_ms();
         if (self->refused)
             return -EACCES;
         if (left <= 0)
@@ -889,9 +889,9 @@ int mr_client_send_json(mr_client_t *self, const char *json, mr_result_t *res, i
     if (rc < 0)
         return rc;
     s_wait_t w = {.id = res->message_id, .res = res, .user = handler, .user_arg = arg};
-    int64_t deadline = mr_now_ms() + timeout_ms;
+    int64_t deadline = mr_mono_ms() + timeout_ms;
     while (!w.done) {
-        int64_t left = deadline - mr_now_ms();
+        int64_t left = deadline - mr_mono_ms();
         if (self->refused) {
             res->code = self->refused;
             snprintf(res->reason, sizeof res->reason, "the broker refused this facility's Hello");

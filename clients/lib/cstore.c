@@ -22,7 +22,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 enum {
@@ -72,13 +71,6 @@ static char *s_mem_key(char *buf, const char *source, const char *message_id, si
     memcpy(key + a + 1, message_id, b);
     *len = a + 1 + b;
     return key;
-}
-
-static int64_t s_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 cstore_t *cstore_open(const char *dir, const char *facility)
@@ -213,7 +205,7 @@ int cstore_seen_set(cstore_t *self, const char *source, const char *message_id,
         char buf[S_MEM_KEY_MAX];
         size_t len;
         char *key = s_mem_key(buf, source, message_id, &len);
-        int rc = key ? seenset_set(self->mem, key, len, (int)state, s_now_ms()) : -ENOMEM;
+        int rc = key ? seenset_set(self->mem, key, len, (int)state, mr_mono_ms()) : -ENOMEM;
         if (key != buf)
             free(key);
         return rc;
@@ -222,7 +214,7 @@ int cstore_seen_set(cstore_t *self, const char *source, const char *message_id,
     sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, message_id, -1, SQLITE_STATIC);
     sqlite3_bind_int(st, 3, (int)state);
-    sqlite3_bind_int64(st, 4, s_now_ms());
+    sqlite3_bind_int64(st, 4, mr_now_ms());
     return s_run(st);
 }
 
@@ -245,13 +237,13 @@ int cstore_seen_clear(cstore_t *self, const char *source, const char *message_id
     return s_run(st);
 }
 
-int cstore_seen_prune(cstore_t *self, int64_t before_ms)
+int cstore_seen_prune(cstore_t *self, int64_t keep_ms)
 {
     if (self->db == NULL) {
-        seenset_prune(self->mem, SEEN_DONE, before_ms);
+        seenset_prune(self->mem, SEEN_DONE, mr_mono_ms() - keep_ms);
         return 0;
     }
     sqlite3_stmt *st = self->st[S_SEEN_PRUNE];
-    sqlite3_bind_int64(st, 1, before_ms);
+    sqlite3_bind_int64(st, 1, mr_now_ms() - keep_ms);
     return s_run(st);
 }

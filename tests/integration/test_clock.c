@@ -9,12 +9,15 @@
  */
 #include <errno.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -24,12 +27,13 @@
 #ifndef MRT_FAKETIME_LIB
 #error "MRT_FAKETIME_LIB: the path of libfaketimeMT.so.1"
 #endif
+#ifndef CRASH_PEER_PATH
+#error "CRASH_PEER_PATH: the crash tests' peer program"
+#endif
 
-/* Starts the daemon with its wall clock offset by what d->dir/clock says. */
-static void s_start(mrt_daemon_t *d, char *clock_path, size_t len, const char *extra)
+/* Makes a new offset file at +0 in a directory of its own. */
+static void s_new_clock(char *clock_path, size_t len)
 {
-    /* The offset file must exist before the daemon reads the clock, and the
-     * directory is made by the start: use a directory of our own. */
     static const char tmpl[] = "/tmp/mrclock-XXXXXX";
     char dir[sizeof tmpl];
     memcpy(dir, tmpl, sizeof tmpl);
@@ -39,11 +43,23 @@ static void s_start(mrt_daemon_t *d, char *clock_path, size_t len, const char *e
     assert_non_null(f);
     assert_true(fputs("+0\n", f) >= 0);
     assert_int_equal(fclose(f), 0);
+}
+
+/* The environment that has a program's wall clock follow clock_path. */
+static void s_faketime_env(char env[4][300], const char *clock_path)
+{
+    snprintf(env[0], sizeof env[0], "LD_PRELOAD=%s", MRT_FAKETIME_LIB);
+    snprintf(env[1], sizeof env[1], "FAKETIME_TIMESTAMP_FILE=%s", clock_path);
+    snprintf(env[2], sizeof env[2], "FAKETIME_NO_CACHE=1");
+    snprintf(env[3], sizeof env[3], "DONT_FAKE_MONOTONIC=1");
+}
+
+/* Starts the daemon with its wall clock offset by what clock_path says. */
+static void s_start(mrt_daemon_t *d, char *clock_path, size_t len, const char *extra)
+{
+    s_new_clock(clock_path, len);
     memset(d, 0, sizeof *d);
-    snprintf(d->env[0], sizeof d->env[0], "LD_PRELOAD=%s", MRT_FAKETIME_LIB);
-    snprintf(d->env[1], sizeof d->env[1], "FAKETIME_TIMESTAMP_FILE=%s", clock_path);
-    snprintf(d->env[2], sizeof d->env[2], "FAKETIME_NO_CACHE=1");
-    snprintf(d->env[3], sizeof d->env[3], "DONT_FAKE_MONOTONIC=1");
+    s_faketime_env(d->env, clock_path);
     assert_int_equal(mrt_daemon_start(d, extra), 0);
 }
 
@@ -170,11 +186,67 @@ static void test_clock_forward_ends_no_session(void **state)
     s_remove_clock(clock_path);
 }
 
+/*
+ * A facility's own clock goes back an hour (the clinic's PC is corrected):
+ * its library keeps sending heartbeats, so the broker ends no session, and
+ * deliveries reach it.  The receiver is crash_peer under libfaketime.
+ */
+static void test_clock_back_at_a_client_keeps_its_session(void **state)
+{
+    (void)state;
+    mrt_daemon_t d = {0};
+    assert_int_equal(
+        mrt_daemon_start(&d, "limits = { heartbeat_interval_ms = 300; heartbeat_timeout_ms = 2000; };\n"),
+        0);
+    char clock_path[400], state_dir[400], out[400];
+    s_new_clock(clock_path, sizeof clock_path);
+    snprintf(state_dir, sizeof state_dir, "%s/state-yx-lab", d.dir);
+    snprintf(out, sizeof out, "%s/received", d.dir);
+    char env[4][300];
+    s_faketime_env(env, clock_path);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        for (int i = 0; i < 4; i++)
+            putenv(env[i]);
+        execl(CRASH_PEER_PATH, "crash_peer", "recv", d.facility_ep, "yx-lab", state_dir, out, "1",
+              (char *)NULL);
+        _exit(127);
+    }
+    long long until = mrt_now_ms() + 10000;
+    while (mrt_log_count(&d, "facility=yx-lab client=") < 1 && mrt_now_ms() < until)
+        usleep(50000);
+    assert_int_equal(mrt_log_count(&d, "facility=yx-lab client="), 1);
+    s_set_offset(clock_path, -3600);
+    usleep(4000 * 1000); /* twice the broker's heartbeat time-out */
+    assert_int_equal(mrt_log_count(&d, "why=heartbeat_timeout"), 0);
+    mr_client_t *aihua = connected(&d, "t-aihua");
+    assert_int_equal(mrt_send(aihua, "yx-lab", "lab_order", "routine",
+                              "{\"placer_order_number\":\"P-CLIENT-CLOCK\"}", NULL),
+                     0);
+    int status = 0;
+    until = mrt_now_ms() + 15000;
+    while (waitpid(pid, &status, WNOHANG) != pid && mrt_now_ms() < until)
+        usleep(50000);
+    if (mrt_now_ms() >= until) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        fail_msg("the receiver did not get its delivery");
+    }
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    mr_client_destroy(&aihua);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+    s_remove_clock(clock_path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_clock_back_does_not_stall_redelivery),
         cmocka_unit_test(test_clock_forward_ends_no_session),
+        cmocka_unit_test(test_clock_back_at_a_client_keeps_its_session),
     };
     return cmocka_run_group_tests_name("clock", tests, NULL, NULL);
 }

@@ -670,6 +670,24 @@ def run(ctx, conns, daemon, pb, envelope_pb, clinical, op, facility_ep, operator
         check("operator: queue_retry of a delivered message -> Error INVALID",
               rep is not None and rep.WhichOneof("body") == "error" and
               rep.error.code == pb.ERROR_INVALID, str(rep))
+        # A reason in GBK, not UTF-8 (a protobuf library in Python will not
+        # write one: the frame's bytes are changed after packing).
+        next_id[0] += 1
+        req = op.OpRequest(version=pb.PROTOCOL_VERSION_1, request_id=next_id[0],
+                           queue_drop=op.QueueDropRequest(seq=ref_seq, reason="GBKGBK"))
+        raw = req.SerializeToString().replace(b"GBKGBK", "转诊错".encode("gbk"))
+        opsock.send(raw)
+        rep, deadline = None, time.monotonic() + 5
+        while rep is None and time.monotonic() < deadline:
+            if opsock.poll(200, zmq.POLLIN):
+                r = op.OpReply()
+                r.ParseFromString(opsock.recv())
+                if r.request_id == next_id[0]:
+                    rep = r
+        check("operator: a request whose text is not UTF-8 -> Error INVALID naming the field",
+              rep is not None and rep.WhichOneof("body") == "error" and
+              rep.error.code == pb.ERROR_INVALID and
+              "queue_drop.reason is not valid UTF-8" in rep.error.reason, str(rep))
     finally:
         opsock.close(0)
 

@@ -75,7 +75,7 @@ static int s_spawn(mrt_daemon_t *d)
             dup2(fd, 2);
             close(fd);
         }
-        for (int i = 0; i < 4; i++)
+        for (int i = 0; i < MRT_ENV_MAX; i++)
             if (d->env[i][0])
                 putenv(d->env[i]);
         execl(MEDROUTED_PATH, "medrouted", "--config", d->conf_path, (char *)NULL);
@@ -115,7 +115,7 @@ int mrt_daemon_start(mrt_daemon_t *d, const char *extra)
 int mrt_daemon_start_with(mrt_daemon_t *d, const char *facilities, const char *extra,
                           bool insecure)
 {
-    char env[4][300];
+    char env[MRT_ENV_MAX][300];
     memcpy(env, d->env, sizeof env); /* set by the caller before starting */
     bool use_ipc = d->use_ipc;
     memset(d, 0, sizeof *d);

@@ -14,6 +14,8 @@
 
 #include "medroute.h"
 
+#define MRT_ENV_MAX 6
+
 typedef struct {
     pid_t pid;
     char dir[256];
@@ -24,7 +26,7 @@ typedef struct {
     char http_listen[64];      /* 127.0.0.1:PORT of /metrics and /healthz */
     int http_port;
     int starts;                /* server.ready lines in the log before this start */
-    char env[4][300];          /* extra NAME=VALUE for the daemon's environment */
+    char env[MRT_ENV_MAX][300]; /* extra NAME=VALUE for the daemon's environment */
     bool use_ipc;              /* ipc:// endpoints in its directory instead of loopback TCP
                                   (for tests that restart the daemon often: a TCP port
                                   freed by a kill could be taken by another test) */

@@ -32,6 +32,8 @@
  */
 #include "pbjson.h"
 
+#include "mr_codec.h"
+
 #include <errno.h>
 #include <float.h>
 #include <inttypes.h>
@@ -481,54 +483,6 @@ out:
 
 /* ------------------------------------------------------------------- UTF-8 */
 
-/* Length of the well-formed UTF-8 sequence at p (avail bytes), 0 if none. */
-static size_t s_utf8_seq_len(const unsigned char *p, size_t avail)
-{
-	unsigned lo = 0x80, hi = 0xBF;
-	size_t n, i;
-
-	if (p[0] < 0x80)
-		return 1;
-	if (p[0] >= 0xC2 && p[0] <= 0xDF) {
-		n = 2;
-	} else if (p[0] >= 0xE0 && p[0] <= 0xEF) {
-		n = 3;
-		if (p[0] == 0xE0)
-			lo = 0xA0;
-		else if (p[0] == 0xED)
-			hi = 0x9F;
-	} else if (p[0] >= 0xF0 && p[0] <= 0xF4) {
-		n = 4;
-		if (p[0] == 0xF0)
-			lo = 0x90;
-		else if (p[0] == 0xF4)
-			hi = 0x8F;
-	} else {
-		return 0;
-	}
-	if (avail < n || p[1] < lo || p[1] > hi)
-		return 0;
-	for (i = 2; i < n; i++) {
-		if ((p[i] & 0xC0) != 0x80)
-			return 0;
-	}
-	return n;
-}
-
-static bool s_utf8_valid(const char *s)
-{
-	size_t len = strlen(s), i = 0;
-
-	while (i < len) {
-		size_t n = s_utf8_seq_len((const unsigned char *)s + i, len - i);
-
-		if (n == 0)
-			return false;
-		i += n;
-	}
-	return true;
-}
-
 /* A JSON string for a C string; bytes that are not UTF-8 (a peer may send
  * them) become U+FFFD rather than failing the whole conversion. */
 static json_t *s_string_to_json(const char *s)
@@ -537,7 +491,7 @@ static json_t *s_string_to_json(const char *s)
 	char *fixed = NULL;
 	size_t len, i = 0, o = 0;
 
-	if (j != NULL || s_utf8_valid(s))
+	if (j != NULL || mr_utf8_valid(s, strlen(s)))
 		goto out; /* done, or a genuine allocation failure */
 	len = strlen(s);
 	if (len > (SIZE_MAX - 1) / 3)
@@ -546,7 +500,7 @@ static json_t *s_string_to_json(const char *s)
 	if (fixed == NULL)
 		goto out;
 	while (i < len) {
-		size_t n = s_utf8_seq_len((const unsigned char *)s + i, len - i);
+		size_t n = mr_utf8_char(s + i, len - i);
 
 		if (n == 0) {
 			memcpy(fixed + o, "\xEF\xBF\xBD", 3);

@@ -47,7 +47,7 @@ static const char *const s_sql[S_N] = {
     [S_SEEN_SET] = "INSERT INTO seen(source, message_id, state, at_ms) VALUES(?1, ?2, ?3, ?4) "
                    "ON CONFLICT(source, message_id) DO UPDATE SET state = ?3, at_ms = ?4",
     [S_SEEN_DEL] = "DELETE FROM seen WHERE source = ?1 AND message_id = ?2",
-    [S_SEEN_PRUNE] = "DELETE FROM seen WHERE at_ms < ?1",
+    [S_SEEN_PRUNE] = "DELETE FROM seen WHERE state = 2 AND at_ms < ?1",
 };
 
 struct cstore_t {
@@ -240,7 +240,7 @@ int cstore_seen_clear(cstore_t *self, const char *source, const char *message_id
 int cstore_seen_prune(cstore_t *self, int64_t keep_ms)
 {
     if (self->db == NULL) {
-        seenset_prune(self->mem, mr_mono_ms() - keep_ms);
+        seenset_prune(self->mem, SEEN_DONE, mr_mono_ms() - keep_ms);
         return 0;
     }
     sqlite3_stmt *st = self->st[S_SEEN_PRUNE];

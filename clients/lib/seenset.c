@@ -125,12 +125,12 @@ void seenset_del(seenset_t *self, const void *key, size_t len)
     self->ring[i].key = NULL;
 }
 
-void seenset_prune(seenset_t *self, int64_t before_ms)
+void seenset_prune(seenset_t *self, int done_state, int64_t before_ms)
 {
     for (; self->head < self->tail; self->head++) {
         s_entry_t *e = &self->ring[self->head & (self->cap - 1)];
         if (e->key != NULL) {
-            if (e->at_ms >= before_ms)
+            if (e->state != done_state || e->at_ms >= before_ms)
                 break;
             strmap_del(self->map, e->key, e->len);
             free(e->key);

@@ -23,11 +23,9 @@ int seenset_get(const seenset_t *self, const void *key, size_t len);
 /* Sets key's state (> 0) and time, adding it if new. 0 or -ENOMEM. */
 int seenset_set(seenset_t *self, const void *key, size_t len, int state, int64_t at_ms);
 void seenset_del(seenset_t *self, const void *key, size_t len);
-/* Forgets, oldest first, the keys set before before_ms, whatever their
- * state: a mark left by a handler that refused a message which never came
- * back must not hold every later key in memory.  Stops at the first key set
- * since. */
-void seenset_prune(seenset_t *self, int64_t before_ms);
+/* Forgets, oldest first, keys in state done_state set before before_ms;
+ * stops at the first key that is newer or in another state. */
+void seenset_prune(seenset_t *self, int done_state, int64_t before_ms);
 size_t seenset_size(const seenset_t *self);
 
 #endif

@@ -58,22 +58,22 @@ static void test_seenset_prune_oldest_first(void **state)
     assert_int_equal(seenset_set(s, "a", 1, DONE, 10), 0);
     assert_int_equal(seenset_set(s, "b", 1, DONE, 20), 0);
     assert_int_equal(seenset_set(s, "c", 1, DONE, 30), 0);
-    seenset_prune(s, 25);
+    seenset_prune(s, DONE, 25);
     assert_int_equal(seenset_get(s, "a", 1), 0);
     assert_int_equal(seenset_get(s, "b", 1), 0);
     assert_int_equal(seenset_get(s, "c", 1), DONE);
     assert_int_equal(seenset_size(s), 1);
 
-    /* A handler's mark set since is kept, and so is what follows it. */
-    assert_int_equal(seenset_set(s, "d", 1, IN_HANDLER, 140), 0);
-    assert_int_equal(seenset_set(s, "e", 1, DONE, 150), 0);
-    seenset_prune(s, 100);
+    /* A key whose handler is running is kept, and so is what follows it. */
+    assert_int_equal(seenset_set(s, "d", 1, IN_HANDLER, 40), 0);
+    assert_int_equal(seenset_set(s, "e", 1, DONE, 50), 0);
+    seenset_prune(s, DONE, 100);
     assert_int_equal(seenset_get(s, "c", 1), 0);
     assert_int_equal(seenset_get(s, "d", 1), IN_HANDLER);
     assert_int_equal(seenset_get(s, "e", 1), DONE);
-    /* An old one (a refused message that never came back) goes with the
-     * rest: it held every later key in memory. */
-    seenset_prune(s, 160);
+    /* Once it is done (deleted here, as a failed handler is), the rest goes. */
+    seenset_del(s, "d", 1);
+    seenset_prune(s, DONE, 100);
     assert_int_equal(seenset_size(s), 0);
     /* A pruned key can come again. */
     assert_int_equal(seenset_set(s, "a", 1, DONE, 200), 0);
@@ -91,7 +91,7 @@ static void test_seenset_grows_with_holes(void **state)
         if (i % 3 == 0)
             seenset_del(s, key, (size_t)n);
         if (i % 1000 == 999)
-            seenset_prune(s, i - 5000); /* keep the last 5000 ms */
+            seenset_prune(s, DONE, i - 5000); /* keep the last 5000 ms */
     }
     size_t live = 0;
     for (int i = 0; i < N; i++) {
@@ -101,7 +101,7 @@ static void test_seenset_grows_with_holes(void **state)
         live += want != 0;
     }
     assert_int_equal(seenset_size(s), live);
-    seenset_prune(s, N);
+    seenset_prune(s, DONE, N);
     assert_int_equal(seenset_size(s), 0);
 }
 

@@ -73,10 +73,10 @@ void mr_operator_destroy(mr_operator_t **self_p)
 static int s_wait_reply(mr_operator_t *self, uint64_t request_id, int timeout_ms,
                         mr_op_reply_t **out)
 {
-    int64_t deadline = mr_now_ms() + timeout_ms;
+    int64_t deadline = mr_mono_ms() + timeout_ms;
     zmq_pollitem_t item = {.socket = self->sock, .events = ZMQ_POLLIN};
     for (;;) {
-        int64_t left = deadline - mr_now_ms();
+        int64_t left = deadline - mr_mono_ms();
         if (left <= 0)
             return -ETIMEDOUT;
         int n = zmq_poll(&item, 1, (long)left);

@@ -92,16 +92,13 @@ static void s_note_message_id(const mr_frame_t *f, mr_err_t *err)
                  (int)mr_utf8_cut(id, MR_MESSAGE_ID_MAX), id);
 }
 
-/* Every string of the frame is UTF-8 (mr_codec.h): what the broker stores
- * and delivers must decode in any conforming decoder, and what it answers
- * may echo these strings.  The reason names the field, never its content. */
-static int s_check_utf8(const dispatch_ctx_t *ctx, mr_err_t *err)
+int dispatch_check_utf8(const ProtobufCMessageDescriptor *d, const uint8_t *buf, size_t len,
+                        mr_err_t *err)
 {
     char path[96];
-    int rc = mr_find_bad_utf8(&medroute__v1__frame__descriptor, ctx->frame, ctx->frame_bytes,
-                              path, sizeof path);
+    int rc = mr_find_bad_utf8(d, buf, len, path, sizeof path);
     if (rc < 0)
-        return mr_fail(err, MR_E_MALFORMED, "frame does not decode as medroute.v1.Frame");
+        return mr_fail(err, MR_E_MALFORMED, "frame does not decode as %s", d->name);
     if (rc > 0)
         return mr_fail(err, MR_E_INVALID, "%s is not valid UTF-8", path);
     return 0;
@@ -166,7 +163,7 @@ void dispatch_facility(void *arg, const uint8_t *rid, size_t rid_len, const void
     }
     if (ctx.peer >= 0)
         session_touch(s, ctx.peer);
-    rc = s_check_utf8(&ctx, &err);
+    rc = dispatch_check_utf8(&medroute__v1__frame__descriptor, ctx.frame, ctx.frame_bytes, &err);
     if (rc != 0)
         goto out;
     rc = route->fn(s, &ctx, f, &err);

@@ -34,6 +34,12 @@ typedef struct {
     bool tallied;           /* the store already counted it (in its transaction) */
 } mr_err_t;
 
+/* Every string of a frame of type d is UTF-8 (mr_codec.h): what the broker
+ * stores and delivers must decode in any conforming decoder, and what it
+ * answers may echo these strings.  0, or MR_E_MALFORMED / MR_E_INVALID with
+ * err filled; the reason names the field, never its content. */
+int dispatch_check_utf8(const ProtobufCMessageDescriptor *d, const uint8_t *buf, size_t len,
+                        mr_err_t *err);
 /* Fills err and returns code: `return mr_fail(err, MR_E_X, "fmt", ...);` */
 int mr_fail(mr_err_t *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 

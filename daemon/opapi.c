@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dispatch.h"
 #include "indicators.h"
 #include "reload.h"
 #include "period.h"
@@ -571,20 +572,15 @@ void opapi_on_message(void *arg, const uint8_t *rid, size_t rid_len, const void 
         s_reply_error(s, rid, rid_len, 0, MR_E_MALFORMED, "frame does not decode as OpRequest");
         return;
     }
-    char bad[96] = "", why[160];
-    int utf8 = mr_find_bad_utf8(&medroute__v1__op_request__descriptor, parts[0], sizes[0], bad,
-                                sizeof bad);
+    mr_err_t bad = {0};
     if (q->version != MR_PROTOCOL_VERSION) {
         s_reply_error(s, rid, rid_len, q->request_id, MR_E_UNSUPPORTED_VERSION,
                       "unsupported protocol version");
-    } else if (utf8 < 0) {
-        s_reply_error(s, rid, rid_len, q->request_id, MR_E_MALFORMED,
-                      "frame does not decode as OpRequest");
-    } else if (utf8 > 0) {
+    } else if (dispatch_check_utf8(&medroute__v1__op_request__descriptor, parts[0], sizes[0],
+                                   &bad) != 0) {
         /* Its text would be stored (a drop's reason) or compared, and come
          * back to other operators and their tools, which expect UTF-8. */
-        snprintf(why, sizeof why, "%s is not valid UTF-8", bad);
-        s_reply_error(s, rid, rid_len, q->request_id, MR_E_INVALID, why);
+        s_reply_error(s, rid, rid_len, q->request_id, bad.code, bad.reason);
     } else if ((q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_QUEUE_RETRY ||
                 q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_QUEUE_DROP ||
                 q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_RELOAD ||

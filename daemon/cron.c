@@ -52,7 +52,7 @@ static void s_notify_expired(server_t *s, const store_row_t *r)
 static void on_expired(store_req_t *req, void *arg)
 {
     server_t *s = arg;
-    s->cron_expiring = false;
+    s->expiring_now_ms = 0;
     if (req->status != STORE_OK)
         return;
     for (size_t i = 0; i < req->n_rows; i++) {
@@ -160,13 +160,13 @@ static void s_submit(server_t *s, store_op_t op, store_cb_t cb, int64_t now, int
     req->now_ms = now;
     req->before_ms = before;
     req->limit = S_BATCH;
-    if (op == STORE_EXPIRE) /* none expires while out at its receiver */
+    if (op == STORE_EXPIRE) { /* none expires while out at its receiver */
         req->outstanding = router_outstanding(s, mono, &req->n_outstanding);
-    store_submit(s->store, req);
-    if (op == STORE_EXPIRE)
-        s->cron_expiring = true;
+        s->expiring_now_ms = now;
+    }
     if (op == STORE_PRUNE)
         s->cron_pruning = true;
+    store_submit(s->store, req);
 }
 
 void cron_tick(uv_timer_t *handle)
@@ -190,7 +190,7 @@ void cron_tick(uv_timer_t *handle)
         s->last_redeliver_ms = mono;
         router_cron(s, now, mono);
     }
-    if (!s->cron_expiring && mono - s->last_expire_ms >= S_EXPIRE_EVERY_MS) {
+    if (s->expiring_now_ms == 0 && mono - s->last_expire_ms >= S_EXPIRE_EVERY_MS) {
         s->last_expire_ms = mono;
         s_submit(s, STORE_EXPIRE, on_expired, now, mono, 0);
     }

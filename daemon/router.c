@@ -161,6 +161,14 @@ static bool s_expired(const qmsg_t *m, int64_t now_ms)
     return m->expires_ms > 0 && m->expires_ms <= now_ms;
 }
 
+/* The time to judge expiry by before a send: the wall clock, or the running
+ * scan's time if later (the clock stepped back since it was submitted), so
+ * that no scan dead-letters a message sent while it ran. */
+static int64_t s_expiry_now(const server_t *s, int64_t wall_ms)
+{
+    return wall_ms > s->expiring_now_ms ? wall_ms : s->expiring_now_ms;
+}
+
 /* ---- sending ------------------------------------------------------------------ */
 
 /*
@@ -254,7 +262,7 @@ void router_pump(server_t *s, int peer)
             s_load(s, peer, true);
         return;
     }
-    int64_t now = p->ready.head ? mr_now_ms() : 0;
+    int64_t now = p->ready.head ? s_expiry_now(s, mr_now_ms()) : 0;
     while (p->connected && p->inflight.n < p->max_inflight && p->ready.head) {
         qmsg_t *m = p->ready.head;
         if (s_expired(m, now)) {
@@ -571,6 +579,7 @@ void router_cron(server_t *s, int64_t now_ms, int64_t mono_ms)
 {
     size_t n = registry_count(s->registry);
     int64_t timeout = s->conf->redelivery_timeout_ms;
+    now_ms = s_expiry_now(s, now_ms);
     for (size_t i = 0; i < n; i++) {
         peer_t *p = &s->peers[i];
         if (!p->connected)

@@ -57,7 +57,10 @@ typedef struct server_t {
     /* cron (cron.c): when each job last ran, mr_mono_ms() */
     int64_t last_heartbeat_ms, last_redeliver_ms, last_expire_ms, last_prune_ms, last_size_ms,
         last_scan_ms;
-    bool cron_expiring, cron_pruning, cron_scanning, cron_judging;
+    bool cron_pruning, cron_scanning, cron_judging;
+    /* The wall time the running expiry scan compares with, 0 when none runs:
+     * the router sends nothing that expires by then (router.c). */
+    int64_t expiring_now_ms;
     int64_t last_watch_ms, last_judge_ms;
     /* live stream (watch.c) */
     watcher_t watchers[MR_WATCHERS_MAX];

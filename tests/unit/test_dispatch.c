@@ -10,7 +10,10 @@
  * lands in __wrap_server_send_facility below, which packs it, decodes it
  * again as a medroute.v1.Frame (what a facility would read) and records it
  * with the routing id it was addressed to, after checking that a strict
- * decoder would take it (every string valid UTF-8).
+ * decoder would take it (every string valid UTF-8).  Deliveries (router.c,
+ * through server_send_facility_msg) are recorded the same way when a test
+ * gives the server a stand-in facility endpoint (s_deliveries_on); the
+ * endpoint's one other use, endpoint_user_id, is wrapped to answer NULL.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -29,6 +32,7 @@
 #include "acks.h"
 #include "arena.h"
 #include "dispatch.h"
+#include "endpoint.h"
 #include "router.h"
 #include "server.h"
 #include "session.h"
@@ -70,6 +74,32 @@ int __wrap_server_send_facility(server_t *self, const uint8_t *rid, size_t rid_l
     free(buf);
     assert_non_null(r->f);
     return 0;
+}
+
+/* Deliveries are recorded among the replies: a facility reads one stream. */
+int __wrap_server_send_facility_msg(server_t *self, const uint8_t *rid, size_t rid_len,
+                                    zmq_msg_t *msg);
+const char *__wrap_endpoint_user_id(const endpoint_t *ep);
+
+int __wrap_server_send_facility_msg(server_t *self, const uint8_t *rid, size_t rid_len,
+                                    zmq_msg_t *msg)
+{
+    (void)self;
+    assert_true(s_n_replies < S_MAX_REPLIES);
+    assert_true(rid_len <= MR_RID_MAX);
+    s_reply_t *r = &s_replies[s_n_replies++];
+    memcpy(r->rid, rid, rid_len);
+    r->rid_len = rid_len;
+    r->f = medroute__v1__frame__unpack(NULL, zmq_msg_size(msg), zmq_msg_data(msg));
+    zmq_msg_close(msg);
+    assert_non_null(r->f);
+    return 0;
+}
+
+const char *__wrap_endpoint_user_id(const endpoint_t *ep)
+{
+    (void)ep;
+    return NULL; /* insecure: no CURVE key */
 }
 
 static void s_replies_clear(void)
@@ -1049,6 +1079,70 @@ static void test_dispatch_hello_allows_acks_in_one_frame(void **state)
     assert_int_equal(s_n_replies, 2);
 }
 
+/* A delivery is only sent to a connected facility: the router needs an
+ * endpoint (any non-NULL one: the sends are wrapped); none at teardown. */
+static void s_deliveries_on(server_t *s, bool on)
+{
+    static char stand_in;
+    s->facility_ep = on ? (endpoint_t *)&stand_in : NULL;
+}
+
+static int s_count_deliveries(const uint8_t *rid)
+{
+    int n = 0;
+    for (int i = 0; i < s_n_replies; i++)
+        if (s_replies[i].f->body_case == MEDROUTE__V1__FRAME__BODY_DELIVERY &&
+            memcmp(s_replies[i].rid, rid, RID_LEN) == 0)
+            n++;
+    return n;
+}
+
+/* An expiry scan compares with the wall time of its submission; if the
+ * clock stepped back since, a message the scan will dead-letter is not yet
+ * past its expiry by the clock.  Sent now, the receiver would handle it and
+ * its sender be told it expired: the router judges by the later time. */
+static void test_dispatch_nothing_sent_that_a_running_scan_expires(void **state)
+{
+    s_fx_t *fx = *state;
+    server_t *s = fx->s;
+    s_deliveries_on(s, true);
+    s_hello(s, RID_A, "t-a");
+    s_hello(s, RID_B, "lead");
+    s_settle(s);
+    int64_t now = (int64_t)time(NULL) * 1000;
+
+    /* With no scan running, a referral due to expire in a minute goes. */
+    s_env_t e;
+    s_env_init(&e, "m-goes");
+    e.ref.expires_at_ms = now + 60000;
+    s_send_env(s, RID_A, &e.env);
+    s_settle(s);
+    assert_int_equal(s_count_deliveries(RID_B), 1);
+
+    /* A scan submitted when the clock read two minutes later is running. */
+    s->expiring_now_ms = now + 120000;
+    s_env_init(&e, "m-held");
+    e.ref.referral_id = "R-2";
+    e.ref.expires_at_ms = now + 60000;
+    int before = s_n_replies;
+    s_send_env(s, RID_A, &e.env);
+    s_settle(s);
+    uv_run(&s->loop, UV_RUN_NOWAIT);
+    assert_int_equal(s_n_replies, before + 1); /* its Ack, no delivery */
+    assert_int_equal(s_replies[before].f->body_case, MEDROUTE__V1__FRAME__BODY_ACK);
+    assert_int_equal(s_count_deliveries(RID_B), 1);
+
+    /* One expiring after the scan's time still goes. */
+    s_env_init(&e, "m-later");
+    e.ref.referral_id = "R-3";
+    e.ref.expires_at_ms = now + 180000;
+    s_send_env(s, RID_A, &e.env);
+    s_settle(s);
+    assert_int_equal(s_count_deliveries(RID_B), 2);
+    s->expiring_now_ms = 0;
+    s_deliveries_on(s, false);
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, s_setup, s_teardown)
@@ -1071,6 +1165,7 @@ int main(void)
         T(test_dispatch_delivery_ack_unknown),
         T(test_dispatch_acks_gathered_per_turn),
         T(test_dispatch_hello_allows_acks_in_one_frame),
+        T(test_dispatch_nothing_sent_that_a_running_scan_expires),
     };
     /* MR_TEST_FILTER / MR_TEST_SKIP: glob patterns of test names to run or
      * skip (e.g. to run the rest under valgrind while a known bug is open). */

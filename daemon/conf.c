@@ -525,6 +525,35 @@ static void s_validate(s_report_t *r, conf_t *c)
         s_problem(r, 0, "out of memory");
 }
 
+/* Every string of the file must be UTF-8: names and ids reach facilities'
+ * frames, the operators' replies, the log and the HTTP pages, whose readers
+ * require it.  A file saved as GBK by a Windows editor is the usual cause.
+ * path is the setting's, as the other problems name it ("facilities[2].name"). */
+static void s_check_utf8(s_report_t *r, const config_setting_t *s, const char *path)
+{
+    int type = config_setting_type(s);
+    if (type == CONFIG_TYPE_STRING) {
+        const char *v = config_setting_get_string(s);
+        if (v != NULL && !mr_utf8_valid(v, strlen(v)))
+            s_problem(r, (int)config_setting_source_line(s),
+                      "%s: not valid UTF-8 (save the file as UTF-8)", path);
+        return;
+    }
+    if (type != CONFIG_TYPE_GROUP && type != CONFIG_TYPE_LIST && type != CONFIG_TYPE_ARRAY)
+        return;
+    int n = config_setting_length(s);
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+        const char *key = config_setting_name(e);
+        char sub[160];
+        if (key != NULL)
+            snprintf(sub, sizeof sub, "%s%s%s", path, path[0] ? "." : "", key);
+        else
+            snprintf(sub, sizeof sub, "%s[%d]", path, i);
+        s_check_utf8(r, e, sub);
+    }
+}
+
 static conf_t *s_load(config_t *cfg, int read_ok, const char *name, char *err, size_t errlen)
 {
     s_report_t r = {.buf = err, .len = errlen, .name = name};
@@ -541,6 +570,7 @@ static conf_t *s_load(config_t *cfg, int read_ok, const char *name, char *err, s
         goto out;
     }
     config_setting_t *root = config_root_setting(cfg);
+    s_check_utf8(&r, root, "");
     int n = config_setting_length(root);
     for (int i = 0; i < n; i++) {
         config_setting_t *s = config_setting_get_elem(root, (unsigned)i);

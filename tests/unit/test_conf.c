@@ -252,6 +252,37 @@ static void test_conf_wrong_types(void **state)
                         "t.conf:5: ttl: expected a group { ... }");
 }
 
+/* "县医院" in GBK (what a Windows editor may save): refused, naming the
+ * setting and its line, never echoing the bytes. */
+#define S_GBK "\xcf\xd8\xd2\xbd\xd4\xba"
+
+static void test_conf_strings_must_be_utf8(void **state)
+{
+    (void)state;
+    assert_string_equal(s_fail("facility_endpoint = \"tcp://127.0.0.1:1\";\n"
+                               "operator_endpoint = \"tcp://127.0.0.1:2\";\n"
+                               "data_dir = \"d\";\n"
+                               "facilities = (\n"
+                               "  { id = \"lead\"; role = \"lead\";\n"
+                               "    name = \"" S_GBK "\"; }\n"
+                               ");\n"),
+                        "t.conf:6: facilities[0].name: not valid UTF-8 (save the file as UTF-8)");
+    assert_string_equal(s_fail(S_REQUIRED "broker_id = \"b-" S_GBK "\";\n"),
+                        "t.conf:5: broker_id: not valid UTF-8 (save the file as UTF-8)");
+    /* The same name in UTF-8 loads. */
+    char err[512];
+    conf_t *c = conf_load_string("facility_endpoint = \"tcp://127.0.0.1:1\";\n"
+                                 "operator_endpoint = \"tcp://127.0.0.1:2\";\n"
+                                 "data_dir = \"d\";\n"
+                                 "facilities = ( { id = \"lead\"; role = \"lead\";"
+                                 " name = \"\xe5\x8e\xbf\xe5\x8c\xbb\xe9\x99\xa2\"; } );\n",
+                                 "t.conf", err, sizeof err);
+    if (c == NULL)
+        fail_msg("%s", err);
+    assert_string_equal(c->facilities[0].name, "\xe5\x8e\xbf\xe5\x8c\xbb\xe9\x99\xa2");
+    conf_destroy(&c);
+}
+
 static void test_conf_wrong_facility_types(void **state)
 {
     (void)state;
@@ -494,6 +525,7 @@ int main(void)
         cmocka_unit_test(test_conf_unknown_key_in_ttl),
         cmocka_unit_test(test_conf_unknown_key_in_facility),
         cmocka_unit_test(test_conf_wrong_types),
+        cmocka_unit_test(test_conf_strings_must_be_utf8),
         cmocka_unit_test(test_conf_wrong_facility_types),
         cmocka_unit_test(test_conf_out_of_range_integers),
         cmocka_unit_test(test_conf_bad_synchronous),

@@ -28,6 +28,7 @@
 #include <string.h>
 
 #include "mr_codec.h"
+#include "strmap.h"
 
 enum { LOOP_OPEN = 0, LOOP_PARTIAL, LOOP_FINAL, LOOP_AMENDED };
 enum { LOOP_IMAGING = 1, LOOP_LAB = 2 };
@@ -175,6 +176,11 @@ struct clinical_t {
     /* RECEIVED is, in every direction, a plain step from REQUESTED (no
      * ledger effect, no count, same index sets): Q_REF_RECEIVE applies it. */
     bool receive_plain;
+    /* The department label values in use (s_dept_label), at most
+     * MR_DEPARTMENT_LABELS_MAX: read from the tallies at open, then grown
+     * as new ones come.  One admitted in a batch that rolls back stays
+     * until the next open. */
+    strmap_t *depts;
 };
 
 static const char *const s_dir_names[] = {"lateral", "up", "down"};
@@ -255,6 +261,32 @@ static bool s_awaiting(ref_state_t s)
     return s == REF_REQUESTED || s == REF_RECEIVED;
 }
 
+/* The department values the tallies hold, each label set starting
+ * `department="` (tally_labels sorts the names), first used first. */
+static int s_depts_load(clinical_t *self)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(
+        self->db,
+        "SELECT substr(labels, 13, instr(substr(labels, 13), '\"') - 1) AS dept"
+        " FROM tallies WHERE name = 'referrals_requested_total'"
+        " AND substr(labels, 1, 12) = 'department=\"' AND dept != ?2"
+        " GROUP BY dept ORDER BY min(day), dept LIMIT ?1",
+        -1, &st, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int(st, 1, MR_DEPARTMENT_LABELS_MAX);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_text(st, 2, MR_DEPARTMENT_OTHER, -1, SQLITE_STATIC);
+    while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *d = (const char *)sqlite3_column_text(st, 0);
+        int n = sqlite3_column_bytes(st, 0);
+        rc = d == NULL || strmap_put(self->depts, d, (size_t)n, 0) == 0 ? SQLITE_OK
+                                                                        : SQLITE_NOMEM;
+    }
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
 clinical_t *clinical_open(sqlite3 *db, tally_t *tally, int *rc_out)
 {
     clinical_t *self = calloc(1, sizeof *self);
@@ -289,6 +321,13 @@ clinical_t *clinical_open(sqlite3 *db, tally_t *tally, int *rc_out)
         if (rc != SQLITE_OK)
             goto fail;
     }
+    if ((self->depts = strmap_new()) == NULL) {
+        rc = SQLITE_NOMEM;
+        goto fail;
+    }
+    rc = s_depts_load(self);
+    if (rc != SQLITE_OK)
+        goto fail;
     self->receive_plain = true;
     for (ref_dir_t d = REF_DIR_LATERAL; d <= REF_DIR_DOWN; d++) {
         ref_transition_t t;
@@ -316,6 +355,7 @@ void clinical_close(clinical_t **self_p)
         return;
     for (int i = 0; i < Q_COUNT; i++)
         sqlite3_finalize(self->q[i]);
+    strmap_destroy(&self->depts);
     free(self);
     *self_p = NULL;
 }
@@ -424,12 +464,35 @@ static int s_on_capacity(clinical_t *self, const clin_facts_t *f, int64_t now, c
 
 /* ---- referrals ---------------------------------------------------------------- */
 
-/* The label set of a referral's tallies. */
-static void s_ref_labels(char *out, size_t len, ref_dir_t dir, const char *source,
-                         const char *dest, const char *unit, int priority)
+/* The department label of a referral's tallies: its department (or
+ * modality) as a label value, or MR_DEPARTMENT_OTHER for a new one once
+ * MR_DEPARTMENT_LABELS_MAX are in use.  The field is the sender's free
+ * text: unbounded, it would grow the tallies, the broker's memory and the
+ * metrics page with every value a faulty system sends (a patient's name,
+ * a note).  Each referral folded is counted at its request. */
+static int s_dept_label(clinical_t *self, char *out, size_t len, const char *unit,
+                        bool *folded)
+{
+    tally_label_value(out, len, unit && unit[0] ? unit : "-");
+    size_t n = strlen(out);
+    *folded = false;
+    if (strmap_get(self->depts, out, n) >= 0 || strcmp(out, MR_DEPARTMENT_OTHER) == 0)
+        return SQLITE_OK;
+    if (strmap_size(self->depts) >= MR_DEPARTMENT_LABELS_MAX) {
+        snprintf(out, len, "%s", MR_DEPARTMENT_OTHER);
+        *folded = true;
+        return SQLITE_OK;
+    }
+    return strmap_put(self->depts, out, n, 0) == 0 ? SQLITE_OK : SQLITE_NOMEM;
+}
+
+/* The label set of a referral's tallies; *folded as s_dept_label's. */
+static int s_ref_labels(clinical_t *self, char *out, size_t len, ref_dir_t dir,
+                        const char *source, const char *dest, const char *unit, int priority,
+                        bool *folded)
 {
     char dept[40];
-    tally_label_value(dept, sizeof dept, unit && unit[0] ? unit : "-");
+    S_TRY(s_dept_label(self, dept, sizeof dept, unit, folded));
     const char *const pairs[] = {"department", dept,
                                  "destination", dest,
                                  "direction", s_dir_names[dir <= REF_DIR_DOWN ? dir : 0],
@@ -437,6 +500,7 @@ static void s_ref_labels(char *out, size_t len, ref_dir_t dir, const char *sourc
                                  "source", source};
     /* Facility ids are at most 64 bytes, the department 32: 320 bytes hold it. */
     (void)tally_labels(out, len, 5, pairs);
+    return SQLITE_OK;
 }
 
 
@@ -466,8 +530,12 @@ static int s_on_referral(clinical_t *self, uint64_t seq, const char *source, con
     if (sqlite3_changes(self->db) != 1)
         return s_refuse(out, MR_E_INVALID, "referral %s from %s exists already", f->ref_id, source);
     char labels[320];
-    s_ref_labels(labels, sizeof labels, f->direction, source, dest, f->unit, f->priority);
+    bool folded;
+    S_TRY(s_ref_labels(self, labels, sizeof labels, f->direction, source, dest, f->unit,
+                       f->priority, &folded));
     S_TRY(tally_add(self->tally, "referrals_requested_total", labels, 1));
+    if (folded)
+        S_TRY(tally_add(self->tally, "referral_departments_folded_total", "", 1));
     out->ref_state = REF_REQUESTED; /* messages.ref_key was written by the INSERT (store.c) */
     return SQLITE_OK;
 }
@@ -548,7 +616,9 @@ static int s_tally_step(clinical_t *self, const s_ref_t *r, ref_state_t to, clai
                     {REF_COMPLETED, "completed"}, {REF_CANCELLED, "cancelled"},
                     {REF_NO_SHOW, "no_show"},     {REF_EXPIRED, "expired"}};
     char labels[320], l2[400];
-    s_ref_labels(labels, sizeof labels, r->direction, r->source, r->dest, r->unit, r->priority);
+    bool folded; /* counted at the request */
+    S_TRY(s_ref_labels(self, labels, sizeof labels, r->direction, r->source, r->dest, r->unit,
+                       r->priority, &folded));
     for (size_t i = 0; i < sizeof outcomes / sizeof outcomes[0]; i++) {
         if (outcomes[i].state != to)
             continue;

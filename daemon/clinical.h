@@ -141,6 +141,12 @@ typedef struct {
 
 typedef struct clinical_t clinical_t;
 
+/* Distinct values of the `department` label of the referral tallies; a
+ * referral naming another one once these are in use is counted under
+ * MR_DEPARTMENT_OTHER (and in referral_departments_folded_total). */
+#define MR_DEPARTMENT_LABELS_MAX 256
+#define MR_DEPARTMENT_OTHER "_other"
+
 /* Creates the tables (if missing) and prepares statements; counts go to
  * tally (borrowed).  NULL on failure. */
 clinical_t *clinical_open(sqlite3 *db, tally_t *tally, int *rc_out);

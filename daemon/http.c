@@ -90,6 +90,8 @@ static const struct {
     {"messages_retried_total", "Dead letters put back by an operator."},
     {"referrals_requested_total", "Referrals requested, by direction, source, destination, "
                                   "department and priority."},
+    {"referral_departments_folded_total", "Referrals counted under department=\"_other\": "
+                                          "their department was new once 256 were in use."},
     {"referral_outcomes_total", "Referral outcomes (accepted, rejected, completed, cancelled, "
                                 "no_show, expired)."},
     {"referral_acceptance_seconds", "Time from referral request to acceptance."},

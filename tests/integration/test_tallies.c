@@ -401,12 +401,102 @@ static void test_tallies_bad_visit_figures(void **state)
     mrt_daemon_cleanup(&g_d);
 }
 
+static void dept_ref(mr_client_t *c, const char *id, const char *department)
+{
+    char p[512];
+    snprintf(p, sizeof p,
+             "{\"referral_id\":\"%s\",\"service\":\"SERVICE_SPECIALIST_CLINIC\","
+             "\"department\":\"%s\"}", id, department);
+    ok(c, "yx-lead", "referral", "routine", p);
+}
+
+/* Referrals counted today under department="value". */
+static long long dept_today(const char *value)
+{
+    char match[96];
+    snprintf(match, sizeof match, "department=\"%s\"", value);
+    json_t *st = op("{\"stats\":{\"period\":\"today\"}}");
+    long long v = tally(st, "referrals_requested_total", match);
+    json_decref(st);
+    return v;
+}
+
+/* The department label takes at most 256 values, counted from the stored
+ * tallies: the 256th is admitted, later new ones are counted as "_other",
+ * and a restart keeps the same set. */
+static void test_tallies_department_labels_bounded(void **state)
+{
+    (void)state;
+    assert_int_equal(mrt_daemon_start(&g_d, NULL), 0);
+    mr_client_t *aihua = client("t-aihua");
+    dept_ref(aihua, "K1", "cardiology");
+    mr_client_destroy(&aihua);
+    assert_int_equal(mrt_daemon_stop(&g_d), 0);
+
+    /* 254 more departments in use, from an old day: 255 in all. */
+    char path[400], sql[512];
+    snprintf(path, sizeof path, "%s/var/medroute.db", g_d.dir);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "BEGIN", NULL, NULL, NULL), SQLITE_OK);
+    for (int i = 0; i < 254; i++) {
+        snprintf(sql, sizeof sql,
+                 "INSERT INTO tallies VALUES('2000-01-01', 'referrals_requested_total',"
+                 " 'department=\"d-%03d\",destination=\"yx-lead\",direction=\"up\","
+                 "priority=\"routine\",source=\"t-aihua\"', 1)", i);
+        assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    }
+    assert_int_equal(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+
+    assert_int_equal(mrt_daemon_restart(&g_d), 0);
+    aihua = client("t-aihua");
+    mr_client_t *lead = client("yx-lead");
+    dept_ref(aihua, "K2", "\xe5\xbf\x83\xe5\x86\x85\xe7\xa7\x91"); /* 心内科: the 256th */
+    dept_ref(aihua, "K3", "Zhang San, bed 12");                      /* one too many */
+    dept_ref(aihua, "K4", "cardiology");
+    dept_ref(aihua, "K5", "d-007");
+    ok(lead, "t-aihua", "referral_update", "routine",
+       "{\"referral_id\":\"K3\",\"step\":\"STEP_REJECTED\",\"reason\":\"no such clinic\"}");
+    assert_int_equal(dept_today("\xe5\xbf\x83\xe5\x86\x85\xe7\xa7\x91"), 1);
+    assert_int_equal(dept_today("cardiology"), 2);
+    assert_int_equal(dept_today("d-007"), 1);
+    assert_int_equal(dept_today("_other"), 1);
+    assert_int_equal(dept_today("Zhang"), 0);
+    json_t *st = op("{\"stats\":{\"period\":\"today\"}}");
+    assert_int_equal(tally(st, "referral_departments_folded_total", NULL), 1);
+    /* Its later steps carry the same label. */
+    assert_int_equal(tally(st, "referral_outcomes_total", "department=\"_other\""), 1);
+    json_decref(st);
+    char *m = mrt_http_get(&g_d, "/metrics");
+    assert_non_null(m);
+    assert_null(strstr(m, "Zhang"));
+    assert_non_null(strstr(m, "medroute_referral_departments_folded_total{} 1"));
+    free(m);
+
+    /* After a restart: the same 256, so the 256th is still itself. */
+    mr_client_destroy(&aihua);
+    mr_client_destroy(&lead);
+    assert_int_equal(mrt_daemon_stop(&g_d), 0);
+    assert_int_equal(mrt_daemon_restart(&g_d), 0);
+    aihua = client("t-aihua");
+    dept_ref(aihua, "K6", "\xe5\xbf\x83\xe5\x86\x85\xe7\xa7\x91");
+    dept_ref(aihua, "K7", "neurology");
+    assert_int_equal(dept_today("\xe5\xbf\x83\xe5\x86\x85\xe7\xa7\x91"), 2);
+    assert_int_equal(dept_today("neurology"), 0);
+    assert_int_equal(dept_today("_other"), 2);
+    mr_client_destroy(&aihua);
+    assert_int_equal(mrt_daemon_stop(&g_d), 0);
+    mrt_daemon_cleanup(&g_d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tallies_scripted_day_exact),
         cmocka_unit_test(test_tallies_watch_streams_counter_changes),
         cmocka_unit_test(test_tallies_bad_visit_figures),
+        cmocka_unit_test(test_tallies_department_labels_bounded),
     };
     return cmocka_run_group_tests_name("tallies", tests, NULL, NULL);
 }

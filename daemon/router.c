@@ -547,12 +547,6 @@ int router_start(server_t *s)
     return 0;
 }
 
-static int s_cmp_seq(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return (x > y) - (x < y);
-}
-
 uint64_t *router_outstanding(const server_t *s, int64_t mono_ms, size_t *n)
 {
     int64_t fresh = s->conf->redelivery_timeout_ms;
@@ -571,7 +565,7 @@ uint64_t *router_outstanding(const server_t *s, int64_t mono_ms, size_t *n)
         for (const qmsg_t *m = p->acked.head; m && *n < total; m = m->next)
             seqs[(*n)++] = m->seq;
     }
-    qsort(seqs, *n, sizeof *seqs, s_cmp_seq);
+    qsort(seqs, *n, sizeof *seqs, store_seq_cmp);
     return seqs;
 }
 

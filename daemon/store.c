@@ -916,7 +916,7 @@ static int s_op_retry(store_t *self, store_req_t *req)
     return tally_add(self->tally, "messages_retried_total", "", 1);
 }
 
-static int s_cmp_u64(const void *a, const void *b)
+int store_seq_cmp(const void *a, const void *b)
 {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
     return (x > y) - (x < y);
@@ -937,7 +937,7 @@ static int s_op_expire(store_t *self, store_req_t *req)
          * not delivered, and the ack refused).  Still pending, it is found
          * again by the next scan once it is back in the queue. */
         if (req->n_outstanding > 0 && bsearch(&due[i].seq, req->outstanding, req->n_outstanding,
-                                              sizeof *req->outstanding, s_cmp_u64) != NULL)
+                                              sizeof *req->outstanding, store_seq_cmp) != NULL)
             continue;
         rc = s_kill(self, dests[i], due[i].seq, req->now_ms, "expired");
         if (rc == SQLITE_OK && (rc = s_read_seq(self, req, due[i].seq, false)) == SQLITE_NOTFOUND)

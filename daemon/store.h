@@ -87,8 +87,9 @@ struct store_req_t {
                         * pending already (0: no quota); a resend is still a duplicate */
     bool fresh_only;   /* PUT: refused as INVALID if new and msg.expires_ms <= msg.stored_ms
                         * (a resend is still a duplicate) */
-    uint64_t *outstanding; /* EXPIRE: sorted seqs out at a facility, a send not yet due
-                            * again (router_outstanding): not expired this time; owned */
+    uint64_t *outstanding; /* EXPIRE: seqs out at a facility, a send not yet due again
+                            * (router_outstanding), sorted by store_seq_cmp: not expired
+                            * this time; owned */
     size_t n_outstanding;
     bool express_only; /* LOAD: only express messages (critical or stat) */
     uint32_t limit;    /* LOAD, LIST, PRUNE: at most this many */
@@ -158,6 +159,9 @@ void store_tally(store_t *self, const char *name, const char *labels, int64_t de
 /* Queues req; the store owns it from now on.  Never blocks on disk. */
 void store_submit(store_t *self, store_req_t *req);
 /* Requests submitted and not yet completed. */
+/* Orders uint64_t seqs (qsort/bsearch): the order of req->outstanding. */
+int store_seq_cmp(const void *a, const void *b);
+
 size_t store_backlog(const store_t *self);
 /* True when the last batch failed for lack of the database. */
 bool store_unavailable(const store_t *self);

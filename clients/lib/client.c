@@ -81,8 +81,11 @@ struct mr_client_t {
     int *out_free;
     size_t n_slot, cap_slot, n_free;
     /* Frames that arrived while nobody could take deliveries (a poll without
-     * handler): handed over, in order, by the next poll with a handler. */
+     * handler): handed over, in order, by the next poll with a handler.
+     * deferred_seq[i] is the seq of deferred[i]: a redelivery of one held
+     * is not held twice, so they are at most the broker's window. */
     zmq_msg_t *deferred;
+    uint64_t *deferred_seq;
     size_t n_deferred, cap_deferred;
     bool defer_deliveries;    /* set while a synchronous send without handler polls */
     uint64_t id_counter;
@@ -401,6 +404,7 @@ void mr_client_destroy(mr_client_t **self_p)
     for (size_t i = 0; i < c->n_deferred; i++)
         zmq_msg_close(&c->deferred[i]);
     free(c->deferred);
+    free(c->deferred_seq);
     while (c->out_head) {
         s_out_t *o = c->out_head;
         c->out_head = o->next;
@@ -421,6 +425,11 @@ void mr_client_destroy(mr_client_t **self_p)
 size_t mr_client_unacked(const mr_client_t *self)
 {
     return self->n_out;
+}
+
+size_t mr_client_deferred(const mr_client_t *self)
+{
+    return self->n_deferred;
 }
 
 bool mr_client_connected(const mr_client_t *self)
@@ -589,19 +598,30 @@ static int s_on_delivery(mr_client_t *c, const Medroute__V1__Delivery *d, mr_han
     return 1;
 }
 
-static int s_defer(mr_client_t *c, const void *data, size_t len)
+/* Holds the frame of delivery seq for the next poll with a handler, unless
+ * it holds that seq already (the broker sent it again meanwhile).  On
+ * -ENOMEM it is dropped unacknowledged: the broker sends it again. */
+static int s_defer(mr_client_t *c, const void *data, size_t len, uint64_t seq)
 {
+    for (size_t i = 0; i < c->n_deferred; i++)
+        if (c->deferred_seq[i] == seq)
+            return 0;
     if (c->n_deferred == c->cap_deferred) {
         size_t cap = c->cap_deferred ? c->cap_deferred * 2 : 16;
         zmq_msg_t *d = realloc(c->deferred, cap * sizeof *d);
         if (d == NULL)
-            return -ENOMEM; /* dropped unacknowledged: the broker sends it again */
+            return -ENOMEM;
         c->deferred = d;
+        uint64_t *s = realloc(c->deferred_seq, cap * sizeof *s);
+        if (s == NULL)
+            return -ENOMEM; /* the larger frame array is kept: cap_deferred unchanged */
+        c->deferred_seq = s;
         c->cap_deferred = cap;
     }
     if (zmq_msg_init_size(&c->deferred[c->n_deferred], len) != 0)
         return -ENOMEM;
     memcpy(zmq_msg_data(&c->deferred[c->n_deferred]), data, len);
+    c->deferred_seq[c->n_deferred] = seq;
     c->n_deferred++;
     return 0;
 }
@@ -626,6 +646,7 @@ static int s_on_frame(mr_client_t *c, const void *data, size_t len, mr_handler_t
         return 0;
     int events = 0;
     bool deferred = false;
+    uint64_t deferred_seq = 0;
     c->last_rx_ms = mr_mono_ms();
     switch (f->body_case) {
     case MEDROUTE__V1__FRAME__BODY_WELCOME: {
@@ -683,17 +704,19 @@ static int s_on_frame(mr_client_t *c, const void *data, size_t len, mr_handler_t
         break;
     }
     case MEDROUTE__V1__FRAME__BODY_DELIVERY:
-        if (h == NULL || c->defer_deliveries)
+        if (h == NULL || c->defer_deliveries) {
             deferred = true; /* nobody to take it now: kept for the next poll */
-        else
+            deferred_seq = f->delivery->seq;
+        } else {
             events += s_on_delivery(c, f->delivery, h, arg);
+        }
         break;
     default:
         break; /* heartbeats: last_rx_ms is enough */
     }
     medroute__v1__frame__free_unpacked(f, NULL);
     if (deferred)
-        (void)s_defer(c, data, len);
+        (void)s_defer(c, data, len, deferred_seq);
     return events;
 }
 
@@ -789,6 +812,8 @@ static int s_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void 
         size_t n = self->n_deferred;
         zmq_msg_t *held = self->deferred;
         self->deferred = NULL;
+        free(self->deferred_seq);
+        self->deferred_seq = NULL;
         self->n_deferred = self->cap_deferred = 0;
         int64_t flushed = mr_mono_ms();
         for (size_t i = 0; i < n; i++) {

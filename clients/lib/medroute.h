@@ -162,6 +162,10 @@ int mr_client_wait_connected(mr_client_t *self, int timeout_ms);
 
 /* Messages submitted and not yet acknowledged by the broker. */
 size_t mr_client_unacked(const mr_client_t *self);
+/* Deliveries held, unacknowledged, for the next poll with a handler (they
+ * arrived during a poll or a send without one); at most the broker's window
+ * (Welcome.max_inflight): one the broker sends again is held once. */
+size_t mr_client_deferred(const mr_client_t *self);
 bool mr_client_connected(const mr_client_t *self);
 
 /* The JSON text of a delivery's Envelope.  Caller frees with free(). */

@@ -937,6 +937,41 @@ static void test_routing_error_echoing_chinese_decodes(void **state)
     raw_close(&r);
 }
 
+/*
+ * A receiver that polls without a handler (an application that only sends,
+ * or a synchronous send) holds its deliveries for a later poll, unacked; the
+ * broker sends them again at each redelivery time-out.  Each is held once,
+ * however often it comes, and handed over once.
+ */
+static void test_routing_held_deliveries_are_held_once(void **state)
+{
+    (void)state;
+    mrt_daemon_t d = {0};
+    assert_int_equal(mrt_daemon_start(&d, "limits = { redelivery_timeout_ms = 100; };\n"), 0);
+    mr_client_t *a = connected(&d, "t-aihua");
+    mr_client_t *lead = connected(&d, "yx-lead");
+    for (int i = 0; i < 3; i++) {
+        char p[160], why[200];
+        snprintf(p, sizeof p, "{\"placer_order_number\":\"HELD-%d\"}", i);
+        assert_int_equal(mrt_send(a, "yx-lead", "lab_order", "routine", p, why), 0);
+    }
+    /* Resent after 0.1, 0.3, 0.7, 1.5 s ... (the time-out doubles). */
+    long long until = mrt_now_ms() + 2500;
+    while (mrt_now_ms() < until)
+        assert_true(mr_client_poll(lead, 100, NULL, NULL) >= 0);
+    assert_true(mrt_counter(&d, "redelivered") >= 6);
+    assert_int_equal(mr_client_deferred(lead), 3);
+    seen_t seen = {0};
+    want_t w = {&seen, 4};
+    assert_false(mrt_poll_until(lead, 500, got_deliveries, &w, on_event, &seen));
+    assert_int_equal(seen.deliveries, 3);
+    assert_int_equal(mr_client_deferred(lead), 0);
+    mr_client_destroy(&a);
+    mr_client_destroy(&lead);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -951,6 +986,7 @@ int main(void)
         cmocka_unit_test(test_routing_one_frame_acknowledges_several_deliveries),
         cmocka_unit_test(test_routing_gbk_patient_name_refused),
         cmocka_unit_test(test_routing_error_echoing_chinese_decodes),
+        cmocka_unit_test(test_routing_held_deliveries_are_held_once),
     };
     return cmocka_run_group_tests_name("routing", tests, setup, teardown);
 }

@@ -48,6 +48,18 @@ typedef struct s_out_t {
     struct s_out_t *prev, *next;
 } s_out_t;
 
+/* An event kept for a later poll (its strings copied). */
+typedef struct {
+    mr_event_type_t type;     /* MR_EVENT_ACK or MR_EVENT_ERROR */
+    char message_id[MR_MESSAGE_ID_MAX + 1];
+    uint64_t seq;
+    bool duplicate;
+    int code;
+    char reason[256];
+} s_held_t;
+
+#define S_HELD_MAX 4096
+
 struct mr_client_t {
     void *zctx;
     void *sock;
@@ -88,6 +100,12 @@ struct mr_client_t {
     uint64_t *deferred_seq;
     size_t n_deferred, cap_deferred;
     bool defer_deliveries;    /* set while a synchronous send without handler polls */
+    /* The outcomes (Ack, final Error) of our messages that came while no
+     * handler of the application's could take them: handed over, in order,
+     * to the next poll with one.  At most S_HELD_MAX: beyond, the oldest go. */
+    s_held_t *held;
+    size_t n_held, cap_held;
+    uint32_t max_frame_bytes; /* Welcome.max_message_bytes: the broker's limit; 0 unknown */
     uint64_t id_counter;
     uint64_t id_salt;
     /* DeliveryAcks not sent yet: a broker that allows it (Welcome) gets one
@@ -273,6 +291,87 @@ static bool s_outbox_remove(mr_client_t *c, const char *id)
     return true;
 }
 
+/* Errors that resending can cure: the message stays in the outbox. */
+static bool s_transient(int code)
+{
+    return code == MR_E_STORE_UNAVAILABLE || code == MR_E_SHUTTING_DOWN ||
+           code == MR_E_RATE_LIMITED || code == MR_E_NO_HELLO || code == MR_E_INTERNAL;
+}
+
+/* The outcome of one of our messages: kept when no handler takes it. */
+static bool s_is_outcome(const mr_event_t *ev)
+{
+    return ev->type == MR_EVENT_ACK ||
+           (ev->type == MR_EVENT_ERROR && !s_transient(ev->code) && ev->message_id[0] != '\0');
+}
+
+/* Keeps the outcome ev for the next poll with a handler.  Without memory
+ * for it, or past S_HELD_MAX, the oldest kept goes: an application that
+ * never polls with a handler has said it does not listen. */
+static void s_hold(mr_client_t *c, const mr_event_t *ev)
+{
+    if (c->n_held == S_HELD_MAX) {
+        memmove(c->held, c->held + 1, (c->n_held - 1) * sizeof *c->held);
+        c->n_held--;
+    }
+    if (c->n_held == c->cap_held) {
+        size_t cap = c->cap_held ? c->cap_held * 2 : 16;
+        s_held_t *h = realloc(c->held, cap * sizeof *h);
+        if (h == NULL)
+            return;
+        c->held = h;
+        c->cap_held = cap;
+    }
+    s_held_t *k = &c->held[c->n_held++];
+    k->type = ev->type;
+    snprintf(k->message_id, sizeof k->message_id, "%s", ev->message_id);
+    k->seq = ev->seq;
+    k->duplicate = ev->duplicate;
+    k->code = ev->code;
+    snprintf(k->reason, sizeof k->reason, "%s", ev->reason ? ev->reason : "");
+}
+
+static mr_event_t s_held_event(const s_held_t *k)
+{
+    return (mr_event_t){.type = k->type,
+                        .message_id = k->message_id,
+                        .seq = k->seq,
+                        .duplicate = k->duplicate,
+                        .code = k->code,
+                        .code_name = k->type == MR_EVENT_ERROR ? mr_error_name(k->code) : NULL,
+                        .reason = k->type == MR_EVENT_ERROR ? k->reason : NULL};
+}
+
+/* Hands ev to h, or keeps it if it is an outcome and there is no h. */
+static void s_emit(mr_client_t *c, mr_handler_t h, void *arg, const mr_event_t *ev)
+{
+    if (h != NULL)
+        h(c, ev, arg);
+    else if (s_is_outcome(ev))
+        s_hold(c, ev);
+}
+
+/* The frame that would carry body is over the broker's limit (once known). */
+static bool s_too_large(const mr_client_t *c, size_t body_len)
+{
+    return c->max_frame_bytes != 0 && mr_envelope_frame_size(body_len) > c->max_frame_bytes;
+}
+
+/* Takes o out of the outbox as the broker would refuse it, TOO_LARGE, and
+ * keeps the refusal for the application: sent, it would be refused without
+ * its id (or cut the connection), and stay in the outbox for ever. */
+static void s_refuse_too_large(mr_client_t *c, s_out_t *o)
+{
+    char reason[160];
+    snprintf(reason, sizeof reason,
+             "a frame of %zu bytes exceeds the broker's limit of %u (not sent)",
+             mr_envelope_frame_size(o->len), c->max_frame_bytes);
+    mr_event_t ev = {.type = MR_EVENT_ERROR, .message_id = o->id, .code = MR_E_TOO_LARGE,
+                     .code_name = mr_error_name(MR_E_TOO_LARGE), .reason = reason};
+    s_hold(c, &ev);
+    (void)s_outbox_remove(c, o->id);
+}
+
 /*
  * Sends what is due: with all (a new session), the whole outbox again;
  * otherwise, what was never sent on this connection (in order, until the
@@ -298,11 +397,16 @@ static void s_outbox_send_due(mr_client_t *c, bool all)
             o->sent_ms = now;
         }
     }
-    for (s_out_t *o = c->out_unsent; o; o = o->next) {
+    for (s_out_t *o = c->out_unsent, *next; o; o = next) {
+        next = o->next;
+        if (s_too_large(c, o->len)) {
+            s_refuse_too_large(c, o); /* queued before the limit was known */
+            continue;
+        }
         if (s_send_raw(c, o->body, o->len) != 0)
             break;
         o->sent_ms = now;
-        c->out_unsent = o->next;
+        c->out_unsent = next;
     }
 }
 
@@ -405,6 +509,7 @@ void mr_client_destroy(mr_client_t **self_p)
         zmq_msg_close(&c->deferred[i]);
     free(c->deferred);
     free(c->deferred_seq);
+    free(c->held);
     while (c->out_head) {
         s_out_t *o = c->out_head;
         c->out_head = o->next;
@@ -453,6 +558,8 @@ int mr_client_submit_packed(mr_client_t *self, const char *message_id, const voi
     size_t id_len = message_id ? strlen(message_id) : 0;
     if (id_len == 0 || id_len > MR_MESSAGE_ID_MAX || !mr_utf8_valid(message_id, id_len))
         return -EINVAL;
+    if (s_too_large(self, len))
+        return -EMSGSIZE;
     /* Already waiting for its Ack (e.g. resubmitted after a restart): the
      * outbox sends it, so the same message again is idempotent.  Other
      * content under that id is refused here: the queued version is what
@@ -528,6 +635,9 @@ int mr_client_submit_json(mr_client_t *self, const char *json, char *id_out, cha
                  "message id %s is already queued with other content, not yet acknowledged; "
                  "the queued version is the one sent",
                  env->message_id);
+    else if (rc == -EMSGSIZE)
+        snprintf(err, errlen, "a frame of %zu bytes exceeds the broker's limit of %u",
+                 mr_envelope_frame_size(len), self->max_frame_bytes);
     else if (rc < 0)
         snprintf(err, errlen, "could not queue the message (%s)", strerror(-rc));
 out:
@@ -539,13 +649,6 @@ out:
 }
 
 /* ---- frames in -------------------------------------------------------------- */
-
-/* Errors that resending can cure: the message stays in the outbox. */
-static bool s_transient(int code)
-{
-    return code == MR_E_STORE_UNAVAILABLE || code == MR_E_SHUTTING_DOWN ||
-           code == MR_E_RATE_LIMITED || code == MR_E_NO_HELLO || code == MR_E_INTERNAL;
-}
 
 static int s_on_delivery(mr_client_t *c, const Medroute__V1__Delivery *d, mr_handler_t h,
                          void *arg)
@@ -634,8 +737,7 @@ static int s_on_ack(mr_client_t *c, const Medroute__V1__Ack *a, mr_handler_t h, 
         return 0;
     mr_event_t ev = {.type = MR_EVENT_ACK, .message_id = a->message_id, .seq = a->seq,
                      .duplicate = a->duplicate};
-    if (h)
-        h(c, &ev, arg);
+    s_emit(c, h, arg, &ev);
     return 1;
 }
 
@@ -659,6 +761,7 @@ static int s_on_frame(mr_client_t *c, const void *data, size_t len, mr_handler_t
         if (w->heartbeat_timeout_ms)
             c->hb_timeout_ms = w->heartbeat_timeout_ms;
         c->max_acks = w->max_acks_per_frame;
+        c->max_frame_bytes = w->max_message_bytes;
         /* A second Welcome answers a Hello that crossed the first (several
          * queue up while the broker is away): the same session, its outbox
          * already sent, so one send and one event.  A session that really
@@ -698,8 +801,8 @@ static int s_on_frame(mr_client_t *c, const void *data, size_t len, mr_handler_t
                          .code = e->code,
                          .code_name = mr_error_name(e->code),
                          .reason = e->reason ? e->reason : ""};
-        if (h && (int)e->code != MR_E_NO_HELLO)
-            h(c, &ev, arg);
+        if ((int)e->code != MR_E_NO_HELLO)
+            s_emit(c, h, arg, &ev);
         events++;
         break;
     }
@@ -807,6 +910,19 @@ static int s_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void 
         wait = 100; /* wake up for timers */
     int64_t deadline = mr_mono_ms() + (timeout_ms < 0 ? 0 : timeout_ms);
     int events = 0;
+    if (handler != NULL && !self->defer_deliveries && self->n_held > 0) {
+        /* The outcomes kept while nobody could take them, in order. */
+        s_held_t *held = self->held;
+        size_t n = self->n_held;
+        self->held = NULL;
+        self->n_held = self->cap_held = 0;
+        for (size_t i = 0; i < n; i++) {
+            mr_event_t ev = s_held_event(&held[i]);
+            handler(self, &ev, arg);
+            events++;
+        }
+        free(held);
+    }
     if (handler != NULL && !self->defer_deliveries && self->n_deferred > 0) {
         /* First what arrived while nobody could take it, in order. */
         size_t n = self->n_deferred;
@@ -824,9 +940,9 @@ static int s_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void 
         }
         free(held);
         s_flush_acks(self);
-        if (events > 0)
-            return events;
     }
+    if (events > 0)
+        return events;
     int64_t flushed = mr_mono_ms();
     for (;;) {
         int n = zmq_poll(items, 2, (long)wait);
@@ -888,13 +1004,34 @@ typedef struct {
     void *user_arg;
 } s_wait_t;
 
+static int s_wait_handler(mr_client_t *c, const mr_event_t *ev, void *arg);
+
+/* Takes the kept outcome of message id, if any, as w's result. */
+static bool s_take_held(mr_client_t *c, const char *id, s_wait_t *w)
+{
+    for (size_t i = 0; i < c->n_held; i++) {
+        if (strcmp(c->held[i].message_id, id) != 0)
+            continue;
+        mr_event_t ev = s_held_event(&c->held[i]);
+        (void)s_wait_handler(c, &ev, w);
+        memmove(c->held + i, c->held + i + 1, (c->n_held - i - 1) * sizeof *c->held);
+        c->n_held--;
+        return w->done;
+    }
+    return false;
+}
+
 static int s_wait_handler(mr_client_t *c, const mr_event_t *ev, void *arg)
 {
     s_wait_t *w = arg;
     bool mine = (ev->type == MR_EVENT_ACK || ev->type == MR_EVENT_ERROR) &&
                 strcmp(ev->message_id, w->id) == 0;
-    if (!mine)
-        return w->user ? w->user(c, ev, w->user_arg) : 0;
+    if (!mine && w->user != NULL)
+        return w->user(c, ev, w->user_arg); /* a delivery's answer is the user's */
+    if (!mine) {
+        s_emit(c, NULL, NULL, ev);
+        return 0;
+    }
     if (ev->type == MR_EVENT_ERROR && s_transient(ev->code))
         return 0; /* resent by the outbox; keep waiting */
     w->done = true;
@@ -911,11 +1048,19 @@ int mr_client_send_json(mr_client_t *self, const char *json, mr_result_t *res, i
 {
     memset(res, 0, sizeof *res);
     int rc = mr_client_submit_json(self, json, res->message_id, res->reason, sizeof res->reason);
+    if (rc == -EMSGSIZE) {
+        res->code = MR_E_TOO_LARGE; /* what the broker would answer */
+        return -EPROTO;
+    }
     if (rc < 0)
         return rc;
     s_wait_t w = {.id = res->message_id, .res = res, .user = handler, .user_arg = arg};
     int64_t deadline = mr_mono_ms() + timeout_ms;
     while (!w.done) {
+        /* Its outcome may have been kept while no handler ran (e.g. refused
+         * as too large at the Welcome that told the limit). */
+        if (s_take_held(self, w.id, &w))
+            break;
         int64_t left = deadline - mr_mono_ms();
         if (self->refused) {
             res->code = self->refused;

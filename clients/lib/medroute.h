@@ -109,13 +109,18 @@ void mr_client_destroy(mr_client_t **self_p);
  * as in the .proto; enums by name, e.g. "kind": "referral").  Missing
  * source, message_id and created_at_ms are filled in.  The message id used is
  * copied to id_out (at least 65 bytes) when not NULL.  0, -EINVAL with a
- * reason in err, or -EEXIST (see mr_client_submit_packed; reason in err).
+ * reason in err, or -EEXIST or -EMSGSIZE (see mr_client_submit_packed;
+ * reason in err).
  * The Ack or Error arrives as an event.
  */
 int mr_client_submit_json(mr_client_t *self, const char *json, char *id_out, char *err,
                           size_t errlen);
 /* Queues an already packed Envelope whose source is ours and message_id set
- * (1..64 bytes of UTF-8, else -EINVAL).  Submitting an id already waiting for its Ack (in the outbox, on disk with
+ * (1..64 bytes of UTF-8, else -EINVAL).  -EMSGSIZE, not queued, if its frame
+ * exceeds the broker's limit (Welcome.max_message_bytes) once a Welcome has
+ * told it; one queued before that is taken out of the outbox at the Welcome
+ * and reported as an ERROR event TOO_LARGE naming it, never sent.
+ * Submitting an id already waiting for its Ack (in the outbox, on disk with
  * state_dir) with the same content does nothing and returns 0; "the same"
  * as for the broker: equal but for created_at_ms.  Other content under that
  * id returns -EEXIST and is not queued: the queued version stays and is the
@@ -135,7 +140,10 @@ typedef struct {
 
 /*
  * Submits json and polls until its Ack or Error (other events go to handler;
- * with handler NULL, deliveries are kept for the next mr_client_poll).  0 on Ack; -EPROTO on an Error (see res->code); -ETIMEDOUT;
+ * with handler NULL, deliveries and the other messages' Acks and Errors are
+ * kept for the next mr_client_poll with a handler).  0 on Ack; -EPROTO on an
+ * Error (see res->code; TOO_LARGE without sending, when the frame exceeds
+ * the broker's limit); -ETIMEDOUT;
  * -EACCES when the broker refused our Hello (res->code says why);
  * -EINVAL for bad JSON (reason in res->reason); -EEXIST when the message id
  * waits in the outbox with other content (mr_client_submit_packed; nothing
@@ -147,7 +155,10 @@ int mr_client_send_json(mr_client_t *self, const char *json, mr_result_t *res, i
 /*
  * Waits up to timeout_ms for traffic and handles everything that arrived:
  * events go to handler.  With handler NULL, deliveries are kept (not
- * acknowledged) and handed, in order, to the next poll that has a handler.
+ * acknowledged) and handed, in order, to the next poll that has a handler;
+ * so are the outcomes of submitted messages (ACK, and ERROR that is final
+ * for a message: a refusal is never dropped unseen), up to 4,096 (beyond,
+ * the oldest go), handed over first.
  * Also sends heartbeats and resends what is due; during a long pass over
  * many deliveries (a slow handler), the acks gathered and a heartbeat go out
  * every 200 ms, so the broker does not take the session for dead.

@@ -972,6 +972,121 @@ static void test_routing_held_deliveries_are_held_once(void **state)
     mrt_daemon_cleanup(&d);
 }
 
+/* A lab order whose clinical information makes it about `pad` bytes. */
+static char *big_order(const char *id, size_t pad)
+{
+    char *fill = malloc(pad + 1);
+    assert_non_null(fill);
+    memset(fill, 'x', pad);
+    fill[pad] = '\0';
+    size_t n = pad + 512;
+    char *json = malloc(n);
+    assert_non_null(json);
+    snprintf(json, n,
+             "{\"message_id\":\"%s\",\"destination\":\"yx-lab\",\"kind\":\"lab_order\","
+             "\"lab_order\":{\"placer_order_number\":\"%s\",\"clinical_info\":\"%s\"}}",
+             id, id, fill);
+    free(fill);
+    return json;
+}
+
+static bool got_errors(void *arg)
+{
+    want_t *w = arg;
+    return w->s->errors >= w->want;
+}
+
+/*
+ * A message over the broker's size limit is refused by the library, naming
+ * it, and never sent: sent, the broker's refusal could not name it (it does
+ * not decode what is too large) and it would stay in the outbox for ever, or
+ * (past twice the limit) cut the connection and every message behind it.
+ */
+static void test_routing_too_large_refused_by_the_library(void **state)
+{
+    (void)state;
+    mrt_daemon_t d = {0};
+    assert_int_equal(mrt_daemon_start(&d, "limits = { max_message_bytes = 4096; };\n"), 0);
+    /* Queued before any Welcome told the limit, with small ones around it. */
+    mr_client_t *a = mrt_client(&d, "t-aihua", "a");
+    assert_non_null(a);
+    char id[80], err[200];
+    assert_int_equal(mr_client_submit_json(a, "{\"message_id\":\"SMALL-1\",\"destination\":"
+                                              "\"yx-lab\",\"kind\":\"lab_order\",\"lab_order\":"
+                                              "{\"placer_order_number\":\"S1\"}}",
+                                           id, err, sizeof err),
+                     0);
+    char *huge = big_order("HUGE-1", 20000); /* past 2 x 4096 + 4096: ZMQ_MAXMSGSIZE */
+    assert_int_equal(mr_client_submit_json(a, huge, id, err, sizeof err), 0);
+    free(huge);
+    assert_int_equal(mr_client_submit_json(a, "{\"message_id\":\"SMALL-2\",\"destination\":"
+                                              "\"yx-lab\",\"kind\":\"lab_order\",\"lab_order\":"
+                                              "{\"placer_order_number\":\"S2\"}}",
+                                           id, err, sizeof err),
+                     0);
+    seen_t seen = {0};
+    want_t w = {&seen, 2};
+    assert_true(mrt_poll_until(a, 10000, got_acks, &w, on_event, &seen));
+    assert_int_equal(seen.errors, 1);
+    assert_int_equal(seen.last_error_code, MR_E_TOO_LARGE);
+    assert_string_equal(seen.last_error_id, "HUGE-1");
+    assert_int_equal(mr_client_unacked(a), 0);
+    mr_client_destroy(&a);
+    /* Gone from the state directory too. */
+    a = mrt_client(&d, "t-aihua", "a");
+    assert_non_null(a);
+    assert_int_equal(mr_client_unacked(a), 0);
+    assert_int_equal(mr_client_wait_connected(a, 10000), 0);
+
+    /* Once the limit is known: refused at once, not queued. */
+    char *big = big_order("BIG-1", 6000);
+    assert_int_equal(mr_client_submit_json(a, big, id, err, sizeof err), -EMSGSIZE);
+    assert_non_null(strstr(err, "4096"));
+    mr_result_t r;
+    assert_int_equal(mr_client_send_json(a, big, &r, 5000, NULL, NULL), -EPROTO);
+    assert_int_equal(r.code, MR_E_TOO_LARGE);
+    free(big);
+    assert_int_equal(mr_client_unacked(a), 0);
+    assert_int_equal(mrt_counter(&d, "rejected"), 0);
+    assert_int_equal(mrt_log_count(&d, "event=facility.connected"), 2);
+    mr_client_destroy(&a);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+}
+
+/*
+ * The refusal of a message submitted earlier, arriving while a synchronous
+ * send without handler waits for its own Ack, is kept for the next poll
+ * with a handler (before, it was dropped: nobody learnt the referral step
+ * was refused).
+ */
+static void test_routing_refusal_kept_for_the_next_handler(void **state)
+{
+    mrt_daemon_t *d = *state;
+    mr_client_t *a = connected(d, "t-manwan");
+    char id[80], err[200];
+    assert_int_equal(mr_client_submit_json(a, "{\"message_id\":\"UPD-NOPE\",\"destination\":"
+                                              "\"yx-lead\",\"kind\":\"referral_update\","
+                                              "\"referral_update\":{\"referral_id\":\"RF-NOPE\","
+                                              "\"step\":\"STEP_CANCELLED\",\"reason\":\"x\"}}",
+                                           id, err, sizeof err),
+                     0);
+    mr_result_t r;
+    assert_int_equal(mr_client_send_json(a, "{\"message_id\":\"LO-KEPT\",\"destination\":"
+                                            "\"yx-lab\",\"kind\":\"lab_order\",\"lab_order\":"
+                                            "{\"placer_order_number\":\"L-KEPT\"}}",
+                                         &r, 5000, NULL, NULL),
+                     0);
+    assert_int_equal(mr_client_unacked(a), 0);
+    seen_t seen = {0};
+    want_t w = {&seen, 1};
+    assert_true(mrt_poll_until(a, 2000, got_errors, &w, on_event, &seen));
+    assert_string_equal(seen.last_error_id, "UPD-NOPE");
+    assert_int_equal(seen.last_error_code, MR_E_ILLEGAL_TRANSITION);
+    assert_int_equal(seen.acks, 0); /* LO-KEPT's Ack went to the send */
+    mr_client_destroy(&a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -987,6 +1102,8 @@ int main(void)
         cmocka_unit_test(test_routing_gbk_patient_name_refused),
         cmocka_unit_test(test_routing_error_echoing_chinese_decodes),
         cmocka_unit_test(test_routing_held_deliveries_are_held_once),
+        cmocka_unit_test(test_routing_too_large_refused_by_the_library),
+        cmocka_unit_test(test_routing_refusal_kept_for_the_next_handler),
     };
     return cmocka_run_group_tests_name("routing", tests, setup, teardown);
 }

@@ -254,6 +254,11 @@ int mr_field_slice(const uint8_t *buf, size_t len, uint32_t field, const uint8_t
     return found == 1 ? 0 : -1;
 }
 
+int mr_envelope_id(const uint8_t *env, size_t len, const uint8_t **id, size_t *id_len)
+{
+    return mr_field_slice(env, len, MR_ENVELOPE_MESSAGE_ID_FIELD, id, id_len);
+}
+
 int mr_has_field_zero(const ProtobufCMessage *msg)
 {
     const ProtobufCMessageDescriptor *d = msg->descriptor;

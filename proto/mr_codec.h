@@ -171,9 +171,15 @@ size_t mr_utf8_cut(const char *s, size_t n);
 int mr_find_bad_utf8(const ProtobufCMessageDescriptor *d, const uint8_t *buf, size_t len,
                      char *path, size_t path_len);
 
-/* envelope.proto: created_at_ms = 6 (a field number never changes on the
- * wire; test_codec checks it against the descriptor). */
+/* envelope.proto: message_id = 1, created_at_ms = 6 (a field number never
+ * changes on the wire; test_codec checks them against the descriptor). */
+#define MR_ENVELOPE_MESSAGE_ID_FIELD 1
 #define MR_ENVELOPE_CREATED_AT_FIELD 6
+
+/* The message_id of the Envelope encoded in env, without decoding it: *id
+ * points into env (not NUL-terminated).  0, or -1 if env is not a sequence
+ * of well-formed fields or has not exactly one message_id field. */
+int mr_envelope_id(const uint8_t *env, size_t len, const uint8_t **id, size_t *id_len);
 
 /*
  * What makes two sends "the same message": their packed Envelopes are equal

@@ -784,6 +784,11 @@ static void test_codec_created_at_field_number(void **state)
     assert_non_null(fd);
     assert_int_equal(fd->id, MR_ENVELOPE_CREATED_AT_FIELD);
     assert_int_equal(fd->type, PROTOBUF_C_TYPE_INT64); /* a varint on the wire */
+    fd = protobuf_c_message_descriptor_get_field_by_name(&medroute__v1__envelope__descriptor,
+                                                         "message_id");
+    assert_non_null(fd);
+    assert_int_equal(fd->id, MR_ENVELOPE_MESSAGE_ID_FIELD);
+    assert_int_equal(fd->type, PROTOBUF_C_TYPE_STRING);
 }
 
 static size_t s_pack_env(uint8_t *buf, const char *id, int64_t created_at_ms)

@@ -92,6 +92,19 @@ static void s_note_message_id(const mr_frame_t *f, mr_err_t *err)
                  (int)mr_utf8_cut(id, MR_MESSAGE_ID_MAX), id);
 }
 
+/* The same for a frame too large to decode: its Envelope's message_id read
+ * off the wire, so that the sender can tell which message was refused. */
+static void s_note_raw_message_id(const uint8_t *frame, size_t len, mr_err_t *err)
+{
+    const uint8_t *env, *id;
+    size_t env_len, id_len;
+    if (mr_field_slice(frame, len, MR_FRAME_ENVELOPE_FIELD, &env, &env_len) == 0 &&
+        mr_envelope_id(env, env_len, &id, &id_len) == 0 && id_len <= MR_MESSAGE_ID_MAX &&
+        memchr(id, '\0', id_len) == NULL && mr_utf8_valid((const char *)id, id_len))
+        snprintf(err->message_id, sizeof err->message_id, "%.*s", (int)id_len,
+                 (const char *)id);
+}
+
 int dispatch_check_utf8(const ProtobufCMessageDescriptor *d, const uint8_t *buf, size_t len,
                         mr_err_t *err)
 {
@@ -131,6 +144,7 @@ void dispatch_facility(void *arg, const uint8_t *rid, size_t rid_len, const void
     ctx.frame = parts[0];
     ctx.frame_bytes = sizes[0];
     if (sizes[0] > s->conf->max_message_bytes) {
+        s_note_raw_message_id(parts[0], sizes[0], &err);
         rc = mr_fail(&err, MR_E_TOO_LARGE, "frame of %zu bytes exceeds the limit of %u", sizes[0],
                      s->conf->max_message_bytes);
         goto out;

@@ -381,6 +381,22 @@ static void test_dispatch_oversize_too_large(void **state)
     assert_int_equal(s_rejected(s, MR_E_TOO_LARGE), 1);
     assert_int_equal(s_rejected(s, MR_E_MALFORMED), 1);
     assert_int_equal(s->counters.v[CNT_RECEIVED], 2);
+    assert_string_equal(e->message_id, "");
+
+    /* An Envelope too large is refused naming its message_id (read off the
+     * wire, not decoded), so that its sender knows which one. */
+    s_env_t env;
+    s_env_init(&env, "m-big");
+    char filler[1100];
+    memset(filler, 'x', sizeof filler - 1);
+    filler[sizeof filler - 1] = '\0';
+    env.ref.clinical_summary = filler;
+    mr_frame_t f;
+    s_frame_init(&f, MEDROUTE__V1__FRAME__BODY_ENVELOPE);
+    f.envelope = &env.env;
+    s_send(s, RID_A, &f);
+    e = s_expect_error(2, RID_A, MR_E_TOO_LARGE);
+    assert_string_equal(e->message_id, "m-big");
 }
 
 static void test_dispatch_undecodable_malformed(void **state)

@@ -94,7 +94,10 @@ typedef struct {
  * Event handler.  For MR_EVENT_DELIVERY, return 0 once the message is safely
  * taken (it is then recorded as seen and acknowledged); any other value
  * leaves it unacknowledged, and the broker sends it again later.  The
- * return value of other events is ignored.
+ * return value of other events is ignored.  A handler may submit messages
+ * (mr_client_submit_*) but must not poll the same client (mr_client_poll,
+ * mr_client_send_json): a redelivery of the message in hand would be handed
+ * over again while it runs.
  */
 typedef int (*mr_handler_t)(mr_client_t *client, const mr_event_t *event, void *arg);
 

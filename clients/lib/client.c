@@ -669,6 +669,8 @@ static int s_on_delivery(mr_client_t *c, const Medroute__V1__Delivery *d, mr_han
         return 0;
     }
     seen_state_t seen = cstore_seen_get(c->cs, env->source, env->message_id);
+    if (seen == SEEN_UNKNOWN)
+        return 0; /* it may have been handled: leave it unacknowledged, try again later */
     if (seen == SEEN_DONE) {
         s_send_delivery_ack(c, d->seq);
         return 0;

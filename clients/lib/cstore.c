@@ -183,17 +183,21 @@ seen_state_t cstore_seen_get(cstore_t *self, const char *source, const char *mes
         char buf[S_MEM_KEY_MAX];
         size_t len;
         char *key = s_mem_key(buf, source, message_id, &len);
-        seen_state_t s = key ? (seen_state_t)seenset_get(self->mem, key, len) : SEEN_NONE;
+        seen_state_t s = key ? (seen_state_t)seenset_get(self->mem, key, len) : SEEN_UNKNOWN;
         if (key != buf)
             free(key);
         return s;
     }
     sqlite3_stmt *st = self->st[S_SEEN_GET];
-    sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, message_id, -1, SQLITE_STATIC);
-    seen_state_t s = SEEN_NONE;
-    if (sqlite3_step(st) == SQLITE_ROW)
-        s = (seen_state_t)sqlite3_column_int(st, 0);
+    seen_state_t s = SEEN_UNKNOWN;
+    if (sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC) == SQLITE_OK &&
+        sqlite3_bind_text(st, 2, message_id, -1, SQLITE_STATIC) == SQLITE_OK) {
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW)
+            s = (seen_state_t)sqlite3_column_int(st, 0);
+        else if (rc == SQLITE_DONE)
+            s = SEEN_NONE;
+    }
     sqlite3_reset(st);
     return s;
 }

@@ -15,7 +15,8 @@
 
 typedef struct cstore_t cstore_t;
 
-typedef enum { SEEN_NONE = 0, SEEN_IN_HANDLER = 1, SEEN_DONE = 2 } seen_state_t;
+/* SEEN_UNKNOWN: the state could not be read (a database error). */
+typedef enum { SEEN_UNKNOWN = -1, SEEN_NONE = 0, SEEN_IN_HANDLER = 1, SEEN_DONE = 2 } seen_state_t;
 
 /* Opens (creating) DIR/client-<facility>.db, mode 0600; with dir NULL, a
  * store in memory that lasts as long as the process.  NULL on failure. */

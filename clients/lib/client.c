@@ -102,7 +102,7 @@ struct mr_client_t {
     bool defer_deliveries;    /* set while a synchronous send without handler polls */
     /* The outcomes (Ack, final Error) of our messages that came while no
      * handler of the application's could take them: handed over, in order,
-     * to the next poll with one.  At most S_HELD_MAX: beyond, the oldest go. */
+     * to the next poll with one.  At most S_HELD_MAX: later ones are not kept. */
     s_held_t *held;
     size_t n_held, cap_held;
     uint32_t max_frame_bytes; /* Welcome.max_message_bytes: the broker's limit; 0 unknown */
@@ -306,14 +306,12 @@ static bool s_is_outcome(const mr_event_t *ev)
 }
 
 /* Keeps the outcome ev for the next poll with a handler.  Without memory
- * for it, or past S_HELD_MAX, the oldest kept goes: an application that
- * never polls with a handler has said it does not listen. */
+ * for it, or past S_HELD_MAX, it is not kept: an application that never
+ * polls with a handler has said it does not listen. */
 static void s_hold(mr_client_t *c, const mr_event_t *ev)
 {
-    if (c->n_held == S_HELD_MAX) {
-        memmove(c->held, c->held + 1, (c->n_held - 1) * sizeof *c->held);
-        c->n_held--;
-    }
+    if (c->n_held == S_HELD_MAX)
+        return;
     if (c->n_held == c->cap_held) {
         size_t cap = c->cap_held ? c->cap_held * 2 : 16;
         s_held_t *h = realloc(c->held, cap * sizeof *h);
@@ -918,7 +916,9 @@ static int s_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void 
         {.socket = self->mon, .events = ZMQ_POLLIN},
     };
     int64_t wait = timeout_ms;
-    if (wait > 100 || wait < 0)
+    if (wait < 0)
+        wait = 0; /* as documented: a negative time-out is 0, one pass */
+    if (wait > 100)
         wait = 100; /* wake up for timers */
     int64_t deadline = mr_mono_ms() + (timeout_ms < 0 ? 0 : timeout_ms);
     int events = 0;

@@ -157,12 +157,14 @@ int mr_client_send_json(mr_client_t *self, const char *json, mr_result_t *res, i
                         mr_handler_t handler, void *arg);
 
 /*
- * Waits up to timeout_ms for traffic and handles everything that arrived:
+ * Waits up to timeout_ms (a negative one is 0: no wait, one pass) for traffic
+ * and handles everything that arrived:
  * events go to handler.  With handler NULL, deliveries are kept (not
  * acknowledged) and handed, in order, to the next poll that has a handler;
  * so are the outcomes of submitted messages (ACK, and ERROR that is final
- * for a message: a refusal is never dropped unseen), up to 4,096 (beyond,
- * the oldest go), handed over first.
+ * for a message, so that no refusal is lost to a poll without handler), up to
+ * 4,096 (later ones are not kept until a poll with a handler takes these),
+ * handed over first.
  * Also sends heartbeats and resends what is due; during a long pass over
  * many deliveries (a slow handler), the acks gathered and a heartbeat go out
  * every 200 ms, so the broker does not take the session for dead.

@@ -26,7 +26,9 @@
  * A statement that fails with an I/O class error (disk full, read-only,
  * corrupt, locked) fails the whole batch: ROLLBACK, every request in it
  * completes with STORE_UNAVAILABLE, and the connection is reopened on the
- * next batch.  Nothing is acknowledged that was not committed.
+ * next batch.  Nothing is acknowledged that was not committed.  The counts
+ * of store_tally (events of the loop thread, which happened whatever becomes
+ * of the batch) are kept for the next batch that commits (self->kept).
  */
 #include "store.h"
 
@@ -204,6 +206,8 @@ struct store_t {
     sqlite3_stmt *stmt[S_STMT_COUNT];
     clinical_t *clin;
     tally_t *tally;
+    tally_kept_t *kept;  /* store_tally's counts, kept until a batch commits them (tally.h);
+                          * the store's, not the connection's: an outage may reopen it */
     int last_error;                          /* SQLite code of the failure being reported */
     bool opened_once;
     pending_t *pending;  /* the pending set (pending.h), rebuilt at each open */
@@ -460,7 +464,7 @@ static int s_open_db(store_t *self)
     /* No integrity scan here: it reads the whole file, and start-up must stay
      * fast with a million messages pending.  Corruption shows as
      * SQLITE_CORRUPT on the first statement that meets it. */
-    self->tally = tally_new(self->db, &rc);
+    self->tally = tally_new(self->db, self->kept, &rc);
     if (self->tally == NULL)
         goto fail;
     self->clin = clinical_open(self->db, self->tally, &rc);
@@ -1000,6 +1004,18 @@ static int s_op_size(store_t *self, store_req_t *req)
     return SQLITE_OK;
 }
 
+/*
+ * A store_tally count: an event of the loop thread (a refusal, a
+ * redelivery) that happened whatever becomes of this batch, so it is kept
+ * until a batch commits it (tally.h), not dropped with a rollback as the
+ * counts of the batch's own work are.
+ */
+static int s_keep_tally(store_t *self, const store_req_t *req)
+{
+    return tally_kept_add(self->kept, req->tally_name, req->tally_labels ? req->tally_labels : "",
+                          req->tally_delta);
+}
+
 /* Executes one request inside the open transaction.  Returns an SQLite code;
  * anything but SQLITE_OK fails the batch. */
 static int s_execute(store_t *self, store_req_t *req)
@@ -1025,10 +1041,7 @@ static int s_execute(store_t *self, store_req_t *req)
         rc = clinical_open_loops(self->clin, req->query, req->older_than_ms, &req->open,
                                  &req->n_open);
         break;
-    case STORE_TALLY:
-        rc = tally_add(self->tally, req->tally_name, req->tally_labels ? req->tally_labels : "",
-                       req->tally_delta);
-        break;
+    case STORE_TALLY: rc = s_keep_tally(self, req); break;
     case STORE_STATS:
         rc = tally_query(self->tally, req->first_day[0] ? req->first_day : NULL,
                          req->last_day[0] ? req->last_day : NULL, req->query, &req->tallies,
@@ -1214,6 +1227,10 @@ static void *s_thread(void *arg)
         }
         if (rc != SQLITE_OK) {
             s_log_failure(self, rc, "batch");
+            /* A batch that could not begin (no database, the lock) never
+             * executed its first request: a count there is kept too. */
+            if (!journalled && first->op == STORE_TALLY)
+                (void)s_keep_tally(self, first); /* out of memory: best effort (store.h) */
             if (self->tally != NULL)
                 tally_discard(self->tally);
             s_fail_batch(head);
@@ -1278,7 +1295,8 @@ store_t *store_new(uv_loop_t *loop, const store_opts_t *opts, log_t *log)
     atomic_init(&self->unavailable, false);
     atomic_init(&self->backups, 0);
     self->pending = pending_new();
-    if (self->path == NULL || self->pending == NULL)
+    self->kept = tally_kept_new();
+    if (self->path == NULL || self->pending == NULL || self->kept == NULL)
         goto fail_alloc;
     if (pthread_mutex_init(&self->lock, NULL) != 0)
         goto fail_alloc;
@@ -1317,6 +1335,7 @@ fail_cond:
 fail_mutex:
     pthread_mutex_destroy(&self->lock);
 fail_alloc:
+    tally_kept_destroy(&self->kept);
     pending_destroy(&self->pending);
     free(self->path);
     free(self);
@@ -1600,6 +1619,7 @@ static void on_close(uv_handle_t *handle)
 {
     store_t *self = handle->data;
     walbuf_destroy(&self->walbuf); /* every connection is closed */
+    tally_kept_destroy(&self->kept);
     pending_destroy(&self->pending);
     pthread_cond_destroy(&self->ckpt_wake);
     pthread_cond_destroy(&self->wake);

@@ -12,6 +12,13 @@
  *      all-time query (`/metrics` scrapes one every few seconds) is then
  *      answered from memory; summing the table took ~100 ms after a year
  *      of the demo county's keys, on the store thread, every scrape.
+ *   3. kept (tally_kept_t, the caller's) holds the counts of events that
+ *      happened whatever becomes of the batch that counts them (a refusal,
+ *      a redelivery: store_tally): written by every tally_flush, cleared
+ *      only by tally_commit, so they reach the first batch that commits.
+ *      tally_discard leaves them, and as the caller owns them they outlive
+ *      this tally (a reopened connection makes a new one).  Merged per key,
+ *      they stay as small as the set of keys during an outage of any length.
  */
 #include "tally.h"
 
@@ -42,6 +49,10 @@ typedef struct {
     size_t n, cap;
 } s_keys_t;
 
+struct tally_kept_t {
+    s_keys_t keys;
+};
+
 struct tally_t {
     sqlite3 *db;
     sqlite3_stmt *upsert;
@@ -49,6 +60,7 @@ struct tally_t {
     s_keys_t pending;         /* the open transaction's deltas */
     s_keys_t totals;          /* all time, committed */
     bool totals_lost;         /* out of memory once: all-time queries go to the table */
+    tally_kept_t *kept;       /* counts kept across rollbacks (invariant 3); borrowed, or NULL */
 };
 
 static const char *const s_schema =
@@ -117,6 +129,33 @@ static int s_keys_add(s_keys_t *k, const char *name, const char *labels, int64_t
     return SQLITE_OK;
 }
 
+/* ---- counts kept across rollbacks ------------------------------------------ */
+
+tally_kept_t *tally_kept_new(void)
+{
+    tally_kept_t *self = calloc(1, sizeof *self);
+    if (self == NULL || (self->keys.index = strmap_new()) == NULL) {
+        free(self);
+        return NULL;
+    }
+    return self;
+}
+
+void tally_kept_destroy(tally_kept_t **self_p)
+{
+    tally_kept_t *self = *self_p;
+    if (self == NULL)
+        return;
+    s_keys_free(&self->keys);
+    free(self);
+    *self_p = NULL;
+}
+
+int tally_kept_add(tally_kept_t *self, const char *name, const char *labels, int64_t delta)
+{
+    return s_keys_add(&self->keys, name, labels, delta);
+}
+
 /* ---- the tallies ---------------------------------------------------------- */
 
 /* Sums every day of the table into self->totals.  total(), not sum(): an
@@ -135,7 +174,7 @@ static int s_load_totals(tally_t *self)
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
-tally_t *tally_new(sqlite3 *db, int *rc_out)
+tally_t *tally_new(sqlite3 *db, tally_kept_t *kept, int *rc_out)
 {
     tally_t *self = calloc(1, sizeof *self);
     int rc = SQLITE_NOMEM;
@@ -143,6 +182,7 @@ tally_t *tally_new(sqlite3 *db, int *rc_out)
         (self->totals.index = strmap_new()) == NULL)
         goto fail;
     self->db = db;
+    self->kept = kept;
     rc = sqlite3_exec(db, s_schema, NULL, NULL, NULL);
     if (rc == SQLITE_OK)
         rc = sqlite3_prepare_v3(db,
@@ -173,14 +213,24 @@ void tally_discard(tally_t *self)
     s_keys_clear(&self->pending);
 }
 
-void tally_commit(tally_t *self)
+/* Adds committed deltas to the all-time totals. */
+static void s_totals_add(tally_t *self, const s_keys_t *k)
 {
-    for (size_t i = 0; i < self->pending.n && !self->totals_lost; i++) {
-        const s_entry_t *e = &self->pending.v[i];
+    for (size_t i = 0; i < k->n && !self->totals_lost; i++) {
+        const s_entry_t *e = &k->v[i];
         if (e->value != 0 && s_keys_add(&self->totals, e->name, e->labels, e->value) != SQLITE_OK)
             self->totals_lost = true;
     }
+}
+
+void tally_commit(tally_t *self)
+{
+    s_totals_add(self, &self->pending);
     s_keys_clear(&self->pending);
+    if (self->kept != NULL) {
+        s_totals_add(self, &self->kept->keys);
+        s_keys_clear(&self->kept->keys);
+    }
 }
 
 void tally_destroy(tally_t **self_p)
@@ -231,18 +281,13 @@ int tally_observe(tally_t *self, const char *name, const char *labels, int64_t s
     return tally_add(self, n, labels, 1);
 }
 
-int tally_flush(tally_t *self, int64_t now_ms)
+/* Writes the deltas of k to day (upserts: the same key from pending and
+ * kept adds up). */
+static int s_flush_keys(tally_t *self, const s_keys_t *k, const char *day)
 {
-    if (self->pending.n == 0)
-        return SQLITE_OK;
-    time_t t = (time_t)(now_ms / 1000);
-    struct tm tm;
-    char day[11];
-    if (localtime_r(&t, &tm) == NULL || strftime(day, sizeof day, "%Y-%m-%d", &tm) == 0)
-        return SQLITE_ERROR;
     int rc = SQLITE_OK;
-    for (size_t i = 0; i < self->pending.n && rc == SQLITE_OK; i++) {
-        const s_entry_t *e = &self->pending.v[i];
+    for (size_t i = 0; i < k->n && rc == SQLITE_OK; i++) {
+        const s_entry_t *e = &k->v[i];
         if (e->value == 0)
             continue;
         sqlite3_stmt *st = self->upsert;
@@ -258,6 +303,22 @@ int tally_flush(tally_t *self, int64_t now_ms)
             rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(self->db);
         sqlite3_reset(st);
     }
+    return rc;
+}
+
+int tally_flush(tally_t *self, int64_t now_ms)
+{
+    const s_keys_t *kept = self->kept != NULL ? &self->kept->keys : NULL;
+    if (self->pending.n == 0 && (kept == NULL || kept->n == 0))
+        return SQLITE_OK;
+    time_t t = (time_t)(now_ms / 1000);
+    struct tm tm;
+    char day[11];
+    if (localtime_r(&t, &tm) == NULL || strftime(day, sizeof day, "%Y-%m-%d", &tm) == 0)
+        return SQLITE_ERROR;
+    int rc = s_flush_keys(self, &self->pending, day);
+    if (rc == SQLITE_OK && kept != NULL)
+        rc = s_flush_keys(self, kept, day);
     return rc;
 }
 

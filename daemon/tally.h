@@ -8,8 +8,8 @@
  * transaction as the message or step it counts, so a resend counts once and
  * a restart loses nothing.  Months, half-years and years are sums of days.
  *
- * Thread: store thread (tally_add, tally_flush, tally_discard); the query
- * functions run there too, from store requests.
+ * Thread: store thread (tally_add, tally_flush, tally_discard, tally_kept_*);
+ * the query functions run there too, from store requests.
  */
 #ifndef MR_TALLY_H
 #define MR_TALLY_H
@@ -24,7 +24,25 @@ typedef struct tally_t tally_t;
 #define TALLY_BUCKETS 10
 extern const int64_t tally_bucket_le[TALLY_BUCKETS]; /* last is "+Inf" (-1) */
 
-tally_t *tally_new(sqlite3 *db, int *rc_out);
+/*
+ * Counts of events that happened whatever becomes of the batch that counts
+ * them (a refusal answered with an Error, a redelivery: store_tally): unlike
+ * tally_add's, they are not dropped with a rolled-back batch but written by
+ * the next one that commits.  Owned by the caller, not by a tally, so that
+ * they outlive a connection closed and reopened during an outage; merged per
+ * (name, labels), so an outage of any length keeps them as few as their keys.
+ */
+typedef struct tally_kept_t tally_kept_t;
+
+tally_kept_t *tally_kept_new(void);
+void tally_kept_destroy(tally_kept_t **self_p);
+/* Adds delta to (name, labels) among the kept counts.  SQLITE_OK or SQLITE_NOMEM. */
+int tally_kept_add(tally_kept_t *self, const char *name, const char *labels, int64_t delta);
+
+/* kept (borrowed; may be NULL) must outlive the tally: tally_flush writes
+ * its counts with the batch's, tally_commit clears them, tally_discard
+ * leaves them for the next batch. */
+tally_t *tally_new(sqlite3 *db, tally_kept_t *kept, int *rc_out);
 void tally_destroy(tally_t **self_p);
 
 /* Adds delta to (today, name, labels) in the pending batch.  labels is a
@@ -32,12 +50,14 @@ void tally_destroy(tally_t **self_p);
 int tally_add(tally_t *self, const char *name, const char *labels, int64_t delta);
 /* Records one observation of seconds in histogram `name` (buckets, _sum, _count). */
 int tally_observe(tally_t *self, const char *name, const char *labels, int64_t seconds);
-/* Writes the batch's counts (inside the caller's transaction); they stay
- * the batch's until tally_commit or tally_discard. */
+/* Writes the batch's counts and the kept ones (inside the caller's
+ * transaction); they stay the batch's until tally_commit or tally_discard. */
 int tally_flush(tally_t *self, int64_t now_ms);
-/* The batch's transaction committed: its counts join the all-time totals. */
+/* The batch's transaction committed: its counts and the kept ones join the
+ * all-time totals, and the kept ones are cleared. */
 void tally_commit(tally_t *self);
-/* Forgets the batch's counts (its transaction was rolled back). */
+/* Forgets the batch's counts (its transaction was rolled back); the kept
+ * ones stay for the next batch. */
 void tally_discard(tally_t *self);
 
 typedef struct {

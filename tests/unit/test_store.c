@@ -1384,6 +1384,77 @@ static void test_store_process_init_turns_off_memory_statistics(void **state)
     assert_int_equal(store_process_init(), -1);
 }
 
+/*
+ * An event counted by store_tally() (a redelivery, a refusal answered with
+ * an Error) happened whatever becomes of the batch it lands in: when that
+ * batch rolls back for another request's failure, the count is kept and
+ * written by the next batch that commits, once.  The rolled-back PUT's own
+ * count is not (it was not stored).
+ */
+static void test_store_tally_survives_a_failed_batch(void **state)
+{
+    s_fx_t *fx = *state;
+    assert_int_equal(s_put(fx, "t-a", "m-1", "lead", "b", 99000)->status, STORE_OK);
+    s_refuse_writes(fx->path, "messages", true); /* the next PUT fails its batch */
+    /* Hold the write lock so that the store thread waits in BEGIN with the
+     * tally as its first request, while the PUT joins the same batch. */
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(fx->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    store_tally(fx->store, "messages_redelivered_total", "destination=\"lead\"", 1);
+    s_done_t *put = s_put_req(fx, "t-a", "m-2", "lead", "b", 99000);
+    struct timespec ts = {0, 50 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    assert_int_equal(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    s_wait(fx, put);
+    assert_int_equal(put->status, STORE_UNAVAILABLE);
+    /* A second failed batch: the kept count is not written, nor lost, and a
+     * new one of the same key merges with it. */
+    store_tally(fx->store, "messages_redelivered_total", "destination=\"lead\"", 1);
+    assert_int_equal(s_put(fx, "t-a", "m-2", "lead", "b", 99000)->status, STORE_UNAVAILABLE);
+    assert_int_equal(s_sql_int(fx->path, "SELECT count(*) FROM tallies"
+                                         " WHERE name = 'messages_redelivered_total'"),
+                     0);
+    s_refuse_writes(fx->path, "messages", false);
+    assert_int_equal(s_put(fx, "t-a", "m-3", "lead", "b", 99000)->status, STORE_OK);
+    assert_int_equal(s_put(fx, "t-a", "m-4", "lead", "b", 99000)->status, STORE_OK);
+    store_destroy(&fx->store);
+    /* The redeliveries happened twice: counted twice, in one row. */
+    assert_int_equal(s_sql_int(fx->path, "SELECT coalesce(sum(value), 0) FROM tallies"
+                                         " WHERE name = 'messages_redelivered_total'"),
+                     2);
+    assert_int_equal(s_sql_int(fx->path, "SELECT count(*) FROM tallies"
+                                         " WHERE name = 'messages_redelivered_total'"),
+                     1);
+    /* The PUTs that rolled back stored nothing, and count nothing. */
+    assert_int_equal(s_sql_int(fx->path, "SELECT sum(value) FROM tallies"
+                                         " WHERE name = 'messages_stored_total'"),
+                     3);
+}
+
+/* A count submitted while the database cannot even be opened (a directory
+ * where the file goes) is written once it can. */
+static void test_store_tally_survives_a_closed_database(void **state)
+{
+    s_fx_t *fx = *state;
+    assert_int_equal(mkdir(fx->path, 0700), 0);
+    fx->store = s_open(fx, fx->path);
+    assert_non_null(fx->store);
+    assert_true(store_unavailable(fx->store));
+    store_tally(fx->store, "messages_rejected_total", "code=\"INVALID\"", 1);
+    assert_int_equal(s_put(fx, "t-a", "m-1", "lead", "b", 9000)->status, STORE_UNAVAILABLE);
+    store_tally(fx->store, "messages_rejected_total", "code=\"INVALID\"", 1);
+    assert_int_equal(s_put(fx, "t-a", "m-2", "lead", "b", 9000)->status, STORE_UNAVAILABLE);
+    assert_int_equal(rmdir(fx->path), 0);
+    assert_int_equal(s_put(fx, "t-a", "m-3", "lead", "b", 9000)->status, STORE_OK);
+    store_destroy(&fx->store);
+    assert_int_equal(s_sql_int(fx->path, "SELECT sum(value) FROM tallies"
+                                         " WHERE name = 'messages_rejected_total'"
+                                         " AND labels = 'code=\"INVALID\"'"),
+                     2);
+}
+
 int main(void)
 {
     umask(022);
@@ -1420,6 +1491,8 @@ int main(void)
         T0(test_store_refuses_newer_schema),
         T(test_store_process_init_turns_off_memory_statistics),
         T0(test_store_new_files_have_8k_pages),
+        T(test_store_tally_survives_a_failed_batch),
+        T0(test_store_tally_survives_a_closed_database),
     };
     /* MR_TEST_FILTER / MR_TEST_SKIP: glob patterns of test names to run or
      * skip (e.g. to run the rest under valgrind while a known bug is open). */

@@ -144,7 +144,7 @@ static void test_tally_all_time_totals_match_the_table(void **state)
     sqlite3 *db = NULL;
     assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
     int rc = 0;
-    tally_t *t = tally_new(db, &rc);
+    tally_t *t = tally_new(db, NULL, &rc);
     assert_non_null(t);
     s_same_as_table(t, "");
     int64_t day = 86400LL * 1000;
@@ -163,10 +163,53 @@ static void test_tally_all_time_totals_match_the_table(void **state)
     free(one);
     tally_destroy(&t);
     assert_null(t);
-    t = tally_new(db, &rc);
+    t = tally_new(db, NULL, &rc);
     assert_non_null(t);
     s_same_as_table(t, expect);
     tally_destroy(&t);
+    sqlite3_close(db);
+    unlink(path);
+}
+
+/*
+ * Kept counts (tally_kept_*): written by every flush, left by a discard,
+ * cleared by a commit, and carried from one tally to the next (a reopened
+ * connection), merged per key; they join the all-time totals once.
+ */
+static void test_tally_kept_counts_wait_for_a_commit(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/mr-test-tally-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    tally_kept_t *kept = tally_kept_new();
+    assert_non_null(kept);
+    int rc = 0;
+    tally_t *t = tally_new(db, kept, &rc);
+    assert_non_null(t);
+    int64_t day = 20000 * 86400LL * 1000;
+    assert_int_equal(tally_kept_add(kept, "messages_redelivered_total", "destination=\"lab\"", 1),
+                     SQLITE_OK);
+    s_batch(db, t, day, false, 1); /* rolled back: the kept count stays */
+    assert_int_equal(tally_kept_add(kept, "messages_redelivered_total", "destination=\"lab\"", 1),
+                     SQLITE_OK);
+    tally_destroy(&t); /* the connection goes; the kept counts do not */
+    t = tally_new(db, kept, &rc);
+    assert_non_null(t);
+    s_batch(db, t, day, true, 1);
+    s_batch(db, t, day, true, 1); /* commits nothing kept a second time */
+    char *all = s_text(t, NULL, NULL, "lab");
+    assert_string_equal(all, "messages_redelivered_total{destination=\"lab\"}=2;");
+    free(all);
+    all = s_text(t, "0000-00-00", "9999-99-99", "lab");
+    assert_string_equal(all, "messages_redelivered_total{destination=\"lab\"}=2;");
+    free(all);
+    tally_destroy(&t);
+    tally_kept_destroy(&kept);
+    assert_null(kept);
     sqlite3_close(db);
     unlink(path);
 }
@@ -178,6 +221,7 @@ int main(void)
         cmocka_unit_test(test_tally_labels_too_long_is_refused),
         cmocka_unit_test(test_tally_label_value_is_made_safe),
         cmocka_unit_test(test_tally_all_time_totals_match_the_table),
+        cmocka_unit_test(test_tally_kept_counts_wait_for_a_commit),
     };
     return cmocka_run_group_tests_name("tally", tests, NULL, NULL);
 }

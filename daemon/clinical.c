@@ -148,10 +148,17 @@ static const char *const s_sql[Q_COUNT] = {
                    " to_state, at_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     [Q_CAP_GET] = "SELECT capacity, reserved, claimed_reserved, general_used, released,"
                   " released_at_ms IS NOT NULL FROM capacity WHERE resource_key = ?1",
+    /* A notice that leaves reserve unclaimed and unreleased (more reserve
+     * than was claimed and released, e.g. a larger one after the cut-off)
+     * makes the resource due again (released_at_ms NULL): the next scan
+     * past the cut-off releases those units, and only those (the released
+     * ones stay released).  Left set, they stayed reserved for good. */
     [Q_CAP_PUT] = "INSERT INTO capacity(resource_key, resource, unit, date, capacity, reserved,"
                   " slot_start_ms, updated_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
                   " ON CONFLICT(resource_key) DO UPDATE SET capacity = ?5, reserved = ?6,"
-                  " slot_start_ms = ?7, updated_ms = ?8",
+                  " slot_start_ms = ?7, updated_ms = ?8,"
+                  " released_at_ms = CASE WHEN ?6 > claimed_reserved + released THEN NULL"
+                  " ELSE released_at_ms END",
     [Q_CAP_LEDGER] = "UPDATE capacity SET claimed_reserved = ?2, general_used = ?3,"
                      " released = ?4, updated_ms = ?5 WHERE resource_key = ?1",
     [Q_LOOP_INSERT] = "INSERT INTO loops(loop_key, kind, ref_id, orderer, filler, modality,"
@@ -287,6 +294,30 @@ static int s_depts_load(clinical_t *self)
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
+/*
+ * Stores written before Q_CAP_PUT made a resource due again: reserve a
+ * notice added after the cut-off stayed unreleased for good.  Due again,
+ * it is released (and counted) by the next scan.  Written only when such a
+ * resource exists: opening must not need the disk otherwise.
+ */
+static int s_cap_repair(sqlite3 *db)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db,
+                                "SELECT 1 FROM capacity WHERE released_at_ms IS NOT NULL"
+                                " AND reserved > claimed_reserved + released LIMIT 1",
+                                -1, &st, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc == SQLITE_ROW)
+        rc = sqlite3_exec(db,
+                          "UPDATE capacity SET released_at_ms = NULL WHERE released_at_ms IS NOT"
+                          " NULL AND reserved > claimed_reserved + released",
+                          NULL, NULL, NULL);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
 clinical_t *clinical_open(sqlite3 *db, tally_t *tally, int *rc_out)
 {
     clinical_t *self = calloc(1, sizeof *self);
@@ -316,6 +347,9 @@ clinical_t *clinical_open(sqlite3 *db, tally_t *tally, int *rc_out)
     rc = sqlite3_exec(db, s_schema, NULL, NULL, NULL);
     if (rc != SQLITE_OK)
         goto fail;
+    /* Not fatal: a store that cannot be written now (a full disk) still
+     * serves its reads, and is repaired at a later open. */
+    (void)s_cap_repair(db);
     for (int i = 0; i < Q_COUNT; i++) {
         rc = sqlite3_prepare_v3(db, s_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &self->q[i], NULL);
         if (rc != SQLITE_OK)
@@ -397,6 +431,18 @@ static int s_ledger_get(clinical_t *self, const char *key, ledger_t *l, bool *fo
     }
     sqlite3_reset(st);
     return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+/* Counts units of the reserve of resource key ("<resource>/<unit>/<day>")
+ * that went to general use unclaimed. */
+static int s_tally_released(clinical_t *self, const char *key, int64_t units)
+{
+    if (units <= 0)
+        return SQLITE_OK;
+    const char *slash = strchr(key, '/');
+    char labels[64];
+    snprintf(labels, sizeof labels, "resource=\"%.*s\"", (int)(slash ? slash - key : 0), key);
+    return tally_add(self->tally, "reserve_released_unclaimed_units_total", labels, units);
 }
 
 static int s_ledger_put(clinical_t *self, const char *key, const ledger_t *l, int64_t now)
@@ -690,9 +736,11 @@ static int s_apply_step(clinical_t *self, s_ref_t *r, uint64_t seq, int step, re
         S_TRY(s_ledger_get(self, r->resource_key, &l, &found, &past_cutoff));
         if (found) {
             slots_release(&l, r->claim);
-            /* After the cut-off a reserved unit given back is general at once. */
+            /* After the cut-off a reserved unit given back is general at once,
+             * and counted as the scan counts what it releases: the tally then
+             * sums the ledgers' `released` (the reserve that went unused). */
             if (past_cutoff)
-                (void)slots_release_unclaimed(&l);
+                S_TRY(s_tally_released(self, r->resource_key, slots_release_unclaimed(&l)));
             S_TRY(s_ledger_put(self, r->resource_key, &l, now));
         }
         out->claim = (int)r->claim;
@@ -1195,12 +1243,7 @@ int clinical_scan(clinical_t *self, const clin_sla_t *sla, int64_t now_ms, clin_
         const clin_event_t *e = &(*events)[i];
         char labels[200];
         if (e->kind == EV_RESERVE_RELEASED) {
-            /* key is "<resource>/<unit>/<day>" */
-            const char *slash = strchr(e->key, '/');
-            snprintf(labels, sizeof labels, "resource=\"%.*s\"",
-                     (int)(slash ? slash - e->key : 0), e->key);
-            S_TRY(tally_add(self->tally, "reserve_released_unclaimed_units_total", labels,
-                            e->value));
+            S_TRY(s_tally_released(self, e->key, e->value));
         } else if (e->kind != EV_REFERRAL_EXPIRED) {
             snprintf(labels, sizeof labels, "kind=\"%s\"", clinical_event_name(e->kind));
             S_TRY(tally_add(self->tally, "escalations_total", labels, 1));

@@ -491,15 +491,26 @@ static void s_store_request(server_t *s, const uint8_t *rid, size_t rid_len,
         if (q->slots->date && q->slots->date[0] && (req->query = strdup(q->slots->date)) == NULL)
             goto oom;
         break;
-    case MEDROUTE__V1__OP_REQUEST__BODY_OPEN_LOOPS:
+    case MEDROUTE__V1__OP_REQUEST__BODY_OPEN_LOOPS: {
+        /* The operator's number: a negative age means nothing (and
+         * INT64_MIN would overflow the subtraction below), nor does one from
+         * before 1970.  0 is always "all". */
+        int64_t now = mr_now_ms(), age = q->open_loops->older_than_ms;
+        if (age < 0 || (age > 0 && age > now)) {
+            free(pd);
+            s_reply_error(s, rid, rid_len, q->request_id, MR_E_INVALID,
+                          "open_loops.older_than_ms must be from 0 to the milliseconds since 1970");
+            return;
+        }
         req = store_req_new(STORE_OPEN, on_open_loops, pd);
         if (req == NULL)
             goto oom;
         if (q->open_loops->facility && q->open_loops->facility[0] &&
             (req->query = strdup(q->open_loops->facility)) == NULL)
             goto oom;
-        req->older_than_ms = mr_now_ms() - q->open_loops->older_than_ms;
+        req->older_than_ms = now - age;
         break;
+    }
     case MEDROUTE__V1__OP_REQUEST__BODY_QUEUE_LIST: {
         const Medroute__V1__QueueListRequest *l = q->queue_list;
         req = store_req_new(STORE_LIST, on_listed, pd);

@@ -688,6 +688,18 @@ def run(ctx, conns, daemon, pb, envelope_pb, clinical, op, facility_ep, operator
               rep is not None and rep.WhichOneof("body") == "error" and
               rep.error.code == pb.ERROR_INVALID and
               "queue_drop.reason is not valid UTF-8" in rep.error.reason, str(rep))
+        # An age out of range (INT64_MIN overflowed now - older_than_ms, undefined
+        # behaviour) is refused naming the field; the daemon answers on.
+        for age in (-(2 ** 63), -1, 2 ** 63 - 1):
+            rep = op_call(open_loops=op.OpenLoopsRequest(older_than_ms=age))
+            check("operator: open_loops with older_than_ms=%d -> Error INVALID naming it" % age,
+                  rep is not None and rep.WhichOneof("body") == "error" and
+                  rep.error.code == pb.ERROR_INVALID and
+                  "open_loops.older_than_ms" in rep.error.reason, str(rep))
+        rep = op_call(open_loops=op.OpenLoopsRequest(older_than_ms=3600 * 1000))
+        check("operator: open_loops with older_than_ms=1h is answered after them",
+              rep is not None and rep.WhichOneof("body") == "open_loops", str(rep))
+        check("operator: the daemon is still running", daemon.poll() is None)
     finally:
         opsock.close(0)
 

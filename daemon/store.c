@@ -26,8 +26,9 @@
  * A statement that fails with an I/O class error (disk full, read-only,
  * corrupt, locked) fails the whole batch: ROLLBACK, every request in it
  * completes with STORE_UNAVAILABLE, and the connection is reopened on the
- * next batch.  Nothing is acknowledged that was not committed.  The counts
- * of store_tally (events of the loop thread, which happened whatever becomes
+ * next batch (so it is after any failed batch whose ROLLBACK fails).
+ * Nothing is acknowledged that was not committed.  The counts of
+ * store_tally (events of the loop thread, which happened whatever becomes
  * of the batch) are kept for the next batch that commits (self->kept).
  */
 #include "store.h"
@@ -1169,6 +1170,25 @@ static int s_floor(store_t *self, bool wrote)
     return SQLITE_OK;
 }
 
+/*
+ * Rolls the failed batch's transaction back; false when it is still open
+ * after that.  The pending set and the floor follow the rollback whatever
+ * happens here, so a transaction left open would keep what they no longer
+ * hold (and every later BEGIN would fail within it): the caller closes the
+ * connection instead, which rolls the transaction back (sqlite3_close_v2),
+ * and the next batch reopens and rebuilds the set from the file.
+ */
+static bool s_rollback(store_t *self)
+{
+    int rc = sqlite3_exec(self->db, "ROLLBACK", NULL, NULL, NULL);
+    if (rc == SQLITE_OK && sqlite3_get_autocommit(self->db))
+        return true;
+    log_error(self->log, "store.rollback_failed",
+              "path=%s sqlite=%d reason=\"%s\" effect=\"connection closed, reopened and rebuilt\"",
+              self->path, rc, sqlite3_errstr(rc));
+    return false;
+}
+
 static void *s_thread(void *arg)
 {
     store_t *self = arg;
@@ -1180,6 +1200,7 @@ static void *s_thread(void *arg)
         store_req_t *head = first, *tail = first;
         size_t count = 1;
         int rc = SQLITE_OK;
+        bool still_open = false; /* a failed batch's transaction that ROLLBACK left open */
         if (self->db == NULL)
             rc = s_open_db(self);
         int changes_before = self->db ? sqlite3_total_changes(self->db) : 0;
@@ -1213,7 +1234,7 @@ static void *s_thread(void *arg)
             if (rc == SQLITE_OK)
                 rc = s_control(self, S_COMMIT);
             if (rc != SQLITE_OK && !sqlite3_get_autocommit(self->db))
-                sqlite3_exec(self->db, "ROLLBACK", NULL, NULL, NULL);
+                still_open = !s_rollback(self);
         }
         bool set_lost = false;
         if (journalled && rc == SQLITE_OK) {
@@ -1234,7 +1255,7 @@ static void *s_thread(void *arg)
             if (self->tally != NULL)
                 tally_discard(self->tally);
             s_fail_batch(head);
-            if (s_needs_reopen(rc) || set_lost)
+            if (s_needs_reopen(rc) || set_lost || still_open)
                 s_close_db(self); /* reopen, re-check and rebuild on the next batch */
             atomic_store(&self->unavailable, true);
         } else if (sqlite3_total_changes(self->db) != changes_before) {

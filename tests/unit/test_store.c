@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1604,6 +1605,67 @@ static void test_store_reserve_left_unreleased_is_repaired_at_open(void **state)
     assert_int_equal(s_released_uncounted(fx), 0);
 }
 
+/* While set, connections opened after s_deny_rollback_install refuse to
+ * prepare a ROLLBACK (their authorizer denies it): a ROLLBACK that fails
+ * and leaves the transaction open, which SQLite itself does only on rare
+ * I/O errors. */
+static atomic_bool s_deny_rollback;
+
+static int s_rollback_auth(void *arg, int action, const char *a, const char *b, const char *c,
+                           const char *d)
+{
+    (void)arg;
+    (void)b;
+    (void)c;
+    (void)d;
+    if (action == SQLITE_TRANSACTION && a != NULL && strcmp(a, "ROLLBACK") == 0 &&
+        atomic_load(&s_deny_rollback))
+        return SQLITE_DENY;
+    return SQLITE_OK;
+}
+
+static int s_rollback_ext(sqlite3 *db, char **err, const struct sqlite3_api_routines *api)
+{
+    (void)err;
+    (void)api;
+    return sqlite3_set_authorizer(db, s_rollback_auth, NULL);
+}
+
+/*
+ * A failed batch whose ROLLBACK fails too: the pending set is rolled back
+ * but the transaction would stay open (holding the write lock, and every
+ * later BEGIN failing inside it).  The store closes the connection (which
+ * rolls it back) and the next batch reopens and rebuilds from the file.
+ */
+static void test_store_failed_rollback_reopens(void **state)
+{
+    s_fx_t *fx = *state;
+    char buf[128];
+    assert_int_equal(sqlite3_auto_extension((void (*)(void))s_rollback_ext), SQLITE_OK);
+    fx->store = s_open(fx, fx->path);
+    assert_non_null(fx->store);
+    assert_int_equal(s_put(fx, "t-a", "m-1", "lead", "b", 99000)->status, STORE_OK);
+    s_sql_exec(fx->path, "CREATE TRIGGER no_bad BEFORE INSERT ON messages"
+                         " WHEN NEW.message_id = 'm-bad' BEGIN SELECT RAISE(ABORT, 'test'); END");
+    atomic_store(&s_deny_rollback, true);
+    assert_int_equal(s_put(fx, "t-a", "m-bad", "lead", "b", 99000)->status, STORE_UNAVAILABLE);
+    atomic_store(&s_deny_rollback, false);
+    /* The next batch works, on a reopened connection that agrees with the file. */
+    s_done_t *d = s_put(fx, "t-a", "m-2", "lead", "b", 99000);
+    assert_int_equal(d->status, STORE_OK);
+    assert_int_equal(d->seq, 2);
+    assert_string_equal(s_seqs(s_load(fx, "lead", 0, 100), buf, sizeof buf), "1 2");
+    assert_true(s_log_contains(fx, "event=store.rollback_failed"));
+    store_destroy(&fx->store);
+    assert_int_equal(sqlite3_cancel_auto_extension((void (*)(void))s_rollback_ext), 1);
+    assert_int_equal(s_sql_int(fx->path, "SELECT count(*) FROM messages"), 2);
+    assert_int_equal(s_sql_int(fx->path, "SELECT count(*) FROM messages"
+                                         " WHERE message_id = 'm-bad'"),
+                     0);
+    fx->store = s_open(fx, fx->path);
+    assert_string_equal(s_seqs(s_load(fx, "lead", 0, 100), buf, sizeof buf), "1 2");
+}
+
 int main(void)
 {
     umask(022);
@@ -1644,6 +1706,7 @@ int main(void)
         T0(test_store_tally_survives_a_closed_database),
         T(test_store_reserve_republished_after_cutoff_is_released),
         T(test_store_reserve_left_unreleased_is_repaired_at_open),
+        T0(test_store_failed_rollback_reopens),
     };
     /* MR_TEST_FILTER / MR_TEST_SKIP: glob patterns of test names to run or
      * skip (e.g. to run the rest under valgrind while a known bug is open). */

@@ -3,7 +3,8 @@
  * lab loops, read-backs and escalations, as tables of the message store.
  *
  * Thread: the store thread only, inside the store's open transaction (see
- * store.c).  Owns its prepared statements.
+ * store.c).  Owns its prepared statements and the department label values
+ * in use, which follow the transaction (clinical_commit, clinical_rollback).
  *
  * Invariants
  *   1. A referral row exists for every stored Referral; its state changes
@@ -23,6 +24,7 @@
  */
 #include "clinical.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -176,6 +178,9 @@ static const char *const s_sql[Q_COUNT] = {
                       " readback_ms = coalesce(readback_ms, ?5) WHERE loop_key = ?1",
 };
 
+/* A department label value: at most 32 bytes (tally_label_value) and the NUL. */
+#define S_DEPT_LEN 40
+
 struct clinical_t {
     sqlite3 *db;
     tally_t *tally;
@@ -185,9 +190,12 @@ struct clinical_t {
     bool receive_plain;
     /* The department label values in use (s_dept_label), at most
      * MR_DEPARTMENT_LABELS_MAX: read from the tallies at open, then grown
-     * as new ones come.  One admitted in a batch that rolls back stays
-     * until the next open. */
+     * as new ones come.  Those admitted in the open batch are journalled
+     * (a subset of depts, so never more than its bound): clinical_rollback
+     * takes them out again, as its tallies are, clinical_commit keeps them. */
     strmap_t *depts;
+    char admitted[MR_DEPARTMENT_LABELS_MAX][S_DEPT_LEN];
+    size_t n_admitted;
 };
 
 static const char *const s_dir_names[] = {"lateral", "up", "down"};
@@ -529,7 +537,23 @@ static int s_dept_label(clinical_t *self, char *out, size_t len, const char *uni
         *folded = true;
         return SQLITE_OK;
     }
-    return strmap_put(self->depts, out, n, 0) == 0 ? SQLITE_OK : SQLITE_NOMEM;
+    assert(self->n_admitted < MR_DEPARTMENT_LABELS_MAX && n < S_DEPT_LEN);
+    if (strmap_put(self->depts, out, n, 0) != 0)
+        return SQLITE_NOMEM;
+    memcpy(self->admitted[self->n_admitted++], out, n + 1);
+    return SQLITE_OK;
+}
+
+void clinical_commit(clinical_t *self)
+{
+    self->n_admitted = 0;
+}
+
+void clinical_rollback(clinical_t *self)
+{
+    for (size_t i = 0; i < self->n_admitted; i++)
+        (void)strmap_del(self->depts, self->admitted[i], strlen(self->admitted[i]));
+    self->n_admitted = 0;
 }
 
 /* The label set of a referral's tallies; *folded as s_dept_label's. */
@@ -537,7 +561,7 @@ static int s_ref_labels(clinical_t *self, char *out, size_t len, ref_dir_t dir,
                         const char *source, const char *dest, const char *unit, int priority,
                         bool *folded)
 {
-    char dept[40];
+    char dept[S_DEPT_LEN];
     S_TRY(s_dept_label(self, dept, sizeof dept, unit, folded));
     const char *const pairs[] = {"department", dept,
                                  "destination", dest,

@@ -152,6 +152,13 @@ typedef struct clinical_t clinical_t;
 clinical_t *clinical_open(sqlite3 *db, tally_t *tally, int *rc_out);
 void clinical_close(clinical_t **self_p);
 
+/* The store's transaction committed, or rolled back: what this module holds
+ * in memory of the batch (the department label values it admitted) is kept,
+ * or forgotten with the tallies that used it.  Called where tally_commit and
+ * tally_discard are. */
+void clinical_commit(clinical_t *self);
+void clinical_rollback(clinical_t *self);
+
 /*
  * Applies a newly stored message (seq) inside the open transaction.
  * Returns an SQLite code; a refusal is SQLITE_OK with out->code set.  Every

@@ -1239,6 +1239,7 @@ static void *s_thread(void *arg)
         bool set_lost = false;
         if (journalled && rc == SQLITE_OK) {
             tally_commit(self->tally);
+            clinical_commit(self->clin);
             pending_commit(self->pending);
             self->floor_committed = self->floor_written;
         } else if (journalled) {
@@ -1254,6 +1255,8 @@ static void *s_thread(void *arg)
                 (void)s_keep_tally(self, first); /* out of memory: best effort (store.h) */
             if (self->tally != NULL)
                 tally_discard(self->tally);
+            if (self->clin != NULL)
+                clinical_rollback(self->clin);
             s_fail_batch(head);
             if (s_needs_reopen(rc) || set_lost || still_open)
                 s_close_db(self); /* reopen, re-check and rebuild on the next batch */

@@ -1480,22 +1480,30 @@ static s_done_t *s_put_capacity(s_fx_t *fx, const char *id, int64_t capacity, in
     return d;
 }
 
-/* A family doctor's up-referral R-1 from t-a to lead, for the cardiology clinic. */
-static s_done_t *s_put_referral(s_fx_t *fx)
+/* A family doctor's up-referral ref_id from t-a to lead (message id), for
+ * the clinic of department unit. */
+static s_done_t *s_put_referral_req(s_fx_t *fx, const char *id, const char *ref_id,
+                                    const char *unit)
 {
-    store_req_t *req = s_put_build(fx, "t-a", "ref-1", "lead", "ref-1", 99000000);
+    store_req_t *req = s_put_build(fx, "t-a", id, "lead", id, 99000000);
     req->msg.kind = MEDROUTE__V1__KIND__KIND_REFERRAL;
     clin_facts_t *f = calloc(1, sizeof *f);
     assert_non_null(f);
     f->kind = MEDROUTE__V1__KIND__KIND_REFERRAL;
     f->direction = REF_DIR_UP;
-    f->ref_id = strdup("R-1");
+    f->ref_id = strdup(ref_id);
     f->service = MEDROUTE__V1__SERVICE_TYPE__SERVICE_SPECIALIST_CLINIC;
-    f->unit = strdup("cardiology");
+    f->unit = strdup(unit);
     f->family_doctor = true;
     f->expires_ms = 99000000;
     req->facts = f;
-    s_done_t *d = s_submit(fx, req);
+    return s_submit(fx, req);
+}
+
+/* Referral R-1 to the cardiology clinic, as above; waits for it. */
+static s_done_t *s_put_referral(s_fx_t *fx)
+{
+    s_done_t *d = s_put_referral_req(fx, "ref-1", "R-1", "cardiology");
     s_wait(fx, d);
     return d;
 }
@@ -1666,6 +1674,53 @@ static void test_store_failed_rollback_reopens(void **state)
     assert_string_equal(s_seqs(s_load(fx, "lead", 0, 100), buf, sizeof buf), "1 2");
 }
 
+/* The referrals_requested_total rows naming department dept. */
+static long long s_dept_rows(const s_fx_t *fx, const char *dept)
+{
+    char sql[256];
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM tallies WHERE name ="
+             " 'referrals_requested_total' AND labels LIKE 'department=\"%s\",%%'", dept);
+    return s_sql_int(fx->path, sql);
+}
+
+/*
+ * A department label value admitted by a batch that rolls back leaves the
+ * set of values in use with it (its tallies are gone too): with 255 in use,
+ * a referral naming a new one in a failed batch, then another naming a
+ * second new one, the second takes the last place; a third is folded.
+ */
+static void test_store_department_admitted_in_a_failed_batch_is_forgotten(void **state)
+{
+    s_fx_t *fx = *state;
+    /* 255 departments in use, as tallies stored earlier (read at open). */
+    store_destroy(&fx->store);
+    s_sql_exec(fx->path, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n"
+                         " WHERE i < 255) INSERT INTO tallies(day, name, labels, value)"
+                         " SELECT '2024-01-01', 'referrals_requested_total',"
+                         " printf('department=\"d-%03d\",destination=\"lead\"', i), 1 FROM n");
+    fx->store = s_open(fx, fx->path);
+    assert_non_null(fx->store);
+    s_refuse_writes(fx->path, "tallies", true); /* the referral's batch fails at its counts */
+    s_done_t *d = s_put_referral_req(fx, "ref-1", "R-1", "neurology");
+    s_wait(fx, d);
+    assert_int_equal(d->status, STORE_UNAVAILABLE);
+    s_refuse_writes(fx->path, "tallies", false);
+    d = s_put_referral_req(fx, "ref-2", "R-2", "nephrology");
+    s_wait(fx, d);
+    assert_int_equal(d->status, STORE_OK);
+    d = s_put_referral_req(fx, "ref-3", "R-3", "dermatology");
+    s_wait(fx, d);
+    assert_int_equal(d->status, STORE_OK);
+    store_destroy(&fx->store);
+    assert_int_equal(s_dept_rows(fx, "neurology"), 0);
+    assert_int_equal(s_dept_rows(fx, "nephrology"), 1);
+    assert_int_equal(s_dept_rows(fx, "dermatology"), 0);
+    assert_int_equal(s_dept_rows(fx, "_other"), 1);
+    assert_int_equal(s_sql_int(fx->path, "SELECT sum(value) FROM tallies"
+                                         " WHERE name = 'referral_departments_folded_total'"),
+                     1);
+}
+
 int main(void)
 {
     umask(022);
@@ -1707,6 +1762,7 @@ int main(void)
         T(test_store_reserve_republished_after_cutoff_is_released),
         T(test_store_reserve_left_unreleased_is_repaired_at_open),
         T0(test_store_failed_rollback_reopens),
+        T(test_store_department_admitted_in_a_failed_batch_is_forgotten),
     };
     /* MR_TEST_FILTER / MR_TEST_SKIP: glob patterns of test names to run or
      * skip (e.g. to run the rest under valgrind while a known bug is open). */

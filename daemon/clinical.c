@@ -1018,13 +1018,17 @@ static int s_on_visits(clinical_t *self, uint64_t seq, const char *source, const
         -1, &st, NULL);
     if (rc != SQLITE_OK)
         return rc;
-    sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, f->visit_date, -1, SQLITE_STATIC);
-    sqlite3_bind_int(st, 3, f->grassroots);
-    for (int i = 0; i < CLIN_VISIT_FIELDS; i++)
-        sqlite3_bind_int64(st, 4 + i, f->visits[i]);
-    sqlite3_bind_int64(st, 12, (sqlite3_int64)seq);
-    rc = sqlite3_step(st);
+    rc = sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_text(st, 2, f->visit_date, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int(st, 3, f->grassroots);
+    for (int i = 0; i < CLIN_VISIT_FIELDS && rc == SQLITE_OK; i++)
+        rc = sqlite3_bind_int64(st, 4 + i, f->visits[i]);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, 12, (sqlite3_int64)seq);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(st);
     sqlite3_finalize(st);
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
@@ -1054,9 +1058,12 @@ int clinical_visits(clinical_t *self, const char *first, const char *last, clin_
         -1, &st, NULL);
     if (rc != SQLITE_OK)
         return rc;
-    sqlite3_bind_text(st, 1, first ? first : "0000-00-00", -1, SQLITE_TRANSIENT);
-    sqlite3_bind_text(st, 2, last ? last : "9999-99-99", -1, SQLITE_TRANSIENT);
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    rc = sqlite3_bind_text(st, 1, first ? first : "0000-00-00", -1, SQLITE_TRANSIENT);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_text(st, 2, last ? last : "9999-99-99", -1, SQLITE_TRANSIENT);
+    if (rc == SQLITE_OK) /* the binds */
+        rc = sqlite3_step(st);
+    for (; rc == SQLITE_ROW; rc = sqlite3_step(st)) {
         int g = sqlite3_column_int(st, 0) ? 0 : -1;
         out->reports += sqlite3_column_int64(st, 1);
         for (int i = 0; i < CLIN_VISIT_FIELDS; i++) {
@@ -1127,10 +1134,12 @@ static int s_scan(clinical_t *self, const char *sql, int64_t now, int64_t a, int
     int rc = sqlite3_prepare_v3(self->db, sql, -1, 0, &st, NULL);
     if (rc != SQLITE_OK)
         return rc;
-    sqlite3_bind_int64(st, 1, now);
-    sqlite3_bind_int64(st, 2, a);
-    sqlite3_bind_int64(st, 3, b);
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    rc = sqlite3_bind_int64(st, 1, now);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, 2, a);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, 3, b);
+    while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
         rc = s_event(events, n, kind, (const char *)sqlite3_column_text(st, 0),
                      (const char *)sqlite3_column_text(st, 1), sqlite3_column_int64(st, 2));
         if (rc != SQLITE_OK)
@@ -1151,14 +1160,16 @@ static int s_expire_referrals(clinical_t *self, int64_t now, clin_event_t **even
                                 -1, &st, NULL);
     if (rc != SQLITE_OK)
         return rc;
-    sqlite3_bind_int64(st, 1, now);
+    rc = sqlite3_bind_int64(st, 1, now);
     char (*due)[200] = malloc(200 * sizeof *due);
     if (due == NULL) {
         sqlite3_finalize(st);
         return SQLITE_NOMEM;
     }
     int nd = 0;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW && nd < 200)
+    if (rc == SQLITE_OK) /* the bind */
+        rc = sqlite3_step(st);
+    for (; rc == SQLITE_ROW && nd < 200; rc = sqlite3_step(st))
         s_copy(due[nd++], sizeof due[0], st, 0);
     sqlite3_finalize(st);
     if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
@@ -1197,11 +1208,14 @@ static int s_release_reserves(clinical_t *self, int64_t now, int64_t cutoff_ms,
                                 -1, &st, NULL);
     if (rc != SQLITE_OK)
         return rc;
-    sqlite3_bind_int64(st, 1, now);
-    sqlite3_bind_int64(st, 2, cutoff_ms);
+    rc = sqlite3_bind_int64(st, 1, now);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, 2, cutoff_ms);
     char keys[200][160];
     int nk = 0;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW && nk < 200)
+    if (rc == SQLITE_OK) /* the binds */
+        rc = sqlite3_step(st);
+    for (; rc == SQLITE_ROW && nk < 200; rc = sqlite3_step(st))
         s_copy(keys[nk++], sizeof keys[0], st, 0);
     sqlite3_finalize(st);
     if (rc != SQLITE_DONE && rc != SQLITE_ROW)
@@ -1220,9 +1234,11 @@ static int s_release_reserves(clinical_t *self, int64_t now, int64_t cutoff_ms,
                                 -1, &u, NULL);
         if (rc != SQLITE_OK)
             return rc;
-        sqlite3_bind_text(u, 1, keys[i], -1, SQLITE_STATIC);
-        sqlite3_bind_int64(u, 2, now);
-        rc = sqlite3_step(u);
+        rc = sqlite3_bind_text(u, 1, keys[i], -1, SQLITE_STATIC);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_bind_int64(u, 2, now);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_step(u);
         sqlite3_finalize(u);
         if (rc != SQLITE_DONE)
             return rc;
@@ -1312,10 +1328,12 @@ int clinical_slots(clinical_t *self, const char *date, clin_slot_t **rows, size_
     if (rc != SQLITE_OK)
         return rc;
     if (date && date[0])
-        sqlite3_bind_text(st, 1, date, -1, SQLITE_STATIC);
+        rc = sqlite3_bind_text(st, 1, date, -1, SQLITE_STATIC);
     *rows = NULL;
     *n = 0;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    if (rc == SQLITE_OK) /* the binds */
+        rc = sqlite3_step(st);
+    for (; rc == SQLITE_ROW; rc = sqlite3_step(st)) {
         if (*n % 32 == 0) {
             clin_slot_t *r = realloc(*rows, (*n + 32) * sizeof *r);
             if (r == NULL) {
@@ -1370,11 +1388,14 @@ int clinical_open_loops(clinical_t *self, const char *facility, int64_t older_th
     if (rc != SQLITE_OK)
         return rc;
     if (facility && facility[0])
-        sqlite3_bind_text(st, 1, facility, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, older_than_ms);
+        rc = sqlite3_bind_text(st, 1, facility, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, 2, older_than_ms);
     *rows = NULL;
     *n = 0;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    if (rc == SQLITE_OK) /* the binds */
+        rc = sqlite3_step(st);
+    for (; rc == SQLITE_ROW; rc = sqlite3_step(st)) {
         if (*n % 32 == 0) {
             clin_open_t *r = realloc(*rows, (*n + 32) * sizeof *r);
             if (r == NULL) {

@@ -1145,6 +1145,8 @@ static long long s_parse_age(const char *text)
         return -1;
     if (*end != '\0' && end[1] != '\0')
         return -1;
+    if (v > LLONG_MAX / unit)
+        return -1; /* no age is that old, and the product would overflow */
     return v * unit;
 }
 

@@ -309,6 +309,10 @@ check "bad JSON: exit 2" "exit $RC, err: $(cat "$TMP/err_json.err")" test "$RC" 
 run err_kind mr send --as t-aihua --to yx-lead --kind telegram --json "$TMP/referral.json"
 check "unknown kind: exit 2" "exit $RC, err: $(cat "$TMP/err_kind.err")" test "$RC" -eq 2
 
+run err_age mr open --older-than 999999999999999999d
+check "open --older-than past any age: exit 2" "exit $RC, err: $(cat "$TMP/err_age.err")" \
+    test "$RC" -eq 2
+
 run err_src mr send --as t-nobody --to yx-lead --kind referral --json "$TMP/referral.json"
 check "--as t-nobody: exit 1" "exit $RC, out: $(cat "$TMP/err_src.out"), err: $(cat "$TMP/err_src.err")" \
     test "$RC" -eq 1

@@ -174,7 +174,9 @@ int mr_client_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void
 
 /* Polls until the broker has welcomed us, reading nothing past the Welcome
  * (deliveries wait for the next mr_client_poll). 0, -ETIMEDOUT, or -EACCES when
- * the broker refused our Hello (facility unknown to it). */
+ * the broker refused our Hello (facility unknown to it).  The CONNECTED event
+ * of that Welcome goes to no handler: an application that wants its
+ * `pending` count polls with a handler instead. */
 int mr_client_wait_connected(mr_client_t *self, int timeout_ms);
 
 /* Messages submitted and not yet acknowledged by the broker. */

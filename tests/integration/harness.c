@@ -138,6 +138,14 @@ int mrt_daemon_start_with(mrt_daemon_t *d, const char *facilities, const char *e
     }
     snprintf(d->conf_path, sizeof d->conf_path, "%s/medroute.conf", d->dir);
     snprintf(d->log_path, sizeof d->log_path, "%s/medrouted.log", d->dir);
+    if (mrt_daemon_rewrite(d, facilities, extra, insecure) != 0)
+        return -1;
+    return s_spawn(d);
+}
+
+int mrt_daemon_rewrite(mrt_daemon_t *d, const char *facilities, const char *extra,
+                       bool insecure)
+{
     FILE *f = fopen(d->conf_path, "w");
     if (f == NULL)
         return -1;
@@ -147,9 +155,31 @@ int mrt_daemon_start_with(mrt_daemon_t *d, const char *facilities, const char *e
             "data_dir = \"%s/var\";\ninsecure = %s;\nlog_level = \"debug\";\n%s\n%s\n",
             d->facility_ep, d->operator_ep, d->http_listen, d->dir, insecure ? "true" : "false",
             facilities, extra ? extra : "");
-    if (fclose(f) != 0)
+    return fclose(f) == 0 ? 0 : -1;
+}
+
+int mrt_daemon_reload(mrt_daemon_t *d)
+{
+    int done = mrt_log_count(d, "event=server.reloaded ");
+    int refused = mrt_log_count(d, "event=server.reload_refused");
+    if (d->pid <= 0 || kill(d->pid, SIGHUP) != 0)
         return -1;
-    return s_spawn(d);
+    for (long long until = mrt_now_ms() + 10000; mrt_now_ms() < until; usleep(50 * 1000)) {
+        if (mrt_log_count(d, "event=server.reloaded ") > done)
+            return 0;
+        if (mrt_log_count(d, "event=server.reload_refused") > refused)
+            return 1;
+    }
+    return -1;
+}
+
+int mrt_keygen(const char *dir, const char *name, mrt_keys_t *k)
+{
+    char path[400];
+    if (mr_keygen(dir, name, k->pub) != 0)
+        return -1;
+    snprintf(path, sizeof path, "%s/%s.key", dir, name);
+    return mr_key_read(path, k->sec, NULL) == 0 ? 0 : -1;
 }
 
 int mrt_daemon_restart(mrt_daemon_t *d)

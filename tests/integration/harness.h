@@ -45,6 +45,13 @@ int mrt_daemon_start(mrt_daemon_t *d, const char *extra);
  * the security settings to extra (server_key_file, keys in the registry). */
 int mrt_daemon_start_with(mrt_daemon_t *d, const char *facilities, const char *extra,
                           bool insecure);
+/* Rewrites the running daemon's config as mrt_daemon_start_with writes it
+ * (same endpoints and directory).  0 or -1. */
+int mrt_daemon_rewrite(mrt_daemon_t *d, const char *facilities, const char *extra,
+                       bool insecure);
+/* SIGHUP, and waits (10 s at most) for the daemon's answer in its log: 0 if
+ * it reloaded, 1 if it refused the new config, -1 if neither came. */
+int mrt_daemon_reload(mrt_daemon_t *d);
 /* Starts the daemon again on the same directory and ports. */
 int mrt_daemon_restart(mrt_daemon_t *d);
 /* SIGTERM and wait; returns the exit status or -1. */
@@ -68,6 +75,12 @@ char *mrt_operator(const mrt_daemon_t *d, const char *request_json);
 char *mrt_operator_wait(const mrt_daemon_t *d, const char *request_json, int timeout_ms);
 
 long long mrt_now_ms(void);
+
+/* A CURVE key pair (Z85), made with mr_keygen into dir/NAME.key and .pub. */
+typedef struct {
+    char pub[41], sec[41];
+} mrt_keys_t;
+int mrt_keygen(const char *dir, const char *name, mrt_keys_t *k);
 
 /*
  * Sends {destination: to, kind, priority, <kind>: payload} and waits for the

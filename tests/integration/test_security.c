@@ -22,9 +22,7 @@
 #include "harness.h"
 #include "mr_codec.h"
 
-typedef struct {
-    char pub[41], sec[41];
-} keys_t;
+typedef mrt_keys_t keys_t;
 
 static mrt_daemon_t g_d;
 static char g_keys[256];
@@ -32,10 +30,7 @@ static keys_t g_broker, g_lead, g_aihua, g_manwan, g_intruder, g_admin, g_ro;
 
 static void s_keys(const char *name, keys_t *k)
 {
-    char path[400];
-    assert_int_equal(mr_keygen(g_keys, name, k->pub), 0);
-    snprintf(path, sizeof path, "%s/%s.key", g_keys, name);
-    assert_int_equal(mr_key_read(path, k->sec, NULL), 0);
+    assert_int_equal(mrt_keygen(g_keys, name, k), 0);
 }
 
 static int setup(void **state)

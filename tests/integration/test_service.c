@@ -102,14 +102,7 @@ static bool got(void *arg)
 /* Rewrites the daemon's config with another facilities list (and extra). */
 static void s_rewrite(mrt_daemon_t *d, const char *facilities, const char *extra)
 {
-    FILE *f = fopen(d->conf_path, "w");
-    assert_non_null(f);
-    fprintf(f,
-            "broker_id = \"test\";\nfacility_endpoint = \"%s\";\noperator_endpoint = \"%s\";\n"
-            "http_listen = \"%s\";\ndata_dir = \"%s/var\";\ninsecure = true;\n%s\n%s\n",
-            d->facility_ep, d->operator_ep, d->http_listen, d->dir, facilities,
-            extra ? extra : "");
-    assert_int_equal(fclose(f), 0);
+    assert_int_equal(mrt_daemon_rewrite(d, facilities, extra, true), 0);
 }
 
 static void test_service_sighup_reload(void **state)

@@ -672,3 +672,11 @@ int conf_check_security(const conf_t *c, char *err, size_t errlen)
              "`medroute keygen --out DIR --name broker`)");
     return -EINVAL;
 }
+
+const conf_operator_t *conf_operator_of(const conf_t *c, const char *key)
+{
+    for (size_t i = 0; i < c->n_operators; i++)
+        if (strcmp(c->operators[i].public_key, key) == 0)
+            return &c->operators[i];
+    return NULL;
+}

@@ -90,5 +90,7 @@ void conf_destroy(conf_t **self_p);
 /* The security settings hold together: CURVE needs the broker's key unless
  * insecure = true.  0, or -EINVAL with the reason. */
 int conf_check_security(const conf_t *c, char *err, size_t errlen);
+/* The operator whose public key (Z85) is key, or NULL. */
+const conf_operator_t *conf_operator_of(const conf_t *c, const char *key);
 
 #endif

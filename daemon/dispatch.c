@@ -135,7 +135,7 @@ void dispatch_facility(void *arg, const uint8_t *rid, size_t rid_len, const void
                  n_parts ? sizes[0] : 0);
         return;
     }
-    ctx.peer = session_find(s, rid, rid_len);
+    ctx.peer = session_of(s, rid, rid_len, ctx.user_id);
     if (n_parts != 1 || truncated) {
         rc = mr_fail(&err, MR_E_MALFORMED, "expected exactly one frame part, got %zu%s", n_parts,
                      truncated ? "+" : "");

@@ -555,23 +555,33 @@ oom:
     s_reply_error(s, rid, rid_len, q->request_id, MR_E_INTERNAL, "out of memory");
 }
 
-/* The operator's role: from its key's User-Id with CURVE ("admin:NAME" or
- * "read_only:NAME"); plaintext (loopback only) counts as admin. */
+/* The operator's role: its key's (the User-Id, zap.c) in the configuration
+ * of now, so that a reload that demotes or removes it takes effect on the
+ * connections already open; plaintext (loopback only) counts as admin. */
 static bool s_is_admin(const server_t *s)
 {
-    const char *user = endpoint_user_id(s->operator_ep);
-    if (user == NULL)
+    const char *key = endpoint_user_id(s->operator_ep);
+    if (key == NULL)
         return s->conf->insecure;
-    return strncmp(user, "admin:", 6) == 0;
+    const conf_operator_t *o = conf_operator_of(s->conf, key);
+    return o != NULL && o->admin;
 }
 
 void opapi_on_message(void *arg, const uint8_t *rid, size_t rid_len, const void *const *parts,
                       const size_t *sizes, size_t n_parts, int truncated)
 {
     server_t *s = arg;
-    if (!s->conf->insecure && endpoint_user_id(s->operator_ep) == NULL) {
+    const char *key = endpoint_user_id(s->operator_ep);
+    if (!s->conf->insecure && key == NULL) {
         s->counters.v[CNT_SECURITY_EVENTS]++;
         log_warn(s->log, "security.no_user_id", "endpoint=operator action=dropped");
+        return;
+    }
+    if (key != NULL && conf_operator_of(s->conf, key) == NULL) {
+        /* Admitted with a key a reload has since removed. */
+        s->counters.v[CNT_SECURITY_EVENTS]++;
+        log_warn(s->log, "security.revoked_key", "endpoint=operator key=%.8s action=refused", key);
+        s_reply_error(s, rid, rid_len, 0, MR_E_FORBIDDEN, "this key is no longer an operator's");
         return;
     }
     if (n_parts != 1 || truncated || sizes[0] > s->conf->max_message_bytes) {

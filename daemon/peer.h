@@ -36,6 +36,7 @@ typedef struct {
     bool connected;
     uint8_t rid[MR_RID_MAX];
     size_t rid_len;
+    char key[41];             /* the CURVE public key (Z85) its Hello came with; "" without */
     int64_t heard_ms;       /* its last frame, mr_mono_ms(); 0 = never */
     int64_t connected_at_ms;
     uint32_t max_inflight;

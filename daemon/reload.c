@@ -43,6 +43,14 @@ static const char *s_needs_restart(const conf_t *o, const conf_t *n)
         return "store";
     if (!s_same(o->timezone, n->timezone))
         return "timezone";
+    /* Both are set on the sockets when they bind (ZMQ_MAXMSGSIZE is twice
+     * the limit, ZMQ_HANDSHAKE_IVL): a new value would reach the Welcome
+     * but not ZeroMQ, which would then cut the connections of messages the
+     * Welcome allows. */
+    if (o->max_message_bytes != n->max_message_bytes)
+        return "limits.max_message_bytes";
+    if (o->handshake_ms != n->handshake_ms)
+        return "limits.handshake_ms";
     return NULL;
 }
 

@@ -25,6 +25,27 @@ int session_find(const server_t *s, const uint8_t *rid, size_t rid_len)
     return strmap_get(s->by_rid, rid, rid_len);
 }
 
+/* True when key (Z85; NULL without CURVE) is facility peer's key now. */
+static bool s_key_is(const server_t *s, int peer, const char *key)
+{
+    if (key == NULL)
+        return true; /* no CURVE (loopback only): nothing to compare */
+    const facility_t *f = registry_at(s->registry, (size_t)peer);
+    return !f->removed && f->public_key != NULL && strcmp(f->public_key, key) == 0;
+}
+
+int session_of(server_t *s, const uint8_t *rid, size_t rid_len, const char *key)
+{
+    int peer = session_find(s, rid, rid_len);
+    if (peer < 0 || key == NULL || strcmp(s->peers[peer].key, key) == 0)
+        return peer;
+    s->counters.v[CNT_SECURITY_EVENTS]++;
+    log_warn(s->log, "security.key_mismatch", "facility=%s key=%.8s action=session_ended",
+             registry_at(s->registry, (size_t)peer)->id, key);
+    session_end(s, peer, "key_mismatch");
+    return -1;
+}
+
 void session_touch(server_t *s, int peer)
 {
     s->peers[peer].heard_ms = mr_mono_ms();
@@ -76,12 +97,14 @@ int handle_hello(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f, mr
                        (int)mr_utf8_cut(h->facility_id, 64), h->facility_id);
     if (ctx->peer >= 0 && ctx->peer != peer)
         return mr_fail(err, MR_E_FORBIDDEN, "this connection already speaks for another facility");
-    /* With CURVE the key decides who this is: a Hello for another facility
-     * is a spoofing attempt. */
-    if (ctx->user_id != NULL && strcmp(ctx->user_id, h->facility_id) != 0) {
+    /* With CURVE the key decides who this is: a Hello for a facility whose
+     * key (as configured now) it is not is a spoofing attempt, or a key a
+     * reload has revoked. */
+    if (!s_key_is(s, peer, ctx->user_id)) {
         s->counters.v[CNT_SECURITY_EVENTS]++;
-        log_warn(s->log, "security.spoofed_hello", "key_of=%s", ctx->user_id);
-        return mr_fail(err, MR_E_FORBIDDEN, "this key belongs to another facility");
+        log_warn(s->log, "security.spoofed_hello", "facility=%s key=%.8s",
+                 registry_at(s->registry, (size_t)peer)->id, ctx->user_id);
+        return mr_fail(err, MR_E_FORBIDDEN, "this key is not this facility's");
     }
     peer_t *p = &s->peers[peer];
     bool same_rid = p->connected && p->rid_len == ctx->rid_len &&
@@ -93,6 +116,7 @@ int handle_hello(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f, mr
             return mr_fail(err, MR_E_INTERNAL, "out of memory");
         memcpy(p->rid, ctx->rid, ctx->rid_len);
         p->rid_len = ctx->rid_len;
+        snprintf(p->key, sizeof p->key, "%s", ctx->user_id ? ctx->user_id : "");
         p->connected = true;
         p->connected_at_ms = mr_now_ms();
         s->counters.v[CNT_CONNECTS]++;

@@ -13,6 +13,15 @@
 
 /* Registry index of the facility bound to rid, or -1. */
 int session_find(const server_t *s, const uint8_t *rid, size_t rid_len);
+/*
+ * The facility a frame from rid speaks for, or -1: the session bound to rid,
+ * if key (the connection's CURVE public key, Z85, its User-Id; NULL without
+ * CURVE) is the key that session's Hello came with.  A session whose routing
+ * id another key now uses (its connection gone, the id reused by another
+ * client) is ended here, counted and logged: the key, never the routing id,
+ * says who is speaking.
+ */
+int session_of(server_t *s, const uint8_t *rid, size_t rid_len, const char *key);
 /* Records that the facility was heard from now. */
 void session_touch(server_t *s, int peer);
 /* Ends the session of peer (connection gone or replaced). */

@@ -20,28 +20,25 @@ struct zap_t {
     uv_poll_t poll;
 };
 
-/* Looks a CURVE public key (Z85) up; writes the User-Id or returns -1. */
-static int s_authorise(server_t *s, const char *domain, const char *z85, char *user, size_t len)
+/*
+ * Admits a CURVE public key (Z85) known to the domain now; 0 or -1.  The
+ * User-Id it gives the connection is the key itself, not who it belongs to:
+ * every frame is judged by what the key is in the configuration of that
+ * moment (session_of, opapi), so a reload that removes or changes a key
+ * revokes the connections already open with it.
+ */
+static int s_authorise(server_t *s, const char *domain, const char *z85)
 {
     if (strcmp(domain, MR_ZAP_DOMAIN_FACILITY) == 0) {
         for (size_t i = 0; i < registry_count(s->registry); i++) {
             const facility_t *f = registry_at(s->registry, i);
-            if (!f->removed && f->public_key && strcmp(f->public_key, z85) == 0) {
-                snprintf(user, len, "%s", f->id);
+            if (!f->removed && f->public_key && strcmp(f->public_key, z85) == 0)
                 return 0;
-            }
         }
         return -1;
     }
-    if (strcmp(domain, MR_ZAP_DOMAIN_OPERATOR) == 0) {
-        for (size_t i = 0; i < s->conf->n_operators; i++) {
-            const conf_operator_t *o = &s->conf->operators[i];
-            if (strcmp(o->public_key, z85) == 0) {
-                snprintf(user, len, "%s:%s", o->admin ? "admin" : "read_only", o->name);
-                return 0;
-            }
-        }
-    }
+    if (strcmp(domain, MR_ZAP_DOMAIN_OPERATOR) == 0 && conf_operator_of(s->conf, z85) != NULL)
+        return 0;
     return -1;
 }
 
@@ -85,7 +82,7 @@ static void s_handle(zap_t *z)
             n++;
     }
     /* version, request id, domain, address, identity, mechanism, credentials */
-    char domain[64] = "", mech[16] = "", addr[64] = "", z85[41] = "", user[128] = "";
+    char domain[64] = "", mech[16] = "", addr[64] = "", z85[41] = "";
     bool ok = n >= 7 && zmq_msg_size(&f[0]) == 3 && memcmp(zmq_msg_data(&f[0]), "1.0", 3) == 0;
     if (ok) {
         snprintf(domain, sizeof domain, "%.*s", (int)zmq_msg_size(&f[2]),
@@ -96,12 +93,12 @@ static void s_handle(zap_t *z)
                  (const char *)zmq_msg_data(&f[5]));
         ok = strcmp(mech, "CURVE") == 0 && zmq_msg_size(&f[6]) == 32 &&
              zmq_z85_encode(z85, zmq_msg_data(&f[6]), 32) != NULL &&
-             s_authorise(z->s, domain, z85, user, sizeof user) == 0;
+             s_authorise(z->s, domain, z85) == 0;
     }
     if (n >= 2) {
         if (ok) {
-            s_reply(z, &f[1], "200", "OK", user);
-            log_debug(z->s->log, "zap.allowed", "domain=%s user=%s", domain, user);
+            s_reply(z, &f[1], "200", "OK", z85);
+            log_debug(z->s->log, "zap.allowed", "domain=%s key=%.8s", domain, z85);
         } else {
             s_reply(z, &f[1], "400", "unknown key", "");
             z->s->counters.v[CNT_SECURITY_EVENTS]++;

@@ -486,6 +486,29 @@ static void s_read_server_key(s_report_t *r, conf_t *c)
         s_problem(r, 0, "out of memory");
 }
 
+/* A key is one identity: shared by two facilities (or a facility and an
+ * operator), it would authenticate as whichever comes first (a copy-paste
+ * during a rotation makes a township the lead hospital). */
+static void s_keys_unique(s_report_t *r, const conf_t *c)
+{
+    size_t nf = c->n_facilities, n = nf + c->n_operators;
+    for (size_t i = 0; i < n; i++) {
+        const char *a = i < nf ? c->facilities[i].public_key : c->operators[i - nf].public_key;
+        for (size_t j = i + 1; a != NULL && j < n; j++) {
+            const char *b = j < nf ? c->facilities[j].public_key : c->operators[j - nf].public_key;
+            if (b == NULL || strcmp(a, b) != 0)
+                continue;
+            char first[96], second[96];
+            snprintf(first, sizeof first, i < nf ? "facilities[%zu]" : "operators[%zu]",
+                     i < nf ? i : i - nf);
+            snprintf(second, sizeof second, j < nf ? "facilities[%zu]" : "operators[%zu]",
+                     j < nf ? j : j - nf);
+            s_problem(r, 0, "%s.public_key: the same key as %s (each key is one identity)",
+                      second, first);
+        }
+    }
+}
+
 static void s_validate(s_report_t *r, conf_t *c)
 {
     if (c->facility_endpoint == NULL)
@@ -501,6 +524,7 @@ static void s_validate(s_report_t *r, conf_t *c)
     for (size_t i = 0; i < c->n_facilities; i++)
         if (c->facilities[i].public_key && !s_z85_key_ok(c->facilities[i].public_key))
             s_problem(r, 0, "facilities[%zu].public_key: not a 40-character Z85 key", i);
+    s_keys_unique(r, c);
     /* (A missing server_key_file is reported by conf_check_security, so that
      * the schema can be checked on its own.) */
     if (!c->insecure && c->server_key_file != NULL)

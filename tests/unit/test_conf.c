@@ -422,6 +422,45 @@ static void test_conf_registry_checks(void **state)
                         "registry");
 }
 
+/* One key, one identity: a facility's key copied to another facility or to
+ * an operator is refused (ZAP would give it to whichever came first). */
+#define S_KEY_A "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
+#define S_KEY_B "Yne@$w-vo<fVvi]a<NY6T1ed:M$fCG*[IaLV{hID"
+
+static void test_conf_keys_are_unique(void **state)
+{
+    (void)state;
+    assert_string_equal(
+        s_fail("facility_endpoint = \"tcp://127.0.0.1:1\";\n"
+               "operator_endpoint = \"tcp://127.0.0.1:2\";\n"
+               "data_dir = \"d\";\n"
+               "facilities = ( { id = \"yx-lead\"; role = \"lead\"; public_key = \"" S_KEY_A "\"; },\n"
+               "  { id = \"t-a\"; role = \"township\"; public_key = \"" S_KEY_A "\"; } );\n"),
+        "t.conf: facilities[1].public_key: the same key as facilities[0] (each key is one "
+        "identity)");
+    assert_string_equal(
+        s_fail("facility_endpoint = \"tcp://127.0.0.1:1\";\n"
+               "operator_endpoint = \"tcp://127.0.0.1:2\";\n"
+               "data_dir = \"d\";\n"
+               "facilities = ( { id = \"yx-lead\"; role = \"lead\"; public_key = \"" S_KEY_A "\"; } );\n"
+               "operators = ( { name = \"noc\"; role = \"admin\"; public_key = \"" S_KEY_B "\"; },\n"
+               "  { name = \"x\"; role = \"read_only\"; public_key = \"" S_KEY_A "\"; } );\n"),
+        "t.conf: operators[1].public_key: the same key as facilities[0] (each key is one "
+        "identity)");
+    /* Two different keys load. */
+    char err[512];
+    conf_t *c = conf_load_string(
+        "facility_endpoint = \"tcp://127.0.0.1:1\";\n"
+        "operator_endpoint = \"tcp://127.0.0.1:2\";\n"
+        "data_dir = \"d\";\n"
+        "facilities = ( { id = \"yx-lead\"; role = \"lead\"; public_key = \"" S_KEY_A "\"; },\n"
+        "  { id = \"t-a\"; role = \"township\"; public_key = \"" S_KEY_B "\"; } );\n",
+        "t.conf", err, sizeof err);
+    if (c == NULL)
+        fail_msg("%s", err);
+    conf_destroy(&c);
+}
+
 static void test_conf_heartbeat_timeout_must_exceed_interval(void **state)
 {
     (void)state;
@@ -533,6 +572,7 @@ int main(void)
         cmocka_unit_test(test_conf_missing_required_keys),
         cmocka_unit_test(test_conf_bad_role),
         cmocka_unit_test(test_conf_registry_checks),
+        cmocka_unit_test(test_conf_keys_are_unique),
         cmocka_unit_test(test_conf_heartbeat_timeout_must_exceed_interval),
         cmocka_unit_test(test_conf_syntax_error),
         cmocka_unit_test(test_conf_several_problems_at_once),

@@ -2,8 +2,13 @@
  * zap.c - ZAP REP socket on the loop, answering libzmq's authentication
  * requests from the registry and the operator list.
  *
- * Owns the REP socket, its uv_poll and the struct (freed on close).  Each
- * request is answered at once, so REP's strict recv/send alternation holds.
+ * Owns the REP socket, its uv_poll, a uv_idle and the struct (freed when
+ * both handles are closed).  Each request is answered at once, so REP's
+ * strict recv/send alternation holds.  ZMQ_FD signals edges only: requests
+ * left when a turn's budget is spent are taken by the idle handle on the
+ * next turns (as endpoint.c does), not when the next handshake happens to
+ * come (a reconnect storm of more than a budget's clients waited for their
+ * handshake time-out).
  */
 #include "zap.h"
 
@@ -13,11 +18,14 @@
 #include <zmq.h>
 
 #define S_MAX_FRAMES 8
+#define S_BUDGET 256 /* requests per loop turn */
 
 struct zap_t {
     server_t *s;
     void *sock;
     uv_poll_t poll;
+    uv_idle_t idle;
+    int open_handles; /* freed when the last one is closed */
 };
 
 /*
@@ -111,18 +119,35 @@ static void s_handle(zap_t *z)
         zmq_msg_close(&f[i]);
 }
 
+static void on_idle(uv_idle_t *h);
+
+/* Answers up to a budget of requests; the idle handle runs while some may
+ * be left. */
+static void s_drain(zap_t *z)
+{
+    for (int i = 0; i < S_BUDGET; i++) {
+        int ev = 0;
+        size_t len = sizeof ev;
+        if (zmq_getsockopt(z->sock, ZMQ_EVENTS, &ev, &len) != 0 || !(ev & ZMQ_POLLIN)) {
+            (void)uv_idle_stop(&z->idle);
+            return;
+        }
+        s_handle(z);
+    }
+    if (uv_idle_start(&z->idle, on_idle) != 0)
+        log_error(z->s->log, "zap.idle_failed", "effect=\"requests wait for the next one\"");
+}
+
+static void on_idle(uv_idle_t *h)
+{
+    s_drain(h->data);
+}
+
 static void on_poll(uv_poll_t *p, int status, int events)
 {
     (void)status;
     (void)events;
-    zap_t *z = p->data;
-    for (int budget = 0; budget < 256; budget++) {
-        int ev = 0;
-        size_t len = sizeof ev;
-        if (zmq_getsockopt(z->sock, ZMQ_EVENTS, &ev, &len) != 0 || !(ev & ZMQ_POLLIN))
-            return;
-        s_handle(z);
-    }
+    s_drain(p->data);
 }
 
 zap_t *zap_new(server_t *s)
@@ -145,6 +170,13 @@ zap_t *zap_new(server_t *s)
         return NULL;
     }
     z->poll.data = z;
+    z->open_handles = 1;
+    if (uv_idle_init(&s->loop, &z->idle) != 0) {
+        zap_destroy(&z);
+        return NULL;
+    }
+    z->idle.data = z;
+    z->open_handles = 2;
     if (uv_poll_start(&z->poll, UV_READABLE, on_poll) != 0) {
         zap_destroy(&z);
         return NULL;
@@ -154,7 +186,9 @@ zap_t *zap_new(server_t *s)
 
 static void on_close(uv_handle_t *h)
 {
-    free(h->data);
+    zap_t *z = h->data;
+    if (--z->open_handles == 0)
+        free(z);
 }
 
 void zap_destroy(zap_t **self_p)
@@ -165,5 +199,10 @@ void zap_destroy(zap_t **self_p)
     *self_p = NULL;
     uv_poll_stop(&z->poll);
     zmq_close(z->sock);
+    bool idle = z->open_handles == 2;
     uv_close((uv_handle_t *)&z->poll, on_close);
+    if (idle) {
+        uv_idle_stop(&z->idle);
+        uv_close((uv_handle_t *)&z->idle, on_close);
+    }
 }

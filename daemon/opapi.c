@@ -395,8 +395,9 @@ static void on_backup(store_req_t *req, void *arg)
         snprintf(detail, sizeof detail, "backup of %llu pages written to %s",
                  (unsigned long long)req->value, req->query);
         detail[mr_utf8_cut(detail, sizeof detail)] = '\0'; /* a long path, cut */
-        log_info(pd->s->log, "store.backup", "to=\"%s\" pages=%llu", req->query,
-                 (unsigned long long)req->value);
+        char path[512]; /* the operator's text: cleaned, so it cannot forge log lines */
+        log_info(pd->s->log, "store.backup", "to=\"%s\" pages=%llu",
+                 log_clean(path, sizeof path, req->query), (unsigned long long)req->value);
         s_done(pd->s, pd->rid, pd->rid_len, pd->request_id, detail);
     } else {
         s_reply_error(pd->s, pd->rid, pd->rid_len, pd->request_id, MR_E_STORE_UNAVAILABLE,

@@ -1574,14 +1574,17 @@ static void *s_backup_thread(void *arg)
             reason = s_errno(errno, why, sizeof why);
         else if (s_sync_parent(req->query) != 0)
             reason = "the backup is written, but its directory could not be synced";
+        char path[512]; /* the operator's text: cleaned, so it cannot forge log lines */
         if (reason != NULL && unlink(tmp) != 0 && errno != ENOENT)
-            log_warn(self->log, "store.backup_leftover", "path=\"%s\"", tmp);
+            log_warn(self->log, "store.backup_leftover", "path=\"%s\"",
+                     log_clean(path, sizeof path, tmp));
     }
+    char path[512];
     if (reason == NULL)
         req->status = STORE_OK;
     else
-        log_error(self->log, "store.backup_failed", "to=\"%s\" reason=\"%s\"", req->query,
-                  reason);
+        log_error(self->log, "store.backup_failed", "to=\"%s\" reason=\"%s\"",
+                  log_clean(path, sizeof path, req->query), reason);
     req->next = NULL;
     s_complete(self, req, req);
     atomic_fetch_sub(&self->backups, 1);

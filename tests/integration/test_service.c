@@ -286,6 +286,13 @@ static void test_service_backup_refuses_the_store_itself(void **state)
     for (size_t i = 0; i < 3; i++)
         assert_false(backup_done(&d, targets[i]));
     assert_int_equal(mrt_log_count(&d, "the target is the store itself"), 3);
+    /* A path with a line break (the operator's text) is logged on one line:
+     * it cannot forge a log line of its own. */
+    char forged[500];
+    snprintf(forged, sizeof forged, "%s/no-such-dir\\nforged level=error event=store.forged/x.db",
+             d.dir);
+    assert_false(backup_done(&d, forged));
+    assert_int_equal(mrt_log_count(&d, "no-such-dir?forged level=error"), 1);
     /* A backup of another name still works, and the store takes more. */
     char backup[400];
     snprintf(backup, sizeof backup, "%s/ok.db", d.dir);

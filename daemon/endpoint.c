@@ -2,8 +2,9 @@
  * endpoint.c - ROUTER socket on a uv_poll over ZMQ_FD, drained in budgets.
  *
  * Owns: the zmq socket, a uv_poll_t on its ZMQ_FD, a uv_idle_t that
- * continues draining, and the struct itself (freed after both handles have
- * closed).
+ * continues draining, and the struct itself (freed after its handles have
+ * closed).  With endpoint_watch, also a PAIR socket on the ROUTER's monitor
+ * and its uv_poll: each connection that closes is reported by its fd.
  *
  * Invariants
  *   1. Whenever ZMQ_EVENTS may report POLLIN (after a wake-up, a send, or a
@@ -15,6 +16,7 @@
 
 #include <errno.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
@@ -38,8 +40,14 @@ struct endpoint_t {
     endpoint_msg_cb cb;
     void *arg;
     const char *user_id;      /* of the message in the callback */
+    int src_fd;               /* of the message in the callback (ZMQ_SRCFD) */
     log_t *log;
     char name[32];
+    /* endpoint_watch: the monitor's PAIR socket, its poll, the callback */
+    void *mon;
+    uv_poll_t mon_poll;
+    endpoint_gone_cb gone;
+    void *gone_arg;
 };
 
 static int s_setopt(endpoint_t *self, int opt, const void *val, size_t len, const char *what)
@@ -90,9 +98,11 @@ static int s_recv_one(endpoint_t *self)
         }
         /* ZAP's User-Id is metadata of every part after the routing id. */
         self->user_id = n >= 2 ? zmq_msg_gets(&parts[1], "User-Id") : NULL;
+        self->src_fd = n >= 2 ? zmq_msg_get(&parts[1], ZMQ_SRCFD) : -1;
         self->cb(self->arg, zmq_msg_data(&parts[0]), zmq_msg_size(&parts[0]), data, sizes, n - 1,
                  truncated);
         self->user_id = NULL;
+        self->src_fd = -1;
     }
     for (size_t i = 0; i < n; i++)
         zmq_msg_close(&parts[i]);
@@ -161,6 +171,7 @@ endpoint_t *endpoint_new(uv_loop_t *loop, void *zctx, const endpoint_opts_t *opt
     self->arg = arg;
     self->log = log;
     self->budget = opts->budget > 0 ? opts->budget : 256;
+    self->src_fd = -1;
     snprintf(self->name, sizeof self->name, "%s", opts->name);
     self->sock = zmq_socket(zctx, ZMQ_ROUTER);
     if (self->sock == NULL) {
@@ -245,10 +256,86 @@ void endpoint_destroy(endpoint_t **self_p)
     *self_p = NULL;
     uv_poll_stop(&self->poll);
     uv_idle_stop(&self->idle);
+    if (self->mon != NULL) {
+        uv_poll_stop(&self->mon_poll);
+        zmq_close(self->mon);
+        self->mon = NULL;
+        uv_close((uv_handle_t *)&self->mon_poll, on_close);
+    }
     zmq_close(self->sock);
     self->sock = NULL;
     uv_close((uv_handle_t *)&self->poll, on_close);
     uv_close((uv_handle_t *)&self->idle, on_close);
+}
+
+/* Reads every monitor event queued (ZMQ_FD signals edges): a closed
+ * connection is [uint16 event, uint32 fd] then its address. */
+static void on_mon(uv_poll_t *handle, int status, int events)
+{
+    (void)status;
+    (void)events;
+    endpoint_t *self = handle->data;
+    while (self->mon != NULL) {
+        zmq_msg_t ev, addr;
+        zmq_msg_init(&ev);
+        if (zmq_msg_recv(&ev, self->mon, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&ev);
+            return;
+        }
+        uint16_t event = 0;
+        uint32_t fd = 0;
+        bool whole = zmq_msg_size(&ev) >= 6;
+        if (whole) {
+            memcpy(&event, zmq_msg_data(&ev), sizeof event);
+            memcpy(&fd, (const uint8_t *)zmq_msg_data(&ev) + 2, sizeof fd);
+        }
+        bool more = zmq_msg_more(&ev);
+        zmq_msg_close(&ev);
+        if (more) { /* the address: all of it was sent with the first part */
+            zmq_msg_init(&addr);
+            (void)zmq_msg_recv(&addr, self->mon, ZMQ_DONTWAIT);
+            zmq_msg_close(&addr);
+        }
+        if (whole && event == ZMQ_EVENT_DISCONNECTED)
+            self->gone(self->gone_arg, (int)fd);
+    }
+}
+
+int endpoint_watch(endpoint_t *self, uv_loop_t *loop, void *zctx, endpoint_gone_cb gone,
+                   void *arg)
+{
+    char addr[64];
+    snprintf(addr, sizeof addr, "inproc://mr-monitor-%s-%p", self->name, (void *)self);
+    int fd;
+    size_t fdlen = sizeof fd;
+    if (zmq_socket_monitor(self->sock, addr, ZMQ_EVENT_DISCONNECTED) != 0)
+        goto fail;
+    self->mon = zmq_socket(zctx, ZMQ_PAIR);
+    if (self->mon == NULL || zmq_connect(self->mon, addr) != 0 ||
+        zmq_getsockopt(self->mon, ZMQ_FD, &fd, &fdlen) != 0 ||
+        uv_poll_init(loop, &self->mon_poll, fd) != 0)
+        goto fail_mon;
+    self->mon_poll.data = self;
+    self->open_handles++;
+    self->gone = gone;
+    self->gone_arg = arg;
+    if (uv_poll_start(&self->mon_poll, UV_READABLE, on_mon) != 0)
+        goto fail; /* the handle stays for endpoint_destroy to close */
+    on_mon(&self->mon_poll, 0, 0); /* what came before the poll started */
+    return 0;
+fail_mon:
+    if (self->mon != NULL)
+        zmq_close(self->mon);
+    self->mon = NULL;
+fail:
+    log_error(self->log, "endpoint.monitor_failed", "endpoint=%s reason=\"%s\"", self->name,
+              zmq_strerror(zmq_errno()));
+    return -1;
+}
+
+int endpoint_src_fd(const endpoint_t *self)
+{
+    return self ? self->src_fd : -1;
 }
 
 int endpoint_send_msg(endpoint_t *self, const uint8_t *rid, size_t rid_len, zmq_msg_t *msg)

@@ -66,6 +66,20 @@ int endpoint_send_msg(endpoint_t *self, const uint8_t *rid, size_t rid_len, zmq_
  */
 const char *endpoint_user_id(const endpoint_t *self);
 
+/* The fd of the connection the message being handed to the callback came
+ * on (ZMQ_SRCFD), or -1.  Valid only during the callback. */
+int endpoint_src_fd(const endpoint_t *self);
+
+/* Called with the fd of each connection of the endpoint that closed. */
+typedef void (*endpoint_gone_cb)(void *arg, int fd);
+/*
+ * Reports every connection that closes (the socket's monitor): so that a
+ * session bound to a routing id ends with its connection, before another
+ * client could take that routing id.  0, or -1 (logged).
+ */
+int endpoint_watch(endpoint_t *self, uv_loop_t *loop, void *zctx, endpoint_gone_cb gone,
+                   void *arg);
+
 /* Pauses or resumes reading (intake back-pressure, flow.h): while paused,
  * ZeroMQ queues up to rcvhwm frames per connection, then stops reading it. */
 void endpoint_pause(endpoint_t *self, int paused);

@@ -37,6 +37,7 @@ typedef struct {
     uint8_t rid[MR_RID_MAX];
     size_t rid_len;
     char key[41];             /* the CURVE public key (Z85) its Hello came with; "" without */
+    int fd;                   /* its connection's fd (ZMQ_SRCFD) at the Hello; -1 unknown */
     int64_t heard_ms;       /* its last frame, mr_mono_ms(); 0 = never */
     int64_t connected_at_ms;
     uint32_t max_inflight;

@@ -30,6 +30,7 @@
 #include "opapi.h"
 #include "reload.h"
 #include "router.h"
+#include "session.h"
 #include "zap.h"
 
 #define S_DRAIN_LIMIT_MS 10000
@@ -138,6 +139,11 @@ static void on_signal(uv_signal_t *handle, int signum)
     uv_timer_start(&self->cron, on_drain_check, 0, 10);
 }
 
+static void s_facility_closed(void *arg, int fd)
+{
+    session_on_closed(arg, fd);
+}
+
 static int s_make_data_dir(server_t *self, char *path, size_t len)
 {
     const char *dir = self->conf->data_dir;
@@ -218,7 +224,8 @@ server_t *server_new(conf_t *conf, log_t *log)
                           .zap_domain = MR_ZAP_DOMAIN_OPERATOR,
                           .handshake_ms = (int)conf->handshake_ms};
     self->operator_ep = endpoint_new(&self->loop, self->zctx, &oo, opapi_on_message, self, log);
-    if (self->facility_ep == NULL || self->operator_ep == NULL)
+    if (self->facility_ep == NULL || self->operator_ep == NULL ||
+        endpoint_watch(self->facility_ep, &self->loop, self->zctx, s_facility_closed, self) != 0)
         goto fail;
     /* Resumed with two full batches still queued, the store never waits for
      * the loop; queued beyond four, a request is only memory. */

@@ -14,6 +14,7 @@
 #include "session.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "flow.h"
@@ -44,6 +45,14 @@ int session_of(server_t *s, const uint8_t *rid, size_t rid_len, const char *key)
              registry_at(s->registry, (size_t)peer)->id, key);
     session_end(s, peer, "key_mismatch");
     return -1;
+}
+
+void session_on_closed(server_t *s, int fd)
+{
+    size_t n = registry_count(s->registry);
+    for (size_t i = 0; i < n; i++)
+        if (s->peers[i].connected && s->peers[i].fd == fd)
+            session_end(s, (int)i, "connection_closed");
 }
 
 void session_touch(server_t *s, int peer)
@@ -117,6 +126,7 @@ int handle_hello(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f, mr
         memcpy(p->rid, ctx->rid, ctx->rid_len);
         p->rid_len = ctx->rid_len;
         snprintf(p->key, sizeof p->key, "%s", ctx->user_id ? ctx->user_id : "");
+        p->fd = endpoint_src_fd(s->facility_ep);
         p->connected = true;
         p->connected_at_ms = mr_now_ms();
         s->counters.v[CNT_CONNECTS]++;

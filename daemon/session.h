@@ -22,6 +22,10 @@ int session_find(const server_t *s, const uint8_t *rid, size_t rid_len);
  * says who is speaking.
  */
 int session_of(server_t *s, const uint8_t *rid, size_t rid_len, const char *key);
+/* The connection with fd closed (endpoint_watch): the session bound to it
+ * ends at once, so that its routing id, free again in ZeroMQ, takes no
+ * deliveries for it until another connection says Hello. */
+void session_on_closed(server_t *s, int fd);
 /* Records that the facility was heard from now. */
 void session_touch(server_t *s, int peer);
 /* Ends the session of peer (connection gone or replaced). */

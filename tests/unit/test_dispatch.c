@@ -13,7 +13,8 @@
  * decoder would take it (every string valid UTF-8).  Deliveries (router.c,
  * through server_send_facility_msg) are recorded the same way when a test
  * gives the server a stand-in facility endpoint (s_deliveries_on); the
- * endpoint's one other use, endpoint_user_id, is wrapped to answer NULL.
+ * endpoint's other uses, endpoint_user_id and endpoint_src_fd, are wrapped
+ * to answer NULL and -1.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -96,10 +97,21 @@ int __wrap_server_send_facility_msg(server_t *self, const uint8_t *rid, size_t r
     return 0;
 }
 
+/* The connection's CURVE key, as ZAP's User-Id (NULL: insecure). */
+static const char *s_user_id;
+
 const char *__wrap_endpoint_user_id(const endpoint_t *ep)
 {
     (void)ep;
-    return NULL; /* insecure: no CURVE key */
+    return s_user_id;
+}
+
+int __wrap_endpoint_src_fd(const endpoint_t *ep);
+
+int __wrap_endpoint_src_fd(const endpoint_t *ep)
+{
+    (void)ep;
+    return -1; /* no connection behind these frames */
 }
 
 static void s_replies_clear(void)
@@ -112,6 +124,9 @@ static void s_replies_clear(void)
 
 /* ---- fixture ----------------------------------------------------------------- */
 
+#define S_KEY_A "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
+#define S_KEY_B "Yne@$w-vo<fVvi]a<NY6T1ed:M$fCG*[IaLV{hID"
+
 static const char *const s_conf_text =
     "broker_id = \"unit-broker\";\n"
     "facility_endpoint = \"tcp://127.0.0.1:1\";\n"
@@ -123,8 +138,8 @@ static const char *const s_conf_text =
     "facilities = (\n"
     "  { id = \"lead\"; role = \"lead\"; },\n"
     "  { id = \"img\"; role = \"imaging_centre\"; host = \"lead\"; },\n"
-    "  { id = \"t-a\"; role = \"township\"; },\n"
-    "  { id = \"t-b\"; role = \"township\"; }\n"
+    "  { id = \"t-a\"; role = \"township\"; public_key = \"" S_KEY_A "\"; },\n"
+    "  { id = \"t-b\"; role = \"township\"; public_key = \"" S_KEY_B "\"; }\n"
     ");\n";
 
 enum { LEAD = 0, IMG = 1, TA = 2, TB = 3 };
@@ -142,6 +157,7 @@ static int s_setup(void **state)
     if (fx == NULL)
         return -1;
     s_replies_clear();
+    s_user_id = NULL;
     snprintf(fx->dir, sizeof fx->dir, "/tmp/mr-test-dispatch-XXXXXX");
     if (mkdtemp(fx->dir) == NULL)
         return -1;
@@ -1159,6 +1175,38 @@ static void test_dispatch_nothing_sent_that_a_running_scan_expires(void **state)
     s_deliveries_on(s, false);
 }
 
+/* With CURVE, the key says who speaks: a Hello needs the facility's key,
+ * and a session's frames the key of its Hello; a frame on a session's
+ * routing id with another key (another client took the id of a gone
+ * connection) ends that session and is refused as before any Hello. */
+static void test_dispatch_session_follows_its_key(void **state)
+{
+    s_fx_t *fx = *state;
+    server_t *s = fx->s;
+    s_user_id = S_KEY_A;
+    s_hello(s, RID_A, "t-a");
+    assert_int_equal(s_replies[0].f->body_case, MEDROUTE__V1__FRAME__BODY_WELCOME);
+    assert_int_equal(session_find(s, RID_A, RID_LEN), TA);
+    /* t-b's key on that routing id: the session ends, the frame is refused. */
+    s_user_id = S_KEY_B;
+    s_env_t e;
+    s_env_init(&e, "m-spoof");
+    s_send_env(s, RID_A, &e.env);
+    s_expect_error(1, RID_A, MR_E_NO_HELLO);
+    assert_int_equal(session_find(s, RID_A, RID_LEN), -1);
+    assert_false(s->peers[TA].connected);
+    assert_int_equal(s->counters.v[CNT_SECURITY_EVENTS], 1);
+    /* A Hello as t-a with t-b's key: refused. */
+    s_hello(s, RID_A, "t-a");
+    s_expect_error(2, RID_A, MR_E_FORBIDDEN);
+    /* As itself, t-b gets in. */
+    s_hello(s, RID_A, "t-b");
+    assert_int_equal(s_replies[3].f->body_case, MEDROUTE__V1__FRAME__BODY_WELCOME);
+    assert_int_equal(session_find(s, RID_A, RID_LEN), TB);
+    s_user_id = NULL;
+    s_settle(s);
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, s_setup, s_teardown)
@@ -1182,6 +1230,7 @@ int main(void)
         T(test_dispatch_acks_gathered_per_turn),
         T(test_dispatch_hello_allows_acks_in_one_frame),
         T(test_dispatch_nothing_sent_that_a_running_scan_expires),
+        T(test_dispatch_session_follows_its_key),
     };
     /* MR_TEST_FILTER / MR_TEST_SKIP: glob patterns of test names to run or
      * skip (e.g. to run the rest under valgrind while a known bug is open). */

@@ -145,7 +145,7 @@ int reload_config(server_t *s, char *why, size_t why_len)
     /* Removed facilities: their sessions end, their messages stay stored. */
     for (size_t i = 0; i < old_count; i++) {
         if (registry_at(s->registry, i)->removed && !registry_at(old_reg, i)->removed) {
-            session_end(s, (int)i, "removed_from_registry");
+            session_revoke(s, (int)i, "removed_from_registry");
             router_forget_memory(s, (int)i);
         }
     }

@@ -35,6 +35,24 @@ static bool s_key_is(const server_t *s, int peer, const char *key)
     return !f->removed && f->public_key != NULL && strcmp(f->public_key, key) == 0;
 }
 
+/* May key say Hello for facility peer: its key as configured now, or the
+ * key of its last session, so that through a rotation the connection it
+ * has keeps working until the facility switches (a removal forgets it:
+ * session_revoke). */
+static bool s_may_hello(const server_t *s, int peer, const char *key)
+{
+    const peer_t *p = &s->peers[peer];
+    return s_key_is(s, peer, key) ||
+           (p->key[0] != '\0' && strcmp(p->key, key) == 0 &&
+            !registry_at(s->registry, (size_t)peer)->removed);
+}
+
+void session_revoke(server_t *s, int peer, const char *why)
+{
+    session_end(s, peer, why);
+    s->peers[peer].key[0] = '\0';
+}
+
 int session_of(server_t *s, const uint8_t *rid, size_t rid_len, const char *key)
 {
     int peer = session_find(s, rid, rid_len);
@@ -107,9 +125,8 @@ int handle_hello(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f, mr
     if (ctx->peer >= 0 && ctx->peer != peer)
         return mr_fail(err, MR_E_FORBIDDEN, "this connection already speaks for another facility");
     /* With CURVE the key decides who this is: a Hello for a facility whose
-     * key (as configured now) it is not is a spoofing attempt, or a key a
-     * reload has revoked. */
-    if (!s_key_is(s, peer, ctx->user_id)) {
+     * key it is not is a spoofing attempt, or a key a reload has revoked. */
+    if (!s_may_hello(s, peer, ctx->user_id)) {
         s->counters.v[CNT_SECURITY_EVENTS]++;
         log_warn(s->log, "security.spoofed_hello", "facility=%s key=%.8s",
                  registry_at(s->registry, (size_t)peer)->id, ctx->user_id);

@@ -26,6 +26,9 @@ int session_of(server_t *s, const uint8_t *rid, size_t rid_len, const char *key)
  * ends at once, so that its routing id, free again in ZeroMQ, takes no
  * deliveries for it until another connection says Hello. */
 void session_on_closed(server_t *s, int fd);
+/* Ends peer's session and forgets the key it came with (a removal by a
+ * reload): a connection still open with that key cannot say Hello again. */
+void session_revoke(server_t *s, int peer, const char *why);
 /* Records that the facility was heard from now. */
 void session_touch(server_t *s, int peer);
 /* Ends the session of peer (connection gone or replaced). */

@@ -349,6 +349,37 @@ static void test_revocation_removed_facility_stays_out(void **state)
     assert_int_equal(mrt_daemon_stop(&g_d), 0);
 }
 
+/* A rotation: once the registry has the facility's new key, the connection
+ * it has with the old one keeps working, even if its session is lost (here
+ * to a heartbeat time-out on a poor link) and it says Hello again. */
+static void test_revocation_rotation_keeps_the_open_connection(void **state)
+{
+    (void)state;
+    const char *limits = "limits = { heartbeat_interval_ms = 300; heartbeat_timeout_ms = 1000; };";
+    s_start(&g_aihua, "", limits);
+    void *ctx = zmq_ctx_new();
+    assert_non_null(ctx);
+    void *old = s_dealer(ctx, &g_aihua, NULL);
+    s_hello(old, "t-aihua");
+    assert_int_equal(s_next(old, 10000, NULL), MEDROUTE__V1__FRAME__BODY_WELCOME);
+    assert_int_equal(s_reload(&g_new, "", limits), 0);
+    /* Silent past the time-out: the broker ends the session. */
+    for (long long until = mrt_now_ms() + 10000;
+         mrt_log_count(&g_d, "why=heartbeat_timeout") < 1 && mrt_now_ms() < until;)
+        usleep(50 * 1000);
+    assert_int_equal(mrt_log_count(&g_d, "facility=t-aihua why=heartbeat_timeout"), 1);
+    s_hello(old, "t-aihua");
+    assert_int_equal(s_next(old, 10000, NULL), MEDROUTE__V1__FRAME__BODY_WELCOME);
+    /* A new connection needs the new key. */
+    void *fresh = s_dealer(ctx, &g_new, NULL);
+    s_hello(fresh, "t-aihua");
+    assert_int_equal(s_next(fresh, 10000, NULL), MEDROUTE__V1__FRAME__BODY_WELCOME);
+    zmq_close(old);
+    zmq_close(fresh);
+    assert_int_equal(zmq_ctx_term(ctx), 0);
+    assert_int_equal(mrt_daemon_stop(&g_d), 0);
+}
+
 static void test_revocation_message_limit_needs_a_restart(void **state)
 {
     (void)state;
@@ -369,6 +400,7 @@ int main(void)
         T(test_revocation_silent_intruder_gets_nothing),
         T(test_revocation_operator_roles_follow_reload),
         T(test_revocation_removed_facility_stays_out),
+        T(test_revocation_rotation_keeps_the_open_connection),
         T(test_revocation_message_limit_needs_a_restart),
     };
     return cmocka_run_group_tests_name("revocation", tests, setup, teardown);

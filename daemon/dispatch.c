@@ -92,8 +92,9 @@ static void s_note_message_id(const mr_frame_t *f, mr_err_t *err)
                  (int)mr_utf8_cut(id, MR_MESSAGE_ID_MAX), id);
 }
 
-/* The same for a frame too large to decode: its Envelope's message_id read
- * off the wire, so that the sender can tell which message was refused. */
+/* The same for a frame too large to decode, or that does not decode: its
+ * Envelope's message_id read off the wire, so that the sender can tell which
+ * message was refused. */
 static void s_note_raw_message_id(const uint8_t *frame, size_t len, mr_err_t *err)
 {
     const uint8_t *env, *id;
@@ -151,6 +152,7 @@ void dispatch_facility(void *arg, const uint8_t *rid, size_t rid_len, const void
     }
     f = medroute__v1__frame__unpack(arena_pb(s->arena), sizes[0], parts[0]);
     if (f == NULL) {
+        s_note_raw_message_id(parts[0], sizes[0], &err);
         rc = mr_fail(&err, MR_E_MALFORMED, "frame does not decode as medroute.v1.Frame");
         goto out;
     }

@@ -556,15 +556,15 @@ int mr_client_submit_packed(mr_client_t *self, const char *message_id, const voi
     size_t id_len = message_id ? strlen(message_id) : 0;
     if (id_len == 0 || id_len > MR_MESSAGE_ID_MAX || !mr_utf8_valid(message_id, id_len))
         return -EINVAL;
-    /* The envelope must be whole and carry that id: the broker answers for
-     * the id inside it, and an answer that cannot name the queued one (bytes
-     * that do not decode, a string that is not UTF-8 naming nothing, another
-     * id) would leave it in the outbox, sent again for ever. */
+    /* The envelope must carry that id, readable off the wire: the broker
+     * answers (Ack or refusal) naming the id it reads there, and an answer
+     * that cannot name the queued one would leave it in the outbox, sent
+     * again for ever.  (Deeper faults, a string that is not UTF-8 or a
+     * nested field that does not decode, the broker refuses naming it.) */
     const uint8_t *inner;
     size_t inner_len;
     if (mr_envelope_id(envelope, len, &inner, &inner_len) != 0 || inner_len != id_len ||
-        memcmp(inner, message_id, id_len) != 0 ||
-        mr_find_bad_utf8(&medroute__v1__envelope__descriptor, envelope, len, NULL, 0) != 0)
+        memcmp(inner, message_id, id_len) != 0)
         return -EINVAL;
     if (s_too_large(self, len))
         return -EMSGSIZE;

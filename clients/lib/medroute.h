@@ -119,8 +119,8 @@ void mr_client_destroy(mr_client_t **self_p);
 int mr_client_submit_json(mr_client_t *self, const char *json, char *id_out, char *err,
                           size_t errlen);
 /* Queues an already packed Envelope whose source is ours and message_id set
- * (1..64 bytes of UTF-8; -EINVAL if not, or if envelope is not a whole
- * Envelope carrying that message_id with every string UTF-8).  -EMSGSIZE, not queued, if its frame
+ * (1..64 bytes of UTF-8; -EINVAL if not, or if that message_id cannot be
+ * read off envelope's top-level fields).  -EMSGSIZE, not queued, if its frame
  * exceeds the broker's limit (Welcome.max_message_bytes) once a Welcome has
  * told it; one queued before that is taken out of the outbox at the Welcome
  * and reported as an ERROR event TOO_LARGE naming it, never sent.

@@ -367,19 +367,15 @@ static void test_routing_outbox_id_with_other_content_is_refused(void **state)
     static const uint8_t env_bytes[] = {0x0a, 0x01, 0x78};
     assert_int_equal(mr_client_submit_packed(a, "fix-\xff", env_bytes, sizeof env_bytes),
                      -EINVAL);
-    /* Nor bytes the broker would refuse without naming the queued id: an
-     * Envelope carrying another id, or none; bytes that do not decode; a
-     * string inside that is not UTF-8 (the broker's Error then names the
-     * envelope's own id, which must be the queued one). */
+    /* Nor bytes whose answer could not name the queued id: an Envelope
+     * carrying another id, or none; bytes whose fields do not parse. */
     static const uint8_t other_id[] = {0x0a, 0x05, 'f', 'i', 'x', '-', '2'};
     static const uint8_t no_id[] = {0x30, 0x01};
     static const uint8_t cut[] = {0x0a, 0x05, 'f', 'i', 'x', '-'};
-    static const uint8_t gbk_source[] = {0x0a, 0x05, 'f', 'i', 'x', '-', '3', 0x12, 0x02, 0xd6, 0xd0};
     static const uint8_t whole[] = {0x0a, 0x05, 'f', 'i', 'x', '-', '1'};
     assert_int_equal(mr_client_submit_packed(a, "fix-3", other_id, sizeof other_id), -EINVAL);
     assert_int_equal(mr_client_submit_packed(a, "fix-3", no_id, sizeof no_id), -EINVAL);
     assert_int_equal(mr_client_submit_packed(a, "fix-3", cut, sizeof cut), -EINVAL);
-    assert_int_equal(mr_client_submit_packed(a, "fix-3", gbk_source, sizeof gbk_source), -EINVAL);
     /* A whole one passes the checks (and meets the queued fix-1). */
     assert_int_equal(mr_client_submit_packed(a, "fix-1", whole, sizeof whole), -EEXIST);
     assert_int_equal(mr_client_unacked(a), 1);

@@ -413,6 +413,14 @@ static void test_dispatch_oversize_too_large(void **state)
     s_send(s, RID_A, &f);
     e = s_expect_error(2, RID_A, MR_E_TOO_LARGE);
     assert_string_equal(e->message_id, "m-big");
+
+    /* So is one whose nested fields do not decode: Frame{version = 1,
+     * envelope = {message_id = "m-bad", referral (field 20) = 0xff}}. */
+    static const uint8_t bad[] = {0x08, 0x01, 0x2a, 0x0b, 0x0a, 0x05, 'm', '-', 'b', 'a', 'd',
+                                  0xa2, 0x01, 0x01, 0xff};
+    s_raw(s, RID_A, bad, sizeof bad);
+    e = s_expect_error(3, RID_A, MR_E_MALFORMED);
+    assert_string_equal(e->message_id, "m-bad");
 }
 
 static void test_dispatch_undecodable_malformed(void **state)

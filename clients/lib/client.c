@@ -307,10 +307,12 @@ static bool s_is_outcome(const mr_event_t *ev)
 
 /* Keeps the outcome ev for the next poll with a handler.  Without memory
  * for it, or past S_HELD_MAX, it is not kept: an application that never
- * polls with a handler has said it does not listen. */
-static void s_hold(mr_client_t *c, const mr_event_t *ev)
+ * polls with a handler has said it does not listen.  always: kept past
+ * S_HELD_MAX (the library's own refusal of a message it takes out of the
+ * outbox: there is nothing else to tell of it). */
+static void s_hold(mr_client_t *c, const mr_event_t *ev, bool always)
 {
-    if (c->n_held == S_HELD_MAX)
+    if (c->n_held >= S_HELD_MAX && !always)
         return;
     if (c->n_held == c->cap_held) {
         size_t cap = c->cap_held ? c->cap_held * 2 : 16;
@@ -346,7 +348,7 @@ static void s_emit(mr_client_t *c, mr_handler_t h, void *arg, const mr_event_t *
     if (h != NULL)
         h(c, ev, arg);
     else if (s_is_outcome(ev))
-        s_hold(c, ev);
+        s_hold(c, ev, false);
 }
 
 /* The frame that would carry body is over the broker's limit (once known). */
@@ -366,7 +368,7 @@ static void s_refuse_too_large(mr_client_t *c, s_out_t *o)
              mr_envelope_frame_size(o->len), c->max_frame_bytes);
     mr_event_t ev = {.type = MR_EVENT_ERROR, .message_id = o->id, .code = MR_E_TOO_LARGE,
                      .code_name = mr_error_name(MR_E_TOO_LARGE), .reason = reason};
-    s_hold(c, &ev);
+    s_hold(c, &ev, true);
     (void)s_outbox_remove(c, o->id);
 }
 
@@ -711,14 +713,23 @@ static int s_on_delivery(mr_client_t *c, const Medroute__V1__Delivery *d, mr_han
     return 1;
 }
 
-/* Holds the frame of delivery seq for the next poll with a handler, unless
- * it holds that seq already (the broker sent it again meanwhile).  On
- * -ENOMEM it is dropped unacknowledged: the broker sends it again. */
+/* Holds the frame of delivery seq for the next poll with a handler; one
+ * the broker sent again meanwhile takes the place of the copy held (its
+ * attempt and redelivered are the latest).  On -ENOMEM it is dropped
+ * unacknowledged: the broker sends it again. */
 static int s_defer(mr_client_t *c, const void *data, size_t len, uint64_t seq)
 {
-    for (size_t i = 0; i < c->n_deferred; i++)
-        if (c->deferred_seq[i] == seq)
-            return 0;
+    for (size_t i = 0; i < c->n_deferred; i++) {
+        if (c->deferred_seq[i] != seq)
+            continue;
+        zmq_msg_t m;
+        if (zmq_msg_init_size(&m, len) != 0)
+            return -ENOMEM; /* the older copy stays */
+        memcpy(zmq_msg_data(&m), data, len);
+        zmq_msg_close(&c->deferred[i]);
+        c->deferred[i] = m;
+        return 0;
+    }
     if (c->n_deferred == c->cap_deferred) {
         size_t cap = c->cap_deferred ? c->cap_deferred * 2 : 16;
         zmq_msg_t *d = realloc(c->deferred, cap * sizeof *d);
@@ -916,11 +927,10 @@ static int s_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void 
         {.socket = self->mon, .events = ZMQ_POLLIN},
     };
     int64_t wait = timeout_ms;
-    if (wait < 0)
-        wait = 0; /* as documented: a negative time-out is 0, one pass */
-    if (wait > 100)
+    if (wait > 100 || wait < 0)
         wait = 100; /* wake up for timers */
-    int64_t deadline = mr_mono_ms() + (timeout_ms < 0 ? 0 : timeout_ms);
+    /* A negative time-out waits until something is handled (zmq_poll's -1). */
+    int64_t deadline = timeout_ms < 0 ? INT64_MAX : mr_mono_ms() + timeout_ms;
     int events = 0;
     if (handler != NULL && !self->defer_deliveries && self->n_held > 0) {
         /* The outcomes kept while nobody could take them, in order. */

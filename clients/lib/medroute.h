@@ -157,7 +157,7 @@ int mr_client_send_json(mr_client_t *self, const char *json, mr_result_t *res, i
                         mr_handler_t handler, void *arg);
 
 /*
- * Waits up to timeout_ms (a negative one is 0: no wait, one pass) for traffic
+ * Waits up to timeout_ms (negative: until something is handled) for traffic
  * and handles everything that arrived:
  * events go to handler.  With handler NULL, deliveries are kept (not
  * acknowledged) and handed, in order, to the next poll that has a handler;

@@ -29,7 +29,9 @@
  * next batch (so it is after any failed batch whose ROLLBACK fails).
  * Nothing is acknowledged that was not committed.  The counts of
  * store_tally (events of the loop thread, which happened whatever becomes
- * of the batch) are kept for the next batch that commits (self->kept).
+ * of the batch) are kept for the next batch that writes anyway and commits
+ * (self->kept): like the pending floor (s_floor), a batch of reads writes
+ * nothing, so that it succeeds on a full disk.
  */
 #include "store.h"
 
@@ -207,8 +209,9 @@ struct store_t {
     sqlite3_stmt *stmt[S_STMT_COUNT];
     clinical_t *clin;
     tally_t *tally;
-    tally_kept_t *kept;  /* store_tally's counts, kept until a batch commits them (tally.h);
-                          * the store's, not the connection's: an outage may reopen it */
+    tally_kept_t *kept;  /* store_tally's counts, kept until a batch that writes commits
+                          * them (tally.h); the store's, not the connection's: an
+                          * outage may reopen it */
     int last_error;                          /* SQLite code of the failure being reported */
     bool opened_once;
     pending_t *pending;  /* the pending set (pending.h), rebuilt at each open */
@@ -1008,8 +1011,8 @@ static int s_op_size(store_t *self, store_req_t *req)
 /*
  * A store_tally count: an event of the loop thread (a refusal, a
  * redelivery) that happened whatever becomes of this batch, so it is kept
- * until a batch commits it (tally.h), not dropped with a rollback as the
- * counts of the batch's own work are.
+ * until a batch that writes anyway commits it (tally.h), not dropped with a
+ * rollback as the counts of the batch's own work are.
  */
 static int s_keep_tally(store_t *self, const store_req_t *req)
 {
@@ -1189,6 +1192,31 @@ static bool s_rollback(store_t *self)
     return false;
 }
 
+/*
+ * At stop, drained: writes the kept counts no batch wrote.  They wait for a
+ * batch that writes anyway, and none may have come since (a refusal just
+ * before a restart); nothing reads any more, so this write fails no one.
+ * If it fails (an outage), they are lost (store.h).
+ */
+static void s_flush_kept(store_t *self)
+{
+    if (self->db == NULL || self->tally == NULL || tally_kept_empty(self->kept))
+        return;
+    int rc = s_control(self, S_BEGIN);
+    if (rc == SQLITE_OK)
+        rc = tally_flush(self->tally, s_wall_ms(), true);
+    if (rc == SQLITE_OK)
+        rc = s_control(self, S_COMMIT);
+    if (rc == SQLITE_OK) {
+        tally_commit(self->tally);
+        return;
+    }
+    s_log_failure(self, rc, "stop");
+    if (!sqlite3_get_autocommit(self->db))
+        (void)s_rollback(self); /* left open: s_close_db rolls it back */
+    tally_discard(self->tally);
+}
+
 static void *s_thread(void *arg)
 {
     store_t *self = arg;
@@ -1226,9 +1254,11 @@ static void *s_thread(void *arg)
                 tail = req;
                 count++;
             }
-            /* The batch's counts go in its own transaction. */
+            /* The batch's counts go in its own transaction; store_tally's
+             * kept ones only if it writes anyway, as the floor (s_floor). */
             if (rc == SQLITE_OK)
-                rc = tally_flush(self->tally, s_wall_ms());
+                rc = tally_flush(self->tally, s_wall_ms(),
+                                 sqlite3_total_changes(self->db) != changes_before);
             if (rc == SQLITE_OK)
                 rc = s_floor(self, sqlite3_total_changes(self->db) != changes_before);
             if (rc == SQLITE_OK)
@@ -1274,6 +1304,7 @@ static void *s_thread(void *arg)
         }
         s_complete(self, head, tail);
     }
+    s_flush_kept(self);
     s_close_db(self);
     return NULL;
 }

@@ -14,11 +14,15 @@
  *      of the demo county's keys, on the store thread, every scrape.
  *   3. kept (tally_kept_t, the caller's) holds the counts of events that
  *      happened whatever becomes of the batch that counts them (a refusal,
- *      a redelivery: store_tally): written by every tally_flush, cleared
- *      only by tally_commit, so they reach the first batch that commits.
- *      tally_discard leaves them, and as the caller owns them they outlive
- *      this tally (a reopened connection makes a new one).  Merged per key,
- *      they stay as small as the set of keys during an outage of any length.
+ *      a redelivery: store_tally): written by a tally_flush only in a batch
+ *      that writes anyway (a batch of reads must not fail for want of disk:
+ *      during an outage every refusal adds one, and the router's LOADs and
+ *      the operator's queries would all fail), and cleared only by the
+ *      tally_commit of that batch (kept_flushed), so they reach the first
+ *      batch that writes and commits, once.  tally_discard leaves them, and
+ *      as the caller owns them they outlive this tally (a reopened
+ *      connection makes a new one).  Merged per key, they stay as small as
+ *      the set of keys during an outage of any length.
  */
 #include "tally.h"
 
@@ -61,6 +65,7 @@ struct tally_t {
     s_keys_t totals;          /* all time, committed */
     bool totals_lost;         /* out of memory once: all-time queries go to the table */
     tally_kept_t *kept;       /* counts kept across rollbacks (invariant 3); borrowed, or NULL */
+    bool kept_flushed;        /* the open transaction wrote them (invariant 3) */
 };
 
 static const char *const s_schema =
@@ -72,6 +77,11 @@ static const char *const s_schema =
 
 static void s_keys_clear(s_keys_t *k)
 {
+    /* Empty already (a batch without counts, kept ones not written): keep
+     * the index rather than make it again; unless an allocation failure
+     * lost it. */
+    if (k->n == 0 && k->index != NULL)
+        return;
     for (size_t i = 0; i < k->n; i++) {
         free(k->v[i].name);
         free(k->v[i].labels);
@@ -156,6 +166,11 @@ int tally_kept_add(tally_kept_t *self, const char *name, const char *labels, int
     return s_keys_add(&self->keys, name, labels, delta);
 }
 
+bool tally_kept_empty(const tally_kept_t *self)
+{
+    return self->keys.n == 0;
+}
+
 /* ---- the tallies ---------------------------------------------------------- */
 
 /* Sums every day of the table into self->totals.  total(), not sum(): an
@@ -211,6 +226,7 @@ fail:
 void tally_discard(tally_t *self)
 {
     s_keys_clear(&self->pending);
+    self->kept_flushed = false;
 }
 
 /* Adds committed deltas to the all-time totals. */
@@ -227,9 +243,10 @@ void tally_commit(tally_t *self)
 {
     s_totals_add(self, &self->pending);
     s_keys_clear(&self->pending);
-    if (self->kept != NULL) {
+    if (self->kept_flushed) {
         s_totals_add(self, &self->kept->keys);
         s_keys_clear(&self->kept->keys);
+        self->kept_flushed = false;
     }
 }
 
@@ -282,8 +299,8 @@ int tally_observe(tally_t *self, const char *name, const char *labels, int64_t s
 }
 
 /* Writes the deltas of k to day (upserts: the same key from pending and
- * kept adds up). */
-static int s_flush_keys(tally_t *self, const s_keys_t *k, const char *day)
+ * kept adds up); *wrote set if a row was. */
+static int s_flush_keys(tally_t *self, const s_keys_t *k, const char *day, bool *wrote)
 {
     int rc = SQLITE_OK;
     for (size_t i = 0; i < k->n && rc == SQLITE_OK; i++) {
@@ -302,23 +319,29 @@ static int s_flush_keys(tally_t *self, const s_keys_t *k, const char *day)
         if (rc == SQLITE_OK)
             rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(self->db);
         sqlite3_reset(st);
+        *wrote = *wrote || rc == SQLITE_OK;
     }
     return rc;
 }
 
-int tally_flush(tally_t *self, int64_t now_ms)
+int tally_flush(tally_t *self, int64_t now_ms, bool wrote)
 {
     const s_keys_t *kept = self->kept != NULL ? &self->kept->keys : NULL;
-    if (self->pending.n == 0 && (kept == NULL || kept->n == 0))
+    bool keep_due = kept != NULL && kept->n > 0;
+    if (self->pending.n == 0 && !(keep_due && wrote))
         return SQLITE_OK;
     time_t t = (time_t)(now_ms / 1000);
     struct tm tm;
     char day[11];
     if (localtime_r(&t, &tm) == NULL || strftime(day, sizeof day, "%Y-%m-%d", &tm) == 0)
         return SQLITE_ERROR;
-    int rc = s_flush_keys(self, &self->pending, day);
-    if (rc == SQLITE_OK && kept != NULL)
-        rc = s_flush_keys(self, kept, day);
+    int rc = s_flush_keys(self, &self->pending, day, &wrote);
+    /* The kept ones only with other writes (invariant 3). */
+    if (rc == SQLITE_OK && keep_due && wrote) {
+        bool unused = false;
+        rc = s_flush_keys(self, kept, day, &unused);
+        self->kept_flushed = rc == SQLITE_OK;
+    }
     return rc;
 }
 

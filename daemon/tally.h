@@ -15,6 +15,7 @@
 #define MR_TALLY_H
 
 #include <sqlite3.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -28,9 +29,11 @@ extern const int64_t tally_bucket_le[TALLY_BUCKETS]; /* last is "+Inf" (-1) */
  * Counts of events that happened whatever becomes of the batch that counts
  * them (a refusal answered with an Error, a redelivery: store_tally): unlike
  * tally_add's, they are not dropped with a rolled-back batch but written by
- * the next one that commits.  Owned by the caller, not by a tally, so that
- * they outlive a connection closed and reopened during an outage; merged per
- * (name, labels), so an outage of any length keeps them as few as their keys.
+ * the next one that writes anyway and commits (a batch of reads writes
+ * none: it must not fail for want of disk).  Owned by the caller, not by a
+ * tally, so that they outlive a connection closed and reopened during an
+ * outage; merged per (name, labels), so an outage of any length keeps them
+ * as few as their keys.
  */
 typedef struct tally_kept_t tally_kept_t;
 
@@ -38,10 +41,12 @@ tally_kept_t *tally_kept_new(void);
 void tally_kept_destroy(tally_kept_t **self_p);
 /* Adds delta to (name, labels) among the kept counts.  SQLITE_OK or SQLITE_NOMEM. */
 int tally_kept_add(tally_kept_t *self, const char *name, const char *labels, int64_t delta);
+/* True when no count is kept. */
+bool tally_kept_empty(const tally_kept_t *self);
 
 /* kept (borrowed; may be NULL) must outlive the tally: tally_flush writes
- * its counts with the batch's, tally_commit clears them, tally_discard
- * leaves them for the next batch. */
+ * its counts with a batch that writes, tally_commit clears them if they
+ * were, tally_discard leaves them for the next batch. */
 tally_t *tally_new(sqlite3 *db, tally_kept_t *kept, int *rc_out);
 void tally_destroy(tally_t **self_p);
 
@@ -50,11 +55,14 @@ void tally_destroy(tally_t **self_p);
 int tally_add(tally_t *self, const char *name, const char *labels, int64_t delta);
 /* Records one observation of seconds in histogram `name` (buckets, _sum, _count). */
 int tally_observe(tally_t *self, const char *name, const char *labels, int64_t seconds);
-/* Writes the batch's counts and the kept ones (inside the caller's
- * transaction); they stay the batch's until tally_commit or tally_discard. */
-int tally_flush(tally_t *self, int64_t now_ms);
-/* The batch's transaction committed: its counts and the kept ones join the
- * all-time totals, and the kept ones are cleared. */
+/* Writes the batch's counts (inside the caller's transaction), and the kept
+ * ones if the batch writes: wrote (it wrote something already) or counts of
+ * its own were written.  They stay the batch's until tally_commit or
+ * tally_discard. */
+int tally_flush(tally_t *self, int64_t now_ms, bool wrote);
+/* The batch's transaction committed: its counts, and the kept ones if its
+ * tally_flush wrote them, join the all-time totals; those kept ones are
+ * cleared.  After a batch that wrote no kept count, they stay. */
 void tally_commit(tally_t *self);
 /* Forgets the batch's counts (its transaction was rolled back); the kept
  * ones stay for the next batch. */

@@ -1721,6 +1721,67 @@ static void test_store_department_admitted_in_a_failed_batch_is_forgotten(void *
                      1);
 }
 
+/*
+ * A kept count (store_tally) is written only by a batch that writes
+ * anything else, as meta.pending_floor is (s_floor): while the disk refuses
+ * writes, batches of reads (the router's LOADs, the operator's status,
+ * lists and stats) must go on succeeding, not fail for want of disk because
+ * a refusal or a redelivery was counted.  A read-only batch that commits
+ * leaves the count kept; the first batch that writes and commits writes it,
+ * once.
+ */
+static void test_store_reads_succeed_with_kept_counts(void **state)
+{
+    s_fx_t *fx = *state;
+    char buf[64];
+    assert_int_equal(s_put(fx, "t-a", "m-1", "lead", "b", 99000)->status, STORE_OK);
+    s_refuse_writes(fx->path, "tallies", true);
+    assert_string_equal(s_seqs(s_load(fx, "lead", 0, 100), buf, sizeof buf), "1");
+    store_tally(fx->store, "messages_redelivered_total", "destination=\"lead\"", 1);
+    for (int i = 0; i < 3; i++) {
+        s_done_t *d = s_load(fx, "lead", 0, 100);
+        assert_int_equal(d->status, STORE_OK);
+        assert_string_equal(s_seqs(d, buf, sizeof buf), "1");
+    }
+    assert_int_equal(s_simple(fx, STORE_SUMMARY)->status, STORE_OK);
+    assert_int_equal(s_list(fx, 2, NULL, 10)->status, STORE_OK);
+    assert_int_equal(s_simple(fx, STORE_STATS)->status, STORE_OK);
+    assert_false(store_unavailable(fx->store));
+    /* A batch that writes fails while the disk refuses; the count stays. */
+    assert_int_equal(s_put(fx, "t-a", "m-2", "lead", "b", 99000)->status, STORE_UNAVAILABLE);
+    s_refuse_writes(fx->path, "tallies", false);
+    /* Reads that commit with writes allowed again neither write nor drop it. */
+    assert_int_equal(s_load(fx, "lead", 0, 100)->status, STORE_OK);
+    assert_int_equal(s_sql_int(fx->path, "SELECT count(*) FROM tallies"
+                                         " WHERE name = 'messages_redelivered_total'"),
+                     0);
+    assert_int_equal(s_put(fx, "t-a", "m-2", "lead", "b", 99000)->status, STORE_OK);
+    assert_int_equal(s_put(fx, "t-a", "m-3", "lead", "b", 99000)->status, STORE_OK);
+    store_destroy(&fx->store);
+    assert_int_equal(s_sql_int(fx->path, "SELECT coalesce(sum(value), 0) FROM tallies"
+                                         " WHERE name = 'messages_redelivered_total'"
+                                         " AND labels = 'destination=\"lead\"'"),
+                     1);
+    assert_int_equal(s_sql_int(fx->path, "SELECT count(*) FROM tallies"
+                                         " WHERE name = 'messages_redelivered_total'"),
+                     1);
+}
+
+/* Kept counts that no batch wrote (nothing was written since a refusal) are
+ * written when the store stops, not lost with it. */
+static void test_store_kept_counts_written_at_stop(void **state)
+{
+    s_fx_t *fx = *state;
+    assert_int_equal(s_put(fx, "t-a", "m-1", "lead", "b", 99000)->status, STORE_OK);
+    store_tally(fx->store, "messages_rejected_total", "code=\"INVALID\"", 1);
+    assert_int_equal(s_load(fx, "lead", 0, 100)->status, STORE_OK);
+    store_destroy(&fx->store);
+    assert_int_equal(s_sql_int(fx->path, "SELECT coalesce(sum(value), 0) FROM tallies"
+                                         " WHERE name = 'messages_rejected_total'"
+                                         " AND labels = 'code=\"INVALID\"'"),
+                     1);
+}
+
 int main(void)
 {
     umask(022);
@@ -1759,6 +1820,8 @@ int main(void)
         T0(test_store_new_files_have_8k_pages),
         T(test_store_tally_survives_a_failed_batch),
         T0(test_store_tally_survives_a_closed_database),
+        T(test_store_reads_succeed_with_kept_counts),
+        T(test_store_kept_counts_written_at_stop),
         T(test_store_reserve_republished_after_cutoff_is_released),
         T(test_store_reserve_left_unreleased_is_repaired_at_open),
         T0(test_store_failed_rollback_reopens),

@@ -84,7 +84,7 @@ static void s_batch(sqlite3 *db, tally_t *t, int64_t day_ms, bool commit, int64_
                      SQLITE_OK);
     assert_int_equal(tally_add(t, "zero_total", "", 0), SQLITE_OK);
     assert_int_equal(sqlite3_exec(db, "BEGIN", NULL, NULL, NULL), SQLITE_OK);
-    assert_int_equal(tally_flush(t, day_ms), SQLITE_OK);
+    assert_int_equal(tally_flush(t, day_ms, false), SQLITE_OK);
     if (commit) {
         assert_int_equal(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
         tally_commit(t);
@@ -92,6 +92,16 @@ static void s_batch(sqlite3 *db, tally_t *t, int64_t day_ms, bool commit, int64_
         assert_int_equal(sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK);
         tally_discard(t);
     }
+}
+
+/* A batch that counts nothing of its own and commits: wrote says whether it
+ * wrote anything else (a batch of reads did not). */
+static void s_batch_without_counts(sqlite3 *db, tally_t *t, int64_t day_ms, bool wrote)
+{
+    assert_int_equal(sqlite3_exec(db, "BEGIN", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(tally_flush(t, day_ms, wrote), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    tally_commit(t);
 }
 
 /* The rows of a query as "name{labels}=value;..." */
@@ -172,9 +182,11 @@ static void test_tally_all_time_totals_match_the_table(void **state)
 }
 
 /*
- * Kept counts (tally_kept_*): written by every flush, left by a discard,
- * cleared by a commit, and carried from one tally to the next (a reopened
- * connection), merged per key; they join the all-time totals once.
+ * Kept counts (tally_kept_*): written by a flush only in a batch that
+ * writes (its own counts, or wrote), left by a discard and by the commit of
+ * a batch of reads, cleared by the commit of the batch that wrote them, and
+ * carried from one tally to the next (a reopened connection), merged per
+ * key; they join the all-time totals once.
  */
 static void test_tally_kept_counts_wait_for_a_commit(void **state)
 {
@@ -199,13 +211,33 @@ static void test_tally_kept_counts_wait_for_a_commit(void **state)
     tally_destroy(&t); /* the connection goes; the kept counts do not */
     t = tally_new(db, kept, &rc);
     assert_non_null(t);
+    /* Batches of reads commit without writing them, and keep them. */
+    s_batch_without_counts(db, t, day, false);
+    s_batch_without_counts(db, t, day, false);
+    char *all = s_text(t, "0000-00-00", "9999-99-99", "lab");
+    assert_string_equal(all, "");
+    free(all);
+    all = s_text(t, NULL, NULL, "lab");
+    assert_string_equal(all, "");
+    free(all);
     s_batch(db, t, day, true, 1);
     s_batch(db, t, day, true, 1); /* commits nothing kept a second time */
-    char *all = s_text(t, NULL, NULL, "lab");
+    all = s_text(t, NULL, NULL, "lab");
     assert_string_equal(all, "messages_redelivered_total{destination=\"lab\"}=2;");
     free(all);
     all = s_text(t, "0000-00-00", "9999-99-99", "lab");
     assert_string_equal(all, "messages_redelivered_total{destination=\"lab\"}=2;");
+    free(all);
+    /* A batch that wrote something else, with no counts of its own, writes
+     * them too. */
+    assert_int_equal(tally_kept_add(kept, "messages_redelivered_total", "destination=\"lab\"", 1),
+                     SQLITE_OK);
+    s_batch_without_counts(db, t, day, true);
+    all = s_text(t, NULL, NULL, "lab");
+    assert_string_equal(all, "messages_redelivered_total{destination=\"lab\"}=3;");
+    free(all);
+    all = s_text(t, "0000-00-00", "9999-99-99", "lab");
+    assert_string_equal(all, "messages_redelivered_total{destination=\"lab\"}=3;");
     free(all);
     tally_destroy(&t);
     tally_kept_destroy(&kept);

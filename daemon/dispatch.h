@@ -21,7 +21,7 @@ typedef struct {
     const uint8_t *rid;
     size_t rid_len;
     int peer;               /* registry index of the connection's facility, -1 before Hello */
-    const char *user_id;    /* ZAP User-Id (the facility id) with CURVE; NULL when insecure */
+    const char *user_id;    /* ZAP User-Id: the client's Z85 public key (CURVE); NULL if insecure */
     const uint8_t *frame;   /* the frame as received, frame_bytes long */
     size_t frame_bytes;
 } dispatch_ctx_t;

@@ -163,10 +163,10 @@ store_req_t *store_req_new(store_op_t op, store_cb_t cb, void *arg);
 void store_tally(store_t *self, const char *name, const char *labels, int64_t delta);
 /* Queues req; the store owns it from now on.  Never blocks on disk. */
 void store_submit(store_t *self, store_req_t *req);
-/* Requests submitted and not yet completed. */
 /* Orders uint64_t seqs (qsort/bsearch): the order of req->outstanding. */
 int store_seq_cmp(const void *a, const void *b);
 
+/* Requests submitted and not yet completed. */
 size_t store_backlog(const store_t *self);
 /* True when the last batch failed for lack of the database. */
 bool store_unavailable(const store_t *self);

@@ -3,9 +3,10 @@
  * CURVE client keys may connect, and gives each connection its User-Id.
  *
  * Facility endpoint (domain "medroute-facility"): a key listed as a
- * facility's public_key in the registry; User-Id = the facility id.
- * Operator endpoint (domain "medroute-operator"): a key listed in the
- * config's operators; User-Id = "admin:NAME" or "read_only:NAME".
+ * facility's public_key in the registry.  Operator endpoint (domain
+ * "medroute-operator"): a key listed in the config's operators.  The
+ * User-Id is the client's public key (Z85), not who it belongs to: each
+ * frame is judged by what the key is in the configuration of that moment.
  * Everything else is refused (400) and counted as a security event.
  *
  * Must be created (bound to inproc://zeromq.zap.01) before any CURVE server

@@ -30,10 +30,11 @@ struct zap_t {
 
 /*
  * Admits a CURVE public key (Z85) known to the domain now; 0 or -1.  The
- * User-Id it gives the connection is the key itself, not who it belongs to:
- * every frame is judged by what the key is in the configuration of that
- * moment (session_of, opapi), so a reload that removes or changes a key
- * revokes the connections already open with it.
+ * User-Id it gives the connection is the key itself, not who it belongs to,
+ * so that the daemon judges each frame by the key: an operator's role is its
+ * key's in the configuration of that moment (opapi), and a facility's frames
+ * must come with the key of its session's Hello (session.c), which a reload
+ * that removes the facility revokes.
  */
 static int s_authorise(server_t *s, const char *domain, const char *z85)
 {

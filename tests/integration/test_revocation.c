@@ -158,6 +158,14 @@ static void s_lab_order(void *sock, const char *source, const char *dest, const 
     s_send_frame(sock, &f);
 }
 
+/* Waits (10 s at most) for a line of the daemon's log holding needle. */
+static void s_wait_log(const char *needle)
+{
+    for (long long until = mrt_now_ms() + 10000;
+         mrt_log_count(&g_d, needle) < 1 && mrt_now_ms() < until;)
+        usleep(20 * 1000);
+}
+
 /* The body case of the next frame other than a Heartbeat within timeout_ms
  * (an Error's code in *code), or -1 if none came. */
 static int s_next(void *sock, int timeout_ms, int *code)
@@ -185,6 +193,16 @@ static int s_next(void *sock, int timeout_ms, int *code)
     return -1;
 }
 
+/* A connection with key k (on routing id rid, or one of ZeroMQ's) that
+ * said Hello as facility and was welcomed. */
+static void *s_connected(void *ctx, const mrt_keys_t *k, const char *rid, const char *facility)
+{
+    void *sock = s_dealer(ctx, k, rid);
+    s_hello(sock, facility);
+    assert_int_equal(s_next(sock, 10000, NULL), MEDROUTE__V1__FRAME__BODY_WELCOME);
+    return sock;
+}
+
 static char *s_op(mr_operator_t *op, const char *request)
 {
     char *reply = NULL, err[200];
@@ -207,9 +225,7 @@ static void test_revocation_routing_id_is_not_identity(void **state)
     s_start(&g_aihua, "", "limits = { heartbeat_interval_ms = 20000; heartbeat_timeout_ms = 60000; };");
     void *ctx = zmq_ctx_new();
     assert_non_null(ctx);
-    void *aihua = s_dealer(ctx, &g_aihua, "RID-A");
-    s_hello(aihua, "t-aihua");
-    assert_int_equal(s_next(aihua, 10000, NULL), MEDROUTE__V1__FRAME__BODY_WELCOME);
+    void *aihua = s_connected(ctx, &g_aihua, "RID-A", "t-aihua");
     zmq_close(aihua); /* its connection goes; the session is still bound to "RID-A" */
     usleep(200 * 1000);
 
@@ -222,9 +238,7 @@ static void test_revocation_routing_id_is_not_identity(void **state)
     assert_int_equal(code, MR_E_NO_HELLO);
 
     /* Nor does t-aihua's mail go to it. */
-    void *lead = s_dealer(ctx, &g_lead, NULL);
-    s_hello(lead, "yx-lead");
-    assert_int_equal(s_next(lead, 10000, NULL), MEDROUTE__V1__FRAME__BODY_WELCOME);
+    void *lead = s_connected(ctx, &g_lead, NULL, "yx-lead");
     s_lab_order(lead, "yx-lead", "t-aihua", "FOR-AIHUA-1");
     assert_int_equal(s_next(lead, 10000, NULL), MEDROUTE__V1__FRAME__BODY_ACK);
     assert_int_equal(s_next(intruder, 1500, NULL), -1);
@@ -233,9 +247,7 @@ static void test_revocation_routing_id_is_not_identity(void **state)
     s_hello(intruder, "t-manwan");
     assert_int_equal(s_next(intruder, 10000, NULL), MEDROUTE__V1__FRAME__BODY_WELCOME);
     /* And t-aihua, back with its key, gets its mail. */
-    aihua = s_dealer(ctx, &g_aihua, NULL);
-    s_hello(aihua, "t-aihua");
-    assert_int_equal(s_next(aihua, 10000, NULL), MEDROUTE__V1__FRAME__BODY_WELCOME);
+    aihua = s_connected(ctx, &g_aihua, NULL, "t-aihua");
     assert_int_equal(s_next(aihua, 10000, NULL), MEDROUTE__V1__FRAME__BODY_DELIVERY);
     zmq_close(aihua);
     zmq_close(intruder);
@@ -252,20 +264,14 @@ static void test_revocation_silent_intruder_gets_nothing(void **state)
     s_start(&g_aihua, "", "limits = { heartbeat_interval_ms = 20000; heartbeat_timeout_ms = 60000; };");
     void *ctx = zmq_ctx_new();
     assert_non_null(ctx);
-    void *aihua = s_dealer(ctx, &g_aihua, "RID-A");
-    s_hello(aihua, "t-aihua");
-    assert_int_equal(s_next(aihua, 10000, NULL), MEDROUTE__V1__FRAME__BODY_WELCOME);
+    void *aihua = s_connected(ctx, &g_aihua, "RID-A", "t-aihua");
     zmq_close(aihua);
     /* The broker ends the session as the connection closes. */
-    for (long long until = mrt_now_ms() + 10000;
-         mrt_log_count(&g_d, "why=connection_closed") < 1 && mrt_now_ms() < until;)
-        usleep(20 * 1000);
+    s_wait_log("why=connection_closed");
     assert_int_equal(mrt_log_count(&g_d, "facility=t-aihua why=connection_closed"), 1);
     void *intruder = s_dealer(ctx, &g_manwan, "RID-A");
     usleep(300 * 1000);
-    void *lead = s_dealer(ctx, &g_lead, NULL);
-    s_hello(lead, "yx-lead");
-    assert_int_equal(s_next(lead, 10000, NULL), MEDROUTE__V1__FRAME__BODY_WELCOME);
+    void *lead = s_connected(ctx, &g_lead, NULL, "yx-lead");
     s_lab_order(lead, "yx-lead", "t-aihua", "FOR-AIHUA-2");
     assert_int_equal(s_next(lead, 10000, NULL), MEDROUTE__V1__FRAME__BODY_ACK);
     assert_int_equal(s_next(intruder, 1500, NULL), -1);
@@ -327,9 +333,7 @@ static void test_revocation_removed_facility_stays_out(void **state)
     s_start(&g_aihua, "", NULL);
     void *ctx = zmq_ctx_new();
     assert_non_null(ctx);
-    void *old = s_dealer(ctx, &g_aihua, NULL);
-    s_hello(old, "t-aihua");
-    assert_int_equal(s_next(old, 10000, NULL), MEDROUTE__V1__FRAME__BODY_WELCOME);
+    void *old = s_connected(ctx, &g_aihua, NULL, "t-aihua");
     /* Revoked as operations.md says: removed, reloaded ... */
     assert_int_equal(s_reload(NULL, "", NULL), 0);
     assert_int_equal(mrt_log_count(&g_d, "why=removed_from_registry"), 1);
@@ -340,9 +344,7 @@ static void test_revocation_removed_facility_stays_out(void **state)
     assert_int_equal(s_next(old, 10000, &code), MEDROUTE__V1__FRAME__BODY_ERROR);
     assert_int_equal(code, MR_E_FORBIDDEN);
     /* The new key gets in. */
-    void *fresh = s_dealer(ctx, &g_new, NULL);
-    s_hello(fresh, "t-aihua");
-    assert_int_equal(s_next(fresh, 10000, NULL), MEDROUTE__V1__FRAME__BODY_WELCOME);
+    void *fresh = s_connected(ctx, &g_new, NULL, "t-aihua");
     zmq_close(old);
     zmq_close(fresh);
     assert_int_equal(zmq_ctx_term(ctx), 0);
@@ -359,21 +361,15 @@ static void test_revocation_rotation_keeps_the_open_connection(void **state)
     s_start(&g_aihua, "", limits);
     void *ctx = zmq_ctx_new();
     assert_non_null(ctx);
-    void *old = s_dealer(ctx, &g_aihua, NULL);
-    s_hello(old, "t-aihua");
-    assert_int_equal(s_next(old, 10000, NULL), MEDROUTE__V1__FRAME__BODY_WELCOME);
+    void *old = s_connected(ctx, &g_aihua, NULL, "t-aihua");
     assert_int_equal(s_reload(&g_new, "", limits), 0);
     /* Silent past the time-out: the broker ends the session. */
-    for (long long until = mrt_now_ms() + 10000;
-         mrt_log_count(&g_d, "why=heartbeat_timeout") < 1 && mrt_now_ms() < until;)
-        usleep(50 * 1000);
+    s_wait_log("why=heartbeat_timeout");
     assert_int_equal(mrt_log_count(&g_d, "facility=t-aihua why=heartbeat_timeout"), 1);
     s_hello(old, "t-aihua");
     assert_int_equal(s_next(old, 10000, NULL), MEDROUTE__V1__FRAME__BODY_WELCOME);
     /* A new connection needs the new key. */
-    void *fresh = s_dealer(ctx, &g_new, NULL);
-    s_hello(fresh, "t-aihua");
-    assert_int_equal(s_next(fresh, 10000, NULL), MEDROUTE__V1__FRAME__BODY_WELCOME);
+    void *fresh = s_connected(ctx, &g_new, NULL, "t-aihua");
     zmq_close(old);
     zmq_close(fresh);
     assert_int_equal(zmq_ctx_term(ctx), 0);

@@ -1193,12 +1193,14 @@ static bool s_rollback(store_t *self)
 }
 
 /*
- * At stop, drained: writes the kept counts no batch wrote.  They wait for a
- * batch that writes anyway, and none may have come since (a refusal just
- * before a restart); nothing reads any more, so this write fails no one.
- * If it fails (an outage), they are lost (store.h).
+ * Writes the kept counts no batch wrote, in a transaction no request shares,
+ * so that this write fails no one: when the store is idle and healthy (else
+ * they would wait for the next batch that writes anyway, on a quiet broker
+ * for hours), and at stop.  A failure is reported as any other, and the
+ * store counts as unavailable until a batch writes again: the counts then
+ * wait for that batch (at stop they are lost, store.h).
  */
-static void s_flush_kept(store_t *self)
+static void s_flush_kept(store_t *self, const char *during)
 {
     if (self->db == NULL || self->tally == NULL || tally_kept_empty(self->kept))
         return;
@@ -1211,10 +1213,20 @@ static void s_flush_kept(store_t *self)
         tally_commit(self->tally);
         return;
     }
-    s_log_failure(self, rc, "stop");
-    if (!sqlite3_get_autocommit(self->db))
-        (void)s_rollback(self); /* left open: s_close_db rolls it back */
-    tally_discard(self->tally);
+    s_log_failure(self, rc, during);
+    atomic_store(&self->unavailable, true);
+    if (!sqlite3_get_autocommit(self->db) && !s_rollback(self))
+        s_close_db(self); /* left open: closing rolls it back; the next batch reopens */
+    else
+        tally_discard(self->tally);
+}
+
+static bool s_queue_empty(store_t *self)
+{
+    pthread_mutex_lock(&self->lock);
+    bool empty = self->queue_head == NULL;
+    pthread_mutex_unlock(&self->lock);
+    return empty;
 }
 
 static void *s_thread(void *arg)
@@ -1303,8 +1315,11 @@ static void *s_thread(void *arg)
             }
         }
         s_complete(self, head, tail);
+        if (!tally_kept_empty(self->kept) && !atomic_load(&self->unavailable) &&
+            s_queue_empty(self))
+            s_flush_kept(self, "idle");
     }
-    s_flush_kept(self);
+    s_flush_kept(self, "stop");
     s_close_db(self);
     return NULL;
 }

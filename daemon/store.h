@@ -155,7 +155,8 @@ void store_destroy(store_t **self_p);
 store_req_t *store_req_new(store_op_t op, store_cb_t cb, void *arg);
 /* Counts an event that stores no message (a refusal, a redelivery) in the
  * next batch that writes anything else and commits (a batch of reads writes
- * nothing, so that it succeeds on a full disk): the event happened, so a
+ * nothing, so that it succeeds on a full disk), or on its own once the store
+ * is idle and healthy: the event happened, so a
  * batch that rolls back (a full disk, an I/O error) leaves the count to a
  * later one, merged with the others of its name and labels meanwhile;
  * store_destroy writes those still unwritten.  Best effort: out of memory,

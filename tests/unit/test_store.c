@@ -1723,7 +1723,8 @@ static void test_store_department_admitted_in_a_failed_batch_is_forgotten(void *
 
 /*
  * A kept count (store_tally) is written only by a batch that writes
- * anything else, as meta.pending_floor is (s_floor): while the disk refuses
+ * anything else, as meta.pending_floor is (s_floor), or on its own when the
+ * store is idle and healthy: while the disk refuses
  * writes, batches of reads (the router's LOADs, the operator's status,
  * lists and stats) must go on succeeding, not fail for want of disk because
  * a refusal or a redelivery was counted.  A read-only batch that commits
@@ -1746,7 +1747,10 @@ static void test_store_reads_succeed_with_kept_counts(void **state)
     assert_int_equal(s_simple(fx, STORE_SUMMARY)->status, STORE_OK);
     assert_int_equal(s_list(fx, 2, NULL, 10)->status, STORE_OK);
     assert_int_equal(s_simple(fx, STORE_STATS)->status, STORE_OK);
-    assert_false(store_unavailable(fx->store));
+    /* Idle, the store tried to write the count in a transaction of its own:
+     * refused, it reports the store unavailable, as a failed batch would,
+     * and tries no more until a batch writes again. */
+    assert_true(store_unavailable(fx->store));
     /* A batch that writes fails while the disk refuses; the count stays. */
     assert_int_equal(s_put(fx, "t-a", "m-2", "lead", "b", 99000)->status, STORE_UNAVAILABLE);
     s_refuse_writes(fx->path, "tallies", false);
@@ -1779,6 +1783,28 @@ static void test_store_kept_counts_written_at_stop(void **state)
     assert_int_equal(s_sql_int(fx->path, "SELECT coalesce(sum(value), 0) FROM tallies"
                                          " WHERE name = 'messages_rejected_total'"
                                          " AND labels = 'code=\"INVALID\"'"),
+                     1);
+}
+
+/* On a quiet store a kept count does not wait for the next write: the
+ * store writes it on its own once idle (stats and /metrics read the table). */
+static void test_store_kept_counts_written_when_idle(void **state)
+{
+    s_fx_t *fx = *state;
+    assert_int_equal(s_put(fx, "t-a", "m-1", "lead", "b", 99000)->status, STORE_OK);
+    store_tally(fx->store, "messages_rejected_total", "code=\"FORBIDDEN\"", 1);
+    int found = 0;
+    for (int i = 0; i < 500 && found == 0; i++) {
+        found = s_sql_int(fx->path, "SELECT count(*) FROM tallies"
+                                    " WHERE name = 'messages_rejected_total'"
+                                    " AND labels = 'code=\"FORBIDDEN\"'");
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    assert_int_equal(found, 1);
+    store_destroy(&fx->store);
+    assert_int_equal(s_sql_int(fx->path, "SELECT sum(value) FROM tallies"
+                                         " WHERE name = 'messages_rejected_total'"),
                      1);
 }
 
@@ -1822,6 +1848,7 @@ int main(void)
         T0(test_store_tally_survives_a_closed_database),
         T(test_store_reads_succeed_with_kept_counts),
         T(test_store_kept_counts_written_at_stop),
+        T(test_store_kept_counts_written_when_idle),
         T(test_store_reserve_republished_after_cutoff_is_released),
         T(test_store_reserve_left_unreleased_is_repaired_at_open),
         T0(test_store_failed_rollback_reopens),

@@ -59,6 +59,65 @@ static int s_free_port(void)
     return port;
 }
 
+/* The daemon's last lines go to stderr, which ctest shows only for a failed
+ * test: what the broker saw is then in CI's output, next to the assertion. */
+static void s_print_log_tail(const char *log_path)
+{
+    FILE *f = fopen(log_path, "r");
+    if (f == NULL)
+        return;
+    char buf[6000];
+    long start = 0;
+    if (fseek(f, 0, SEEK_END) == 0) {
+        long size = ftell(f);
+        start = size > (long)sizeof buf - 1 ? size - (long)sizeof buf + 1 : 0;
+    }
+    size_t n = 0;
+    if (fseek(f, start, SEEK_SET) == 0)
+        n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *from = buf;
+    const char *nl = start > 0 ? strchr(buf, '\n') : NULL;
+    if (nl != NULL)
+        from = nl + 1;
+    fprintf(stderr, "--- the end of %s ---\n%s--- end ---\n", log_path, from);
+}
+
+/* The logs of the daemons started and not cleaned up yet: an assertion that
+ * fails mid-test skips the test's mrt_daemon_cleanup, and with it the log's
+ * tail, so the process prints those at exit (ctest shows it on failure). */
+#define S_LOGS_MAX 64
+static char s_logs[S_LOGS_MAX][300];
+
+static void s_print_left_logs(void)
+{
+    for (int i = 0; i < S_LOGS_MAX; i++)
+        if (s_logs[i][0] != '\0') {
+            fprintf(stderr, "(a daemon its test did not clean up, e.g. a failed assertion)\n");
+            s_print_log_tail(s_logs[i]);
+        }
+}
+
+static void s_log_started(const char *log_path)
+{
+    static bool registered;
+    if (!registered)
+        registered = atexit(s_print_left_logs) == 0;
+    for (int i = 0; i < S_LOGS_MAX; i++)
+        if (s_logs[i][0] == '\0') {
+            snprintf(s_logs[i], sizeof s_logs[i], "%s", log_path);
+            return;
+        }
+}
+
+static void s_log_cleaned(const char *log_path)
+{
+    for (int i = 0; i < S_LOGS_MAX; i++)
+        if (strcmp(s_logs[i], log_path) == 0)
+            s_logs[i][0] = '\0';
+}
+
 static int s_spawn(mrt_daemon_t *d)
 {
     pid_t pid = fork();
@@ -140,6 +199,7 @@ int mrt_daemon_start_with(mrt_daemon_t *d, const char *facilities, const char *e
     snprintf(d->log_path, sizeof d->log_path, "%s/medrouted.log", d->dir);
     if (mrt_daemon_rewrite(d, facilities, extra, insecure) != 0)
         return -1;
+    s_log_started(d->log_path);
     return s_spawn(d);
 }
 
@@ -213,36 +273,13 @@ void mrt_daemon_kill(mrt_daemon_t *d)
     d->pid = 0;
 }
 
-/* The daemon's last lines go to stderr, which ctest shows only for a failed
- * test: what the broker saw is then in CI's output, next to the assertion. */
-static void s_print_log_tail(const mrt_daemon_t *d)
-{
-    FILE *f = fopen(d->log_path, "r");
-    if (f == NULL)
-        return;
-    char buf[6000];
-    long start = 0;
-    if (fseek(f, 0, SEEK_END) == 0) {
-        long size = ftell(f);
-        start = size > (long)sizeof buf - 1 ? size - (long)sizeof buf + 1 : 0;
-    }
-    size_t n = 0;
-    if (fseek(f, start, SEEK_SET) == 0)
-        n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    const char *from = buf;
-    const char *nl = start > 0 ? strchr(buf, '\n') : NULL;
-    if (nl != NULL)
-        from = nl + 1;
-    fprintf(stderr, "--- the end of %s ---\n%s--- end ---\n", d->log_path, from);
-}
-
 void mrt_daemon_cleanup(mrt_daemon_t *d)
 {
     mrt_daemon_kill(d);
-    if (d->dir[0] != '\0')
-        s_print_log_tail(d);
+    if (d->dir[0] != '\0') {
+        s_print_log_tail(d->log_path);
+        s_log_cleaned(d->log_path);
+    }
     if (d->dir[0] == '\0' || getenv("MRT_KEEP") != NULL)
         return;
     char cmd[400];

@@ -51,6 +51,7 @@
 #include <unistd.h>
 
 #include "bench_util.h"
+#include "durhist.h"
 #include "medroute.h"
 #include "medroute/v1/envelope.pb-c.h"
 
@@ -190,6 +191,46 @@ static unsigned long long s_counter(const json_t *st, const char *name)
             return s_json_u64(json_object_get(c, "value"));
     }
     return 0;
+}
+
+/* The histogram name of the status (durhist.h) over a window: its counts in
+ * b less those in a.  All zero when either has none. */
+static void s_window_hist(const json_t *a, const json_t *b, const char *name, durhist_t *out)
+{
+    memset(out, 0, sizeof *out);
+    json_t *h[2] = {NULL, NULL};
+    const json_t *st[2] = {a, b};
+    for (int k = 0; k < 2; k++) {
+        json_t *ls = json_object_get(json_object_get(st[k], "status"), "latencies");
+        size_t i;
+        json_t *l;
+        json_array_foreach(ls, i, l)
+        {
+            const char *n = json_string_value(json_object_get(l, "name"));
+            if (n != NULL && strcmp(n, name) == 0)
+                h[k] = json_object_get(l, "bucket_count");
+        }
+    }
+    if (json_array_size(h[0]) != DURHIST_BUCKETS || json_array_size(h[1]) != DURHIST_BUCKETS)
+        return;
+    for (size_t i = 0; i < DURHIST_BUCKETS; i++) {
+        unsigned long long c0 = s_json_u64(json_array_get(h[0], i));
+        unsigned long long c1 = s_json_u64(json_array_get(h[1], i));
+        out->counts[i] = c1 > c0 ? c1 - c0 : 0;
+        out->count += out->counts[i];
+    }
+}
+
+/* ,"NAME_p50_us":..,"NAME_p99_us":..,"NAME_p999_us":.. of the window. */
+static void s_window_json(const json_t *a, const json_t *b, const char *name)
+{
+    durhist_t h;
+    s_window_hist(a, b, name, &h);
+    printf(",\"%s_n\":%llu,\"%s_p50_us\":%llu,\"%s_p99_us\":%llu,\"%s_p999_us\":%llu", name,
+           (unsigned long long)h.count, name,
+           (unsigned long long)durhist_quantile_us(&h, 0.50), name,
+           (unsigned long long)durhist_quantile_us(&h, 0.99), name,
+           (unsigned long long)durhist_quantile_us(&h, 0.999));
 }
 
 static unsigned long long s_pending(const json_t *st, const char *facility)
@@ -554,6 +595,11 @@ static int s_flow(s_run_t *run, const char *mode, const char *sync, double warmu
     bu_lat_json(stdout, "dlv", &rcv.lat);
     bu_cpu_json(stdout, "daemon_cpu_us_per_msg", &cpu0, &cpu1, (double)(d1 - d0));
     bu_cpu_json(stdout, "clients_cpu_us_per_msg", &own0, &own1, (double)(d1 - d0));
+    /* The daemon's own view of the window (store_latency), estimates exact
+     * to its buckets: where a message's time to its Ack goes. */
+    s_window_json(a, b, "store_wait");
+    s_window_json(a, b, "store_commit");
+    s_window_json(a, b, "store_put");
     printf(",\"ok\":%s}\n", ok ? "true" : "false");
     bu_lat_close(&ack);
     bu_lat_close(&rcv.lat);

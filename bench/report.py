@@ -172,6 +172,13 @@ def main():
             + ("; ceiling: " + " / ".join(us(v) for v in k.get("p99s", [])) if k else ""))
         row("  medroute send→delivered p50 / p99 / p99.9",
             f"{us(m['dlv_p50_us'])} / {us(m['dlv_p99_us'])} / {us(m['dlv_p999_us'])}")
+        if m.get("store_put_n"):
+            row("  of the Ack's time, inside medrouted (its status, the same window; "
+                "estimates exact to its buckets): store queue wait / commit / submit to Ack-ready, "
+                "p50 · p99",
+                " / ".join(f"{us(m[f'store_{k}_p50_us'])} · {us(m[f'store_{k}_p99_us'])}"
+                           for k in ("wait", "commit", "put")),
+                f"{num(m['store_commit_n'])} commits for {num(m['store_put_n'])} messages")
         cpu_row(f"medroute_lat{pct}")
         if k:
             row(f"  ceiling send→echo-ack (round trip) p50 / p99 / p99.9, same offered rate"

@@ -221,6 +221,37 @@ static void s_histograms(s_text_t *t, const tally_row_t *rows, size_t n)
     }
 }
 
+/* us as seconds, without trailing zeros: 50 -> "0.00005", 10000000 -> "10". */
+static void s_seconds(char *out, size_t len, uint64_t us)
+{
+    int n = snprintf(out, len, "%llu.%06llu", (unsigned long long)(us / 1000000),
+                     (unsigned long long)(us % 1000000));
+    if (n <= 0 || (size_t)n >= len)
+        return;
+    while (out[n - 1] == '0')
+        out[--n] = '\0';
+    if (out[n - 1] == '.')
+        out[n - 1] = '\0';
+}
+
+/* One durhist (since start) as a Prometheus histogram in seconds. */
+static void s_durhist(s_text_t *t, const char *name, const char *help, const durhist_t *h)
+{
+    s_put(t, "# HELP medroute_%s %s\n# TYPE medroute_%s histogram\n", name, help, name);
+    uint64_t cum = 0;
+    for (size_t b = 0; b < DURHIST_BUCKETS; b++) {
+        char le[32] = "+Inf";
+        if (b < DURHIST_BUCKETS - 1)
+            s_seconds(le, sizeof le, durhist_le_us[b]);
+        cum += h->counts[b];
+        s_put(t, "medroute_%s_bucket{le=\"%s\"} %llu\n", name, le, (unsigned long long)cum);
+    }
+    char sum[32];
+    s_seconds(sum, sizeof sum, h->sum_us);
+    s_put(t, "medroute_%s_sum %s\nmedroute_%s_count %llu\n", name, sum[0] ? sum : "0", name,
+          (unsigned long long)h->count);
+}
+
 char *http_metrics_text(const server_t *s, const tally_row_t *rows, size_t n,
                         const store_row_t *queues, size_t n_queues)
 {
@@ -283,6 +314,20 @@ char *http_metrics_text(const server_t *s, const tally_row_t *rows, size_t n,
               "pauses at 4 x store.batch_max).\n"
               "# TYPE medroute_store_queue_peak gauge\nmedroute_store_queue_peak %zu\n",
           s->store ? store_backlog(s->store) : 0, flow_peak(s->flow));
+    if (s->store != NULL) {
+        store_latency_t lat;
+        store_latency(s->store, &lat);
+        s_durhist(&t, "store_wait_seconds",
+                  "Since start: a request's wait in the store's queue until its batch takes it.",
+                  &lat.wait);
+        s_durhist(&t, "store_commit_seconds",
+                  "Since start: a batch's commit (WAL write and sync), when it wrote.",
+                  &lat.commit);
+        s_durhist(&t, "store_put_seconds",
+                  "Since start: a message from its submission to the store until its Ack can "
+                  "go (wait, batch, commit, the loop's turn).",
+                  &lat.put);
+    }
     s_put(&t, "# HELP medroute_insecure 1 when links are plaintext (insecure = true).\n"
               "# TYPE medroute_insecure gauge\nmedroute_insecure %d\n",
           s->conf->insecure ? 1 : 0);

@@ -77,6 +77,22 @@ static s_pending_t *s_pending(server_t *s, const uint8_t *rid, size_t rid_len,
     return p;
 }
 
+/* One histogram of the status: l points into h, which must outlive it. */
+static void s_latency(Medroute__V1__Latency *l, const char *name, durhist_t *h)
+{
+    medroute__v1__latency__init(l);
+    l->name = (char *)name;
+    l->count = h->count;
+    l->sum_us = h->sum_us;
+    l->n_bucket_le_us = DURHIST_BUCKETS;
+    l->bucket_le_us = (uint64_t *)durhist_le_us; /* packed, never written */
+    l->n_bucket_count = DURHIST_BUCKETS;
+    l->bucket_count = h->counts;
+    l->p50_us = durhist_quantile_us(h, 0.50);
+    l->p99_us = durhist_quantile_us(h, 0.99);
+    l->p999_us = durhist_quantile_us(h, 0.999);
+}
+
 /* Builds the status reply once the store has counted what is pending. */
 static void on_status_summary(store_req_t *req, void *arg)
 {
@@ -147,6 +163,16 @@ static void on_status_summary(store_req_t *req, void *arg)
     st.n_counters = nc;
     st.counters = csp;
     st.store_bytes = s->store_bytes;
+    store_latency_t lat;
+    Medroute__V1__Latency ls[3], *lsp[3] = {&ls[0], &ls[1], &ls[2]};
+    if (s->store != NULL) {
+        store_latency(s->store, &lat);
+        s_latency(&ls[0], "store_wait", &lat.wait);
+        s_latency(&ls[1], "store_commit", &lat.commit);
+        s_latency(&ls[2], "store_put", &lat.put);
+        st.n_latencies = 3;
+        st.latencies = lsp;
+    }
     mr_op_reply_t r = MEDROUTE__V1__OP_REPLY__INIT;
     r.request_id = pd->request_id;
     r.body_case = MEDROUTE__V1__OP_REPLY__BODY_STATUS;

@@ -3,7 +3,8 @@
  *
  * Owns: the database connection (store thread only), the submission queue
  * and the completion queue (guarded by one mutex), the uv_async handle that
- * wakes the loop.
+ * wakes the loop, the latency histograms (store_latency: the store thread's
+ * two published under the same mutex once per batch, the loop's own).
  *
  * Invariants
  *   1. Only the store thread touches the database.
@@ -203,6 +204,8 @@ struct store_t {
     pthread_cond_t ckpt_wake;    /* its own: sharing `wake` could steal a submission's signal */
     bool ckpt_due;               /* a commit wrote to the WAL since the last checkpoint began */
     bool checkpointer_started;
+    durhist_t lat_wait, lat_commit; /* store_latency: the store thread's, published per batch */
+    durhist_t lat_put;           /* loop thread only */
 
     /* store thread only */
     sqlite3 *db;
@@ -1090,9 +1093,17 @@ static int64_t s_mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Takes the next request, waiting for one if wait is set.  NULL when the
- * queue is empty (or stopping and drained). */
-static store_req_t *s_take(store_t *self, bool wait)
+static int64_t s_mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* Takes the next request, waiting for one if wait is set, and counts how
+ * long it waited in waits.  NULL when the queue is empty (or stopping and
+ * drained). */
+static store_req_t *s_take(store_t *self, bool wait, durhist_t *waits)
 {
     pthread_mutex_lock(&self->lock);
     while (wait && self->queue_head == NULL && !self->stopping)
@@ -1105,6 +1116,8 @@ static store_req_t *s_take(store_t *self, bool wait)
         req->next = NULL;
     }
     pthread_mutex_unlock(&self->lock);
+    if (req != NULL && waits != NULL)
+        durhist_add(waits, s_mono_us() - req->submitted_us);
     return req;
 }
 
@@ -1234,7 +1247,8 @@ static void *s_thread(void *arg)
     store_t *self = arg;
     (void)pthread_setname_np(pthread_self(), "mr-store"); /* top -H, the benchmark */
     for (;;) {
-        store_req_t *first = s_take(self, true);
+        durhist_t waits = {0}, commits = {0}; /* this batch's, for store_latency */
+        store_req_t *first = s_take(self, true, &waits);
         if (first == NULL)
             break; /* stopping and drained */
         store_req_t *head = first, *tail = first;
@@ -1259,7 +1273,7 @@ static void *s_thread(void *arg)
                     break;
                 if (count >= self->batch_max || s_mono_ms() - started >= self->batch_ms)
                     break;
-                req = s_take(self, false);
+                req = s_take(self, false, &waits);
                 if (req == NULL)
                     break;
                 tail->next = req;
@@ -1273,8 +1287,12 @@ static void *s_thread(void *arg)
                                  sqlite3_total_changes(self->db) != changes_before);
             if (rc == SQLITE_OK)
                 rc = s_floor(self, sqlite3_total_changes(self->db) != changes_before);
-            if (rc == SQLITE_OK)
+            if (rc == SQLITE_OK) {
+                int64_t commit_us = s_mono_us();
                 rc = s_control(self, S_COMMIT);
+                if (rc == SQLITE_OK && sqlite3_total_changes(self->db) != changes_before)
+                    durhist_add(&commits, s_mono_us() - commit_us);
+            }
             if (rc != SQLITE_OK && !sqlite3_get_autocommit(self->db))
                 still_open = !s_rollback(self);
         }
@@ -1314,6 +1332,10 @@ static void *s_thread(void *arg)
                 atomic_store(&self->unavailable, false);
             }
         }
+        pthread_mutex_lock(&self->lock);
+        durhist_merge(&self->lat_wait, &waits);
+        durhist_merge(&self->lat_commit, &commits);
+        pthread_mutex_unlock(&self->lock);
         s_complete(self, head, tail);
         if (!tally_kept_empty(self->kept) && !atomic_load(&self->unavailable) &&
             s_queue_empty(self))
@@ -1336,6 +1358,8 @@ static void on_async(uv_async_t *handle)
     while (req != NULL) {
         store_req_t *next = req->next;
         atomic_fetch_sub(&self->backlog, 1);
+        if (req->op == STORE_PUT)
+            durhist_add(&self->lat_put, s_mono_us() - req->submitted_us);
         if (req->cb)
             req->cb(req, req->arg);
         s_req_free(req);
@@ -1667,6 +1691,7 @@ void store_submit(store_t *self, store_req_t *req)
         return;
     }
     req->next = NULL;
+    req->submitted_us = s_mono_us();
     atomic_fetch_add(&self->backlog, 1);
     pthread_mutex_lock(&self->lock);
     if (self->queue_tail)
@@ -1676,6 +1701,16 @@ void store_submit(store_t *self, store_req_t *req)
     self->queue_tail = req;
     pthread_cond_signal(&self->wake);
     pthread_mutex_unlock(&self->lock);
+}
+
+void store_latency(const store_t *self, store_latency_t *out)
+{
+    store_t *mut = (store_t *)self; /* the lock only */
+    pthread_mutex_lock(&mut->lock);
+    out->wait = self->lat_wait;
+    out->commit = self->lat_commit;
+    pthread_mutex_unlock(&mut->lock);
+    out->put = self->lat_put;
 }
 
 size_t store_backlog(const store_t *self)

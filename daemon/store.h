@@ -22,6 +22,7 @@
 #include <uv.h>
 
 #include "clinical.h"
+#include "durhist.h"
 #include "log.h"
 
 typedef enum {
@@ -122,6 +123,7 @@ struct store_req_t {
     size_t n_tallies;
     clin_visits_t visits;   /* STATS: VisitTally sums of the period */
     store_req_t *next; /* queue link, the store's */
+    int64_t submitted_us; /* when store_submit took it (monotonic), the store's */
 };
 
 typedef struct {
@@ -169,6 +171,21 @@ int store_seq_cmp(const void *a, const void *b);
 
 /* Requests submitted and not yet completed. */
 size_t store_backlog(const store_t *self);
+
+/*
+ * How long the store keeps work waiting, since it was created (durhist.h),
+ * for operators (metrics, status) and the benchmark:
+ *   wait   - a request, from store_submit until its batch takes it;
+ *   commit - a batch's COMMIT that wrote: its WAL write and its sync;
+ *   put    - a message (PUT), from store_submit until its callback runs on
+ *            the loop, when its Ack can go: wait, its batch, the commit and
+ *            the loop's turn to run it.
+ * Loop thread.
+ */
+typedef struct {
+    durhist_t wait, commit, put;
+} store_latency_t;
+void store_latency(const store_t *self, store_latency_t *out);
 /* True when the last batch failed for lack of the database. */
 bool store_unavailable(const store_t *self);
 

@@ -850,6 +850,17 @@ static int s_print_status(const json_t *reply)
     printf("\n%-28s %12s\n", "COUNTER", "VALUE");
     json_array_foreach(json_object_get(st, "counters"), i, f)
         printf("%-28s %12lld\n", s_json_str(f, "name", "?"), s_json_ll(json_object_get(f, "value"), 0));
+    const json_t *lat = json_object_get(st, "latencies");
+    if (json_array_size(lat) > 0) {
+        printf("\n%-28s %12s %10s %10s %10s\n", "LATENCY (since start, us)", "COUNT", "P50",
+               "P99", "P99.9");
+        json_array_foreach(lat, i, f)
+            printf("%-28s %12lld %10lld %10lld %10lld\n", s_json_str(f, "name", "?"),
+                   s_json_ll(json_object_get(f, "count"), 0),
+                   s_json_ll(json_object_get(f, "p50_us"), 0),
+                   s_json_ll(json_object_get(f, "p99_us"), 0),
+                   s_json_ll(json_object_get(f, "p999_us"), 0));
+    }
     return fflush(stdout) == 0 ? S_EXIT_OK : S_EXIT_FAIL;
 }
 

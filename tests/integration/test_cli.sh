@@ -478,6 +478,28 @@ done
 check "status table has a COUNTER section with every counter name" \
     "missing:$missing; table: $(cat "$TMP/table.out")" \
     test -z "$missing" -a -n "$COUNTERS" -a -n "$(grep -E '^COUNTER +VALUE$' "$TMP/table.out")"
+# The store's latencies: every message stored went through one PUT (so did
+# the resends told as duplicates and the clinical refusals: at least the
+# stored, at most the received), and the table shows the same row.
+PUTS=$(python3 -c '
+import json, sys
+ls = {l["name"]: l for l in json.load(sys.stdin)["status"].get("latencies", [])}
+p = ls.get("store_put", {})
+print(p.get("count", ""), p.get("p99_us", ""), " ".join(sorted(ls)))
+' <"$TMP/statusj.out" 2>/dev/null || true)
+read -r STORED RECEIVED <<<"$(python3 -c '
+import json, sys
+c = {c["name"]: c.get("value", 0) for c in json.load(sys.stdin)["status"]["counters"]}
+print(c.get("stored", ""), c.get("received", ""))
+' <"$TMP/statusj.out" 2>/dev/null || true)"
+read -r PUT_N PUT_P99 LAT_NAMES <<<"$PUTS"
+check "status --json: latencies store_commit, store_put, store_wait; stored ($STORED) <= store_put count <= received ($RECEIVED)" \
+    "got: $PUTS" test "$LAT_NAMES" = "store_commit store_put store_wait" -a -n "$STORED" \
+    -a -n "$RECEIVED" -a "${PUT_N:-0}" -ge "${STORED:-1}" -a "${PUT_N:-0}" -le "${RECEIVED:-0}" \
+    -a "${PUT_P99:-0}" -gt 0
+check "status table has a LATENCY section with the store_put row" \
+    "table: $(cat "$TMP/table.out")" \
+    grep -q -E "^store_put +$PUT_N +[0-9]+ +[0-9]+ +[0-9]+\$" "$TMP/table.out"
 
 # ---- 9: no patient data in the log; clean stop ---------------------------------------
 

@@ -397,6 +397,28 @@ check_eq "medroute_insecure = 1" 1 "$(ms medroute_insecure)"
 check "medroute_store_bytes is present" "" test "$(ms medroute_store_bytes)" != none
 check_eq "flow_since_start_total{counter=stored} = $SENT" "$SENT" \
     "$(ms medroute_flow_since_start_total counter=stored)"
+# The store's latency histograms (since start): every message stored went
+# through one PUT, every request waited once, and the batches that stored
+# them committed.  Cumulative buckets end at +Inf = _count.
+check_eq "store_put_seconds_count = $SENT (one PUT a message)" "$SENT" \
+    "$(ms medroute_store_put_seconds_count)"
+check_eq "store_put_seconds_bucket{le=+Inf} = _count" "$SENT" \
+    "$(ms medroute_store_put_seconds_bucket le=+Inf)"
+check "store_wait_seconds_count >= $SENT" "got $(ms medroute_store_wait_seconds_count)" \
+    test "$(ms medroute_store_wait_seconds_count)" -ge "$SENT"
+check "store_commit_seconds_count >= 1" "got $(ms medroute_store_commit_seconds_count)" \
+    test "$(ms medroute_store_commit_seconds_count)" -ge 1
+BUCKETS_PY='
+import re, sys
+prev = -1
+for line in sys.stdin:
+    m = re.match(r"^medroute_store_put_seconds_bucket\{le=\"([^\"]+)\"\} (\d+)$", line.strip())
+    if m:
+        if int(m.group(2)) < prev:
+            print("bucket le=%s falls to %s" % (m.group(1), m.group(2)))
+        prev = int(m.group(2))
+'
+check_eq "store_put_seconds buckets are cumulative" "" "$(python3 -c "$BUCKETS_PY" <"$M")"
 UNTYPED=$(python3 -c "$UNTYPED_PY" <"$M")
 check_eq "every sample's family has a # TYPE line" "" "$UNTYPED"
 

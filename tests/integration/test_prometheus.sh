@@ -20,7 +20,10 @@
 #     its query API returns the same figures:
 #       sum(medroute_referrals_requested_total{direction="up"}) = 3,
 #       sum(medroute_messages_stored_total) = the number of messages sent,
-#       count(medroute_facility_connected) = the number of facilities.
+#       count(medroute_facility_connected) = the number of facilities;
+#   - the store's latency histograms count one PUT a message, and start
+#     empty after the restart (they are in memory);
+#   - every query of docs/grafana-dashboard.json is one Prometheus accepts.
 #
 # Every wait is bounded; everything listens on 127.0.0.1.  The last line is
 # "N passed, M failed"; the exit status is 0 only when nothing failed.
@@ -162,6 +165,15 @@ except Exception:
 prom_query() {
     curl -sS --max-time 3 -G "http://127.0.0.1:$PROM_PORT/api/v1/query" \
         --data-urlencode "query=$1" 2>/dev/null | python3 -c "$PROMQ_PY"
+}
+
+# prom_status EXPR: the API's "status" for an instant query ("success", or
+# "error" when Prometheus refuses it), whatever the values (NaN included).
+prom_status() {
+    curl -sS --max-time 3 -G "http://127.0.0.1:$PROM_PORT/api/v1/query" \
+        --data-urlencode "query=$1" 2>/dev/null |
+        python3 -c 'import json, sys; print(json.load(sys.stdin).get("status", "error"))' 2>/dev/null ||
+        echo error
 }
 
 # wait_for SECONDS COMMAND...: polls COMMAND every 0.2 s until it succeeds.
@@ -568,6 +580,29 @@ check_eq "prometheus: the down/up ratio is 1/3" 0.333333 \
     "$(prom_query 'sum(medroute_referrals_requested_total{direction="down"}) / sum(medroute_referrals_requested_total{direction="up"})')"
 check_eq "prometheus: scrape_samples_scraped > 0" 1 \
     "$(prom_query 'scrape_samples_scraped{job="medroute"} > bool 0')"
+# Unlike the tallies, the store's latencies are kept in memory since start:
+# the daemon scraped here was restarted and has stored nothing since.
+check_eq "prometheus: medroute_store_put_seconds_count = 0 after the restart (since start)" 0 \
+    "$(prom_query 'sum(medroute_store_put_seconds_count)')"
+
+# Every query of the Grafana dashboard, with its variables filled in as
+# Grafana would, is one this Prometheus evaluates (a typo is an "error").
+DASH_PY='
+import json, sys
+d = json.load(open(sys.argv[1]))
+for p in d["panels"]:
+    for t in p.get("targets", []):
+        e = t["expr"].replace("$job", "medroute").replace("$__rate_interval", "1m")
+        print(p["title"] + "\t" + e.replace("$__range", "1h").replace("$window", "1d"))
+'
+DASH_BAD=
+DASH_N=0
+while IFS=$'\t' read -r title expr; do
+    DASH_N=$((DASH_N + 1))
+    [ "$(prom_status "$expr")" = success ] || DASH_BAD="$DASH_BAD [$title] $expr;"
+done < <(python3 -c "$DASH_PY" "$SOURCE_DIR/docs/grafana-dashboard.json")
+check "prometheus evaluates every one of the Grafana dashboard's $DASH_N queries" \
+    "refused:$DASH_BAD" test -z "$DASH_BAD" -a "$DASH_N" -gt 20
 
 stop_pid "$PROM_PID"
 PROM_PID=

@@ -4,8 +4,9 @@
  * commits take.  In memory only; it starts empty at each start.
  *
  * Fixed buckets, 1-2-5 per decade from 50 us to 10 s, plus one for longer:
- * the same bounds for every histogram, so that two snapshots subtract
- * (a benchmark's window) and Prometheus sums them across restarts.
+ * the same bounds for every histogram and every daemon, so that two
+ * snapshots subtract (a benchmark's window) and Prometheus can add the
+ * histograms of several brokers (its rate() takes a restart's reset).
  *
  * Not synchronised: its owner says which thread writes it and how a
  * reader gets a copy (store.h).

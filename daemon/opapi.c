@@ -646,7 +646,7 @@ void opapi_on_message(void *arg, const uint8_t *rid, size_t rid_len, const void 
             s_reply_error(s, rid, rid_len, q->request_id, MR_E_INVALID, why);
         }
     } else if (q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_WATCH) {
-        if (watch_subscribe(s, rid, rid_len, q->request_id) != 0)
+        if (watch_subscribe(s, rid, rid_len, q->request_id, key) != 0)
             s_reply_error(s, rid, rid_len, q->request_id, MR_E_QUEUE_FULL,
                           "too many watchers");
         else {

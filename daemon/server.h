@@ -29,6 +29,7 @@ typedef struct {
     size_t rid_len;           /* 0: free slot */
     uint64_t request_id;
     int64_t renewed_ms;
+    char key[48];             /* its operator key (Z85, the User-Id); "" when plaintext */
 } watcher_t;
 
 typedef struct server_t {

@@ -2,7 +2,9 @@
  * watch.c - push live events to subscribed operator connections.
  *
  * Owns server_t.watchers and the counter snapshot of the last tick.
- * Invariant: a watcher slot with rid_len == 0 is free.
+ * Invariants: a watcher slot with rid_len == 0 is free; a watcher with a
+ * key is sent nothing once that key is no longer an operator's (s_send's
+ * callers drop it first).
  */
 #include "watch.h"
 
@@ -13,9 +15,11 @@
 
 #define S_STALE_MS 120000
 
-int watch_subscribe(server_t *s, const uint8_t *rid, size_t rid_len, uint64_t request_id)
+int watch_subscribe(server_t *s, const uint8_t *rid, size_t rid_len, uint64_t request_id,
+                    const char *key)
 {
-    if (rid_len == 0 || rid_len > MR_RID_MAX)
+    if (rid_len == 0 || rid_len > MR_RID_MAX ||
+        (key != NULL && strlen(key) >= sizeof s->watchers[0].key))
         return -EINVAL;
     watcher_t *free_slot = NULL;
     for (int i = 0; i < MR_WATCHERS_MAX; i++) {
@@ -23,6 +27,7 @@ int watch_subscribe(server_t *s, const uint8_t *rid, size_t rid_len, uint64_t re
         if (w->rid_len == rid_len && memcmp(w->rid, rid, rid_len) == 0) {
             w->renewed_ms = mr_mono_ms();
             w->request_id = request_id;
+            snprintf(w->key, sizeof w->key, "%s", key ? key : "");
             return 0;
         }
         if (w->rid_len == 0 && free_slot == NULL)
@@ -34,7 +39,24 @@ int watch_subscribe(server_t *s, const uint8_t *rid, size_t rid_len, uint64_t re
     free_slot->rid_len = rid_len;
     free_slot->request_id = request_id;
     free_slot->renewed_ms = mr_mono_ms();
+    snprintf(free_slot->key, sizeof free_slot->key, "%s", key ? key : "");
     return 0;
+}
+
+/* Ends the streams of keys a reload has removed from the operators: as
+ * opapi refuses their requests, the stream they opened stops too (it would
+ * otherwise run until it goes stale). */
+static void s_forget_revoked(server_t *s)
+{
+    for (int i = 0; i < MR_WATCHERS_MAX; i++) {
+        watcher_t *w = &s->watchers[i];
+        if (w->rid_len == 0 || w->key[0] == '\0' || conf_operator_of(s->conf, w->key) != NULL)
+            continue;
+        w->rid_len = 0;
+        s->counters.v[CNT_SECURITY_EVENTS]++;
+        log_warn(s->log, "security.revoked_key", "endpoint=operator key=%.8s action=watch_ended",
+                 w->key);
+    }
 }
 
 static void s_send(server_t *s, Medroute__V1__WatchEvent *ev)
@@ -71,6 +93,7 @@ static bool s_any(const server_t *s)
 
 void watch_event(server_t *s, const char *kind, const char *text)
 {
+    s_forget_revoked(s);
     if (!s_any(s))
         return;
     Medroute__V1__WatchEvent ev = MEDROUTE__V1__WATCH_EVENT__INIT;
@@ -85,6 +108,7 @@ void watch_tick(server_t *s, int64_t mono_ms)
     for (int i = 0; i < MR_WATCHERS_MAX; i++)
         if (s->watchers[i].rid_len && mono_ms - s->watchers[i].renewed_ms > S_STALE_MS)
             s->watchers[i].rid_len = 0;
+    s_forget_revoked(s);
     Medroute__V1__Counter changed[CNT_COUNT];
     Medroute__V1__Counter *cp[CNT_COUNT];
     size_t n = 0;

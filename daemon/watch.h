@@ -2,15 +2,18 @@
  * watch.h - the live stream for operators (`medroute watch`): counter
  * changes, escalations, indicator warnings.  Watchers subscribe with a
  * WatchRequest on the operator endpoint and renew it; they are dropped when
- * their connection is gone or after 120 s without renewal.  Loop thread.
+ * their connection is gone, after 120 s without renewal, or before the
+ * next event once a reload has removed their operator key.  Loop thread.
  */
 #ifndef MR_WATCH_H
 #define MR_WATCH_H
 
 #include "server.h"
 
-/* Subscribes (or renews) the operator connection rid. 0 or -ENOSPC. */
-int watch_subscribe(server_t *s, const uint8_t *rid, size_t rid_len, uint64_t request_id);
+/* Subscribes (or renews) the operator connection rid, admitted with key
+ * (its User-Id; NULL when plaintext). 0, -EINVAL or -ENOSPC. */
+int watch_subscribe(server_t *s, const uint8_t *rid, size_t rid_len, uint64_t request_id,
+                    const char *key);
 /* Sends an event of kind with one line of text to every watcher. */
 void watch_event(server_t *s, const char *kind, const char *text);
 /* Periodic: sends counter changes since the last tick, drops watchers not

@@ -6,7 +6,7 @@
  *     another key that connects with the routing id of a gone connection
  *     neither sends as that facility nor receives its deliveries;
  *   - an operator key a reload demotes or removes loses that role on the
- *     connection it already has;
+ *     connection it already has, and the `watch` stream it opened ends;
  *   - a facility removed by a reload and added back with a new key is not
  *     given back to a connection still open with the old key;
  *   - a limit that ZeroMQ holds from the start (limits.max_message_bytes,
@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -327,6 +328,52 @@ static void test_revocation_operator_roles_follow_reload(void **state)
     assert_int_equal(mrt_daemon_stop(&g_d), 0);
 }
 
+/* Whether a `counters` event saying "stored +1" reaches op within ms. */
+static bool s_watch_sees_stored(mr_operator_t *op, int ms)
+{
+    bool seen = false;
+    for (long long until = mrt_now_ms() + ms; !seen && mrt_now_ms() < until;) {
+        char *reply = NULL;
+        if (mr_operator_next_json(op, &reply, 200) == 0)
+            seen = strstr(reply, "\"kind\":\"counters\"") && strstr(reply, "stored +1");
+        free(reply);
+    }
+    return seen;
+}
+
+/* A removed operator's `watch` stream ends with its key, as its requests
+ * are refused, not when the stream would go stale (120 s). */
+static void test_revocation_removed_operator_watch_ends(void **state)
+{
+    (void)state;
+    char viewer[200];
+    snprintf(viewer, sizeof viewer,
+             "{ name = \"viewer\"; role = \"read_only\"; public_key = \"%s\"; }", g_ro.pub);
+    s_start(&g_aihua, viewer, NULL);
+    mr_operator_t *op = mr_operator_new_curve(g_d.operator_ep, g_broker.pub, g_ro.pub, g_ro.sec);
+    assert_non_null(op);
+    char *r = s_op(op, "{\"watch\":{}}");
+    assert_non_null(r);
+    assert_non_null(strstr(r, "\"subscribed\""));
+    free(r);
+    void *ctx = zmq_ctx_new();
+    assert_non_null(ctx);
+    void *aihua = s_connected(ctx, &g_aihua, NULL, "t-aihua");
+    s_lab_order(aihua, "t-aihua", "yx-lead", "W-1");
+    assert_true(s_watch_sees_stored(op, 5000)); /* the stream works */
+
+    assert_int_equal(s_reload(&g_aihua, "", NULL), 0);
+    s_wait_log("action=watch_ended");
+    assert_int_equal(mrt_log_count(&g_d, "event=security.revoked_key endpoint=operator"), 1);
+    s_lab_order(aihua, "t-aihua", "yx-lead", "W-2");
+    assert_int_equal(s_next(aihua, 10000, NULL), MEDROUTE__V1__FRAME__BODY_ACK);
+    assert_false(s_watch_sees_stored(op, 3000));
+    zmq_close(aihua);
+    assert_int_equal(zmq_ctx_term(ctx), 0);
+    mr_operator_destroy(&op);
+    assert_int_equal(mrt_daemon_stop(&g_d), 0);
+}
+
 static void test_revocation_removed_facility_stays_out(void **state)
 {
     (void)state;
@@ -395,6 +442,7 @@ int main(void)
         T(test_revocation_routing_id_is_not_identity),
         T(test_revocation_silent_intruder_gets_nothing),
         T(test_revocation_operator_roles_follow_reload),
+        T(test_revocation_removed_operator_watch_ends),
         T(test_revocation_removed_facility_stays_out),
         T(test_revocation_rotation_keeps_the_open_connection),
         T(test_revocation_message_limit_needs_a_restart),

@@ -8,8 +8,9 @@
  * Invariants
  *   1. MHD_run is called whenever its epoll fd is readable, when its timer
  *      fires, and after a suspended connection is resumed.
- *   2. A suspended connection has exactly one store request in flight; its
- *      context outlives the request (MHD tells us when it is done).
+ *   2. A suspended connection has its two store requests in flight (the
+ *      tallies, the queues: waiting counts them down); its context outlives
+ *      them (MHD tells us when it is done).
  */
 #include "http.h"
 
@@ -321,7 +322,8 @@ char *http_metrics_text(const server_t *s, const tally_row_t *rows, size_t n,
                   "Since start: a request's wait in the store's queue until its batch takes it.",
                   &lat.wait);
         s_durhist(&t, "store_commit_seconds",
-                  "Since start: a batch's commit (WAL write and sync), when it wrote.",
+                  "Since start: a batch's commit that wrote (its WAL write, and its sync under "
+                  "synchronous = full).",
                   &lat.commit);
         s_durhist(&t, "store_put_seconds",
                   "Since start: a message from its submission to the store until its Ack can "

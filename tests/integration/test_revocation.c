@@ -360,6 +360,7 @@ static void test_revocation_removed_operator_watch_ends(void **state)
     assert_non_null(ctx);
     void *aihua = s_connected(ctx, &g_aihua, NULL, "t-aihua");
     s_lab_order(aihua, "t-aihua", "yx-lead", "W-1");
+    assert_int_equal(s_next(aihua, 10000, NULL), MEDROUTE__V1__FRAME__BODY_ACK);
     assert_true(s_watch_sees_stored(op, 5000)); /* the stream works */
 
     assert_int_equal(s_reload(&g_aihua, "", NULL), 0);

@@ -222,6 +222,7 @@ void cron_tick(uv_timer_t *handle)
     if (mono - s->last_watch_ms >= S_WATCH_EVERY_MS) {
         s->last_watch_ms = mono;
         watch_tick(s, mono);
+        dispatch_cron(s, mono);
     }
     if (!s->cron_judging && mono - s->last_judge_ms >= S_JUDGE_EVERY_MS) {
         period_t half;

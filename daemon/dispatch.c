@@ -71,12 +71,32 @@ void dispatch_reply_error(server_t *s, const uint8_t *rid, size_t rid_len, int p
         store_tally(s->store, "messages_rejected_total", labels, 1);
     }
     const facility_t *fac = peer >= 0 ? registry_at(s->registry, (size_t)peer) : NULL;
-    char id[MR_MESSAGE_ID_MAX + 1], why[sizeof err->reason];
-    log_warn(s->log, "message.rejected", "facility=%s message_id=\"%s\" code=%s reason=\"%s\"",
-             fac ? fac->id : "-", log_clean(id, sizeof id, err->message_id),
-             mr_error_name(err->code), log_clean(why, sizeof why, reason));
+    lograte_t *lines = peer >= 0 ? &s->peers[peer].reject_log : &s->reject_log_anon;
+    if (lograte_allow(lines, mr_mono_ms())) {
+        char id[MR_MESSAGE_ID_MAX + 1], why[sizeof err->reason];
+        log_warn(s->log, "message.rejected", "facility=%s message_id=\"%s\" code=%s reason=\"%s\"",
+                 fac ? fac->id : "-", log_clean(id, sizeof id, err->message_id),
+                 mr_error_name(err->code), log_clean(why, sizeof why, reason));
+    }
     if (rid != NULL)
         server_send_facility(s, rid, rid_len, &f.base);
+}
+
+static void s_tell_suppressed(server_t *s, lograte_t *lines, const char *facility,
+                              int64_t mono_ms)
+{
+    uint64_t n = lograte_take(lines, mono_ms);
+    if (n > 0)
+        log_warn(s->log, "message.rejected_unlogged",
+                 "facility=%s count=%llu limit=%d window_s=%d", facility, (unsigned long long)n,
+                 LOGRATE_LINES, LOGRATE_WINDOW_MS / 1000);
+}
+
+void dispatch_cron(server_t *s, int64_t mono_ms)
+{
+    for (size_t i = 0; i < registry_count(s->registry); i++)
+        s_tell_suppressed(s, &s->peers[i].reject_log, registry_at(s->registry, i)->id, mono_ms);
+    s_tell_suppressed(s, &s->reject_log_anon, "-", mono_ms);
 }
 
 /* Copies the message id out of an Envelope frame, for error replies, cut to

@@ -47,8 +47,14 @@ int mr_fail(mr_err_t *err, int code, const char *fmt, ...) __attribute__((format
 void dispatch_facility(void *arg, const uint8_t *rid, size_t rid_len, const void *const *parts,
                        const size_t *sizes, size_t n_parts, int truncated);
 
-/* Sends Error{code, reason}, logs it and counts it. peer may be -1. */
+/* Sends Error{code, reason}, logs it and counts it. peer may be -1.  Each
+ * facility (and frames of none, together) logs at most LOGRATE_LINES such
+ * lines per LOGRATE_WINDOW_MS (lograte.h); every refusal is still answered
+ * and counted. */
 void dispatch_reply_error(server_t *s, const uint8_t *rid, size_t rid_len, int peer,
                           const mr_err_t *err);
+/* Periodic (cron.c): logs how many refusals each source was not allowed to
+ * log (message.rejected_unlogged), at most once per window each. */
+void dispatch_cron(server_t *s, int64_t mono_ms);
 
 #endif

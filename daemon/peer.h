@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "lograte.h"
+
 #define MR_RID_MAX 256
 
 /* A message held in memory for delivery. */
@@ -56,6 +58,8 @@ typedef struct {
     bool express_checked;   /* stored express messages were looked for since connecting */
     uint64_t express_ahead; /* highest seq taken into memory ahead of the cursor as express */
     uint64_t pending;       /* stored, not yet acknowledged (store truth) */
+
+    lograte_t reject_log;   /* its refusals' log lines (dispatch.c) */
 } peer_t;
 
 #endif

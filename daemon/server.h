@@ -52,6 +52,7 @@ typedef struct server_t {
     struct http_t *http;       /* /metrics, /healthz; NULL when not configured */
     struct zap_t *zap;         /* CURVE authentication; NULL when insecure */
     counters_t counters;
+    lograte_t reject_log_anon; /* refusals' log lines for frames of no facility (dispatch.c) */
     uv_timer_t cron;
     uv_signal_t sig_int, sig_term, sig_hup;
     int64_t started_at_ms;

@@ -4,7 +4,8 @@
  * facility's traffic flows; a destination at its queue quota makes the
  * sender get ERROR_QUEUE_FULL.  Everything acknowledged is delivered.
  * A burst beyond what the store commits is held back (intake pauses), not
- * read into memory, and still arrives once.
+ * read into memory, and still arrives once.  A stream of refusals is
+ * answered and counted in full but logged within a limit.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -223,12 +224,54 @@ static void test_limits_burst_is_held_back_not_buffered(void **state)
     mrt_daemon_cleanup(&d);
 }
 
+/*
+ * A facility that sends a stream of bad messages gets every refusal, and
+ * every one is counted, but it puts at most LOGRATE_LINES lines in the
+ * daemon's log per 10 s; the rest are told as a count.  Another
+ * facility's refusal is still logged meanwhile.
+ */
+static void test_limits_refusals_logged_within_a_limit(void **state)
+{
+    (void)state;
+    enum { N = 100, LINES = 20 }; /* LINES: lograte.h's LOGRATE_LINES */
+    mrt_daemon_t d = {0};
+    assert_int_equal(mrt_daemon_start(&d, NULL), 0);
+    mr_client_t *bad = mrt_client(&d, "t-aihua", NULL), *other = mrt_client(&d, "t-manwan", NULL);
+    assert_int_equal(mr_client_wait_connected(bad, 5000), 0);
+    assert_int_equal(mr_client_wait_connected(other, 5000), 0);
+    int refused = 0;
+    for (int i = 0; i < N; i++)
+        refused += mrt_send(bad, "yx-nowhere", "lab_order", "routine",
+                            "{\"placer_order_number\":\"P\"}", NULL) == MR_E_UNKNOWN_DESTINATION;
+    assert_int_equal(refused, N);
+    assert_int_equal(mrt_send(other, "yx-nowhere", "lab_order", "routine",
+                              "{\"placer_order_number\":\"Q\"}", NULL),
+                     MR_E_UNKNOWN_DESTINATION);
+    assert_int_equal(mrt_counter(&d, "rejected"), N + 1);
+    assert_int_equal(mrt_log_count(&d, "event=message.rejected facility=t-aihua"), LINES);
+    assert_int_equal(mrt_log_count(&d, "event=message.rejected facility=t-manwan"), 1);
+    /* The others, as one count, within a second of the window's end. */
+    char told[128];
+    snprintf(told, sizeof told, "event=message.rejected_unlogged facility=t-aihua count=%d",
+             N - LINES);
+    for (long long until = mrt_now_ms() + 15000;
+         mrt_log_count(&d, told) < 1 && mrt_now_ms() < until;)
+        mr_client_poll(bad, 200, NULL, NULL);
+    assert_int_equal(mrt_log_count(&d, told), 1);
+    assert_int_equal(mrt_log_count(&d, "event=message.rejected_unlogged facility=t-manwan"), 0);
+    mr_client_destroy(&bad);
+    mr_client_destroy(&other);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_limits_rate_and_quota),
         cmocka_unit_test(test_limits_slow_handler_keeps_session),
         cmocka_unit_test(test_limits_burst_is_held_back_not_buffered),
+        cmocka_unit_test(test_limits_refusals_logged_within_a_limit),
     };
     return cmocka_run_group_tests_name("limits", tests, NULL, NULL);
 }

@@ -356,6 +356,10 @@ static int s_operator_call(s_ctx_t *ctx, json_t *request, int timeout_ms,
         fprintf(stderr, "medroute: out of memory\n");
         goto out;
     }
+    /* Bad --key / --server-key is bad usage (2), not a broker failure. */
+    if ((status = s_load_keys(ctx)) != 0)
+        goto out;
+    status = S_EXIT_FAIL;
     op = s_operator_new(ctx);
     if (op == NULL) {
         fprintf(stderr, "medroute: cannot open the operator endpoint %s\n", ctx->operator_ep);
@@ -1390,6 +1394,8 @@ static int s_cmd_watch(s_ctx_t *ctx, int argc, char **argv)
                 return status;
         }
     }
+    if ((status = s_load_keys(ctx)) != 0)
+        return status;
     mr_operator_t *op = s_operator_new(ctx);
     if (op == NULL) {
         fprintf(stderr, "medroute: cannot connect to %s\n", ctx->operator_ep);

@@ -313,6 +313,23 @@ run err_age mr open --older-than 999999999999999999d
 check "open --older-than past any age: exit 2" "exit $RC, err: $(cat "$TMP/err_age.err")" \
     test "$RC" -eq 2
 
+# medroute(1): "giving only one [of --key, --server-key] is a usage error";
+# unreadable keys are bad input too (exit 2), for the operator commands as
+# for send and listen.
+run err_key1 mr --key "$TMP/nokey.key" status --timeout 500
+check "status --key without --server-key: exit 2 (usage)" \
+    "exit $RC, err: $(cat "$TMP/err_key1.err")" test "$RC" -eq 2
+run err_key2 mr --key "$TMP/nokey.key" --server-key "$TMP/nokey.pub" queue ls
+check "queue ls with unreadable key files: exit 2" \
+    "exit $RC, err: $(cat "$TMP/err_key2.err")" test "$RC" -eq 2
+run err_key3 mr --server-key "$TMP/nokey.pub" watch --timeout 500
+check "watch --server-key without --key: exit 2 (usage)" \
+    "exit $RC, err: $(cat "$TMP/err_key3.err")" test "$RC" -eq 2
+run err_key4 mr --key "$TMP/nokey.key" send --as t-aihua --to yx-lead --kind referral \
+    --json "$TMP/referral.json"
+check "send --key without --server-key: exit 2 (usage)" \
+    "exit $RC, err: $(cat "$TMP/err_key4.err")" test "$RC" -eq 2
+
 run err_src mr send --as t-nobody --to yx-lead --kind referral --json "$TMP/referral.json"
 check "--as t-nobody: exit 1" "exit $RC, out: $(cat "$TMP/err_src.out"), err: $(cat "$TMP/err_src.err")" \
     test "$RC" -eq 1

@@ -687,8 +687,31 @@ void conf_destroy(conf_t **self_p)
     *self_p = NULL;
 }
 
+bool conf_endpoint_is_local(const char *endpoint)
+{
+    static const char *const ok[] = {"ipc://", "inproc://", "tcp://127.", "tcp://localhost:",
+                                     "tcp://[::1]:"};
+    for (size_t i = 0; endpoint != NULL && i < sizeof ok / sizeof ok[0]; i++)
+        if (strncmp(endpoint, ok[i], strlen(ok[i])) == 0)
+            return true;
+    return false;
+}
+
 int conf_check_security(const conf_t *c, char *err, size_t errlen)
 {
+    /* Checked here, not only when the server starts, so that
+     * `medrouted --check-config` (the unit's ExecStartPre) refuses what the
+     * start would. */
+    if (c->insecure && (!conf_endpoint_is_local(c->facility_endpoint) ||
+                        !conf_endpoint_is_local(c->operator_endpoint))) {
+        snprintf(err, errlen, "insecure = true is only allowed with loopback or ipc endpoints");
+        return -EINVAL;
+    }
+    if (c->insecure && c->http_listen != NULL && strncmp(c->http_listen, "127.", 4) != 0 &&
+        strncmp(c->http_listen, "localhost:", 10) != 0) {
+        snprintf(err, errlen, "insecure = true is only allowed with a loopback http_listen");
+        return -EINVAL;
+    }
     if (c->insecure || c->server_secret_key != NULL)
         return 0;
     snprintf(err, errlen,

@@ -88,8 +88,12 @@ conf_t *conf_load_string(const char *text, const char *name, char *err, size_t e
 void conf_destroy(conf_t **self_p);
 
 /* The security settings hold together: CURVE needs the broker's key unless
- * insecure = true.  0, or -EINVAL with the reason. */
+ * insecure = true, and plaintext only loopback (or ipc/inproc) endpoints and
+ * a loopback http_listen.  0, or -EINVAL with the reason. */
 int conf_check_security(const conf_t *c, char *err, size_t errlen);
+/* True for an endpoint on this machine only: ipc://, inproc://, tcp://127.*,
+ * tcp://localhost:, tcp://[::1]:. */
+bool conf_endpoint_is_local(const char *endpoint);
 /* The operator whose public key (Z85) is key, or NULL. */
 const conf_operator_t *conf_operator_of(const conf_t *c, const char *key);
 

@@ -56,8 +56,18 @@ int main(int argc, char **argv)
     char err[4096];
     conf_t *conf = config ? conf_load_file(config, err, sizeof err)
                           : conf_load_string(mr_default_conf, "<embedded>", err, sizeof err);
-    if (conf != NULL && conf_check_security(conf, err, sizeof err) != 0)
+    if (conf != NULL && conf_check_security(conf, err, sizeof err) != 0) {
         conf_destroy(&conf);
+        /* A file that reads well but cannot be run as it is (no broker key,
+         * plaintext beyond loopback): at start, the event the operator's
+         * table names; --check-config prints it as it prints the others. */
+        log_t *log = check ? NULL : log_new(MR_LOG_INFO, stderr);
+        if (log != NULL) {
+            log_error(log, "server.config_refused", "reason=\"%s\"", err);
+            log_destroy(&log);
+            return 78; /* EX_CONFIG */
+        }
+    }
     if (conf == NULL) {
         fprintf(stderr, "%s\n", err);
         return check ? 1 : 78; /* EX_CONFIG */

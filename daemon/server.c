@@ -40,16 +40,6 @@
  * (flow.h); past them its TCP stream waits, then its client's outbox. */
 #define S_FACILITY_RCVHWM 1000
 
-static int s_is_local(const char *endpoint)
-{
-    static const char *const ok[] = {"ipc://", "inproc://", "tcp://127.", "tcp://localhost:",
-                                     "tcp://[::1]:"};
-    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
-        if (strncmp(endpoint, ok[i], strlen(ok[i])) == 0)
-            return 1;
-    return 0;
-}
-
 int server_send_facility(server_t *self, const uint8_t *rid, size_t rid_len,
                          const ProtobufCMessage *frame)
 {
@@ -166,14 +156,9 @@ server_t *server_new(conf_t *conf, log_t *log)
     self->conf = conf;
     self->log = log;
     self->started_at_ms = mr_now_ms();
+    /* The CURVE key, and plaintext on loopback only (endpoints, http_listen). */
     if (conf_check_security(conf, why, sizeof why) != 0) {
         log_error(log, "server.config_refused", "reason=\"%s\"", why);
-        goto fail;
-    }
-    if (conf->insecure &&
-        (!s_is_local(conf->facility_endpoint) || !s_is_local(conf->operator_endpoint))) {
-        log_error(log, "server.config_refused",
-                  "reason=\"insecure = true is only allowed with loopback or ipc endpoints\"");
         goto fail;
     }
     if (conf->insecure)
@@ -233,12 +218,6 @@ server_t *server_new(conf_t *conf, log_t *log)
     if (self->flow == NULL)
         goto fail;
     if (conf->http_listen != NULL) {
-        if (conf->insecure && strncmp(conf->http_listen, "127.", 4) != 0 &&
-            strncmp(conf->http_listen, "localhost:", 10) != 0) {
-            log_error(log, "server.config_refused",
-                      "reason=\"insecure = true is only allowed with a loopback http_listen\"");
-            goto fail;
-        }
         self->http = http_new(self, conf->http_listen);
         if (self->http == NULL)
             goto fail;

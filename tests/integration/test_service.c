@@ -4,7 +4,8 @@
  * reloads the registry without dropping connections or messages (a facility
  * added can connect, a removed one is disconnected and its messages kept,
  * an invalid config is refused and the old one stays); --check-config
- * reports every problem with its line; an online backup restores on a new
+ * reports every problem with its line, and refuses what the start refuses
+ * (plaintext beyond loopback, no broker key: server.config_refused, exit 78); an online backup restores on a new
  * store with nothing lost; a second SIGTERM exits at once, losing nothing
  * acknowledged.
  */
@@ -197,6 +198,62 @@ static void test_service_check_config_reports_lines(void **state)
     assert_true(WIFEXITED(status) && WEXITSTATUS(status) != 0);
     assert_non_null(strstr(out, ":5: colour: unknown key"));
     assert_non_null(strstr(out, ":6: limits.max_inflight: 0 is out of range"));
+}
+
+/* Runs medrouted ARGS FILE (FILE holding text) and returns its exit
+ * status; its output (both streams) in out. */
+static int s_run_on_config(const char *args, const char *text, char *out, size_t len)
+{
+    char path[] = "/tmp/mrcheck-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "%s %s %s 2>&1", MEDROUTED_PATH_FOR_TESTS, args, path);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    size_t n = fread(out, 1, len - 1, p);
+    out[n] = '\0';
+    int status = pclose(p);
+    unlink(path);
+    printf("medrouted %s said:\n%s", args, out);
+    assert_true(WIFEXITED(status));
+    return WEXITSTATUS(status);
+}
+
+/* --check-config (the unit's ExecStartPre) refuses what the start refuses:
+ * plaintext beyond loopback, no broker key; the start says
+ * server.config_refused and exits 78 (EX_CONFIG), which the unit does not
+ * restart. */
+static void test_service_check_config_refuses_what_the_start_refuses(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {
+        /* plaintext on every interface */
+        "facility_endpoint = \"tcp://0.0.0.0:1\";\noperator_endpoint = \"tcp://127.0.0.1:2\";\n"
+        "data_dir = \"/nonexistent/mrcheck\";\ninsecure = true;\n"
+        "facilities = ( { id = \"a\"; role = \"township\"; } );\n",
+        /* a plaintext HTTP listener beyond loopback */
+        "facility_endpoint = \"tcp://127.0.0.1:1\";\noperator_endpoint = \"tcp://127.0.0.1:2\";\n"
+        "http_listen = \"0.0.0.0:3\";\n"
+        "data_dir = \"/nonexistent/mrcheck\";\ninsecure = true;\n"
+        "facilities = ( { id = \"a\"; role = \"township\"; } );\n",
+        /* CURVE without the broker's key */
+        "facility_endpoint = \"tcp://127.0.0.1:1\";\noperator_endpoint = \"tcp://127.0.0.1:2\";\n"
+        "data_dir = \"/nonexistent/mrcheck\";\n"
+        "facilities = ( { id = \"a\"; role = \"township\"; } );\n",
+    };
+    static const char *const why[] = {"loopback or ipc endpoints", "loopback http_listen",
+                                      "server_key_file: required"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char out[2048];
+        assert_int_equal(s_run_on_config("--check-config", bad[i], out, sizeof out), 1);
+        assert_non_null(strstr(out, why[i]));
+        assert_int_equal(s_run_on_config("--config", bad[i], out, sizeof out), 78);
+        assert_non_null(strstr(out, "event=server.config_refused"));
+        assert_non_null(strstr(out, why[i]));
+    }
 }
 
 /* Starts d, and the lead hospital's client, which queues n down-referrals
@@ -405,6 +462,7 @@ int main(void)
         cmocka_unit_test(test_service_notify_ready_and_watchdog),
         cmocka_unit_test(test_service_sighup_reload),
         cmocka_unit_test(test_service_check_config_reports_lines),
+        cmocka_unit_test(test_service_check_config_refuses_what_the_start_refuses),
         cmocka_unit_test(test_service_backup_restores_on_a_new_store),
         cmocka_unit_test(test_service_backup_refuses_the_store_itself),
         cmocka_unit_test(test_service_second_sigterm_loses_nothing),

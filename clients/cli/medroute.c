@@ -1536,6 +1536,7 @@ static void s_usage(FILE *out)
             "  --operator URL   the broker's operator endpoint (default " S_DEFAULT_OPERATOR ")\n"
             "  --state-dir DIR  keep the client's outbox and seen-set in DIR\n"
             "\nkinds: referral referral_update imaging_request imaging_report lab_order lab_result\n"
+            "       critical_ack capacity visit_tally\n"
             "exit status: 0 ok, 1 refused or failed, 2 bad usage or input, 3 time-out\n"
             "`medroute help COMMAND` shows a command's options.\n");
 }

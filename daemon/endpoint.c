@@ -301,6 +301,12 @@ static void on_mon(uv_poll_t *handle, int status, int events)
     }
 }
 
+void endpoint_check_closed(endpoint_t *self)
+{
+    if (self != NULL && self->mon != NULL)
+        on_mon(&self->mon_poll, 0, 0);
+}
+
 int endpoint_watch(endpoint_t *self, uv_loop_t *loop, void *zctx, endpoint_gone_cb gone,
                    void *arg)
 {

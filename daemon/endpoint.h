@@ -80,6 +80,14 @@ typedef void (*endpoint_gone_cb)(void *arg, int fd);
 int endpoint_watch(endpoint_t *self, uv_loop_t *loop, void *zctx, endpoint_gone_cb gone,
                    void *arg);
 
+/*
+ * Reports now the closes the monitor has queued (endpoint_watch), as its
+ * poll would on the next loop turn.  For a Hello: a close ZeroMQ reported
+ * before that frame came is handled before it, so that a connection given
+ * the fd number of one just closed is not taken for it (session.c).
+ */
+void endpoint_check_closed(endpoint_t *self);
+
 /* Pauses or resumes reading (intake back-pressure, flow.h): while paused,
  * ZeroMQ queues up to rcvhwm frames per connection, then stops reading it. */
 void endpoint_pause(endpoint_t *self, int paused);

@@ -132,6 +132,12 @@ int handle_hello(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f, mr
                  registry_at(s->registry, (size_t)peer)->id, ctx->user_id);
         return mr_fail(err, MR_E_FORBIDDEN, "this key is not this facility's");
     }
+    /* ZeroMQ reports a connection's close (the monitor) before it accepts
+     * another that may get the same fd number, but on a socket of its own:
+     * read it first, or a close read after this Hello would end the session
+     * it starts (its fd is the closed one's), and drop what it acknowledges
+     * meanwhile. */
+    endpoint_check_closed(s->facility_ep);
     peer_t *p = &s->peers[peer];
     bool same_rid = p->connected && p->rid_len == ctx->rid_len &&
                     memcmp(p->rid, ctx->rid, ctx->rid_len) == 0;

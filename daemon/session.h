@@ -24,7 +24,9 @@ int session_find(const server_t *s, const uint8_t *rid, size_t rid_len);
 int session_of(server_t *s, const uint8_t *rid, size_t rid_len, const char *key);
 /* The connection with fd closed (endpoint_watch): the session bound to it
  * ends at once, so that its routing id, free again in ZeroMQ, takes no
- * deliveries for it until another connection says Hello. */
+ * deliveries for it until another connection says Hello.  A Hello reads
+ * the closes queued before it first (endpoint_check_closed), so that a new
+ * connection on a reused fd number is not ended for the old one's close. */
 void session_on_closed(server_t *s, int fd);
 /* Ends peer's session and forgets the key it came with (a removal by a
  * reload): a connection still open with that key cannot say Hello again. */

@@ -8,8 +8,10 @@
 #include <jansson.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -736,6 +738,49 @@ static void raw_delivery_ack(raw_t *r, uint64_t seq, uint64_t *more, size_t n_mo
     raw_send_frame(r, &f);
 }
 
+/*
+ * A receiver that acknowledges its delivery and leaves at once (a `medroute
+ * listen --count 1`, an application that stops after its work): the ack
+ * it sent before its connection closed counts, so the message is not
+ * handed to the next session again as a redelivery.  The broker learns of
+ * the close from the socket's monitor, a socket apart from the frames;
+ * here both reach it at once (it is stopped meanwhile), in 25 rounds.
+ */
+static void test_routing_ack_then_leave_is_not_redelivered(void **state)
+{
+    mrt_daemon_t *d = *state;
+    mr_client_t *a = connected(d, "t-manwan");
+    long long redelivered0 = mrt_counter(d, "redelivered");
+    for (int i = 0; i < 25; i++) {
+        char json[256];
+        mr_result_t res;
+        snprintf(json, sizeof json,
+                 "{\"destination\":\"yx-ecg\",\"kind\":\"lab_order\","
+                 "\"lab_order\":{\"placer_order_number\":\"PO-LEAVE-%d\"}}", i);
+        assert_int_equal(mr_client_send_json(a, json, &res, 5000, NULL, NULL), 0);
+        raw_t r;
+        raw_open(&r, d);
+        int linger = 2000; /* the ack goes out before the socket closes */
+        assert_int_equal(zmq_setsockopt(r.sock, ZMQ_LINGER, &linger, sizeof linger), 0);
+        raw_hello(&r, "yx-ecg");
+        mr_frame_t *f = raw_next(&r, MEDROUTE__V1__FRAME__BODY_DELIVERY, 5000);
+        assert_non_null(f);
+        bool again = f->delivery->redelivered;
+        uint64_t seq = f->delivery->seq;
+        medroute__v1__frame__free_unpacked(f, NULL);
+        if (again)
+            fail_msg("round %d: seq %llu came again after its ack", i, (unsigned long long)seq);
+        /* The ack and the close reach the broker together: stopped, it
+         * finds both at once when it goes on, as a busy broker would. */
+        assert_int_equal(kill(d->pid, SIGSTOP), 0);
+        raw_delivery_ack(&r, seq, NULL, 0);
+        raw_close(&r);
+        assert_int_equal(kill(d->pid, SIGCONT), 0);
+    }
+    mr_client_destroy(&a);
+    assert_int_equal(mrt_counter(d, "redelivered"), redelivered0);
+}
+
 /* Five deliveries acknowledged by one frame: all five count as delivered
  * and none comes again; a seq of 0 among them, or more seqs than the
  * Welcome allows, is refused with INVALID. */
@@ -1114,6 +1159,7 @@ int main(void)
         cmocka_unit_test(test_routing_stat_travels_ahead_of_a_stored_backlog),
         cmocka_unit_test(test_routing_bad_input_gets_distinct_errors),
         cmocka_unit_test(test_routing_one_frame_acknowledges_several_deliveries),
+        cmocka_unit_test(test_routing_ack_then_leave_is_not_redelivered),
         cmocka_unit_test(test_routing_gbk_patient_name_refused),
         cmocka_unit_test(test_routing_error_echoing_chinese_decodes),
         cmocka_unit_test(test_routing_held_deliveries_are_held_once),

@@ -1120,11 +1120,13 @@ static void test_dispatch_hello_allows_acks_in_one_frame(void **state)
 }
 
 /* A delivery is only sent to a connected facility: the router needs an
- * endpoint (any non-NULL one: the sends are wrapped); none at teardown. */
+ * endpoint (the sends are wrapped); none at teardown.  The stand-in is
+ * zeroed and larger than an endpoint_t, which a Hello reads (no monitor,
+ * fd 0: endpoint_check_closed, endpoint_src_fd). */
 static void s_deliveries_on(server_t *s, bool on)
 {
-    static char stand_in;
-    s->facility_ep = on ? (endpoint_t *)&stand_in : NULL;
+    static _Alignas(max_align_t) char stand_in[4096];
+    s->facility_ep = on ? (endpoint_t *)stand_in : NULL;
 }
 
 static int s_count_deliveries(const uint8_t *rid)

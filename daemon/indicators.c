@@ -19,7 +19,8 @@ static const indicator_def_t s_defs[] = {
     {"reserved_share", "Reserved share of capacity (family-doctor referrals)",
      "reserved units offered / capacity units offered", "ratio", CMP_AT_LEAST, 0.20, 0.22},
     {"reserve_utilisation", "Reserve utilisation",
-     "reserved units claimed by family-doctor referrals / reserved units offered", "ratio",
+     "reserved units claimed by family-doctor referrals and not given back / reserved units offered",
+     "ratio",
      CMP_AT_LEAST, 0.50, 0.60},
     {"referral_acceptance_p50_minutes", "Referral acceptance time, median",
      "p50 of (accepted - requested)", "minutes", CMP_AT_MOST, 30, 20},
@@ -155,9 +156,16 @@ size_t indicators_compute(const indicator_conf_t *conf, size_t n_conf, const tal
         else if (strcmp(name, "reserved_share") == 0)
             s_ratio(ind, s_sum(rows, n_rows, "reserve_offered_units_total", NULL),
                     s_sum(rows, n_rows, "capacity_offered_units_total", NULL));
-        else if (strcmp(name, "reserve_utilisation") == 0)
-            s_ratio(ind, s_sum(rows, n_rows, "slot_claims_total", "claim=\"reserved\""),
+        else if (strcmp(name, "reserve_utilisation") == 0) {
+            /* A claim given back (cancel, no-show, expiry) did not use the
+             * reserve: the ledger's CLAIMED no longer holds it, and its unit
+             * can be claimed again.  The period's claims net of its releases;
+             * not below 0 (a release of a claim made in an earlier period). */
+            double used = s_sum(rows, n_rows, "slot_claims_total", "claim=\"reserved\"") -
+                          s_sum(rows, n_rows, "slot_claims_released_total", "claim=\"reserved\"");
+            s_ratio(ind, used > 0 ? used : 0,
                     s_sum(rows, n_rows, "reserve_offered_units_total", NULL));
+        }
         else if (strcmp(name, "referral_acceptance_p50_minutes") == 0)
             s_time(ind, indicators_quantile(rows, n_rows, "referral_acceptance_seconds", 0.5), 60);
         else if (strcmp(name, "imaging_turnaround_p90_hours") == 0)

@@ -149,6 +149,10 @@ static void test_tallies_scripted_day_exact(void **state)
     }
     ok(lead, "t-manwan", "referral_update", "routine",
        "{\"referral_id\":\"U4\",\"step\":\"STEP_REJECTED\",\"reason\":\"no bed\"}");
+    /* U2's patient no longer comes: its reserved unit goes back to the reserve,
+     * so it is not a use of the reserve (reserve_utilisation below). */
+    ok(aihua, "yx-lead", "referral_update", "routine",
+       "{\"referral_id\":\"U2\",\"step\":\"STEP_CANCELLED\",\"reason\":\"recovered\"}");
 
     /* A refusal is counted by its code, durably. */
     assert_int_equal(mrt_send(aihua, "t-nowhere", "lab_order", "routine",
@@ -215,9 +219,10 @@ static void test_tallies_scripted_day_exact(void **state)
     assert_int_equal(tally(st, "critical_values_total", "kind=\"lab\""), 1);
     assert_int_equal(tally(st, "critical_readback_seconds_count", NULL), 1);
     assert_int_equal(tally(st, "referral_acceptance_seconds_count", NULL), 3);
-    /* 1 capacity + 5 up + 2 down + 4 updates + 2 img req + 1 report + 1 order
-     * + 1 result + 1 read-back + 3 visit reports = 21 stored once each. */
-    assert_int_equal(tally(st, "messages_stored_total", NULL), 21);
+    assert_int_equal(tally(st, "slot_claims_released_total", "claim=\"reserved\""), 1);
+    /* 1 capacity + 5 up + 2 down + 5 updates + 2 img req + 1 report + 1 order
+     * + 1 result + 1 read-back + 3 visit reports = 22 stored once each. */
+    assert_int_equal(tally(st, "messages_stored_total", NULL), 22);
     assert_int_equal(tally(st, "messages_rejected_total", "code=\"UNKNOWN_DESTINATION\""), 1);
     json_decref(st);
     /* The same over the year, and filtered to one facility. */
@@ -240,7 +245,9 @@ static void test_tallies_scripted_day_exact(void **state)
     assert_string_equal(status, "ok");
     assert_float_equal(indicator(ind, "reserved_share", &status), 3.0 / 15.0, 1e-9);
     assert_string_equal(status, "warning"); /* 20 %: on target, under the 22 % warning line */
-    assert_float_equal(indicator(ind, "reserve_utilisation", &status), 2.0 / 3.0, 1e-9);
+    /* 2 reserved units claimed, 1 given back by the cancel: 1 of 3 used. */
+    assert_float_equal(indicator(ind, "reserve_utilisation", &status), 1.0 / 3.0, 1e-9);
+    assert_string_equal(status, "off_target");
     assert_float_equal(indicator(ind, "in_county_consultation_rate", &status), 135.0 / 140.0,
                        1e-9);
     assert_string_equal(status, "ok");

@@ -44,11 +44,16 @@ int period_parse(const char *text, int64_t now_ms, period_t *out)
     int y = tm.tm_year + 1900, m = tm.tm_mon + 1, d = tm.tm_mday;
     if (text == NULL || text[0] == '\0' || strcmp(text, "today") == 0 ||
         strcmp(text, "yesterday") == 0) {
+        /* The calendar day before today, not the day of 24 h ago: a local
+         * day is 23 or 25 hours long where the time zone changes to or from
+         * summer time, and 24 h before 23:30 on a 25-hour day is that day. */
         if (text && strcmp(text, "yesterday") == 0) {
-            time_t t = now - 86400;
-            if (localtime_r(&t, &tm) == NULL)
-                return -EINVAL;
-            y = tm.tm_year + 1900, m = tm.tm_mon + 1, d = tm.tm_mday;
+            if (d > 1)
+                d--;
+            else if (m > 1)
+                m--, d = s_days_in(y, m);
+            else
+                y--, m = 12, d = 31;
         }
         s_fill(out, y, m, d, m, d);
         snprintf(out->label, sizeof out->label, "%s", out->first);

@@ -2,6 +2,7 @@
  * Unit tests for daemon/indicators.c (the formulas over a period's tallies
  * and visit reports) and daemon/period.c (the periods' days).
  */
+#define _DEFAULT_SOURCE /* timegm */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -71,10 +72,43 @@ static void test_indicators_reserve_utilisation_nets_released_claims(void **stat
     assert_int_equal(u->status, IND_OFF_TARGET);
 }
 
+/* "yesterday" is the calendar day before today, also on a 25-hour day (the
+ * end of summer time), where 24 h before 23:30 is still the same day. */
+static void test_period_yesterday_is_the_day_before_across_dst(void **state)
+{
+    (void)state;
+    const char *tz = getenv("TZ");
+    char *saved = tz ? strdup(tz) : NULL;
+    setenv("TZ", "America/New_York", 1);
+    tzset();
+    /* 2026-11-01 is 25 hours long there; 23:30 EST is 2026-11-02 04:30 UTC. */
+    struct tm utc = {.tm_year = 2026 - 1900, .tm_mon = 10, .tm_mday = 2, .tm_hour = 4,
+                     .tm_min = 30};
+    int64_t now_ms = (int64_t)timegm(&utc) * 1000;
+    period_t p;
+    assert_int_equal(period_parse("today", now_ms, &p), 0);
+    assert_string_equal(p.first, "2026-11-01");
+    assert_int_equal(period_parse("yesterday", now_ms, &p), 0);
+    assert_string_equal(p.first, "2026-10-31");
+    assert_string_equal(p.last, "2026-10-31");
+    /* And across a year. */
+    struct tm ny = {.tm_year = 2027 - 1900, .tm_mon = 0, .tm_mday = 1, .tm_hour = 12};
+    assert_int_equal(period_parse("yesterday", (int64_t)timegm(&ny) * 1000, &p), 0);
+    assert_string_equal(p.first, "2026-12-31");
+    if (saved) {
+        setenv("TZ", saved, 1);
+        free(saved);
+    } else {
+        unsetenv("TZ");
+    }
+    tzset();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_indicators_reserve_utilisation_nets_released_claims),
+        cmocka_unit_test(test_period_yesterday_is_the_day_before_across_dst),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

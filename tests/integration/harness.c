@@ -171,8 +171,30 @@ int mrt_daemon_start(mrt_daemon_t *d, const char *extra)
     return mrt_daemon_start_with(d, mrt_facilities_conf, extra, true);
 }
 
+static int s_start_once(mrt_daemon_t *d, const char *facilities, const char *extra,
+                        bool insecure);
+
+/* Another process (the tests run two at a time, and anything else on the
+ * machine) may bind a free port between its pick and the daemon's bind:
+ * such a start is tried again with new ports, three times at most. */
 int mrt_daemon_start_with(mrt_daemon_t *d, const char *facilities, const char *extra,
                           bool insecure)
+{
+    for (int attempt = 1;; attempt++) {
+        int rc = s_start_once(d, facilities, extra, insecure);
+        bool taken = rc == -2 || (rc != 0 && (mrt_log_count(d, "event=endpoint.bind_failed") > 0 ||
+                                              mrt_log_count(d, "event=http.start_failed") > 0));
+        if (rc == 0 || !taken || attempt == 3)
+            return rc == 0 ? 0 : -1;
+        fprintf(stderr, "harness: a port was taken before medrouted bound it (attempt %d)\n",
+                attempt);
+        mrt_daemon_cleanup(d);
+    }
+}
+
+/* 0 when ready; -2 when the ports picked collide; -1 otherwise. */
+static int s_start_once(mrt_daemon_t *d, const char *facilities, const char *extra,
+                        bool insecure)
 {
     char env[MRT_ENV_MAX][300];
     memcpy(env, d->env, sizeof env); /* set by the caller before starting */
@@ -184,8 +206,10 @@ int mrt_daemon_start_with(mrt_daemon_t *d, const char *facilities, const char *e
     if (mkdtemp(d->dir) == NULL)
         return -1;
     int p1 = s_free_port(), p2 = s_free_port(), p3 = s_free_port();
-    if (p1 < 0 || p2 < 0 || p3 < 0 || p1 == p2 || p2 == p3 || p1 == p3)
+    if (p1 < 0 || p2 < 0 || p3 < 0)
         return -1;
+    if (p1 == p2 || p2 == p3 || p1 == p3)
+        return -2;
     d->http_port = p3;
     snprintf(d->http_listen, sizeof d->http_listen, "127.0.0.1:%d", p3);
     if (d->use_ipc) {

@@ -35,16 +35,20 @@
  * Invariants
  *   1. Every submitted message has one s_msg_t, found by (source, message_id);
  *      an Ack marks it acked, the first delivery to its destination marks it
- *      delivered; later deliveries count as duplicates.  A message addressed
- *      to the broker itself (the capacity notice) is delivered when it is
- *      stored, so its Ack marks it delivered too.
+ *      delivered; later deliveries count as duplicates, and those the client
+ *      library did not mark redelivered as unmarked duplicates (a promise
+ *      broken: only the delivery whose handler a crash interrupted may come
+ *      twice, and it comes marked).  A delivery of a message no client of
+ *      this run submitted counts as stale.  A message addressed to the broker
+ *      itself (the capacity notice) is delivered when it is stored, so its
+ *      Ack marks it delivered too.
  *   2. Answers are never submitted from inside a handler: the handler queues
  *      an s_todo_t (owning its payload), the main loop submits it.
  *   3. Random numbers come only from the s_rng_t in s_sim_t (--seed), so the
  *      schedule and the payloads are the same for the same seed.
  *
- * Exit status: 0 when nothing was lost and no Error event came, 1 otherwise,
- * 2 for bad usage.
+ * Exit status: 0 when nothing was lost, nothing came twice unmarked and no
+ * Error event came, 1 otherwise, 2 for bad usage.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -258,6 +262,7 @@ struct s_sim_t {
     bool went_offline, came_back;
     size_t n_acked, n_delivered;
     unsigned errors, duplicates, stale, misrouted, submit_failed, poll_failed;
+    unsigned redelivered, dup_unmarked; /* deliveries marked redelivered; duplicates not */
     unsigned queued_offline, delivered_after_return;
     unsigned accepted, rejected, family_doctor, crit_values, crit_findings;
     unsigned walked, completed, readbacks, capacity_items;
@@ -1108,6 +1113,7 @@ static int on_event(mr_client_t *client, const mr_event_t *ev, void *arg)
         return 0;
     }
     const mr_delivery_t *d = ev->delivery;
+    sim->redelivered += d->redelivered;
     int src = s_player_find(sim, d->source);
     s_msg_t *m = src >= 0 ? s_msg_find(sim, src, d->message_id) : NULL;
     if (m == NULL) {
@@ -1123,6 +1129,11 @@ static int on_event(mr_client_t *client, const mr_event_t *ev, void *arg)
     }
     if (m->delivered++ > 0) {
         sim->duplicates++;
+        if (!d->redelivered) {
+            sim->dup_unmarked++;
+            fprintf(stderr, "[%5.1fs] %s: received %s from %s a second time, not marked "
+                    "redelivered\n", s_elapsed(sim), me->id, m->id, sim->players[src].id);
+        }
         return 0;
     }
     sim->n_delivered++;
@@ -1446,12 +1457,14 @@ static int s_write_report(const s_sim_t *sim, size_t lost, size_t unacked)
                                                   sent, "received", recv)) != 0)
             goto out;
     }
-    json_t *sum = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "sent",
+    json_t *sum = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "sent",
                             (json_int_t)sim->n_msgs, "acked", (json_int_t)sim->n_acked,
                             "delivered", (json_int_t)sim->n_delivered, "lost", (json_int_t)lost,
                             "unacked", (json_int_t)unacked, "errors",
                             (json_int_t)(sim->errors + sim->misrouted), "duplicates",
-                            (json_int_t)sim->duplicates, "stale", (json_int_t)sim->stale,
+                            (json_int_t)sim->duplicates, "duplicates_unmarked",
+                            (json_int_t)sim->dup_unmarked, "redelivered",
+                            (json_int_t)sim->redelivered, "stale", (json_int_t)sim->stale,
                             "submit_failed", (json_int_t)sim->submit_failed);
     if (json_object_set_new(root, "summary", sum) != 0)
         goto out;
@@ -1530,7 +1543,8 @@ static void s_usage(FILE *out)
             "  --scale     multiply the daily volumes (default 1)\n"
             "  --state-dir give the clients an on-disk outbox and seen-set\n"
             "  --report    write the final table as JSON to FILE\n"
-            "Exit status 0 when every acknowledged message was delivered and no Error came.\n");
+            "Exit status 0 when every acknowledged message was delivered, none came twice\n"
+            "unmarked (not flagged redelivered) and no Error came.\n");
 }
 
 static int s_parse_opts(s_opts_t *o, int argc, char **argv)
@@ -1684,6 +1698,13 @@ int main(int argc, char **argv)
     s_run(&sim);
 
     size_t unacked, lost = s_lost(&sim, &unacked);
+    for (size_t i = 0, shown = 0; i < sim.n_msgs && shown < 10; i++) {
+        const s_msg_t *m = &sim.msgs[i];
+        if (m->acked && m->delivered == 0 && ++shown)
+            fprintf(stderr, "medroute-sim: LOST: %s %s -> %s (%s), acknowledged, never delivered\n",
+                    m->id, sim.players[m->src].id,
+                    m->to_broker ? sim.o.broker_id : sim.players[m->dst].id, s_kinds[m->kind]);
+    }
     unsigned up = sim.players[0].received[K_REFERRAL];
     unsigned down = sim.players[0].sent[K_REFERRAL];
     s_print_table(&sim);
@@ -1702,8 +1723,10 @@ int main(int argc, char **argv)
                sim.players[sim.offline].id, (double)sim.offline_at / 1000,
                (double)sim.online_at / 1000, sim.queued_offline, sim.delivered_after_return);
     s_print_broker(&sim);
-    printf("errors %u, misrouted %u, duplicates %u, stale %u, unacked %zu, submit failures %u\n",
-           sim.errors, sim.misrouted, sim.duplicates, sim.stale, unacked, sim.submit_failed);
+    printf("errors %u, misrouted %u, duplicates %u (%u not marked redelivered), redelivered "
+           "%u, stale %u, unacked %zu, submit failures %u\n",
+           sim.errors, sim.misrouted, sim.duplicates, sim.dup_unmarked, sim.redelivered,
+           sim.stale, unacked, sim.submit_failed);
     printf("sent %zu, acked %zu, delivered %zu, lost %zu\n", sim.n_msgs, sim.n_acked,
            sim.n_delivered, lost);
     if (fflush(stdout) != 0)
@@ -1711,6 +1734,7 @@ int main(int argc, char **argv)
     if (sim.o.report && s_write_report(&sim, lost, unacked) != 0)
         goto out;
     status = lost == 0 && unacked == 0 && sim.errors == 0 && sim.misrouted == 0 &&
+                     sim.dup_unmarked == 0 &&
                      sim.submit_failed == 0 && sim.queued_offline == sim.delivered_after_return
                  ? 0
                  : 1;

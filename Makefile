@@ -34,8 +34,9 @@ asan:
 clean:
 	rm -rf $(BUILD) build-asan
 
-.PHONY: fuzz valgrind
+.PHONY: fuzz valgrind soak
 FUZZ_SECONDS ?= 20
+SOAK_SECONDS ?= 300
 
 # The libFuzzer targets of tests/fuzz (clang, in build-fuzz/), each for
 # FUZZ_SECONDS seconds on a copy of its seed corpus (scripts/fuzz.sh).
@@ -45,3 +46,9 @@ fuzz:
 # The unit tests, and medrouted serving medroute-sim, under valgrind.
 valgrind: build
 	@bash scripts/valgrind.sh $(BUILD)
+
+# medrouted killed with SIGKILL every 2-8 s and restarted on its store while
+# medroute-sim plays a county day of SOAK_SECONDS seconds; fails if anything
+# acknowledged is lost or anything reaches an application twice (scripts/soak.sh).
+soak: build
+	@SOAK_SECONDS=$(SOAK_SECONDS) bash scripts/soak.sh $(BUILD)

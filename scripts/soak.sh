@@ -1,0 +1,238 @@
+#!/usr/bin/env bash
+# soak.sh - `make soak`: medroute-sim's county against a medrouted that is
+# killed with SIGKILL at random instants and restarted on the same store.
+#
+#   scripts/soak.sh [BUILD_DIR]          (run from anywhere; default: build)
+#   SOAK_SECONDS=300                     the simulated day's length
+#   SOAK_KILL_MIN=2 SOAK_KILL_MAX=8      seconds between two kills (uniform)
+#   SOAK_SEED=N                          kill instants and simulator schedule
+#                                        (default: random, printed to replay)
+#   SOAK_SCALE=N                         the simulator's --scale (default:
+#                                        SOAK_SECONDS / 20, the demo's pace)
+#
+# medrouted runs on a generated config (config/medroute.conf with ipc://
+# endpoints, no HTTP listener, its store) in a temporary directory; the
+# simulator's clients keep their outbox and seen-set on disk (--state-dir).
+# Once the lead's capacity notice is acknowledged, the daemon gets SIGKILL
+# every SOAK_KILL_MIN..SOAK_KILL_MAX s and is started again on the same store
+# (it must answer `medroute status` within 15 s), until 5 s before the day
+# ends; then the simulator waits for the last Acks and deliveries and writes
+# its report.  The run fails unless, in that report:
+#   - lost = 0: every message a sender saw acknowledged reached its
+#     destination's application;
+#   - duplicates = 0 and redelivered = 0: none reached it twice (only the
+#     daemon is killed, never a handler, so not even a marked redelivery);
+#   - stale = 0 and errors (with misrouted) = 0: nothing was received that was
+#     not sent, or by the wrong facility, and no Error came;
+#   - unacked = 0: every message sent was acknowledged in the end;
+# and unless the simulator exited 0, at least one kill happened, and the
+# daemon, after the last restart, stops on SIGTERM with status 0.  Every
+# wait is bounded; the processes started here are killed on any exit.  The
+# work directory is removed after a pass and kept (its path printed) after
+# a failure.
+set -euo pipefail
+
+BUILD=${1:-build}
+if [[ ! -d $BUILD ]]; then
+  echo "soak: build directory '$BUILD' not found (run 'make build' first)" >&2
+  exit 2
+fi
+BUILD=$(cd "$BUILD" && pwd)
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+DAEMON=$BUILD/daemon/medrouted
+CLI=$BUILD/clients/cli/medroute
+SIM=$BUILD/clients/sim/medroute-sim
+for exe in "$DAEMON" "$CLI" "$SIM"; do
+  if [[ ! -x $exe ]]; then
+    echo "soak: $exe is missing (run 'make build' first)" >&2
+    exit 2
+  fi
+done
+command -v python3 >/dev/null || { echo "soak: python3 is needed to read the report" >&2; exit 2; }
+
+SECONDS_=${SOAK_SECONDS:-300}
+KILL_MIN=${SOAK_KILL_MIN:-2}
+KILL_MAX=${SOAK_KILL_MAX:-8}
+SEED=${SOAK_SEED:-$((RANDOM * 32768 + RANDOM))}
+SCALE=${SOAK_SCALE:-$((SECONDS_ / 20 > 0 ? SECONDS_ / 20 : 1))}
+for v in SECONDS_ KILL_MIN KILL_MAX SEED SCALE; do
+  if [[ ! ${!v} =~ ^[0-9]+$ ]]; then
+    echo "soak: ${v%_} wants a whole number, not '${!v}'" >&2
+    exit 2
+  fi
+done
+if ((SECONDS_ < 20 || KILL_MIN < 1 || KILL_MAX < KILL_MIN)); then
+  echo "soak: want SOAK_SECONDS >= 20 and 1 <= SOAK_KILL_MIN <= SOAK_KILL_MAX" >&2
+  exit 2
+fi
+RANDOM=$SEED # the kill instants: the same for the same seed
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/medroute-soak.XXXXXX")
+FAC=ipc://$WORK/facility.sock
+OPS=ipc://$WORK/operator.sock
+LOG=$WORK/medrouted.log
+REPORT=$WORK/sim-report.json
+
+daemon_pid=
+sim_pid=
+passed=
+
+# True while the process runs (a zombie does not count).
+alive() {
+  local stat
+  stat=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+  [[ -n $stat && $stat != Z* ]]
+}
+
+# Waits up to $2 tenths of a second for process $1 to end.
+wait_gone() {
+  local i
+  for ((i = 0; i < $2; i++)); do
+    alive "$1" || return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+cleanup() {
+  local pid
+  for pid in "$sim_pid" "$daemon_pid"; do
+    if [[ -n $pid ]] && alive "$pid"; then
+      kill -KILL "$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+    fi
+  done
+  if [[ -n $passed ]]; then
+    rm -rf "$WORK"
+  else
+    echo "soak: work files kept in $WORK (medrouted.log, sim.out, sim.err, sim-report.json)" >&2
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+fail() {
+  echo "soak: FAILED - $*" >&2
+  exit 1
+}
+
+# The embedded defaults, on ipc:// endpoints in WORK, without HTTP.
+sed -e "s|^facility_endpoint = .*|facility_endpoint = \"$FAC\";|" \
+    -e "s|^operator_endpoint = .*|operator_endpoint = \"$OPS\";|" \
+    -e "/^http_listen = /d" \
+    -e "s|^data_dir = .*|data_dir = \"$WORK/var\";|" \
+    "$ROOT/config/medroute.conf" >"$WORK/medroute.conf"
+grep -q "^facility_endpoint = \"$FAC\"" "$WORK/medroute.conf" ||
+  fail "could not rewrite config/medroute.conf's endpoints"
+
+# Starts medrouted on the store and waits (15 s at most) until it answers.
+start_daemon() {
+  local i
+  echo "--- soak: start $((kills + 1)) at $(date +%T.%N)" >>"$LOG"
+  "$DAEMON" --config "$WORK/medroute.conf" >>"$LOG" 2>&1 &
+  daemon_pid=$!
+  for ((i = 0; i < 75; i++)); do
+    alive "$daemon_pid" || fail "medrouted exited during start-up (after $kills kills); last lines of $LOG:
+$(tail -n 20 "$LOG")"
+    if "$CLI" --operator "$OPS" status --timeout 300 >/dev/null 2>&1; then
+      return 0
+    fi
+    sleep 0.2
+  done
+  fail "medrouted did not answer within 15 s (after $kills kills); last lines of $LOG:
+$(tail -n 20 "$LOG")"
+}
+
+kills=0
+start_daemon
+echo "soak: medrouted up (pid $daemon_pid, work dir $WORK); seed $SEED, scale $SCALE," \
+  "SIGKILL every ${KILL_MIN}-${KILL_MAX} s for ${SECONDS_} s"
+
+"$SIM" --endpoint "$FAC" --operator "$OPS" --duration "$SECONDS_" --scale "$SCALE" \
+  --seed "$SEED" --state-dir "$WORK/sim-state" --report "$REPORT" \
+  >"$WORK/sim.out" 2>"$WORK/sim.err" &
+sim_pid=$!
+
+# The day starts when the broker has acknowledged the lead's capacity notice
+# (the simulator waits 5 s for its clients and 5 s for that Ack).
+for ((i = 0; i < 150; i++)); do
+  grep -q "published capacity" "$WORK/sim.out" 2>/dev/null && break
+  alive "$sim_pid" || break
+  sleep 0.1
+done
+grep -q "published capacity" "$WORK/sim.out" ||
+  fail "medroute-sim did not start its day within 15 s; sim.err:
+$(tail -n 20 "$WORK/sim.err")"
+day_start=$(date +%s)
+stop_kills_at=$((day_start + SECONDS_ - 5))
+
+# ---- the kills ---------------------------------------------------------------
+while alive "$sim_pid"; do
+  nap=$((KILL_MIN * 10 + RANDOM % ((KILL_MAX - KILL_MIN) * 10 + 1))) # tenths
+  (($(date +%s) + nap / 10 < stop_kills_at)) || break
+  sleep "$((nap / 10)).$((nap % 10))"
+  alive "$sim_pid" || break
+  kill -KILL "$daemon_pid" 2>/dev/null || true
+  wait "$daemon_pid" 2>/dev/null || true
+  kills=$((kills + 1))
+  start_daemon
+  echo "soak: [$(($(date +%s) - day_start))s] kill $kills: SIGKILL, restarted (pid $daemon_pid)"
+done
+
+# ---- the drain: the simulator waits up to 10 s after its day ------------------
+limit=$((day_start + SECONDS_ + 60))
+while alive "$sim_pid" && (($(date +%s) < limit)); do
+  sleep 0.5
+done
+if alive "$sim_pid"; then
+  fail "medroute-sim still runs 60 s after its day ended; last lines of sim.err:
+$(tail -n 20 "$WORK/sim.err")"
+fi
+sim_rc=0
+wait "$sim_pid" || sim_rc=$?
+sim_pid=
+
+# The daemon that served the drain must stop cleanly.
+kill -TERM "$daemon_pid"
+if ! wait_gone "$daemon_pid" 100; then
+  fail "medrouted did not stop within 10 s of SIGTERM"
+fi
+daemon_rc=0
+wait "$daemon_pid" || daemon_rc=$?
+daemon_pid=
+
+# ---- the verdict ---------------------------------------------------------------
+[[ -s $REPORT ]] || fail "medroute-sim (exit $sim_rc) wrote no report; last lines of sim.err:
+$(tail -n 20 "$WORK/sim.err")"
+read -r sent acked delivered lost unacked dups unmarked redelivered stale errors < <(
+  python3 -c '
+import json, sys
+s = json.load(open(sys.argv[1]))["summary"]
+print(*(s[k] for k in ("sent", "acked", "delivered", "lost", "unacked", "duplicates",
+                       "duplicates_unmarked", "redelivered", "stale", "errors")))' "$REPORT") ||
+  fail "cannot read the summary of $REPORT"
+
+echo "soak: ${SECONDS_} s, $kills kills (every restart answered), $sent messages sent," \
+  "$acked acked, $delivered delivered; lost $lost, duplicates $dups ($unmarked unmarked)," \
+  "redelivered $redelivered, received but not sent $stale, errors $errors, unacked $unacked"
+
+violations=()
+((lost == 0)) || violations+=("$lost acknowledged messages never reached their destination")
+((dups == 0)) || violations+=("$dups messages reached an application twice ($unmarked unmarked)")
+((redelivered == 0)) || violations+=("$redelivered deliveries marked redelivered though no handler crashed")
+((stale == 0)) || violations+=("$stale deliveries of messages nobody sent")
+((errors == 0)) || violations+=("$errors Error events or misrouted deliveries (see sim.err)")
+((unacked == 0)) || violations+=("$unacked messages never acknowledged")
+((sim_rc == 0)) || violations+=("medroute-sim exited $sim_rc")
+((kills > 0)) || violations+=("no kill happened (SOAK_SECONDS too short for SOAK_KILL_MIN?)")
+((daemon_rc == 0)) || violations+=("medrouted exited $daemon_rc after SIGTERM")
+if ((${#violations[@]} > 0)); then
+  for v in "${violations[@]}"; do
+    echo "soak: violation: $v" >&2
+  done
+  echo "soak: last lines of sim.err:" >&2
+  grep -v "\] sent [0-9]*, acked" "$WORK/sim.err" | tail -n 15 >&2 || true
+  fail "${#violations[@]} violations (replay with SOAK_SEED=$SEED)"
+fi
+passed=1
+echo "soak: OK - nothing acknowledged was lost, nothing came twice, nothing came that was not sent"

@@ -15,7 +15,7 @@
 # simulator's clients keep their outbox and seen-set on disk (--state-dir).
 # Once the lead's capacity notice is acknowledged, the daemon gets SIGKILL
 # every SOAK_KILL_MIN..SOAK_KILL_MAX s and is started again on the same store
-# (it must answer `medroute status` within 15 s), until 5 s before the day
+# (it must answer `medroute status` within 15 s), until 10 s before the day
 # ends; then the simulator waits for the last Acks and deliveries and writes
 # its report.  The run fails unless, in that report:
 #   - lost = 0: every message a sender saw acknowledged reached its
@@ -164,7 +164,8 @@ grep -q "published capacity" "$WORK/sim.out" ||
   fail "medroute-sim did not start its day within 15 s; sim.err:
 $(tail -n 20 "$WORK/sim.err")"
 day_start=$(date +%s)
-stop_kills_at=$((day_start + SECONDS_ - 5))
+# The last 10 s of the day and the simulator's 10 s drain are for catching up.
+stop_kills_at=$((day_start + SECONDS_ - 10))
 
 # ---- the kills ---------------------------------------------------------------
 while alive "$sim_pid"; do

@@ -78,6 +78,7 @@ static const s_field_t s_store[] = {
     S_FIELD("batch_max", S_U32, batch_max, 1, 100000),
     S_FIELD("batch_ms", S_U32, batch_ms, 0, 1000),
     S_FIELD("retention_days", S_U32, retention_days, 0, 36500),
+    S_FIELD("restart_scan_rows", S_U32, restart_scan_rows, 1, 1000000000),
     {NULL, 0, 0, 0, 0},
 };
 
@@ -139,6 +140,7 @@ static void s_defaults(conf_t *c)
     c->batch_max = 1000;
     c->batch_ms = 20;
     c->retention_days = 30;
+    c->restart_scan_rows = 1000000;
     c->ttl_s[MEDROUTE__V1__KIND__KIND_REFERRAL] = 3 * 86400;
     c->ttl_s[MEDROUTE__V1__KIND__KIND_REFERRAL_UPDATE] = 7 * 86400;
     c->ttl_s[MEDROUTE__V1__KIND__KIND_IMAGING_REQUEST] = 2 * 86400;

@@ -51,6 +51,7 @@ typedef struct {
     uint32_t batch_max;        /* group commit: messages per transaction at most */
     uint32_t batch_ms;         /* group commit: a batch closes after this long */
     uint32_t retention_days;   /* delivered messages kept this long */
+    uint32_t restart_scan_rows; /* an open reads at most ~this many rows but the pinned */
 
     /* time-to-live per kind, seconds; index by Kind */
     uint32_t ttl_s[MR_KIND_MAX + 1];

@@ -468,6 +468,37 @@ uint64_t pending_floor(const pending_t *self)
     return low;
 }
 
+uint64_t pending_floor_from(const pending_t *self, uint64_t from)
+{
+    uint64_t low = 0;
+    for (size_t i = 0; i < self->n_dests; i++) {
+        const s_list_t *l = &self->dests[i].all;
+        for (size_t at = s_search(l, from); at < l->len; at++)
+            if (l->v[at].live) {
+                if (low == 0 || l->v[at].seq < low)
+                    low = l->v[at].seq;
+                break;
+            }
+    }
+    return low;
+}
+
+int pending_each_between(const pending_t *self, uint64_t from, uint64_t to,
+                         int (*fn)(void *arg, uint64_t seq), void *arg)
+{
+    for (size_t i = 0; i < self->n_dests; i++) {
+        const s_list_t *l = &self->dests[i].all;
+        for (size_t at = s_search(l, from); at < l->len && l->v[at].seq < to; at++) {
+            if (!l->v[at].live)
+                continue;
+            int rc = fn(arg, l->v[at].seq);
+            if (rc != 0)
+                return rc;
+        }
+    }
+    return 0;
+}
+
 size_t pending_count(const pending_t *self)
 {
     return self->count;

@@ -91,6 +91,13 @@ size_t pending_expired(pending_t *self, int64_t now, pending_entry_t *out, const
 size_t pending_summary(const pending_t *self, pending_dest_t *out, size_t max);
 /* The lowest pending seq, or 0 when nothing is pending. */
 uint64_t pending_floor(const pending_t *self);
+/* The lowest pending seq at or above from, or 0 when there is none. */
+uint64_t pending_floor_from(const pending_t *self, uint64_t from);
+/* Calls fn(arg, seq) for every pending seq in [from, to), destination by
+ * destination (not in seq order overall), and stops at the first call that
+ * does not return 0, returning what it returned; 0 when all returned 0. */
+int pending_each_between(const pending_t *self, uint64_t from, uint64_t to,
+                         int (*fn)(void *arg, uint64_t seq), void *arg);
 /* Messages pending over every destination. */
 size_t pending_count(const pending_t *self);
 /* Messages pending for dest. */

@@ -39,7 +39,8 @@ static const char *s_needs_restart(const conf_t *o, const conf_t *n)
         return "insecure";
     if (!s_same(o->server_secret_key, n->server_secret_key))
         return "server_key_file";
-    if (o->sync_full != n->sync_full || o->batch_max != n->batch_max || o->batch_ms != n->batch_ms)
+    if (o->sync_full != n->sync_full || o->batch_max != n->batch_max ||
+        o->batch_ms != n->batch_ms || o->restart_scan_rows != n->restart_scan_rows)
         return "store";
     if (!s_same(o->timezone, n->timezone))
         return "timezone";

@@ -183,7 +183,8 @@ server_t *server_new(conf_t *conf, log_t *log)
     store_opts_t so = {.path = db_path,
                        .sync_full = conf->sync_full,
                        .batch_max = conf->batch_max,
-                       .batch_ms = conf->batch_ms};
+                       .batch_ms = conf->batch_ms,
+                       .floor_lag = conf->restart_scan_rows};
     self->store = store_new(&self->loop, &so, log);
     self->acks = acks_new(&self->loop, self);
     if (self->store == NULL || self->acks == NULL || router_start(self) < 0)

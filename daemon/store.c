@@ -69,6 +69,8 @@ enum {
     S_PRUNE_SCAN,
     S_PRUNE_DONE,
     S_FLOOR,
+    S_PIN,
+    S_UNPIN,
     S_BEGIN,
     S_COMMIT,
     S_STMT_COUNT
@@ -119,6 +121,9 @@ static const char *const s_sql[S_STMT_COUNT] = {
     [S_PRUNE_SCAN] = "SELECT seq FROM message_done WHERE state = 1 AND done_ms < ?1 LIMIT ?2",
     [S_PRUNE_DONE] = "DELETE FROM message_done WHERE seq = ?1",
     [S_FLOOR] = "INSERT OR REPLACE INTO meta(key, value) VALUES('pending_floor', ?1)",
+    /* A pending message below the floor (s_floor), and its end. */
+    [S_PIN] = "INSERT OR IGNORE INTO pending_pinned(seq) VALUES(?1)",
+    [S_UNPIN] = "DELETE FROM pending_pinned WHERE seq = ?1",
     /* Prepared once: parsing these for every batch showed in profiles. */
     [S_BEGIN] = "BEGIN IMMEDIATE",
     [S_COMMIT] = "COMMIT",
@@ -130,8 +135,21 @@ static const char *const s_sql[S_STMT_COUNT] = {
  * messages are pending is held in memory (pending.h), rebuilt at open from
  * the rows after meta.pending_floor that have no outcome.  So a delivery
  * appends one small row, and no index follows the pending set.
+ *
+ * Version 3 adds pending_pinned: the seqs of the messages still pending below
+ * the floor, so that one message left pending for days (an offline
+ * facility's, a referral nobody fetches) no longer holds the floor down and
+ * makes every open read all the rows stored since (s_floor).  A daemon of
+ * version 2 would not read them: it refuses the store (store.too_new).
  */
-enum { S_SCHEMA_VERSION = 2 };
+enum { S_SCHEMA_VERSION = 3 };
+
+/* The floor trails the newest seq by at most this many rows, by default
+ * (store_opts_t.floor_lag): an open reads at most that many rows besides
+ * the pinned ones, ~0.5 s here.  A raise pins at most S_PIN_STEP seqs'
+ * worth of the range at a time, so that a large backlog is pinned over
+ * several batches rather than in one long one. */
+enum { S_FLOOR_LAG = 1000000, S_PIN_STEP = 100000 };
 
 static const char *const s_schema =
     "CREATE TABLE IF NOT EXISTS messages("
@@ -156,8 +174,10 @@ static const char *const s_schema =
     "CREATE TABLE IF NOT EXISTS messages_pending(note TEXT);"
     "INSERT INTO messages_pending(note) SELECT 'schema version 2: the pending set is in"
     " message_done and in memory' WHERE NOT EXISTS (SELECT 1 FROM messages_pending);"
+    "CREATE TABLE IF NOT EXISTS pending_pinned(seq INTEGER PRIMARY KEY);"
     "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value);"
-    "INSERT OR IGNORE INTO meta(key, value) VALUES('schema_version', 2);"; /* S_SCHEMA_VERSION */
+    "INSERT OR IGNORE INTO meta(key, value) VALUES('schema_version', 3);" /* S_SCHEMA_VERSION */
+    "UPDATE meta SET value = 3 WHERE key = 'schema_version' AND value < 3;";
 
 /*
  * From version 1, where a message's state, done_ms and dead_reason were
@@ -222,6 +242,8 @@ struct store_t {
     uint64_t floor_committed; /* meta.pending_floor as committed */
     uint64_t floor_written;   /* ... as written in the open batch */
     int64_t floor_at_ms;      /* when it was last raised */
+    uint64_t floor_lag;       /* store_opts_t.floor_lag, or S_FLOOR_LAG */
+    size_t pinned_at_open;    /* pending messages read from pending_pinned */
     walbuf_t *walbuf;  /* the writer's VFS under synchronous=FULL (walbuf.h), or NULL */
 };
 
@@ -352,29 +374,12 @@ static int s_query_int(sqlite3 *db, const char *sql, int64_t dflt, int64_t *out)
     return rc;
 }
 
-/*
- * The pending set, from the database: the messages from meta.pending_floor
- * on that have no outcome (both tables are read in seq order, so this is a
- * merge).  At each open, so that a reopened connection and the set agree.
- */
-static int s_rebuild(store_t *self)
+/* Adds the pending messages that st returns (s_rebuild's columns) to the
+ * set, in their order; counts them in *n. */
+static int s_rebuild_rows(store_t *self, sqlite3_stmt *st, size_t *n)
 {
-    int64_t floor = 0, last = 0;
-    sqlite3_stmt *st = NULL;
-    pending_clear(self->pending);
-    int rc = s_query_int(self->db, "SELECT value FROM meta WHERE key = 'pending_floor'", 0, &floor);
-    if (rc == SQLITE_OK)
-        rc = s_query_int(self->db, "SELECT max(seq) FROM messages", 0, &last);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_prepare_v2(self->db,
-                                "SELECT m.seq, m.dest, m.kind, m.stored_ms, m.expires_ms,"
-                                " m.express, m.ref_key IS NOT NULL FROM messages m"
-                                " LEFT JOIN message_done d ON d.seq = m.seq"
-                                " WHERE m.seq >= ?1 AND d.seq IS NULL ORDER BY m.seq",
-                                -1, &st, NULL);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_bind_int64(st, 1, floor);
-    while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         const unsigned char *dest = sqlite3_column_text(st, 1);
         pending_entry_t e = {
             .seq = (uint64_t)sqlite3_column_int64(st, 0),
@@ -385,16 +390,51 @@ static int s_rebuild(store_t *self)
             .referral = sqlite3_column_int(st, 6) != 0,
         };
         if (dest == NULL)
-            rc = SQLITE_CORRUPT;
-        else if (pending_add(self->pending, (const char *)dest, &e) != 0)
-            rc = SQLITE_NOMEM;
-        else
-            rc = SQLITE_OK;
+            return SQLITE_CORRUPT;
+        if (pending_add(self->pending, (const char *)dest, &e) != 0)
+            return SQLITE_NOMEM;
+        (*n)++;
     }
-    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+#define S_REBUILD_COLS                                                                             \
+    "m.seq, m.dest, m.kind, m.stored_ms, m.expires_ms, m.express, m.ref_key IS NOT NULL"
+
+/*
+ * The pending set, from the database: the pinned messages below
+ * meta.pending_floor, then the messages from the floor on, that have no
+ * outcome (read in seq order, so the lists are built by appending).  At
+ * each open, so that a reopened connection and the set agree.
+ */
+static int s_rebuild(store_t *self)
+{
+    static const char *const sql[2] = {
+        "SELECT " S_REBUILD_COLS " FROM pending_pinned p JOIN messages m ON m.seq = p.seq"
+        " LEFT JOIN message_done d ON d.seq = p.seq"
+        " WHERE p.seq < ?1 AND d.seq IS NULL ORDER BY p.seq",
+        "SELECT " S_REBUILD_COLS " FROM messages m LEFT JOIN message_done d ON d.seq = m.seq"
+        " WHERE m.seq >= ?1 AND d.seq IS NULL ORDER BY m.seq",
+    };
+    int64_t floor = 0, last = 0;
+    size_t n[2] = {0, 0};
+    pending_clear(self->pending);
+    int rc = s_query_int(self->db, "SELECT value FROM meta WHERE key = 'pending_floor'", 0, &floor);
+    if (rc == SQLITE_OK)
+        rc = s_query_int(self->db, "SELECT max(seq) FROM messages", 0, &last);
+    for (int i = 0; rc == SQLITE_OK && i < 2; i++) {
+        sqlite3_stmt *st = NULL;
+        rc = sqlite3_prepare_v2(self->db, sql[i], -1, &st, NULL);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_bind_int64(st, 1, floor);
+        if (rc == SQLITE_OK)
+            rc = s_rebuild_rows(self, st, &n[i]);
+        sqlite3_finalize(st);
+    }
     self->last_seq = (uint64_t)last;
     self->floor_committed = self->floor_written = (uint64_t)floor;
-    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+    self->pinned_at_open = n[0];
+    return rc;
 }
 
 static int s_open_db(store_t *self)
@@ -487,8 +527,9 @@ static int s_open_db(store_t *self)
     if (rc != SQLITE_OK)
         goto fail;
     if (!self->opened_once)
-        log_info(self->log, "store.opened", "path=%s synchronous=%s pending=%zu", self->path,
-                 self->sync_full ? "full" : "normal", pending_count(self->pending));
+        log_info(self->log, "store.opened", "path=%s synchronous=%s pending=%zu pinned=%zu",
+                 self->path, self->sync_full ? "full" : "normal", pending_count(self->pending),
+                 self->pinned_at_open);
     self->opened_once = true;
     return SQLITE_OK;
 fail:
@@ -609,6 +650,13 @@ static int s_by_seq(store_t *self, int which, uint64_t seq)
 /* Appends a message's outcome: MSG_DELIVERED or MSG_DEAD (with reason). */
 static int s_done(store_t *self, uint64_t seq, int state, int64_t at_ms, const char *reason)
 {
+    /* Below the floor it was pinned (s_floor); only there, so that the
+     * common outcome costs no statement more. */
+    if (seq < self->floor_written) {
+        int rc = s_by_seq(self, S_UNPIN, seq);
+        if (rc != SQLITE_OK)
+            return rc;
+    }
     sqlite3_stmt *st = s_stmt(self, S_DONE_INSERT);
     S_BIND(sqlite3_bind_int64(st, 1, (sqlite3_int64)seq));
     S_BIND(sqlite3_bind_int(st, 2, state));
@@ -923,6 +971,9 @@ static int s_op_retry(store_t *self, store_req_t *req)
     e.kind = (uint8_t)r->kind;
     if (pending_add(self->pending, r->dest, &e) != 0)
         return SQLITE_NOMEM;
+    /* Back below the floor: pinned, as the floor never falls (s_floor). */
+    if (e.seq < self->floor_written && (rc = s_by_seq(self, S_PIN, e.seq)) != SQLITE_OK)
+        return rc;
     req->status = STORE_OK;
     return tally_add(self->tally, "messages_retried_total", "", 1);
 }
@@ -1159,25 +1210,45 @@ static void s_checkpoint_due(store_t *self)
     pthread_mutex_unlock(&self->lock);
 }
 
+static int s_pin(void *arg, uint64_t seq)
+{
+    return s_by_seq(arg, S_PIN, seq);
+}
+
 /*
- * Keeps meta.pending_floor at or below every pending seq, so that the next
- * open reads the messages from there on: lowered in the batch that brings an
- * older message back (RETRY), raised at most once a second (a write per
+ * Keeps every pending seq at or above meta.pending_floor or in
+ * pending_pinned, so that the next open finds them all.  The floor only
+ * rises: to the lowest pending seq above it, or, when that one is more than
+ * floor_lag rows behind the newest, past it, pinning the pending seqs it
+ * passes (at most S_PIN_STEP seqs' worth at a time).  So an open reads at
+ * most ~floor_lag rows from the floor on, plus the pinned ones, however long
+ * one message has been waiting.  Raised at most once a second (a write per
  * batch would cost more than the few rows it saves at open) and only in a
  * batch that wrote anyway: a batch of reads must not fail for want of disk.
  */
 static int s_floor(store_t *self, bool wrote)
 {
-    uint64_t f = pending_floor(self->pending);
-    if (f == 0)
-        f = self->last_seq + 1; /* nothing pending: every later message is above */
     int64_t now = s_mono_ms();
-    if (f == self->floor_written ||
-        (f > self->floor_written && (!wrote || now - self->floor_at_ms < 1000)))
+    if (!wrote || now - self->floor_at_ms < 1000)
         return SQLITE_OK;
+    uint64_t top = self->last_seq + 1; /* nothing pending: every later message is above */
+    uint64_t f = pending_floor_from(self->pending, self->floor_written);
+    if (f == 0)
+        f = top;
+    uint64_t lagging = top > self->floor_lag ? top - self->floor_lag : 0;
+    if (f < lagging) {
+        /* Past f, pinning: up to `lagging`, S_PIN_STEP seqs at most. */
+        uint64_t to = self->floor_written + S_PIN_STEP > f ? self->floor_written + S_PIN_STEP : f;
+        f = to < lagging ? to : lagging;
+    }
+    if (f <= self->floor_written)
+        return SQLITE_OK;
+    int rc = pending_each_between(self->pending, self->floor_written, f, s_pin, self);
+    if (rc != SQLITE_OK)
+        return rc;
     sqlite3_stmt *st = s_stmt(self, S_FLOOR);
     S_BIND(sqlite3_bind_int64(st, 1, (sqlite3_int64)f));
-    int rc = sqlite3_step(st);
+    rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE)
         return rc;
@@ -1385,6 +1456,7 @@ store_t *store_new(uv_loop_t *loop, const store_opts_t *opts, log_t *log)
     self->sync_full = opts->sync_full;
     self->batch_max = opts->batch_max ? opts->batch_max : 1000;
     self->batch_ms = opts->batch_ms;
+    self->floor_lag = opts->floor_lag ? opts->floor_lag : S_FLOOR_LAG;
     atomic_init(&self->backlog, 0);
     atomic_init(&self->unavailable, false);
     atomic_init(&self->backups, 0);

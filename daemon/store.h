@@ -131,6 +131,7 @@ typedef struct {
     bool sync_full;         /* synchronous=FULL, else NORMAL */
     uint32_t batch_max;
     uint32_t batch_ms;
+    uint64_t floor_lag;     /* rows an open reads besides the pinned ones; 0: 1,000,000 */
 } store_opts_t;
 
 typedef struct store_t store_t;

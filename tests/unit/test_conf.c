@@ -73,6 +73,7 @@ static void test_conf_full_config_every_field(void **state)
         "  batch_max = 50;\n"
         "  batch_ms = 0;\n"
         "  retention_days = 90;\n"
+        "  restart_scan_rows = 5000;\n"
         "};\n"
         "ttl = {\n"
         "  referral = 11;\n"
@@ -107,6 +108,7 @@ static void test_conf_full_config_every_field(void **state)
     assert_int_equal(c->batch_max, 50);
     assert_int_equal(c->batch_ms, 0);
     assert_int_equal(c->retention_days, 90);
+    assert_int_equal(c->restart_scan_rows, 5000);
     assert_int_equal(c->ttl_s[0], 0);
     assert_int_equal(c->ttl_s[MEDROUTE__V1__KIND__KIND_REFERRAL], 11);
     assert_int_equal(c->ttl_s[MEDROUTE__V1__KIND__KIND_REFERRAL_UPDATE], 12);
@@ -152,6 +154,7 @@ static void test_conf_defaults_when_groups_omitted(void **state)
     assert_int_equal(c->batch_max, 1000);
     assert_int_equal(c->batch_ms, 20);
     assert_int_equal(c->retention_days, 30);
+    assert_int_equal(c->restart_scan_rows, 1000000);
     assert_int_equal(c->ttl_s[MEDROUTE__V1__KIND__KIND_REFERRAL], 3 * 86400);
     assert_int_equal(c->ttl_s[MEDROUTE__V1__KIND__KIND_REFERRAL_UPDATE], 7 * 86400);
     assert_int_equal(c->ttl_s[MEDROUTE__V1__KIND__KIND_IMAGING_REQUEST], 2 * 86400);

@@ -697,6 +697,61 @@ static void test_pending_lowest_merges(void **state)
     s_check(fx);
 }
 
+/* Collects seqs into v[1..], v[0] counting them; stops (returns 42) once v
+ * holds v_stop_at of them, when that is set. */
+typedef struct {
+    uint64_t v[16];
+    size_t n, stop_at;
+} s_seen_t;
+
+static int s_collect_seq(void *arg, uint64_t seq)
+{
+    s_seen_t *s = arg;
+    if (s->n == sizeof s->v / sizeof s->v[0])
+        return -1;
+    s->v[s->n++] = seq;
+    return s->n == s->stop_at ? 42 : 0;
+}
+
+static int s_cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* What the store's floor needs: the lowest live seq at or above a bound, and
+ * every live seq within a range, over all destinations. */
+static void test_pending_floor_from_and_between(void **state)
+{
+    fx_t *fx = *state;
+    const uint64_t icu[] = {2, 5, 9, 12}, lab[] = {1, 6, 7, 20}, ward[] = {3, 4, 30};
+    for (size_t i = 0; i < 4; i++)
+        s_add(fx, 0, icu[i]);
+    for (size_t i = 0; i < 4; i++)
+        s_add(fx, 1, lab[i]);
+    for (size_t i = 0; i < 3; i++)
+        s_add(fx, 2, ward[i]);
+    s_rm(fx, 6);
+    assert_int_equal(pending_floor_from(fx->p, 0), 1);
+    assert_int_equal(pending_floor_from(fx->p, 6), 7); /* 6 is gone */
+    assert_int_equal(pending_floor_from(fx->p, 13), 20);
+    assert_int_equal(pending_floor_from(fx->p, 31), 0);
+
+    /* Every live seq in [4, 13), each once: 6 is gone, 13 is out. */
+    s_seen_t seen = {.n = 0};
+    assert_int_equal(pending_each_between(fx->p, 4, 13, s_collect_seq, &seen), 0);
+    qsort(seen.v, seen.n, sizeof seen.v[0], s_cmp_u64);
+    const uint64_t want[] = {4, 5, 7, 9, 12};
+    s_assert_seqs(seen.v, seen.n, want, 5);
+    seen = (s_seen_t){.stop_at = 2};
+    assert_int_equal(pending_each_between(fx->p, 0, 100, s_collect_seq, &seen), 42);
+    assert_int_equal(seen.n, 2);
+    seen = (s_seen_t){.n = 0};
+    assert_int_equal(pending_each_between(fx->p, 13, 20, s_collect_seq, &seen), 0);
+    assert_int_equal(seen.n, 0);
+    s_check(fx);
+}
+
 static const pending_dest_t *s_find(const pending_dest_t *sum, size_t n, const char *dest)
 {
     const pending_dest_t *found = NULL;
@@ -1256,6 +1311,7 @@ int main(void)
         T(test_pending_sliding_window),
         T(test_pending_retry_in_place),
         T(test_pending_lowest_merges),
+        T(test_pending_floor_from_and_between),
         T(test_pending_summary),
         T(test_pending_summary_min_stored_anywhere),
         T(test_pending_dest_names_owned),

@@ -61,6 +61,7 @@ struct s_fx_t {
     int completed;
     s_done_t done[S_SLOTS];
     int used;
+    uint64_t floor_lag; /* store_opts_t.floor_lag of the stores s_open opens */
 };
 
 /* ---- fixture ---------------------------------------------------------- */
@@ -86,7 +87,11 @@ static int s_setup(void **state)
 
 static store_t *s_open(s_fx_t *fx, const char *path)
 {
-    store_opts_t o = {.path = path, .sync_full = false, .batch_max = 100, .batch_ms = 2};
+    store_opts_t o = {.path = path,
+                      .sync_full = false,
+                      .batch_max = 100,
+                      .batch_ms = 2,
+                      .floor_lag = fx->floor_lag};
     return store_new(&fx->loop, &o, fx->log);
 }
 
@@ -1177,14 +1182,69 @@ static void test_store_pending_rebuilt_at_open(void **state)
     fx->store = s_open(fx, fx->path);
     assert_string_equal(s_seqs(s_load(fx, "lab", 0, 100), buf, sizeof buf), "7");
     assert_string_equal(s_seqs(s_load(fx, "lead", 0, 100), buf, sizeof buf), "8");
-    /* A retry brings back a message below the floor: the floor follows it in
-     * the same batch, so the next open finds it. */
+    /* A retry brings back a message below the floor: the floor stays, the
+     * message is pinned in the same batch, so the next open finds it. */
     assert_int_equal(s_retry(fx, 3, 8000)->status, STORE_OK);
     store_destroy(&fx->store);
     assert_int_equal(s_sql_int(fx->path, "SELECT value FROM meta WHERE key = 'pending_floor'"),
-                     3);
+                     7);
+    assert_int_equal(s_sql_int(fx->path, "SELECT group_concat(seq) FROM pending_pinned"), 3);
     fx->store = s_open(fx, fx->path);
     assert_string_equal(s_seqs(s_load(fx, "lead", 0, 100), buf, sizeof buf), "3 8");
+    /* Its delivery unpins it. */
+    assert_int_equal(s_ack(fx, 3, "lead", 9000)->status, STORE_OK);
+    store_destroy(&fx->store);
+    assert_int_equal(s_sql_int(fx->path, "SELECT count(*) FROM pending_pinned"), 0);
+    fx->store = s_open(fx, fx->path);
+    assert_string_equal(s_seqs(s_load(fx, "lead", 0, 100), buf, sizeof buf), "8");
+}
+
+/*
+ * One message left pending (its facility offline) does not hold the floor
+ * down: once it is more than floor_lag rows behind the newest, the floor
+ * passes it and pins it, so an open reads the pinned message and the rows
+ * from the floor on, not every row stored since.  Its delivery unpins it.
+ */
+static void test_store_old_pending_is_pinned(void **state)
+{
+    s_fx_t *fx = *state;
+    char buf[128];
+    store_destroy(&fx->store);
+    fx->floor_lag = 4;
+    fx->store = s_open(fx, fx->path);
+    s_put(fx, "t-a", "m-1", "off", "b", 99000); /* 1: stays pending */
+    for (int i = 2; i <= 10; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "m-%d", i);
+        assert_int_equal(s_put(fx, "t-a", id, "lead", "b", 99000)->seq, (uint64_t)i);
+        assert_int_equal(s_ack(fx, (uint64_t)i, "lead", 2000)->status, STORE_OK);
+    }
+    struct timespec pause = {1, 100 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+    s_put(fx, "t-a", "m-11", "lead", "b", 99000); /* a batch that writes the floor */
+    store_destroy(&fx->store);
+    /* 11 stored: the floor at 12 - 4 = 8, past 1, which is pinned. */
+    assert_int_equal(s_sql_int(fx->path, "SELECT value FROM meta WHERE key = 'pending_floor'"),
+                     8);
+    assert_int_equal(s_sql_int(fx->path, "SELECT group_concat(seq) FROM pending_pinned"), 1);
+    fx->store = s_open(fx, fx->path);
+    assert_string_equal(s_seqs(s_load(fx, "off", 0, 100), buf, sizeof buf), "1");
+    assert_string_equal(s_seqs(s_load(fx, "lead", 0, 100), buf, sizeof buf), "11");
+    assert_true(s_log_contains(fx, "pending=2 pinned=1"));
+    /* A retry of a dead message below the floor pins it too. */
+    assert_int_equal(s_drop(fx, 1, "test", 3000)->status, STORE_OK);
+    assert_int_equal(s_retry(fx, 1, 4000)->status, STORE_OK);
+    store_destroy(&fx->store);
+    assert_int_equal(s_sql_int(fx->path, "SELECT group_concat(seq) FROM pending_pinned"), 1);
+    fx->store = s_open(fx, fx->path);
+    assert_string_equal(s_seqs(s_load(fx, "off", 0, 100), buf, sizeof buf), "1");
+    /* Delivered at last: unpinned, and not pending after the next open. */
+    assert_int_equal(s_ack(fx, 1, "off", 5000)->status, STORE_OK);
+    store_destroy(&fx->store);
+    assert_int_equal(s_sql_int(fx->path, "SELECT count(*) FROM pending_pinned"), 0);
+    fx->store = s_open(fx, fx->path);
+    assert_int_equal(s_load(fx, "off", 0, 100)->n_rows, 0);
+    assert_string_equal(s_seqs(s_load(fx, "lead", 0, 100), buf, sizeof buf), "11");
 }
 
 /*
@@ -1268,7 +1328,7 @@ static void test_store_migrates_messages_v1(void **state)
     store_destroy(&fx->store);
 
     assert_int_equal(s_sql_int(fx->path, "SELECT value FROM meta WHERE key = 'schema_version'"),
-                     2);
+                     3);
     /* A daemon of version 1 cannot open it: its schema statement fails. */
     sqlite3 *db = NULL;
     assert_int_equal(sqlite3_open(fx->path, &db), SQLITE_OK);
@@ -1340,7 +1400,7 @@ static void test_store_refuses_newer_schema(void **state)
 {
     s_fx_t *fx = *state;
     s_sql_exec(fx->path, "CREATE TABLE meta(key TEXT PRIMARY KEY, value);"
-                         "INSERT INTO meta VALUES('schema_version', 3);");
+                         "INSERT INTO meta VALUES('schema_version', 4);");
     fx->store = s_open(fx, fx->path);
     assert_non_null(fx->store);
     assert_int_equal(s_put(fx, "t-a", "m-1", "lead", "b", 99000)->status, STORE_UNAVAILABLE);
@@ -1837,6 +1897,7 @@ int main(void)
         T0(test_store_callback_may_take_rows),
         T0(test_store_migrates_old_referrals_table),
         T(test_store_pending_rebuilt_at_open),
+        T(test_store_old_pending_is_pinned),
         T(test_store_failed_batch_rolls_back_pending),
         T0(test_store_migrates_messages_v1),
         T(test_store_reads_need_no_write),

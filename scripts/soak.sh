@@ -9,6 +9,9 @@
 #                                        (default: random, printed to replay)
 #   SOAK_SCALE=N                         the simulator's --scale (default:
 #                                        SOAK_SECONDS / 20, the demo's pace)
+#   SOAK_SCAN_ROWS=N                     store.restart_scan_rows (default 50,
+#                                        so that the restarts rebuild the
+#                                        pending set through pinned messages)
 #
 # medrouted runs on a generated config (config/medroute.conf with ipc://
 # endpoints, no HTTP listener, its store) in a temporary directory; the
@@ -102,14 +105,17 @@ fail() {
   exit 1
 }
 
-# The embedded defaults, on ipc:// endpoints in WORK, without HTTP.
+# The embedded defaults, on ipc:// endpoints in WORK, without HTTP, with a
+# short restart scan.
 sed -e "s|^facility_endpoint = .*|facility_endpoint = \"$FAC\";|" \
+    -e "s|^  restart_scan_rows = [0-9]*;|  restart_scan_rows = ${SOAK_SCAN_ROWS:-50};|" \
     -e "s|^operator_endpoint = .*|operator_endpoint = \"$OPS\";|" \
     -e "/^http_listen = /d" \
     -e "s|^data_dir = .*|data_dir = \"$WORK/var\";|" \
     "$ROOT/config/medroute.conf" >"$WORK/medroute.conf"
-grep -q "^facility_endpoint = \"$FAC\"" "$WORK/medroute.conf" ||
-  fail "could not rewrite config/medroute.conf's endpoints"
+grep -q "^facility_endpoint = \"$FAC\"" "$WORK/medroute.conf" &&
+  grep -q "^  restart_scan_rows = ${SOAK_SCAN_ROWS:-50};" "$WORK/medroute.conf" ||
+  fail "could not rewrite config/medroute.conf's endpoints and restart_scan_rows"
 
 # Starts medrouted on the store and waits (15 s at most) until it answers.
 start_daemon() {
@@ -199,7 +205,10 @@ print(*(s[k] for k in ("sent", "acked", "delivered", "lost", "unacked", "duplica
                        "duplicates_unmarked", "redelivered", "stale", "errors")))' "$REPORT") ||
   fail "cannot read the summary of $REPORT"
 
-echo "soak: ${SECONDS_} s, $kills kills (every restart answered), $sent messages sent," \
+# Starts whose pending set came partly from pinned messages.
+pinned_starts=$(grep "event=store.opened" "$WORK/medrouted.log" | grep -vc " pinned=0") || true
+echo "soak: ${SECONDS_} s, $kills kills (every restart answered; $pinned_starts starts" \
+  "read pinned messages), $sent messages sent," \
   "$acked acked, $delivered delivered; lost $lost, duplicates $dups ($unmarked unmarked)," \
   "redelivered $redelivered, received but not sent $stale, errors $errors, unacked $unacked"
 

@@ -1734,6 +1734,71 @@ static void test_store_failed_rollback_reopens(void **state)
     assert_string_equal(s_seqs(s_load(fx, "lead", 0, 100), buf, sizeof buf), "1 2");
 }
 
+/* While set, connections opened after s_commit_ext is installed turn their
+ * COMMIT into a ROLLBACK (a commit hook that returns non-zero): a batch that
+ * fails at its very end, after the pending floor was raised in it. */
+static atomic_bool s_deny_commit;
+
+static int s_commit_hook(void *arg)
+{
+    (void)arg;
+    return atomic_load(&s_deny_commit) ? 1 : 0;
+}
+
+static int s_commit_ext(sqlite3 *db, char **err, const struct sqlite3_api_routines *api)
+{
+    (void)err;
+    (void)api;
+    (void)sqlite3_commit_hook(db, s_commit_hook, NULL);
+    return SQLITE_OK;
+}
+
+/*
+ * A batch whose COMMIT fails after s_floor raised the floor past an old
+ * pending message and pinned it: SQLite rolls both back and the connection
+ * stays open, so the store must take back the floor it wrote in memory
+ * too.  Otherwise the next raise starts from the floor that was never
+ * committed, does not pin the old message, and writes a floor above it: the
+ * next open loses it.
+ */
+static void test_store_floor_raise_in_failed_commit_is_undone(void **state)
+{
+    s_fx_t *fx = *state;
+    char buf[128];
+    struct timespec pause = {1, 100 * 1000 * 1000};
+    assert_int_equal(sqlite3_auto_extension((void (*)(void))s_commit_ext), SQLITE_OK);
+    fx->floor_lag = 4;
+    fx->store = s_open(fx, fx->path);
+    assert_non_null(fx->store);
+    s_put(fx, "t-a", "m-1", "off", "b", 99000); /* 1: stays pending; the floor at 1 */
+    for (int i = 2; i <= 10; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "m-%d", i);
+        assert_int_equal(s_put(fx, "t-a", id, "lead", "b", 99000)->seq, (uint64_t)i);
+        assert_int_equal(s_ack(fx, (uint64_t)i, "lead", 2000)->status, STORE_OK);
+    }
+    nanosleep(&pause, NULL);
+    /* This batch raises the floor to 8 and pins 1; its COMMIT fails, and
+     * the file keeps what it had. */
+    long long floor = s_sql_int(fx->path, "SELECT value FROM meta WHERE key = 'pending_floor'");
+    assert_true(floor < 8);
+    atomic_store(&s_deny_commit, true);
+    assert_int_equal(s_put(fx, "t-a", "m-11", "lead", "b", 99000)->status, STORE_UNAVAILABLE);
+    atomic_store(&s_deny_commit, false);
+    assert_int_equal(s_sql_int(fx->path, "SELECT value FROM meta WHERE key = 'pending_floor'"),
+                     floor);
+    nanosleep(&pause, NULL);
+    /* The next raise, on the same connection, pins 1 again. */
+    assert_int_equal(s_put(fx, "t-a", "m-11", "lead", "b", 99000)->status, STORE_OK);
+    store_destroy(&fx->store);
+    assert_int_equal(sqlite3_cancel_auto_extension((void (*)(void))s_commit_ext), 1);
+    assert_int_equal(s_sql_int(fx->path, "SELECT value FROM meta WHERE key = 'pending_floor'"),
+                     8);
+    assert_int_equal(s_sql_int(fx->path, "SELECT group_concat(seq) FROM pending_pinned"), 1);
+    fx->store = s_open(fx, fx->path);
+    assert_string_equal(s_seqs(s_load(fx, "off", 0, 100), buf, sizeof buf), "1");
+}
+
 /* The referrals_requested_total rows naming department dept. */
 static long long s_dept_rows(const s_fx_t *fx, const char *dept)
 {
@@ -1913,6 +1978,7 @@ int main(void)
         T(test_store_reserve_republished_after_cutoff_is_released),
         T(test_store_reserve_left_unreleased_is_repaired_at_open),
         T0(test_store_failed_rollback_reopens),
+        T0(test_store_floor_raise_in_failed_commit_is_undone),
         T(test_store_department_admitted_in_a_failed_batch_is_forgotten),
     };
     /* MR_TEST_FILTER / MR_TEST_SKIP: glob patterns of test names to run or

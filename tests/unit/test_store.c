@@ -1248,6 +1248,44 @@ static void test_store_old_pending_is_pinned(void **state)
 }
 
 /*
+ * A pinned message that dies (expired, dropped) is unpinned in the same
+ * batch, and the next open does not bring it back as pending; the one
+ * still pending stays pinned.
+ */
+static void test_store_pinned_message_that_dies_stays_dead(void **state)
+{
+    s_fx_t *fx = *state;
+    char buf[128];
+    store_destroy(&fx->store);
+    fx->floor_lag = 4;
+    fx->store = s_open(fx, fx->path);
+    assert_int_equal(s_put(fx, "t-a", "m-1", "off", "b", 5000)->seq, 1);  /* will expire */
+    assert_int_equal(s_put(fx, "t-a", "m-2", "off", "b", 99000)->seq, 2); /* will be dropped */
+    assert_int_equal(s_put(fx, "t-a", "m-3", "off", "b", 99000)->seq, 3); /* stays pending */
+    for (int i = 4; i <= 12; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "m-%d", i);
+        assert_int_equal(s_put(fx, "t-a", id, "lead", "b", 99000)->seq, (uint64_t)i);
+        assert_int_equal(s_ack(fx, (uint64_t)i, "lead", 2000)->status, STORE_OK);
+    }
+    struct timespec pause = {1, 100 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+    s_put(fx, "t-a", "m-13", "lead", "b", 99000); /* the floor at 14 - 4 = 10 */
+    store_destroy(&fx->store);
+    assert_int_equal(s_sql_int(fx->path, "SELECT value FROM meta WHERE key = 'pending_floor'"),
+                     10);
+    assert_int_equal(s_sql_int(fx->path, "SELECT count(*) FROM pending_pinned"), 3);
+    fx->store = s_open(fx, fx->path);
+    assert_int_equal(s_expire(fx, 6000, 100)->n_rows, 1);
+    assert_int_equal(s_drop(fx, 2, "test", 6000)->status, STORE_OK);
+    store_destroy(&fx->store);
+    assert_int_equal(s_sql_int(fx->path, "SELECT group_concat(seq) FROM pending_pinned"), 3);
+    fx->store = s_open(fx, fx->path);
+    assert_string_equal(s_seqs(s_load(fx, "off", 0, 100), buf, sizeof buf), "3");
+    assert_string_equal(s_seqs(s_list(fx, MSG_DEAD, "off", 100), buf, sizeof buf), "1 2");
+}
+
+/*
  * A batch that fails after changing the pending set (its tallies cannot be
  * written: a trigger refuses them) rolls the set back with the transaction:
  * the message it stored is not pending, the one it delivered still is, and
@@ -1963,6 +2001,7 @@ int main(void)
         T0(test_store_migrates_old_referrals_table),
         T(test_store_pending_rebuilt_at_open),
         T(test_store_old_pending_is_pinned),
+        T(test_store_pinned_message_that_dies_stays_dead),
         T(test_store_failed_batch_rolls_back_pending),
         T0(test_store_migrates_messages_v1),
         T(test_store_reads_need_no_write),

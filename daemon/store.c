@@ -144,12 +144,12 @@ static const char *const s_sql[S_STMT_COUNT] = {
  */
 enum { S_SCHEMA_VERSION = 3 };
 
-/* The floor trails the newest seq by at most this many rows, by default
- * (store_opts_t.floor_lag): an open reads at most that many rows besides
- * the pinned ones, ~0.5 s here.  A raise pins at most S_PIN_STEP seqs'
- * worth of the range at a time, so that a large backlog is pinned over
- * several batches rather than in one long one. */
-enum { S_FLOOR_LAG = 1000000, S_PIN_STEP = 100000 };
+/* The floor trails the newest seq by about this many rows at most, by
+ * default (store_opts_t.floor_lag): an open reads that many rows besides
+ * the pinned ones, ~0.5 s here.  A raise that pins covers at most
+ * S_PIN_STEP seqs (10,000 pins take 7-14 ms in a batch), so that a large
+ * backlog is pinned over several batches rather than in one long one. */
+enum { S_FLOOR_LAG = 1000000, S_PIN_STEP = 10000 };
 
 static const char *const s_schema =
     "CREATE TABLE IF NOT EXISTS messages("
@@ -241,7 +241,7 @@ struct store_t {
     uint64_t last_seq;   /* the highest seq stored */
     uint64_t floor_committed; /* meta.pending_floor as committed */
     uint64_t floor_written;   /* ... as written in the open batch */
-    int64_t floor_at_ms;      /* when it was last raised */
+    int64_t floor_next_ms;    /* no raise without pins before this (monotonic) */
     uint64_t floor_lag;       /* store_opts_t.floor_lag, or S_FLOOR_LAG */
     size_t pinned_at_open;    /* pending messages read from pending_pinned */
     walbuf_t *walbuf;  /* the writer's VFS under synchronous=FULL (walbuf.h), or NULL */
@@ -1215,45 +1215,75 @@ static int s_pin(void *arg, uint64_t seq)
     return s_by_seq(arg, S_PIN, seq);
 }
 
-/*
- * Keeps every pending seq at or above meta.pending_floor or in
- * pending_pinned, so that the next open finds them all.  The floor only
- * rises: to the lowest pending seq above it, or, when that one is more than
- * floor_lag rows behind the newest, past it, pinning the pending seqs it
- * passes (at most S_PIN_STEP seqs' worth at a time).  So an open reads at
- * most ~floor_lag rows from the floor on, plus the pinned ones, however long
- * one message has been waiting.  Raised at most once a second (a write per
- * batch would cost more than the few rows it saves at open) and only in a
- * batch that wrote anyway: a batch of reads must not fail for want of disk.
- */
-static int s_floor(store_t *self, bool wrote)
+/* Writes the floor f; pins the pending seqs it passes first, if pins. */
+static int s_floor_write(store_t *self, uint64_t f, bool pins)
 {
-    int64_t now = s_mono_ms();
-    if (!wrote || now - self->floor_at_ms < 1000)
-        return SQLITE_OK;
-    uint64_t top = self->last_seq + 1; /* nothing pending: every later message is above */
-    uint64_t f = pending_floor_from(self->pending, self->floor_written);
-    if (f == 0)
-        f = top;
-    uint64_t lagging = top > self->floor_lag ? top - self->floor_lag : 0;
-    if (f < lagging) {
-        /* Past f, pinning: up to `lagging`, S_PIN_STEP seqs at most. */
-        uint64_t to = self->floor_written + S_PIN_STEP > f ? self->floor_written + S_PIN_STEP : f;
-        f = to < lagging ? to : lagging;
-    }
-    if (f <= self->floor_written)
-        return SQLITE_OK;
-    int rc = pending_each_between(self->pending, self->floor_written, f, s_pin, self);
+    int rc = pins ? pending_each_between(self->pending, self->floor_written, f, s_pin, self)
+                  : SQLITE_OK;
     if (rc != SQLITE_OK)
         return rc;
     sqlite3_stmt *st = s_stmt(self, S_FLOOR);
     S_BIND(sqlite3_bind_int64(st, 1, (sqlite3_int64)f));
     rc = sqlite3_step(st);
     sqlite3_reset(st);
-    if (rc != SQLITE_DONE)
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+/*
+ * Keeps every pending seq at or above meta.pending_floor or in
+ * pending_pinned, so that the next open finds them all.  The floor only
+ * rises: to the lowest pending seq above it, or, when that one is at least
+ * floor_lag rows behind the newest, past it, pinning the pending seqs it
+ * passes (S_PIN_STEP seqs' worth at most per batch).  So an open reads about
+ * floor_lag rows from the floor on, plus the pinned ones, however long one
+ * message has been waiting.  Only in a batch that wrote anyway (a batch of
+ * reads must not fail for want of disk), and not within a second of a raise
+ * that pinned nothing (a write per batch would cost more than the few rows
+ * it saves at open); after one that pinned, in the next such batch, until
+ * the floor has caught up.  A raise that pins runs in a savepoint: when it
+ * fails (a nearly full disk), it alone is undone, and tried again a second
+ * later, rather than failing the batch's messages.
+ */
+static int s_floor(store_t *self, bool wrote)
+{
+    int64_t now = s_mono_ms();
+    if (!wrote || now < self->floor_next_ms)
+        return SQLITE_OK;
+    uint64_t top = self->last_seq + 1; /* nothing pending: every later message is above */
+    uint64_t f = pending_floor_from(self->pending, self->floor_written);
+    if (f == 0)
+        f = top;
+    uint64_t lagging = top > self->floor_lag ? top - self->floor_lag : 0;
+    bool pins = f < lagging;
+    if (pins)
+        f = f + S_PIN_STEP < lagging ? f + S_PIN_STEP : lagging;
+    if (f <= self->floor_written)
+        return SQLITE_OK;
+    if (!pins) {
+        int rc = s_floor_write(self, f, false);
+        if (rc != SQLITE_OK)
+            return rc;
+        self->floor_written = f;
+        self->floor_next_ms = now + 1000;
+        return SQLITE_OK;
+    }
+    int rc = sqlite3_exec(self->db, "SAVEPOINT floor", NULL, NULL, NULL);
+    if (rc == SQLITE_OK)
+        rc = s_floor_write(self, f, true);
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_exec(self->db, "RELEASE floor", NULL, NULL, NULL);
+        if (rc == SQLITE_OK)
+            self->floor_written = f;
         return rc;
-    self->floor_written = f;
-    self->floor_at_ms = now;
+    }
+    /* Undone alone, if the transaction is still open; else the batch fails. */
+    if (sqlite3_get_autocommit(self->db) ||
+        sqlite3_exec(self->db, "ROLLBACK TO floor; RELEASE floor", NULL, NULL, NULL) != SQLITE_OK)
+        return rc;
+    log_warn(self->log, "store.floor_deferred", "path=%s error=\"%s\" floor=%llu to=%llu",
+             self->path, sqlite3_errstr(rc), (unsigned long long)self->floor_written,
+             (unsigned long long)f);
+    self->floor_next_ms = now + 1000;
     return SQLITE_OK;
 }
 

@@ -1201,7 +1201,7 @@ static void test_store_pending_rebuilt_at_open(void **state)
 
 /*
  * One message left pending (its facility offline) does not hold the floor
- * down: once it is more than floor_lag rows behind the newest, the floor
+ * down: once it is floor_lag rows or more behind the newest, the floor
  * passes it and pins it, so an open reads the pinned message and the rows
  * from the floor on, not every row stored since.  Its delivery unpins it.
  */
@@ -1283,6 +1283,47 @@ static void test_store_pinned_message_that_dies_stays_dead(void **state)
     fx->store = s_open(fx, fx->path);
     assert_string_equal(s_seqs(s_load(fx, "off", 0, 100), buf, sizeof buf), "3");
     assert_string_equal(s_seqs(s_list(fx, MSG_DEAD, "off", 100), buf, sizeof buf), "1 2");
+}
+
+/*
+ * A raise of the floor that pins, and cannot write its pins (a nearly full
+ * disk), is undone alone: the batch's messages are stored all the same, the
+ * floor stays where it was, and the raise is tried again a second later.
+ */
+static void test_store_failed_pins_defer_the_floor_only(void **state)
+{
+    s_fx_t *fx = *state;
+    char buf[128];
+    struct timespec pause = {1, 100 * 1000 * 1000};
+    store_destroy(&fx->store);
+    fx->floor_lag = 4;
+    fx->store = s_open(fx, fx->path);
+    s_put(fx, "t-a", "m-1", "off", "b", 99000); /* 1: stays pending; the floor at 1 */
+    for (int i = 2; i <= 10; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "m-%d", i);
+        assert_int_equal(s_put(fx, "t-a", id, "lead", "b", 99000)->seq, (uint64_t)i);
+        assert_int_equal(s_ack(fx, (uint64_t)i, "lead", 2000)->status, STORE_OK);
+    }
+    nanosleep(&pause, NULL);
+    s_refuse_writes(fx->path, "pending_pinned", true);
+    assert_int_equal(s_put(fx, "t-a", "m-11", "lead", "b", 99000)->status, STORE_OK);
+    assert_true(s_log_contains(fx, "event=store.floor_deferred"));
+    assert_int_equal(s_sql_int(fx->path, "SELECT value FROM meta WHERE key = 'pending_floor'"),
+                     1);
+    assert_int_equal(s_sql_int(fx->path, "SELECT count(*) FROM pending_pinned"), 0);
+    assert_int_equal(s_sql_int(fx->path, "SELECT count(*) FROM messages WHERE seq = 11"), 1);
+    /* Writable again: a second later the next batch that writes pins it. */
+    s_refuse_writes(fx->path, "pending_pinned", false);
+    nanosleep(&pause, NULL);
+    assert_int_equal(s_put(fx, "t-a", "m-12", "lead", "b", 99000)->status, STORE_OK);
+    store_destroy(&fx->store);
+    assert_int_equal(s_sql_int(fx->path, "SELECT value FROM meta WHERE key = 'pending_floor'"),
+                     9);
+    assert_int_equal(s_sql_int(fx->path, "SELECT group_concat(seq) FROM pending_pinned"), 1);
+    fx->store = s_open(fx, fx->path);
+    assert_string_equal(s_seqs(s_load(fx, "off", 0, 100), buf, sizeof buf), "1");
+    assert_string_equal(s_seqs(s_load(fx, "lead", 0, 100), buf, sizeof buf), "11 12");
 }
 
 /*
@@ -2001,6 +2042,7 @@ int main(void)
         T0(test_store_migrates_old_referrals_table),
         T(test_store_pending_rebuilt_at_open),
         T(test_store_old_pending_is_pinned),
+        T(test_store_failed_pins_defer_the_floor_only),
         T(test_store_pinned_message_that_dies_stays_dead),
         T(test_store_failed_batch_rolls_back_pending),
         T0(test_store_migrates_messages_v1),

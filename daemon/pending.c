@@ -457,17 +457,6 @@ size_t pending_summary(const pending_t *self, pending_dest_t *out, size_t max)
     return n;
 }
 
-uint64_t pending_floor(const pending_t *self)
-{
-    uint64_t low = 0;
-    for (size_t i = 0; i < self->n_dests; i++) {
-        const s_list_t *l = &self->dests[i].all;
-        if (l->head < l->len && (low == 0 || l->v[l->head].seq < low))
-            low = l->v[l->head].seq;
-    }
-    return low;
-}
-
 uint64_t pending_floor_from(const pending_t *self, uint64_t from)
 {
     uint64_t low = 0;

@@ -89,9 +89,8 @@ size_t pending_expired(pending_t *self, int64_t now, pending_entry_t *out, const
 /* Destinations with at least one pending message: fills out (max entries)
  * and returns how many there are (may exceed max). */
 size_t pending_summary(const pending_t *self, pending_dest_t *out, size_t max);
-/* The lowest pending seq, or 0 when nothing is pending. */
-uint64_t pending_floor(const pending_t *self);
-/* The lowest pending seq at or above from, or 0 when there is none. */
+/* The lowest pending seq at or above from (0: the lowest of all), or 0 when
+ * there is none. */
 uint64_t pending_floor_from(const pending_t *self, uint64_t from);
 /* Calls fn(arg, seq) for every pending seq in [from, to), destination by
  * destination (not in seq order overall), and stops at the first call that

@@ -244,7 +244,7 @@ static void s_check(fx_t *fx)
     assert_int_equal(pending_count(fx->p), total);
 
     size_t n_all = s_want(fx, -1, 0, false, fx->want, MAXSEQ);
-    assert_int_equal(pending_floor(fx->p), n_all > 0 ? fx->want[0] : 0);
+    assert_int_equal(pending_floor_from(fx->p, 0), n_all > 0 ? fx->want[0] : 0);
     s_assert_seqs(fx->buf, pending_lowest(fx->p, fx->buf, MAXSEQ), fx->want, n_all);
     size_t n_few = s_want(fx, -1, 0, false, fx->want, 4);
     s_assert_seqs(fx->buf, pending_lowest(fx->p, fx->buf, 4), fx->want, n_few);
@@ -309,7 +309,7 @@ static void test_pending_empty(void **state)
     pending_entry_t out[2];
     const char *dests[2];
     assert_int_equal(pending_count(fx->p), 0);
-    assert_int_equal(pending_floor(fx->p), 0);
+    assert_int_equal(pending_floor_from(fx->p, 0), 0);
     assert_int_equal(pending_after(fx->p, "icu", 0, false, seqs, 4), 0);
     assert_int_equal(pending_lowest(fx->p, seqs, 4), 0);
     assert_int_equal(seqs[0], 7);
@@ -473,10 +473,10 @@ static void test_pending_remove_middle_and_front(void **state)
     s_check(fx);
 
     s_rm(fx, 1); /* front */
-    assert_int_equal(pending_floor(fx->p), 2);
+    assert_int_equal(pending_floor_from(fx->p, 0), 2);
     s_rm(fx, 2);
     s_rm(fx, 3);
-    assert_int_equal(pending_floor(fx->p), 4);
+    assert_int_equal(pending_floor_from(fx->p, 0), 4);
     assert_int_equal(pending_after(fx->p, "icu", 0, false, seqs, 16), 6);
     assert_int_equal(seqs[0], 4);
     assert_int_equal(seqs[1], 6);
@@ -486,7 +486,7 @@ static void test_pending_remove_middle_and_front(void **state)
     fx->model[10].dest = -1;
     s_rm(fx, 6);
     s_rm(fx, 4); /* front again, past the hole at 5 */
-    assert_int_equal(pending_floor(fx->p), 7);
+    assert_int_equal(pending_floor_from(fx->p, 0), 7);
     assert_int_equal(pending_after(fx->p, "icu", 0, false, seqs, 16), 3);
     assert_int_equal(seqs[0], 7);
     assert_int_equal(seqs[2], 9);
@@ -568,7 +568,7 @@ static void test_pending_many_removes(void **state)
     /* Only the kept ones are left, in order. */
     uint64_t seqs[16];
     assert_int_equal(pending_count(fx->p), 10);
-    assert_int_equal(pending_floor(fx->p), 1);
+    assert_int_equal(pending_floor_from(fx->p, 0), 1);
     const uint64_t icu[] = {1, 2, 3, 1234, 4567, 7321, 9999};
     s_assert_seqs(seqs, pending_after(fx->p, "icu", 0, false, seqs, 16), icu, 7);
     const uint64_t lab[] = {5000, 8000, 10000};
@@ -594,7 +594,7 @@ static void test_pending_many_removes(void **state)
         if (fx->model[s].dest >= 0)
             s_rm(fx, s);
     assert_int_equal(pending_count(fx->p), 0);
-    assert_int_equal(pending_floor(fx->p), 0);
+    assert_int_equal(pending_floor_from(fx->p, 0), 0);
     s_check(fx);
 }
 
@@ -613,7 +613,7 @@ static void test_pending_sliding_window(void **state)
             s_add(fx, (int)((s - W / 2) % NDEST), s - W / 2);
         }
         assert_int_equal(pending_count(fx->p), s < W ? s : W);
-        assert_int_equal(pending_floor(fx->p), s <= W ? 1 : s - W + 1);
+        assert_int_equal(pending_floor_from(fx->p, 0), s <= W ? 1 : s - W + 1);
         if (s % 1000 == 0)
             s_check(fx);
     }
@@ -643,7 +643,7 @@ static void test_pending_retry_in_place(void **state)
     s_add(fx, 0, 5);
     const uint64_t b[] = {5, 10, 20, 25, 30, 40};
     s_assert_seqs(seqs, pending_after(fx->p, "icu", 0, false, seqs, 16), b, 6);
-    assert_int_equal(pending_floor(fx->p), 5);
+    assert_int_equal(pending_floor_from(fx->p, 0), 5);
     s_check(fx);
 
     /* The tail removed and added again; the head likewise. */
@@ -1074,11 +1074,11 @@ static void test_pending_rollback_restores(void **state)
     e.referral = !e.referral;
     s_add_e(fx, 0, e);
     s_check(fx); /* inside: the changes show */
-    assert_int_equal(pending_floor(fx->p), 3);
+    assert_int_equal(pending_floor_from(fx->p, 0), 3);
 
     s_rollback(fx);
     s_check(fx); /* exactly as before */
-    assert_int_equal(pending_floor(fx->p), 1);
+    assert_int_equal(pending_floor_from(fx->p, 0), 1);
     assert_int_equal(pending_count(fx->p), 40);
     pending_entry_t out;
     assert_true(pending_get(fx->p, "icu", 30, &out));
@@ -1136,7 +1136,7 @@ static void test_pending_commit_keeps(void **state)
     pending_commit(fx->p);
     s_check(fx);
     assert_int_equal(pending_count(fx->p), 42);
-    assert_int_equal(pending_floor(fx->p), 2);
+    assert_int_equal(pending_floor_from(fx->p, 0), 2);
 
     /* An empty transaction rolled back changes nothing. */
     s_begin(fx);
@@ -1173,7 +1173,7 @@ static void test_pending_rollback_only_latest(void **state)
     assert_false(pending_get(fx->p, "lab", 1, NULL));
     assert_false(pending_get(fx->p, "lab", 3, NULL));
     assert_true(pending_get(fx->p, "icu", 4, NULL));
-    assert_int_equal(pending_floor(fx->p), 4);
+    assert_int_equal(pending_floor_from(fx->p, 0), 4);
 }
 
 /* A transaction large enough that the set compacts inside it. */
@@ -1262,7 +1262,7 @@ static void test_pending_clear(void **state)
     for (uint64_t s = 1; s <= fx->hi; s++)
         fx->model[s].dest = -1;
     assert_int_equal(pending_count(fx->p), 0);
-    assert_int_equal(pending_floor(fx->p), 0);
+    assert_int_equal(pending_floor_from(fx->p, 0), 0);
     for (int d = 0; d < NDEST; d++)
         assert_int_equal(pending_after(fx->p, s_dests[d], 0, false, seqs, 8), 0);
     assert_int_equal(pending_lowest(fx->p, seqs, 8), 0);

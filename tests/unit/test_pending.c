@@ -666,10 +666,9 @@ static void test_pending_retry_in_place(void **state)
     s_check(fx);
 }
 
-static void test_pending_lowest_merges(void **state)
+/* icu 2 5 9 12, lab 1 6 7 20, ward 3 4 30: lists that interleave. */
+static void s_add_three(fx_t *fx)
 {
-    fx_t *fx = *state;
-    uint64_t seqs[32];
     const uint64_t icu[] = {2, 5, 9, 12}, lab[] = {1, 6, 7, 20}, ward[] = {3, 4, 30};
     for (size_t i = 0; i < 4; i++)
         s_add(fx, 0, icu[i]);
@@ -677,6 +676,13 @@ static void test_pending_lowest_merges(void **state)
         s_add(fx, 1, lab[i]);
     for (size_t i = 0; i < 3; i++)
         s_add(fx, 2, ward[i]);
+}
+
+static void test_pending_lowest_merges(void **state)
+{
+    fx_t *fx = *state;
+    uint64_t seqs[32];
+    s_add_three(fx);
     const uint64_t all[] = {1, 2, 3, 4, 5, 6, 7, 9, 12, 20, 30};
     s_assert_seqs(seqs, pending_lowest(fx->p, seqs, 32), all, 11);
     s_assert_seqs(seqs, pending_lowest(fx->p, seqs, 5), all, 5);
@@ -724,13 +730,7 @@ static int s_cmp_u64(const void *a, const void *b)
 static void test_pending_floor_from_and_between(void **state)
 {
     fx_t *fx = *state;
-    const uint64_t icu[] = {2, 5, 9, 12}, lab[] = {1, 6, 7, 20}, ward[] = {3, 4, 30};
-    for (size_t i = 0; i < 4; i++)
-        s_add(fx, 0, icu[i]);
-    for (size_t i = 0; i < 4; i++)
-        s_add(fx, 1, lab[i]);
-    for (size_t i = 0; i < 3; i++)
-        s_add(fx, 2, ward[i]);
+    s_add_three(fx);
     s_rm(fx, 6);
     assert_int_equal(pending_floor_from(fx->p, 0), 1);
     assert_int_equal(pending_floor_from(fx->p, 6), 7); /* 6 is gone */

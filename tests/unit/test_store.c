@@ -1199,6 +1199,18 @@ static void test_store_pending_rebuilt_at_open(void **state)
     assert_string_equal(s_seqs(s_load(fx, "lead", 0, 100), buf, sizeof buf), "8");
 }
 
+/* Messages m-first..m-last for lead, each stored under that seq and
+ * delivered: rows the floor can pass. */
+static void s_put_delivered(s_fx_t *fx, int first, int last)
+{
+    for (int i = first; i <= last; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "m-%d", i);
+        assert_int_equal(s_put(fx, "t-a", id, "lead", "b", 99000)->seq, (uint64_t)i);
+        assert_int_equal(s_ack(fx, (uint64_t)i, "lead", 2000)->status, STORE_OK);
+    }
+}
+
 /*
  * One message left pending (its facility offline) does not hold the floor
  * down: once it is floor_lag rows or more behind the newest, the floor
@@ -1213,12 +1225,7 @@ static void test_store_old_pending_is_pinned(void **state)
     fx->floor_lag = 4;
     fx->store = s_open(fx, fx->path);
     s_put(fx, "t-a", "m-1", "off", "b", 99000); /* 1: stays pending */
-    for (int i = 2; i <= 10; i++) {
-        char id[16];
-        snprintf(id, sizeof id, "m-%d", i);
-        assert_int_equal(s_put(fx, "t-a", id, "lead", "b", 99000)->seq, (uint64_t)i);
-        assert_int_equal(s_ack(fx, (uint64_t)i, "lead", 2000)->status, STORE_OK);
-    }
+    s_put_delivered(fx, 2, 10);
     struct timespec pause = {1, 100 * 1000 * 1000};
     nanosleep(&pause, NULL);
     s_put(fx, "t-a", "m-11", "lead", "b", 99000); /* a batch that writes the floor */
@@ -1262,12 +1269,7 @@ static void test_store_pinned_message_that_dies_stays_dead(void **state)
     assert_int_equal(s_put(fx, "t-a", "m-1", "off", "b", 5000)->seq, 1);  /* will expire */
     assert_int_equal(s_put(fx, "t-a", "m-2", "off", "b", 99000)->seq, 2); /* will be dropped */
     assert_int_equal(s_put(fx, "t-a", "m-3", "off", "b", 99000)->seq, 3); /* stays pending */
-    for (int i = 4; i <= 12; i++) {
-        char id[16];
-        snprintf(id, sizeof id, "m-%d", i);
-        assert_int_equal(s_put(fx, "t-a", id, "lead", "b", 99000)->seq, (uint64_t)i);
-        assert_int_equal(s_ack(fx, (uint64_t)i, "lead", 2000)->status, STORE_OK);
-    }
+    s_put_delivered(fx, 4, 12);
     struct timespec pause = {1, 100 * 1000 * 1000};
     nanosleep(&pause, NULL);
     s_put(fx, "t-a", "m-13", "lead", "b", 99000); /* the floor at 14 - 4 = 10 */
@@ -1299,12 +1301,7 @@ static void test_store_failed_pins_defer_the_floor_only(void **state)
     fx->floor_lag = 4;
     fx->store = s_open(fx, fx->path);
     s_put(fx, "t-a", "m-1", "off", "b", 99000); /* 1: stays pending; the floor at 1 */
-    for (int i = 2; i <= 10; i++) {
-        char id[16];
-        snprintf(id, sizeof id, "m-%d", i);
-        assert_int_equal(s_put(fx, "t-a", id, "lead", "b", 99000)->seq, (uint64_t)i);
-        assert_int_equal(s_ack(fx, (uint64_t)i, "lead", 2000)->status, STORE_OK);
-    }
+    s_put_delivered(fx, 2, 10);
     nanosleep(&pause, NULL);
     s_refuse_writes(fx->path, "pending_pinned", true);
     assert_int_equal(s_put(fx, "t-a", "m-11", "lead", "b", 99000)->status, STORE_OK);
@@ -1850,12 +1847,7 @@ static void test_store_floor_raise_in_failed_commit_is_undone(void **state)
     fx->store = s_open(fx, fx->path);
     assert_non_null(fx->store);
     s_put(fx, "t-a", "m-1", "off", "b", 99000); /* 1: stays pending; the floor at 1 */
-    for (int i = 2; i <= 10; i++) {
-        char id[16];
-        snprintf(id, sizeof id, "m-%d", i);
-        assert_int_equal(s_put(fx, "t-a", id, "lead", "b", 99000)->seq, (uint64_t)i);
-        assert_int_equal(s_ack(fx, (uint64_t)i, "lead", 2000)->status, STORE_OK);
-    }
+    s_put_delivered(fx, 2, 10);
     nanosleep(&pause, NULL);
     /* This batch raises the floor to 8 and pins 1; its COMMIT fails, and
      * the file keeps what it had. */

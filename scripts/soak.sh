@@ -206,7 +206,7 @@ print(*(s[k] for k in ("sent", "acked", "delivered", "lost", "unacked", "duplica
   fail "cannot read the summary of $REPORT"
 
 # Starts whose pending set came partly from pinned messages.
-pinned_starts=$(grep "event=store.opened" "$WORK/medrouted.log" | grep -vc " pinned=0") || true
+pinned_starts=$(grep "event=store.opened" "$LOG" | grep -vc " pinned=0") || true
 echo "soak: ${SECONDS_} s, $kills kills (every restart answered; $pinned_starts starts" \
   "read pinned messages), $sent messages sent," \
   "$acked acked, $delivered delivered; lost $lost, duplicates $dups ($unmarked unmarked)," \

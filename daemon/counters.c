@@ -11,7 +11,7 @@ static const char *const s_names[CNT_COUNT] = {
     [CNT_PRUNED] = "pruned",           [CNT_ESCALATIONS] = "escalations",
     [CNT_RESERVE_RELEASES] = "reserve_releases", [CNT_INDICATOR_WARNINGS] = "indicator_warnings",
     [CNT_SECURITY_EVENTS] = "security_events", [CNT_INTAKE_PAUSED] = "intake_paused",
-    [CNT_OPERATOR_REJECTED] = "operator_rejected",
+    [CNT_OPERATOR_REJECTED] = "operator_rejected", [CNT_LATE_ACKS] = "late_acks",
 };
 
 const char *counters_name(counter_t c)

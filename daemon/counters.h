@@ -31,6 +31,7 @@ typedef enum {
     CNT_SECURITY_EVENTS, /* unknown keys, spoofed sources, frames without User-Id */
     CNT_INTAKE_PAUSED,  /* times the facility endpoint stopped reading: store queue full (flow.c) */
     CNT_OPERATOR_REJECTED, /* Error replies on the operator endpoint */
+    CNT_LATE_ACKS,      /* DeliveryAck frames that came after their session ended (session.h) */
     CNT_COUNT
 } counter_t;
 

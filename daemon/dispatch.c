@@ -193,11 +193,19 @@ void dispatch_facility(void *arg, const uint8_t *rid, size_t rid_len, const void
                            (int)f->body_case);
         goto out;
     }
+    bool late = false;
+    if (route->needs_hello && ctx.peer < 0 &&
+        f->body_case == MEDROUTE__V1__FRAME__BODY_DELIVERY_ACK) {
+        ctx.peer = session_former(s, rid, rid_len, ctx.user_id);
+        late = ctx.peer >= 0;
+        if (late)
+            s->counters.v[CNT_LATE_ACKS]++;
+    }
     if (route->needs_hello && ctx.peer < 0) {
         rc = mr_fail(&err, MR_E_NO_HELLO, "send Hello first on this connection");
         goto out;
     }
-    if (ctx.peer >= 0)
+    if (ctx.peer >= 0 && !late)
         session_touch(s, ctx.peer);
     rc = dispatch_check_utf8(&medroute__v1__frame__descriptor, ctx.frame, ctx.frame_bytes, &err);
     if (rc != 0)

@@ -40,6 +40,9 @@ typedef struct {
     size_t rid_len;
     char key[41];             /* the CURVE public key (Z85) its Hello came with; "" without */
     int fd;                   /* its connection's fd (ZMQ_SRCFD) at the Hello; -1 unknown */
+    uint8_t former_rid[MR_RID_MAX]; /* the routing id of its last session that ended ... */
+    size_t former_rid_len;    /* ... (0: none), whose late DeliveryAcks still count */
+    char former_key[41];      /* ... and the key that session's Hello came with */
     int64_t heard_ms;       /* its last frame, mr_mono_ms(); 0 = never */
     int64_t connected_at_ms;
     uint32_t max_inflight;

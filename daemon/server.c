@@ -174,9 +174,11 @@ server_t *server_new(conf_t *conf, log_t *log)
     }
     self->peers = calloc(registry_count(self->registry), sizeof *self->peers);
     self->by_rid = strmap_new();
+    self->by_former_rid = strmap_new();
     self->arena = arena_new(S_ARENA_BYTES);
     self->zctx = zmq_ctx_new();
-    if (self->peers == NULL || self->by_rid == NULL || self->arena == NULL || self->zctx == NULL)
+    if (self->peers == NULL || self->by_rid == NULL || self->by_former_rid == NULL ||
+        self->arena == NULL || self->zctx == NULL)
         goto fail;
     if (s_make_data_dir(self, db_path, sizeof db_path) < 0)
         goto fail;
@@ -291,6 +293,7 @@ void server_destroy(server_t **self_p)
     if (self->zctx != NULL)
         zmq_ctx_term(self->zctx);
     strmap_destroy(&self->by_rid);
+    strmap_destroy(&self->by_former_rid);
     arena_destroy(&self->arena);
     free(self->peers);
     registry_destroy(&self->registry);

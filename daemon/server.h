@@ -42,6 +42,7 @@ typedef struct server_t {
     registry_t *registry;      /* owned; rebuilt on reload */
     peer_t *peers;             /* one per registry index */
     strmap_t *by_rid;          /* connected routing id -> registry index */
+    strmap_t *by_former_rid;   /* routing id of each facility's last ended session -> index */
     void *zctx;
     endpoint_t *facility_ep;
     endpoint_t *operator_ep;

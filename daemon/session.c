@@ -6,6 +6,8 @@
  * Invariants
  *   1. by_rid maps exactly the rids of connected peers to their index.
  *   2. A peer is connected to at most one rid; a new Hello replaces it.
+ *   3. by_former_rid maps exactly each peer's former_rid (its last session
+ *      that ended) to its index, and holds no rid of by_rid.
  *
  *   DISCONNECTED --Hello--> CONNECTED --Hello from another rid--> CONNECTED (new rid)
  *        ^                      |
@@ -47,10 +49,40 @@ static bool s_may_hello(const server_t *s, int peer, const char *key)
             !registry_at(s->registry, (size_t)peer)->removed);
 }
 
+/* Forgets peer's former session (invariant 3). */
+static void s_former_forget(server_t *s, int peer)
+{
+    peer_t *p = &s->peers[peer];
+    if (p->former_rid_len > 0)
+        (void)strmap_del(s->by_former_rid, p->former_rid, p->former_rid_len);
+    p->former_rid_len = 0;
+    p->former_key[0] = '\0';
+}
+
+/* A rid bound by a Hello is nobody's former session from now on: a client
+ * may choose its routing id, and reuse one. */
+static void s_former_unbind(server_t *s, const uint8_t *rid, size_t rid_len)
+{
+    int peer = strmap_get(s->by_former_rid, rid, rid_len);
+    if (peer >= 0)
+        s_former_forget(s, peer);
+}
+
+int session_former(const server_t *s, const uint8_t *rid, size_t rid_len, const char *key)
+{
+    int peer = strmap_get(s->by_former_rid, rid, rid_len);
+    if (peer < 0 || registry_at(s->registry, (size_t)peer)->removed)
+        return -1;
+    if (key != NULL && strcmp(s->peers[peer].former_key, key) != 0)
+        return -1; /* the rid, not the key, matches: somebody else */
+    return peer;
+}
+
 void session_revoke(server_t *s, int peer, const char *why)
 {
     session_end(s, peer, why);
     s->peers[peer].key[0] = '\0';
+    s_former_forget(s, peer);
 }
 
 int session_of(server_t *s, const uint8_t *rid, size_t rid_len, const char *key)
@@ -84,6 +116,15 @@ void session_end(server_t *s, int peer, const char *why)
     if (!p->connected)
         return;
     strmap_del(s->by_rid, p->rid, p->rid_len);
+    /* Its DeliveryAcks may still be on their way (a close read before the
+     * frames ahead of it, a session timed out on a stalled link, another
+     * connection's Hello): they count when they come (session_former). */
+    s_former_forget(s, peer);
+    if (strmap_put(s->by_former_rid, p->rid, p->rid_len, peer) == 0) {
+        memcpy(p->former_rid, p->rid, p->rid_len);
+        p->former_rid_len = p->rid_len;
+        memcpy(p->former_key, p->key, sizeof p->former_key);
+    }
     p->connected = false;
     p->rid_len = 0;
     s->counters.v[CNT_DISCONNECTS]++;
@@ -146,6 +187,7 @@ int handle_hello(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f, mr
     if (!same_rid) {
         if (strmap_put(s->by_rid, ctx->rid, ctx->rid_len, peer) < 0)
             return mr_fail(err, MR_E_INTERNAL, "out of memory");
+        s_former_unbind(s, ctx->rid, ctx->rid_len);
         memcpy(p->rid, ctx->rid, ctx->rid_len);
         p->rid_len = ctx->rid_len;
         snprintf(p->key, sizeof p->key, "%s", ctx->user_id ? ctx->user_id : "");

@@ -22,6 +22,18 @@ int session_find(const server_t *s, const uint8_t *rid, size_t rid_len);
  * says who is speaking.
  */
 int session_of(server_t *s, const uint8_t *rid, size_t rid_len, const char *key);
+/*
+ * The facility whose last ended session had rid, or -1: where a DeliveryAck
+ * from a connection without a session counts.  A connection's acks may
+ * reach the broker after its session ended: its close is read from the
+ * socket's monitor, apart from its frames, and may be read first; a session
+ * times out on a stalled link while its connection stays; another
+ * connection's Hello replaces it.  The ack is true all the same, and
+ * refusing it would hand the message to the facility a second time.  Only
+ * with the key that session's Hello came with (NULL without CURVE), and not
+ * for a facility removed since.
+ */
+int session_former(const server_t *s, const uint8_t *rid, size_t rid_len, const char *key);
 /* The connection with fd closed (endpoint_watch): the session bound to it
  * ends at once, so that its routing id, free again in ZeroMQ, takes no
  * deliveries for it until another connection says Hello.  A Hello reads

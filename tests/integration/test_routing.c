@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -781,6 +782,64 @@ static void test_routing_ack_then_leave_is_not_redelivered(void **state)
     assert_int_equal(mrt_counter(d, "redelivered"), redelivered0);
 }
 
+/*
+ * A receiver on a stalled link: its session times out (no heartbeat for
+ * heartbeat_timeout_ms) while its connection stays open, and then its
+ * DeliveryAck arrives.  The ack still counts for the facility that
+ * connection spoke for, without a reply: the message is delivered, and
+ * the facility's next session is not handed it again.  Before, the ack
+ * was refused with NO_HELLO and the message handed over a second time;
+ * a connection's close read before its last acks (the socket's monitor
+ * is a socket apart) lost them the same way.
+ */
+static void test_routing_ack_after_the_session_ended_counts(void **state)
+{
+    (void)state;
+    mrt_daemon_t d = {0};
+    assert_int_equal(mrt_daemon_start(&d, "limits = { heartbeat_interval_ms = 100; "
+                                          "heartbeat_timeout_ms = 400; };\n"),
+                     0);
+    mr_client_t *a = connected(&d, "t-manwan");
+    char why[200];
+    assert_int_equal(mrt_send(a, "yx-ecg", "lab_order", "routine",
+                              "{\"placer_order_number\":\"PO-STALL-1\"}", why),
+                     0);
+    mr_client_destroy(&a);
+    raw_t r;
+    raw_open(&r, &d);
+    raw_hello(&r, "yx-ecg");
+    mr_frame_t *f = raw_next(&r, MEDROUTE__V1__FRAME__BODY_DELIVERY, 5000);
+    assert_non_null(f);
+    assert_false(f->delivery->redelivered);
+    uint64_t seq = f->delivery->seq;
+    medroute__v1__frame__free_unpacked(f, NULL);
+    /* Silent: the broker ends the session, the connection stays. */
+    long long until = mrt_now_ms() + 5000;
+    while (mrt_log_count(&d, "facility=yx-ecg why=heartbeat_timeout") < 1 && mrt_now_ms() < until)
+        (void)poll(NULL, 0, 50);
+    assert_int_equal(mrt_log_count(&d, "facility=yx-ecg why=heartbeat_timeout"), 1);
+    long long delivered0 = mrt_counter(&d, "delivered");
+    raw_delivery_ack(&r, seq, NULL, 0);
+    until = mrt_now_ms() + 5000;
+    while (mrt_counter(&d, "delivered") == delivered0 && mrt_now_ms() < until)
+        (void)poll(NULL, 0, 20);
+    assert_int_equal(mrt_counter(&d, "delivered"), delivered0 + 1);
+    assert_int_equal(mrt_counter(&d, "late_acks"), 1);
+    assert_null(raw_next(&r, MEDROUTE__V1__FRAME__BODY_ERROR, 300)); /* no NO_HELLO */
+    raw_close(&r);
+    /* The next session: nothing pending, nothing handed over again. */
+    raw_open(&r, &d);
+    raw_hello(&r, "yx-ecg");
+    f = raw_next(&r, MEDROUTE__V1__FRAME__BODY_WELCOME, 5000);
+    assert_non_null(f);
+    assert_int_equal(f->welcome->pending, 0);
+    medroute__v1__frame__free_unpacked(f, NULL);
+    assert_null(raw_next(&r, MEDROUTE__V1__FRAME__BODY_DELIVERY, 500));
+    raw_close(&r);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+}
+
 /* Five deliveries acknowledged by one frame: all five count as delivered
  * and none comes again; a seq of 0 among them, or more seqs than the
  * Welcome allows, is refused with INVALID. */
@@ -1160,6 +1219,7 @@ int main(void)
         cmocka_unit_test(test_routing_bad_input_gets_distinct_errors),
         cmocka_unit_test(test_routing_one_frame_acknowledges_several_deliveries),
         cmocka_unit_test(test_routing_ack_then_leave_is_not_redelivered),
+        cmocka_unit_test(test_routing_ack_after_the_session_ended_counts),
         cmocka_unit_test(test_routing_gbk_patient_name_refused),
         cmocka_unit_test(test_routing_error_echoing_chinese_decodes),
         cmocka_unit_test(test_routing_held_deliveries_are_held_once),

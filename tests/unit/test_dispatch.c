@@ -179,13 +179,14 @@ static int s_setup(void **state)
         return -1;
     s->peers = calloc(registry_count(s->registry), sizeof *s->peers);
     s->by_rid = strmap_new();
+    s->by_former_rid = strmap_new();
     s->arena = arena_new(4096); /* small: big frames take the malloc path too */
     store_opts_t so = {.path = fx->path, .sync_full = false, .batch_max = 100, .batch_ms = 1};
     s->store = store_new(&s->loop, &so, s->log);
     s->acks = acks_new(&s->loop, s);
     s->facility_ep = NULL;
-    if (s->peers == NULL || s->by_rid == NULL || s->arena == NULL || s->store == NULL ||
-        s->acks == NULL)
+    if (s->peers == NULL || s->by_rid == NULL || s->by_former_rid == NULL || s->arena == NULL ||
+        s->store == NULL || s->acks == NULL)
         return -1;
     *state = fx;
     return 0;
@@ -210,6 +211,7 @@ static int s_teardown(void **state)
         rc = -1;
     router_stop(s);
     strmap_destroy(&s->by_rid);
+    strmap_destroy(&s->by_former_rid);
     arena_destroy(&s->arena);
     free(s->peers);
     registry_destroy(&s->registry);
@@ -1217,6 +1219,42 @@ static void test_dispatch_session_follows_its_key(void **state)
     s_settle(s);
 }
 
+/* A DeliveryAck from the connection of t-a's session that ended (here
+ * replaced by a Hello from another connection) still counts for t-a, with
+ * the key that session came with; with another key it is refused. */
+static void test_dispatch_late_ack_counts_with_its_key_only(void **state)
+{
+    s_fx_t *fx = *state;
+    server_t *s = fx->s;
+    s_user_id = S_KEY_A;
+    s_hello(s, RID_A, "t-a");
+    s_hello(s, RID_B, "t-a");
+    assert_int_equal(s_n_replies, 2);
+    assert_int_equal(session_find(s, RID_B, RID_LEN), TA);
+    assert_int_equal(session_former(s, RID_A, RID_LEN, S_KEY_A), TA);
+    Medroute__V1__DeliveryAck da = MEDROUTE__V1__DELIVERY_ACK__INIT;
+    mr_frame_t f;
+    s_frame_init(&f, MEDROUTE__V1__FRAME__BODY_DELIVERY_ACK);
+    f.delivery_ack = &da;
+    da.seq = 77;
+    s_send(s, RID_A, &f);
+    assert_int_equal(s->counters.v[CNT_LATE_ACKS], 1);
+    /* The store looked for it: never sent, said to t-a's session now. */
+    s_wait_replies(s, 3);
+    s_error_at(2, RID_B, MR_E_UNKNOWN_DELIVERY);
+    /* t-b's key on that routing id: not t-a's word. */
+    s_user_id = S_KEY_B;
+    assert_int_equal(session_former(s, RID_A, RID_LEN, S_KEY_B), -1);
+    s_send(s, RID_A, &f);
+    s_expect_error(3, RID_A, MR_E_NO_HELLO);
+    assert_int_equal(s->counters.v[CNT_LATE_ACKS], 1);
+    /* Bound again by a Hello, the routing id is no longer t-a's former one. */
+    s_hello(s, RID_A, "t-b");
+    assert_int_equal(session_former(s, RID_A, RID_LEN, S_KEY_A), -1);
+    s_user_id = NULL;
+    s_settle(s);
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, s_setup, s_teardown)
@@ -1241,6 +1279,7 @@ int main(void)
         T(test_dispatch_hello_allows_acks_in_one_frame),
         T(test_dispatch_nothing_sent_that_a_running_scan_expires),
         T(test_dispatch_session_follows_its_key),
+        T(test_dispatch_late_ack_counts_with_its_key_only),
     };
     /* MR_TEST_FILTER / MR_TEST_SKIP: glob patterns of test names to run or
      * skip (e.g. to run the rest under valgrind while a known bug is open). */

@@ -42,6 +42,22 @@ int mr_fail(mr_err_t *err, int code, const char *fmt, ...)
     return code;
 }
 
+/* Sends err as an Error frame to rid (the reason cut on a character). */
+static void s_send_error(server_t *s, const uint8_t *rid, size_t rid_len, const mr_err_t *err,
+                         const char *reason)
+{
+    Medroute__V1__Error e = MEDROUTE__V1__ERROR__INIT;
+    e.message_id = (char *)err->message_id;
+    e.code = (Medroute__V1__ErrorCode)err->code;
+    e.reason = (char *)reason;
+    e.seq = err->seq;
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    f.version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+    f.body_case = MEDROUTE__V1__FRAME__BODY_ERROR;
+    f.error = &e;
+    server_send_facility(s, rid, rid_len, &f.base);
+}
+
 void dispatch_reply_error(server_t *s, const uint8_t *rid, size_t rid_len, int peer,
                           const mr_err_t *err)
 {
@@ -50,16 +66,6 @@ void dispatch_reply_error(server_t *s, const uint8_t *rid, size_t rid_len, int p
     char reason[sizeof err->reason];
     snprintf(reason, sizeof reason, "%.*s", (int)mr_utf8_cut(err->reason, sizeof reason - 1),
              err->reason);
-    Medroute__V1__Error e = MEDROUTE__V1__ERROR__INIT;
-    e.message_id = (char *)err->message_id;
-    e.code = (Medroute__V1__ErrorCode)err->code;
-    e.reason = reason;
-    e.seq = err->seq;
-    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
-    f.version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
-    f.body_case = MEDROUTE__V1__FRAME__BODY_ERROR;
-    f.error = &e;
-
     s->counters.v[CNT_REJECTED]++;
     if (err->code > 0 && err->code < MR_E_COUNT)
         s->counters.rejected_by_code[err->code]++;
@@ -79,7 +85,23 @@ void dispatch_reply_error(server_t *s, const uint8_t *rid, size_t rid_len, int p
                  mr_error_name(err->code), log_clean(why, sizeof why, reason));
     }
     if (rid != NULL)
-        server_send_facility(s, rid, rid_len, &f.base);
+        s_send_error(s, rid, rid_len, err, reason);
+}
+
+/* A late DeliveryAck counted (session_former): the first one from its
+ * connection is also told, as NO_HELLO, that its session ended, so that a
+ * client that is only acknowledging says Hello again now rather than at its
+ * next heartbeat.  Not a refusal: not counted as one. */
+static void s_tell_session_ended(server_t *s, const uint8_t *rid, size_t rid_len, int peer)
+{
+    peer_t *p = &s->peers[peer];
+    if (p->former_told)
+        return;
+    p->former_told = true;
+    mr_err_t err = {.code = MR_E_NO_HELLO};
+    snprintf(err.reason, sizeof err.reason, "%s",
+             "this connection's session has ended (its acknowledgements count): send Hello");
+    s_send_error(s, rid, rid_len, &err, err.reason);
 }
 
 static void s_tell_suppressed(server_t *s, lograte_t *lines, const char *facility,
@@ -193,24 +215,25 @@ void dispatch_facility(void *arg, const uint8_t *rid, size_t rid_len, const void
                            (int)f->body_case);
         goto out;
     }
-    bool late = false;
     if (route->needs_hello && ctx.peer < 0 &&
         f->body_case == MEDROUTE__V1__FRAME__BODY_DELIVERY_ACK) {
         ctx.peer = session_former(s, rid, rid_len, ctx.user_id);
-        late = ctx.peer >= 0;
-        if (late)
-            s->counters.v[CNT_LATE_ACKS]++;
+        ctx.late = ctx.peer >= 0;
     }
     if (route->needs_hello && ctx.peer < 0) {
         rc = mr_fail(&err, MR_E_NO_HELLO, "send Hello first on this connection");
         goto out;
     }
-    if (ctx.peer >= 0 && !late)
-        session_touch(s, ctx.peer);
+    if (ctx.peer >= 0 && !ctx.late)
+        session_touch(s, ctx.peer); /* a late ack keeps no session alive */
     rc = dispatch_check_utf8(&medroute__v1__frame__descriptor, ctx.frame, ctx.frame_bytes, &err);
     if (rc != 0)
         goto out;
     rc = route->fn(s, &ctx, f, &err);
+    if (rc == 0 && ctx.late) {
+        s->counters.v[CNT_LATE_ACKS]++;
+        s_tell_session_ended(s, rid, rid_len, ctx.peer);
+    }
 out:
     if (rc != 0)
         dispatch_reply_error(s, rid, rid_len, ctx.peer, &err);

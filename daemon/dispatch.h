@@ -24,6 +24,7 @@ typedef struct {
     const char *user_id;    /* ZAP User-Id: the client's Z85 public key (CURVE); NULL if insecure */
     const uint8_t *frame;   /* the frame as received, frame_bytes long */
     size_t frame_bytes;
+    bool late;              /* a DeliveryAck after its session ended (session_former) */
 } dispatch_ctx_t;
 
 typedef struct {

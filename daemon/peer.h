@@ -42,7 +42,8 @@ typedef struct {
     int fd;                   /* its connection's fd (ZMQ_SRCFD) at the Hello; -1 unknown */
     uint8_t former_rid[MR_RID_MAX]; /* the routing id of its last session that ended ... */
     size_t former_rid_len;    /* ... (0: none), whose late DeliveryAcks still count */
-    char former_key[41];      /* ... and the key that session's Hello came with */
+    char former_key[41];      /* ... and the key that session's Hello came with; */
+    bool former_told;         /* ... and whether its connection was told it ended (dispatch.c) */
     int64_t heard_ms;       /* its last frame, mr_mono_ms(); 0 = never */
     int64_t connected_at_ms;
     uint32_t max_inflight;

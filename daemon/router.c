@@ -42,6 +42,10 @@
  * complete (~5 MB at 600-byte messages): while delivery keeps up, messages
  * go from the commit to the socket without being read back from the store. */
 #define S_READY_MAX 8192
+/* An ACK request's tag: the peer, and this bit for a late ack (session.h),
+ * which is not answered UNKNOWN_DELIVERY: the facility's connection now, if
+ * any, is not the one that sent it. */
+#define S_TAG_LATE ((int64_t)1 << 32)
 
 /* ---- lists ------------------------------------------------------------------ */
 
@@ -424,7 +428,7 @@ void router_on_retried(server_t *s, int peer, store_row_t *row)
 static void on_acked(store_req_t *req, void *arg)
 {
     server_t *s = arg;
-    int peer = (int)req->tag;
+    int peer = (int)(req->tag & ~S_TAG_LATE);
     peer_t *p = &s->peers[peer];
     uint64_t seq = req->msg.seq;
     switch (req->status) {
@@ -440,7 +444,7 @@ static void on_acked(store_req_t *req, void *arg)
         mr_fail(&err, MR_E_UNKNOWN_DELIVERY, "no pending delivery %llu for this facility",
                 (unsigned long long)seq);
         err.seq = seq;
-        if (p->connected)
+        if (p->connected && !(req->tag & S_TAG_LATE))
             dispatch_reply_error(s, p->rid, p->rid_len, peer, &err);
         break;
     }
@@ -457,7 +461,7 @@ static void on_acked(store_req_t *req, void *arg)
 
 /* One acknowledged seq: its window slot is free at once (*freed), its
  * commit follows (on_acked).  0, or the error of an out-of-memory. */
-static int s_ack_one(server_t *s, int peer, uint64_t seq, int64_t now, bool *freed,
+static int s_ack_one(server_t *s, int peer, bool late, uint64_t seq, int64_t now, bool *freed,
                      mr_err_t *err)
 {
     peer_t *p = &s->peers[peer];
@@ -468,7 +472,7 @@ static int s_ack_one(server_t *s, int peer, uint64_t seq, int64_t now, bool *fre
         return 0; /* a repeat while the first is being committed */
     store_req_t *req = store_req_new(STORE_ACK, on_acked, s);
     if (req != NULL) {
-        req->tag = peer;
+        req->tag = peer | (late ? S_TAG_LATE : 0);
         req->msg.seq = seq;
         req->msg.dest = strdup(registry_at(s->registry, (size_t)peer)->id);
         req->now_ms = now;
@@ -495,12 +499,12 @@ int handle_delivery_ack(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t
                        "DeliveryAck carries more seqs than Welcome.max_acks_per_frame");
     int64_t now = mr_now_ms();
     bool freed = false, zero = false;
-    int rc = s_ack_one(s, ctx->peer, a->seq, now, &freed, err);
+    int rc = s_ack_one(s, ctx->peer, ctx->late, a->seq, now, &freed, err);
     for (size_t i = 0; rc == 0 && i < a->n_more_seqs; i++) {
         if (a->more_seqs[i] == 0)
             zero = true; /* the others still count */
         else
-            rc = s_ack_one(s, ctx->peer, a->more_seqs[i], now, &freed, err);
+            rc = s_ack_one(s, ctx->peer, ctx->late, a->more_seqs[i], now, &freed, err);
     }
     if (freed)
         router_pump(s, ctx->peer); /* the freed slots: the next messages go now */

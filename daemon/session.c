@@ -75,6 +75,11 @@ int session_former(const server_t *s, const uint8_t *rid, size_t rid_len, const 
         return -1;
     if (key != NULL && strcmp(s->peers[peer].former_key, key) != 0)
         return -1; /* the rid, not the key, matches: somebody else */
+    /* And only while that key may still speak for the facility: a key that
+     * a rotation replaced (the facility has switched), or that a reload gave
+     * to another facility, acknowledges nothing for it. */
+    if (key != NULL && !s_may_hello(s, peer, key))
+        return -1;
     return peer;
 }
 
@@ -124,6 +129,7 @@ void session_end(server_t *s, int peer, const char *why)
         memcpy(p->former_rid, p->rid, p->rid_len);
         p->former_rid_len = p->rid_len;
         memcpy(p->former_key, p->key, sizeof p->former_key);
+        p->former_told = false;
     }
     p->connected = false;
     p->rid_len = 0;

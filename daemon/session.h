@@ -30,8 +30,10 @@ int session_of(server_t *s, const uint8_t *rid, size_t rid_len, const char *key)
  * times out on a stalled link while its connection stays; another
  * connection's Hello replaces it.  The ack is true all the same, and
  * refusing it would hand the message to the facility a second time.  Only
- * with the key that session's Hello came with (NULL without CURVE), and not
- * for a facility removed since.
+ * with the key that session's Hello came with (NULL without CURVE), while
+ * that key may still say Hello for the facility (not replaced by a rotation
+ * the facility has switched to, not given to another facility), and not for
+ * a facility removed since.  Without CURVE the routing id alone decides.
  */
 int session_former(const server_t *s, const uint8_t *rid, size_t rid_len, const char *key);
 /* The connection with fd closed (endpoint_watch): the session bound to it

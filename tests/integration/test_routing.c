@@ -786,7 +786,8 @@ static void test_routing_ack_then_leave_is_not_redelivered(void **state)
  * A receiver on a stalled link: its session times out (no heartbeat for
  * heartbeat_timeout_ms) while its connection stays open, and then its
  * DeliveryAck arrives.  The ack still counts for the facility that
- * connection spoke for, without a reply: the message is delivered, and
+ * connection spoke for (the connection is told once, as NO_HELLO, that its
+ * session ended; no refusal is counted): the message is delivered, and
  * the facility's next session is not handed it again.  Before, the ack
  * was refused with NO_HELLO and the message handed over a second time;
  * a connection's close read before its last acks (the socket's monitor
@@ -819,13 +820,20 @@ static void test_routing_ack_after_the_session_ended_counts(void **state)
         (void)poll(NULL, 0, 50);
     assert_int_equal(mrt_log_count(&d, "facility=yx-ecg why=heartbeat_timeout"), 1);
     long long delivered0 = mrt_counter(&d, "delivered");
+    long long rejected0 = mrt_counter(&d, "rejected");
     raw_delivery_ack(&r, seq, NULL, 0);
     until = mrt_now_ms() + 5000;
     while (mrt_counter(&d, "delivered") == delivered0 && mrt_now_ms() < until)
         (void)poll(NULL, 0, 20);
     assert_int_equal(mrt_counter(&d, "delivered"), delivered0 + 1);
     assert_int_equal(mrt_counter(&d, "late_acks"), 1);
-    assert_null(raw_next(&r, MEDROUTE__V1__FRAME__BODY_ERROR, 300)); /* no NO_HELLO */
+    /* Told that its session ended (not a refusal), so it says Hello now. */
+    f = raw_next(&r, MEDROUTE__V1__FRAME__BODY_ERROR, 2000);
+    assert_non_null(f);
+    assert_int_equal(f->error->code, MR_E_NO_HELLO);
+    assert_non_null(strstr(f->error->reason, "its acknowledgements count"));
+    medroute__v1__frame__free_unpacked(f, NULL);
+    assert_int_equal(mrt_counter(&d, "rejected"), rejected0);
     raw_close(&r);
     /* The next session: nothing pending, nothing handed over again. */
     raw_open(&r, &d);

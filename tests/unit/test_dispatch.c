@@ -34,6 +34,7 @@
 #include "arena.h"
 #include "dispatch.h"
 #include "endpoint.h"
+#include "reload.h"
 #include "router.h"
 #include "server.h"
 #include "session.h"
@@ -126,6 +127,7 @@ static void s_replies_clear(void)
 
 #define S_KEY_A "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
 #define S_KEY_B "Yne@$w-vo<fVvi]a<NY6T1ed:M$fCG*[IaLV{hID"
+#define S_KEY_C "3^IqWsk.PS}Fp^-@8%r5ZgJmUIUzunvx3bn+l3q#"
 
 static const char *const s_conf_text =
     "broker_id = \"unit-broker\";\n"
@@ -232,6 +234,7 @@ static int s_teardown(void **state)
 
 #define RID_A ((const uint8_t *)"\0conn-a")
 #define RID_B ((const uint8_t *)"\0conn-b")
+#define RID_C ((const uint8_t *)"\0conn-c")
 #define RID_LEN 7
 
 static void s_raw(server_t *s, const uint8_t *rid, const void *data, size_t len)
@@ -298,6 +301,17 @@ static void s_send_env(server_t *s, const uint8_t *rid, const mr_envelope_t *env
     mr_frame_t f;
     s_frame_init(&f, MEDROUTE__V1__FRAME__BODY_ENVELOPE);
     f.envelope = (mr_envelope_t *)env;
+    s_send(s, rid, &f);
+}
+
+/* A DeliveryAck of seq alone. */
+static void s_delivery_ack(server_t *s, const uint8_t *rid, uint64_t seq)
+{
+    Medroute__V1__DeliveryAck da = MEDROUTE__V1__DELIVERY_ACK__INIT;
+    da.seq = seq;
+    mr_frame_t f;
+    s_frame_init(&f, MEDROUTE__V1__FRAME__BODY_DELIVERY_ACK);
+    f.delivery_ack = &da;
     s_send(s, rid, &f);
 }
 
@@ -1219,38 +1233,118 @@ static void test_dispatch_session_follows_its_key(void **state)
     s_settle(s);
 }
 
-/* A DeliveryAck from the connection of t-a's session that ended (here
- * replaced by a Hello from another connection) still counts for t-a, with
- * the key that session came with; with another key it is refused. */
+/* A DeliveryAck from the connection of t-a's session that ended still
+ * counts for t-a, with the key that session came with: here its close was
+ * read (the monitor) before its ack.  The connection is told once, as
+ * NO_HELLO, that its session ended; the ack is no refusal, and an ack the
+ * store finds nothing for is not answered on t-a's next connection.  With
+ * another key the ack is refused; a Hello that binds the routing id again
+ * ends its use as t-a's former one. */
 static void test_dispatch_late_ack_counts_with_its_key_only(void **state)
+{
+    s_fx_t *fx = *state;
+    server_t *s = fx->s;
+    s_deliveries_on(s, true);
+    s_user_id = S_KEY_A;
+    s_hello(s, RID_A, "t-a");
+    s_user_id = NULL;
+    s_hello(s, RID_C, "lead");
+    s_env_t e;
+    s_env_init(&e, "m-down");
+    e.env.source = "lead";
+    e.env.destination = "t-a";
+    s_send_env(s, RID_C, &e.env);
+    s_settle(s);
+    uv_run(&s->loop, UV_RUN_NOWAIT);
+    assert_int_equal(s_count_deliveries(RID_A), 1);
+    uint64_t seq = 0;
+    for (int i = 0; i < s_n_replies; i++)
+        if (s_replies[i].f->body_case == MEDROUTE__V1__FRAME__BODY_DELIVERY)
+            seq = s_replies[i].f->delivery->seq;
+    assert_int_equal(s->peers[TA].pending, 1);
+
+    session_on_closed(s, s->peers[TA].fd);
+    assert_false(s->peers[TA].connected);
+    assert_int_equal(session_former(s, RID_A, RID_LEN, S_KEY_A), TA);
+    s_user_id = S_KEY_A;
+    int before = s_n_replies;
+    uint64_t rejected = s->counters.v[CNT_REJECTED];
+    s_delivery_ack(s, RID_A, seq);
+    assert_int_equal(s->counters.v[CNT_LATE_ACKS], 1);
+    s_settle(s);
+    uv_run(&s->loop, UV_RUN_NOWAIT);
+    assert_int_equal(s->peers[TA].pending, 0);
+    assert_int_equal(s->counters.v[CNT_DELIVERED], 1);
+    assert_int_equal(s_n_replies, before + 1);
+    s_expect_error(before, RID_A, MR_E_NO_HELLO); /* told once, not refused */
+    assert_int_equal(s->counters.v[CNT_REJECTED], rejected);
+
+    /* t-a back on another connection; the old one's ack of a seq the store
+     * has nothing for: counted, not answered, on either connection. */
+    s_hello(s, RID_B, "t-a");
+    before = s_n_replies;
+    s_delivery_ack(s, RID_A, 77);
+    s_settle(s);
+    uv_run(&s->loop, UV_RUN_NOWAIT);
+    assert_int_equal(s->counters.v[CNT_LATE_ACKS], 2);
+    assert_int_equal(s_n_replies, before);
+
+    /* Replaced by RID_B's Hello... */
+    s_hello(s, RID_A, "t-a");
+    before = s_n_replies;
+    assert_int_equal(session_former(s, RID_B, RID_LEN, S_KEY_A), TA);
+    /* ... t-b's key on that routing id is not t-a's word. */
+    s_user_id = S_KEY_B;
+    assert_int_equal(session_former(s, RID_B, RID_LEN, S_KEY_B), -1);
+    s_delivery_ack(s, RID_B, 78);
+    s_expect_error(before, RID_B, MR_E_NO_HELLO);
+    assert_int_equal(s->counters.v[CNT_REJECTED], rejected + 1);
+    assert_int_equal(s->counters.v[CNT_LATE_ACKS], 2);
+    /* Bound again by a Hello, the routing id is no longer t-a's former one. */
+    s_hello(s, RID_B, "t-b");
+    assert_int_equal(session_former(s, RID_B, RID_LEN, S_KEY_A), -1);
+    s_user_id = NULL;
+    s_settle(s);
+    s_deliveries_on(s, false);
+}
+
+/* t-a's key A rotated to C by a reload, and t-a's client switched (a Hello
+ * with C on another connection): a connection still open with A, whose
+ * session that Hello replaced, acknowledges nothing for t-a any more (A might
+ * be the stolen key the rotation was for). */
+static void test_dispatch_late_ack_needs_a_key_still_allowed(void **state)
 {
     s_fx_t *fx = *state;
     server_t *s = fx->s;
     s_user_id = S_KEY_A;
     s_hello(s, RID_A, "t-a");
+    static const char *const rotated =
+        "broker_id = \"unit-broker\";\n"
+        "facility_endpoint = \"tcp://127.0.0.1:1\";\n"
+        "operator_endpoint = \"tcp://127.0.0.1:2\";\n"
+        "data_dir = \"unused\";\n"
+        "insecure = true;\n"
+        "limits = { max_message_bytes = 1024; max_inflight = 8;\n"
+        "           heartbeat_interval_ms = 1000; heartbeat_timeout_ms = 3000; };\n"
+        "facilities = (\n"
+        "  { id = \"lead\"; role = \"lead\"; },\n"
+        "  { id = \"img\"; role = \"imaging_centre\"; host = \"lead\"; },\n"
+        "  { id = \"t-a\"; role = \"township\"; public_key = \"" S_KEY_C "\"; },\n"
+        "  { id = \"t-b\"; role = \"township\"; public_key = \"" S_KEY_B "\"; }\n"
+        ");\n";
+    s->config_text = rotated;
+    char why[256] = "";
+    if (reload_config(s, why, sizeof why) != 0)
+        fail_msg("reload: %s", why);
+    s_user_id = S_KEY_C;
     s_hello(s, RID_B, "t-a");
-    assert_int_equal(s_n_replies, 2);
     assert_int_equal(session_find(s, RID_B, RID_LEN), TA);
-    assert_int_equal(session_former(s, RID_A, RID_LEN, S_KEY_A), TA);
-    Medroute__V1__DeliveryAck da = MEDROUTE__V1__DELIVERY_ACK__INIT;
-    mr_frame_t f;
-    s_frame_init(&f, MEDROUTE__V1__FRAME__BODY_DELIVERY_ACK);
-    f.delivery_ack = &da;
-    da.seq = 77;
-    s_send(s, RID_A, &f);
-    assert_int_equal(s->counters.v[CNT_LATE_ACKS], 1);
-    /* The store looked for it: never sent, said to t-a's session now. */
-    s_wait_replies(s, 3);
-    s_error_at(2, RID_B, MR_E_UNKNOWN_DELIVERY);
-    /* t-b's key on that routing id: not t-a's word. */
-    s_user_id = S_KEY_B;
-    assert_int_equal(session_former(s, RID_A, RID_LEN, S_KEY_B), -1);
-    s_send(s, RID_A, &f);
-    s_expect_error(3, RID_A, MR_E_NO_HELLO);
-    assert_int_equal(s->counters.v[CNT_LATE_ACKS], 1);
-    /* Bound again by a Hello, the routing id is no longer t-a's former one. */
-    s_hello(s, RID_A, "t-b");
+    s_user_id = S_KEY_A;
     assert_int_equal(session_former(s, RID_A, RID_LEN, S_KEY_A), -1);
+    int before = s_n_replies;
+    s_delivery_ack(s, RID_A, 1);
+    s_expect_error(before, RID_A, MR_E_NO_HELLO);
+    assert_int_equal(s->counters.v[CNT_LATE_ACKS], 0);
     s_user_id = NULL;
     s_settle(s);
 }
@@ -1280,6 +1374,7 @@ int main(void)
         T(test_dispatch_nothing_sent_that_a_running_scan_expires),
         T(test_dispatch_session_follows_its_key),
         T(test_dispatch_late_ack_counts_with_its_key_only),
+        T(test_dispatch_late_ack_needs_a_key_still_allowed),
     };
     /* MR_TEST_FILTER / MR_TEST_SKIP: glob patterns of test names to run or
      * skip (e.g. to run the rest under valgrind while a known bug is open). */

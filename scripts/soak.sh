@@ -12,6 +12,7 @@
 #   SOAK_SCAN_ROWS=N                     store.restart_scan_rows (default 50,
 #                                        so that the restarts rebuild the
 #                                        pending set through pinned messages)
+#   SOAK_KILLS=0                         no kills (default 1: kill, as above)
 #
 # medrouted runs on a generated config (config/medroute.conf with ipc://
 # endpoints, no HTTP listener, its store) in a temporary directory; the
@@ -28,11 +29,11 @@
 #   - stale = 0 and errors (with misrouted) = 0: nothing was received that was
 #     not sent, or by the wrong facility, and no Error came;
 #   - unacked = 0: every message sent was acknowledged in the end;
-# and unless the simulator exited 0, at least one kill happened, and the
-# daemon, after the last restart, stops on SIGTERM with status 0.  Every
-# wait is bounded; the processes started here are killed on any exit.  The
-# work directory is removed after a pass and kept (its path printed) after
-# a failure.
+# and unless the simulator exited 0, at least one kill happened (unless
+# SOAK_KILLS=0), and the daemon, after the last restart, stops on SIGTERM
+# with status 0.  Every wait is bounded; the processes started here are
+# killed on any exit.  The work directory is removed after a pass and kept
+# (its path printed) after a failure.
 set -euo pipefail
 
 BUILD=${1:-build}
@@ -58,6 +59,11 @@ KILL_MIN=${SOAK_KILL_MIN:-2}
 KILL_MAX=${SOAK_KILL_MAX:-8}
 SEED=${SOAK_SEED:-$((RANDOM * 32768 + RANDOM))}
 SCALE=${SOAK_SCALE:-$((SECONDS_ / 20 > 0 ? SECONDS_ / 20 : 1))}
+KILLS=${SOAK_KILLS:-1}
+if [[ ! $KILLS =~ ^[01]$ ]]; then
+  echo "soak: SOAK_KILLS wants 0 or 1" >&2
+  exit 2
+fi
 for v in SECONDS_ KILL_MIN KILL_MAX SEED SCALE; do
   if [[ ! ${!v} =~ ^[0-9]+$ ]]; then
     echo "soak: ${v%_} wants a whole number, not '${!v}'" >&2
@@ -138,7 +144,8 @@ $(tail -n 20 "$LOG")"
 kills=0
 start_daemon
 echo "soak: medrouted up (pid $daemon_pid, work dir $WORK); seed $SEED, scale $SCALE," \
-  "SIGKILL every ${KILL_MIN}-${KILL_MAX} s for ${SECONDS_} s"
+  "$( ((KILLS)) && echo "SIGKILL every ${KILL_MIN}-${KILL_MAX} s" || echo "no kills")" \
+  "for ${SECONDS_} s"
 
 "$SIM" --endpoint "$FAC" --operator "$OPS" --duration "$SECONDS_" --scale "$SCALE" \
   --seed "$SEED" --state-dir "$WORK/sim-state" --report "$REPORT" \
@@ -160,7 +167,7 @@ day_start=$(date +%s)
 stop_kills_at=$((day_start + SECONDS_ - 10))
 
 # ---- the kills ---------------------------------------------------------------
-while alive "$sim_pid"; do
+while ((KILLS)) && alive "$sim_pid"; do
   nap=$((KILL_MIN * 10 + RANDOM % ((KILL_MAX - KILL_MIN) * 10 + 1))) # tenths
   (($(date +%s) + nap / 10 < stop_kills_at)) || break
   sleep "$((nap / 10)).$((nap % 10))"
@@ -220,7 +227,7 @@ violations=()
 ((errors == 0)) || violations+=("$errors Error events or misrouted deliveries (see sim.err)")
 ((unacked == 0)) || violations+=("$unacked messages never acknowledged")
 ((sim_rc == 0)) || violations+=("medroute-sim exited $sim_rc")
-((kills > 0)) || violations+=("no kill happened (SOAK_SECONDS too short for SOAK_KILL_MIN?)")
+((kills > 0 || !KILLS)) || violations+=("no kill happened (SOAK_SECONDS too short for SOAK_KILL_MIN?)")
 ((daemon_rc == 0)) || violations+=("medrouted exited $daemon_rc after SIGTERM")
 if ((${#violations[@]} > 0)); then
   for v in "${violations[@]}"; do

@@ -34,7 +34,7 @@ asan:
 clean:
 	rm -rf $(BUILD) build-asan
 
-.PHONY: fuzz valgrind soak
+.PHONY: fuzz valgrind soak soak-links
 FUZZ_SECONDS ?= 20
 SOAK_SECONDS ?= 300
 
@@ -52,3 +52,8 @@ valgrind: build
 # acknowledged is lost or anything reaches an application twice (scripts/soak.sh).
 soak: build
 	@SOAK_SECONDS=$(SOAK_SECONDS) bash scripts/soak.sh $(BUILD)
+
+# The same through scripts/linkchaos.py, a proxy that stalls the clients'
+# connections (past the daemon's heartbeat time-out, too) and cuts them.
+soak-links: build
+	@SOAK_SECONDS=$(SOAK_SECONDS) SOAK_LINKS=1 bash scripts/soak.sh $(BUILD)

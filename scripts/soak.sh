@@ -17,6 +17,8 @@
 #                                        reach the daemon through
 #                                        scripts/linkchaos.py, which stalls
 #                                        and cuts their connections
+#   SOAK_LINK_GAP=3000-12000             ms between two events of one
+#                                        connection (uniform), with SOAK_LINKS
 #
 # medrouted runs on a generated config (config/medroute.conf with ipc://
 # endpoints, no HTTP listener, its store) in a temporary directory; the
@@ -81,6 +83,12 @@ KILLS=${SOAK_KILLS:-1}
 LINKS=${SOAK_LINKS:-0}
 if [[ ! $KILLS =~ ^[01]$ || ! $LINKS =~ ^[01]$ ]]; then
   echo "soak: SOAK_KILLS and SOAK_LINKS want 0 or 1" >&2
+  exit 2
+fi
+LINK_GAP=${SOAK_LINK_GAP:-3000-12000}
+if [[ ! $LINK_GAP =~ ^([0-9]+)-([0-9]+)$ ]] || ((BASH_REMATCH[1] < 100 ||
+    BASH_REMATCH[2] < BASH_REMATCH[1])); then
+  echo "soak: SOAK_LINK_GAP wants MIN-MAX milliseconds, 100 <= MIN <= MAX, not '$LINK_GAP'" >&2
   exit 2
 fi
 for v in SECONDS_ KILL_MIN KILL_MAX SEED SCALE; do
@@ -165,6 +173,7 @@ print(s.getsockname()[1])')
     fail "could not rewrite config/medroute.conf's facility endpoint and heartbeats"
   python3 "$ROOT/scripts/linkchaos.py" --upstream "127.0.0.1:$port" --seed "$SEED" \
     --hb-interval-ms "$HB_INTERVAL_MS" --hb-timeout-ms "$HB_TIMEOUT_MS" \
+    --gap-min-ms "${LINK_GAP%-*}" --gap-max-ms "${LINK_GAP#*-}" \
     --port-file "$WORK/linkchaos.port" --stats "$WORK/linkchaos.json" \
     >"$WORK/linkchaos.log" 2>&1 &
   proxy_pid=$!
@@ -214,7 +223,7 @@ start_daemon
 echo "soak: medrouted up (pid $daemon_pid, work dir $WORK); seed $SEED, scale $SCALE," \
   "$( ((KILLS)) && echo "SIGKILL every ${KILL_MIN}-${KILL_MAX} s" || echo "no kills")" \
   "for ${SECONDS_} s$( ((LINKS)) &&
-    echo ", link chaos (linkchaos.py pid $proxy_pid, $SIM_FAC -> $FAC)")"
+    echo ", link chaos every $LINK_GAP ms (linkchaos.py pid $proxy_pid, $SIM_FAC -> $FAC)")"
 
 "$SIM" --endpoint "$SIM_FAC" --operator "$OPS" --duration "$SECONDS_" --scale "$SCALE" \
   --seed "$SEED" --state-dir "$WORK/sim-state" --report "$REPORT" \

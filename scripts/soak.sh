@@ -46,7 +46,7 @@
 # 500 ms and a time-out of 2000 ms, and the simulator connects to the
 # proxy's port instead: per connection, at random instants (SOAK_SEED), the
 # proxy stalls it (nothing forwarded both ways, or one way, both sockets
-# open) for 0.2-1.8 s or 2.6-7 s, so that the daemon ends sessions for
+# open) for 0.2-1.8 s or 2.6-10 s, so that the daemon ends sessions for
 # silence while their connections stay and what the clients queued arrives
 # afterwards, or cuts it (both sides closed at once, sometimes right after
 # or in the middle of a burst of bytes).  It calms down 10 s before the day

@@ -129,20 +129,23 @@ static void s_replies_clear(void)
 #define S_KEY_B "Yne@$w-vo<fVvi]a<NY6T1ed:M$fCG*[IaLV{hID"
 #define S_KEY_C "3^IqWsk.PS}Fp^-@8%r5ZgJmUIUzunvx3bn+l3q#"
 
-static const char *const s_conf_text =
-    "broker_id = \"unit-broker\";\n"
-    "facility_endpoint = \"tcp://127.0.0.1:1\";\n"
-    "operator_endpoint = \"tcp://127.0.0.1:2\";\n"
-    "data_dir = \"unused\";\n"
-    "insecure = true;\n"
-    "limits = { max_message_bytes = 1024; max_inflight = 8;\n"
-    "           heartbeat_interval_ms = 1000; heartbeat_timeout_ms = 3000; };\n"
-    "facilities = (\n"
-    "  { id = \"lead\"; role = \"lead\"; },\n"
-    "  { id = \"img\"; role = \"imaging_centre\"; host = \"lead\"; },\n"
-    "  { id = \"t-a\"; role = \"township\"; public_key = \"" S_KEY_A "\"; },\n"
-    "  { id = \"t-b\"; role = \"township\"; public_key = \"" S_KEY_B "\"; }\n"
-    ");\n";
+/* The fixture's config, with t-a's public key. */
+#define S_CONF_TEXT(ta_key) \
+    "broker_id = \"unit-broker\";\n" \
+    "facility_endpoint = \"tcp://127.0.0.1:1\";\n" \
+    "operator_endpoint = \"tcp://127.0.0.1:2\";\n" \
+    "data_dir = \"unused\";\n" \
+    "insecure = true;\n" \
+    "limits = { max_message_bytes = 1024; max_inflight = 8;\n" \
+    "           heartbeat_interval_ms = 1000; heartbeat_timeout_ms = 3000; };\n" \
+    "facilities = (\n" \
+    "  { id = \"lead\"; role = \"lead\"; },\n" \
+    "  { id = \"img\"; role = \"imaging_centre\"; host = \"lead\"; },\n" \
+    "  { id = \"t-a\"; role = \"township\"; public_key = \"" ta_key "\"; },\n" \
+    "  { id = \"t-b\"; role = \"township\"; public_key = \"" S_KEY_B "\"; }\n" \
+    ");\n"
+
+static const char *const s_conf_text = S_CONF_TEXT(S_KEY_A);
 
 enum { LEAD = 0, IMG = 1, TA = 2, TB = 3 };
 
@@ -1318,21 +1321,7 @@ static void test_dispatch_late_ack_needs_a_key_still_allowed(void **state)
     server_t *s = fx->s;
     s_user_id = S_KEY_A;
     s_hello(s, RID_A, "t-a");
-    static const char *const rotated =
-        "broker_id = \"unit-broker\";\n"
-        "facility_endpoint = \"tcp://127.0.0.1:1\";\n"
-        "operator_endpoint = \"tcp://127.0.0.1:2\";\n"
-        "data_dir = \"unused\";\n"
-        "insecure = true;\n"
-        "limits = { max_message_bytes = 1024; max_inflight = 8;\n"
-        "           heartbeat_interval_ms = 1000; heartbeat_timeout_ms = 3000; };\n"
-        "facilities = (\n"
-        "  { id = \"lead\"; role = \"lead\"; },\n"
-        "  { id = \"img\"; role = \"imaging_centre\"; host = \"lead\"; },\n"
-        "  { id = \"t-a\"; role = \"township\"; public_key = \"" S_KEY_C "\"; },\n"
-        "  { id = \"t-b\"; role = \"township\"; public_key = \"" S_KEY_B "\"; }\n"
-        ");\n";
-    s->config_text = rotated;
+    s->config_text = S_CONF_TEXT(S_KEY_C);
     char why[256] = "";
     if (reload_config(s, why, sizeof why) != 0)
         fail_msg("reload: %s", why);

@@ -165,6 +165,7 @@ static void s_teardown(void)
     router_stop(s);
     zmq_ctx_term(s->zctx);
     strmap_destroy(&s->by_rid);
+    strmap_destroy(&s->by_former_rid);
     arena_destroy(&s->arena);
     free(s->peers);
     registry_destroy(&s->registry);
@@ -204,12 +205,13 @@ static void s_setup(void)
         fuzz_fail(__FILE__, __LINE__, "harness registry", err);
     s->peers = calloc(registry_count(s->registry), sizeof *s->peers);
     s->by_rid = strmap_new();
+    s->by_former_rid = strmap_new();
     s->arena = arena_new(4096);
     store_opts_t so = {.path = s_h.path, .sync_full = false, .batch_max = 100, .batch_ms = 1};
     s->store = store_new(&s->loop, &so, s->log);
     s->acks = acks_new(&s->loop, s);
-    FUZZ_CHECK(s->peers != NULL && s->by_rid != NULL && s->arena != NULL && s->store != NULL &&
-               s->acks != NULL);
+    FUZZ_CHECK(s->peers != NULL && s->by_rid != NULL && s->by_former_rid != NULL &&
+               s->arena != NULL && s->store != NULL && s->acks != NULL);
     FUZZ_CHECK(router_start(s) == 0);
     s->zctx = zmq_ctx_new();
     FUZZ_CHECK(s->zctx != NULL);

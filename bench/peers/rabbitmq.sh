@@ -18,7 +18,7 @@ shift
 BENCH=$BUILD/bench/bench_rabbitmq
 RMQ=/usr/lib/rabbitmq/bin
 if [[ ! -x $BENCH ]]; then
-  echo "rabbitmq: $BENCH is not built (librabbitmq-dev missing?)" >&2
+  echo "rabbitmq: $BENCH is not built: CMake found no librabbitmq when it configured this build (make bench installs it first; or scripts/deps.sh bench, then configure again)" >&2
   exit 3
 fi
 if [[ ! -x $RMQ/rabbitmq-server ]]; then

@@ -682,6 +682,12 @@ static int s_on_delivery(mr_client_t *c, const Medroute__V1__Delivery *d, mr_han
         return 0; /* cannot promise once-only: leave it unacknowledged */
     const char *kind = mr_kind_name((int)env->kind);
     const char *prio = mr_priority_name((int)env->priority);
+    /* Stored longer ago than the seen-set keeps a key, it may have been
+     * handled and its key forgotten (its DeliveryAck lost, then a ttl above
+     * that or an operator's retry of an old dead letter): the seen-set
+     * cannot say it was not. */
+    bool older_than_seen =
+        d->stored_at_ms > 0 && mr_now_ms() - d->stored_at_ms > S_SEEN_KEEP_MS;
     mr_delivery_t dv = {
         .seq = d->seq,
         .message_id = env->message_id,
@@ -692,7 +698,8 @@ static int s_on_delivery(mr_client_t *c, const Medroute__V1__Delivery *d, mr_han
         .correlation_id = env->correlation_id,
         /* With a seen-set on disk, it knows whether a handler ran; in
          * memory only, the broker's "sent before" is the best hint. */
-        .redelivered = seen == SEEN_IN_HANDLER || (!c->persistent && d->redelivered),
+        .redelivered = seen == SEEN_IN_HANDLER || older_than_seen ||
+                       (!c->persistent && d->redelivered),
         .attempt = d->attempt,
         .envelope = &env->base,
     };

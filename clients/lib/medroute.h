@@ -70,7 +70,9 @@ typedef struct {
     const char *correlation_id;
     bool redelivered;          /* it may have reached the application before: its
                                   handler was interrupted (state_dir), or, without
-                                  state_dir, the broker had sent it before */
+                                  state_dir, the broker had sent it before; or it
+                                  was stored more than 7 days ago, longer than the
+                                  client remembers the messages it handled */
     uint32_t attempt;          /* the broker's send count */
     /* The decoded medroute.v1.Envelope (a Medroute__V1__Envelope: include
      * "medroute/v1/envelope.pb-c.h" to read its fields), or use

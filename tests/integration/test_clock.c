@@ -95,6 +95,7 @@ typedef struct {
     int deliveries;
     int redelivered;
     bool refuse_first;
+    bool first_redelivered;
 } took_t;
 
 static int on_take(mr_client_t *c, const mr_event_t *ev, void *arg)
@@ -105,6 +106,8 @@ static int on_take(mr_client_t *c, const mr_event_t *ev, void *arg)
         return 0;
     t->deliveries++;
     t->redelivered += ev->delivery->redelivered;
+    if (t->deliveries == 1)
+        t->first_redelivered = ev->delivery->redelivered;
     return t->refuse_first && t->deliveries == 1 ? 1 : 0;
 }
 
@@ -247,12 +250,53 @@ static void test_clock_back_at_a_client_keeps_its_session(void **state)
     s_remove_clock(clock_path);
 }
 
+/*
+ * A message stored more than 7 days before it reaches its receiver (a
+ * ttl above that) may have been handled and its key forgotten by the
+ * receiver's seen-set since: it is handed over flagged redelivered, one
+ * stored today is not.  The broker's clock stands 8 days back while it
+ * stores the first; the receiver has a state directory.
+ */
+static void test_clock_message_older_than_the_seen_set_is_flagged(void **state)
+{
+    (void)state;
+    mrt_daemon_t d;
+    char clock_path[400];
+    s_start(&d, clock_path, sizeof clock_path, "ttl = { lab_order = 864000; };\n");
+    mr_client_t *aihua = connected(&d, "t-aihua");
+    s_set_offset(clock_path, -8 * 86400);
+    assert_int_equal(mrt_send(aihua, "yx-lab", "lab_order", "routine",
+                              "{\"placer_order_number\":\"P-STORED-8D-AGO\"}", NULL),
+                     0);
+    s_set_offset(clock_path, 0);
+    assert_int_equal(mrt_send(aihua, "yx-lab", "lab_order", "routine",
+                              "{\"placer_order_number\":\"P-STORED-TODAY\"}", NULL),
+                     0);
+    mr_client_t *lab = mrt_client(&d, "yx-lab", "yx-lab");
+    assert_non_null(lab);
+    took_t took = {0};
+    assert_true(mrt_poll_until(lab, 10000, s_two, &took, on_take, &took));
+    assert_int_equal(took.deliveries, 2);
+    assert_true(took.first_redelivered); /* in stored order: the old one first */
+    assert_int_equal(took.redelivered, 1);
+    long long until = mrt_now_ms() + 10000;
+    while (mrt_counter(&d, "delivered") < 2 && mrt_now_ms() < until)
+        mr_client_poll(lab, 50, on_take, &took);
+    assert_int_equal(mrt_counter(&d, "delivered"), 2);
+    mr_client_destroy(&aihua);
+    mr_client_destroy(&lab);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+    s_remove_clock(clock_path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_clock_back_does_not_stall_redelivery),
         cmocka_unit_test(test_clock_forward_ends_no_session),
         cmocka_unit_test(test_clock_back_at_a_client_keeps_its_session),
+        cmocka_unit_test(test_clock_message_older_than_the_seen_set_is_flagged),
     };
     return cmocka_run_group_tests_name("clock", tests, NULL, NULL);
 }

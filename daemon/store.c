@@ -147,8 +147,9 @@ enum { S_SCHEMA_VERSION = 3 };
 /* The floor trails the newest seq by about this many rows at most, by
  * default (store_opts_t.floor_lag): an open reads that many rows besides
  * the pinned ones, ~0.5 s here.  A raise that pins covers at most
- * S_PIN_STEP seqs (10,000 pins take 7-14 ms in a batch), so that a large
- * backlog is pinned over several batches rather than in one long one. */
+ * S_PIN_STEP seqs by default (store_opts_t.pin_step; 10,000 pins take 7-14
+ * ms in a batch), so that a large backlog is pinned over several batches
+ * rather than in one long one. */
 enum { S_FLOOR_LAG = 1000000, S_PIN_STEP = 10000 };
 
 static const char *const s_schema =
@@ -243,6 +244,7 @@ struct store_t {
     uint64_t floor_written;   /* ... as written in the open batch */
     int64_t floor_next_ms;    /* no raise without pins before this (monotonic) */
     uint64_t floor_lag;       /* store_opts_t.floor_lag, or S_FLOOR_LAG */
+    uint64_t pin_step;        /* store_opts_t.pin_step, or S_PIN_STEP */
     size_t pinned_at_open;    /* pending messages read from pending_pinned */
     walbuf_t *walbuf;  /* the writer's VFS under synchronous=FULL (walbuf.h), or NULL */
 };
@@ -1234,7 +1236,7 @@ static int s_floor_write(store_t *self, uint64_t f, bool pins)
  * pending_pinned, so that the next open finds them all.  The floor only
  * rises: to the lowest pending seq above it, or, when that one is at least
  * floor_lag rows behind the newest, past it, pinning the pending seqs it
- * passes (S_PIN_STEP seqs' worth at most per batch).  So an open reads about
+ * passes (pin_step seqs' worth at most per batch).  So an open reads about
  * floor_lag rows from the floor on, plus the pinned ones, however long one
  * message has been waiting.  Only in a batch that wrote anyway (a batch of
  * reads must not fail for want of disk), and not within a second of a raise
@@ -1256,7 +1258,7 @@ static int s_floor(store_t *self, bool wrote)
     uint64_t lagging = top > self->floor_lag ? top - self->floor_lag : 0;
     bool pins = f < lagging;
     if (pins)
-        f = f + S_PIN_STEP < lagging ? f + S_PIN_STEP : lagging;
+        f = f + self->pin_step < lagging ? f + self->pin_step : lagging;
     if (f <= self->floor_written)
         return SQLITE_OK;
     if (!pins) {
@@ -1487,6 +1489,7 @@ store_t *store_new(uv_loop_t *loop, const store_opts_t *opts, log_t *log)
     self->batch_max = opts->batch_max ? opts->batch_max : 1000;
     self->batch_ms = opts->batch_ms;
     self->floor_lag = opts->floor_lag ? opts->floor_lag : S_FLOOR_LAG;
+    self->pin_step = opts->pin_step ? opts->pin_step : S_PIN_STEP;
     atomic_init(&self->backlog, 0);
     atomic_init(&self->unavailable, false);
     atomic_init(&self->backups, 0);

@@ -132,6 +132,7 @@ typedef struct {
     uint32_t batch_max;
     uint32_t batch_ms;
     uint64_t floor_lag;     /* rows an open reads besides the pinned ones; 0: 1,000,000 */
+    uint64_t pin_step;      /* seqs one raise of the floor pins past at most; 0: 10,000 */
 } store_opts_t;
 
 typedef struct store_t store_t;

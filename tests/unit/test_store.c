@@ -62,6 +62,7 @@ struct s_fx_t {
     s_done_t done[S_SLOTS];
     int used;
     uint64_t floor_lag; /* store_opts_t.floor_lag of the stores s_open opens */
+    uint64_t pin_step;  /* ... and their store_opts_t.pin_step */
 };
 
 /* ---- fixture ---------------------------------------------------------- */
@@ -91,7 +92,8 @@ static store_t *s_open(s_fx_t *fx, const char *path)
                       .sync_full = false,
                       .batch_max = 100,
                       .batch_ms = 2,
-                      .floor_lag = fx->floor_lag};
+                      .floor_lag = fx->floor_lag,
+                      .pin_step = fx->pin_step};
     return store_new(&fx->loop, &o, fx->log);
 }
 
@@ -1255,6 +1257,46 @@ static void test_store_old_pending_is_pinned(void **state)
 }
 
 /*
+ * A backlog the floor passes is pinned pin_step seqs at a time, one step in
+ * each batch that writes, until the floor has caught up: no single batch
+ * pins a whole backlog.  An open then finds every pinned message.
+ */
+static void test_store_pins_go_a_step_a_batch(void **state)
+{
+    s_fx_t *fx = *state;
+    char buf[128];
+    store_destroy(&fx->store);
+    fx->floor_lag = 4;
+    fx->pin_step = 3;
+    fx->store = s_open(fx, fx->path);
+    for (int i = 1; i <= 8; i++) { /* 1-8: stay pending */
+        char id[16];
+        snprintf(id, sizeof id, "m-%d", i);
+        s_put(fx, "t-a", id, "off", "b", 99000);
+    }
+    s_put_delivered(fx, 9, 20);
+    struct timespec pause = {1, 100 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+    static const int pinned[] = {3, 6, 8}; /* seqs 1..pinned[k] */
+    static const int floor[] = {4, 7, 10};
+    for (int k = 0; k < 3; k++) {
+        char id[16];
+        snprintf(id, sizeof id, "m-%d", 21 + k);
+        s_put(fx, "t-a", id, "lead", "b", 99000); /* a batch that writes: one step */
+        assert_int_equal(
+            s_sql_int(fx->path, "SELECT value FROM meta WHERE key = 'pending_floor'"), floor[k]);
+        /* n distinct seqs whose highest is n: 1..n */
+        assert_int_equal(s_sql_int(fx->path, "SELECT count(*) FROM pending_pinned"), pinned[k]);
+        assert_int_equal(s_sql_int(fx->path, "SELECT max(seq) FROM pending_pinned"), pinned[k]);
+    }
+    store_destroy(&fx->store);
+    fx->store = s_open(fx, fx->path);
+    assert_string_equal(s_seqs(s_load(fx, "off", 0, 100), buf, sizeof buf), "1 2 3 4 5 6 7 8");
+    assert_string_equal(s_seqs(s_load(fx, "lead", 0, 100), buf, sizeof buf), "21 22 23");
+    assert_true(s_log_contains(fx, "pending=11 pinned=8"));
+}
+
+/*
  * A pinned message that dies (expired, dropped) is unpinned in the same
  * batch, and the next open does not bring it back as pending; the one
  * still pending stays pinned.
@@ -2035,6 +2077,7 @@ int main(void)
         T(test_store_pending_rebuilt_at_open),
         T(test_store_old_pending_is_pinned),
         T(test_store_failed_pins_defer_the_floor_only),
+        T(test_store_pins_go_a_step_a_batch),
         T(test_store_pinned_message_that_dies_stays_dead),
         T(test_store_failed_batch_rolls_back_pending),
         T0(test_store_migrates_messages_v1),

@@ -996,8 +996,10 @@ static int s_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void 
         s_timers(self);
         if (events > 0 || mr_mono_ms() >= deadline || (until_welcome && self->welcomed))
             return events;
+        /* Read again after the check: a thread descheduled in between may
+         * find the deadline past, and zmq_poll takes -1 as "for ever". */
         int64_t left = deadline - mr_mono_ms();
-        wait = left < 100 ? left : 100;
+        wait = left < 0 ? 0 : left < 100 ? left : 100;
     }
 }
 

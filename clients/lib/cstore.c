@@ -17,7 +17,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <sqlite3.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -130,11 +132,15 @@ void cstore_close(cstore_t **self_p)
     *self_p = NULL;
 }
 
-/* Steps a write statement to completion and resets it. 0 or -EIO. */
-static int s_run(sqlite3_stmt *st)
+/* Steps a write statement to completion if its parameters all bound, and
+ * resets it and clears its parameters either way: a parameter left bound
+ * (SQLITE_STATIC) would point at a caller's freed memory at the next use
+ * whose own bind failed.  0 or -EIO. */
+static int s_run(sqlite3_stmt *st, bool bound)
 {
-    int rc = sqlite3_step(st);
+    int rc = bound ? sqlite3_step(st) : SQLITE_MISUSE;
     sqlite3_reset(st);
+    (void)sqlite3_clear_bindings(st);
     return rc == SQLITE_DONE ? 0 : -EIO;
 }
 
@@ -142,10 +148,11 @@ int cstore_outbox_add(cstore_t *self, const char *message_id, const void *body, 
 {
     if (self->db == NULL)
         return 0;
+    if (len > INT_MAX)
+        return -EFBIG;
     sqlite3_stmt *st = self->st[S_OB_ADD];
-    sqlite3_bind_text(st, 1, message_id, -1, SQLITE_STATIC);
-    sqlite3_bind_blob(st, 2, body, (int)len, SQLITE_STATIC);
-    return s_run(st);
+    return s_run(st, sqlite3_bind_text(st, 1, message_id, -1, SQLITE_STATIC) == SQLITE_OK &&
+                         sqlite3_bind_blob(st, 2, body, (int)len, SQLITE_STATIC) == SQLITE_OK);
 }
 
 int cstore_outbox_remove(cstore_t *self, const char *message_id)
@@ -153,8 +160,7 @@ int cstore_outbox_remove(cstore_t *self, const char *message_id)
     if (self->db == NULL)
         return 0;
     sqlite3_stmt *st = self->st[S_OB_DEL];
-    sqlite3_bind_text(st, 1, message_id, -1, SQLITE_STATIC);
-    return s_run(st);
+    return s_run(st, sqlite3_bind_text(st, 1, message_id, -1, SQLITE_STATIC) == SQLITE_OK);
 }
 
 int cstore_outbox_each(cstore_t *self,
@@ -215,11 +221,10 @@ int cstore_seen_set(cstore_t *self, const char *source, const char *message_id,
         return rc;
     }
     sqlite3_stmt *st = self->st[S_SEEN_SET];
-    sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, message_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int(st, 3, (int)state);
-    sqlite3_bind_int64(st, 4, mr_now_ms());
-    return s_run(st);
+    return s_run(st, sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC) == SQLITE_OK &&
+                         sqlite3_bind_text(st, 2, message_id, -1, SQLITE_STATIC) == SQLITE_OK &&
+                         sqlite3_bind_int(st, 3, (int)state) == SQLITE_OK &&
+                         sqlite3_bind_int64(st, 4, mr_now_ms()) == SQLITE_OK);
 }
 
 int cstore_seen_clear(cstore_t *self, const char *source, const char *message_id)
@@ -236,9 +241,8 @@ int cstore_seen_clear(cstore_t *self, const char *source, const char *message_id
         return 0;
     }
     sqlite3_stmt *st = self->st[S_SEEN_DEL];
-    sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, message_id, -1, SQLITE_STATIC);
-    return s_run(st);
+    return s_run(st, sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC) == SQLITE_OK &&
+                         sqlite3_bind_text(st, 2, message_id, -1, SQLITE_STATIC) == SQLITE_OK);
 }
 
 int cstore_seen_prune(cstore_t *self, int64_t keep_ms)
@@ -248,6 +252,5 @@ int cstore_seen_prune(cstore_t *self, int64_t keep_ms)
         return 0;
     }
     sqlite3_stmt *st = self->st[S_SEEN_PRUNE];
-    sqlite3_bind_int64(st, 1, mr_now_ms() - keep_ms);
-    return s_run(st);
+    return s_run(st, sqlite3_bind_int64(st, 1, mr_now_ms() - keep_ms) == SQLITE_OK);
 }

@@ -777,7 +777,6 @@ static int s_on_frame(mr_client_t *c, const void *data, size_t len, mr_handler_t
     int events = 0;
     bool deferred = false;
     uint64_t deferred_seq = 0;
-    c->last_rx_ms = mr_mono_ms();
     switch (f->body_case) {
     case MEDROUTE__V1__FRAME__BODY_WELCOME: {
         const Medroute__V1__Welcome *w = f->welcome;
@@ -988,6 +987,8 @@ static int s_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void 
                 zmq_msg_close(&m);
                 break;
             }
+            /* Heard from now: not when a held frame is handed over later. */
+            self->last_rx_ms = mr_mono_ms();
             events += s_on_frame(self, zmq_msg_data(&m), zmq_msg_size(&m), handler, arg);
             zmq_msg_close(&m);
             s_keep_alive(self, &flushed);

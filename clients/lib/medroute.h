@@ -215,7 +215,8 @@ int mr_operator_call_json(mr_operator_t *self, const char *request_json, char **
 
 /*
  * Waits up to timeout_ms for the next OpReply of any request (e.g. a
- * `watch` event) and returns it as JSON in *reply (caller frees).
+ * `watch` event) and returns it as JSON in *reply (caller frees); first
+ * those that arrived while a call waited for its own reply (up to 1,024).
  * 0, -ETIMEDOUT, or another negative errno.
  */
 int mr_operator_next_json(mr_operator_t *self, char **reply, int timeout_ms);

@@ -2,7 +2,9 @@
  * operator.c - a connection to medrouted's operator endpoint.
  *
  * One DEALER socket; each call sends one OpRequest and waits for the OpReply
- * with the same request_id (late replies to earlier calls are skipped).
+ * with the same request_id.  Replies to other requests that arrive meanwhile
+ * (a `watch` stream's events, a late reply to an earlier call) are held, up
+ * to S_HELD_MAX, for mr_operator_next_json, which returns them first.
  */
 #include "medroute.h"
 
@@ -16,10 +18,14 @@
 #include "mr_codec.h"
 #include "pbjson.h"
 
+#define S_HELD_MAX 1024
+
 struct mr_operator_t {
     void *zctx;
     void *sock;
     uint64_t next_id;
+    mr_op_reply_t **held; /* replies to other requests, oldest first: a ring */
+    size_t held_head, n_held, cap_held;
 };
 
 mr_operator_t *mr_operator_new(const char *endpoint)
@@ -64,8 +70,36 @@ void mr_operator_destroy(mr_operator_t **self_p)
         zmq_close(self->sock);
     if (self->zctx)
         zmq_ctx_term(self->zctx);
+    for (size_t i = 0; i < self->n_held; i++)
+        medroute__v1__op_reply__free_unpacked(
+            self->held[(self->held_head + i) % self->cap_held], NULL);
+    free(self->held);
     free(self);
     *self_p = NULL;
+}
+
+/* Keeps r for mr_operator_next_json; dropped when S_HELD_MAX are held or
+ * memory runs out. */
+static void s_hold(mr_operator_t *self, mr_op_reply_t *r)
+{
+    if (self->n_held == self->cap_held && self->cap_held < S_HELD_MAX) {
+        size_t cap = self->cap_held ? self->cap_held * 2 : 16;
+        mr_op_reply_t **h = malloc(cap * sizeof *h);
+        if (h != NULL) {
+            for (size_t i = 0; i < self->n_held; i++)
+                h[i] = self->held[(self->held_head + i) % self->cap_held];
+            free(self->held);
+            self->held = h;
+            self->held_head = 0;
+            self->cap_held = cap;
+        }
+    }
+    if (self->n_held == self->cap_held) {
+        medroute__v1__op_reply__free_unpacked(r, NULL);
+        return;
+    }
+    self->held[(self->held_head + self->n_held) % self->cap_held] = r;
+    self->n_held++;
 }
 
 /* Waits for the reply to request_id (any request when request_id is
@@ -98,7 +132,7 @@ static int s_wait_reply(mr_operator_t *self, uint64_t request_id, int timeout_ms
             return 0;
         }
         if (r != NULL)
-            medroute__v1__op_reply__free_unpacked(r, NULL);
+            s_hold(self, r);
     }
 }
 
@@ -162,9 +196,15 @@ int mr_operator_next_json(mr_operator_t *self, char **reply, int timeout_ms)
 {
     mr_op_reply_t *r = NULL;
     *reply = NULL;
-    int rc = s_wait_reply(self, UINT64_MAX, timeout_ms, &r);
-    if (rc < 0)
-        return rc;
+    if (self->n_held > 0) {
+        r = self->held[self->held_head];
+        self->held_head = (self->held_head + 1) % self->cap_held;
+        self->n_held--;
+    } else {
+        int rc = s_wait_reply(self, UINT64_MAX, timeout_ms, &r);
+        if (rc < 0)
+            return rc;
+    }
     json_t *j = pbjson_from_message(&r->base);
     medroute__v1__op_reply__free_unpacked(r, NULL);
     if (j == NULL)

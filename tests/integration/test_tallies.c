@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 #include <sqlite3.h>
@@ -314,6 +315,36 @@ static void test_tallies_watch_streams_counter_changes(void **state)
 }
 
 /*
+ * A `watch` event that arrives while the same connection waits for the
+ * reply to another call (medroute watch renews its subscription every 30 s)
+ * is kept, and the next read of the stream returns it.
+ */
+static void test_tallies_watch_event_during_a_call_is_kept(void **state)
+{
+    (void)state;
+    assert_int_equal(mrt_daemon_start(&g_d, NULL), 0);
+    mr_operator_t *op = mr_operator_new(g_d.operator_ep);
+    assert_non_null(op);
+    char *reply = NULL, err[200];
+    assert_int_equal(mr_operator_call_json(op, "{\"watch\":{}}", &reply, 5000, err, sizeof err), 0);
+    free(reply);
+    mr_client_t *aihua = client("t-aihua");
+    ok(aihua, "yx-lab", "lab_order", "routine", "{\"placer_order_number\":\"PW-HELD\"}");
+    usleep(1500 * 1000); /* the second's tick has sent "stored +1" */
+    assert_int_equal(mr_operator_call_json(op, "{\"status\":{}}", &reply, 5000, err, sizeof err), 0);
+    assert_non_null(strstr(reply, "\"status\""));
+    free(reply);
+    /* No traffic since: a later tick could not bring it again. */
+    assert_int_equal(mr_operator_next_json(op, &reply, 300), 0);
+    assert_non_null(strstr(reply, "stored +1"));
+    free(reply);
+    mr_client_destroy(&aihua);
+    mr_operator_destroy(&op);
+    assert_int_equal(mrt_daemon_stop(&g_d), 0);
+    mrt_daemon_cleanup(&g_d);
+}
+
+/*
  * A day's figures that cannot be added up are refused at intake (a day that
  * is not a calendar day, a negative or absurd fund amount), and a store that
  * already holds amounts whose sum overflows (as one written before intake
@@ -502,6 +533,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tallies_scripted_day_exact),
         cmocka_unit_test(test_tallies_watch_streams_counter_changes),
+        cmocka_unit_test(test_tallies_watch_event_during_a_call_is_kept),
         cmocka_unit_test(test_tallies_bad_visit_figures),
         cmocka_unit_test(test_tallies_department_labels_bounded),
     };

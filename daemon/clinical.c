@@ -818,6 +818,11 @@ static int s_on_update(clinical_t *self, uint64_t seq, const char *source, const
     bool receiver_step = referral_step_actor(f->step) == (int)ACTOR_RECEIVER;
     S_TRY(s_ref_find(self, f->ref_id, receiver_step ? dest : source,
                      receiver_step ? source : dest, &r, &found));
+    /* An unknown step is said before a missing referral (referral_next's
+     * order, docs/referrals.md 1.1). */
+    if (!found && referral_step_actor(f->step) < 0)
+        return s_refuse(out, MR_E_ILLEGAL_TRANSITION, "referral %s is NONE: unknown referral step%s",
+                        f->ref_id, NULL);
     if (!found)
         return s_refuse(out, MR_E_ILLEGAL_TRANSITION,
                         "no referral %s between these facilities (state NONE)%s", f->ref_id, NULL);

@@ -291,6 +291,29 @@ static void test_referral_same_number_both_ways(void **state)
     mr_client_destroy(&aihua);
 }
 
+/* An unknown step is said first (docs/referrals.md 1.1: unknown step, then
+ * no such referral, ...), whether or not the referral exists. */
+static void test_referral_unknown_step_is_said_first(void **state)
+{
+    (void)state;
+    mr_client_t *lead = client("yx-lead"), *aihua = client("t-aihua");
+    char why[200] = "";
+    assert_int_equal(step(lead, "t-aihua", "RF-NONE", "STEP_UNSPECIFIED", NULL, why),
+                     MR_E_ILLEGAL_TRANSITION);
+    if (strstr(why, "unknown referral step") == NULL)
+        fail_msg("no referral, unknown step: \"%s\"", why);
+    referral(aihua, "yx-lead", "RF-US", false, "SERVICE_SPECIALIST_CLINIC", "routine");
+    assert_int_equal(step(lead, "t-aihua", "RF-US", "STEP_UNSPECIFIED", NULL, why),
+                     MR_E_ILLEGAL_TRANSITION);
+    assert_non_null(strstr(why, "unknown referral step"));
+    /* A known step on no referral still says so. */
+    assert_int_equal(step(lead, "t-aihua", "RF-NONE", "STEP_ACCEPTED", NULL, why),
+                     MR_E_ILLEGAL_TRANSITION);
+    assert_non_null(strstr(why, "state NONE"));
+    mr_client_destroy(&lead);
+    mr_client_destroy(&aihua);
+}
+
 /* Numbers and units longer than the keys hold are refused whole. */
 static void test_referral_long_numbers_refused(void **state)
 {
@@ -518,6 +541,7 @@ int main(void)
         cmocka_unit_test(test_referral_up_whole_life_with_reserved_slot),
         cmocka_unit_test(test_referral_down_completes_on_follow_up),
         cmocka_unit_test(test_referral_same_number_both_ways),
+        cmocka_unit_test(test_referral_unknown_step_is_said_first),
         cmocka_unit_test(test_referral_long_numbers_refused),
         cmocka_unit_test(test_referral_ledger_reserve_general_and_release),
         cmocka_unit_test(test_referral_imaging_lab_loops_and_critical_readback),

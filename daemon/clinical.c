@@ -1324,11 +1324,15 @@ const char *clinical_event_name(clin_event_kind_t k)
 int clinical_slots(clinical_t *self, const char *date, clin_slot_t **rows, size_t *n)
 {
     sqlite3_stmt *st;
+    /* Every day ever published stays in the ledger: past 1,000 rows the
+     * listing keeps the latest days (today's and the coming ones), in date
+     * order, not the oldest. */
     int rc = sqlite3_prepare_v2(self->db,
-                                "SELECT resource_key, resource, unit, date, capacity, reserved,"
-                                " claimed_reserved, general_used, released, released_at_ms"
-                                " FROM capacity WHERE ?1 IS NULL OR date = ?1"
-                                " ORDER BY date, resource, unit LIMIT 1000",
+                                "SELECT * FROM (SELECT resource_key, resource, unit, date, capacity,"
+                                " reserved, claimed_reserved, general_used, released,"
+                                " released_at_ms FROM capacity WHERE ?1 IS NULL OR date = ?1"
+                                " ORDER BY date DESC, resource DESC, unit DESC LIMIT 1000)"
+                                " ORDER BY date, resource, unit",
                                 -1, &st, NULL);
     if (rc != SQLITE_OK)
         return rc;

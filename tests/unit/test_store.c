@@ -49,6 +49,8 @@ typedef struct {
     uint64_t value;
     store_row_t *rows;     /* deep copies, freed by the teardown */
     size_t n_rows;
+    size_t n_slots;        /* SLOTS: rows, and the dates of the first and last */
+    char first_slot_date[11], last_slot_date[11];
 } s_done_t;
 
 struct s_fx_t {
@@ -178,6 +180,12 @@ static void on_done(store_req_t *req, void *arg)
         for (size_t i = 0; i < req->n_rows; i++)
             s_copy_row(&d->rows[i], &req->rows[i]);
         d->n_rows = req->n_rows;
+    }
+    d->n_slots = req->n_slots;
+    if (req->n_slots > 0) {
+        snprintf(d->first_slot_date, sizeof d->first_slot_date, "%s", req->slots[0].date);
+        snprintf(d->last_slot_date, sizeof d->last_slot_date, "%s",
+                 req->slots[req->n_slots - 1].date);
     }
 }
 
@@ -1775,6 +1783,49 @@ static void test_store_reserve_republished_after_cutoff_is_released(void **state
     assert_int_equal(s_released_uncounted(fx), 0);
 }
 
+/*
+ * `medroute slots` without a date: the ledger keeps every day ever
+ * published (a county publishing 90 resources a day passes 1,000 rows in
+ * under two weeks), and the listing holds at most 1,000 rows.  Those it
+ * keeps are the latest days, in date order: not the oldest, which would
+ * leave out today's and the coming days' resources for good.
+ */
+static void test_store_slots_listing_keeps_the_latest_days(void **state)
+{
+    s_fx_t *fx = *state;
+    store_req_t *req = s_put_build(fx, "lead", "cap-many", "broker", "cap-many", 99000000);
+    req->msg.kind = MEDROUTE__V1__KIND__KIND_CAPACITY;
+    req->state = MSG_DELIVERED;
+    clin_facts_t *f = calloc(1, sizeof *f);
+    assert_non_null(f);
+    f->kind = MEDROUTE__V1__KIND__KIND_CAPACITY;
+    f->n_capacity = 1001;
+    f->capacity = calloc(f->n_capacity, sizeof *f->capacity);
+    assert_non_null(f->capacity);
+    for (size_t i = 0; i < f->n_capacity; i++) {
+        char unit[32];
+        snprintf(unit, sizeof unit, "u%04zu", i);
+        f->capacity[i].resource = RES_CLINIC;
+        f->capacity[i].unit = strdup(unit);
+        /* 1,000 on an old day, the last one on the day after */
+        f->capacity[i].date = strdup(i < 1000 ? "2024-11-25" : "2024-11-26");
+        f->capacity[i].capacity = 10;
+        f->capacity[i].reserved = 2;
+        f->capacity[i].slot_start_ms = 1000;
+    }
+    req->facts = f;
+    s_done_t *d = s_submit(fx, req);
+    s_wait(fx, d);
+    assert_int_equal(d->status, STORE_OK);
+    store_req_t *q = s_req(fx, STORE_SLOTS, &d);
+    s_submit(fx, q);
+    s_wait(fx, d);
+    assert_int_equal(d->status, STORE_OK);
+    assert_int_equal(d->n_slots, 1000);
+    assert_string_equal(d->last_slot_date, "2024-11-26");
+    assert_string_equal(d->first_slot_date, "2024-11-25");
+}
+
 /* A store left by the fault above (reserve unreleased past the cut-off,
  * released_at_ms set) is repaired at open: the next scan releases it. */
 static void test_store_reserve_left_unreleased_is_repaired_at_open(void **state)
@@ -2093,6 +2144,7 @@ int main(void)
         T(test_store_kept_counts_written_when_idle),
         T(test_store_reserve_republished_after_cutoff_is_released),
         T(test_store_reserve_left_unreleased_is_repaired_at_open),
+        T(test_store_slots_listing_keeps_the_latest_days),
         T0(test_store_failed_rollback_reopens),
         T0(test_store_floor_raise_in_failed_commit_is_undone),
         T(test_store_department_admitted_in_a_failed_batch_is_forgotten),

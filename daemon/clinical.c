@@ -35,6 +35,10 @@
 enum { LOOP_OPEN = 0, LOOP_PARTIAL, LOOP_FINAL, LOOP_AMENDED };
 enum { LOOP_IMAGING = 1, LOOP_LAB = 2 };
 
+/* A referral accepted or scheduled with an appointment expires no sooner
+ * than this long after the appointment (docs/referrals.md 1.3). */
+#define S_APPOINTMENT_GRACE_MS (24LL * 3600 * 1000)
+
 /*
  * The referrals table, keyed by its text key (WITHOUT ROWID: one B-tree,
  * not a table plus a key index).  Its indexes are partial on columns that
@@ -139,6 +143,7 @@ static const char *const s_sql[Q_COUNT] = {
     [Q_REF_UPDATE] = "UPDATE referrals SET state = ?2, updated_ms = ?3,"
                      " accepted_ms = CASE WHEN ?2 = 3 THEN ?3 ELSE accepted_ms END,"
                      " appointment_ms = coalesce(?4, appointment_ms),"
+                     " expires_ms = max(expires_ms, coalesce(?9, expires_ms)),"
                      " resource_key = ?5, claim = ?6, live = ?7,"
                      " accept_due_ms = CASE WHEN ?8 THEN accept_due_ms END WHERE ref_key = ?1",
     /* A step that changes neither the ledger nor the indexed columns. */
@@ -790,6 +795,11 @@ static int s_apply_step(clinical_t *self, s_ref_t *r, uint64_t seq, int step, re
         S_TRY(sqlite3_bind_int64(st, 3, now));
         S_TRY(appointment_ms > 0 ? sqlite3_bind_int64(st, 4, appointment_ms)
                                  : sqlite3_bind_null(st, 4));
+        /* A referral given an appointment stays open until a day after it,
+         * however soon its own expiry: an expected patient is expected. */
+        S_TRY(appointment_ms > 0 && appointment_ms < INT64_MAX - S_APPOINTMENT_GRACE_MS
+                  ? sqlite3_bind_int64(st, 9, appointment_ms + S_APPOINTMENT_GRACE_MS)
+                  : sqlite3_bind_null(st, 9));
         S_TRY(r->resource_key[0] ? sqlite3_bind_text(st, 5, r->resource_key, -1, SQLITE_STATIC)
                                  : sqlite3_bind_null(st, 5));
         S_TRY(sqlite3_bind_int(st, 6, (int)r->claim));

@@ -192,6 +192,11 @@ int facts_extract(const server_t *s, int src, int dest, const mr_envelope_t *env
         f->step = (int)u->step;
         f->has_reason = u->reason && u->reason[0];
         f->has_summary = u->summary && u->summary->uri && u->summary->uri[0];
+        if (u->appointment_at_ms < 0) { /* it would claim a unit of a day in 1969 */
+            snprintf(reason, reason_len, "referral_update.appointment_at_ms is negative");
+            rc = MR_E_INVALID;
+            break;
+        }
         f->appointment_ms = u->appointment_at_ms;
         char day[11];
         facts_local_day(u->appointment_at_ms ? u->appointment_at_ms : now_ms, day);

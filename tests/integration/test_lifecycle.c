@@ -384,6 +384,57 @@ static void test_referral_ledger_reserve_general_and_release(void **state)
     mr_client_destroy(&aihua);
 }
 
+/*
+ * A referral given an appointment stays open past its own expiry, until a
+ * day after the appointment: the patient who comes is expected and the
+ * unit stays held for them.  One accepted without an appointment expires
+ * as before, which shows the broker's expiry scan ran meanwhile.
+ */
+static void test_referral_appointment_outlives_its_expiry(void **state)
+{
+    (void)state;
+    mr_client_t *lead = client("yx-lead"), *aihua = client("t-aihua");
+    publish_capacity(lead, "dermatology", 4, 1, 0);
+    long long soon = (long long)time(NULL) * 1000 + 3000;
+    const char *ids[] = {"R-EXP-APPT", "R-EXP-NONE"};
+    for (int i = 0; i < 2; i++) {
+        char payload[512];
+        snprintf(payload, sizeof payload,
+                 "{\"referral_id\":\"%s\",\"reasons\":[{\"system\":\"ICD-10\",\"code\":\"L40\"}],"
+                 "\"service\":\"SERVICE_SPECIALIST_CLINIC\",\"department\":\"dermatology\","
+                 "\"family_doctor_contract\":true,\"expires_at_ms\":%lld}",
+                 ids[i], soon);
+        assert_int_equal(sendp(aihua, "yx-lead", "referral", "routine", payload, NULL), 0);
+    }
+    char appt[96];
+    appointment(appt, sizeof appt); /* two days from now */
+    assert_int_equal(step(lead, "t-aihua", "R-EXP-APPT", "STEP_ACCEPTED", appt, NULL), 0);
+    assert_int_equal(step(lead, "t-aihua", "R-EXP-NONE", "STEP_ACCEPTED", NULL, NULL), 0);
+    json_t *l = NULL;
+    long long until = mrt_now_ms() + 10000;
+    while ((l = open_loop("R-EXP-NONE")) != NULL && mrt_now_ms() < until) {
+        json_decref(l);
+        drain(aihua, 200);
+    }
+    assert_null(l); /* expired */
+    l = open_loop("R-EXP-APPT");
+    assert_non_null(l);
+    assert_string_equal(json_string_value(json_object_get(l, "state")), "ACCEPTED");
+    json_decref(l);
+    json_t *sl = slot("clinic", "dermatology");
+    assert_int_equal(num(sl, "claimed_reserved"), 1);
+    json_decref(sl);
+    assert_int_equal(step(lead, "t-aihua", "R-EXP-APPT", "STEP_ARRIVED", NULL, NULL), 0);
+    /* An appointment before 1970 would claim a unit of a day in 1969. */
+    assert_int_equal(step(lead, "t-aihua", "R-EXP-APPT", "STEP_IN_PROGRESS",
+                          "\"appointment_at_ms\":-1", NULL),
+                     MR_E_INVALID);
+    drain(aihua, 200);
+    drain(lead, 200);
+    mr_client_destroy(&lead);
+    mr_client_destroy(&aihua);
+}
+
 static int on_error_code(mr_client_t *c, const mr_event_t *ev, void *arg)
 {
     (void)c;
@@ -544,6 +595,7 @@ int main(void)
         cmocka_unit_test(test_referral_unknown_step_is_said_first),
         cmocka_unit_test(test_referral_long_numbers_refused),
         cmocka_unit_test(test_referral_ledger_reserve_general_and_release),
+        cmocka_unit_test(test_referral_appointment_outlives_its_expiry),
         cmocka_unit_test(test_referral_imaging_lab_loops_and_critical_readback),
         cmocka_unit_test(test_referral_escalation_and_restart_keep_state),
     };

@@ -923,6 +923,24 @@ static void s_keep_alive(mr_client_t *c, int64_t *flushed)
     s_timers(c);
 }
 
+/* Hands the outcomes kept while nobody could take them to handler, in
+ * order; the count. */
+static int s_emit_held(mr_client_t *self, mr_handler_t handler, void *arg)
+{
+    if (handler == NULL || self->defer_deliveries || self->n_held == 0)
+        return 0;
+    s_held_t *held = self->held;
+    size_t n = self->n_held;
+    self->held = NULL;
+    self->n_held = self->cap_held = 0;
+    for (size_t i = 0; i < n; i++) {
+        mr_event_t ev = s_held_event(&held[i]);
+        handler(self, &ev, arg);
+    }
+    free(held);
+    return (int)n;
+}
+
 /* Polls; with until_welcome, stops reading as soon as a Welcome is in, so
  * that what follows it stays queued for the application's own poll. */
 static int s_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void *arg,
@@ -937,20 +955,7 @@ static int s_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void 
         wait = 100; /* wake up for timers */
     /* A negative time-out waits until something is handled (zmq_poll's -1). */
     int64_t deadline = timeout_ms < 0 ? INT64_MAX : mr_mono_ms() + timeout_ms;
-    int events = 0;
-    if (handler != NULL && !self->defer_deliveries && self->n_held > 0) {
-        /* The outcomes kept while nobody could take them, in order. */
-        s_held_t *held = self->held;
-        size_t n = self->n_held;
-        self->held = NULL;
-        self->n_held = self->cap_held = 0;
-        for (size_t i = 0; i < n; i++) {
-            mr_event_t ev = s_held_event(&held[i]);
-            handler(self, &ev, arg);
-            events++;
-        }
-        free(held);
-    }
+    int events = s_emit_held(self, handler, arg);
     if (handler != NULL && !self->defer_deliveries && self->n_deferred > 0) {
         /* First what arrived while nobody could take it, in order. */
         size_t n = self->n_deferred;
@@ -995,6 +1000,9 @@ static int s_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void 
         }
         s_flush_acks(self);
         s_timers(self);
+        /* Outcomes this pass made without a frame of their own (a message
+         * over the limit a Welcome told), with the handler still at hand. */
+        events += s_emit_held(self, handler, arg);
         if (events > 0 || mr_mono_ms() >= deadline || (until_welcome && self->welcomed))
             return events;
         /* Read again after the check: a thread descheduled in between may

@@ -55,8 +55,10 @@ int slots_check_offer(int64_t capacity, int64_t reserved, double min_share, bool
  */
 claim_t slots_claim(ledger_t *l, bool family_doctor);
 /* Gives back what slots_claim took (cancel, no-show, expiry).  A release
- * with nothing of that kind claimed changes nothing.  A reserved unit given
- * back after slots_release_unclaimed is reserved again (not general). */
+ * with nothing of that kind claimed changes nothing.  A reserved unit goes
+ * back to the reserve, also after slots_release_unclaimed: a caller past
+ * the cut-off calls that again, so that the unit is general at once
+ * (docs/referrals.md 2.2; clinical.c does). */
 void slots_release(ledger_t *l, claim_t c);
 /* At the cut-off: unclaimed reserved units become general.  Returns how many. */
 int64_t slots_release_unclaimed(ledger_t *l);

@@ -9,6 +9,7 @@
 #include "conf.h"
 
 #include "indicators.h"
+#include "log.h"
 #include "mr_codec.h"
 
 #include <errno.h>
@@ -545,8 +546,13 @@ static void s_validate(s_report_t *r, conf_t *c)
     else if (c->broker_id != NULL &&
              (c->broker_id[0] == '\0' || strlen(c->broker_id) > MR_FACILITY_ID_MAX))
         s_problem(r, 0, "broker_id: must be 1..%d characters", MR_FACILITY_ID_MAX);
+    log_level_t level;
     if (c->log_level == NULL && (c->log_level = strdup("info")) == NULL)
         s_problem(r, 0, "out of memory");
+    /* Here, not only at start: --check-config and a reload refuse it too. */
+    else if (c->log_level != NULL && log_level_parse(c->log_level, &level) != 0)
+        s_problem(r, 0, "log_level: \"%s\" is not one of error, warn, info, debug",
+                  c->log_level);
     if (c->timezone == NULL && (c->timezone = strdup("Asia/Shanghai")) == NULL)
         s_problem(r, 0, "out of memory");
 }

@@ -372,6 +372,20 @@ static void test_conf_broker_id_length(void **state)
     conf_destroy(&c);
 }
 
+/* A log level the daemon cannot use is refused here, so that
+ * --check-config (the unit's ExecStartPre) and a reload refuse it, not the
+ * start (which exited 2, and systemd restarted it again and again). */
+static void test_conf_log_level_must_be_known(void **state)
+{
+    (void)state;
+    assert_string_equal(s_fail(S_REQUIRED "log_level = \"verbose\";\n"),
+                        "t.conf: log_level: \"verbose\" is not one of error, warn, info, debug");
+    char err[512];
+    conf_t *c = conf_load_string(S_REQUIRED "log_level = \"DEBUG\";\n", "l.conf", err, sizeof err);
+    assert_non_null(c);
+    conf_destroy(&c);
+}
+
 static void test_conf_missing_required_keys(void **state)
 {
     (void)state;
@@ -572,6 +586,7 @@ int main(void)
         cmocka_unit_test(test_conf_out_of_range_integers),
         cmocka_unit_test(test_conf_bad_synchronous),
         cmocka_unit_test(test_conf_broker_id_length),
+        cmocka_unit_test(test_conf_log_level_must_be_known),
         cmocka_unit_test(test_conf_missing_required_keys),
         cmocka_unit_test(test_conf_bad_role),
         cmocka_unit_test(test_conf_registry_checks),

@@ -280,6 +280,20 @@ static void s_read_store(s_report_t *r, conf_t *c, config_setting_t *group)
     }
 }
 
+/* Ids are label values in /metrics and the tallies (source="ID") and
+ * key=value fields in the log: a quote, a backslash, a space or a control
+ * character would break the exposition (a scrape is rejected whole) and the
+ * log's fields.  Other bytes (UTF-8 included) are fine. */
+static bool s_id_safe(const char *id)
+{
+    for (const unsigned char *p = (const unsigned char *)id; *p; p++)
+        if (*p <= ' ' || *p == 0x7f || *p == '"' || *p == '\\')
+            return false;
+    return true;
+}
+
+#define S_ID_CHARS "no quotes, backslashes, spaces or control characters"
+
 static void s_read_facilities(s_report_t *r, conf_t *c, config_setting_t *list)
 {
     int type = config_setting_type(list);
@@ -328,6 +342,8 @@ static void s_read_facilities(s_report_t *r, conf_t *c, config_setting_t *list)
                 s_problem(r, sline, "facilities[%d].%s: unknown key", i, key);
             if (dst != NULL && (*dst = strdup(v)) == NULL)
                 s_problem(r, sline, "out of memory");
+            else if (dst == &f->id && !s_id_safe(v))
+                s_problem(r, sline, "facilities[%d].id: " S_ID_CHARS, i);
         }
         if (f->id == NULL)
             s_problem(r, line, "facilities[%d]: id is required", i);
@@ -546,6 +562,8 @@ static void s_validate(s_report_t *r, conf_t *c)
     else if (c->broker_id != NULL &&
              (c->broker_id[0] == '\0' || strlen(c->broker_id) > MR_FACILITY_ID_MAX))
         s_problem(r, 0, "broker_id: must be 1..%d characters", MR_FACILITY_ID_MAX);
+    else if (c->broker_id != NULL && !s_id_safe(c->broker_id))
+        s_problem(r, 0, "broker_id: " S_ID_CHARS);
     log_level_t level;
     if (c->log_level == NULL && (c->log_level = strdup("info")) == NULL)
         s_problem(r, 0, "out of memory");

@@ -386,6 +386,36 @@ static void test_conf_log_level_must_be_known(void **state)
     conf_destroy(&c);
 }
 
+/* Ids become label values in /metrics and the tallies ("source=\"ID\""),
+ * and key=value fields in the log: a quote, a backslash, a space or a
+ * control character in one would break the exposition (Prometheus rejects
+ * the whole scrape) and the log's fields.  UTF-8 is fine. */
+static void test_conf_ids_are_label_safe(void **state)
+{
+    (void)state;
+    assert_string_equal(
+        s_fail("facility_endpoint = \"tcp://127.0.0.1:1\";\n"
+               "operator_endpoint = \"tcp://127.0.0.1:2\";\n"
+               "data_dir = \"d\";\n"
+               "facilities = ( { id = \"le\\\"ad\"; role = \"lead\"; },\n"
+               "  { id = \"t x\"; role = \"township\"; },\n"
+               "  { id = \"t\\\\y\"; role = \"township\"; } );\n"),
+        "t.conf:4: facilities[0].id: no quotes, backslashes, spaces or control characters\n"
+        "t.conf:5: facilities[1].id: no quotes, backslashes, spaces or control characters\n"
+        "t.conf:6: facilities[2].id: no quotes, backslashes, spaces or control characters");
+    assert_string_equal(s_fail(S_REQUIRED "broker_id = \"me\\tdium\";\n"),
+                        "t.conf: broker_id: no quotes, backslashes, spaces or control characters");
+    char err[512];
+    conf_t *c = conf_load_string("facility_endpoint = \"tcp://127.0.0.1:1\";\n"
+                                 "operator_endpoint = \"tcp://127.0.0.1:2\";\n"
+                                 "data_dir = \"d\";\n"
+                                 "broker_id = \"yx-broker.1\";\n"
+                                 "facilities = ( { id = \"\u4e91\u53bf-lead_1\"; role = \"lead\"; } );\n",
+                                 "i.conf", err, sizeof err);
+    assert_non_null(c);
+    conf_destroy(&c);
+}
+
 static void test_conf_missing_required_keys(void **state)
 {
     (void)state;
@@ -587,6 +617,7 @@ int main(void)
         cmocka_unit_test(test_conf_bad_synchronous),
         cmocka_unit_test(test_conf_broker_id_length),
         cmocka_unit_test(test_conf_log_level_must_be_known),
+        cmocka_unit_test(test_conf_ids_are_label_safe),
         cmocka_unit_test(test_conf_missing_required_keys),
         cmocka_unit_test(test_conf_bad_role),
         cmocka_unit_test(test_conf_registry_checks),

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 typedef enum { S_STR, S_BOOL, S_U32, S_DOUBLE } s_type_t;
 
@@ -528,6 +529,23 @@ static void s_keys_unique(s_report_t *r, const conf_t *c)
     }
 }
 
+/* A zone glibc can load: TZ set to any other name gives UTC without a word,
+ * and every local day (tallies, periods, slot cut-offs) would be off by the
+ * zone's offset. */
+static bool s_zone_known(const char *zone)
+{
+    char path[4096];
+    const char *dir = getenv("TZDIR") ? getenv("TZDIR") : "/usr/share/zoneinfo";
+    if (zone[0] == ':')
+        zone++;
+    if (zone[0] == '\0' || strstr(zone, "..") != NULL)
+        return false;
+    int n = zone[0] == '/' ? snprintf(path, sizeof path, "%s", zone)
+                           : snprintf(path, sizeof path, "%s/%s", dir, zone);
+    struct stat st;
+    return n > 0 && (size_t)n < sizeof path && stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
 static void s_validate(s_report_t *r, conf_t *c)
 {
     if (c->facility_endpoint == NULL)
@@ -573,6 +591,9 @@ static void s_validate(s_report_t *r, conf_t *c)
                   c->log_level);
     if (c->timezone == NULL && (c->timezone = strdup("Asia/Shanghai")) == NULL)
         s_problem(r, 0, "out of memory");
+    else if (c->timezone != NULL && !s_zone_known(c->timezone))
+        s_problem(r, 0, "timezone: \"%s\" is not a zone of the tz database (%s)",
+                  c->timezone, getenv("TZDIR") ? getenv("TZDIR") : "/usr/share/zoneinfo");
 }
 
 /* Every string of the file must be UTF-8: names and ids reach facilities'

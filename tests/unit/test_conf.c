@@ -416,6 +416,23 @@ static void test_conf_ids_are_label_safe(void **state)
     conf_destroy(&c);
 }
 
+/* A zone name glibc does not find makes TZ silently UTC: every local day
+ * (tallies, periods, the reserve cut-off) would be off by the offset. */
+static void test_conf_timezone_must_be_known(void **state)
+{
+    (void)state;
+    assert_string_equal(s_fail(S_REQUIRED "timezone = \"Asia/Shangai\";\n"),
+                        "t.conf: timezone: \"Asia/Shangai\" is not a zone of the tz database "
+                        "(/usr/share/zoneinfo)");
+    assert_non_null(strstr(s_fail(S_REQUIRED "timezone = \"../../etc/passwd\";\n"),
+                           "timezone: "));
+    assert_non_null(strstr(s_fail(S_REQUIRED "timezone = \"Asia\";\n"), "timezone: "));
+    char err[512];
+    conf_t *c = conf_load_string(S_REQUIRED "timezone = \"UTC\";\n", "z.conf", err, sizeof err);
+    assert_non_null(c);
+    conf_destroy(&c);
+}
+
 static void test_conf_missing_required_keys(void **state)
 {
     (void)state;
@@ -618,6 +635,7 @@ int main(void)
         cmocka_unit_test(test_conf_broker_id_length),
         cmocka_unit_test(test_conf_log_level_must_be_known),
         cmocka_unit_test(test_conf_ids_are_label_safe),
+        cmocka_unit_test(test_conf_timezone_must_be_known),
         cmocka_unit_test(test_conf_missing_required_keys),
         cmocka_unit_test(test_conf_bad_role),
         cmocka_unit_test(test_conf_registry_checks),

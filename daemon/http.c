@@ -158,9 +158,19 @@ static bool s_ends(const char *s, const char *suffix)
     return a >= b && strcmp(s + a - b, suffix) == 0;
 }
 
-/* Histograms: cumulative buckets per label set, then _sum and _count. */
+/* Whether rows[i] has the same name as the row before it. */
+static bool s_same_name_as_previous(const tally_row_t *rows, size_t i)
+{
+    return i > 0 && strcmp(rows[i - 1].name, rows[i].name) == 0;
+}
+
+/* Histograms: cumulative buckets per label set, then _sum and _count.
+ * rows are sorted by name, then labels (as tally_query gives them), so the
+ * bucket rows of one label set follow each other: le="..." is their last
+ * label.  Linear in the bucket rows (the loop thread waits meanwhile). */
 static void s_histograms(s_text_t *t, const tally_row_t *rows, size_t n)
 {
+    char prev_rest[400] = "";
     for (size_t i = 0; i < n; i++) {
         if (!s_ends(rows[i].name, "_bucket"))
             continue;
@@ -169,30 +179,20 @@ static void s_histograms(s_text_t *t, const tally_row_t *rows, size_t n)
         char rest[400], le[24];
         s_split_le(rows[i].labels, rest, sizeof rest, le, sizeof le);
         /* Handle each (base, rest) once: at its first row. */
-        bool first = true;
-        for (size_t j = 0; j < i && first; j++) {
-            char r2[400], l2[24];
-            if (strcmp(rows[j].name, rows[i].name) != 0)
-                continue;
-            s_split_le(rows[j].labels, r2, sizeof r2, l2, sizeof l2);
-            first = strcmp(r2, rest) != 0;
-        }
-        if (!first)
+        bool typed = s_same_name_as_previous(rows, i);
+        if (typed && strcmp(prev_rest, rest) == 0)
             continue;
-        bool typed = false;
-        for (size_t j = 0; j < i && !typed; j++)
-            typed = strcmp(rows[j].name, rows[i].name) == 0;
+        snprintf(prev_rest, sizeof prev_rest, "%s", rest);
         if (!typed)
             s_put(t, "# HELP medroute_%s %s\n# TYPE medroute_%s histogram\n", base,
                   s_help_of(base), base);
         int64_t counts[TALLY_BUCKETS] = {0};
-        for (size_t j = i; j < n; j++) {
+        for (size_t j = i; j < n && strcmp(rows[j].name, rows[i].name) == 0; j++) {
             char r2[400], l2[24];
-            if (strcmp(rows[j].name, rows[i].name) != 0)
-                continue;
             s_split_le(rows[j].labels, r2, sizeof r2, l2, sizeof l2);
-            if (strcmp(r2, rest) == 0)
-                counts[s_le_rank(l2)] += rows[j].value;
+            if (strcmp(r2, rest) != 0)
+                break;
+            counts[s_le_rank(l2)] += rows[j].value;
         }
         int64_t cum = 0;
         for (int b = 0; b < TALLY_BUCKETS; b++) {
@@ -261,10 +261,8 @@ char *http_metrics_text(const server_t *s, const tally_row_t *rows, size_t n,
     for (size_t i = 0; i < n; i++) {
         if (!s_ends(rows[i].name, "_total"))
             continue;
-        bool typed = false;
-        for (size_t j = 0; j < i && !typed; j++)
-            typed = strcmp(rows[j].name, rows[i].name) == 0;
-        if (!typed)
+        /* Sorted by name: a family's rows follow each other. */
+        if (!s_same_name_as_previous(rows, i))
             s_put(&t, "# HELP medroute_%s %s\n# TYPE medroute_%s counter\n", rows[i].name,
                   s_help_of(rows[i].name), rows[i].name);
         s_put(&t, "medroute_%s{%s} %lld\n", rows[i].name, rows[i].labels,

@@ -20,7 +20,8 @@ http_t *http_new(server_t *s, const char *listen);
 void http_destroy(http_t **self_p);
 
 /* The Prometheus text of all-time tallies, queue gauges and live counters.
- * Caller frees.  (Used by /metrics; pure apart from reading s.) */
+ * rows sorted by name, then labels (tally_query's order).  Caller frees.
+ * (Used by /metrics; pure apart from reading s.) */
 char *http_metrics_text(const server_t *s, const tally_row_t *rows, size_t n,
                         const store_row_t *queues, size_t n_queues);
 

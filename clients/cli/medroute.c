@@ -923,7 +923,12 @@ static int s_cmd_status(s_ctx_t *ctx, int argc, char **argv)
 
 /* ---- queue ------------------------------------------------------------------ */
 
-static int s_print_queue(const json_t *reply, int dead)
+/* The broker's default and cap of queue ls (opapi.c, medroute(1)). */
+#define S_LIST_DEFAULT 100
+#define S_LIST_MAX 10000
+
+/* limit: the rows asked for (0: the broker's default). */
+static int s_print_queue(const json_t *reply, int dead, long long limit)
 {
     const json_t *ql = json_object_get(reply, "queue_list");
     if (!json_is_object(ql)) {
@@ -945,7 +950,14 @@ static int s_print_queue(const json_t *reply, int dead)
                s_kind_label(json_object_get(m, "kind")), age,
                s_json_ll(json_object_get(m, "attempts"), 0), s_json_str(m, "dead_reason", ""));
     }
-    printf("(%zu %s)\n", json_array_size(msgs), dead ? "dead letters" : "pending");
+    /* As many as the broker sends at most: the count is not what waits. */
+    size_t n = json_array_size(msgs);
+    long long most = limit == 0 ? S_LIST_DEFAULT : limit > S_LIST_MAX ? S_LIST_MAX : limit;
+    if (n > 0 && (long long)n >= most)
+        printf("(first %zu %s: more may wait; raise --limit)\n", n,
+               dead ? "dead letters" : "pending");
+    else
+        printf("(%zu %s)\n", n, dead ? "dead letters" : "pending");
     return fflush(stdout) == 0 ? S_EXIT_OK : S_EXIT_FAIL;
 }
 
@@ -995,7 +1007,7 @@ static int s_queue_ls(s_ctx_t *ctx, int argc, char **argv)
     if (as_json)
         status = s_print_raw(reply, status);
     else if (status == S_EXIT_OK)
-        status = s_print_queue(reply, dead);
+        status = s_print_queue(reply, dead, limit);
 out:
     json_decref(reply);
     json_decref(req);

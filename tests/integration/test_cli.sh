@@ -358,6 +358,13 @@ run queue5 mr queue ls --dest t-lishu
 ROWS=$(grep -c -E '^[0-9]+ +[^ ]+ +t-aihua +t-lishu +referral ' "$TMP/queue5.out" || true)
 check "queue ls --dest t-lishu lists 5 rows" "exit $RC, got: $(cat "$TMP/queue5.out")" \
     test "$RC" -eq 0 -a "$ROWS" -eq 5 -a "$(tail -n 1 "$TMP/queue5.out")" = "(5 pending)"
+# Cut at --limit, the count is not what waits: the last line says so.
+run queue5l mr queue ls --dest t-lishu --limit 2
+ROWS=$(grep -c -E '^[0-9]+ +[^ ]+ +t-aihua +t-lishu +referral ' "$TMP/queue5l.out" || true)
+check "queue ls --limit 2 lists 2 rows and says more may wait" \
+    "exit $RC, got: $(cat "$TMP/queue5l.out")" \
+    test "$RC" -eq 0 -a "$ROWS" -eq 2 -a \
+    "$(tail -n 1 "$TMP/queue5l.out")" = "(first 2 pending: more may wait; raise --limit)"
 
 run listen5 mr listen --as t-lishu --count 5 --timeout 10000
 IDS=$(field_of_lines envelope.referral.referral_id <"$TMP/listen5.out")

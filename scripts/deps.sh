@@ -8,7 +8,7 @@ packages=(
   libzmq3-dev libprotobuf-c-dev protobuf-c-compiler libuv1-dev libcmocka-dev
   libjansson-dev libconfig-dev libsqlite3-dev libmicrohttpd-dev libsystemd-dev prometheus
   python3 python3-zmq python3-protobuf protobuf-compiler
-  libfaketime
+  libfaketime tzdata
 )
 # Extra sets: `deps.sh bench` adds what `make bench` uses.
 if [ "${1:-}" = "bench" ]; then

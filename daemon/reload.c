@@ -44,6 +44,10 @@ static const char *s_needs_restart(const conf_t *o, const conf_t *n)
         return "store";
     if (!s_same(o->timezone, n->timezone))
         return "timezone";
+    /* Connected facilities were told it in their Welcome and address their
+     * capacity notices and visit tallies to it; the tallies' labels hold it. */
+    if (!s_same(o->broker_id, n->broker_id))
+        return "broker_id";
     /* Both are set on the sockets when they bind (ZMQ_MAXMSGSIZE is twice
      * the limit, ZMQ_HANDSHAKE_IVL): a new value would reach the Welcome
      * but not ZeroMQ, which would then cut the connections of messages the

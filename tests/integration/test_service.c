@@ -106,6 +106,37 @@ static void s_rewrite(mrt_daemon_t *d, const char *facilities, const char *extra
     assert_int_equal(mrt_daemon_rewrite(d, facilities, extra, true), 0);
 }
 
+/*
+ * A reload that renames the broker is refused: connected facilities were
+ * told its id in their Welcome and address their capacity notices and visit
+ * tallies to it.  The running configuration stays.
+ */
+static void test_service_reload_refuses_a_new_broker_id(void **state)
+{
+    (void)state;
+    mrt_daemon_t d = {0};
+    const char *facilities = "facilities = ( { id = \"yx-lead\"; role = \"lead\"; } );";
+    assert_int_equal(mrt_daemon_start_with(&d, facilities, NULL, true), 0);
+    assert_int_equal(mrt_daemon_rewrite(&d, facilities, NULL, true), 0);
+    FILE *f = fopen(d.conf_path, "r");
+    assert_non_null(f);
+    char text[4096];
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    const char *old = "broker_id = \"test\";";
+    char *at = strstr(text, old);
+    assert_non_null(at);
+    f = fopen(d.conf_path, "w");
+    assert_non_null(f);
+    fprintf(f, "%.*sbroker_id = \"county-2\";%s", (int)(at - text), text, at + strlen(old));
+    assert_int_equal(fclose(f), 0);
+    assert_int_equal(mrt_daemon_reload(&d), 1);
+    assert_int_equal(mrt_log_count(&d, "broker_id changed: that needs a restart"), 1);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+}
+
 static void test_service_sighup_reload(void **state)
 {
     (void)state;
@@ -461,6 +492,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_service_notify_ready_and_watchdog),
         cmocka_unit_test(test_service_sighup_reload),
+        cmocka_unit_test(test_service_reload_refuses_a_new_broker_id),
         cmocka_unit_test(test_service_check_config_reports_lines),
         cmocka_unit_test(test_service_check_config_refuses_what_the_start_refuses),
         cmocka_unit_test(test_service_backup_restores_on_a_new_store),

@@ -208,7 +208,8 @@ tally_t *tally_new(sqlite3 *db, tally_kept_t *kept, int *rc_out)
         rc = sqlite3_prepare_v3(db,
                                 "SELECT name, labels, sum(value) FROM tallies"
                                 " WHERE day BETWEEN ?1 AND ?2"
-                                " AND (?3 IS NULL OR instr(labels, '\"' || ?3 || '\"') > 0)"
+                                " AND (?3 IS NULL OR instr(labels, 'source=\"' || ?3 || '\"') > 0"
+                                " OR instr(labels, 'destination=\"' || ?3 || '\"') > 0)"
                                 " GROUP BY name, labels ORDER BY name, labels",
                                 -1, SQLITE_PREPARE_PERSISTENT, &self->query, NULL);
     if (rc == SQLITE_OK)

@@ -459,6 +459,28 @@ static long long dept_today(const char *value)
     return v;
 }
 
+/* `stats --facility F` keeps what F sent or received: not a label set that
+ * holds F's id as another value (a department is free text). */
+static void test_tallies_stats_facility_is_source_or_destination(void **state)
+{
+    (void)state;
+    assert_int_equal(mrt_daemon_start(&g_d, NULL), 0);
+    mr_client_t *aihua = client("t-aihua");
+    dept_ref(aihua, "F1", "t-manwan");
+    json_t *st = op("{\"stats\":{\"period\":\"today\",\"facility\":\"t-manwan\"}}");
+    assert_int_equal(tally(st, "referrals_requested_total", NULL), 0);
+    json_decref(st);
+    st = op("{\"stats\":{\"period\":\"today\",\"facility\":\"t-aihua\"}}");
+    assert_int_equal(tally(st, "referrals_requested_total", NULL), 1);
+    json_decref(st);
+    st = op("{\"stats\":{\"period\":\"today\",\"facility\":\"yx-lead\"}}");
+    assert_int_equal(tally(st, "referrals_requested_total", NULL), 1);
+    json_decref(st);
+    mr_client_destroy(&aihua);
+    assert_int_equal(mrt_daemon_stop(&g_d), 0);
+    mrt_daemon_cleanup(&g_d);
+}
+
 /* The department label takes at most 256 values, counted from the stored
  * tallies: the 256th is admitted, later new ones are counted as "_other",
  * and a restart keeps the same set. */
@@ -536,6 +558,7 @@ int main(void)
         cmocka_unit_test(test_tallies_watch_event_during_a_call_is_kept),
         cmocka_unit_test(test_tallies_bad_visit_figures),
         cmocka_unit_test(test_tallies_department_labels_bounded),
+        cmocka_unit_test(test_tallies_stats_facility_is_source_or_destination),
     };
     return cmocka_run_group_tests_name("tallies", tests, NULL, NULL);
 }

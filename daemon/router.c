@@ -371,21 +371,40 @@ void router_on_stored(server_t *s, int peer, uint64_t seq, store_row_t *row, boo
     router_pump(s, peer);
 }
 
+/* Moves every message of from to the end of to, in order. */
+static void s_append(qlist_t *to, qlist_t *from)
+{
+    if (from->head == NULL)
+        return;
+    if (to->tail)
+        to->tail->next = from->head;
+    else
+        to->head = from->head;
+    to->tail = from->tail;
+    to->n += from->n;
+    *from = (qlist_t){0};
+}
+
 void router_on_disconnect(server_t *s, int peer)
 {
     peer_t *p = &s->peers[peer];
     p->express_checked = false; /* look again on the next connection */
-    /* inflight seqs all precede ready seqs: move them back to the front
-     * (the acked ones wait for their commit where they are). */
-    qlist_t back = p->inflight;
-    p->inflight = (qlist_t){0};
-    if (back.head) {
-        back.tail->next = p->ready.head;
-        if (p->ready.tail == NULL)
-            p->ready.tail = back.tail;
-        p->ready.head = back.head;
-        p->ready.n += back.n;
-    }
+    /* The in-flight ones go back to the front of ready (the acked ones wait
+     * for their commit where they are), but behind every express one:
+     * express messages stay ahead of routine ones and in their order, those
+     * that were out first, so that one loaded or stored later goes after
+     * them (s_push_express), not ahead of them. */
+    qlist_t express = {0}, routine = {0};
+    qmsg_t *m;
+    while ((m = s_pop(&p->inflight)) != NULL)
+        s_push(m->express ? &express : &routine, m);
+    qlist_t waiting = p->ready;
+    p->ready = (qlist_t){0};
+    while ((m = s_pop(&waiting)) != NULL)
+        s_push(m->express ? &express : &p->ready, m);
+    s_append(&express, &routine);
+    s_append(&express, &p->ready);
+    p->ready = express;
     (void)s;
 }
 

@@ -1214,6 +1214,93 @@ static void test_routing_refusal_kept_for_the_next_handler(void **state)
     mr_client_destroy(&a);
 }
 
+/* Hello for facility with a delivery window of max_inflight. */
+static void raw_hello_window(raw_t *r, const char *facility, uint32_t max_inflight)
+{
+    Medroute__V1__Hello h = MEDROUTE__V1__HELLO__INIT;
+    h.facility_id = (char *)facility;
+    h.max_inflight = max_inflight;
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    f.version = 1;
+    f.body_case = MEDROUTE__V1__FRAME__BODY_HELLO;
+    f.hello = &h;
+    raw_send_frame(r, &f);
+}
+
+/* The referral_id of the next Delivery to arrive within timeout_ms, in id
+ * (64 bytes); false when none came. */
+static bool raw_next_referral(raw_t *r, int timeout_ms, char *id)
+{
+    mr_frame_t *f = raw_next(r, MEDROUTE__V1__FRAME__BODY_DELIVERY, timeout_ms);
+    if (f == NULL)
+        return false;
+    const mr_envelope_t *e = f->delivery->envelope;
+    snprintf(id, 64, "%s", e && e->referral && e->referral->referral_id ? e->referral->referral_id
+                                                                       : "?");
+    medroute__v1__frame__free_unpacked(f, NULL);
+    return true;
+}
+
+/*
+ * Express messages keep their order among themselves across a session that
+ * ends: a stat referral waiting behind a full window when the receiver's
+ * session ends, and a stat referral from the same sender stored while it
+ * is away, reach the next session in the order they were stored (both
+ * ahead of the routine one that was out).  Before, the one stored while
+ * away was put ahead of everything, the first one behind the routine
+ * message that had been in flight.
+ */
+static void test_routing_express_order_kept_across_sessions(void **state)
+{
+    (void)state;
+    mrt_daemon_t d = {0};
+    assert_int_equal(mrt_daemon_start(&d, NULL), 0);
+    mr_client_t *lead = connected(&d, "yx-lead");
+    raw_t r;
+    raw_open(&r, &d);
+    raw_hello_window(&r, "t-houqing", 1);
+    mr_frame_t *f = raw_next(&r, MEDROUTE__V1__FRAME__BODY_WELCOME, 5000);
+    assert_non_null(f);
+    medroute__v1__frame__free_unpacked(f, NULL);
+    char id[64];
+    assert_int_equal(mrt_send(lead, "t-houqing", "referral", "routine",
+                              "{\"referral_id\":\"R-XO-ROUTINE\",\"service\":"
+                              "\"SERVICE_FOLLOW_UP\"}",
+                              NULL),
+                     0);
+    assert_true(raw_next_referral(&r, 5000, id));
+    assert_string_equal(id, "R-XO-ROUTINE"); /* out, unacknowledged: the window is full */
+    assert_int_equal(mrt_send(lead, "t-houqing", "referral", "stat",
+                              "{\"referral_id\":\"R-XO-STAT-1\",\"service\":"
+                              "\"SERVICE_FOLLOW_UP\"}",
+                              NULL),
+                     0);
+    assert_false(raw_next_referral(&r, 300, id)); /* waits behind the window */
+    raw_close(&r);
+    long long until = mrt_now_ms() + 5000;
+    while (mrt_log_count(&d, "facility=t-houqing why=connection_closed") < 1 &&
+           mrt_now_ms() < until)
+        (void)poll(NULL, 0, 20);
+    assert_int_equal(mrt_log_count(&d, "facility=t-houqing why=connection_closed"), 1);
+    assert_int_equal(mrt_send(lead, "t-houqing", "referral", "stat",
+                              "{\"referral_id\":\"R-XO-STAT-2\",\"service\":"
+                              "\"SERVICE_FOLLOW_UP\"}",
+                              NULL),
+                     0);
+    raw_open(&r, &d);
+    raw_hello_window(&r, "t-houqing", 0);
+    const char *want[] = {"R-XO-STAT-1", "R-XO-STAT-2", "R-XO-ROUTINE"};
+    for (int i = 0; i < 3; i++) {
+        assert_true(raw_next_referral(&r, 5000, id));
+        if (strcmp(id, want[i]) != 0)
+            fail_msg("delivery %d is %s, expected %s", i + 1, id, want[i]);
+    }
+    raw_close(&r);
+    mr_client_destroy(&lead);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1233,6 +1320,7 @@ int main(void)
         cmocka_unit_test(test_routing_held_deliveries_are_held_once),
         cmocka_unit_test(test_routing_too_large_refused_by_the_library),
         cmocka_unit_test(test_routing_refusal_kept_for_the_next_handler),
+        cmocka_unit_test(test_routing_express_order_kept_across_sessions),
     };
     return cmocka_run_group_tests_name("routing", tests, setup, teardown);
 }

@@ -459,6 +459,7 @@ static void on_acked(store_req_t *req, void *arg)
         s_free(s_remove(&p->acked, seq));
         break;
     case STORE_NOT_FOUND: {
+        s_free(s_remove(&p->acked, seq)); /* not pending: nothing to keep */
         mr_err_t err = {0};
         mr_fail(&err, MR_E_UNKNOWN_DELIVERY, "no pending delivery %llu for this facility",
                 (unsigned long long)seq);
@@ -485,6 +486,11 @@ static int s_ack_one(server_t *s, int peer, bool late, uint64_t seq, int64_t now
 {
     peer_t *p = &s->peers[peer];
     qmsg_t *m = s_remove(&p->inflight, seq); /* normally at its head */
+    bool was_out = m != NULL;
+    /* Or waiting to be sent again (a session ended, a smaller window): not
+     * sent once more while its ack is committed. */
+    if (m == NULL)
+        m = s_remove(&p->ready, seq);
     if (m != NULL)
         s_push(&p->acked, m); /* its window slot is free from now on */
     else if (s_find(&p->acked, seq) != NULL)
@@ -499,11 +505,11 @@ static int s_ack_one(server_t *s, int peer, bool late, uint64_t seq, int64_t now
     if (req == NULL || req->msg.dest == NULL) {
         free(req);
         if (m != NULL)
-            s_insert_sorted(&p->inflight, s_remove(&p->acked, seq));
+            s_insert_sorted(was_out ? &p->inflight : &p->ready, s_remove(&p->acked, seq));
         return mr_fail(err, MR_E_INTERNAL, "out of memory");
     }
     store_submit(s->store, req);
-    *freed = *freed || m != NULL;
+    *freed = *freed || was_out;
     return 0;
 }
 

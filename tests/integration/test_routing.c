@@ -1301,6 +1301,60 @@ static void test_routing_express_order_kept_across_sessions(void **state)
     mrt_daemon_cleanup(&d);
 }
 
+/*
+ * A DeliveryAck for a message waiting to be sent again (back in the queue
+ * after a new session, a window made smaller) takes it out of the queue:
+ * it is not sent once more while its ack is being committed.  Before, the
+ * slot freed by the other ack of the same frame sent it again at once,
+ * acknowledged as it was; so did the Hello after a stalled link whose late
+ * acks came in just before it.
+ */
+static void test_routing_ack_for_a_queued_resend_is_not_sent_again(void **state)
+{
+    (void)state;
+    mrt_daemon_t d = {0};
+    assert_int_equal(mrt_daemon_start(&d, NULL), 0);
+    mr_client_t *lead = connected(&d, "yx-lead");
+    raw_t r;
+    raw_open(&r, &d);
+    raw_hello_window(&r, "t-houqing", 2);
+    mr_frame_t *f = raw_next(&r, MEDROUTE__V1__FRAME__BODY_WELCOME, 5000);
+    assert_non_null(f);
+    medroute__v1__frame__free_unpacked(f, NULL);
+    uint64_t seq[3];
+    char id[64];
+    for (int i = 0; i < 3; i++) {
+        char p[160];
+        snprintf(p, sizeof p, "{\"referral_id\":\"R-QA-%d\",\"service\":\"SERVICE_FOLLOW_UP\"}",
+                 i);
+        assert_int_equal(mrt_send(lead, "t-houqing", "referral", "routine", p, NULL), 0);
+    }
+    for (int i = 0; i < 2; i++) {
+        f = raw_next(&r, MEDROUTE__V1__FRAME__BODY_DELIVERY, 5000);
+        assert_non_null(f);
+        seq[i] = f->delivery->seq;
+        medroute__v1__frame__free_unpacked(f, NULL);
+    }
+    assert_false(raw_next_referral(&r, 300, id)); /* the third waits behind the window */
+    /* The session starts again with a window of one: the first goes out again. */
+    raw_hello_window(&r, "t-houqing", 1);
+    f = raw_next(&r, MEDROUTE__V1__FRAME__BODY_DELIVERY, 5000);
+    assert_non_null(f);
+    assert_int_equal(f->delivery->seq, seq[0]);
+    assert_true(f->delivery->redelivered);
+    medroute__v1__frame__free_unpacked(f, NULL);
+    /* Both acknowledged in one frame: the second, waiting, and the first. */
+    uint64_t more[1] = {seq[0]};
+    raw_delivery_ack(&r, seq[1], more, 1);
+    assert_true(raw_next_referral(&r, 5000, id));
+    assert_string_equal(id, "R-QA-2");
+    assert_false(raw_next_referral(&r, 500, id));
+    raw_close(&r);
+    mr_client_destroy(&lead);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1321,6 +1375,7 @@ int main(void)
         cmocka_unit_test(test_routing_too_large_refused_by_the_library),
         cmocka_unit_test(test_routing_refusal_kept_for_the_next_handler),
         cmocka_unit_test(test_routing_express_order_kept_across_sessions),
+        cmocka_unit_test(test_routing_ack_for_a_queued_resend_is_not_sent_again),
     };
     return cmocka_run_group_tests_name("routing", tests, setup, teardown);
 }

@@ -4,8 +4,11 @@
  * Owns the queue half of each peer_t and the qmsg_t it holds.
  *
  * Invariants (per destination peer)
- *   1. ready and inflight are in seq order and every seq in them is pending
- *      in the store; every seq in them is <= cursor.
+ *   1. ready holds its express messages first, then its routine ones, each
+ *      part in seq order (the in-flight ones of an ended session ahead of
+ *      the rest of their part); inflight is in the order sent.  Every seq
+ *      in them is pending in the store; every routine seq in them is <=
+ *      cursor (express ones may be loaded ahead of it, invariant 6).
  *   2. complete => the store holds no pending message for the peer with
  *      seq > cursor, so a fresh commit can be appended to ready directly.
  *   3. At most one STORE_LOAD is in flight (loading).  Store completions run
@@ -16,8 +19,9 @@
  *   6. Express messages sit at the head of ready, ahead of routine ones;
  *      those loaded ahead of the cursor are skipped when a page reaches them.
  *   4. inflight.n <= max_inflight (a window), but for messages whose ack
- *      failed to commit.  A DeliveryAck moves its message from inflight to
- *      acked and fills the freed slot at once, without waiting for the
+ *      failed to commit.  A DeliveryAck moves its message from inflight (or
+ *      from ready, where an ended session's messages wait) to acked and
+ *      fills the freed slot at once, without waiting for the
  *      commit; the message is freed when the ack's commit comes back (or
  *      goes back to inflight if the commit failed).  Both lists are
  *      searched from their head, where acks and commits normally land, in
@@ -66,6 +70,20 @@ static void s_push_express(qlist_t *l, qmsg_t *m)
 {
     qmsg_t **pp = &l->head;
     while (*pp && (*pp)->express)
+        pp = &(*pp)->next;
+    m->next = *pp;
+    *pp = m;
+    if (m->next == NULL)
+        l->tail = m;
+    l->n++;
+}
+
+/* Puts a routine message in seq order among the routine ones, behind every
+ * express one. */
+static void s_insert_routine(qlist_t *l, qmsg_t *m)
+{
+    qmsg_t **pp = &l->head;
+    while (*pp && ((*pp)->express || (*pp)->seq < m->seq))
         pp = &(*pp)->next;
     m->next = *pp;
     *pp = m;
@@ -438,7 +456,12 @@ void router_on_retried(server_t *s, int peer, store_row_t *row)
                     : s_qmsg(seq, row);
     if (m == NULL)
         return;
-    s_insert_sorted(&p->ready, m);
+    /* Express as it was stored: ahead of the routine ones, as before it died. */
+    m->express = row->express != 0;
+    if (m->express)
+        s_push_express(&p->ready, m);
+    else
+        s_insert_routine(&p->ready, m);
     router_pump(s, peer);
 }
 

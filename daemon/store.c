@@ -966,6 +966,7 @@ static int s_op_retry(store_t *self, store_req_t *req)
     sqlite3_reset(st);
     if (rc != SQLITE_OK)
         return rc;
+    req->rows[0].express = e.express; /* the router queues it as it was */
     const store_row_t *r = &req->rows[0];
     e.seq = r->seq;
     e.stored_ms = r->stored_ms;

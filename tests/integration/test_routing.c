@@ -1355,6 +1355,60 @@ static void test_routing_ack_for_a_queued_resend_is_not_sent_again(void **state)
     mrt_daemon_cleanup(&d);
 }
 
+/*
+ * A stat message an operator retries from the dead letters goes ahead of
+ * the routine ones waiting, as it did before it died.  Before, it came back
+ * as a routine one, in seq order, behind an older routine message.
+ */
+static void test_routing_retried_stat_goes_ahead_of_routine(void **state)
+{
+    (void)state;
+    mrt_daemon_t d = {0};
+    assert_int_equal(mrt_daemon_start(&d, NULL), 0);
+    mr_client_t *lead = connected(&d, "yx-lead");
+    raw_t r;
+    raw_open(&r, &d);
+    raw_hello_window(&r, "t-houqing", 1);
+    mr_frame_t *f = raw_next(&r, MEDROUTE__V1__FRAME__BODY_WELCOME, 5000);
+    assert_non_null(f);
+    medroute__v1__frame__free_unpacked(f, NULL);
+    const char *routine = "{\"referral_id\":\"%s\",\"service\":\"SERVICE_FOLLOW_UP\"}";
+    char p[512], id[64];
+    snprintf(p, sizeof p, routine, "R-RS-A");
+    assert_int_equal(mrt_send(lead, "t-houqing", "referral", "routine", p, NULL), 0);
+    f = raw_next(&r, MEDROUTE__V1__FRAME__BODY_DELIVERY, 5000);
+    assert_non_null(f);
+    uint64_t a_seq = f->delivery->seq; /* out, unacknowledged: the window is full */
+    medroute__v1__frame__free_unpacked(f, NULL);
+    snprintf(p, sizeof p, routine, "R-RS-B");
+    assert_int_equal(mrt_send(lead, "t-houqing", "referral", "routine", p, NULL), 0);
+    /* A stat one that dies waiting behind the window. */
+    snprintf(p, sizeof p,
+             "{\"destination\":\"t-houqing\",\"kind\":\"referral\",\"priority\":\"stat\","
+             "\"referral\":{\"referral_id\":\"R-RS-STAT\",\"service\":\"SERVICE_FOLLOW_UP\","
+             "\"expires_at_ms\":%lld}}",
+             (long long)time(NULL) * 1000 + 1500);
+    mr_result_t res;
+    assert_int_equal(mr_client_send_json(lead, p, &res, 5000, NULL, NULL), 0);
+    long long until = mrt_now_ms() + 10000;
+    while (mrt_counter(&d, "expired") < 1 && mrt_now_ms() < until)
+        (void)poll(NULL, 0, 100);
+    assert_int_equal(mrt_counter(&d, "expired"), 1);
+    char req[128];
+    snprintf(req, sizeof req, "{\"queue_retry\":{\"seq\":%llu}}", (unsigned long long)res.seq);
+    char *reply = mrt_operator(&d, req);
+    assert_non_null(reply);
+    assert_non_null(strstr(reply, "\"done\""));
+    free(reply);
+    raw_delivery_ack(&r, a_seq, NULL, 0);
+    assert_true(raw_next_referral(&r, 5000, id));
+    assert_string_equal(id, "R-RS-STAT");
+    raw_close(&r);
+    mr_client_destroy(&lead);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1376,6 +1430,7 @@ int main(void)
         cmocka_unit_test(test_routing_refusal_kept_for_the_next_handler),
         cmocka_unit_test(test_routing_express_order_kept_across_sessions),
         cmocka_unit_test(test_routing_ack_for_a_queued_resend_is_not_sent_again),
+        cmocka_unit_test(test_routing_retried_stat_goes_ahead_of_routine),
     };
     return cmocka_run_group_tests_name("routing", tests, setup, teardown);
 }

@@ -120,23 +120,25 @@ static void on_status_summary(store_req_t *req, void *arg)
         const facility_t *f = registry_at(s->registry, i);
         const peer_t *p = &s->peers[i];
         medroute__v1__facility_status__init(&fs[i]);
-        if (!f->removed)
-            fsp[shown++] = &fs[i];
         fs[i].facility_id = f->id;
         fs[i].name = f->name;
-        fs[i].role = (char *)registry_role_name(f->role);
+        /* A facility a reload removed, shown while messages wait for it. */
+        fs[i].role = f->removed ? "removed" : (char *)registry_role_name(f->role);
         fs[i].connected = p->connected;
         fs[i].last_seen_ms = p->heard_ms ? now - (mono - p->heard_ms) : 0;
         fs[i].inflight = p->inflight.n;
     }
     /* Pending counts and ages are the store's, not memory's. */
     for (size_t r = 0; r < req->n_rows; r++) {
-        int i = registry_find(s->registry, req->rows[r].dest, strlen(req->rows[r].dest));
+        int i = registry_find_any(s->registry, req->rows[r].dest, strlen(req->rows[r].dest));
         if (i < 0)
             continue;
         fs[i].pending = req->rows[r].count;
         fs[i].oldest_pending_ms = req->rows[r].stored_ms;
     }
+    for (size_t i = 0; i < n; i++)
+        if (!registry_at(s->registry, i)->removed || fs[i].pending > 0)
+            fsp[shown++] = &fs[i];
     size_t nc = 0;
     for (int c = 0; c < CNT_COUNT; c++) {
         medroute__v1__counter__init(&cs[nc]);

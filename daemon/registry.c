@@ -140,6 +140,11 @@ int registry_find(const registry_t *self, const char *id, size_t len)
     return i >= 0 && self->facilities[i].removed ? -1 : i;
 }
 
+int registry_find_any(const registry_t *self, const char *id, size_t len)
+{
+    return strmap_get(self->by_id, id, len);
+}
+
 /* Centres hosted by the lead hospital count as the lead hospital's level. */
 static int s_is_upper(role_t r)
 {

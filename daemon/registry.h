@@ -49,6 +49,8 @@ size_t registry_count(const registry_t *self);
 const facility_t *registry_at(const registry_t *self, size_t i);
 /* Index of facility id (len bytes), or -1 (also for a removed facility). */
 int registry_find(const registry_t *self, const char *id, size_t len);
+/* The same, a removed facility included (its messages stay stored). */
+int registry_find_any(const registry_t *self, const char *id, size_t len);
 
 /* The referral direction between two facilities: derived from roles. */
 typedef enum { DIRECTION_NONE = 0, DIRECTION_UP, DIRECTION_DOWN, DIRECTION_LATERAL } direction_t;

@@ -10,6 +10,7 @@
  * acknowledged.
  */
 #include <errno.h>
+#include <jansson.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -195,6 +196,24 @@ static void test_service_sighup_reload(void **state)
     assert_non_null(r);
     assert_non_null(strstr(r, "\"destination\":\"t-lishu\""));
     free(r);
+    /* The status still shows it, as removed, while its message waits. */
+    r = mrt_operator(&d, "{\"status\":{}}");
+    assert_non_null(r);
+    json_t *st = json_loads(r, 0, NULL);
+    free(r);
+    assert_non_null(st);
+    json_t *rows = json_object_get(json_object_get(st, "status"), "facilities");
+    bool shown = false;
+    for (size_t i = 0; i < json_array_size(rows); i++) {
+        json_t *row = json_array_get(rows, i);
+        if (strcmp(json_string_value(json_object_get(row, "facility_id")), "t-lishu") != 0)
+            continue;
+        shown = true;
+        assert_string_equal(json_string_value(json_object_get(row, "role")), "removed");
+        assert_int_equal(json_integer_value(json_object_get(row, "pending")), 1);
+    }
+    assert_true(shown);
+    json_decref(st);
     mr_client_destroy(&new_one);
     mr_client_destroy(&lead);
     mr_client_destroy(&aihua);

@@ -92,6 +92,15 @@ static void s_insert_routine(qlist_t *l, qmsg_t *m)
     l->n++;
 }
 
+/* Puts m back into ready where invariant 1 has it. */
+static void s_requeue(qlist_t *ready, qmsg_t *m)
+{
+    if (m->express)
+        s_push_express(ready, m);
+    else
+        s_insert_routine(ready, m);
+}
+
 static qmsg_t *s_pop(qlist_t *l)
 {
     qmsg_t *m = l->head;
@@ -229,9 +238,9 @@ static int s_send(server_t *s, int peer, qmsg_t *m)
 static void on_loaded(store_req_t *req, void *arg);
 
 /* True when seq is already held in memory (in flight, or an express message
- * in ready).  Only express messages can be there ahead of the cursor, but
- * not only at the head: a disconnect puts the in-flight routine ones back
- * in front of them, and a retried or unacknowledged one goes in by seq. */
+ * in ready).  Only express messages can be there ahead of the cursor: at the
+ * head of ready (invariant 1), or in flight, or acknowledged and waiting
+ * for the commit. */
 static bool s_held(const peer_t *p, uint64_t seq)
 {
     for (const qmsg_t *m = p->inflight.head; m; m = m->next)
@@ -313,6 +322,8 @@ static void on_loaded(store_req_t *req, void *arg)
     peer_t *p = &s->peers[peer];
     p->loading = false;
     p->loading_express = false;
+    if (registry_at(s->registry, (size_t)peer)->removed)
+        return; /* a reload removed it meanwhile: memory stays forgotten */
     if (req->status != STORE_OK) {
         if (req->express_only)
             p->express_checked = false;
@@ -458,10 +469,7 @@ void router_on_retried(server_t *s, int peer, store_row_t *row)
         return;
     /* Express as it was stored: ahead of the routine ones, as before it died. */
     m->express = row->express != 0;
-    if (m->express)
-        s_push_express(&p->ready, m);
-    else
-        s_insert_routine(&p->ready, m);
+    s_requeue(&p->ready, m);
     router_pump(s, peer);
 }
 
@@ -494,8 +502,10 @@ static void on_acked(store_req_t *req, void *arg)
     default: {
         /* Not recorded: deliver again later, the client's seen-set absorbs it. */
         qmsg_t *m = s_remove(&p->acked, seq);
-        if (m != NULL)
-            s_insert_sorted(p->connected ? &p->inflight : &p->ready, m);
+        if (m != NULL && p->connected)
+            s_insert_sorted(&p->inflight, m);
+        else if (m != NULL)
+            s_requeue(&p->ready, m);
         break;
     }
     }
@@ -527,8 +537,11 @@ static int s_ack_one(server_t *s, int peer, bool late, uint64_t seq, int64_t now
     }
     if (req == NULL || req->msg.dest == NULL) {
         free(req);
-        if (m != NULL)
-            s_insert_sorted(was_out ? &p->inflight : &p->ready, s_remove(&p->acked, seq));
+        qmsg_t *back = m != NULL ? s_remove(&p->acked, seq) : NULL;
+        if (back != NULL && was_out)
+            s_insert_sorted(&p->inflight, back);
+        else if (back != NULL)
+            s_requeue(&p->ready, back);
         return mr_fail(err, MR_E_INTERNAL, "out of memory");
     }
     store_submit(s->store, req);
@@ -656,6 +669,7 @@ void router_forget_memory(server_t *s, int peer)
     s_clear(&p->acked);
     p->complete = false;
     p->cursor = 0;
+    p->express_ahead = 0;
 }
 
 void router_stop(server_t *s)

@@ -37,16 +37,30 @@ static bool s_key_is(const server_t *s, int peer, const char *key)
     return !f->removed && f->public_key != NULL && strcmp(f->public_key, key) == 0;
 }
 
+/* True when key (Z85) is the key of another identity now: another
+ * facility's, or an operator's. */
+static bool s_key_is_another(const server_t *s, int peer, const char *key)
+{
+    for (size_t i = 0; i < registry_count(s->registry); i++) {
+        const facility_t *f = registry_at(s->registry, i);
+        if ((int)i != peer && !f->removed && f->public_key != NULL &&
+            strcmp(f->public_key, key) == 0)
+            return true;
+    }
+    return conf_operator_of(s->conf, key) != NULL;
+}
+
 /* May key say Hello for facility peer: its key as configured now, or the
  * key of its last session, so that through a rotation the connection it
  * has keeps working until the facility switches (a removal forgets it:
- * session_revoke). */
+ * session_revoke), but not once a reload gave that key to another
+ * facility: it speaks for that one now. */
 static bool s_may_hello(const server_t *s, int peer, const char *key)
 {
     const peer_t *p = &s->peers[peer];
     return s_key_is(s, peer, key) ||
            (p->key[0] != '\0' && strcmp(p->key, key) == 0 &&
-            !registry_at(s->registry, (size_t)peer)->removed);
+            !registry_at(s->registry, (size_t)peer)->removed && !s_key_is_another(s, peer, key));
 }
 
 /* Forgets peer's former session (invariant 3). */

@@ -130,7 +130,9 @@ static void s_replies_clear(void)
 #define S_KEY_C "3^IqWsk.PS}Fp^-@8%r5ZgJmUIUzunvx3bn+l3q#"
 
 /* The fixture's config, with t-a's public key. */
-#define S_CONF_TEXT(ta_key) \
+#define S_CONF_TEXT(ta_key) S_CONF_KEYS(ta_key, S_KEY_B)
+/* The same with t-a's and t-b's public keys. */
+#define S_CONF_KEYS(ta_key, tb_key) \
     "broker_id = \"unit-broker\";\n" \
     "facility_endpoint = \"tcp://127.0.0.1:1\";\n" \
     "operator_endpoint = \"tcp://127.0.0.1:2\";\n" \
@@ -142,7 +144,7 @@ static void s_replies_clear(void)
     "  { id = \"lead\"; role = \"lead\"; },\n" \
     "  { id = \"img\"; role = \"imaging_centre\"; host = \"lead\"; },\n" \
     "  { id = \"t-a\"; role = \"township\"; public_key = \"" ta_key "\"; },\n" \
-    "  { id = \"t-b\"; role = \"township\"; public_key = \"" S_KEY_B "\"; }\n" \
+    "  { id = \"t-b\"; role = \"township\"; public_key = \"" tb_key "\"; }\n" \
     ");\n"
 
 static const char *const s_conf_text = S_CONF_TEXT(S_KEY_A);
@@ -1338,6 +1340,34 @@ static void test_dispatch_late_ack_needs_a_key_still_allowed(void **state)
     s_settle(s);
 }
 
+/* A reload that gives t-a's key A to t-b (t-a gets C): A speaks for t-b
+ * now.  A Hello for t-a with it is refused, and its late ack does not count
+ * for t-a; as t-b it gets in. */
+static void test_dispatch_key_given_to_another_speaks_for_it_only(void **state)
+{
+    s_fx_t *fx = *state;
+    server_t *s = fx->s;
+    s_user_id = S_KEY_A;
+    s_hello(s, RID_A, "t-a");
+    assert_int_equal(s_replies[0].f->body_case, MEDROUTE__V1__FRAME__BODY_WELCOME);
+    session_end(s, TA, "test");
+    s->config_text = S_CONF_KEYS(S_KEY_C, S_KEY_A);
+    char why[256] = "";
+    if (reload_config(s, why, sizeof why) != 0)
+        fail_msg("reload: %s", why);
+    assert_int_equal(session_former(s, RID_A, RID_LEN, S_KEY_A), -1);
+    uint64_t events = s->counters.v[CNT_SECURITY_EVENTS];
+    s_hello(s, RID_B, "t-a");
+    s_expect_error(1, RID_B, MR_E_FORBIDDEN);
+    assert_false(s->peers[TA].connected);
+    assert_int_equal(s->counters.v[CNT_SECURITY_EVENTS], events + 1);
+    s_hello(s, RID_B, "t-b");
+    assert_int_equal(s_replies[2].f->body_case, MEDROUTE__V1__FRAME__BODY_WELCOME);
+    assert_int_equal(session_find(s, RID_B, RID_LEN), TB);
+    s_user_id = NULL;
+    s_settle(s);
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, s_setup, s_teardown)
@@ -1364,6 +1394,7 @@ int main(void)
         T(test_dispatch_session_follows_its_key),
         T(test_dispatch_late_ack_counts_with_its_key_only),
         T(test_dispatch_late_ack_needs_a_key_still_allowed),
+        T(test_dispatch_key_given_to_another_speaks_for_it_only),
     };
     /* MR_TEST_FILTER / MR_TEST_SKIP: glob patterns of test names to run or
      * skip (e.g. to run the rest under valgrind while a known bug is open). */

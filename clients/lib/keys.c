@@ -15,16 +15,24 @@
 #include <unistd.h>
 #include <zmq.h>
 
+/* A key file's text, and the longest line read back: room for the comment
+ * line of any name a file may have (255 bytes). */
+#define S_TEXT_MAX 512
+
 static int s_write(const char *path, int flags, mode_t mode, const char *what, const char *name,
                    const char *key)
 {
+    /* Made before the file is, so that a name it cannot hold leaves no
+     * file behind. */
+    char text[S_TEXT_MAX];
+    int n = snprintf(text, sizeof text, "# medroute CURVE %s key of %s%s\n%s\n", what, name,
+                     strcmp(what, "secret") == 0 ? " - keep it on that machine only" : "", key);
+    if (n < 0 || (size_t)n >= sizeof text)
+        return -ENAMETOOLONG;
     int fd = open(path, flags | O_WRONLY | O_CREAT | O_CLOEXEC, mode);
     if (fd < 0)
         return -errno;
-    char text[256];
-    int n = snprintf(text, sizeof text, "# medroute CURVE %s key of %s%s\n%s\n", what, name,
-                     strcmp(what, "secret") == 0 ? " - keep it on that machine only" : "", key);
-    int rc = n > 0 && write(fd, text, (size_t)n) == n ? 0 : -EIO;
+    int rc = write(fd, text, (size_t)n) == n ? 0 : -EIO;
     if (fsync(fd) != 0 && rc == 0)
         rc = -errno;
     if (close(fd) != 0 && rc == 0)
@@ -60,7 +68,7 @@ int mr_key_read(const char *path, char key_out[41], char public_out[41])
     FILE *f = fopen(path, "r");
     if (f == NULL)
         return -errno;
-    char line[256];
+    char line[S_TEXT_MAX];
     int rc = -EINVAL;
     while (fgets(line, sizeof line, f)) {
         line[strcspn(line, "\r\n")] = '\0';

@@ -155,6 +155,8 @@ int dispatch_check_utf8(const ProtobufCMessageDescriptor *d, const uint8_t *buf,
     int rc = mr_find_bad_utf8(d, buf, len, path, sizeof path);
     if (rc < 0)
         return mr_fail(err, MR_E_MALFORMED, "frame does not decode as %s", d->name);
+    if (rc == 2)
+        return mr_fail(err, MR_E_INVALID, "%s holds a NUL character", path);
     if (rc > 0)
         return mr_fail(err, MR_E_INVALID, "%s is not valid UTF-8", path);
     return 0;

@@ -434,12 +434,16 @@ static int s_utf8_walk(const ProtobufCMessageDescriptor *d, const uint8_t *b, si
         if (f == NULL)
             continue;
         s_step_t here = {up, f, b, tag_at};
-        if (f->type == PROTOBUF_C_TYPE_STRING && !mr_utf8_valid((const char *)v, (size_t)n)) {
+        int bad = f->type != PROTOBUF_C_TYPE_STRING          ? 0
+                  : !mr_utf8_valid((const char *)v, (size_t)n) ? 1
+                  : memchr(v, '\0', (size_t)n) != NULL         ? 2
+                                                               : 0;
+        if (bad) {
             if (path != NULL && path_len > 0) {
                 path[0] = '\0';
                 (void)s_path_write(path, path_len, &here);
             }
-            return 1;
+            return bad;
         }
         if (f->type == PROTOBUF_C_TYPE_MESSAGE) {
             int rc = s_utf8_walk(f->descriptor, v, (size_t)n, &here, path, path_len);

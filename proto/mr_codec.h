@@ -160,8 +160,10 @@ size_t mr_utf8_cut(const char *s, size_t n);
  * the whole message, so such a message, once stored, can never be read by
  * its receiver.  1, with the field's path written into path (e.g.
  * "envelope.referral.patient.name", "items[2].unit"; names only, never the
- * content; path may be NULL); 0 if every string is valid; -1 if buf is not
- * a sequence of well-formed fields.
+ * content; path may be NULL); 2 likewise for a valid string holding a NUL
+ * character (C code would read it shorter than what is stored and
+ * delivered: "t-aihua\0x" would pass for t-aihua); 0 if every string is
+ * valid; -1 if buf is not a sequence of well-formed fields.
  *
  * It walks the encoded bytes, not the decoded message: protobuf-c keeps a
  * string as a C string, so whatever follows a NUL inside it would escape a

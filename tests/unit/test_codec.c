@@ -774,6 +774,24 @@ static void test_codec_find_bad_utf8_past_a_nul(void **state)
         mr_find_bad_utf8(&medroute__v1__envelope__descriptor, group, sizeof group, NULL, 0), -1);
 }
 
+/* A string that is valid UTF-8 but holds a NUL: C code would read it
+ * shorter than what is stored and delivered ("t-aihua\0x" for t-aihua). */
+static void test_codec_find_nul_in_a_string(void **state)
+{
+    (void)state;
+    /* Envelope{source = "t-aihua\0x"} (field 2) */
+    const uint8_t env[] = {0x12, 0x09, 't', '-', 'a', 'i', 'h', 'u', 'a', 0x00, 'x'};
+    char path[96];
+    assert_int_equal(
+        mr_find_bad_utf8(&medroute__v1__envelope__descriptor, env, sizeof env, path, sizeof path),
+        2);
+    assert_string_equal(path, "source");
+    const uint8_t plain[] = {0x12, 0x07, 't', '-', 'a', 'i', 'h', 'u', 'a'};
+    assert_int_equal(mr_find_bad_utf8(&medroute__v1__envelope__descriptor, plain, sizeof plain,
+                                      path, sizeof path),
+                     0);
+}
+
 /* ---- the same message sent again ---------------------------------------- */
 
 static void test_codec_created_at_field_number(void **state)
@@ -870,6 +888,7 @@ int main(void)
         cmocka_unit_test(test_codec_find_bad_utf8_names_the_field),
         cmocka_unit_test(test_codec_find_bad_utf8_repeated_string),
         cmocka_unit_test(test_codec_find_bad_utf8_past_a_nul),
+        cmocka_unit_test(test_codec_find_nul_in_a_string),
         cmocka_unit_test(test_codec_envelope_same_leaves_out_created_at),
         cmocka_unit_test(test_codec_envelope_same_compares_broken_bytes_whole),
     };

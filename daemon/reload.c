@@ -154,6 +154,7 @@ int reload_config(server_t *s, char *why, size_t why_len)
             router_forget_memory(s, (int)i);
         }
     }
+    session_keys_reassigned(s);
     registry_destroy(&old_reg);
     conf_destroy(&old_conf);
     log_info(s->log, "server.reloaded", "facilities=%zu added=%zu removed=%zu",

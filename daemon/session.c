@@ -104,6 +104,19 @@ void session_revoke(server_t *s, int peer, const char *why)
     s_former_forget(s, peer);
 }
 
+void session_keys_reassigned(server_t *s)
+{
+    size_t n = registry_count(s->registry);
+    for (size_t i = 0; i < n; i++) {
+        const peer_t *p = &s->peers[i];
+        if (p->key[0] == '\0' || !s_key_is_another(s, (int)i, p->key))
+            continue;
+        log_warn(s->log, "security.key_reassigned", "facility=%s key=%.8s action=session_ended",
+                 registry_at(s->registry, i)->id, p->key);
+        session_revoke(s, (int)i, "key_reassigned");
+    }
+}
+
 int session_of(server_t *s, const uint8_t *rid, size_t rid_len, const char *key)
 {
     int peer = session_find(s, rid, rid_len);

@@ -45,6 +45,9 @@ void session_on_closed(server_t *s, int fd);
 /* Ends peer's session and forgets the key it came with (a removal by a
  * reload): a connection still open with that key cannot say Hello again. */
 void session_revoke(server_t *s, int peer, const char *why);
+/* After a reload: revokes every session whose key is now another
+ * facility's or an operator's (it speaks for that one now). */
+void session_keys_reassigned(server_t *s);
 /* Records that the facility was heard from now. */
 void session_touch(server_t *s, int peer);
 /* Ends the session of peer (connection gone or replaced). */

@@ -1368,6 +1368,30 @@ static void test_dispatch_key_given_to_another_speaks_for_it_only(void **state)
     s_settle(s);
 }
 
+/*
+ * A reload that gives the key of t-a's live session to t-b ends that
+ * session: its connection would otherwise go on sending as t-a with what is
+ * now t-b's key.
+ */
+static void test_dispatch_reload_ends_a_session_whose_key_moved(void **state)
+{
+    s_fx_t *fx = *state;
+    server_t *s = fx->s;
+    s_user_id = S_KEY_A;
+    s_hello(s, RID_A, "t-a");
+    assert_int_equal(s_replies[0].f->body_case, MEDROUTE__V1__FRAME__BODY_WELCOME);
+    assert_true(s->peers[TA].connected);
+    s->config_text = S_CONF_KEYS(S_KEY_C, S_KEY_A);
+    char why[256] = "";
+    if (reload_config(s, why, sizeof why) != 0)
+        fail_msg("reload: %s", why);
+    assert_false(s->peers[TA].connected);
+    assert_int_equal(session_find(s, RID_A, RID_LEN), -1);
+    assert_int_equal(session_former(s, RID_A, RID_LEN, S_KEY_A), -1);
+    s_user_id = NULL;
+    s_settle(s);
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, s_setup, s_teardown)
@@ -1395,6 +1419,7 @@ int main(void)
         T(test_dispatch_late_ack_counts_with_its_key_only),
         T(test_dispatch_late_ack_needs_a_key_still_allowed),
         T(test_dispatch_key_given_to_another_speaks_for_it_only),
+        T(test_dispatch_reload_ends_a_session_whose_key_moved),
     };
     /* MR_TEST_FILTER / MR_TEST_SKIP: glob patterns of test names to run or
      * skip (e.g. to run the rest under valgrind while a known bug is open). */

@@ -221,6 +221,12 @@ int facts_extract(const server_t *s, int src, int dest, const mr_envelope_t *env
         id = env->imaging_report->accession_number;
         f->report_status = (int)env->imaging_report->status;
         f->critical = env->imaging_report->critical_finding;
+        if (f->report_status < MEDROUTE__V1__REPORT_STATUS__REPORT_PRELIMINARY ||
+            f->report_status > MEDROUTE__V1__REPORT_STATUS__REPORT_AMENDED) {
+            snprintf(reason, reason_len,
+                     "imaging_report.status must be preliminary, final or amended");
+            rc = MR_E_INVALID;
+        }
         break;
     case MEDROUTE__V1__ENVELOPE__PAYLOAD_LAB_ORDER:
         id = env->lab_order->placer_order_number;
@@ -237,6 +243,11 @@ int facts_extract(const server_t *s, int src, int dest, const mr_envelope_t *env
         f->items = (int)r->n_items;
         for (size_t i = 0; i < r->n_items; i++)
             f->critical = f->critical || r->items[i]->critical;
+        if (f->report_status < MEDROUTE__V1__RESULT_STATUS__RESULT_PARTIAL ||
+            f->report_status > MEDROUTE__V1__RESULT_STATUS__RESULT_CORRECTED) {
+            snprintf(reason, reason_len, "lab_result.status must be partial, final or corrected");
+            rc = MR_E_INVALID;
+        }
         break;
     }
     case MEDROUTE__V1__ENVELOPE__PAYLOAD_CRITICAL_ACK: {

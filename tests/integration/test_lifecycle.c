@@ -465,6 +465,14 @@ static void test_referral_imaging_lab_loops_and_critical_readback(void **state)
     assert_int_equal(sendp(aihua, "yx-imaging", "imaging_request", "urgent",
                            "{\"accession_number\":\"A-1\",\"modality\":\"MODALITY_CT\"}", NULL),
                      0);
+    /* A status that is none of the known ones is a bad message, not a step
+     * out of order (docs/protocol.md 11); so is one left unset. */
+    assert_int_equal(sendp(img, "t-aihua", "imaging_report", "urgent",
+                           "{\"accession_number\":\"A-1\",\"status\":7}", NULL),
+                     MR_E_INVALID);
+    assert_int_equal(sendp(img, "t-aihua", "imaging_report", "urgent",
+                           "{\"accession_number\":\"A-1\"}", NULL),
+                     MR_E_INVALID);
     assert_int_equal(sendp(img, "t-aihua", "imaging_report", "urgent",
                            "{\"accession_number\":\"A-1\",\"status\":\"REPORT_PRELIMINARY\"}",
                            NULL),

@@ -1095,6 +1095,10 @@ static int s_cmd_queue(s_ctx_t *ctx, int argc, char **argv)
 
 /* ---- slots and open loops ------------------------------------------------ */
 
+/* The most rows the broker lists for slots (the latest days) and for open
+ * (the oldest loops) (clinical.c, medroute(1)): a list that long was cut. */
+#define S_CLINICAL_ROWS_MAX 1000
+
 static int s_print_slots(const json_t *reply)
 {
     const json_t *rows = json_object_get(json_object_get(reply, "slots"), "rows");
@@ -1112,7 +1116,11 @@ static int s_print_slots(const json_t *reply)
                s_json_ll(json_object_get(r, "general_used"), 0),
                s_json_ll(json_object_get(r, "released"), 0));
     }
-    printf("(%zu resources)\n", json_array_size(rows));
+    size_t n = json_array_size(rows);
+    if (n >= S_CLINICAL_ROWS_MAX)
+        printf("(the latest %zu resources: earlier ones are not listed; narrow with --date)\n", n);
+    else
+        printf("(%zu resources)\n", n);
     return fflush(stdout) == 0 ? S_EXIT_OK : S_EXIT_FAIL;
 }
 
@@ -1195,7 +1203,11 @@ static int s_print_open(const json_t *reply)
                s_json_str(r, "state", ""), p >= 0 && p <= 2 ? prio[p] : "?", age,
                json_is_true(json_object_get(r, "escalated")) ? "yes" : "");
     }
-    printf("(%zu open)\n", json_array_size(rows));
+    size_t n = json_array_size(rows);
+    if (n >= S_CLINICAL_ROWS_MAX)
+        printf("(the oldest %zu open: more may be open; narrow with --facility)\n", n);
+    else
+        printf("(%zu open)\n", n);
     return fflush(stdout) == 0 ? S_EXIT_OK : S_EXIT_FAIL;
 }
 

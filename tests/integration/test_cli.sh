@@ -525,6 +525,34 @@ check "status table has a LATENCY section with the store_put row" \
     "table: $(cat "$TMP/table.out")" \
     grep -q -E "^store_put +$PUT_N +[0-9]+ +[0-9]+ +[0-9]+\$" "$TMP/table.out"
 
+# ---- 8b: slots and open cut at the broker's 1000 rows say so ---------------------------
+
+echo "# 8b: slots and open longer than the broker lists"
+python3 -c '
+import json
+print(json.dumps({"items": [{"resource": "RESOURCE_CLINIC", "unit": "u%04d" % i,
+                             "date": "2030-01-%02d" % (1 + i % 28), "capacity": 10,
+                             "reserved": 2} for i in range(1001)]}))
+' >"$TMP/capacity.json"
+run cap1 mr send --as yx-lead --to clitest-broker --kind capacity --json "$TMP/capacity.json"
+check "a capacity notice of 1001 resources is acknowledged" \
+    "exit $RC, got: $(cat "$TMP/cap1.out") $(cat "$TMP/cap1.err")" test "$RC" -eq 0
+run slots1 mr slots
+check "slots cut at 1000 rows does not call them all the resources" \
+    "exit $RC, last line: $(tail -n 1 "$TMP/slots1.out")" \
+    test "$RC" -eq 0 -a "$(tail -n 1 "$TMP/slots1.out")" = \
+    "(the latest 1000 resources: earlier ones are not listed; narrow with --date)"
+for i in $(seq 1001); do
+    echo "{\"accession_number\": \"A-OPEN-$i\", \"modality\": \"DR\"}" |
+        mr send --as t-aihua --to yx-imaging --kind imaging_request --json - >/dev/null 2>&1 ||
+        break
+done
+run open1 mr open
+check "open cut at 1000 rows does not call them all that is open" \
+    "exit $RC, sent $i, last line: $(tail -n 1 "$TMP/open1.out")" \
+    test "$RC" -eq 0 -a "$(tail -n 1 "$TMP/open1.out")" = \
+    "(the oldest 1000 open: more may be open; narrow with --facility)"
+
 # ---- 9: no patient data in the log; clean stop ---------------------------------------
 
 echo "# 9: the log, and SIGTERM"

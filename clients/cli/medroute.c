@@ -1443,8 +1443,10 @@ static int s_cmd_watch(s_ctx_t *ctx, int argc, char **argv)
                 status = rc == -ETIMEDOUT ? S_EXIT_TIMEOUT : S_EXIT_FAIL;
                 break;
             }
-            if (renewed == 0 && s_print_watch(reply, as_json))
-                seen++;
+            /* The reply confirms the subscription ("subscribed"): shown,
+             * but not one of the --count events. */
+            if (renewed == 0)
+                (void)s_print_watch(reply, as_json);
             free(reply);
             renewed = now;
         }

@@ -553,6 +553,17 @@ check "open cut at 1000 rows does not call them all that is open" \
     test "$RC" -eq 0 -a "$(tail -n 1 "$TMP/open1.out")" = \
     "(the oldest 1000 open: more may be open; narrow with --facility)"
 
+# ---- 8c: watch ----------------------------------------------------------------------
+
+echo "# 8c: watch"
+# The first line confirms the subscription; --count counts the events after
+# it: exit 0 with an event besides it, or exit 3 with none in time.
+run watch1 mr watch --json --count 1 --timeout 1500
+WKINDS=$(field_of_lines watch.kind <"$TMP/watch1.out")
+check "watch --count 1 does not count the subscription as its event" \
+    "exit $RC, kinds: $WKINDS" \
+    test "$WKINDS" = subscribed -a "$RC" -eq 3 -o "$RC" -eq 0 -a "${WKINDS#subscribed }" != "$WKINDS"
+
 # ---- 9: no patient data in the log; clean stop ---------------------------------------
 
 echo "# 9: the log, and SIGTERM"

@@ -1404,12 +1404,16 @@ static int s_cmd_watch(s_ctx_t *ctx, int argc, char **argv)
     while ((c = getopt_long(argc, argv, "n:T:j", opts, NULL)) != -1) {
         switch (c) {
         case 'n':
-            if (s_parse_int(optarg, 1, INT_MAX, &count) != 0)
+            if (s_parse_int(optarg, 1, INT_MAX, &count) != 0) {
+                fprintf(stderr, "medroute watch: --count wants a number > 0\n");
                 return S_EXIT_USAGE;
+            }
             break;
         case 'T':
-            if (s_parse_int(optarg, 1, INT_MAX, &timeout_ms) != 0)
+            if (s_parse_int(optarg, 1, INT_MAX, &timeout_ms) != 0) {
+                fprintf(stderr, "medroute watch: --timeout wants milliseconds > 0\n");
                 return S_EXIT_USAGE;
+            }
             break;
         case 'j': as_json = 1; break;
         default:
@@ -1417,6 +1421,10 @@ static int s_cmd_watch(s_ctx_t *ctx, int argc, char **argv)
             if (done)
                 return status;
         }
+    }
+    if (optind != argc) {
+        s_usage_of(stderr, "watch");
+        return S_EXIT_USAGE;
     }
     if ((status = s_load_keys(ctx)) != 0)
         return status;
@@ -1435,7 +1443,7 @@ static int s_cmd_watch(s_ctx_t *ctx, int argc, char **argv)
             break;
         }
         if (renewed == 0 || now - renewed >= 30000) {
-            char *reply = NULL, err[256];
+            char *reply = NULL, err[256] = "";
             int rc = mr_operator_call_json(op, "{\"watch\":{}}", &reply, 5000, err, sizeof err);
             if (rc != 0) {
                 fprintf(stderr, "medroute watch: %s\n", err);

@@ -563,6 +563,13 @@ WKINDS=$(field_of_lines watch.kind <"$TMP/watch1.out")
 check "watch --count 1 does not count the subscription as its event" \
     "exit $RC, kinds: $WKINDS" \
     test "$WKINDS" = subscribed -a "$RC" -eq 3 -o "$RC" -eq 0 -a "${WKINDS#subscribed }" != "$WKINDS"
+# Bad usage is refused (exit 2) and said, as by every other command.
+run watch2 mr watch stray --count 1 --timeout 500
+check "watch with a stray argument: exit 2 (usage), nothing watched" \
+    "exit $RC, out: $(cat "$TMP/watch2.out")" test "$RC" -eq 2 -a ! -s "$TMP/watch2.out"
+run watch3 mr watch --count x
+check "watch --count x: exit 2 and a message on stderr" \
+    "exit $RC, err: $(cat "$TMP/watch3.err")" test "$RC" -eq 2 -a -s "$TMP/watch3.err"
 
 # ---- 9: no patient data in the log; clean stop ---------------------------------------
 

@@ -1124,6 +1124,17 @@ static int s_print_slots(const json_t *reply)
     return fflush(stdout) == 0 ? S_EXIT_OK : S_EXIT_FAIL;
 }
 
+/* A local date as the ledger keys it: YYYY-MM-DD, month 01-12, day 01-31. */
+static bool s_is_date(const char *text)
+{
+    for (int i = 0; i < 10; i++)
+        if (text[i] == '\0' || (i == 4 || i == 7 ? text[i] != '-' : text[i] < '0' || text[i] > '9'))
+            return false;
+    int month = (text[5] - '0') * 10 + (text[6] - '0');
+    int day = (text[8] - '0') * 10 + (text[9] - '0');
+    return text[10] == '\0' && month >= 1 && month <= 12 && day >= 1 && day <= 31;
+}
+
 static int s_cmd_slots(s_ctx_t *ctx, int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -1136,7 +1147,15 @@ static int s_cmd_slots(s_ctx_t *ctx, int argc, char **argv)
     int as_json = 0, c, done = 0, status;
     while ((c = getopt_long(argc, argv, "d:j", opts, NULL)) != -1) {
         switch (c) {
-        case 'd': date = optarg; break;
+        case 'd':
+            /* The broker matches the date as a string: a typo would list
+             * nothing, as if nothing were published that day. */
+            if (!s_is_date(optarg)) {
+                fprintf(stderr, "medroute slots: --date wants YYYY-MM-DD\n");
+                return S_EXIT_USAGE;
+            }
+            date = optarg;
+            break;
         case 'j': as_json = 1; break;
         default:
             status = s_other_opt(ctx, c, "slots", &done);

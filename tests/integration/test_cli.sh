@@ -542,6 +542,15 @@ check "slots cut at 1000 rows does not call them all the resources" \
     "exit $RC, last line: $(tail -n 1 "$TMP/slots1.out")" \
     test "$RC" -eq 0 -a "$(tail -n 1 "$TMP/slots1.out")" = \
     "(the latest 1000 resources: earlier ones are not listed; narrow with --date)"
+# The broker matches --date as a string: a typo must not read as "nothing
+# published that day".
+run slots2 mr slots --date 2030/01/02
+check "slots --date 2030/01/02: exit 2 (bad input), not an empty ledger" \
+    "exit $RC, out: $(tail -n 1 "$TMP/slots2.out")" test "$RC" -eq 2 -a ! -s "$TMP/slots2.out"
+run slots3 mr slots --date 2030-01-02
+check "slots --date 2030-01-02 lists that day's 36 resources" \
+    "exit $RC, out: $(tail -n 1 "$TMP/slots3.out")" \
+    test "$RC" -eq 0 -a "$(tail -n 1 "$TMP/slots3.out")" = "(36 resources)"
 for i in $(seq 1001); do
     echo "{\"accession_number\": \"A-OPEN-$i\", \"modality\": \"DR\"}" |
         mr send --as t-aihua --to yx-imaging --kind imaging_request --json - >/dev/null 2>&1 ||

@@ -1758,9 +1758,9 @@ static void *s_backup_thread(void *arg)
     char path[512];
     if (reason == NULL)
         req->status = STORE_OK;
-    else
-        log_error(self->log, "store.backup_failed", "to=\"%s\" reason=\"%s\"",
-                  log_clean(path, sizeof path, req->query), reason);
+    else /* the reason first: a long path is cut at the end of the line */
+        log_error(self->log, "store.backup_failed", "reason=\"%s\" to=\"%s\"", reason,
+                  log_clean(path, sizeof path, req->query));
     req->next = NULL;
     s_complete(self, req, req);
     atomic_fetch_sub(&self->backups, 1);

@@ -580,6 +580,23 @@ run watch3 mr watch --count x
 check "watch --count x: exit 2 and a message on stderr" \
     "exit $RC, err: $(cat "$TMP/watch3.err")" test "$RC" -eq 2 -a -s "$TMP/watch3.err"
 
+# ---- 8d: a failed admin backup says why in the log ----------------------------------
+
+echo "# 8d: admin backup to a long path"
+# SQLite opens no path over 512 bytes: the backup fails, and the CLI sends
+# the operator to the log, whose line must keep the reason however long the
+# path (a log line holds 512 bytes).
+LONG=$TMP
+for i in 1 2 3; do
+    LONG=$LONG/$(printf 'd%.0s' $(seq 200))$i
+done
+mkdir -p "$LONG"
+run backup1 mr admin backup "$LONG/copy.db"
+BLINE=$(grep -F "event=store.backup_failed" "$TMP/medrouted.log" | tail -n 1 || true)
+check "admin backup to a ${#LONG}-byte directory: exit 1, and the log line gives the reason" \
+    "exit $RC, err: $(cat "$TMP/backup1.err"), log: ${BLINE:0:200}..." \
+    test "$RC" -eq 1 -a -n "$(grep -E 'reason="[^"]+"' <<<"$BLINE" || true)"
+
 # ---- 9: no patient data in the log; clean stop ---------------------------------------
 
 echo "# 9: the log, and SIGTERM"

@@ -323,6 +323,10 @@ static int s_cmd_keygen(s_ctx_t *ctx, int argc, char **argv)
         s_usage_of(stderr, "keygen");
         return S_EXIT_USAGE;
     }
+    if (name[0] == '\0' || strchr(name, '/') != NULL) {
+        fprintf(stderr, "medroute keygen: --name wants a file name, not empty and without '/'\n");
+        return S_EXIT_USAGE;
+    }
     char pub[41];
     int rc = mr_keygen(out, name, pub);
     if (rc != 0) {

@@ -330,6 +330,17 @@ run err_key4 mr --key "$TMP/nokey.key" send --as t-aihua --to yx-lead --kind ref
 check "send --key without --server-key: exit 2 (usage)" \
     "exit $RC, err: $(cat "$TMP/err_key4.err")" test "$RC" -eq 2
 
+# keygen writes DIR/NAME.key: a NAME that is no file name is bad usage, and
+# a pair that exists already is a failure (the secret is never overwritten).
+run err_kg1 mr keygen --out "$TMP/keys" --name ops/oncall
+check "keygen --name ops/oncall: exit 2 (usage), nothing written" \
+    "exit $RC, err: $(cat "$TMP/err_kg1.err")" test "$RC" -eq 2 -a ! -e "$TMP/keys"
+run kg2 mr keygen --out "$TMP/keys" --name oncall
+run err_kg3 mr keygen --out "$TMP/keys" --name oncall
+check "keygen: a new pair exits 0, the same name again exits 1" \
+    "exit $RC, err: $(cat "$TMP/err_kg3.err")" \
+    test "$RC" -eq 1 -a -s "$TMP/keys/oncall.key" -a -s "$TMP/keys/oncall.pub"
+
 run err_src mr send --as t-nobody --to yx-lead --kind referral --json "$TMP/referral.json"
 check "--as t-nobody: exit 1" "exit $RC, out: $(cat "$TMP/err_src.out"), err: $(cat "$TMP/err_src.err")" \
     test "$RC" -eq 1

@@ -670,7 +670,8 @@ out:
 typedef struct {
     long long count;        /* stop after this many deliveries; 0: no limit */
     long long delivered;
-    int failed;             /* stdout is gone: stop */
+    int failed;             /* stdout is gone, or the broker refused us: stop */
+    const char *as;         /* the facility we listen as */
 } s_listen_t;
 
 static void on_signal(int sig)
@@ -703,9 +704,19 @@ static void s_print_event(const mr_event_t *ev)
 static int on_listen_event(mr_client_t *client, const mr_event_t *ev, void *arg)
 {
     s_listen_t *l = arg;
-    (void)client;
     if (ev->type == MR_EVENT_ERROR || ev->type == MR_EVENT_CONNECTED) {
         s_print_event(ev);
+        /* Our Hello refused (facility unknown to the broker, a key not its
+         * own): listening longer cannot help, as `send` says at once.  A
+         * NO_HELLO (the broker restarted) is answered by a new Hello. */
+        if (ev->type == MR_EVENT_ERROR && !mr_client_connected(client) &&
+            (ev->message_id == NULL || ev->message_id[0] == '\0') &&
+            ev->code_name != NULL &&
+            (strcmp(ev->code_name, "UNKNOWN_SOURCE") == 0 ||
+             strcmp(ev->code_name, "FORBIDDEN") == 0)) {
+            fprintf(stderr, "medroute listen: the broker refused us as %s\n", l->as);
+            l->failed = 1;
+        }
         return 0;
     }
     if (ev->type != MR_EVENT_DELIVERY)
@@ -794,6 +805,7 @@ static int s_cmd_listen(s_ctx_t *ctx, int argc, char **argv)
     int krc = s_client_keys(ctx, &o);
     if (krc != 0)
         return krc;
+    l.as = as;
     mr_client_t *client = mr_client_new(&o);
     if (client == NULL) {
         fprintf(stderr, "medroute: cannot create a client for %s at %s\n", as, ctx->endpoint);

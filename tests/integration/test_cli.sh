@@ -296,6 +296,10 @@ check "yx-lead receives the stdin envelope (id, urgent, I21)" \
 # ---- 4: refusals and bad input ---------------------------------------------------
 
 echo "# 4: error exits"
+run err_listen_as mr listen --as t-nowhere --timeout 5000
+check "listen as a facility the broker does not know: exit 1, with the refusal" \
+    "exit $RC, err: $(cat "$TMP/err_listen_as.err")" \
+    test "$RC" -eq 1 -a -n "$(grep UNKNOWN_SOURCE "$TMP/err_listen_as.err")"
 run err_dest mr send --as t-aihua --to t-nowhere --kind referral --json "$TMP/referral.json"
 check "unknown destination: exit 1, \"ack\":false, code_name UNKNOWN_DESTINATION" \
     "exit $RC, out: $(cat "$TMP/err_dest.out"), err: $(cat "$TMP/err_dest.err")" \

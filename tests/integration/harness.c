@@ -422,6 +422,26 @@ long mrt_count_lines(const char *path)
     return n;
 }
 
+char *mrt_lab_order_json(const char *id, size_t pad)
+{
+    char *fill = malloc(pad + 1);
+    size_t n = pad + 512;
+    char *json = malloc(n);
+    if (fill == NULL || json == NULL) {
+        free(fill);
+        free(json);
+        return NULL;
+    }
+    memset(fill, 'x', pad);
+    fill[pad] = '\0';
+    snprintf(json, n,
+             "{\"message_id\":\"%s\",\"destination\":\"yx-lab\",\"kind\":\"lab_order\","
+             "\"lab_order\":{\"placer_order_number\":\"%s\",\"clinical_info\":\"%s\"}}",
+             id, id, fill);
+    free(fill);
+    return json;
+}
+
 int mrt_send(mr_client_t *c, const char *to, const char *kind, const char *priority,
              const char *payload, char *reason_out)
 {

@@ -82,6 +82,11 @@ typedef struct {
 } mrt_keys_t;
 int mrt_keygen(const char *dir, const char *name, mrt_keys_t *k);
 
+/* A lab order to yx-lab with message id and placer number id, its
+ * clinical_info pad bytes of 'x', as JSON for mr_client_submit_json (the
+ * caller frees it). */
+char *mrt_lab_order_json(const char *id, size_t pad);
+
 /*
  * Sends {destination: to, kind, priority, <kind>: payload} and waits for the
  * answer: 0 on Ack, else the broker's error code (reason copied to

@@ -66,20 +66,10 @@ static void s_send_ack(void *router, const void *rid, size_t rid_len, const char
 
 static void s_submit(mr_client_t *c, const char *id, size_t pad)
 {
-    char *fill = malloc(pad + 1), err[200], out_id[80];
-    assert_non_null(fill);
-    memset(fill, 'x', pad);
-    fill[pad] = '\0';
-    size_t n = pad + 512;
-    char *json = malloc(n);
+    char *json = mrt_lab_order_json(id, pad), err[200], out_id[80];
     assert_non_null(json);
-    snprintf(json, n,
-             "{\"message_id\":\"%s\",\"destination\":\"yx-lab\",\"kind\":\"lab_order\","
-             "\"lab_order\":{\"placer_order_number\":\"%s\",\"clinical_info\":\"%s\"}}",
-             id, id, fill);
     assert_int_equal(mr_client_submit_json(c, json, out_id, err, sizeof err), 0);
     free(json);
-    free(fill);
 }
 
 /*

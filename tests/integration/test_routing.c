@@ -1102,18 +1102,8 @@ static void test_routing_held_deliveries_are_held_once(void **state)
 /* A lab order whose clinical information makes it about `pad` bytes. */
 static char *big_order(const char *id, size_t pad)
 {
-    char *fill = malloc(pad + 1);
-    assert_non_null(fill);
-    memset(fill, 'x', pad);
-    fill[pad] = '\0';
-    size_t n = pad + 512;
-    char *json = malloc(n);
+    char *json = mrt_lab_order_json(id, pad);
     assert_non_null(json);
-    snprintf(json, n,
-             "{\"message_id\":\"%s\",\"destination\":\"yx-lab\",\"kind\":\"lab_order\","
-             "\"lab_order\":{\"placer_order_number\":\"%s\",\"clinical_info\":\"%s\"}}",
-             id, id, fill);
-    free(fill);
     return json;
 }
 
@@ -1241,6 +1231,27 @@ static bool raw_next_referral(raw_t *r, int timeout_ms, char *id)
     return true;
 }
 
+/* A daemon of its own, yx-lead connected, and t-houqing as a raw peer that
+ * said Hello with a window of `window` and has its Welcome. */
+static void s_raw_houqing(mrt_daemon_t *d, mr_client_t **lead, raw_t *r, uint32_t window)
+{
+    assert_int_equal(mrt_daemon_start(d, NULL), 0);
+    *lead = connected(d, "yx-lead");
+    raw_open(r, d);
+    raw_hello_window(r, "t-houqing", window);
+    mr_frame_t *f = raw_next(r, MEDROUTE__V1__FRAME__BODY_WELCOME, 5000);
+    assert_non_null(f);
+    medroute__v1__frame__free_unpacked(f, NULL);
+}
+
+static void s_raw_houqing_done(mrt_daemon_t *d, mr_client_t **lead, raw_t *r)
+{
+    raw_close(r);
+    mr_client_destroy(lead);
+    assert_int_equal(mrt_daemon_stop(d), 0);
+    mrt_daemon_cleanup(d);
+}
+
 /*
  * Express messages keep their order among themselves across a session that
  * ends: a stat referral waiting behind a full window when the receiver's
@@ -1254,14 +1265,9 @@ static void test_routing_express_order_kept_across_sessions(void **state)
 {
     (void)state;
     mrt_daemon_t d = {0};
-    assert_int_equal(mrt_daemon_start(&d, NULL), 0);
-    mr_client_t *lead = connected(&d, "yx-lead");
+    mr_client_t *lead;
     raw_t r;
-    raw_open(&r, &d);
-    raw_hello_window(&r, "t-houqing", 1);
-    mr_frame_t *f = raw_next(&r, MEDROUTE__V1__FRAME__BODY_WELCOME, 5000);
-    assert_non_null(f);
-    medroute__v1__frame__free_unpacked(f, NULL);
+    s_raw_houqing(&d, &lead, &r, 1);
     char id[64];
     assert_int_equal(mrt_send(lead, "t-houqing", "referral", "routine",
                               "{\"referral_id\":\"R-XO-ROUTINE\",\"service\":"
@@ -1295,10 +1301,7 @@ static void test_routing_express_order_kept_across_sessions(void **state)
         if (strcmp(id, want[i]) != 0)
             fail_msg("delivery %d is %s, expected %s", i + 1, id, want[i]);
     }
-    raw_close(&r);
-    mr_client_destroy(&lead);
-    assert_int_equal(mrt_daemon_stop(&d), 0);
-    mrt_daemon_cleanup(&d);
+    s_raw_houqing_done(&d, &lead, &r);
 }
 
 /*
@@ -1313,14 +1316,10 @@ static void test_routing_ack_for_a_queued_resend_is_not_sent_again(void **state)
 {
     (void)state;
     mrt_daemon_t d = {0};
-    assert_int_equal(mrt_daemon_start(&d, NULL), 0);
-    mr_client_t *lead = connected(&d, "yx-lead");
+    mr_client_t *lead;
     raw_t r;
-    raw_open(&r, &d);
-    raw_hello_window(&r, "t-houqing", 2);
-    mr_frame_t *f = raw_next(&r, MEDROUTE__V1__FRAME__BODY_WELCOME, 5000);
-    assert_non_null(f);
-    medroute__v1__frame__free_unpacked(f, NULL);
+    s_raw_houqing(&d, &lead, &r, 2);
+    mr_frame_t *f;
     uint64_t seq[3];
     char id[64];
     for (int i = 0; i < 3; i++) {
@@ -1349,10 +1348,7 @@ static void test_routing_ack_for_a_queued_resend_is_not_sent_again(void **state)
     assert_true(raw_next_referral(&r, 5000, id));
     assert_string_equal(id, "R-QA-2");
     assert_false(raw_next_referral(&r, 500, id));
-    raw_close(&r);
-    mr_client_destroy(&lead);
-    assert_int_equal(mrt_daemon_stop(&d), 0);
-    mrt_daemon_cleanup(&d);
+    s_raw_houqing_done(&d, &lead, &r);
 }
 
 /*
@@ -1364,19 +1360,14 @@ static void test_routing_retried_stat_goes_ahead_of_routine(void **state)
 {
     (void)state;
     mrt_daemon_t d = {0};
-    assert_int_equal(mrt_daemon_start(&d, NULL), 0);
-    mr_client_t *lead = connected(&d, "yx-lead");
+    mr_client_t *lead;
     raw_t r;
-    raw_open(&r, &d);
-    raw_hello_window(&r, "t-houqing", 1);
-    mr_frame_t *f = raw_next(&r, MEDROUTE__V1__FRAME__BODY_WELCOME, 5000);
-    assert_non_null(f);
-    medroute__v1__frame__free_unpacked(f, NULL);
+    s_raw_houqing(&d, &lead, &r, 1);
     const char *routine = "{\"referral_id\":\"%s\",\"service\":\"SERVICE_FOLLOW_UP\"}";
     char p[512], id[64];
     snprintf(p, sizeof p, routine, "R-RS-A");
     assert_int_equal(mrt_send(lead, "t-houqing", "referral", "routine", p, NULL), 0);
-    f = raw_next(&r, MEDROUTE__V1__FRAME__BODY_DELIVERY, 5000);
+    mr_frame_t *f = raw_next(&r, MEDROUTE__V1__FRAME__BODY_DELIVERY, 5000);
     assert_non_null(f);
     uint64_t a_seq = f->delivery->seq; /* out, unacknowledged: the window is full */
     medroute__v1__frame__free_unpacked(f, NULL);
@@ -1403,10 +1394,7 @@ static void test_routing_retried_stat_goes_ahead_of_routine(void **state)
     raw_delivery_ack(&r, a_seq, NULL, 0);
     assert_true(raw_next_referral(&r, 5000, id));
     assert_string_equal(id, "R-RS-STAT");
-    raw_close(&r);
-    mr_client_destroy(&lead);
-    assert_int_equal(mrt_daemon_stop(&d), 0);
-    mrt_daemon_cleanup(&d);
+    s_raw_houqing_done(&d, &lead, &r);
 }
 
 int main(void)

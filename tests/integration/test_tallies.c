@@ -287,9 +287,9 @@ static void test_tallies_scripted_day_exact(void **state)
 }
 
 /* `watch`: a subscriber sees counter changes as traffic flows. */
-static void test_tallies_watch_streams_counter_changes(void **state)
+/* The daemon started, and an operator connection subscribed to `watch`. */
+static mr_operator_t *s_watching(void)
 {
-    (void)state;
     assert_int_equal(mrt_daemon_start(&g_d, NULL), 0);
     mr_operator_t *op = mr_operator_new(g_d.operator_ep);
     assert_non_null(op);
@@ -297,6 +297,14 @@ static void test_tallies_watch_streams_counter_changes(void **state)
     assert_int_equal(mr_operator_call_json(op, "{\"watch\":{}}", &reply, 5000, err, sizeof err), 0);
     assert_non_null(strstr(reply, "\"subscribed\""));
     free(reply);
+    return op;
+}
+
+static void test_tallies_watch_streams_counter_changes(void **state)
+{
+    (void)state;
+    mr_operator_t *op = s_watching();
+    char *reply = NULL;
     mr_client_t *aihua = client("t-aihua");
     ok(aihua, "yx-lab", "lab_order", "routine", "{\"placer_order_number\":\"PW\"}");
     bool seen = false;
@@ -322,12 +330,8 @@ static void test_tallies_watch_streams_counter_changes(void **state)
 static void test_tallies_watch_event_during_a_call_is_kept(void **state)
 {
     (void)state;
-    assert_int_equal(mrt_daemon_start(&g_d, NULL), 0);
-    mr_operator_t *op = mr_operator_new(g_d.operator_ep);
-    assert_non_null(op);
+    mr_operator_t *op = s_watching();
     char *reply = NULL, err[200];
-    assert_int_equal(mr_operator_call_json(op, "{\"watch\":{}}", &reply, 5000, err, sizeof err), 0);
-    free(reply);
     mr_client_t *aihua = client("t-aihua");
     ok(aihua, "yx-lab", "lab_order", "routine", "{\"placer_order_number\":\"PW-HELD\"}");
     usleep(1500 * 1000); /* the second's tick has sent "stored +1" */

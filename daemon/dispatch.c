@@ -143,7 +143,7 @@ static void s_note_raw_message_id(const uint8_t *frame, size_t len, mr_err_t *er
     size_t env_len, id_len;
     if (mr_field_slice(frame, len, MR_FRAME_ENVELOPE_FIELD, &env, &env_len) == 0 &&
         mr_envelope_id(env, env_len, &id, &id_len) == 0 && id_len <= MR_MESSAGE_ID_MAX &&
-        memchr(id, '\0', id_len) == NULL && mr_utf8_valid((const char *)id, id_len))
+        mr_text_check((const char *)id, id_len) == 0)
         snprintf(err->message_id, sizeof err->message_id, "%.*s", (int)id_len,
                  (const char *)id);
 }

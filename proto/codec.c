@@ -324,27 +324,36 @@ size_t mr_utf8_char(const char *str, size_t avail)
     return more + 1;
 }
 
-bool mr_utf8_valid(const char *str, size_t len)
+int mr_text_check(const char *str, size_t len)
 {
     const unsigned char *s = (const unsigned char *)str;
+    bool nul = false;
     size_t i = 0;
     while (i < len) {
         /* Eight ASCII bytes at a time: every message's text is checked, and
-         * most of it is ASCII. */
+         * most of it is ASCII.  A zero byte among them: (w - 0x01..) sets
+         * the top bit of a byte that was 0, ~w keeps it only there. */
         if (len - i >= 8) {
             uint64_t w;
             memcpy(&w, s + i, 8);
             if ((w & 0x8080808080808080ULL) == 0) {
+                nul = nul || ((w - 0x0101010101010101ULL) & ~w & 0x8080808080808080ULL) != 0;
                 i += 8;
                 continue;
             }
         }
+        nul = nul || s[i] == 0;
         size_t n = mr_utf8_char(str + i, len - i);
         if (n == 0)
-            return false;
+            return 1; /* not UTF-8 wins over a NUL before it */
         i += n;
     }
-    return true;
+    return nul ? 2 : 0;
+}
+
+bool mr_utf8_valid(const char *str, size_t len)
+{
+    return mr_text_check(str, len) != 1; /* U+0000 is a character */
 }
 
 size_t mr_utf8_cut(const char *str, size_t n)
@@ -434,10 +443,7 @@ static int s_utf8_walk(const ProtobufCMessageDescriptor *d, const uint8_t *b, si
         if (f == NULL)
             continue;
         s_step_t here = {up, f, b, tag_at};
-        int bad = f->type != PROTOBUF_C_TYPE_STRING          ? 0
-                  : !mr_utf8_valid((const char *)v, (size_t)n) ? 1
-                  : memchr(v, '\0', (size_t)n) != NULL         ? 2
-                                                               : 0;
+        int bad = f->type == PROTOBUF_C_TYPE_STRING ? mr_text_check((const char *)v, (size_t)n) : 0;
         if (bad) {
             if (path != NULL && path_len > 0) {
                 path[0] = '\0';

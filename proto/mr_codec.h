@@ -138,6 +138,11 @@ int mr_has_field_zero(const ProtobufCMessage *msg);
  */
 bool mr_utf8_valid(const char *s, size_t len);
 
+/* The same walk, telling a NUL character apart (C code reads a string that
+ * holds one shorter than it is): 0 if s[0..len) is UTF-8 without NUL, 1 if
+ * it is not UTF-8, 2 if it is but holds a NUL. */
+int mr_text_check(const char *s, size_t len);
+
 /* Bytes in the UTF-8 character at s, of at most avail bytes: 1 to 4, or 0
  * if it is not one (the rules of mr_utf8_valid). */
 size_t mr_utf8_char(const char *s, size_t avail);
@@ -161,9 +166,9 @@ size_t mr_utf8_cut(const char *s, size_t n);
  * its receiver.  1, with the field's path written into path (e.g.
  * "envelope.referral.patient.name", "items[2].unit"; names only, never the
  * content; path may be NULL); 2 likewise for a valid string holding a NUL
- * character (C code would read it shorter than what is stored and
- * delivered: "t-aihua\0x" would pass for t-aihua); 0 if every string is
- * valid; -1 if buf is not a sequence of well-formed fields.
+ * character (mr_text_check: "t-aihua\0x" would pass for t-aihua in C, and
+ * be stored and delivered whole); 0 if every string is valid; -1 if buf is
+ * not a sequence of well-formed fields.
  *
  * It walks the encoded bytes, not the decoded message: protobuf-c keeps a
  * string as a C string, so whatever follows a NUL inside it would escape a

@@ -786,6 +786,13 @@ static void test_codec_find_nul_in_a_string(void **state)
         mr_find_bad_utf8(&medroute__v1__envelope__descriptor, env, sizeof env, path, sizeof path),
         2);
     assert_string_equal(path, "source");
+    /* The check itself: a NUL in an ASCII run read eight bytes at a time, in
+     * a short tail, beside non-ASCII text; not UTF-8 wins over a NUL. */
+    assert_int_equal(mr_text_check("abcdefgh\0ijklmno", 16), 2);
+    assert_int_equal(mr_text_check("abcdefghijklmnop", 16), 0);
+    assert_int_equal(mr_text_check("ab\0", 3), 2);
+    assert_int_equal(mr_text_check("\xe5\xbc\xa0\0\xe4\xb8\x89", 7), 2);
+    assert_int_equal(mr_text_check("a\0\xd5\xc5", 4), 1);
     const uint8_t plain[] = {0x12, 0x07, 't', '-', 'a', 'i', 'h', 'u', 'a'};
     assert_int_equal(mr_find_bad_utf8(&medroute__v1__envelope__descriptor, plain, sizeof plain,
                                       path, sizeof path),

@@ -4,11 +4,10 @@
  * Owns the queue half of each peer_t and the qmsg_t it holds.
  *
  * Invariants (per destination peer)
- *   1. ready holds its express messages first, then its routine ones, each
- *      part in seq order (the in-flight ones of an ended session ahead of
- *      the rest of their part); inflight is in the order sent.  Every seq
- *      in them is pending in the store; every routine seq in them is <=
- *      cursor (express ones may be loaded ahead of it, invariant 6).
+ *   1. ready holds its express messages first (invariant 6), then its
+ *      routine ones in seq order (an ended session's in-flight ones ahead
+ *      of the rest); inflight is in the order sent.  Every seq in them is
+ *      pending in the store; every routine seq in them is <= cursor.
  *   2. complete => the store holds no pending message for the peer with
  *      seq > cursor, so a fresh commit can be appended to ready directly.
  *   3. At most one STORE_LOAD is in flight (loading).  Store completions run
@@ -520,14 +519,15 @@ static int s_ack_one(server_t *s, int peer, bool late, uint64_t seq, int64_t now
     peer_t *p = &s->peers[peer];
     qmsg_t *m = s_remove(&p->inflight, seq); /* normally at its head */
     bool was_out = m != NULL;
+    if (m == NULL && s_find(&p->acked, seq) != NULL)
+        return 0; /* a repeat while the first is being committed */
     /* Or waiting to be sent again (a session ended, a smaller window): not
-     * sent once more while its ack is committed. */
+     * sent once more while its ack is committed.  (ready is the longer
+     * list: looked through last.) */
     if (m == NULL)
         m = s_remove(&p->ready, seq);
     if (m != NULL)
         s_push(&p->acked, m); /* its window slot is free from now on */
-    else if (s_find(&p->acked, seq) != NULL)
-        return 0; /* a repeat while the first is being committed */
     store_req_t *req = store_req_new(STORE_ACK, on_acked, s);
     if (req != NULL) {
         req->tag = peer | (late ? S_TAG_LATE : 0);

@@ -323,12 +323,12 @@ static int s_cmd_keygen(s_ctx_t *ctx, int argc, char **argv)
         s_usage_of(stderr, "keygen");
         return S_EXIT_USAGE;
     }
-    if (name[0] == '\0' || strchr(name, '/') != NULL) {
+    char pub[41];
+    int rc = mr_keygen(out, name, pub);
+    if (rc == -EINVAL) {
         fprintf(stderr, "medroute keygen: --name wants a file name, not empty and without '/'\n");
         return S_EXIT_USAGE;
     }
-    char pub[41];
-    int rc = mr_keygen(out, name, pub);
     if (rc != 0) {
         fprintf(stderr, "medroute keygen: %s/%s.key: %s\n", out, name, strerror(-rc));
         return S_EXIT_FAIL;
@@ -670,8 +670,7 @@ out:
 typedef struct {
     long long count;        /* stop after this many deliveries; 0: no limit */
     long long delivered;
-    int failed;             /* stdout is gone, or the broker refused us: stop */
-    const char *as;         /* the facility we listen as */
+    int failed;             /* stdout is gone: stop */
 } s_listen_t;
 
 static void on_signal(int sig)
@@ -704,19 +703,9 @@ static void s_print_event(const mr_event_t *ev)
 static int on_listen_event(mr_client_t *client, const mr_event_t *ev, void *arg)
 {
     s_listen_t *l = arg;
+    (void)client;
     if (ev->type == MR_EVENT_ERROR || ev->type == MR_EVENT_CONNECTED) {
         s_print_event(ev);
-        /* Our Hello refused (facility unknown to the broker, a key not its
-         * own): listening longer cannot help, as `send` says at once.  A
-         * NO_HELLO (the broker restarted) is answered by a new Hello. */
-        if (ev->type == MR_EVENT_ERROR && !mr_client_connected(client) &&
-            (ev->message_id == NULL || ev->message_id[0] == '\0') &&
-            ev->code_name != NULL &&
-            (strcmp(ev->code_name, "UNKNOWN_SOURCE") == 0 ||
-             strcmp(ev->code_name, "FORBIDDEN") == 0)) {
-            fprintf(stderr, "medroute listen: the broker refused us as %s\n", l->as);
-            l->failed = 1;
-        }
         return 0;
     }
     if (ev->type != MR_EVENT_DELIVERY)
@@ -805,7 +794,6 @@ static int s_cmd_listen(s_ctx_t *ctx, int argc, char **argv)
     int krc = s_client_keys(ctx, &o);
     if (krc != 0)
         return krc;
-    l.as = as;
     mr_client_t *client = mr_client_new(&o);
     if (client == NULL) {
         fprintf(stderr, "medroute: cannot create a client for %s at %s\n", as, ctx->endpoint);
@@ -829,6 +817,13 @@ static int s_cmd_listen(s_ctx_t *ctx, int argc, char **argv)
         int rc = mr_client_poll(client, wait, on_listen_event, &l);
         if (rc < 0 && rc != -EINTR && rc != -EAGAIN) {
             fprintf(stderr, "medroute: poll failed: %s\n", strerror(-rc));
+            status = S_EXIT_FAIL;
+            break;
+        }
+        /* Our Hello refused (a facility the broker does not know, a key not
+         * its own): listening longer cannot help, as `send` says at once. */
+        if (mr_client_refused(client)) {
+            fprintf(stderr, "medroute listen: the broker refused us as %s\n", as);
             status = S_EXIT_FAIL;
             break;
         }

@@ -542,6 +542,11 @@ bool mr_client_connected(const mr_client_t *self)
     return self->welcomed;
 }
 
+int mr_client_refused(const mr_client_t *self)
+{
+    return self->refused;
+}
+
 /* ---- submitting ----------------------------------------------------------- */
 
 static void s_new_id(mr_client_t *c, char *out, size_t len)

@@ -188,6 +188,9 @@ size_t mr_client_unacked(const mr_client_t *self);
  * (Welcome.max_inflight): one the broker sends again is held once. */
 size_t mr_client_deferred(const mr_client_t *self);
 bool mr_client_connected(const mr_client_t *self);
+/* The error code with which the broker refused our last Hello (the facility
+ * unknown to it, a key not the facility's), until a Welcome; 0 if none. */
+int mr_client_refused(const mr_client_t *self);
 
 /* The JSON text of a delivery's Envelope.  Caller frees with free(). */
 char *mr_delivery_json(const mr_delivery_t *delivery);
@@ -227,7 +230,8 @@ int mr_operator_next_json(mr_operator_t *self, char **reply, int timeout_ms);
  * Makes a CURVE keypair: DIR/NAME.key (the secret key, mode 0600) and
  * DIR/NAME.pub (the public key, for the broker's registry).  Each file holds
  * the Z85 key on its first line after comment lines.  0 or -errno
- * (-EEXIST: NAME.key exists already; keys are never overwritten).
+ * (-EEXIST: NAME.key exists already; keys are never overwritten; -EINVAL:
+ * NAME is empty or holds a '/').
  */
 int mr_keygen(const char *dir, const char *name, char public_out[41]);
 /* Reads a key file written by mr_keygen (.key or .pub): the Z85 key into

@@ -63,41 +63,19 @@ static void s_push(qlist_t *l, qmsg_t *m)
     l->n++;
 }
 
-/* Puts an express message after the express ones already waiting, ahead of
- * every routine one. */
-static void s_push_express(qlist_t *l, qmsg_t *m)
+/* Puts m into ready where invariant 1 has it: an express one after the
+ * express ones waiting (ahead of every routine one), a routine one in seq
+ * order among the routine ones. */
+static void s_requeue(qlist_t *l, qmsg_t *m)
 {
     qmsg_t **pp = &l->head;
-    while (*pp && (*pp)->express)
+    while (*pp && ((*pp)->express || (!m->express && (*pp)->seq < m->seq)))
         pp = &(*pp)->next;
     m->next = *pp;
     *pp = m;
     if (m->next == NULL)
         l->tail = m;
     l->n++;
-}
-
-/* Puts a routine message in seq order among the routine ones, behind every
- * express one. */
-static void s_insert_routine(qlist_t *l, qmsg_t *m)
-{
-    qmsg_t **pp = &l->head;
-    while (*pp && ((*pp)->express || (*pp)->seq < m->seq))
-        pp = &(*pp)->next;
-    m->next = *pp;
-    *pp = m;
-    if (m->next == NULL)
-        l->tail = m;
-    l->n++;
-}
-
-/* Puts m back into ready where invariant 1 has it. */
-static void s_requeue(qlist_t *ready, qmsg_t *m)
-{
-    if (m->express)
-        s_push_express(ready, m);
-    else
-        s_insert_routine(ready, m);
 }
 
 static qmsg_t *s_pop(qlist_t *l)
@@ -339,7 +317,7 @@ static void on_loaded(store_req_t *req, void *arg)
             if (m == NULL)
                 break;
             m->express = true;
-            s_push_express(&p->ready, m);
+            s_requeue(&p->ready, m);
             if (r->seq > p->express_ahead)
                 p->express_ahead = r->seq;
         }
@@ -392,7 +370,7 @@ void router_on_stored(server_t *s, int peer, uint64_t seq, store_row_t *row, boo
     }
     m->express = express;
     if (express)
-        s_push_express(&p->ready, m);
+        s_requeue(&p->ready, m);
     else
         s_push(&p->ready, m);
     p->cursor = seq;
@@ -421,7 +399,7 @@ void router_on_disconnect(server_t *s, int peer)
      * for their commit where they are), but behind every express one:
      * express messages stay ahead of routine ones and in their order, those
      * that were out first, so that one loaded or stored later goes after
-     * them (s_push_express), not ahead of them. */
+     * them (s_requeue), not ahead of them. */
     qlist_t express = {0}, routine = {0};
     qmsg_t *m;
     while ((m = s_pop(&p->inflight)) != NULL)

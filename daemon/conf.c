@@ -532,10 +532,16 @@ static void s_keys_unique(s_report_t *r, const conf_t *c)
 /* A zone glibc can load: TZ set to any other name gives UTC without a word,
  * and every local day (tallies, periods, slot cut-offs) would be off by the
  * zone's offset. */
+static const char *s_tzdir(void)
+{
+    const char *dir = getenv("TZDIR");
+    return dir != NULL ? dir : "/usr/share/zoneinfo";
+}
+
 static bool s_zone_known(const char *zone)
 {
     char path[4096];
-    const char *dir = getenv("TZDIR") ? getenv("TZDIR") : "/usr/share/zoneinfo";
+    const char *dir = s_tzdir();
     if (zone[0] == ':')
         zone++;
     if (zone[0] == '\0' || strstr(zone, "..") != NULL)
@@ -593,7 +599,7 @@ static void s_validate(s_report_t *r, conf_t *c)
         s_problem(r, 0, "out of memory");
     else if (c->timezone != NULL && !s_zone_known(c->timezone))
         s_problem(r, 0, "timezone: \"%s\" is not a zone of the tz database (%s)",
-                  c->timezone, getenv("TZDIR") ? getenv("TZDIR") : "/usr/share/zoneinfo");
+                  c->timezone, s_tzdir());
 }
 
 /* Every string of the file must be UTF-8: names and ids reach facilities'

@@ -96,8 +96,10 @@ static const struct {
     {"referral_outcomes_total", "Referral outcomes (accepted, rejected, completed, cancelled, "
                                 "no_show, expired)."},
     {"referral_acceptance_seconds", "Time from referral request to acceptance."},
-    {"capacity_offered_units_total", "Capacity units published by the lead hospital."},
-    {"reserve_offered_units_total", "Units reserved for family-doctor referrals."},
+    {"capacity_offered_units_total", "Capacity units published by the lead hospital, net of "
+                                     "later changes: a lowered capacity lowers it."},
+    {"reserve_offered_units_total", "Units reserved for family-doctor referrals, net of later "
+                                    "changes: a lowered reserve lowers it."},
     {"slot_claims_total", "Units taken by accepted up-referrals, by claim (reserved, general, none)."},
     {"slot_claims_released_total", "Claims given back (cancel, no-show, expiry)."},
     {"reserve_released_unclaimed_units_total", "Reserved units released to general use at the "
@@ -114,6 +116,23 @@ static const struct {
     {"critical_readback_seconds", "Time from a critical report to its read-back."},
     {"escalations_total", "Service levels missed, by kind."},
 };
+
+/*
+ * Tallies of changes that may be negative (a CapacityNotice that lowers a
+ * published capacity adds the difference): their all-time sum goes down as
+ * well as up, which a Prometheus counter must not, so they are shown as
+ * gauges, under their names less "_total" (docs/indicators.md 1.2).
+ */
+static const char *const s_net_tallies[] = {"capacity_offered_units_total",
+                                            "reserve_offered_units_total"};
+
+static bool s_is_net(const char *name)
+{
+    for (size_t i = 0; i < sizeof s_net_tallies / sizeof s_net_tallies[0]; i++)
+        if (strcmp(s_net_tallies[i], name) == 0)
+            return true;
+    return false;
+}
 
 static const char *s_help_of(const char *name)
 {
@@ -261,11 +280,13 @@ char *http_metrics_text(const server_t *s, const tally_row_t *rows, size_t n,
     for (size_t i = 0; i < n; i++) {
         if (!s_ends(rows[i].name, "_total"))
             continue;
+        bool net = s_is_net(rows[i].name);
+        int len = (int)strlen(rows[i].name) - (net ? (int)strlen("_total") : 0);
         /* Sorted by name: a family's rows follow each other. */
         if (!s_same_name_as_previous(rows, i))
-            s_put(&t, "# HELP medroute_%s %s\n# TYPE medroute_%s counter\n", rows[i].name,
-                  s_help_of(rows[i].name), rows[i].name);
-        s_put(&t, "medroute_%s{%s} %lld\n", rows[i].name, rows[i].labels,
+            s_put(&t, "# HELP medroute_%.*s %s\n# TYPE medroute_%.*s %s\n", len, rows[i].name,
+                  s_help_of(rows[i].name), len, rows[i].name, net ? "gauge" : "counter");
+        s_put(&t, "medroute_%.*s{%s} %lld\n", len, rows[i].name, rows[i].labels,
               (long long)rows[i].value);
     }
     s_histograms(&t, rows, n);

@@ -1,7 +1,7 @@
 /*
  * Unit tests for daemon/http.c's exposition (http_metrics_text): each
  * family typed once, histograms cumulative with their _sum and _count,
- * among many tallies too.
+ * among many tallies too; the tallies of changes shown as gauges.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -136,12 +136,37 @@ static void test_http_metrics_many_tallies(void **state)
     free(rows);
 }
 
+/* A tally of changes that may be negative is a gauge, under its name less
+ * "_total": a counter that goes down reads as a reset to rate(). */
+static void test_http_metrics_net_tallies_are_gauges(void **state)
+{
+    s_fixture_t *f = *state;
+    tally_row_t rows[] = {
+        {"capacity_offered_units_total", "resource=\"bed\"", 12},
+        {"capacity_offered_units_total", "resource=\"clinic\"", -2},
+        {"reserve_offered_units_total", "resource=\"bed\"", 3},
+        {"slot_claims_total", "claim=\"reserved\"", 1},
+    };
+    char *t = http_metrics_text(&f->s, rows, sizeof rows / sizeof rows[0], NULL, 0);
+    assert_non_null(t);
+    assert_int_equal(s_count(t, "# TYPE medroute_capacity_offered_units gauge\n"), 1);
+    assert_int_equal(s_count(t, "# TYPE medroute_reserve_offered_units gauge\n"), 1);
+    assert_non_null(strstr(t, "\nmedroute_capacity_offered_units{resource=\"bed\"} 12\n"
+                              "medroute_capacity_offered_units{resource=\"clinic\"} -2\n"));
+    assert_non_null(strstr(t, "\nmedroute_reserve_offered_units{resource=\"bed\"} 3\n"));
+    assert_null(strstr(t, "offered_units_total"));
+    assert_int_equal(s_count(t, "# TYPE medroute_slot_claims_total counter\n"), 1);
+    free(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_http_metrics_families_and_histograms, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_http_metrics_many_tallies, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_http_metrics_net_tallies_are_gauges, s_setup,
+                                        s_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -20,11 +20,18 @@
 #define S_REPEAT_WINDOW_S 10
 #define S_REPEAT_MAX 5
 
+/* A line's level, event and fields, at most: room for a path of the store
+ * or a reason with its context.  A longer one is cut on a UTF-8 character,
+ * its open quote closed, and " truncated=1" added (s_mark_cut), so that it
+ * still parses as key=value pairs. */
+#define S_BODY_MAX 2048
+static const char s_cut_mark[] = " truncated=1";
+
 struct log_t {
     FILE *out;
     log_level_t level;
     pthread_mutex_t lock;
-    char last[512];          /* level+event+fields of the last line */
+    char last[S_BODY_MAX];   /* level+event+fields of the last line */
     time_t last_window_start;
     unsigned repeats;        /* identical lines in the current window */
     unsigned suppressed;     /* of those, not written */
@@ -77,11 +84,26 @@ int log_enabled(const log_t *self, log_level_t level)
     return level <= self->level;
 }
 
+/* body was cut at size bytes: cut it again where s_cut_mark and a closing
+ * quote fit, on a character, and mark it.  Quoted values hold no quote of
+ * their own (log_clean), so an odd count means the cut is inside one. */
+static void s_mark_cut(char *body, size_t size)
+{
+    size_t keep = mr_utf8_cut(body, size - sizeof s_cut_mark - 1);
+    body[keep] = '\0';
+    size_t quotes = 0;
+    for (size_t i = 0; i < keep; i++)
+        quotes += body[i] == '"';
+    if (quotes % 2 == 1)
+        body[keep++] = '"';
+    memcpy(body + keep, s_cut_mark, sizeof s_cut_mark);
+}
+
 void log_event(log_t *self, log_level_t level, const char *event, const char *fields, ...)
 {
     if (self == NULL || level > self->level)
         return;
-    char body[512];
+    char body[S_BODY_MAX];
     int n = snprintf(body, sizeof body, "level=%s event=%s ", s_names[level], event);
     if (n < 0 || (size_t)n >= sizeof body)
         return;
@@ -91,6 +113,8 @@ void log_event(log_t *self, log_level_t level, const char *event, const char *fi
     va_end(ap);
     if (m < 0)
         return;
+    if ((size_t)m >= sizeof body - (size_t)n)
+        s_mark_cut(body, sizeof body);
 
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);

@@ -1,0 +1,86 @@
+/*
+ * Unit tests for daemon/log.c: a line longer than the log takes is cut on a
+ * UTF-8 character, its quoted value closed and the cut marked, so that it
+ * still parses as key=value pairs; a line that fits is written whole.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "mr_codec.h"
+
+/* Logs one info line through a log_t writing to a temporary file; returns
+ * the line as written (without its timestamp), or NULL. */
+static char *s_logged(const char *event, const char *value)
+{
+    FILE *out = tmpfile();
+    assert_non_null(out);
+    log_t *log = log_new(MR_LOG_INFO, out);
+    assert_non_null(log);
+    log_info(log, event, "path=\"%s\" after=1", value);
+    log_destroy(&log);
+    rewind(out);
+    static char line[8192];
+    char *got = fgets(line, sizeof line, out);
+    assert_int_equal(fclose(out), 0);
+    if (got == NULL)
+        return NULL;
+    line[strcspn(line, "\n")] = '\0';
+    char *body = strstr(line, "Z level=");
+    return body ? body + 2 : NULL;
+}
+
+static size_t s_count(const char *s, char c)
+{
+    size_t n = 0;
+    for (; *s; s++)
+        n += *s == c;
+    return n;
+}
+
+static void test_log_line_that_fits_is_whole(void **state)
+{
+    (void)state;
+    const char *body = s_logged("store.recovered", "/var/lib/medroute/store.db");
+    assert_non_null(body);
+    assert_string_equal(body, "level=info event=store.recovered "
+                              "path=\"/var/lib/medroute/store.db\" after=1");
+}
+
+/* 3,000 bytes of two-byte characters, each "é" (0xc3 0xa9), and an odd
+ * start so that the cut could fall inside one. */
+static void test_log_long_line_is_cut_and_marked(void **state)
+{
+    (void)state;
+    char value[3002];
+    value[0] = 'x';
+    for (size_t i = 1; i + 1 < sizeof value; i += 2)
+        memcpy(value + i, "\xc3\xa9", 2);
+    value[sizeof value - 1] = '\0';
+    const char *body = s_logged("store.failed", value);
+    assert_non_null(body);
+    size_t len = strlen(body);
+    assert_true(len < 2048);
+    assert_true(len > 1000);
+    const char *mark = "\" truncated=1";
+    assert_int_equal(strcmp(body + len - strlen(mark), mark), 0);
+    assert_int_equal(s_count(body, '"') % 2, 0);
+    assert_true(mr_utf8_valid(body, len));
+    assert_null(strstr(body, "after=1"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_log_line_that_fits_is_whole),
+        cmocka_unit_test(test_log_long_line_is_cut_and_marked),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1661,6 +1661,33 @@ static bool s_is_store_file(const store_t *self, const char *path)
     return false;
 }
 
+/*
+ * Whether path names something a backup may not replace: anything there but
+ * an empty file or an SQLite database (an earlier backup).  The daemon may
+ * write more than its backups (under the unit, its whole state directory;
+ * elsewhere, what its user may), and an operator's typo must not replace a
+ * configuration or a key with a copy of the store.  A symbolic link is
+ * judged by itself: rename() would replace the link, not its target.
+ */
+static bool s_is_foreign_file(const char *path)
+{
+    struct stat st;
+    if (lstat(path, &st) != 0)
+        return errno != ENOENT; /* nothing there is fine; what cannot be looked at is not */
+    if (!S_ISREG(st.st_mode))
+        return true;
+    if (st.st_size == 0)
+        return false;
+    static const char magic[16] = "SQLite format 3"; /* and its NUL: 16 bytes */
+    char head[sizeof magic];
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return true;
+    ssize_t n = read(fd, head, sizeof head);
+    bool ours = n == (ssize_t)sizeof head && memcmp(head, magic, sizeof magic) == 0;
+    return close(fd) != 0 || !ours;
+}
+
 /* Copies the store into tmp (a new, empty file); the page count in *pages.
  * 0, or -1 with the reason in why. */
 static int s_backup_copy(const store_t *self, const char *tmp, uint64_t *pages, char *why,
@@ -1722,7 +1749,8 @@ static int s_sync_parent(const char *path)
  * The copy goes to a new file beside the target and replaces the target
  * only when complete (rename, then the directory synced), so a failed
  * backup leaves an earlier one of the same name whole; the target may not
- * be one of the store's own files.
+ * be one of the store's own files, nor any other file but an earlier
+ * backup (s_is_foreign_file).
  */
 static void *s_backup_thread(void *arg)
 {
@@ -1737,6 +1765,8 @@ static void *s_backup_thread(void *arg)
     int fd = -1;
     if (s_is_store_file(self, req->query))
         reason = "the target is the store itself (or one of its files)";
+    else if (s_is_foreign_file(req->query))
+        reason = "the target exists and is not an earlier backup (an SQLite database): left as it is";
     else if (snprintf(tmp, sizeof tmp, "%s.tmp-XXXXXX", req->query) >= (int)sizeof tmp)
         reason = "path too long";
     else if ((fd = mkstemp(tmp)) < 0)

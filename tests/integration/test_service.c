@@ -404,6 +404,19 @@ static void test_service_backup_refuses_the_store_itself(void **state)
     char backup[400];
     snprintf(backup, sizeof backup, "%s/ok.db", d.dir);
     assert_true(backup_done(&d, backup));
+    /* It replaces an earlier backup of its name, but no other file: a typo
+     * must not put a copy of the store in place of a configuration. */
+    assert_true(backup_done(&d, backup));
+    char other[400];
+    snprintf(other, sizeof other, "%s/medroute.conf", d.dir);
+    struct stat before, after;
+    assert_int_equal(stat(other, &before), 0);
+    assert_true(before.st_size > 0);
+    assert_false(backup_done(&d, other));
+    assert_int_equal(mrt_log_count(&d, "the target exists and is not an earlier backup"), 1);
+    assert_int_equal(stat(other, &after), 0);
+    assert_int_equal(after.st_size, before.st_size);
+    assert_int_equal(after.st_ino, before.st_ino);
     assert_int_equal(mrt_send(lead, "t-lishu", "lab_order", "routine",
                               "{\"placer_order_number\":\"P-LAST\"}", NULL),
                      0);

@@ -408,8 +408,14 @@ size_t pending_lowest(const pending_t *self, uint64_t *seqs, size_t max)
     return n;
 }
 
-size_t pending_expired(pending_t *self, int64_t now, pending_entry_t *out, const char **dests,
-                       size_t max)
+static int s_seq_cmp(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+size_t pending_expired(pending_t *self, int64_t now, const uint64_t *skip, size_t n_skip,
+                       pending_entry_t *out, const char **dests, size_t max)
 {
     if (now <= self->next_expiry || max == 0)
         return 0;
@@ -421,7 +427,8 @@ size_t pending_expired(pending_t *self, int64_t now, pending_entry_t *out, const
             const pending_entry_t *e = &l->v[at];
             if (!e->live)
                 continue;
-            if (e->expires_ms < now && n < max) {
+            if (e->expires_ms < now && n < max &&
+                (n_skip == 0 || bsearch(&e->seq, skip, n_skip, sizeof *skip, s_seq_cmp) == NULL)) {
                 out[n] = *e;
                 dests[n++] = self->dests[i].name;
             }

@@ -78,13 +78,16 @@ size_t pending_lowest(const pending_t *self, uint64_t *seqs, size_t max);
 
 /*
  * Writes up to max entries that expire before now (expires_ms < now), with
- * their destinations, in no particular order; removes nothing.  Cheap when
- * nothing can have expired: the set keeps a lower bound of the earliest
- * expiry and walks its entries only when now has passed it (so the call
- * after one that found some walks once more).
+ * their destinations, in no particular order; removes nothing.  Those whose
+ * seq is in skip (n_skip seqs in ascending order, or NULL) are passed over
+ * and leave room for others: max bounds what is returned, not what is
+ * looked at.  Cheap when nothing can have expired: the set keeps a lower
+ * bound of the earliest expiry and walks its entries only when now has
+ * passed it (so the call after one that found some, or skipped some, walks
+ * once more).
  */
-size_t pending_expired(pending_t *self, int64_t now, pending_entry_t *out, const char **dests,
-                       size_t max);
+size_t pending_expired(pending_t *self, int64_t now, const uint64_t *skip, size_t n_skip,
+                       pending_entry_t *out, const char **dests, size_t max);
 
 /* Destinations with at least one pending message: fills out (max entries)
  * and returns how many there are (may exceed max). */

@@ -995,15 +995,15 @@ static int s_op_expire(store_t *self, store_req_t *req)
     pending_entry_t *due = malloc(max * sizeof *due);
     const char **dests = malloc(max * sizeof *dests);
     int rc = due && dests ? SQLITE_OK : SQLITE_NOMEM;
-    size_t n = rc == SQLITE_OK ? pending_expired(self->pending, req->now_ms, due, dests, max) : 0;
+    /* One out at the receiver, perhaps handled already, its DeliveryAck on
+     * the way, is not expired under it (the sender would be told it was not
+     * delivered, and the ack refused): passed over, and found again by a
+     * later scan once it is back in the queue.  Passed over inside
+     * pending_expired, so that however many are out, the batch takes others. */
+    size_t n = rc == SQLITE_OK ? pending_expired(self->pending, req->now_ms, req->outstanding,
+                                                 req->n_outstanding, due, dests, max)
+                               : 0;
     for (size_t i = 0; rc == SQLITE_OK && i < n; i++) {
-        /* Out at the receiver, perhaps handled already, its DeliveryAck on
-         * the way: not expired under it (the sender would be told it was
-         * not delivered, and the ack refused).  Still pending, it is found
-         * again by the next scan once it is back in the queue. */
-        if (req->n_outstanding > 0 && bsearch(&due[i].seq, req->outstanding, req->n_outstanding,
-                                              sizeof *req->outstanding, store_seq_cmp) != NULL)
-            continue;
         rc = s_kill(self, dests[i], due[i].seq, req->now_ms, "expired");
         if (rc == SQLITE_OK && (rc = s_read_seq(self, req, due[i].seq, false)) == SQLITE_NOTFOUND)
             rc = SQLITE_CORRUPT; /* pending, and no row */

@@ -277,7 +277,7 @@ static size_t s_check_expired(fx_t *fx, int64_t now, size_t max, pending_entry_t
             expect++;
     if (expect > max)
         expect = max;
-    size_t n = pending_expired(fx->p, now, out, dests, max);
+    size_t n = pending_expired(fx->p, now, NULL, 0, out, dests, max);
     assert_int_equal(n, expect);
     memset(fx->mark, 0, MAXSEQ + 1);
     for (size_t i = 0; i < n; i++) {
@@ -314,7 +314,7 @@ static void test_pending_empty(void **state)
     assert_int_equal(pending_lowest(fx->p, seqs, 4), 0);
     assert_int_equal(seqs[0], 7);
     assert_int_equal(pending_summary(fx->p, sum, 2), 0);
-    assert_int_equal(pending_expired(fx->p, INT64_MAX, out, dests, 2), 0);
+    assert_int_equal(pending_expired(fx->p, INT64_MAX, NULL, 0, out, dests, 2), 0);
     assert_false(pending_get(fx->p, "icu", 1, NULL));
     assert_int_equal(pending_remove(fx->p, "icu", 1, NULL), -ENOENT);
     s_check(fx);
@@ -907,8 +907,8 @@ static void test_pending_expired_strict(void **state)
     s_add_e(fx, 1, s_expiring(5, 1000));
     s_add(fx, 2, 6);
 
-    assert_int_equal(pending_expired(fx->p, 50, out, dests, 8), 0);
-    assert_int_equal(pending_expired(fx->p, 100, out, dests, 8), 0); /* expires_ms < now */
+    assert_int_equal(pending_expired(fx->p, 50, NULL, 0, out, dests, 8), 0);
+    assert_int_equal(pending_expired(fx->p, 100, NULL, 0, out, dests, 8), 0); /* expires_ms < now */
     assert_int_equal(s_check_expired(fx, 101, 8, out, dests), 1);
     assert_int_equal(out[0].seq, 1);
     assert_string_equal(dests[0], "icu");
@@ -926,7 +926,7 @@ static void test_pending_expired_strict(void **state)
         assert_int_equal(pending_remove(fx->p, dests[i], out[i].seq, NULL), 0);
         fx->model[out[i].seq].dest = -1;
     }
-    assert_int_equal(pending_expired(fx->p, 201, out, dests, 8), 0);
+    assert_int_equal(pending_expired(fx->p, 201, NULL, 0, out, dests, 8), 0);
     assert_int_equal(s_check_expired(fx, 301, 8, out, dests), 1);
     assert_int_equal(out[0].seq, 3);
     assert_int_equal(s_check_expired(fx, 1001, 8, out, dests), 2);
@@ -941,8 +941,8 @@ static void test_pending_expired_bound_follows_adds(void **state)
     const char *dests[8];
     s_add_e(fx, 0, s_expiring(1, 1000));
     s_add_e(fx, 1, s_expiring(2, 2000));
-    assert_int_equal(pending_expired(fx->p, 500, out, dests, 8), 0);
-    assert_int_equal(pending_expired(fx->p, 500, out, dests, 8), 0);
+    assert_int_equal(pending_expired(fx->p, 500, NULL, 0, out, dests, 8), 0);
+    assert_int_equal(pending_expired(fx->p, 500, NULL, 0, out, dests, 8), 0);
 
     /* Added later, expiring earlier than anything before. */
     s_add_e(fx, 1, s_expiring(3, 100));
@@ -950,7 +950,7 @@ static void test_pending_expired_bound_follows_adds(void **state)
     assert_int_equal(out[0].seq, 3);
     assert_string_equal(dests[0], "lab");
     s_rm(fx, 3);
-    assert_int_equal(pending_expired(fx->p, 500, out, dests, 8), 0);
+    assert_int_equal(pending_expired(fx->p, 500, NULL, 0, out, dests, 8), 0);
 
     /* After a walk that found some: one that expired earlier still. */
     assert_int_equal(s_check_expired(fx, 1500, 8, out, dests), 1);
@@ -958,7 +958,7 @@ static void test_pending_expired_bound_follows_adds(void **state)
     assert_int_equal(s_check_expired(fx, 1500, 8, out, dests), 2);
     s_rm(fx, 4);
     s_rm(fx, 1);
-    assert_int_equal(pending_expired(fx->p, 1500, out, dests, 8), 0);
+    assert_int_equal(pending_expired(fx->p, 1500, NULL, 0, out, dests, 8), 0);
 
     /* A retried message back in its place, with an earlier expiry. */
     s_add_e(fx, 0, s_expiring(1, 700));
@@ -977,7 +977,7 @@ static void test_pending_expired_max(void **state)
         s_add_e(fx, (int)(s % 2), s_expiring(s, 100 + (int64_t)s));
     for (uint64_t s = 11; s <= 15; s++)
         s_add(fx, 2, s);
-    assert_int_equal(pending_expired(fx->p, 1000, out, dests, 0), 0);
+    assert_int_equal(pending_expired(fx->p, 1000, NULL, 0, out, dests, 0), 0);
     assert_int_equal(s_check_expired(fx, 1000, 4, out, dests), 4);
     assert_int_equal(s_check_expired(fx, 1000, 4, out, dests), 4); /* nothing removed */
 
@@ -1010,7 +1010,7 @@ static void test_pending_expired_rollback_and_clear(void **state)
     /* Removed inside a transaction that rolls back: expiring again. */
     s_begin(fx);
     s_rm(fx, 1);
-    assert_int_equal(pending_expired(fx->p, 1000, out, dests, 8), 0);
+    assert_int_equal(pending_expired(fx->p, 1000, NULL, 0, out, dests, 8), 0);
     s_rollback(fx);
     assert_int_equal(s_check_expired(fx, 1000, 8, out, dests), 1);
     assert_int_equal(out[0].seq, 1);
@@ -1028,7 +1028,7 @@ static void test_pending_expired_rollback_and_clear(void **state)
     pending_clear(fx->p);
     for (uint64_t s = 1; s <= fx->hi; s++)
         fx->model[s].dest = -1;
-    assert_int_equal(pending_expired(fx->p, INT64_MAX, out, dests, 8), 0);
+    assert_int_equal(pending_expired(fx->p, INT64_MAX, NULL, 0, out, dests, 8), 0);
     s_add_e(fx, 1, s_expiring(4, 10));
     assert_int_equal(s_check_expired(fx, 100, 8, out, dests), 1);
     assert_int_equal(out[0].seq, 4);
@@ -1267,7 +1267,7 @@ static void test_pending_clear(void **state)
         assert_int_equal(pending_after(fx->p, s_dests[d], 0, false, seqs, 8), 0);
     assert_int_equal(pending_lowest(fx->p, seqs, 8), 0);
     assert_int_equal(pending_summary(fx->p, sum, 4), 0);
-    assert_int_equal(pending_expired(fx->p, INT64_MAX, out, dests, 4), 0);
+    assert_int_equal(pending_expired(fx->p, INT64_MAX, NULL, 0, out, dests, 4), 0);
     assert_false(pending_get(fx->p, "icu", 2, NULL));
     assert_int_equal(pending_remove(fx->p, "icu", 2, NULL), -ENOENT);
     s_check(fx);

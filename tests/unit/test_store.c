@@ -661,6 +661,43 @@ static void test_store_expire_moves_to_dead(void **state)
     assert_int_equal(s_ack(fx, 5, "lab", 1600)->status, STORE_DUPLICATE);
 }
 
+/*
+ * Messages out at their receiver are not expired under it, and do not take
+ * the batch's room: with more of them due than the batch holds, the others
+ * due still expire (before, the batch was filled with the ones out and then
+ * passed over them, and nothing expired while they stayed out).
+ */
+static void test_store_expire_passes_over_those_out(void **state)
+{
+    s_fx_t *fx = *state;
+    for (int i = 1; i <= 4; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "m-%d", i);
+        s_put(fx, "t-a", id, "lead", "b", 1000 + i); /* seqs 1-4, all due at 6000 */
+    }
+    uint64_t out[] = {1, 2};
+    s_done_t *d;
+    store_req_t *req = s_req(fx, STORE_EXPIRE, &d);
+    req->now_ms = 6000;
+    req->limit = 2;
+    req->outstanding = malloc(sizeof out);
+    assert_non_null(req->outstanding);
+    memcpy(req->outstanding, out, sizeof out);
+    req->n_outstanding = 2;
+    s_submit(fx, req);
+    s_wait(fx, d);
+    assert_int_equal(d->status, STORE_OK);
+    assert_int_equal(d->n_rows, 2);
+    assert_string_equal(s_row_with_seq(d, 3)->dead_reason, "expired");
+    assert_string_equal(s_row_with_seq(d, 4)->dead_reason, "expired");
+    /* The two out are still pending, and expire once back. */
+    d = s_load(fx, "lead", 0, 10);
+    assert_int_equal(d->n_rows, 2);
+    assert_int_equal(d->rows[0].seq, 1);
+    assert_int_equal(d->rows[1].seq, 2);
+    assert_int_equal(s_expire(fx, 6000, 2)->n_rows, 2);
+}
+
 static void test_store_prune_delivered_only(void **state)
 {
     s_fx_t *fx = *state;
@@ -2114,6 +2151,7 @@ int main(void)
         T(test_store_summary_counts_per_dest),
         T(test_store_drop_list_retry),
         T(test_store_expire_moves_to_dead),
+        T(test_store_expire_passes_over_those_out),
         T(test_store_prune_delivered_only),
         T(test_store_size_counts_db_and_wal),
         T(test_store_checkpoints_in_background),

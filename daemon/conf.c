@@ -490,14 +490,36 @@ static void s_read_server_key(s_report_t *r, conf_t *c)
         s_problem(r, 0, "server_key_file: cannot read %s", path);
         return;
     }
-    bool got = false;
+    /* The key that lets anyone pose as the broker to every facility: like
+     * sshd and PostgreSQL, refuse it where any user of the machine may
+     * read or change it (a group may read it: a deliberate set-up). */
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || (st.st_mode & (S_IRWXO | S_IWGRP)) != 0) {
+        s_problem(r, 0,
+                  "server_key_file: %s may be read or changed by other users (mode %04o): "
+                  "chmod 600 it",
+                  path, (unsigned)(st.st_mode & 07777));
+        fclose(f);
+        return;
+    }
+    bool got = false, public = false;
     while (!got && fgets(line, sizeof line, f)) {
         line[strcspn(line, "\r\n")] = '\0';
+        /* medroute keygen's comment says which half the file holds. */
+        if (strncmp(line, "# medroute CURVE public key", 27) == 0)
+            public = true;
         if (line[0] == '#' || line[0] == '\0')
             continue;
         got = true;
     }
     fclose(f);
+    if (public) {
+        s_problem(r, 0,
+                  "server_key_file: %s is the broker's public key (NAME.pub); give its secret "
+                  "key (NAME.key)",
+                  path);
+        return;
+    }
     if (!got || !s_z85_key_ok(line)) {
         s_problem(r, 0, "server_key_file: %s holds no Z85 secret key", path);
         return;

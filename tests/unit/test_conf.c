@@ -15,6 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sys/stat.h>
+#include <zmq.h>
+
 #include "conf.h"
 
 #ifndef MR_CONF_PATH
@@ -616,6 +619,53 @@ static void test_conf_load_file_missing(void **state)
     assert_string_equal(err, "/nonexistent/medroute.conf: file I/O error");
 }
 
+/* Writes a key file as medroute keygen does (its comment, then the key)
+ * with mode; its path in path. */
+static void s_key_file(char *path, size_t len, const char *dir, const char *name,
+                       const char *half, const char *key, mode_t mode)
+{
+    snprintf(path, len, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fprintf(f, "# medroute CURVE %s key of broker\n%s\n", half, key);
+    assert_int_equal(fclose(f), 0);
+    assert_int_equal(chmod(path, mode), 0);
+}
+
+/* The broker's secret key: refused where other users may read it, or when
+ * the file is the public half (the CURVE handshakes would all fail, later
+ * and with no word of why). */
+static void test_conf_server_key_file_checked(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/medroute-conf-keys-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char pub[41], sec[41];
+    assert_int_equal(zmq_curve_keypair(pub, sec), 0);
+    char path[256], text[1024], err[1024];
+    s_key_file(path, sizeof path, dir, "broker.key", "secret", sec, 0600);
+    snprintf(text, sizeof text, S_REQUIRED "insecure = false;\nserver_key_file = \"%s\";\n", path);
+    conf_t *c = conf_load_string(text, "t.conf", err, sizeof err);
+    assert_non_null(c);
+    assert_string_equal(c->server_secret_key, sec);
+    conf_destroy(&c);
+    /* A group may read it (a deliberate set-up); anybody else may not. */
+    assert_int_equal(chmod(path, 0640), 0);
+    c = conf_load_string(text, "t.conf", err, sizeof err);
+    assert_non_null(c);
+    conf_destroy(&c);
+    assert_int_equal(chmod(path, 0644), 0);
+    assert_null(strstr(s_fail(text), "holds no"));
+    assert_non_null(strstr(s_fail(text), "may be read or changed by other users (mode 0644)"));
+    /* The public half, however well protected. */
+    s_key_file(path, sizeof path, dir, "broker.pub", "public", pub, 0600);
+    snprintf(text, sizeof text, S_REQUIRED "insecure = false;\nserver_key_file = \"%s\";\n", path);
+    assert_non_null(strstr(s_fail(text), "is the broker's public key"));
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -646,6 +696,7 @@ int main(void)
         cmocka_unit_test(test_conf_error_buffer_truncates_safely),
         cmocka_unit_test(test_conf_load_file_shipped_config),
         cmocka_unit_test(test_conf_load_file_missing),
+        cmocka_unit_test(test_conf_server_key_file_checked),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -21,7 +21,7 @@ typedef enum {
     CNT_REJECTED,       /* Error replies, all codes */
     CNT_EXPIRED,        /* messages moved to dead for expiry */
     CNT_DEAD,           /* messages moved to dead for any reason */
-    CNT_CONNECTS,       /* Hellos accepted */
+    CNT_CONNECTS,       /* Hellos accepted that began a session (a connection bound) */
     CNT_DISCONNECTS,    /* facilities gone silent or replaced */
     CNT_SEND_FAILED,    /* frames the socket refused (peer gone, queue full) */
     CNT_PRUNED,         /* delivered messages deleted after their retention */
@@ -32,6 +32,9 @@ typedef enum {
     CNT_INTAKE_PAUSED,  /* times the facility endpoint stopped reading: store queue full (flow.c) */
     CNT_OPERATOR_REJECTED, /* Error replies on the operator endpoint */
     CNT_LATE_ACKS,      /* DeliveryAck frames that came after their session ended (session.h) */
+    CNT_HELLOS_REPEATED, /* Hellos on the connection of a session already begun: restarts */
+    CNT_RESENDS_SKIPPED, /* in-flight deliveries such a Hello did not send again: one
+                            before it in that session had (router_on_hello) */
     CNT_COUNT
 } counter_t;
 

@@ -25,6 +25,8 @@ typedef struct qmsg_t {
     int64_t expires_ms;     /* never sent from then on; 0 = never expires */
     uint32_t attempts;      /* sends so far */
     bool express;           /* critical or stat: sent ahead of routine messages */
+    uint32_t hello_session; /* the session (peer_t.session) in which a repeated Hello put it
+                               back to be sent again; 0: none (router_on_hello) */
     struct qmsg_t *next;
 } qmsg_t;
 
@@ -46,6 +48,8 @@ typedef struct {
     bool former_told;         /* ... and whether its connection was told it ended (dispatch.c) */
     int64_t heard_ms;       /* its last frame, mr_mono_ms(); 0 = never */
     int64_t connected_at_ms;
+    uint32_t session;       /* numbers its sessions: one more at each Hello that binds a
+                               connection, never 0 after the first (router_on_hello) */
     uint32_t max_inflight;
     uint32_t max_acks;      /* Hello.max_acks_per_frame: Acks it takes in one frame */
     double tokens;          /* rate limit: messages it may send now (intake.c) */
@@ -64,6 +68,7 @@ typedef struct {
     uint64_t pending;       /* stored, not yet acknowledged (store truth) */
 
     lograte_t reject_log;   /* its refusals' log lines (dispatch.c) */
+    lograte_t hello_log;    /* its repeated Hellos' log lines (session.c) */
 } peer_t;
 
 #endif

@@ -18,18 +18,30 @@
  *   6. Express messages sit at the head of ready, ahead of routine ones;
  *      those loaded ahead of the cursor are skipped when a page reaches them.
  *   4. inflight.n <= max_inflight (a window), but for messages whose ack
- *      failed to commit.  A DeliveryAck moves its message from inflight (or
- *      from ready, where an ended session's messages wait) to acked and
- *      fills the freed slot at once, without waiting for the
- *      commit; the message is freed when the ack's commit comes back (or
- *      goes back to inflight if the commit failed).  Both lists are
- *      searched from their head, where acks and commits normally land, in
- *      order.
+ *      failed to commit, and for those a repeated Hello with a smaller
+ *      window left in flight (invariant 7).  A DeliveryAck moves its
+ *      message from inflight (or from ready, where an ended session's
+ *      messages wait) to acked and fills the freed slot at once, without
+ *      waiting for the commit; the message is freed when the ack's commit
+ *      comes back (or goes back to inflight if the commit failed).  Both
+ *      lists are searched from their head, where acks and commits normally
+ *      land, in order.
  *   5. Memory per destination is bounded: ready <= S_PAGE + S_READY_MAX.
+ *   7. A repeated Hello on a session's own connection puts each in-flight
+ *      message back to be sent again at most once in that session
+ *      (hello_session == peer_t.session marks one it did): a client that
+ *      says Hello over and over, reading nothing, makes the broker queue at
+ *      most one extra copy of each delivery toward that connection, not one
+ *      per Hello (up to max_inflight of max_message_bytes each, per Hello).
+ *      One it leaves in flight is sent again by the redelivery time-out
+ *      (router_cron), as one whose receiver never answers; a new session
+ *      (a new connection) takes every one back (router_on_disconnect).
  *
  *   store --LOAD page--> ready --send--> inflight --DeliveryAck--> acked --commit--> freed
  *                          ^                 |                         |
  *                          +-- disconnect ---+------- ack failed ------+
+ *   (disconnect: a session's end, or a repeated Hello for the messages no
+ *   repeated Hello of the session put back before, invariant 7)
  */
 #include "router.h"
 
@@ -391,19 +403,35 @@ static void s_append(qlist_t *to, qlist_t *from)
     *from = (qlist_t){0};
 }
 
-void router_on_disconnect(server_t *s, int peer)
+/*
+ * Puts peer's in-flight messages back at the front of ready (the acked ones
+ * wait for their commit where they are), but behind every express one:
+ * express messages stay ahead of routine ones and in their order, those
+ * that were out first, so that one loaded or stored later goes after them
+ * (s_requeue), not ahead of them.  With session non-zero (a repeated Hello,
+ * invariant 7) only those no repeated Hello of that session put back
+ * already, marked so; the others stay in flight, in the order sent, their
+ * count in *kept.  Returns the count put back.
+ */
+static size_t s_put_back(peer_t *p, uint32_t session, size_t *kept)
 {
-    peer_t *p = &s->peers[peer];
-    p->express_checked = false; /* look again on the next connection */
-    /* The in-flight ones go back to the front of ready (the acked ones wait
-     * for their commit where they are), but behind every express one:
-     * express messages stay ahead of routine ones and in their order, those
-     * that were out first, so that one loaded or stored later goes after
-     * them (s_requeue), not ahead of them. */
-    qlist_t express = {0}, routine = {0};
+    qlist_t express = {0}, routine = {0}, stay = {0};
+    size_t back = 0;
     qmsg_t *m;
-    while ((m = s_pop(&p->inflight)) != NULL)
+    while ((m = s_pop(&p->inflight)) != NULL) {
+        if (session != 0 && m->hello_session == session) {
+            s_push(&stay, m);
+            continue;
+        }
+        if (session != 0)
+            m->hello_session = session;
         s_push(m->express ? &express : &routine, m);
+        back++;
+    }
+    p->inflight = stay;
+    *kept = stay.n;
+    if (back == 0)
+        return 0; /* ready is as it was: not walked for a Hello that changes nothing */
     qlist_t waiting = p->ready;
     p->ready = (qlist_t){0};
     while ((m = s_pop(&waiting)) != NULL)
@@ -411,7 +439,28 @@ void router_on_disconnect(server_t *s, int peer)
     s_append(&express, &routine);
     s_append(&express, &p->ready);
     p->ready = express;
+    return back;
+}
+
+void router_on_disconnect(server_t *s, int peer)
+{
+    peer_t *p = &s->peers[peer];
+    p->express_checked = false; /* look again on the next connection */
+    size_t kept;
+    (void)s_put_back(p, 0, &kept);
     (void)s;
+}
+
+size_t router_on_hello(server_t *s, int peer, size_t *kept)
+{
+    peer_t *p = &s->peers[peer];
+    size_t back = s_put_back(p, p->session, kept);
+    /* A restart that sends again looks for express messages again, as a new
+     * connection does; one that sends nothing again costs no store query. */
+    if (back > 0)
+        p->express_checked = false;
+    s->counters.v[CNT_RESENDS_SKIPPED] += *kept;
+    return back;
 }
 
 void router_forget(server_t *s, int peer, uint64_t seq)

@@ -24,6 +24,16 @@ void router_on_stored(server_t *s, int peer, uint64_t seq, store_row_t *row, boo
 void router_pump(server_t *s, int peer);
 /* The facility's session ended: in-flight deliveries will be sent again. */
 void router_on_disconnect(server_t *s, int peer);
+/*
+ * A repeated Hello on the connection of peer's session (a client that
+ * restarted its session, which may have dropped what it was sent): its
+ * in-flight deliveries will be sent again, but each at most once per
+ * session by such a Hello.  One a repeated Hello of this session already put
+ * back stays in flight, for its redelivery time-out (router_cron), and is
+ * counted (resends_skipped), its count in *kept.  Returns the count put back.
+ * The caller pumps (router_pump).
+ */
+size_t router_on_hello(server_t *s, int peer, size_t *kept);
 /* Periodic: resends deliveries unacknowledged past the redelivery time-out,
  * measured on mono_ms (mr_mono_ms()), unless past their expiry at now_ms. */
 void router_cron(server_t *s, int64_t now_ms, int64_t mono_ms);

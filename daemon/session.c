@@ -8,10 +8,13 @@
  *   2. A peer is connected to at most one rid; a new Hello replaces it.
  *   3. by_former_rid maps exactly each peer's former_rid (its last session
  *      that ended) to its index, and holds no rid of by_rid.
+ *   4. session numbers peer's sessions: it changes at each Hello that binds
+ *      a connection, and only then (router.c invariant 7 counts on it).
  *
  *   DISCONNECTED --Hello--> CONNECTED --Hello from another rid--> CONNECTED (new rid)
- *        ^                      |
- *        +---- time-out --------+
+ *        ^                      |   \
+ *        +---- time-out --------+    +--Hello on its own rid--> CONNECTED (same session,
+ *                                                                restarted: s_restart)
  */
 #include "session.h"
 
@@ -184,6 +187,39 @@ static void s_send_welcome(server_t *s, int peer)
     server_send_facility(s, p->rid, p->rid_len, &f.base);
 }
 
+/*
+ * A repeated Hello on the session's own connection: the client restarted its
+ * session (it may have dropped what it was sent), so what it has in flight
+ * is sent again -- but each delivery at most once per session by such a
+ * Hello (router.c invariant 7).  The library says Hello again on the same
+ * connection only when its Welcome is late (every 2 s: Hellos that cross the
+ * Welcome) or when the broker has been silent for heartbeat_timeout_ms, and
+ * neither needs more than one copy again; a client that repeats Hello and
+ * reads nothing would otherwise make the broker queue a window of deliveries
+ * (max_inflight of up to max_message_bytes) toward it per Hello.  It is
+ * still answered with a Welcome each time (a client may wait for one: it is
+ * as small as the Hello), counted (hellos_repeated, resends_skipped), and
+ * logged at most LOGRATE_LINES times per LOGRATE_WINDOW_MS (hello_log; the
+ * rest as a count, session_cron).
+ */
+static void s_restart(server_t *s, int peer, const char *client)
+{
+    peer_t *p = &s->peers[peer];
+    size_t kept = 0;
+    size_t back = router_on_hello(s, peer, &kept);
+    s->counters.v[CNT_HELLOS_REPEATED]++;
+    if (!lograte_allow(&p->hello_log, mr_mono_ms()))
+        return;
+    const char *id = registry_at(s->registry, (size_t)peer)->id;
+    if (kept == 0)
+        log_info(s->log, "facility.connected",
+                 "facility=%s client=\"%s\" pending=%llu again=1 resent=%zu", id, client,
+                 (unsigned long long)p->pending, back);
+    else
+        log_warn(s->log, "facility.hello_repeated",
+                 "facility=%s client=\"%s\" resent=%zu kept=%zu", id, client, back, kept);
+}
+
 int handle_hello(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f, mr_err_t *err)
 {
     const Medroute__V1__Hello *h = f->hello;
@@ -227,6 +263,8 @@ int handle_hello(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f, mr
         p->fd = endpoint_src_fd(s->facility_ep);
         p->connected = true;
         p->connected_at_ms = mr_now_ms();
+        if (++p->session == 0)
+            p->session = 1; /* wrapped: 0 marks no session (qmsg_t.hello_session) */
         s->counters.v[CNT_CONNECTS]++;
     }
     p->heard_ms = mr_mono_ms();
@@ -234,15 +272,14 @@ int handle_hello(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f, mr
     p->max_inflight = want < s->conf->max_inflight ? want : s->conf->max_inflight;
     p->max_acks = h->max_acks_per_frame;
     char client[41];
-    log_info(s->log, "facility.connected", "facility=%s client=\"%s\" pending=%llu%s",
-             registry_at(s->registry, (size_t)peer)->id,
-             log_clean(client, sizeof client, h->client_name),
-             (unsigned long long)p->pending, same_rid ? " again=1" : "");
+    (void)log_clean(client, sizeof client, h->client_name);
+    if (!same_rid)
+        log_info(s->log, "facility.connected", "facility=%s client=\"%s\" pending=%llu",
+                 registry_at(s->registry, (size_t)peer)->id, client,
+                 (unsigned long long)p->pending);
     s_send_welcome(s, peer);
-    /* A repeated Hello on the same connection means the client restarted its
-     * session: what it had in flight is sent again. */
     if (same_rid)
-        router_on_disconnect(s, peer);
+        s_restart(s, peer, client);
     router_pump(s, peer);
     return 0;
 }
@@ -268,6 +305,11 @@ void session_cron(server_t *s, int64_t now_ms, int64_t mono_ms)
     size_t n = registry_count(s->registry);
     for (size_t i = 0; i < n; i++) {
         peer_t *p = &s->peers[i];
+        uint64_t unlogged = lograte_take(&p->hello_log, mono_ms);
+        if (unlogged > 0)
+            log_warn(s->log, "facility.hello_unlogged",
+                     "facility=%s count=%llu limit=%d window_s=%d", registry_at(s->registry, i)->id,
+                     (unsigned long long)unlogged, LOGRATE_LINES, LOGRATE_WINDOW_MS / 1000);
         if (!p->connected)
             continue;
         /* Silence counts only while the broker reads: a store that holds

@@ -3,8 +3,10 @@
  *
  * A connection is bound to a facility by Hello; a later Hello for the same
  * facility from another connection takes its place (and its queue: unacked
- * deliveries go again, marked redelivered).  Silence longer than the
- * heartbeat time-out ends a session.  Loop thread only.
+ * deliveries go again, marked redelivered).  A Hello again on the same
+ * connection restarts the session: its deliveries in flight go again, each
+ * at most once per session that way (router_on_hello).  Silence longer than
+ * the heartbeat time-out ends a session.  Loop thread only.
  */
 #ifndef MR_SESSION_H
 #define MR_SESSION_H

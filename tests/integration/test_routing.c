@@ -1231,17 +1231,24 @@ static bool raw_next_referral(raw_t *r, int timeout_ms, char *id)
     return true;
 }
 
-/* A daemon of its own, yx-lead connected, and t-houqing as a raw peer that
- * said Hello with a window of `window` and has its Welcome. */
-static void s_raw_houqing(mrt_daemon_t *d, mr_client_t **lead, raw_t *r, uint32_t window)
+/* A daemon of its own (extra added to its config, may be NULL), yx-lead
+ * connected, and t-houqing as a raw peer that said Hello with a window of
+ * `window` and has its Welcome. */
+static void s_raw_houqing_with(mrt_daemon_t *d, const char *extra, mr_client_t **lead, raw_t *r,
+                               uint32_t window)
 {
-    assert_int_equal(mrt_daemon_start(d, NULL), 0);
+    assert_int_equal(mrt_daemon_start(d, extra), 0);
     *lead = connected(d, "yx-lead");
     raw_open(r, d);
     raw_hello_window(r, "t-houqing", window);
     mr_frame_t *f = raw_next(r, MEDROUTE__V1__FRAME__BODY_WELCOME, 5000);
     assert_non_null(f);
     medroute__v1__frame__free_unpacked(f, NULL);
+}
+
+static void s_raw_houqing(mrt_daemon_t *d, mr_client_t **lead, raw_t *r, uint32_t window)
+{
+    s_raw_houqing_with(d, NULL, lead, r, window);
 }
 
 static void s_raw_houqing_done(mrt_daemon_t *d, mr_client_t **lead, raw_t *r)
@@ -1351,6 +1358,164 @@ static void test_routing_ack_for_a_queued_resend_is_not_sent_again(void **state)
     s_raw_houqing_done(&d, &lead, &r);
 }
 
+/* What a raw peer read: Welcomes, and Deliveries (the first 64 kept). */
+typedef struct {
+    int welcomes, deliveries;
+    uint64_t seq[64];
+    bool again[64]; /* Delivery.redelivered */
+} raw_tally_t;
+
+/* Reads frames into t until it has counted `welcomes` Welcomes and
+ * `deliveries` Deliveries in all (10 s at most, then fails). */
+static void raw_tally(raw_t *r, raw_tally_t *t, int welcomes, int deliveries)
+{
+    long long deadline = mrt_now_ms() + 10000;
+    while (t->welcomes < welcomes || t->deliveries < deliveries) {
+        mr_frame_t *f = raw_recv(r, deadline);
+        if (f == NULL)
+            fail_msg("%d Welcomes and %d Deliveries came, %d and %d expected", t->welcomes,
+                     t->deliveries, welcomes, deliveries);
+        if (f->body_case == MEDROUTE__V1__FRAME__BODY_WELCOME) {
+            t->welcomes++;
+        } else if (f->body_case == MEDROUTE__V1__FRAME__BODY_DELIVERY) {
+            if (t->deliveries < 64) {
+                t->seq[t->deliveries] = f->delivery->seq;
+                t->again[t->deliveries] = f->delivery->redelivered;
+            }
+            t->deliveries++;
+        }
+        medroute__v1__frame__free_unpacked(f, NULL);
+    }
+}
+
+/*
+ * A client that says Hello over and over on one connection and reads
+ * nothing, while deliveries are out to it (a bug, or a hostile holder of a
+ * valid key): the first repeated Hello restarts its session and what is in
+ * flight goes again, as a client that restarted needs; the later ones send
+ * nothing again.  The broker queues one extra copy of each delivery toward
+ * it, not one per Hello (before: a whole window per Hello, up to 64 of
+ * 1 MiB, bounded only by the socket's 100,000-message high-water mark).  A
+ * restart after the client read and acknowledged gets again what was sent
+ * since; a new connection gets everything again; nothing is lost.
+ */
+static void test_routing_repeated_hellos_send_again_once(void **state)
+{
+    (void)state;
+    enum { WINDOW = 4, MSGS = 6, HELLOS = 30 };
+    mrt_daemon_t d = {0};
+    mr_client_t *lead;
+    raw_t r;
+    /* No redelivery time-out within the test: every copy sent again is a
+     * Hello's.  Short store batches: a Hello's store query is done before
+     * the next Hello comes. */
+    s_raw_houqing_with(&d, "limits = { redelivery_timeout_ms = 600000; }; store = { batch_ms = 2; };",
+                       &lead, &r, WINDOW);
+    for (int i = 0; i < MSGS; i++) {
+        char p[160];
+        snprintf(p, sizeof p, "{\"referral_id\":\"R-RH-%d\",\"service\":\"SERVICE_FOLLOW_UP\"}",
+                 i);
+        assert_int_equal(mrt_send(lead, "t-houqing", "referral", "routine", p, NULL), 0);
+    }
+    long long until = mrt_now_ms() + 10000;
+    while (mrt_counter(&d, "sent") < WINDOW && mrt_now_ms() < until)
+        (void)poll(NULL, 0, 20);
+    assert_int_equal(mrt_counter(&d, "sent"), WINDOW); /* the window is out, unread */
+
+    /* Hello after Hello, one every 20 ms, nothing read; each with a client
+     * name of its own, so that no two log lines are alike. */
+    for (int i = 0; i < HELLOS; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "flood-%d", i);
+        Medroute__V1__Hello h = MEDROUTE__V1__HELLO__INIT;
+        h.facility_id = "t-houqing";
+        h.client_name = name;
+        h.max_inflight = WINDOW;
+        mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+        f.version = 1;
+        f.body_case = MEDROUTE__V1__FRAME__BODY_HELLO;
+        f.hello = &h;
+        raw_send_frame(&r, &f);
+        (void)poll(NULL, 0, 20);
+    }
+    /* Read now: every Hello was answered, so every one was handled ... */
+    raw_tally_t t = {0};
+    raw_tally(&r, &t, HELLOS, 0);
+    /* ... and whatever store query a Hello started (express messages are
+     * looked for first) came back before a later commit's Ack: store
+     * completions come in order. */
+    assert_int_equal(mrt_send(lead, "t-aihua", "referral", "routine",
+                              "{\"referral_id\":\"R-RH-BARRIER\",\"service\":"
+                              "\"SERVICE_FOLLOW_UP\"}",
+                              NULL),
+                     0);
+    long long again = mrt_counter(&d, "redelivered");
+    if (again != WINDOW)
+        fail_msg("%d repeated Hellos had %lld deliveries sent again; %d expected (the window, "
+                 "once)",
+                 HELLOS, again, WINDOW);
+    assert_int_equal(mrt_counter(&d, "sent"), WINDOW);
+    assert_int_equal(mrt_counter(&d, "hellos_repeated"), HELLOS);
+    assert_int_equal(mrt_counter(&d, "resends_skipped"), WINDOW * (HELLOS - 1));
+    /* Logged, but not a line per Hello (20 per 10 s, lograte.h). */
+    int lines = mrt_log_count(&d, "client=\"flood-");
+    if (lines < 1 || lines > 20)
+        fail_msg("%d repeated Hellos wrote %d log lines; 1 to 20 expected", HELLOS, lines);
+    /* What arrived: the window, then the window again, marked, and no more. */
+    raw_tally(&r, &t, HELLOS, 2 * WINDOW);
+    assert_null(raw_next(&r, MEDROUTE__V1__FRAME__BODY_DELIVERY, 300));
+    assert_int_equal(t.deliveries, 2 * WINDOW);
+    uint64_t seq[MSGS];
+    for (int i = 0; i < WINDOW; i++) {
+        seq[i] = t.seq[i];
+        assert_false(t.again[i]);
+        assert_int_equal(t.seq[WINDOW + i], seq[i]);
+        assert_true(t.again[WINDOW + i]);
+    }
+
+    /* It acknowledges two: the next two go out. */
+    uint64_t more[1] = {seq[1]};
+    raw_delivery_ack(&r, seq[0], more, 1);
+    raw_tally_t u = {0};
+    raw_tally(&r, &u, 0, 2);
+    for (int i = 0; i < 2; i++) {
+        seq[WINDOW + i] = u.seq[i];
+        assert_false(u.again[i]);
+    }
+    /* Its session restarts again: those two, never sent again on this
+     * connection, go again; the two sent again already stay in flight. */
+    raw_hello_window(&r, "t-houqing", WINDOW);
+    raw_tally(&r, &u, 1, 4);
+    assert_null(raw_next(&r, MEDROUTE__V1__FRAME__BODY_DELIVERY, 300));
+    assert_int_equal(u.deliveries, 4);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(u.seq[2 + i], seq[WINDOW + i]);
+        assert_true(u.again[2 + i]);
+    }
+    assert_int_equal(mrt_counter(&d, "redelivered"), WINDOW + 2);
+    assert_int_equal(mrt_counter(&d, "resends_skipped"), WINDOW * (HELLOS - 1) + 2);
+
+    /* A new connection gets all four in flight again; acknowledged, every
+     * message is delivered, none twice. */
+    raw_close(&r);
+    raw_open(&r, &d);
+    raw_hello_window(&r, "t-houqing", WINDOW);
+    raw_tally_t v = {0};
+    raw_tally(&r, &v, 1, 4);
+    uint64_t want[4] = {seq[2], seq[3], seq[4], seq[5]};
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(v.seq[i], want[i]);
+        assert_true(v.again[i]);
+    }
+    raw_delivery_ack(&r, want[0], want + 1, 3);
+    until = mrt_now_ms() + 10000;
+    while (mrt_counter(&d, "delivered") < MSGS && mrt_now_ms() < until)
+        (void)poll(NULL, 0, 20);
+    assert_int_equal(mrt_counter(&d, "delivered"), MSGS);
+    assert_null(raw_next(&r, MEDROUTE__V1__FRAME__BODY_DELIVERY, 300));
+    s_raw_houqing_done(&d, &lead, &r);
+}
+
 /*
  * A stat message an operator retries from the dead letters goes ahead of
  * the routine ones waiting, as it did before it died.  Before, it came back
@@ -1419,6 +1584,7 @@ int main(void)
         cmocka_unit_test(test_routing_express_order_kept_across_sessions),
         cmocka_unit_test(test_routing_ack_for_a_queued_resend_is_not_sent_again),
         cmocka_unit_test(test_routing_retried_stat_goes_ahead_of_routine),
+        cmocka_unit_test(test_routing_repeated_hellos_send_again_once),
     };
     return cmocka_run_group_tests_name("routing", tests, setup, teardown);
 }

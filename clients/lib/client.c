@@ -2,11 +2,15 @@
  * client.c - a facility's connection to medrouted (DEALER socket).
  *
  * Owns: the zmq context and sockets (DEALER + its monitor PAIR), the outbox
- * (memory list mirrored in cstore), the seen-set (cstore).
+ * (memory list mirrored in cstore), the seen-set (cstore), the ids
+ * acknowledged after several sends (acked).
  *
  * Invariants
  *   1. Every submitted message is in the outbox until its Ack, or until a
- *      final Error (one that resending cannot cure).
+ *      final Error (one that resending cannot cure).  Its Ack is one that
+ *      names its id, but for a late Ack of an earlier version of that id
+ *      with other content (the entry's not_seq): that answers the other
+ *      version, which the broker keeps and this one conflicts with.
  *   2. Hello is sent on every (re)connection the monitor reports, and again
  *      when the broker answers NO_HELLO (it restarted, or our session timed
  *      out); after each Welcome the whole outbox is sent again.
@@ -27,6 +31,7 @@
 #include <sys/random.h>
 #include <zmq.h>
 
+#include "acked.h"
 #include "cstore.h"
 #include "mr_codec.h"
 #include "pbjson.h"
@@ -44,6 +49,11 @@ typedef struct s_out_t {
     uint8_t *body;
     size_t len;
     int64_t sent_ms;          /* 0: not sent on this connection yet */
+    unsigned sends;           /* frames of it handed to the socket, on any connection */
+    /* An Ack of this seq answers an earlier version of this id, with other
+     * content, that was acknowledged after several sends (acked.h): not
+     * this one, which the broker refuses as CONFLICT.  0: none. */
+    uint64_t not_seq;
     int slot;                 /* its place in out_slot, the value of its id in out_ids */
     struct s_out_t *prev, *next;
 } s_out_t;
@@ -86,6 +96,7 @@ struct mr_client_t {
     int64_t last_resend_scan_ms;
     size_t n_out;
     strmap_t *out_ids;        /* the ids in the outbox: submit and Ack find them at once */
+    acked_t *acked;           /* ids acknowledged after several sends: late Acks may come */
     /* out_slot[i]: the entry whose id out_ids maps to i (NULL: free, and i is
      * on the out_free stack), so a resubmission or an Ack finds its entry
      * without a walk of the outbox (250,000 after a night offline). */
@@ -266,11 +277,10 @@ static s_out_t *s_outbox_find(const mr_client_t *c, const char *id)
     return i < 0 ? NULL : c->out_slot[i];
 }
 
-static bool s_outbox_remove(mr_client_t *c, const char *id)
+/* Takes o out of the outbox (memory and disk); the caller frees it. */
+static void s_outbox_unlink(mr_client_t *c, s_out_t *o)
 {
-    s_out_t *o = s_outbox_find(c, id);
-    if (o == NULL || strmap_del(c->out_ids, id, strlen(id)) < 0)
-        return false;
+    (void)strmap_del(c->out_ids, o->id, strlen(o->id)); /* o is in it: invariant of out_ids */
     if (o->prev)
         o->prev->next = o->next;
     else
@@ -285,10 +295,29 @@ static bool s_outbox_remove(mr_client_t *c, const char *id)
     c->out_free[c->n_free++] = o->slot;
     c->n_out--;
     if (c->persistent)
-        (void)cstore_outbox_remove(c->cs, id); /* a stale row is resent: harmless */
+        (void)cstore_outbox_remove(c->cs, o->id); /* a stale row is resent: harmless */
+}
+
+static bool s_outbox_remove(mr_client_t *c, const char *id)
+{
+    s_out_t *o = s_outbox_find(c, id);
+    if (o == NULL)
+        return false;
+    s_outbox_unlink(c, o);
     free(o->body);
     free(o);
     return true;
+}
+
+/* Hands o to the socket; 0, or the socket's error (it stays unsent). */
+static int s_send_entry(mr_client_t *c, s_out_t *o, int64_t now)
+{
+    int rc = s_send_raw(c, o->body, o->len);
+    if (rc == 0) {
+        o->sent_ms = now;
+        o->sends++;
+    }
+    return rc;
 }
 
 /* Errors that resending can cure: the message stays in the outbox. */
@@ -392,9 +421,8 @@ static void s_outbox_send_due(mr_client_t *c, bool all)
         for (s_out_t *o = c->out_head; o && o != c->out_unsent; o = o->next) {
             if (now - o->sent_ms < (int64_t)c->ack_timeout_ms)
                 continue;
-            if (s_send_raw(c, o->body, o->len) != 0)
+            if (s_send_entry(c, o, now) != 0)
                 return;
-            o->sent_ms = now;
         }
     }
     for (s_out_t *o = c->out_unsent, *next; o; o = next) {
@@ -403,9 +431,8 @@ static void s_outbox_send_due(mr_client_t *c, bool all)
             s_refuse_too_large(c, o); /* queued before the limit was known */
             continue;
         }
-        if (s_send_raw(c, o->body, o->len) != 0)
+        if (s_send_entry(c, o, now) != 0)
             break;
-        o->sent_ms = now;
         c->out_unsent = next;
     }
 }
@@ -449,7 +476,8 @@ mr_client_t *mr_client_new(const mr_client_opts_t *opts)
     c->persistent = opts->state_dir != NULL;
     c->cs = cstore_open(opts->state_dir, c->facility);
     c->out_ids = strmap_new();
-    if (c->cs == NULL || c->out_ids == NULL)
+    c->acked = acked_new();
+    if (c->cs == NULL || c->out_ids == NULL || c->acked == NULL)
         goto fail;
     if (c->persistent) {
         if (cstore_seen_prune(c->cs, S_SEEN_KEEP_MS) < 0 ||
@@ -518,6 +546,7 @@ void mr_client_destroy(mr_client_t **self_p)
     }
     cstore_close(&c->cs);
     strmap_destroy(&c->out_ids);
+    acked_destroy(&c->acked);
     free(c->out_slot);
     free(c->out_free);
     free(c->endpoint);
@@ -590,10 +619,9 @@ int mr_client_submit_packed(mr_client_t *self, const char *message_id, const voi
     /* Sent at once unless older ones still wait for room in the socket's
      * queue: the outbox goes out in order. */
     s_out_t *o = self->out_tail;
-    if (self->welcomed && self->out_unsent == o && s_send_raw(self, envelope, len) == 0) {
-        o->sent_ms = mr_mono_ms();
+    o->not_seq = acked_other_seq(self->acked, message_id, envelope, len);
+    if (self->welcomed && self->out_unsent == o && s_send_entry(self, o, mr_mono_ms()) == 0)
         self->out_unsent = NULL;
-    }
     return 0;
 }
 
@@ -762,15 +790,32 @@ static int s_defer(mr_client_t *c, const void *data, size_t len, uint64_t seq)
     return 0;
 }
 
-/* One event per submitted message: an Ack for a message no longer in the
- * outbox answers a resend that crossed the first Ack.  The events: 0 or 1. */
+/*
+ * One event per submitted message.  An Ack for a message no longer in the
+ * outbox answers a resend that crossed the first Ack; so does one whose seq
+ * is the entry's not_seq: it answers the version of that id acknowledged
+ * before, with other content, which the broker keeps (it refuses this one
+ * as CONFLICT).  A message acknowledged after several sends is remembered
+ * in acked for as long as such late Acks may come.  The events: 0 or 1.
+ */
 static int s_on_ack(mr_client_t *c, const Medroute__V1__Ack *a, mr_handler_t h, void *arg)
 {
-    if (a->message_id == NULL || !s_outbox_remove(c, a->message_id))
+    if (a->message_id == NULL)
         return 0;
-    mr_event_t ev = {.type = MR_EVENT_ACK, .message_id = a->message_id, .seq = a->seq,
+    s_out_t *o = s_outbox_find(c, a->message_id);
+    if (o == NULL || (o->not_seq != 0 && a->seq == o->not_seq)) {
+        acked_answered(c->acked, a->message_id, a->seq);
+        return 0;
+    }
+    s_outbox_unlink(c, o);
+    if (o->sends > 1)
+        (void)acked_put(c->acked, o->id, a->seq, o->body, o->len, o->sends - 1); /* takes body */
+    else
+        free(o->body);
+    mr_event_t ev = {.type = MR_EVENT_ACK, .message_id = o->id, .seq = a->seq,
                      .duplicate = a->duplicate};
     s_emit(c, h, arg, &ev);
+    free(o);
     return 1;
 }
 

@@ -131,7 +131,13 @@ int mr_client_submit_json(mr_client_t *self, const char *json, char *id_out, cha
  * as for the broker: equal but for created_at_ms.  Other content under that
  * id returns -EEXIST and is not queued: the queued version stays and is the
  * one sent.  Once the id is acknowledged, the broker answers a resubmission
- * (Ack duplicate, or Error CONFLICT for other content). */
+ * (Ack duplicate, or Error CONFLICT for other content).  A message sent more
+ * than once (Ack time-out, reconnect) may draw an Ack per copy: a late one
+ * names the id but answers the content first acknowledged, so for a
+ * resubmission with other content an Ack of the seq that content was
+ * acknowledged as is dropped, and the broker's CONFLICT is its answer.  The
+ * library remembers this for the last 1,024 ids acknowledged after more than
+ * one send (16 MiB of content at most; see docs/delivery.md, Limits). */
 int mr_client_submit_packed(mr_client_t *self, const char *message_id, const void *envelope,
                             size_t len);
 

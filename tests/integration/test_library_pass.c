@@ -72,6 +72,103 @@ static void s_submit(mr_client_t *c, const char *id, size_t pad)
     free(json);
 }
 
+/* The test's broker: a ROUTER socket and the routing id of its one client. */
+typedef struct {
+    void *zctx, *router;
+    char ep[128];
+    uint8_t rid[256];
+    size_t rid_len;
+} s_broker_t;
+
+static void s_broker_open(s_broker_t *b, const char *tag)
+{
+    memset(b, 0, sizeof *b);
+    snprintf(b->ep, sizeof b->ep, "ipc:///tmp/mrt-scripted-broker-%s-%ld", tag, (long)getpid());
+    b->zctx = zmq_ctx_new();
+    assert_non_null(b->zctx);
+    b->router = zmq_socket(b->zctx, ZMQ_ROUTER);
+    assert_non_null(b->router);
+    int linger = 0;
+    assert_int_equal(zmq_setsockopt(b->router, ZMQ_LINGER, &linger, sizeof linger), 0);
+    assert_int_equal(zmq_bind(b->router, b->ep), 0);
+}
+
+static void s_broker_close(s_broker_t *b)
+{
+    zmq_close(b->router);
+    zmq_ctx_term(b->zctx);
+}
+
+/* The next frame client c sends (c is polled meanwhile, without handler, so
+ * that it connects, says Hello and resends), 10 s at most.  Caller frees. */
+static mr_frame_t *s_broker_recv(s_broker_t *b, mr_client_t *c)
+{
+    long long until = mrt_now_ms() + 10000;
+    zmq_pollitem_t item = {.socket = b->router, .events = ZMQ_POLLIN};
+    while (mrt_now_ms() < until) {
+        assert_true(mr_client_poll(c, 50, NULL, NULL) >= 0);
+        if (zmq_poll(&item, 1, 0) != 1)
+            continue;
+        int n = zmq_recv(b->router, b->rid, sizeof b->rid, 0);
+        assert_true(n > 0);
+        b->rid_len = (size_t)n;
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        assert_true(zmq_msg_recv(&m, b->router, 0) >= 0);
+        mr_frame_t *f = medroute__v1__frame__unpack(NULL, zmq_msg_size(&m), zmq_msg_data(&m));
+        zmq_msg_close(&m);
+        assert_non_null(f);
+        return f;
+    }
+    fail_msg("the client sent nothing within 10 s");
+    return NULL;
+}
+
+/* Waits for the next frame of c and checks its body; for an Envelope, its
+ * message id is id (when not NULL). */
+static void s_broker_expect(s_broker_t *b, mr_client_t *c, int body_case, const char *id)
+{
+    mr_frame_t *f = s_broker_recv(b, c);
+    /* A heartbeat, or a Hello repeated on a slow machine, may come between. */
+    while ((int)f->body_case != body_case &&
+           (f->body_case == MEDROUTE__V1__FRAME__BODY_HEARTBEAT ||
+            f->body_case == MEDROUTE__V1__FRAME__BODY_HELLO)) {
+        medroute__v1__frame__free_unpacked(f, NULL);
+        f = s_broker_recv(b, c);
+    }
+    assert_int_equal(f->body_case, body_case);
+    if (id != NULL)
+        assert_string_equal(f->envelope->message_id, id);
+    medroute__v1__frame__free_unpacked(f, NULL);
+}
+
+static void s_broker_welcome(s_broker_t *b, uint32_t max_message_bytes)
+{
+    Medroute__V1__Welcome w = MEDROUTE__V1__WELCOME__INIT;
+    w.broker_id = "test";
+    w.heartbeat_interval_ms = 5000;
+    w.heartbeat_timeout_ms = 15000;
+    w.max_message_bytes = max_message_bytes;
+    w.max_inflight = 64;
+    w.max_acks_per_frame = 64;
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    f.body_case = MEDROUTE__V1__FRAME__BODY_WELCOME;
+    f.welcome = &w;
+    s_send(b->router, b->rid, b->rid_len, &f);
+}
+
+static void s_broker_error(s_broker_t *b, const char *id, int code)
+{
+    Medroute__V1__Error e = MEDROUTE__V1__ERROR__INIT;
+    e.message_id = (char *)id;
+    e.code = (Medroute__V1__ErrorCode)code;
+    e.reason = "scripted";
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    f.body_case = MEDROUTE__V1__FRAME__BODY_ERROR;
+    f.error = &e;
+    s_send(b->router, b->rid, b->rid_len, &f);
+}
+
 /*
  * A message queued before the Welcome told the broker's size limit, and
  * over it, is refused by the library when that Welcome comes; when the
@@ -83,17 +180,9 @@ static void s_submit(mr_client_t *c, const char *id, size_t pad)
 static void test_library_pass_refusal_in_the_welcome_pass(void **state)
 {
     (void)state;
-    char ep[128];
-    snprintf(ep, sizeof ep, "ipc:///tmp/mrt-scripted-broker-%ld", (long)getpid());
-    void *zctx = zmq_ctx_new();
-    assert_non_null(zctx);
-    void *router = zmq_socket(zctx, ZMQ_ROUTER);
-    assert_non_null(router);
-    int linger = 0;
-    assert_int_equal(zmq_setsockopt(router, ZMQ_LINGER, &linger, sizeof linger), 0);
-    assert_int_equal(zmq_bind(router, ep), 0);
-
-    mr_client_opts_t o = {.endpoint = ep, .facility = "t-aihua"};
+    s_broker_t b;
+    s_broker_open(&b, "welcome");
+    mr_client_opts_t o = {.endpoint = b.ep, .facility = "t-aihua"};
     mr_client_t *c = mr_client_new(&o);
     assert_non_null(c);
     s_submit(c, "SMALL-1", 10);
@@ -101,40 +190,13 @@ static void test_library_pass_refusal_in_the_welcome_pass(void **state)
     s_submit(c, "SMALL-2", 10);
 
     /* The client says Hello once its connection is up (seen in its polls). */
-    uint8_t rid[256];
-    int rid_len = -1;
-    long long until = mrt_now_ms() + 10000;
-    zmq_pollitem_t item = {.socket = router, .events = ZMQ_POLLIN};
-    while (rid_len < 0 && mrt_now_ms() < until) {
-        assert_true(mr_client_poll(c, 50, NULL, NULL) >= 0);
-        if (zmq_poll(&item, 1, 0) == 1)
-            rid_len = zmq_recv(router, rid, sizeof rid, 0);
-    }
-    assert_true(rid_len > 0);
-    zmq_msg_t hello;
-    zmq_msg_init(&hello);
-    assert_true(zmq_msg_recv(&hello, router, 0) >= 0);
-    mr_frame_t *h = medroute__v1__frame__unpack(NULL, zmq_msg_size(&hello), zmq_msg_data(&hello));
-    zmq_msg_close(&hello);
-    assert_non_null(h);
-    assert_int_equal(h->body_case, MEDROUTE__V1__FRAME__BODY_HELLO);
-    medroute__v1__frame__free_unpacked(h, NULL);
+    s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_HELLO, NULL);
 
     /* Welcome with a 4,096-byte limit, and the Acks of the two small ones,
      * all in the client's socket before its next poll. */
-    Medroute__V1__Welcome w = MEDROUTE__V1__WELCOME__INIT;
-    w.broker_id = "test";
-    w.heartbeat_interval_ms = 5000;
-    w.heartbeat_timeout_ms = 15000;
-    w.max_message_bytes = 4096;
-    w.max_inflight = 64;
-    w.max_acks_per_frame = 64;
-    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
-    f.body_case = MEDROUTE__V1__FRAME__BODY_WELCOME;
-    f.welcome = &w;
-    s_send(router, rid, (size_t)rid_len, &f);
-    s_send_ack(router, rid, (size_t)rid_len, "SMALL-1", 1);
-    s_send_ack(router, rid, (size_t)rid_len, "SMALL-2", 2);
+    s_broker_welcome(&b, 4096);
+    s_send_ack(b.router, b.rid, b.rid_len, "SMALL-1", 1);
+    s_send_ack(b.router, b.rid, b.rid_len, "SMALL-2", 2);
     usleep(300 * 1000);
 
     s_seen_t seen = {0};
@@ -146,14 +208,116 @@ static void test_library_pass_refusal_in_the_welcome_pass(void **state)
     assert_int_equal(mr_client_unacked(c), 0);
 
     mr_client_destroy(&c);
-    zmq_close(router);
-    zmq_ctx_term(zctx);
+    s_broker_close(&b);
+}
+
+/* Polls c with on_event until seen has `acks` Acks and `errors` Errors, 10 s
+ * at most, and then once more: what is counted is all that came. */
+static void s_poll_for(mr_client_t *c, s_seen_t *seen, int acks, int errors)
+{
+    long long until = mrt_now_ms() + 10000;
+    while ((seen->acks < acks || seen->errors < errors) && mrt_now_ms() < until)
+        assert_true(mr_client_poll(c, 50, on_event, seen) >= 0);
+    assert_true(mr_client_poll(c, 200, on_event, seen) >= 0);
+}
+
+/*
+ * A message sent twice (its Ack was late: the client's Ack time-out) is
+ * acknowledged by its first Ack; the application then submits the same id
+ * with other content.  The second Ack of the first version, late, names the
+ * same id: it must not acknowledge the new content, which the broker
+ * refuses as CONFLICT (it keeps the first).  Until the fifteenth session it
+ * did, and the application believed stored what never was.
+ */
+static void test_library_pass_late_ack_is_not_for_other_content(void **state)
+{
+    (void)state;
+    s_broker_t b;
+    s_broker_open(&b, "late-ack");
+    mr_client_opts_t o = {.endpoint = b.ep, .facility = "t-aihua", .ack_timeout_ms = 200};
+    mr_client_t *c = mr_client_new(&o);
+    assert_non_null(c);
+    s_submit(c, "LATE-1", 10);
+    s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_HELLO, NULL);
+    s_broker_welcome(&b, 1 << 20);
+    s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_ENVELOPE, "LATE-1");
+    /* No Ack yet: the client sends it again after its time-out. */
+    s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_ENVELOPE, "LATE-1");
+
+    s_send_ack(b.router, b.rid, b.rid_len, "LATE-1", 7); /* the first send's */
+    s_seen_t seen = {0};
+    s_poll_for(c, &seen, 1, 0);
+    assert_int_equal(seen.acks, 1);
+    assert_int_equal(mr_client_unacked(c), 0);
+
+    /* The same id, other content: sent at once. */
+    s_submit(c, "LATE-1", 20);
+    assert_int_equal(mr_client_unacked(c), 1);
+    s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_ENVELOPE, "LATE-1");
+    /* The second send's Ack, late; then the broker's answer to the new one. */
+    Medroute__V1__Ack a = MEDROUTE__V1__ACK__INIT;
+    a.message_id = "LATE-1";
+    a.seq = 7;
+    a.duplicate = true;
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    f.body_case = MEDROUTE__V1__FRAME__BODY_ACK;
+    f.ack = &a;
+    s_send(b.router, b.rid, b.rid_len, &f);
+    seen = (s_seen_t){0};
+    s_poll_for(c, &seen, 1, 0); /* an Ack would come now; none must */
+    assert_int_equal(seen.acks, 0);
+    assert_int_equal(mr_client_unacked(c), 1);
+    s_broker_error(&b, "LATE-1", MR_E_CONFLICT);
+    s_poll_for(c, &seen, 0, 1);
+    assert_int_equal(seen.acks, 0);
+    assert_int_equal(seen.errors, 1);
+    assert_int_equal(seen.error_code, MR_E_CONFLICT);
+    assert_int_equal(mr_client_unacked(c), 0);
+
+    mr_client_destroy(&c);
+    s_broker_close(&b);
+}
+
+/* The same story with the same content submitted again (a retry with a new
+ * created_at_ms): the late Ack is an answer for it as good as its own, the
+ * broker's duplicate Ack of the same seq. */
+static void test_library_pass_late_ack_counts_for_the_same_content(void **state)
+{
+    (void)state;
+    s_broker_t b;
+    s_broker_open(&b, "late-same");
+    mr_client_opts_t o = {.endpoint = b.ep, .facility = "t-aihua", .ack_timeout_ms = 200};
+    mr_client_t *c = mr_client_new(&o);
+    assert_non_null(c);
+    s_submit(c, "SAME-1", 10);
+    s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_HELLO, NULL);
+    s_broker_welcome(&b, 1 << 20);
+    s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_ENVELOPE, "SAME-1");
+    s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_ENVELOPE, "SAME-1");
+    s_send_ack(b.router, b.rid, b.rid_len, "SAME-1", 9);
+    s_seen_t seen = {0};
+    s_poll_for(c, &seen, 1, 0);
+    assert_int_equal(seen.acks, 1);
+
+    usleep(5 * 1000); /* another created_at_ms, which does not make it other content */
+    s_submit(c, "SAME-1", 10);
+    s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_ENVELOPE, "SAME-1");
+    s_send_ack(b.router, b.rid, b.rid_len, "SAME-1", 9);
+    seen = (s_seen_t){0};
+    s_poll_for(c, &seen, 1, 0);
+    assert_int_equal(seen.acks, 1);
+    assert_int_equal(mr_client_unacked(c), 0);
+
+    mr_client_destroy(&c);
+    s_broker_close(&b);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_library_pass_refusal_in_the_welcome_pass),
+        cmocka_unit_test(test_library_pass_late_ack_is_not_for_other_content),
+        cmocka_unit_test(test_library_pass_late_ack_counts_for_the_same_content),
     };
     return cmocka_run_group_tests_name("library_pass", tests, NULL, NULL);
 }

@@ -287,6 +287,19 @@ static mr_operator_t *s_operator_new(s_ctx_t *ctx)
                       : mr_operator_new(ctx->operator_ep);
 }
 
+/* Says on stderr that the state dir's outbox had rows the library set
+ * aside as damaged (they are not sent; the events that name them go to a
+ * handler the command may not have). */
+static void s_tell_damaged(const s_ctx_t *ctx, const mr_client_t *client)
+{
+    size_t n = mr_client_outbox_damaged(client);
+    if (n > 0)
+        fprintf(stderr,
+                "medroute: %zu damaged outbox row%s in %s set aside in the table "
+                "outbox_damaged, not sent\n",
+                n, n == 1 ? "" : "s", ctx->state_dir);
+}
+
 /* Fills the CURVE part of client options from --key/--server-key. */
 static int s_client_keys(s_ctx_t *ctx, mr_client_opts_t *o)
 {
@@ -647,6 +660,7 @@ static int s_cmd_send(s_ctx_t *ctx, int argc, char **argv)
                 ctx->state_dir ? ctx->state_dir : "");
         goto out;
     }
+    s_tell_damaged(ctx, client);
     mr_result_t res, hello;
     memset(&res, 0, sizeof res);
     memset(&hello, 0, sizeof hello);
@@ -799,6 +813,7 @@ static int s_cmd_listen(s_ctx_t *ctx, int argc, char **argv)
         fprintf(stderr, "medroute: cannot create a client for %s at %s\n", as, ctx->endpoint);
         return S_EXIT_FAIL;
     }
+    s_tell_damaged(ctx, client);
     status = S_EXIT_OK;
     int64_t deadline = timeout_ms > 0 ? s_mono_ms() + timeout_ms : 0;
     while (!s_stop && !l.failed && (l.count == 0 || l.delivered < l.count)) {

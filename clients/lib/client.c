@@ -117,6 +117,7 @@ struct mr_client_t {
     s_held_t *held;
     size_t n_held, cap_held;
     uint32_t max_frame_bytes; /* Welcome.max_message_bytes: the broker's limit; 0 unknown */
+    size_t outbox_damaged;    /* outbox rows set aside as unusable when this client opened it */
     uint64_t id_counter;
     uint64_t id_salt;
     /* DeliveryAcks not sent yet: a broker that allows it (Welcome) gets one
@@ -442,6 +443,21 @@ static int s_load_outbox(void *arg, const char *id, const void *body, size_t len
     return s_outbox_push(arg, id, body, len, false);
 }
 
+/* An outbox row cstore set aside as unusable: counted, and told to the
+ * first poll with a handler as an ERROR event, INVALID (it is never sent). */
+static void s_load_damaged(void *arg, int64_t row, const char *id, const char *why)
+{
+    mr_client_t *c = arg;
+    char reason[200];
+    snprintf(reason, sizeof reason,
+             "outbox row %lld holds %s: not sent, kept in the table outbox_damaged",
+             (long long)row, why);
+    mr_event_t ev = {.type = MR_EVENT_ERROR, .message_id = id, .code = MR_E_INVALID,
+                     .code_name = mr_error_name(MR_E_INVALID), .reason = reason};
+    s_hold(c, &ev, true);
+    c->outbox_damaged++;
+}
+
 /* ---- life ------------------------------------------------------------------- */
 
 static char *s_dup(const char *s)
@@ -481,7 +497,7 @@ mr_client_t *mr_client_new(const mr_client_opts_t *opts)
         goto fail;
     if (c->persistent) {
         if (cstore_seen_prune(c->cs, S_SEEN_KEEP_MS) < 0 ||
-            cstore_outbox_each(c->cs, s_load_outbox, c) < 0)
+            cstore_outbox_each(c->cs, s_load_outbox, s_load_damaged, c) < 0)
             goto fail;
     }
     c->zctx = zmq_ctx_new();
@@ -574,6 +590,11 @@ bool mr_client_connected(const mr_client_t *self)
 int mr_client_refused(const mr_client_t *self)
 {
     return self->refused;
+}
+
+size_t mr_client_outbox_damaged(const mr_client_t *self)
+{
+    return self->outbox_damaged;
 }
 
 /* ---- submitting ----------------------------------------------------------- */

@@ -6,6 +6,10 @@
  * loss may forget the last writes, after which the broker's resend is
  * absorbed by the application's own key (docs/delivery.md).
  *
+ * An outbox row the library could not have written (damaged by hand or by
+ * a disk) is moved to outbox_damaged when the outbox is read, not deleted:
+ * it may be the only copy of a patient's message.
+ *
  * Without a directory there is nothing to outlive the process: no SQLite,
  * the outbox is not kept (the client's own list is all there is) and the
  * seen-set is a seenset_t, keyed by source, NUL, message id.
@@ -30,6 +34,8 @@ enum {
     S_OB_ADD,
     S_OB_DEL,
     S_OB_ALL,
+    S_OB_SET_ASIDE,
+    S_OB_DEL_ROW,
     S_SEEN_GET,
     S_SEEN_SET,
     S_SEEN_DEL,
@@ -44,7 +50,10 @@ static const char *const s_sql[S_N] = {
      * body back in the outbox at the next start, in place of the new one. */
     [S_OB_ADD] = "INSERT OR REPLACE INTO outbox(message_id, body) VALUES(?1, ?2)",
     [S_OB_DEL] = "DELETE FROM outbox WHERE message_id = ?1",
-    [S_OB_ALL] = "SELECT message_id, body FROM outbox ORDER BY rowid",
+    [S_OB_ALL] = "SELECT rowid, message_id, body FROM outbox ORDER BY rowid",
+    [S_OB_SET_ASIDE] = "INSERT INTO outbox_damaged(row, message_id, body, reason, at_ms)"
+                       " SELECT rowid, message_id, body, ?2, ?3 FROM outbox WHERE rowid = ?1",
+    [S_OB_DEL_ROW] = "DELETE FROM outbox WHERE rowid = ?1",
     [S_SEEN_GET] = "SELECT state FROM seen WHERE source = ?1 AND message_id = ?2",
     [S_SEEN_SET] = "INSERT INTO seen(source, message_id, state, at_ms) VALUES(?1, ?2, ?3, ?4) "
                    "ON CONFLICT(source, message_id) DO UPDATE SET state = ?3, at_ms = ?4",
@@ -105,6 +114,8 @@ cstore_t *cstore_open(const char *dir, const char *facility)
                      " PRAGMA busy_timeout=2000;"
                      "CREATE TABLE IF NOT EXISTS outbox(message_id TEXT PRIMARY KEY,"
                      " body BLOB NOT NULL);"
+                     "CREATE TABLE IF NOT EXISTS outbox_damaged(row INTEGER, message_id,"
+                     " body BLOB, reason TEXT NOT NULL, at_ms INTEGER NOT NULL);"
                      "CREATE TABLE IF NOT EXISTS seen(source TEXT NOT NULL,"
                      " message_id TEXT NOT NULL, state INTEGER NOT NULL, at_ms INTEGER NOT NULL,"
                      " PRIMARY KEY(source, message_id));",
@@ -163,24 +174,107 @@ int cstore_outbox_remove(cstore_t *self, const char *message_id)
     return s_run(st, sqlite3_bind_text(st, 1, message_id, -1, SQLITE_STATIC) == SQLITE_OK);
 }
 
+/* A row of the outbox that cannot be an entry. */
+typedef struct {
+    int64_t row;
+    char id[MR_MESSAGE_ID_MAX + 1]; /* "" when the id itself is what is wrong */
+    char why[80];
+} s_damaged_t;
+
+/* Why the outbox row (id of id_len bytes, NULL if missing; body) cannot be
+ * an entry, written into d->why, or false if it can.  The rules are those
+ * mr_client_submit_packed applies to what it puts there. */
+static bool s_row_damaged(const char *id, size_t id_len, const void *body, size_t len,
+                          s_damaged_t *d)
+{
+    const uint8_t *inner;
+    size_t inner_len;
+    const char *why = NULL;
+    if (id == NULL)
+        why = "no message id";
+    else if (id_len == 0 || id_len > MR_MESSAGE_ID_MAX)
+        why = "a message id not of 1 to 64 bytes";
+    else if (mr_text_check(id, id_len) != 0)
+        why = "a message id not UTF-8, or holding a NUL";
+    if (why == NULL) {
+        memcpy(d->id, id, id_len + 1);
+        if (body == NULL || mr_envelope_id(body, len, &inner, &inner_len) != 0 ||
+            inner_len != id_len || memcmp(inner, id, id_len) != 0)
+            why = "a body that does not carry its message id";
+    }
+    if (why == NULL)
+        return false;
+    snprintf(d->why, sizeof d->why, "%s", why);
+    return true;
+}
+
+/* Moves outbox row d->row to outbox_damaged, with its reason, in one
+ * transaction.  0 or -EIO (then it stays where it was). */
+static int s_set_aside(cstore_t *self, const s_damaged_t *d)
+{
+    if (sqlite3_exec(self->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+        return -EIO;
+    sqlite3_stmt *ins = self->st[S_OB_SET_ASIDE], *del = self->st[S_OB_DEL_ROW];
+    int rc = s_run(ins, sqlite3_bind_int64(ins, 1, d->row) == SQLITE_OK &&
+                            sqlite3_bind_text(ins, 2, d->why, -1, SQLITE_STATIC) == SQLITE_OK &&
+                            sqlite3_bind_int64(ins, 3, mr_now_ms()) == SQLITE_OK);
+    if (rc == 0)
+        rc = s_run(del, sqlite3_bind_int64(del, 1, d->row) == SQLITE_OK);
+    if (sqlite3_exec(self->db, rc == 0 ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL) != SQLITE_OK) {
+        (void)sqlite3_exec(self->db, "ROLLBACK", NULL, NULL, NULL);
+        rc = -EIO;
+    }
+    return rc;
+}
+
 int cstore_outbox_each(cstore_t *self,
                        int (*fn)(void *arg, const char *id, const void *body, size_t len),
+                       void (*damaged)(void *arg, int64_t row, const char *id, const char *why),
                        void *arg)
 {
     if (self->db == NULL)
         return 0;
     sqlite3_stmt *st = self->st[S_OB_ALL];
+    s_damaged_t *bad = NULL;
+    size_t n_bad = 0, cap_bad = 0;
     int rc, out = 0;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        out = fn(arg, (const char *)sqlite3_column_text(st, 0), sqlite3_column_blob(st, 1),
-                 (size_t)sqlite3_column_bytes(st, 1));
-        if (out != 0)
-            break;
+        /* column_text before column_bytes: the length of the text form. */
+        const char *id = (const char *)sqlite3_column_text(st, 1);
+        size_t id_len = (size_t)sqlite3_column_bytes(st, 1);
+        const void *body = sqlite3_column_blob(st, 2);
+        size_t len = (size_t)sqlite3_column_bytes(st, 2);
+        s_damaged_t d = {.row = sqlite3_column_int64(st, 0)};
+        if (!s_row_damaged(id, id_len, body, len, &d)) {
+            out = fn(arg, id, body, len);
+            if (out != 0)
+                break;
+            continue;
+        }
+        /* Set aside once the walk is over: SQLite leaves undefined what a
+         * walk sees of rows its own connection changes under it. */
+        if (n_bad == cap_bad) {
+            size_t cap = cap_bad ? 2 * cap_bad : 8;
+            s_damaged_t *b = realloc(bad, cap * sizeof *b);
+            if (b == NULL) {
+                out = -ENOMEM;
+                break;
+            }
+            bad = b;
+            cap_bad = cap;
+        }
+        bad[n_bad++] = d;
     }
     sqlite3_reset(st);
-    if (out != 0)
-        return out;
-    return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : -EIO;
+    if (out == 0 && rc != SQLITE_DONE)
+        out = -EIO;
+    for (size_t i = 0; out == 0 && i < n_bad; i++) {
+        (void)s_set_aside(self, &bad[i]); /* failing, it is skipped again next time */
+        if (damaged != NULL)
+            damaged(arg, bad[i].row, bad[i].id, bad[i].why);
+    }
+    free(bad);
+    return out;
 }
 
 seen_state_t cstore_seen_get(cstore_t *self, const char *source, const char *message_id)

@@ -3,7 +3,8 @@
  * the state directory; without one, the seen-set alone, in memory).
  *
  * outbox: messages submitted and not yet acknowledged by the broker, in
- * submission order.  seen: message keys (source, message_id) whose handler
+ * submission order.  outbox_damaged: rows of the outbox found unusable at a
+ * start (damaged outside the library), set aside, never sent nor deleted.  seen: message keys (source, message_id) whose handler
  * has run (DONE) or is running (IN_HANDLER: if found at start, the process
  * died inside the handler).  Internal to libmedroute; one thread.
  */
@@ -27,9 +28,18 @@ void cstore_close(cstore_t **self_p);
  * outbox in memory, which holds every live row, for the id first). */
 int cstore_outbox_add(cstore_t *self, const char *message_id, const void *body, size_t len);
 int cstore_outbox_remove(cstore_t *self, const char *message_id);
-/* Calls fn for each outbox entry in submission order; stops on non-zero. */
+/*
+ * Calls fn for each outbox entry in submission order; stops on non-zero.
+ * A row that cannot be an entry (its id missing, over MR_MESSAGE_ID_MAX
+ * bytes, not UTF-8 or holding a NUL, or not the message_id its body
+ * carries) is not handed to fn: it is moved to the table outbox_damaged,
+ * kept there with its reason (if the move fails it stays, and is skipped
+ * again at the next start), and told to damaged (may be NULL) with its
+ * rowid, its id ("" if unusable) and why.  0, fn's non-zero, or -EIO.
+ */
 int cstore_outbox_each(cstore_t *self,
                        int (*fn)(void *arg, const char *id, const void *body, size_t len),
+                       void (*damaged)(void *arg, int64_t row, const char *id, const char *why),
                        void *arg);
 
 seen_state_t cstore_seen_get(cstore_t *self, const char *source, const char *message_id);

@@ -104,7 +104,14 @@ typedef struct {
 typedef int (*mr_handler_t)(mr_client_t *client, const mr_event_t *event, void *arg);
 
 /* Creates the client, opens its state, connects and sends Hello.  NULL on
- * failure (bad options, state_dir unusable). Caller owns the result. */
+ * failure (bad options, state_dir unusable). Caller owns the result.
+ * An outbox row in state_dir that the library cannot send (damaged outside
+ * it: no message id, one over 64 bytes or not UTF-8, a body without that
+ * id) does not stop it: the row is moved to the table outbox_damaged of the
+ * state file, kept, never sent, and reported as an ERROR event, INVALID,
+ * naming the row and why (message_id "" if the id is what is damaged), to
+ * the first mr_client_poll with a handler; mr_client_outbox_damaged counts
+ * them. */
 mr_client_t *mr_client_new(const mr_client_opts_t *opts);
 /* Closes the socket and state; unacknowledged messages stay in state_dir. */
 void mr_client_destroy(mr_client_t **self_p);
@@ -194,6 +201,9 @@ size_t mr_client_unacked(const mr_client_t *self);
  * (Welcome.max_inflight): one the broker sends again is held once. */
 size_t mr_client_deferred(const mr_client_t *self);
 bool mr_client_connected(const mr_client_t *self);
+/* Outbox rows set aside as unusable when mr_client_new read state_dir
+ * (see mr_client_new); 0 without state_dir. */
+size_t mr_client_outbox_damaged(const mr_client_t *self);
 /* The error code with which the broker refused our last Hello (the facility
  * unknown to it, a key not the facility's), until a Welcome; 0 if none. */
 int mr_client_refused(const mr_client_t *self);

@@ -20,6 +20,7 @@
 #include <zmq.h>
 
 #include <cmocka.h>
+#include <sqlite3.h>
 
 #include "harness.h"
 #include "mr_codec.h"
@@ -329,6 +330,113 @@ static void test_routing_outbox_kept_offline_is_sent_once(void **state)
     mr_client_destroy(&a);
     assert_int_equal(mrt_daemon_stop(&d), 0);
     mrt_daemon_cleanup(&d);
+}
+
+/* Runs sql on the SQLite file path; asserts it worked. */
+static void s_sql(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    char *err = NULL;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &err);
+    if (rc != SQLITE_OK)
+        fail_msg("%s: %s", sql, err ? err : "?");
+    sqlite3_close(db);
+}
+
+/* The integer the one-value query sql gives on the SQLite file path. */
+static long long s_sql_int(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    long long v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+typedef struct {
+    int acks, errors;
+    char reasons[512];
+} damaged_seen_t;
+
+static int on_damaged_event(mr_client_t *c, const mr_event_t *ev, void *arg)
+{
+    (void)c;
+    damaged_seen_t *s = arg;
+    if (ev->type == MR_EVENT_ACK) {
+        s->acks++;
+    } else if (ev->type == MR_EVENT_ERROR) {
+        s->errors++;
+        assert_int_equal(ev->code, MR_E_INVALID);
+        assert_string_equal(ev->message_id, ""); /* the id is what is damaged */
+        size_t n = strlen(s->reasons);
+        snprintf(s->reasons + n, sizeof s->reasons - n, "%s|", ev->reason);
+    }
+    return 0;
+}
+
+static bool got_damaged_outcomes(void *arg)
+{
+    const damaged_seen_t *s = arg;
+    return s->acks >= 2 && s->errors >= 2;
+}
+
+/*
+ * An outbox file written by the library, then damaged outside it: one row
+ * whose id is NULL, one with an id of 70 bytes.  The client still starts
+ * (it failed every time, and crashed on the NULL), sends the two sound
+ * messages, reports the damaged rows as INVALID errors and keeps them in
+ * outbox_damaged, where a later start leaves them.
+ */
+static void test_routing_damaged_outbox_rows_are_set_aside(void **state)
+{
+    mrt_daemon_t *d = *state;
+    char dir[400], db[450], ep[128];
+    snprintf(dir, sizeof dir, "%s/state-damaged", d->dir);
+    snprintf(db, sizeof db, "%s/client-t-aihua.db", dir);
+    snprintf(ep, sizeof ep, "ipc:///tmp/mrt-nobody-%ld", (long)getpid());
+    mr_client_opts_t away = {.endpoint = ep, .facility = "t-aihua", .state_dir = dir};
+    mr_client_t *c = mr_client_new(&away);
+    assert_non_null(c);
+    const char *ids[] = {"DMG-A", "DMG-B", "DMG-C"};
+    for (int i = 0; i < 3; i++) {
+        char *json = mrt_lab_order_json(ids[i], 10), err[200];
+        assert_non_null(json);
+        assert_int_equal(mr_client_submit_json(c, json, NULL, err, sizeof err), 0);
+        free(json);
+    }
+    mr_client_destroy(&c);
+    s_sql(db, "UPDATE outbox SET message_id = NULL WHERE message_id = 'DMG-B';"
+              "INSERT INTO outbox(message_id, body) SELECT printf('%.70c', 'L'), body"
+              " FROM outbox WHERE message_id = 'DMG-C';");
+    assert_int_equal(s_sql_int(db, "SELECT count(*) FROM outbox"), 4);
+
+    mr_client_opts_t o = {.endpoint = d->facility_ep, .facility = "t-aihua", .state_dir = dir};
+    c = mr_client_new(&o);
+    assert_non_null(c);
+    assert_int_equal(mr_client_outbox_damaged(c), 2);
+    assert_int_equal(mr_client_unacked(c), 2);
+    damaged_seen_t seen = {0};
+    assert_true(mrt_poll_until(c, 10000, got_damaged_outcomes, &seen, on_damaged_event, &seen));
+    assert_int_equal(seen.acks, 2);
+    assert_int_equal(seen.errors, 2);
+    assert_non_null(strstr(seen.reasons, "no message id"));
+    assert_non_null(strstr(seen.reasons, "not of 1 to 64 bytes"));
+    assert_int_equal(mr_client_unacked(c), 0);
+    mr_client_destroy(&c);
+    /* Kept, with their bodies and reasons; not in the outbox, not sent. */
+    assert_int_equal(s_sql_int(db, "SELECT count(*) FROM outbox"), 0);
+    assert_int_equal(s_sql_int(db, "SELECT count(*) FROM outbox_damaged WHERE length(body) > 0"
+                                   " AND reason <> ''"),
+                     2);
+    c = mr_client_new(&o);
+    assert_non_null(c);
+    assert_int_equal(mr_client_outbox_damaged(c), 0);
+    mr_client_destroy(&c);
 }
 
 /* An id waiting in the outbox for its Ack (the broker away, as after a
@@ -1585,6 +1693,7 @@ int main(void)
         cmocka_unit_test(test_routing_ack_for_a_queued_resend_is_not_sent_again),
         cmocka_unit_test(test_routing_retried_stat_goes_ahead_of_routine),
         cmocka_unit_test(test_routing_repeated_hellos_send_again_once),
+        cmocka_unit_test(test_routing_damaged_outbox_rows_are_set_aside),
     };
     return cmocka_run_group_tests_name("routing", tests, setup, teardown);
 }

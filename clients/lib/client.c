@@ -84,6 +84,7 @@ struct mr_client_t {
     bool welcomed;
     bool linked;              /* a TCP connection is up (monitor): frames reach the broker */
     int refused;              /* error code of a refused Hello, 0 if none */
+    bool hello_waiting;       /* a Hello went out on this link, not yet answered */
     uint32_t hb_interval_ms;
     uint32_t hb_timeout_ms;
     int64_t last_rx_ms, last_tx_ms, last_hello_ms, last_prune_ms;
@@ -175,7 +176,8 @@ static void s_send_hello(mr_client_t *c)
     mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
     f.body_case = MEDROUTE__V1__FRAME__BODY_HELLO;
     f.hello = &h;
-    (void)s_send_frame(c, &f); /* a failure is retried by the timer */
+    if (s_send_frame(c, &f) == 0) /* a failure is retried by the timer */
+        c->hello_waiting = true;
     c->last_hello_ms = mr_mono_ms();
 }
 
@@ -199,6 +201,11 @@ static void s_flush_acks(mr_client_t *c)
  * others of this receive budget (s_poll flushes them at its end). */
 static void s_send_delivery_ack(mr_client_t *c, uint64_t seq)
 {
+    /* A Delivery without seq (no broker sends one) cannot be acknowledged,
+     * and the broker's INVALID for it would carry no message id: read as
+     * the refusal of a Hello (s_hello_refusal). */
+    if (seq == 0)
+        return;
     size_t cap = c->max_acks < S_ACKS_MAX ? c->max_acks : S_ACKS_MAX;
     c->acks[c->n_acks++] = seq;
     if (c->n_acks >= cap)
@@ -840,6 +847,23 @@ static int s_on_ack(mr_client_t *c, const Medroute__V1__Ack *a, mr_handler_t h, 
     return 1;
 }
 
+/*
+ * Whether Error e answers our Hello with a refusal.  An Error does not say
+ * which frame it answers, so this rests on what this library sends: its
+ * Envelopes carry an id the broker can echo (checked at submit and when
+ * the outbox is loaded), so their Errors name it; its DeliveryAcks hold no
+ * seq 0 and at most S_ACKS_MAX seqs, so they draw no INVALID; Heartbeats
+ * draw only NO_HELLO.  What remains of INVALID, FORBIDDEN and
+ * UNKNOWN_SOURCE without a message id is the answer to a Hello, the
+ * codes protocol.md 3.1 calls final, and only while one is unanswered.
+ */
+static bool s_hello_refusal(const mr_client_t *c, const Medroute__V1__Error *e)
+{
+    return c->hello_waiting && !c->welcomed && (e->message_id == NULL || e->message_id[0] == '\0') &&
+           ((int)e->code == MR_E_UNKNOWN_SOURCE || (int)e->code == MR_E_FORBIDDEN ||
+            (int)e->code == MR_E_INVALID);
+}
+
 static int s_on_frame(mr_client_t *c, const void *data, size_t len, mr_handler_t h, void *arg)
 {
     mr_frame_t *f = medroute__v1__frame__unpack(NULL, len, data);
@@ -853,6 +877,7 @@ static int s_on_frame(mr_client_t *c, const void *data, size_t len, mr_handler_t
         const Medroute__V1__Welcome *w = f->welcome;
         bool again = c->welcomed;
         c->welcomed = true;
+        c->hello_waiting = false;
         c->refused = 0;
         if (w->heartbeat_interval_ms)
             c->hb_interval_ms = w->heartbeat_interval_ms;
@@ -886,11 +911,11 @@ static int s_on_frame(mr_client_t *c, const void *data, size_t len, mr_handler_t
             if (mr_mono_ms() - c->last_hello_ms > 1000)
                 s_send_hello(c);
         }
-        /* A refused Hello (no message id): this client cannot connect. */
-        if (!c->welcomed && (e->message_id == NULL || e->message_id[0] == '\0') &&
-            ((int)e->code == MR_E_UNKNOWN_SOURCE || (int)e->code == MR_E_FORBIDDEN ||
-             (int)e->code == MR_E_INVALID))
+        /* A refused Hello: this client cannot connect. */
+        if (s_hello_refusal(c, e)) {
             c->refused = (int)e->code;
+            c->hello_waiting = false;
+        }
         if (!s_transient(e->code) && e->message_id && e->message_id[0])
             s_outbox_remove(c, e->message_id);
         mr_event_t ev = {.type = MR_EVENT_ERROR,
@@ -947,6 +972,7 @@ static void s_on_monitor(mr_client_t *c)
         } else if (event == ZMQ_EVENT_DISCONNECTED) {
             c->linked = false;
             c->welcomed = false;
+            c->hello_waiting = false; /* the next link says Hello again */
         }
     }
 }

@@ -205,7 +205,11 @@ bool mr_client_connected(const mr_client_t *self);
  * (see mr_client_new); 0 without state_dir. */
 size_t mr_client_outbox_damaged(const mr_client_t *self);
 /* The error code with which the broker refused our last Hello (the facility
- * unknown to it, a key not the facility's), until a Welcome; 0 if none. */
+ * unknown to it, a key not the facility's), until a Welcome; 0 if none.
+ * An Error frame does not say which frame it answers: a refusal is an
+ * UNKNOWN_SOURCE, FORBIDDEN or INVALID without message id that comes while
+ * a Hello of ours waits for its answer, which nothing else this library
+ * sends can draw from medrouted (docs/protocol.md 3.1). */
 int mr_client_refused(const mr_client_t *self);
 
 /* The JSON text of a delivery's Envelope.  Caller frees with free(). */

@@ -312,12 +312,77 @@ static void test_library_pass_late_ack_counts_for_the_same_content(void **state)
     s_broker_close(&b);
 }
 
+/* Sends Delivery{seq, envelope id from yx-lab to t-aihua}. */
+static void s_broker_delivery(s_broker_t *b, uint64_t seq, const char *id)
+{
+    Medroute__V1__Envelope env = MEDROUTE__V1__ENVELOPE__INIT;
+    env.message_id = (char *)id;
+    env.source = "yx-lab";
+    env.destination = "t-aihua";
+    env.kind = MEDROUTE__V1__KIND__KIND_LAB_RESULT;
+    Medroute__V1__Delivery d = MEDROUTE__V1__DELIVERY__INIT;
+    d.seq = seq;
+    d.envelope = &env;
+    d.attempt = 1;
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    f.body_case = MEDROUTE__V1__FRAME__BODY_DELIVERY;
+    f.delivery = &d;
+    s_send(b->router, b->rid, b->rid_len, &f);
+}
+
+static int on_take(mr_client_t *c, const mr_event_t *ev, void *arg)
+{
+    (void)c;
+    if (ev->type == MR_EVENT_DELIVERY)
+        (*(int *)arg)++;
+    return 0;
+}
+
+/*
+ * A Delivery without seq (no medrouted sends one) is not acknowledged: a
+ * DeliveryAck holding seq 0 draws an INVALID without message id, which the
+ * library could only read as the refusal of a Hello.  The next delivery's
+ * DeliveryAck holds its own seq alone.
+ */
+static void test_library_pass_no_delivery_ack_for_seq_0(void **state)
+{
+    (void)state;
+    s_broker_t b;
+    s_broker_open(&b, "seq0");
+    mr_client_opts_t o = {.endpoint = b.ep, .facility = "t-aihua"};
+    mr_client_t *c = mr_client_new(&o);
+    assert_non_null(c);
+    s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_HELLO, NULL);
+    s_broker_welcome(&b, 1 << 20);
+    s_broker_delivery(&b, 0, "NOSEQ-1");
+    s_broker_delivery(&b, 5, "SEQ-5");
+    int taken = 0;
+    long long until = mrt_now_ms() + 10000;
+    while (taken < 2 && mrt_now_ms() < until)
+        assert_true(mr_client_poll(c, 50, on_take, &taken) >= 0);
+    assert_int_equal(taken, 2);
+    mr_frame_t *f = s_broker_recv(&b, c);
+    while (f->body_case == MEDROUTE__V1__FRAME__BODY_HEARTBEAT) {
+        medroute__v1__frame__free_unpacked(f, NULL);
+        f = s_broker_recv(&b, c);
+    }
+    assert_int_equal(f->body_case, MEDROUTE__V1__FRAME__BODY_DELIVERY_ACK);
+    assert_int_equal(f->delivery_ack->seq, 5);
+    assert_int_equal(f->delivery_ack->n_more_seqs, 0);
+    medroute__v1__frame__free_unpacked(f, NULL);
+    assert_int_equal(mr_client_refused(c), 0);
+
+    mr_client_destroy(&c);
+    s_broker_close(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_library_pass_refusal_in_the_welcome_pass),
         cmocka_unit_test(test_library_pass_late_ack_is_not_for_other_content),
         cmocka_unit_test(test_library_pass_late_ack_counts_for_the_same_content),
+        cmocka_unit_test(test_library_pass_no_delivery_ack_for_seq_0),
     };
     return cmocka_run_group_tests_name("library_pass", tests, NULL, NULL);
 }

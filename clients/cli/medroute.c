@@ -268,12 +268,30 @@ static int s_load_keys(s_ctx_t *ctx)
         fprintf(stderr, "medroute: CURVE needs both --key FILE and --server-key FILE\n");
         return S_EXIT_USAGE;
     }
-    if (mr_key_read(ctx->key_file, ctx->secret, ctx->public_) != 0 ||
-        mr_key_read(ctx->server_key_file, ctx->server, NULL) != 0) {
-        fprintf(stderr, "medroute: cannot read the keys %s and %s\n", ctx->key_file,
-                ctx->server_key_file);
+    int rc = mr_key_read_secret(ctx->key_file, ctx->secret, ctx->public_);
+    if (rc == -ENOKEY)
+        fprintf(stderr, "medroute: --key %s is a public key file: give our secret key "
+                        "(NAME.key), and the broker's public key to --server-key\n",
+                ctx->key_file);
+    else if (rc == -EPERM)
+        fprintf(stderr, "medroute: --key %s may be read by group or others: a secret key "
+                        "must be private (chmod 600 it)\n",
+                ctx->key_file);
+    else if (rc != 0)
+        fprintf(stderr, "medroute: cannot read the key %s (%s)\n", ctx->key_file,
+                rc == -EINVAL ? "no Z85 key in it" : strerror(-rc));
+    if (rc != 0)
         return S_EXIT_USAGE;
-    }
+    rc = mr_key_read_public(ctx->server_key_file, ctx->server);
+    if (rc == -ENOKEY)
+        fprintf(stderr, "medroute: --server-key %s is a secret key file: give the broker's "
+                        "public key (NAME.pub)\n",
+                ctx->server_key_file);
+    else if (rc != 0)
+        fprintf(stderr, "medroute: cannot read the key %s (%s)\n", ctx->server_key_file,
+                rc == -EINVAL ? "no Z85 key in it" : strerror(-rc));
+    if (rc != 0)
+        return S_EXIT_USAGE;
     ctx->curve = true;
     return 0;
 }

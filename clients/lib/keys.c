@@ -3,12 +3,17 @@
  *
  * NAME.key: the secret key, created with O_EXCL and mode 0600 (never
  * overwritten); NAME.pub: the public key, for the registry.  Both: comment
- * lines starting with '#', then the Z85 key on its own line.
+ * lines starting with '#', then the Z85 key on its own line.  The first
+ * comment says which ("# medroute CURVE secret key of NAME"): the readers
+ * of one kind refuse a file that says it is the other (a file without it,
+ * written by hand, is taken for what is asked), and the secret reader a
+ * file group or others may use.
  */
 #include "medroute.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -63,15 +68,33 @@ int mr_keygen(const char *dir, const char *name, char public_out[41])
     return rc;
 }
 
-int mr_key_read(const char *path, char key_out[41], char public_out[41])
+/* What a key file says it holds: mr_keygen's comment line names it. */
+typedef enum { S_KIND_UNSAID, S_KIND_PUBLIC, S_KIND_SECRET } s_kind_t;
+
+/*
+ * Reads the key of the file path into key_out, what its comments say it is
+ * into *kind, and whether group or others may use the file into *open_.
+ * 0, -EINVAL (no key in it), or -errno.
+ */
+static int s_read(const char *path, char key_out[41], s_kind_t *kind, bool *open_)
 {
     FILE *f = fopen(path, "r");
     if (f == NULL)
         return -errno;
-    char line[S_TEXT_MAX];
+    struct stat st;
     int rc = -EINVAL;
-    while (fgets(line, sizeof line, f)) {
+    *kind = S_KIND_UNSAID;
+    if (fstat(fileno(f), &st) != 0)
+        rc = -errno;
+    else
+        *open_ = (st.st_mode & (S_IRWXG | S_IRWXO)) != 0;
+    char line[S_TEXT_MAX];
+    while (rc == -EINVAL && fgets(line, sizeof line, f)) {
         line[strcspn(line, "\r\n")] = '\0';
+        if (strncmp(line, "# medroute CURVE public key", 27) == 0)
+            *kind = S_KIND_PUBLIC;
+        else if (strncmp(line, "# medroute CURVE secret key", 27) == 0)
+            *kind = S_KIND_SECRET;
         if (line[0] == '#' || line[0] == '\0')
             continue;
         uint8_t raw[32];
@@ -82,7 +105,47 @@ int mr_key_read(const char *path, char key_out[41], char public_out[41])
         break;
     }
     fclose(f);
+    return rc;
+}
+
+int mr_key_read(const char *path, char key_out[41], char public_out[41])
+{
+    s_kind_t kind;
+    bool open_;
+    int rc = s_read(path, key_out, &kind, &open_);
     if (rc == 0 && public_out != NULL && zmq_curve_public(public_out, key_out) != 0)
         rc = -EINVAL;
+    return rc;
+}
+
+int mr_key_read_secret(const char *path, char secret_out[41], char public_out[41])
+{
+    s_kind_t kind;
+    bool open_ = false;
+    char key[41];
+    int rc = s_read(path, key, &kind, &open_);
+    if (rc == 0 && kind == S_KIND_PUBLIC)
+        rc = -ENOKEY; /* said first: a .pub is rightly readable by all */
+    else if (rc == 0 && open_)
+        rc = -EPERM; /* as sshd: a secret key others could read is no longer secret */
+    if (rc == 0 && public_out != NULL && zmq_curve_public(public_out, key) != 0)
+        rc = -EINVAL;
+    if (rc == 0)
+        memcpy(secret_out, key, 41);
+    memset(key, 0, sizeof key);
+    return rc;
+}
+
+int mr_key_read_public(const char *path, char public_out[41])
+{
+    s_kind_t kind;
+    bool open_;
+    char key[41];
+    int rc = s_read(path, key, &kind, &open_);
+    if (rc == 0 && kind == S_KIND_SECRET)
+        rc = -ENOKEY; /* and a secret key left where a public one was looked for */
+    if (rc == 0)
+        memcpy(public_out, key, 41);
+    memset(key, 0, sizeof key);
     return rc;
 }

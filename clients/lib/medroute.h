@@ -255,8 +255,19 @@ int mr_operator_next_json(mr_operator_t *self, char **reply, int timeout_ms);
  */
 int mr_keygen(const char *dir, const char *name, char public_out[41]);
 /* Reads a key file written by mr_keygen (.key or .pub): the Z85 key into
- * key_out.  From a .key file, public_out (may be NULL) gets its public key. */
+ * key_out.  From a .key file, public_out (may be NULL) gets its public key.
+ * It does not tell the two apart: mr_key_read_secret and _public do. */
 int mr_key_read(const char *path, char key_out[41], char public_out[41]);
+/* Reads a secret key file (NAME.key): the Z85 secret key into secret_out,
+ * its public key into public_out (may be NULL).  0; -ENOKEY if the file
+ * says it holds a public key (mr_keygen's comment line; a file without one
+ * is taken for a secret key); -EPERM if group or others may read or write
+ * it (chmod 600: refused, as sshd refuses such a key); -EINVAL if it holds
+ * no Z85 key; -errno if it cannot be read. */
+int mr_key_read_secret(const char *path, char secret_out[41], char public_out[41]);
+/* Reads a public key file (NAME.pub): 0, -ENOKEY if the file says it holds
+ * a secret key, -EINVAL if it holds no Z85 key, -errno. */
+int mr_key_read_public(const char *path, char public_out[41]);
 
 /* "ERROR_X" names without the prefix, e.g. "UNKNOWN_DESTINATION". */
 const char *mr_error_code_name(int code);

@@ -345,6 +345,23 @@ check "keygen: a new pair exits 0, the same name again exits 1" \
     "exit $RC, err: $(cat "$TMP/err_kg3.err")" \
     test "$RC" -eq 1 -a -s "$TMP/keys/oncall.key" -a -s "$TMP/keys/oncall.pub"
 
+# Key files mixed up, or a secret key others may read: exit 2, saying so
+# (they timed out, exit 3, with a handshake the broker refused).
+run err_swap mr --key "$TMP/keys/oncall.pub" --server-key "$TMP/keys/oncall.key" status --timeout 500
+check "--key given a .pub: exit 2, named a public key file" \
+    "exit $RC, err: $(cat "$TMP/err_swap.err")" \
+    test "$RC" -eq 2 -a -n "$(grep 'is a public key file' "$TMP/err_swap.err")"
+run err_swap2 mr --key "$TMP/keys/oncall.key" --server-key "$TMP/keys/oncall.key" status --timeout 500
+check "--server-key given a .key: exit 2, named a secret key file" \
+    "exit $RC, err: $(cat "$TMP/err_swap2.err")" \
+    test "$RC" -eq 2 -a -n "$(grep 'is a secret key file' "$TMP/err_swap2.err")"
+cp "$TMP/keys/oncall.key" "$TMP/keys/open.key"
+chmod 644 "$TMP/keys/open.key"
+run err_open mr --key "$TMP/keys/open.key" --server-key "$TMP/keys/oncall.pub" status --timeout 500
+check "--key others may read: exit 2, chmod 600" \
+    "exit $RC, err: $(cat "$TMP/err_open.err")" \
+    test "$RC" -eq 2 -a -n "$(grep 'chmod 600' "$TMP/err_open.err")"
+
 run err_src mr send --as t-nobody --to yx-lead --kind referral --json "$TMP/referral.json"
 check "--as t-nobody: exit 1" "exit $RC, out: $(cat "$TMP/err_src.out"), err: $(cat "$TMP/err_src.err")" \
     test "$RC" -eq 1

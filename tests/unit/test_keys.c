@@ -1,6 +1,7 @@
 /*
  * Unit tests for clients/lib/keys.c: CURVE key files as `medroute keygen`
- * writes them and mr_key_read reads them back.
+ * writes them and mr_key_read (and its secret and public readers) read
+ * them back.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -55,10 +56,49 @@ static void test_keys_long_name_written_whole_or_refused(void **state)
     assert_int_equal(rmdir(dir), 0);
 }
 
+/* Each reader takes its own kind of file and says so of the other; a
+ * secret key file others may read is refused; a file without keygen's
+ * comment (written by hand, or by an older tool) is taken as asked. */
+static void test_keys_readers_tell_secret_from_public(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/mrt-keys-kind-XXXXXX", path[1024], pubpath[1024];
+    assert_non_null(mkdtemp(dir));
+    char pub[41], sec[41], derived[41];
+    assert_int_equal(mr_keygen(dir, "t-aihua", pub), 0);
+    snprintf(path, sizeof path, "%s/t-aihua.key", dir);
+    snprintf(pubpath, sizeof pubpath, "%s/t-aihua.pub", dir);
+    assert_int_equal(mr_key_read_secret(path, sec, derived), 0);
+    assert_string_equal(derived, pub);
+    assert_int_equal(mr_key_read_public(pubpath, derived), 0);
+    assert_string_equal(derived, pub);
+    assert_int_equal(mr_key_read_secret(pubpath, sec, derived), -ENOKEY);
+    assert_int_equal(mr_key_read_public(path, derived), -ENOKEY);
+    assert_int_equal(chmod(path, 0640), 0);
+    assert_int_equal(mr_key_read_secret(path, sec, derived), -EPERM);
+    assert_int_equal(chmod(path, 0600), 0);
+    /* By hand: the key line alone. */
+    char bare[1024];
+    snprintf(bare, sizeof bare, "%s/bare", dir);
+    FILE *f = fopen(bare, "w");
+    assert_non_null(f);
+    fprintf(f, "%s\n", sec);
+    assert_int_equal(fclose(f), 0);
+    assert_int_equal(chmod(bare, 0600), 0);
+    assert_int_equal(mr_key_read_secret(bare, derived, NULL), 0);
+    assert_string_equal(derived, sec);
+    assert_int_equal(mr_key_read_public(bare, derived), 0);
+    unlink(bare);
+    s_rm(dir, "t-aihua", ".key");
+    s_rm(dir, "t-aihua", ".pub");
+    assert_int_equal(rmdir(dir), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_keys_long_name_written_whole_or_refused),
+        cmocka_unit_test(test_keys_readers_tell_secret_from_public),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

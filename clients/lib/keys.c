@@ -7,7 +7,9 @@
  * comment says which ("# medroute CURVE secret key of NAME"): the readers
  * of one kind refuse a file that says it is the other (a file without it,
  * written by hand, is taken for what is asked), and the secret reader a
- * file group or others may use.
+ * file other users may read or change.  Its group may read it: systemd
+ * hands a credential (LoadCredential=) to a service user through an ACL
+ * whose mask shows as the group's bits (0440).
  */
 #include "medroute.h"
 
@@ -87,7 +89,7 @@ static int s_read(const char *path, char key_out[41], s_kind_t *kind, bool *open
     if (fstat(fileno(f), &st) != 0)
         rc = -errno;
     else
-        *open_ = (st.st_mode & (S_IRWXG | S_IRWXO)) != 0;
+        *open_ = (st.st_mode & (S_IRWXO | S_IWGRP)) != 0; /* as the daemon's (conf.c) */
     char line[S_TEXT_MAX];
     while (rc == -EINVAL && fgets(line, sizeof line, f)) {
         line[strcspn(line, "\r\n")] = '\0';
@@ -127,7 +129,7 @@ int mr_key_read_secret(const char *path, char secret_out[41], char public_out[41
     if (rc == 0 && kind == S_KIND_PUBLIC)
         rc = -ENOKEY; /* said first: a .pub is rightly readable by all */
     else if (rc == 0 && open_)
-        rc = -EPERM; /* as sshd: a secret key others could read is no longer secret */
+        rc = -EPERM; /* a secret key others could read is no longer secret */
     if (rc == 0 && public_out != NULL && zmq_curve_public(public_out, key) != 0)
         rc = -EINVAL;
     if (rc == 0)

@@ -261,8 +261,9 @@ int mr_key_read(const char *path, char key_out[41], char public_out[41]);
 /* Reads a secret key file (NAME.key): the Z85 secret key into secret_out,
  * its public key into public_out (may be NULL).  0; -ENOKEY if the file
  * says it holds a public key (mr_keygen's comment line; a file without one
- * is taken for a secret key); -EPERM if group or others may read or write
- * it (chmod 600: refused, as sshd refuses such a key); -EINVAL if it holds
+ * is taken for a secret key); -EPERM if other users may read it or anyone
+ * but its owner may change it (chmod 600; 0640 or 0440, a group that may
+ * read it, is accepted, as the daemon does); -EINVAL if it holds
  * no Z85 key; -errno if it cannot be read. */
 int mr_key_read_secret(const char *path, char secret_out[41], char public_out[41]);
 /* Reads a public key file (NAME.pub): 0, -ENOKEY if the file says it holds

@@ -57,8 +57,9 @@ static void test_keys_long_name_written_whole_or_refused(void **state)
 }
 
 /* Each reader takes its own kind of file and says so of the other; a
- * secret key file others may read is refused; a file without keygen's
- * comment (written by hand, or by an older tool) is taken as asked. */
+ * secret key file other users may read, or its group change, is refused; a
+ * file without keygen's comment (written by hand, or by an older tool) is
+ * taken as asked. */
 static void test_keys_readers_tell_secret_from_public(void **state)
 {
     (void)state;
@@ -74,8 +75,13 @@ static void test_keys_readers_tell_secret_from_public(void **state)
     assert_string_equal(derived, pub);
     assert_int_equal(mr_key_read_secret(pubpath, sec, derived), -ENOKEY);
     assert_int_equal(mr_key_read_public(path, derived), -ENOKEY);
-    assert_int_equal(chmod(path, 0640), 0);
+    assert_int_equal(chmod(path, 0604), 0);
     assert_int_equal(mr_key_read_secret(path, sec, derived), -EPERM);
+    assert_int_equal(chmod(path, 0620), 0);
+    assert_int_equal(mr_key_read_secret(path, sec, derived), -EPERM);
+    /* A group may read it: systemd's credentials show 0440 (their ACL). */
+    assert_int_equal(chmod(path, 0440), 0);
+    assert_int_equal(mr_key_read_secret(path, sec, derived), 0);
     assert_int_equal(chmod(path, 0600), 0);
     /* By hand: the key line alone. */
     char bare[1024];

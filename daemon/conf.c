@@ -491,8 +491,11 @@ static void s_read_server_key(s_report_t *r, conf_t *c)
         return;
     }
     /* The key that lets anyone pose as the broker to every facility: like
-     * sshd and PostgreSQL, refuse it where any user of the machine may
-     * read or change it (a group may read it: a deliberate set-up). */
+     * PostgreSQL, refuse it where other users may read it or anyone but its
+     * owner change it.  A group may read it: a deliberate set-up, and how a
+     * systemd credential looks when systemd grants it to the service's
+     * user through an ACL (its mask shows as the group's bits, 0440).  The
+     * library's mr_key_read_secret has the same rule. */
     struct stat st;
     if (fstat(fileno(f), &st) != 0 || (st.st_mode & (S_IRWXO | S_IWGRP)) != 0) {
         s_problem(r, 0,

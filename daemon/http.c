@@ -2,15 +2,35 @@
  * http.c - the operators' HTTP endpoints on the loop, through libmicrohttpd.
  *
  * Owns: the MHD daemon, a uv_poll on its epoll fd, a uv_timer for its
- * time-outs, and each /metrics request's context (freed when MHD completes
- * the request).
+ * time-outs, a uv_timer for the deadline of the oldest suspended /metrics
+ * request, the list of suspended requests (oldest first), and each /metrics
+ * request's context.
  *
  * Invariants
  *   1. MHD_run is called whenever its epoll fd is readable, when its timer
  *      fires, and after a suspended connection is resumed.
- *   2. A suspended connection has its two store requests in flight (the
- *      tallies, the queues: waiting counts them down); its context outlives
- *      them (MHD tells us when it is done).
+ *   2. A /metrics request's context is freed once both MHD is done with it
+ *      (on_completed) and its two store requests (the tallies, the queues:
+ *      waiting counts them down) have answered, by whichever comes last:
+ *      on_completed sets gone when the store still owes an answer.
+ *   3. A context is on the suspended list exactly while its connection is
+ *      suspended; it leaves the list to be resumed, once, by the first of:
+ *      the store's last answer (200 with the metrics), its deadline
+ *      (S_METRICS_DEADLINE_MS: 503, timed_out; the store's answers come
+ *      later and only count down), or on_completed.  All three run on the
+ *      loop thread, so "first" is well defined.
+ *   4. The deadline timer runs while the list is not empty, due at its
+ *      head's deadline (all deadlines are the same delay after a start, so
+ *      the list is in deadline order).
+ *
+ * A /metrics request:
+ *
+ *   new -> suspended (on list) --store answered--> resumed -> 200/503 --+
+ *              |                                                        |
+ *              +--deadline--> resumed, timed_out -> 503 ----------------+
+ *                                                                       v
+ *                  on_completed: free if waiting == 0, else gone (the
+ *                  store's last answer frees it)
  */
 #include "http.h"
 
@@ -24,25 +44,43 @@
 
 #include "flow.h"
 
+/*
+ * How long /metrics waits for the store.  The store answers in milliseconds,
+ * in a few batches under load (its queue is bounded: flow.c); 5 s is well
+ * beyond that, and half Prometheus' default scrape_timeout (10 s), so that
+ * a scrape sees a 503 with a reason rather than its own time-out.  Without
+ * it a stuck store kept every scrape's connection suspended, and
+ * MHD_OPTION_CONNECTION_LIMIT's 64 of them took /healthz down too.
+ */
+enum { S_METRICS_DEADLINE_MS = 5000 };
+
+typedef struct s_req_t s_req_t;
+
 struct http_t {
     server_t *s;
     struct MHD_Daemon *mhd;
     uv_poll_t poll;
     uv_timer_t timer;
+    uv_timer_t deadline;             /* invariant 4 */
+    s_req_t *suspended, *suspended_tail; /* invariant 3, oldest first */
     int open_handles;
 };
 
-typedef struct {
+struct s_req_t {
     http_t *http;
     struct MHD_Connection *conn;
     int waiting;           /* store requests not yet answered */
     bool failed;
     bool gone;             /* MHD finished with the connection first */
+    bool on_list;          /* suspended (invariant 3) */
+    bool timed_out;        /* resumed by its deadline */
+    int64_t deadline_ms;   /* mr_mono_ms() */
+    s_req_t *prev, *next;  /* the suspended list */
     tally_row_t *rows;
     size_t n_rows;
     store_row_t *queues;
     size_t n_queues;
-} s_req_t;
+};
 
 /* ---- text building ------------------------------------------------------------ */
 
@@ -377,6 +415,72 @@ static void s_req_free(s_req_t *r)
     free(r);
 }
 
+static void on_deadline(uv_timer_t *t);
+
+/* Invariant 4: the deadline timer follows the list's head. */
+static void s_arm(http_t *h)
+{
+    if (h->suspended == NULL) {
+        (void)uv_timer_stop(&h->deadline); /* 0 always */
+        return;
+    }
+    int64_t left = h->suspended->deadline_ms - mr_mono_ms();
+    if (uv_timer_start(&h->deadline, on_deadline, left > 0 ? (uint64_t)left : 0, 0) != 0)
+        log_error(h->s->log, "http.timer_failed", "timer=metrics_deadline");
+}
+
+static void s_suspend(http_t *h, s_req_t *r)
+{
+    MHD_suspend_connection(r->conn);
+    r->deadline_ms = mr_mono_ms() + S_METRICS_DEADLINE_MS;
+    r->on_list = true;
+    r->next = NULL;
+    r->prev = h->suspended_tail;
+    if (h->suspended_tail)
+        h->suspended_tail->next = r;
+    else
+        h->suspended = r;
+    h->suspended_tail = r;
+    if (h->suspended == r)
+        s_arm(h);
+}
+
+/* Takes r off the list and resumes its connection (invariant 3); the
+ * caller runs MHD (invariant 1). */
+static void s_resume(http_t *h, s_req_t *r)
+{
+    bool was_head = h->suspended == r;
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        h->suspended = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    else
+        h->suspended_tail = r->prev;
+    r->prev = r->next = NULL;
+    r->on_list = false;
+    MHD_resume_connection(r->conn);
+    if (was_head)
+        s_arm(h);
+}
+
+static void on_deadline(uv_timer_t *t)
+{
+    http_t *h = t->data;
+    int64_t now = mr_mono_ms();
+    bool any = false;
+    while (h->suspended != NULL && h->suspended->deadline_ms <= now) {
+        s_req_t *r = h->suspended;
+        r->timed_out = true; /* answered 503; the store's answers only count down */
+        s_resume(h, r);
+        any = true;
+    }
+    s_arm(h);
+    if (any)
+        s_run(h);
+}
+
 static void on_store(store_req_t *req, void *arg)
 {
     s_req_t *r = arg;
@@ -399,7 +503,9 @@ static void on_store(store_req_t *req, void *arg)
         s_req_free(r);
         return;
     }
-    MHD_resume_connection(r->conn);
+    if (!r->on_list)
+        return; /* its deadline answered it; on_completed frees it */
+    s_resume(r->http, r);
     s_run(r->http);
 }
 
@@ -417,6 +523,21 @@ static enum MHD_Result s_respond(struct MHD_Connection *conn, unsigned code, con
     enum MHD_Result rc = MHD_queue_response(conn, code, resp);
     MHD_destroy_response(resp);
     return rc;
+}
+
+/* 503 with a line of text saying why (an empty body if even that fails). */
+__attribute__((format(printf, 2, 3))) static enum MHD_Result
+s_unavailable(struct MHD_Connection *conn, const char *fmt, ...)
+{
+    char *body = NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vasprintf(&body, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        body = NULL;
+    return s_respond(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", body,
+                     body ? (size_t)n : 0);
 }
 
 static char *s_healthz(const server_t *s, unsigned *code)
@@ -458,7 +579,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return s_respond(conn, MHD_HTTP_NOT_FOUND, "text/plain", NULL, 0);
     s_req_t *r = *con_cls;
     if (r == NULL) {
-        /* First call: ask the store, suspend until it answers. */
+        /* First call: ask the store, suspend until it answers or the
+         * deadline passes. */
         r = calloc(1, sizeof *r);
         store_req_t *q1 = store_req_new(STORE_STATS, on_store, r);
         store_req_t *q2 = store_req_new(STORE_SUMMARY, on_store, r);
@@ -466,19 +588,22 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             free(q1);
             free(q2);
             free(r);
-            return s_respond(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "text/plain", NULL, 0);
+            return s_unavailable(conn, "%s\n", s->store ? "out of memory" : "no store");
         }
         r->http = h;
         r->conn = conn;
         r->waiting = 2;
         *con_cls = r;
-        MHD_suspend_connection(conn);
+        s_suspend(h, r);
         store_submit(s->store, q1);
         store_submit(s->store, q2);
         return MHD_YES;
     }
+    if (r->timed_out || r->waiting > 0) /* waiting: resumed by http_destroy */
+        return s_unavailable(conn, "the store did not answer within %d s\n",
+                             S_METRICS_DEADLINE_MS / 1000);
     if (r->failed)
-        return s_respond(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "text/plain", NULL, 0);
+        return s_unavailable(conn, "the store is unavailable\n");
     char *body = http_metrics_text(s, r->rows, r->n_rows, r->queues, r->n_queues);
     return s_respond(conn, body ? MHD_HTTP_OK : MHD_HTTP_INTERNAL_SERVER_ERROR,
                      "text/plain; version=0.0.4; charset=utf-8", body, body ? strlen(body) : 0);
@@ -487,17 +612,19 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-    (void)cls;
     (void)conn;
     (void)toe;
+    http_t *h = cls;
     s_req_t *r = *con_cls;
     if (r == NULL)
         return;
+    *con_cls = NULL;
+    if (r->on_list) /* MHD closed it while suspended (its own stop) */
+        s_resume(h, r);
     if (r->waiting > 0)
-        r->gone = true; /* the store callback frees it */
+        r->gone = true; /* the store's last answer frees it (invariant 2) */
     else
         s_req_free(r);
-    *con_cls = NULL;
 }
 
 static void on_timer(uv_timer_t *t)
@@ -575,6 +702,14 @@ http_t *http_new(server_t *s, const char *listen)
     }
     h->timer.data = h;
     h->open_handles++;
+    if (uv_timer_init(&s->loop, &h->deadline) != 0) {
+        MHD_stop_daemon(h->mhd);
+        h->mhd = NULL;
+        http_destroy(&h);
+        return NULL;
+    }
+    h->deadline.data = h;
+    h->open_handles++;
     uv_poll_start(&h->poll, UV_READABLE, on_poll);
     s_run(h);
     log_info(s->log, "http.listening", "listen=%s", listen);
@@ -594,13 +729,22 @@ void http_destroy(http_t **self_p)
     if (h == NULL)
         return;
     *self_p = NULL;
+    /* MHD may not be stopped with connections suspended: resume them (their
+     * contexts then go as invariant 2 says, from on_completed). */
+    while (h->suspended != NULL)
+        s_resume(h, h->suspended);
     if (h->mhd)
         MHD_stop_daemon(h->mhd);
     h->mhd = NULL;
     uv_poll_stop(&h->poll);
     uv_timer_stop(&h->timer);
+    uv_timer_stop(&h->deadline);
+    /* Closed in the order http_new opened them: open_handles says how far
+     * it got. */
     int n = h->open_handles;
     uv_close((uv_handle_t *)&h->poll, on_close);
     if (n > 1)
         uv_close((uv_handle_t *)&h->timer, on_close);
+    if (n > 2)
+        uv_close((uv_handle_t *)&h->deadline, on_close);
 }

@@ -5,7 +5,8 @@
  * MHD runs without threads of its own (MHD_USE_EPOLL, external loop): a
  * uv_poll watches MHD's epoll fd and a uv_timer follows MHD_get_timeout.
  * /metrics suspends its connection while the store sums the tallies and
- * resumes it from the store callback.  Loop thread only.
+ * resumes it from the store callback, or after 5 s from a timer with a 503
+ * (a store that does not answer: http.c).  Loop thread only.
  */
 #ifndef MR_HTTP_H
 #define MR_HTTP_H

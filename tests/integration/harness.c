@@ -461,14 +461,16 @@ int mrt_send(mr_client_t *c, const char *to, const char *kind, const char *prior
     return rc == -EPROTO ? res.code : -1;
 }
 
-char *mrt_http_get(const mrt_daemon_t *d, const char *path)
+char *mrt_http_fetch(const mrt_daemon_t *d, const char *path, int timeout_s, int *status)
 {
+    if (status != NULL)
+        *status = 0;
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     if (fd < 0)
         return NULL;
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)d->http_port),
                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    struct timeval tv = {.tv_sec = 5};
+    struct timeval tv = {.tv_sec = timeout_s};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     char req[256];
     int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
@@ -496,8 +498,16 @@ char *mrt_http_get(const mrt_daemon_t *d, const char *path)
     if (buf == NULL)
         return NULL;
     buf[used] = '\0';
+    int code = 0;
+    if (status != NULL && sscanf(buf, "HTTP/1.%*d %d", &code) == 1)
+        *status = code;
     char *body = strstr(buf, "\r\n\r\n");
     char *out = body ? strdup(body + 4) : NULL;
     free(buf);
     return out;
+}
+
+char *mrt_http_get(const mrt_daemon_t *d, const char *path)
+{
+    return mrt_http_fetch(d, path, 5, NULL);
 }

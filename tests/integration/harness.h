@@ -107,6 +107,9 @@ int mrt_submit_orders(mr_client_t *c, const char *to, const char *prefix, int n)
 
 /* GET path from the daemon's HTTP endpoint; the body (caller frees) or NULL. */
 char *mrt_http_get(const mrt_daemon_t *d, const char *path);
+/* The same, waiting timeout_s at most for the answer; *status is its HTTP
+ * status (0: no answer; status may be NULL). */
+char *mrt_http_fetch(const mrt_daemon_t *d, const char *path, int timeout_s, int *status);
 /* Lines in a file (0 if it does not exist). */
 long mrt_count_lines(const char *path);
 

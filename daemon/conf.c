@@ -81,6 +81,7 @@ static const s_field_t s_store[] = {
     S_FIELD("batch_ms", S_U32, batch_ms, 0, 1000),
     S_FIELD("retention_days", S_U32, retention_days, 0, 36500),
     S_FIELD("restart_scan_rows", S_U32, restart_scan_rows, 1, 1000000000),
+    S_FIELD("stall_after_s", S_U32, stall_after_s, 1, 3600),
     {NULL, 0, 0, 0, 0},
 };
 
@@ -141,6 +142,7 @@ static void s_defaults(conf_t *c)
     c->sync_full = true;
     c->batch_max = 1000;
     c->batch_ms = 20;
+    c->stall_after_s = 15;
     c->retention_days = 30;
     c->restart_scan_rows = 1000000;
     c->ttl_s[MEDROUTE__V1__KIND__KIND_REFERRAL] = 3 * 86400;

@@ -52,6 +52,7 @@ typedef struct {
     uint32_t batch_ms;         /* group commit: a batch closes after this long */
     uint32_t retention_days;   /* delivered messages kept this long */
     uint32_t restart_scan_rows; /* an open reads at most ~this many rows but the pinned */
+    uint32_t stall_after_s;    /* a request waiting this long: the store is stalled (/healthz) */
 
     /* time-to-live per kind, seconds; index by Kind */
     uint32_t ttl_s[MR_KIND_MAX + 1];

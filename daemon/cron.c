@@ -243,6 +243,9 @@ void cron_tick(uv_timer_t *handle)
         }
         s->last_judge_ms = mono;
     }
+    /* Every tick (a mutex and a clock read): a store stuck in one batch
+     * cannot say so itself. */
+    store_stall_watch(s->store, (int64_t)s->conf->stall_after_s * 1000);
     if (mono - s->last_size_ms >= S_SIZE_EVERY_MS) {
         s->last_size_ms = mono;
         s_submit(s, STORE_SIZE, on_sized, now, mono, 0);

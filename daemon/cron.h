@@ -1,7 +1,8 @@
 /*
  * cron.h - the daemon's periodic work, in one place (after Redis's
  * serverCron): heartbeats and session time-outs, redelivery, expiry to
- * dead letters, pruning of delivered messages, store size.  Loop thread.
+ * dead letters, pruning of delivered messages, store size, the log lines of
+ * a store stall.  Loop thread.
  */
 #ifndef MR_CRON_H
 #define MR_CRON_H

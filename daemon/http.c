@@ -545,14 +545,23 @@ static char *s_healthz(const server_t *s, unsigned *code)
     size_t connected = 0;
     for (size_t i = 0; i < registry_count(s->registry); i++)
         connected += s->peers[i].connected;
-    bool store_ok = s->store && !store_unavailable(s->store);
+    /* Stalled before unavailable: it is what the store is doing now (a
+     * store stuck reopening a dying disk is both). */
+    int64_t stalled_ms =
+        s->store ? store_stalled_ms(s->store, (int64_t)s->conf->stall_after_s * 1000) : 0;
+    bool store_ok = s->store && !store_unavailable(s->store) && stalled_ms == 0;
+    const char *store = stalled_ms ? "stalled" : store_ok ? "ok" : "unavailable";
+    char stalled_s[48] = "";
+    if (stalled_ms)
+        snprintf(stalled_s, sizeof stalled_s, "\"store_stalled_s\":%lld,",
+                 (long long)(stalled_ms / 1000));
     *code = store_ok ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE;
     char *out = NULL;
     if (asprintf(&out,
-                 "{\"status\":\"%s\",\"store\":\"%s\",\"insecure\":%s,%s\"facilities\":%zu,"
+                 "{\"status\":\"%s\",\"store\":\"%s\",%s\"insecure\":%s,%s\"facilities\":%zu,"
                  "\"connected\":%zu,\"draining\":%s}\n",
-                 store_ok ? (s->conf->insecure ? "degraded" : "ok") : "unavailable",
-                 store_ok ? "ok" : "unavailable", s->conf->insecure ? "true" : "false",
+                 store_ok ? (s->conf->insecure ? "degraded" : "ok") : "unavailable", store,
+                 stalled_s, s->conf->insecure ? "true" : "false",
                  s->conf->insecure ? "\"warning\":\"plaintext links (insecure = true)\"," : "",
                  registry_count(s->registry), connected, s->draining ? "true" : "false") < 0)
         return NULL;
@@ -600,8 +609,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return MHD_YES;
     }
     if (r->timed_out || r->waiting > 0) /* waiting: resumed by http_destroy */
-        return s_unavailable(conn, "the store did not answer within %d s\n",
-                             S_METRICS_DEADLINE_MS / 1000);
+        return s_unavailable(conn,
+                             "the store did not answer within %d s (its oldest request has "
+                             "waited %lld s)\n",
+                             S_METRICS_DEADLINE_MS / 1000,
+                             (long long)(store_stalled_ms(s->store, 0) / 1000));
     if (r->failed)
         return s_unavailable(conn, "the store is unavailable\n");
     char *body = http_metrics_text(s, r->rows, r->n_rows, r->queues, r->n_queues);

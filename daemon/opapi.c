@@ -2,7 +2,9 @@
  * opapi.c - operator requests: status, queue ls / retry / drop.
  *
  * Requests that need the store reply from the store callback; the caller's
- * routing id travels with the request in an s_pending_t.  Thread: loop.
+ * routing id travels with the request in an s_pending_t.  While the store is
+ * stalled (store_stalled_ms past store.stall_after_s) they are answered
+ * STORE_UNAVAILABLE at once instead.  Thread: loop.
  */
 #include "opapi.h"
 
@@ -472,6 +474,19 @@ static void on_changed(store_req_t *req, void *arg)
 static void s_store_request(server_t *s, const uint8_t *rid, size_t rid_len,
                             const mr_op_request_t *q)
 {
+    /* A stalled store would answer when it moves again, long after the
+     * operator's tool has given up (and a retry or drop would then happen
+     * unseen): say so now, as /healthz does. */
+    int64_t stalled_ms = store_stalled_ms(s->store, (int64_t)s->conf->stall_after_s * 1000);
+    if (stalled_ms > 0) {
+        char why[160];
+        snprintf(why, sizeof why,
+                 "the store is stalled: its oldest request has waited %lld s (store.stalled in "
+                 "the log)",
+                 (long long)(stalled_ms / 1000));
+        s_reply_error(s, rid, rid_len, q->request_id, MR_E_STORE_UNAVAILABLE, why);
+        return;
+    }
     s_pending_t *pd = s_pending(s, rid, rid_len, q->request_id);
     store_req_t *req = NULL;
     if (pd == NULL)

@@ -4,7 +4,9 @@
  * Owns: the database connection (store thread only), the submission queue
  * and the completion queue (guarded by one mutex), the uv_async handle that
  * wakes the loop, the latency histograms (store_latency: the store thread's
- * two published under the same mutex once per batch, the loop's own).
+ * two published under the same mutex once per batch, the loop's own), and
+ * when the batch now running began waiting (batch_since_us, under the same
+ * mutex: what store_stalled_ms reads).
  *
  * Invariants
  *   1. Only the store thread touches the database.
@@ -16,6 +18,13 @@
  *   4. A batch holds at most batch_max requests and stays open at most
  *      batch_ms after its first request; it closes early when the queue is
  *      empty, so a lone message waits for no timer.
+ *   5. batch_since_us is the submission time of the running batch's first
+ *      request from when s_take hands it over until s_complete hands the
+ *      batch back (both under the lock), else 0: with the queue's head, the
+ *      oldest request not finished is always one of those two, so a thread
+ *      stuck in a batch (a disk that does not answer a write or a sync)
+ *      shows as that age growing (store_stalled_ms), though the thread
+ *      itself cannot say so.
  *
  * Batch life, on the store thread:
  *
@@ -227,6 +236,9 @@ struct store_t {
     bool checkpointer_started;
     durhist_t lat_wait, lat_commit; /* store_latency: the store thread's, published per batch */
     durhist_t lat_put;           /* loop thread only */
+    int64_t batch_since_us;      /* invariant 5; under lock */
+    int64_t stall_since_us;      /* store_stall_watch's: the stall it logged, else 0;
+                                  * loop thread only */
 
     /* store thread only */
     sqlite3 *db;
@@ -1154,9 +1166,9 @@ static int64_t s_mono_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-/* Takes the next request, waiting for one if wait is set, and counts how
- * long it waited in waits.  NULL when the queue is empty (or stopping and
- * drained). */
+/* Takes the next request, waiting for one if wait is set (a batch's first:
+ * its start, invariant 5), and counts how long it waited in waits.  NULL
+ * when the queue is empty (or stopping and drained). */
 static store_req_t *s_take(store_t *self, bool wait, durhist_t *waits)
 {
     pthread_mutex_lock(&self->lock);
@@ -1168,6 +1180,8 @@ static store_req_t *s_take(store_t *self, bool wait, durhist_t *waits)
         if (self->queue_head == NULL)
             self->queue_tail = NULL;
         req->next = NULL;
+        if (wait)
+            self->batch_since_us = req->submitted_us;
     }
     pthread_mutex_unlock(&self->lock);
     if (req != NULL && waits != NULL)
@@ -1180,6 +1194,7 @@ static void s_complete(store_t *self, store_req_t *head, store_req_t *tail)
     if (head == NULL)
         return;
     pthread_mutex_lock(&self->lock);
+    self->batch_since_us = 0; /* invariant 5: the batch is done, callbacks aside */
     if (self->done_tail)
         self->done_tail->next = head;
     else
@@ -1857,6 +1872,44 @@ size_t store_backlog(const store_t *self)
 bool store_unavailable(const store_t *self)
 {
     return atomic_load(&((store_t *)self)->unavailable);
+}
+
+/* The submission time of the oldest request not finished (invariant 5), or
+ * 0.  Any thread but the store's (it takes the lock). */
+static int64_t s_oldest_since_us(const store_t *self)
+{
+    store_t *mut = (store_t *)self; /* the lock only */
+    pthread_mutex_lock(&mut->lock);
+    int64_t since = self->batch_since_us;
+    if (since == 0 && self->queue_head != NULL)
+        since = self->queue_head->submitted_us;
+    pthread_mutex_unlock(&mut->lock);
+    return since;
+}
+
+int64_t store_stalled_ms(const store_t *self, int64_t after_ms)
+{
+    int64_t since = s_oldest_since_us(self);
+    if (since == 0)
+        return 0;
+    int64_t age_ms = (s_mono_us() - since) / 1000;
+    return age_ms >= after_ms ? age_ms : 0;
+}
+
+void store_stall_watch(store_t *self, int64_t after_ms)
+{
+    int64_t since = s_oldest_since_us(self);
+    int64_t now = s_mono_us();
+    bool stalled = since != 0 && now - since >= after_ms * 1000;
+    if (stalled && self->stall_since_us == 0) {
+        self->stall_since_us = since;
+        log_warn(self->log, "store.stalled", "path=%s waited_s=%lld queued=%zu", self->path,
+                 (long long)((now - since) / 1000000), store_backlog(self));
+    } else if (!stalled && self->stall_since_us != 0) {
+        log_info(self->log, "store.stall_ended", "path=%s lasted_s=%lld", self->path,
+                 (long long)((now - self->stall_since_us) / 1000000));
+        self->stall_since_us = 0;
+    }
 }
 
 static void on_close(uv_handle_t *handle)

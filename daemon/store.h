@@ -190,6 +190,22 @@ typedef struct {
 void store_latency(const store_t *self, store_latency_t *out);
 /* True when the last batch failed for lack of the database. */
 bool store_unavailable(const store_t *self);
+/*
+ * Stalls: how long the oldest request not yet finished (queued, or in the
+ * batch now running; not a backup, which has its own thread) has waited
+ * since store_submit, in ms, if that is at least after_ms, else 0 (also
+ * when nothing waits).  A healthy store answers within milliseconds, a busy
+ * one within a few batches; an age that keeps growing is a store thread
+ * stuck in one batch (a disk that does not answer, a file system frozen),
+ * which store_unavailable does not show: nothing has failed yet.  after_ms
+ * 0 gives the age itself.  Cheap (the queue's mutex, which the store thread
+ * never holds across disk I/O).  Loop thread.
+ */
+int64_t store_stalled_ms(const store_t *self, int64_t after_ms);
+/* Logs store.stalled (warn) when store_stalled_ms(after_ms) becomes non-zero
+ * and store.stall_ended (info) when it is 0 again: once each per stall.
+ * Loop thread, periodically (cron). */
+void store_stall_watch(store_t *self, int64_t after_ms);
 
 void store_row_clear(store_row_t *row);
 const char *store_status_name(store_status_t s);

@@ -1,8 +1,9 @@
 /*
- * test_store_stall.c - a store stuck on its disk: /metrics answers 503
- * within its deadline instead of hanging (and 64 such scrapes no longer
- * take /healthz down); once the disk answers again everything recovers and
- * nothing accepted is lost.
+ * test_store_stall.c - a store stuck on its disk: /healthz says "stalled"
+ * (503), /metrics answers 503 within its deadline instead of hanging (and
+ * 64 such scrapes no longer take /healthz down), `medroute status` says
+ * why it cannot answer, the log says when the stall began and ended; once
+ * the disk answers again everything recovers and nothing accepted is lost.
  *
  * The stall is real: the store lives on a small ext4 image mounted for the
  * test, and the test freezes that file system (FIFREEZE, as fsfreeze(8)
@@ -145,6 +146,17 @@ static char *s_healthz_until(const mrt_daemon_t *d, const char *want, int timeou
     return NULL;
 }
 
+static bool s_log_until(const mrt_daemon_t *d, const char *needle, int timeout_s)
+{
+    long long deadline = mrt_now_ms() + timeout_s * 1000LL;
+    while (mrt_log_count(d, needle) == 0) {
+        if (mrt_now_ms() >= deadline)
+            return false;
+        usleep(100 * 1000);
+    }
+    return true;
+}
+
 /* A GET /metrics sent and not read yet: its socket, or -1. */
 static int s_scrape_start(const mrt_daemon_t *d)
 {
@@ -187,7 +199,8 @@ static void test_store_stall_is_seen_and_survived(void **state)
         return;
     }
     mrt_daemon_t *d = &f->d;
-    assert_int_equal(mrt_daemon_start(d, NULL), 0);
+    /* A short threshold, so that the test need not wait 15 s. */
+    assert_int_equal(mrt_daemon_start(d, "store = { stall_after_s = 2; };"), 0);
     assert_int_equal(mrt_daemon_stop(d), 0);
     snprintf(f->var, sizeof f->var, "%s/var", d->dir);
     char cmd[4096];
@@ -229,6 +242,22 @@ static void test_store_stall_is_seen_and_survived(void **state)
     printf("store_stall: /metrics said: %s", body);
     free(body);
 
+    /* /healthz says stalled, with the age. */
+    body = s_healthz_until(d, "\"store\":\"stalled\"", 30, &status);
+    assert_non_null(body);
+    printf("store_stall: /healthz said: %s", body);
+    assert_int_equal(status, 503);
+    assert_non_null(strstr(body, "\"status\":\"unavailable\""));
+    assert_non_null(strstr(body, "\"store_stalled_s\":"));
+    free(body);
+    assert_true(s_log_until(d, "event=store.stalled ", 10));
+
+    /* `medroute status` says why rather than waiting for the store. */
+    char *reply = mrt_operator(d, "{\"status\":{}}");
+    assert_non_null(reply);
+    assert_non_null(strstr(reply, "stalled"));
+    free(reply);
+
     /* As many scrapes as the HTTP server takes connections: each is answered
      * by its deadline, so /healthz gets a connection again. */
     int fds[S_SCRAPES];
@@ -236,8 +265,9 @@ static void test_store_stall_is_seen_and_survived(void **state)
         fds[i] = s_scrape_start(d);
         assert_true(fds[i] >= 0);
     }
-    body = s_healthz_until(d, "\"store\":", 30, &status);
+    body = s_healthz_until(d, "\"store\":\"stalled\"", 30, &status);
     assert_non_null(body);
+    assert_int_equal(status, 503);
     free(body);
     for (int i = 0; i < S_SCRAPES; i++)
         assert_int_equal(s_scrape_status(fds[i]), 503);
@@ -261,6 +291,8 @@ static void test_store_stall_is_seen_and_survived(void **state)
     assert_non_null(body);
     assert_non_null(strstr(body, "medroute_queue_depth{destination=\"yx-lead\"} 8"));
     free(body);
+    assert_true(s_log_until(d, "event=store.stall_ended ", 10));
+    assert_int_equal(mrt_log_count(d, "event=store.stalled "), 1);
     assert_int_equal(mrt_log_count(d, "event=store.unavailable"), 0);
 
     /* Everything accepted reaches its destination, once. */

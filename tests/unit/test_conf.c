@@ -77,6 +77,7 @@ static void test_conf_full_config_every_field(void **state)
         "  batch_ms = 0;\n"
         "  retention_days = 90;\n"
         "  restart_scan_rows = 5000;\n"
+        "  stall_after_s = 4;\n"
         "};\n"
         "ttl = {\n"
         "  referral = 11;\n"
@@ -112,6 +113,7 @@ static void test_conf_full_config_every_field(void **state)
     assert_int_equal(c->batch_ms, 0);
     assert_int_equal(c->retention_days, 90);
     assert_int_equal(c->restart_scan_rows, 5000);
+    assert_int_equal(c->stall_after_s, 4);
     assert_int_equal(c->ttl_s[0], 0);
     assert_int_equal(c->ttl_s[MEDROUTE__V1__KIND__KIND_REFERRAL], 11);
     assert_int_equal(c->ttl_s[MEDROUTE__V1__KIND__KIND_REFERRAL_UPDATE], 12);
@@ -158,6 +160,7 @@ static void test_conf_defaults_when_groups_omitted(void **state)
     assert_int_equal(c->batch_ms, 20);
     assert_int_equal(c->retention_days, 30);
     assert_int_equal(c->restart_scan_rows, 1000000);
+    assert_int_equal(c->stall_after_s, 15);
     assert_int_equal(c->ttl_s[MEDROUTE__V1__KIND__KIND_REFERRAL], 3 * 86400);
     assert_int_equal(c->ttl_s[MEDROUTE__V1__KIND__KIND_REFERRAL_UPDATE], 7 * 86400);
     assert_int_equal(c->ttl_s[MEDROUTE__V1__KIND__KIND_IMAGING_REQUEST], 2 * 86400);
@@ -324,6 +327,8 @@ static void test_conf_out_of_range_integers(void **state)
                         "t.conf:5: store.batch_ms: -1 is out of range 0..1000");
     assert_string_equal(s_fail(S_REQUIRED "store = { retention_days = 36501; };\n"),
                         "t.conf:5: store.retention_days: 36501 is out of range 0..36500");
+    assert_string_equal(s_fail(S_REQUIRED "store = { stall_after_s = 0; };\n"),
+                        "t.conf:5: store.stall_after_s: 0 is out of range 1..3600");
     assert_string_equal(s_fail(S_REQUIRED "ttl = { lab_result = 0; };\n"),
                         "t.conf:5: ttl.lab_result: 0 is out of range 1..31536000");
 

@@ -9,9 +9,11 @@
  * test, and the test freezes that file system (FIFREEZE, as fsfreeze(8)
  * does for a snapshot), so the store thread's next write blocks in the
  * kernel as on a disk that does not answer.  Needs root, a loop device and
- * mkfs.ext4, as in CI; skipped otherwise.  A guard process thaws the file
- * system by itself after S_GUARD_S, should this test die while it is
- * frozen (a frozen file system keeps the daemon unkillable).
+ * mkfs.ext4, as in CI; skipped otherwise.  A frozen file system left
+ * behind would keep the daemon unkillable and the machine's mount table
+ * stuck, so a guard process (a session of its own, deaf to the signals a
+ * cancelled job sends) thaws it as soon as the test closes its pipe or dies
+ * (EOF), or after S_GUARD_S at most.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -31,6 +33,7 @@
 #include <sys/wait.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
+#include <poll.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -44,6 +47,7 @@ typedef struct {
     char var[400];
     bool mounted;
     int frozen_fd; /* the mount's directory while frozen, else -1 */
+    int guard_pipe; /* its write end: the guard thaws at its EOF; else -1 */
     pid_t guard;
 } fixture_t;
 
@@ -75,33 +79,64 @@ static bool enough(void *arg)
     return w->n->acks >= w->acks && w->n->deliveries >= w->deliveries;
 }
 
-static void s_thaw(fixture_t *f)
+/* Thaws the file system (EINVAL: it was not frozen) and ends the guard;
+ * 0, or -1 if the file system may still be frozen. */
+static int s_thaw(fixture_t *f)
 {
+    int rc = 0;
     if (f->frozen_fd >= 0) {
-        (void)ioctl(f->frozen_fd, FITHAW, 0);
+        if (ioctl(f->frozen_fd, FITHAW, 0) != 0 && errno != EINVAL)
+            rc = -1;
         close(f->frozen_fd);
         f->frozen_fd = -1;
     }
+    if (f->guard_pipe >= 0) {
+        close(f->guard_pipe); /* the guard thaws too, and exits */
+        f->guard_pipe = -1;
+    }
     if (f->guard > 0) {
-        kill(f->guard, SIGKILL);
-        waitpid(f->guard, NULL, 0);
+        int st = 0;
+        if (waitpid(f->guard, &st, 0) != f->guard || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+            rc = -1;
         f->guard = 0;
     }
+    return rc;
+}
+
+/* The guard: its own session, deaf to SIGINT, SIGTERM and SIGHUP, so that a
+ * job cancelled as a whole does not take it with the test; it thaws when
+ * the pipe's write end closes (the test thawed, or died) or after
+ * S_GUARD_S.  Exits 0 if the file system is thawed. */
+static void s_guard(int fd, int pipe_rd)
+{
+    (void)setsid();
+    signal(SIGINT, SIG_IGN);
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    struct pollfd p = {.fd = pipe_rd, .events = POLLIN};
+    while (poll(&p, 1, S_GUARD_S * 1000) < 0 && errno == EINTR)
+        ;
+    _exit(ioctl(fd, FITHAW, 0) == 0 || errno == EINVAL ? 0 : 1);
 }
 
 static int s_freeze(fixture_t *f)
 {
     f->frozen_fd = open(f->var, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (f->frozen_fd < 0)
+    int p[2];
+    if (f->frozen_fd < 0 || pipe2(p, O_CLOEXEC) != 0)
         return -1;
     pid_t guard = fork();
-    if (guard < 0)
+    if (guard < 0) {
+        close(p[0]);
+        close(p[1]);
         return -1;
-    if (guard == 0) {
-        sleep(S_GUARD_S);
-        (void)ioctl(f->frozen_fd, FITHAW, 0);
-        _exit(0);
     }
+    if (guard == 0) {
+        close(p[1]);
+        s_guard(f->frozen_fd, p[0]);
+    }
+    close(p[0]);
+    f->guard_pipe = p[1];
     f->guard = guard;
     return ioctl(f->frozen_fd, FIFREEZE, 0);
 }
@@ -112,22 +147,31 @@ static int setup(void **state)
     if (f == NULL)
         return -1;
     f->frozen_fd = -1;
+    f->guard_pipe = -1;
     *state = f;
     return 0;
 }
 
+/* Thawed first: a daemon blocked on a frozen file system cannot be killed,
+ * nor waited for.  A mount that will not go is detached, so that the
+ * cleanup below removes the directory under it, not the image's files. */
 static int teardown(void **state)
 {
     fixture_t *f = *state;
-    s_thaw(f);
-    if (f->d.pid > 0)
+    int rc = s_thaw(f);
+    if (rc != 0)
+        fprintf(stderr, "store_stall: %s may still be frozen: the daemon is left running\n",
+                f->var);
+    else if (f->d.pid > 0)
         mrt_daemon_kill(&f->d);
-    if (f->mounted)
-        (void)umount(f->var);
-    if (f->d.dir[0])
+    if (f->mounted && rc == 0 && umount(f->var) != 0 && umount2(f->var, MNT_DETACH) != 0) {
+        fprintf(stderr, "store_stall: %s is still mounted: left as it is\n", f->var);
+        rc = -1;
+    }
+    if (f->d.dir[0] && rc == 0)
         mrt_daemon_cleanup(&f->d);
     free(f);
-    return 0;
+    return rc;
 }
 
 /* Polls /healthz until its body holds want (timeout_s at most); the body
@@ -206,14 +250,16 @@ static void test_store_stall_is_seen_and_survived(void **state)
     char cmd[4096];
     snprintf(cmd, sizeof cmd,
              "rm -rf '%s' && mkdir -p '%s' && truncate -s 64M '%s/store.img' &&"
-             " mkfs.ext4 -q -F '%s/store.img' >/dev/null 2>&1 &&"
-             " mount -o loop '%s/store.img' '%s' && chmod 0700 '%s'",
-             f->var, f->var, d->dir, d->dir, d->dir, f->var, f->var);
+             " mkfs.ext4 -q -F '%s/store.img' >/dev/null 2>&1",
+             f->var, f->var, d->dir, d->dir);
+    assert_int_equal(system(cmd), 0);
+    snprintf(cmd, sizeof cmd, "mount -o loop '%s/store.img' '%s' 2>/dev/null", d->dir, f->var);
     if (system(cmd) != 0) {
         skip(); /* no loop device here */
         return;
     }
     f->mounted = true;
+    assert_int_equal(chmod(f->var, 0700), 0);
     assert_int_equal(mrt_daemon_restart(d), 0);
 
     mr_client_t *a = mrt_client(d, "t-aihua", NULL);
@@ -278,7 +324,7 @@ static void test_store_stall_is_seen_and_survived(void **state)
     assert_int_equal(n.errors, 0);
 
     /* The disk answers again: all recovers, by itself. */
-    s_thaw(f);
+    assert_int_equal(s_thaw(f), 0);
     assert_true(mrt_poll_until(a, 30000, enough, &(want_t){&n, 8, 0}, on_event, &n));
     assert_int_equal(n.errors, 0);
     assert_int_equal(mr_client_unacked(a), 0);

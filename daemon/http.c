@@ -23,7 +23,8 @@
  *      head's deadline (all deadlines are the same delay after a start, so
  *      the list is in deadline order).
  *
- * A /metrics request:
+ * A /metrics request (answered 503 at once, never suspended, while the
+ * store is known to be stalled: store_stalled_ms):
  *
  *   new -> suspended (on list) --store answered--> resumed -> 200/503 --+
  *              |                                                        |
@@ -587,6 +588,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (strcmp(url, "/metrics") != 0)
         return s_respond(conn, MHD_HTTP_NOT_FOUND, "text/plain", NULL, 0);
     s_req_t *r = *con_cls;
+    int64_t stalled_ms =
+        s->store ? store_stalled_ms(s->store, (int64_t)s->conf->stall_after_s * 1000) : 0;
+    if (r == NULL && stalled_ms > 0)
+        /* Known stuck: said at once, rather than two more requests queued
+         * behind the stuck batch and the deadline waited out. */
+        return s_unavailable(conn,
+                             "the store is stalled: its oldest request has waited %lld s "
+                             "(store.stalled in the log)\n",
+                             (long long)(stalled_ms / 1000));
     if (r == NULL) {
         /* First call: ask the store, suspend until it answers or the
          * deadline passes. */
@@ -748,15 +758,17 @@ void http_destroy(http_t **self_p)
     if (h->mhd)
         MHD_stop_daemon(h->mhd);
     h->mhd = NULL;
-    uv_poll_stop(&h->poll);
-    uv_timer_stop(&h->timer);
-    uv_timer_stop(&h->deadline);
-    /* Closed in the order http_new opened them: open_handles says how far
-     * it got. */
+    /* Stopped and closed in the order http_new opened them (the poll
+     * always): open_handles says how far it got. */
     int n = h->open_handles;
+    (void)uv_poll_stop(&h->poll);
     uv_close((uv_handle_t *)&h->poll, on_close);
-    if (n > 1)
+    if (n > 1) {
+        (void)uv_timer_stop(&h->timer);
         uv_close((uv_handle_t *)&h->timer, on_close);
-    if (n > 2)
+    }
+    if (n > 2) {
+        (void)uv_timer_stop(&h->deadline);
         uv_close((uv_handle_t *)&h->deadline, on_close);
+    }
 }

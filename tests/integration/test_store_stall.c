@@ -298,6 +298,14 @@ static void test_store_stall_is_seen_and_survived(void **state)
     free(body);
     assert_true(s_log_until(d, "event=store.stalled ", 10));
 
+    /* Known stalled, /metrics says so at once rather than add two more
+     * requests to the stuck store's queue and wait out its deadline. */
+    body = mrt_http_fetch(d, "/metrics", 30, &status);
+    assert_int_equal(status, 503);
+    assert_non_null(body);
+    assert_non_null(strstr(body, "the store is stalled"));
+    free(body);
+
     /* `medroute status` says why rather than waiting for the store. */
     char *reply = mrt_operator(d, "{\"status\":{}}");
     assert_non_null(reply);

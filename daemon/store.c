@@ -20,7 +20,8 @@
  *      empty, so a lone message waits for no timer.
  *   5. batch_since_us is the submission time of the running batch's first
  *      request from when s_take hands it over until s_complete hands the
- *      batch back (both under the lock), else 0: with the queue's head, the
+ *      batch back (both under the lock; a backup's completion leaves it),
+ *      else 0: with the queue's head, the
  *      oldest request not finished is always one of those two, so a thread
  *      stuck in a batch (a disk that does not answer a write or a sync)
  *      shows as that age growing (store_stalled_ms), though the thread
@@ -1189,12 +1190,17 @@ static store_req_t *s_take(store_t *self, bool wait, durhist_t *waits)
     return req;
 }
 
-static void s_complete(store_t *self, store_req_t *head, store_req_t *tail)
+/* Hands head..tail to the loop thread.  ends_batch: they are the store
+ * thread's running batch (invariant 5), not a backup's request, which the
+ * backup thread (or the loop, when it could not start one) completes while
+ * the batch may still be stuck. */
+static void s_complete(store_t *self, store_req_t *head, store_req_t *tail, bool ends_batch)
 {
     if (head == NULL)
         return;
     pthread_mutex_lock(&self->lock);
-    self->batch_since_us = 0; /* invariant 5: the batch is done, callbacks aside */
+    if (ends_batch)
+        self->batch_since_us = 0; /* invariant 5: the batch is done, callbacks aside */
     if (self->done_tail)
         self->done_tail->next = head;
     else
@@ -1455,7 +1461,7 @@ static void *s_thread(void *arg)
         durhist_merge(&self->lat_wait, &waits);
         durhist_merge(&self->lat_commit, &commits);
         pthread_mutex_unlock(&self->lock);
-        s_complete(self, head, tail);
+        s_complete(self, head, tail, true);
         if (!tally_kept_empty(self->kept) && !atomic_load(&self->unavailable) &&
             s_queue_empty(self))
             s_flush_kept(self, "idle");
@@ -1807,7 +1813,7 @@ static void *s_backup_thread(void *arg)
         log_error(self->log, "store.backup_failed", "reason=\"%s\" to=\"%s\"", reason,
                   log_clean(path, sizeof path, req->query));
     req->next = NULL;
-    s_complete(self, req, req);
+    s_complete(self, req, req, false);
     atomic_fetch_sub(&self->backups, 1);
     return NULL;
 }
@@ -1831,7 +1837,7 @@ static void s_start_backup(store_t *self, store_req_t *req)
     free(b);
     req->status = STORE_UNAVAILABLE;
     req->next = NULL;
-    s_complete(self, req, req);
+    s_complete(self, req, req, false);
 }
 
 void store_submit(store_t *self, store_req_t *req)

@@ -492,21 +492,6 @@ static void s_read_server_key(s_report_t *r, conf_t *c)
         s_problem(r, 0, "server_key_file: cannot read %s", path);
         return;
     }
-    /* The key that lets anyone pose as the broker to every facility: like
-     * PostgreSQL, refuse it where other users may read it or anyone but its
-     * owner change it.  A group may read it: a deliberate set-up, and how a
-     * systemd credential looks when systemd grants it to the service's
-     * user through an ACL (its mask shows as the group's bits, 0440).  The
-     * library's mr_key_read_secret has the same rule. */
-    struct stat st;
-    if (fstat(fileno(f), &st) != 0 || (st.st_mode & (S_IRWXO | S_IWGRP)) != 0) {
-        s_problem(r, 0,
-                  "server_key_file: %s may be read or changed by other users (mode %04o): "
-                  "chmod 600 it",
-                  path, (unsigned)(st.st_mode & 07777));
-        fclose(f);
-        return;
-    }
     bool got = false, public = false;
     while (!got && fgets(line, sizeof line, f)) {
         line[strcspn(line, "\r\n")] = '\0';
@@ -517,12 +502,32 @@ static void s_read_server_key(s_report_t *r, conf_t *c)
             continue;
         got = true;
     }
+    /* The key that lets anyone pose as the broker to every facility: like
+     * PostgreSQL, refuse it where other users may read it or anyone but its
+     * owner change it.  A group may read it: a deliberate set-up, and how a
+     * systemd credential looks when systemd grants it to the service's
+     * user through an ACL (its mask shows as the group's bits, 0440).  The
+     * library's mr_key_read_secret has the same rule.  The kind first: a
+     * .pub is rightly readable by all, and its mode is not the problem. */
+    struct stat st;
+    int stat_rc = fstat(fileno(f), &st);
     fclose(f);
     if (public) {
         s_problem(r, 0,
                   "server_key_file: %s is the broker's public key (NAME.pub); give its secret "
                   "key (NAME.key)",
                   path);
+        return;
+    }
+    if (stat_rc != 0) {
+        s_problem(r, 0, "server_key_file: cannot check the mode of %s", path);
+        return;
+    }
+    if ((st.st_mode & (S_IRWXO | S_IWGRP)) != 0) {
+        s_problem(r, 0,
+                  "server_key_file: %s may be read or changed by other users (mode %04o): "
+                  "chmod 600 it",
+                  path, (unsigned)(st.st_mode & 07777));
         return;
     }
     if (!got || !s_z85_key_ok(line)) {

@@ -659,11 +659,14 @@ static void test_conf_server_key_file_checked(void **state)
     c = conf_load_string(text, "t.conf", err, sizeof err);
     assert_non_null(c);
     conf_destroy(&c);
+    assert_int_equal(chmod(path, 0620), 0); /* its group may change it */
+    assert_non_null(strstr(s_fail(text), "may be read or changed by other users (mode 0620)"));
     assert_int_equal(chmod(path, 0644), 0);
     assert_null(strstr(s_fail(text), "holds no"));
     assert_non_null(strstr(s_fail(text), "may be read or changed by other users (mode 0644)"));
-    /* The public half, however well protected. */
-    s_key_file(path, sizeof path, dir, "broker.pub", "public", pub, 0600);
+    /* The public half, written 0644 as keygen does: named for what it is,
+     * not for its mode. */
+    s_key_file(path, sizeof path, dir, "broker.pub", "public", pub, 0644);
     snprintf(text, sizeof text, S_REQUIRED "insecure = false;\nserver_key_file = \"%s\";\n", path);
     assert_non_null(strstr(s_fail(text), "is the broker's public key"));
     char cmd[300];

@@ -314,7 +314,7 @@ static void s_tell_damaged(const s_ctx_t *ctx, const mr_client_t *client)
     if (n > 0)
         fprintf(stderr,
                 "medroute: %zu damaged outbox row%s in %s set aside in the table "
-                "outbox_damaged, not sent\n",
+                "outbox_damaged, not sent (said at every start until deleted from it)\n",
                 n, n == 1 ? "" : "s", ctx->state_dir);
 }
 

@@ -33,7 +33,8 @@ void acked_destroy(acked_t **self_p);
  * body (malloc'ed, of len bytes; ownership passes to the table, whatever
  * the result), was acknowledged as seq, and that up to `late` answers to
  * its other sends may still come.  Replaces an earlier entry of id.
- * 0, or -ENOMEM (nothing remembered, body freed).
+ * 0; -EINVAL (id empty or too long, or len over ACKED_MAX_BYTES) or -ENOMEM:
+ * nothing remembered, body freed.
  */
 int acked_put(acked_t *self, const char *id, uint64_t seq, uint8_t *body, size_t len,
               unsigned late);

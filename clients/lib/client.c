@@ -118,7 +118,7 @@ struct mr_client_t {
     s_held_t *held;
     size_t n_held, cap_held;
     uint32_t max_frame_bytes; /* Welcome.max_message_bytes: the broker's limit; 0 unknown */
-    size_t outbox_damaged;    /* outbox rows set aside as unusable when this client opened it */
+    size_t outbox_damaged;    /* damaged outbox rows: in outbox_damaged, or found at this start */
     uint64_t id_counter;
     uint64_t id_salt;
     /* DeliveryAcks not sent yet: a broker that allows it (Welcome) gets one
@@ -450,15 +450,17 @@ static int s_load_outbox(void *arg, const char *id, const void *body, size_t len
     return s_outbox_push(arg, id, body, len, false);
 }
 
-/* An outbox row cstore set aside as unusable: counted, and told to the
- * first poll with a handler as an ERROR event, INVALID (it is never sent). */
-static void s_load_damaged(void *arg, int64_t row, const char *id, const char *why)
+/* An outbox row cstore found unusable: told to the first poll with a
+ * handler as an ERROR event, INVALID (it is never sent), and counted until
+ * the table's own count is read (mr_client_new). */
+static void s_load_damaged(void *arg, int64_t row, const char *id, const char *why, bool moved)
 {
     mr_client_t *c = arg;
     char reason[200];
-    snprintf(reason, sizeof reason,
-             "outbox row %lld holds %s: not sent, kept in the table outbox_damaged",
-             (long long)row, why);
+    (void)snprintf(reason, sizeof reason, "outbox row %lld holds %s: not sent, %s",
+                   (long long)row, why,
+                   moved ? "kept in the table outbox_damaged"
+                         : "left in the outbox (it could not be moved; tried again next start)");
     mr_event_t ev = {.type = MR_EVENT_ERROR, .message_id = id, .code = MR_E_INVALID,
                      .code_name = mr_error_name(MR_E_INVALID), .reason = reason};
     s_hold(c, &ev, true);
@@ -506,6 +508,11 @@ mr_client_t *mr_client_new(const mr_client_opts_t *opts)
         if (cstore_seen_prune(c->cs, S_SEEN_KEEP_MS) < 0 ||
             cstore_outbox_each(c->cs, s_load_outbox, s_load_damaged, c) < 0)
             goto fail;
+        /* Those set aside at an earlier start too: until someone deals with
+         * them, every start says so (the events came once). */
+        int64_t kept = cstore_outbox_damaged_count(c->cs);
+        if (kept > (int64_t)c->outbox_damaged)
+            c->outbox_damaged = (size_t)kept;
     }
     c->zctx = zmq_ctx_new();
     if (c->zctx == NULL)

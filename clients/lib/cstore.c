@@ -36,6 +36,7 @@ enum {
     S_OB_ALL,
     S_OB_SET_ASIDE,
     S_OB_DEL_ROW,
+    S_OB_DAMAGED_COUNT,
     S_SEEN_GET,
     S_SEEN_SET,
     S_SEEN_DEL,
@@ -54,6 +55,7 @@ static const char *const s_sql[S_N] = {
     [S_OB_SET_ASIDE] = "INSERT INTO outbox_damaged(row, message_id, body, reason, at_ms)"
                        " SELECT rowid, message_id, body, ?2, ?3 FROM outbox WHERE rowid = ?1",
     [S_OB_DEL_ROW] = "DELETE FROM outbox WHERE rowid = ?1",
+    [S_OB_DAMAGED_COUNT] = "SELECT count(*) FROM outbox_damaged",
     [S_SEEN_GET] = "SELECT state FROM seen WHERE source = ?1 AND message_id = ?2",
     [S_SEEN_SET] = "INSERT INTO seen(source, message_id, state, at_ms) VALUES(?1, ?2, ?3, ?4) "
                    "ON CONFLICT(source, message_id) DO UPDATE SET state = ?3, at_ms = ?4",
@@ -229,7 +231,8 @@ static int s_set_aside(cstore_t *self, const s_damaged_t *d)
 
 int cstore_outbox_each(cstore_t *self,
                        int (*fn)(void *arg, const char *id, const void *body, size_t len),
-                       void (*damaged)(void *arg, int64_t row, const char *id, const char *why),
+                       void (*damaged)(void *arg, int64_t row, const char *id, const char *why,
+                                       bool moved),
                        void *arg)
 {
     if (self->db == NULL)
@@ -269,12 +272,22 @@ int cstore_outbox_each(cstore_t *self,
     if (out == 0 && rc != SQLITE_DONE)
         out = -EIO;
     for (size_t i = 0; out == 0 && i < n_bad; i++) {
-        (void)s_set_aside(self, &bad[i]); /* failing, it is skipped again next time */
+        bool moved = s_set_aside(self, &bad[i]) == 0; /* else skipped again next time */
         if (damaged != NULL)
-            damaged(arg, bad[i].row, bad[i].id, bad[i].why);
+            damaged(arg, bad[i].row, bad[i].id, bad[i].why, moved);
     }
     free(bad);
     return out;
+}
+
+int64_t cstore_outbox_damaged_count(cstore_t *self)
+{
+    if (self->db == NULL)
+        return 0;
+    sqlite3_stmt *st = self->st[S_OB_DAMAGED_COUNT];
+    int64_t n = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : -EIO;
+    sqlite3_reset(st);
+    return n;
 }
 
 seen_state_t cstore_seen_get(cstore_t *self, const char *source, const char *message_id)

@@ -11,6 +11,7 @@
 #ifndef MR_CSTORE_H
 #define MR_CSTORE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -35,12 +36,17 @@ int cstore_outbox_remove(cstore_t *self, const char *message_id);
  * carries) is not handed to fn: it is moved to the table outbox_damaged,
  * kept there with its reason (if the move fails it stays, and is skipped
  * again at the next start), and told to damaged (may be NULL) with its
- * rowid, its id ("" if unusable) and why.  0, fn's non-zero, or -EIO.
+ * rowid, its id ("" if unusable), why, and whether it was moved.  0, fn's
+ * non-zero, or -EIO.
  */
 int cstore_outbox_each(cstore_t *self,
                        int (*fn)(void *arg, const char *id, const void *body, size_t len),
-                       void (*damaged)(void *arg, int64_t row, const char *id, const char *why),
+                       void (*damaged)(void *arg, int64_t row, const char *id, const char *why,
+                                       bool moved),
                        void *arg);
+/* Rows in the table outbox_damaged (set aside now or at an earlier start,
+ * until someone deletes them): 0 without a directory, -EIO. */
+int64_t cstore_outbox_damaged_count(cstore_t *self);
 
 seen_state_t cstore_seen_get(cstore_t *self, const char *source, const char *message_id);
 int cstore_seen_set(cstore_t *self, const char *source, const char *message_id,

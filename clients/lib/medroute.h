@@ -110,8 +110,9 @@ typedef int (*mr_handler_t)(mr_client_t *client, const mr_event_t *event, void *
  * id) does not stop it: the row is moved to the table outbox_damaged of the
  * state file, kept, never sent, and reported as an ERROR event, INVALID,
  * naming the row and why (message_id "" if the id is what is damaged), to
- * the first mr_client_poll with a handler; mr_client_outbox_damaged counts
- * them. */
+ * the first mr_client_poll with a handler, once; mr_client_outbox_damaged
+ * counts them at every start until they are dealt with (deleted from that
+ * table). */
 mr_client_t *mr_client_new(const mr_client_opts_t *opts);
 /* Closes the socket and state; unacknowledged messages stay in state_dir. */
 void mr_client_destroy(mr_client_t **self_p);
@@ -201,8 +202,10 @@ size_t mr_client_unacked(const mr_client_t *self);
  * (Welcome.max_inflight): one the broker sends again is held once. */
 size_t mr_client_deferred(const mr_client_t *self);
 bool mr_client_connected(const mr_client_t *self);
-/* Outbox rows set aside as unusable when mr_client_new read state_dir
- * (see mr_client_new); 0 without state_dir. */
+/* Damaged outbox rows (see mr_client_new): those in the table
+ * outbox_damaged of state_dir, set aside at this start or an earlier one
+ * and not yet deleted by someone who dealt with them (at least those found
+ * at this start); 0 without state_dir. */
 size_t mr_client_outbox_damaged(const mr_client_t *self);
 /* The error code with which the broker refused our last Hello (the facility
  * unknown to it, a key not the facility's), until a Welcome; 0 if none.

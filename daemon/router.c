@@ -15,8 +15,6 @@
  *      before the load and is in its result: it is not appended.  An
  *      express-only load (on each connect: critical and stat messages first)
  *      may not hold it, so such a commit makes the queue incomplete.
- *   6. Express messages sit at the head of ready, ahead of routine ones;
- *      those loaded ahead of the cursor are skipped when a page reaches them.
  *   4. inflight.n <= max_inflight (a window), but for messages whose ack
  *      failed to commit, and for those a repeated Hello with a smaller
  *      window left in flight (invariant 7).  A DeliveryAck moves its
@@ -27,6 +25,8 @@
  *      lists are searched from their head, where acks and commits normally
  *      land, in order.
  *   5. Memory per destination is bounded: ready <= S_PAGE + S_READY_MAX.
+ *   6. Express messages sit at the head of ready, ahead of routine ones;
+ *      those loaded ahead of the cursor are skipped when a page reaches them.
  *   7. A repeated Hello on a session's own connection puts each in-flight
  *      message back to be sent again at most once in that session
  *      (hello_session == peer_t.session marks one it did): a client that

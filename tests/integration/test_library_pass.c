@@ -221,6 +221,28 @@ static void s_poll_for(mr_client_t *c, s_seen_t *seen, int acks, int errors)
     assert_true(mr_client_poll(c, 200, on_event, seen) >= 0);
 }
 
+/* A client on b whose message id (content of pad) went out twice, its Ack
+ * being late (the client's Ack time-out), and was then acknowledged as seq
+ * by the first send's Ack: the second send's Ack may still come. */
+static mr_client_t *s_acked_after_two_sends(s_broker_t *b, const char *id, int pad, uint64_t seq)
+{
+    mr_client_opts_t o = {.endpoint = b->ep, .facility = "t-aihua", .ack_timeout_ms = 200};
+    mr_client_t *c = mr_client_new(&o);
+    assert_non_null(c);
+    s_submit(c, id, pad);
+    s_broker_expect(b, c, MEDROUTE__V1__FRAME__BODY_HELLO, NULL);
+    s_broker_welcome(b, 1 << 20);
+    s_broker_expect(b, c, MEDROUTE__V1__FRAME__BODY_ENVELOPE, id);
+    /* No Ack yet: the client sends it again after its time-out. */
+    s_broker_expect(b, c, MEDROUTE__V1__FRAME__BODY_ENVELOPE, id);
+    s_send_ack(b->router, b->rid, b->rid_len, id, seq); /* the first send's */
+    s_seen_t seen = {0};
+    s_poll_for(c, &seen, 1, 0);
+    assert_int_equal(seen.acks, 1);
+    assert_int_equal(mr_client_unacked(c), 0);
+    return c;
+}
+
 /*
  * A message sent twice (its Ack was late: the client's Ack time-out) is
  * acknowledged by its first Ack; the application then submits the same id
@@ -234,21 +256,7 @@ static void test_library_pass_late_ack_is_not_for_other_content(void **state)
     (void)state;
     s_broker_t b;
     s_broker_open(&b, "late-ack");
-    mr_client_opts_t o = {.endpoint = b.ep, .facility = "t-aihua", .ack_timeout_ms = 200};
-    mr_client_t *c = mr_client_new(&o);
-    assert_non_null(c);
-    s_submit(c, "LATE-1", 10);
-    s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_HELLO, NULL);
-    s_broker_welcome(&b, 1 << 20);
-    s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_ENVELOPE, "LATE-1");
-    /* No Ack yet: the client sends it again after its time-out. */
-    s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_ENVELOPE, "LATE-1");
-
-    s_send_ack(b.router, b.rid, b.rid_len, "LATE-1", 7); /* the first send's */
-    s_seen_t seen = {0};
-    s_poll_for(c, &seen, 1, 0);
-    assert_int_equal(seen.acks, 1);
-    assert_int_equal(mr_client_unacked(c), 0);
+    mr_client_t *c = s_acked_after_two_sends(&b, "LATE-1", 10, 7);
 
     /* The same id, other content: sent at once. */
     s_submit(c, "LATE-1", 20);
@@ -263,7 +271,7 @@ static void test_library_pass_late_ack_is_not_for_other_content(void **state)
     f.body_case = MEDROUTE__V1__FRAME__BODY_ACK;
     f.ack = &a;
     s_send(b.router, b.rid, b.rid_len, &f);
-    seen = (s_seen_t){0};
+    s_seen_t seen = {0};
     s_poll_for(c, &seen, 1, 0); /* an Ack would come now; none must */
     assert_int_equal(seen.acks, 0);
     assert_int_equal(mr_client_unacked(c), 1);
@@ -286,24 +294,13 @@ static void test_library_pass_late_ack_counts_for_the_same_content(void **state)
     (void)state;
     s_broker_t b;
     s_broker_open(&b, "late-same");
-    mr_client_opts_t o = {.endpoint = b.ep, .facility = "t-aihua", .ack_timeout_ms = 200};
-    mr_client_t *c = mr_client_new(&o);
-    assert_non_null(c);
-    s_submit(c, "SAME-1", 10);
-    s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_HELLO, NULL);
-    s_broker_welcome(&b, 1 << 20);
-    s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_ENVELOPE, "SAME-1");
-    s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_ENVELOPE, "SAME-1");
-    s_send_ack(b.router, b.rid, b.rid_len, "SAME-1", 9);
-    s_seen_t seen = {0};
-    s_poll_for(c, &seen, 1, 0);
-    assert_int_equal(seen.acks, 1);
+    mr_client_t *c = s_acked_after_two_sends(&b, "SAME-1", 10, 9);
 
     usleep(5 * 1000); /* another created_at_ms, which does not make it other content */
     s_submit(c, "SAME-1", 10);
     s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_ENVELOPE, "SAME-1");
     s_send_ack(b.router, b.rid, b.rid_len, "SAME-1", 9);
-    seen = (s_seen_t){0};
+    s_seen_t seen = {0};
     s_poll_for(c, &seen, 1, 0);
     assert_int_equal(seen.acks, 1);
     assert_int_equal(mr_client_unacked(c), 0);

@@ -11,9 +11,9 @@
  * kernel as on a disk that does not answer.  Needs root, a loop device and
  * mkfs.ext4, as in CI; skipped otherwise.  A frozen file system left
  * behind would keep the daemon unkillable and the machine's mount table
- * stuck, so a guard process (a session of its own, deaf to the signals a
- * cancelled job sends) thaws it as soon as the test closes its pipe or dies
- * (EOF), or after S_GUARD_S at most.
+ * stuck, so a guard process started with the mount (a session of its own,
+ * deaf to the signals a cancelled job sends) thaws it after S_GUARD_S, and
+ * when the test ends or dies thaws it and detaches the mount.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -47,7 +47,7 @@ typedef struct {
     char var[400];
     bool mounted;
     int frozen_fd; /* the mount's directory while frozen, else -1 */
-    int guard_pipe; /* its write end: the guard thaws at its EOF; else -1 */
+    int guard_pipe; /* its write end: the guard ends at its EOF; else -1 */
     pid_t guard;
 } fixture_t;
 
@@ -79,8 +79,8 @@ static bool enough(void *arg)
     return w->n->acks >= w->acks && w->n->deliveries >= w->deliveries;
 }
 
-/* Thaws the file system (EINVAL: it was not frozen) and ends the guard;
- * 0, or -1 if the file system may still be frozen. */
+/* Thaws the file system (EINVAL: it was not frozen); 0, or -1 if it may
+ * still be frozen. */
 static int s_thaw(fixture_t *f)
 {
     int rc = 0;
@@ -90,40 +90,73 @@ static int s_thaw(fixture_t *f)
         close(f->frozen_fd);
         f->frozen_fd = -1;
     }
-    if (f->guard_pipe >= 0) {
-        close(f->guard_pipe); /* the guard thaws too, and exits */
-        f->guard_pipe = -1;
-    }
-    if (f->guard > 0) {
-        int st = 0;
-        if (waitpid(f->guard, &st, 0) != f->guard || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
-            rc = -1;
-        f->guard = 0;
-    }
     return rc;
 }
 
-/* The guard: its own session, deaf to SIGINT, SIGTERM and SIGHUP, so that a
- * job cancelled as a whole does not take it with the test; it thaws when
- * the pipe's write end closes (the test thawed, or died) or after
- * S_GUARD_S.  Exits 0 if the file system is thawed. */
-static void s_guard(int fd, int pipe_rd)
+static int s_freeze(fixture_t *f)
+{
+    f->frozen_fd = open(f->var, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (f->frozen_fd < 0)
+        return -1;
+    return ioctl(f->frozen_fd, FIFREEZE, 0);
+}
+
+/* Thaws the file system mounted at path if it is still the one of device
+ * dev (not the directory under it, once unmounted). */
+static void s_guard_thaw(const char *path, dev_t dev)
+{
+    struct stat st;
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    if (fstat(fd, &st) == 0 && st.st_dev == dev)
+        (void)ioctl(fd, FITHAW, 0);
+    close(fd);
+}
+
+/*
+ * The guard, from the mount on: its own session, deaf to SIGINT, SIGTERM
+ * and SIGHUP, so that a job cancelled as a whole does not take it with the
+ * test.  It holds nothing open on the mount (the teardown's umount must
+ * not find it busy).  After S_GUARD_S it thaws the file system (a test
+ * stuck while it is frozen); when the pipe closes (the test's teardown, or
+ * its death) it thaws it and detaches the mount if still there.
+ */
+static void s_guard(int pipe_rd, const char *path, dev_t dev)
 {
     (void)setsid();
     signal(SIGINT, SIG_IGN);
     signal(SIGTERM, SIG_IGN);
     signal(SIGHUP, SIG_IGN);
     struct pollfd p = {.fd = pipe_rd, .events = POLLIN};
-    while (poll(&p, 1, S_GUARD_S * 1000) < 0 && errno == EINTR)
-        ;
-    _exit(ioctl(fd, FITHAW, 0) == 0 || errno == EINVAL ? 0 : 1);
+    int timeout_ms = S_GUARD_S * 1000;
+    char c;
+    for (;;) {
+        int n = poll(&p, 1, timeout_ms);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n == 0) {
+            s_guard_thaw(path, dev);
+            timeout_ms = -1; /* and wait for the end */
+            continue;
+        }
+        if (n > 0 && read(pipe_rd, &c, 1) > 0)
+            continue;
+        break; /* EOF or an error: the test is over */
+    }
+    s_guard_thaw(path, dev);
+    struct stat st;
+    if (stat(path, &st) == 0 && st.st_dev == dev)
+        (void)umount2(path, MNT_DETACH);
+    _exit(0);
 }
 
-static int s_freeze(fixture_t *f)
+/* Starts the guard of the mount at f->var: 0 or -1. */
+static int s_guard_start(fixture_t *f)
 {
-    f->frozen_fd = open(f->var, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    struct stat st;
     int p[2];
-    if (f->frozen_fd < 0 || pipe2(p, O_CLOEXEC) != 0)
+    if (stat(f->var, &st) != 0 || pipe2(p, O_CLOEXEC) != 0)
         return -1;
     pid_t guard = fork();
     if (guard < 0) {
@@ -133,12 +166,26 @@ static int s_freeze(fixture_t *f)
     }
     if (guard == 0) {
         close(p[1]);
-        s_guard(f->frozen_fd, p[0]);
+        s_guard(p[0], f->var, st.st_dev);
     }
     close(p[0]);
     f->guard_pipe = p[1];
     f->guard = guard;
-    return ioctl(f->frozen_fd, FIFREEZE, 0);
+    return 0;
+}
+
+/* Ends the guard (it thaws and detaches what is left); 0 if it exited so. */
+static int s_guard_stop(fixture_t *f)
+{
+    if (f->guard_pipe >= 0) {
+        close(f->guard_pipe);
+        f->guard_pipe = -1;
+    }
+    int st = 0;
+    if (f->guard > 0 && (waitpid(f->guard, &st, 0) != f->guard || !WIFEXITED(st)))
+        return -1;
+    f->guard = 0;
+    return 0;
 }
 
 static int setup(void **state)
@@ -168,6 +215,8 @@ static int teardown(void **state)
         fprintf(stderr, "store_stall: %s is still mounted: left as it is\n", f->var);
         rc = -1;
     }
+    if (s_guard_stop(f) != 0)
+        rc = -1;
     if (f->d.dir[0] && rc == 0)
         mrt_daemon_cleanup(&f->d);
     free(f);
@@ -259,6 +308,7 @@ static void test_store_stall_is_seen_and_survived(void **state)
         return;
     }
     f->mounted = true;
+    assert_int_equal(s_guard_start(f), 0);
     assert_int_equal(chmod(f->var, 0700), 0);
     assert_int_equal(mrt_daemon_restart(d), 0);
 

@@ -109,16 +109,19 @@ static const s_reason_t s_up_reasons[] = {
     {"J44", "COPD with acute exacerbation", "respiratory medicine", "SERVICE_INPATIENT_BED",
      "urgent", NULL, 8},
     {"K35", "Acute appendicitis", "general surgery", "SERVICE_INPATIENT_BED", "urgent", NULL, 5},
-    {"K80", "Cholelithiasis", "general surgery", "SERVICE_SPECIALIST_CLINIC", "routine", NULL, 6},
+    {"K80", "Cholelithiasis", "general surgery", "SERVICE_SPECIALIST_CLINIC", "routine", NULL,
+     20},
     {"O14", "Pre-eclampsia", "obstetrics", "SERVICE_INPATIENT_BED", "stat", NULL, 2},
     {"O60", "Preterm labour", "obstetrics", "SERVICE_INPATIENT_BED", "urgent", NULL, 2},
     {"S72", "Fracture of femur", "orthopaedics", "SERVICE_INPATIENT_BED", "urgent", NULL, 5},
     {"S06", "Intracranial injury", "neurosurgery", "SERVICE_INPATIENT_BED", "stat", NULL, 3},
     {"C34", "Malignant neoplasm of bronchus and lung", "oncology", "SERVICE_EXAM", "routine",
-     "CT", 3},
+     "CT", 12},
     {"N18", "Chronic kidney disease", "nephrology", "SERVICE_SPECIALIST_CLINIC", "routine", NULL,
-     4},
+     20},
 };
+/* By weight, half of the up-referrals are urgent or stat (52 of 104), as
+ * SAMPLE-COUNTY.md assumes. */
 #define S_N_UP_REASONS (sizeof s_up_reasons / sizeof s_up_reasons[0])
 
 static const s_reason_t s_down_reasons[] = {
@@ -183,17 +186,25 @@ static const s_test_t s_tests[] = {
     {"2160-0", "Creatinine", "umol/L", "serum", 41, 111, -1, 707, 0},
     {"10839-9", "Troponin I", "ng/mL", "serum", 0, 0.04, -1, 0.04, 3},
     {"1742-6", "ALT", "U/L", "serum", 7, 40, -1, -1, 0},
+    {"2075-0", "Chloride", "mmol/L", "serum", 99, 110, 80, 120, 0},
+    {"22664-7", "Urea", "mmol/L", "serum", 2.9, 8.2, -1, -1, 1},
+    {"1920-8", "AST", "U/L", "serum", 13, 35, -1, -1, 0},
+    {"14631-6", "Bilirubin, total", "umol/L", "serum", 3.4, 20.5, -1, -1, 1},
+    {"1751-7", "Albumin", "g/L", "serum", 40, 55, -1, -1, 1},
+    {"789-8", "Red cells", "10*12/L", "whole blood", 3.8, 5.1, -1, -1, 2},
+    {"4544-3", "Haematocrit", "%", "whole blood", 35, 45, -1, -1, 1},
 };
 #define S_N_TESTS ((int)(sizeof s_tests / sizeof s_tests[0]))
 
-/* Panels as ordered at a township: indexes into s_tests, -1 ends. */
-static const int s_panels[][5] = {
-    {0, 1, 2, -1},  /* electrolytes + glucose */
-    {3, 4, 5, -1},  /* blood count */
-    {6, 0, -1},     /* renal */
-    {8, -1},        /* liver */
-    {7, -1},        /* cardiac */
-    {2, -1},        /* glucose */
+/* Panels as ordered at a township: indexes into s_tests, -1 ends.  A sample
+ * takes two to four of them, a panel drawn twice giving nothing more
+ * (s_lab_order): 8.0 items a sample on average, as in SAMPLE-COUNTY.md. */
+static const int s_panels[][6] = {
+    {0, 1, 9, 2, -1},       /* electrolytes + glucose */
+    {3, 4, 5, 14, 15, -1},  /* blood count */
+    {6, 10, 0, -1},         /* renal */
+    {8, 11, 12, 13, -1},    /* liver */
+    {7, -1},                /* cardiac */
 };
 #define S_N_PANELS (sizeof s_panels / sizeof s_panels[0])
 
@@ -578,12 +589,12 @@ static json_t *s_lab_order(s_sim_t *sim, s_player_t *from)
     snprintf(specimen, sizeof specimen, "SP%010" PRIu64,
              (uint64_t)(s_rng_next(&sim->rng) % 10000000000ULL));
     bool chosen[S_N_TESTS] = {false};
-    unsigned n_panels = 1 + s_rng_below(&sim->rng, 3);
+    unsigned n_panels = 2 + s_rng_below(&sim->rng, 3);
     json_t *tests = json_array();
     const char *type = "serum";
     for (unsigned p = 0; p < n_panels; p++) {
         const int *panel = s_panels[s_rng_below(&sim->rng, S_N_PANELS)];
-        for (int i = 0; i < 5 && panel[i] >= 0; i++) {
+        for (int i = 0; i < 6 && panel[i] >= 0; i++) {
             if (chosen[panel[i]])
                 continue;
             chosen[panel[i]] = true;

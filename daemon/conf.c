@@ -11,6 +11,7 @@
 #include "indicators.h"
 #include "log.h"
 #include "mr_codec.h"
+#include "mr_keyfile.h"
 
 #include <errno.h>
 #include <libconfig.h>
@@ -486,55 +487,38 @@ static void s_read_server_key(s_report_t *r, conf_t *c)
         snprintf(path, sizeof path, "%s/%s", creds, c->server_key_file + strlen(prefix));
     else
         snprintf(path, sizeof path, "%s", c->server_key_file);
-    FILE *f = fopen(path, "r");
-    char line[128];
-    if (f == NULL) {
-        s_problem(r, 0, "server_key_file: cannot read %s", path);
+    /* The key that lets anyone pose as the broker to every facility: read
+     * with libmedroute's rules (mr_keyfile.h), like PostgreSQL refused
+     * where other users may read it or anyone but its owner change it.  The
+     * kind first: a .pub is rightly readable by all, and its mode is not the
+     * problem. */
+    mr_keyfile_t kf;
+    int rc = mr_keyfile_read(path, &kf);
+    if (rc != 0) {
+        s_problem(r, 0, "server_key_file: cannot read %s (%s)", path, strerror(-rc));
         return;
     }
-    bool got = false, public = false;
-    while (!got && fgets(line, sizeof line, f)) {
-        line[strcspn(line, "\r\n")] = '\0';
-        /* medroute keygen's comment says which half the file holds. */
-        if (strncmp(line, "# medroute CURVE public key", 27) == 0)
-            public = true;
-        if (line[0] == '#' || line[0] == '\0')
-            continue;
-        got = true;
-    }
-    /* The key that lets anyone pose as the broker to every facility: like
-     * PostgreSQL, refuse it where other users may read it or anyone but its
-     * owner change it.  A group may read it: a deliberate set-up, and how a
-     * systemd credential looks when systemd grants it to the service's
-     * user through an ACL (its mask shows as the group's bits, 0440).  The
-     * library's mr_key_read_secret has the same rule.  The kind first: a
-     * .pub is rightly readable by all, and its mode is not the problem. */
-    struct stat st;
-    int stat_rc = fstat(fileno(f), &st);
-    fclose(f);
-    if (public) {
+    if (kf.kind == MR_KEYFILE_PUBLIC) {
         s_problem(r, 0,
                   "server_key_file: %s is the broker's public key (NAME.pub); give its secret "
                   "key (NAME.key)",
                   path);
         return;
     }
-    if (stat_rc != 0) {
-        s_problem(r, 0, "server_key_file: cannot check the mode of %s", path);
-        return;
-    }
-    if ((st.st_mode & (S_IRWXO | S_IWGRP)) != 0) {
+    if (kf.loose) {
         s_problem(r, 0,
                   "server_key_file: %s may be read or changed by other users (mode %04o): "
                   "chmod 600 it",
-                  path, (unsigned)(st.st_mode & 07777));
+                  path, (unsigned)kf.mode);
         return;
     }
-    if (!got || !s_z85_key_ok(line)) {
+    if (!s_z85_key_ok(kf.key)) {
         s_problem(r, 0, "server_key_file: %s holds no Z85 secret key", path);
         return;
     }
-    if ((c->server_secret_key = strdup(line)) == NULL)
+    c->server_secret_key = strdup(kf.key);
+    memset(&kf, 0, sizeof kf);
+    if (c->server_secret_key == NULL)
         s_problem(r, 0, "out of memory");
 }
 

@@ -7,11 +7,11 @@
  * comment says which ("# medroute CURVE secret key of NAME"): the readers
  * of one kind refuse a file that says it is the other (a file without it,
  * written by hand, is taken for what is asked), and the secret reader a
- * file other users may read or change.  Its group may read it: systemd
- * hands a credential (LoadCredential=) to a service user through an ACL
- * whose mask shows as the group's bits (0440).
+ * file other users may read or change (mr_keyfile.h: the daemon reads its
+ * own key with the same rules).
  */
 #include "medroute.h"
+#include "mr_keyfile.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -22,8 +22,8 @@
 #include <unistd.h>
 #include <zmq.h>
 
-/* A key file's text, and the longest line read back: room for the comment
- * line of any name a file may have (255 bytes). */
+/* A key file's text: room for the comment line of any name a file may have
+ * (255 bytes). */
 #define S_TEXT_MAX 512
 
 static int s_write(const char *path, int flags, mode_t mode, const char *what, const char *name,
@@ -70,84 +70,53 @@ int mr_keygen(const char *dir, const char *name, char public_out[41])
     return rc;
 }
 
-/* What a key file says it holds: mr_keygen's comment line names it. */
-typedef enum { S_KIND_UNSAID, S_KIND_PUBLIC, S_KIND_SECRET } s_kind_t;
-
-/*
- * Reads the key of the file path into key_out, what its comments say it is
- * into *kind, and whether group or others may use the file into *open_.
- * 0, -EINVAL (no key in it), or -errno.
- */
-static int s_read(const char *path, char key_out[41], s_kind_t *kind, bool *open_)
+/* Reads the key of the file path into *kf (mr_keyfile_read, whose rules
+ * the daemon applies too): 0, -EINVAL (no Z85 key in it), or -errno. */
+static int s_read(const char *path, mr_keyfile_t *kf)
 {
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return -errno;
-    struct stat st;
-    int rc = -EINVAL;
-    *kind = S_KIND_UNSAID;
-    if (fstat(fileno(f), &st) != 0)
-        rc = -errno;
-    else
-        *open_ = (st.st_mode & (S_IRWXO | S_IWGRP)) != 0; /* as the daemon's (conf.c) */
-    char line[S_TEXT_MAX];
-    while (rc == -EINVAL && fgets(line, sizeof line, f)) {
-        line[strcspn(line, "\r\n")] = '\0';
-        if (strncmp(line, "# medroute CURVE public key", 27) == 0)
-            *kind = S_KIND_PUBLIC;
-        else if (strncmp(line, "# medroute CURVE secret key", 27) == 0)
-            *kind = S_KIND_SECRET;
-        if (line[0] == '#' || line[0] == '\0')
-            continue;
-        uint8_t raw[32];
-        if (strlen(line) == 40 && zmq_z85_decode(raw, line) != NULL) {
-            memcpy(key_out, line, 41);
-            rc = 0;
-        }
-        break;
-    }
-    fclose(f);
+    int rc = mr_keyfile_read(path, kf);
+    uint8_t raw[32];
+    if (rc == 0 && (kf->key[0] == '\0' || zmq_z85_decode(raw, kf->key) == NULL))
+        rc = -EINVAL;
     return rc;
 }
 
 int mr_key_read(const char *path, char key_out[41], char public_out[41])
 {
-    s_kind_t kind;
-    bool open_;
-    int rc = s_read(path, key_out, &kind, &open_);
+    mr_keyfile_t kf;
+    int rc = s_read(path, &kf);
+    if (rc == 0)
+        memcpy(key_out, kf.key, 41);
     if (rc == 0 && public_out != NULL && zmq_curve_public(public_out, key_out) != 0)
         rc = -EINVAL;
+    memset(&kf, 0, sizeof kf);
     return rc;
 }
 
 int mr_key_read_secret(const char *path, char secret_out[41], char public_out[41])
 {
-    s_kind_t kind;
-    bool open_ = false;
-    char key[41];
-    int rc = s_read(path, key, &kind, &open_);
-    if (rc == 0 && kind == S_KIND_PUBLIC)
+    mr_keyfile_t kf;
+    int rc = s_read(path, &kf);
+    if (rc == 0 && kf.kind == MR_KEYFILE_PUBLIC)
         rc = -ENOKEY; /* said first: a .pub is rightly readable by all */
-    else if (rc == 0 && open_)
+    else if (rc == 0 && kf.loose)
         rc = -EPERM; /* a secret key others could read is no longer secret */
-    if (rc == 0 && public_out != NULL && zmq_curve_public(public_out, key) != 0)
+    if (rc == 0 && public_out != NULL && zmq_curve_public(public_out, kf.key) != 0)
         rc = -EINVAL;
     if (rc == 0)
-        memcpy(secret_out, key, 41);
-    memset(key, 0, sizeof key);
+        memcpy(secret_out, kf.key, 41);
+    memset(&kf, 0, sizeof kf);
     return rc;
 }
 
 int mr_key_read_public(const char *path, char public_out[41])
 {
-    s_kind_t kind;
-    bool open_;
-    char key[41];
-    int rc = s_read(path, key, &kind, &open_);
-    if (rc == 0 && kind == S_KIND_SECRET)
+    mr_keyfile_t kf;
+    int rc = s_read(path, &kf);
+    if (rc == 0 && kf.kind == MR_KEYFILE_SECRET)
         rc = -ENOKEY; /* and a secret key left where a public one was looked for */
     if (rc == 0)
-        memcpy(public_out, key, 41);
-    memset(key, 0, sizeof key);
+        memcpy(public_out, kf.key, 41);
+    memset(&kf, 0, sizeof kf);
     return rc;
 }

@@ -1,0 +1,44 @@
+/*
+ * keyfile.c - reading a CURVE key file (mr_keyfile.h).  No state.
+ */
+#include "mr_keyfile.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+/* The longest line read back: room for the comment line of any name a key
+ * file may have (255 bytes). */
+#define S_LINE_MAX 512
+
+int mr_keyfile_read(const char *path, mr_keyfile_t *out)
+{
+    memset(out, 0, sizeof *out);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -errno;
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0) {
+        int rc = -errno;
+        (void)fclose(f);
+        return rc;
+    }
+    out->mode = st.st_mode & 07777;
+    out->loose = (st.st_mode & (S_IRWXO | S_IWGRP)) != 0;
+    char line[S_LINE_MAX];
+    while (fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\r\n")] = '\0';
+        if (strncmp(line, "# medroute CURVE public key", 27) == 0)
+            out->kind = MR_KEYFILE_PUBLIC;
+        else if (strncmp(line, "# medroute CURVE secret key", 27) == 0)
+            out->kind = MR_KEYFILE_SECRET;
+        if (line[0] == '#' || line[0] == '\0')
+            continue;
+        if (strlen(line) == 40)
+            memcpy(out->key, line, 41);
+        break;
+    }
+    (void)fclose(f); /* read only: nothing to lose */
+    return 0;
+}

@@ -1683,12 +1683,36 @@ static bool s_is_store_file(const store_t *self, const char *path)
 }
 
 /*
+ * Whether the SQLite database at path holds the broker's own tables, as a
+ * store and each of its backups have since the first schema: another one (a
+ * client's state file, with its outbox of messages not yet accepted) is not
+ * an earlier backup.  Read-only; a file that cannot be read so is not one.
+ */
+static bool s_holds_store_tables(const char *path)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    bool yes = false;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db,
+                           "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+                           " AND name IN ('messages', 'referrals')",
+                           -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        yes = sqlite3_column_int(st, 0) == 2;
+    sqlite3_finalize(st);
+    sqlite3_close_v2(db);
+    return yes;
+}
+
+/*
  * Whether path names something a backup may not replace: anything there but
- * an empty file or an SQLite database (an earlier backup).  The daemon may
- * write more than its backups (under the unit, its whole state directory;
- * elsewhere, what its user may), and an operator's typo must not replace a
- * configuration or a key with a copy of the store.  A symbolic link is
- * judged by itself: rename() would replace the link, not its target.
+ * an empty file or an earlier backup (an SQLite database with the store's
+ * tables).  The daemon may write more than its backups (under the unit, its
+ * whole state directory; elsewhere, what its user may), and an operator's
+ * typo must not replace a configuration, a key or a client's state file with
+ * a copy of the store.  A symbolic link is judged by itself: rename() would
+ * replace the link, not its target.
  */
 static bool s_is_foreign_file(const char *path)
 {
@@ -1705,8 +1729,8 @@ static bool s_is_foreign_file(const char *path)
     if (fd < 0)
         return true;
     ssize_t n = read(fd, head, sizeof head);
-    bool ours = n == (ssize_t)sizeof head && memcmp(head, magic, sizeof magic) == 0;
-    return close(fd) != 0 || !ours;
+    bool sqlite = n == (ssize_t)sizeof head && memcmp(head, magic, sizeof magic) == 0;
+    return close(fd) != 0 || !sqlite || !s_holds_store_tables(path);
 }
 
 /* Copies the store into tmp (a new, empty file); the page count in *pages.
@@ -1787,7 +1811,7 @@ static void *s_backup_thread(void *arg)
     if (s_is_store_file(self, req->query))
         reason = "the target is the store itself (or one of its files)";
     else if (s_is_foreign_file(req->query))
-        reason = "the target exists and is not an earlier backup (an SQLite database): left as it is";
+        reason = "the target exists and is not an earlier backup (a copy of the store): left as it is";
     else if (snprintf(tmp, sizeof tmp, "%s.tmp-XXXXXX", req->query) >= (int)sizeof tmp)
         reason = "path too long";
     else if ((fd = mkstemp(tmp)) < 0)

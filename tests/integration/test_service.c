@@ -417,6 +417,30 @@ static void test_service_backup_refuses_the_store_itself(void **state)
     assert_int_equal(stat(other, &after), 0);
     assert_int_equal(after.st_size, before.st_size);
     assert_int_equal(after.st_ino, before.st_ino);
+    /* Nor another SQLite database: a client's state file holds the messages
+     * its broker has not yet accepted. */
+    char state_dir[400], client_db[450], nowhere[128], err[200];
+    snprintf(state_dir, sizeof state_dir, "%s/client-state", d.dir);
+    snprintf(client_db, sizeof client_db, "%s/client-t-aihua.db", state_dir);
+    snprintf(nowhere, sizeof nowhere, "ipc:///tmp/mrt-nobody-%ld", (long)getpid());
+    mr_client_opts_t away = {.endpoint = nowhere, .facility = "t-aihua", .state_dir = state_dir};
+    mr_client_t *aihua = mr_client_new(&away);
+    assert_non_null(aihua);
+    char *json = mrt_lab_order_json("P-OUTBOX", 4);
+    assert_non_null(json);
+    assert_int_equal(mr_client_submit_json(aihua, json, NULL, err, sizeof err), 0);
+    free(json);
+    mr_client_destroy(&aihua);
+    assert_int_equal(stat(client_db, &before), 0);
+    assert_false(backup_done(&d, client_db));
+    assert_int_equal(mrt_log_count(&d, "the target exists and is not an earlier backup"), 2);
+    assert_int_equal(stat(client_db, &after), 0);
+    assert_int_equal(after.st_size, before.st_size);
+    assert_int_equal(after.st_ino, before.st_ino);
+    aihua = mr_client_new(&away);
+    assert_non_null(aihua);
+    assert_int_equal(mr_client_unacked(aihua), 1); /* its outbox, read back from the file */
+    mr_client_destroy(&aihua);
     assert_int_equal(mrt_send(lead, "t-lishu", "lab_order", "routine",
                               "{\"placer_order_number\":\"P-LAST\"}", NULL),
                      0);

@@ -548,8 +548,7 @@ static char *s_healthz(const server_t *s, unsigned *code)
         connected += s->peers[i].connected;
     /* Stalled before unavailable: it is what the store is doing now (a
      * store stuck reopening a dying disk is both). */
-    int64_t stalled_ms =
-        s->store ? store_stalled_ms(s->store, (int64_t)s->conf->stall_after_s * 1000) : 0;
+    int64_t stalled_ms = server_store_stalled_ms(s);
     bool store_ok = s->store && !store_unavailable(s->store) && stalled_ms == 0;
     const char *store = stalled_ms ? "stalled" : store_ok ? "ok" : "unavailable";
     char stalled_s[48] = "";
@@ -588,8 +587,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (strcmp(url, "/metrics") != 0)
         return s_respond(conn, MHD_HTTP_NOT_FOUND, "text/plain", NULL, 0);
     s_req_t *r = *con_cls;
-    int64_t stalled_ms =
-        s->store ? store_stalled_ms(s->store, (int64_t)s->conf->stall_after_s * 1000) : 0;
+    int64_t stalled_ms = server_store_stalled_ms(s);
     if (r == NULL && stalled_ms > 0)
         /* Known stuck: said at once, rather than two more requests queued
          * behind the stuck batch and the deadline waited out. */

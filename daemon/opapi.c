@@ -477,7 +477,7 @@ static void s_store_request(server_t *s, const uint8_t *rid, size_t rid_len,
     /* A stalled store would answer when it moves again, long after the
      * operator's tool has given up (and a retry or drop would then happen
      * unseen): say so now, as /healthz does. */
-    int64_t stalled_ms = store_stalled_ms(s->store, (int64_t)s->conf->stall_after_s * 1000);
+    int64_t stalled_ms = server_store_stalled_ms(s);
     if (stalled_ms > 0) {
         char why[160];
         snprintf(why, sizeof why,

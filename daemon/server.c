@@ -54,6 +54,12 @@ int server_send_facility(server_t *self, const uint8_t *rid, size_t rid_len,
     return server_send_facility_msg(self, rid, rid_len, &msg);
 }
 
+int64_t server_store_stalled_ms(const server_t *self)
+{
+    return self->store ? store_stalled_ms(self->store, (int64_t)self->conf->stall_after_s * 1000)
+                       : 0;
+}
+
 int server_send_facility_msg(server_t *self, const uint8_t *rid, size_t rid_len, zmq_msg_t *msg)
 {
     if (self->facility_ep == NULL) {

@@ -89,5 +89,8 @@ int server_send_facility(server_t *self, const uint8_t *rid, size_t rid_len,
                          const ProtobufCMessage *frame);
 /* The same for a frame already encoded in msg, which it takes (sent or closed). */
 int server_send_facility_msg(server_t *self, const uint8_t *rid, size_t rid_len, zmq_msg_t *msg);
+/* How long the store's oldest request has waited, in ms, once that is past
+ * store.stall_after_s (store_stalled_ms); 0 if it is not, or without a store. */
+int64_t server_store_stalled_ms(const server_t *self);
 
 #endif

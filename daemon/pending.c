@@ -408,10 +408,10 @@ size_t pending_lowest(const pending_t *self, uint64_t *seqs, size_t max)
     return n;
 }
 
-static int s_seq_cmp(const void *a, const void *b)
+int pending_seq_cmp(const void *a, const void *b)
 {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
+    return (x > y) - (x < y);
 }
 
 size_t pending_expired(pending_t *self, int64_t now, const uint64_t *skip, size_t n_skip,
@@ -428,7 +428,7 @@ size_t pending_expired(pending_t *self, int64_t now, const uint64_t *skip, size_
             if (!e->live)
                 continue;
             if (e->expires_ms < now && n < max &&
-                (n_skip == 0 || bsearch(&e->seq, skip, n_skip, sizeof *skip, s_seq_cmp) == NULL)) {
+                (n_skip == 0 || bsearch(&e->seq, skip, n_skip, sizeof *skip, pending_seq_cmp) == NULL)) {
                 out[n] = *e;
                 dests[n++] = self->dests[i].name;
             }

@@ -79,7 +79,7 @@ size_t pending_lowest(const pending_t *self, uint64_t *seqs, size_t max);
 /*
  * Writes up to max entries that expire before now (expires_ms < now), with
  * their destinations, in no particular order; removes nothing.  Those whose
- * seq is in skip (n_skip seqs in ascending order, or NULL) are passed over
+ * seq is in skip (n_skip seqs sorted by pending_seq_cmp, or NULL) are passed over
  * and leave room for others: max bounds what is returned, not what is
  * looked at.  Cheap when nothing can have expired: the set keeps a lower
  * bound of the earliest expiry and walks its entries only when now has
@@ -88,6 +88,8 @@ size_t pending_lowest(const pending_t *self, uint64_t *seqs, size_t max);
  */
 size_t pending_expired(pending_t *self, int64_t now, const uint64_t *skip, size_t n_skip,
                        pending_entry_t *out, const char **dests, size_t max);
+/* Orders uint64_t seqs, ascending (qsort, bsearch): the order of skip above. */
+int pending_seq_cmp(const void *a, const void *b);
 
 /* Destinations with at least one pending message: fills out (max entries)
  * and returns how many there are (may exceed max). */

@@ -50,6 +50,7 @@
 
 #include "dispatch.h"
 #include "handlers.h"
+#include "pending.h"
 #include "session.h"
 
 #define S_PAGE 1024       /* messages per STORE_LOAD */
@@ -657,7 +658,7 @@ uint64_t *router_outstanding(const server_t *s, int64_t mono_ms, size_t *n)
         for (const qmsg_t *m = p->acked.head; m && *n < total; m = m->next)
             seqs[(*n)++] = m->seq;
     }
-    qsort(seqs, *n, sizeof *seqs, store_seq_cmp);
+    qsort(seqs, *n, sizeof *seqs, pending_seq_cmp); /* the store passes them to pending_expired */
     return seqs;
 }
 

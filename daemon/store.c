@@ -994,12 +994,6 @@ static int s_op_retry(store_t *self, store_req_t *req)
     return tally_add(self->tally, "messages_retried_total", "", 1);
 }
 
-int store_seq_cmp(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return (x > y) - (x < y);
-}
-
 static int s_op_expire(store_t *self, store_req_t *req)
 {
     size_t max = req->limit;

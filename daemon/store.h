@@ -89,7 +89,7 @@ struct store_req_t {
     bool fresh_only;   /* PUT: refused as INVALID if new and msg.expires_ms <= msg.stored_ms
                         * (a resend is still a duplicate) */
     uint64_t *outstanding; /* EXPIRE: seqs out at a facility, a send not yet due again
-                            * (router_outstanding), sorted by store_seq_cmp: not expired
+                            * (router_outstanding), sorted by pending_seq_cmp: not expired
                             * this time; owned */
     size_t n_outstanding;
     bool express_only; /* LOAD: only express messages (critical or stat) */
@@ -168,8 +168,6 @@ store_req_t *store_req_new(store_op_t op, store_cb_t cb, void *arg);
 void store_tally(store_t *self, const char *name, const char *labels, int64_t delta);
 /* Queues req; the store owns it from now on.  Never blocks on disk. */
 void store_submit(store_t *self, store_req_t *req);
-/* Orders uint64_t seqs (qsort/bsearch): the order of req->outstanding. */
-int store_seq_cmp(const void *a, const void *b);
 
 /* Requests submitted and not yet completed. */
 size_t store_backlog(const store_t *self);

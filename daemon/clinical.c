@@ -35,9 +35,6 @@
 enum { LOOP_OPEN = 0, LOOP_PARTIAL, LOOP_FINAL, LOOP_AMENDED };
 enum { LOOP_IMAGING = 1, LOOP_LAB = 2 };
 
-/* A referral accepted or scheduled with an appointment expires no sooner
- * than this long after the appointment (docs/referrals.md 1.3). */
-#define S_APPOINTMENT_GRACE_MS (24LL * 3600 * 1000)
 
 /*
  * The referrals table, keyed by its text key (WITHOUT ROWID: one B-tree,
@@ -739,8 +736,8 @@ static int s_step_row(clinical_t *self, const char *key, uint64_t seq, int step,
 
 /* Moves a referral through one step and applies its ledger effect. */
 static int s_apply_step(clinical_t *self, s_ref_t *r, uint64_t seq, int step, ref_actor_t actor,
-                        const ref_transition_t *t, int64_t appointment_ms, const char *day,
-                        int64_t now, clin_result_t *out)
+                        const ref_transition_t *t, int64_t appointment_ms, int64_t open_until_ms,
+                        const char *day, int64_t now, clin_result_t *out)
 {
     claim_t claimed = CLAIM_NONE, released = CLAIM_NONE;
     if (t->ledger == LEDGER_CLAIM && r->direction == REF_DIR_UP && r->claim == CLAIM_NONE) {
@@ -795,11 +792,11 @@ static int s_apply_step(clinical_t *self, s_ref_t *r, uint64_t seq, int step, re
         S_TRY(sqlite3_bind_int64(st, 3, now));
         S_TRY(appointment_ms > 0 ? sqlite3_bind_int64(st, 4, appointment_ms)
                                  : sqlite3_bind_null(st, 4));
-        /* A referral given an appointment stays open until a day after it,
-         * however soon its own expiry: an expected patient is expected. */
-        S_TRY(appointment_ms > 0 && appointment_ms < INT64_MAX - S_APPOINTMENT_GRACE_MS
-                  ? sqlite3_bind_int64(st, 9, appointment_ms + S_APPOINTMENT_GRACE_MS)
-                  : sqlite3_bind_null(st, 9));
+        /* A referral given an appointment stays open until a while after it
+         * (open_until_ms), however soon its own expiry: an expected patient
+         * is expected. */
+        S_TRY(open_until_ms > 0 ? sqlite3_bind_int64(st, 9, open_until_ms)
+                                : sqlite3_bind_null(st, 9));
         S_TRY(r->resource_key[0] ? sqlite3_bind_text(st, 5, r->resource_key, -1, SQLITE_STATIC)
                                  : sqlite3_bind_null(st, 5));
         S_TRY(sqlite3_bind_int(st, 6, (int)r->claim));
@@ -853,8 +850,8 @@ static int s_on_update(clinical_t *self, uint64_t seq, const char *source, const
         return s_refuse(out, MR_E_INVALID,
                         "completing needs the discharge or visit summary reference%s%s", NULL,
                         NULL);
-    return s_apply_step(self, &r, seq, f->step, actor, &t, f->appointment_ms, f->appointment_day,
-                        now, out);
+    return s_apply_step(self, &r, seq, f->step, actor, &t, f->appointment_ms, f->open_until_ms,
+                        f->appointment_day, now, out);
 }
 
 int clinical_on_delivered(clinical_t *self, const char *key, int64_t now_ms)
@@ -885,7 +882,7 @@ int clinical_on_delivered(clinical_t *self, const char *key, int64_t now_ms)
         return SQLITE_OK; /* already past RECEIVED (accepted before the ack was committed) */
     clin_result_t ignored = {0};
     return s_apply_step(self, &r, 0, MEDROUTE__V1__REFERRAL_STEP__STEP_RECEIVED, ACTOR_BROKER, &t,
-                        0, NULL, now_ms, &ignored);
+                        0, 0, NULL, now_ms, &ignored);
 }
 
 /* ---- imaging and lab loops ------------------------------------------------------ */
@@ -1204,7 +1201,7 @@ static int s_expire_referrals(clinical_t *self, int64_t now, clin_event_t **even
             continue;
         clin_result_t res = {0};
         rc = s_apply_step(self, &r, 0, MEDROUTE__V1__REFERRAL_STEP__STEP_EXPIRED, ACTOR_BROKER, &t,
-                          0, NULL, now, &res);
+                          0, 0, NULL, now, &res);
         if (rc == SQLITE_OK)
             rc = s_event(events, n, EV_REFERRAL_EXPIRED, r.key, r.dest, now - r.created_ms);
     }

@@ -68,6 +68,8 @@ typedef struct {
     bool has_reason;
     bool has_summary;
     int64_t appointment_ms;
+    int64_t open_until_ms; /* with an appointment: the referral expires no sooner than this,
+                              referrals.appointment_grace_s after it (0: no appointment) */
     char *appointment_day; /* local YYYY-MM-DD of appointment_ms (or of now) */
     /* imaging report / lab result */
     int report_status;     /* ReportStatus or ResultStatus value */

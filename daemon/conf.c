@@ -50,6 +50,7 @@ static const s_field_t s_referrals[] = {
     S_FIELD("min_reserved_share", S_DOUBLE, min_reserved_share, 0, 1),
     S_FIELD("allow_low_reserve", S_BOOL, allow_low_reserve, 0, 0),
     S_FIELD("reserve_release_cutoff_s", S_U32, reserve_cutoff_s, 0, 30 * 86400),
+    S_FIELD("appointment_grace_s", S_U32, appointment_grace_s, 0, 30 * 86400),
     {NULL, 0, 0, 0, 0},
 };
 
@@ -157,6 +158,7 @@ static void s_defaults(conf_t *c)
     c->ttl_s[MEDROUTE__V1__KIND__KIND_VISIT_TALLY] = 86400;
     c->min_reserved_share = 0.20;
     c->reserve_cutoff_s = 86400;
+    c->appointment_grace_s = 86400;
     c->sla_urgent_accept_s = 1800;
     c->sla_stat_accept_s = 600;
     c->sla_imaging_final_s = 4 * 3600;

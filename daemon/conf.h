@@ -61,6 +61,7 @@ typedef struct {
     double min_reserved_share;       /* refuse a capacity notice reserving less (0.20) */
     bool allow_low_reserve;          /* accept it anyway, with a warning */
     uint32_t reserve_cutoff_s;       /* unclaimed reserve released this long before the slots */
+    uint32_t appointment_grace_s;    /* a referral with an appointment stays open this long past it */
     char *timezone;                  /* local time for days and periods */
 
     /* service levels: past these, an escalation event */

@@ -198,6 +198,12 @@ int facts_extract(const server_t *s, int src, int dest, const mr_envelope_t *env
             break;
         }
         f->appointment_ms = u->appointment_at_ms;
+        /* The patient who comes to a slot booked past the referral's own
+         * expiry must find it open (docs/referrals.md 1.3). */
+        int64_t grace = (int64_t)s->conf->appointment_grace_s * 1000;
+        f->open_until_ms = u->appointment_at_ms > 0 && u->appointment_at_ms < INT64_MAX - grace
+                               ? u->appointment_at_ms + grace
+                               : 0;
         char day[11];
         facts_local_day(u->appointment_at_ms ? u->appointment_at_ms : now_ms, day);
         f->appointment_day = strdup(day);

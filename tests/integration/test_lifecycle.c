@@ -30,7 +30,8 @@ static int setup(void **state)
     if (mrt_daemon_start(&g_d, "sla = { urgent_accept_s = 1; stat_accept_s = 1;"
                                " imaging_final_s = 1; stat_imaging_final_s = 1;"
                                " lab_result_s = 1; stat_lab_result_s = 1;"
-                               " critical_readback_s = 1; };\n") != 0)
+                               " critical_readback_s = 1; };\n"
+                               "referrals = { appointment_grace_s = 2; };\n") != 0)
         return -1;
     time_t t = time(NULL) + 2 * 86400 + 8 * 3600; /* the daemon's days are UTC+8 */
     struct tm tm;
@@ -435,6 +436,39 @@ static void test_referral_appointment_outlives_its_expiry(void **state)
     mr_client_destroy(&aihua);
 }
 
+/*
+ * The while a referral stays open after its appointment is the operator's
+ * (referrals.appointment_grace_s, 2 s in this file's daemon; a day by
+ * default): one whose appointment has passed expires that long after it,
+ * not a day later.
+ */
+static void test_referral_open_after_appointment_is_a_setting(void **state)
+{
+    (void)state;
+    mr_client_t *lead = client("yx-lead"), *aihua = client("t-aihua");
+    long long now = (long long)time(NULL) * 1000;
+    char payload[512], appt[96];
+    snprintf(payload, sizeof payload,
+             "{\"referral_id\":\"R-GRACE\",\"reasons\":[{\"system\":\"ICD-10\",\"code\":\"L40\"}],"
+             "\"service\":\"SERVICE_SPECIALIST_CLINIC\",\"department\":\"dermatology\","
+             "\"expires_at_ms\":%lld}",
+             now + 2000);
+    assert_int_equal(sendp(aihua, "yx-lead", "referral", "routine", payload, NULL), 0);
+    snprintf(appt, sizeof appt, "\"appointment_at_ms\":%lld", now + 1000);
+    assert_int_equal(step(lead, "t-aihua", "R-GRACE", "STEP_ACCEPTED", appt, NULL), 0);
+    json_t *l = NULL;
+    long long until = mrt_now_ms() + 15000;
+    while ((l = open_loop("R-GRACE")) != NULL && mrt_now_ms() < until) {
+        json_decref(l);
+        drain(aihua, 200);
+    }
+    assert_null(l); /* expired: 2 s after its appointment, not a day */
+    drain(aihua, 200);
+    drain(lead, 200);
+    mr_client_destroy(&lead);
+    mr_client_destroy(&aihua);
+}
+
 static int on_error_code(mr_client_t *c, const mr_event_t *ev, void *arg)
 {
     (void)c;
@@ -604,6 +638,7 @@ int main(void)
         cmocka_unit_test(test_referral_long_numbers_refused),
         cmocka_unit_test(test_referral_ledger_reserve_general_and_release),
         cmocka_unit_test(test_referral_appointment_outlives_its_expiry),
+        cmocka_unit_test(test_referral_open_after_appointment_is_a_setting),
         cmocka_unit_test(test_referral_imaging_lab_loops_and_critical_readback),
         cmocka_unit_test(test_referral_escalation_and_restart_keep_state),
     };

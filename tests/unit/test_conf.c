@@ -161,6 +161,8 @@ static void test_conf_defaults_when_groups_omitted(void **state)
     assert_int_equal(c->retention_days, 30);
     assert_int_equal(c->restart_scan_rows, 1000000);
     assert_int_equal(c->stall_after_s, 15);
+    assert_int_equal(c->reserve_cutoff_s, 86400);
+    assert_int_equal(c->appointment_grace_s, 86400);
     assert_int_equal(c->ttl_s[MEDROUTE__V1__KIND__KIND_REFERRAL], 3 * 86400);
     assert_int_equal(c->ttl_s[MEDROUTE__V1__KIND__KIND_REFERRAL_UPDATE], 7 * 86400);
     assert_int_equal(c->ttl_s[MEDROUTE__V1__KIND__KIND_IMAGING_REQUEST], 2 * 86400);
@@ -177,7 +179,8 @@ static void test_conf_partial_group_keeps_other_defaults(void **state)
     char err[512] = "";
     conf_t *c = conf_load_string(S_REQUIRED "limits = { max_inflight = 3; };\n"
                                             "store = { batch_ms = 10; };\n"
-                                            "ttl = { lab_order = 60; };\n",
+                                            "ttl = { lab_order = 60; };\n"
+                                            "referrals = { appointment_grace_s = 7200; };\n",
                                  "p.conf", err, sizeof err);
     assert_non_null(c);
     assert_int_equal(c->max_inflight, 3);
@@ -187,6 +190,8 @@ static void test_conf_partial_group_keeps_other_defaults(void **state)
     assert_true(c->sync_full);
     assert_int_equal(c->ttl_s[MEDROUTE__V1__KIND__KIND_LAB_ORDER], 60);
     assert_int_equal(c->ttl_s[MEDROUTE__V1__KIND__KIND_LAB_RESULT], 7 * 86400);
+    assert_int_equal(c->appointment_grace_s, 7200);
+    assert_int_equal(c->reserve_cutoff_s, 86400);
     conf_destroy(&c);
 }
 

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "arena.h"
+#include "flow.h"
 #include "handlers.h"
 #include "session.h"
 
@@ -240,4 +241,7 @@ out:
     if (rc != 0)
         dispatch_reply_error(s, rid, rid_len, ctx.peer, &err);
     arena_reset(s->arena); /* f and all it holds */
+    /* What it submitted may have filled the store's queue: stop reading now,
+     * not at the end of a turn of up to a budget of frames (flow.c). */
+    flow_after_frame(s->flow);
 }

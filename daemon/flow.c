@@ -1,16 +1,21 @@
 /*
  * flow.c - intake back-pressure (flow.h).
  *
- * A uv_check handle runs after each loop turn's I/O: by then the turn has
- * read at most one endpoint budget of frames and submitted their requests,
- * and has run the store completions that woke it.  Hysteresis (pause at
- * high, resume at high / 2) keeps a saturated store fed with full batches
- * without pausing and resuming every turn.
+ * A uv_check handle runs after each loop turn's I/O, when the turn has run
+ * the store completions that woke it: it resumes reading.  The pause is
+ * checked after each frame as well (flow_after_frame), not only at the
+ * turn's end: a turn reads up to an endpoint budget of frames (512), and a
+ * DeliveryAck frame is up to MR_ACKS_PER_FRAME_MAX requests, so a turn
+ * could queue half a million of them (~400 MB) from a facility sending
+ * acks of seqs it was never sent.  Hysteresis (pause at high, resume at
+ * high / 2) keeps a saturated store fed with full batches without pausing
+ * and resuming every turn.
  *
  * Invariants
  *   1. paused == true exactly while this module holds the endpoint paused.
- *   2. The queue exceeds high by at most one endpoint budget per turn (each
- *      frame adds at most one store request before the check sees it).
+ *   2. The queue exceeds high by at most one frame's requests (a DeliveryAck's
+ *      MR_ACKS_PER_FRAME_MAX): the endpoint stops reading at the frame that
+ *      brought it to high.
  */
 #include "flow.h"
 
@@ -32,9 +37,8 @@ struct flow_t {
     uint64_t pauses_unlogged;
 };
 
-static void on_check(uv_check_t *handle)
+static void s_check(flow_t *self)
 {
-    flow_t *self = handle->data;
     server_t *s = self->s;
     if (s->store == NULL || s->facility_ep == NULL)
         return;
@@ -59,6 +63,17 @@ static void on_check(uv_check_t *handle)
         self->resumed_ms = mr_mono_ms();
         endpoint_pause(s->facility_ep, 0);
     }
+}
+
+static void on_check(uv_check_t *handle)
+{
+    s_check(handle->data);
+}
+
+void flow_after_frame(flow_t *self)
+{
+    if (self != NULL && !self->paused)
+        s_check(self);
 }
 
 static void on_closed(uv_handle_t *handle)

@@ -27,13 +27,21 @@ struct server_t;
 typedef struct flow_t flow_t;
 
 /*
- * Watches the store's queue once per loop turn: at high requests or more it
- * pauses the server's facility endpoint, at high / 2 or fewer it resumes it.
+ * Watches the store's queue once per loop turn (and after each frame read,
+ * flow_after_frame): at high requests or more it pauses the server's
+ * facility endpoint, at high / 2 or fewer it resumes it.
  * Store completions wake the loop, so no timer is needed to resume.  Each
  * pause is counted (CNT_INTAKE_PAUSED).  NULL without memory or handle.
  */
 flow_t *flow_new(uv_loop_t *loop, struct server_t *s, size_t high);
-/* The store queue's longest length seen at a loop turn's end. */
+/*
+ * After each frame the facility endpoint hands over: pauses it at once if
+ * that frame brought the store's queue to high, so that the rest of the
+ * turn's budget is not read (a DeliveryAck is up to MR_ACKS_PER_FRAME_MAX
+ * requests).  Nothing without self.
+ */
+void flow_after_frame(flow_t *self);
+/* The store queue's longest length seen after a frame or at a loop turn's end. */
 size_t flow_peak(const flow_t *self);
 /*
  * Since when the endpoint has been reading without a pause: INT64_MAX while

@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include <cmocka.h>
+#include <zmq.h>
 
 #include "harness.h"
 #include "mr_codec.h"
@@ -224,6 +225,89 @@ static void test_limits_burst_is_held_back_not_buffered(void **state)
     mrt_daemon_cleanup(&d);
 }
 
+/* Sends f over the raw DEALER sock. */
+static void s_raw_send(void *sock, mr_frame_t *f)
+{
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(mr_pack(&f->base, &buf, &len), 0);
+    assert_int_equal(zmq_send(sock, buf, len, 0), (int)len);
+    free(buf);
+}
+
+/* Reads and drops what sock has waiting. */
+static void s_raw_drain(void *sock)
+{
+    char buf[512];
+    while (zmq_recv(sock, buf, sizeof buf, ZMQ_DONTWAIT) >= 0)
+        ;
+}
+
+/*
+ * A facility that sends DeliveryAcks of 1,024 seqs each, none of them its
+ * (a broken or hostile client), costs the broker a store request per seq:
+ * intake must stop reading at the frame that brought the store's queue to
+ * the mark, not at the end of a loop turn that read up to 512 such frames
+ * (half a million requests, ~400 MB, from 2.5 MB of input).
+ */
+static void test_limits_delivery_acks_held_back_per_frame(void **state)
+{
+    (void)state;
+    enum { HIGH = 200, FRAMES = 64, SEQS = MR_ACKS_PER_FRAME_MAX };
+    mrt_daemon_t d = {0};
+    assert_int_equal(mrt_daemon_start(&d, "store = { batch_max = 50; };"), 0);
+    void *ctx = zmq_ctx_new();
+    void *sock = zmq_socket(ctx, ZMQ_DEALER);
+    int linger = 0;
+    zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
+    assert_int_equal(zmq_connect(sock, d.facility_ep), 0);
+    Medroute__V1__Hello h = MEDROUTE__V1__HELLO__INIT;
+    h.facility_id = "t-aihua";
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    f.version = 1;
+    f.body_case = MEDROUTE__V1__FRAME__BODY_HELLO;
+    f.hello = &h;
+    s_raw_send(sock, &f);
+    zmq_pollitem_t it = {.socket = sock, .events = ZMQ_POLLIN};
+    assert_int_equal(zmq_poll(&it, 1, 5000), 1); /* the Welcome */
+    s_raw_drain(sock);
+    long long before = mrt_counter(&d, "rejected");
+    uint64_t *more = calloc(SEQS - 1, sizeof *more);
+    assert_non_null(more);
+    for (int i = 0; i < FRAMES; i++) {
+        uint64_t base = 1000000000ULL + (uint64_t)i * SEQS;
+        for (size_t j = 0; j < SEQS - 1; j++)
+            more[j] = base + 1 + j;
+        Medroute__V1__DeliveryAck a = MEDROUTE__V1__DELIVERY_ACK__INIT;
+        a.seq = base;
+        a.more_seqs = more;
+        a.n_more_seqs = SEQS - 1;
+        f.body_case = MEDROUTE__V1__FRAME__BODY_DELIVERY_ACK;
+        f.delivery_ack = &a;
+        s_raw_send(sock, &f);
+    }
+    free(more);
+    /* Every seq is answered UNKNOWN_DELIVERY in the end. */
+    long long until = mrt_now_ms() + 60000, rejected = 0;
+    while (mrt_now_ms() < until &&
+           (rejected = mrt_counter(&d, "rejected") - before) < (long long)FRAMES * SEQS) {
+        s_raw_drain(sock);
+        zmq_poll(&it, 1, 100);
+    }
+    assert_int_equal(rejected, (long long)FRAMES * SEQS);
+    long long peak = s_metric(&d, "medroute_store_queue_peak");
+    long long paused = mrt_counter(&d, "intake_paused");
+    printf("acks: rejected=%lld intake_paused=%lld queue_peak=%lld\n", rejected, paused, peak);
+    /* Below the mark before a frame, at most one frame's seqs (and the few
+     * requests of the cron) after it. */
+    assert_true(paused > 0);
+    assert_true(peak <= HIGH + SEQS + 16);
+    zmq_close(sock);
+    zmq_ctx_term(ctx);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+}
+
 /*
  * A facility that sends a stream of bad messages gets every refusal, and
  * every one is counted, but it puts at most LOGRATE_LINES lines in the
@@ -271,6 +355,7 @@ int main(void)
         cmocka_unit_test(test_limits_rate_and_quota),
         cmocka_unit_test(test_limits_slow_handler_keeps_session),
         cmocka_unit_test(test_limits_burst_is_held_back_not_buffered),
+        cmocka_unit_test(test_limits_delivery_acks_held_back_per_frame),
         cmocka_unit_test(test_limits_refusals_logged_within_a_limit),
     };
     return cmocka_run_group_tests_name("limits", tests, NULL, NULL);

@@ -182,15 +182,16 @@ int handle_envelope(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f,
         return mr_fail(err, MR_E_SHUTTING_DOWN, "the broker is shutting down; resend later");
     /* What is stored is the envelope's bytes as the frame carried them: they
      * decoded into env and their strings are UTF-8 (dispatch checked), so
-     * they decode at the receiver too, but for a field numbered 0 in an
-     * overlong tag, which protobuf-c keeps and other decoders refuse
-     * (mr_codec.h). */
+     * they decode at the receiver too, but for an unknown field numbered 0
+     * (in an overlong tag) or above 2^29 - 1, which protobuf-c keeps and
+     * other decoders refuse (mr_codec.h). */
     const uint8_t *raw;
     size_t raw_len;
     if (mr_field_slice(ctx->frame, ctx->frame_bytes, MR_FRAME_ENVELOPE_FIELD, &raw, &raw_len) != 0)
         return mr_fail(err, MR_E_MALFORMED, "the frame carries its envelope more than once");
-    if (mr_has_field_zero(&env->base))
-        return mr_fail(err, MR_E_MALFORMED, "the envelope holds a field numbered 0");
+    if (mr_has_bad_field_number(&env->base))
+        return mr_fail(err, MR_E_MALFORMED,
+                       "the envelope holds a field numbered 0 or above 536870911");
     /* Limits: one facility's flood must not delay the others, and no queue
      * grows without bound.  Both are answered, never dropped silently. */
     peer_t *me = &s->peers[ctx->peer];

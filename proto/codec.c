@@ -259,11 +259,11 @@ int mr_envelope_id(const uint8_t *env, size_t len, const uint8_t **id, size_t *i
     return mr_field_slice(env, len, MR_ENVELOPE_MESSAGE_ID_FIELD, id, id_len);
 }
 
-int mr_has_field_zero(const ProtobufCMessage *msg)
+int mr_has_bad_field_number(const ProtobufCMessage *msg)
 {
     const ProtobufCMessageDescriptor *d = msg->descriptor;
     for (unsigned i = 0; i < msg->n_unknown_fields; i++)
-        if (msg->unknown_fields[i].tag == 0)
+        if (msg->unknown_fields[i].tag == 0 || msg->unknown_fields[i].tag > MR_FIELD_NUMBER_MAX)
             return 1;
     const char *base = (const char *)msg;
     for (unsigned i = 0; i < d->n_fields; i++) {
@@ -282,7 +282,7 @@ int mr_has_field_zero(const ProtobufCMessage *msg)
                 continue;
         }
         for (size_t k = 0; k < n; k++)
-            if (subs[k] != NULL && mr_has_field_zero(subs[k]))
+            if (subs[k] != NULL && mr_has_bad_field_number(subs[k]))
                 return 1;
     }
     return 0;

@@ -122,14 +122,20 @@ size_t mr_delivery_frame_pack(const mr_delivery_head_t *d, const uint8_t *env, s
 int mr_field_slice(const uint8_t *buf, size_t len, uint32_t field, const uint8_t **out,
                    size_t *out_len);
 
+/* The largest field number protobuf allows (2^29 - 1). */
+#define MR_FIELD_NUMBER_MAX 536870911u
+
 /*
- * Whether msg or any submessage it holds keeps an unknown field numbered 0.
- * protobuf-c 1.4.1 refuses field number 0 only in a one-byte tag: an
- * overlong tag (0x81 0x00) decodes and is kept as an unknown field, which
- * other decoders, and protobuf-c itself once the field is packed again (as
- * the one-byte tag), refuse.
+ * Whether msg or any submessage it holds keeps an unknown field whose number
+ * no other decoder takes: 0, or above MR_FIELD_NUMBER_MAX.  protobuf-c 1.4.1
+ * refuses field number 0 only in a one-byte tag: an overlong tag (0x81 0x00)
+ * decodes and is kept as an unknown field, which other decoders, and
+ * protobuf-c itself once the field is packed again (as the one-byte tag),
+ * refuse.  It reads a tag of up to five bytes as a field number of up to 32
+ * bits, and keeps one above MR_FIELD_NUMBER_MAX too (its tag does not fit in
+ * 32 bits), which other decoders (C++, Java) refuse with the whole message.
  */
-int mr_has_field_zero(const ProtobufCMessage *msg);
+int mr_has_bad_field_number(const ProtobufCMessage *msg);
 
 /*
  * Whether s[0..len) is well-formed UTF-8 (RFC 3629), as proto3 requires of

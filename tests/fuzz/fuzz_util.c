@@ -152,7 +152,7 @@ static uint8_t *s_pack(const ProtobufCMessage *msg, size_t *len)
 
 void fuzz_repack(const ProtobufCMessage *msg)
 {
-    if (mr_has_field_zero(msg)) /* mr_codec.h: a protobuf-c quirk */
+    if (mr_has_bad_field_number(msg)) /* mr_codec.h: a protobuf-c quirk */
         return;
     size_t len1, len2;
     uint8_t *buf1 = s_pack(msg, &len1);

@@ -36,7 +36,8 @@ void fuzz_walk(const ProtobufCMessage *msg);
  * Packs msg, unpacks those bytes as the same type and packs again: both
  * encodings must be byte for byte equal (a decoded message re-encodes
  * canonically and stably).  Skipped for a message holding an unknown field
- * numbered 0 (see mr_has_field_zero in mr_codec.h: a protobuf-c 1.4.1 quirk).
+ * numbered 0 or above 2^29 - 1 (see mr_has_bad_field_number in mr_codec.h: a
+ * protobuf-c 1.4.1 quirk).
  */
 void fuzz_repack(const ProtobufCMessage *msg);
 

@@ -420,8 +420,9 @@ static void test_codec_field_slice(void **state)
     assert_int_equal(mr_field_slice(frame, n - 1, MR_FRAME_ENVELOPE_FIELD, &out, &out_len), -1);
 }
 
-/* An unknown field numbered 0 is found however deep it is kept. */
-static void test_codec_has_field_zero(void **state)
+/* An unknown field numbered 0 (or above 2^29 - 1) is found however deep it is
+ * kept. */
+static void test_codec_has_bad_field_number(void **state)
 {
     (void)state;
     Medroute__V1__LabOrder lo = MEDROUTE__V1__LAB_ORDER__INIT;
@@ -430,15 +431,22 @@ static void test_codec_has_field_zero(void **state)
     e.message_id = "m-1";
     e.payload_case = MEDROUTE__V1__ENVELOPE__PAYLOAD_LAB_ORDER;
     e.lab_order = &lo;
-    assert_int_equal(mr_has_field_zero(&e.base), 0);
+    assert_int_equal(mr_has_bad_field_number(&e.base), 0);
     uint8_t data[8] = {0};
     ProtobufCMessageUnknownField uf = {
         .tag = 0, .wire_type = PROTOBUF_C_WIRE_TYPE_64BIT, .len = 8, .data = data};
     lo.base.n_unknown_fields = 1;
     lo.base.unknown_fields = &uf;
-    assert_int_equal(mr_has_field_zero(&e.base), 1);
+    assert_int_equal(mr_has_bad_field_number(&e.base), 1);
     uf.tag = 99;
-    assert_int_equal(mr_has_field_zero(&e.base), 0);
+    assert_int_equal(mr_has_bad_field_number(&e.base), 0);
+    /* Above the largest field number: protobuf-c keeps it, others refuse. */
+    uf.tag = MR_FIELD_NUMBER_MAX;
+    assert_int_equal(mr_has_bad_field_number(&e.base), 0);
+    uf.tag = MR_FIELD_NUMBER_MAX + 1;
+    assert_int_equal(mr_has_bad_field_number(&e.base), 1);
+    uf.tag = UINT32_MAX;
+    assert_int_equal(mr_has_bad_field_number(&e.base), 1);
 }
 
 /* ---- UTF-8 in string fields ------------------------------------------------ */
@@ -887,7 +895,7 @@ int main(void)
         cmocka_unit_test(test_codec_created_at_field_number),
         cmocka_unit_test(test_codec_frame_field_numbers),
         cmocka_unit_test(test_codec_field_slice),
-        cmocka_unit_test(test_codec_has_field_zero),
+        cmocka_unit_test(test_codec_has_bad_field_number),
         cmocka_unit_test(test_codec_utf8_valid_text),
         cmocka_unit_test(test_codec_utf8_invalid_sequences),
         cmocka_unit_test(test_codec_utf8_cut),

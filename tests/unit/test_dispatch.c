@@ -948,6 +948,52 @@ static void test_dispatch_valid_envelope_acked_after_commit(void **state)
     assert_int_equal(s_rejected(s, MR_E_CONFLICT), 1);
 }
 
+/* An envelope that carries an unknown field numbered above 2^29 - 1, the
+ * largest field number protobuf allows: protobuf-c decodes it and keeps the
+ * field, but other decoders (C++, Java) refuse the whole message, so its
+ * receiver could not read the Delivery, nor acknowledge it.  Refused, never
+ * stored; the same envelope without the field is taken. */
+static void test_dispatch_refuses_field_numbers_beyond_the_largest(void **state)
+{
+    s_fx_t *fx = *state;
+    server_t *s = fx->s;
+    s_hello(s, RID_A, "t-a");
+    assert_int_equal(s_n_replies, 1);
+    s_env_t e;
+    s_env_init(&e, "m-big-field");
+    uint8_t *env = NULL;
+    size_t env_len = 0;
+    assert_int_equal(mr_pack(&e.env.base, &env, &env_len), 0);
+    /* Field 2^29 (wire type varint) = 1: its tag is the varint 2^32. */
+    static const uint8_t big[] = {0x80, 0x80, 0x80, 0x80, 0x10, 0x01};
+    size_t inner = env_len + sizeof big;
+    assert_true(inner < 128);
+    uint8_t frame[256];
+    size_t n = 0;
+    frame[n++] = 0x08; /* version = 1 */
+    frame[n++] = 0x01;
+    frame[n++] = 0x2a; /* field 5 (envelope), length-delimited */
+    frame[n++] = (uint8_t)inner;
+    memcpy(frame + n, env, env_len);
+    n += env_len;
+    memcpy(frame + n, big, sizeof big);
+    n += sizeof big;
+    free(env);
+    s_raw(s, RID_A, frame, n);
+    s_settle(s);
+    const Medroute__V1__Error *err = s_expect_error(1, RID_A, MR_E_MALFORMED);
+    assert_string_equal(err->message_id, "m-big-field");
+    assert_int_equal(s->counters.v[CNT_STORED], 0);
+    assert_int_equal(s->peers[LEAD].pending, 0);
+    /* The largest field number itself is allowed (kept, delivered as sent). */
+    static const uint8_t largest[] = {0xf8, 0xff, 0xff, 0xff, 0x0f, 0x01};
+    memcpy(frame + n - sizeof big, largest, sizeof largest);
+    s_raw(s, RID_A, frame, n);
+    s_wait_replies(s, 3);
+    assert_int_equal(s_replies[2].f->body_case, MEDROUTE__V1__FRAME__BODY_ACK);
+    assert_int_equal(s->counters.v[CNT_STORED], 1);
+}
+
 static void test_dispatch_draining_refuses_envelopes(void **state)
 {
     s_fx_t *fx = *state;
@@ -1409,6 +1455,7 @@ int main(void)
         T(test_dispatch_refuses_strings_not_utf8),
         T(test_dispatch_cuts_echoed_text_on_character_boundaries),
         T(test_dispatch_valid_envelope_acked_after_commit),
+        T(test_dispatch_refuses_field_numbers_beyond_the_largest),
         T(test_dispatch_draining_refuses_envelopes),
         T(test_dispatch_store_unavailable_reported),
         T(test_dispatch_delivery_ack_unknown),

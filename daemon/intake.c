@@ -189,6 +189,14 @@ int handle_envelope(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f,
     size_t raw_len;
     if (mr_field_slice(ctx->frame, ctx->frame_bytes, MR_FRAME_ENVELOPE_FIELD, &raw, &raw_len) != 0)
         return mr_fail(err, MR_E_MALFORMED, "the frame carries its envelope more than once");
+    /* The same for the payload (a oneof member: its case is its field
+     * number): protobuf-c keeps only the last copy, other decoders merge the
+     * copies, so the clinical facts read here would not be what the receiver
+     * reads. */
+    const uint8_t *payload;
+    size_t payload_len;
+    if (mr_field_slice(raw, raw_len, (uint32_t)env->payload_case, &payload, &payload_len) != 0)
+        return mr_fail(err, MR_E_MALFORMED, "the envelope carries its payload more than once");
     if (mr_has_bad_field_number(&env->base))
         return mr_fail(err, MR_E_MALFORMED,
                        "the envelope holds a field numbered 0 or above 536870911");

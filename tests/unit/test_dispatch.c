@@ -994,6 +994,57 @@ static void test_dispatch_refuses_field_numbers_beyond_the_largest(void **state)
     assert_int_equal(s->counters.v[CNT_STORED], 1);
 }
 
+/* An envelope that carries its payload twice: protobuf-c keeps the last
+ * copy alone (a oneof member read again starts afresh), every other decoder
+ * merges the two, so the broker would judge (referral id, department,
+ * family-doctor flag, critical values) another message than its receiver
+ * reads.  Refused, not stored. */
+static void test_dispatch_refuses_a_payload_carried_twice(void **state)
+{
+    s_fx_t *fx = *state;
+    server_t *s = fx->s;
+    s_hello(s, RID_A, "t-a");
+    assert_int_equal(s_n_replies, 1);
+    s_env_t e;
+    s_env_init(&e, "m-twice");
+    e.ref.department = "cardiology";
+    uint8_t *env = NULL, *second = NULL;
+    size_t env_len = 0, second_len = 0;
+    assert_int_equal(mr_pack(&e.env.base, &env, &env_len), 0);
+    /* The referral again, without its department: what protobuf-c reads. */
+    Medroute__V1__Referral again = MEDROUTE__V1__REFERRAL__INIT;
+    again.referral_id = "R-1";
+    mr_envelope_t only = MEDROUTE__V1__ENVELOPE__INIT;
+    only.payload_case = MEDROUTE__V1__ENVELOPE__PAYLOAD_REFERRAL;
+    only.referral = &again;
+    assert_int_equal(mr_pack(&only.base, &second, &second_len), 0);
+    size_t inner = env_len + second_len;
+    assert_true(inner < 128);
+    uint8_t frame[256];
+    size_t n = 0;
+    frame[n++] = 0x08; /* version = 1 */
+    frame[n++] = 0x01;
+    frame[n++] = 0x2a; /* field 5 (envelope), length-delimited */
+    frame[n++] = (uint8_t)inner;
+    memcpy(frame + n, env, env_len);
+    n += env_len;
+    memcpy(frame + n, second, second_len);
+    n += second_len;
+    free(env);
+    free(second);
+    s_raw(s, RID_A, frame, n);
+    s_settle(s);
+    const Medroute__V1__Error *err = s_expect_error(1, RID_A, MR_E_MALFORMED);
+    assert_string_equal(err->message_id, "m-twice");
+    assert_int_equal(s->counters.v[CNT_STORED], 0);
+    assert_int_equal(s->peers[LEAD].pending, 0);
+    /* Sent once, it is taken. */
+    s_send_env(s, RID_A, &e.env);
+    s_wait_replies(s, 3);
+    assert_int_equal(s_replies[2].f->body_case, MEDROUTE__V1__FRAME__BODY_ACK);
+    assert_int_equal(s->counters.v[CNT_STORED], 1);
+}
+
 static void test_dispatch_draining_refuses_envelopes(void **state)
 {
     s_fx_t *fx = *state;
@@ -1456,6 +1507,7 @@ int main(void)
         T(test_dispatch_cuts_echoed_text_on_character_boundaries),
         T(test_dispatch_valid_envelope_acked_after_commit),
         T(test_dispatch_refuses_field_numbers_beyond_the_largest),
+        T(test_dispatch_refuses_a_payload_carried_twice),
         T(test_dispatch_draining_refuses_envelopes),
         T(test_dispatch_store_unavailable_reported),
         T(test_dispatch_delivery_ack_unknown),

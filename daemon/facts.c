@@ -43,6 +43,8 @@ bool facts_day_valid(const char *day)
 }
 
 /* Local midnight of a YYYY-MM-DD day, in Unix ms; 0 if it does not parse. */
+#define S_DAY_MS (86400LL * 1000)
+
 static int64_t s_day_start(const char *day)
 {
     struct tm tm = {0};
@@ -123,7 +125,19 @@ static int s_capacity(const server_t *s, const Medroute__V1__CapacityNotice *cn,
         c->date = s_dup(it->date);
         c->capacity = it->capacity;
         c->reserved = it->reserved;
-        c->slot_start_ms = it->slot_start_ms ? it->slot_start_ms : s_day_start(it->date);
+        int64_t day_start = s_day_start(it->date);
+        /* A start far from the item's own day (negative, or seconds sent as
+         * milliseconds: 1970) would be past its cut-off at once, and the
+         * next scan would give the whole reserve to general use. */
+        if (it->slot_start_ms != 0 && day_start != 0 &&
+            (it->slot_start_ms < day_start - S_DAY_MS ||
+             it->slot_start_ms >= day_start + 2 * S_DAY_MS)) {
+            snprintf(reason, len,
+                     "capacity item %zu: slot_start_ms must fall on its date, give or take a day",
+                     i + 1);
+            return MR_E_INVALID;
+        }
+        c->slot_start_ms = it->slot_start_ms ? it->slot_start_ms : day_start;
         if ((it->unit && it->unit[0] && c->unit == NULL) || (it->date && it->date[0] && !c->date))
             return -ENOMEM;
     }

@@ -383,6 +383,22 @@ static void test_tallies_bad_visit_figures(void **state)
              "\"date\":\"2026/12/05\",\"capacity\":10,\"reserved\":2}]}");
     assert_int_equal(mrt_send(lead, "test", "capacity", "routine", p, why), MR_E_INVALID);
     assert_non_null(strstr(why, "date"));
+    /* A slot start far from its day (negative; seconds sent as ms) would be
+     * past its cut-off at once and give the whole reserve away. */
+    const long long starts[] = {-1, nine / 1000, nine + 3LL * 86400 * 1000};
+    for (size_t i = 0; i < sizeof starts / sizeof starts[0]; i++) {
+        snprintf(p, sizeof p,
+                 "{\"items\":[{\"resource\":\"RESOURCE_BED\",\"unit\":\"neurology\","
+                 "\"date\":\"%s\",\"capacity\":10,\"reserved\":2,\"slot_start_ms\":%lld}]}",
+                 day, starts[i]);
+        assert_int_equal(mrt_send(lead, "test", "capacity", "routine", p, why), MR_E_INVALID);
+        assert_non_null(strstr(why, "slot_start_ms"));
+    }
+    snprintf(p, sizeof p,
+             "{\"items\":[{\"resource\":\"RESOURCE_BED\",\"unit\":\"neurology\","
+             "\"date\":\"%s\",\"capacity\":10,\"reserved\":2,\"slot_start_ms\":%lld}]}",
+             day, nine);
+    assert_int_equal(mrt_send(lead, "test", "capacity", "routine", p, why), 0);
     mr_client_destroy(&aihua);
     mr_client_destroy(&lead);
     assert_int_equal(mrt_daemon_stop(&g_d), 0);

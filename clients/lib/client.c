@@ -49,7 +49,8 @@ typedef struct s_out_t {
     uint8_t *body;
     size_t len;
     int64_t sent_ms;          /* 0: not sent on this connection yet */
-    unsigned sends;           /* frames of it handed to the socket, on any connection */
+    unsigned sends;           /* frames of it handed to the socket, on any connection;
+                                 one more for an entry read back from the outbox */
     /* An Ack of this seq answers an earlier version of this id, with other
      * content, that was acknowledged after several sends (acked.h): not
      * this one, which the broker refuses as CONFLICT.  0: none. */
@@ -445,9 +446,18 @@ static void s_outbox_send_due(mr_client_t *c, bool all)
     }
 }
 
+/* An entry read back from the outbox may have been sent by the process
+ * that wrote it, and the broker answers a copy on the facility's session of
+ * the moment (this one's, if its store commits that copy after our Hello):
+ * counted as sent once, so that an Ack after this process's own send is
+ * known to leave a late one to come (acked). */
 static int s_load_outbox(void *arg, const char *id, const void *body, size_t len)
 {
-    return s_outbox_push(arg, id, body, len, false);
+    mr_client_t *c = arg;
+    int rc = s_outbox_push(c, id, body, len, false);
+    if (rc == 0)
+        c->out_tail->sends = 1;
+    return rc;
 }
 
 /* An outbox row cstore found unusable: told to the first poll with a

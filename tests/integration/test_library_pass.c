@@ -309,6 +309,74 @@ static void test_library_pass_late_ack_counts_for_the_same_content(void **state)
     s_broker_close(&b);
 }
 
+/*
+ * The broker sends an Ack to the facility's session of the moment (intake.c),
+ * not to the connection the message came on: a copy sent by a client that
+ * then ended (killed before the Ack; a clean close leaves the outbox as a
+ * kill does) is answered on the connection of the next process, if the
+ * store commits it after that one's Hello (a store that stalls).  The new
+ * process sends the outbox again, so two Acks come: the late one may follow
+ * a resubmission of the id with other content, and must not acknowledge it.
+ * A message read back from the outbox used to count as sent once, by this
+ * process: acknowledged, it was not remembered, and the second Ack took the
+ * other content for stored (the broker refuses it as CONFLICT).
+ */
+static void test_library_pass_late_ack_of_an_earlier_process(void **state)
+{
+    (void)state;
+    s_broker_t b;
+    s_broker_open(&b, "late-restart");
+    char dir[] = "/tmp/mrt-late-restart-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    mr_client_opts_t o = {.endpoint = b.ep, .facility = "t-aihua", .state_dir = dir};
+    mr_client_t *c = mr_client_new(&o);
+    assert_non_null(c);
+    s_submit(c, "REST-1", 10);
+    s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_HELLO, NULL);
+    s_broker_welcome(&b, 1 << 20);
+    s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_ENVELOPE, "REST-1");
+    mr_client_destroy(&c); /* gone before the Ack: the message stays in the outbox */
+
+    c = mr_client_new(&o);
+    assert_non_null(c);
+    assert_int_equal(mr_client_unacked(c), 1);
+    s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_HELLO, NULL);
+    s_broker_welcome(&b, 1 << 20);
+    s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_ENVELOPE, "REST-1");
+    /* The first process's copy, committed now: its Ack comes to this session. */
+    s_send_ack(b.router, b.rid, b.rid_len, "REST-1", 11);
+    s_seen_t seen = {0};
+    s_poll_for(c, &seen, 1, 0);
+    assert_int_equal(seen.acks, 1);
+    assert_int_equal(mr_client_unacked(c), 0);
+
+    /* The same id, other content; then the Ack of this process's copy. */
+    s_submit(c, "REST-1", 20);
+    s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_ENVELOPE, "REST-1");
+    Medroute__V1__Ack a = MEDROUTE__V1__ACK__INIT;
+    a.message_id = "REST-1";
+    a.seq = 11;
+    a.duplicate = true;
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    f.body_case = MEDROUTE__V1__FRAME__BODY_ACK;
+    f.ack = &a;
+    s_send(b.router, b.rid, b.rid_len, &f);
+    /* The broker's answer to the new content, behind it on the same pipe:
+     * once it is in, the late Ack has been read. */
+    s_broker_error(&b, "REST-1", MR_E_CONFLICT);
+    seen = (s_seen_t){0};
+    s_poll_for(c, &seen, 0, 1);
+    assert_int_equal(seen.acks, 0);
+    assert_int_equal(seen.error_code, MR_E_CONFLICT);
+    assert_int_equal(mr_client_unacked(c), 0);
+
+    mr_client_destroy(&c);
+    s_broker_close(&b);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 /* Sends Delivery{seq, envelope id from yx-lab to t-aihua}. */
 static void s_broker_delivery(s_broker_t *b, uint64_t seq, const char *id)
 {
@@ -379,6 +447,7 @@ int main(void)
         cmocka_unit_test(test_library_pass_refusal_in_the_welcome_pass),
         cmocka_unit_test(test_library_pass_late_ack_is_not_for_other_content),
         cmocka_unit_test(test_library_pass_late_ack_counts_for_the_same_content),
+        cmocka_unit_test(test_library_pass_late_ack_of_an_earlier_process),
         cmocka_unit_test(test_library_pass_no_delivery_ack_for_seq_0),
     };
     return cmocka_run_group_tests_name("library_pass", tests, NULL, NULL);

@@ -15,6 +15,7 @@
 #include "acked.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -96,8 +97,15 @@ int acked_put(acked_t *self, const char *id, uint64_t seq, uint8_t *body, size_t
         return -EINVAL;
     }
     s_entry_t *old = s_find(self, id);
-    if (old != NULL)
+    if (old != NULL) {
+        /* The same message (its seq) sent again: the Ack that acknowledged
+         * it may have been one of the late answers still owed to the old
+         * entry, so those still to come are the old ones' and the new
+         * sends' but one. */
+        if (old->seq == seq)
+            late = old->late > UINT_MAX - late ? UINT_MAX : late + old->late;
         s_kill(self, old);
+    }
     while (self->n > 0 && (self->n == ACKED_MAX || self->bytes + len > ACKED_MAX_BYTES))
         s_evict_oldest(self);
     size_t at = (self->head + self->n) % ACKED_MAX;

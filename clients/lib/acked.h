@@ -32,7 +32,9 @@ void acked_destroy(acked_t **self_p);
  * Remembers that message id (1..MR_MESSAGE_ID_MAX bytes), with content
  * body (malloc'ed, of len bytes; ownership passes to the table, whatever
  * the result), was acknowledged as seq, and that up to `late` answers to
- * its other sends may still come.  Replaces an earlier entry of id.
+ * its other sends may still come.  Replaces an earlier entry of id; one of
+ * the same seq (the same message, sent again) adds its late answers still
+ * owed, as the Ack that acknowledged this one may have been one of them.
  * 0; -EINVAL (id empty or too long, or len over ACKED_MAX_BYTES) or -ENOMEM:
  * nothing remembered, body freed.
  */

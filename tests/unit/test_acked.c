@@ -96,6 +96,33 @@ static void test_acked_put_replaces(void **state)
     acked_destroy(&t);
 }
 
+/*
+ * A message acknowledged after two sends (one late answer to come) is
+ * submitted again with the same content, sent twice, and acknowledged by
+ * that late answer, which the client cannot tell from its own: the answers
+ * of both its sends are still to come, and the id must be remembered until
+ * both are in.  The put that replaced the entry used to count only the
+ * new sends but one, and forgot the id with an answer still on its way,
+ * which then acknowledged a resubmission with other content.
+ */
+static void test_acked_put_of_the_same_seq_keeps_the_late_answers(void **state)
+{
+    (void)state;
+    acked_t *t = acked_new();
+    assert_non_null(t);
+    size_t len;
+    assert_int_equal(s_put(t, "m-1", 41, 1, "yx-lead", 1), 0);
+    /* The resubmission, two sends, acknowledged (by the first's late Ack). */
+    assert_int_equal(s_put(t, "m-1", 41, 2, "yx-lead", 1), 0);
+    acked_answered(t, "m-1", 41);
+    uint8_t *other = s_env("m-1", 1, "yx-lab", &len);
+    assert_int_equal(acked_other_seq(t, "m-1", other, len), 41);
+    acked_answered(t, "m-1", 41);
+    assert_int_equal(acked_other_seq(t, "m-1", other, len), 0);
+    free(other);
+    acked_destroy(&t);
+}
+
 static void test_acked_keeps_the_newest_max(void **state)
 {
     (void)state;
@@ -126,6 +153,7 @@ int main(void)
         cmocka_unit_test(test_acked_other_content_names_the_seq),
         cmocka_unit_test(test_acked_forgets_once_the_late_answers_are_in),
         cmocka_unit_test(test_acked_put_replaces),
+        cmocka_unit_test(test_acked_put_of_the_same_seq_keeps_the_late_answers),
         cmocka_unit_test(test_acked_keeps_the_newest_max),
     };
     return cmocka_run_group_tests_name("acked", tests, NULL, NULL);

@@ -122,31 +122,25 @@ void dispatch_cron(server_t *s, int64_t mono_ms)
     s_tell_suppressed(s, &s->reject_log_anon, "-", mono_ms);
 }
 
-/* Copies the message id out of an Envelope frame, for error replies, cut to
- * MR_MESSAGE_ID_MAX bytes on a character boundary.  An id that is not UTF-8
- * is not echoed: the Error would not decode either. */
-static void s_note_message_id(const mr_frame_t *f, mr_err_t *err)
-{
-    const char *id = f->body_case == MEDROUTE__V1__FRAME__BODY_ENVELOPE && f->envelope
-                         ? f->envelope->message_id
-                         : NULL;
-    if (id != NULL && mr_utf8_valid(id, strlen(id)))
-        snprintf(err->message_id, sizeof err->message_id, "%.*s",
-                 (int)mr_utf8_cut(id, MR_MESSAGE_ID_MAX), id);
-}
-
-/* The same for a frame too large to decode, or that does not decode: its
- * Envelope's message_id read off the wire, so that the sender can tell which
- * message was refused. */
+/* The message id of an Envelope frame, read off the wire for an error reply
+ * (also for a frame too large to decode, or that does not decode), so that
+ * the sender can tell which message was refused: cut to MR_MESSAGE_ID_MAX
+ * bytes on a character boundary.  Only one UTF-8 occurrence without NUL is
+ * echoed: a decoded id ends at its first NUL and could name another
+ * message of the sender's outbox, and one that is not UTF-8 would not
+ * decode in the Error either. */
 static void s_note_raw_message_id(const uint8_t *frame, size_t len, mr_err_t *err)
 {
     const uint8_t *env, *id;
     size_t env_len, id_len;
-    if (mr_field_slice(frame, len, MR_FRAME_ENVELOPE_FIELD, &env, &env_len) == 0 &&
-        mr_envelope_id(env, env_len, &id, &id_len) == 0 && id_len <= MR_MESSAGE_ID_MAX &&
-        mr_text_check((const char *)id, id_len) == 0)
-        snprintf(err->message_id, sizeof err->message_id, "%.*s", (int)id_len,
-                 (const char *)id);
+    if (mr_field_slice(frame, len, MR_FRAME_ENVELOPE_FIELD, &env, &env_len) != 0 ||
+        mr_envelope_id(env, env_len, &id, &id_len) != 0 ||
+        mr_text_check((const char *)id, id_len) != 0)
+        return;
+    size_t n = id_len < MR_MESSAGE_ID_MAX ? id_len : MR_MESSAGE_ID_MAX;
+    memcpy(err->message_id, id, n);
+    err->message_id[n] = '\0';
+    err->message_id[mr_utf8_cut(err->message_id, n)] = '\0';
 }
 
 int dispatch_check_utf8(const ProtobufCMessageDescriptor *d, const uint8_t *buf, size_t len,
@@ -190,18 +184,15 @@ void dispatch_facility(void *arg, const uint8_t *rid, size_t rid_len, const void
     ctx.frame = parts[0];
     ctx.frame_bytes = sizes[0];
     if (sizes[0] > s->conf->max_message_bytes) {
-        s_note_raw_message_id(parts[0], sizes[0], &err);
         rc = mr_fail(&err, MR_E_TOO_LARGE, "frame of %zu bytes exceeds the limit of %u", sizes[0],
                      s->conf->max_message_bytes);
         goto out;
     }
     f = medroute__v1__frame__unpack(arena_pb(s->arena), sizes[0], parts[0]);
     if (f == NULL) {
-        s_note_raw_message_id(parts[0], sizes[0], &err);
         rc = mr_fail(&err, MR_E_MALFORMED, "frame does not decode as medroute.v1.Frame");
         goto out;
     }
-    s_note_message_id(f, &err);
     if (f->version != MR_PROTOCOL_VERSION) {
         rc = mr_fail(&err, MR_E_UNSUPPORTED_VERSION, "protocol version %d, this broker speaks %d",
                      (int)f->version, MR_PROTOCOL_VERSION);
@@ -238,8 +229,11 @@ void dispatch_facility(void *arg, const uint8_t *rid, size_t rid_len, const void
         s_tell_session_ended(s, rid, rid_len, ctx.peer);
     }
 out:
-    if (rc != 0)
+    if (rc != 0) {
+        if (err.message_id[0] == '\0' && ctx.frame != NULL)
+            s_note_raw_message_id(ctx.frame, ctx.frame_bytes, &err);
         dispatch_reply_error(s, rid, rid_len, ctx.peer, &err);
+    }
     arena_reset(s->arena); /* f and all it holds */
     /* What it submitted may have filled the store's queue: stop reading now,
      * not at the end of a turn of up to a budget of frames (flow.c). */

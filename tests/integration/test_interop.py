@@ -434,6 +434,13 @@ def run(ctx, conns, daemon, pb, envelope_pb, clinical, op, facility_ep, operator
     longid.message_id = "x" * 65
     refused(town, longid, pb.ERROR_INVALID, "message_id of 65 characters")
 
+    # An id holding a NUL is not echoed: C reads it as the part before the
+    # NUL, which could be another message of the sender's outbox.
+    nulid = envelope_pb.Envelope()
+    nulid.CopyFrom(ref)
+    nulid.message_id = "aihua-1\x00tail"
+    refused(town, nulid, pb.ERROR_INVALID, "message_id holding a NUL", echo_id="")
+
     # 72 bytes of Chinese (24 characters): echoed cut to 21 whole characters,
     # so that this strict decoder takes the Error; so is a long destination.
     cjkid = envelope_pb.Envelope()

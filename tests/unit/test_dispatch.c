@@ -249,6 +249,28 @@ static void s_raw(server_t *s, const uint8_t *rid, const void *data, size_t len)
     dispatch_facility(s, rid, RID_LEN, parts, sizes, 1, 0);
 }
 
+/* A Frame (version 1) whose envelope field holds the n_parts byte strings
+ * parts[] one after the other, as a sender may write them: its length in
+ * frame (of size cap; the envelope under 128 bytes). */
+static size_t s_frame_of(uint8_t *frame, size_t cap, const uint8_t *const *parts,
+                         const size_t *sizes, size_t n_parts)
+{
+    size_t inner = 0;
+    for (size_t i = 0; i < n_parts; i++)
+        inner += sizes[i];
+    assert_true(inner < 128 && inner + 4 <= cap);
+    size_t n = 0;
+    frame[n++] = 0x08; /* version = 1 */
+    frame[n++] = 0x01;
+    frame[n++] = 0x2a; /* field 5 (envelope), length-delimited */
+    frame[n++] = (uint8_t)inner;
+    for (size_t i = 0; i < n_parts; i++) {
+        memcpy(frame + n, parts[i], sizes[i]);
+        n += sizes[i];
+    }
+    return n;
+}
+
 static void s_send(server_t *s, const uint8_t *rid, const mr_frame_t *f)
 {
     uint8_t *buf = NULL;
@@ -966,18 +988,10 @@ static void test_dispatch_refuses_field_numbers_beyond_the_largest(void **state)
     assert_int_equal(mr_pack(&e.env.base, &env, &env_len), 0);
     /* Field 2^29 (wire type varint) = 1: its tag is the varint 2^32. */
     static const uint8_t big[] = {0x80, 0x80, 0x80, 0x80, 0x10, 0x01};
-    size_t inner = env_len + sizeof big;
-    assert_true(inner < 128);
     uint8_t frame[256];
-    size_t n = 0;
-    frame[n++] = 0x08; /* version = 1 */
-    frame[n++] = 0x01;
-    frame[n++] = 0x2a; /* field 5 (envelope), length-delimited */
-    frame[n++] = (uint8_t)inner;
-    memcpy(frame + n, env, env_len);
-    n += env_len;
-    memcpy(frame + n, big, sizeof big);
-    n += sizeof big;
+    const uint8_t *parts[] = {env, big};
+    size_t sizes[] = {env_len, sizeof big};
+    size_t n = s_frame_of(frame, sizeof frame, parts, sizes, 2);
     free(env);
     s_raw(s, RID_A, frame, n);
     s_settle(s);
@@ -1018,18 +1032,10 @@ static void test_dispatch_refuses_a_payload_carried_twice(void **state)
     only.payload_case = MEDROUTE__V1__ENVELOPE__PAYLOAD_REFERRAL;
     only.referral = &again;
     assert_int_equal(mr_pack(&only.base, &second, &second_len), 0);
-    size_t inner = env_len + second_len;
-    assert_true(inner < 128);
     uint8_t frame[256];
-    size_t n = 0;
-    frame[n++] = 0x08; /* version = 1 */
-    frame[n++] = 0x01;
-    frame[n++] = 0x2a; /* field 5 (envelope), length-delimited */
-    frame[n++] = (uint8_t)inner;
-    memcpy(frame + n, env, env_len);
-    n += env_len;
-    memcpy(frame + n, second, second_len);
-    n += second_len;
+    const uint8_t *parts[] = {env, second};
+    size_t sizes[] = {env_len, second_len};
+    size_t n = s_frame_of(frame, sizeof frame, parts, sizes, 2);
     free(env);
     free(second);
     s_raw(s, RID_A, frame, n);

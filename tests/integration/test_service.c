@@ -221,6 +221,75 @@ static void test_service_sighup_reload(void **state)
     mrt_daemon_cleanup(&d);
 }
 
+/* The CONNECTED event's pending (Welcome.pending), -1 until it comes. */
+static int on_connected(mr_client_t *c, const mr_event_t *ev, void *arg)
+{
+    (void)c;
+    if (ev->type == MR_EVENT_CONNECTED)
+        *(long long *)arg = (long long)ev->pending;
+    return 0;
+}
+
+static bool s_connected(void *arg)
+{
+    return *(long long *)arg >= 0;
+}
+
+/*
+ * operations.md: the messages of a removed facility are dropped with
+ * `medroute queue drop`.  Such a drop is one more dead message (the status'
+ * `dead` counts every message moved to the dead letters, as the tally
+ * messages_dead_total does), and it is no longer pending for the facility
+ * when it is added back: its Welcome says 0.
+ */
+static void test_service_drop_for_a_removed_facility(void **state)
+{
+    (void)state;
+    mrt_daemon_t d = {0};
+    const char *all = "facilities = ( { id = \"yx-lead\"; role = \"lead\"; },"
+                      " { id = \"t-lishu\"; role = \"township\"; } );";
+    const char *without = "facilities = ( { id = \"yx-lead\"; role = \"lead\"; } );";
+    assert_int_equal(mrt_daemon_start_with(&d, all, NULL, true), 0);
+    mr_client_t *lead = mrt_client(&d, "yx-lead", NULL);
+    assert_int_equal(mr_client_wait_connected(lead, 5000), 0);
+    assert_int_equal(mrt_send(lead, "t-lishu", "lab_order", "routine",
+                              "{\"placer_order_number\":\"P-GONE\"}", NULL),
+                     0);
+    s_rewrite(&d, without, NULL);
+    assert_int_equal(mrt_daemon_reload(&d), 0);
+    char *r = mrt_operator(&d, "{\"queue_list\":{\"destination\":\"t-lishu\"}}");
+    assert_non_null(r);
+    json_t *ql = json_loads(r, 0, NULL);
+    free(r);
+    json_t *m = json_array_get(json_object_get(json_object_get(ql, "queue_list"), "messages"), 0);
+    assert_non_null(m);
+    json_t *jseq = json_object_get(m, "seq");
+    long long seq = json_is_string(jseq) ? atoll(json_string_value(jseq))
+                                         : (long long)json_integer_value(jseq);
+    char req[160];
+    snprintf(req, sizeof req,
+             "{\"queue_drop\":{\"seq\":\"%lld\",\"reason\":\"facility closed\"}}", seq);
+    json_decref(ql);
+    long long dead = mrt_counter(&d, "dead");
+    r = mrt_operator(&d, req);
+    assert_non_null(r);
+    assert_non_null(strstr(r, "\"dropped "));
+    free(r);
+    assert_int_equal(mrt_counter(&d, "dead"), (dead < 0 ? 0 : dead) + 1);
+
+    /* Added back: nothing waits for it. */
+    s_rewrite(&d, all, NULL);
+    assert_int_equal(mrt_daemon_reload(&d), 0);
+    mr_client_t *lishu = mrt_client(&d, "t-lishu", NULL);
+    long long pending = -1;
+    assert_true(mrt_poll_until(lishu, 5000, s_connected, &pending, on_connected, &pending));
+    assert_int_equal(pending, 0);
+    mr_client_destroy(&lishu);
+    mr_client_destroy(&lead);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+}
+
 static void test_service_check_config_reports_lines(void **state)
 {
     (void)state;
@@ -549,6 +618,7 @@ int main(void)
         cmocka_unit_test(test_service_notify_ready_and_watchdog),
         cmocka_unit_test(test_service_sighup_reload),
         cmocka_unit_test(test_service_reload_refuses_a_new_broker_id),
+        cmocka_unit_test(test_service_drop_for_a_removed_facility),
         cmocka_unit_test(test_service_check_config_reports_lines),
         cmocka_unit_test(test_service_check_config_refuses_what_the_start_refuses),
         cmocka_unit_test(test_service_backup_restores_on_a_new_store),

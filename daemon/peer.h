@@ -62,6 +62,8 @@ typedef struct {
     uint64_t cursor;        /* highest seq taken into memory */
     bool complete;          /* no pending message with seq > cursor in the store */
     bool loading;           /* a STORE_LOAD is in flight */
+    uint32_t memory_gen;    /* one more each time a reload makes the router forget this
+                               memory (31 bits): a load asked before is not applied after */
     bool loading_express;   /* ... and it fetches express messages only */
     bool express_checked;   /* stored express messages were looked for since connecting */
     uint64_t express_ahead; /* highest seq taken into memory ahead of the cursor as express */

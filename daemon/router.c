@@ -14,7 +14,10 @@
  *      in execution order, so a commit reported while loading was executed
  *      before the load and is in its result: it is not appended.  An
  *      express-only load (on each connect: critical and stat messages first)
- *      may not hold it, so such a commit makes the queue incomplete.
+ *      may not hold it, so such a commit makes the queue incomplete.  A
+ *      load's answer is applied only to the memory it was asked for
+ *      (memory_gen): one a reload forgot meanwhile, the facility removed
+ *      and added back, had another cursor.
  *   4. inflight.n <= max_inflight (a window), but for messages whose ack
  *      failed to commit, and for those a repeated Hello with a smaller
  *      window left in flight (invariant 7).  A DeliveryAck moves its
@@ -260,7 +263,7 @@ static void s_load(server_t *s, int peer, bool express)
         free(req);
         return; /* the cron's next pump tries again */
     }
-    req->tag = peer;
+    req->tag = (int64_t)peer | (int64_t)p->memory_gen << 32; /* peer < 2^31, gen < 2^31 */
     req->after = p->cursor;
     req->limit = express ? 64 : S_PAGE;
     req->express_only = express;
@@ -308,12 +311,18 @@ void router_pump(server_t *s, int peer)
 static void on_loaded(store_req_t *req, void *arg)
 {
     server_t *s = arg;
-    int peer = (int)req->tag;
+    int peer = (int)(req->tag & 0x7fffffff);
     peer_t *p = &s->peers[peer];
     p->loading = false;
     p->loading_express = false;
     if (registry_at(s->registry, (size_t)peer)->removed)
         return; /* a reload removed it meanwhile: memory stays forgotten */
+    if ((uint32_t)(req->tag >> 32) != p->memory_gen) {
+        /* Removed and added back meanwhile: this page follows the cursor of
+         * the memory forgotten then, and would skip what is before it. */
+        router_pump(s, peer);
+        return;
+    }
     if (req->status != STORE_OK) {
         if (req->express_only)
             p->express_checked = false;
@@ -698,6 +707,7 @@ void router_forget_memory(server_t *s, int peer)
     p->complete = false;
     p->cursor = 0;
     p->express_ahead = 0;
+    p->memory_gen = (p->memory_gen + 1) & 0x7fffffff;
 }
 
 void router_stop(server_t *s)

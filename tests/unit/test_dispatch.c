@@ -115,6 +115,41 @@ int __wrap_endpoint_src_fd(const endpoint_t *ep)
     return -1; /* no connection behind these frames */
 }
 
+/* Store loads held back while s_hold_loads: the test decides when the store
+ * sees them, and so what happens between a load and its answer. */
+static bool s_hold_loads;
+static store_req_t *s_held_loads[4];
+static int s_n_held_loads;
+
+void __real_store_submit(store_t *self, store_req_t *req);
+void __wrap_store_submit(store_t *self, store_req_t *req);
+
+void __wrap_store_submit(store_t *self, store_req_t *req)
+{
+    if (s_hold_loads && req->op == STORE_LOAD) {
+        assert_true(s_n_held_loads < 4);
+        s_held_loads[s_n_held_loads++] = req;
+        return;
+    }
+    __real_store_submit(self, req);
+}
+
+static void s_release_loads(server_t *s)
+{
+    for (int i = 0; i < s_n_held_loads; i++)
+        __real_store_submit(s->store, s_held_loads[i]);
+    s_n_held_loads = 0;
+}
+
+/* endpoint_check_closed, for a test that gives the server a stand-in
+ * endpoint (router_pump sends only with one). */
+void __wrap_endpoint_check_closed(endpoint_t *ep);
+
+void __wrap_endpoint_check_closed(endpoint_t *ep)
+{
+    (void)ep;
+}
+
 static void s_replies_clear(void)
 {
     for (int i = 0; i < s_n_replies; i++)
@@ -1495,6 +1530,105 @@ static void test_dispatch_reload_ends_a_session_whose_key_moved(void **state)
     s_settle(s);
 }
 
+/* The config without t-b, as a reload that removes it reads it. */
+#define S_CONF_WITHOUT_TB \
+    "broker_id = \"unit-broker\";\n" \
+    "facility_endpoint = \"tcp://127.0.0.1:1\";\n" \
+    "operator_endpoint = \"tcp://127.0.0.1:2\";\n" \
+    "data_dir = \"unused\";\n" \
+    "insecure = true;\n" \
+    "limits = { max_message_bytes = 1024; max_inflight = 8;\n" \
+    "           heartbeat_interval_ms = 1000; heartbeat_timeout_ms = 3000; };\n" \
+    "facilities = (\n" \
+    "  { id = \"lead\"; role = \"lead\"; },\n" \
+    "  { id = \"img\"; role = \"imaging_centre\"; host = \"lead\"; },\n" \
+    "  { id = \"t-a\"; role = \"township\"; public_key = \"" S_KEY_A "\"; }\n" \
+    ");\n"
+
+#define RID_D ((const uint8_t *)"\0conn-d")
+#define RID_E ((const uint8_t *)"\0conn-e")
+
+/* The seqs of the Deliveries recorded for rid, as a bit set of seqs 1..63. */
+static uint64_t s_delivered_to(const uint8_t *rid)
+{
+    uint64_t seen = 0;
+    for (int i = 0; i < s_n_replies; i++)
+        if (memcmp(s_replies[i].rid, rid, RID_LEN) == 0 &&
+            s_replies[i].f->body_case == MEDROUTE__V1__FRAME__BODY_DELIVERY &&
+            s_replies[i].f->delivery->seq < 64)
+            seen |= 1ULL << s_replies[i].f->delivery->seq;
+    return seen;
+}
+
+/*
+ * A page of t-b's queue loaded from the store while two reloads remove t-b
+ * and add it back: the page was asked for after the cursor of the memory
+ * the first reload forgot.  Applied to the new memory (cursor 0) it moved
+ * the cursor past the messages before it, which then waited for the next
+ * restart; it is dropped, and the queue is loaded again from its start.
+ */
+static void test_dispatch_page_asked_before_a_reload_is_not_applied_after_it(void **state)
+{
+    s_fx_t *fx = *state;
+    server_t *s = fx->s;
+    static char stand_in;
+    s->facility_ep = (endpoint_t *)&stand_in; /* router_pump sends only with one */
+    s->config_text = s_conf_text;
+    s_hello(s, RID_C, "lead");
+    s_hello(s, RID_B, "t-b");
+    s_settle(s);
+    char ids[5][16], refs[5][16];
+    s_env_t e[5];
+    for (int i = 0; i < 5; i++) {
+        snprintf(ids[i], sizeof ids[i], "m-down-%d", i + 1);
+        snprintf(refs[i], sizeof refs[i], "R-DOWN-%d", i + 1);
+        s_env_init(&e[i], ids[i]);
+        e[i].env.source = "lead";
+        e[i].env.destination = "t-b";
+        e[i].ref.referral_id = refs[i];
+    }
+    for (int i = 0; i < 3; i++)
+        s_send_env(s, RID_C, &e[i].env);
+    s_settle(s);
+    assert_int_equal(s_delivered_to(RID_B), 0xeULL); /* seqs 1-3, not acknowledged */
+    /* t-b goes; two more come for it; it comes back, and the page after
+     * the three it holds in memory is asked for (held here). */
+    session_end(s, TB, "test");
+    for (int i = 3; i < 5; i++)
+        s_send_env(s, RID_C, &e[i].env);
+    s_settle(s);
+    s_hold_loads = true;
+    s_hello(s, RID_D, "t-b");
+    while (!(s->peers[TB].loading && !s->peers[TB].loading_express)) {
+        assert_int_equal(s_n_held_loads, 1);
+        s_release_loads(s); /* the express-only one first */
+        s_settle(s);
+        uv_run(&s->loop, UV_RUN_NOWAIT);
+    }
+    assert_int_equal(s_n_held_loads, 1);
+    assert_true(s->peers[TB].cursor > 0);
+    /* Removed and added back before that page comes. */
+    char why[256] = "";
+    s->config_text = S_CONF_WITHOUT_TB;
+    if (reload_config(s, why, sizeof why) != 0)
+        fail_msg("reload: %s", why);
+    s->config_text = s_conf_text;
+    if (reload_config(s, why, sizeof why) != 0)
+        fail_msg("reload: %s", why);
+    s_hold_loads = false;
+    s_release_loads(s);
+    s_settle(s);
+    /* Its next session gets all five. */
+    s_hello(s, RID_E, "t-b");
+    for (int i = 0; i < 20 && s_delivered_to(RID_E) != 0x3eULL; i++) {
+        s_settle(s);
+        uv_run(&s->loop, UV_RUN_NOWAIT);
+    }
+    assert_int_equal(s_delivered_to(RID_E), 0x3eULL); /* seqs 1-5 */
+    s->facility_ep = NULL;
+    s_settle(s);
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, s_setup, s_teardown)
@@ -1514,6 +1648,7 @@ int main(void)
         T(test_dispatch_valid_envelope_acked_after_commit),
         T(test_dispatch_refuses_field_numbers_beyond_the_largest),
         T(test_dispatch_refuses_a_payload_carried_twice),
+        T(test_dispatch_page_asked_before_a_reload_is_not_applied_after_it),
         T(test_dispatch_draining_refuses_envelopes),
         T(test_dispatch_store_unavailable_reported),
         T(test_dispatch_delivery_ack_unknown),

@@ -44,6 +44,9 @@ bool facts_day_valid(const char *day)
 
 /* Local midnight of a YYYY-MM-DD day, in Unix ms; 0 if it does not parse. */
 #define S_DAY_MS (86400LL * 1000)
+/* An appointment's time: from 2000-01-01 to two years ahead of now. */
+#define S_APPOINTMENT_MIN_MS 946684800000LL
+#define S_APPOINTMENT_AHEAD_MS (731 * S_DAY_MS)
 
 static int64_t s_day_start(const char *day)
 {
@@ -208,6 +211,17 @@ int facts_extract(const server_t *s, int src, int dest, const mr_envelope_t *env
         f->has_summary = u->summary && u->summary->uri && u->summary->uri[0];
         if (u->appointment_at_ms < 0) { /* it would claim a unit of a day in 1969 */
             snprintf(reason, reason_len, "referral_update.appointment_at_ms is negative");
+            rc = MR_E_INVALID;
+            break;
+        }
+        /* Seconds sent as milliseconds (1970) would claim nothing, and
+         * microseconds (the year 55,000) would keep the referral open for
+         * ever: a later step cannot bring an expiry back. */
+        if (u->appointment_at_ms != 0 && (u->appointment_at_ms < S_APPOINTMENT_MIN_MS ||
+                                          u->appointment_at_ms > now_ms + S_APPOINTMENT_AHEAD_MS)) {
+            snprintf(reason, reason_len,
+                     "referral_update.appointment_at_ms must be milliseconds since 1970, from "
+                     "2000 to two years ahead");
             rc = MR_E_INVALID;
             break;
         }

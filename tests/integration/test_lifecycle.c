@@ -430,6 +430,16 @@ static void test_referral_appointment_outlives_its_expiry(void **state)
     assert_int_equal(step(lead, "t-aihua", "R-EXP-APPT", "STEP_IN_PROGRESS",
                           "\"appointment_at_ms\":-1", NULL),
                      MR_E_INVALID);
+    /* Nor one in seconds (1970: nothing claimed), or in microseconds (the
+     * year 55,000: the referral would never expire). */
+    long long now_s = (long long)time(NULL);
+    char bad[96];
+    snprintf(bad, sizeof bad, "\"appointment_at_ms\":%lld", now_s + 86400);
+    assert_int_equal(step(lead, "t-aihua", "R-EXP-APPT", "STEP_IN_PROGRESS", bad, NULL),
+                     MR_E_INVALID);
+    snprintf(bad, sizeof bad, "\"appointment_at_ms\":%lld", (now_s + 86400) * 1000000);
+    assert_int_equal(step(lead, "t-aihua", "R-EXP-APPT", "STEP_IN_PROGRESS", bad, NULL),
+                     MR_E_INVALID);
     drain(aihua, 200);
     drain(lead, 200);
     mr_client_destroy(&lead);

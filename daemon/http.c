@@ -3,8 +3,9 @@
  *
  * Owns: the MHD daemon, a uv_poll on its epoll fd, a uv_timer for its
  * time-outs, a uv_timer for the deadline of the oldest suspended /metrics
- * request, the list of suspended requests (oldest first), and each /metrics
- * request's context.
+ * request, the list of suspended requests (oldest first), each /metrics
+ * request's context, and a record of each connection MHD holds (when its
+ * request's head is due: S_HEAD_DEADLINE_MS).
  *
  * Invariants
  *   1. MHD_run is called whenever its epoll fd is readable, when its timer
@@ -42,6 +43,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "flow.h"
 
@@ -55,7 +57,25 @@
  */
 enum { S_METRICS_DEADLINE_MS = 5000 };
 
+/*
+ * How long a connection may take to send a request's head (from its
+ * connect, or from its last answer).  MHD's own time-out counts idleness
+ * only: a client sending a byte now and then kept a connection for ever,
+ * and 64 of them (MHD_OPTION_CONNECTION_LIMIT) kept /healthz from
+ * answering.  A monitor on this machine sends its request in milliseconds.
+ */
+enum { S_HEAD_DEADLINE_MS = 10000, S_SWEEP_MS = 1000 };
+
 typedef struct s_req_t s_req_t;
+typedef struct s_conn_t s_conn_t;
+
+/* A TCP connection MHD holds (its socket context), on http_t's list. */
+struct s_conn_t {
+    int fd;
+    int64_t since_ms;      /* waiting for a request head since (mr_mono_ms()); 0: in one */
+    bool cut;              /* shut down for taking too long */
+    s_conn_t *prev, *next;
+};
 
 struct http_t {
     server_t *s;
@@ -64,6 +84,9 @@ struct http_t {
     uv_timer_t timer;
     uv_timer_t deadline;             /* invariant 4 */
     s_req_t *suspended, *suspended_tail; /* invariant 3, oldest first */
+    s_conn_t *conns;                 /* every connection MHD holds */
+    uint64_t cut_unlogged;           /* connections cut since the last http.slow_clients line */
+    int64_t cut_logged_ms;
     int open_handles;
 };
 
@@ -577,6 +600,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     (void)upload_size;
     http_t *h = cls;
     server_t *s = h->s;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    if (ci != NULL && ci->socket_context != NULL)
+        ((s_conn_t *)ci->socket_context)->since_ms = 0; /* its head has come */
     if (strcmp(method, "GET") != 0)
         return s_respond(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "text/plain", NULL, 0);
     if (strcmp(url, "/healthz") == 0) {
@@ -632,9 +659,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-    (void)conn;
     (void)toe;
     http_t *h = cls;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    if (ci != NULL && ci->socket_context != NULL)
+        ((s_conn_t *)ci->socket_context)->since_ms = mr_mono_ms(); /* the next head, kept alive */
     s_req_t *r = *con_cls;
     if (r == NULL)
         return;
@@ -645,6 +675,62 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         r->gone = true; /* the store's last answer frees it (invariant 2) */
     else
         s_req_free(r);
+}
+
+/* MHD's connections, each from its start to its close. */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    http_t *h = cls;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        s_conn_t *c = ci ? calloc(1, sizeof *c) : NULL;
+        if (c == NULL)
+            return; /* not watched: MHD's idle time-out still ends it */
+        c->fd = ci->connect_fd;
+        c->since_ms = mr_mono_ms();
+        c->next = h->conns;
+        if (h->conns)
+            h->conns->prev = c;
+        h->conns = c;
+        *socket_context = c;
+        return;
+    }
+    s_conn_t *c = *socket_context;
+    if (c == NULL)
+        return;
+    *socket_context = NULL;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        h->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    free(c);
+}
+
+/* Shuts down each connection that has taken longer than S_HEAD_DEADLINE_MS
+ * to send a request's head: MHD sees its end at the next run and closes
+ * it.  Counted, and said in one log line per 10 s at most. */
+static void s_sweep(http_t *h)
+{
+    int64_t now = mr_mono_ms();
+    for (s_conn_t *c = h->conns; c; c = c->next) {
+        if (c->cut || c->since_ms == 0 || now - c->since_ms < S_HEAD_DEADLINE_MS)
+            continue;
+        if (shutdown(c->fd, SHUT_RDWR) == 0) {
+            c->cut = true;
+            h->cut_unlogged++;
+        }
+    }
+    if (h->cut_unlogged > 0 && now - h->cut_logged_ms >= 10000) {
+        log_warn(h->s->log, "http.slow_clients",
+                 "cut=%llu reason=\"no request head within %d s\"",
+                 (unsigned long long)h->cut_unlogged, S_HEAD_DEADLINE_MS / 1000);
+        h->cut_unlogged = 0;
+        h->cut_logged_ms = now;
+    }
 }
 
 static void on_timer(uv_timer_t *t)
@@ -664,11 +750,11 @@ static void s_run(http_t *h)
     if (h->mhd == NULL)
         return;
     MHD_run(h->mhd);
+    s_sweep(h);
     MHD_UNSIGNED_LONG_LONG timeout;
-    if (MHD_get_timeout(h->mhd, &timeout) == MHD_YES)
-        uv_timer_start(&h->timer, on_timer, timeout, 0);
-    else
-        uv_timer_start(&h->timer, on_timer, 1000, 0);
+    if (MHD_get_timeout(h->mhd, &timeout) != MHD_YES || (h->conns && timeout > S_SWEEP_MS))
+        timeout = S_SWEEP_MS; /* the sweep looks at least this often while connections wait */
+    uv_timer_start(&h->timer, on_timer, timeout, 0);
 }
 
 static int s_parse_listen(const char *listen, struct sockaddr_in *sa)
@@ -699,6 +785,7 @@ http_t *http_new(server_t *s, const char *listen)
     h->mhd = MHD_start_daemon(MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0,
                               NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, &sa,
                               MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+                              MHD_OPTION_NOTIFY_CONNECTION, on_connection, h,
                               MHD_OPTION_CONNECTION_LIMIT, (unsigned)64,
                               MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30, MHD_OPTION_END);
     if (h->mhd == NULL) {
@@ -756,6 +843,11 @@ void http_destroy(http_t **self_p)
     if (h->mhd)
         MHD_stop_daemon(h->mhd);
     h->mhd = NULL;
+    while (h->conns != NULL) { /* MHD tells each close; should one be left */
+        s_conn_t *c = h->conns;
+        h->conns = c->next;
+        free(c);
+    }
     /* Stopped and closed in the order http_new opened them (the poll
      * always): open_handles says how far it got. */
     int n = h->open_handles;

@@ -5,7 +5,8 @@
  * sender get ERROR_QUEUE_FULL.  Everything acknowledged is delivered.
  * A burst beyond what the store commits is held back (intake pauses), not
  * read into memory, and still arrives once.  A stream of refusals is
- * answered and counted in full but logged within a limit.
+ * answered and counted in full but logged within a limit.  Clients that
+ * trickle HTTP requests cannot keep /healthz from answering.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -16,6 +17,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 #include <zmq.h>
@@ -349,6 +354,42 @@ static void test_limits_refusals_logged_within_a_limit(void **state)
     mrt_daemon_cleanup(&d);
 }
 
+/*
+ * 64 connections (the HTTP server's limit) that send a request a byte at a
+ * time, never finishing it, kept /healthz from answering for as long as
+ * they went on (each byte renewed the idle time-out).  A request's head
+ * must come within S_HEAD_DEADLINE_MS (10 s): then they are cut, and
+ * /healthz answers while they still try.
+ */
+static void test_limits_trickling_http_clients_are_cut(void **state)
+{
+    (void)state;
+    enum { CONNS = 64, TRIES = 40 };
+    mrt_daemon_t d = {0};
+    assert_int_equal(mrt_daemon_start(&d, NULL), 0);
+    int fds[CONNS];
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)d.http_port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    for (int i = 0; i < CONNS; i++) {
+        fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+        assert_true(fds[i] >= 0);
+        assert_int_equal(connect(fds[i], (struct sockaddr *)&a, sizeof a), 0);
+        assert_int_equal(write(fds[i], "GET /healthz HTTP/1.1\r\nX-Slow: ", 31), 31);
+    }
+    int status = 0;
+    for (int t = 0; t < TRIES && status != 200; t++) {
+        for (int i = 0; i < CONNS; i++)
+            (void)!send(fds[i], "a", 1, MSG_NOSIGNAL); /* a cut one fails: fine */
+        free(mrt_http_fetch(&d, "/healthz", 1, &status));
+    }
+    assert_int_equal(status, 200);
+    assert_true(mrt_log_count(&d, "event=http.slow_clients") >= 1);
+    for (int i = 0; i < CONNS; i++)
+        close(fds[i]);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -357,6 +398,7 @@ int main(void)
         cmocka_unit_test(test_limits_burst_is_held_back_not_buffered),
         cmocka_unit_test(test_limits_delivery_acks_held_back_per_frame),
         cmocka_unit_test(test_limits_refusals_logged_within_a_limit),
+        cmocka_unit_test(test_limits_trickling_http_clients_are_cut),
     };
     return cmocka_run_group_tests_name("limits", tests, NULL, NULL);
 }

@@ -670,12 +670,19 @@ int mr_client_submit_packed(mr_client_t *self, const char *message_id, const voi
     return 0;
 }
 
-/* Sets key to a string if the object lacks it. */
-static int s_default_str(json_t *obj, const char *key, const char *value)
+/* Sets key to value (a new reference, taken) unless the object gives the
+ * field, as key or as its lowerCamelCase spelling camel (pbjson takes both),
+ * with anything but null ("not set").  A null under either is dropped first:
+ * pbjson refuses a field given under both spellings. */
+static int s_default(json_t *obj, const char *key, const char *camel, json_t *value)
 {
-    if (json_object_get(obj, key) != NULL)
+    const json_t *snake_v = json_object_get(obj, key), *camel_v = json_object_get(obj, camel);
+    if ((snake_v != NULL && !json_is_null(snake_v)) || (camel_v != NULL && !json_is_null(camel_v))) {
+        json_decref(value);
         return 0;
-    return json_object_set_new(obj, key, json_string(value));
+    }
+    (void)json_object_del(obj, camel); /* -1 when absent */
+    return json_object_set_new(obj, key, value);
 }
 
 int mr_client_submit_json(mr_client_t *self, const char *json, char *id_out, char *err,
@@ -697,9 +704,9 @@ int mr_client_submit_json(mr_client_t *self, const char *json, char *id_out, cha
     }
     char id[MR_MESSAGE_ID_MAX + 1];
     s_new_id(self, id, sizeof id);
-    if (s_default_str(obj, "source", self->facility) < 0 || s_default_str(obj, "message_id", id) < 0 ||
-        (json_object_get(obj, "created_at_ms") == NULL &&
-         json_object_set_new(obj, "created_at_ms", json_integer(mr_now_ms())) < 0)) {
+    if (s_default(obj, "source", "source", json_string(self->facility)) < 0 ||
+        s_default(obj, "message_id", "messageId", json_string(id)) < 0 ||
+        s_default(obj, "created_at_ms", "createdAtMs", json_integer(mr_now_ms())) < 0) {
         rc = -ENOMEM;
         goto out;
     }

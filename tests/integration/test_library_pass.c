@@ -441,6 +441,63 @@ static void test_library_pass_no_delivery_ack_for_seq_0(void **state)
     s_broker_close(&b);
 }
 
+/*
+ * What mr_client_submit_json fills in (source, message_id, created_at_ms)
+ * it fills in only when the JSON does not give it, under either spelling
+ * the mapping accepts: the lowerCamelCase "messageId" and "createdAtMs"
+ * (what protobuf's own JSON printers write by default) are the caller's
+ * values, and a null one is missing.  Until the seventeenth session the
+ * library looked for the snake_case key alone, added it beside the camel
+ * one, and the mapping then refused the JSON ("field given twice").
+ */
+static void test_library_pass_submit_json_camel_case_keys(void **state)
+{
+    (void)state;
+    s_broker_t b;
+    s_broker_open(&b, "camel");
+    mr_client_opts_t o = {.endpoint = b.ep, .facility = "t-aihua"};
+    mr_client_t *c = mr_client_new(&o);
+    assert_non_null(c);
+    char err[200] = "", out_id[80] = "";
+    assert_int_equal(mr_client_submit_json(c,
+                                           "{\"messageId\":\"CAMEL-1\",\"createdAtMs\":1714540800123,"
+                                           "\"destination\":\"yx-lab\",\"kind\":\"lab_order\","
+                                           "\"labOrder\":{\"placerOrderNumber\":\"P-1\"}}",
+                                           out_id, err, sizeof err),
+                     0);
+    assert_string_equal(out_id, "CAMEL-1");
+    /* null is "not set": filled in as if absent */
+    assert_int_equal(mr_client_submit_json(c,
+                                           "{\"message_id\":\"NULLS-1\",\"source\":null,"
+                                           "\"createdAtMs\":null,\"destination\":\"yx-lab\","
+                                           "\"kind\":\"lab_order\",\"lab_order\":{\"placer_order_number\":\"P-2\"}}",
+                                           out_id, err, sizeof err),
+                     0);
+    assert_string_equal(out_id, "NULLS-1");
+
+    s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_HELLO, NULL);
+    s_broker_welcome(&b, 1 << 20);
+    for (int k = 0; k < 2; k++) {
+        mr_frame_t *f = s_broker_recv(&b, c);
+        while (f->body_case == MEDROUTE__V1__FRAME__BODY_HEARTBEAT ||
+               f->body_case == MEDROUTE__V1__FRAME__BODY_HELLO) {
+            medroute__v1__frame__free_unpacked(f, NULL);
+            f = s_broker_recv(&b, c);
+        }
+        assert_int_equal(f->body_case, MEDROUTE__V1__FRAME__BODY_ENVELOPE);
+        assert_string_equal(f->envelope->source, "t-aihua");
+        if (strcmp(f->envelope->message_id, "CAMEL-1") == 0) {
+            assert_true(f->envelope->created_at_ms == 1714540800123LL);
+        } else {
+            assert_string_equal(f->envelope->message_id, "NULLS-1");
+            assert_true(f->envelope->created_at_ms > 1714540800123LL);
+        }
+        medroute__v1__frame__free_unpacked(f, NULL);
+    }
+    mr_client_destroy(&c);
+    s_broker_close(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -449,6 +506,7 @@ int main(void)
         cmocka_unit_test(test_library_pass_late_ack_counts_for_the_same_content),
         cmocka_unit_test(test_library_pass_late_ack_of_an_earlier_process),
         cmocka_unit_test(test_library_pass_no_delivery_ack_for_seq_0),
+        cmocka_unit_test(test_library_pass_submit_json_camel_case_keys),
     };
     return cmocka_run_group_tests_name("library_pass", tests, NULL, NULL);
 }

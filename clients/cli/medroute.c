@@ -479,8 +479,10 @@ typedef struct {
 static json_t *s_build_envelope(const s_send_args_t *a)
 {
     json_error_t jerr;
-    json_t *in = strcmp(a->file, "-") == 0 ? json_loadf(stdin, 0, &jerr)
-                                           : json_load_file(a->file, 0, &jerr);
+    /* A key given twice is refused (as by mr_client_submit_json), not
+     * collapsed to its last value here before the library could see it. */
+    json_t *in = strcmp(a->file, "-") == 0 ? json_loadf(stdin, JSON_REJECT_DUPLICATES, &jerr)
+                                           : json_load_file(a->file, JSON_REJECT_DUPLICATES, &jerr);
     json_t *env = NULL;
     if (in == NULL) {
         fprintf(stderr, "medroute: %s:%d:%d: %s\n", strcmp(a->file, "-") == 0 ? "<stdin>" : a->file,

@@ -693,7 +693,9 @@ int mr_client_submit_json(mr_client_t *self, const char *json, char *id_out, cha
     uint8_t *body = NULL;
     size_t len = 0;
     int rc = -EINVAL;
-    json_t *obj = json_loads(json, 0, &jerr);
+    /* A key given twice is refused, as pbjson refuses a field under both its
+     * spellings: jansson would keep the last value without a word. */
+    json_t *obj = json_loads(json, JSON_REJECT_DUPLICATES, &jerr);
     if (obj == NULL) {
         snprintf(err, errlen, "JSON line %d: %s", jerr.line, jerr.text);
         goto out;

@@ -147,7 +147,7 @@ int mr_operator_call_json(mr_operator_t *self, const char *request_json, char **
     json_t *out = NULL;
     int rc = -EINVAL;
     *reply = NULL;
-    json_t *req = json_loads(request_json, 0, &jerr);
+    json_t *req = json_loads(request_json, JSON_REJECT_DUPLICATES, &jerr); /* as submit_json */
     if (req == NULL) {
         snprintf(err, errlen, "JSON line %d: %s", jerr.line, jerr.text);
         goto out;

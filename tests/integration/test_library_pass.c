@@ -498,6 +498,32 @@ static void test_library_pass_submit_json_camel_case_keys(void **state)
     s_broker_close(&b);
 }
 
+/*
+ * A key given twice in the JSON of mr_client_submit_json is refused, as
+ * the same field under its two spellings is: jansson kept the last value
+ * silently, so {"destination": "yx-lab", ..., "destination": "yx-lead"}
+ * went to yx-lead.
+ */
+static void test_library_pass_submit_json_duplicate_key(void **state)
+{
+    (void)state;
+    s_broker_t b;
+    s_broker_open(&b, "dupkey");
+    mr_client_opts_t o = {.endpoint = b.ep, .facility = "t-aihua"};
+    mr_client_t *c = mr_client_new(&o);
+    assert_non_null(c);
+    char err[200] = "", out_id[80] = "";
+    assert_int_equal(mr_client_submit_json(c,
+                                           "{\"message_id\":\"DUP-1\",\"destination\":\"yx-lab\","
+                                           "\"kind\":\"lab_order\",\"destination\":\"yx-lead\","
+                                           "\"lab_order\":{\"placer_order_number\":\"P-1\"}}",
+                                           out_id, err, sizeof err),
+                     -EINVAL);
+    assert_non_null(strstr(err, "duplicate"));
+    mr_client_destroy(&c);
+    s_broker_close(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -507,6 +533,7 @@ int main(void)
         cmocka_unit_test(test_library_pass_late_ack_of_an_earlier_process),
         cmocka_unit_test(test_library_pass_no_delivery_ack_for_seq_0),
         cmocka_unit_test(test_library_pass_submit_json_camel_case_keys),
+        cmocka_unit_test(test_library_pass_submit_json_duplicate_key),
     };
     return cmocka_run_group_tests_name("library_pass", tests, NULL, NULL);
 }

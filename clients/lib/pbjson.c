@@ -617,6 +617,8 @@ static int s_get_double(struct pbjson_in *in, const json_t *j, bool is_float,
 	} else if (json_is_string(j)) {
 		const char *s = json_string_value(j);
 
+		if (strlen(s) != json_string_length(j))
+			return s_fail(in, -EINVAL, "string contains a NUL character");
 		if (strcmp(s, "NaN") == 0)
 			d = NAN;
 		else if (strcmp(s, "Infinity") == 0)
@@ -645,6 +647,9 @@ static int s_get_enum(struct pbjson_in *in, const ProtobufCEnumDescriptor *ed,
 	int rc;
 
 	if (json_is_string(j)) {
+		/* A NUL would end the name early: "referral\u0000x" is no kind. */
+		if (strlen(json_string_value(j)) != json_string_length(j))
+			return s_fail(in, -EINVAL, "enum name contains a NUL character");
 		ev = s_enum_by_name(ed, json_string_value(j));
 		if (ev == NULL)
 			return s_fail(in, -EINVAL, "unknown enum value \"%s\" for %s",

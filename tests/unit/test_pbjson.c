@@ -541,6 +541,38 @@ static void test_pbjson_error_unknown_enum_name(void **state)
 	             "kind: 2147483648 is out of range for medroute.v1.Kind");
 }
 
+/* A NUL character (\u0000, which jansson reads with JSON_ALLOW_NUL) is
+ * refused wherever a JSON string is read as text: a string field, an enum
+ * name, a floating-point keyword.  Enum names and keywords were compared as
+ * C strings, so "referral\u0000x" passed for KIND_REFERRAL. */
+static void test_pbjson_error_nul_in_strings(void **state)
+{
+	static const struct {
+		const ProtobufCMessageDescriptor *desc;
+		const char *text, *err;
+	} cases[] = {
+		{ ENVELOPE, "{\"source\": \"t-aihua\\u0000x\"}",
+		  "source: string contains a NUL character" },
+		{ ENVELOPE, "{\"kind\": \"referral\\u0000x\"}",
+		  "kind: enum name contains a NUL character" },
+		{ ENVELOPE, "{\"referral\": {\"patient\": {\"sex\": \"SEX_MALE\\u0000\"}}}",
+		  "referral.patient.sex: enum name contains a NUL character" },
+		{ &test_node_descriptor, "{\"ratio\": \"NaN\\u0000\"}",
+		  "ratio: string contains a NUL character" },
+	};
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		json_error_t e;
+		json_t *j = json_loads(cases[i].text, JSON_ALLOW_NUL, &e);
+
+		assert_non_null(j);
+		expect_error_json(cases[i].desc, j, cases[i].err);
+		json_decref(j);
+	}
+}
+
 static void test_pbjson_error_two_oneof_members(void **state)
 {
 	(void)state;
@@ -885,6 +917,7 @@ int main(void)
 		cmocka_unit_test(test_pbjson_error_unknown_key),
 		cmocka_unit_test(test_pbjson_error_wrong_type),
 		cmocka_unit_test(test_pbjson_error_unknown_enum_name),
+		cmocka_unit_test(test_pbjson_error_nul_in_strings),
 		cmocka_unit_test(test_pbjson_error_two_oneof_members),
 		cmocka_unit_test(test_pbjson_error_uint32_out_of_range),
 		cmocka_unit_test(test_pbjson_error_too_deep),

@@ -28,6 +28,14 @@ int mr_keyfile_read(const char *path, mr_keyfile_t *out)
     out->loose = (st.st_mode & (S_IRWXO | S_IWGRP)) != 0;
     char line[S_LINE_MAX];
     while (fgets(line, sizeof line, f)) {
+        /* A line longer than the buffer is still one line: its rest is
+         * dropped, never read as a line of its own (the tail of a long
+         * comment is not the key). */
+        if (strchr(line, '\n') == NULL) {
+            int c;
+            while ((c = getc(f)) != EOF && c != '\n')
+                ;
+        }
         line[strcspn(line, "\r\n")] = '\0';
         if (strncmp(line, "# medroute CURVE public key", 27) == 0)
             out->kind = MR_KEYFILE_PUBLIC;

@@ -100,11 +100,40 @@ static void test_keys_readers_tell_secret_from_public(void **state)
     assert_int_equal(rmdir(dir), 0);
 }
 
+/* A comment line longer than the reader's line buffer (512 bytes) is one
+ * line still: its tail is not read as the key line.  Until the seventeenth
+ * session the tail of such a comment, 40 bytes of Z85, was taken as the
+ * key and the real key line after it ignored. */
+static void test_keys_long_comment_line_is_one_line(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/mrt-keys-long-XXXXXX", path[1024];
+    assert_non_null(mkdtemp(dir));
+    char pub[41], derived[41];
+    assert_int_equal(mr_keygen(dir, "t-aihua", pub), 0);
+    snprintf(path, sizeof path, "%s/hand.pub", dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    /* 511 bytes fill the buffer; the 40 after them are Z85, not the key */
+    fprintf(f, "#");
+    for (int i = 0; i < 510; i++)
+        fputc('x', f);
+    fprintf(f, "%s\n%s\n", "Yne@$w-vo<fVvi]a<NY6T1ed:M$fCG*[IaLV{hID", pub);
+    assert_int_equal(fclose(f), 0);
+    assert_int_equal(mr_key_read_public(path, derived), 0);
+    assert_string_equal(derived, pub);
+    unlink(path);
+    s_rm(dir, "t-aihua", ".key");
+    s_rm(dir, "t-aihua", ".pub");
+    assert_int_equal(rmdir(dir), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_keys_long_name_written_whole_or_refused),
         cmocka_unit_test(test_keys_readers_tell_secret_from_public),
+        cmocka_unit_test(test_keys_long_comment_line_is_one_line),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

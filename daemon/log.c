@@ -32,7 +32,7 @@ struct log_t {
     log_level_t level;
     pthread_mutex_t lock;
     char last[S_BODY_MAX];   /* level+event+fields of the last line */
-    time_t last_window_start;
+    time_t last_window_start; /* CLOCK_MONOTONIC s: a wall clock step moves no window */
     unsigned repeats;        /* identical lines in the current window */
     unsigned suppressed;     /* of those, not written */
 };
@@ -116,8 +116,9 @@ void log_event(log_t *self, log_level_t level, const char *event, const char *fi
     if ((size_t)m >= sizeof body - (size_t)n)
         s_mark_cut(body, sizeof body);
 
-    struct timespec ts;
+    struct timespec ts, mono;
     clock_gettime(CLOCK_REALTIME, &ts);
+    clock_gettime(CLOCK_MONOTONIC, &mono);
     struct tm tm;
     gmtime_r(&ts.tv_sec, &tm);
     char when[40];
@@ -126,7 +127,8 @@ void log_event(log_t *self, log_level_t level, const char *event, const char *fi
 
     pthread_mutex_lock(&self->lock);
     unsigned summary = 0;
-    if (strcmp(body, self->last) == 0 && ts.tv_sec - self->last_window_start < S_REPEAT_WINDOW_S) {
+    if (strcmp(body, self->last) == 0 &&
+        mono.tv_sec - self->last_window_start < S_REPEAT_WINDOW_S) {
         if (++self->repeats > S_REPEAT_MAX) {
             self->suppressed++;
             pthread_mutex_unlock(&self->lock);
@@ -135,7 +137,7 @@ void log_event(log_t *self, log_level_t level, const char *event, const char *fi
     } else {
         summary = self->suppressed;
         snprintf(self->last, sizeof self->last, "%s", body);
-        self->last_window_start = ts.tv_sec;
+        self->last_window_start = mono.tv_sec;
         self->repeats = 1;
         self->suppressed = 0;
     }

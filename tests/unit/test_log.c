@@ -1,7 +1,8 @@
 /*
  * Unit tests for daemon/log.c: a line longer than the log takes is cut on a
  * UTF-8 character, its quoted value closed and the cut marked, so that it
- * still parses as key=value pairs; a line that fits is written whole.
+ * still parses as key=value pairs; a line that fits is written whole; the
+ * repeat window of identical lines runs on the monotonic clock.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,9 +13,25 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "log.h"
 #include "mr_codec.h"
+
+/* clock_gettime as log.c sees it (-Wl,--wrap): the real one until a test
+ * sets s_fake, then the wall and monotonic clocks the test chose. */
+int __real_clock_gettime(clockid_t id, struct timespec *ts);
+int __wrap_clock_gettime(clockid_t id, struct timespec *ts);
+static int s_fake;
+static time_t s_wall_s, s_mono_s;
+int __wrap_clock_gettime(clockid_t id, struct timespec *ts)
+{
+    if (!s_fake)
+        return __real_clock_gettime(id, ts);
+    ts->tv_sec = id == CLOCK_REALTIME ? s_wall_s : s_mono_s;
+    ts->tv_nsec = 0;
+    return 0;
+}
 
 /* Logs one info line through a log_t writing to a temporary file; returns
  * the line as written (without its timestamp), or NULL. */
@@ -76,11 +93,50 @@ static void test_log_long_line_is_cut_and_marked(void **state)
     assert_null(strstr(body, "after=1"));
 }
 
+static size_t s_lines(FILE *out, const char *needle)
+{
+    rewind(out);
+    char line[512];
+    size_t n = 0;
+    while (fgets(line, sizeof line, out) != NULL)
+        n += strstr(line, needle) != NULL;
+    return n;
+}
+
+/* An identical line is held back for 10 s of the monotonic clock, not of the
+ * wall clock: a step of the wall clock back (NTP correcting it) must not
+ * hold a repeated line, a security event say, back for the length of the
+ * step. */
+static void test_log_repeat_window_ignores_a_wall_clock_step(void **state)
+{
+    (void)state;
+    FILE *out = tmpfile();
+    assert_non_null(out);
+    log_t *log = log_new(MR_LOG_INFO, out);
+    assert_non_null(log);
+    s_fake = 1;
+    s_wall_s = 1700000000;
+    s_mono_s = 1000;
+    for (int i = 0; i < 7; i++)
+        log_warn(log, "security.spoofed_hello", "facility=x key=abcdefgh");
+    assert_int_equal(s_lines(out, "event=security.spoofed_hello"), 5); /* 2 held back */
+    s_wall_s -= 3600; /* the wall clock steps back an hour ... */
+    s_mono_s += 11;   /* ... as 11 s go by */
+    fseek(out, 0, SEEK_END);
+    log_warn(log, "security.spoofed_hello", "facility=x key=abcdefgh");
+    s_fake = 0;
+    assert_int_equal(s_lines(out, "event=security.spoofed_hello"), 6);
+    assert_int_equal(s_lines(out, "event=log.suppressed count=2"), 1);
+    log_destroy(&log);
+    assert_int_equal(fclose(out), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_log_line_that_fits_is_whole),
         cmocka_unit_test(test_log_long_line_is_cut_and_marked),
+        cmocka_unit_test(test_log_repeat_window_ignores_a_wall_clock_step),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -43,6 +43,15 @@ int watch_subscribe(server_t *s, const uint8_t *rid, size_t rid_len, uint64_t re
     return 0;
 }
 
+void watch_unsubscribe(server_t *s, const uint8_t *rid, size_t rid_len)
+{
+    for (int i = 0; i < MR_WATCHERS_MAX; i++) {
+        watcher_t *w = &s->watchers[i];
+        if (w->rid_len != 0 && w->rid_len == rid_len && memcmp(w->rid, rid, rid_len) == 0)
+            w->rid_len = 0;
+    }
+}
+
 /* Ends the streams of keys a reload has removed from the operators: as
  * opapi refuses their requests, the stream they opened stops too (it would
  * otherwise run until it goes stale). */

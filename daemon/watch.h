@@ -14,6 +14,8 @@
  * (its User-Id; NULL when plaintext). 0, -EINVAL or -ENOSPC. */
 int watch_subscribe(server_t *s, const uint8_t *rid, size_t rid_len, uint64_t request_id,
                     const char *key);
+/* Ends the stream of the operator connection rid, if it has one. */
+void watch_unsubscribe(server_t *s, const uint8_t *rid, size_t rid_len);
 /* Sends an event of kind with one line of text to every watcher. */
 void watch_event(server_t *s, const char *kind, const char *text);
 /* Periodic: sends counter changes since the last tick, drops watchers not

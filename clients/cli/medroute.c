@@ -1529,6 +1529,12 @@ static int s_cmd_watch(s_ctx_t *ctx, int argc, char **argv)
             seen++;
         free(reply);
     }
+    if (renewed != 0) { /* its place among the broker's 16 watchers, freed now */
+        char *reply = NULL, err[256] = "";
+        (void)mr_operator_call_json(op, "{\"watch\":{\"stop\":true}}", &reply, 1000, err,
+                                    sizeof err);
+        free(reply);
+    }
     mr_operator_destroy(&op);
     return status;
 }

@@ -611,6 +611,16 @@ check "watch with a stray argument: exit 2 (usage), nothing watched" \
 run watch3 mr watch --count x
 check "watch --count x: exit 2 and a message on stderr" \
     "exit $RC, err: $(cat "$TMP/watch3.err")" test "$RC" -eq 2 -a -s "$TMP/watch3.err"
+# A watch that ends frees its place among the broker's 16 at once: 17 short
+# ones in a row all get in (the 16th failed "too many watchers" for the
+# next two minutes, when only the broker's time-out freed them).
+WFAILS=0
+for i in $(seq 1 17); do
+    run watch_short mr watch --timeout 100
+    [ "$RC" -eq 0 ] || WFAILS=$((WFAILS + 1))
+done
+check "17 short watches in a row all get in" \
+    "$WFAILS failed, last: $(cat "$TMP/watch_short.err")" test "$WFAILS" -eq 0
 
 # ---- 8d: a failed admin backup says why in the log ----------------------------------
 

@@ -57,7 +57,9 @@ static void on_expired(store_req_t *req, void *arg)
         return;
     for (size_t i = 0; i < req->n_rows; i++) {
         const store_row_t *r = &req->rows[i];
-        int peer = registry_find(s->registry, r->dest, strlen(r->dest));
+        /* A removed facility's too: no longer pending should it be added
+         * back (its memory is forgotten already). */
+        int peer = registry_find_any(s->registry, r->dest, strlen(r->dest));
         s->counters.v[CNT_EXPIRED]++;
         s->counters.v[CNT_DEAD]++;
         log_warn(s->log, "message.expired", "seq=%llu source=%s dest=%s kind=%s",

@@ -464,7 +464,9 @@ static void on_changed(store_req_t *req, void *arg)
             if (any >= 0)
                 router_forget(s, any, row->seq);
         } else {
-            int peer = registry_find(s->registry, row->dest, strlen(row->dest));
+            /* A removed facility's too: pending again should it be added
+             * back (nothing is sent to it meanwhile: not connected). */
+            int peer = registry_find_any(s->registry, row->dest, strlen(row->dest));
             if (peer >= 0)
                 router_on_retried(s, peer, row);
         }

@@ -240,7 +240,8 @@ static bool s_connected(void *arg)
  * `medroute queue drop`.  Such a drop is one more dead message (the status'
  * `dead` counts every message moved to the dead letters, as the tally
  * messages_dead_total does), and it is no longer pending for the facility
- * when it is added back: its Welcome says 0.
+ * when it is added back: its Welcome says 0.  Nor is one that expired
+ * while the facility was removed.
  */
 static void test_service_drop_for_a_removed_facility(void **state)
 {
@@ -255,6 +256,12 @@ static void test_service_drop_for_a_removed_facility(void **state)
     assert_int_equal(mrt_send(lead, "t-lishu", "lab_order", "routine",
                               "{\"placer_order_number\":\"P-GONE\"}", NULL),
                      0);
+    char referral[256];
+    snprintf(referral, sizeof referral,
+             "{\"referral_id\":\"R-GONE\",\"reasons\":[{\"system\":\"ICD-10\",\"code\":\"E11\"}],"
+             "\"service\":\"SERVICE_FOLLOW_UP\",\"expires_at_ms\":%lld}",
+             mrt_now_ms() + 1500);
+    assert_int_equal(mrt_send(lead, "t-lishu", "referral", "routine", referral, NULL), 0);
     s_rewrite(&d, without, NULL);
     assert_int_equal(mrt_daemon_reload(&d), 0);
     char *r = mrt_operator(&d, "{\"queue_list\":{\"destination\":\"t-lishu\"}}");
@@ -276,6 +283,10 @@ static void test_service_drop_for_a_removed_facility(void **state)
     assert_non_null(strstr(r, "\"dropped "));
     free(r);
     assert_int_equal(mrt_counter(&d, "dead"), (dead < 0 ? 0 : dead) + 1);
+    long long until = mrt_now_ms() + 10000;
+    while (mrt_log_count(&d, "event=message.expired") == 0 && mrt_now_ms() < until)
+        usleep(100 * 1000);
+    assert_int_equal(mrt_log_count(&d, "event=message.expired"), 1);
 
     /* Added back: nothing waits for it. */
     s_rewrite(&d, all, NULL);

@@ -209,14 +209,10 @@ int facts_extract(const server_t *s, int src, int dest, const mr_envelope_t *env
         f->step = (int)u->step;
         f->has_reason = u->reason && u->reason[0];
         f->has_summary = u->summary && u->summary->uri && u->summary->uri[0];
-        if (u->appointment_at_ms < 0) { /* it would claim a unit of a day in 1969 */
-            snprintf(reason, reason_len, "referral_update.appointment_at_ms is negative");
-            rc = MR_E_INVALID;
-            break;
-        }
-        /* Seconds sent as milliseconds (1970) would claim nothing, and
-         * microseconds (the year 55,000) would keep the referral open for
-         * ever: a later step cannot bring an expiry back. */
+        /* A negative one would claim a unit of a day in 1969, seconds sent
+         * as milliseconds (1970) nothing, and microseconds (the year 55,000)
+         * would keep the referral open for ever: a later step cannot bring
+         * an expiry back. */
         if (u->appointment_at_ms != 0 && (u->appointment_at_ms < S_APPOINTMENT_MIN_MS ||
                                           u->appointment_at_ms > now_ms + S_APPOINTMENT_AHEAD_MS)) {
             snprintf(reason, reason_len,
@@ -228,10 +224,9 @@ int facts_extract(const server_t *s, int src, int dest, const mr_envelope_t *env
         f->appointment_ms = u->appointment_at_ms;
         /* The patient who comes to a slot booked past the referral's own
          * expiry must find it open (docs/referrals.md 1.3). */
-        int64_t grace = (int64_t)s->conf->appointment_grace_s * 1000;
-        f->open_until_ms = u->appointment_at_ms > 0 && u->appointment_at_ms < INT64_MAX - grace
-                               ? u->appointment_at_ms + grace
-                               : 0;
+        f->open_until_ms = u->appointment_at_ms
+                               ? u->appointment_at_ms + (int64_t)s->conf->appointment_grace_s * 1000
+                               : 0; /* bounded above: no overflow */
         char day[11];
         facts_local_day(u->appointment_at_ms ? u->appointment_at_ms : now_ms, day);
         f->appointment_day = strdup(day);

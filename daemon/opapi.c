@@ -454,21 +454,17 @@ static void on_changed(store_req_t *req, void *arg)
         log_info(s->log, "operator.queue_changed", "action=%s seq=%llu",
                  req->op == STORE_DROP ? "drop" : "retry", (unsigned long long)req->msg.seq);
         /* Tell the router, which keeps the pending counts and the memory
-         * window.  A drop, of a removed facility's message too (how
-         * operations.md has them cleared): one more dead, one less pending
-         * should it be added back (its memory is forgotten already). */
+         * window: of a removed facility's message too (how operations.md has
+         * them cleared), so that its count is right should it be added back
+         * (its memory is forgotten already, and nothing is sent to it). */
         store_row_t *row = &req->rows[0];
+        int peer = registry_find_any(s->registry, row->dest, strlen(row->dest));
         if (req->op == STORE_DROP) {
             s->counters.v[CNT_DEAD]++;
-            int any = registry_find_any(s->registry, row->dest, strlen(row->dest));
-            if (any >= 0)
-                router_forget(s, any, row->seq);
-        } else {
-            /* A removed facility's too: pending again should it be added
-             * back (nothing is sent to it meanwhile: not connected). */
-            int peer = registry_find_any(s->registry, row->dest, strlen(row->dest));
             if (peer >= 0)
-                router_on_retried(s, peer, row);
+                router_forget(s, peer, row->seq);
+        } else if (peer >= 0) {
+            router_on_retried(s, peer, row);
         }
     } else {
         s_reply_error(s, pd->rid, pd->rid_len, pd->request_id,

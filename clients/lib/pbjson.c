@@ -132,6 +132,13 @@ static void s_path_pop(struct pbjson_in *in, size_t mark)
 	in->path[mark] = '\0';
 }
 
+/* Whether the JSON string j holds a NUL character (possible under
+ * JSON_ALLOW_NUL): C would read it as shorter than it is. */
+static bool s_has_nul(const json_t *j)
+{
+	return memchr(json_string_value(j), '\0', json_string_length(j)) != NULL;
+}
+
 static const char *s_json_kind(const json_t *j)
 {
 	switch (json_typeof(j)) {
@@ -617,7 +624,7 @@ static int s_get_double(struct pbjson_in *in, const json_t *j, bool is_float,
 	} else if (json_is_string(j)) {
 		const char *s = json_string_value(j);
 
-		if (strlen(s) != json_string_length(j))
+		if (s_has_nul(j))
 			return s_fail(in, -EINVAL, "string contains a NUL character");
 		if (strcmp(s, "NaN") == 0)
 			d = NAN;
@@ -648,7 +655,7 @@ static int s_get_enum(struct pbjson_in *in, const ProtobufCEnumDescriptor *ed,
 
 	if (json_is_string(j)) {
 		/* A NUL would end the name early: "referral\u0000x" is no kind. */
-		if (strlen(json_string_value(j)) != json_string_length(j))
+		if (s_has_nul(j))
 			return s_fail(in, -EINVAL, "enum name contains a NUL character");
 		ev = s_enum_by_name(ed, json_string_value(j));
 		if (ev == NULL)
@@ -777,7 +784,7 @@ static int s_value_from_json(struct pbjson_in *in,
 		}
 		s = json_string_value(j);
 		n = json_string_length(j);
-		if (memchr(s, '\0', n) != NULL) {
+		if (s_has_nul(j)) {
 			rc = s_fail(in, -EINVAL, "string contains a NUL character");
 			break;
 		}

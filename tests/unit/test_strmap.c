@@ -1,7 +1,8 @@
 /*
  * Unit tests for proto/strmap.c: the byte-string -> int map behind facility
  * ids, ZeroMQ routing ids and libmedroute's seen-set in memory.  Growth,
- * tombstones and binary keys are exercised through the public API only.
+ * tombstones and binary keys are exercised through the public API; the hash
+ * through strmap_new_keyed and strmap_hash, with keys the test chooses.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -222,6 +223,97 @@ static void test_strmap_destroy_null(void **state)
     assert_null(m);
 }
 
+/* Known answers of SipHash-1-3 under the zero key (the 64-bit outputs'
+ * low halves; the reference implementation gives d1fba762150c532c,
+ * 8264ceeccb16bcbe and ce31007e34130c0a). */
+static void test_strmap_hash_is_siphash13(void **state)
+{
+    (void)state;
+    const uint8_t zero[16] = {0};
+    strmap_t *m = strmap_new_keyed(zero);
+    assert_non_null(m);
+    assert_int_equal(strmap_hash(m, "", 0), 0x150c532cU);
+    assert_int_equal(strmap_hash(m, "siphash", 7), 0xcb16bcbeU);
+    assert_int_equal(strmap_hash(m, "digest-sip_hash", 15), 0x34130c0aU);
+    strmap_destroy(&m);
+}
+
+/* The hash strmap used before it was keyed: FNV-1a, 64 bits, its low half. */
+static uint32_t s_fnv1a(const char *key, size_t len)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)key[i];
+        h *= 1099511628211ULL;
+    }
+    return (uint32_t)h;
+}
+
+/* 64 ids a sender could choose, all of one FNV-1a hash: the low 32 bits of
+ * its state depend on nothing above them, so after "id-" either block of a
+ * pair leads to the same state and the pairs chain (found by a birthday
+ * search over 4-character blocks).  Keyed, they spread over the table. */
+static void test_strmap_chosen_collisions_spread(void **state)
+{
+    (void)state;
+    static const char *const pairs[6][2] = {
+        {"3g4B", "KZkb"}, {"GAbb", "s3Tr"}, {"GlkX", "sf9h"},
+        {"Mzab", "yxSr"}, {"HrjX", "tl8h"}, {"NlaU", "zjSe"},
+    };
+    enum { N = 64, LEN = 3 + 6 * 4 };
+    char keys[N][LEN + 1];
+    for (int k = 0; k < N; k++) {
+        memcpy(keys[k], "id-", 3);
+        for (int b = 0; b < 6; b++)
+            memcpy(keys[k] + 3 + 4 * b, pairs[b][(k >> b) & 1], 4);
+        keys[k][LEN] = '\0';
+        assert_int_equal(s_fnv1a(keys[k], LEN), s_fnv1a(keys[0], LEN));
+    }
+
+    uint8_t key[16];
+    for (int i = 0; i < 16; i++)
+        key[i] = (uint8_t)i;
+    strmap_t *m = strmap_new_keyed(key);
+    assert_non_null(m);
+    for (int k = 0; k < N; k++)
+        assert_int_equal(strmap_put(m, keys[k], LEN, k), 0);
+    for (int k = 0; k < N; k++)
+        assert_int_equal(strmap_get(m, keys[k], LEN), k);
+
+    /* 64 keys hold a table of 256 slots (load under 1/2 after growth);
+     * random placement fills about 56 of them. */
+    enum { SLOTS = 256 };
+    int taken[SLOTS] = {0};
+    int distinct = 0;
+    for (int k = 0; k < N; k++) {
+        uint32_t slot = strmap_hash(m, keys[k], LEN) % SLOTS;
+        distinct += !taken[slot];
+        taken[slot] = 1;
+    }
+    assert_true(distinct >= N / 2);
+    strmap_destroy(&m);
+}
+
+/* Each map draws its own key: what one map's hash reveals says nothing of
+ * another's. */
+static void test_strmap_maps_draw_their_own_key(void **state)
+{
+    (void)state;
+    strmap_t *a = strmap_new();
+    strmap_t *b = strmap_new();
+    assert_non_null(a);
+    assert_non_null(b);
+    int same = 0;
+    char key[16];
+    for (int i = 0; i < 4; i++) {
+        int n = snprintf(key, sizeof key, "facility-%d", i);
+        same += strmap_hash(a, key, (size_t)n) == strmap_hash(b, key, (size_t)n);
+    }
+    assert_true(same < 4); /* all four alike: a chance of 2^-128 */
+    strmap_destroy(&a);
+    strmap_destroy(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -236,6 +328,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_strmap_reinsert_after_delete_in_chain, s_setup,
                                         s_teardown),
         cmocka_unit_test(test_strmap_destroy_null),
+        cmocka_unit_test(test_strmap_hash_is_siphash13),
+        cmocka_unit_test(test_strmap_chosen_collisions_spread),
+        cmocka_unit_test(test_strmap_maps_draw_their_own_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -201,12 +201,19 @@ static int s_kind_index(const char *name)
     return -1;
 }
 
+/* A kind's number as an index of s_kinds, -1 if it names none: checked
+ * before it is narrowed, as 4294967297 cast to int is 1, a referral. */
+static int s_kind_of_number(long long n)
+{
+    return n > 0 && n < S_N_KINDS ? (int)n : -1;
+}
+
 /* A kind from the reply JSON: an int32 field, or an enum name. */
 static const char *s_kind_label(const json_t *v)
 {
     int k = json_is_string(v) ? s_kind_index(json_string_value(v))
-                              : (int)s_json_ll(v, -1);
-    return k > 0 && k < S_N_KINDS ? s_kinds[k] : "?";
+                              : s_kind_of_number(s_json_ll(v, -1));
+    return k > 0 ? s_kinds[k] : "?";
 }
 
 /* Ages for tables: "12s", "3m04s", "2h10m", "-" for none. */
@@ -460,7 +467,7 @@ static int s_envelope_kind(const json_t *env)
     if (json_is_string(k))
         return s_kind_index(json_string_value(k));
     if (json_is_integer(k))
-        return (int)json_integer_value(k);
+        return s_kind_of_number(json_integer_value(k));
     for (int i = 1; i < S_N_KINDS; i++)
         if (json_object_get(env, s_kinds[i]) != NULL)
             return i;

@@ -313,6 +313,17 @@ check "bad JSON: exit 2" "exit $RC, err: $(cat "$TMP/err_json.err")" test "$RC" 
 run err_kind mr send --as t-aihua --to yx-lead --kind telegram --json "$TMP/referral.json"
 check "unknown kind: exit 2" "exit $RC, err: $(cat "$TMP/err_kind.err")" test "$RC" -eq 2
 
+# A kind number past int32 is no kind: 4294967297 is 1 once cut to an int,
+# and went out as a referral.
+referral_json "R-KIND-WRAP" | python3 -c '
+import json, sys
+print(json.dumps({"destination": "yx-lead", "kind": 4294967297, "referral": json.load(sys.stdin)}))
+' >"$TMP/kind_wrap.json"
+run err_kind_wrap mr send --as t-aihua --json "$TMP/kind_wrap.json"
+check "an envelope of \"kind\": 4294967297: exit 2, nothing sent" \
+    "exit $RC, out: $(cat "$TMP/err_kind_wrap.out"), err: $(cat "$TMP/err_kind_wrap.err")" \
+    test "$RC" -eq 2 -a ! -s "$TMP/err_kind_wrap.out"
+
 run err_age mr open --older-than 999999999999999999d
 check "open --older-than past any age: exit 2" "exit $RC, err: $(cat "$TMP/err_age.err")" \
     test "$RC" -eq 2

@@ -85,6 +85,14 @@ static const char *const s_kinds[] = {
 };
 #define S_N_KINDS ((int)(sizeof s_kinds / sizeof s_kinds[0]))
 
+/* The same kinds' payload keys in lowerCamelCase, which input accepts too
+ * (protocol.md 9): index = enum value. */
+static const char *const s_kinds_camel[] = {
+    NULL,        "referral",  "referralUpdate", "imagingRequest", "imagingReport", "labOrder",
+    "labResult", "capacity",  "criticalAck",    "visitTally",
+};
+_Static_assert(sizeof s_kinds_camel == sizeof s_kinds, "one camelCase key per kind");
+
 /* ---- small helpers -------------------------------------------------------- */
 
 static int64_t s_now_ms(void)
@@ -449,15 +457,20 @@ out:
 
 /* ---- send ------------------------------------------------------------------- */
 
-/* Payload keys of the Envelope's oneof, which mark a whole envelope. */
+/* The kind whose payload key obj holds, in either spelling; -1 if none. */
+static int s_payload_kind(const json_t *obj)
+{
+    for (int i = 1; i < S_N_KINDS; i++)
+        if (json_object_get(obj, s_kinds[i]) != NULL ||
+            json_object_get(obj, s_kinds_camel[i]) != NULL)
+            return i;
+    return -1;
+}
+
+/* A "kind" or a payload key of the Envelope's oneof marks a whole envelope. */
 static int s_is_envelope(const json_t *obj)
 {
-    if (json_object_get(obj, "kind") != NULL)
-        return 1;
-    for (int i = 1; i < S_N_KINDS; i++)
-        if (json_object_get(obj, s_kinds[i]) != NULL)
-            return 1;
-    return 0;
+    return json_object_get(obj, "kind") != NULL || s_payload_kind(obj) > 0;
 }
 
 /* The kind of an envelope: its "kind", else the payload key it carries. */
@@ -468,10 +481,7 @@ static int s_envelope_kind(const json_t *env)
         return s_kind_index(json_string_value(k));
     if (json_is_integer(k))
         return s_kind_of_number(json_integer_value(k));
-    for (int i = 1; i < S_N_KINDS; i++)
-        if (json_object_get(env, s_kinds[i]) != NULL)
-            return i;
-    return -1;
+    return s_payload_kind(env);
 }
 
 typedef struct {

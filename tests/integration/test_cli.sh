@@ -6,12 +6,12 @@
 #
 # It writes its own config into a temporary directory (free loopback ports,
 # data_dir there, insecure = true, lab_order ttl 2 s), starts the daemon and
-# checks: send (payload file and whole envelope on stdin), listen (online and
-# offline, in order), the CLI's exit statuses for refusals and bad input,
-# idempotent resend, a corrected message under an id still queued in
-# --state-dir refused, expiry to the dead letters with retry and drop, the
-# status table, that no patient data reaches the daemon's log, and a clean
-# exit on SIGTERM.
+# checks: send (payload file, whole envelope on stdin, one in lowerCamelCase),
+# listen (online and offline, in order), the CLI's exit statuses for refusals
+# and bad input, idempotent resend, a corrected message under an id still
+# queued in --state-dir refused, expiry to the dead letters with retry and
+# drop, the status table, that no patient data reaches the daemon's log, and
+# a clean exit on SIGTERM.
 #
 # Every wait is bounded; everything talks to 127.0.0.1.  The last line is
 # "N passed, M failed"; the exit status is 0 only when nothing failed.
@@ -292,6 +292,27 @@ check "yx-lead receives the stdin envelope (id, urgent, I21)" \
     -a "$(jget envelope.message_id <"$TMP/listen3.out")" = env-stdin-1 \
     -a "$(jget envelope.priority <"$TMP/listen3.out")" = PRIORITY_URGENT \
     -a "$(jget envelope.referral.reasons.0.code <"$TMP/listen3.out")" = I21
+
+# ---- 3b: an envelope in lowerCamelCase, its kind told by its payload key ----------
+
+echo "# 3b: an Envelope written in lowerCamelCase, without a kind"
+# protocol.md 9: input accepts lowerCamelCase keys; "imagingRequest" says the
+# kind as "imaging_request" does (it was taken for a bare payload).
+cat >"$TMP/camel.json" <<EOF
+{"destination": "yx-imaging", "messageId": "env-camel-1",
+ "imagingRequest": {"accessionNumber": "A-CAMEL-1", "modality": "DR"}}
+EOF
+run send3b mr send --as t-aihua --json "$TMP/camel.json"
+check "send of a camelCase envelope without \"kind\" exits 0 with \"ack\":true" \
+    "exit $RC, out: $(cat "$TMP/send3b.out"), err: $(cat "$TMP/send3b.err")" \
+    test "$RC" -eq 0 -a "$(jget ack <"$TMP/send3b.out")" = true \
+    -a "$(jget message_id <"$TMP/send3b.out")" = env-camel-1
+run listen3b mr listen --as yx-imaging --count 1 --timeout 5000
+check "yx-imaging receives it as an imaging request (A-CAMEL-1)" \
+    "exit $RC, got: $(cat "$TMP/listen3b.out")" \
+    test "$RC" -eq 0 -a "$(jget envelope.message_id <"$TMP/listen3b.out")" = env-camel-1 \
+    -a "$(jget envelope.kind <"$TMP/listen3b.out")" = KIND_IMAGING_REQUEST \
+    -a "$(jget envelope.imaging_request.accession_number <"$TMP/listen3b.out")" = A-CAMEL-1
 
 # ---- 4: refusals and bad input ---------------------------------------------------
 

@@ -1558,6 +1558,25 @@ static int s_cmd_watch(s_ctx_t *ctx, int argc, char **argv)
 
 /* ---- admin ------------------------------------------------------------------- */
 
+/* FILE made absolute from our working directory (the daemon's is another)
+ * into out.  0; -ENAMETOOLONG when it would not fit in len bytes: cut, it
+ * would name another file; or getcwd's -errno. */
+static int s_absolute_path(const char *file, char *out, size_t len)
+{
+    int n;
+    if (file[0] == '/') {
+        n = snprintf(out, len, "%s", file);
+    } else {
+        char cwd[PATH_MAX];
+        if (getcwd(cwd, sizeof cwd) == NULL)
+            return errno == ERANGE ? -ENAMETOOLONG : -errno;
+        n = snprintf(out, len, "%s/%s", cwd, file);
+    }
+    if (n < 0)
+        return -EINVAL;
+    return (size_t)n < len ? 0 : -ENAMETOOLONG;
+}
+
 /* admin backup FILE | admin reload */
 static int s_cmd_admin(s_ctx_t *ctx, int argc, char **argv)
 {
@@ -1571,14 +1590,17 @@ static int s_cmd_admin(s_ctx_t *ctx, int argc, char **argv)
     int i = optind;
     json_t *req = NULL;
     if (i + 2 == argc && strcmp(argv[i], "backup") == 0) {
-        char path[4096];
-        if (argv[i + 1][0] == '/') {
-            snprintf(path, sizeof path, "%s", argv[i + 1]);
-        } else {
-            char cwd[2048];
-            if (getcwd(cwd, sizeof cwd) == NULL)
-                return S_EXIT_FAIL;
-            snprintf(path, sizeof path, "%s/%s", cwd, argv[i + 1]);
+        char path[PATH_MAX];
+        int rc = s_absolute_path(argv[i + 1], path, sizeof path);
+        if (rc == -ENAMETOOLONG) {
+            fprintf(stderr, "medroute admin backup: FILE is longer than %zu bytes once made "
+                    "absolute; nothing was sent\n", sizeof path - 1);
+            return S_EXIT_USAGE;
+        }
+        if (rc < 0) {
+            fprintf(stderr, "medroute admin backup: cannot tell the working directory: %s\n",
+                    strerror(-rc));
+            return S_EXIT_FAIL;
         }
         req = json_pack("{s:{s:s}}", "backup", "path", path);
     } else if (i + 1 == argc && strcmp(argv[i], "reload") == 0) {

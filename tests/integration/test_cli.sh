@@ -671,6 +671,18 @@ check "admin backup to a ${#LONG}-byte directory: exit 1, and the log line gives
     "exit $RC, err: $(cat "$TMP/backup1.err"), log: ${BLINE:0:200}..." \
     test "$RC" -eq 1 -a -n "$(grep -E 'reason="[^"]+"' <<<"$BLINE" || true)"
 
+# A relative FILE longer than a path may be once made absolute is refused:
+# it was cut to 4 KB, and the broker asked to write another file.
+REL=.
+for i in $(seq 20); do
+    REL=$REL/$(printf 'e%.0s' $(seq 220))
+done
+RC=0
+(cd "$TMP" && mr admin backup "$REL/copy.db") >"$TMP/backup2.out" 2>"$TMP/backup2.err" || RC=$?
+check "admin backup to a relative ${#REL}-byte FILE: exit 2, saying it is too long" \
+    "exit $RC, err: $(cut -c1-200 "$TMP/backup2.err")" \
+    test "$RC" -eq 2 -a -n "$(grep -F 'longer than 4095 bytes' "$TMP/backup2.err" || true)"
+
 # ---- 9: no patient data in the log; clean stop ---------------------------------------
 
 echo "# 9: the log, and SIGTERM"

@@ -528,8 +528,8 @@ out:
 
 /* ------------------------------------------------------------ JSON -> pb */
 
-/* Reads an integral JSON value (integer, integral real, or when allow_string
- * a decimal string) as sign and magnitude. */
+/* Reads an integral JSON value (integer, integral real below 2^53 in
+ * magnitude, or when allow_string a decimal string) as sign and magnitude. */
 static int s_get_integral(struct pbjson_in *in, const json_t *j,
                           bool allow_string, const char *tname, bool *neg,
                           uint64_t *mag)
@@ -548,6 +548,14 @@ static int s_get_integral(struct pbjson_in *in, const json_t *j,
 
 		if (!(a < 18446744073709551616.0))
 			return s_fail(in, -EINVAL, "%g is out of range for %s", d, tname);
+		/* From 2^53 on a double skips integers, and jansson has rounded
+		 * the text already: 9007199254740993.0 reads as ...992.  An
+		 * integer without fraction or exponent is read exactly. */
+		if (a >= 9007199254740992.0)
+			return s_fail(in, -EINVAL,
+			              "%.17g: a number with a fraction or an exponent is "
+			              "inexact from 2^53 on; write it as an integer%s (%s)",
+			              d, allow_string ? " or a decimal string" : "", tname);
 		m = (uint64_t)a;
 		if ((double)m != a)
 			return s_fail(in, -EINVAL, "%g is not an integer (%s)", d, tname);

@@ -10,6 +10,9 @@
  *     without the enum's common prefix ("referral", "stat", "ct");
  *   - 64-bit integers are written as JSON integers (a uint64 above LLONG_MAX
  *     as a decimal string); input takes integers or decimal strings;
+ *   - an integer field takes a number with a fraction or an exponent ("5.0",
+ *     "1e3") only when it is integral and below 2^53 in magnitude: above,
+ *     jansson's double may already be another integer than the text;
  *   - bytes are base64 strings (input also takes the URL-safe alphabet and
  *     missing padding);
  *   - fields equal to their proto3 default are omitted on output, except a

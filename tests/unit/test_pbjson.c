@@ -613,6 +613,52 @@ static void test_pbjson_error_uint32_out_of_range(void **state)
 	protobuf_c_message_free_unpacked(m, NULL);
 }
 
+/* From 2^53 on a JSON real is a double that skips integers, rounded by
+ * jansson before pbjson sees it: 9007199254740993.0 read as ...992 for an
+ * int64 or a uint64 changed the value silently.  Such a real is refused;
+ * integers without fraction, decimal strings and smaller reals are exact. */
+static void test_pbjson_error_real_from_2_53(void **state)
+{
+	ProtobufCMessage *m;
+
+	(void)state;
+	expect_error(ENVELOPE, "{\"created_at_ms\": 9007199254740993.0}",
+	             "created_at_ms: 9007199254740992: a number with a fraction or an "
+	             "exponent is inexact from 2^53 on; write it as an integer or a "
+	             "decimal string (int64)");
+	expect_error(ENVELOPE, "{\"created_at_ms\": -9007199254740993.0}",
+	             "created_at_ms: -9007199254740992: a number with a fraction or an "
+	             "exponent is inexact from 2^53 on; write it as an integer or a "
+	             "decimal string (int64)");
+	expect_error(FRAME, "{\"ack\": {\"seq\": 9007199254740993.0}}",
+	             "ack.seq: 9007199254740992: a number with a fraction or an "
+	             "exponent is inexact from 2^53 on; write it as an integer or a "
+	             "decimal string (uint64)");
+	expect_error(FRAME, "{\"ack\": {\"seq\": 1e17}}",
+	             "ack.seq: 1e+17: a number with a fraction or an "
+	             "exponent is inexact from 2^53 on; write it as an integer or a "
+	             "decimal string (uint64)");
+
+	/* the same values written exactly */
+	m = to_msg(ENVELOPE, "{\"created_at_ms\": 9007199254740993}");
+	assert_true(((Medroute__V1__Envelope *)m)->created_at_ms == INT64_C(9007199254740993));
+	protobuf_c_message_free_unpacked(m, NULL);
+	m = to_msg(ENVELOPE, "{\"createdAtMs\": \"-9007199254740993\"}");
+	assert_true(((Medroute__V1__Envelope *)m)->created_at_ms == -INT64_C(9007199254740993));
+	protobuf_c_message_free_unpacked(m, NULL);
+	m = to_msg(FRAME, "{\"ack\": {\"seq\": \"9007199254740993\"}}");
+	assert_true(((Medroute__V1__Frame *)m)->ack->seq == UINT64_C(9007199254740993));
+	protobuf_c_message_free_unpacked(m, NULL);
+
+	/* below 2^53 a real holds every integer */
+	m = to_msg(FRAME, "{\"ack\": {\"seq\": 9007199254740991.0}}");
+	assert_true(((Medroute__V1__Frame *)m)->ack->seq == UINT64_C(9007199254740991));
+	protobuf_c_message_free_unpacked(m, NULL);
+	m = to_msg(ENVELOPE, "{\"created_at_ms\": -9.007199254740991e15}");
+	assert_true(((Medroute__V1__Envelope *)m)->created_at_ms == -INT64_C(9007199254740991));
+	protobuf_c_message_free_unpacked(m, NULL);
+}
+
 static json_t *nested_nodes(int levels)
 {
 	json_t *j = NULL;
@@ -921,6 +967,7 @@ int main(void)
 		cmocka_unit_test(test_pbjson_error_two_oneof_members),
 		cmocka_unit_test(test_pbjson_error_uint32_out_of_range),
 		cmocka_unit_test(test_pbjson_error_too_deep),
+		cmocka_unit_test(test_pbjson_error_real_from_2_53),
 		cmocka_unit_test(test_pbjson_uint64_above_2_63_round_trip),
 		cmocka_unit_test(test_pbjson_frame_ack_round_trip),
 		cmocka_unit_test(test_pbjson_defaults_omitted_on_output),

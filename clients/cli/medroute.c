@@ -484,6 +484,16 @@ static int s_envelope_kind(const json_t *env)
     return s_payload_kind(env);
 }
 
+/* Sets env[key] to the string value from the command line, in place of the
+ * field's lowerCamelCase spelling if the input used it: both spellings at
+ * once are a field given twice, which the library refuses. */
+static int s_override(json_t *env, const char *key, const char *camel, const char *value)
+{
+    if (json_object_get(env, camel) != NULL && json_object_del(env, camel) != 0)
+        return -ENOMEM;
+    return s_set(env, key, json_string(value));
+}
+
 typedef struct {
     const char *as, *to, *kind, *priority, *id, *correlation, *file;
     long long timeout_ms;
@@ -539,9 +549,9 @@ static json_t *s_build_envelope(const s_send_args_t *a)
         goto oom;
     if (a->priority && s_set(env, "priority", json_string(a->priority)) != 0)
         goto oom;
-    if (a->id && s_set(env, "message_id", json_string(a->id)) != 0)
+    if (a->id && s_override(env, "message_id", "messageId", a->id) != 0)
         goto oom;
-    if (a->correlation && s_set(env, "correlation_id", json_string(a->correlation)) != 0)
+    if (a->correlation && s_override(env, "correlation_id", "correlationId", a->correlation) != 0)
         goto oom;
     if (!json_is_string(json_object_get(env, "destination"))) {
         fprintf(stderr, "medroute: no destination: give --to\n");

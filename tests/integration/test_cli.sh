@@ -314,6 +314,21 @@ check "yx-imaging receives it as an imaging request (A-CAMEL-1)" \
     -a "$(jget envelope.kind <"$TMP/listen3b.out")" = KIND_IMAGING_REQUEST \
     -a "$(jget envelope.imaging_request.accession_number <"$TMP/listen3b.out")" = A-CAMEL-1
 
+# --id and --correlation override the envelope's fields in either spelling
+# (both spellings at once were refused as a field given twice).
+run send3c mr send --as t-aihua --id env-camel-2 --correlation corr-camel-2 --json - \
+    < <(sed -e 's/"messageId": "env-camel-1"/"messageId": "env-camel-1", "correlationId": "x"/' \
+        -e 's/A-CAMEL-1/A-CAMEL-2/' "$TMP/camel.json")
+check "send --id/--correlation over a camelCase envelope's messageId/correlationId: ack under the new id" \
+    "exit $RC, out: $(cat "$TMP/send3c.out"), err: $(cat "$TMP/send3c.err")" \
+    test "$RC" -eq 0 -a "$(jget message_id <"$TMP/send3c.out")" = env-camel-2
+run listen3c mr listen --as yx-imaging --count 1 --timeout 5000
+check "yx-imaging receives it with the overriding id and correlation" \
+    "exit $RC, got: $(cat "$TMP/listen3c.out")" \
+    test "$RC" -eq 0 -a "$(jget envelope.message_id <"$TMP/listen3c.out")" = env-camel-2 \
+    -a "$(jget envelope.correlation_id <"$TMP/listen3c.out")" = corr-camel-2 \
+    -a "$(jget envelope.imaging_request.accession_number <"$TMP/listen3c.out")" = A-CAMEL-2
+
 # ---- 4: refusals and bad input ---------------------------------------------------
 
 echo "# 4: error exits"

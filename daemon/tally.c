@@ -208,8 +208,6 @@ tally_t *tally_new(sqlite3 *db, tally_kept_t *kept, int *rc_out)
         rc = sqlite3_prepare_v3(db,
                                 "SELECT name, labels, sum(value) FROM tallies"
                                 " WHERE day BETWEEN ?1 AND ?2"
-                                " AND (?3 IS NULL OR instr(labels, 'source=\"' || ?3 || '\"') > 0"
-                                " OR instr(labels, 'destination=\"' || ?3 || '\"') > 0)"
                                 " GROUP BY name, labels ORDER BY name, labels",
                                 -1, SQLITE_PREPARE_PERSISTENT, &self->query, NULL);
     if (rc == SQLITE_OK)
@@ -353,20 +351,43 @@ static int s_row_cmp(const void *a, const void *b)
     return c ? c : strcmp(x->labels, y->labels);
 }
 
+/*
+ * Whether a label set names facility as its source or destination: a whole
+ * label of one of those keys, not the same text under another key (a
+ * free-text department, resource="bed" for a facility "bed").  Values hold
+ * no quote (tally_label_value; facility ids), so each ends at the next one;
+ * they may hold commas and equals signs (facility ids).  NULL or "": all.
+ */
+static bool s_names_facility(const char *labels, const char *facility)
+{
+    if (facility == NULL || facility[0] == '\0')
+        return true;
+    size_t fl = strlen(facility);
+    for (const char *p = labels; *p != '\0';) {
+        const char *eq = strchr(p, '='); /* keys hold none */
+        const char *end = eq != NULL && eq[1] == '"' ? strchr(eq + 2, '"') : NULL;
+        if (end == NULL)
+            return false;
+        size_t kl = (size_t)(eq - p), vl = (size_t)(end - (eq + 2));
+        bool key = (kl == 6 && memcmp(p, "source", 6) == 0) ||
+                   (kl == 11 && memcmp(p, "destination", 11) == 0);
+        if (key && vl == fl && memcmp(eq + 2, facility, fl) == 0)
+            return true;
+        p = end[1] == ',' ? end + 2 : end + 1;
+    }
+    return false;
+}
+
 /* An all-time query, from memory: the table's answer, without reading it. */
 static int s_query_totals(tally_t *self, const char *facility, tally_row_t **rows, size_t *n)
 {
-    char quoted[128];
-    bool filter = facility && facility[0];
-    if (filter && snprintf(quoted, sizeof quoted, "\"%s\"", facility) >= (int)sizeof quoted)
-        return SQLITE_TOOBIG;
     *rows = calloc(self->totals.n ? self->totals.n : 1, sizeof **rows);
     *n = 0;
     if (*rows == NULL)
         return SQLITE_NOMEM;
     for (size_t i = 0; i < self->totals.n; i++) {
         const s_entry_t *e = &self->totals.v[i];
-        if (filter && strstr(e->labels, quoted) == NULL)
+        if (!s_names_facility(e->labels, facility))
             continue;
         tally_row_t *r = &(*rows)[(*n)++];
         r->name = strdup(e->name);
@@ -390,14 +411,19 @@ int tally_query(tally_t *self, const char *first, const char *last, const char *
     int rc = sqlite3_bind_text(st, 1, first ? first : "0000-00-00", -1, SQLITE_TRANSIENT);
     if (rc == SQLITE_OK)
         rc = sqlite3_bind_text(st, 2, last ? last : "9999-99-99", -1, SQLITE_TRANSIENT);
-    if (rc == SQLITE_OK && facility && facility[0])
-        rc = sqlite3_bind_text(st, 3, facility, -1, SQLITE_TRANSIENT);
     if (rc != SQLITE_OK)
         return rc;
     *rows = NULL;
     *n = 0;
     size_t cap = 0;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *labels = (const char *)sqlite3_column_text(st, 1); /* NOT NULL */
+        if (labels == NULL) {
+            rc = SQLITE_NOMEM;
+            break;
+        }
+        if (!s_names_facility(labels, facility))
+            continue;
         if (*n == cap) {
             cap = cap ? cap * 2 : 64;
             tally_row_t *r = realloc(*rows, cap * sizeof *r);

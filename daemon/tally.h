@@ -76,7 +76,8 @@ typedef struct {
 
 /* Sums per (name, labels) over days first..last (YYYY-MM-DD, inclusive);
  * NULL first and last: all time, from memory (totals kept since tally_new).
- * facility filters to label sets naming it.  Rows sorted by name, labels;
+ * facility (NULL or "": all) keeps the label sets whose source or destination
+ * label is that facility.  Rows sorted by name, labels;
  * on failure the caller still frees *rows (n of them). */
 int tally_query(tally_t *self, const char *first, const char *last, const char *facility,
                 tally_row_t **rows, size_t *n);

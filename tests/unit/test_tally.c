@@ -246,6 +246,59 @@ static void test_tally_kept_counts_wait_for_a_commit(void **state)
     unlink(path);
 }
 
+/*
+ * A facility filter keeps the label sets whose source or destination is
+ * that facility, in memory (all time) as in the table (a period): not
+ * resource="bed" for a facility named "bed", nor a free-text department
+ * holding another facility's id.
+ */
+static void test_tally_facility_is_a_whole_source_or_destination(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/mr-test-tally-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    int rc = 0;
+    tally_t *t = tally_new(db, NULL, &rc);
+    assert_non_null(t);
+    assert_int_equal(tally_add(t, "slot_claims_total",
+                               "claim=\"general\",family_doctor=\"no\",resource=\"bed\"", 1),
+                     SQLITE_OK);
+    assert_int_equal(tally_add(t, "messages_stored_total",
+                               "destination=\"bed\",kind=\"lab_order\",source=\"t-a\"", 2),
+                     SQLITE_OK);
+    assert_int_equal(tally_add(t, "referrals_requested_total",
+                               "department=\"t-b\",destination=\"yx-lead\",direction=\"up\","
+                               "priority=\"routine\",source=\"t-a\"",
+                               4),
+                     SQLITE_OK);
+    assert_int_equal(tally_add(t, "lab_orders_total", "source=\"t-b\"", 8), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "BEGIN", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(tally_flush(t, 20000 * 86400LL * 1000, false), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    tally_commit(t);
+    const char *const bounds[][2] = {{NULL, NULL}, {"0000-00-00", "9999-99-99"}};
+    for (size_t i = 0; i < 2; i++) {
+        char *bed = s_text(t, bounds[i][0], bounds[i][1], "bed");
+        assert_string_equal(bed, "messages_stored_total{destination=\"bed\",kind=\"lab_order\","
+                                 "source=\"t-a\"}=2;");
+        free(bed);
+        char *tb = s_text(t, bounds[i][0], bounds[i][1], "t-b");
+        assert_string_equal(tb, "lab_orders_total{source=\"t-b\"}=8;");
+        free(tb);
+        char *ta = s_text(t, bounds[i][0], bounds[i][1], "t-a");
+        assert_non_null(strstr(ta, "referrals_requested_total{"));
+        assert_null(strstr(ta, "slot_claims_total"));
+        free(ta);
+    }
+    tally_destroy(&t);
+    sqlite3_close(db);
+    unlink(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -254,6 +307,7 @@ int main(void)
         cmocka_unit_test(test_tally_label_value_is_made_safe),
         cmocka_unit_test(test_tally_all_time_totals_match_the_table),
         cmocka_unit_test(test_tally_kept_counts_wait_for_a_commit),
+        cmocka_unit_test(test_tally_facility_is_a_whole_source_or_destination),
     };
     return cmocka_run_group_tests_name("tally", tests, NULL, NULL);
 }

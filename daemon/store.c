@@ -1328,9 +1328,12 @@ static bool s_rollback(store_t *self)
  * Writes the kept counts no batch wrote, in a transaction no request shares,
  * so that this write fails no one: when the store is idle and healthy (else
  * they would wait for the next batch that writes anyway, on a quiet broker
- * for hours), and at stop.  A failure is reported as any other, and the
- * store counts as unavailable until a batch writes again: the counts then
- * wait for that batch (at stop they are lost, store.h).
+ * for hours), and at stop.  A failure is reported and handled as a failed
+ * batch's (s_thread): the connection is closed when its transaction stays
+ * open or the error makes it suspect (s_needs_reopen), so the next batch
+ * reopens it rather than fail on it too; the store counts as unavailable
+ * until a batch writes again, and the counts wait for that batch (at stop
+ * they are lost, store.h).
  */
 static void s_flush_kept(store_t *self, const char *during)
 {
@@ -1347,8 +1350,9 @@ static void s_flush_kept(store_t *self, const char *during)
     }
     s_log_failure(self, rc, during);
     atomic_store(&self->unavailable, true);
-    if (!sqlite3_get_autocommit(self->db) && !s_rollback(self))
-        s_close_db(self); /* left open: closing rolls it back; the next batch reopens */
+    bool still_open = !sqlite3_get_autocommit(self->db) && !s_rollback(self);
+    if (still_open || s_needs_reopen(rc))
+        s_close_db(self); /* closing rolls back what is left open; the next batch reopens */
     else
         tally_discard(self->tally);
 }

@@ -2000,6 +2000,79 @@ static void test_store_floor_raise_in_failed_commit_is_undone(void **state)
     assert_string_equal(s_seqs(s_load(fx, "off", 0, 100), buf, sizeof buf), "1");
 }
 
+/* While set, io_fault() (a function of every connection opened after
+ * s_io_fault_ext is installed) fails with SQLITE_IOERR_WRITE, and goes on
+ * failing on that connection once it has: a file handle that failed stays
+ * failed (a device gone, a stale network handle), while a connection
+ * opened afterwards is sound.  A trigger calls it where a test wants the
+ * disk to fail. */
+static atomic_bool s_io_fault;
+
+static void s_io_fault_fn(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    (void)argc;
+    (void)argv;
+    bool *broken = sqlite3_user_data(ctx);
+    if (atomic_load(&s_io_fault))
+        *broken = true;
+    if (*broken)
+        sqlite3_result_error_code(ctx, SQLITE_IOERR_WRITE);
+    else
+        sqlite3_result_null(ctx);
+}
+
+static int s_io_fault_ext(sqlite3 *db, char **err, const struct sqlite3_api_routines *api)
+{
+    (void)err;
+    (void)api;
+    bool *broken = calloc(1, sizeof *broken);
+    if (broken == NULL)
+        return SQLITE_NOMEM;
+    return sqlite3_create_function_v2(db, "io_fault", 0, SQLITE_UTF8, broken, s_io_fault_fn, NULL,
+                                      NULL, free);
+}
+
+/* Waits until the store reports itself unavailable; fails after S_WAIT_MS. */
+static void s_wait_unavailable(const s_fx_t *fx)
+{
+    uint64_t start = uv_hrtime();
+    while (!store_unavailable(fx->store)) {
+        if ((uv_hrtime() - start) / 1000000 > S_WAIT_MS)
+            fail_msg("store not unavailable within %d ms", S_WAIT_MS);
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/*
+ * An I/O error while the idle store writes its kept counts (s_flush_kept)
+ * leaves the connection suspect, as after a failed batch: it is closed, and
+ * the next request runs on a connection opened again, instead of failing on
+ * the broken one first.  The count is written by that request's batch.
+ */
+static void test_store_kept_counts_io_error_reopens(void **state)
+{
+    s_fx_t *fx = *state;
+    assert_int_equal(sqlite3_auto_extension((void (*)(void))s_io_fault_ext), SQLITE_OK);
+    fx->store = s_open(fx, fx->path);
+    assert_non_null(fx->store);
+    assert_int_equal(s_put(fx, "t-a", "m-1", "lead", "b", 99000)->status, STORE_OK);
+    s_sql_exec(fx->path, "CREATE TRIGGER io_fault BEFORE INSERT ON tallies"
+                         " BEGIN SELECT io_fault(); END");
+    atomic_store(&s_io_fault, true);
+    store_tally(fx->store, "messages_rejected_total", "code=\"INVALID\"", 1);
+    s_wait_unavailable(fx); /* the idle write failed */
+    atomic_store(&s_io_fault, false);
+    assert_true(s_log_contains(fx, "during=idle"));
+    assert_int_equal(s_put(fx, "t-a", "m-2", "lead", "b", 99000)->status, STORE_OK);
+    assert_false(store_unavailable(fx->store));
+    store_destroy(&fx->store);
+    assert_int_equal(sqlite3_cancel_auto_extension((void (*)(void))s_io_fault_ext), 1);
+    assert_int_equal(s_sql_int(fx->path, "SELECT sum(value) FROM tallies"
+                                         " WHERE name = 'messages_rejected_total'"),
+                     1);
+}
+
 /* The referrals_requested_total rows naming department dept. */
 static long long s_dept_rows(const s_fx_t *fx, const char *dept)
 {
@@ -2185,6 +2258,7 @@ int main(void)
         T(test_store_slots_listing_keeps_the_latest_days),
         T0(test_store_failed_rollback_reopens),
         T0(test_store_floor_raise_in_failed_commit_is_undone),
+        T0(test_store_kept_counts_io_error_reopens),
         T(test_store_department_admitted_in_a_failed_batch_is_forgotten),
     };
     /* MR_TEST_FILTER / MR_TEST_SKIP: glob patterns of test names to run or

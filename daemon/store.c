@@ -1771,15 +1771,16 @@ static const char *s_errno(int e, char *buf, size_t len)
     return strerror_r(e, buf, len); /* GNU's: a static string or buf */
 }
 
-/* Makes the rename of the copy durable: the directory holding path, synced. */
+/* Makes the rename of the copy durable: the directory holding path, synced
+ * ("." for a bare file name, which names one in the working directory). */
 static int s_sync_parent(const char *path)
 {
     char dir[4200];
     const char *slash = strrchr(path, '/');
-    size_t n = slash == NULL ? 0 : slash == path ? 1 : (size_t)(slash - path);
-    if (n == 0 || n >= sizeof dir)
-        return n == 0 ? 0 : -1;
-    memcpy(dir, path, n);
+    size_t n = slash == NULL || slash == path ? 1 : (size_t)(slash - path);
+    if (n >= sizeof dir)
+        return -1;
+    memcpy(dir, slash == NULL ? "." : path, n);
     dir[n] = '\0';
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0)

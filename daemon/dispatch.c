@@ -70,9 +70,10 @@ void dispatch_reply_error(server_t *s, const uint8_t *rid, size_t rid_len, int p
     s->counters.v[CNT_REJECTED]++;
     if (err->code > 0 && err->code < MR_E_COUNT)
         s->counters.rejected_by_code[err->code]++;
-    /* The durable tally, unless the store counted it with its own refusal
-     * (a store that is unavailable cannot count either). */
-    if (!err->tallied && err->code != MR_E_STORE_UNAVAILABLE && s->store != NULL) {
+    /* The durable tally, unless the store counted it with its own refusal.
+     * STORE_UNAVAILABLE too: the store keeps the count through its outage
+     * and writes it with the first batch that commits a write (store.h). */
+    if (!err->tallied && s->store != NULL) {
         char labels[64];
         snprintf(labels, sizeof labels, "code=\"%s\"", mr_error_name(err->code));
         store_tally(s->store, "messages_rejected_total", labels, 1);

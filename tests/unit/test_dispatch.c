@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
@@ -1126,6 +1127,59 @@ static void test_dispatch_store_unavailable_reported(void **state)
     assert_int_equal(s_rejected(s, MR_E_STORE_UNAVAILABLE), 1);
 }
 
+/* One integer read from the file at path through a connection of its own. */
+static long long s_sql_int(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    long long v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+/*
+ * A STORE_UNAVAILABLE refusal is a refusal like the others in the durable
+ * tallies too (messages_rejected_total): the count waits in the broker's
+ * memory through the outage and is written with the first batch that
+ * commits a write once the store is back, not lost at a restart.
+ */
+static void test_dispatch_store_unavailable_tallied_once_back(void **state)
+{
+    s_fx_t *fx = *state;
+    server_t *s = fx->s;
+    /* Swap in a store whose file is a directory for now. */
+    store_destroy(&s->store);
+    s_rm(fx->dir, "medroute.db");
+    s_rm(fx->dir, "medroute.db-wal");
+    s_rm(fx->dir, "medroute.db-shm");
+    assert_int_equal(mkdir(fx->path, 0700), 0);
+    store_opts_t so = {.path = fx->path, .batch_max = 100, .batch_ms = 1};
+    s->store = store_new(&s->loop, &so, s->log);
+    assert_non_null(s->store);
+    s_hello(s, RID_A, "t-a");
+    s_env_t e;
+    s_env_init(&e, "m-1");
+    s_send_env(s, RID_A, &e.env);
+    s_wait_replies(s, 2);
+    s_error_at(1, RID_A, MR_E_STORE_UNAVAILABLE);
+    s_settle(s); /* the count has reached the store */
+    /* The store is back: the resend is stored and acknowledged. */
+    assert_int_equal(rmdir(fx->path), 0);
+    s_send_env(s, RID_A, &e.env);
+    s_wait_replies(s, 3);
+    assert_int_equal(s_replies[2].f->body_case, MEDROUTE__V1__FRAME__BODY_ACK);
+    s_settle(s);
+    /* Committed with it, before any stop. */
+    assert_int_equal(s_sql_int(fx->path, "SELECT coalesce(sum(value), 0) FROM tallies"
+                                         " WHERE name = 'messages_rejected_total'"
+                                         " AND labels = 'code=\"STORE_UNAVAILABLE\"'"),
+                     1);
+}
+
 /* ---- DeliveryAck ---------------------------------------------------------------------- */
 
 static void test_dispatch_delivery_ack_unknown(void **state)
@@ -1651,6 +1705,7 @@ int main(void)
         T(test_dispatch_page_asked_before_a_reload_is_not_applied_after_it),
         T(test_dispatch_draining_refuses_envelopes),
         T(test_dispatch_store_unavailable_reported),
+        T(test_dispatch_store_unavailable_tallied_once_back),
         T(test_dispatch_delivery_ack_unknown),
         T(test_dispatch_acks_gathered_per_turn),
         T(test_dispatch_hello_allows_acks_in_one_frame),

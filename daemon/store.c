@@ -488,14 +488,18 @@ static int s_open_db(store_t *self)
     rc = sqlite3_exec(self->db, pragmas, NULL, NULL, NULL);
     if (rc != SQLITE_OK)
         goto fail;
-    /* A store made by an earlier version: add the columns it lacks. */
-    if (sqlite3_exec(self->db, "SELECT 1 FROM sqlite_master WHERE name = 'messages' AND"
-                               " sql NOT LIKE '%express%' AND type = 'table'",
-                     s_exists, &old, NULL) == SQLITE_OK &&
-        old)
-        (void)sqlite3_exec(self->db,
-                           "ALTER TABLE messages ADD COLUMN express INTEGER NOT NULL DEFAULT 0",
-                           NULL, NULL, NULL);
+    /* A store made by an earlier version: add the columns it lacks.  A
+     * failure fails the open with its own code (a full disk, say): the
+     * statements prepared below would only say "no such column". */
+    rc = sqlite3_exec(self->db, "SELECT 1 FROM sqlite_master WHERE name = 'messages' AND"
+                                " sql NOT LIKE '%express%' AND type = 'table'",
+                      s_exists, &old, NULL);
+    if (rc == SQLITE_OK && old)
+        rc = sqlite3_exec(self->db,
+                          "ALTER TABLE messages ADD COLUMN express INTEGER NOT NULL DEFAULT 0",
+                          NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        goto fail;
     old = false;
     rc = sqlite3_exec(self->db, "SELECT 1 FROM sqlite_master WHERE name = 'messages' AND NOT"
                                 " EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'message_done')",

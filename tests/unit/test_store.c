@@ -2130,6 +2130,56 @@ static void test_store_backup_to_a_bare_name_syncs_the_working_directory(void **
     assert_int_equal(s_sql_int(copy, "SELECT count(*) FROM messages"), 1);
 }
 
+/* While set, connections opened after s_alter_ext is installed may not
+ * ALTER a table (their authorizer denies it, SQLITE_AUTH): an upgrade whose
+ * ALTER fails, as it would on a full disk, with its own code. */
+static atomic_bool s_deny_alter;
+
+static int s_alter_auth(void *arg, int action, const char *a, const char *b, const char *c,
+                        const char *d)
+{
+    (void)arg;
+    (void)a;
+    (void)b;
+    (void)c;
+    (void)d;
+    return action == SQLITE_ALTER_TABLE && atomic_load(&s_deny_alter) ? SQLITE_DENY : SQLITE_OK;
+}
+
+static int s_alter_ext(sqlite3 *db, char **err, const struct sqlite3_api_routines *api)
+{
+    (void)err;
+    (void)api;
+    return sqlite3_set_authorizer(db, s_alter_auth, NULL);
+}
+
+/*
+ * A store made before messages.express gets the column at open; when that
+ * ALTER fails, the open fails with the ALTER's own error, which the log
+ * gives (here SQLITE_AUTH, 23), not with the "no such column" of a later
+ * statement (SQLITE_ERROR, 1) that hid it (a full disk read as a logic
+ * error).  Once the ALTER can run, the store opens.
+ */
+static void test_store_failed_upgrade_logs_its_own_error(void **state)
+{
+    s_fx_t *fx = *state;
+    store_destroy(&fx->store);
+    s_sql_exec(fx->path, "ALTER TABLE messages DROP COLUMN express");
+    assert_int_equal(sqlite3_auto_extension((void (*)(void))s_alter_ext), SQLITE_OK);
+    atomic_store(&s_deny_alter, true);
+    fx->store = s_open(fx, fx->path);
+    assert_non_null(fx->store);
+    assert_true(store_unavailable(fx->store));
+    assert_true(s_log_contains(fx, "event=store.unavailable"));
+    bool own = s_log_contains(fx, "sqlite=23");
+    atomic_store(&s_deny_alter, false);
+    assert_true(own);
+    assert_int_equal(s_put(fx, "t-a", "m-1", "lead", "b", 99000)->status, STORE_OK);
+    store_destroy(&fx->store);
+    assert_int_equal(sqlite3_cancel_auto_extension((void (*)(void))s_alter_ext), 1);
+    assert_int_equal(s_sql_int(fx->path, "SELECT count(*) FROM messages WHERE express = 0"), 1);
+}
+
 /* The referrals_requested_total rows naming department dept. */
 static long long s_dept_rows(const s_fx_t *fx, const char *dept)
 {
@@ -2317,6 +2367,7 @@ int main(void)
         T0(test_store_floor_raise_in_failed_commit_is_undone),
         T0(test_store_kept_counts_io_error_reopens),
         T(test_store_backup_to_a_bare_name_syncs_the_working_directory),
+        T(test_store_failed_upgrade_logs_its_own_error),
         T(test_store_department_admitted_in_a_failed_batch_is_forgotten),
     };
     /* MR_TEST_FILTER / MR_TEST_SKIP: glob patterns of test names to run or

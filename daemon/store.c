@@ -1468,6 +1468,10 @@ static void *s_thread(void *arg)
             s_queue_empty(self))
             s_flush_kept(self, "idle");
     }
+    /* Counts kept through an outage that closed the database: written if
+     * it opens now, though no request came since to open it again. */
+    if (self->db == NULL && !tally_kept_empty(self->kept))
+        (void)s_open_db(self); /* a failure is logged; the counts are lost (store.h) */
     s_flush_kept(self, "stop");
     s_close_db(self);
     return NULL;

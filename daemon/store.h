@@ -163,8 +163,9 @@ store_req_t *store_req_new(store_op_t op, store_cb_t cb, void *arg);
  * is idle and healthy: the event happened, so a
  * batch that rolls back (a full disk, an I/O error) leaves the count to a
  * later one, merged with the others of its name and labels meanwhile;
- * store_destroy writes those still unwritten.  Best effort: out of memory,
- * or unwritable at store_destroy (an outage), it is not counted. */
+ * store_destroy writes those still unwritten (opening the database again if
+ * an outage closed it).  Best effort: out of memory, or unwritable at
+ * store_destroy (an outage), it is not counted. */
 void store_tally(store_t *self, const char *name, const char *labels, int64_t delta);
 /* Queues req; the store owns it from now on.  Never blocks on disk. */
 void store_submit(store_t *self, store_req_t *req);

@@ -1680,6 +1680,25 @@ static void test_store_tally_survives_a_closed_database(void **state)
                      2);
 }
 
+/* Counts kept while the database could not be opened are written at stop
+ * if it can be opened by then, though no request came to open it again
+ * (an operator fixes the disk and restarts the broker). */
+static void test_store_kept_counts_written_at_stop_after_an_outage(void **state)
+{
+    s_fx_t *fx = *state;
+    assert_int_equal(mkdir(fx->path, 0700), 0);
+    fx->store = s_open(fx, fx->path);
+    assert_non_null(fx->store);
+    store_tally(fx->store, "messages_rejected_total", "code=\"STORE_UNAVAILABLE\"", 1);
+    assert_int_equal(s_put(fx, "t-a", "m-1", "lead", "b", 9000)->status, STORE_UNAVAILABLE);
+    assert_int_equal(rmdir(fx->path), 0);
+    store_destroy(&fx->store);
+    assert_int_equal(s_sql_int(fx->path, "SELECT coalesce(sum(value), 0) FROM tallies"
+                                         " WHERE name = 'messages_rejected_total'"
+                                         " AND labels = 'code=\"STORE_UNAVAILABLE\"'"),
+                     1);
+}
+
 /* A capacity notice for clinic/cardiology/2024-11-25 (broker-bound PUT). */
 static s_done_t *s_put_capacity(s_fx_t *fx, const char *id, int64_t capacity, int64_t reserved)
 {
@@ -2357,6 +2376,7 @@ int main(void)
         T0(test_store_new_files_have_8k_pages),
         T(test_store_tally_survives_a_failed_batch),
         T0(test_store_tally_survives_a_closed_database),
+        T0(test_store_kept_counts_written_at_stop_after_an_outage),
         T(test_store_reads_succeed_with_kept_counts),
         T(test_store_kept_counts_written_at_stop),
         T(test_store_kept_counts_written_when_idle),

@@ -155,6 +155,10 @@ int reload_config(server_t *s, char *why, size_t why_len)
         }
     }
     session_keys_reassigned(s);
+    /* Added facilities: the store may hold a queue for one that an earlier
+     * configuration listed; its Welcome counts it. */
+    if (count > old_count && router_count_added(s, old_count) != 0)
+        log_error(s->log, "router.oom", "effect=\"the added facilities' Welcome says pending=0\"");
     registry_destroy(&old_reg);
     conf_destroy(&old_conf);
     log_info(s->log, "server.reloaded", "facilities=%zu added=%zu removed=%zu",

@@ -613,10 +613,19 @@ int handle_delivery_ack(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t
 
 /* ---- start, cron, stop ---------------------------------------------------------- */
 
+/*
+ * The pending counts of the facilities at indices [first, last) (the tag),
+ * from the store's summary: at start every facility's; after a reload that
+ * added some, theirs, as the store may hold a queue for a facility that an
+ * earlier configuration listed (router.orphan_queue).  Store completions
+ * run in execution order, so the commits counted one by one
+ * (router_on_stored) are those executed after the summary.
+ */
 static void on_summary(store_req_t *req, void *arg)
 {
     server_t *s = arg;
-    size_t n = registry_count(s->registry);
+    size_t first = (size_t)(req->tag & 0xffffffff), last = (size_t)(req->tag >> 32);
+    bool start = first == 0;
     if (req->status != STORE_OK) {
         log_error(s->log, "router.summary_failed", "status=%s", store_status_name(req->status));
         return; /* every queue stays incomplete: loads find the truth */
@@ -624,27 +633,36 @@ static void on_summary(store_req_t *req, void *arg)
     uint64_t total = 0;
     for (size_t i = 0; i < req->n_rows; i++) {
         const store_row_t *r = &req->rows[i];
-        int peer = registry_find(s->registry, r->dest, strlen(r->dest));
+        /* A facility removed meanwhile keeps its messages, and its count. */
+        int peer = registry_find_any(s->registry, r->dest, strlen(r->dest));
+        if (peer >= 0 && ((size_t)peer < first || (size_t)peer >= last))
+            continue; /* counted by a summary of its own, or already */
         total += r->count;
-        if (peer < 0) {
+        if (peer < 0 && start)
             log_warn(s->log, "router.orphan_queue", "dest=%s pending=%llu", r->dest,
                      (unsigned long long)r->count);
-            continue;
-        }
-        s->peers[peer].pending += r->count;
+        if (peer >= 0)
+            s->peers[peer].pending += r->count;
     }
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = first; i < last; i++)
         if (s->peers[i].pending == 0 && !s->peers[i].loading)
             s->peers[i].complete = true;
-    log_info(s->log, "router.recovered", "pending=%llu destinations=%zu",
-             (unsigned long long)total, req->n_rows);
+    if (start)
+        log_info(s->log, "router.recovered", "pending=%llu destinations=%zu",
+                 (unsigned long long)total, req->n_rows);
 }
 
 int router_start(server_t *s)
 {
+    return router_count_added(s, 0);
+}
+
+int router_count_added(server_t *s, size_t first)
+{
     store_req_t *req = store_req_new(STORE_SUMMARY, on_summary, s);
     if (req == NULL)
         return -ENOMEM;
+    req->tag = (int64_t)((uint64_t)registry_count(s->registry) << 32 | first);
     store_submit(s->store, req);
     return 0;
 }

@@ -13,6 +13,10 @@
 
 /* Start-up: learns every destination's pending count from the store. */
 int router_start(server_t *s);
+/* After a reload that added facilities (indices first..count-1): learns
+ * their pending counts from the store, which may hold a queue for one that
+ * an earlier configuration listed.  0 or -ENOMEM. */
+int router_count_added(server_t *s, size_t first);
 /* A message for peer committed with seq; its body (packed Envelope) is
  * taken from row (row->body is then NULL) and freed by the router.  An
  * express message (a critical value or finding, or stat) goes ahead of

@@ -301,6 +301,69 @@ static void test_service_drop_for_a_removed_facility(void **state)
     mrt_daemon_cleanup(&d);
 }
 
+/* The Welcome's pending (-1 until it comes) and the deliveries since. */
+typedef struct {
+    long long pending;
+    int deliveries;
+} s_welcome_t;
+
+static int on_welcome_event(mr_client_t *c, const mr_event_t *ev, void *arg)
+{
+    (void)c;
+    s_welcome_t *w = arg;
+    if (ev->type == MR_EVENT_CONNECTED)
+        w->pending = (long long)ev->pending;
+    else if (ev->type == MR_EVENT_DELIVERY)
+        w->deliveries++;
+    return 0;
+}
+
+static bool s_welcomed_and_got_one(void *arg)
+{
+    const s_welcome_t *w = arg;
+    return w->pending >= 0 && w->deliveries >= 1;
+}
+
+/*
+ * A facility that the configuration of a start left out, whose messages
+ * the store still holds (operations.md: `router.orphan_queue`), added back
+ * by a reload: its Welcome counts them, as it would after a start, and it
+ * receives them.
+ */
+static void test_service_reload_adds_a_facility_with_a_stored_queue(void **state)
+{
+    (void)state;
+    mrt_daemon_t d = {0};
+    const char *all = "facilities = ( { id = \"yx-lead\"; role = \"lead\"; },"
+                      " { id = \"t-lishu\"; role = \"township\"; } );";
+    const char *without = "facilities = ( { id = \"yx-lead\"; role = \"lead\"; } );";
+    assert_int_equal(mrt_daemon_start_with(&d, all, NULL, true), 0);
+    mr_client_t *lead = mrt_client(&d, "yx-lead", NULL);
+    assert_int_equal(mr_client_wait_connected(lead, 5000), 0);
+    assert_int_equal(mrt_send(lead, "t-lishu", "lab_order", "routine",
+                              "{\"placer_order_number\":\"P-WAITS\"}", NULL),
+                     0);
+    mr_client_destroy(&lead);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    s_rewrite(&d, without, NULL);
+    assert_int_equal(mrt_daemon_restart(&d), 0);
+    const char *orphan = "event=router.orphan_queue dest=t-lishu pending=1";
+    long long until = mrt_now_ms() + 10000;
+    while (mrt_log_count(&d, orphan) == 0 && mrt_now_ms() < until)
+        usleep(50 * 1000);
+    assert_int_equal(mrt_log_count(&d, orphan), 1);
+
+    s_rewrite(&d, all, NULL);
+    assert_int_equal(mrt_daemon_reload(&d), 0);
+    mr_client_t *lishu = mrt_client(&d, "t-lishu", NULL);
+    s_welcome_t w = {.pending = -1};
+    assert_true(mrt_poll_until(lishu, 5000, s_welcomed_and_got_one, &w, on_welcome_event, &w));
+    assert_int_equal(w.pending, 1);
+    mr_client_destroy(&lishu);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+}
+
 static void test_service_check_config_reports_lines(void **state)
 {
     (void)state;
@@ -630,6 +693,7 @@ int main(void)
         cmocka_unit_test(test_service_sighup_reload),
         cmocka_unit_test(test_service_reload_refuses_a_new_broker_id),
         cmocka_unit_test(test_service_drop_for_a_removed_facility),
+        cmocka_unit_test(test_service_reload_adds_a_facility_with_a_stored_queue),
         cmocka_unit_test(test_service_check_config_reports_lines),
         cmocka_unit_test(test_service_check_config_refuses_what_the_start_refuses),
         cmocka_unit_test(test_service_backup_restores_on_a_new_store),

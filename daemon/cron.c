@@ -184,10 +184,7 @@ void cron_tick(uv_timer_t *handle)
         s->last_watchdog_ms = mono;
         notify_state("WATCHDOG=1");
     }
-    if (mono - s->last_heartbeat_ms >= (int64_t)s->conf->heartbeat_interval_ms) {
-        s->last_heartbeat_ms = mono;
-        session_cron(s, now, mono);
-    }
+    session_cron(s, now, mono); /* each session on its own interval */
     if (mono - s->last_redeliver_ms >= S_REDELIVER_EVERY_MS) {
         s->last_redeliver_ms = mono;
         router_cron(s, now, mono);

@@ -48,6 +48,11 @@ typedef struct {
     bool former_told;         /* ... and whether its connection was told it ended (dispatch.c) */
     int64_t heard_ms;       /* its last frame, mr_mono_ms(); 0 = never */
     int64_t connected_at_ms;
+    /* The heartbeat interval and time-out its Welcome gave, which its client
+     * keeps to until its next Hello, whatever a reload says meanwhile. */
+    uint32_t heartbeat_interval_ms;
+    uint32_t heartbeat_timeout_ms;
+    int64_t beat_ms;        /* the last Heartbeat (or Welcome) sent to it, mr_mono_ms() */
     uint32_t session;       /* numbers its sessions: one more at each Hello that binds a
                                connection, never 0 after the first (router_on_hello) */
     uint32_t max_inflight;

@@ -58,7 +58,7 @@ typedef struct server_t {
     uv_signal_t sig_int, sig_term, sig_hup;
     int64_t started_at_ms;
     /* cron (cron.c): when each job last ran, mr_mono_ms() */
-    int64_t last_heartbeat_ms, last_redeliver_ms, last_expire_ms, last_prune_ms, last_size_ms,
+    int64_t last_redeliver_ms, last_expire_ms, last_prune_ms, last_size_ms,
         last_scan_ms;
     bool cron_pruning, cron_scanning, cron_judging;
     /* The wall time the running expiry scan compares with, 0 when none runs:

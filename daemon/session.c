@@ -174,8 +174,8 @@ static void s_send_welcome(server_t *s, int peer)
     peer_t *p = &s->peers[peer];
     Medroute__V1__Welcome w = MEDROUTE__V1__WELCOME__INIT;
     w.broker_id = s->conf->broker_id;
-    w.heartbeat_interval_ms = s->conf->heartbeat_interval_ms;
-    w.heartbeat_timeout_ms = s->conf->heartbeat_timeout_ms;
+    w.heartbeat_interval_ms = p->heartbeat_interval_ms;
+    w.heartbeat_timeout_ms = p->heartbeat_timeout_ms;
     w.pending = p->pending;
     w.max_message_bytes = s->conf->max_message_bytes;
     w.max_inflight = p->max_inflight;
@@ -185,6 +185,7 @@ static void s_send_welcome(server_t *s, int peer)
     f.body_case = MEDROUTE__V1__FRAME__BODY_WELCOME;
     f.welcome = &w;
     server_send_facility(s, p->rid, p->rid_len, &f.base);
+    p->beat_ms = mr_mono_ms();
 }
 
 /*
@@ -271,6 +272,8 @@ int handle_hello(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f, mr
     uint32_t want = h->max_inflight ? h->max_inflight : s->conf->max_inflight;
     p->max_inflight = want < s->conf->max_inflight ? want : s->conf->max_inflight;
     p->max_acks = h->max_acks_per_frame;
+    p->heartbeat_interval_ms = s->conf->heartbeat_interval_ms;
+    p->heartbeat_timeout_ms = s->conf->heartbeat_timeout_ms;
     char client[41];
     (void)log_clean(client, sizeof client, h->client_name);
     if (!same_rid)
@@ -310,16 +313,21 @@ void session_cron(server_t *s, int64_t now_ms, int64_t mono_ms)
             log_warn(s->log, "facility.hello_unlogged",
                      "facility=%s count=%llu limit=%d window_s=%d", registry_at(s->registry, i)->id,
                      (unsigned long long)unlogged, LOGRATE_LINES, LOGRATE_WINDOW_MS / 1000);
-        if (!p->connected)
+        /* Each session on the interval and time-out of its Welcome: a
+         * reload's apply from its next Hello (its client heartbeats at the
+         * old interval, and takes the broker for gone after the old
+         * time-out). */
+        if (!p->connected || mono_ms - p->beat_ms < (int64_t)p->heartbeat_interval_ms)
             continue;
         /* Silence counts only while the broker reads: a store that holds
          * intake back (flow.h) for longer than the time-out must not end
          * every session. */
         int64_t since = p->heard_ms > heard ? p->heard_ms : heard;
-        if (mono_ms - since > (int64_t)s->conf->heartbeat_timeout_ms) {
+        if (mono_ms - since > (int64_t)p->heartbeat_timeout_ms) {
             session_end(s, (int)i, "heartbeat_timeout");
             continue;
         }
+        p->beat_ms = mono_ms;
         if (server_send_facility(s, p->rid, p->rid_len, &f.base) == -EHOSTUNREACH)
             session_end(s, (int)i, "unreachable"); /* its connection is gone */
     }

@@ -54,8 +54,10 @@ void session_keys_reassigned(server_t *s);
 void session_touch(server_t *s, int peer);
 /* Ends the session of peer (connection gone or replaced). */
 void session_end(server_t *s, int peer, const char *why);
-/* Periodic: heartbeats (stamped now_ms) to connected facilities; ends the
- * sessions silent for the time-out, measured on mono_ms (mr_mono_ms()). */
+/* Periodic, at every cron tick: a heartbeat (stamped now_ms) to each
+ * session whose interval has passed since the last one, and the end of
+ * each session found silent then for longer than its time-out (both its
+ * Welcome's), on mono_ms (mr_mono_ms()). */
 void session_cron(server_t *s, int64_t now_ms, int64_t mono_ms);
 
 #endif

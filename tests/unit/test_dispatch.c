@@ -1584,6 +1584,86 @@ static void test_dispatch_reload_ends_a_session_whose_key_moved(void **state)
     s_settle(s);
 }
 
+/* The fixture's config with other heartbeat limits. */
+#define S_CONF_BEATS(interval, timeout) \
+    "broker_id = \"unit-broker\";\n" \
+    "facility_endpoint = \"tcp://127.0.0.1:1\";\n" \
+    "operator_endpoint = \"tcp://127.0.0.1:2\";\n" \
+    "data_dir = \"unused\";\n" \
+    "insecure = true;\n" \
+    "limits = { max_message_bytes = 1024; max_inflight = 8;\n" \
+    "           heartbeat_interval_ms = " interval "; heartbeat_timeout_ms = " timeout "; };\n" \
+    "facilities = (\n" \
+    "  { id = \"lead\"; role = \"lead\"; },\n" \
+    "  { id = \"img\"; role = \"imaging_centre\"; host = \"lead\"; },\n" \
+    "  { id = \"t-a\"; role = \"township\"; public_key = \"" S_KEY_A "\"; },\n" \
+    "  { id = \"t-b\"; role = \"township\"; public_key = \"" S_KEY_B "\"; }\n" \
+    ");\n"
+
+static int s_count_heartbeats(const uint8_t *rid)
+{
+    int n = 0;
+    for (int i = 0; i < s_n_replies; i++)
+        if (s_replies[i].f->body_case == MEDROUTE__V1__FRAME__BODY_HEARTBEAT &&
+            memcmp(s_replies[i].rid, rid, RID_LEN) == 0)
+            n++;
+    return n;
+}
+
+/*
+ * A session keeps the heartbeat interval and time-out of its Welcome until
+ * its next Hello: its client heartbeats at that interval, and takes the
+ * broker for gone after that time-out.  A reload that shortens them does
+ * not end the session for a silence its Welcome allows; one that lengthens
+ * them does not leave it without a heartbeat for longer than its time-out.
+ * Its next Hello is told the new ones.
+ */
+static void test_dispatch_session_keeps_its_welcome_heartbeat(void **state)
+{
+    s_fx_t *fx = *state;
+    server_t *s = fx->s;
+    s_hello(s, RID_A, "t-a");
+    assert_int_equal(s_replies[0].f->body_case, MEDROUTE__V1__FRAME__BODY_WELCOME);
+    assert_int_equal(s_replies[0].f->welcome->heartbeat_interval_ms, 1000);
+    assert_int_equal(s_replies[0].f->welcome->heartbeat_timeout_ms, 3000);
+    int64_t heard = s->peers[TA].heard_ms;
+    char why[256] = "";
+
+    /* Shortened: a silence of 1.5 s, allowed by its Welcome, ends nothing. */
+    s->config_text = S_CONF_BEATS("100", "300");
+    if (reload_config(s, why, sizeof why) != 0)
+        fail_msg("reload: %s", why);
+    session_cron(s, 0, heard + 1500);
+    assert_true(s->peers[TA].connected);
+    assert_int_equal(s_count_heartbeats(RID_A), 1);
+
+    /* Lengthened: it still hears from the broker every second. */
+    s->config_text = S_CONF_BEATS("10000", "30000");
+    if (reload_config(s, why, sizeof why) != 0)
+        fail_msg("reload: %s", why);
+    session_cron(s, 0, heard + 2000);
+    assert_int_equal(s_count_heartbeats(RID_A), 1); /* not due: 0.5 s since the last */
+    session_cron(s, 0, heard + 2600);
+    assert_int_equal(s_count_heartbeats(RID_A), 2);
+    assert_true(s->peers[TA].connected);
+    /* Silent past its Welcome's time-out: ended, as before the reloads. */
+    session_cron(s, 0, heard + 3600);
+    assert_false(s->peers[TA].connected);
+
+    /* A new session is told, and kept to, the limits of now. */
+    s_hello(s, RID_A, "t-a");
+    const mr_frame_t *w = s_replies[s_n_replies - 1].f;
+    assert_int_equal(w->body_case, MEDROUTE__V1__FRAME__BODY_WELCOME);
+    assert_int_equal(w->welcome->heartbeat_interval_ms, 10000);
+    assert_int_equal(w->welcome->heartbeat_timeout_ms, 30000);
+    heard = s->peers[TA].heard_ms;
+    session_cron(s, 0, heard + 5000);
+    assert_int_equal(s_count_heartbeats(RID_A), 2);
+    session_cron(s, 0, heard + 25000);
+    assert_true(s->peers[TA].connected);
+    s_settle(s);
+}
+
 /* The config without t-b, as a reload that removes it reads it. */
 #define S_CONF_WITHOUT_TB \
     "broker_id = \"unit-broker\";\n" \
@@ -1715,6 +1795,7 @@ int main(void)
         T(test_dispatch_late_ack_needs_a_key_still_allowed),
         T(test_dispatch_key_given_to_another_speaks_for_it_only),
         T(test_dispatch_reload_ends_a_session_whose_key_moved),
+        T(test_dispatch_session_keeps_its_welcome_heartbeat),
     };
     /* MR_TEST_FILTER / MR_TEST_SKIP: glob patterns of test names to run or
      * skip (e.g. to run the rest under valgrind while a known bug is open). */

@@ -169,7 +169,9 @@ void session_end(server_t *s, int peer, const char *why)
     router_on_disconnect(s, peer);
 }
 
-static void s_send_welcome(server_t *s, int peer)
+/* Sends peer its Welcome: 0, or the send's error (-EHOSTUNREACH: its
+ * connection is gone). */
+static int s_send_welcome(server_t *s, int peer)
 {
     peer_t *p = &s->peers[peer];
     Medroute__V1__Welcome w = MEDROUTE__V1__WELCOME__INIT;
@@ -184,8 +186,9 @@ static void s_send_welcome(server_t *s, int peer)
     f.version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
     f.body_case = MEDROUTE__V1__FRAME__BODY_WELCOME;
     f.welcome = &w;
-    server_send_facility(s, p->rid, p->rid_len, &f.base);
+    int rc = server_send_facility(s, p->rid, p->rid_len, &f.base);
     p->beat_ms = mr_mono_ms();
+    return rc;
 }
 
 /*
@@ -280,7 +283,14 @@ int handle_hello(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f, mr
         log_info(s->log, "facility.connected", "facility=%s client=\"%s\" pending=%llu",
                  registry_at(s->registry, (size_t)peer)->id, client,
                  (unsigned long long)p->pending);
-    s_send_welcome(s, peer);
+    if (s_send_welcome(s, peer) == -EHOSTUNREACH) {
+        /* Its connection closed before its Hello was read (and the Hello
+         * read that close: endpoint_check_closed): bound, the session would
+         * wait for a failed heartbeat with a routing id nobody holds, that
+         * the next client to take it would be sent its deliveries on. */
+        session_end(s, peer, "unreachable");
+        return 0;
+    }
     if (same_rid)
         s_restart(s, peer, client);
     router_pump(s, peer);

@@ -16,6 +16,7 @@
  * endpoint's other uses, endpoint_user_id and endpoint_src_fd, are wrapped
  * to answer NULL and -1.
  */
+#include <errno.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -53,6 +54,9 @@ typedef struct {
 
 static s_reply_t s_replies[S_MAX_REPLIES];
 static int s_n_replies;
+/* A routing id whose connection is gone: a send to it fails as unreachable. */
+static const uint8_t *s_gone_rid;
+static size_t s_gone_rid_len;
 
 int __wrap_server_send_facility(server_t *self, const uint8_t *rid, size_t rid_len,
                                 const ProtobufCMessage *frame);
@@ -61,6 +65,8 @@ int __wrap_server_send_facility(server_t *self, const uint8_t *rid, size_t rid_l
                                 const ProtobufCMessage *frame)
 {
     (void)self;
+    if (s_gone_rid != NULL && rid_len == s_gone_rid_len && memcmp(rid, s_gone_rid, rid_len) == 0)
+        return -EHOSTUNREACH;
     assert_true(s_n_replies < S_MAX_REPLIES);
     assert_true(rid_len <= MR_RID_MAX);
     uint8_t *buf = NULL;
@@ -1584,6 +1590,32 @@ static void test_dispatch_reload_ends_a_session_whose_key_moved(void **state)
     s_settle(s);
 }
 
+/*
+ * A Hello read after its connection closed (the Hello reads the closes
+ * queued before it, endpoint_check_closed, that one's included): its
+ * Welcome cannot be sent (unreachable), and the session it would bind ends
+ * there, not bound to a routing id nobody holds until a heartbeat fails
+ * (a client that takes that routing id next would be sent the facility's
+ * deliveries).  Its client, back on another connection, is welcomed.
+ */
+static void test_dispatch_hello_from_a_gone_connection_binds_nothing(void **state)
+{
+    s_fx_t *fx = *state;
+    server_t *s = fx->s;
+    s_gone_rid = RID_A;
+    s_gone_rid_len = RID_LEN;
+    s_hello(s, RID_A, "t-a");
+    s_gone_rid = NULL;
+    assert_false(s->peers[TA].connected);
+    assert_int_equal(session_find(s, RID_A, RID_LEN), -1);
+    assert_int_equal(s_n_replies, 0);
+    s_hello(s, RID_B, "t-a");
+    assert_int_equal(s_n_replies, 1);
+    assert_int_equal(s_replies[0].f->body_case, MEDROUTE__V1__FRAME__BODY_WELCOME);
+    assert_int_equal(session_find(s, RID_B, RID_LEN), TA);
+    s_settle(s);
+}
+
 /* The fixture's config with other heartbeat limits. */
 #define S_CONF_BEATS(interval, timeout) \
     "broker_id = \"unit-broker\";\n" \
@@ -1796,6 +1828,7 @@ int main(void)
         T(test_dispatch_key_given_to_another_speaks_for_it_only),
         T(test_dispatch_reload_ends_a_session_whose_key_moved),
         T(test_dispatch_session_keeps_its_welcome_heartbeat),
+        T(test_dispatch_hello_from_a_gone_connection_binds_nothing),
     };
     /* MR_TEST_FILTER / MR_TEST_SKIP: glob patterns of test names to run or
      * skip (e.g. to run the rest under valgrind while a known bug is open). */

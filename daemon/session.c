@@ -53,16 +53,27 @@ static bool s_key_is_another(const server_t *s, int peer, const char *key)
     return conf_operator_of(s->conf, key) != NULL;
 }
 
-/* May key say Hello for facility peer: its key as configured now, or the
- * key of its last session, so that through a rotation the connection it
- * has keeps working until the facility switches (a removal forgets it:
- * session_revoke), but not once a reload gave that key to another
- * facility: it speaks for that one now. */
-static bool s_may_hello(const server_t *s, int peer, const char *key)
+/* Whether rid is the connection of peer's session, or of its last one. */
+static bool s_is_its_connection(const peer_t *p, const uint8_t *rid, size_t rid_len)
+{
+    return (p->connected && p->rid_len == rid_len && memcmp(p->rid, rid, rid_len) == 0) ||
+           (p->former_rid_len > 0 && p->former_rid_len == rid_len &&
+            memcmp(p->former_rid, rid, rid_len) == 0);
+}
+
+/* May key say Hello for facility peer on the connection of rid: its key as
+ * configured now, or, on the connection of its last session, that
+ * session's key, so that through a rotation the connection it has keeps
+ * working until the facility switches (a removal forgets it:
+ * session_revoke) -- no other connection opened with that key before the
+ * reload (the stolen key a rotation may be for), and not once a reload gave
+ * that key to another facility: it speaks for that one now. */
+static bool s_may_hello(const server_t *s, int peer, const char *key, const uint8_t *rid,
+                        size_t rid_len)
 {
     const peer_t *p = &s->peers[peer];
     return s_key_is(s, peer, key) ||
-           (p->key[0] != '\0' && strcmp(p->key, key) == 0 &&
+           (p->key[0] != '\0' && strcmp(p->key, key) == 0 && s_is_its_connection(p, rid, rid_len) &&
             !registry_at(s->registry, (size_t)peer)->removed && !s_key_is_another(s, peer, key));
 }
 
@@ -95,7 +106,7 @@ int session_former(const server_t *s, const uint8_t *rid, size_t rid_len, const 
     /* And only while that key may still speak for the facility: a key that
      * a rotation replaced (the facility has switched), or that a reload gave
      * to another facility, acknowledges nothing for it. */
-    if (key != NULL && !s_may_hello(s, peer, key))
+    if (key != NULL && !s_may_hello(s, peer, key, rid, rid_len))
         return -1;
     return peer;
 }
@@ -240,7 +251,7 @@ int handle_hello(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f, mr
         return mr_fail(err, MR_E_FORBIDDEN, "this connection already speaks for another facility");
     /* With CURVE the key decides who this is: a Hello for a facility whose
      * key it is not is a spoofing attempt, or a key a reload has revoked. */
-    if (!s_may_hello(s, peer, ctx->user_id)) {
+    if (!s_may_hello(s, peer, ctx->user_id, ctx->rid, ctx->rid_len)) {
         s->counters.v[CNT_SECURITY_EVENTS]++;
         log_warn(s->log, "security.spoofed_hello", "facility=%s key=%.8s",
                  registry_at(s->registry, (size_t)peer)->id, ctx->user_id);

@@ -1538,6 +1538,42 @@ static void test_dispatch_late_ack_needs_a_key_still_allowed(void **state)
     s_settle(s);
 }
 
+/*
+ * Through a rotation (t-a's key A replaced by C in the registry), the
+ * connection of t-a's session may say Hello again with A, on it only
+ * (security.md): another connection opened with A before the reload (the
+ * stolen key a rotation may be for) does not take t-a's session over,
+ * neither while that session lasts nor once it has ended.
+ */
+static void test_dispatch_rotation_keeps_only_the_sessions_connection(void **state)
+{
+    s_fx_t *fx = *state;
+    server_t *s = fx->s;
+    s_user_id = S_KEY_A;
+    s_hello(s, RID_A, "t-a");
+    assert_int_equal(s_replies[0].f->body_case, MEDROUTE__V1__FRAME__BODY_WELCOME);
+    s->config_text = S_CONF_TEXT(S_KEY_C);
+    char why[256] = "";
+    if (reload_config(s, why, sizeof why) != 0)
+        fail_msg("reload: %s", why);
+    uint64_t events = s->counters.v[CNT_SECURITY_EVENTS];
+    s_hello(s, RID_B, "t-a");
+    s_expect_error(1, RID_B, MR_E_FORBIDDEN);
+    assert_int_equal(session_find(s, RID_A, RID_LEN), TA);
+    s_hello(s, RID_A, "t-a"); /* its own connection: restarted */
+    assert_int_equal(s_replies[2].f->body_case, MEDROUTE__V1__FRAME__BODY_WELCOME);
+    session_end(s, TA, "heartbeat_timeout");
+    s_hello(s, RID_B, "t-a");
+    s_expect_error(3, RID_B, MR_E_FORBIDDEN);
+    assert_false(s->peers[TA].connected);
+    assert_int_equal(s->counters.v[CNT_SECURITY_EVENTS], events + 2);
+    s_hello(s, RID_A, "t-a"); /* the ended session's connection: welcomed */
+    assert_int_equal(s_replies[4].f->body_case, MEDROUTE__V1__FRAME__BODY_WELCOME);
+    assert_int_equal(session_find(s, RID_A, RID_LEN), TA);
+    s_user_id = NULL;
+    s_settle(s);
+}
+
 /* A reload that gives t-a's key A to t-b (t-a gets C): A speaks for t-b
  * now.  A Hello for t-a with it is refused, and its late ack does not count
  * for t-a; as t-b it gets in. */
@@ -1825,6 +1861,7 @@ int main(void)
         T(test_dispatch_session_follows_its_key),
         T(test_dispatch_late_ack_counts_with_its_key_only),
         T(test_dispatch_late_ack_needs_a_key_still_allowed),
+        T(test_dispatch_rotation_keeps_only_the_sessions_connection),
         T(test_dispatch_key_given_to_another_speaks_for_it_only),
         T(test_dispatch_reload_ends_a_session_whose_key_moved),
         T(test_dispatch_session_keeps_its_welcome_heartbeat),

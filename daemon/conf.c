@@ -497,7 +497,8 @@ static void s_read_server_key(s_report_t *r, conf_t *c)
     mr_keyfile_t kf;
     int rc = mr_keyfile_read(path, &kf);
     if (rc != 0) {
-        s_problem(r, 0, "server_key_file: cannot read %s (%s)", path, strerror(-rc));
+        s_problem(r, 0, "server_key_file: cannot read %s (%s)", path,
+                  rc == -EINVAL ? "not a regular file" : strerror(-rc));
         return;
     }
     if (kf.kind == MR_KEYFILE_PUBLIC) {

@@ -4,9 +4,11 @@
 #include "mr_keyfile.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 /* The longest line read back: room for the comment line of any name a key
  * file may have (255 bytes). */
@@ -15,13 +17,27 @@
 int mr_keyfile_read(const char *path, mr_keyfile_t *out)
 {
     memset(out, 0, sizeof *out);
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
+    /* Non-blocking, so that a FIFO without a writer does not hang the open
+     * (a start, or a reload on the daemon's loop); a regular file ignores it. */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0)
         return -errno;
     struct stat st;
-    if (fstat(fileno(f), &st) != 0) {
+    if (fstat(fd, &st) != 0) {
         int rc = -errno;
-        (void)fclose(f);
+        (void)close(fd);
+        return rc;
+    }
+    /* A device (/dev/zero: an endless line), a FIFO or a directory holds
+     * no key file. */
+    if (!S_ISREG(st.st_mode)) {
+        (void)close(fd);
+        return -EINVAL;
+    }
+    FILE *f = fdopen(fd, "r");
+    if (f == NULL) {
+        int rc = -errno;
+        (void)close(fd);
         return rc;
     }
     out->mode = st.st_mode & 07777;

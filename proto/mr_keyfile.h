@@ -33,7 +33,9 @@ typedef struct {
     bool loose;
 } mr_keyfile_t;
 
-/* Reads path into out: 0, or -errno if it cannot be opened or looked at. */
+/* Reads path into out: 0; -EINVAL if it is not a regular file (a device
+ * such as /dev/zero would be read for ever, a FIFO block); or -errno if it
+ * cannot be opened or looked at. */
 int mr_keyfile_read(const char *path, mr_keyfile_t *out);
 
 #endif

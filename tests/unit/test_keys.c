@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "medroute.h"
+#include "mr_keyfile.h"
 
 static void s_rm(const char *dir, const char *name, const char *ext)
 {
@@ -128,12 +129,33 @@ static void test_keys_long_comment_line_is_one_line(void **state)
     assert_int_equal(rmdir(dir), 0);
 }
 
+/* Only a regular file is read: /dev/zero is one endless line (a start, or
+ * a reload on the daemon's loop, read it for ever), a FIFO without a writer
+ * blocked the open, /dev/null and a directory read as a file holding no
+ * key.  All are refused as not a key file. */
+static void test_keys_only_a_regular_file_is_read(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/mrt-keys-kind-XXXXXX", fifo[1024];
+    assert_non_null(mkdtemp(dir));
+    snprintf(fifo, sizeof fifo, "%s/key.fifo", dir);
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    mr_keyfile_t kf;
+    assert_int_equal(mr_keyfile_read("/dev/null", &kf), -EINVAL);
+    assert_int_equal(mr_keyfile_read("/dev/zero", &kf), -EINVAL);
+    assert_int_equal(mr_keyfile_read(dir, &kf), -EINVAL);
+    assert_int_equal(mr_keyfile_read(fifo, &kf), -EINVAL);
+    unlink(fifo);
+    assert_int_equal(rmdir(dir), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_keys_long_name_written_whole_or_refused),
         cmocka_unit_test(test_keys_readers_tell_secret_from_public),
         cmocka_unit_test(test_keys_long_comment_line_is_one_line),
+        cmocka_unit_test(test_keys_only_a_regular_file_is_read),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -61,10 +61,20 @@
  * complete (~5 MB at 600-byte messages): while delivery keeps up, messages
  * go from the commit to the socket without being read back from the store. */
 #define S_READY_MAX 8192
-/* An ACK request's tag: the peer, and this bit for a late ack (session.h),
- * which is not answered UNKNOWN_DELIVERY: the facility's connection now, if
- * any, is not the one that sent it. */
-#define S_TAG_LATE ((int64_t)1 << 32)
+/* The seqs of one DeliveryAck frame with the store.  Its unknown ones are
+ * answered together, in one Error, when the store has answered the last of
+ * them (it answers in submission order), not in an Error each: a frame of
+ * 1,024 seqs it was never sent would draw 1,024 frames.  Freed then. */
+typedef struct {
+    server_t *s;
+    int peer;
+    bool late;                  /* not answered: see s_ack_frame_end */
+    uint8_t rid[MR_RID_MAX];    /* the connection that sent it */
+    size_t rid_len;
+    size_t left;                /* its seqs the store has yet to answer */
+    uint64_t first_unknown;     /* the first of them not pending for the facility */
+    size_t n_unknown;
+} s_ack_frame_t;
 
 /* ---- lists ------------------------------------------------------------------ */
 
@@ -511,10 +521,35 @@ void router_on_retried(server_t *s, int peer, store_row_t *row)
 
 /* ---- acknowledgements ---------------------------------------------------------- */
 
+/* The store has answered every seq of fr: its unknown ones get one Error,
+ * on the connection that sent them if it is still the facility's (a late
+ * ack's is not: its session ended, the facility may have another now). */
+static void s_ack_frame_end(s_ack_frame_t *fr)
+{
+    server_t *s = fr->s;
+    const peer_t *p = &s->peers[fr->peer];
+    if (fr->n_unknown > 0 && !fr->late && p->connected && p->rid_len == fr->rid_len &&
+        memcmp(p->rid, fr->rid, fr->rid_len) == 0) {
+        mr_err_t err = {0};
+        if (fr->n_unknown == 1)
+            mr_fail(&err, MR_E_UNKNOWN_DELIVERY, "no pending delivery %llu for this facility",
+                    (unsigned long long)fr->first_unknown);
+        else
+            mr_fail(&err, MR_E_UNKNOWN_DELIVERY,
+                    "no pending delivery %llu for this facility, nor %zu more seqs of this "
+                    "DeliveryAck",
+                    (unsigned long long)fr->first_unknown, fr->n_unknown - 1);
+        err.seq = fr->first_unknown;
+        dispatch_reply_error(s, fr->rid, fr->rid_len, fr->peer, &err);
+    }
+    free(fr);
+}
+
 static void on_acked(store_req_t *req, void *arg)
 {
-    server_t *s = arg;
-    int peer = (int)(req->tag & ~S_TAG_LATE);
+    s_ack_frame_t *fr = arg;
+    server_t *s = fr->s;
+    int peer = fr->peer;
     peer_t *p = &s->peers[peer];
     uint64_t seq = req->msg.seq;
     switch (req->status) {
@@ -525,16 +560,11 @@ static void on_acked(store_req_t *req, void *arg)
     case STORE_DUPLICATE:
         s_free(s_remove(&p->acked, seq));
         break;
-    case STORE_NOT_FOUND: {
+    case STORE_NOT_FOUND:
         s_free(s_remove(&p->acked, seq)); /* not pending: nothing to keep */
-        mr_err_t err = {0};
-        mr_fail(&err, MR_E_UNKNOWN_DELIVERY, "no pending delivery %llu for this facility",
-                (unsigned long long)seq);
-        err.seq = seq;
-        if (p->connected && !(req->tag & S_TAG_LATE))
-            dispatch_reply_error(s, p->rid, p->rid_len, peer, &err);
+        if (fr->n_unknown++ == 0)
+            fr->first_unknown = seq;
         break;
-    }
     default: {
         /* Not recorded: deliver again later, the client's seen-set absorbs it. */
         qmsg_t *m = s_remove(&p->acked, seq);
@@ -545,15 +575,17 @@ static void on_acked(store_req_t *req, void *arg)
         break;
     }
     }
+    if (--fr->left == 0)
+        s_ack_frame_end(fr);
     router_pump(s, peer);
 }
 
-/* One acknowledged seq: its window slot is free at once (*freed), its
+/* One acknowledged seq of fr: its window slot is free at once (*freed), its
  * commit follows (on_acked).  0, or the error of an out-of-memory. */
-static int s_ack_one(server_t *s, int peer, bool late, uint64_t seq, int64_t now, bool *freed,
-                     mr_err_t *err)
+static int s_ack_one(s_ack_frame_t *fr, uint64_t seq, int64_t now, bool *freed, mr_err_t *err)
 {
-    peer_t *p = &s->peers[peer];
+    server_t *s = fr->s;
+    peer_t *p = &s->peers[fr->peer];
     qmsg_t *m = s_remove(&p->inflight, seq); /* normally at its head */
     bool was_out = m != NULL;
     if (m == NULL && s_find(&p->acked, seq) != NULL)
@@ -565,11 +597,11 @@ static int s_ack_one(server_t *s, int peer, bool late, uint64_t seq, int64_t now
         m = s_remove(&p->ready, seq);
     if (m != NULL)
         s_push(&p->acked, m); /* its window slot is free from now on */
-    store_req_t *req = store_req_new(STORE_ACK, on_acked, s);
+    store_req_t *req = store_req_new(STORE_ACK, on_acked, fr);
     if (req != NULL) {
-        req->tag = peer | (late ? S_TAG_LATE : 0);
+        req->tag = fr->peer;
         req->msg.seq = seq;
-        req->msg.dest = strdup(registry_at(s->registry, (size_t)peer)->id);
+        req->msg.dest = strdup(registry_at(s->registry, (size_t)fr->peer)->id);
         req->now_ms = now;
     }
     if (req == NULL || req->msg.dest == NULL) {
@@ -582,6 +614,7 @@ static int s_ack_one(server_t *s, int peer, bool late, uint64_t seq, int64_t now
         return mr_fail(err, MR_E_INTERNAL, "out of memory");
     }
     store_submit(s->store, req);
+    fr->left++;
     *freed = *freed || was_out;
     return 0;
 }
@@ -595,15 +628,29 @@ int handle_delivery_ack(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t
     if (a->n_more_seqs >= MR_ACKS_PER_FRAME_MAX)
         return mr_fail(err, MR_E_INVALID,
                        "DeliveryAck carries more seqs than Welcome.max_acks_per_frame");
+    s_ack_frame_t *fr = calloc(1, sizeof *fr);
+    if (fr == NULL)
+        return mr_fail(err, MR_E_INTERNAL, "out of memory");
+    fr->s = s;
+    fr->peer = ctx->peer;
+    fr->late = ctx->late;
+    if (ctx->rid_len <= sizeof fr->rid) { /* a session's rid always is */
+        memcpy(fr->rid, ctx->rid, ctx->rid_len);
+        fr->rid_len = ctx->rid_len;
+    }
     int64_t now = mr_now_ms();
     bool freed = false, zero = false;
-    int rc = s_ack_one(s, ctx->peer, ctx->late, a->seq, now, &freed, err);
+    int rc = s_ack_one(fr, a->seq, now, &freed, err);
     for (size_t i = 0; rc == 0 && i < a->n_more_seqs; i++) {
         if (a->more_seqs[i] == 0)
             zero = true; /* the others still count */
         else
-            rc = s_ack_one(s, ctx->peer, ctx->late, a->more_seqs[i], now, &freed, err);
+            rc = s_ack_one(fr, a->more_seqs[i], now, &freed, err);
     }
+    /* The store answers on a later loop turn, never within store_submit:
+     * none of them has come back yet. */
+    if (fr->left == 0)
+        free(fr); /* nothing went to the store: repeats only, or out of memory */
     if (freed)
         router_pump(s, ctx->peer); /* the freed slots: the next messages go now */
     if (rc == 0 && zero)

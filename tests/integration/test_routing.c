@@ -1031,6 +1031,70 @@ static void test_routing_one_frame_acknowledges_several_deliveries(void **state)
     assert_int_equal(mrt_counter(d, "delivered"), delivered0 + 5);
 }
 
+/*
+ * A DeliveryAck of seqs the facility was never sent draws one
+ * UNKNOWN_DELIVERY, naming the first of them and how many more, not one
+ * Error each (a frame of 1,024 such seqs drew 1,024 frames); the seqs of
+ * the same frame that were sent are acknowledged all the same.  A second
+ * frame, of one unknown seq, is answered after every answer to the first
+ * (the store answers in order): the Errors before its own are all that
+ * the first frame drew.
+ */
+static void test_routing_unknown_seqs_of_one_ack_answered_once(void **state)
+{
+    (void)state;
+    enum { UNKNOWN = 100 };
+    const uint64_t base = 1000000000ULL, marker = 2000000000ULL;
+    mrt_daemon_t d = {0};
+    assert_int_equal(mrt_daemon_start(&d, NULL), 0);
+    mr_client_t *a = connected(&d, "t-manwan");
+    char why[200];
+    for (int i = 0; i < 2; i++) {
+        char order[80];
+        snprintf(order, sizeof order, "{\"placer_order_number\":\"PO-UNKNOWN-%d\"}", i);
+        assert_int_equal(mrt_send(a, "yx-ecg", "lab_order", "routine", order, why), 0);
+    }
+    mr_client_destroy(&a);
+    raw_t r;
+    raw_open(&r, &d);
+    raw_hello(&r, "yx-ecg");
+    uint64_t sent[2];
+    for (int i = 0; i < 2; i++) {
+        mr_frame_t *f = raw_next(&r, MEDROUTE__V1__FRAME__BODY_DELIVERY, 5000);
+        assert_non_null(f);
+        sent[i] = f->delivery->seq;
+        medroute__v1__frame__free_unpacked(f, NULL);
+    }
+    long long delivered0 = mrt_counter(&d, "delivered");
+    long long rejected0 = mrt_counter(&d, "rejected");
+    uint64_t more[UNKNOWN + 1];
+    for (int i = 0; i < UNKNOWN; i++)
+        more[i] = base + (uint64_t)i;
+    more[UNKNOWN] = sent[1];
+    raw_delivery_ack(&r, sent[0], more, UNKNOWN + 1);
+    raw_delivery_ack(&r, marker, NULL, 0);
+    int before_marker = 0;
+    mr_frame_t *f;
+    while ((f = raw_next(&r, MEDROUTE__V1__FRAME__BODY_ERROR, 5000)) != NULL) {
+        assert_int_equal(f->error->code, MR_E_UNKNOWN_DELIVERY);
+        bool is_marker = f->error->seq == marker;
+        if (!is_marker && before_marker++ == 0) {
+            assert_int_equal(f->error->seq, base);
+            assert_non_null(strstr(f->error->reason, "nor 99 more seqs"));
+        }
+        medroute__v1__frame__free_unpacked(f, NULL);
+        if (is_marker)
+            break;
+    }
+    assert_non_null(f); /* the marker's came */
+    assert_int_equal(before_marker, 1);
+    assert_int_equal(mrt_counter(&d, "rejected"), rejected0 + 2);
+    assert_int_equal(mrt_counter(&d, "delivered"), delivered0 + 2); /* committed before */
+    raw_close(&r);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+}
+
 /* ---- strings that are not UTF-8 ------------------------------------------------- */
 
 typedef struct {
@@ -1692,6 +1756,7 @@ int main(void)
         cmocka_unit_test(test_routing_stat_travels_ahead_of_a_stored_backlog),
         cmocka_unit_test(test_routing_bad_input_gets_distinct_errors),
         cmocka_unit_test(test_routing_one_frame_acknowledges_several_deliveries),
+        cmocka_unit_test(test_routing_unknown_seqs_of_one_ack_answered_once),
         cmocka_unit_test(test_routing_ack_then_leave_is_not_redelivered),
         cmocka_unit_test(test_routing_ack_after_the_session_ended_counts),
         cmocka_unit_test(test_routing_gbk_patient_name_refused),

@@ -13,6 +13,7 @@ static const char *const s_names[CNT_COUNT] = {
     [CNT_SECURITY_EVENTS] = "security_events", [CNT_INTAKE_PAUSED] = "intake_paused",
     [CNT_OPERATOR_REJECTED] = "operator_rejected", [CNT_LATE_ACKS] = "late_acks",
     [CNT_HELLOS_REPEATED] = "hellos_repeated", [CNT_RESENDS_SKIPPED] = "resends_skipped",
+    [CNT_PEER_GONE] = "peer_gone",
 };
 
 const char *counters_name(counter_t c)

@@ -23,7 +23,7 @@ typedef enum {
     CNT_DEAD,           /* messages moved to dead for any reason */
     CNT_CONNECTS,       /* Hellos accepted that began a session (a connection bound) */
     CNT_DISCONNECTS,    /* facilities gone silent or replaced */
-    CNT_SEND_FAILED,    /* frames the socket refused (peer gone, queue full) */
+    CNT_SEND_FAILED,    /* frames the socket refused (queue full, out of memory) */
     CNT_PRUNED,         /* delivered messages deleted after their retention */
     CNT_ESCALATIONS,    /* service levels missed (acceptance, report, result, read-back) */
     CNT_RESERVE_RELEASES, /* resources whose unclaimed reserve went to general use */
@@ -35,6 +35,7 @@ typedef enum {
     CNT_HELLOS_REPEATED, /* Hellos on the connection of a session already begun: restarts */
     CNT_RESENDS_SKIPPED, /* in-flight deliveries such a Hello did not send again: one
                             before it in that session had (router_on_hello) */
+    CNT_PEER_GONE,      /* frames for a connection that had closed (server_send_facility_msg) */
     CNT_COUNT
 } counter_t;
 

@@ -67,7 +67,14 @@ int server_send_facility_msg(server_t *self, const uint8_t *rid, size_t rid_len,
         return -ENOTCONN;
     }
     int rc = endpoint_send_msg(self->facility_ep, rid, rid_len, msg);
-    if (rc < 0) {
+    if (rc == -EHOSTUNREACH) {
+        /* Its connection has closed: before the broker read the close (the
+         * socket's monitor is read apart from the frames), or a notice to
+         * one it knows has (a client that acknowledged and left at once is
+         * told that its session ended, dispatch.c).  The client is gone, the
+         * broker did nothing wrong: counted apart from the failures. */
+        self->counters.v[CNT_PEER_GONE]++;
+    } else if (rc < 0) {
         self->counters.v[CNT_SEND_FAILED]++;
         log_debug(self->log, "facility.send_failed", "reason=\"%s\"", zmq_strerror(-rc));
     }

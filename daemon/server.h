@@ -84,7 +84,8 @@ server_t *server_new(conf_t *conf, log_t *log);
 int server_run(server_t *self);
 void server_destroy(server_t **self_p);
 
-/* Sends a frame to a facility connection; counts failures. */
+/* Sends a frame to a facility connection; counts failures (send_failed),
+ * and frames for a connection that has closed apart (peer_gone). */
 int server_send_facility(server_t *self, const uint8_t *rid, size_t rid_len,
                          const ProtobufCMessage *frame);
 /* The same for a frame already encoded in msg, which it takes (sent or closed). */

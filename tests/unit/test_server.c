@@ -1,0 +1,90 @@
+/*
+ * Unit tests for daemon/server.c's send accounting: a frame for a
+ * connection that has closed (ZeroMQ's EHOSTUNREACH, the socket being
+ * ZMQ_ROUTER_MANDATORY) is counted as peer_gone, which is no fault; a frame
+ * the socket could not take (its queue full) is a send failure.
+ *
+ * The server_t is a bare one with a stand-in facility endpoint: the test is
+ * linked with -Wl,--wrap=endpoint_send_msg, and __wrap_endpoint_send_msg
+ * below answers what the test sets.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "endpoint.h"
+#include "log.h"
+#include "server.h"
+
+static int s_answer;
+
+int __wrap_endpoint_send_msg(endpoint_t *self, const uint8_t *rid, size_t rid_len,
+                             zmq_msg_t *msg);
+
+int __wrap_endpoint_send_msg(endpoint_t *self, const uint8_t *rid, size_t rid_len, zmq_msg_t *msg)
+{
+    (void)self;
+    (void)rid;
+    (void)rid_len;
+    zmq_msg_close(msg); /* consumed either way, as by endpoint_send_msg */
+    return s_answer;
+}
+
+/* Sends one frame of a few bytes to a routing id, the endpoint answering rc. */
+static int s_send(server_t *s, int rc)
+{
+    s_answer = rc;
+    zmq_msg_t msg;
+    assert_int_equal(zmq_msg_init_size(&msg, 4), 0);
+    memcpy(zmq_msg_data(&msg), "abcd", 4);
+    const uint8_t rid[] = {0, 1, 2, 3, 4};
+    return server_send_facility_msg(s, rid, sizeof rid, &msg);
+}
+
+/* The lines of out (rewound) that hold needle. */
+static int s_lines_with(FILE *out, const char *needle)
+{
+    char line[512];
+    int n = 0;
+    rewind(out);
+    while (fgets(line, sizeof line, out) != NULL)
+        n += strstr(line, needle) != NULL;
+    return n;
+}
+
+static void test_server_send_to_a_closed_connection_is_no_failure(void **state)
+{
+    (void)state;
+    FILE *out = tmpfile();
+    assert_non_null(out);
+    int stand_in;
+    server_t s = {.facility_ep = (endpoint_t *)&stand_in, .log = log_new(MR_LOG_DEBUG, out)};
+    assert_non_null(s.log);
+    assert_int_equal(s_send(&s, -EHOSTUNREACH), -EHOSTUNREACH);
+    assert_int_equal(s.counters.v[CNT_PEER_GONE], 1);
+    assert_int_equal(s.counters.v[CNT_SEND_FAILED], 0);
+    assert_string_equal(counters_name(CNT_PEER_GONE), "peer_gone");
+    /* A queue that is full is a failure; a frame that went, neither. */
+    assert_int_equal(s_send(&s, -EAGAIN), -EAGAIN);
+    assert_int_equal(s_send(&s, 0), 0);
+    assert_int_equal(s.counters.v[CNT_SEND_FAILED], 1);
+    assert_int_equal(s.counters.v[CNT_PEER_GONE], 1);
+    log_destroy(&s.log);
+    assert_int_equal(s_lines_with(out, "facility.send_failed"), 1);
+    fclose(out);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_server_send_to_a_closed_connection_is_no_failure),
+    };
+    return cmocka_run_group_tests_name("server", tests, NULL, NULL);
+}

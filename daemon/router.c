@@ -26,7 +26,9 @@
  *      waiting for the commit; the message is freed when the ack's commit
  *      comes back (or goes back to inflight if the commit failed).  Both
  *      lists are searched from their head, where acks and commits normally
- *      land, in order.
+ *      land, in order.  An ack of a message never sent (never loaded, or
+ *      in ready with no send) moves nothing and does not count: the store
+ *      leaves it pending (req->unsent).
  *   5. Memory per destination is bounded: ready <= S_PAGE + S_READY_MAX.
  *   6. Express messages sit at the head of ready, ahead of routine ones;
  *      those loaded ahead of the cursor are skipped when a page reaches them.
@@ -587,19 +589,28 @@ static int s_ack_one(s_ack_frame_t *fr, uint64_t seq, int64_t now, bool *freed, 
     server_t *s = fr->s;
     peer_t *p = &s->peers[fr->peer];
     qmsg_t *m = s_remove(&p->inflight, seq); /* normally at its head */
-    bool was_out = m != NULL;
+    bool was_out = m != NULL, unsent = false;
     if (m == NULL && s_find(&p->acked, seq) != NULL)
         return 0; /* a repeat while the first is being committed */
     /* Or waiting to be sent again (a session ended, a smaller window): not
      * sent once more while its ack is committed.  (ready is the longer
-     * list: looked through last.) */
-    if (m == NULL)
-        m = s_remove(&p->ready, seq);
+     * list: looked through last.)  One loaded and never sent, or never
+     * loaded (every message sent was loaded at or below one of the two
+     * marks), cannot have reached the facility: its ack would mark it
+     * delivered unseen.  The store only tells whether it was delivered
+     * before (the ack repeated) or is unknown; it stays pending. */
+    if (m == NULL) {
+        const qmsg_t *r = s_find(&p->ready, seq);
+        unsent = r != NULL ? r->attempts == 0 : seq > p->cursor && seq > p->express_ahead;
+        if (r != NULL && !unsent)
+            m = s_remove(&p->ready, seq);
+    }
     if (m != NULL)
         s_push(&p->acked, m); /* its window slot is free from now on */
     store_req_t *req = store_req_new(STORE_ACK, on_acked, fr);
     if (req != NULL) {
         req->tag = fr->peer;
+        req->unsent = unsent;
         req->msg.seq = seq;
         req->msg.dest = strdup(registry_at(s->registry, (size_t)fr->peer)->id);
         req->now_ms = now;

@@ -808,7 +808,8 @@ static int s_op_put(store_t *self, store_req_t *req)
 }
 
 /* An ack for a message that is not pending for its sender: delivered before
- * (a resent ack), dead, or no such message for that destination. */
+ * (a resent ack), dead, or no such message for that destination; or for
+ * one the broker has not sent (req->unsent), pending or not. */
 static int s_ack_not_pending(store_t *self, store_req_t *req)
 {
     sqlite3_stmt *st = s_stmt(self, S_ACK_STATE);
@@ -825,6 +826,8 @@ static int s_ack_not_pending(store_t *self, store_req_t *req)
 
 static int s_op_ack(store_t *self, store_req_t *req)
 {
+    if (req->unsent)
+        return s_ack_not_pending(self, req); /* delivered before, or left as it is */
     /* Out of the pending set first (one search): a failure of what follows
      * fails the batch, whose rollback puts it back. */
     pending_entry_t e;

@@ -93,6 +93,8 @@ struct store_req_t {
                             * this time; owned */
     size_t n_outstanding;
     bool express_only; /* LOAD: only express messages (critical or stat) */
+    bool unsent;       /* ACK: the broker has not sent it (router.c): NOT_FOUND while it is
+                        * pending, DUPLICATE once delivered; nothing changes */
     uint32_t limit;    /* LOAD, LIST, PRUNE: at most this many */
     int state;         /* LIST: MSG_PENDING or MSG_DEAD; PUT: MSG_PENDING, or MSG_DELIVERED
                           for a message to the broker itself */

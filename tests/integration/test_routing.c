@@ -1744,6 +1744,108 @@ static void test_routing_retried_stat_goes_ahead_of_routine(void **state)
     s_raw_houqing_done(&d, &lead, &r);
 }
 
+/* ---- acks of messages not sent ------------------------------------------------- */
+
+/* Sends n lab orders from t-manwan to yx-ecg, their Acks in res. */
+static void s_orders_to_ecg(mrt_daemon_t *d, const char *tag, mr_result_t *res, int n)
+{
+    mr_client_t *a = connected(d, "t-manwan");
+    for (int i = 0; i < n; i++) {
+        char json[256];
+        snprintf(json, sizeof json,
+                 "{\"destination\":\"yx-ecg\",\"kind\":\"lab_order\","
+                 "\"lab_order\":{\"placer_order_number\":\"PO-%s-%d\"}}", tag, i);
+        assert_int_equal(mr_client_send_json(a, json, &res[i], 5000, NULL, NULL), 0);
+    }
+    mr_client_destroy(&a);
+}
+
+/*
+ * A DeliveryAck for a message its facility was not sent yet (it waits
+ * behind the delivery window) is refused as UNKNOWN_DELIVERY, and the
+ * message stays pending: it is delivered when the window opens.  Before,
+ * the ack marked it delivered, and the facility never received it.
+ */
+static void test_routing_ack_of_a_message_not_sent_yet_is_refused(void **state)
+{
+    (void)state;
+    mrt_daemon_t d = {0};
+    assert_int_equal(mrt_daemon_start(&d, NULL), 0);
+    mr_result_t res[2];
+    s_orders_to_ecg(&d, "WINDOW", res, 2);
+    long long delivered0 = mrt_counter(&d, "delivered");
+    raw_t r;
+    raw_open(&r, &d);
+    raw_hello_window(&r, "yx-ecg", 1);
+    mr_frame_t *f = raw_next(&r, MEDROUTE__V1__FRAME__BODY_DELIVERY, 5000);
+    assert_non_null(f);
+    assert_int_equal(f->delivery->seq, res[0].seq);
+    medroute__v1__frame__free_unpacked(f, NULL);
+    raw_delivery_ack(&r, res[1].seq, NULL, 0); /* behind the window: not sent */
+    f = raw_next(&r, MEDROUTE__V1__FRAME__BODY_ERROR, 5000);
+    assert_non_null(f);
+    assert_int_equal(f->error->code, MR_E_UNKNOWN_DELIVERY);
+    assert_int_equal(f->error->seq, res[1].seq);
+    medroute__v1__frame__free_unpacked(f, NULL);
+    /* The window opens: it comes, for the first time. */
+    raw_delivery_ack(&r, res[0].seq, NULL, 0);
+    f = raw_next(&r, MEDROUTE__V1__FRAME__BODY_DELIVERY, 5000);
+    assert_non_null(f);
+    assert_int_equal(f->delivery->seq, res[1].seq);
+    assert_false(f->delivery->redelivered);
+    medroute__v1__frame__free_unpacked(f, NULL);
+    raw_delivery_ack(&r, res[1].seq, NULL, 0);
+    long long until = mrt_now_ms() + 5000;
+    while (mrt_counter(&d, "delivered") < delivered0 + 2 && mrt_now_ms() < until)
+        (void)poll(NULL, 0, 20);
+    assert_int_equal(mrt_counter(&d, "delivered"), delivered0 + 2);
+    raw_close(&r);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+}
+
+/*
+ * The same for a late DeliveryAck (its session ended, section 3.3 of
+ * protocol.md) of a message stored after that: never loaded for the
+ * facility, it cannot have been sent.  Not answered (a late ack is not),
+ * and the message stays pending.  Before, it was marked delivered.
+ */
+static void test_routing_late_ack_of_a_message_never_sent_is_refused(void **state)
+{
+    (void)state;
+    mrt_daemon_t d = {0};
+    assert_int_equal(mrt_daemon_start(&d, "limits = { heartbeat_interval_ms = 100; "
+                                          "heartbeat_timeout_ms = 400; };\n"),
+                     0);
+    raw_t r;
+    raw_open(&r, &d);
+    raw_hello(&r, "yx-ecg");
+    mr_frame_t *f = raw_next(&r, MEDROUTE__V1__FRAME__BODY_WELCOME, 5000);
+    assert_non_null(f);
+    medroute__v1__frame__free_unpacked(f, NULL);
+    long long until = mrt_now_ms() + 5000;
+    while (mrt_log_count(&d, "facility=yx-ecg why=heartbeat_timeout") < 1 && mrt_now_ms() < until)
+        (void)poll(NULL, 0, 50);
+    assert_int_equal(mrt_log_count(&d, "facility=yx-ecg why=heartbeat_timeout"), 1);
+    mr_result_t res;
+    s_orders_to_ecg(&d, "AWAY", &res, 1);
+    long long delivered0 = mrt_counter(&d, "delivered");
+    raw_delivery_ack(&r, res.seq, NULL, 0);
+    until = mrt_now_ms() + 5000;
+    while (mrt_counter(&d, "late_acks") < 1 && mrt_now_ms() < until)
+        (void)poll(NULL, 0, 20);
+    assert_int_equal(mrt_counter(&d, "late_acks"), 1);
+    /* Listed after the ack's answer (the store answers in order): pending. */
+    char *q = mrt_operator(&d, "{\"queue_list\":{\"destination\":\"yx-ecg\"}}");
+    assert_non_null(q);
+    assert_non_null(strstr(q, res.message_id));
+    free(q);
+    assert_int_equal(mrt_counter(&d, "delivered"), delivered0);
+    raw_close(&r);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1757,6 +1859,8 @@ int main(void)
         cmocka_unit_test(test_routing_bad_input_gets_distinct_errors),
         cmocka_unit_test(test_routing_one_frame_acknowledges_several_deliveries),
         cmocka_unit_test(test_routing_unknown_seqs_of_one_ack_answered_once),
+        cmocka_unit_test(test_routing_ack_of_a_message_not_sent_yet_is_refused),
+        cmocka_unit_test(test_routing_late_ack_of_a_message_never_sent_is_refused),
         cmocka_unit_test(test_routing_ack_then_leave_is_not_redelivered),
         cmocka_unit_test(test_routing_ack_after_the_session_ended_counts),
         cmocka_unit_test(test_routing_gbk_patient_name_refused),

@@ -259,16 +259,23 @@ static s_done_t *s_put(s_fx_t *fx, const char *source, const char *id, const cha
     return d;
 }
 
-static s_done_t *s_ack(s_fx_t *fx, uint64_t seq, const char *dest, int64_t now_ms)
+/* An ack of seq for dest; unsent: of a message the router has not sent. */
+static s_done_t *s_ack_as(s_fx_t *fx, uint64_t seq, const char *dest, int64_t now_ms, bool unsent)
 {
     s_done_t *d;
     store_req_t *req = s_req(fx, STORE_ACK, &d);
+    req->unsent = unsent;
     req->msg.seq = seq;
     req->msg.dest = strdup(dest);
     req->now_ms = now_ms;
     s_submit(fx, req);
     s_wait(fx, d);
     return d;
+}
+
+static s_done_t *s_ack(s_fx_t *fx, uint64_t seq, const char *dest, int64_t now_ms)
+{
+    return s_ack_as(fx, seq, dest, now_ms, false);
 }
 
 static s_done_t *s_load(s_fx_t *fx, const char *dest, uint64_t after, uint32_t limit)
@@ -523,6 +530,21 @@ static void test_store_ack_states(void **state)
     /* A dead message cannot be acknowledged. */
     assert_int_equal(s_drop(fx, 2, "test", 5000)->status, STORE_OK);
     assert_int_equal(s_ack(fx, 2, "lead", 5000)->status, STORE_NOT_FOUND);
+}
+
+/* An ack of a message the router has not sent (router.c) changes nothing:
+ * pending, it is NOT_FOUND and stays pending; delivered, a DUPLICATE. */
+static void test_store_ack_of_an_unsent_message_changes_nothing(void **state)
+{
+    s_fx_t *fx = *state;
+    s_put(fx, "t-a", "m-1", "lead", "b1", 9000);
+    assert_int_equal(s_ack_as(fx, 1, "lead", 5000, true)->status, STORE_NOT_FOUND);
+    s_done_t *l = s_load(fx, "lead", 0, 10);
+    assert_int_equal(l->n_rows, 1);
+    assert_int_equal(l->rows[0].seq, 1);
+    assert_int_equal(s_ack(fx, 1, "lead", 5000)->status, STORE_OK);
+    assert_int_equal(s_ack_as(fx, 1, "lead", 5001, true)->status, STORE_DUPLICATE);
+    assert_int_equal(s_ack_as(fx, 99, "lead", 5001, true)->status, STORE_NOT_FOUND);
 }
 
 static void test_store_summary_counts_per_dest(void **state)
@@ -2347,6 +2369,7 @@ int main(void)
         T(test_store_put_identity_leaves_out_created_at),
         T(test_store_load_pending_in_seq_order),
         T(test_store_ack_states),
+        T(test_store_ack_of_an_unsent_message_changes_nothing),
         T(test_store_summary_counts_per_dest),
         T(test_store_drop_list_retry),
         T(test_store_expire_moves_to_dead),

@@ -40,6 +40,23 @@
  * (flow.h); past them its TCP stream waits, then its client's outbox. */
 #define S_FACILITY_RCVHWM 1000
 
+/* Counts the outcome rc of a send to a facility connection; returns rc. */
+static int s_counted(server_t *self, int rc)
+{
+    if (rc == -EHOSTUNREACH) {
+        /* Its connection has closed: before the broker read the close (the
+         * socket's monitor is read apart from the frames), or a notice to
+         * one it knows has (a client that acknowledged and left at once is
+         * told that its session ended, dispatch.c).  The client is gone, the
+         * broker did nothing wrong: counted apart from the failures. */
+        self->counters.v[CNT_PEER_GONE]++;
+    } else if (rc < 0) {
+        self->counters.v[CNT_SEND_FAILED]++;
+        log_debug(self->log, "facility.send_failed", "reason=\"%s\"", zmq_strerror(-rc));
+    }
+    return rc;
+}
+
 int server_send_facility(server_t *self, const uint8_t *rid, size_t rid_len,
                          const ProtobufCMessage *frame)
 {
@@ -49,7 +66,7 @@ int server_send_facility(server_t *self, const uint8_t *rid, size_t rid_len,
     size_t len = protobuf_c_message_get_packed_size(frame);
     zmq_msg_t msg;
     if (zmq_msg_init_size(&msg, len) != 0)
-        return -ENOMEM;
+        return s_counted(self, -ENOMEM); /* dropped as surely as a refused one */
     protobuf_c_message_pack(frame, zmq_msg_data(&msg));
     return server_send_facility_msg(self, rid, rid_len, &msg);
 }
@@ -66,19 +83,7 @@ int server_send_facility_msg(server_t *self, const uint8_t *rid, size_t rid_len,
         zmq_msg_close(msg);
         return -ENOTCONN;
     }
-    int rc = endpoint_send_msg(self->facility_ep, rid, rid_len, msg);
-    if (rc == -EHOSTUNREACH) {
-        /* Its connection has closed: before the broker read the close (the
-         * socket's monitor is read apart from the frames), or a notice to
-         * one it knows has (a client that acknowledged and left at once is
-         * told that its session ended, dispatch.c).  The client is gone, the
-         * broker did nothing wrong: counted apart from the failures. */
-        self->counters.v[CNT_PEER_GONE]++;
-    } else if (rc < 0) {
-        self->counters.v[CNT_SEND_FAILED]++;
-        log_debug(self->log, "facility.send_failed", "reason=\"%s\"", zmq_strerror(-rc));
-    }
-    return rc;
+    return s_counted(self, endpoint_send_msg(self->facility_ep, rid, rid_len, msg));
 }
 
 static void s_close_all(server_t *self)

@@ -2,11 +2,12 @@
  * Unit tests for daemon/server.c's send accounting: a frame for a
  * connection that has closed (ZeroMQ's EHOSTUNREACH, the socket being
  * ZMQ_ROUTER_MANDATORY) is counted as peer_gone, which is no fault; a frame
- * the socket could not take (its queue full) is a send failure.
+ * the socket could not take (its queue full), or that found no memory, is
+ * a send failure.
  *
  * The server_t is a bare one with a stand-in facility endpoint: the test is
- * linked with -Wl,--wrap=endpoint_send_msg, and __wrap_endpoint_send_msg
- * below answers what the test sets.
+ * linked with -Wl,--wrap=endpoint_send_msg,--wrap=zmq_msg_init_size, and
+ * the wrappers below answer what the test sets.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,6 +16,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <zmq.h>
@@ -35,6 +37,20 @@ int __wrap_endpoint_send_msg(endpoint_t *self, const uint8_t *rid, size_t rid_le
     (void)rid_len;
     zmq_msg_close(msg); /* consumed either way, as by endpoint_send_msg */
     return s_answer;
+}
+
+static bool s_no_memory;
+
+int __real_zmq_msg_init_size(zmq_msg_t *msg, size_t size);
+int __wrap_zmq_msg_init_size(zmq_msg_t *msg, size_t size);
+
+int __wrap_zmq_msg_init_size(zmq_msg_t *msg, size_t size)
+{
+    if (s_no_memory) {
+        errno = ENOMEM;
+        return -1;
+    }
+    return __real_zmq_msg_init_size(msg, size);
 }
 
 /* Sends one frame of a few bytes to a routing id, the endpoint answering rc. */
@@ -81,10 +97,40 @@ static void test_server_send_to_a_closed_connection_is_no_failure(void **state)
     fclose(out);
 }
 
+/* A frame that finds no memory to be packed into is dropped: counted as
+ * one the socket refused, not dropped silently (an Ack, an Error). */
+static void test_server_frame_without_memory_is_a_failure(void **state)
+{
+    (void)state;
+    FILE *out = tmpfile();
+    assert_non_null(out);
+    int stand_in;
+    server_t s = {.facility_ep = (endpoint_t *)&stand_in, .log = log_new(MR_LOG_DEBUG, out)};
+    assert_non_null(s.log);
+    Medroute__V1__Heartbeat hb = MEDROUTE__V1__HEARTBEAT__INIT;
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    f.version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+    f.body_case = MEDROUTE__V1__FRAME__BODY_HEARTBEAT;
+    f.heartbeat = &hb;
+    const uint8_t rid[] = {0, 1, 2, 3, 4};
+    s_answer = 0;
+    s_no_memory = true;
+    int rc = server_send_facility(&s, rid, sizeof rid, &f.base);
+    s_no_memory = false;
+    assert_int_equal(rc, -ENOMEM);
+    assert_int_equal(s.counters.v[CNT_SEND_FAILED], 1);
+    assert_int_equal(server_send_facility(&s, rid, sizeof rid, &f.base), 0);
+    assert_int_equal(s.counters.v[CNT_SEND_FAILED], 1);
+    log_destroy(&s.log);
+    assert_int_equal(s_lines_with(out, "facility.send_failed"), 1);
+    fclose(out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_server_send_to_a_closed_connection_is_no_failure),
+        cmocka_unit_test(test_server_frame_without_memory_is_a_failure),
     };
     return cmocka_run_group_tests_name("server", tests, NULL, NULL);
 }

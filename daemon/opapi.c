@@ -660,11 +660,13 @@ void opapi_on_message(void *arg, const uint8_t *rid, size_t rid_len, const void 
                       "this operator key is read-only; this request needs an admin key");
     } else if (q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_RELOAD) {
         char why[512];
-        if (reload_config(s, why, sizeof why) == 0) {
+        int rc = reload_config(s, why, sizeof why);
+        if (rc == 0) {
             s_done(s, rid, rid_len, q->request_id, "reloaded");
         } else {
             why[mr_utf8_cut(why, sizeof why)] = '\0'; /* the config's error, cut */
-            s_reply_error(s, rid, rid_len, q->request_id, MR_E_INVALID, why);
+            s_reply_error(s, rid, rid_len, q->request_id,
+                          rc == -ESHUTDOWN ? MR_E_SHUTTING_DOWN : MR_E_INVALID, why);
         }
     } else if (q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_WATCH && q->watch != NULL &&
                q->watch->stop) {

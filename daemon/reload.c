@@ -98,8 +98,22 @@ static registry_t *s_merge(const registry_t *old, const conf_t *n, size_t *added
     return reg;
 }
 
+/* Stopping: a reload would tell systemd READY=1 after STOPPING=1, and
+ * put a configuration in force for the drain's last seconds only.  Logged
+ * once per stop: each SIGHUP of a reload loop need not say it again. */
+static int s_refuse_while_stopping(server_t *s, char *why, size_t why_len)
+{
+    snprintf(why, why_len, "the broker is shutting down");
+    if (!s->reload_ignored)
+        log_info(s->log, "server.reload_ignored", "reason=\"shutting down\"");
+    s->reload_ignored = true;
+    return -ESHUTDOWN;
+}
+
 int reload_config(server_t *s, char *why, size_t why_len)
 {
+    if (s->draining)
+        return s_refuse_while_stopping(s, why, why_len);
     char err[4096];
     conf_t *n = s->config_path ? conf_load_file(s->config_path, err, sizeof err)
                                : conf_load_string(s->config_text, "<embedded>", err, sizeof err);

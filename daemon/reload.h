@@ -16,7 +16,8 @@
 
 #include "server.h"
 
-/* 0, or -EINVAL with the reason in why (the old config stays). */
+/* 0, or -EINVAL with the reason in why (the old config stays); -ESHUTDOWN,
+ * nothing read, once a stop signal began the drain. */
 int reload_config(server_t *s, char *why, size_t why_len);
 
 #endif

@@ -8,7 +8,9 @@
  * Shutdown (SIGTERM/SIGINT): new Envelopes get ERROR_SHUTTING_DOWN; once the
  * store has committed and answered everything submitted, sockets close and
  * the loop ends.  A second signal skips the wait; store_destroy still runs
- * every queued request, so nothing acknowledged is lost either way.
+ * every queued request, so nothing acknowledged is lost either way.  A
+ * reload asked for meanwhile is ignored (reload.c): systemd, told
+ * STOPPING=1, must not hear READY=1 again.
  */
 #include "server.h"
 
@@ -125,7 +127,8 @@ static void on_signal(uv_signal_t *handle, int signum)
     server_t *self = handle->data;
     if (signum == SIGHUP) {
         char why[512];
-        log_info(self->log, "server.reload_requested", "signal=%d", signum);
+        if (!self->draining) /* else reload_config says it is ignored, once */
+            log_info(self->log, "server.reload_requested", "signal=%d", signum);
         (void)reload_config(self, why, sizeof why); /* logs its own outcome */
         return;
     }

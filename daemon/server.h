@@ -72,6 +72,7 @@ typedef struct server_t {
     int indicator_status[32];
     uint64_t store_bytes;
     bool draining;             /* SIGTERM: no new messages, finish commits */
+    bool reload_ignored;       /* a reload asked for while draining was logged (reload.c) */
     int64_t drain_started_ms;
     int64_t watchdog_ms, last_watchdog_ms; /* systemd watchdog pings (0: off) */
     bool loop_ready, handles_ready;

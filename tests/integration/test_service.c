@@ -1,6 +1,7 @@
 /*
  * test_service.c - medrouted as a system service, over the real binary:
- * READY=1 and WATCHDOG=1 on a NOTIFY_SOCKET of the test's own; SIGHUP
+ * READY=1 and WATCHDOG=1 on a NOTIFY_SOCKET of the test's own, and no
+ * READY=1 after STOPPING=1 (a reload during the drain is ignored); SIGHUP
  * reloads the registry without dropping connections or messages (a facility
  * added can connect, a removed one is disconnected and its messages kept,
  * an invalid config is refused and the old one stays); --check-config
@@ -10,6 +11,7 @@
  * acknowledged.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -79,6 +81,138 @@ static void test_service_notify_ready_and_watchdog(void **state)
     }
     assert_true(stopping);
     assert_int_equal(mrt_daemon_stop(&d), 0); /* it exited 0 */
+    close(fd);
+    unlink(path);
+    mrt_daemon_cleanup(&d);
+}
+
+/* A datagram socket at a path of its own, for the daemon's NOTIFY_SOCKET. */
+static int s_notify_socket(char *path, size_t len)
+{
+    snprintf(path, len, "/tmp/mrnotify-%d.sock", (int)getpid());
+    unlink(path);
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    struct timeval tv = {.tv_sec = 1};
+    assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv), 0);
+    return fd;
+}
+
+/* Waits (10 s at most) until the daemon's log holds a line with needle. */
+static bool s_logged(const mrt_daemon_t *d, const char *needle)
+{
+    for (long long until = mrt_now_ms() + 10000; mrt_now_ms() < until; usleep(20 * 1000))
+        if (mrt_log_count(d, needle) > 0)
+            return true;
+    return false;
+}
+
+/* Lines saying how a reload ended: ignored, done or refused. */
+static int s_reload_outcomes(const mrt_daemon_t *d)
+{
+    return mrt_log_count(d, "event=server.reload_ignored") +
+           mrt_log_count(d, "event=server.reloaded") +
+           mrt_log_count(d, "event=server.reload_refused");
+}
+
+/*
+ * A reload asked for during the drain (SIGHUP after SIGTERM: `systemctl
+ * reload` racing `systemctl stop`, or an operator's reload) is ignored and
+ * logged once: systemd was told STOPPING=1 and must not hear READY=1 again.
+ * The drain is held open, without timing, by a backup whose target the test
+ * holds a lease on (fcntl F_SETLEASE): the backup thread's open() of it
+ * waits until the test lets go, and the drain waits for the backup (for its
+ * 10 s limit at most).
+ */
+static void test_service_reload_while_stopping_is_ignored(void **state)
+{
+    (void)state;
+    char path[108];
+    int fd = s_notify_socket(path, sizeof path);
+    mrt_daemon_t d = {0};
+    snprintf(d.env[0], sizeof d.env[0], "NOTIFY_SOCKET=%s", path);
+    assert_int_equal(mrt_daemon_start(&d, NULL), 0);
+    bool ready = false;
+    for (long long until = mrt_now_ms() + 5000; !ready && mrt_now_ms() < until;) {
+        char buf[512];
+        ssize_t n = recv(fd, buf, sizeof buf - 1, 0);
+        buf[n > 0 ? n : 0] = '\0';
+        ready = strstr(buf, "READY=1") != NULL;
+    }
+    assert_true(ready);
+
+    /* The backup's target: a file of the test's own, leased, not a store. */
+    char held[400];
+    snprintf(held, sizeof held, "%s/held.db", d.dir);
+    FILE *f = fopen(held, "w");
+    assert_non_null(f);
+    assert_true(fputs("not a database\n", f) >= 0);
+    assert_int_equal(fclose(f), 0);
+    int lease = open(held, O_RDONLY | O_CLOEXEC);
+    assert_true(lease >= 0);
+    sigset_t io, old;
+    sigemptyset(&io);
+    sigaddset(&io, SIGIO); /* the lease's break is told by SIGIO: waited for below */
+    assert_int_equal(sigprocmask(SIG_BLOCK, &io, &old), 0);
+    assert_int_equal(fcntl(lease, F_SETLEASE, F_WRLCK), 0);
+    pid_t asker = fork();
+    assert_true(asker >= 0);
+    if (asker == 0) {
+        char req[500];
+        snprintf(req, sizeof req, "{\"backup\":{\"path\":\"%s\"}}", held);
+        free(mrt_operator(&d, req)); /* its answer comes after the drain, if at all */
+        _exit(0);
+    }
+    struct timespec ten = {.tv_sec = 10};
+    assert_int_equal(sigtimedwait(&io, NULL, &ten), SIGIO); /* the backup waits in open() */
+
+    kill(d.pid, SIGTERM);
+    assert_true(s_logged(&d, "event=server.draining"));
+    kill(d.pid, SIGHUP);
+    /* Its outcome, whichever it is. */
+    long long until = mrt_now_ms() + 10000;
+    while (s_reload_outcomes(&d) == 0 && mrt_now_ms() < until)
+        usleep(20 * 1000);
+    assert_int_equal(mrt_log_count(&d, "event=server.reloaded"), 0);
+    assert_int_equal(mrt_log_count(&d, "event=server.reload_ignored"), 1);
+    /* An operator's reload is answered SHUTTING_DOWN, and not logged again. */
+    char *r = mrt_operator(&d, "{\"reload\":{}}");
+    assert_non_null(r);
+    assert_non_null(strstr(r, "SHUTTING_DOWN"));
+    free(r);
+    assert_int_equal(mrt_log_count(&d, "event=server.reload_ignored"), 1);
+    assert_int_equal(mrt_log_count(&d, "event=server.reload_requested"), 0);
+
+    /* Let the backup go: the drain ends, and the daemon exits 0. */
+    assert_int_equal(fcntl(lease, F_SETLEASE, F_UNLCK), 0);
+    close(lease);
+    struct timespec none = {0};
+    while (sigtimedwait(&io, NULL, &none) == SIGIO)
+        ; /* none should be left, and SIGIO's default action is to end the test */
+    assert_int_equal(sigprocmask(SIG_SETMASK, &old, NULL), 0);
+    int status = -1;
+    for (long long until = mrt_now_ms() + 10000;
+         waitpid(d.pid, &status, WNOHANG) == 0 && mrt_now_ms() < until;)
+        usleep(20 * 1000);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    d.pid = 0;
+    kill(asker, SIGKILL);
+    waitpid(asker, NULL, 0);
+
+    /* What systemd heard after READY=1: STOPPING=1, and nothing of a reload. */
+    bool stopping = false, again = false;
+    char buf[512];
+    ssize_t n;
+    while ((n = recv(fd, buf, sizeof buf - 1, MSG_DONTWAIT)) > 0) {
+        buf[n] = '\0';
+        stopping = stopping || strstr(buf, "STOPPING=1") != NULL;
+        again = again || strstr(buf, "READY=1") != NULL || strstr(buf, "RELOADING=1") != NULL;
+    }
+    assert_true(stopping);
+    assert_false(again);
     close(fd);
     unlink(path);
     mrt_daemon_cleanup(&d);
@@ -690,6 +824,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_service_notify_ready_and_watchdog),
+        cmocka_unit_test(test_service_reload_while_stopping_is_ignored),
         cmocka_unit_test(test_service_sighup_reload),
         cmocka_unit_test(test_service_reload_refuses_a_new_broker_id),
         cmocka_unit_test(test_service_drop_for_a_removed_facility),

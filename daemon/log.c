@@ -99,6 +99,17 @@ static void s_mark_cut(char *body, size_t size)
     memcpy(body + keep, s_cut_mark, sizeof s_cut_mark);
 }
 
+/* A control character (a newline above all) in a value would end the line
+ * there and could start a forged one: written as '?', as log_clean does, so
+ * that an event is one line whatever a caller passed.  Quotes are
+ * log_clean's: here a value's quote cannot be told from the format's. */
+static void s_one_line(char *body)
+{
+    for (; *body != '\0'; body++)
+        if ((unsigned char)*body < 0x20 || *body == 0x7f)
+            *body = '?';
+}
+
 void log_event(log_t *self, log_level_t level, const char *event, const char *fields, ...)
 {
     if (self == NULL || level > self->level)
@@ -115,6 +126,7 @@ void log_event(log_t *self, log_level_t level, const char *event, const char *fi
         return;
     if ((size_t)m >= sizeof body - (size_t)n)
         s_mark_cut(body, sizeof body);
+    s_one_line(body);
 
     struct timespec ts, mono;
     clock_gettime(CLOCK_REALTIME, &ts);

@@ -25,8 +25,11 @@ int log_enabled(const log_t *self, log_level_t level);
 
 /*
  * Writes "ts level=L event=EVENT <fields>" where fields is a printf format of
- * key=value pairs.  An identical line repeated within 10 s is written at most
- * 5 times; the count of suppressed ones is written with the next line.
+ * key=value pairs.  A control character in the result is written as '?', so
+ * that an event is always one line; a foreign string in a quoted value goes
+ * through log_clean first (its quotes too).  An identical line repeated
+ * within 10 s is written at most 5 times; the count of suppressed ones is
+ * written with the next line.
  */
 void log_event(log_t *self, log_level_t level, const char *event, const char *fields, ...)
     __attribute__((format(printf, 4, 5)));

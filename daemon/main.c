@@ -63,7 +63,9 @@ int main(int argc, char **argv)
          * table names; --check-config prints it as it prints the others. */
         log_t *log = check ? NULL : log_new(MR_LOG_INFO, stderr);
         if (log != NULL) {
-            log_error(log, "server.config_refused", "reason=\"%s\"", err);
+            char safe[1024];
+            log_error(log, "server.config_refused", "reason=\"%s\"",
+                      log_clean(safe, sizeof safe, err));
             log_destroy(&log);
             return 78; /* EX_CONFIG */
         }

@@ -180,8 +180,12 @@ int reload_config(server_t *s, char *why, size_t why_len)
     notify_state("READY=1");
     rc = 0;
 out:
-    if (rc != 0)
-        log_error(s->log, "server.reload_refused", "reason=\"%s\"", why);
+    if (rc != 0) {
+        /* The parser's problems, a line each, may quote the file's values. */
+        char safe[1024];
+        log_error(s->log, "server.reload_refused", "reason=\"%s\"",
+                  log_clean(safe, sizeof safe, why));
+    }
     registry_destroy(&reg);
     conf_destroy(&n);
     return rc;

@@ -159,9 +159,11 @@ static int s_make_data_dir(server_t *self, char *path, size_t len)
 {
     const char *dir = self->conf->data_dir;
     if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
-        log_error(self->log, "server.data_dir_failed", "dir=%s reason=\"%s\"", dir,
-                  strerror(errno));
-        return -errno;
+        int e = errno;
+        char safe[512];
+        log_error(self->log, "server.data_dir_failed", "dir=\"%s\" reason=\"%s\"",
+                  log_clean(safe, sizeof safe, dir), strerror(e));
+        return -e;
     }
     int n = snprintf(path, len, "%s/medroute.db", dir);
     return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
@@ -179,7 +181,9 @@ server_t *server_new(conf_t *conf, log_t *log)
     self->started_at_ms = mr_now_ms();
     /* The CURVE key, and plaintext on loopback only (endpoints, http_listen). */
     if (conf_check_security(conf, why, sizeof why) != 0) {
-        log_error(log, "server.config_refused", "reason=\"%s\"", why);
+        char safe[256];
+        log_error(log, "server.config_refused", "reason=\"%s\"",
+                  log_clean(safe, sizeof safe, why));
         goto fail;
     }
     if (conf->insecure)
@@ -190,7 +194,9 @@ server_t *server_new(conf_t *conf, log_t *log)
     self->loop_ready = true;
     self->registry = registry_new(conf->facilities, conf->n_facilities, why, sizeof why);
     if (self->registry == NULL) {
-        log_error(log, "server.registry_failed", "reason=\"%s\"", why);
+        char safe[256];
+        log_error(log, "server.registry_failed", "reason=\"%s\"",
+                  log_clean(safe, sizeof safe, why));
         goto fail;
     }
     self->peers = calloc(registry_count(self->registry), sizeof *self->peers);

@@ -4,7 +4,7 @@
  * READY=1 after STOPPING=1 (a reload during the drain is ignored); SIGHUP
  * reloads the registry without dropping connections or messages (a facility
  * added can connect, a removed one is disconnected and its messages kept,
- * an invalid config is refused and the old one stays); --check-config
+ * an invalid config is refused, in one log line, and the old one stays); --check-config
  * reports every problem with its line, and refuses what the start refuses
  * (plaintext beyond loopback, no broker key: server.config_refused, exit 78); an online backup restores on a new
  * store with nothing lost; a second SIGTERM exits at once, losing nothing
@@ -351,6 +351,57 @@ static void test_service_sighup_reload(void **state)
     mr_client_destroy(&new_one);
     mr_client_destroy(&lead);
     mr_client_destroy(&aihua);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+}
+
+/* Lines of the daemon's log that do not begin with a time (2026-...T): the
+ * rest of an event that spanned lines, or a line forged by a value. */
+static int s_lines_without_time(const mrt_daemon_t *d)
+{
+    FILE *f = fopen(d->log_path, "r");
+    assert_non_null(f);
+    char line[4096];
+    int n = 0;
+    bool at_start = true;
+    while (fgets(line, sizeof line, f)) {
+        int y, mo, da, h;
+        if (at_start && sscanf(line, "%4d-%2d-%2dT%2d:", &y, &mo, &da, &h) != 4)
+            n++;
+        at_start = strchr(line, '\n') != NULL;
+    }
+    fclose(f);
+    return n;
+}
+
+/*
+ * A config with several problems is refused in one log line: the parser
+ * says each on a line of its own, and a value it quotes may hold newlines
+ * and quotes (libconfig's "\n" and "\""), which made server.reload_refused
+ * span lines, the next one a forged event.
+ */
+static void test_service_reload_refused_is_one_line(void **state)
+{
+    (void)state;
+    mrt_daemon_t d = {0};
+    assert_int_equal(mrt_daemon_start(&d, NULL), 0);
+    assert_int_equal(mrt_daemon_rewrite(&d, mrt_facilities_conf,
+                                        "limits = { max_inflight = 0; };\n"
+                                        "indicators = ( { name = \"x\\\"\\n2026-01-01T00:00:00.000Z"
+                                        " level=error event=security.forged\"; target = 1.0;"
+                                        " warn = 0.5; } );\n",
+                                        true),
+                     0);
+    assert_int_equal(mrt_daemon_reload(&d), 1);
+    assert_int_equal(mrt_log_count(&d, "event=server.reload_refused"), 1);
+    /* Both problems, on the refusal's line; the value's quote cleaned. */
+    assert_int_equal(mrt_log_count(&d, "event=server.reload_refused reason=\""), 1);
+    assert_int_equal(mrt_log_count(&d, "limits.max_inflight: 0 is out of range"), 1);
+    assert_int_equal(mrt_log_count(&d, "0 is out of range 1..10000?"), 1);
+    assert_int_equal(mrt_log_count(&d, "name: ?x??2026-01-01T00:00:00.000Z level=error "
+                                       "event=security.forged? is not a known indicator\""),
+                     1);
+    assert_int_equal(s_lines_without_time(&d), 0);
     assert_int_equal(mrt_daemon_stop(&d), 0);
     mrt_daemon_cleanup(&d);
 }
@@ -827,6 +878,7 @@ int main(void)
         cmocka_unit_test(test_service_reload_while_stopping_is_ignored),
         cmocka_unit_test(test_service_sighup_reload),
         cmocka_unit_test(test_service_reload_refuses_a_new_broker_id),
+        cmocka_unit_test(test_service_reload_refused_is_one_line),
         cmocka_unit_test(test_service_drop_for_a_removed_facility),
         cmocka_unit_test(test_service_reload_adds_a_facility_with_a_stored_queue),
         cmocka_unit_test(test_service_check_config_reports_lines),

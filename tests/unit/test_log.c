@@ -2,7 +2,8 @@
  * Unit tests for daemon/log.c: a line longer than the log takes is cut on a
  * UTF-8 character, its quoted value closed and the cut marked, so that it
  * still parses as key=value pairs; a line that fits is written whole; the
- * repeat window of identical lines runs on the monotonic clock.
+ * repeat window of identical lines runs on the monotonic clock; an event is
+ * one line whatever control characters its values hold.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -93,6 +94,42 @@ static void test_log_long_line_is_cut_and_marked(void **state)
     assert_null(strstr(body, "after=1"));
 }
 
+/* A control character in a value, whoever forgot to clean it (a config
+ * parser's problems are a line each), is written as '?': the event stays
+ * one line, and no text after a newline passes for a line of its own. */
+static void test_log_control_characters_stay_on_one_line(void **state)
+{
+    (void)state;
+    FILE *out = tmpfile();
+    assert_non_null(out);
+    log_t *log = log_new(MR_LOG_INFO, out);
+    assert_non_null(log);
+    log_error(log, "server.reload_refused", "reason=\"%s\"",
+              "a.conf:3: x\na.conf:9: y\r\n"
+              "2024-01-01T00:00:00.000Z level=error event=forged\t\x7f");
+    log_destroy(&log);
+    rewind(out);
+    char line[512], more[512];
+    assert_non_null(fgets(line, sizeof line, out));
+    assert_null(fgets(more, sizeof more, out)); /* one line */
+    assert_int_equal(fclose(out), 0);
+    assert_non_null(strstr(line, " level=error event=server.reload_refused reason=\"a.conf:3: x?"
+                                 "a.conf:9: y??"
+                                 "2024-01-01T00:00:00.000Z level=error event=forged??\"\n"));
+}
+
+/* log_clean, for a foreign string in a quoted value: no quote, backslash or
+ * control character, which could end the value or the line. */
+static void test_log_clean_leaves_no_quote_backslash_or_control(void **state)
+{
+    (void)state;
+    char buf[32];
+    assert_string_equal(log_clean(buf, sizeof buf, "a\"b\\c\nd\x01" "e\x7f\xc3\xa9"),
+                        "a?b?c?d?e?\xc3\xa9");
+    assert_string_equal(log_clean(buf, 4, "abcdef"), "abc");
+    assert_string_equal(log_clean(buf, sizeof buf, NULL), "");
+}
+
 static size_t s_lines(FILE *out, const char *needle)
 {
     rewind(out);
@@ -137,6 +174,8 @@ int main(void)
         cmocka_unit_test(test_log_line_that_fits_is_whole),
         cmocka_unit_test(test_log_long_line_is_cut_and_marked),
         cmocka_unit_test(test_log_repeat_window_ignores_a_wall_clock_step),
+        cmocka_unit_test(test_log_control_characters_stay_on_one_line),
+        cmocka_unit_test(test_log_clean_leaves_no_quote_backslash_or_control),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

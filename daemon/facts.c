@@ -48,6 +48,18 @@ bool facts_day_valid(const char *day)
 #define S_APPOINTMENT_MIN_MS 946684800000LL
 #define S_APPOINTMENT_AHEAD_MS (731 * S_DAY_MS)
 
+/* Whether a ReferralUpdate of this step may carry appointment_at_ms: the
+ * receiver sets the appointment when it accepts and moves it when it
+ * schedules (docs/referrals.md 1.1).  On another step it would be stored
+ * and move the expiry of a referral nobody booked anything for (one that
+ * has arrived, or was cancelled).  An unknown step is the table's to say
+ * first. */
+static bool s_books_appointment(int step)
+{
+    return step == MEDROUTE__V1__REFERRAL_STEP__STEP_ACCEPTED ||
+           step == MEDROUTE__V1__REFERRAL_STEP__STEP_SCHEDULED || referral_step_actor(step) < 0;
+}
+
 static int64_t s_day_start(const char *day)
 {
     struct tm tm = {0};
@@ -209,6 +221,13 @@ int facts_extract(const server_t *s, int src, int dest, const mr_envelope_t *env
         f->step = (int)u->step;
         f->has_reason = u->reason && u->reason[0];
         f->has_summary = u->summary && u->summary->uri && u->summary->uri[0];
+        if (u->appointment_at_ms != 0 && !s_books_appointment(f->step)) {
+            snprintf(reason, reason_len,
+                     "referral_update.appointment_at_ms goes with STEP_ACCEPTED or "
+                     "STEP_SCHEDULED only");
+            rc = MR_E_INVALID;
+            break;
+        }
         /* A negative one would claim a unit of a day in 1969, seconds sent
          * as milliseconds (1970) nothing, and microseconds (the year 55,000)
          * would keep the referral open for ever: a later step cannot bring

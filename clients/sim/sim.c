@@ -886,17 +886,26 @@ static int s_read_back(s_sim_t *sim, s_player_t *me, int to, int kind, const jso
 }
 
 /* The township's steps for a down-referral: it accepts the patient, sees
- * them arrive, and confirms the follow-up (which completes the referral). */
+ * them arrive, and confirms the follow-up (which completes the referral).
+ * The follow-up visit is booked when it accepts: the broker refuses an
+ * appointment on the later steps. */
 static json_t *s_answer_down_referral(s_sim_t *sim, const json_t *ref, const s_player_t *me,
                                       const char *step)
 {
     const char *rid = json_string_value(json_object_get(ref, "referral_id"));
     char loc[96];
     snprintf(loc, sizeof loc, "%s general practice clinic", me->id);
-    return json_pack("{s:s, s:s, s:I, s:s}", "referral_id", rid ? rid : "", "step", step,
-                     "appointment_at_ms",
-                     (json_int_t)(s_wall_ms() + 86400000LL * (3 + s_rng_below(&sim->rng, 11))),
-                     "location", loc);
+    /* Drawn for every step, so that the run's random sequence stays as it was. */
+    json_int_t appt =
+        (json_int_t)(s_wall_ms() + 86400000LL * (3 + s_rng_below(&sim->rng, 11)));
+    json_t *u = json_pack("{s:s, s:s, s:s}", "referral_id", rid ? rid : "", "step", step,
+                          "location", loc);
+    if (u != NULL && strcmp(step, "STEP_ACCEPTED") == 0 &&
+        json_object_set_new(u, "appointment_at_ms", json_integer(appt)) != 0) {
+        json_decref(u);
+        return NULL;
+    }
+    return u;
 }
 
 static json_t *s_imaging_report(s_sim_t *sim, const json_t *req, const char *status,

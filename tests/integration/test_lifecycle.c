@@ -426,20 +426,67 @@ static void test_referral_appointment_outlives_its_expiry(void **state)
     assert_int_equal(num(sl, "claimed_reserved"), 1);
     json_decref(sl);
     assert_int_equal(step(lead, "t-aihua", "R-EXP-APPT", "STEP_ARRIVED", NULL, NULL), 0);
-    /* An appointment before 1970 would claim a unit of a day in 1969. */
-    assert_int_equal(step(lead, "t-aihua", "R-EXP-APPT", "STEP_IN_PROGRESS",
-                          "\"appointment_at_ms\":-1", NULL),
+    /* An appointment before 1970 would claim a unit of a day in 1969 (said
+     * before the state, which allows no SCHEDULED any more). */
+    char why[200] = "";
+    assert_int_equal(step(lead, "t-aihua", "R-EXP-APPT", "STEP_SCHEDULED",
+                          "\"appointment_at_ms\":-1", why),
                      MR_E_INVALID);
+    assert_non_null(strstr(why, "from 2000"));
     /* Nor one in seconds (1970: nothing claimed), or in microseconds (the
      * year 55,000: the referral would never expire). */
     long long now_s = (long long)time(NULL);
     char bad[96];
     snprintf(bad, sizeof bad, "\"appointment_at_ms\":%lld", now_s + 86400);
-    assert_int_equal(step(lead, "t-aihua", "R-EXP-APPT", "STEP_IN_PROGRESS", bad, NULL),
+    assert_int_equal(step(lead, "t-aihua", "R-EXP-APPT", "STEP_SCHEDULED", bad, why),
                      MR_E_INVALID);
+    assert_non_null(strstr(why, "from 2000"));
     snprintf(bad, sizeof bad, "\"appointment_at_ms\":%lld", (now_s + 86400) * 1000000);
-    assert_int_equal(step(lead, "t-aihua", "R-EXP-APPT", "STEP_IN_PROGRESS", bad, NULL),
+    assert_int_equal(step(lead, "t-aihua", "R-EXP-APPT", "STEP_SCHEDULED", bad, why),
                      MR_E_INVALID);
+    assert_non_null(strstr(why, "from 2000"));
+    drain(aihua, 200);
+    drain(lead, 200);
+    mr_client_destroy(&lead);
+    mr_client_destroy(&aihua);
+}
+
+/*
+ * An appointment is set when the receiver accepts and moved when it
+ * schedules (docs/referrals.md 1.1); any other step that carries one is
+ * refused as INVALID: it would be stored, and move the expiry of a referral
+ * nobody booked anything for (one arrived, cancelled or being cared for).
+ */
+static void test_referral_appointment_only_when_booking(void **state)
+{
+    (void)state;
+    mr_client_t *lead = client("yx-lead"), *aihua = client("t-aihua");
+    char appt[96], why[200] = "";
+    appointment(appt, sizeof appt);
+    referral(aihua, "yx-lead", "R-BOOK-1", false, "SERVICE_SPECIALIST_CLINIC", "routine");
+    referral(aihua, "yx-lead", "R-BOOK-2", false, "SERVICE_SPECIALIST_CLINIC", "routine");
+    assert_int_equal(step(lead, "t-aihua", "R-BOOK-1", "STEP_ACCEPTED", appt, NULL), 0);
+    assert_int_equal(step(lead, "t-aihua", "R-BOOK-1", "STEP_SCHEDULED", appt, NULL), 0);
+    char cancel[160];
+    snprintf(cancel, sizeof cancel, "\"reason\":\"declined\",%s", appt);
+    assert_int_equal(step(aihua, "yx-lead", "R-BOOK-2", "STEP_CANCELLED", cancel, why),
+                     MR_E_INVALID);
+    assert_non_null(strstr(why, "STEP_ACCEPTED or STEP_SCHEDULED only"));
+    assert_int_equal(step(lead, "t-aihua", "R-BOOK-1", "STEP_ARRIVED", appt, why), MR_E_INVALID);
+    assert_non_null(strstr(why, "STEP_ACCEPTED or STEP_SCHEDULED only"));
+    /* Refused whole: the referrals are where they were. */
+    json_t *l = open_loop("R-BOOK-1");
+    assert_non_null(l);
+    assert_string_equal(json_string_value(json_object_get(l, "state")), "SCHEDULED");
+    json_decref(l);
+    assert_non_null(l = open_loop("R-BOOK-2"));
+    json_decref(l);
+    assert_int_equal(step(lead, "t-aihua", "R-BOOK-1", "STEP_ARRIVED", NULL, NULL), 0);
+    assert_int_equal(step(lead, "t-aihua", "R-BOOK-1", "STEP_IN_PROGRESS", appt, NULL),
+                     MR_E_INVALID);
+    assert_int_equal(step(aihua, "yx-lead", "R-BOOK-2", "STEP_CANCELLED",
+                          "\"reason\":\"declined\"", NULL),
+                     0);
     drain(aihua, 200);
     drain(lead, 200);
     mr_client_destroy(&lead);
@@ -648,6 +695,7 @@ int main(void)
         cmocka_unit_test(test_referral_long_numbers_refused),
         cmocka_unit_test(test_referral_ledger_reserve_general_and_release),
         cmocka_unit_test(test_referral_appointment_outlives_its_expiry),
+        cmocka_unit_test(test_referral_appointment_only_when_booking),
         cmocka_unit_test(test_referral_open_after_appointment_is_a_setting),
         cmocka_unit_test(test_referral_imaging_lab_loops_and_critical_readback),
         cmocka_unit_test(test_referral_escalation_and_restart_keep_state),

@@ -135,7 +135,7 @@ static const char *const s_sql[Q_COUNT] = {
                      " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13, ?14)"
                      " ON CONFLICT(ref_key) DO NOTHING",
     [Q_REF_BY_KEY] = "SELECT ref_key, source, dest, direction, service, unit, family_doctor,"
-                     " state, resource_key, claim, priority, created_ms FROM referrals"
+                     " state, resource_key, claim, priority, created_ms, expires_ms FROM referrals"
                      " WHERE ref_key = ?1",
     [Q_REF_UPDATE] = "UPDATE referrals SET state = ?2, updated_ms = ?3,"
                      " accepted_ms = CASE WHEN ?2 = 3 THEN ?3 ELSE accepted_ms END,"
@@ -625,6 +625,7 @@ typedef struct {
     claim_t claim;
     int priority;
     int64_t created_ms;
+    int64_t expires_ms;
 } s_ref_t;
 
 static void s_copy(char *dst, size_t len, sqlite3_stmt *st, int i)
@@ -652,6 +653,7 @@ static int s_ref_by_key(clinical_t *self, const char *key, s_ref_t *r, bool *fou
         r->claim = (claim_t)sqlite3_column_int(st, 9);
         r->priority = sqlite3_column_int(st, 10);
         r->created_ms = sqlite3_column_int64(st, 11);
+        r->expires_ms = sqlite3_column_int64(st, 12);
     }
     sqlite3_reset(st);
     return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
@@ -834,6 +836,13 @@ static int s_on_update(clinical_t *self, uint64_t seq, const char *source, const
         return s_refuse(out, MR_E_ILLEGAL_TRANSITION,
                         "no referral %s between these facilities (state NONE)%s", f->ref_id, NULL);
     ref_actor_t actor = strcmp(source, r.source) == 0 ? ACTOR_SENDER : ACTOR_RECEIVER;
+    /* Past its expiry (expires_ms < now, as the scan compares) the referral
+     * is EXPIRED at the step's own time, whether or not the scan, once a
+     * second, has recorded it yet: else a step just after the deadline was
+     * taken and one a second later refused.  Only judged here (a refusal
+     * writes nothing); the scan records it and raises its escalation. */
+    if (s_live(r.state) && r.expires_ms < now)
+        r.state = REF_EXPIRED;
     ref_transition_t t;
     const char *why = NULL;
     if (referral_next(r.state, f->step, actor, r.direction, &t, &why) != 0) {

@@ -1,0 +1,157 @@
+/*
+ * Unit tests for daemon/clinical.c on an SQLite database in memory, every
+ * call given its time (no clock, no scan of its own): a referral step is
+ * judged against the referral's deadline at the step's own time, so that
+ * it gets the same answer whether or not the once-a-second expiry scan has
+ * run since the deadline passed.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <sqlite3.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "clinical.h"
+#include "mr_codec.h"
+
+#define S_T0 1767225600000LL /* 2026-01-01T00:00:00Z */
+#define S_DEADLINE (S_T0 + 3 * 86400 * 1000LL)
+
+typedef struct {
+    sqlite3 *db;
+    tally_t *tally;
+    clinical_t *clin;
+    uint64_t seq;
+} fx_t;
+
+static int setup(void **state)
+{
+    fx_t *fx = calloc(1, sizeof *fx);
+    int rc = SQLITE_OK;
+    /* The store's messages table, which clinical_open gives a ref_key. */
+    if (fx == NULL || sqlite3_open(":memory:", &fx->db) != SQLITE_OK ||
+        sqlite3_exec(fx->db, "CREATE TABLE messages(seq INTEGER PRIMARY KEY)", NULL, NULL,
+                     NULL) != SQLITE_OK ||
+        (fx->tally = tally_new(fx->db, NULL, &rc)) == NULL ||
+        (fx->clin = clinical_open(fx->db, fx->tally, &rc)) == NULL)
+        return -1;
+    *state = fx;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fx_t *fx = *state;
+    clinical_close(&fx->clin);
+    tally_destroy(&fx->tally);
+    int rc = sqlite3_close(fx->db);
+    free(fx);
+    return rc == SQLITE_OK ? 0 : -1;
+}
+
+/* t-aihua refers a patient to yx-lead at now; the referral expires at expires_ms. */
+static void s_refer(fx_t *fx, const char *id, int64_t expires_ms, int64_t now)
+{
+    clin_facts_t f = {.kind = MEDROUTE__V1__KIND__KIND_REFERRAL,
+                      .priority = MEDROUTE__V1__PRIORITY__PRIORITY_ROUTINE,
+                      .direction = REF_DIR_UP,
+                      .ref_id = (char *)id,
+                      .service = MEDROUTE__V1__SERVICE_TYPE__SERVICE_SPECIALIST_CLINIC,
+                      .unit = "cardiology",
+                      .expires_ms = expires_ms};
+    clin_result_t out;
+    assert_int_equal(clinical_on_put(fx->clin, ++fx->seq, "t-aihua", "yx-lead", &f, now, &out),
+                     SQLITE_OK);
+    assert_int_equal(out.code, 0);
+}
+
+/* yx-lead, the receiver, makes a step of referral id at now. */
+static clin_result_t s_step(fx_t *fx, const char *id, int step, int64_t now)
+{
+    clin_facts_t f = {.kind = MEDROUTE__V1__KIND__KIND_REFERRAL_UPDATE,
+                      .ref_id = (char *)id,
+                      .step = step,
+                      .appointment_day = "2026-01-02"};
+    clin_result_t out;
+    assert_int_equal(clinical_on_put(fx->clin, ++fx->seq, "yx-lead", "t-aihua", &f, now, &out),
+                     SQLITE_OK);
+    return out;
+}
+
+/* The state of referral id among the open loops, or "none". */
+static const char *s_state(fx_t *fx, const char *id, char *buf, size_t len)
+{
+    clin_open_t *rows = NULL;
+    size_t n = 0;
+    assert_int_equal(clinical_open_loops(fx->clin, NULL, INT64_MAX, &rows, &n), SQLITE_OK);
+    snprintf(buf, len, "none");
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(rows[i].kind, "referral") == 0 && strcmp(rows[i].key, id) == 0)
+            snprintf(buf, len, "%s", rows[i].state);
+    clinical_open_free(rows, n);
+    return buf;
+}
+
+/*
+ * A step that comes after the deadline, before the scan has recorded the
+ * expiry, gets the answer it gets after the scan: the referral is EXPIRED,
+ * and nothing is written.  One at the deadline itself is taken (the scan
+ * expires a referral whose expiry is before its time, not at it).
+ */
+static void test_clinical_step_after_the_deadline_is_refused_before_the_scan(void **state)
+{
+    fx_t *fx = *state;
+    const int arrived = MEDROUTE__V1__REFERRAL_STEP__STEP_ARRIVED;
+    char buf[32];
+    s_refer(fx, "R-LATE", S_DEADLINE, S_T0);
+    s_refer(fx, "R-ON-TIME", S_DEADLINE, S_T0);
+    const char *ids[] = {"R-LATE", "R-ON-TIME"};
+    clin_result_t r;
+    for (int i = 0; i < 2; i++) {
+        r = s_step(fx, ids[i], MEDROUTE__V1__REFERRAL_STEP__STEP_ACCEPTED, S_T0 + 1000);
+        assert_int_equal(r.code, 0);
+        assert_int_equal(r.ref_state, REF_ACCEPTED);
+    }
+
+    r = s_step(fx, "R-ON-TIME", arrived, S_DEADLINE);
+    assert_int_equal(r.code, 0);
+    assert_int_equal(r.ref_state, REF_ARRIVED);
+
+    clin_result_t before = s_step(fx, "R-LATE", arrived, S_DEADLINE + 1);
+    assert_int_equal(before.code, MR_E_ILLEGAL_TRANSITION);
+    assert_int_equal(before.ref_state, REF_EXPIRED);
+    assert_string_equal(before.reason, "referral R-LATE is EXPIRED: the referral is closed");
+    assert_string_equal(s_state(fx, "R-LATE", buf, sizeof buf), "ACCEPTED"); /* nothing written */
+
+    /* The scan at the same time records the expiry; the step's answer is the same. */
+    clin_sla_t sla = {0};
+    clin_event_t *ev = NULL;
+    size_t n = 0;
+    assert_int_equal(clinical_scan(fx->clin, &sla, S_DEADLINE + 1, &ev, &n), SQLITE_OK);
+    size_t expired = 0;
+    for (size_t i = 0; i < n; i++)
+        expired += ev[i].kind == EV_REFERRAL_EXPIRED && strcmp(ev[i].key, "t-aihua/R-LATE") == 0;
+    assert_int_equal(expired, 1);
+    assert_int_equal(n, 1); /* R-ON-TIME arrived: no longer subject to expiry */
+    clinical_events_free(ev, n);
+    assert_string_equal(s_state(fx, "R-LATE", buf, sizeof buf), "none");
+    clin_result_t after = s_step(fx, "R-LATE", arrived, S_DEADLINE + 1000);
+    assert_int_equal(after.code, before.code);
+    assert_int_equal(after.ref_state, before.ref_state);
+    assert_string_equal(after.reason, before.reason);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(
+            test_clinical_step_after_the_deadline_is_refused_before_the_scan, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -18,7 +18,8 @@
  *      after it returns 0, before the DeliveryAck is sent; a DONE key is
  *      acknowledged and not handed over again.  A refusal (non-zero) clears
  *      only a mark it set itself: one found IN_HANDLER (a crash inside the
- *      handler) stays until the handler returns 0.
+ *      handler) stays until the handler returns 0, or S_SEEN_KEEP_MS after
+ *      its last hand-off (a later copy is flagged as stored long ago).
  */
 #include "medroute.h"
 

@@ -60,7 +60,11 @@ static const char *const s_sql[S_N] = {
     [S_SEEN_SET] = "INSERT INTO seen(source, message_id, state, at_ms) VALUES(?1, ?2, ?3, ?4) "
                    "ON CONFLICT(source, message_id) DO UPDATE SET state = ?3, at_ms = ?4",
     [S_SEEN_DEL] = "DELETE FROM seen WHERE source = ?1 AND message_id = ?2",
-    [S_SEEN_PRUNE] = "DELETE FROM seen WHERE state = 2 AND at_ms < ?1",
+    /* IN_HANDLER marks too: one whose message never comes again (expired,
+     * dropped by an operator, refused by every handler until then) would
+     * stay for ever.  Past the window a copy is flagged anyway: it was
+     * stored before the mark was set, so longer ago than the window. */
+    [S_SEEN_PRUNE] = "DELETE FROM seen WHERE at_ms < ?1",
 };
 
 struct cstore_t {

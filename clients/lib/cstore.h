@@ -52,9 +52,10 @@ seen_state_t cstore_seen_get(cstore_t *self, const char *source, const char *mes
 int cstore_seen_set(cstore_t *self, const char *source, const char *message_id,
                     seen_state_t state);
 int cstore_seen_clear(cstore_t *self, const char *source, const char *message_id);
-/* Forgets DONE entries set more than keep_ms ago: in memory by the
- * monotonic clock, which no step of the wall clock can make prune early; on
- * disk by the wall clock, the only one that spans restarts. */
+/* Forgets entries set more than keep_ms ago, DONE and IN_HANDLER alike
+ * (only DONE ones are kept in memory): in memory by the monotonic clock,
+ * which no step of the wall clock can make prune early; on disk by the
+ * wall clock, the only one that spans restarts. */
 int cstore_seen_prune(cstore_t *self, int64_t keep_ms);
 
 #endif

@@ -52,6 +52,8 @@ typedef struct s_out_t {
     int64_t sent_ms;          /* 0: not sent on this connection yet */
     unsigned sends;           /* frames of it handed to the socket, on any connection;
                                  one more for an entry read back from the outbox */
+    uint64_t tag;             /* this submission's, never 0 nor another entry's in this
+                                 process: the outcome that settles it carries it */
     /* An Ack of this seq answers an earlier version of this id, with other
      * content, that was acknowledged after several sends (acked.h): not
      * this one, which the broker refuses as CONFLICT.  0: none. */
@@ -63,6 +65,7 @@ typedef struct s_out_t {
 /* An event kept for a later poll (its strings copied). */
 typedef struct {
     mr_event_type_t type;     /* MR_EVENT_ACK or MR_EVENT_ERROR */
+    uint64_t tag;             /* the tag of the outbox entry it settled; 0: none */
     char message_id[MR_MESSAGE_ID_MAX + 1];
     uint64_t seq;
     bool duplicate;
@@ -71,6 +74,16 @@ typedef struct {
 } s_held_t;
 
 #define S_HELD_MAX 4096
+
+/* A synchronous send (mr_client_send_json) waiting for the outcome of its
+ * outbox entry: the one that settles the entry of that tag, not one that
+ * only names its id (an earlier submission's). */
+typedef struct {
+    uint64_t tag;
+    mr_result_t *res;
+    bool done;
+    int rc;
+} s_wait_t;
 
 struct mr_client_t {
     void *zctx;
@@ -113,7 +126,7 @@ struct mr_client_t {
     zmq_msg_t *deferred;
     uint64_t *deferred_seq;
     size_t n_deferred, cap_deferred;
-    bool defer_deliveries;    /* set while a synchronous send without handler polls */
+    s_wait_t *wait;           /* the synchronous send polling, or NULL */
     /* The outcomes (Ack, final Error) of our messages that came while no
      * handler of the application's could take them: handed over, in order,
      * to the next poll with one.  At most S_HELD_MAX: later ones are not kept. */
@@ -123,6 +136,7 @@ struct mr_client_t {
     size_t outbox_damaged;    /* damaged outbox rows: in outbox_damaged, or found at this start */
     uint64_t id_counter;
     uint64_t id_salt;
+    uint64_t last_tag;        /* of the latest outbox entry */
     /* DeliveryAcks not sent yet: a broker that allows it (Welcome) gets one
      * frame per receive budget instead of one per delivery. */
     uint32_t max_acks;        /* Welcome.max_acks_per_frame; 0 or 1: one seq a frame */
@@ -260,6 +274,7 @@ static int s_outbox_push(mr_client_t *c, const char *id, const uint8_t *body, si
     memcpy(o->body, body, len);
     o->len = len;
     memcpy(o->id, id, id_len + 1);
+    o->tag = ++c->last_tag;
     if (persist && cstore_outbox_add(c->cs, id, body, len) < 0) {
         strmap_del(c->out_ids, id, id_len);
         c->out_free[c->n_free++] = o->slot;
@@ -308,15 +323,17 @@ static void s_outbox_unlink(mr_client_t *c, s_out_t *o)
         (void)cstore_outbox_remove(c->cs, o->id); /* a stale row is resent: harmless */
 }
 
-static bool s_outbox_remove(mr_client_t *c, const char *id)
+/* Takes the entry of id out of the outbox: its tag, or 0 if there is none. */
+static uint64_t s_outbox_remove(mr_client_t *c, const char *id)
 {
     s_out_t *o = s_outbox_find(c, id);
     if (o == NULL)
-        return false;
+        return 0;
+    uint64_t tag = o->tag;
     s_outbox_unlink(c, o);
     free(o->body);
     free(o);
-    return true;
+    return tag;
 }
 
 /* Hands o to the socket; 0, or the socket's error (it stays unsent). */
@@ -349,7 +366,7 @@ static bool s_is_outcome(const mr_event_t *ev)
  * polls with a handler has said it does not listen.  always: kept past
  * S_HELD_MAX (the library's own refusal of a message it takes out of the
  * outbox: there is nothing else to tell of it). */
-static void s_hold(mr_client_t *c, const mr_event_t *ev, bool always)
+static void s_hold(mr_client_t *c, const mr_event_t *ev, uint64_t tag, bool always)
 {
     if (c->n_held >= S_HELD_MAX && !always)
         return;
@@ -363,6 +380,7 @@ static void s_hold(mr_client_t *c, const mr_event_t *ev, bool always)
     }
     s_held_t *k = &c->held[c->n_held++];
     k->type = ev->type;
+    k->tag = tag;
     snprintf(k->message_id, sizeof k->message_id, "%s", ev->message_id);
     k->seq = ev->seq;
     k->duplicate = ev->duplicate;
@@ -381,13 +399,33 @@ static mr_event_t s_held_event(const s_held_t *k)
                         .reason = k->type == MR_EVENT_ERROR ? k->reason : NULL};
 }
 
-/* Hands ev to h, or keeps it if it is an outcome and there is no h. */
-static void s_emit(mr_client_t *c, mr_handler_t h, void *arg, const mr_event_t *ev)
+/* Takes ev as the answer of the synchronous send waiting, if it settled
+ * that send's outbox entry (tag; 0: ev settled none). */
+static bool s_wait_take(mr_client_t *c, const mr_event_t *ev, uint64_t tag)
 {
+    s_wait_t *w = c->wait;
+    if (w == NULL || w->done || tag == 0 || tag != w->tag)
+        return false;
+    w->done = true;
+    w->res->seq = ev->seq;
+    w->res->duplicate = ev->duplicate;
+    w->res->code = ev->type == MR_EVENT_ACK ? 0 : ev->code;
+    snprintf(w->res->reason, sizeof w->res->reason, "%s", ev->reason ? ev->reason : "");
+    w->rc = ev->type == MR_EVENT_ACK ? 0 : -EPROTO;
+    return true;
+}
+
+/* Hands ev, which settled the outbox entry of tag (0: none), to the
+ * synchronous send waiting for that entry, else to h, else keeps it if it
+ * is an outcome. */
+static void s_emit(mr_client_t *c, mr_handler_t h, void *arg, const mr_event_t *ev, uint64_t tag)
+{
+    if (s_wait_take(c, ev, tag))
+        return;
     if (h != NULL)
         h(c, ev, arg);
     else if (s_is_outcome(ev))
-        s_hold(c, ev, false);
+        s_hold(c, ev, tag, false);
 }
 
 /* The frame that would carry body is over the broker's limit (once known). */
@@ -407,7 +445,8 @@ static void s_refuse_too_large(mr_client_t *c, s_out_t *o)
              mr_envelope_frame_size(o->len), c->max_frame_bytes);
     mr_event_t ev = {.type = MR_EVENT_ERROR, .message_id = o->id, .code = MR_E_TOO_LARGE,
                      .code_name = mr_error_name(MR_E_TOO_LARGE), .reason = reason};
-    s_hold(c, &ev, true);
+    if (!s_wait_take(c, &ev, o->tag))
+        s_hold(c, &ev, o->tag, true);
     (void)s_outbox_remove(c, o->id);
 }
 
@@ -474,7 +513,7 @@ static void s_load_damaged(void *arg, int64_t row, const char *id, const char *w
                          : "left in the outbox (it could not be moved; tried again next start)");
     mr_event_t ev = {.type = MR_EVENT_ERROR, .message_id = id, .code = MR_E_INVALID,
                      .code_name = mr_error_name(MR_E_INVALID), .reason = reason};
-    s_hold(c, &ev, true);
+    s_hold(c, &ev, 0, true);
     c->outbox_damaged++;
 }
 
@@ -630,8 +669,10 @@ static void s_new_id(mr_client_t *c, char *out, size_t len)
              (unsigned long long)c->id_salt, (unsigned long long)++c->id_counter);
 }
 
-int mr_client_submit_packed(mr_client_t *self, const char *message_id, const void *envelope,
-                            size_t len)
+/* mr_client_submit_packed, telling the tag of the outbox entry that carries
+ * the message (the new one, or the one queued with the same content). */
+static int s_submit_packed(mr_client_t *self, const char *message_id, const void *envelope,
+                           size_t len, uint64_t *tag)
 {
     /* An id that is not UTF-8 is refused by the broker with an Error that
      * cannot name it, so the outbox would send it again at every connect. */
@@ -657,8 +698,10 @@ int mr_client_submit_packed(mr_client_t *self, const char *message_id, const voi
      * believe it was sent.  "The same" is the broker's rule (protocol.md
      * 4.3): equal but for created_at_ms, which a retry stamps anew. */
     const s_out_t *queued = s_outbox_find(self, message_id);
-    if (queued != NULL)
+    if (queued != NULL) {
+        *tag = queued->tag;
         return mr_envelope_same(queued->body, queued->len, envelope, len) ? 0 : -EEXIST;
+    }
     int rc = s_outbox_push(self, message_id, envelope, len, self->persistent);
     if (rc < 0)
         return rc;
@@ -666,9 +709,17 @@ int mr_client_submit_packed(mr_client_t *self, const char *message_id, const voi
      * queue: the outbox goes out in order. */
     s_out_t *o = self->out_tail;
     o->not_seq = acked_other_seq(self->acked, message_id, envelope, len);
+    *tag = o->tag;
     if (self->welcomed && self->out_unsent == o && s_send_entry(self, o, mr_mono_ms()) == 0)
         self->out_unsent = NULL;
     return 0;
+}
+
+int mr_client_submit_packed(mr_client_t *self, const char *message_id, const void *envelope,
+                            size_t len)
+{
+    uint64_t tag;
+    return s_submit_packed(self, message_id, envelope, len, &tag);
 }
 
 /* Sets key to value (a new reference, taken) unless the object gives the
@@ -686,8 +737,9 @@ static int s_default(json_t *obj, const char *key, const char *camel, json_t *va
     return json_object_set_new(obj, key, value);
 }
 
-int mr_client_submit_json(mr_client_t *self, const char *json, char *id_out, char *err,
-                          size_t errlen)
+/* mr_client_submit_json, telling the tag of the outbox entry (s_submit_packed). */
+static int s_submit_json(mr_client_t *self, const char *json, char *id_out, char *err,
+                         size_t errlen, uint64_t *tag)
 {
     json_error_t jerr;
     ProtobufCMessage *msg = NULL;
@@ -725,7 +777,7 @@ int mr_client_submit_json(mr_client_t *self, const char *json, char *id_out, cha
     rc = mr_pack(msg, &body, &len);
     if (rc < 0)
         goto out;
-    rc = mr_client_submit_packed(self, env->message_id, body, len);
+    rc = s_submit_packed(self, env->message_id, body, len, tag);
     if ((rc == 0 || rc == -EEXIST) && id_out != NULL)
         snprintf(id_out, MR_MESSAGE_ID_MAX + 1, "%s", env->message_id);
     if (rc == -EEXIST)
@@ -744,6 +796,13 @@ out:
         protobuf_c_message_free_unpacked(msg, NULL);
     json_decref(obj);
     return rc;
+}
+
+int mr_client_submit_json(mr_client_t *self, const char *json, char *id_out, char *err,
+                          size_t errlen)
+{
+    uint64_t tag;
+    return s_submit_json(self, json, id_out, err, errlen, &tag);
 }
 
 /* ---- frames in -------------------------------------------------------------- */
@@ -869,7 +928,7 @@ static int s_on_ack(mr_client_t *c, const Medroute__V1__Ack *a, mr_handler_t h, 
         free(o->body);
     mr_event_t ev = {.type = MR_EVENT_ACK, .message_id = o->id, .seq = a->seq,
                      .duplicate = a->duplicate};
-    s_emit(c, h, arg, &ev);
+    s_emit(c, h, arg, &ev, o->tag);
     free(o);
     return 1;
 }
@@ -943,8 +1002,9 @@ static int s_on_frame(mr_client_t *c, const void *data, size_t len, mr_handler_t
             c->refused = (int)e->code;
             c->hello_waiting = false;
         }
+        uint64_t tag = 0;
         if (!s_transient(e->code) && e->message_id && e->message_id[0])
-            s_outbox_remove(c, e->message_id);
+            tag = s_outbox_remove(c, e->message_id);
         mr_event_t ev = {.type = MR_EVENT_ERROR,
                          .message_id = e->message_id ? e->message_id : "",
                          .seq = e->seq,
@@ -952,12 +1012,12 @@ static int s_on_frame(mr_client_t *c, const void *data, size_t len, mr_handler_t
                          .code_name = mr_error_name(e->code),
                          .reason = e->reason ? e->reason : ""};
         if ((int)e->code != MR_E_NO_HELLO)
-            s_emit(c, h, arg, &ev);
+            s_emit(c, h, arg, &ev, tag);
         events++;
         break;
     }
     case MEDROUTE__V1__FRAME__BODY_DELIVERY:
-        if (h == NULL || c->defer_deliveries) {
+        if (h == NULL) {
             deferred = true; /* nobody to take it now: kept for the next poll */
             deferred_seq = f->delivery->seq;
         } else {
@@ -1047,11 +1107,11 @@ static void s_keep_alive(mr_client_t *c, int64_t *flushed)
     s_timers(c);
 }
 
-/* Hands the outcomes kept while nobody could take them to handler, in
- * order; the count. */
+/* Hands the outcomes kept while nobody could take them to handler (or to
+ * the synchronous send whose they are), in order; the count. */
 static int s_emit_held(mr_client_t *self, mr_handler_t handler, void *arg)
 {
-    if (handler == NULL || self->defer_deliveries || self->n_held == 0)
+    if (handler == NULL || self->n_held == 0)
         return 0;
     s_held_t *held = self->held;
     size_t n = self->n_held;
@@ -1059,7 +1119,7 @@ static int s_emit_held(mr_client_t *self, mr_handler_t handler, void *arg)
     self->n_held = self->cap_held = 0;
     for (size_t i = 0; i < n; i++) {
         mr_event_t ev = s_held_event(&held[i]);
-        handler(self, &ev, arg);
+        s_emit(self, handler, arg, &ev, held[i].tag);
     }
     free(held);
     return (int)n;
@@ -1080,7 +1140,7 @@ static int s_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void 
     /* A negative time-out waits until something is handled (zmq_poll's -1). */
     int64_t deadline = timeout_ms < 0 ? INT64_MAX : mr_mono_ms() + timeout_ms;
     int events = s_emit_held(self, handler, arg);
-    if (handler != NULL && !self->defer_deliveries && self->n_deferred > 0) {
+    if (handler != NULL && self->n_deferred > 0) {
         /* First what arrived while nobody could take it, in order. */
         size_t n = self->n_deferred;
         zmq_msg_t *held = self->deferred;
@@ -1127,7 +1187,8 @@ static int s_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void 
         /* Outcomes this pass made without a frame of their own (a message
          * over the limit a Welcome told), with the handler still at hand. */
         events += s_emit_held(self, handler, arg);
-        if (events > 0 || mr_mono_ms() >= deadline || (until_welcome && self->welcomed))
+        if (events > 0 || mr_mono_ms() >= deadline || (until_welcome && self->welcomed) ||
+            (self->wait != NULL && self->wait->done))
             return events;
         /* Read again after the check: a thread descheduled in between may
          * find the deadline past, and zmq_poll takes -1 as "for ever". */
@@ -1159,25 +1220,15 @@ int mr_client_wait_connected(mr_client_t *self, int timeout_ms)
 
 /* ---- synchronous send -------------------------------------------------------- */
 
-typedef struct {
-    const char *id;
-    mr_result_t *res;
-    bool done;
-    int rc;
-    mr_handler_t user;
-    void *user_arg;
-} s_wait_t;
-
-static int s_wait_handler(mr_client_t *c, const mr_event_t *ev, void *arg);
-
-/* Takes the kept outcome of message id, if any, as w's result. */
-static bool s_take_held(mr_client_t *c, const char *id, s_wait_t *w)
+/* Takes the kept outcome of w's outbox entry, if any, as w's result (an
+ * outcome of an earlier submission of the same id stays kept). */
+static bool s_take_held(mr_client_t *c, s_wait_t *w)
 {
     for (size_t i = 0; i < c->n_held; i++) {
-        if (strcmp(c->held[i].message_id, id) != 0)
+        if (c->held[i].tag != w->tag)
             continue;
         mr_event_t ev = s_held_event(&c->held[i]);
-        (void)s_wait_handler(c, &ev, w);
+        (void)s_wait_take(c, &ev, c->held[i].tag);
         memmove(c->held + i, c->held + i + 1, (c->n_held - i - 1) * sizeof *c->held);
         c->n_held--;
         return w->done;
@@ -1185,61 +1236,43 @@ static bool s_take_held(mr_client_t *c, const char *id, s_wait_t *w)
     return false;
 }
 
-static int s_wait_handler(mr_client_t *c, const mr_event_t *ev, void *arg)
-{
-    s_wait_t *w = arg;
-    bool mine = (ev->type == MR_EVENT_ACK || ev->type == MR_EVENT_ERROR) &&
-                strcmp(ev->message_id, w->id) == 0;
-    if (!mine && w->user != NULL)
-        return w->user(c, ev, w->user_arg); /* a delivery's answer is the user's */
-    if (!mine) {
-        s_emit(c, NULL, NULL, ev);
-        return 0;
-    }
-    if (ev->type == MR_EVENT_ERROR && s_transient(ev->code))
-        return 0; /* resent by the outbox; keep waiting */
-    w->done = true;
-    w->res->seq = ev->seq;
-    w->res->duplicate = ev->duplicate;
-    w->res->code = ev->type == MR_EVENT_ACK ? 0 : ev->code;
-    snprintf(w->res->reason, sizeof w->res->reason, "%s", ev->reason ? ev->reason : "");
-    w->rc = ev->type == MR_EVENT_ACK ? 0 : -EPROTO;
-    return 0;
-}
-
 int mr_client_send_json(mr_client_t *self, const char *json, mr_result_t *res, int timeout_ms,
                         mr_handler_t handler, void *arg)
 {
     memset(res, 0, sizeof *res);
-    int rc = mr_client_submit_json(self, json, res->message_id, res->reason, sizeof res->reason);
+    s_wait_t w = {.res = res};
+    int rc = s_submit_json(self, json, res->message_id, res->reason, sizeof res->reason, &w.tag);
     if (rc == -EMSGSIZE) {
         res->code = MR_E_TOO_LARGE; /* what the broker would answer */
         return -EPROTO;
     }
     if (rc < 0)
         return rc;
-    s_wait_t w = {.id = res->message_id, .res = res, .user = handler, .user_arg = arg};
     int64_t deadline = mr_mono_ms() + timeout_ms;
-    while (!w.done) {
-        /* Its outcome may have been kept while no handler ran (e.g. refused
-         * as too large at the Welcome that told the limit). */
-        if (s_take_held(self, w.id, &w))
-            break;
+    /* Its outcome goes to w (s_emit); the others to handler, or, without
+     * one, they and the deliveries wait for the caller's next poll. */
+    self->wait = &w;
+    /* Its outcome may have been kept while no handler ran (e.g. refused as
+     * too large at the Welcome that told the limit). */
+    while (!w.done && !s_take_held(self, &w)) {
         int64_t left = deadline - mr_mono_ms();
         if (self->refused) {
             res->code = self->refused;
             snprintf(res->reason, sizeof res->reason, "the broker refused this facility's Hello");
-            return -EACCES;
+            w.rc = -EACCES;
+            break;
         }
-        if (left <= 0)
-            return -ETIMEDOUT;
-        /* Without a handler of the caller's, deliveries wait for its next poll. */
-        self->defer_deliveries = handler == NULL;
-        rc = mr_client_poll(self, (int)left, s_wait_handler, &w);
-        self->defer_deliveries = false;
-        if (rc < 0 && rc != -EINTR)
-            return rc;
+        if (left <= 0) {
+            w.rc = -ETIMEDOUT;
+            break;
+        }
+        rc = s_poll(self, (int)left, handler, arg, false);
+        if (rc < 0 && rc != -EINTR) {
+            w.rc = rc;
+            break;
+        }
     }
+    self->wait = NULL;
     return w.rc;
 }
 

@@ -159,11 +159,14 @@ typedef struct {
 } mr_result_t;
 
 /*
- * Submits json and polls until its Ack or Error (other events go to handler;
- * with handler NULL, deliveries and the other messages' Acks and Errors are
- * kept for the next mr_client_poll with a handler).  0 on Ack; -EPROTO on an
- * Error (see res->code; TOO_LARGE without sending, when the frame exceeds
- * the broker's limit); -ETIMEDOUT;
+ * Submits json and polls until its Ack or Error: the one that answers this
+ * submission (or the one queued with the same content, see
+ * mr_client_submit_packed), not an outcome of an earlier submission of the
+ * same id, which goes to handler or is kept as any other event.  Other
+ * events go to handler; with handler NULL, deliveries and the other
+ * messages' Acks and Errors are kept for the next mr_client_poll with a
+ * handler.  0 on Ack; -EPROTO on an Error (see res->code; TOO_LARGE
+ * without sending, when the frame exceeds the broker's limit); -ETIMEDOUT;
  * -EACCES when the broker refused our Hello (res->code says why);
  * -EINVAL for bad JSON (reason in res->reason); -EEXIST when the message id
  * waits in the outbox with other content (mr_client_submit_packed; nothing

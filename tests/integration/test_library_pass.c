@@ -377,6 +377,55 @@ static void test_library_pass_late_ack_of_an_earlier_process(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/*
+ * mr_client_send_json waits for the answer to its own submission.  An
+ * application that polled without a handler has the Ack of an earlier
+ * submission of the id kept for its next poll with one; submitted again,
+ * with other content, the id is sent and waits for the broker's answer
+ * (here none, then CONFLICT): the kept Ack is not it, and stays for the
+ * application's handler.  The library took the first outcome kept under
+ * the id, and said the new content was stored.
+ */
+static void test_library_pass_send_json_waits_for_its_own_answer(void **state)
+{
+    (void)state;
+    s_broker_t b;
+    s_broker_open(&b, "own-answer");
+    mr_client_opts_t o = {.endpoint = b.ep, .facility = "t-aihua"};
+    mr_client_t *c = mr_client_new(&o);
+    assert_non_null(c);
+    s_submit(c, "OWN-1", 10);
+    s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_HELLO, NULL);
+    s_broker_welcome(&b, 1 << 20);
+    s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_ENVELOPE, "OWN-1");
+    s_send_ack(b.router, b.rid, b.rid_len, "OWN-1", 4);
+    long long until = mrt_now_ms() + 10000;
+    while (mr_client_unacked(c) > 0 && mrt_now_ms() < until)
+        assert_true(mr_client_poll(c, 50, NULL, NULL) >= 0); /* the Ack is kept */
+    assert_int_equal(mr_client_unacked(c), 0);
+
+    /* The same id, other content: no answer yet. */
+    char *json = mrt_lab_order_json("OWN-1", 20);
+    assert_non_null(json);
+    mr_result_t res;
+    assert_int_equal(mr_client_send_json(c, json, &res, 300, NULL, NULL), -ETIMEDOUT);
+    s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_ENVELOPE, "OWN-1");
+    /* Again, with a handler: the kept Ack goes to it, as an Ack of OWN-1. */
+    s_seen_t seen = {0};
+    assert_int_equal(mr_client_send_json(c, json, &res, 300, on_event, &seen), -ETIMEDOUT);
+    assert_int_equal(seen.acks, 1);
+    /* The broker's answer to the new content. */
+    s_broker_error(&b, "OWN-1", MR_E_CONFLICT);
+    assert_int_equal(mr_client_send_json(c, json, &res, 10000, on_event, &seen), -EPROTO);
+    assert_int_equal(res.code, MR_E_CONFLICT);
+    assert_int_equal(seen.errors, 0);
+    assert_int_equal(mr_client_unacked(c), 0);
+    free(json);
+
+    mr_client_destroy(&c);
+    s_broker_close(&b);
+}
+
 /* Sends Delivery{seq, envelope id from yx-lab to t-aihua}. */
 static void s_broker_delivery(s_broker_t *b, uint64_t seq, const char *id)
 {
@@ -531,6 +580,7 @@ int main(void)
         cmocka_unit_test(test_library_pass_late_ack_is_not_for_other_content),
         cmocka_unit_test(test_library_pass_late_ack_counts_for_the_same_content),
         cmocka_unit_test(test_library_pass_late_ack_of_an_earlier_process),
+        cmocka_unit_test(test_library_pass_send_json_waits_for_its_own_answer),
         cmocka_unit_test(test_library_pass_no_delivery_ack_for_seq_0),
         cmocka_unit_test(test_library_pass_submit_json_camel_case_keys),
         cmocka_unit_test(test_library_pass_submit_json_duplicate_key),

@@ -135,7 +135,7 @@ static s_group_t *s_group(acks_t *self, const uint8_t *rid, size_t rid_len, uint
 }
 
 void acks_add(acks_t *self, const uint8_t *rid, size_t rid_len, uint32_t max,
-              const char *message_id, uint64_t seq, bool duplicate)
+              const char *message_id, uint64_t seq, bool duplicate, uint64_t submission_tag)
 {
     if (self == NULL)
         return; /* closed: the sockets are gone, the sender resends */
@@ -143,6 +143,7 @@ void acks_add(acks_t *self, const uint8_t *rid, size_t rid_len, uint32_t max,
     one.message_id = (char *)message_id;
     one.seq = seq;
     one.duplicate = duplicate;
+    one.submission_tag = submission_tag;
     size_t id_len = strlen(message_id);
     s_group_t *g = max > 1 && rid_len <= MR_RID_MAX && id_len <= MR_MESSAGE_ID_MAX
                        ? s_group(self, rid, rid_len, max)

@@ -27,7 +27,7 @@ acks_t *acks_new(uv_loop_t *loop, struct server_t *s);
 /* Queues an Ack for the connection rid; max is what its Hello allows (0 or 1:
  * sent at once, in a frame of its own).  Nothing after acks_close. */
 void acks_add(acks_t *self, const uint8_t *rid, size_t rid_len, uint32_t max,
-              const char *message_id, uint64_t seq, bool duplicate);
+              const char *message_id, uint64_t seq, bool duplicate, uint64_t submission_tag);
 /* Sends every queued Ack now. */
 void acks_flush(acks_t *self);
 /* Flushes, then closes the handle; the memory goes with its close callback. */

@@ -52,6 +52,7 @@ static void s_send_error(server_t *s, const uint8_t *rid, size_t rid_len, const 
     e.code = (Medroute__V1__ErrorCode)err->code;
     e.reason = (char *)reason;
     e.seq = err->seq;
+    e.submission_tag = err->submission_tag;
     mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
     f.version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
     f.body_case = MEDROUTE__V1__FRAME__BODY_ERROR;
@@ -233,6 +234,8 @@ out:
     if (rc != 0) {
         if (err.message_id[0] == '\0' && ctx.frame != NULL)
             s_note_raw_message_id(ctx.frame, ctx.frame_bytes, &err);
+        if (f != NULL && f->body_case == MEDROUTE__V1__FRAME__BODY_ENVELOPE)
+            err.submission_tag = f->submission_tag; /* the sender tells which submission */
         dispatch_reply_error(s, rid, rid_len, ctx.peer, &err);
     }
     arena_reset(s->arena); /* f and all it holds */

@@ -32,6 +32,7 @@ typedef struct {
     char message_id[MR_MESSAGE_ID_MAX + 1];
     char reason[200];       /* never patient data */
     uint64_t seq;           /* the broker's seq the error concerns, 0 if none */
+    uint64_t submission_tag; /* the refused envelope frame's Frame.submission_tag, echoed */
     bool tallied;           /* the store already counted it (in its transaction) */
 } mr_err_t;
 

@@ -96,12 +96,13 @@ static int64_t s_expiry(const server_t *s, const mr_envelope_t *env, int64_t now
     return ttl_end;
 }
 
-static void s_send_ack(server_t *s, int peer, const char *message_id, uint64_t seq, bool dup)
+static void s_send_ack(server_t *s, int peer, const store_req_t *req, bool dup)
 {
     peer_t *p = &s->peers[peer];
     if (!p->connected)
         return; /* the sender resends on reconnect and gets its Ack then */
-    acks_add(s->acks, p->rid, p->rid_len, p->max_acks, message_id, seq, dup);
+    acks_add(s->acks, p->rid, p->rid_len, p->max_acks, req->msg.message_id, req->seq, dup,
+             req->submission_tag);
 }
 
 /* Logs what a stored message did to the clinical state. */
@@ -123,6 +124,7 @@ static void s_put_failed(server_t *s, const store_req_t *req, int src)
 {
     mr_err_t err = {0};
     snprintf(err.message_id, sizeof err.message_id, "%s", req->msg.message_id);
+    err.submission_tag = req->submission_tag;
     switch (req->status) {
     case STORE_CONFLICT:
         mr_fail(&err, MR_E_CONFLICT, "message_id was used before for different content");
@@ -152,7 +154,7 @@ static void on_put(store_req_t *req, void *arg)
     case STORE_OK:
         s->counters.v[CNT_STORED]++;
         if (src >= 0)
-            s_send_ack(s, src, req->msg.message_id, req->seq, false);
+            s_send_ack(s, src, req, false);
         s_log_effect(s, req);
         if (dest >= 0) {
             router_on_stored(s, dest, req->seq, &req->msg, req->facts && facts_express(req->facts));
@@ -161,7 +163,7 @@ static void on_put(store_req_t *req, void *arg)
     case STORE_DUPLICATE:
         s->counters.v[CNT_DUPLICATE]++;
         if (src >= 0)
-            s_send_ack(s, src, req->msg.message_id, req->seq, true);
+            s_send_ack(s, src, req, true);
         return;
     default:
         s_put_failed(s, req, src);
@@ -222,6 +224,7 @@ int handle_envelope(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f,
     int64_t now = mr_now_ms();
     store_row_t *m = &req->msg;
     req->tag = dest;
+    req->submission_tag = f->submission_tag;
     m->source = strdup(env->source);
     m->message_id = strdup(env->message_id);
     m->dest = strdup(env->destination);

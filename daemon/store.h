@@ -81,6 +81,8 @@ struct store_req_t {
     store_cb_t cb;
     void *arg;
     int64_t tag;       /* the caller's, untouched by the store */
+    uint64_t submission_tag; /* PUT: the sender's Frame.submission_tag, for its Ack or
+                              * Error (the caller's, untouched by the store) */
     /* inputs (which ones an op reads is said in store.c's table) */
     store_row_t msg;   /* PUT: the message; ACK: seq + dest; DROP: seq + dead_reason */
     uint64_t after;    /* LOAD: seq to continue after */

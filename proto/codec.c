@@ -125,12 +125,21 @@ static size_t s_put_varint(uint8_t *out, uint64_t v)
 /* Frame.version = 1: tag and value, two bytes. */
 enum { S_VERSION_BYTES = 2 };
 
-size_t mr_envelope_frame_size(size_t env_len)
+/* Frame.submission_tag = tag, its key (two bytes) and value; nothing for 0
+ * (proto3 leaves a field at its default out). */
+#define S_SUBMISSION_KEY (((uint64_t)MR_FRAME_SUBMISSION_TAG_FIELD << 3) | S_VARINT)
+
+static size_t s_submission_size(uint64_t tag)
 {
-    return S_VERSION_BYTES + 1 + s_varint_size(env_len) + env_len;
+    return tag == 0 ? 0 : s_varint_size(S_SUBMISSION_KEY) + s_varint_size(tag);
 }
 
-size_t mr_envelope_frame_pack(const uint8_t *env, size_t env_len, uint8_t *out)
+size_t mr_envelope_frame_size(size_t env_len, uint64_t tag)
+{
+    return S_VERSION_BYTES + 1 + s_varint_size(env_len) + env_len + s_submission_size(tag);
+}
+
+size_t mr_envelope_frame_pack(const uint8_t *env, size_t env_len, uint64_t tag, uint8_t *out)
 {
     size_t n = 0;
     out[n++] = S_TAG(MR_FRAME_VERSION_FIELD, S_VARINT);
@@ -139,7 +148,12 @@ size_t mr_envelope_frame_pack(const uint8_t *env, size_t env_len, uint8_t *out)
     n += s_put_varint(out + n, env_len);
     if (env_len > 0)
         memcpy(out + n, env, env_len);
-    return n + env_len;
+    n += env_len;
+    if (tag != 0) {
+        n += s_put_varint(out + n, S_SUBMISSION_KEY);
+        n += s_put_varint(out + n, tag);
+    }
+    return n;
 }
 
 /* The Delivery message's own bytes (proto3: fields at their default are

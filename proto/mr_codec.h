@@ -82,7 +82,7 @@ int mr_pack(const ProtobufCMessage *msg, uint8_t **out, size_t *len);
  * Frames around an Envelope already encoded (a stored message, a client's
  * outbox entry), written straight into the caller's buffer without decoding
  * the envelope or copying it more than once:
- *   Frame{version = 1, envelope = env}
+ *   Frame{version = 1, envelope = env, submission_tag = tag (0: left out)}
  *   Frame{version = 1, delivery = Delivery{seq, envelope = env, redelivered,
  *                                          attempt, stored_at_ms}}
  * Each _size gives the bytes its _pack writes into out (and returns).
@@ -94,8 +94,8 @@ typedef struct {
     int64_t stored_at_ms;
 } mr_delivery_head_t;
 
-size_t mr_envelope_frame_size(size_t env_len);
-size_t mr_envelope_frame_pack(const uint8_t *env, size_t env_len, uint8_t *out);
+size_t mr_envelope_frame_size(size_t env_len, uint64_t tag);
+size_t mr_envelope_frame_pack(const uint8_t *env, size_t env_len, uint64_t tag, uint8_t *out);
 size_t mr_delivery_frame_size(const mr_delivery_head_t *d, size_t env_len);
 size_t mr_delivery_frame_pack(const mr_delivery_head_t *d, const uint8_t *env, size_t env_len,
                               uint8_t *out);
@@ -106,6 +106,7 @@ size_t mr_delivery_frame_pack(const mr_delivery_head_t *d, const uint8_t *env, s
 #define MR_FRAME_VERSION_FIELD 1
 #define MR_FRAME_ENVELOPE_FIELD 5
 #define MR_FRAME_DELIVERY_FIELD 8
+#define MR_FRAME_SUBMISSION_TAG_FIELD 30
 #define MR_DELIVERY_SEQ_FIELD 1
 #define MR_DELIVERY_ENVELOPE_FIELD 2
 #define MR_DELIVERY_REDELIVERED_FIELD 3

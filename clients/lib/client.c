@@ -7,10 +7,13 @@
  *
  * Invariants
  *   1. Every submitted message is in the outbox until its Ack, or until a
- *      final Error (one that resending cannot cure).  Its Ack is one that
- *      names its id, but for a late Ack of an earlier version of that id
- *      with other content (the entry's not_seq): that answers the other
- *      version, which the broker keeps and this one conflicts with.
+ *      final Error (one that resending cannot cure).  Its answer is one
+ *      that names its id and carries its tag (the broker echoes the tag
+ *      each of its frames carries); from a broker that echoes none, one
+ *      that names its id, but for a late Ack of an earlier version of that
+ *      id with other content (the entry's not_seq): that answers the other
+ *      version, which the broker keeps and this one conflicts with.  A
+ *      dead-letter notice (EXPIRED) answers no submission.
  *   2. Hello is sent on every (re)connection the monitor reports, and again
  *      when the broker answers NO_HELLO (it restarted, or our session timed
  *      out); after each Welcome the whole outbox is sent again.
@@ -52,8 +55,11 @@ typedef struct s_out_t {
     int64_t sent_ms;          /* 0: not sent on this connection yet */
     unsigned sends;           /* frames of it handed to the socket, on any connection;
                                  one more for an entry read back from the outbox */
-    uint64_t tag;             /* this submission's, never 0 nor another entry's in this
-                                 process: the outcome that settles it carries it */
+    /* This submission's, never 0 nor another entry's: sent with each copy
+     * (Frame.submission_tag), the answer to it carries it back, and the
+     * outcome that settles the entry carries it.  Drawn anew for an entry
+     * read back from the outbox: an earlier process's copies had others. */
+    uint64_t tag;
     /* An Ack of this seq answers an earlier version of this id, with other
      * content, that was acknowledged after several sends (acked.h): not
      * this one, which the broker refuses as CONFLICT.  0: none. */
@@ -136,7 +142,8 @@ struct mr_client_t {
     size_t outbox_damaged;    /* damaged outbox rows: in outbox_damaged, or found at this start */
     uint64_t id_counter;
     uint64_t id_salt;
-    uint64_t last_tag;        /* of the latest outbox entry */
+    uint64_t last_tag;        /* of the latest outbox entry; from a random start, so that
+                                 another process's tags are not this one's */
     /* DeliveryAcks not sent yet: a broker that allows it (Welcome) gets one
      * frame per receive budget instead of one per delivery. */
     uint32_t max_acks;        /* Welcome.max_acks_per_frame; 0 or 1: one seq a frame */
@@ -166,14 +173,14 @@ static int s_send_frame(mr_client_t *c, mr_frame_t *f)
     return rc;
 }
 
-static int s_send_raw(mr_client_t *c, const uint8_t *body, size_t len)
+static int s_send_raw(mr_client_t *c, const uint8_t *body, size_t len, uint64_t tag)
 {
-    /* Frame{version=1, envelope=<body>} without decoding body again, packed
-     * straight into the message ZeroMQ sends. */
+    /* Frame{version=1, envelope=<body>, submission_tag} without decoding body
+     * again, packed straight into the message ZeroMQ sends. */
     zmq_msg_t msg;
-    if (zmq_msg_init_size(&msg, mr_envelope_frame_size(len)) != 0)
+    if (zmq_msg_init_size(&msg, mr_envelope_frame_size(len, tag)) != 0)
         return -ENOMEM;
-    (void)mr_envelope_frame_pack(body, len, zmq_msg_data(&msg));
+    (void)mr_envelope_frame_pack(body, len, tag, zmq_msg_data(&msg));
     int rc = zmq_msg_send(&msg, c->sock, ZMQ_DONTWAIT) < 0 ? -zmq_errno() : 0;
     if (rc < 0)
         zmq_msg_close(&msg); /* sent, it belongs to ZeroMQ */
@@ -230,6 +237,12 @@ static void s_send_delivery_ack(mr_client_t *c, uint64_t seq)
 
 /* ---- outbox ---------------------------------------------------------------- */
 
+/* The tag the next outbox entry gets. */
+static uint64_t s_next_tag(const mr_client_t *c)
+{
+    return c->last_tag + 1 != 0 ? c->last_tag + 1 : 1;
+}
+
 /* A free place in out_slot (made room for if need be), or -1 without memory. */
 static int s_slot_take(mr_client_t *c)
 {
@@ -274,7 +287,7 @@ static int s_outbox_push(mr_client_t *c, const char *id, const uint8_t *body, si
     memcpy(o->body, body, len);
     o->len = len;
     memcpy(o->id, id, id_len + 1);
-    o->tag = ++c->last_tag;
+    o->tag = c->last_tag = s_next_tag(c);
     if (persist && cstore_outbox_add(c->cs, id, body, len) < 0) {
         strmap_del(c->out_ids, id, id_len);
         c->out_free[c->n_free++] = o->slot;
@@ -323,11 +336,20 @@ static void s_outbox_unlink(mr_client_t *c, s_out_t *o)
         (void)cstore_outbox_remove(c->cs, o->id); /* a stale row is resent: harmless */
 }
 
-/* Takes the entry of id out of the outbox: its tag, or 0 if there is none. */
-static uint64_t s_outbox_remove(mr_client_t *c, const char *id)
+/* Whether an answer naming o's id, with tag (0: from a broker that does
+ * not echo tags), answers o: one with another tag answers an earlier
+ * submission of the id (a late answer to a copy of it). */
+static bool s_answers(const s_out_t *o, uint64_t tag)
+{
+    return tag == 0 || tag == o->tag;
+}
+
+/* Takes the entry of id out of the outbox, if there is one and an answer
+ * with answer_tag answers it (s_answers): its tag, or 0 if none was taken. */
+static uint64_t s_outbox_remove(mr_client_t *c, const char *id, uint64_t answer_tag)
 {
     s_out_t *o = s_outbox_find(c, id);
-    if (o == NULL)
+    if (o == NULL || !s_answers(o, answer_tag))
         return 0;
     uint64_t tag = o->tag;
     s_outbox_unlink(c, o);
@@ -339,7 +361,7 @@ static uint64_t s_outbox_remove(mr_client_t *c, const char *id)
 /* Hands o to the socket; 0, or the socket's error (it stays unsent). */
 static int s_send_entry(mr_client_t *c, s_out_t *o, int64_t now)
 {
-    int rc = s_send_raw(c, o->body, o->len);
+    int rc = s_send_raw(c, o->body, o->len, o->tag);
     if (rc == 0) {
         o->sent_ms = now;
         o->sends++;
@@ -429,9 +451,9 @@ static void s_emit(mr_client_t *c, mr_handler_t h, void *arg, const mr_event_t *
 }
 
 /* The frame that would carry body is over the broker's limit (once known). */
-static bool s_too_large(const mr_client_t *c, size_t body_len)
+static bool s_too_large(const mr_client_t *c, size_t body_len, uint64_t tag)
 {
-    return c->max_frame_bytes != 0 && mr_envelope_frame_size(body_len) > c->max_frame_bytes;
+    return c->max_frame_bytes != 0 && mr_envelope_frame_size(body_len, tag) > c->max_frame_bytes;
 }
 
 /* Takes o out of the outbox as the broker would refuse it, TOO_LARGE, and
@@ -442,12 +464,12 @@ static void s_refuse_too_large(mr_client_t *c, s_out_t *o)
     char reason[160];
     snprintf(reason, sizeof reason,
              "a frame of %zu bytes exceeds the broker's limit of %u (not sent)",
-             mr_envelope_frame_size(o->len), c->max_frame_bytes);
+             mr_envelope_frame_size(o->len, o->tag), c->max_frame_bytes);
     mr_event_t ev = {.type = MR_EVENT_ERROR, .message_id = o->id, .code = MR_E_TOO_LARGE,
                      .code_name = mr_error_name(MR_E_TOO_LARGE), .reason = reason};
     if (!s_wait_take(c, &ev, o->tag))
         s_hold(c, &ev, o->tag, true);
-    (void)s_outbox_remove(c, o->id);
+    (void)s_outbox_remove(c, o->id, o->tag);
 }
 
 /*
@@ -476,7 +498,7 @@ static void s_outbox_send_due(mr_client_t *c, bool all)
     }
     for (s_out_t *o = c->out_unsent, *next; o; o = next) {
         next = o->next;
-        if (s_too_large(c, o->len)) {
+        if (s_too_large(c, o->len, o->tag)) {
             s_refuse_too_large(c, o); /* queued before the limit was known */
             continue;
         }
@@ -544,8 +566,13 @@ mr_client_t *mr_client_new(const mr_client_opts_t *opts)
     c->ack_timeout_ms = opts->ack_timeout_ms ? opts->ack_timeout_ms : 10000;
     c->hb_interval_ms = 5000;
     c->hb_timeout_ms = 15000;
-    if (getrandom(&c->id_salt, sizeof c->id_salt, 0) != sizeof c->id_salt)
-        c->id_salt = (uint64_t)mr_now_ms() ^ (uint64_t)(uintptr_t)c;
+    uint64_t r[2];
+    if (getrandom(r, sizeof r, 0) != sizeof r) {
+        r[0] = (uint64_t)mr_now_ms() ^ (uint64_t)(uintptr_t)c;
+        r[1] = r[0] * 0x9e3779b97f4a7c15u; /* another value all the same */
+    }
+    c->id_salt = r[0];
+    c->last_tag = r[1];
     if (c->endpoint == NULL || c->facility == NULL || c->client_name == NULL)
         goto fail;
     c->persistent = opts->state_dir != NULL;
@@ -689,7 +716,7 @@ static int s_submit_packed(mr_client_t *self, const char *message_id, const void
     if (mr_envelope_id(envelope, len, &inner, &inner_len) != 0 || inner_len != id_len ||
         memcmp(inner, message_id, id_len) != 0)
         return -EINVAL;
-    if (s_too_large(self, len))
+    if (s_too_large(self, len, s_next_tag(self)))
         return -EMSGSIZE;
     /* Already waiting for its Ack (e.g. resubmitted after a restart): the
      * outbox sends it, so the same message again is idempotent.  Other
@@ -787,7 +814,7 @@ static int s_submit_json(mr_client_t *self, const char *json, char *id_out, char
                  env->message_id);
     else if (rc == -EMSGSIZE)
         snprintf(err, errlen, "a frame of %zu bytes exceeds the broker's limit of %u",
-                 mr_envelope_frame_size(len), self->max_frame_bytes);
+                 mr_envelope_frame_size(len, s_next_tag(self)), self->max_frame_bytes);
     else if (rc < 0)
         snprintf(err, errlen, "could not queue the message (%s)", strerror(-rc));
 out:
@@ -906,18 +933,20 @@ static int s_defer(mr_client_t *c, const void *data, size_t len, uint64_t seq)
 
 /*
  * One event per submitted message.  An Ack for a message no longer in the
- * outbox answers a resend that crossed the first Ack; so does one whose seq
- * is the entry's not_seq: it answers the version of that id acknowledged
- * before, with other content, which the broker keeps (it refuses this one
- * as CONFLICT).  A message acknowledged after several sends is remembered
- * in acked for as long as such late Acks may come.  The events: 0 or 1.
+ * outbox answers a resend that crossed the first Ack; so does one with
+ * another entry's tag, and, without a tag, one whose seq is the entry's
+ * not_seq: it answers the version of that id acknowledged before, with
+ * other content, which the broker keeps (it refuses this one as CONFLICT).
+ * A message acknowledged after several sends is remembered in acked for as
+ * long as such late Acks may come.  The events: 0 or 1.
  */
 static int s_on_ack(mr_client_t *c, const Medroute__V1__Ack *a, mr_handler_t h, void *arg)
 {
     if (a->message_id == NULL)
         return 0;
     s_out_t *o = s_outbox_find(c, a->message_id);
-    if (o == NULL || (o->not_seq != 0 && a->seq == o->not_seq)) {
+    if (o == NULL || !s_answers(o, a->submission_tag) ||
+        (a->submission_tag == 0 && o->not_seq != 0 && a->seq == o->not_seq)) {
         acked_answered(c->acked, a->message_id, a->seq);
         return 0;
     }
@@ -948,6 +977,43 @@ static bool s_hello_refusal(const mr_client_t *c, const Medroute__V1__Error *e)
     return c->hello_waiting && !c->welcomed && (e->message_id == NULL || e->message_id[0] == '\0') &&
            ((int)e->code == MR_E_UNKNOWN_SOURCE || (int)e->code == MR_E_FORBIDDEN ||
             (int)e->code == MR_E_INVALID);
+}
+
+/*
+ * An Error: a session's (NO_HELLO), a Hello's refusal, or one about a
+ * message.  A final refusal of one of our envelopes settles its entry
+ * (s_outbox_remove).  One with a tag that settles none is a late answer to
+ * a copy of a submission answered already (or to an earlier process's copy
+ * of an entry this one sends again, and answers itself): not told again.
+ * A dead-letter notice (a seq: EXPIRED) answers no submission: it is told,
+ * and the entry of that id, if any (a copy of that message, or other
+ * content under its id), draws its own answer.  The events: 0 or 1.
+ */
+static int s_on_error(mr_client_t *c, const Medroute__V1__Error *e, mr_handler_t h, void *arg)
+{
+    if ((int)e->code == MR_E_NO_HELLO) {
+        c->welcomed = false;
+        if (mr_mono_ms() - c->last_hello_ms > 1000)
+            s_send_hello(c);
+    }
+    /* A refused Hello: this client cannot connect. */
+    if (s_hello_refusal(c, e)) {
+        c->refused = (int)e->code;
+        c->hello_waiting = false;
+    }
+    bool answer = !s_transient(e->code) && e->message_id && e->message_id[0] && e->seq == 0;
+    uint64_t tag = answer ? s_outbox_remove(c, e->message_id, e->submission_tag) : 0;
+    if (answer && tag == 0 && e->submission_tag != 0)
+        return 0;
+    mr_event_t ev = {.type = MR_EVENT_ERROR,
+                     .message_id = e->message_id ? e->message_id : "",
+                     .seq = e->seq,
+                     .code = e->code,
+                     .code_name = mr_error_name(e->code),
+                     .reason = e->reason ? e->reason : ""};
+    if ((int)e->code != MR_E_NO_HELLO)
+        s_emit(c, h, arg, &ev, tag);
+    return 1;
 }
 
 static int s_on_frame(mr_client_t *c, const void *data, size_t len, mr_handler_t h, void *arg)
@@ -990,32 +1056,9 @@ static int s_on_frame(mr_client_t *c, const void *data, size_t len, mr_handler_t
         for (size_t i = 0; i < f->ack->n_more; i++)
             events += s_on_ack(c, f->ack->more[i], h, arg);
         break;
-    case MEDROUTE__V1__FRAME__BODY_ERROR: {
-        const Medroute__V1__Error *e = f->error;
-        if ((int)e->code == MR_E_NO_HELLO) {
-            c->welcomed = false;
-            if (mr_mono_ms() - c->last_hello_ms > 1000)
-                s_send_hello(c);
-        }
-        /* A refused Hello: this client cannot connect. */
-        if (s_hello_refusal(c, e)) {
-            c->refused = (int)e->code;
-            c->hello_waiting = false;
-        }
-        uint64_t tag = 0;
-        if (!s_transient(e->code) && e->message_id && e->message_id[0])
-            tag = s_outbox_remove(c, e->message_id);
-        mr_event_t ev = {.type = MR_EVENT_ERROR,
-                         .message_id = e->message_id ? e->message_id : "",
-                         .seq = e->seq,
-                         .code = e->code,
-                         .code_name = mr_error_name(e->code),
-                         .reason = e->reason ? e->reason : ""};
-        if ((int)e->code != MR_E_NO_HELLO)
-            s_emit(c, h, arg, &ev, tag);
-        events++;
+    case MEDROUTE__V1__FRAME__BODY_ERROR:
+        events += s_on_error(c, f->error, h, arg);
         break;
-    }
     case MEDROUTE__V1__FRAME__BODY_DELIVERY:
         if (h == NULL) {
             deferred = true; /* nobody to take it now: kept for the next poll */

@@ -140,12 +140,16 @@ int mr_client_submit_json(mr_client_t *self, const char *json, char *id_out, cha
  * id returns -EEXIST and is not queued: the queued version stays and is the
  * one sent.  Once the id is acknowledged, the broker answers a resubmission
  * (Ack duplicate, or Error CONFLICT for other content).  A message sent more
- * than once (Ack time-out, reconnect) may draw an Ack per copy: a late one
- * names the id but answers the content first acknowledged, so for a
- * resubmission with other content an Ack of the seq that content was
- * acknowledged as is dropped, and the broker's CONFLICT is its answer.  The
- * library remembers this for the last 1,024 ids acknowledged after more than
- * one send (16 MiB of content at most; see docs/delivery.md, Limits). */
+ * than once (Ack time-out, reconnect) may draw an answer per copy: a late
+ * one names the id but answers an earlier submission.  Each submission's
+ * frames carry its own tag, which the broker echoes (docs/protocol.md 4.6):
+ * an answer with another tag settles nothing and is not reported.  From a
+ * broker that predates the tag, an Ack of the seq that other content was
+ * acknowledged as is dropped for a resubmission, and the broker's CONFLICT
+ * is its answer; the library remembers this for the last 1,024 ids
+ * acknowledged after more than one send (16 MiB of content at most; see
+ * docs/delivery.md, Limits).  An EXPIRED notice (a dead letter, with its
+ * seq) is reported and settles no submission. */
 int mr_client_submit_packed(mr_client_t *self, const char *message_id, const void *envelope,
                             size_t len);
 

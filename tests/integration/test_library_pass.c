@@ -125,8 +125,8 @@ static mr_frame_t *s_broker_recv(s_broker_t *b, mr_client_t *c)
 }
 
 /* Waits for the next frame of c and checks its body; for an Envelope, its
- * message id is id (when not NULL). */
-static void s_broker_expect(s_broker_t *b, mr_client_t *c, int body_case, const char *id)
+ * message id is id (when not NULL).  The frame's submission_tag. */
+static uint64_t s_broker_expect(s_broker_t *b, mr_client_t *c, int body_case, const char *id)
 {
     mr_frame_t *f = s_broker_recv(b, c);
     /* A heartbeat, or a Hello repeated on a slow machine, may come between. */
@@ -139,7 +139,9 @@ static void s_broker_expect(s_broker_t *b, mr_client_t *c, int body_case, const 
     assert_int_equal(f->body_case, body_case);
     if (id != NULL)
         assert_string_equal(f->envelope->message_id, id);
+    uint64_t tag = f->submission_tag;
     medroute__v1__frame__free_unpacked(f, NULL);
+    return tag;
 }
 
 static void s_broker_welcome(s_broker_t *b, uint32_t max_message_bytes)
@@ -157,15 +159,38 @@ static void s_broker_welcome(s_broker_t *b, uint32_t max_message_bytes)
     s_send(b->router, b->rid, b->rid_len, &f);
 }
 
-static void s_broker_error(s_broker_t *b, const char *id, int code)
+/* Error{id, code, seq, submission_tag = tag}. */
+static void s_broker_error_of(s_broker_t *b, const char *id, int code, uint64_t seq, uint64_t tag)
 {
     Medroute__V1__Error e = MEDROUTE__V1__ERROR__INIT;
     e.message_id = (char *)id;
     e.code = (Medroute__V1__ErrorCode)code;
     e.reason = "scripted";
+    e.seq = seq;
+    e.submission_tag = tag;
     mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
     f.body_case = MEDROUTE__V1__FRAME__BODY_ERROR;
     f.error = &e;
+    s_send(b->router, b->rid, b->rid_len, &f);
+}
+
+/* An Error as a broker that does not echo tags sends it. */
+static void s_broker_error(s_broker_t *b, const char *id, int code)
+{
+    s_broker_error_of(b, id, code, 0, 0);
+}
+
+/* Ack{id, seq, duplicate, submission_tag = tag}. */
+static void s_broker_ack(s_broker_t *b, const char *id, uint64_t seq, bool dup, uint64_t tag)
+{
+    Medroute__V1__Ack a = MEDROUTE__V1__ACK__INIT;
+    a.message_id = (char *)id;
+    a.seq = seq;
+    a.duplicate = dup;
+    a.submission_tag = tag;
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    f.body_case = MEDROUTE__V1__FRAME__BODY_ACK;
+    f.ack = &a;
     s_send(b->router, b->rid, b->rid_len, &f);
 }
 
@@ -377,6 +402,128 @@ static void test_library_pass_late_ack_of_an_earlier_process(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* A client on b whose message id (content of pad) went out twice, its
+ * answer being late (the client's Ack time-out), both copies with the same
+ * tag, returned. */
+static mr_client_t *s_sent_twice(s_broker_t *b, const char *id, int pad, uint64_t *tag)
+{
+    mr_client_opts_t o = {.endpoint = b->ep, .facility = "t-aihua", .ack_timeout_ms = 200};
+    mr_client_t *c = mr_client_new(&o);
+    assert_non_null(c);
+    s_submit(c, id, pad);
+    s_broker_expect(b, c, MEDROUTE__V1__FRAME__BODY_HELLO, NULL);
+    s_broker_welcome(b, 1 << 20);
+    *tag = s_broker_expect(b, c, MEDROUTE__V1__FRAME__BODY_ENVELOPE, id);
+    assert_true(*tag != 0);
+    assert_int_equal(s_broker_expect(b, c, MEDROUTE__V1__FRAME__BODY_ENVELOPE, id), *tag);
+    return c;
+}
+
+/*
+ * A message sent twice is refused (CONFLICT) by the answer to its first
+ * copy; the application then submits the id with the content the broker
+ * holds.  The refusal of the second copy, late, names the same id: it must
+ * not settle the new submission, which the broker acknowledges (the tag
+ * tells them apart), nor be told twice.  The library took it for the new
+ * one's refusal, and dropped the Ack that followed.
+ */
+static void test_library_pass_late_refusal_is_not_for_a_later_submission(void **state)
+{
+    (void)state;
+    s_broker_t b;
+    s_broker_open(&b, "late-refusal");
+    uint64_t t1, t2;
+    mr_client_t *c = s_sent_twice(&b, "TAG-1", 20, &t1);
+    s_broker_error_of(&b, "TAG-1", MR_E_CONFLICT, 0, t1);
+    s_seen_t seen = {0};
+    s_poll_for(c, &seen, 0, 1);
+    assert_int_equal(seen.errors, 1);
+    assert_int_equal(mr_client_unacked(c), 0);
+
+    s_submit(c, "TAG-1", 10);
+    t2 = s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_ENVELOPE, "TAG-1");
+    assert_true(t2 != 0 && t2 != t1);
+    s_broker_error_of(&b, "TAG-1", MR_E_CONFLICT, 0, t1); /* the second copy's */
+    s_broker_ack(&b, "TAG-1", 6, true, t2);
+    s_poll_for(c, &seen, 1, 1);
+    assert_int_equal(seen.acks, 1);
+    assert_int_equal(seen.errors, 1);
+    assert_int_equal(mr_client_unacked(c), 0);
+
+    mr_client_destroy(&c);
+    s_broker_close(&b);
+}
+
+/*
+ * A message sent twice is refused (QUEUE_FULL) by the answer to its first
+ * copy, and its second copy is then stored; the application meanwhile
+ * submitted the id with other content.  The second copy's Ack, late, is not
+ * the new submission's: the broker refuses that one as CONFLICT.  The
+ * library took the Ack for the new content.
+ */
+static void test_library_pass_late_ack_after_a_final_refusal(void **state)
+{
+    (void)state;
+    s_broker_t b;
+    s_broker_open(&b, "ack-after-refusal");
+    uint64_t t1, t2;
+    mr_client_t *c = s_sent_twice(&b, "TAG-2", 10, &t1);
+    s_broker_error_of(&b, "TAG-2", MR_E_QUEUE_FULL, 0, t1);
+    s_seen_t seen = {0};
+    s_poll_for(c, &seen, 0, 1);
+    assert_int_equal(seen.error_code, MR_E_QUEUE_FULL);
+
+    s_submit(c, "TAG-2", 20);
+    t2 = s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_ENVELOPE, "TAG-2");
+    s_broker_ack(&b, "TAG-2", 8, false, t1); /* the second copy's */
+    s_broker_error_of(&b, "TAG-2", MR_E_CONFLICT, 0, t2);
+    s_poll_for(c, &seen, 0, 2);
+    assert_int_equal(seen.acks, 0);
+    assert_int_equal(seen.errors, 2);
+    assert_int_equal(seen.error_code, MR_E_CONFLICT);
+    assert_int_equal(mr_client_unacked(c), 0);
+
+    mr_client_destroy(&c);
+    s_broker_close(&b);
+}
+
+/*
+ * An EXPIRED notice (a stored message, by its seq, became a dead letter)
+ * answers no submission: the application hears of it, and a resubmission
+ * of the id waiting in the outbox stays there for its own answer.  The
+ * library took the notice for that submission's refusal.
+ */
+static void test_library_pass_expiry_notice_settles_no_submission(void **state)
+{
+    (void)state;
+    s_broker_t b;
+    s_broker_open(&b, "expiry");
+    mr_client_opts_t o = {.endpoint = b.ep, .facility = "t-aihua"};
+    mr_client_t *c = mr_client_new(&o);
+    assert_non_null(c);
+    s_submit(c, "EXP-1", 10);
+    s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_HELLO, NULL);
+    s_broker_welcome(&b, 1 << 20);
+    uint64_t t1 = s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_ENVELOPE, "EXP-1");
+    s_broker_ack(&b, "EXP-1", 3, false, t1);
+    s_seen_t seen = {0};
+    s_poll_for(c, &seen, 1, 0);
+
+    s_submit(c, "EXP-1", 20);
+    uint64_t t2 = s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_ENVELOPE, "EXP-1");
+    s_broker_error_of(&b, "EXP-1", MR_E_EXPIRED, 3, 0);
+    s_poll_for(c, &seen, 1, 1);
+    assert_int_equal(seen.error_code, MR_E_EXPIRED);
+    assert_int_equal(mr_client_unacked(c), 1);
+    s_broker_error_of(&b, "EXP-1", MR_E_CONFLICT, 0, t2);
+    s_poll_for(c, &seen, 1, 2);
+    assert_int_equal(seen.error_code, MR_E_CONFLICT);
+    assert_int_equal(mr_client_unacked(c), 0);
+
+    mr_client_destroy(&c);
+    s_broker_close(&b);
+}
+
 /*
  * mr_client_send_json waits for the answer to its own submission.  An
  * application that polled without a handler has the Ack of an earlier
@@ -581,6 +728,9 @@ int main(void)
         cmocka_unit_test(test_library_pass_late_ack_counts_for_the_same_content),
         cmocka_unit_test(test_library_pass_late_ack_of_an_earlier_process),
         cmocka_unit_test(test_library_pass_send_json_waits_for_its_own_answer),
+        cmocka_unit_test(test_library_pass_late_refusal_is_not_for_a_later_submission),
+        cmocka_unit_test(test_library_pass_late_ack_after_a_final_refusal),
+        cmocka_unit_test(test_library_pass_expiry_notice_settles_no_submission),
         cmocka_unit_test(test_library_pass_no_delivery_ack_for_seq_0),
         cmocka_unit_test(test_library_pass_submit_json_camel_case_keys),
         cmocka_unit_test(test_library_pass_submit_json_duplicate_key),

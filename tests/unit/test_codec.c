@@ -275,19 +275,24 @@ static void s_check_frames(size_t body_len, size_t want_prefix, const mr_deliver
     free(buf);
     free(want);
 
-    mr_frame_t g = MEDROUTE__V1__FRAME__INIT;
-    g.version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
-    g.body_case = MEDROUTE__V1__FRAME__BODY_ENVELOPE;
-    g.envelope = &e.env;
-    want = s_pb(&g.base, &want_len);
-    len = mr_envelope_frame_size(env_len);
-    buf = malloc(len);
-    assert_non_null(buf);
-    assert_int_equal(mr_envelope_frame_pack(env_bytes, env_len, buf), len);
-    assert_int_equal(len, want_len);
-    assert_memory_equal(buf, want, len);
-    free(buf);
-    free(want);
+    /* A submission without tag, with a one-byte one and with the largest. */
+    const uint64_t tags[] = {0, 7, UINT64_MAX};
+    for (size_t i = 0; i < sizeof tags / sizeof tags[0]; i++) {
+        mr_frame_t g = MEDROUTE__V1__FRAME__INIT;
+        g.version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+        g.body_case = MEDROUTE__V1__FRAME__BODY_ENVELOPE;
+        g.envelope = &e.env;
+        g.submission_tag = tags[i];
+        want = s_pb(&g.base, &want_len);
+        len = mr_envelope_frame_size(env_len, tags[i]);
+        buf = malloc(len);
+        assert_non_null(buf);
+        assert_int_equal(mr_envelope_frame_pack(env_bytes, env_len, tags[i], buf), len);
+        assert_int_equal(len, want_len);
+        assert_memory_equal(buf, want, len);
+        free(buf);
+        free(want);
+    }
     free(env_bytes);
     free(e.summary);
 }
@@ -341,8 +346,8 @@ static void test_codec_frames_empty_envelope(void **state)
     assert_non_null(gd->envelope);
     assert_string_equal(gd->envelope->message_id, "");
     medroute__v1__frame__free_unpacked(got, NULL);
-    n = mr_envelope_frame_pack((const uint8_t *)"", 0, buf);
-    assert_int_equal(n, mr_envelope_frame_size(0));
+    n = mr_envelope_frame_pack((const uint8_t *)"", 0, 0, buf);
+    assert_int_equal(n, mr_envelope_frame_size(0, 0));
     got = medroute__v1__frame__unpack(NULL, n, buf);
     assert_non_null(got);
     assert_int_equal(got->body_case, MEDROUTE__V1__FRAME__BODY_ENVELOPE);
@@ -378,6 +383,7 @@ static void test_codec_frame_field_numbers(void **state)
     s_check_field(f, "version", MR_FRAME_VERSION_FIELD, PROTOBUF_C_TYPE_ENUM);
     s_check_field(f, "envelope", MR_FRAME_ENVELOPE_FIELD, PROTOBUF_C_TYPE_MESSAGE);
     s_check_field(f, "delivery", MR_FRAME_DELIVERY_FIELD, PROTOBUF_C_TYPE_MESSAGE);
+    s_check_field(f, "submission_tag", MR_FRAME_SUBMISSION_TAG_FIELD, PROTOBUF_C_TYPE_UINT64);
     const ProtobufCMessageDescriptor *d = &medroute__v1__delivery__descriptor;
     s_check_field(d, "seq", MR_DELIVERY_SEQ_FIELD, PROTOBUF_C_TYPE_UINT64);
     s_check_field(d, "envelope", MR_DELIVERY_ENVELOPE_FIELD, PROTOBUF_C_TYPE_MESSAGE);

@@ -1012,6 +1012,51 @@ static void test_dispatch_valid_envelope_acked_after_commit(void **state)
     assert_int_equal(s_rejected(s, MR_E_CONFLICT), 1);
 }
 
+/* An envelope frame sent with submission_tag n. */
+static void s_send_env_tagged(server_t *s, const uint8_t *rid, const mr_envelope_t *env,
+                              uint64_t n)
+{
+    mr_frame_t f;
+    s_frame_init(&f, MEDROUTE__V1__FRAME__BODY_ENVELOPE);
+    f.envelope = (mr_envelope_t *)env;
+    f.submission_tag = n;
+    s_send(s, rid, &f);
+}
+
+/*
+ * The answer to an envelope frame carries its submission_tag back, Ack or
+ * Error, refused at once or after the store: the sender tells the answer to
+ * this submission from a late one to an earlier submission of the same id
+ * with other content (both name the id).
+ */
+static void test_dispatch_echoes_the_submission_tag(void **state)
+{
+    s_fx_t *fx = *state;
+    server_t *s = fx->s;
+    s_hello(s, RID_A, "t-a");
+    s_env_t e;
+    s_env_init(&e, "m-tag");
+    s_send_env_tagged(s, RID_A, &e.env, 77);
+    s_wait_replies(s, 2);
+    assert_int_equal(s_replies[1].f->body_case, MEDROUTE__V1__FRAME__BODY_ACK);
+    assert_int_equal(s_replies[1].f->ack->submission_tag, 77);
+    s_send_env_tagged(s, RID_A, &e.env, UINT64_MAX);
+    s_wait_replies(s, 3);
+    assert_true(s_replies[2].f->ack->duplicate);
+    assert_int_equal(s_replies[2].f->ack->submission_tag, UINT64_MAX);
+    e.ref.clinical_summary = "something else";
+    s_send_env_tagged(s, RID_A, &e.env, 78);
+    s_wait_replies(s, 4);
+    assert_int_equal(s_error_at(3, RID_A, MR_E_CONFLICT)->submission_tag, 78);
+    e.env.destination = "nowhere";
+    s_send_env_tagged(s, RID_A, &e.env, 79);
+    assert_int_equal(s_error_at(4, RID_A, MR_E_UNKNOWN_DESTINATION)->submission_tag, 79);
+    /* Without a tag, none comes back. */
+    s_send_env(s, RID_A, &e.env);
+    assert_int_equal(s_error_at(5, RID_A, MR_E_UNKNOWN_DESTINATION)->submission_tag, 0);
+    s_settle(s);
+}
+
 /* An envelope that carries an unknown field numbered above 2^29 - 1, the
  * largest field number protobuf allows: protobuf-c decodes it and keeps the
  * field, but other decoders (C++, Java) refuse the whole message, so its
@@ -1233,10 +1278,10 @@ static void test_dispatch_acks_gathered_per_turn(void **state)
 {
     s_fx_t *fx = *state;
     server_t *s = fx->s;
-    acks_add(s->acks, RID_A, RID_LEN, 16, "a-1", 1, false);
-    acks_add(s->acks, RID_B, RID_LEN, 0, "b-1", 2, false);
-    acks_add(s->acks, RID_A, RID_LEN, 16, "a-2", 3, true);
-    acks_add(s->acks, RID_A, RID_LEN, 16, "a-3", 4, false);
+    acks_add(s->acks, RID_A, RID_LEN, 16, "a-1", 1, false, 0);
+    acks_add(s->acks, RID_B, RID_LEN, 0, "b-1", 2, false, 0);
+    acks_add(s->acks, RID_A, RID_LEN, 16, "a-2", 3, true, 0);
+    acks_add(s->acks, RID_A, RID_LEN, 16, "a-3", 4, false, 0);
     assert_int_equal(s_n_replies, 1); /* b-1 alone, at once */
     char ids[256];
     s_ack_ids(&s_replies[0], ids, sizeof ids);
@@ -1255,7 +1300,7 @@ static void test_dispatch_acks_gathered_per_turn(void **state)
     for (int i = 0; i < 5; i++) {
         char id[16];
         snprintf(id, sizeof id, "c-%d", i);
-        acks_add(s->acks, RID_B, RID_LEN, 2, id, (uint64_t)(10 + i), false);
+        acks_add(s->acks, RID_B, RID_LEN, 2, id, (uint64_t)(10 + i), false, 0);
     }
     assert_int_equal(s_n_replies, 4);
     acks_flush(s->acks);
@@ -1272,7 +1317,7 @@ static void test_dispatch_acks_gathered_per_turn(void **state)
     for (int i = 0; i < 40; i++) {
         char id[16];
         snprintf(id, sizeof id, "g-%02d", i);
-        acks_add(s->acks, RID_A, RID_LEN, 64, id, (uint64_t)(100 + i), false);
+        acks_add(s->acks, RID_A, RID_LEN, 64, id, (uint64_t)(100 + i), false, 0);
         n += (size_t)snprintf(expect + n, sizeof expect - n, "%s%s", i ? "," : "", id);
     }
     assert_int_equal(s_n_replies, 5);
@@ -1848,6 +1893,7 @@ int main(void)
         T(test_dispatch_refuses_strings_not_utf8),
         T(test_dispatch_cuts_echoed_text_on_character_boundaries),
         T(test_dispatch_valid_envelope_acked_after_commit),
+        T(test_dispatch_echoes_the_submission_tag),
         T(test_dispatch_refuses_field_numbers_beyond_the_largest),
         T(test_dispatch_refuses_a_payload_carried_twice),
         T(test_dispatch_page_asked_before_a_reload_is_not_applied_after_it),

@@ -2,7 +2,8 @@
  * client.c - a facility's connection to medrouted (DEALER socket).
  *
  * Owns: the zmq context and sockets (DEALER + its monitor PAIR), the outbox
- * (memory list mirrored in cstore), the seen-set (cstore), the ids
+ * (memory list mirrored in cstore), the outcomes kept for a poll with a
+ * handler (memory array mirrored in cstore), the seen-set (cstore), the ids
  * acknowledged after several sends (acked).
  *
  * Invariants
@@ -72,6 +73,7 @@ typedef struct s_out_t {
 typedef struct {
     mr_event_type_t type;     /* MR_EVENT_ACK or MR_EVENT_ERROR */
     uint64_t tag;             /* the tag of the outbox entry it settled; 0: none */
+    int64_t row;              /* its row in the state file (cstore_outcome_keep); 0: none */
     char message_id[MR_MESSAGE_ID_MAX + 1];
     uint64_t seq;
     bool duplicate;
@@ -135,7 +137,9 @@ struct mr_client_t {
     s_wait_t *wait;           /* the synchronous send polling, or NULL */
     /* The outcomes (Ack, final Error) of our messages that came while no
      * handler of the application's could take them: handed over, in order,
-     * to the next poll with one.  At most S_HELD_MAX: later ones are not kept. */
+     * to the next poll with one.  At most S_HELD_MAX: later ones are not kept.
+     * With a state directory, each one whose row is not 0 is on disk too,
+     * and every outcome on disk is here, in the order of their rows. */
     s_held_t *held;
     size_t n_held, cap_held;
     uint32_t max_frame_bytes; /* Welcome.max_message_bytes: the broker's limit; 0 unknown */
@@ -315,8 +319,10 @@ static s_out_t *s_outbox_find(const mr_client_t *c, const char *id)
     return i < 0 ? NULL : c->out_slot[i];
 }
 
-/* Takes o out of the outbox (memory and disk); the caller frees it. */
-static void s_outbox_unlink(mr_client_t *c, s_out_t *o)
+/* Takes o out of the outbox, in memory, and its row on disk unless
+ * keep_row (the caller deletes it with the outcome it keeps); the caller
+ * frees o. */
+static void s_outbox_unlink(mr_client_t *c, s_out_t *o, bool keep_row)
 {
     (void)strmap_del(c->out_ids, o->id, strlen(o->id)); /* o is in it: invariant of out_ids */
     if (o->prev)
@@ -332,7 +338,7 @@ static void s_outbox_unlink(mr_client_t *c, s_out_t *o)
     c->out_slot[o->slot] = NULL;
     c->out_free[c->n_free++] = o->slot;
     c->n_out--;
-    if (c->persistent)
+    if (c->persistent && !keep_row)
         (void)cstore_outbox_remove(c->cs, o->id); /* a stale row is resent: harmless */
 }
 
@@ -342,20 +348,6 @@ static void s_outbox_unlink(mr_client_t *c, s_out_t *o)
 static bool s_answers(const s_out_t *o, uint64_t tag)
 {
     return tag == 0 || tag == o->tag;
-}
-
-/* Takes the entry of id out of the outbox, if there is one and an answer
- * with answer_tag answers it (s_answers): its tag, or 0 if none was taken. */
-static uint64_t s_outbox_remove(mr_client_t *c, const char *id, uint64_t answer_tag)
-{
-    s_out_t *o = s_outbox_find(c, id);
-    if (o == NULL || !s_answers(o, answer_tag))
-        return 0;
-    uint64_t tag = o->tag;
-    s_outbox_unlink(c, o);
-    free(o->body);
-    free(o);
-    return tag;
 }
 
 /* Hands o to the socket; 0, or the socket's error (it stays unsent). */
@@ -383,31 +375,53 @@ static bool s_is_outcome(const mr_event_t *ev)
            (ev->type == MR_EVENT_ERROR && !s_transient(ev->code) && ev->message_id[0] != '\0');
 }
 
-/* Keeps the outcome ev for the next poll with a handler.  Without memory
- * for it, or past S_HELD_MAX, it is not kept: an application that never
- * polls with a handler has said it does not listen.  always: kept past
- * S_HELD_MAX (the library's own refusal of a message it takes out of the
- * outbox: there is nothing else to tell of it). */
-static void s_hold(mr_client_t *c, const mr_event_t *ev, uint64_t tag, bool always)
+/* Appends ev, of tag and state-file row, to the outcomes kept; -ENOMEM. */
+static int s_held_push(mr_client_t *c, const mr_event_t *ev, uint64_t tag, int64_t row)
 {
-    if (c->n_held >= S_HELD_MAX && !always)
-        return;
     if (c->n_held == c->cap_held) {
         size_t cap = c->cap_held ? c->cap_held * 2 : 16;
         s_held_t *h = realloc(c->held, cap * sizeof *h);
         if (h == NULL)
-            return;
+            return -ENOMEM;
         c->held = h;
         c->cap_held = cap;
     }
     s_held_t *k = &c->held[c->n_held++];
     k->type = ev->type;
     k->tag = tag;
+    k->row = row;
     snprintf(k->message_id, sizeof k->message_id, "%s", ev->message_id);
     k->seq = ev->seq;
     k->duplicate = ev->duplicate;
     k->code = ev->code;
     snprintf(k->reason, sizeof k->reason, "%s", ev->reason ? ev->reason : "");
+    return 0;
+}
+
+/* Keeps the outcome ev (of the outbox entry of tag, 0: none) for the next
+ * poll with a handler: with a state directory, also on disk, in the
+ * transaction that deletes the outbox row of remove_id (NULL: none), so
+ * that a crash before the application has it loses neither (a refusal
+ * the library itself made, TOO_LARGE, is on disk nowhere else).  Without
+ * memory for it, or past S_HELD_MAX, it is not kept (the row is deleted
+ * all the same): an application that never polls with a handler has said
+ * it does not listen.  always: kept past S_HELD_MAX (the library's own
+ * refusal of a message it takes out of the outbox: there is nothing else
+ * to tell of it).  If the disk fails, it is kept in memory, and the row
+ * stays, resent at the next start. */
+static void s_hold(mr_client_t *c, const mr_event_t *ev, uint64_t tag, bool always,
+                   const char *remove_id)
+{
+    if ((c->n_held >= S_HELD_MAX && !always) || s_held_push(c, ev, tag, 0) < 0) {
+        if (c->persistent && remove_id != NULL)
+            (void)cstore_outbox_remove(c->cs, remove_id);
+        return;
+    }
+    cstore_outcome_t oc = {.type = ev->type, .message_id = ev->message_id, .seq = ev->seq,
+                           .duplicate = ev->duplicate, .code = ev->code,
+                           .reason = ev->reason ? ev->reason : ""};
+    int64_t row = cstore_outcome_keep(c->cs, &oc, remove_id);
+    c->held[c->n_held - 1].row = row > 0 ? row : 0;
 }
 
 static mr_event_t s_held_event(const s_held_t *k)
@@ -421,12 +435,18 @@ static mr_event_t s_held_event(const s_held_t *k)
                         .reason = k->type == MR_EVENT_ERROR ? k->reason : NULL};
 }
 
+/* Whether the synchronous send waiting is for the outbox entry of tag. */
+static bool s_wait_for(const mr_client_t *c, uint64_t tag)
+{
+    return c->wait != NULL && !c->wait->done && tag != 0 && tag == c->wait->tag;
+}
+
 /* Takes ev as the answer of the synchronous send waiting, if it settled
  * that send's outbox entry (tag; 0: ev settled none). */
 static bool s_wait_take(mr_client_t *c, const mr_event_t *ev, uint64_t tag)
 {
     s_wait_t *w = c->wait;
-    if (w == NULL || w->done || tag == 0 || tag != w->tag)
+    if (!s_wait_for(c, tag))
         return false;
     w->done = true;
     w->res->seq = ev->seq;
@@ -447,7 +467,22 @@ static void s_emit(mr_client_t *c, mr_handler_t h, void *arg, const mr_event_t *
     if (h != NULL)
         h(c, ev, arg);
     else if (s_is_outcome(ev))
-        s_hold(c, ev, tag, false);
+        s_hold(c, ev, tag, false, NULL);
+}
+
+/* Takes o out of the outbox, settled by ev (its Ack or final refusal, ev's
+ * strings not o's body), and hands ev on as s_emit does; an outcome kept
+ * goes to disk in the transaction that deletes o's row (s_hold).  always:
+ * kept past S_HELD_MAX.  The caller frees o and its body. */
+static void s_settle(mr_client_t *c, s_out_t *o, const mr_event_t *ev, mr_handler_t h, void *arg,
+                     bool always)
+{
+    bool keep = h == NULL && !s_wait_for(c, o->tag);
+    s_outbox_unlink(c, o, keep);
+    if (keep)
+        s_hold(c, ev, o->tag, always, o->id);
+    else
+        s_emit(c, h, arg, ev, o->tag);
 }
 
 /* The frame that would carry body is over the broker's limit (once known). */
@@ -467,9 +502,9 @@ static void s_refuse_too_large(mr_client_t *c, s_out_t *o)
              mr_envelope_frame_size(o->len, o->tag), c->max_frame_bytes);
     mr_event_t ev = {.type = MR_EVENT_ERROR, .message_id = o->id, .code = MR_E_TOO_LARGE,
                      .code_name = mr_error_name(MR_E_TOO_LARGE), .reason = reason};
-    if (!s_wait_take(c, &ev, o->tag))
-        s_hold(c, &ev, o->tag, true);
-    (void)s_outbox_remove(c, o->id, o->tag);
+    s_settle(c, o, &ev, NULL, NULL, true);
+    free(o->body);
+    free(o);
 }
 
 /*
@@ -522,6 +557,17 @@ static int s_load_outbox(void *arg, const char *id, const void *body, size_t len
     return rc;
 }
 
+/* An outcome a process on this state directory kept and did not hand over
+ * (it ended first): kept again, for the first poll with a handler. */
+static int s_load_outcome(void *arg, int64_t row, const cstore_outcome_t *oc)
+{
+    mr_client_t *c = arg;
+    mr_event_t ev = {.type = (mr_event_type_t)oc->type, .message_id = oc->message_id,
+                     .seq = oc->seq, .duplicate = oc->duplicate, .code = oc->code,
+                     .reason = oc->reason};
+    return s_held_push(c, &ev, 0, row);
+}
+
 /* An outbox row cstore found unusable: told to the first poll with a
  * handler as an ERROR event, INVALID (it is never sent), and counted until
  * the table's own count is read (mr_client_new). */
@@ -535,7 +581,7 @@ static void s_load_damaged(void *arg, int64_t row, const char *id, const char *w
                          : "left in the outbox (it could not be moved; tried again next start)");
     mr_event_t ev = {.type = MR_EVENT_ERROR, .message_id = id, .code = MR_E_INVALID,
                      .code_name = mr_error_name(MR_E_INVALID), .reason = reason};
-    s_hold(c, &ev, 0, true);
+    s_hold(c, &ev, 0, true, NULL);
     c->outbox_damaged++;
 }
 
@@ -583,6 +629,7 @@ mr_client_t *mr_client_new(const mr_client_opts_t *opts)
         goto fail;
     if (c->persistent) {
         if (cstore_seen_prune(c->cs, S_SEEN_KEEP_MS) < 0 ||
+            cstore_outcome_each(c->cs, s_load_outcome, c) < 0 ||
             cstore_outbox_each(c->cs, s_load_outbox, s_load_damaged, c) < 0)
             goto fail;
         /* Those set aside at an earlier start too: until someone deals with
@@ -950,14 +997,15 @@ static int s_on_ack(mr_client_t *c, const Medroute__V1__Ack *a, mr_handler_t h, 
         acked_answered(c->acked, a->message_id, a->seq);
         return 0;
     }
-    s_outbox_unlink(c, o);
+    /* Remembered before the handler runs: it may submit the id again. */
     if (o->sends > 1)
         (void)acked_put(c->acked, o->id, a->seq, o->body, o->len, o->sends - 1); /* takes body */
     else
         free(o->body);
-    mr_event_t ev = {.type = MR_EVENT_ACK, .message_id = o->id, .seq = a->seq,
+    o->body = NULL;
+    mr_event_t ev = {.type = MR_EVENT_ACK, .message_id = a->message_id, .seq = a->seq,
                      .duplicate = a->duplicate};
-    s_emit(c, h, arg, &ev, o->tag);
+    s_settle(c, o, &ev, h, arg, false);
     free(o);
     return 1;
 }
@@ -982,7 +1030,7 @@ static bool s_hello_refusal(const mr_client_t *c, const Medroute__V1__Error *e)
 /*
  * An Error: a session's (NO_HELLO), a Hello's refusal, or one about a
  * message.  A final refusal of one of our envelopes settles its entry
- * (s_outbox_remove).  One with a tag that settles none is a late answer to
+ * (s_answers).  One with a tag that settles none is a late answer to
  * a copy of a submission answered already (or to an earlier process's copy
  * of an entry this one sends again, and answers itself): not told again.
  * A dead-letter notice (a seq: EXPIRED) answers no submission: it is told,
@@ -1002,8 +1050,10 @@ static int s_on_error(mr_client_t *c, const Medroute__V1__Error *e, mr_handler_t
         c->hello_waiting = false;
     }
     bool answer = !s_transient(e->code) && e->message_id && e->message_id[0] && e->seq == 0;
-    uint64_t tag = answer ? s_outbox_remove(c, e->message_id, e->submission_tag) : 0;
-    if (answer && tag == 0 && e->submission_tag != 0)
+    s_out_t *o = answer ? s_outbox_find(c, e->message_id) : NULL;
+    if (o != NULL && !s_answers(o, e->submission_tag))
+        o = NULL;
+    if (answer && o == NULL && e->submission_tag != 0)
         return 0;
     mr_event_t ev = {.type = MR_EVENT_ERROR,
                      .message_id = e->message_id ? e->message_id : "",
@@ -1011,8 +1061,13 @@ static int s_on_error(mr_client_t *c, const Medroute__V1__Error *e, mr_handler_t
                      .code = e->code,
                      .code_name = mr_error_name(e->code),
                      .reason = e->reason ? e->reason : ""};
-    if ((int)e->code != MR_E_NO_HELLO)
-        s_emit(c, h, arg, &ev, tag);
+    if (o != NULL) {
+        s_settle(c, o, &ev, h, arg, false);
+        free(o->body);
+        free(o);
+    } else if ((int)e->code != MR_E_NO_HELLO) {
+        s_emit(c, h, arg, &ev, 0);
+    }
     return 1;
 }
 
@@ -1151,7 +1206,9 @@ static void s_keep_alive(mr_client_t *c, int64_t *flushed)
 }
 
 /* Hands the outcomes kept while nobody could take them to handler (or to
- * the synchronous send whose they are), in order; the count. */
+ * the synchronous send whose they are), in order, and forgets them on
+ * disk once all are handed (a crash inside handler hands them again at
+ * the next start); the count. */
 static int s_emit_held(mr_client_t *self, mr_handler_t handler, void *arg)
 {
     if (handler == NULL || self->n_held == 0)
@@ -1160,10 +1217,17 @@ static int s_emit_held(mr_client_t *self, mr_handler_t handler, void *arg)
     size_t n = self->n_held;
     self->held = NULL;
     self->n_held = self->cap_held = 0;
+    int64_t first = 0, last = 0;
     for (size_t i = 0; i < n; i++) {
         mr_event_t ev = s_held_event(&held[i]);
         s_emit(self, handler, arg, &ev, held[i].tag);
+        if (held[i].row > 0 && first == 0)
+            first = held[i].row;
+        if (held[i].row > 0)
+            last = held[i].row; /* rows grow in the order outcomes are kept */
     }
+    if (first > 0)
+        (void)cstore_outcome_forget(self->cs, first, last); /* else handed again: harmless */
     free(held);
     return (int)n;
 }
@@ -1272,6 +1336,8 @@ static bool s_take_held(mr_client_t *c, s_wait_t *w)
             continue;
         mr_event_t ev = s_held_event(&c->held[i]);
         (void)s_wait_take(c, &ev, c->held[i].tag);
+        if (c->held[i].row > 0)
+            (void)cstore_outcome_forget(c->cs, c->held[i].row, c->held[i].row);
         memmove(c->held + i, c->held + i + 1, (c->n_held - i - 1) * sizeof *c->held);
         c->n_held--;
         return w->done;

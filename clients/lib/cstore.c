@@ -10,6 +10,10 @@
  * a disk) is moved to outbox_damaged when the outbox is read, not deleted:
  * it may be the only copy of a patient's message.
  *
+ * An outcome kept for the application (outcome) is written in the
+ * transaction that deletes the outbox row it settles: a crash leaves
+ * either the message, sent again, or its outcome, never neither.
+ *
  * Without a directory there is nothing to outlive the process: no SQLite,
  * the outbox is not kept (the client's own list is all there is) and the
  * seen-set is a seenset_t, keyed by source, NUL, message id.
@@ -41,6 +45,9 @@ enum {
     S_SEEN_SET,
     S_SEEN_DEL,
     S_SEEN_PRUNE,
+    S_OC_ADD,
+    S_OC_ALL,
+    S_OC_DEL,
     S_N
 };
 
@@ -65,6 +72,11 @@ static const char *const s_sql[S_N] = {
      * stay for ever.  Past the window a copy is flagged anyway: it was
      * stored before the mark was set, so longer ago than the window. */
     [S_SEEN_PRUNE] = "DELETE FROM seen WHERE at_ms < ?1",
+    [S_OC_ADD] = "INSERT INTO outcome(type, message_id, seq, duplicate, code, reason)"
+                 " VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+    [S_OC_ALL] = "SELECT row, type, message_id, seq, duplicate, code, reason FROM outcome"
+                 " ORDER BY row",
+    [S_OC_DEL] = "DELETE FROM outcome WHERE row BETWEEN ?1 AND ?2",
 };
 
 struct cstore_t {
@@ -124,7 +136,10 @@ cstore_t *cstore_open(const char *dir, const char *facility)
                      " body BLOB, reason TEXT NOT NULL, at_ms INTEGER NOT NULL);"
                      "CREATE TABLE IF NOT EXISTS seen(source TEXT NOT NULL,"
                      " message_id TEXT NOT NULL, state INTEGER NOT NULL, at_ms INTEGER NOT NULL,"
-                     " PRIMARY KEY(source, message_id));",
+                     " PRIMARY KEY(source, message_id));"
+                     "CREATE TABLE IF NOT EXISTS outcome(row INTEGER PRIMARY KEY,"
+                     " type INTEGER NOT NULL, message_id TEXT NOT NULL, seq INTEGER NOT NULL,"
+                     " duplicate INTEGER NOT NULL, code INTEGER NOT NULL, reason TEXT NOT NULL);",
                      NULL, NULL, NULL) != SQLITE_OK)
         goto fail;
     for (int i = 0; i < S_N; i++)
@@ -364,4 +379,66 @@ int cstore_seen_prune(cstore_t *self, int64_t keep_ms)
     }
     sqlite3_stmt *st = self->st[S_SEEN_PRUNE];
     return s_run(st, sqlite3_bind_int64(st, 1, mr_now_ms() - keep_ms) == SQLITE_OK);
+}
+
+/* Runs BEGIN IMMEDIATE, COMMIT or ROLLBACK.  0 or -EIO. */
+static int s_exec(cstore_t *self, const char *sql)
+{
+    return sqlite3_exec(self->db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : -EIO;
+}
+
+int64_t cstore_outcome_keep(cstore_t *self, const cstore_outcome_t *oc, const char *remove_id)
+{
+    if (self->db == NULL)
+        return 0;
+    if (s_exec(self, "BEGIN IMMEDIATE") < 0)
+        return -EIO;
+    sqlite3_stmt *add = self->st[S_OC_ADD], *del = self->st[S_OB_DEL];
+    int rc = s_run(add, sqlite3_bind_int(add, 1, oc->type) == SQLITE_OK &&
+                            sqlite3_bind_text(add, 2, oc->message_id, -1, SQLITE_STATIC) ==
+                                SQLITE_OK &&
+                            sqlite3_bind_int64(add, 3, (sqlite3_int64)oc->seq) == SQLITE_OK &&
+                            sqlite3_bind_int(add, 4, oc->duplicate) == SQLITE_OK &&
+                            sqlite3_bind_int(add, 5, oc->code) == SQLITE_OK &&
+                            sqlite3_bind_text(add, 6, oc->reason, -1, SQLITE_STATIC) == SQLITE_OK);
+    int64_t row = sqlite3_last_insert_rowid(self->db);
+    if (rc == 0 && remove_id != NULL)
+        rc = s_run(del, sqlite3_bind_text(del, 1, remove_id, -1, SQLITE_STATIC) == SQLITE_OK);
+    if (rc == 0 && s_exec(self, "COMMIT") == 0)
+        return row;
+    (void)s_exec(self, "ROLLBACK");
+    return -EIO;
+}
+
+int cstore_outcome_each(cstore_t *self,
+                        int (*fn)(void *arg, int64_t row, const cstore_outcome_t *oc), void *arg)
+{
+    if (self->db == NULL)
+        return 0;
+    sqlite3_stmt *st = self->st[S_OC_ALL];
+    int rc, out = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *id = (const char *)sqlite3_column_text(st, 2);
+        const char *reason = (const char *)sqlite3_column_text(st, 6);
+        cstore_outcome_t oc = {.type = sqlite3_column_int(st, 1),
+                               .message_id = id ? id : "",
+                               .seq = (uint64_t)sqlite3_column_int64(st, 3),
+                               .duplicate = sqlite3_column_int(st, 4) != 0,
+                               .code = sqlite3_column_int(st, 5),
+                               .reason = reason ? reason : ""};
+        out = fn(arg, sqlite3_column_int64(st, 0), &oc);
+        if (out != 0)
+            break;
+    }
+    sqlite3_reset(st);
+    return out == 0 && rc != SQLITE_DONE ? -EIO : out;
+}
+
+int cstore_outcome_forget(cstore_t *self, int64_t first, int64_t last)
+{
+    if (self->db == NULL)
+        return 0;
+    sqlite3_stmt *st = self->st[S_OC_DEL];
+    return s_run(st, sqlite3_bind_int64(st, 1, first) == SQLITE_OK &&
+                         sqlite3_bind_int64(st, 2, last) == SQLITE_OK);
 }

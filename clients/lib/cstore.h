@@ -3,7 +3,8 @@
  * the state directory; without one, the seen-set alone, in memory).
  *
  * outbox: messages submitted and not yet acknowledged by the broker, in
- * submission order.  outbox_damaged: rows of the outbox found unusable at a
+ * submission order.  outcome: the Acks and refusals of messages taken out
+ * of the outbox that the application has not been handed yet.  outbox_damaged: rows of the outbox found unusable at a
  * start (damaged outside the library), set aside, never sent nor deleted.  seen: message keys (source, message_id) whose handler
  * has run (DONE) or is running (IN_HANDLER: if found at start, the process
  * died inside the handler).  Internal to libmedroute; one thread.
@@ -47,6 +48,27 @@ int cstore_outbox_each(cstore_t *self,
 /* Rows in the table outbox_damaged (set aside now or at an earlier start,
  * until someone deletes them): 0 without a directory, -EIO. */
 int64_t cstore_outbox_damaged_count(cstore_t *self);
+
+/* An outcome kept for the application (the fields of its mr_event_t). */
+typedef struct {
+    int type;                 /* MR_EVENT_ACK or MR_EVENT_ERROR */
+    const char *message_id;
+    uint64_t seq;
+    bool duplicate;
+    int code;
+    const char *reason;
+} cstore_outcome_t;
+
+/* Keeps oc and deletes the outbox row of remove_id (NULL: none) in one
+ * transaction.  Its row (> 0), 0 without a directory (nothing kept), or
+ * -EIO: nothing changed. */
+int64_t cstore_outcome_keep(cstore_t *self, const cstore_outcome_t *oc, const char *remove_id);
+/* Calls fn for each outcome kept, oldest first (oc valid during the call);
+ * stops on non-zero.  0, fn's non-zero, or -EIO. */
+int cstore_outcome_each(cstore_t *self,
+                        int (*fn)(void *arg, int64_t row, const cstore_outcome_t *oc), void *arg);
+/* Forgets the outcomes of rows first..last (handed to the application). */
+int cstore_outcome_forget(cstore_t *self, int64_t first, int64_t last);
 
 seen_state_t cstore_seen_get(cstore_t *self, const char *source, const char *message_id);
 int cstore_seen_set(cstore_t *self, const char *source, const char *message_id,

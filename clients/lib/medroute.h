@@ -187,7 +187,10 @@ int mr_client_send_json(mr_client_t *self, const char *json, mr_result_t *res, i
  * so are the outcomes of submitted messages (ACK, and ERROR that is final
  * for a message, so that no refusal is lost to a poll without handler), up to
  * 4,096 (later ones are not kept until a poll with a handler takes these),
- * handed over first.
+ * handed over first.  With state_dir they are kept on disk too, written in
+ * the transaction that takes the message out of the outbox: a process that
+ * ends before they are handed over hands them over after its next start
+ * (again, if it ended inside the handler taking them).
  * Also sends heartbeats and resends what is due; during a long pass over
  * many deliveries (a slow handler), the acks gathered and a heartbeat go out
  * every 200 ms, so the broker does not take the session for dead.

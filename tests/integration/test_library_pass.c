@@ -236,6 +236,61 @@ static void test_library_pass_refusal_in_the_welcome_pass(void **state)
     s_broker_close(&b);
 }
 
+/*
+ * The outcomes kept for a poll with a handler are in the state directory
+ * before the messages leave the outbox: a process that ends first (a kill
+ * as much as a close: nothing is written at the end) hands them over at
+ * the next start, once.  Worst was the library's own TOO_LARGE refusal at
+ * the Welcome, kept in memory only: the message was gone from the outbox
+ * and the application never heard of it.
+ */
+static void test_library_pass_outcomes_kept_across_a_restart(void **state)
+{
+    (void)state;
+    s_broker_t b;
+    s_broker_open(&b, "kept");
+    char dir[] = "/tmp/mrt-kept-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    mr_client_opts_t o = {.endpoint = b.ep, .facility = "t-aihua", .state_dir = dir};
+    mr_client_t *c = mr_client_new(&o);
+    assert_non_null(c);
+    s_submit(c, "KEPT-1", 10);
+    s_submit(c, "KEPT-HUGE", 20000);
+    s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_HELLO, NULL);
+    s_broker_welcome(&b, 4096);
+    s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_ENVELOPE, "KEPT-1");
+    s_send_ack(b.router, b.rid, b.rid_len, "KEPT-1", 12);
+    long long until = mrt_now_ms() + 10000;
+    while (mr_client_unacked(c) > 0 && mrt_now_ms() < until)
+        assert_true(mr_client_poll(c, 50, NULL, NULL) >= 0); /* both outcomes kept */
+    assert_int_equal(mr_client_unacked(c), 0);
+    mr_client_destroy(&c);
+
+    c = mr_client_new(&o);
+    assert_non_null(c);
+    assert_int_equal(mr_client_unacked(c), 0);
+    s_seen_t seen = {0};
+    assert_int_equal(mr_client_poll(c, 0, on_event, &seen), 2);
+    assert_int_equal(seen.acks, 1);
+    assert_int_equal(seen.errors, 1);
+    assert_int_equal(seen.error_code, MR_E_TOO_LARGE);
+    assert_string_equal(seen.error_id, "KEPT-HUGE");
+    mr_client_destroy(&c);
+
+    /* Handed over: not again. */
+    c = mr_client_new(&o);
+    assert_non_null(c);
+    seen = (s_seen_t){0};
+    assert_true(mr_client_poll(c, 0, on_event, &seen) >= 0);
+    assert_int_equal(seen.acks + seen.errors, 0);
+    mr_client_destroy(&c);
+
+    s_broker_close(&b);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 /* Polls c with on_event until seen has `acks` Acks and `errors` Errors, 10 s
  * at most, and then once more: what is counted is all that came. */
 static void s_poll_for(mr_client_t *c, s_seen_t *seen, int acks, int errors)
@@ -724,6 +779,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_library_pass_refusal_in_the_welcome_pass),
+        cmocka_unit_test(test_library_pass_outcomes_kept_across_a_restart),
         cmocka_unit_test(test_library_pass_late_ack_is_not_for_other_content),
         cmocka_unit_test(test_library_pass_late_ack_counts_for_the_same_content),
         cmocka_unit_test(test_library_pass_late_ack_of_an_earlier_process),

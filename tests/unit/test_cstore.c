@@ -1,7 +1,7 @@
 /*
  * Unit tests for clients/lib/cstore.c: the client's own store in a state
- * directory (its outbox and seen-set in SQLite), under a wall clock the
- * test steps (-Wl,--wrap=clock_gettime: the seen-set's times on disk are
+ * directory (its outbox, outcomes and seen-set in SQLite), under a wall
+ * clock the test steps (-Wl,--wrap=clock_gettime: the seen-set's times on disk are
  * wall-clock times).
  */
 #include <stdarg.h>
@@ -99,12 +99,53 @@ static void test_cstore_keeps_a_mark_handed_off_again(void **state)
     assert_int_equal(cstore_seen_get(f->cs, "yx-lab", "mark"), SEEN_IN_HANDLER);
 }
 
+static int s_count_outcomes(void *arg, int64_t row, const cstore_outcome_t *oc)
+{
+    (void)row;
+    assert_string_equal(oc->message_id, "m-1");
+    assert_int_equal(oc->code, 6);
+    assert_string_equal(oc->reason, "too large");
+    (*(int *)arg)++;
+    return 0;
+}
+
+static int s_count_outbox(void *arg, const char *id, const void *body, size_t len)
+{
+    (void)id, (void)body, (void)len;
+    (*(int *)arg)++;
+    return 0;
+}
+
+/* An outcome kept takes its message's outbox row with it, in one
+ * transaction, and stays until forgotten. */
+static void test_cstore_outcome_replaces_its_outbox_row(void **state)
+{
+    s_fixture_t *f = *state;
+    /* Envelope{message_id = "m-1"}: field 1, length 3. */
+    const uint8_t body[] = {0x0a, 3, 'm', '-', '1'};
+    assert_int_equal(cstore_outbox_add(f->cs, "m-1", body, sizeof body), 0);
+    cstore_outcome_t oc = {.type = 2, .message_id = "m-1", .code = 6, .reason = "too large"};
+    int64_t row = cstore_outcome_keep(f->cs, &oc, "m-1");
+    assert_true(row > 0);
+    int outcomes = 0, entries = 0;
+    assert_int_equal(cstore_outcome_each(f->cs, s_count_outcomes, &outcomes), 0);
+    assert_int_equal(cstore_outbox_each(f->cs, s_count_outbox, NULL, &entries), 0);
+    assert_int_equal(outcomes, 1);
+    assert_int_equal(entries, 0);
+    assert_int_equal(cstore_outcome_forget(f->cs, row, row), 0);
+    outcomes = 0;
+    assert_int_equal(cstore_outcome_each(f->cs, s_count_outcomes, &outcomes), 0);
+    assert_int_equal(outcomes, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_cstore_prunes_old_in_handler_marks, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_cstore_keeps_a_mark_handed_off_again, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_cstore_outcome_replaces_its_outbox_row, s_setup,
                                         s_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

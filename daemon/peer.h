@@ -27,6 +27,8 @@ typedef struct qmsg_t {
     bool express;           /* critical or stat: sent ahead of routine messages */
     uint32_t hello_session; /* the session (peer_t.session) in which a repeated Hello put it
                                back to be sent again; 0: none (router_on_hello) */
+    bool resent_unread;     /* its last send was a time-out's without a sign that its receiver
+                               read the copy before: not again until one comes (router_cron) */
     struct qmsg_t *next;
 } qmsg_t;
 
@@ -47,6 +49,8 @@ typedef struct {
     char former_key[41];      /* ... and the key that session's Hello came with; */
     bool former_told;         /* ... and whether its connection was told it ended (dispatch.c) */
     int64_t heard_ms;       /* its last frame, mr_mono_ms(); 0 = never */
+    int64_t read_ms;        /* its last DeliveryAck or Heartbeat, mr_mono_ms(): a sign that
+                               it reads what it is sent (session_reads); 0 = never */
     int64_t connected_at_ms;
     /* The heartbeat interval and time-out its Welcome gave, which its client
      * keeps to until its next Hello, whatever a reload says meanwhile. */

@@ -39,8 +39,22 @@
  *      most one extra copy of each delivery toward that connection, not one
  *      per Hello (up to max_inflight of max_message_bytes each, per Hello).
  *      One it leaves in flight is sent again by the redelivery time-out
- *      (router_cron), as one whose receiver never answers; a new session
- *      (a new connection) takes every one back (router_on_disconnect).
+ *      (router_cron, invariant 8), as one whose receiver never answers; a
+ *      new session (a new connection) takes every one back
+ *      (router_on_disconnect).
+ *   8. A delivery past its redelivery time-out is sent again on the same
+ *      connection (router_cron) only if its receiver has shown since its
+ *      last send that it reads: a DeliveryAck or a Heartbeat (read_ms).
+ *      A copy on a live connection is not lost in transit (one connection
+ *      carries it in order; the library's next connection has a routing id
+ *      of its own, so a new Hello and session, which take every one back),
+ *      so another copy helps only a receiver that read the last one and
+ *      left it unacknowledged (its handler refused it).  Without that sign,
+ *      one copy more at most, if it was heard from at all (resent_unread):
+ *      an Envelope is sent by an application that may never read (one that
+ *      only submits), and by a busy one that does.  A session that sends
+ *      and never reads thus has each delivery queued toward it twice, not
+ *      once per time-out until the socket's high-water mark.
  *
  *   store --LOAD page--> ready --send--> inflight --DeliveryAck--> acked --commit--> freed
  *                          ^                 |                         |
@@ -227,6 +241,7 @@ static int s_send(server_t *s, int peer, qmsg_t *m)
     (void)mr_delivery_frame_pack(&d, m->body, m->len, zmq_msg_data(&msg));
     int rc = server_send_facility_msg(s, p->rid, p->rid_len, &msg);
     if (rc == 0) {
+        m->resent_unread = false; /* router_cron says otherwise for its own sends */
         s->counters.v[m->attempts > 0 ? CNT_REDELIVERED : CNT_SENT]++;
         if (m->attempts > 0) {
             char labels[96];
@@ -651,6 +666,8 @@ int handle_delivery_ack(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t
     }
     int64_t now = mr_now_ms();
     bool freed = false, zero = false;
+    if (!ctx->late)
+        session_reads(s, ctx->peer); /* it read what it acknowledges */
     int rc = s_ack_one(fr, a->seq, now, &freed, err);
     for (size_t i = 0; rc == 0 && i < a->n_more_seqs; i++) {
         if (a->more_seqs[i] == 0)
@@ -747,6 +764,15 @@ uint64_t *router_outstanding(const server_t *s, int64_t mono_ms, size_t *n)
     return seqs;
 }
 
+/* Whether m, out at p past its time-out, is sent again on p's connection
+ * (invariant 8): p read since m's last send, or was heard from and m's last
+ * send was not already one without that sign.  *unread: p has not read. */
+static bool s_may_resend(const peer_t *p, const qmsg_t *m, bool *unread)
+{
+    *unread = p->read_ms <= m->sent_ms;
+    return !*unread || (!m->resent_unread && p->heard_ms > m->sent_ms);
+}
+
 void router_cron(server_t *s, int64_t now_ms, int64_t mono_ms)
 {
     size_t n = registry_count(s->registry);
@@ -759,8 +785,10 @@ void router_cron(server_t *s, int64_t now_ms, int64_t mono_ms)
         for (qmsg_t *m = p->inflight.head; m; m = m->next) {
             /* Back off: each unanswered send doubles the wait, up to 32x. */
             unsigned shift = m->attempts > 1 ? (m->attempts - 1 < 5 ? m->attempts - 1 : 5) : 0;
-            if (mono_ms - m->sent_ms < (timeout << shift) || s_expired(m, now_ms))
-                continue; /* not due; or expired, left for the scan */
+            bool unread;
+            if (mono_ms - m->sent_ms < (timeout << shift) || s_expired(m, now_ms) ||
+                !s_may_resend(p, m, &unread))
+                continue; /* not due; expired, left for the scan; or its copy unread */
             int rc = s_send(s, (int)i, m);
             if (rc == -EHOSTUNREACH) {
                 session_end(s, (int)i, "unreachable");
@@ -768,6 +796,7 @@ void router_cron(server_t *s, int64_t now_ms, int64_t mono_ms)
             }
             if (rc < 0)
                 break;
+            m->resent_unread = unread;
         }
         if (p->connected)
             router_pump(s, (int)i);

@@ -39,7 +39,10 @@ void router_on_disconnect(server_t *s, int peer);
  */
 size_t router_on_hello(server_t *s, int peer, size_t *kept);
 /* Periodic: resends deliveries unacknowledged past the redelivery time-out,
- * measured on mono_ms (mr_mono_ms()), unless past their expiry at now_ms. */
+ * measured on mono_ms (mr_mono_ms()), unless past their expiry at now_ms,
+ * once their receiver has shown it reads (a DeliveryAck or a Heartbeat
+ * since the last send; without one, once more at most: router.c
+ * invariant 8). */
 void router_cron(server_t *s, int64_t now_ms, int64_t mono_ms);
 
 /* The seqs out at a facility at now_ms, sorted, their count in *n: sent less

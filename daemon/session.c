@@ -156,6 +156,11 @@ void session_touch(server_t *s, int peer)
     s->peers[peer].heard_ms = mr_mono_ms();
 }
 
+void session_reads(server_t *s, int peer)
+{
+    s->peers[peer].read_ms = mr_mono_ms();
+}
+
 void session_end(server_t *s, int peer, const char *why)
 {
     peer_t *p = &s->peers[peer];
@@ -310,11 +315,13 @@ int handle_hello(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f, mr
 
 int handle_heartbeat(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f, mr_err_t *err)
 {
-    (void)s;
-    (void)ctx;
     (void)f;
     (void)err;
-    return 0; /* dispatch has already touched the session */
+    /* Dispatch has already touched the session.  A client sends heartbeats
+     * from the loop that reads its deliveries (libmedroute: while it
+     * polls), an application that only submits sends none. */
+    session_reads(s, ctx->peer);
+    return 0;
 }
 
 void session_cron(server_t *s, int64_t now_ms, int64_t mono_ms)

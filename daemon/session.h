@@ -52,6 +52,10 @@ void session_revoke(server_t *s, int peer, const char *why);
 void session_keys_reassigned(server_t *s);
 /* Records that the facility was heard from now. */
 void session_touch(server_t *s, int peer);
+/* Records that the facility showed now that it reads (a DeliveryAck or a
+ * Heartbeat on its session's connection): what it left unacknowledged may
+ * be sent again (router_cron). */
+void session_reads(server_t *s, int peer);
 /* Ends the session of peer (connection gone or replaced). */
 void session_end(server_t *s, int peer, const char *why);
 /* Periodic, at every cron tick: a heartbeat (stamped now_ms) to each

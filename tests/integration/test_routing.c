@@ -1245,14 +1245,17 @@ static void test_routing_error_echoing_chinese_decodes(void **state)
 /*
  * A receiver that polls without a handler (an application that only sends,
  * or a synchronous send) holds its deliveries for a later poll, unacked; the
- * broker sends them again at each redelivery time-out.  Each is held once,
- * however often it comes, and handed over once.
+ * broker sends them again at each redelivery time-out (its polls send
+ * heartbeats: it reads).  Each is held once, however often it comes, and
+ * handed over once.
  */
 static void test_routing_held_deliveries_are_held_once(void **state)
 {
     (void)state;
     mrt_daemon_t d = {0};
-    assert_int_equal(mrt_daemon_start(&d, "limits = { redelivery_timeout_ms = 100; };\n"), 0);
+    assert_int_equal(mrt_daemon_start(&d, "limits = { redelivery_timeout_ms = 100; "
+                                          "heartbeat_interval_ms = 100; };\n"),
+                     0);
     mr_client_t *a = connected(&d, "t-aihua");
     mr_client_t *lead = connected(&d, "yx-lead");
     for (int i = 0; i < 3; i++) {
@@ -1698,6 +1701,119 @@ static void test_routing_repeated_hellos_send_again_once(void **state)
     s_raw_houqing_done(&d, &lead, &r);
 }
 
+/* A delivery handler that refuses every delivery (its application cannot
+ * take them now), counting the copies it was handed. */
+static int on_refuse_all(mr_client_t *c, const mr_event_t *ev, void *arg)
+{
+    (void)c;
+    if (ev->type != MR_EVENT_DELIVERY)
+        return 0;
+    (*(int *)arg)++;
+    return 1;
+}
+
+/* A lab order from t-houqing to yx-lab, id "<prefix>-<n>", sent raw. */
+static void raw_houqing_order(raw_t *r, const char *prefix, int n)
+{
+    char id[64];
+    snprintf(id, sizeof id, "%s-%d", prefix, n);
+    Medroute__V1__LabOrder lo = MEDROUTE__V1__LAB_ORDER__INIT;
+    lo.placer_order_number = id;
+    mr_envelope_t e = MEDROUTE__V1__ENVELOPE__INIT;
+    e.message_id = id;
+    e.source = "t-houqing";
+    e.destination = "yx-lab";
+    e.kind = MEDROUTE__V1__KIND__KIND_LAB_ORDER;
+    e.payload_case = MEDROUTE__V1__ENVELOPE__PAYLOAD_LAB_ORDER;
+    e.lab_order = &lo;
+    raw_send_envelope(r, &e);
+}
+
+/*
+ * A session that sends and never reads (an application that only submits,
+ * or one whose reading loop hangs while another thread sends): each
+ * delivery out to it is sent again on its connection once at most.  Before,
+ * a copy went at each redelivery time-out (backing off to 32 of them), each
+ * queued toward a connection that nobody read, up to the socket's
+ * high-water mark of 100,000 messages over the days.  A receiver that reads
+ * and refuses (its handler failed) still gets copy after copy: it serves
+ * as the test's clock, as its copies go out in the same rounds of the
+ * broker's cron, after the other's.  Once the first reads, the copies
+ * already on its connection bring every message, and its acks deliver them.
+ */
+static void test_routing_a_session_that_never_reads_gets_one_copy_more(void **state)
+{
+    (void)state;
+    enum { WINDOW = 4, CLOCK_COPIES = 4 };
+    mrt_daemon_t d = {0};
+    mr_client_t *lead;
+    raw_t r;
+    /* The library heartbeats every 100 ms while it polls; no session ends
+     * for silence within the test. */
+    s_raw_houqing_with(&d,
+                       "limits = { redelivery_timeout_ms = 100; heartbeat_interval_ms = 100; "
+                       "heartbeat_timeout_ms = 600000; };",
+                       &lead, &r, WINDOW);
+    mr_client_t *aihua = connected(&d, "t-aihua");
+    for (int i = 0; i < WINDOW; i++) {
+        char p[160];
+        snprintf(p, sizeof p, "{\"referral_id\":\"R-NR-%d\",\"service\":\"SERVICE_FOLLOW_UP\"}",
+                 i);
+        assert_int_equal(mrt_send(lead, "t-houqing", "referral", "routine", p, NULL), 0);
+    }
+    long long until = mrt_now_ms() + 10000;
+    while (mrt_counter(&d, "sent") < WINDOW && mrt_now_ms() < until)
+        (void)poll(NULL, 0, 20);
+    assert_int_equal(mrt_counter(&d, "sent"), WINDOW); /* out to t-houqing, unread */
+    assert_int_equal(mrt_send(lead, "t-aihua", "referral", "routine",
+                              "{\"referral_id\":\"R-NR-CLOCK\",\"service\":"
+                              "\"SERVICE_FOLLOW_UP\"}",
+                              NULL),
+                     0);
+
+    /* t-houqing sends a message at every turn and reads nothing, while
+     * t-aihua reads and refuses until its delivery came CLOCK_COPIES times:
+     * t-houqing's were due again as often by then. */
+    int copies = 0, sent = 0;
+    until = mrt_now_ms() + 30000;
+    while (copies < CLOCK_COPIES && mrt_now_ms() < until) {
+        raw_houqing_order(&r, "NR-OUT", sent++);
+        assert_true(mr_client_poll(aihua, 50, on_refuse_all, &copies) >= 0);
+    }
+    assert_int_equal(copies, CLOCK_COPIES);
+
+    /* It reads now: each delivery came once, and once more at most. */
+    raw_tally_t t = {0};
+    mr_frame_t *f;
+    while ((f = raw_next(&r, MEDROUTE__V1__FRAME__BODY_DELIVERY, 500)) != NULL) {
+        if (t.deliveries < 64)
+            t.seq[t.deliveries] = f->delivery->seq;
+        t.deliveries++;
+        medroute__v1__frame__free_unpacked(f, NULL);
+    }
+    printf("never read: %d deliveries of %d messages queued, t-aihua's copies %d\n",
+           t.deliveries, WINDOW, copies);
+    if (t.deliveries > 2 * WINDOW)
+        fail_msg("%d deliveries queued toward a session that never read them; %d expected at "
+                 "most (each once, and once more)",
+                 t.deliveries, 2 * WINDOW);
+    uint64_t seq[WINDOW];
+    for (int i = 0; i < WINDOW; i++)
+        seq[i] = t.seq[i]; /* the first sends, in order; then the copies */
+    for (int i = WINDOW; i < t.deliveries; i++)
+        assert_int_equal(t.seq[i], seq[i - WINDOW]);
+
+    /* Acknowledged, every one is delivered, and nothing more comes. */
+    raw_delivery_ack(&r, seq[0], seq + 1, WINDOW - 1);
+    until = mrt_now_ms() + 10000;
+    while (mrt_counter(&d, "delivered") < WINDOW && mrt_now_ms() < until)
+        (void)poll(NULL, 0, 20);
+    assert_int_equal(mrt_counter(&d, "delivered"), WINDOW);
+    assert_null(raw_next(&r, MEDROUTE__V1__FRAME__BODY_DELIVERY, 300));
+    mr_client_destroy(&aihua);
+    s_raw_houqing_done(&d, &lead, &r);
+}
+
 /*
  * A stat message an operator retries from the dead letters goes ahead of
  * the routine ones waiting, as it did before it died.  Before, it came back
@@ -1872,6 +1988,7 @@ int main(void)
         cmocka_unit_test(test_routing_ack_for_a_queued_resend_is_not_sent_again),
         cmocka_unit_test(test_routing_retried_stat_goes_ahead_of_routine),
         cmocka_unit_test(test_routing_repeated_hellos_send_again_once),
+        cmocka_unit_test(test_routing_a_session_that_never_reads_gets_one_copy_more),
         cmocka_unit_test(test_routing_damaged_outbox_rows_are_set_aside),
     };
     return cmocka_run_group_tests_name("routing", tests, setup, teardown);

@@ -110,6 +110,10 @@ struct mr_client_t {
     bool hello_waiting;       /* a Hello went out on this link, not yet answered */
     uint32_t hb_interval_ms;
     uint32_t hb_timeout_ms;
+    /* last_tx_ms: our last Hello, DeliveryAck or Heartbeat, not an Envelope:
+     * the broker sends a delivery again on this connection only after a
+     * DeliveryAck or Heartbeat, the signs that we read (protocol.md 6.1),
+     * so a client that sends Envelopes all the time still heartbeats. */
     int64_t last_rx_ms, last_tx_ms, last_hello_ms, last_prune_ms;
     s_out_t *out_head, *out_tail;
     /* The first entry not sent on this connection; every one before it has
@@ -188,9 +192,7 @@ static int s_send_raw(mr_client_t *c, const uint8_t *body, size_t len, uint64_t 
     int rc = zmq_msg_send(&msg, c->sock, ZMQ_DONTWAIT) < 0 ? -zmq_errno() : 0;
     if (rc < 0)
         zmq_msg_close(&msg); /* sent, it belongs to ZeroMQ */
-    else
-        c->last_tx_ms = mr_mono_ms();
-    return rc;
+    return rc; /* not last_tx_ms: an Envelope does not show that we read */
 }
 
 static void s_send_hello(mr_client_t *c)

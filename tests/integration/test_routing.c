@@ -1815,6 +1815,51 @@ static void test_routing_a_session_that_never_reads_gets_one_copy_more(void **st
 }
 
 /*
+ * A receiver that reads and refuses (its hospital system is down) while it
+ * sends a message every few milliseconds still gets copy after copy: the
+ * library heartbeats at its interval while it polls, Envelopes or not.
+ * Before, any frame put its heartbeat off, so such a receiver sent only
+ * Envelopes, which do not show the broker that it reads: after the one
+ * copy more the broker allows then, its refused delivery waited for a
+ * pause in its sending.
+ */
+static void test_routing_a_busy_receiver_that_refuses_gets_copies(void **state)
+{
+    (void)state;
+    enum { COPIES = 4 };
+    mrt_daemon_t d = {0};
+    /* A second between heartbeats, many Envelopes in it. */
+    assert_int_equal(mrt_daemon_start(&d, "limits = { redelivery_timeout_ms = 100; "
+                                          "heartbeat_interval_ms = 1000; };\n"),
+                     0);
+    mr_client_t *aihua = connected(&d, "t-aihua");
+    mr_client_t *lead = connected(&d, "yx-lead");
+    assert_int_equal(mrt_send(lead, "t-aihua", "referral", "routine",
+                              "{\"referral_id\":\"R-BUSY\",\"service\":\"SERVICE_FOLLOW_UP\"}",
+                              NULL),
+                     0);
+    int copies = 0, sent = 0;
+    long long until = mrt_now_ms() + 30000;
+    while (copies < COPIES && mrt_now_ms() < until) {
+        char id[32], err[200];
+        snprintf(id, sizeof id, "BUSY-%d", sent++);
+        char *json = mrt_lab_order_json(id, 0);
+        assert_non_null(json);
+        assert_int_equal(mr_client_submit_json(aihua, json, NULL, err, sizeof err), 0);
+        free(json);
+        /* One every 20 ms, polling meanwhile (Acks end a poll early). */
+        for (long long next = mrt_now_ms() + 20; mrt_now_ms() < next;)
+            assert_true(mr_client_poll(aihua, 20, on_refuse_all, &copies) >= 0);
+    }
+    printf("busy refuser: %d copies while it sent %d messages\n", copies, sent);
+    assert_int_equal(copies, COPIES);
+    mr_client_destroy(&aihua);
+    mr_client_destroy(&lead);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+}
+
+/*
  * A stat message an operator retries from the dead letters goes ahead of
  * the routine ones waiting, as it did before it died.  Before, it came back
  * as a routine one, in seq order, behind an older routine message.
@@ -1989,6 +2034,7 @@ int main(void)
         cmocka_unit_test(test_routing_retried_stat_goes_ahead_of_routine),
         cmocka_unit_test(test_routing_repeated_hellos_send_again_once),
         cmocka_unit_test(test_routing_a_session_that_never_reads_gets_one_copy_more),
+        cmocka_unit_test(test_routing_a_busy_receiver_that_refuses_gets_copies),
         cmocka_unit_test(test_routing_damaged_outbox_rows_are_set_aside),
     };
     return cmocka_run_group_tests_name("routing", tests, setup, teardown);

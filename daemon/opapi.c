@@ -673,7 +673,8 @@ void opapi_on_message(void *arg, const uint8_t *rid, size_t rid_len, const void 
         watch_unsubscribe(s, rid, rid_len);
         s_done(s, rid, rid_len, q->request_id, "unsubscribed");
     } else if (q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_WATCH) {
-        if (watch_subscribe(s, rid, rid_len, q->request_id, key) != 0)
+        if (watch_subscribe(s, rid, rid_len, q->request_id, key,
+                            endpoint_src_fd(s->operator_ep)) != 0)
             s_reply_error(s, rid, rid_len, q->request_id, MR_E_QUEUE_FULL,
                           "too many watchers");
         else {

@@ -33,6 +33,7 @@
 #include "reload.h"
 #include "router.h"
 #include "session.h"
+#include "watch.h"
 #include "zap.h"
 
 #define S_DRAIN_LIMIT_MS 10000
@@ -155,6 +156,11 @@ static void s_facility_closed(void *arg, int fd)
     session_on_closed(arg, fd);
 }
 
+static void s_operator_closed(void *arg, int fd)
+{
+    watch_on_closed(arg, fd);
+}
+
 static int s_make_data_dir(server_t *self, char *path, size_t len)
 {
     const char *dir = self->conf->data_dir;
@@ -240,7 +246,8 @@ server_t *server_new(conf_t *conf, log_t *log)
                           .handshake_ms = (int)conf->handshake_ms};
     self->operator_ep = endpoint_new(&self->loop, self->zctx, &oo, opapi_on_message, self, log);
     if (self->facility_ep == NULL || self->operator_ep == NULL ||
-        endpoint_watch(self->facility_ep, &self->loop, self->zctx, s_facility_closed, self) != 0)
+        endpoint_watch(self->facility_ep, &self->loop, self->zctx, s_facility_closed, self) != 0 ||
+        endpoint_watch(self->operator_ep, &self->loop, self->zctx, s_operator_closed, self) != 0)
         goto fail;
     /* Resumed with two full batches still queued, the store never waits for
      * the loop; queued beyond four, a request is only memory. */

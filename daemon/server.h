@@ -30,6 +30,7 @@ typedef struct {
     uint64_t request_id;
     int64_t renewed_ms;
     char key[48];             /* its operator key (Z85, the User-Id); "" when plaintext */
+    int fd;                   /* its connection's fd (ZMQ_SRCFD) at subscribing; -1 unknown */
 } watcher_t;
 
 typedef struct server_t {

@@ -4,7 +4,11 @@
  * Owns server_t.watchers and the counter snapshot of the last tick.
  * Invariants: a watcher slot with rid_len == 0 is free; a watcher with a
  * key is sent nothing once that key is no longer an operator's (s_send's
- * callers drop it first).
+ * callers drop it first); a watcher whose connection has closed holds no
+ * slot once the endpoint's monitor has said so (watch_on_closed): events
+ * go out only on change, so a send to it could not be counted on to
+ * find it gone, and the 120-s time-out kept a killed `medroute watch`'s
+ * place among the 16.
  */
 #include "watch.h"
 
@@ -16,17 +20,21 @@
 #define S_STALE_MS 120000
 
 int watch_subscribe(server_t *s, const uint8_t *rid, size_t rid_len, uint64_t request_id,
-                    const char *key)
+                    const char *key, int fd)
 {
     if (rid_len == 0 || rid_len > MR_RID_MAX ||
         (key != NULL && strlen(key) >= sizeof s->watchers[0].key))
         return -EINVAL;
+    /* ZeroMQ reports a close before it accepts another connection that may
+     * get its fd, but on the monitor's socket: read it first. */
+    endpoint_check_closed(s->operator_ep);
     watcher_t *free_slot = NULL;
     for (int i = 0; i < MR_WATCHERS_MAX; i++) {
         watcher_t *w = &s->watchers[i];
         if (w->rid_len == rid_len && memcmp(w->rid, rid, rid_len) == 0) {
             w->renewed_ms = mr_mono_ms();
             w->request_id = request_id;
+            w->fd = fd;
             snprintf(w->key, sizeof w->key, "%s", key ? key : "");
             return 0;
         }
@@ -39,6 +47,7 @@ int watch_subscribe(server_t *s, const uint8_t *rid, size_t rid_len, uint64_t re
     free_slot->rid_len = rid_len;
     free_slot->request_id = request_id;
     free_slot->renewed_ms = mr_mono_ms();
+    free_slot->fd = fd;
     snprintf(free_slot->key, sizeof free_slot->key, "%s", key ? key : "");
     return 0;
 }
@@ -50,6 +59,13 @@ void watch_unsubscribe(server_t *s, const uint8_t *rid, size_t rid_len)
         if (w->rid_len != 0 && w->rid_len == rid_len && memcmp(w->rid, rid, rid_len) == 0)
             w->rid_len = 0;
     }
+}
+
+void watch_on_closed(server_t *s, int fd)
+{
+    for (int i = 0; i < MR_WATCHERS_MAX; i++)
+        if (s->watchers[i].rid_len != 0 && fd >= 0 && s->watchers[i].fd == fd)
+            s->watchers[i].rid_len = 0;
 }
 
 /* Ends the streams of keys a reload has removed from the operators: as

@@ -668,6 +668,52 @@ for i in $(seq 1 17); do
 done
 check "17 short watches in a row all get in" \
     "$WFAILS failed, last: $(cat "$TMP/watch_short.err")" test "$WFAILS" -eq 0
+# A watch killed (SIGKILL: no goodbye) frees its place as soon as its
+# connection closes: with 16 killed, a 17th gets in at once.  Before, the
+# broker noticed a dead watcher only when a send to it failed, and events go
+# out only on change: the 17th got "too many watchers" until a counter
+# changed (its own refusal does), or the two-minute time-out.  Started
+# without timeout(1), so that $! is the CLI itself.
+WATCH_PIDS=()
+for i in $(seq 1 16); do
+    "$CLI" --operator "$OP_EP" watch --json >"$TMP/watch_k$i.out" 2>"$TMP/watch_k$i.err" &
+    WATCH_PIDS+=("$!")
+done
+# watch_lines PATTERN: how many of the 16 have printed a line matching it.
+watch_lines() {
+    local n=0 i
+    for i in $(seq 1 16); do
+        ! grep -q "$1" "$TMP/watch_k$i.out" || n=$((n + 1))
+    done
+    echo "$n"
+}
+# wait_watch_lines PATTERN: until all 16 have (10 s at most).
+wait_watch_lines() {
+    for _ in $(seq 100); do
+        [ "$(watch_lines "$1")" -lt 16 ] || return 0
+        sleep 0.1
+    done
+}
+wait_watch_lines '"subscribed"'
+WSUBSCRIBED=$(watch_lines '"subscribed"')
+run watch_full mr watch --timeout 100
+WFULL=$RC
+# The next second's counters event (operator_rejected +1) reached them:
+# from then on the broker, idle, sends them nothing.
+wait_watch_lines 'operator_rejected'
+WTOLD=$(watch_lines 'operator_rejected')
+{ # (the shell's "Killed" notices: expected)
+    kill -KILL "${WATCH_PIDS[@]}" || true
+    for pid in "${WATCH_PIDS[@]}"; do
+        wait "$pid" || true
+    done
+} 2>/dev/null
+check "16 watches hold the broker's 16 places: a 17th is refused" \
+    "$WSUBSCRIBED subscribed, $WTOLD told; the 17th: exit $WFULL, $(cat "$TMP/watch_full.err")" \
+    test "$WSUBSCRIBED" -eq 16 -a "$WTOLD" -eq 16 -a "$WFULL" -ne 0
+run watch_after mr watch --timeout 100
+check "with the 16 killed (SIGKILL), a 17th watch gets in at once" \
+    "exit $RC, $(cat "$TMP/watch_after.err")" test "$RC" -eq 0
 
 # ---- 8d: a failed admin backup says why in the log ----------------------------------
 

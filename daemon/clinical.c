@@ -1263,7 +1263,11 @@ static int s_release_reserves(clinical_t *self, int64_t now, int64_t cutoff_ms,
         sqlite3_finalize(u);
         if (rc != SQLITE_DONE)
             return rc;
-        S_TRY(s_event(events, n, EV_RESERVE_RELEASED, keys[i], "", freed));
+        /* Nothing left unclaimed (the reserve all claimed, or none): the
+         * resource is past its cut-off all the same, but nothing went to
+         * general use, so there is nothing to report or count. */
+        if (freed > 0)
+            S_TRY(s_event(events, n, EV_RESERVE_RELEASED, keys[i], "", freed));
     }
     return SQLITE_OK;
 }

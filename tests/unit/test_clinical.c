@@ -98,6 +98,79 @@ static const char *s_state(fx_t *fx, const char *id, char *buf, size_t len)
     return buf;
 }
 
+/* yx-lead publishes one resource of 2026-01-02 (unit, capacity, reserved),
+ * its slots starting at slot_start_ms. */
+static void s_publish(fx_t *fx, res_kind_t res, const char *unit, int64_t capacity,
+                      int64_t reserved, int64_t slot_start_ms)
+{
+    clin_capacity_t c = {.resource = res,
+                         .unit = (char *)unit,
+                         .date = "2026-01-02",
+                         .capacity = capacity,
+                         .reserved = reserved,
+                         .slot_start_ms = slot_start_ms};
+    clin_facts_t f = {.kind = MEDROUTE__V1__KIND__KIND_CAPACITY, .capacity = &c, .n_capacity = 1};
+    clin_result_t out;
+    assert_int_equal(clinical_on_put(fx->clin, ++fx->seq, "yx-lead", "yx-medroute", &f, S_T0,
+                                     &out),
+                     SQLITE_OK);
+    assert_int_equal(out.code, 0);
+}
+
+/* t-aihua refers a family-doctor patient to cardiology and yx-lead accepts:
+ * the referral claims a reserved unit of clinic/cardiology/2026-01-02. */
+static void s_claim_reserved(fx_t *fx, const char *id)
+{
+    clin_facts_t f = {.kind = MEDROUTE__V1__KIND__KIND_REFERRAL,
+                      .direction = REF_DIR_UP,
+                      .ref_id = (char *)id,
+                      .service = MEDROUTE__V1__SERVICE_TYPE__SERVICE_SPECIALIST_CLINIC,
+                      .unit = "cardiology",
+                      .family_doctor = true,
+                      .expires_ms = S_DEADLINE};
+    clin_result_t out;
+    assert_int_equal(clinical_on_put(fx->clin, ++fx->seq, "t-aihua", "yx-lead", &f, S_T0, &out),
+                     SQLITE_OK);
+    assert_int_equal(out.code, 0);
+    out = s_step(fx, id, MEDROUTE__V1__REFERRAL_STEP__STEP_ACCEPTED, S_T0 + 1000);
+    assert_int_equal(out.code, 0);
+    assert_int_equal(out.claim, CLAIM_RESERVED);
+}
+
+/* The events of one scan at now: how many of kind, and the value of the last. */
+static size_t s_scan_events(fx_t *fx, int64_t now, clin_event_kind_t kind, int64_t *value)
+{
+    clin_sla_t sla = {0};
+    clin_event_t *ev = NULL;
+    size_t n = 0, found = 0;
+    assert_int_equal(clinical_scan(fx->clin, &sla, now, &ev, &n), SQLITE_OK);
+    for (size_t i = 0; i < n; i++)
+        if (ev[i].kind == kind) {
+            found++;
+            *value = ev[i].value;
+        }
+    clinical_events_free(ev, n);
+    return found;
+}
+
+/* The all-time total of tally name (all label sets), from the open batch. */
+static int64_t s_tally(fx_t *fx, const char *name)
+{
+    assert_int_equal(sqlite3_exec(fx->db, "BEGIN", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(tally_flush(fx->tally, S_T0, false), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(fx->db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    tally_commit(fx->tally);
+    tally_row_t *rows = NULL;
+    size_t n = 0;
+    int64_t v = 0;
+    assert_int_equal(tally_query(fx->tally, NULL, NULL, NULL, &rows, &n), SQLITE_OK);
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(rows[i].name, name) == 0)
+            v += rows[i].value;
+    tally_rows_free(rows, n);
+    return v;
+}
+
 /*
  * A step that comes after the deadline, before the scan has recorded the
  * expiry, gets the answer it gets after the scan: the referral is EXPIRED,
@@ -147,11 +220,45 @@ static void test_clinical_step_after_the_deadline_is_refused_before_the_scan(voi
     assert_string_equal(after.reason, before.reason);
 }
 
+/*
+ * At its cut-off a resource's unclaimed reserve goes to general use and is
+ * reported (an event: the log line, the watch event and reserve_releases);
+ * a resource with nothing unclaimed (its reserve all claimed, or none)
+ * releases nothing and is not reported.
+ */
+static void test_clinical_cutoff_reports_only_a_reserve_released(void **state)
+{
+    fx_t *fx = *state;
+    const int64_t start = S_T0 + 86400 * 1000LL;
+    s_publish(fx, RES_CLINIC, "cardiology", 10, 1, start); /* claimed below */
+    s_publish(fx, RES_BED, "neurology", 10, 0, start);     /* none reserved */
+    s_publish(fx, RES_EXAM, "CT", 10, 3, start);           /* 3 left unclaimed */
+    s_claim_reserved(fx, "R-FD");
+    int64_t units = 0;
+    assert_int_equal(s_scan_events(fx, start - 1, EV_RESERVE_RELEASED, &units), 0);
+    assert_int_equal(s_scan_events(fx, start, EV_RESERVE_RELEASED, &units), 1);
+    assert_int_equal(units, 3);
+    assert_int_equal(s_tally(fx, "reserve_released_unclaimed_units_total"), 3);
+    /* Each resource is past its cut-off once: a later scan finds none. */
+    assert_int_equal(s_scan_events(fx, start + 1000, EV_RESERVE_RELEASED, &units), 0);
+    clin_slot_t *rows = NULL;
+    size_t n = 0;
+    assert_int_equal(clinical_slots(fx->clin, "2026-01-02", &rows, &n), SQLITE_OK);
+    assert_int_equal(n, 3);
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(rows[i].released_at_ms, start);
+        assert_int_equal(rows[i].ledger.released, rows[i].resource == RES_EXAM ? 3 : 0);
+    }
+    clinical_slots_free(rows, n);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(
             test_clinical_step_after_the_deadline_is_refused_before_the_scan, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_clinical_cutoff_reports_only_a_reserve_released,
+                                        setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -100,8 +100,19 @@ static void s_keys_free(s_keys_t *k)
     k->cap = 0;
 }
 
-/* Adds delta to (name, labels), made at 0 on first use.  SQLITE_OK or
- * SQLITE_NOMEM (also for a key too long to index). */
+/* a + b, held at the int64 limits: an all-time total loads capped at
+ * INT64_MAX (s_load_totals), and the next count must not overflow it. */
+static int64_t s_add_sat(int64_t a, int64_t b)
+{
+    if (b > 0 && a > INT64_MAX - b)
+        return INT64_MAX;
+    if (b < 0 && a < INT64_MIN - b)
+        return INT64_MIN;
+    return a + b;
+}
+
+/* Adds delta to (name, labels), made at 0 on first use, saturating.
+ * SQLITE_OK or SQLITE_NOMEM (also for a key too long to index). */
 static int s_keys_add(s_keys_t *k, const char *name, const char *labels, int64_t delta)
 {
     /* name 0x1f labels, without snprintf: this runs for every message. */
@@ -115,7 +126,7 @@ static int s_keys_add(s_keys_t *k, const char *name, const char *labels, int64_t
     size_t kl = nl + 1 + ll;
     int at = strmap_get(k->index, key, kl);
     if (at >= 0) {
-        k->v[at].value += delta;
+        k->v[at].value = s_add_sat(k->v[at].value, delta);
         return SQLITE_OK;
     }
     if (k->n == k->cap) {

@@ -299,6 +299,48 @@ static void test_tally_facility_is_a_whole_source_or_destination(void **state)
     unlink(path);
 }
 
+/*
+ * An all-time total past INT64_MAX (only a store edited by hand holds one)
+ * loads capped at INT64_MAX; the counts added to it later stay there rather
+ * than overflow (to a negative total, and undefined behaviour).
+ */
+static void test_tally_all_time_total_saturates(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/mr-test-tally-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    int rc = 0;
+    tally_t *t = tally_new(db, NULL, &rc);
+    assert_non_null(t);
+    tally_destroy(&t);
+    assert_int_equal(sqlite3_exec(db,
+                                  "INSERT INTO tallies VALUES('2024-01-01', 'lab_orders_total',"
+                                  " 'source=\"t-b\"', 9223372036854775807),"
+                                  " ('2024-01-02', 'lab_orders_total', 'source=\"t-b\"', 5)",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    t = tally_new(db, NULL, &rc);
+    assert_non_null(t);
+    char *all = s_text(t, NULL, NULL, NULL);
+    assert_string_equal(all, "lab_orders_total{source=\"t-b\"}=9223372036854775807;");
+    free(all);
+    assert_int_equal(tally_add(t, "lab_orders_total", "source=\"t-b\"", 1), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "BEGIN", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(tally_flush(t, 20000 * 86400LL * 1000, false), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    tally_commit(t);
+    all = s_text(t, NULL, NULL, NULL);
+    assert_string_equal(all, "lab_orders_total{source=\"t-b\"}=9223372036854775807;");
+    free(all);
+    tally_destroy(&t);
+    sqlite3_close(db);
+    unlink(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -308,6 +350,7 @@ int main(void)
         cmocka_unit_test(test_tally_all_time_totals_match_the_table),
         cmocka_unit_test(test_tally_kept_counts_wait_for_a_commit),
         cmocka_unit_test(test_tally_facility_is_a_whole_source_or_destination),
+        cmocka_unit_test(test_tally_all_time_total_saturates),
     };
     return cmocka_run_group_tests_name("tally", tests, NULL, NULL);
 }

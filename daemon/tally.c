@@ -193,9 +193,14 @@ static int s_load_totals(tally_t *self)
     int rc = sqlite3_prepare_v2(self->db,
                                 "SELECT name, labels, total(value) FROM tallies GROUP BY name, labels",
                                 -1, &st, NULL);
-    while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW)
-        rc = s_keys_add(&self->totals, (const char *)sqlite3_column_text(st, 0),
-                        (const char *)sqlite3_column_text(st, 1), sqlite3_column_int64(st, 2));
+    while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        /* NOT NULL columns: NULL text is out of memory. */
+        const char *name = (const char *)sqlite3_column_text(st, 0);
+        const char *labels = (const char *)sqlite3_column_text(st, 1);
+        rc = name == NULL || labels == NULL
+                 ? SQLITE_NOMEM
+                 : s_keys_add(&self->totals, name, labels, sqlite3_column_int64(st, 2));
+    }
     sqlite3_finalize(st);
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
@@ -428,8 +433,10 @@ int tally_query(tally_t *self, const char *first, const char *last, const char *
     *n = 0;
     size_t cap = 0;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        const char *labels = (const char *)sqlite3_column_text(st, 1); /* NOT NULL */
-        if (labels == NULL) {
+        /* NOT NULL columns: NULL text is out of memory. */
+        const char *name = (const char *)sqlite3_column_text(st, 0);
+        const char *labels = (const char *)sqlite3_column_text(st, 1);
+        if (name == NULL || labels == NULL) {
             rc = SQLITE_NOMEM;
             break;
         }
@@ -445,8 +452,8 @@ int tally_query(tally_t *self, const char *first, const char *last, const char *
             *rows = r;
         }
         tally_row_t *r = &(*rows)[(*n)++];
-        r->name = strdup((const char *)sqlite3_column_text(st, 0));
-        r->labels = strdup((const char *)sqlite3_column_text(st, 1));
+        r->name = strdup(name);
+        r->labels = strdup(labels);
         r->value = sqlite3_column_int64(st, 2);
         if (r->name == NULL || r->labels == NULL) {
             rc = SQLITE_NOMEM;

@@ -19,6 +19,17 @@
 
 #include "tally.h"
 
+/* sqlite3_column_text as tally.c sees it (-Wl,--wrap): NULL for column
+ * s_null_column (>= 0), as SQLite answers when it finds no memory to
+ * convert a value; the real one otherwise. */
+const unsigned char *__real_sqlite3_column_text(sqlite3_stmt *st, int i);
+const unsigned char *__wrap_sqlite3_column_text(sqlite3_stmt *st, int i);
+static int s_null_column = -1;
+const unsigned char *__wrap_sqlite3_column_text(sqlite3_stmt *st, int i)
+{
+    return i == s_null_column ? NULL : __real_sqlite3_column_text(st, i);
+}
+
 static void test_tally_labels_in_prometheus_form(void **state)
 {
     (void)state;
@@ -341,6 +352,45 @@ static void test_tally_all_time_total_saturates(void **state)
     unlink(path);
 }
 
+/*
+ * Out of memory while reading a row (sqlite3_column_text answers NULL for
+ * a NOT NULL column): loading the all-time totals and a period's query fail
+ * with SQLITE_NOMEM, neither reads the NULL.
+ */
+static void test_tally_text_without_memory_is_nomem(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/mr-test-tally-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    int rc = 0;
+    tally_t *t = tally_new(db, NULL, &rc);
+    assert_non_null(t);
+    assert_int_equal(tally_add(t, "lab_orders_total", "source=\"t-b\"", 8), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "BEGIN", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(tally_flush(t, 20000 * 86400LL * 1000, false), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    tally_commit(t);
+    for (int column = 0; column < 2; column++) {
+        s_null_column = column;
+        tally_row_t *rows = NULL;
+        size_t n = 0;
+        assert_int_equal(tally_query(t, "0000-00-00", "9999-99-99", NULL, &rows, &n),
+                         SQLITE_NOMEM);
+        tally_rows_free(rows, n);
+        tally_t *t2 = tally_new(db, NULL, &rc);
+        assert_null(t2);
+        assert_int_equal(rc, SQLITE_NOMEM);
+        s_null_column = -1;
+    }
+    tally_destroy(&t);
+    sqlite3_close(db);
+    unlink(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -351,6 +401,7 @@ int main(void)
         cmocka_unit_test(test_tally_kept_counts_wait_for_a_commit),
         cmocka_unit_test(test_tally_facility_is_a_whole_source_or_destination),
         cmocka_unit_test(test_tally_all_time_total_saturates),
+        cmocka_unit_test(test_tally_text_without_memory_is_nomem),
     };
     return cmocka_run_group_tests_name("tally", tests, NULL, NULL);
 }

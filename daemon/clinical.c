@@ -145,9 +145,10 @@ static const char *const s_sql[Q_COUNT] = {
                      " accept_due_ms = CASE WHEN ?8 THEN accept_due_ms END WHERE ref_key = ?1",
     /* A step that changes neither the ledger nor the indexed columns. */
     [Q_REF_STATE] = "UPDATE referrals SET state = ?2, updated_ms = ?3 WHERE ref_key = ?1",
-    /* The broker's step for a delivered referral, without reading it first. */
+    /* The broker's step for a delivered referral, without reading it first;
+     * none past its expiry (s_expired). */
     [Q_REF_RECEIVE] = "UPDATE referrals SET state = ?2, updated_ms = ?3 WHERE ref_key = ?1"
-                      " AND state = ?4",
+                      " AND state = ?4 AND expires_ms >= ?3",
     [Q_REF_STEP] = "INSERT INTO referral_steps(ref_key, msg_seq, step, actor, from_state,"
                    " to_state, at_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     [Q_CAP_GET] = "SELECT capacity, reserved, claimed_reserved, general_used, released,"
@@ -812,6 +813,16 @@ static int s_apply_step(clinical_t *self, s_ref_t *r, uint64_t seq, int step, re
     return SQLITE_OK;
 }
 
+/* Past its expiry (expires_ms < now, as the scan compares) a referral is
+ * EXPIRED at a step's own time, whether or not the scan, once a second, has
+ * recorded it yet: else a step just after the deadline was taken (an
+ * arrival, an acceptance, the delivery's RECEIVED) and one a second later
+ * refused. */
+static bool s_expired(const s_ref_t *r, int64_t now)
+{
+    return s_live(r->state) && r->expires_ms < now;
+}
+
 static int s_on_update(clinical_t *self, uint64_t seq, const char *source, const char *dest,
                        const clin_facts_t *f, int64_t now, clin_result_t *out)
 {
@@ -836,12 +847,9 @@ static int s_on_update(clinical_t *self, uint64_t seq, const char *source, const
         return s_refuse(out, MR_E_ILLEGAL_TRANSITION,
                         "no referral %s between these facilities (state NONE)%s", f->ref_id, NULL);
     ref_actor_t actor = strcmp(source, r.source) == 0 ? ACTOR_SENDER : ACTOR_RECEIVER;
-    /* Past its expiry (expires_ms < now, as the scan compares) the referral
-     * is EXPIRED at the step's own time, whether or not the scan, once a
-     * second, has recorded it yet: else a step just after the deadline was
-     * taken and one a second later refused.  Only judged here (a refusal
-     * writes nothing); the scan records it and raises its escalation. */
-    if (s_live(r.state) && r.expires_ms < now)
+    /* Only judged here (a refusal writes nothing); the scan records it and
+     * raises its escalation. */
+    if (s_expired(&r, now))
         r.state = REF_EXPIRED;
     ref_transition_t t;
     const char *why = NULL;
@@ -875,15 +883,15 @@ int clinical_on_delivered(clinical_t *self, const char *key, int64_t now_ms)
         S_TRY(sqlite3_bind_int(st, 4, REF_REQUESTED));
         S_TRY(s_exec(st));
         if (sqlite3_changes(self->db) != 1)
-            return SQLITE_OK; /* no such referral, or already past REQUESTED */
+            return SQLITE_OK; /* no such referral, already past REQUESTED, or expired */
         return s_step_row(self, key, 0, MEDROUTE__V1__REFERRAL_STEP__STEP_RECEIVED, ACTOR_BROKER,
                           REF_REQUESTED, REF_RECEIVED, now_ms);
     }
     s_ref_t r;
     bool found;
     S_TRY(s_ref_by_key(self, key, &r, &found));
-    if (!found)
-        return SQLITE_OK;
+    if (!found || s_expired(&r, now_ms))
+        return SQLITE_OK; /* past its expiry: the scan makes it EXPIRED */
     ref_transition_t t;
     const char *why;
     if (referral_next(r.state, MEDROUTE__V1__REFERRAL_STEP__STEP_RECEIVED, ACTOR_BROKER,

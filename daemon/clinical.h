@@ -171,7 +171,8 @@ int clinical_on_put(clinical_t *self, uint64_t seq, const char *source, const ch
                     const clin_facts_t *f, int64_t now_ms, clin_result_t *out);
 
 /* The destination acknowledged a stored Referral (its messages.ref_key; NULL
- * or "" for other messages): the referral becomes RECEIVED. */
+ * or "" for other messages): the referral becomes RECEIVED, unless it is
+ * past its expiry at now_ms (the scan makes it EXPIRED). */
 int clinical_on_delivered(clinical_t *self, const char *ref_key, int64_t now_ms);
 
 /* Service levels, referral expiry and reserve cut-offs due at now_ms; the

@@ -252,12 +252,48 @@ static void test_clinical_cutoff_reports_only_a_reserve_released(void **state)
     clinical_slots_free(rows, n);
 }
 
+/*
+ * The receiver's delivery ack makes a REQUESTED referral RECEIVED, but not
+ * one past its expiry at the ack's time, before the scan has recorded the
+ * expiry: the referral stays REQUESTED and the scan makes it EXPIRED.  An
+ * ack at the deadline itself is in time.
+ */
+static void test_clinical_delivery_after_the_deadline_is_not_received(void **state)
+{
+    fx_t *fx = *state;
+    char buf[32];
+    s_refer(fx, "R-LATE", S_DEADLINE, S_T0);
+    s_refer(fx, "R-ON-TIME", S_DEADLINE, S_T0);
+    assert_int_equal(clinical_on_delivered(fx->clin, "t-aihua/R-ON-TIME", S_DEADLINE), SQLITE_OK);
+    assert_string_equal(s_state(fx, "R-ON-TIME", buf, sizeof buf), "RECEIVED");
+    assert_int_equal(clinical_on_delivered(fx->clin, "t-aihua/R-LATE", S_DEADLINE + 1),
+                     SQLITE_OK);
+    assert_string_equal(s_state(fx, "R-LATE", buf, sizeof buf), "REQUESTED");
+    int64_t age = 0;
+    assert_int_equal(s_scan_events(fx, S_DEADLINE + 1, EV_REFERRAL_EXPIRED, &age), 2);
+    assert_string_equal(s_state(fx, "R-LATE", buf, sizeof buf), "none");
+    assert_string_equal(s_state(fx, "R-ON-TIME", buf, sizeof buf), "none");
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_prepare_v2(fx->db,
+                                        "SELECT group_concat(from_state || '>' || to_state)"
+                                        " FROM referral_steps WHERE ref_key = 't-aihua/R-LATE'",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    char steps[32];
+    snprintf(steps, sizeof steps, "%d>%d", REF_REQUESTED, REF_EXPIRED);
+    assert_string_equal((const char *)sqlite3_column_text(st, 0), steps);
+    sqlite3_finalize(st);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(
             test_clinical_step_after_the_deadline_is_refused_before_the_scan, setup, teardown),
         cmocka_unit_test_setup_teardown(test_clinical_cutoff_reports_only_a_reserve_released,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_clinical_delivery_after_the_deadline_is_not_received,
                                         setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -467,6 +467,21 @@ static int s_ledger_put(clinical_t *self, const char *key, const ledger_t *l, in
     return s_exec(st);
 }
 
+/* Why a new notice c cannot replace the ledger old, or NULL if it can: it
+ * may not take back what referrals hold, nor the reserve the cut-off has
+ * released to general use (general referrals may hold those units). */
+static const char *s_capacity_shrinks(const ledger_t *old, const clin_capacity_t *c)
+{
+    if (c->reserved < old->claimed_reserved)
+        return "reserve for %.80s is below what accepted referrals hold%s";
+    if (c->reserved < old->claimed_reserved + old->released)
+        return "reserve for %.80s is below what referrals claimed and its cut-off released to"
+               " general use%s";
+    if (c->capacity - c->reserved < old->general_used - old->released)
+        return "capacity for %.80s is below what accepted referrals hold%s";
+    return NULL;
+}
+
 static int s_on_capacity(clinical_t *self, const clin_facts_t *f, int64_t now, clin_result_t *out)
 {
     /* Check every item before changing anything (and counting anything). */
@@ -483,12 +498,10 @@ static int s_on_capacity(clinical_t *self, const clin_facts_t *f, int64_t now, c
         ledger_t old;
         bool found;
         S_TRY(s_ledger_get(self, key, &old, &found, NULL));
-        if (found && (c->reserved < old.claimed_reserved + old.released ||
-                      c->capacity - c->reserved < old.general_used - old.released)) {
+        const char *why = found ? s_capacity_shrinks(&old, c) : NULL;
+        if (why != NULL) {
             key[mr_utf8_cut(key, 80)] = '\0'; /* the unit may be Chinese: cut whole */
-            return s_refuse(out, MR_E_INVALID,
-                            "capacity for %.80s is below what accepted referrals hold%s", key,
-                            NULL);
+            return s_refuse(out, MR_E_INVALID, why, key, NULL);
         }
     }
     for (size_t i = 0; i < f->n_capacity; i++) {

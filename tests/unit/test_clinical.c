@@ -98,10 +98,10 @@ static const char *s_state(fx_t *fx, const char *id, char *buf, size_t len)
     return buf;
 }
 
-/* yx-lead publishes one resource of 2026-01-02 (unit, capacity, reserved),
- * its slots starting at slot_start_ms. */
-static void s_publish(fx_t *fx, res_kind_t res, const char *unit, int64_t capacity,
-                      int64_t reserved, int64_t slot_start_ms)
+/* yx-lead's notice of one resource of 2026-01-02 (unit, capacity, reserved),
+ * its slots starting at slot_start_ms: the answer. */
+static clin_result_t s_notice(fx_t *fx, res_kind_t res, const char *unit, int64_t capacity,
+                              int64_t reserved, int64_t slot_start_ms)
 {
     clin_capacity_t c = {.resource = res,
                          .unit = (char *)unit,
@@ -114,7 +114,14 @@ static void s_publish(fx_t *fx, res_kind_t res, const char *unit, int64_t capaci
     assert_int_equal(clinical_on_put(fx->clin, ++fx->seq, "yx-lead", "yx-medroute", &f, S_T0,
                                      &out),
                      SQLITE_OK);
-    assert_int_equal(out.code, 0);
+    return out;
+}
+
+/* The same notice, accepted. */
+static void s_publish(fx_t *fx, res_kind_t res, const char *unit, int64_t capacity,
+                      int64_t reserved, int64_t slot_start_ms)
+{
+    assert_int_equal(s_notice(fx, res, unit, capacity, reserved, slot_start_ms).code, 0);
 }
 
 /* t-aihua refers a family-doctor patient to cardiology and yx-lead accepts:
@@ -286,6 +293,39 @@ static void test_clinical_delivery_after_the_deadline_is_not_received(void **sta
     sqlite3_finalize(st);
 }
 
+/*
+ * A notice may not take back what the ledger has given: the reserved units
+ * referrals claimed, the reserve the cut-off released to general use, the
+ * general units referrals hold.  Each refusal says which; one after the
+ * cut-off no longer blames referrals for units they do not hold.
+ */
+static void test_clinical_notice_below_the_ledger_says_why(void **state)
+{
+    fx_t *fx = *state;
+    const int64_t start = S_T0 + 86400 * 1000LL;
+    s_publish(fx, RES_CLINIC, "cardiology", 10, 2, start);
+    s_publish(fx, RES_EXAM, "CT", 10, 3, start);
+    s_claim_reserved(fx, "R-FD");
+    clin_result_t r = s_notice(fx, RES_CLINIC, "cardiology", 10, 0, start);
+    assert_int_equal(r.code, MR_E_INVALID);
+    assert_string_equal(r.reason,
+                        "reserve for clinic/cardiology/2026-01-02 is below what accepted"
+                        " referrals hold");
+    r = s_notice(fx, RES_CLINIC, "cardiology", 2, 2, start);
+    assert_int_equal(r.code, 0); /* no general unit is held */
+    int64_t units = 0;
+    assert_int_equal(s_scan_events(fx, start, EV_RESERVE_RELEASED, &units), 2);
+    r = s_notice(fx, RES_EXAM, "CT", 10, 2, start);
+    assert_int_equal(r.code, MR_E_INVALID);
+    assert_string_equal(r.reason, "reserve for exam/CT/2026-01-02 is below what referrals"
+                                  " claimed and its cut-off released to general use");
+    r = s_notice(fx, RES_CLINIC, "cardiology", 2, 1, start);
+    assert_int_equal(r.code, MR_E_INVALID);
+    assert_string_equal(r.reason, "reserve for clinic/cardiology/2026-01-02 is below what"
+                                  " referrals claimed and its cut-off released to general use");
+    assert_int_equal(s_notice(fx, RES_EXAM, "CT", 12, 4, start).code, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -295,6 +335,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_clinical_delivery_after_the_deadline_is_not_received,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(test_clinical_notice_below_the_ledger_says_why, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -167,10 +167,21 @@ static int s_capacity(const server_t *s, const Medroute__V1__CapacityNotice *cn,
  */
 #define S_FEN_MAX 10000000000000LL /* 100 billion yuan in a day */
 
-static int s_visit_check(const Medroute__V1__VisitTally *v, char *reason, size_t len)
+static int s_visit_check(const Medroute__V1__VisitTally *v, int64_t now_ms, char *reason,
+                         size_t len)
 {
     if (v->date != NULL && v->date[0] != '\0' && !facts_day_valid(v->date)) {
         snprintf(reason, len, "visit_tally.date must be a calendar day, YYYY-MM-DD");
+        return MR_E_INVALID;
+    }
+    /* Figures of a day to come would count in the current period now.  A
+     * day of slack (the broker's day is local: a facility's clock or zone
+     * a little ahead); YYYY-MM-DD days compare as text. */
+    char tomorrow[11];
+    facts_local_day(now_ms + S_DAY_MS, tomorrow);
+    if (v->date != NULL && v->date[0] != '\0' && strcmp(v->date, tomorrow) > 0) {
+        snprintf(reason, len, "visit_tally.date is later than tomorrow, %s (the broker's local day)",
+                 tomorrow);
         return MR_E_INVALID;
     }
     const struct {
@@ -318,7 +329,7 @@ int facts_extract(const server_t *s, int src, int dest, const mr_envelope_t *env
         f->visits[VISIT_FUND_FEN] = v->fund_spend_fen;
         f->visits[VISIT_FUND_OUT_OF_COUNTY_FEN] = v->fund_spend_out_of_county_fen;
         f->visits[VISIT_TCM] = v->tcm_visits;
-        rc = s_visit_check(v, reason, reason_len);
+        rc = s_visit_check(v, now_ms, reason, reason_len);
         if (rc == 0 && v->date && v->date[0] && (f->visit_date = strdup(v->date)) == NULL)
             rc = -ENOMEM;
         break;

@@ -378,6 +378,21 @@ static void test_tallies_bad_visit_figures(void **state)
     }
     ok(aihua, "test", "visit_tally", "routine",
        "{\"date\":\"2024-02-29\",\"fund_spend_fen\":10000000000000}");
+    /* A day to come would count in the current period now: tomorrow is the
+     * last day taken (a clock or zone a little ahead); three days on (a
+     * margin for midnight passing during the test) and later are refused. */
+    char ahead[11];
+    local_day(3, ahead, &nine);
+    const char *future[] = {ahead, "2999-01-01"};
+    for (size_t i = 0; i < sizeof future / sizeof future[0]; i++) {
+        snprintf(p, sizeof p, "{\"date\":\"%s\",\"outpatient_visits\":1}", future[i]);
+        assert_int_equal(mrt_send(aihua, "test", "visit_tally", "routine", p, why), MR_E_INVALID);
+        assert_non_null(strstr(why, "visit_tally.date is later than tomorrow"));
+    }
+    local_day(1, ahead, &nine);
+    snprintf(p, sizeof p, "{\"date\":\"%s\",\"outpatient_visits\":1}", ahead);
+    ok(aihua, "test", "visit_tally", "routine", p);
+    local_day(0, day, &nine);
     snprintf(p, sizeof p,
              "{\"items\":[{\"resource\":\"RESOURCE_BED\",\"unit\":\"neurology\","
              "\"date\":\"2026/12/05\",\"capacity\":10,\"reserved\":2}]}");

@@ -107,12 +107,17 @@ double indicators_quantile(const tally_row_t *rows, size_t n, const char *name, 
     return lower;
 }
 
+/* A ratio of counts has a value only when both are counts of something:
+ * the offered-units tallies count changes, so a period whose notices
+ * lowered more capacity (or reserve) than they added sums below 0, and
+ * gives no share (not a negative one, off target for resources that each
+ * keep their minimum, slots_check_offer). */
 static void s_ratio(indicator_t *ind, double num, double den)
 {
     ind->numerator = num;
     ind->denominator = den;
-    ind->has_value = den > 0;
-    ind->value = den > 0 ? num / den : 0;
+    ind->has_value = den > 0 && num >= 0;
+    ind->value = ind->has_value ? num / den : 0;
 }
 
 static void s_time(indicator_t *ind, double seconds, double per)

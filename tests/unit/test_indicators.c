@@ -72,6 +72,50 @@ static void test_indicators_reserve_utilisation_nets_released_claims(void **stat
     assert_int_equal(u->status, IND_OFF_TARGET);
 }
 
+/*
+ * The offered-units tallies count changes: a period whose notices lowered
+ * more reserve (or capacity) than they added sums below 0.  Such a period
+ * has no share to give: no_data, not a negative share off target.
+ */
+static void test_indicators_reserved_share_of_net_withdrawals_is_no_data(void **state)
+{
+    (void)state;
+    size_t n;
+    indicators_defs(&n);
+    indicator_t ind[32];
+    assert_true(n <= 32);
+    clin_visits_t v = {0};
+    /* Capacity raised 100 -> 120, reserve lowered 25 -> 24: still 20 %. */
+    tally_row_t lowered[] = {
+        {"capacity_offered_units_total", "resource=\"clinic\"", 20},
+        {"reserve_offered_units_total", "resource=\"clinic\"", -1},
+    };
+    indicators_compute(NULL, 0, lowered, 2, &v, ind);
+    const indicator_t *r = s_find(ind, n, "reserved_share");
+    assert_false(r->has_value);
+    assert_int_equal(r->status, IND_NO_DATA);
+    const indicator_t *u = s_find(ind, n, "reserve_utilisation");
+    assert_int_equal(u->status, IND_NO_DATA);
+    /* Both lowered: 100 -> 50 and 25 -> 10. */
+    tally_row_t both[] = {
+        {"capacity_offered_units_total", "resource=\"bed\"", -50},
+        {"reserve_offered_units_total", "resource=\"bed\"", -15},
+    };
+    indicators_compute(NULL, 0, both, 2, &v, ind);
+    r = s_find(ind, n, "reserved_share");
+    assert_false(r->has_value);
+    assert_int_equal(r->status, IND_NO_DATA);
+    /* New publications: the share. */
+    tally_row_t fresh[] = {
+        {"capacity_offered_units_total", "resource=\"bed\"", 10},
+        {"reserve_offered_units_total", "resource=\"bed\"", 2},
+    };
+    indicators_compute(NULL, 0, fresh, 2, &v, ind);
+    r = s_find(ind, n, "reserved_share");
+    assert_float_equal(r->value, 0.2, 1e-12);
+    assert_int_equal(r->status, IND_WARNING);
+}
+
 /* "yesterday" is the calendar day before today, also on a 25-hour day (the
  * end of summer time), where 24 h before 23:30 is still the same day. */
 static void test_period_yesterday_is_the_day_before_across_dst(void **state)
@@ -108,6 +152,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_indicators_reserve_utilisation_nets_released_claims),
+        cmocka_unit_test(test_indicators_reserved_share_of_net_withdrawals_is_no_data),
         cmocka_unit_test(test_period_yesterday_is_the_day_before_across_dst),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

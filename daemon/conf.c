@@ -571,6 +571,17 @@ static bool s_zone_known(const char *zone)
     return n > 0 && (size_t)n < sizeof path && stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
+/* The broker is a destination of its own: a facility of its id would share
+ * its label in the tallies and stats with what is addressed to the broker
+ * (capacity notices, visit tallies), and the two could not be told apart. */
+static void s_broker_id_unique(s_report_t *r, const conf_t *c)
+{
+    for (size_t i = 0; i < c->n_facilities; i++)
+        if (c->facilities[i].id != NULL && strcmp(c->facilities[i].id, c->broker_id) == 0)
+            s_problem(r, 0, "facilities[%zu].id: \"%s\" is the broker's own id (broker_id)", i,
+                      c->broker_id);
+}
+
 static void s_validate(s_report_t *r, conf_t *c)
 {
     if (c->facility_endpoint == NULL)
@@ -607,6 +618,8 @@ static void s_validate(s_report_t *r, conf_t *c)
         s_problem(r, 0, "broker_id: must be 1..%d characters", MR_FACILITY_ID_MAX);
     else if (c->broker_id != NULL && !s_id_safe(c->broker_id))
         s_problem(r, 0, "broker_id: " S_ID_CHARS);
+    else if (c->broker_id != NULL)
+        s_broker_id_unique(r, c);
     log_level_t level;
     if (c->log_level == NULL && (c->log_level = strdup("info")) == NULL)
         s_problem(r, 0, "out of memory");

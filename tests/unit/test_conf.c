@@ -385,6 +385,29 @@ static void test_conf_broker_id_length(void **state)
     conf_destroy(&c);
 }
 
+/* A facility may not take the broker's id (its default too): what is
+ * addressed to the broker (capacity notices, visit tallies) and what to the
+ * facility would share one destination label in the tallies and stats.  A
+ * reload loads the file the same way, so it is refused there too. */
+static void test_conf_broker_id_is_no_facility_id(void **state)
+{
+    (void)state;
+    assert_string_equal(s_fail(S_REQUIRED "broker_id = \"lead\";\n"),
+                        "t.conf: facilities[0].id: \"lead\" is the broker's own id (broker_id)");
+    assert_string_equal(
+        s_fail("facility_endpoint = \"tcp://127.0.0.1:1\";\n"
+               "operator_endpoint = \"tcp://127.0.0.1:2\";\n"
+               "data_dir = \"d\";\n"
+               "facilities = ( { id = \"lead\"; role = \"lead\"; },\n"
+               "  { id = \"medroute\"; role = \"township\"; } );\n"),
+        "t.conf: facilities[1].id: \"medroute\" is the broker's own id (broker_id)");
+    char err[512];
+    conf_t *c = conf_load_string(S_REQUIRED "broker_id = \"lead-broker\";\n", "b.conf", err,
+                                 sizeof err);
+    assert_non_null(c);
+    conf_destroy(&c);
+}
+
 /* A log level the daemon cannot use is refused here, so that
  * --check-config (the unit's ExecStartPre) and a reload refuse it, not the
  * start (which exited 2, and systemd restarted it again and again). */
@@ -696,6 +719,7 @@ int main(void)
         cmocka_unit_test(test_conf_out_of_range_integers),
         cmocka_unit_test(test_conf_bad_synchronous),
         cmocka_unit_test(test_conf_broker_id_length),
+        cmocka_unit_test(test_conf_broker_id_is_no_facility_id),
         cmocka_unit_test(test_conf_log_level_must_be_known),
         cmocka_unit_test(test_conf_ids_are_label_safe),
         cmocka_unit_test(test_conf_timezone_must_be_known),

@@ -485,10 +485,15 @@ static void s_read_server_key(s_report_t *r, conf_t *c)
     char path[4096];
     const char *prefix = "$CREDENTIALS_DIRECTORY/";
     const char *creds = getenv("CREDENTIALS_DIRECTORY");
-    if (strncmp(c->server_key_file, prefix, strlen(prefix)) == 0 && creds != NULL)
-        snprintf(path, sizeof path, "%s/%s", creds, c->server_key_file + strlen(prefix));
-    else
-        snprintf(path, sizeof path, "%s", c->server_key_file);
+    bool cred = strncmp(c->server_key_file, prefix, strlen(prefix)) == 0 && creds != NULL;
+    int n = cred ? snprintf(path, sizeof path, "%s/%s", creds, c->server_key_file + strlen(prefix))
+                 : snprintf(path, sizeof path, "%s", c->server_key_file);
+    /* Cut, it would name another file (".../broker.ke"). */
+    if (n < 0 || (size_t)n >= sizeof path) {
+        s_problem(r, 0, "server_key_file: the path is longer than %zu bytes%s", sizeof path - 1,
+                  cred ? " with $CREDENTIALS_DIRECTORY put in" : "");
+        return;
+    }
     /* The key that lets anyone pose as the broker to every facility: read
      * with libmedroute's rules (mr_keyfile.h), like PostgreSQL refused
      * where other users may read it or anyone but its owner change it.  The

@@ -702,6 +702,46 @@ static void test_conf_server_key_file_checked(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* A server_key_file of "$CREDENTIALS_DIRECTORY/broker.key" whose path, the
+ * directory put in, does not fit is refused: cut to the buffer, it named
+ * another file, ".../broker.ke" here, and the broker took its key. */
+static void test_conf_server_key_path_too_long_is_refused(void **state)
+{
+    (void)state;
+    char top[] = "/tmp/medroute-conf-long-XXXXXX";
+    assert_non_null(mkdtemp(top));
+    /* A directory D of 4085 bytes: "D/broker.key" is 4096, one too many. */
+    static char dir[4096];
+    size_t want = 4096 - strlen("/broker.key");
+    snprintf(dir, sizeof dir, "%s", top);
+    while (strlen(dir) < want) {
+        size_t len = strlen(dir), step = want - len - 1;
+        if (step > 200)
+            step = 200;
+        if (want - len - 1 - step == 1) /* a last step of one byte cannot be "/x" */
+            step--;
+        dir[len] = '/';
+        memset(dir + len + 1, 'd', step);
+        dir[len + 1 + step] = '\0';
+        assert_int_equal(mkdir(dir, 0700), 0);
+    }
+    assert_int_equal(strlen(dir), want);
+    char pub[41], sec[41];
+    assert_int_equal(zmq_curve_keypair(pub, sec), 0);
+    static char path[4200];
+    s_key_file(path, sizeof path, dir, "broker.ke", "secret", sec, 0600);
+    assert_int_equal(setenv("CREDENTIALS_DIRECTORY", dir, 1), 0);
+    assert_string_equal(
+        s_fail(S_REQUIRED "insecure = false;\n"
+                          "server_key_file = \"$CREDENTIALS_DIRECTORY/broker.key\";\n"),
+        "t.conf: server_key_file: the path is longer than 4095 bytes with "
+        "$CREDENTIALS_DIRECTORY put in");
+    assert_int_equal(unsetenv("CREDENTIALS_DIRECTORY"), 0);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", top);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -734,6 +774,7 @@ int main(void)
         cmocka_unit_test(test_conf_load_file_shipped_config),
         cmocka_unit_test(test_conf_load_file_missing),
         cmocka_unit_test(test_conf_server_key_file_checked),
+        cmocka_unit_test(test_conf_server_key_path_too_long_is_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

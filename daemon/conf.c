@@ -496,7 +496,8 @@ static void s_read_server_key(s_report_t *r, conf_t *c)
     }
     /* The key that lets anyone pose as the broker to every facility: read
      * with libmedroute's rules (mr_keyfile.h), like PostgreSQL refused
-     * where other users may read it or anyone but its owner change it.  The
+     * where other users may read it or anyone but its owner change it, or
+     * owned by another user than ours or root.  The
      * kind first: a .pub is rightly readable by all, and its mode is not the
      * problem. */
     mr_keyfile_t kf;
@@ -511,6 +512,13 @@ static void s_read_server_key(s_report_t *r, conf_t *c)
                   "server_key_file: %s is the broker's public key (NAME.pub); give its secret "
                   "key (NAME.key)",
                   path);
+        return;
+    }
+    if (kf.foreign) {
+        s_problem(r, 0,
+                  "server_key_file: %s is owned by another user (uid %u), who may read or "
+                  "change it: chown it to the broker's user or root",
+                  path, (unsigned)kf.owner);
         return;
     }
     if (kf.loose) {

@@ -42,6 +42,8 @@ int mr_keyfile_read(const char *path, mr_keyfile_t *out)
     }
     out->mode = st.st_mode & 07777;
     out->loose = (st.st_mode & (S_IRWXO | S_IWGRP)) != 0;
+    out->owner = st.st_uid;
+    out->foreign = st.st_uid != geteuid() && st.st_uid != 0;
     char line[S_LINE_MAX];
     while (fgets(line, sizeof line, f)) {
         /* A line longer than the buffer is still one line: its rest is

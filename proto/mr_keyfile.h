@@ -31,6 +31,12 @@ typedef struct {
      * service's user through an ACL (its mask shows as the group's bits,
      * 0440).  Only the mode is read: a named user of an ACL is not seen. */
     bool loose;
+    /* Owned by another user than the process's effective one or root: that
+     * user may read or change it whatever its mode, so a secret key so kept
+     * is refused too (PostgreSQL's rule for its key).  A systemd credential
+     * is root's, or the service user's where ACLs are not supported. */
+    bool foreign;
+    uid_t owner; /* its owner's uid */
 } mr_keyfile_t;
 
 /* Reads path into out: 0; -EINVAL if it is not a regular file (a device

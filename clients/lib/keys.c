@@ -7,8 +7,9 @@
  * comment says which ("# medroute CURVE secret key of NAME"): the readers
  * of one kind refuse a file that says it is the other (a file without it,
  * written by hand, is taken for what is asked), and the secret reader a
- * file other users may read or change (mr_keyfile.h: the daemon reads its
- * own key with the same rules).
+ * file other users may read or change, or that another user than ours or
+ * root owns (mr_keyfile.h: the daemon reads its own key with the same
+ * rules).
  */
 #include "medroute.h"
 #include "mr_keyfile.h"
@@ -99,7 +100,7 @@ int mr_key_read_secret(const char *path, char secret_out[41], char public_out[41
     int rc = s_read(path, &kf);
     if (rc == 0 && kf.kind == MR_KEYFILE_PUBLIC)
         rc = -ENOKEY; /* said first: a .pub is rightly readable by all */
-    else if (rc == 0 && kf.loose)
+    else if (rc == 0 && (kf.loose || kf.foreign))
         rc = -EPERM; /* a secret key others could read is no longer secret */
     if (rc == 0 && public_out != NULL && zmq_curve_public(public_out, kf.key) != 0)
         rc = -EINVAL;

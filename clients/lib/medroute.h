@@ -276,7 +276,8 @@ int mr_key_read(const char *path, char key_out[41], char public_out[41]);
  * says it holds a public key (mr_keygen's comment line; a file without one
  * is taken for a secret key); -EPERM if other users may read it or anyone
  * but its owner may change it (chmod 600; 0640 or 0440, a group that may
- * read it, is accepted, as the daemon does); -EINVAL if it holds
+ * read it, is accepted, as the daemon does), or if its owner is another
+ * user than the process's effective one or root; -EINVAL if it holds
  * no Z85 key; -errno if it cannot be read. */
 int mr_key_read_secret(const char *path, char secret_out[41], char public_out[41]);
 /* Reads a public key file (NAME.pub): 0, -ENOKEY if the file says it holds

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include <sys/stat.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #include "conf.h"
@@ -697,6 +698,20 @@ static void test_conf_server_key_file_checked(void **state)
     s_key_file(path, sizeof path, dir, "broker.pub", "public", pub, 0644);
     snprintf(text, sizeof text, S_REQUIRED "insecure = false;\nserver_key_file = \"%s\";\n", path);
     assert_non_null(strstr(s_fail(text), "is the broker's public key"));
+    /* Another user's (neither ours nor root's), mode 0600: that user may
+     * read or change it.  Giving it away takes root, as CI runs. */
+    s_key_file(path, sizeof path, dir, "other.key", "secret", sec, 0600);
+    snprintf(text, sizeof text, S_REQUIRED "insecure = false;\nserver_key_file = \"%s\";\n", path);
+    uid_t other = geteuid() == 65534 ? 65533 : 65534;
+    if (chown(path, other, (gid_t)-1) == 0) {
+        char want[300];
+        snprintf(want, sizeof want, "is owned by another user (uid %u), who may read or change it",
+                 (unsigned)other);
+        assert_non_null(strstr(s_fail(text), want));
+    } else {
+        print_message("not checked: cannot give a file to uid %u; run as root\n",
+                      (unsigned)other);
+    }
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     assert_int_equal(system(cmd), 0);

@@ -149,6 +149,46 @@ static void test_keys_only_a_regular_file_is_read(void **state)
     assert_int_equal(rmdir(dir), 0);
 }
 
+/* A secret key file owned by another user than ours (or root) is refused,
+ * whatever its mode: its owner may read or change it.  A public key, which
+ * all may read, is not.  Giving a file away takes root (as CI runs): an
+ * ordinary user cannot, and the test is skipped, saying so. */
+static void test_keys_secret_key_of_another_owner_refused(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/mrt-keys-owner-XXXXXX", path[1024], pubpath[1024];
+    assert_non_null(mkdtemp(dir));
+    char pub[41], sec[41], derived[41];
+    assert_int_equal(mr_keygen(dir, "t-aihua", pub), 0);
+    snprintf(path, sizeof path, "%s/t-aihua.key", dir);
+    snprintf(pubpath, sizeof pubpath, "%s/t-aihua.pub", dir);
+    /* An owner that is neither us nor root: nobody, or one more than us. */
+    uid_t other = geteuid() == 65534 ? 65533 : 65534;
+    if (chown(path, other, (gid_t)-1) != 0 || chown(pubpath, other, (gid_t)-1) != 0) {
+        s_rm(dir, "t-aihua", ".key");
+        s_rm(dir, "t-aihua", ".pub");
+        assert_int_equal(rmdir(dir), 0);
+        print_message("skipped: cannot give a file to uid %u (%s); run as root\n",
+                      (unsigned)other, strerror(errno));
+        skip();
+    }
+    mr_keyfile_t kf;
+    assert_int_equal(mr_keyfile_read(path, &kf), 0);
+    assert_true(kf.foreign);
+    assert_int_equal(kf.owner, other);
+    assert_false(kf.loose);
+    assert_int_equal(mr_key_read_secret(path, sec, derived), -EPERM);
+    assert_int_equal(mr_key_read_public(pubpath, derived), 0);
+    assert_string_equal(derived, pub);
+    /* Root's, as a systemd credential is: taken. */
+    assert_int_equal(chown(path, 0, (gid_t)-1), 0);
+    assert_int_equal(mr_key_read_secret(path, sec, derived), 0);
+    assert_string_equal(derived, pub);
+    s_rm(dir, "t-aihua", ".key");
+    s_rm(dir, "t-aihua", ".pub");
+    assert_int_equal(rmdir(dir), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -156,6 +196,7 @@ int main(void)
         cmocka_unit_test(test_keys_readers_tell_secret_from_public),
         cmocka_unit_test(test_keys_long_comment_line_is_one_line),
         cmocka_unit_test(test_keys_only_a_regular_file_is_read),
+        cmocka_unit_test(test_keys_secret_key_of_another_owner_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

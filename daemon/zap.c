@@ -51,12 +51,16 @@ static int s_authorise(server_t *s, const char *domain, const char *z85)
     return -1;
 }
 
+/* Answers the request just read; request_id may be NULL (a request of one
+ * frame has none): an empty one goes, as REP takes no other request until
+ * this one is answered. */
 static void s_reply(zap_t *z, const zmq_msg_t *request_id, const char *code, const char *text,
                     const char *user)
 {
     zmq_msg_t id;
     zmq_msg_init(&id);
-    zmq_msg_copy(&id, (zmq_msg_t *)request_id);
+    if (request_id != NULL && zmq_msg_copy(&id, (zmq_msg_t *)request_id) != 0)
+        zmq_msg_init(&id); /* an empty id, still an answer */
     int rc = zmq_send(z->sock, "1.0", 3, ZMQ_SNDMORE);
     if (rc >= 0)
         rc = zmq_msg_send(&id, z->sock, ZMQ_SNDMORE);
@@ -104,12 +108,15 @@ static void s_handle(zap_t *z)
              zmq_z85_encode(z85, zmq_msg_data(&f[6]), 32) != NULL &&
              s_authorise(z->s, domain, z85) == 0;
     }
-    if (n >= 2) {
+    /* Every request read is answered, a malformed one too (libzmq sends
+     * none, but a socket of this process could): unanswered, it left REP
+     * waiting to send, and every later handshake waited for ever. */
+    if (n >= 1) {
         if (ok) {
             s_reply(z, &f[1], "200", "OK", z85);
             log_debug(z->s->log, "zap.allowed", "domain=%s key=%.8s", domain, z85);
         } else {
-            s_reply(z, &f[1], "400", "unknown key", "");
+            s_reply(z, n >= 2 ? &f[1] : NULL, "400", "unknown key", "");
             z->s->counters.v[CNT_SECURITY_EVENTS]++;
             char safe[64];
             log_warn(z->s->log, "security.unknown_key", "domain=\"%s\" address=\"%s\" key=%.8s",

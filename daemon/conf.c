@@ -505,37 +505,40 @@ static void s_read_server_key(s_report_t *r, conf_t *c)
     if (rc != 0) {
         s_problem(r, 0, "server_key_file: cannot read %s (%s)", path,
                   rc == -EINVAL ? "not a regular file" : strerror(-rc));
-        return;
+        goto out;
     }
     if (kf.kind == MR_KEYFILE_PUBLIC) {
         s_problem(r, 0,
                   "server_key_file: %s is the broker's public key (NAME.pub); give its secret "
                   "key (NAME.key)",
                   path);
-        return;
+        goto out;
     }
     if (kf.foreign) {
         s_problem(r, 0,
                   "server_key_file: %s is owned by another user (uid %u), who may read or "
                   "change it: chown it to the broker's user or root",
                   path, (unsigned)kf.owner);
-        return;
+        goto out;
     }
     if (kf.loose) {
         s_problem(r, 0,
                   "server_key_file: %s may be read or changed by other users (mode %04o): "
                   "chmod 600 it",
                   path, (unsigned)kf.mode);
-        return;
+        goto out;
     }
     if (!s_z85_key_ok(kf.key)) {
         s_problem(r, 0, "server_key_file: %s holds no Z85 secret key", path);
-        return;
+        goto out;
     }
     c->server_secret_key = strdup(kf.key);
-    memset(&kf, 0, sizeof kf);
     if (c->server_secret_key == NULL)
         s_problem(r, 0, "out of memory");
+out:
+    /* Refused or taken, the key it read is wiped (a mode too loose, for
+     * one, is no reason to leave it on the stack). */
+    explicit_bzero(&kf, sizeof kf);
 }
 
 /* A key is one identity: shared by two facilities (or a facility and an
@@ -762,6 +765,8 @@ void conf_destroy(conf_t **self_p)
     free(c->operator_endpoint);
     free(c->http_listen);
     free(c->server_key_file);
+    if (c->server_secret_key != NULL) /* freed memory may be handed out again */
+        explicit_bzero(c->server_secret_key, strlen(c->server_secret_key));
     free(c->server_secret_key);
     for (size_t i = 0; i < c->n_operators; i++) {
         free(c->operators[i].name);

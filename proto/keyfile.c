@@ -1,5 +1,6 @@
 /*
- * keyfile.c - reading a CURVE key file (mr_keyfile.h).  No state.
+ * keyfile.c - reading a CURVE key file (mr_keyfile.h).  No state.  What it
+ * read of the file is wiped before it returns: only out holds the key then.
  */
 #include "mr_keyfile.h"
 
@@ -40,6 +41,13 @@ int mr_keyfile_read(const char *path, mr_keyfile_t *out)
         (void)close(fd);
         return rc;
     }
+    /* Read through a buffer of ours, wiped with the line after it: stdio's
+     * own would be freed holding the secret key. */
+    char buf[S_LINE_MAX];
+    if (setvbuf(f, buf, _IOFBF, sizeof buf) != 0) {
+        (void)fclose(f);
+        return -ENOMEM;
+    }
     out->mode = st.st_mode & 07777;
     out->loose = (st.st_mode & (S_IRWXO | S_IWGRP)) != 0;
     out->owner = st.st_uid;
@@ -66,5 +74,7 @@ int mr_keyfile_read(const char *path, mr_keyfile_t *out)
         break;
     }
     (void)fclose(f); /* read only: nothing to lose */
+    explicit_bzero(line, sizeof line);
+    explicit_bzero(buf, sizeof buf);
     return 0;
 }

@@ -41,7 +41,8 @@ typedef struct {
 
 /* Reads path into out: 0; -EINVAL if it is not a regular file (a device
  * such as /dev/zero would be read for ever, a FIFO block); or -errno if it
- * cannot be opened or looked at. */
+ * cannot be opened or looked at.  Its own buffers are wiped; out->key may
+ * be a secret key, which the caller wipes (explicit_bzero) once done. */
 int mr_keyfile_read(const char *path, mr_keyfile_t *out);
 
 #endif

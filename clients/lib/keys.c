@@ -35,16 +35,23 @@ static int s_write(const char *path, int flags, mode_t mode, const char *what, c
     char text[S_TEXT_MAX];
     int n = snprintf(text, sizeof text, "# medroute CURVE %s key of %s%s\n%s\n", what, name,
                      strcmp(what, "secret") == 0 ? " - keep it on that machine only" : "", key);
-    if (n < 0 || (size_t)n >= sizeof text)
-        return -ENAMETOOLONG;
-    int fd = open(path, flags | O_WRONLY | O_CREAT | O_CLOEXEC, mode);
-    if (fd < 0)
-        return -errno;
-    int rc = write(fd, text, (size_t)n) == n ? 0 : -EIO;
+    int rc = 0, fd = -1;
+    if (n < 0 || (size_t)n >= sizeof text) {
+        rc = -ENAMETOOLONG;
+        goto out;
+    }
+    fd = open(path, flags | O_WRONLY | O_CREAT | O_CLOEXEC, mode);
+    if (fd < 0) {
+        rc = -errno;
+        goto out;
+    }
+    rc = write(fd, text, (size_t)n) == n ? 0 : -EIO;
     if (fsync(fd) != 0 && rc == 0)
         rc = -errno;
     if (close(fd) != 0 && rc == 0)
         rc = -errno;
+out:
+    explicit_bzero(text, sizeof text); /* a secret key's text holds the key */
     return rc;
 }
 
@@ -61,7 +68,7 @@ int mr_keygen(const char *dir, const char *name, char public_out[41])
     if (n < 0 || (size_t)n >= sizeof path)
         return -ENAMETOOLONG;
     int rc = s_write(path, O_EXCL, 0600, "secret", name, sec);
-    memset(sec, 0, sizeof sec);
+    explicit_bzero(sec, sizeof sec);
     if (rc < 0)
         return rc;
     snprintf(path, sizeof path, "%s/%s.pub", dir, name);
@@ -79,6 +86,7 @@ static int s_read(const char *path, mr_keyfile_t *kf)
     uint8_t raw[32];
     if (rc == 0 && (kf->key[0] == '\0' || zmq_z85_decode(raw, kf->key) == NULL))
         rc = -EINVAL;
+    explicit_bzero(raw, sizeof raw); /* a secret key, decoded */
     return rc;
 }
 
@@ -90,7 +98,7 @@ int mr_key_read(const char *path, char key_out[41], char public_out[41])
         memcpy(key_out, kf.key, 41);
     if (rc == 0 && public_out != NULL && zmq_curve_public(public_out, key_out) != 0)
         rc = -EINVAL;
-    memset(&kf, 0, sizeof kf);
+    explicit_bzero(&kf, sizeof kf);
     return rc;
 }
 
@@ -106,7 +114,7 @@ int mr_key_read_secret(const char *path, char secret_out[41], char public_out[41
         rc = -EINVAL;
     if (rc == 0)
         memcpy(secret_out, kf.key, 41);
-    memset(&kf, 0, sizeof kf);
+    explicit_bzero(&kf, sizeof kf);
     return rc;
 }
 
@@ -118,6 +126,6 @@ int mr_key_read_public(const char *path, char public_out[41])
         rc = -ENOKEY; /* and a secret key left where a public one was looked for */
     if (rc == 0)
         memcpy(public_out, kf.key, 41);
-    memset(&kf, 0, sizeof kf);
+    explicit_bzero(&kf, sizeof kf);
     return rc;
 }

@@ -19,6 +19,8 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include <malloc.h>
+
 #include "conf.h"
 
 #ifndef MR_CONF_PATH
@@ -653,6 +655,22 @@ static void test_conf_load_file_missing(void **state)
     assert_string_equal(err, "/nonexistent/medroute.conf: file I/O error");
 }
 
+/* The linker sends conf.c's free() here (-Wl,--wrap=free): a block freed
+ * while it holds s_watched (a key, when set) is counted in s_freed_holding. */
+static char s_watched[41];
+static int s_freed_holding;
+
+void __real_free(void *p);
+void __wrap_free(void *p);
+
+void __wrap_free(void *p)
+{
+    if (p != NULL && s_watched[0] != '\0' &&
+        memmem(p, malloc_usable_size(p), s_watched, strlen(s_watched)) != NULL)
+        s_freed_holding++;
+    __real_free(p);
+}
+
 /* Writes a key file as medroute keygen does (its comment, then the key)
  * with mode; its path in path. */
 static void s_key_file(char *path, size_t len, const char *dir, const char *name,
@@ -757,6 +775,32 @@ static void test_conf_server_key_path_too_long_is_refused(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* The broker's secret key is wiped before the config that holds it is
+ * freed (conf_destroy, as after every reload): the heap hands freed memory
+ * out again, to a frame's buffer for one.  (The copies conf.c and the key
+ * file reader keep on the stack are wiped too, where no test can look.) */
+static void test_conf_secret_key_wiped_when_freed(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/medroute-conf-wipe-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char pub[41], sec[41];
+    assert_int_equal(zmq_curve_keypair(pub, sec), 0);
+    char path[256], text[1024], err[1024];
+    s_key_file(path, sizeof path, dir, "broker.key", "secret", sec, 0600);
+    snprintf(text, sizeof text, S_REQUIRED "insecure = false;\nserver_key_file = \"%s\";\n", path);
+    conf_t *c = conf_load_string(text, "t.conf", err, sizeof err);
+    assert_non_null(c);
+    assert_string_equal(c->server_secret_key, sec);
+    memcpy(s_watched, sec, sizeof s_watched);
+    s_freed_holding = 0;
+    conf_destroy(&c);
+    s_watched[0] = '\0';
+    assert_int_equal(s_freed_holding, 0);
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(rmdir(dir), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -790,6 +834,7 @@ int main(void)
         cmocka_unit_test(test_conf_load_file_missing),
         cmocka_unit_test(test_conf_server_key_file_checked),
         cmocka_unit_test(test_conf_server_key_path_too_long_is_refused),
+        cmocka_unit_test(test_conf_secret_key_wiped_when_freed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

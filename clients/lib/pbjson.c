@@ -528,7 +528,7 @@ out:
 
 /* ------------------------------------------------------------ JSON -> pb */
 
-/* Reads an integral JSON value (integer, integral real below 2^53 in
+/* Reads an integral JSON value (integer, integral real below 2^52 in
  * magnitude, or when allow_string a decimal string) as sign and magnitude. */
 static int s_get_integral(struct pbjson_in *in, const json_t *j,
                           bool allow_string, const char *tname, bool *neg,
@@ -548,13 +548,16 @@ static int s_get_integral(struct pbjson_in *in, const json_t *j,
 
 		if (!(a < 18446744073709551616.0))
 			return s_fail(in, -EINVAL, "%g is out of range for %s", d, tname);
-		/* From 2^53 on a double skips integers, and jansson has rounded
-		 * the text already: 9007199254740993.0 reads as ...992.  An
-		 * integer without fraction or exponent is read exactly. */
-		if (a >= 9007199254740992.0)
+		/* From 2^52 on a double has no fraction bits left, and jansson
+		 * has rounded the text already: 4503599627370496.5 reads as
+		 * ...496 (from 2^53, 9007199254740993.0 as ...992).  An integer
+		 * without fraction or exponent is read exactly.  Below, a
+		 * fraction finer than the double (1.0000000000000001) is lost
+		 * in jansson too, which keeps no text: a limit, documented. */
+		if (a >= 4503599627370496.0)
 			return s_fail(in, -EINVAL,
 			              "%.17g: a number with a fraction or an exponent is "
-			              "inexact from 2^53 on; write it as an integer%s (%s)",
+			              "inexact from 2^52 on; write it as an integer%s (%s)",
 			              d, allow_string ? " or a decimal string" : "", tname);
 		m = (uint64_t)a;
 		if ((double)m != a)

@@ -11,8 +11,12 @@
  *   - 64-bit integers are written as JSON integers (a uint64 above LLONG_MAX
  *     as a decimal string); input takes integers or decimal strings;
  *   - an integer field takes a number with a fraction or an exponent ("5.0",
- *     "1e3") only when it is integral and below 2^53 in magnitude: above,
- *     jansson's double may already be another integer than the text;
+ *     "1e3") only when it is integral and below 2^52 in magnitude: from
+ *     there a double has no fraction bits, and jansson's double may already
+ *     be another integer than the text (4503599627370496.5 reads as ...496).
+ *     Below, a fraction finer than a double (about 16 significant digits in
+ *     all: 1.0000000000000001) is lost too, as jansson keeps no number's
+ *     text, and the integer it rounds to is taken;
  *   - bytes are base64 strings (input also takes the URL-safe alphabet and
  *     missing padding);
  *   - fields equal to their proto3 default are omitted on output, except a

@@ -484,6 +484,20 @@ static int s_envelope_kind(const json_t *env)
     return s_payload_kind(env);
 }
 
+/* 0 if kind is the kind of env's payload (or env has none); else prints why
+ * on stderr and returns -EINVAL.  The broker refuses a kind that is not its
+ * payload's (INVALID, or FORBIDDEN first when the sender may not send that
+ * kind), so --kind must not relabel an envelope's payload. */
+static int s_check_payload_kind(const json_t *env, int kind, bool from_option)
+{
+    int payload = s_payload_kind(env);
+    if (payload <= 0 || payload == kind)
+        return 0;
+    fprintf(stderr, "medroute: %s %s does not match the envelope's payload \"%s\"\n",
+            from_option ? "--kind" : "the envelope's kind", s_kinds[kind], s_kinds[payload]);
+    return -EINVAL;
+}
+
 /* Sets env[key] to the string value from the command line, in place of the
  * field's lowerCamelCase spelling if the input used it: both spellings at
  * once are a field given twice, which the library refuses. */
@@ -534,6 +548,8 @@ static json_t *s_build_envelope(const s_send_args_t *a)
             fprintf(stderr, "medroute: the envelope has no known kind; give --kind\n");
             goto fail;
         }
+        if (s_check_payload_kind(env, kind, a->kind != NULL) != 0)
+            goto fail;
     } else {
         if (kind < 0) {
             fprintf(stderr, "medroute: --kind is required when the JSON is a bare payload\n");

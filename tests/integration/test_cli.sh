@@ -360,6 +360,29 @@ check "an envelope of \"kind\": 4294967297: exit 2, nothing sent" \
     "exit $RC, out: $(cat "$TMP/err_kind_wrap.out"), err: $(cat "$TMP/err_kind_wrap.err")" \
     test "$RC" -eq 2 -a ! -s "$TMP/err_kind_wrap.out"
 
+# --kind (or an envelope's "kind") that is not its payload's kind: --kind
+# relabelled the envelope, which the broker refused as INVALID, or as
+# FORBIDDEN when the sender may not send that kind, naming neither mistake.
+referral_json "R-KIND-MISMATCH" | python3 -c '
+import json, sys
+print(json.dumps({"destination": "yx-lead", "referral": json.load(sys.stdin)}))
+' >"$TMP/kind_mismatch.json"
+run err_kind_mm mr send --as t-aihua --kind imaging_request --json "$TMP/kind_mismatch.json"
+check "send --kind imaging_request of an envelope with a referral: exit 2, says so, nothing sent" \
+    "exit $RC, out: $(cat "$TMP/err_kind_mm.out"), err: $(cat "$TMP/err_kind_mm.err")" \
+    test "$RC" -eq 2 -a ! -s "$TMP/err_kind_mm.out" \
+    -a -n "$(grep -F -- '--kind imaging_request does not match the envelope'"'"'s payload "referral"' \
+             "$TMP/err_kind_mm.err")"
+python3 -c '
+import json, sys
+env = json.load(open(sys.argv[1])); env["kind"] = "lab_order"; print(json.dumps(env))
+' "$TMP/kind_mismatch.json" >"$TMP/kind_mismatch2.json"
+run err_kind_mm2 mr send --as t-aihua --json "$TMP/kind_mismatch2.json"
+check "send of an envelope of \"kind\": lab_order with a referral: exit 2, nothing sent" \
+    "exit $RC, out: $(cat "$TMP/err_kind_mm2.out"), err: $(cat "$TMP/err_kind_mm2.err")" \
+    test "$RC" -eq 2 -a ! -s "$TMP/err_kind_mm2.out" \
+    -a -n "$(grep -F 'kind lab_order does not match' "$TMP/err_kind_mm2.err")"
+
 run err_age mr open --older-than 999999999999999999d
 check "open --older-than past any age: exit 2" "exit $RC, err: $(cat "$TMP/err_age.err")" \
     test "$RC" -eq 2

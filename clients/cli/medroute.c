@@ -289,8 +289,9 @@ static int s_load_keys(s_ctx_t *ctx)
                         "(NAME.key), and the broker's public key to --server-key\n",
                 ctx->key_file);
     else if (rc == -EPERM)
-        fprintf(stderr, "medroute: --key %s may be read or changed by other users: a secret "
-                        "key must be private (chmod 600 it)\n",
+        fprintf(stderr, "medroute: --key %s may be read or changed by other users, or "
+                        "another user owns it: a secret key must be private (chown it to "
+                        "yourself, chmod 600 it)\n",
                 ctx->key_file);
     else if (rc != 0)
         fprintf(stderr, "medroute: cannot read the key %s (%s)\n", ctx->key_file,

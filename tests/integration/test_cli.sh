@@ -431,6 +431,19 @@ run err_open mr --key "$TMP/keys/open.key" --server-key "$TMP/keys/oncall.pub" s
 check "--key others may read: exit 2, chmod 600" \
     "exit $RC, err: $(cat "$TMP/err_open.err")" \
     test "$RC" -eq 2 -a -n "$(grep 'chmod 600' "$TMP/err_open.err")"
+if [ "$(id -u)" -eq 0 ]; then
+    # Another user's secret key: the library refuses it (-EPERM) whatever its
+    # mode, and the CLI says what to do about an owner too.
+    cp "$TMP/keys/oncall.key" "$TMP/keys/theirs.key"
+    chmod 600 "$TMP/keys/theirs.key"
+    chown 65534 "$TMP/keys/theirs.key"
+    run err_owner mr --key "$TMP/keys/theirs.key" --server-key "$TMP/keys/oncall.pub" status --timeout 500
+    check "--key another user owns: exit 2, chown" \
+        "exit $RC, err: $(cat "$TMP/err_owner.err")" \
+        test "$RC" -eq 2 -a -n "$(grep 'chown it' "$TMP/err_owner.err")"
+else
+    echo "# skip: --key another user owns (needs root to chown)"
+fi
 
 run err_src mr send --as t-nobody --to yx-lead --kind referral --json "$TMP/referral.json"
 check "--as t-nobody: exit 1" "exit $RC, out: $(cat "$TMP/err_src.out"), err: $(cat "$TMP/err_src.err")" \

@@ -14,7 +14,10 @@
  *      that names its id, but for a late Ack of an earlier version of that
  *      id with other content (the entry's not_seq): that answers the other
  *      version, which the broker keeps and this one conflicts with.  A
- *      dead-letter notice (EXPIRED) answers no submission.
+ *      dead-letter notice (EXPIRED) answers no submission.  A submission
+ *      settled by a final refusal while copies of it were unanswered is
+ *      remembered (refusals): the Ack of one of those copies, stored after
+ *      all, is told to the application as well.
  *   2. Hello is sent on every (re)connection the monitor reports, and again
  *      when the broker answers NO_HELLO (it restarted, or our session timed
  *      out); after each Welcome the whole outbox is sent again.
@@ -40,6 +43,7 @@
 #include "cstore.h"
 #include "mr_codec.h"
 #include "pbjson.h"
+#include "refused.h"
 #include "strmap.h"
 
 #define S_RECV_BUDGET 1000
@@ -125,6 +129,7 @@ struct mr_client_t {
     size_t n_out;
     strmap_t *out_ids;        /* the ids in the outbox: submit and Ack find them at once */
     acked_t *acked;           /* ids acknowledged after several sends: late Acks may come */
+    refused_t *refusals;      /* submissions refused with copies unanswered: one may be stored */
     /* out_slot[i]: the entry whose id out_ids maps to i (NULL: free, and i is
      * on the out_free stack), so a resubmission or an Ack finds its entry
      * without a walk of the outbox (250,000 after a night offline). */
@@ -433,7 +438,7 @@ static mr_event_t s_held_event(const s_held_t *k)
                         .seq = k->seq,
                         .duplicate = k->duplicate,
                         .code = k->code,
-                        .code_name = k->type == MR_EVENT_ERROR ? mr_error_name(k->code) : NULL,
+                        .code_name = k->code != 0 ? mr_error_name(k->code) : NULL,
                         .reason = k->type == MR_EVENT_ERROR ? k->reason : NULL};
 }
 
@@ -504,6 +509,9 @@ static void s_refuse_too_large(mr_client_t *c, s_out_t *o)
              mr_envelope_frame_size(o->len, o->tag), c->max_frame_bytes);
     mr_event_t ev = {.type = MR_EVENT_ERROR, .message_id = o->id, .code = MR_E_TOO_LARGE,
                      .code_name = mr_error_name(MR_E_TOO_LARGE), .reason = reason};
+    /* Its copies sent on earlier connections (a broker whose limit a
+     * reload lowered) may have been stored. */
+    refused_put(c->refusals, o->tag, MR_E_TOO_LARGE, o->sends);
     s_settle(c, o, &ev, NULL, NULL, true);
     free(o->body);
     free(o);
@@ -627,7 +635,8 @@ mr_client_t *mr_client_new(const mr_client_opts_t *opts)
     c->cs = cstore_open(opts->state_dir, c->facility);
     c->out_ids = strmap_new();
     c->acked = acked_new();
-    if (c->cs == NULL || c->out_ids == NULL || c->acked == NULL)
+    c->refusals = refused_new();
+    if (c->cs == NULL || c->out_ids == NULL || c->acked == NULL || c->refusals == NULL)
         goto fail;
     if (c->persistent) {
         if (cstore_seen_prune(c->cs, S_SEEN_KEEP_MS) < 0 ||
@@ -703,6 +712,7 @@ void mr_client_destroy(mr_client_t **self_p)
     cstore_close(&c->cs);
     strmap_destroy(&c->out_ids);
     acked_destroy(&c->acked);
+    refused_destroy(&c->refusals);
     free(c->out_slot);
     free(c->out_free);
     free(c->endpoint);
@@ -987,7 +997,10 @@ static int s_defer(mr_client_t *c, const void *data, size_t len, uint64_t seq)
  * not_seq: it answers the version of that id acknowledged before, with
  * other content, which the broker keeps (it refuses this one as CONFLICT).
  * A message acknowledged after several sends is remembered in acked for as
- * long as such late Acks may come.  The events: 0 or 1.
+ * long as such late Acks may come.  But the first Ack of a submission
+ * reported refused (refusals) is told, with the refusal's code: a copy
+ * sent before that refusal was stored, and will be delivered.  The
+ * events: 0 or 1.
  */
 static int s_on_ack(mr_client_t *c, const Medroute__V1__Ack *a, mr_handler_t h, void *arg)
 {
@@ -996,8 +1009,16 @@ static int s_on_ack(mr_client_t *c, const Medroute__V1__Ack *a, mr_handler_t h, 
     s_out_t *o = s_outbox_find(c, a->message_id);
     if (o == NULL || !s_answers(o, a->submission_tag) ||
         (a->submission_tag == 0 && o->not_seq != 0 && a->seq == o->not_seq)) {
-        acked_answered(c->acked, a->message_id, a->seq);
-        return 0;
+        int overturned = refused_answered(c->refusals, a->submission_tag, true);
+        if (overturned == 0) {
+            acked_answered(c->acked, a->message_id, a->seq);
+            return 0;
+        }
+        mr_event_t ev = {.type = MR_EVENT_ACK, .message_id = a->message_id, .seq = a->seq,
+                         .duplicate = a->duplicate, .code = overturned,
+                         .code_name = mr_error_name(overturned)};
+        s_emit(c, h, arg, &ev, 0); /* no submission waits for it: settled already */
+        return 1;
     }
     /* Remembered before the handler runs: it may submit the id again. */
     if (o->sends > 1)
@@ -1055,8 +1076,10 @@ static int s_on_error(mr_client_t *c, const Medroute__V1__Error *e, mr_handler_t
     s_out_t *o = answer ? s_outbox_find(c, e->message_id) : NULL;
     if (o != NULL && !s_answers(o, e->submission_tag))
         o = NULL;
-    if (answer && o == NULL && e->submission_tag != 0)
+    if (answer && o == NULL && e->submission_tag != 0) {
+        (void)refused_answered(c->refusals, e->submission_tag, false);
         return 0;
+    }
     mr_event_t ev = {.type = MR_EVENT_ERROR,
                      .message_id = e->message_id ? e->message_id : "",
                      .seq = e->seq,
@@ -1064,6 +1087,8 @@ static int s_on_error(mr_client_t *c, const Medroute__V1__Error *e, mr_handler_t
                      .code_name = mr_error_name(e->code),
                      .reason = e->reason ? e->reason : ""};
     if (o != NULL) {
+        /* Its other copies may yet be stored (a refusal of the moment). */
+        refused_put(c->refusals, o->tag, (int)e->code, o->sends > 0 ? o->sends - 1 : 0);
         s_settle(c, o, &ev, h, arg, false);
         free(o->body);
         free(o);

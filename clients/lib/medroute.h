@@ -55,7 +55,8 @@ typedef struct {
 
 typedef enum {
     MR_EVENT_CONNECTED = 1,    /* the broker welcomed us (after every (re)connect) */
-    MR_EVENT_ACK,              /* a message we sent is stored by the broker (once per message) */
+    MR_EVENT_ACK,              /* a message we sent is stored by the broker (once per
+                                  submission; also after its ERROR: see code) */
     MR_EVENT_ERROR,            /* the broker refused a message, or reports a dead letter */
     MR_EVENT_DELIVERY,         /* a message for us */
 } mr_event_type_t;
@@ -85,8 +86,14 @@ typedef struct {
     const char *message_id;    /* ACK, ERROR: the message concerned ("" if unknown) */
     uint64_t seq;              /* ACK: broker's seq; ERROR: seq of a dead letter */
     bool duplicate;            /* ACK: the broker had it already */
-    int code;                  /* ERROR: medroute.v1.ErrorCode */
-    const char *code_name;     /* ERROR: "UNKNOWN_DESTINATION", ... */
+    /* ERROR: medroute.v1.ErrorCode.  ACK: 0, or the code of the final
+     * refusal this message was reported with before (an ERROR event): a
+     * copy sent before that refusal came was stored all the same (a
+     * refusal of the moment, e.g. QUEUE_FULL), and the broker will
+     * deliver it.  Told once, for the last 1,024 such refusals, within
+     * one process (docs/delivery.md, point 5). */
+    int code;
+    const char *code_name;     /* ERROR, ACK with a code: "UNKNOWN_DESTINATION", ... */
     const char *reason;        /* ERROR */
     uint64_t pending;          /* CONNECTED: messages waiting for us */
     const mr_delivery_t *delivery; /* DELIVERY */
@@ -143,7 +150,10 @@ int mr_client_submit_json(mr_client_t *self, const char *json, char *id_out, cha
  * than once (Ack time-out, reconnect) may draw an answer per copy: a late
  * one names the id but answers an earlier submission.  Each submission's
  * frames carry its own tag, which the broker echoes (docs/protocol.md 4.6):
- * an answer with another tag settles nothing and is not reported.  From a
+ * an answer with another tag settles nothing and is not reported, but for
+ * the first Ack of a submission reported refused while other copies of it
+ * were unanswered: one of them was stored after all, and that Ack is
+ * reported as an ACK event whose code is the refusal's.  From a
  * broker that predates the tag, an Ack of the seq that other content was
  * acknowledged as is dropped for a resubmission, and the broker's CONFLICT
  * is its answer; the library remembers this for the last 1,024 ids
@@ -170,7 +180,9 @@ typedef struct {
  * events go to handler; with handler NULL, deliveries and the other
  * messages' Acks and Errors are kept for the next mr_client_poll with a
  * handler.  0 on Ack; -EPROTO on an Error (see res->code; TOO_LARGE
- * without sending, when the frame exceeds the broker's limit); -ETIMEDOUT;
+ * without sending, when the frame exceeds the broker's limit; should a
+ * copy sent before the Error be stored after all, its Ack comes later as
+ * an ACK event with that code, see mr_event_t); -ETIMEDOUT;
  * -EACCES when the broker refused our Hello (res->code says why);
  * -EINVAL for bad JSON (reason in res->reason); -EEXIST when the message id
  * waits in the outbox with other content (mr_client_submit_packed; nothing

@@ -24,6 +24,8 @@
 
 typedef struct {
     int acks, errors, error_code;
+    int ack_code;             /* of the last Ack: the refusal it overturns, 0 none */
+    uint64_t ack_seq;
     char error_id[80];
 } s_seen_t;
 
@@ -33,6 +35,8 @@ static int on_event(mr_client_t *c, const mr_event_t *ev, void *arg)
     s_seen_t *s = arg;
     if (ev->type == MR_EVENT_ACK) {
         s->acks++;
+        s->ack_code = ev->code;
+        s->ack_seq = ev->seq;
     } else if (ev->type == MR_EVENT_ERROR) {
         s->errors++;
         s->error_code = ev->code;
@@ -514,7 +518,8 @@ static void test_library_pass_late_refusal_is_not_for_a_later_submission(void **
  * copy, and its second copy is then stored; the application meanwhile
  * submitted the id with other content.  The second copy's Ack, late, is not
  * the new submission's: the broker refuses that one as CONFLICT.  The
- * library took the Ack for the new content.
+ * library took the Ack for the new content.  It is told as what it is, the
+ * Ack of the submission refused QUEUE_FULL (its code).
  */
 static void test_library_pass_late_ack_after_a_final_refusal(void **state)
 {
@@ -532,10 +537,42 @@ static void test_library_pass_late_ack_after_a_final_refusal(void **state)
     t2 = s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_ENVELOPE, "TAG-2");
     s_broker_ack(&b, "TAG-2", 8, false, t1); /* the second copy's */
     s_broker_error_of(&b, "TAG-2", MR_E_CONFLICT, 0, t2);
-    s_poll_for(c, &seen, 0, 2);
-    assert_int_equal(seen.acks, 0);
+    s_poll_for(c, &seen, 1, 2);
+    assert_int_equal(seen.acks, 1);
+    assert_int_equal(seen.ack_code, MR_E_QUEUE_FULL);
+    assert_int_equal(seen.ack_seq, 8);
     assert_int_equal(seen.errors, 2);
     assert_int_equal(seen.error_code, MR_E_CONFLICT);
+    assert_int_equal(mr_client_unacked(c), 0);
+
+    mr_client_destroy(&c);
+    s_broker_close(&b);
+}
+
+/*
+ * Some final refusals hold for a moment only (QUEUE_FULL: the queue
+ * drains): a message sent twice is refused by the answer to its first
+ * copy, and its second copy is stored.  The application, told "refused",
+ * is told of the Ack too, once, with the refusal's code: the broker holds
+ * the message and delivers it.  The library dropped that Ack silently.
+ */
+static void test_library_pass_ack_after_a_final_refusal_is_told(void **state)
+{
+    (void)state;
+    s_broker_t b;
+    s_broker_open(&b, "ack-told");
+    uint64_t t1;
+    mr_client_t *c = s_sent_twice(&b, "TAG-3", 10, &t1);
+    s_broker_error_of(&b, "TAG-3", MR_E_QUEUE_FULL, 0, t1);
+    s_broker_ack(&b, "TAG-3", 12, false, t1); /* the second copy's */
+    s_broker_ack(&b, "TAG-3", 12, true, t1);  /* another copy's, if any: no news */
+    s_seen_t seen = {0};
+    s_poll_for(c, &seen, 1, 1);
+    assert_int_equal(seen.errors, 1);
+    assert_int_equal(seen.error_code, MR_E_QUEUE_FULL);
+    assert_int_equal(seen.acks, 1);
+    assert_int_equal(seen.ack_code, MR_E_QUEUE_FULL);
+    assert_int_equal(seen.ack_seq, 12);
     assert_int_equal(mr_client_unacked(c), 0);
 
     mr_client_destroy(&c);
@@ -786,6 +823,7 @@ int main(void)
         cmocka_unit_test(test_library_pass_send_json_waits_for_its_own_answer),
         cmocka_unit_test(test_library_pass_late_refusal_is_not_for_a_later_submission),
         cmocka_unit_test(test_library_pass_late_ack_after_a_final_refusal),
+        cmocka_unit_test(test_library_pass_ack_after_a_final_refusal_is_told),
         cmocka_unit_test(test_library_pass_expiry_notice_settles_no_submission),
         cmocka_unit_test(test_library_pass_no_delivery_ack_for_seq_0),
         cmocka_unit_test(test_library_pass_submit_json_camel_case_keys),

@@ -1189,7 +1189,10 @@ static void s_on_monitor(mr_client_t *c)
     }
 }
 
-static void s_timers(mr_client_t *c)
+/* Hello retries, heartbeats (only if `reading`: a Heartbeat tells the
+ * broker that we read, and earns a copy of what it sent unacknowledged),
+ * the broker's silence, resends and the seen-set's pruning. */
+static void s_timers(mr_client_t *c, bool reading)
 {
     int64_t now = mr_mono_ms();
     /* Retried only over a connection: without one, ZeroMQ would queue every
@@ -1197,7 +1200,7 @@ static void s_timers(mr_client_t *c)
      * outage, each answered with a Welcome). */
     if (!c->welcomed && c->linked && now - c->last_hello_ms > S_HELLO_RETRY_MS)
         s_send_hello(c);
-    if (c->welcomed && now - c->last_tx_ms >= (int64_t)c->hb_interval_ms) {
+    if (reading && c->welcomed && now - c->last_tx_ms >= (int64_t)c->hb_interval_ms) {
         Medroute__V1__Heartbeat hb = MEDROUTE__V1__HEARTBEAT__INIT;
         hb.sent_at_ms = mr_now_ms();
         mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
@@ -1222,14 +1225,14 @@ static void s_timers(mr_client_t *c)
  * out every S_KEEP_ALIVE_MS, not only after the pass, or the broker would
  * end a live session for silence and send the whole window again.
  */
-static void s_keep_alive(mr_client_t *c, int64_t *flushed)
+static void s_keep_alive(mr_client_t *c, int64_t *flushed, bool reading)
 {
     int64_t now = mr_mono_ms();
     if (now - *flushed < S_KEEP_ALIVE_MS)
         return;
     *flushed = now;
     s_flush_acks(c);
-    s_timers(c);
+    s_timers(c, reading);
 }
 
 /* Hands the outcomes kept while nobody could take them to handler (or to
@@ -1260,7 +1263,10 @@ static int s_emit_held(mr_client_t *self, mr_handler_t handler, void *arg)
 }
 
 /* Polls; with until_welcome, stops reading as soon as a Welcome is in, so
- * that what follows it stays queued for the application's own poll. */
+ * that what follows it stays queued for the application's own poll, and
+ * sends no Heartbeat: it would show the broker a reader, and earn a copy
+ * of the deliveries behind the Welcome at their time-out (protocol.md
+ * 6.1) while nobody reads the first. */
 static int s_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void *arg,
                   bool until_welcome)
 {
@@ -1287,7 +1293,7 @@ static int s_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void 
             events += s_on_frame(self, zmq_msg_data(&held[i]), zmq_msg_size(&held[i]), handler,
                                  arg);
             zmq_msg_close(&held[i]);
-            s_keep_alive(self, &flushed);
+            s_keep_alive(self, &flushed, true);
         }
         free(held);
         s_flush_acks(self);
@@ -1314,10 +1320,10 @@ static int s_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void 
             self->last_rx_ms = mr_mono_ms();
             events += s_on_frame(self, zmq_msg_data(&m), zmq_msg_size(&m), handler, arg);
             zmq_msg_close(&m);
-            s_keep_alive(self, &flushed);
+            s_keep_alive(self, &flushed, !until_welcome);
         }
         s_flush_acks(self);
-        s_timers(self);
+        s_timers(self, !until_welcome);
         /* Outcomes this pass made without a frame of their own (a message
          * over the limit a Welcome told), with the handler still at hand. */
         events += s_emit_held(self, handler, arg);

@@ -211,7 +211,9 @@ int mr_client_send_json(mr_client_t *self, const char *json, mr_result_t *res, i
 int mr_client_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void *arg);
 
 /* Polls until the broker has welcomed us, reading nothing past the Welcome
- * (deliveries wait for the next mr_client_poll). 0, -ETIMEDOUT, or -EACCES when
+ * (deliveries wait for the next mr_client_poll), and sends no Heartbeat
+ * (one shows the broker that we read, and would earn another copy of the
+ * deliveries not read yet). 0, -ETIMEDOUT, or -EACCES when
  * the broker refused our Hello (facility unknown to it).  The CONNECTED event
  * of that Welcome goes to no handler: an application that wants its
  * `pending` count polls with a handler instead. */

@@ -665,6 +665,69 @@ static void test_library_pass_send_json_waits_for_its_own_answer(void **state)
     s_broker_close(&b);
 }
 
+/* The next frame c sent, already queued (c is not polled: a poll may send
+ * frames of its own), 10 s at most.  Caller frees. */
+static mr_frame_t *s_broker_recv_queued(s_broker_t *b)
+{
+    zmq_pollitem_t item = {.socket = b->router, .events = ZMQ_POLLIN};
+    assert_int_equal(zmq_poll(&item, 1, 10000), 1);
+    uint8_t rid[256];
+    assert_true(zmq_recv(b->router, rid, sizeof rid, 0) > 0);
+    zmq_msg_t m;
+    zmq_msg_init(&m);
+    assert_true(zmq_msg_recv(&m, b->router, 0) >= 0);
+    mr_frame_t *f = medroute__v1__frame__unpack(NULL, zmq_msg_size(&m), zmq_msg_data(&m));
+    zmq_msg_close(&m);
+    assert_non_null(f);
+    return f;
+}
+
+/*
+ * mr_client_wait_connected reads nothing past the Welcome, so it sends no
+ * Heartbeat either: the broker sends a delivery left unacknowledged again
+ * on the same connection once a Heartbeat or DeliveryAck shows that the
+ * client reads (protocol.md 6.1), and the deliveries behind the Welcome
+ * are not read yet.  Here its Welcome comes after its heartbeat interval
+ * (1 ms): the first frame after the Hello is the Envelope submitted next.
+ * It sent a Heartbeat at the Welcome.
+ */
+static void test_library_pass_wait_connected_sends_no_heartbeat(void **state)
+{
+    (void)state;
+    s_broker_t b;
+    s_broker_open(&b, "wait-hb");
+    mr_client_opts_t o = {.endpoint = b.ep, .facility = "t-aihua"};
+    mr_client_t *c = mr_client_new(&o);
+    assert_non_null(c);
+    s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_HELLO, NULL);
+    Medroute__V1__Welcome w = MEDROUTE__V1__WELCOME__INIT;
+    w.broker_id = "test";
+    w.heartbeat_interval_ms = 1;
+    w.heartbeat_timeout_ms = 60000;
+    w.max_message_bytes = 1 << 20;
+    w.max_inflight = 64;
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    f.body_case = MEDROUTE__V1__FRAME__BODY_WELCOME;
+    f.welcome = &w;
+    s_send(b.router, b.rid, b.rid_len, &f);
+    /* The interval is over since the Hello went out. */
+    int64_t hello_seen = mr_mono_ms(); /* the client's clock */
+    while (mr_mono_ms() < hello_seen + 3) {
+    }
+    assert_int_equal(mr_client_wait_connected(c, 10000), 0);
+    s_submit(c, "WAIT-1", 10); /* sent at once: the client is welcomed */
+    mr_frame_t *next = s_broker_recv_queued(&b);
+    while (next->body_case == MEDROUTE__V1__FRAME__BODY_HELLO) { /* one repeated on a slow machine */
+        medroute__v1__frame__free_unpacked(next, NULL);
+        next = s_broker_recv_queued(&b);
+    }
+    assert_int_equal(next->body_case, MEDROUTE__V1__FRAME__BODY_ENVELOPE);
+    medroute__v1__frame__free_unpacked(next, NULL);
+
+    mr_client_destroy(&c);
+    s_broker_close(&b);
+}
+
 /* Sends Delivery{seq, envelope id from yx-lab to t-aihua}. */
 static void s_broker_delivery(s_broker_t *b, uint64_t seq, const char *id)
 {
@@ -826,6 +889,7 @@ int main(void)
         cmocka_unit_test(test_library_pass_ack_after_a_final_refusal_is_told),
         cmocka_unit_test(test_library_pass_expiry_notice_settles_no_submission),
         cmocka_unit_test(test_library_pass_no_delivery_ack_for_seq_0),
+        cmocka_unit_test(test_library_pass_wait_connected_sends_no_heartbeat),
         cmocka_unit_test(test_library_pass_submit_json_camel_case_keys),
         cmocka_unit_test(test_library_pass_submit_json_duplicate_key),
     };

@@ -145,6 +145,21 @@ static void s_note_raw_message_id(const uint8_t *frame, size_t len, mr_err_t *er
     err->message_id[mr_utf8_cut(err->message_id, n)] = '\0';
 }
 
+/* The submission tag of an Envelope frame that does not decode (too
+ * large, or malformed), read off the wire as its message id is, so that
+ * its sender settles that submission, not whichever waits under the id
+ * (protocol.md 4.6).  Taken only from one occurrence: a decoder would keep
+ * the last of several, but this frame was never decoded. */
+static void s_note_raw_submission_tag(const uint8_t *frame, size_t len, mr_err_t *err)
+{
+    const uint8_t *env;
+    size_t env_len;
+    uint64_t tag;
+    if (mr_field_slice(frame, len, MR_FRAME_ENVELOPE_FIELD, &env, &env_len) == 0 &&
+        mr_field_varint(frame, len, MR_FRAME_SUBMISSION_TAG_FIELD, &tag) == 0)
+        err->submission_tag = tag;
+}
+
 int dispatch_check_utf8(const ProtobufCMessageDescriptor *d, const uint8_t *buf, size_t len,
                         mr_err_t *err)
 {
@@ -236,6 +251,8 @@ out:
             s_note_raw_message_id(ctx.frame, ctx.frame_bytes, &err);
         if (f != NULL && f->body_case == MEDROUTE__V1__FRAME__BODY_ENVELOPE)
             err.submission_tag = f->submission_tag; /* the sender tells which submission */
+        else if (f == NULL && ctx.frame != NULL)
+            s_note_raw_submission_tag(ctx.frame, ctx.frame_bytes, &err);
         dispatch_reply_error(s, rid, rid_len, ctx.peer, &err);
     }
     arena_reset(s->arena); /* f and all it holds */

@@ -268,6 +268,27 @@ int mr_field_slice(const uint8_t *buf, size_t len, uint32_t field, const uint8_t
     return found == 1 ? 0 : -1;
 }
 
+int mr_field_varint(const uint8_t *buf, size_t len, uint32_t field, uint64_t *out)
+{
+    const uint64_t want = ((uint64_t)field << 3) | PROTOBUF_C_WIRE_TYPE_VARINT;
+    int found = 0;
+    size_t i = 0;
+    while (i < len) {
+        uint64_t tag;
+        if (s_varint(buf, len, &i, &tag) != 0)
+            return -1;
+        size_t start = i;
+        if (s_skip(buf, len, &i, (unsigned)(tag & 7)) != 0)
+            return -1;
+        if (tag != want)
+            continue;
+        if (found++)
+            return -1;
+        (void)s_varint(buf, len, &start, out); /* read once already by s_skip */
+    }
+    return found == 1 ? 0 : -1;
+}
+
 int mr_envelope_id(const uint8_t *env, size_t len, const uint8_t **id, size_t *id_len)
 {
     return mr_field_slice(env, len, MR_ENVELOPE_MESSAGE_ID_FIELD, id, id_len);

@@ -123,6 +123,12 @@ size_t mr_delivery_frame_pack(const mr_delivery_head_t *d, const uint8_t *env, s
 int mr_field_slice(const uint8_t *buf, size_t len, uint32_t field, const uint8_t **out,
                    size_t *out_len);
 
+/* The value of varint field `field` among the top-level fields of the
+ * message encoded in buf, as mr_field_slice finds a length-delimited one:
+ * 0, or -1 if buf is not a sequence of well-formed fields, or the field is
+ * absent, or it occurs more than once. */
+int mr_field_varint(const uint8_t *buf, size_t len, uint32_t field, uint64_t *out);
+
 /* The largest field number protobuf allows (2^29 - 1). */
 #define MR_FIELD_NUMBER_MAX 536870911u
 

@@ -426,6 +426,32 @@ static void test_codec_field_slice(void **state)
     assert_int_equal(mr_field_slice(frame, n - 1, MR_FRAME_ENVELOPE_FIELD, &out, &out_len), -1);
 }
 
+/* A top-level varint field, read off the wire: once, or not at all. */
+static void test_codec_field_varint(void **state)
+{
+    (void)state;
+    mr_envelope_t e = MEDROUTE__V1__ENVELOPE__INIT;
+    e.message_id = "m-1";
+    uint8_t frame[600];
+    mr_frame_t f = MEDROUTE__V1__FRAME__INIT;
+    f.version = 1;
+    f.body_case = MEDROUTE__V1__FRAME__BODY_ENVELOPE;
+    f.envelope = &e;
+    f.submission_tag = UINT64_MAX;
+    size_t n = protobuf_c_message_pack(&f.base, frame);
+    uint64_t v = 0;
+    assert_int_equal(mr_field_varint(frame, n, MR_FRAME_SUBMISSION_TAG_FIELD, &v), 0);
+    assert_true(v == UINT64_MAX);
+    assert_int_equal(mr_field_varint(frame, n, MR_FRAME_VERSION_FIELD, &v), 0);
+    assert_int_equal(v, 1);
+    /* Not a varint (the envelope), absent, cut short, twice. */
+    assert_int_equal(mr_field_varint(frame, n, MR_FRAME_ENVELOPE_FIELD, &v), -1);
+    assert_int_equal(mr_field_varint(frame, n, 2, &v), -1);
+    assert_int_equal(mr_field_varint(frame, n - 1, MR_FRAME_SUBMISSION_TAG_FIELD, &v), -1);
+    memcpy(frame + n, frame, 2); /* version = 1 again */
+    assert_int_equal(mr_field_varint(frame, n + 2, MR_FRAME_VERSION_FIELD, &v), -1);
+}
+
 /* An unknown field numbered 0 (or above 2^29 - 1) is found however deep it is
  * kept. */
 static void test_codec_has_bad_field_number(void **state)
@@ -901,6 +927,7 @@ int main(void)
         cmocka_unit_test(test_codec_created_at_field_number),
         cmocka_unit_test(test_codec_frame_field_numbers),
         cmocka_unit_test(test_codec_field_slice),
+        cmocka_unit_test(test_codec_field_varint),
         cmocka_unit_test(test_codec_has_bad_field_number),
         cmocka_unit_test(test_codec_utf8_valid_text),
         cmocka_unit_test(test_codec_utf8_invalid_sequences),

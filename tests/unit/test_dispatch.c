@@ -1057,6 +1057,45 @@ static void test_dispatch_echoes_the_submission_tag(void **state)
     s_settle(s);
 }
 
+/*
+ * A refusal of an envelope frame that is not decoded (too large, or its
+ * bytes do not decode) carries the frame's submission_tag, read off the
+ * wire as its message id is: without it, the sender could only settle
+ * whichever submission waits under the id, a later one than the copy
+ * refused.  It carried none.
+ */
+static void test_dispatch_undecoded_envelope_echoes_its_tag(void **state)
+{
+    s_fx_t *fx = *state;
+    server_t *s = fx->s;
+    s_env_t env;
+    s_env_init(&env, "m-big");
+    char filler[1100];
+    memset(filler, 'x', sizeof filler - 1);
+    filler[sizeof filler - 1] = '\0';
+    env.ref.clinical_summary = filler;
+    s_send_env_tagged(s, RID_A, &env.env, 91);
+    const Medroute__V1__Error *e = s_expect_error(0, RID_A, MR_E_TOO_LARGE);
+    assert_string_equal(e->message_id, "m-big");
+    assert_int_equal(e->submission_tag, 91);
+
+    /* Frame{version = 1, envelope = {message_id = "m-bad", referral (field
+     * 20) = 0xff}, submission_tag (field 30) = 92}. */
+    static const uint8_t bad[] = {0x08, 0x01, 0x2a, 0x0b, 0x0a, 0x05, 'm', '-', 'b', 'a',
+                                  'd',  0xa2, 0x01, 0x01, 0xff, 0xf0, 0x01, 0x5c};
+    s_raw(s, RID_A, bad, sizeof bad);
+    e = s_expect_error(1, RID_A, MR_E_MALFORMED);
+    assert_string_equal(e->message_id, "m-bad");
+    assert_int_equal(e->submission_tag, 92);
+    /* Given twice, it is no one value: none is echoed. */
+    uint8_t twice[sizeof bad + 3];
+    memcpy(twice, bad, sizeof bad);
+    memcpy(twice + sizeof bad, bad + sizeof bad - 3, 3);
+    s_raw(s, RID_A, twice, sizeof twice);
+    e = s_expect_error(2, RID_A, MR_E_MALFORMED);
+    assert_int_equal(e->submission_tag, 0);
+}
+
 /* An envelope that carries an unknown field numbered above 2^29 - 1, the
  * largest field number protobuf allows: protobuf-c decodes it and keeps the
  * field, but other decoders (C++, Java) refuse the whole message, so its
@@ -1894,6 +1933,7 @@ int main(void)
         T(test_dispatch_cuts_echoed_text_on_character_boundaries),
         T(test_dispatch_valid_envelope_acked_after_commit),
         T(test_dispatch_echoes_the_submission_tag),
+        T(test_dispatch_undecoded_envelope_echoes_its_tag),
         T(test_dispatch_refuses_field_numbers_beyond_the_largest),
         T(test_dispatch_refuses_a_payload_carried_twice),
         T(test_dispatch_page_asked_before_a_reload_is_not_applied_after_it),

@@ -30,6 +30,9 @@ typedef struct {
     period_t period;
 } s_pending_t;
 
+/* Sends r to rid.  A connection found gone (EHOSTUNREACH) ends its watch:
+ * a WatchRequest read after its connection closed read that close first
+ * (watch_subscribe), so the monitor would never free the place it took. */
 static void s_reply(server_t *s, const uint8_t *rid, size_t rid_len, mr_op_reply_t *r)
 {
     uint8_t *buf;
@@ -42,6 +45,8 @@ static void s_reply(server_t *s, const uint8_t *rid, size_t rid_len, mr_op_reply
     int rc = endpoint_send(s->operator_ep, rid, rid_len, buf, len);
     if (rc < 0)
         log_warn(s->log, "operator.send_failed", "reason=%d", rc);
+    if (rc == -EHOSTUNREACH)
+        watch_unsubscribe(s, rid, rid_len);
     free(buf);
 }
 

@@ -1,0 +1,131 @@
+/*
+ * Unit tests for daemon/opapi.c: operator requests and what their replies
+ * find.
+ *
+ * The server_t is a bare one with a stand-in operator endpoint: the test is
+ * linked with -Wl,--wrap=endpoint_send,--wrap=endpoint_user_id,
+ * --wrap=endpoint_src_fd,--wrap=endpoint_check_closed, and the wrappers
+ * below answer what the test sets (a send's result; no key: plaintext; the
+ * connection's fd; no close queued).
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "endpoint.h"
+#include "log.h"
+#include "opapi.h"
+#include "server.h"
+
+static int s_answer;
+static int s_sends;
+
+int __wrap_endpoint_send(endpoint_t *self, const uint8_t *rid, size_t rid_len, const void *data,
+                         size_t len);
+const char *__wrap_endpoint_user_id(const endpoint_t *self);
+int __wrap_endpoint_src_fd(const endpoint_t *self);
+void __wrap_endpoint_check_closed(endpoint_t *self);
+
+int __wrap_endpoint_send(endpoint_t *self, const uint8_t *rid, size_t rid_len, const void *data,
+                         size_t len)
+{
+    (void)self;
+    (void)rid;
+    (void)rid_len;
+    (void)data;
+    (void)len;
+    s_sends++;
+    return s_answer;
+}
+
+const char *__wrap_endpoint_user_id(const endpoint_t *self)
+{
+    (void)self;
+    return NULL; /* plaintext: an admin (insecure) */
+}
+
+int __wrap_endpoint_src_fd(const endpoint_t *self)
+{
+    (void)self;
+    return 7;
+}
+
+void __wrap_endpoint_check_closed(endpoint_t *self)
+{
+    (void)self; /* the close of the connection, if any, was read already */
+}
+
+/* Hands opapi a WatchRequest from rid, the reply's send answering rc. */
+static void s_watch(server_t *s, const uint8_t *rid, size_t rid_len, int rc)
+{
+    Medroute__V1__WatchRequest w = MEDROUTE__V1__WATCH_REQUEST__INIT;
+    mr_op_request_t q = MEDROUTE__V1__OP_REQUEST__INIT;
+    q.version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+    q.request_id = 42;
+    q.body_case = MEDROUTE__V1__OP_REQUEST__BODY_WATCH;
+    q.watch = &w;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    assert_int_equal(mr_pack(&q.base, &buf, &len), 0);
+    const void *parts[] = {buf};
+    size_t sizes[] = {len};
+    s_answer = rc;
+    s_sends = 0;
+    opapi_on_message(s, rid, rid_len, parts, sizes, 1, 0);
+    assert_int_equal(s_sends, 1); /* the "subscribed" event */
+    free(buf);
+}
+
+static int s_watchers(const server_t *s)
+{
+    int n = 0;
+    for (int i = 0; i < MR_WATCHERS_MAX; i++)
+        n += s->watchers[i].rid_len != 0;
+    return n;
+}
+
+/* A WatchRequest read after its connection closed (the close read first,
+ * by watch_subscribe itself, so the monitor never reports it again): its
+ * "subscribed" reply finds the connection gone, and the place it took
+ * among the 16 is free again, not held until the 120-s time-out. */
+static void test_opapi_watch_whose_connection_is_gone_holds_no_place(void **state)
+{
+    (void)state;
+    FILE *out = tmpfile();
+    assert_non_null(out);
+    int stand_in;
+    conf_t conf = {.insecure = true, .max_message_bytes = 65536};
+    server_t s = {.operator_ep = (endpoint_t *)&stand_in, .conf = &conf,
+                  .log = log_new(MR_LOG_DEBUG, out)};
+    assert_non_null(s.log);
+    const uint8_t gone[] = {0, 0, 0, 0, 1}, live[] = {0, 0, 0, 0, 2};
+    s_watch(&s, gone, sizeof gone, -EHOSTUNREACH);
+    assert_int_equal(s_watchers(&s), 0);
+    /* One whose reply went out keeps its place. */
+    s_watch(&s, live, sizeof live, 0);
+    assert_int_equal(s_watchers(&s), 1);
+    /* Sixteen gone ones in a row leave room for a live one. */
+    for (uint8_t i = 0; i < MR_WATCHERS_MAX; i++) {
+        const uint8_t rid[] = {0, 0, 0, 1, i};
+        s_watch(&s, rid, sizeof rid, -EHOSTUNREACH);
+    }
+    assert_int_equal(s_watchers(&s), 1);
+    log_destroy(&s.log);
+    fclose(out);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_opapi_watch_whose_connection_is_gone_holds_no_place),
+    };
+    return cmocka_run_group_tests_name("opapi", tests, NULL, NULL);
+}

@@ -218,6 +218,7 @@ struct store_t {
     uv_async_t async;
     log_t *log;
     char *path;
+    char path_log[512]; /* path through log_clean, for the log's quoted values */
     bool sync_full;
     uint32_t batch_max;
     uint32_t batch_ms;
@@ -328,8 +329,8 @@ static void s_log_failure(store_t *self, int rc, const char *what)
     if (rc == self->last_error)
         return;
     self->last_error = rc;
-    log_error(self->log, "store.unavailable", "path=%s during=%s sqlite=%d reason=\"%s\"",
-              self->path, what, rc, sqlite3_errstr(rc));
+    log_error(self->log, "store.unavailable", "path=\"%s\" during=%s sqlite=%d reason=\"%s\"",
+              self->path_log, what, rc, sqlite3_errstr(rc));
 }
 
 /* Errors after which the connection itself is suspect (file replaced,
@@ -509,7 +510,7 @@ static int s_open_db(store_t *self)
         if (rc != SQLITE_OK && !sqlite3_get_autocommit(self->db))
             (void)sqlite3_exec(self->db, "ROLLBACK", NULL, NULL, NULL);
         if (rc == SQLITE_OK)
-            log_info(self->log, "store.migrated", "path=%s from=1 to=2", self->path);
+            log_info(self->log, "store.migrated", "path=\"%s\" from=1 to=2", self->path_log);
     }
     if (rc != SQLITE_OK)
         goto fail;
@@ -519,8 +520,9 @@ static int s_open_db(store_t *self)
                     &version) == SQLITE_OK &&
         version > S_SCHEMA_VERSION) {
         if (self->last_error != SQLITE_CANTOPEN) /* once, not at each retry */
-            log_error(self->log, "store.too_new", "path=%s schema_version=%lld supported=%d",
-                      self->path, (long long)version, S_SCHEMA_VERSION);
+            log_error(self->log, "store.too_new",
+                      "path=\"%s\" schema_version=%lld supported=%d", self->path_log,
+                      (long long)version, S_SCHEMA_VERSION);
         rc = SQLITE_CANTOPEN;
         goto fail;
     }
@@ -546,8 +548,9 @@ static int s_open_db(store_t *self)
     if (rc != SQLITE_OK)
         goto fail;
     if (!self->opened_once)
-        log_info(self->log, "store.opened", "path=%s synchronous=%s pending=%zu pinned=%zu",
-                 self->path, self->sync_full ? "full" : "normal", pending_count(self->pending),
+        log_info(self->log, "store.opened",
+                 "path=\"%s\" synchronous=%s pending=%zu pinned=%zu", self->path_log,
+                 self->sync_full ? "full" : "normal", pending_count(self->pending),
                  self->pinned_at_open);
     self->opened_once = true;
     return SQLITE_OK;
@@ -1305,8 +1308,8 @@ static int s_floor(store_t *self, bool wrote)
     if (sqlite3_get_autocommit(self->db) ||
         sqlite3_exec(self->db, "ROLLBACK TO floor; RELEASE floor", NULL, NULL, NULL) != SQLITE_OK)
         return rc;
-    log_warn(self->log, "store.floor_deferred", "path=%s error=\"%s\" floor=%llu to=%llu",
-             self->path, sqlite3_errstr(rc), (unsigned long long)self->floor_written,
+    log_warn(self->log, "store.floor_deferred", "path=\"%s\" error=\"%s\" floor=%llu to=%llu",
+             self->path_log, sqlite3_errstr(rc), (unsigned long long)self->floor_written,
              (unsigned long long)f);
     self->floor_next_ms = now + 1000;
     return SQLITE_OK;
@@ -1326,8 +1329,9 @@ static bool s_rollback(store_t *self)
     if (rc == SQLITE_OK && sqlite3_get_autocommit(self->db))
         return true;
     log_error(self->log, "store.rollback_failed",
-              "path=%s sqlite=%d reason=\"%s\" effect=\"connection closed, reopened and rebuilt\"",
-              self->path, rc, sqlite3_errstr(rc));
+              "path=\"%s\" sqlite=%d reason=\"%s\" effect=\"connection closed, reopened and"
+              " rebuilt\"",
+              self->path_log, rc, sqlite3_errstr(rc));
     return false;
 }
 
@@ -1456,7 +1460,7 @@ static void *s_thread(void *arg)
             /* Recovered only when something was written again: a batch of
              * reads succeeds on a full disk too. */
             if (self->last_error != 0) {
-                log_info(self->log, "store.recovered", "path=%s after=\"%s\"", self->path,
+                log_info(self->log, "store.recovered", "path=\"%s\" after=\"%s\"", self->path_log,
                          sqlite3_errstr(self->last_error));
                 self->last_error = 0;
                 atomic_store(&self->unavailable, false);
@@ -1528,6 +1532,8 @@ store_t *store_new(uv_loop_t *loop, const store_opts_t *opts, log_t *log)
     self->kept = tally_kept_new();
     if (self->path == NULL || self->pending == NULL || self->kept == NULL)
         goto fail_alloc;
+    /* The operator's text: cleaned once, so that it cannot forge a field. */
+    log_clean(self->path_log, sizeof self->path_log, self->path);
     if (pthread_mutex_init(&self->lock, NULL) != 0)
         goto fail_alloc;
     if (pthread_cond_init(&self->wake, NULL) != 0)
@@ -1943,10 +1949,10 @@ void store_stall_watch(store_t *self, int64_t after_ms)
     bool stalled = since != 0 && now - since >= after_ms * 1000;
     if (stalled && self->stall_since_us == 0) {
         self->stall_since_us = since;
-        log_warn(self->log, "store.stalled", "path=%s waited_s=%lld queued=%zu", self->path,
-                 (long long)((now - since) / 1000000), store_backlog(self));
+        log_warn(self->log, "store.stalled", "path=\"%s\" waited_s=%lld queued=%zu",
+                 self->path_log, (long long)((now - since) / 1000000), store_backlog(self));
     } else if (!stalled && self->stall_since_us != 0) {
-        log_info(self->log, "store.stall_ended", "path=%s lasted_s=%lld", self->path,
+        log_info(self->log, "store.stall_ended", "path=\"%s\" lasted_s=%lld", self->path_log,
                  (long long)((now - self->stall_since_us) / 1000000));
         self->stall_since_us = 0;
     }

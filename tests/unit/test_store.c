@@ -2355,6 +2355,39 @@ static void test_store_kept_counts_written_when_idle(void **state)
                      1);
 }
 
+/*
+ * The store's path is the operator's text (data_dir): its lines quote it,
+ * cleaned (log_clean), as the daemon's other lines quote theirs.  Unquoted,
+ * a directory named `a b="c` made `path=/.../a b="c/medroute.db`, its
+ * `b="c/...` read as a field of its own (and a quote could forge others).
+ */
+static void test_store_log_lines_quote_the_path(void **state)
+{
+    s_fx_t *fx = *state;
+    char sub[128], path[256], want[300];
+    snprintf(sub, sizeof sub, "%s/a b=\"c", fx->dir);
+    snprintf(path, sizeof path, "%s/medroute.db", sub);
+    fx->store = s_open(fx, path); /* no directory yet: unavailable */
+    assert_non_null(fx->store);
+    assert_true(store_unavailable(fx->store));
+    snprintf(want, sizeof want, "event=store.unavailable path=\"%s/a b=?c/medroute.db\" during=",
+             fx->dir);
+    assert_true(s_log_contains(fx, want));
+    assert_int_equal(mkdir(sub, 0700), 0);
+    assert_int_equal(s_put(fx, "t-a", "m-1", "lead", "b", 9000)->status, STORE_OK);
+    snprintf(want, sizeof want, "event=store.opened path=\"%s/a b=?c/medroute.db\" synchronous=",
+             fx->dir);
+    assert_true(s_log_contains(fx, want));
+    snprintf(want, sizeof want, "event=store.recovered path=\"%s/a b=?c/medroute.db\" after=",
+             fx->dir);
+    assert_true(s_log_contains(fx, want));
+    store_destroy(&fx->store);
+    s_rm(sub, "medroute.db");
+    s_rm(sub, "medroute.db-wal");
+    s_rm(sub, "medroute.db-shm");
+    assert_int_equal(rmdir(sub), 0);
+}
+
 int main(void)
 {
     umask(022);
@@ -2412,6 +2445,7 @@ int main(void)
         T(test_store_backup_to_a_bare_name_syncs_the_working_directory),
         T(test_store_failed_upgrade_logs_its_own_error),
         T(test_store_department_admitted_in_a_failed_batch_is_forgotten),
+        T0(test_store_log_lines_quote_the_path),
     };
     /* MR_TEST_FILTER / MR_TEST_SKIP: glob patterns of test names to run or
      * skip (e.g. to run the rest under valgrind while a known bug is open). */

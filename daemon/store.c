@@ -625,12 +625,17 @@ static int s_read_row(sqlite3_stmt *st, store_req_t *req)
     r->stored_ms = sqlite3_column_int64(st, 6);
     r->expires_ms = sqlite3_column_int64(st, 7);
     r->dead_reason = s_text(st, 8);
+    /* The pointer before its size (sqlite3.h); NULL out of memory, which a
+     * size alone would show as an empty body. */
+    const void *body = sqlite3_column_blob(st, 9);
     int n = sqlite3_column_bytes(st, 9);
+    if (body == NULL && (n > 0 || sqlite3_errcode(sqlite3_db_handle(st)) == SQLITE_NOMEM))
+        return SQLITE_NOMEM;
     if (n > 0) {
         r->body = malloc((size_t)n);
         if (r->body == NULL)
             return SQLITE_NOMEM;
-        memcpy(r->body, sqlite3_column_blob(st, 9), (size_t)n);
+        memcpy(r->body, body, (size_t)n);
         r->body_len = (size_t)n;
     }
     if (r->source == NULL || r->message_id == NULL || r->dest == NULL)

@@ -2388,6 +2388,44 @@ static void test_store_log_lines_quote_the_path(void **state)
     assert_int_equal(rmdir(sub), 0);
 }
 
+/* sqlite3_column_blob, wrapped (-Wl,--wrap=sqlite3_column_blob): while
+ * s_blob_fail_col is a column index, the next read of that column returns
+ * NULL, as SQLite does when it runs out of memory there; else SQLite's. */
+static atomic_int s_blob_fail_col = -1;
+
+const void *__real_sqlite3_column_blob(sqlite3_stmt *st, int col);
+const void *__wrap_sqlite3_column_blob(sqlite3_stmt *st, int col);
+
+const void *__wrap_sqlite3_column_blob(sqlite3_stmt *st, int col)
+{
+    int want = col;
+    if (atomic_compare_exchange_strong(&s_blob_fail_col, &want, -1))
+        return NULL;
+    return __real_sqlite3_column_blob(st, col);
+}
+
+/*
+ * A message's body that SQLite cannot hand over (out of memory: a NULL
+ * blob) fails the load as a whole (STORE_UNAVAILABLE, so the router loads
+ * it again later), rather than being copied from NULL (a crash) or passed
+ * on as empty.  The next load returns it whole.
+ */
+static void test_store_body_out_of_memory_fails_the_load(void **state)
+{
+    s_fx_t *fx = *state;
+    assert_int_equal(s_put(fx, "t-a", "m-1", "lead", "the body", 99000)->status, STORE_OK);
+    atomic_store(&s_blob_fail_col, 9); /* s_read_row's body column */
+    s_done_t *d = s_load(fx, "lead", 0, 10);
+    assert_int_equal(atomic_load(&s_blob_fail_col), -1);
+    assert_int_equal(d->status, STORE_UNAVAILABLE);
+    assert_int_equal(d->n_rows, 0);
+    assert_true(s_log_contains(fx, "sqlite=7 "));
+    d = s_load(fx, "lead", 0, 10);
+    assert_int_equal(d->status, STORE_OK);
+    assert_int_equal(d->n_rows, 1);
+    s_assert_body(&d->rows[0], "the body");
+}
+
 int main(void)
 {
     umask(022);
@@ -2446,6 +2484,7 @@ int main(void)
         T(test_store_failed_upgrade_logs_its_own_error),
         T(test_store_department_admitted_in_a_failed_batch_is_forgotten),
         T0(test_store_log_lines_quote_the_path),
+        T(test_store_body_out_of_memory_fails_the_load),
     };
     /* MR_TEST_FILTER / MR_TEST_SKIP: glob patterns of test names to run or
      * skip (e.g. to run the rest under valgrind while a known bug is open). */

@@ -453,6 +453,22 @@ static int s_rebuild(store_t *self)
     return rc;
 }
 
+/* The store's schema_version: 0 for a new store (no meta table yet).  Any
+ * other failure to read it is the open's: taken for a new store, a
+ * transient one (a busy or unreadable file, no memory) let a later
+ * version's store be opened, or failed a later statement with a vaguer
+ * error. */
+static int s_schema_version(sqlite3 *db, int64_t *version)
+{
+    int64_t tables = 0;
+    int rc = s_query_int(db, "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+                             " AND name = 'meta'", 0, &tables);
+    *version = 0;
+    if (rc == SQLITE_OK && tables > 0)
+        rc = s_query_int(db, "SELECT value FROM meta WHERE key = 'schema_version'", 0, version);
+    return rc;
+}
+
 static int s_open_db(store_t *self)
 {
     bool old = false;
@@ -515,10 +531,11 @@ static int s_open_db(store_t *self)
     if (rc != SQLITE_OK)
         goto fail;
     /* A store a later version has changed: this one would misread it. */
-    int64_t version = 0; /* no meta table: a new store */
-    if (s_query_int(self->db, "SELECT value FROM meta WHERE key = 'schema_version'", 0,
-                    &version) == SQLITE_OK &&
-        version > S_SCHEMA_VERSION) {
+    int64_t version = 0;
+    rc = s_schema_version(self->db, &version);
+    if (rc != SQLITE_OK)
+        goto fail;
+    if (version > S_SCHEMA_VERSION) {
         if (self->last_error != SQLITE_CANTOPEN) /* once, not at each retry */
             log_error(self->log, "store.too_new",
                       "path=\"%s\" schema_version=%lld supported=%d", self->path_log,

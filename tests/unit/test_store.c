@@ -2426,6 +2426,60 @@ static void test_store_body_out_of_memory_fails_the_load(void **state)
     s_assert_body(&d->rows[0], "the body");
 }
 
+/* While set, the next statement that reads meta.value, on a connection
+ * opened after s_meta_ext is installed, is denied (SQLITE_AUTH), once: a
+ * transient failure to read the schema version (a busy or unreadable page,
+ * no memory). */
+static atomic_bool s_deny_meta_once;
+
+static int s_meta_auth(void *arg, int action, const char *a, const char *b, const char *c,
+                       const char *d)
+{
+    (void)arg;
+    (void)c;
+    (void)d;
+    bool armed = true;
+    if (action == SQLITE_READ && a != NULL && b != NULL && strcmp(a, "meta") == 0 &&
+        strcmp(b, "value") == 0 && atomic_compare_exchange_strong(&s_deny_meta_once, &armed, false))
+        return SQLITE_DENY;
+    return SQLITE_OK;
+}
+
+static int s_meta_ext(sqlite3 *db, char **err, const struct sqlite3_api_routines *api)
+{
+    (void)err;
+    (void)api;
+    return sqlite3_set_authorizer(db, s_meta_auth, NULL);
+}
+
+/*
+ * Only a store without a meta table is a new one: a failure to read its
+ * schema_version fails the open with its own error (here SQLITE_AUTH, 23).
+ * Taken for a new store, it let a store a later version made be opened (and
+ * the schema statements write to it) when the failure was transient; the
+ * next open finds the version and refuses the store (store.too_new).
+ */
+static void test_store_unreadable_schema_version_fails_the_open(void **state)
+{
+    s_fx_t *fx = *state;
+    s_sql_exec(fx->path, "CREATE TABLE meta(key TEXT PRIMARY KEY, value);"
+                         "INSERT INTO meta VALUES('schema_version', 4);");
+    assert_int_equal(sqlite3_auto_extension((void (*)(void))s_meta_ext), SQLITE_OK);
+    atomic_store(&s_deny_meta_once, true);
+    fx->store = s_open(fx, fx->path);
+    bool denied = !atomic_load(&s_deny_meta_once);
+    atomic_store(&s_deny_meta_once, false);
+    assert_non_null(fx->store);
+    assert_true(denied);
+    assert_true(store_unavailable(fx->store));
+    assert_true(s_log_contains(fx, "during=open sqlite=23 "));
+    assert_int_equal(s_put(fx, "t-a", "m-1", "lead", "b", 99000)->status, STORE_UNAVAILABLE);
+    assert_true(s_log_contains(fx, "event=store.too_new"));
+    store_destroy(&fx->store);
+    assert_int_equal(sqlite3_cancel_auto_extension((void (*)(void))s_meta_ext), 1);
+    assert_int_equal(s_sql_int(fx->path, "SELECT count(*) FROM sqlite_master"), 2);
+}
+
 int main(void)
 {
     umask(022);
@@ -2485,6 +2539,7 @@ int main(void)
         T(test_store_department_admitted_in_a_failed_batch_is_forgotten),
         T0(test_store_log_lines_quote_the_path),
         T(test_store_body_out_of_memory_fails_the_load),
+        T0(test_store_unreadable_schema_version_fails_the_open),
     };
     /* MR_TEST_FILTER / MR_TEST_SKIP: glob patterns of test names to run or
      * skip (e.g. to run the rest under valgrind while a known bug is open). */

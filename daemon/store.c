@@ -9,7 +9,8 @@
  * mutex: what store_stalled_ms reads).
  *
  * Invariants
- *   1. Only the store thread touches the database.
+ *   1. Only the store thread touches the database (and store_destroy, once
+ *      that thread, the checkpoint thread and any backup have ended).
  *   2. Requests are executed and completed in submission order.
  *   3. A request's callback runs only after the transaction holding its
  *      effect has committed (or failed as a whole: STORE_UNAVAILABLE).  A
@@ -1497,13 +1498,21 @@ static void *s_thread(void *arg)
             s_queue_empty(self))
             s_flush_kept(self, "idle");
     }
-    /* Counts kept through an outage that closed the database: written if
-     * it opens now, though no request came since to open it again. */
+    return NULL; /* the connection stays for store_destroy's last write (s_stop_flush) */
+}
+
+/*
+ * At stop, once the store thread has ended and the last callbacks have run
+ * (they may count, store_tally): writes the kept counts and closes the
+ * connection.  Counts kept through an outage that closed the database are
+ * written if it opens now, though no request came since to open it again.
+ */
+static void s_stop_flush(store_t *self)
+{
     if (self->db == NULL && !tally_kept_empty(self->kept))
         (void)s_open_db(self); /* a failure is logged; the counts are lost (store.h) */
     s_flush_kept(self, "stop");
     s_close_db(self);
-    return NULL;
 }
 
 /* ---- loop thread ---------------------------------------------------------- */
@@ -2013,17 +2022,21 @@ void store_destroy(store_t **self_p)
     }
     /* Everything has committed: run the callbacks still waiting. */
     on_async(&self->async);
-    /* Requests those callbacks submitted (a tally, a page load) come too
-     * late to run: free them. */
+    /* Requests those callbacks submitted come too late to run (a page
+     * load): freed; but a count (a refusal they answered) is written with
+     * the other kept ones. */
     pthread_mutex_lock(&self->lock);
     store_req_t *late = self->queue_head;
     self->queue_head = self->queue_tail = NULL;
     pthread_mutex_unlock(&self->lock);
     while (late != NULL) {
         store_req_t *next = late->next;
+        if (late->op == STORE_TALLY)
+            (void)s_keep_tally(self, late); /* out of memory: best effort (store.h) */
         s_req_free(late);
         late = next;
     }
+    s_stop_flush(self);
     uv_close((uv_handle_t *)&self->async, on_close);
     *self_p = NULL;
 }

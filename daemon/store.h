@@ -156,8 +156,10 @@ int store_process_init(void);
  * callbacks run on loop.  NULL on allocation or thread failure.
  */
 store_t *store_new(uv_loop_t *loop, const store_opts_t *opts, log_t *log);
-/* Executes every submitted request, stops the thread, closes the database,
- * and runs the callbacks still due (so the loop's state must still exist). */
+/* Executes every submitted request, stops the thread, runs the callbacks
+ * still due (so the loop's state must still exist), writes the kept counts
+ * (store_tally), those callbacks' too, and closes the database.  Other
+ * requests those callbacks submit are freed without running. */
 void store_destroy(store_t **self_p);
 
 store_req_t *store_req_new(store_op_t op, store_cb_t cb, void *arg);

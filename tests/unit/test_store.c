@@ -2480,6 +2480,41 @@ static void test_store_unreadable_schema_version_fails_the_open(void **state)
     assert_int_equal(s_sql_int(fx->path, "SELECT count(*) FROM sqlite_master"), 2);
 }
 
+/* A PUT's callback that counts, as dispatch counts a refusal it answers. */
+static void on_put_counts(store_req_t *req, void *arg)
+{
+    s_fx_t *fx = arg;
+    assert_int_equal(req->status, STORE_OK);
+    fx->completed++;
+    store_tally(fx->store, "messages_rejected_total", "code=\"LATE\"", 1);
+}
+
+/*
+ * A count submitted by a callback that store_destroy runs (the last
+ * completions, after the store thread has ended) is written at stop with
+ * the other kept counts: it was freed uncounted, as a request come too late.
+ */
+static void test_store_count_of_a_last_callback_is_written_at_stop(void **state)
+{
+    s_fx_t *fx = *state;
+    store_req_t *req = store_req_new(STORE_PUT, on_put_counts, fx);
+    assert_non_null(req);
+    req->msg.source = strdup("t-a");
+    req->msg.message_id = strdup("m-1");
+    req->msg.dest = strdup("lead");
+    req->msg.kind = 1;
+    req->msg.expires_ms = 99000;
+    req->msg.body = (uint8_t *)strdup("b");
+    req->msg.body_len = 1;
+    store_submit(fx->store, req);
+    store_destroy(&fx->store); /* no loop turn in between: its callback runs in there */
+    assert_int_equal(fx->completed, 1);
+    assert_int_equal(s_sql_int(fx->path, "SELECT coalesce(sum(value), 0) FROM tallies"
+                                         " WHERE name = 'messages_rejected_total'"
+                                         " AND labels = 'code=\"LATE\"'"),
+                     1);
+}
+
 int main(void)
 {
     umask(022);
@@ -2540,6 +2575,7 @@ int main(void)
         T0(test_store_log_lines_quote_the_path),
         T(test_store_body_out_of_memory_fails_the_load),
         T0(test_store_unreadable_schema_version_fails_the_open),
+        T(test_store_count_of_a_last_callback_is_written_at_stop),
     };
     /* MR_TEST_FILTER / MR_TEST_SKIP: glob patterns of test names to run or
      * skip (e.g. to run the rest under valgrind while a known bug is open). */

@@ -261,6 +261,8 @@ struct store_t {
     uint64_t floor_lag;       /* store_opts_t.floor_lag, or S_FLOOR_LAG */
     uint64_t pin_step;        /* store_opts_t.pin_step, or S_PIN_STEP */
     size_t pinned_at_open;    /* pending messages read from pending_pinned */
+    int64_t kept_retry_ms;    /* the idle write of kept counts met a busy lock: tried
+                               * again then (monotonic), else 0; read by s_take */
     walbuf_t *walbuf;  /* the writer's VFS under synchronous=FULL (walbuf.h), or NULL */
 };
 
@@ -1194,14 +1196,29 @@ static int64_t s_mono_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+/* Waits, under the lock, for a submission or the stop; only until
+ * kept_retry_ms while the idle write of kept counts waits for it.  False
+ * once that time has come. */
+static bool s_wait_work(store_t *self)
+{
+    if (self->kept_retry_ms == 0) {
+        pthread_cond_wait(&self->wake, &self->lock);
+        return true;
+    }
+    struct timespec at = {.tv_sec = self->kept_retry_ms / 1000,
+                          .tv_nsec = self->kept_retry_ms % 1000 * 1000000};
+    return pthread_cond_timedwait(&self->wake, &self->lock, &at) != ETIMEDOUT;
+}
+
 /* Takes the next request, waiting for one if wait is set (a batch's first:
  * its start, invariant 5), and counts how long it waited in waits.  NULL
- * when the queue is empty (or stopping and drained). */
+ * when the queue is empty (or stopping and drained, or kept_retry_ms came). */
 static store_req_t *s_take(store_t *self, bool wait, durhist_t *waits)
 {
     pthread_mutex_lock(&self->lock);
-    while (wait && self->queue_head == NULL && !self->stopping)
-        pthread_cond_wait(&self->wake, &self->lock);
+    bool waiting = wait;
+    while (waiting && self->queue_head == NULL && !self->stopping)
+        waiting = s_wait_work(self);
     store_req_t *req = self->queue_head;
     if (req != NULL) {
         self->queue_head = req->next;
@@ -1358,18 +1375,36 @@ static bool s_rollback(store_t *self)
     return false;
 }
 
+/* The idle write of kept counts waits this long after a busy lock. */
+enum { S_KEPT_RETRY_MS = 1000 };
+
+/* The idle write met a busy lock (another process writing the file, an
+ * operator's sqlite3 say): no request failed, and the next may well
+ * succeed, so the store is not reported unavailable (/healthz); the counts
+ * stay kept for a batch that writes, or for this write a second later.
+ * Logged once per such wait. */
+static void s_kept_deferred(store_t *self, int rc)
+{
+    if (self->kept_retry_ms == 0)
+        log_warn(self->log, "store.kept_deferred",
+                 "path=\"%s\" sqlite=%d reason=\"%s\" retry_s=1", self->path_log, rc,
+                 sqlite3_errstr(rc));
+    self->kept_retry_ms = s_mono_ms() + S_KEPT_RETRY_MS;
+}
+
 /*
  * Writes the kept counts no batch wrote, in a transaction no request shares,
  * so that this write fails no one: when the store is idle and healthy (else
  * they would wait for the next batch that writes anyway, on a quiet broker
- * for hours), and at stop.  A failure is reported and handled as a failed
+ * for hours), and at stop.  When idle, a busy lock only defers it
+ * (s_kept_deferred).  Any other failure is reported and handled as a failed
  * batch's (s_thread): the connection is closed when its transaction stays
  * open or the error makes it suspect (s_needs_reopen), so the next batch
  * reopens it rather than fail on it too; the store counts as unavailable
  * until a batch writes again, and the counts wait for that batch (at stop
  * they are lost, store.h).
  */
-static void s_flush_kept(store_t *self, const char *during)
+static void s_flush_kept(store_t *self, const char *during, bool idle)
 {
     if (self->db == NULL || self->tally == NULL || tally_kept_empty(self->kept))
         return;
@@ -1380,11 +1415,17 @@ static void s_flush_kept(store_t *self, const char *during)
         rc = s_control(self, S_COMMIT);
     if (rc == SQLITE_OK) {
         tally_commit(self->tally);
+        self->kept_retry_ms = 0;
+        return;
+    }
+    bool still_open = !sqlite3_get_autocommit(self->db) && !s_rollback(self);
+    if (idle && (rc & 0xff) == SQLITE_BUSY && !still_open) {
+        tally_discard(self->tally);
+        s_kept_deferred(self, rc);
         return;
     }
     s_log_failure(self, rc, during);
     atomic_store(&self->unavailable, true);
-    bool still_open = !sqlite3_get_autocommit(self->db) && !s_rollback(self);
     if (still_open || s_needs_reopen(rc))
         s_close_db(self); /* closing rolls back what is left open; the next batch reopens */
     else
@@ -1399,6 +1440,26 @@ static bool s_queue_empty(store_t *self)
     return empty;
 }
 
+static bool s_stopping(store_t *self)
+{
+    pthread_mutex_lock(&self->lock);
+    bool stopping = self->stopping;
+    pthread_mutex_unlock(&self->lock);
+    return stopping;
+}
+
+/* Between batches: the kept counts no batch wrote are written once the
+ * store is idle and healthy, after a busy lock not before kept_retry_ms. */
+static void s_idle(store_t *self)
+{
+    if (tally_kept_empty(self->kept) || atomic_load(&self->unavailable)) {
+        self->kept_retry_ms = 0; /* nothing kept, or the next batch that writes */
+        return;
+    }
+    if (s_mono_ms() >= self->kept_retry_ms && s_queue_empty(self))
+        s_flush_kept(self, "idle", true);
+}
+
 static void *s_thread(void *arg)
 {
     store_t *self = arg;
@@ -1406,6 +1467,10 @@ static void *s_thread(void *arg)
     for (;;) {
         durhist_t waits = {0}, commits = {0}; /* this batch's, for store_latency */
         store_req_t *first = s_take(self, true, &waits);
+        if (first == NULL && !s_stopping(self)) {
+            s_idle(self); /* kept_retry_ms has come */
+            continue;
+        }
         if (first == NULL)
             break; /* stopping and drained */
         store_req_t *head = first, *tail = first;
@@ -1494,9 +1559,7 @@ static void *s_thread(void *arg)
         durhist_merge(&self->lat_commit, &commits);
         pthread_mutex_unlock(&self->lock);
         s_complete(self, head, tail, true);
-        if (!tally_kept_empty(self->kept) && !atomic_load(&self->unavailable) &&
-            s_queue_empty(self))
-            s_flush_kept(self, "idle");
+        s_idle(self);
     }
     return NULL; /* the connection stays for store_destroy's last write (s_stop_flush) */
 }
@@ -1511,7 +1574,7 @@ static void s_stop_flush(store_t *self)
 {
     if (self->db == NULL && !tally_kept_empty(self->kept))
         (void)s_open_db(self); /* a failure is logged; the counts are lost (store.h) */
-    s_flush_kept(self, "stop");
+    s_flush_kept(self, "stop", false);
     s_close_db(self);
 }
 
@@ -1537,6 +1600,20 @@ static void on_async(uv_async_t *handle)
 }
 
 static void *s_checkpoint_thread(void *arg);
+
+/* A condition whose timed waits (s_wait_work) are on the monotonic clock. */
+static int s_cond_init_monotonic(pthread_cond_t *cond)
+{
+    pthread_condattr_t attr;
+    int rc = pthread_condattr_init(&attr);
+    if (rc != 0)
+        return rc;
+    rc = pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    if (rc == 0)
+        rc = pthread_cond_init(cond, &attr);
+    pthread_condattr_destroy(&attr);
+    return rc;
+}
 
 int store_process_init(void)
 {
@@ -1567,7 +1644,7 @@ store_t *store_new(uv_loop_t *loop, const store_opts_t *opts, log_t *log)
     log_clean(self->path_log, sizeof self->path_log, self->path);
     if (pthread_mutex_init(&self->lock, NULL) != 0)
         goto fail_alloc;
-    if (pthread_cond_init(&self->wake, NULL) != 0)
+    if (s_cond_init_monotonic(&self->wake) != 0)
         goto fail_mutex;
     if (pthread_cond_init(&self->ckpt_wake, NULL) != 0) {
         pthread_cond_destroy(&self->wake);

@@ -1416,6 +1416,7 @@ static void s_flush_kept(store_t *self, const char *during, bool idle)
     if (rc == SQLITE_OK) {
         tally_commit(self->tally);
         self->kept_retry_ms = 0;
+        s_checkpoint_due(self); /* a commit that wrote, as a batch's */
         return;
     }
     bool still_open = !sqlite3_get_autocommit(self->db) && !s_rollback(self);

@@ -2591,6 +2591,45 @@ static void test_store_kept_counts_busy_lock_defers_only(void **state)
                      1);
 }
 
+/* Whether the database file itself (not its WAL) holds the bytes s. */
+static bool s_file_has(const char *path, const char *s)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    static char buf[1 << 20];
+    size_t n = fread(buf, 1, sizeof buf, f);
+    assert_int_equal(fclose(f), 0);
+    return memmem(buf, n, s, strlen(s)) != NULL;
+}
+
+/* Waits until the database file holds s (the checkpoint thread copied the
+ * WAL's page of it); fails after S_WAIT_MS. */
+static void s_wait_file_has(const char *path, const char *s)
+{
+    uint64_t start = uv_hrtime();
+    while (!s_file_has(path, s)) {
+        if ((uv_hrtime() - start) / 1000000 > S_WAIT_MS)
+            fail_msg("%s not in the database file within %d ms", s, S_WAIT_MS);
+        struct timespec ts = {0, 5 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/*
+ * The idle write of a kept count is a commit that writes, and wakes the
+ * checkpoint thread as a batch's does: its pages reach the database file
+ * soon, not at the next batch that writes (on a quiet broker, much later),
+ * the WAL meanwhile not restarting.
+ */
+static void test_store_kept_counts_written_when_idle_are_checkpointed(void **state)
+{
+    s_fx_t *fx = *state;
+    assert_int_equal(s_put(fx, "t-a", "m-1", "lead", "body-of-m-1", 99000)->status, STORE_OK);
+    s_wait_file_has(fx->path, "body-of-m-1"); /* the batch's checkpoint has run */
+    store_tally(fx->store, "messages_rejected_total", "code=\"IDLE_CHECKPOINTED\"", 1);
+    s_wait_file_has(fx->path, "code=\"IDLE_CHECKPOINTED\"");
+}
+
 int main(void)
 {
     umask(022);
@@ -2653,6 +2692,7 @@ int main(void)
         T0(test_store_unreadable_schema_version_fails_the_open),
         T(test_store_count_of_a_last_callback_is_written_at_stop),
         T0(test_store_kept_counts_busy_lock_defers_only),
+        T(test_store_kept_counts_written_when_idle_are_checkpointed),
     };
     /* MR_TEST_FILTER / MR_TEST_SKIP: glob patterns of test names to run or
      * skip (e.g. to run the rest under valgrind while a known bug is open). */

@@ -204,22 +204,26 @@ static const char *s_help_of(const char *name)
     return "medroute tally.";
 }
 
-/* "a=\"1\",le=\"60\"" -> "a=\"1\"" and "60". */
+/* "a=\"1\",le=\"60\"" -> "a=\"1\"" and "60".  The label named le, found
+ * label by label: the text le=" also ends role=" or module=".  Values hold
+ * no quote (tally_label_value; facility ids), so each ends at the next one. */
 static void s_split_le(const char *labels, char *rest, size_t len, char *le, size_t le_len)
 {
-    const char *p = strstr(labels, "le=\"");
-    if (p == NULL) {
-        snprintf(rest, len, "%s", labels);
-        le[0] = '\0';
-        return;
+    for (const char *p = labels; *p != '\0';) {
+        const char *eq = strchr(p, '='); /* keys hold none */
+        const char *end = eq != NULL && eq[1] == '"' ? strchr(eq + 2, '"') : NULL;
+        if (end == NULL)
+            break;
+        if (eq - p == 2 && memcmp(p, "le", 2) == 0) {
+            size_t head = (size_t)(p - labels);
+            snprintf(rest, len, "%.*s", (int)(head > 0 ? head - 1 : 0), labels);
+            snprintf(le, le_len, "%.*s", (int)(end - (eq + 2)), eq + 2);
+            return;
+        }
+        p = end[1] == ',' ? end + 2 : end + 1;
     }
-    size_t head = (size_t)(p - labels);
-    if (head > 0 && labels[head - 1] == ',')
-        head--;
-    snprintf(rest, len, "%.*s", (int)head, labels);
-    const char *v = p + 4;
-    const char *end = strchr(v, '"');
-    snprintf(le, le_len, "%.*s", end ? (int)(end - v) : 0, v);
+    snprintf(rest, len, "%s", labels);
+    le[0] = '\0';
 }
 
 static int s_le_rank(const char *le)

@@ -97,6 +97,29 @@ static void test_http_metrics_families_and_histograms(void **state)
     free(t);
 }
 
+/* The bucket bound is the label named le, not the end of one named role or
+ * module: split there, a bucket row lost its labels and its bound. */
+static void test_http_metrics_le_is_a_whole_label(void **state)
+{
+    s_fixture_t *f = *state;
+    tally_row_t rows[] = {
+        {"x_seconds_bucket", "module=\"m\",role=\"lead\",le=\"+Inf\"", 1},
+        {"x_seconds_bucket", "module=\"m\",role=\"lead\",le=\"60\"", 2},
+        {"x_seconds_count", "module=\"m\",role=\"lead\"", 3},
+        {"x_seconds_sum", "module=\"m\",role=\"lead\"", 90},
+    };
+    char *t = http_metrics_text(&f->s, rows, sizeof rows / sizeof rows[0], NULL, 0);
+    assert_non_null(t);
+    assert_non_null(strstr(t, "\nmedroute_x_seconds_bucket{module=\"m\",role=\"lead\","
+                              "le=\"60\"} 2\n"));
+    assert_non_null(strstr(t, "\nmedroute_x_seconds_bucket{module=\"m\",role=\"lead\","
+                              "le=\"+Inf\"} 3\n"
+                              "medroute_x_seconds_sum{module=\"m\",role=\"lead\"} 90\n"
+                              "medroute_x_seconds_count{module=\"m\",role=\"lead\"} 3\n"));
+    assert_int_equal(s_count(t, "_bucket{"), TALLY_BUCKETS); /* one label set */
+    free(t);
+}
+
 /*
  * Many tallies, as a county's years leave them (they are never pruned):
  * each family is typed once, before its first row, and every row is shown.
@@ -163,6 +186,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_http_metrics_families_and_histograms, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_http_metrics_le_is_a_whole_label, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_http_metrics_many_tallies, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_http_metrics_net_tallies_are_gauges, s_setup,

@@ -47,12 +47,16 @@ static void s_send(acks_t *self, const uint8_t *rid, size_t rid_len, Medroute__V
     (void)server_send_facility(self->s, rid, rid_len, &f.base); /* counted there */
 }
 
+/* Sends what g holds, in frames of at most g->max Acks (more than one only
+ * when a Hello lowered it meanwhile: acks_limit). */
 static void s_flush_group(acks_t *self, s_group_t *g)
 {
     for (size_t i = 0; i < g->n; i++)
         g->more[i] = &g->acks[i];
-    if (g->n > 0)
-        s_send(self, g->rid, g->rid_len, &g->acks[0], g->more + 1, g->n - 1);
+    for (size_t at = 0; at < g->n; at += g->max) {
+        size_t k = g->n - at < g->max ? g->n - at : g->max;
+        s_send(self, g->rid, g->rid_len, &g->acks[at], g->more + at + 1, k - 1);
+    }
     g->n = 0;
 }
 
@@ -94,6 +98,17 @@ void acks_flush(acks_t *self)
     }
     self->n_groups = 0;
     self->pending = false;
+}
+
+void acks_limit(acks_t *self, const uint8_t *rid, size_t rid_len, uint32_t max)
+{
+    int at = self != NULL ? strmap_get(self->index, rid, rid_len) : -1;
+    if (at < 0)
+        return; /* nothing queued for it this turn */
+    s_group_t *g = self->groups[at];
+    g->max = max < 1 ? 1 : max < MR_ACKS_SENT_MAX ? max : MR_ACKS_SENT_MAX;
+    if (g->n >= g->max)
+        s_flush_group(self, g);
 }
 
 static void on_check(uv_check_t *handle)

@@ -28,6 +28,10 @@ acks_t *acks_new(uv_loop_t *loop, struct server_t *s);
  * sent at once, in a frame of its own).  Nothing after acks_close. */
 void acks_add(acks_t *self, const uint8_t *rid, size_t rid_len, uint32_t max,
               const char *message_id, uint64_t seq, bool duplicate, uint64_t submission_tag);
+/* The connection rid said Hello again and allows max Acks per frame from
+ * now on: those queued for it this turn go in frames of at most that many
+ * (a group otherwise keeps the max of its first Ack until the turn ends). */
+void acks_limit(acks_t *self, const uint8_t *rid, size_t rid_len, uint32_t max);
 /* Sends every queued Ack now. */
 void acks_flush(acks_t *self);
 /* Flushes, then closes the handle; the memory goes with its close callback. */

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "acks.h"
 #include "flow.h"
 #include "handlers.h"
 #include "router.h"
@@ -291,6 +292,7 @@ int handle_hello(server_t *s, const dispatch_ctx_t *ctx, const mr_frame_t *f, mr
     uint32_t want = h->max_inflight ? h->max_inflight : s->conf->max_inflight;
     p->max_inflight = want < s->conf->max_inflight ? want : s->conf->max_inflight;
     p->max_acks = h->max_acks_per_frame;
+    acks_limit(s->acks, ctx->rid, ctx->rid_len, p->max_acks); /* those queued this turn too */
     p->heartbeat_interval_ms = s->conf->heartbeat_interval_ms;
     p->heartbeat_timeout_ms = s->conf->heartbeat_timeout_ms;
     char client[41];

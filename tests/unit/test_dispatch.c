@@ -1422,6 +1422,40 @@ static void test_dispatch_hello_allows_acks_in_one_frame(void **state)
     assert_int_equal(s_n_replies, 2);
 }
 
+/* A repeated Hello that allows fewer Acks per frame holds for those already
+ * gathered in its loop turn: each frame carries at most what it allows. */
+static void test_dispatch_repeated_hello_lowers_acks_per_frame(void **state)
+{
+    s_fx_t *fx = *state;
+    server_t *s = fx->s;
+    Medroute__V1__Hello h = MEDROUTE__V1__HELLO__INIT;
+    h.facility_id = "t-a";
+    h.max_acks_per_frame = 64;
+    mr_frame_t f;
+    s_frame_init(&f, MEDROUTE__V1__FRAME__BODY_HELLO);
+    f.hello = &h;
+    s_send(s, RID_A, &f);
+    assert_int_equal(s_n_replies, 1); /* its Welcome */
+    /* The Acks of commits that came back in this turn, then the Hello. */
+    acks_add(s->acks, RID_A, RID_LEN, 64, "a-1", 1, false, 0);
+    acks_add(s->acks, RID_A, RID_LEN, 64, "a-2", 2, false, 0);
+    acks_add(s->acks, RID_A, RID_LEN, 64, "a-3", 3, false, 0);
+    h.max_acks_per_frame = 2;
+    s_send(s, RID_A, &f);
+    uv_run(&s->loop, UV_RUN_NOWAIT);
+    char got[256] = "";
+    size_t n = 0;
+    for (int i = 1; i < s_n_replies; i++) {
+        if (s_replies[i].f->body_case != MEDROUTE__V1__FRAME__BODY_ACK)
+            continue;
+        assert_in_range(s_replies[i].f->ack->n_more, 0, 1);
+        char one[128];
+        s_ack_ids(&s_replies[i], one, sizeof one);
+        n += (size_t)snprintf(got + n, sizeof got - n, "%s%s", n ? "," : "", one);
+    }
+    assert_string_equal(got, "a-1,a-2,a-3");
+}
+
 /* A delivery is only sent to a connected facility: the router needs an
  * endpoint (the sends are wrapped); none at teardown.  The stand-in is
  * zeroed and larger than an endpoint_t, which a Hello reads (no monitor,
@@ -1943,6 +1977,7 @@ int main(void)
         T(test_dispatch_delivery_ack_unknown),
         T(test_dispatch_acks_gathered_per_turn),
         T(test_dispatch_hello_allows_acks_in_one_frame),
+        T(test_dispatch_repeated_hello_lowers_acks_per_frame),
         T(test_dispatch_nothing_sent_that_a_running_scan_expires),
         T(test_dispatch_session_follows_its_key),
         T(test_dispatch_late_ack_counts_with_its_key_only),

@@ -42,6 +42,14 @@
 /* Frames ZeroMQ holds for one facility connection while intake is paused
  * (flow.h); past them its TCP stream waits, then its client's outbox. */
 #define S_FACILITY_RCVHWM 1000
+/* ZMTP heartbeats on operator connections (as the client library keeps on
+ * its own): a watcher whose host vanished without closing TCP (a network
+ * cut) frees its place among the 16 once it has not answered for
+ * S_OPERATOR_SILENCE_MS (its connection closes: watch_on_closed), not when
+ * TCP gives up or the watch goes stale.  Facility connections have the
+ * protocol's own Heartbeats (session.c). */
+#define S_OPERATOR_HEARTBEAT_MS 2000
+#define S_OPERATOR_SILENCE_MS 6000
 
 /* Counts the outcome rc of a send to a facility connection; returns rc. */
 static int s_counted(server_t *self, int rc)
@@ -241,6 +249,8 @@ server_t *server_new(conf_t *conf, log_t *log)
                           .bind = conf->operator_endpoint,
                           .hard_max_bytes = 1 << 20,
                           .budget = 64,
+                          .heartbeat_ivl_ms = S_OPERATOR_HEARTBEAT_MS,
+                          .heartbeat_timeout_ms = S_OPERATOR_SILENCE_MS,
                           .curve_secret = secret,
                           .zap_domain = MR_ZAP_DOMAIN_OPERATOR,
                           .handshake_ms = (int)conf->handshake_ms};

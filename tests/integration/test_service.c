@@ -13,6 +13,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -25,6 +27,7 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
+#include <arpa/inet.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -32,6 +35,74 @@
 
 #include "harness.h"
 #include "mr_codec.h"
+
+/* A ZMTP peer that says nothing more after its handshake, as one whose host
+ * vanished (a network cut; a closed socket would be seen at once): connects
+ * to the tcp:// endpoint ep as a DEALER (NULL mechanism, plaintext).  Its
+ * fd, or -1. */
+static int s_silent_zmtp_peer(const char *ep)
+{
+    int port = 0;
+    if (sscanf(ep, "tcp://127.0.0.1:%d", &port) != 1)
+        return -1;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0)
+        goto fail;
+    /* Greeting (ZMTP 3.1, NULL, as client), then READY{Socket-Type=DEALER}. */
+    uint8_t hello[64 + 30] = {0xff, 0, 0, 0, 0, 0, 0, 0, 1, 0x7f, 3, 1, 'N', 'U', 'L', 'L'};
+    static const uint8_t ready[] = {0x04, 28,  5,   'R', 'E', 'A', 'D', 'Y', 11,  'S',
+                                    'o',  'c', 'k', 'e', 't', '-', 'T', 'y', 'p', 'e',
+                                    0,    0,   0,   6,   'D', 'E', 'A', 'L', 'E', 'R'};
+    memcpy(hello + 64, ready, sizeof ready);
+    if (write(fd, hello, sizeof hello) != (ssize_t)sizeof hello)
+        goto fail;
+    return fd;
+fail:
+    if (fd >= 0)
+        close(fd);
+    return -1;
+}
+
+/* An operator connection that stops answering (a `medroute watch` whose
+ * host is cut off keeps TCP open) is closed by the broker's ZMTP heartbeats,
+ * so a watcher's place among the 16 is freed: it is PINGed, and closed when
+ * it does not answer (the wait's limit is a bound for a failure only, far
+ * below the watch's 120-s staleness). */
+static void test_service_silent_operator_connection_is_closed(void **state)
+{
+    (void)state;
+    mrt_daemon_t d = {0}; /* loopback TCP */
+    assert_int_equal(mrt_daemon_start(&d, NULL), 0);
+    int fd = s_silent_zmtp_peer(d.operator_ep);
+    assert_true(fd >= 0);
+    bool pinged = false, closed = false;
+    uint8_t buf[4096];
+    size_t have = 0;
+    long long until = mrt_now_ms() + 60000;
+    while (!closed && mrt_now_ms() < until) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 1000) <= 0)
+            continue;
+        ssize_t n = read(fd, buf + have, sizeof buf - have);
+        if (n <= 0) {
+            closed = n == 0 || errno == ECONNRESET;
+            break;
+        }
+        have += (size_t)n;
+        /* A PING command: flags 0x04, its size, name "PING" (TTL, context). */
+        for (size_t i = 0; !pinged && i + 6 <= have; i++)
+            pinged = buf[i] == 0x04 && buf[i + 2] == 4 && memcmp(buf + i + 3, "PING", 4) == 0;
+        if (have == sizeof buf)
+            have = 0; /* PINGs only, from here on */
+    }
+    close(fd);
+    assert_true(pinged);
+    assert_true(closed);
+    assert_int_equal(mrt_daemon_stop(&d), 0);
+    mrt_daemon_cleanup(&d);
+}
 
 static void test_service_notify_ready_and_watchdog(void **state)
 {
@@ -886,6 +957,7 @@ int main(void)
         cmocka_unit_test(test_service_backup_restores_on_a_new_store),
         cmocka_unit_test(test_service_backup_refuses_the_store_itself),
         cmocka_unit_test(test_service_second_sigterm_loses_nothing),
+        cmocka_unit_test(test_service_silent_operator_connection_is_closed),
     };
     return cmocka_run_group_tests_name("service", tests, NULL, NULL);
 }

@@ -10,11 +10,13 @@
  * the loop ends.  A second signal skips the wait; store_destroy still runs
  * every queued request, so nothing acknowledged is lost either way.  A
  * reload asked for meanwhile is ignored (reload.c): systemd, told
- * STOPPING=1, must not hear READY=1 again.
+ * STOPPING=1, must not hear READY=1 again.  Once server_destroy closes the
+ * signal watchers, these signals are ignored: the exit status stays 0.
  */
 #include "server.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -305,6 +307,35 @@ int server_run(server_t *self)
     return rc < 0 ? rc : 0;
 }
 
+/*
+ * Closes the cron timer and the signal watchers for the last teardown.
+ * Closing the last watcher of a signal restores its default action, which
+ * for these three ends the process: a late SIGTERM or SIGHUP (systemd's
+ * stop, a log rotation) would make a clean stop exit by a signal, which
+ * systemd reports as a failure.  They are ignored from then on, and
+ * blocked meanwhile so that none lands between the two (the threads still
+ * running, ZeroMQ's, block every signal).
+ */
+static void s_close_signals(server_t *self)
+{
+    static const int sigs[] = {SIGINT, SIGTERM, SIGHUP};
+    sigset_t set, old;
+    /* These calls fail only for an invalid signal or `how`: none here. */
+    (void)sigemptyset(&set);
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+        (void)sigaddset(&set, sigs[i]);
+    (void)pthread_sigmask(SIG_BLOCK, &set, &old);
+    uv_handle_t *hs[] = {(uv_handle_t *)&self->cron, (uv_handle_t *)&self->sig_int,
+                         (uv_handle_t *)&self->sig_term, (uv_handle_t *)&self->sig_hup};
+    for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++)
+        if (!uv_is_closing(hs[i]))
+            uv_close(hs[i], NULL);
+    struct sigaction ignore = {.sa_handler = SIG_IGN};
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+        (void)sigaction(sigs[i], &ignore, NULL);
+    (void)pthread_sigmask(SIG_SETMASK, &old, NULL); /* one that came is dropped: ignored */
+}
+
 void server_destroy(server_t **self_p)
 {
     server_t *self = *self_p;
@@ -321,13 +352,8 @@ void server_destroy(server_t **self_p)
         }
         acks_close(&self->acks);
         flow_close(&self->flow);
-        if (self->handles_ready) {
-            uv_handle_t *hs[] = {(uv_handle_t *)&self->cron, (uv_handle_t *)&self->sig_int,
-                                 (uv_handle_t *)&self->sig_term, (uv_handle_t *)&self->sig_hup};
-            for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++)
-                if (!uv_is_closing(hs[i]))
-                    uv_close(hs[i], NULL);
-        }
+        if (self->handles_ready)
+            s_close_signals(self);
         uv_run(&self->loop, UV_RUN_DEFAULT); /* close callbacks */
         if (uv_loop_close(&self->loop) != 0)
             log_warn(self->log, "server.loop_busy", "reason=\"handles still open at exit\"");

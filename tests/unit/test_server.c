@@ -7,7 +7,9 @@
  *
  * The server_t is a bare one with a stand-in facility endpoint: the test is
  * linked with -Wl,--wrap=endpoint_send_msg,--wrap=zmq_msg_init_size, and
- * the wrappers below answer what the test sets.
+ * the wrappers below answer what the test sets.  And a real server's
+ * teardown, in a child: a late stop or reload signal leaves its exit status
+ * 0.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,9 +18,13 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #include "endpoint.h"
@@ -126,11 +132,52 @@ static void test_server_frame_without_memory_is_a_failure(void **state)
     fclose(out);
 }
 
+/* A real server, built and torn down in a child: a SIGHUP, SIGTERM or
+ * SIGINT that comes once its signal watchers are closed (systemd's stop
+ * while the daemon exits) is harmless, the exit status stays 0; closing
+ * them restored the default action, and the signal ended the process. */
+static void test_server_late_signal_after_teardown_is_harmless(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/mr-test-server-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        char text[1024], err[256];
+        snprintf(text, sizeof text,
+                 "facility_endpoint = \"ipc://%s/f.sock\";\n"
+                 "operator_endpoint = \"ipc://%s/o.sock\";\n"
+                 "data_dir = \"%s/var\";\ninsecure = true;\n"
+                 "facilities = ( { id = \"yx-lead\"; role = \"lead\"; } );\n",
+                 dir, dir, dir);
+        conf_t *conf = conf_load_string(text, "t.conf", err, sizeof err);
+        log_t *log = log_new(MR_LOG_ERROR, stderr);
+        server_t *s = conf && log ? server_new(conf, log) : NULL; /* takes conf */
+        if (s == NULL)
+            _exit(3);
+        server_destroy(&s);
+        log_destroy(&log);
+        (void)raise(SIGHUP);
+        (void)raise(SIGTERM);
+        (void)raise(SIGINT);
+        _exit(0);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_server_send_to_a_closed_connection_is_no_failure),
         cmocka_unit_test(test_server_frame_without_memory_is_a_failure),
+        cmocka_unit_test(test_server_late_signal_after_teardown_is_harmless),
     };
     return cmocka_run_group_tests_name("server", tests, NULL, NULL);
 }

@@ -46,7 +46,10 @@ static void s_notify_expired(server_t *s, const store_row_t *r)
     f.version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
     f.body_case = MEDROUTE__V1__FRAME__BODY_ERROR;
     f.error = &e;
-    server_send_facility(s, s->peers[src].rid, s->peers[src].rid_len, &f.base);
+    /* Counted there if it fails; not sent again: the message is in the
+     * dead letters, where operators see it, and the monitor ends the
+     * session of a sender whose connection has closed. */
+    (void)server_send_facility(s, s->peers[src].rid, s->peers[src].rid_len, &f.base);
 }
 
 static void on_expired(store_req_t *req, void *arg)

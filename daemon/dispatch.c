@@ -57,7 +57,10 @@ static void s_send_error(server_t *s, const uint8_t *rid, size_t rid_len, const 
     f.version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
     f.body_case = MEDROUTE__V1__FRAME__BODY_ERROR;
     f.error = &e;
-    server_send_facility(s, rid, rid_len, &f.base);
+    /* Counted there if it fails; a refusal is not sent twice: a client
+     * resends, after its next Welcome, what it had no answer for, and the
+     * monitor ends the session of one whose connection has closed. */
+    (void)server_send_facility(s, rid, rid_len, &f.base);
 }
 
 void dispatch_reply_error(server_t *s, const uint8_t *rid, size_t rid_len, int peer,

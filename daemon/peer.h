@@ -29,6 +29,8 @@ typedef struct qmsg_t {
                                back to be sent again; 0: none (router_on_hello) */
     bool resent_unread;     /* its last send was a time-out's without a sign that its receiver
                                read the copy before: not again until one comes (router_cron) */
+    bool due;               /* its DeliveryAck, read on its session's connection, failed to
+                               commit: sent again at the next redelivery pass (router_cron) */
     struct qmsg_t *next;
 } qmsg_t;
 

@@ -55,6 +55,14 @@
  *      only submits), and by a busy one that does.  A session that sends
  *      and never reads thus has each delivery queued toward it twice, not
  *      once per time-out until the socket's high-water mark.
+ *   9. A DeliveryAck whose commit fails (a store error) leaves its message
+ *      pending; the message is sent again for an ack the store can take.
+ *      Read on the connection the facility still has, it shows that the
+ *      receiver reads (invariant 8): the message goes back in flight, due
+ *      at the next redelivery pass whatever its back-off (qmsg_t.due), at
+ *      most one copy per pass while the store keeps failing.  Otherwise
+ *      (a late ack, or its session ended since) it waits in ready to be
+ *      sent on the next connection, as the others of its session.
  *
  *   store --LOAD page--> ready --send--> inflight --DeliveryAck--> acked --commit--> freed
  *                          ^                 |                         |
@@ -462,6 +470,7 @@ static size_t s_put_back(peer_t *p, uint32_t session, size_t *kept)
         }
         if (session != 0)
             m->hello_session = session;
+        m->due = false; /* sent again from ready, as the others */
         s_push(m->express ? &express : &routine, m);
         back++;
     }
@@ -538,15 +547,22 @@ void router_on_retried(server_t *s, int peer, store_row_t *row)
 
 /* ---- acknowledgements ---------------------------------------------------------- */
 
+/* Whether fr came on the connection the facility has now (not a late ack,
+ * nor one its session ended since). */
+static bool s_acked_on_connection(const s_ack_frame_t *fr)
+{
+    const peer_t *p = &fr->s->peers[fr->peer];
+    return !fr->late && p->connected && p->rid_len == fr->rid_len &&
+           memcmp(p->rid, fr->rid, fr->rid_len) == 0;
+}
+
 /* The store has answered every seq of fr: its unknown ones get one Error,
  * on the connection that sent them if it is still the facility's (a late
  * ack's is not: its session ended, the facility may have another now). */
 static void s_ack_frame_end(s_ack_frame_t *fr)
 {
     server_t *s = fr->s;
-    const peer_t *p = &s->peers[fr->peer];
-    if (fr->n_unknown > 0 && !fr->late && p->connected && p->rid_len == fr->rid_len &&
-        memcmp(p->rid, fr->rid, fr->rid_len) == 0) {
+    if (fr->n_unknown > 0 && s_acked_on_connection(fr)) {
         mr_err_t err = {0};
         if (fr->n_unknown == 1)
             mr_fail(&err, MR_E_UNKNOWN_DELIVERY, "no pending delivery %llu for this facility",
@@ -583,11 +599,15 @@ static void on_acked(store_req_t *req, void *arg)
             fr->first_unknown = seq;
         break;
     default: {
-        /* Not recorded: deliver again later, the client's seen-set absorbs it. */
+        /* Not recorded: delivered again, for an ack that the store can
+         * take, the client's seen-set absorbs the copy (invariant 9). */
         qmsg_t *m = s_remove(&p->acked, seq);
-        if (m != NULL && p->connected)
+        if (m == NULL)
+            break;
+        m->due = s_acked_on_connection(fr);
+        if (m->due)
             s_insert_sorted(&p->inflight, m);
-        else if (m != NULL)
+        else
             s_requeue(&p->ready, m);
         break;
     }
@@ -785,10 +805,11 @@ void router_cron(server_t *s, int64_t now_ms, int64_t mono_ms)
         for (qmsg_t *m = p->inflight.head; m; m = m->next) {
             /* Back off: each unanswered send doubles the wait, up to 32x. */
             unsigned shift = m->attempts > 1 ? (m->attempts - 1 < 5 ? m->attempts - 1 : 5) : 0;
-            bool unread;
-            if (mono_ms - m->sent_ms < (timeout << shift) || s_expired(m, now_ms) ||
-                !s_may_resend(p, m, &unread))
-                continue; /* not due; expired, left for the scan; or its copy unread */
+            bool unread = false; /* a due one's receiver read it: its ack (invariant 9) */
+            if ((!m->due && (mono_ms - m->sent_ms < (timeout << shift) ||
+                             !s_may_resend(p, m, &unread))) ||
+                s_expired(m, now_ms))
+                continue; /* not due; its copy unread; or expired, left for the scan */
             int rc = s_send(s, (int)i, m);
             if (rc == -EHOSTUNREACH) {
                 session_end(s, (int)i, "unreachable");
@@ -797,6 +818,7 @@ void router_cron(server_t *s, int64_t now_ms, int64_t mono_ms)
             if (rc < 0)
                 break;
             m->resent_unread = unread;
+            m->due = false;
         }
         if (p->connected)
             router_pump(s, (int)i);

@@ -129,6 +129,18 @@ static store_req_t *s_held_loads[4];
 static int s_n_held_loads;
 
 void __real_store_submit(store_t *self, store_req_t *req);
+
+/* While s_fail_acks, an ack's commit is reported failed to the router (the
+ * store has written it: what the router does next is the question). */
+static bool s_fail_acks;
+static store_cb_t s_acked_cb;
+
+static void s_ack_failed(store_req_t *req, void *arg)
+{
+    req->status = STORE_UNAVAILABLE;
+    s_acked_cb(req, arg);
+}
+
 void __wrap_store_submit(store_t *self, store_req_t *req);
 
 void __wrap_store_submit(store_t *self, store_req_t *req)
@@ -137,6 +149,10 @@ void __wrap_store_submit(store_t *self, store_req_t *req)
         assert_true(s_n_held_loads < 4);
         s_held_loads[s_n_held_loads++] = req;
         return;
+    }
+    if (s_fail_acks && req->op == STORE_ACK) {
+        s_acked_cb = req->cb;
+        req->cb = s_ack_failed;
     }
     __real_store_submit(self, req);
 }
@@ -1476,6 +1492,65 @@ static int s_count_deliveries(const uint8_t *rid)
     return n;
 }
 
+/* A DeliveryAck whose commit fails leaves its message pending, to be
+ * delivered again for an ack the store can take.  Read on t-a's connection,
+ * it shows t-a reads: the copy goes at the next redelivery pass, not after
+ * the back-off of its earlier sends (the time-out here: 30 s), and once.
+ * A late one, from a session that ended before t-a's next Hello, leaves it
+ * to be sent on the new connection at once, as the rest of that session. */
+static void test_dispatch_failed_ack_commit_sends_again_soon(void **state)
+{
+    s_fx_t *fx = *state;
+    server_t *s = fx->s;
+    s_deliveries_on(s, true);
+    s_hello(s, RID_A, "t-a");
+    s_hello(s, RID_C, "lead");
+    s_env_t e;
+    s_env_init(&e, "m-down-1");
+    e.env.source = "lead";
+    e.env.destination = "t-a";
+    s_send_env(s, RID_C, &e.env);
+    s_settle(s);
+    uv_run(&s->loop, UV_RUN_NOWAIT);
+    assert_int_equal(s_count_deliveries(RID_A), 1);
+    uint64_t seq = s_replies[s_n_replies - 1].f->delivery->seq;
+
+    s_fail_acks = true;
+    s_delivery_ack(s, RID_A, seq);
+    s_settle(s);
+    uv_run(&s->loop, UV_RUN_NOWAIT);
+    s_fail_acks = false;
+    assert_int_equal(s->peers[TA].pending, 1);
+    router_cron(s, mr_now_ms(), mr_mono_ms());
+    assert_int_equal(s_count_deliveries(RID_A), 2);
+    const Medroute__V1__Delivery *d = s_replies[s_n_replies - 1].f->delivery;
+    assert_int_equal(d->seq, seq);
+    assert_true(d->redelivered);
+    router_cron(s, mr_now_ms(), mr_mono_ms()); /* once: then its time-out again */
+    assert_int_equal(s_count_deliveries(RID_A), 2);
+
+    s_env_init(&e, "m-down-2");
+    e.env.source = "lead";
+    e.env.destination = "t-a";
+    e.ref.referral_id = "R-2";
+    s_send_env(s, RID_C, &e.env);
+    s_settle(s);
+    uv_run(&s->loop, UV_RUN_NOWAIT);
+    assert_int_equal(s_count_deliveries(RID_A), 3);
+    seq = s_replies[s_n_replies - 1].f->delivery->seq;
+    session_end(s, TA, "test");
+    s_fail_acks = true;
+    s_delivery_ack(s, RID_A, seq); /* late: its session has ended */
+    s_hello(s, RID_B, "t-a");      /* before the commit comes back */
+    s_settle(s);
+    uv_run(&s->loop, UV_RUN_NOWAIT);
+    s_fail_acks = false;
+    assert_int_equal(s_count_deliveries(RID_B), 2); /* m-down-1, still in flight; m-down-2 */
+    assert_int_equal(s_replies[s_n_replies - 1].f->delivery->seq, seq);
+    s_settle(s);
+    s_deliveries_on(s, false);
+}
+
 /* An expiry scan compares with the wall time of its submission; if the
  * clock stepped back since, a message the scan will dead-letter is not yet
  * past its expiry by the clock.  Sent now, the receiver would handle it and
@@ -1979,6 +2054,7 @@ int main(void)
         T(test_dispatch_hello_allows_acks_in_one_frame),
         T(test_dispatch_repeated_hello_lowers_acks_per_frame),
         T(test_dispatch_nothing_sent_that_a_running_scan_expires),
+        T(test_dispatch_failed_ack_commit_sends_again_soon),
         T(test_dispatch_session_follows_its_key),
         T(test_dispatch_late_ack_counts_with_its_key_only),
         T(test_dispatch_late_ack_needs_a_key_still_allowed),

@@ -13,6 +13,7 @@
 #include "mr_codec.h"
 #include "mr_keyfile.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <libconfig.h>
 #include <zmq.h>
@@ -790,14 +791,47 @@ void conf_destroy(conf_t **self_p)
     *self_p = NULL;
 }
 
+/* True for a port as libzmq and the HTTP listener take it: a number, or
+ * libzmq's * (any free port). */
+static bool s_port_ok(const char *port)
+{
+    if (strcmp(port, "*") == 0)
+        return true;
+    size_t n = strspn(port, "0123456789");
+    return n > 0 && n <= 5 && port[n] == '\0';
+}
+
+/* True for HOST:PORT whose host is this machine's loopback: an IPv4 address
+ * in 127.0.0.0/8, localhost, or [::1] with v6 (the HTTP listener is IPv4
+ * only).  The address is parsed, not matched
+ * by its start: 127.example.org is a name (an interface's, to libzmq's
+ * bind), and in tcp://127.0.0.1:1;0.0.0.0:7700 libzmq binds what follows
+ * the ';' (SOURCE;ADDRESS), here every interface. */
+static bool s_hostport_is_loopback(const char *hostport, bool v6)
+{
+    const char *colon = strrchr(hostport, ':');
+    if (colon == NULL || !s_port_ok(colon + 1))
+        return false;
+    size_t n = (size_t)(colon - hostport);
+    if ((n == 9 && strncmp(hostport, "localhost", n) == 0) ||
+        (v6 && n == 5 && strncmp(hostport, "[::1]", n) == 0))
+        return true;
+    char host[INET_ADDRSTRLEN];
+    struct in_addr a;
+    if (n >= sizeof host)
+        return false;
+    memcpy(host, hostport, n);
+    host[n] = '\0';
+    return inet_pton(AF_INET, host, &a) == 1 && ntohl(a.s_addr) >> 24 == 127;
+}
+
 bool conf_endpoint_is_local(const char *endpoint)
 {
-    static const char *const ok[] = {"ipc://", "inproc://", "tcp://127.", "tcp://localhost:",
-                                     "tcp://[::1]:"};
-    for (size_t i = 0; endpoint != NULL && i < sizeof ok / sizeof ok[0]; i++)
-        if (strncmp(endpoint, ok[i], strlen(ok[i])) == 0)
-            return true;
-    return false;
+    if (endpoint == NULL)
+        return false;
+    if (strncmp(endpoint, "ipc://", 6) == 0 || strncmp(endpoint, "inproc://", 9) == 0)
+        return true;
+    return strncmp(endpoint, "tcp://", 6) == 0 && s_hostport_is_loopback(endpoint + 6, true);
 }
 
 int conf_check_security(const conf_t *c, char *err, size_t errlen)
@@ -805,14 +839,23 @@ int conf_check_security(const conf_t *c, char *err, size_t errlen)
     /* Checked here, not only when the server starts, so that
      * `medrouted --check-config` (the unit's ExecStartPre) refuses what the
      * start would. */
-    if (c->insecure && (!conf_endpoint_is_local(c->facility_endpoint) ||
-                        !conf_endpoint_is_local(c->operator_endpoint))) {
-        snprintf(err, errlen, "insecure = true is only allowed with loopback or ipc endpoints");
+    const char *remote = NULL;
+    if (c->insecure && !conf_endpoint_is_local(c->facility_endpoint))
+        remote = "facility_endpoint";
+    else if (c->insecure && !conf_endpoint_is_local(c->operator_endpoint))
+        remote = "operator_endpoint";
+    if (remote != NULL) {
+        snprintf(err, errlen,
+                 "insecure = true is only allowed with loopback or ipc endpoints: %s is not "
+                 "ipc://, inproc:// or tcp://HOST:PORT with HOST an IPv4 address in "
+                 "127.0.0.0/8, [::1] or localhost",
+                 remote);
         return -EINVAL;
     }
-    if (c->insecure && c->http_listen != NULL && strncmp(c->http_listen, "127.", 4) != 0 &&
-        strncmp(c->http_listen, "localhost:", 10) != 0) {
-        snprintf(err, errlen, "insecure = true is only allowed with a loopback http_listen");
+    if (c->insecure && c->http_listen != NULL && !s_hostport_is_loopback(c->http_listen, false)) {
+        snprintf(err, errlen,
+                 "insecure = true is only allowed with a loopback http_listen: HOST:PORT with "
+                 "HOST an IPv4 address in 127.0.0.0/8 or localhost");
         return -EINVAL;
     }
     if (c->insecure || c->server_secret_key != NULL)

@@ -94,8 +94,9 @@ void conf_destroy(conf_t **self_p);
  * insecure = true, and plaintext only loopback (or ipc/inproc) endpoints and
  * a loopback http_listen.  0, or -EINVAL with the reason. */
 int conf_check_security(const conf_t *c, char *err, size_t errlen);
-/* True for an endpoint on this machine only: ipc://, inproc://, tcp://127.*,
- * tcp://localhost:, tcp://[::1]:. */
+/* True for an endpoint on this machine only: ipc://, inproc://, or
+ * tcp://HOST:PORT with HOST an IPv4 address in 127.0.0.0/8, localhost or
+ * [::1], and PORT a number or *. */
 bool conf_endpoint_is_local(const char *endpoint);
 /* The operator whose public key (Z85) is key, or NULL. */
 const conf_operator_t *conf_operator_of(const conf_t *c, const char *key);

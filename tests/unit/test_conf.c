@@ -801,6 +801,75 @@ static void test_conf_secret_key_wiped_when_freed(void **state)
     assert_int_equal(rmdir(dir), 0);
 }
 
+/* Loads a config with insecure = true, the endpoints given and http_listen
+ * (NULL: none), and returns conf_check_security's answer, its text in err. */
+static int s_insecure_check(const char *facility_ep, const char *operator_ep,
+                            const char *http_listen, char *err, size_t errlen)
+{
+    char text[1024], http[256] = "";
+    if (http_listen != NULL)
+        snprintf(http, sizeof http, "http_listen = \"%s\";\n", http_listen);
+    snprintf(text, sizeof text,
+             "facility_endpoint = \"%s\";\noperator_endpoint = \"%s\";\n%s"
+             "data_dir = \"var/x\";\ninsecure = true;\n"
+             "facilities = ( { id = \"lead\"; role = \"lead\"; } );\n",
+             facility_ep, operator_ep, http);
+    conf_t *c = conf_load_string(text, "t.conf", err, errlen);
+    assert_non_null(c);
+    int rc = conf_check_security(c, err, errlen);
+    conf_destroy(&c);
+    return rc;
+}
+
+/* insecure = true takes loopback addresses only, read as addresses: a host
+ * name that starts with 127. is none, and in libzmq's SOURCE;ADDRESS
+ * (tcp://127.0.0.1:1;0.0.0.0:7700) the bind is on ADDRESS, every
+ * interface.  Each is refused naming the key. */
+static void test_conf_insecure_loopback_is_an_address(void **state)
+{
+    (void)state;
+    static const char *const local[] = {
+        "ipc:///tmp/mr.sock", "inproc://mr",        "tcp://127.0.0.1:7700",
+        "tcp://127.1.2.3:*",  "tcp://localhost:7700", "tcp://[::1]:7700",
+    };
+    static const char *const remote[] = {
+        "tcp://127.example.org:7700", "tcp://127.0.0.1:1;0.0.0.0:7700",
+        "tcp://127.0.0.1.nip.io:7700", "tcp://localhost.example.org:7700",
+        "tcp://0.0.0.0:7700",         "tcp://128.0.0.1:7700",
+        "tcp://*:7700",               "tcp://eth0:7700",
+        "tcp://127.0.0.1:7700;x",     "tcp://127.0.0.1",
+        "tcp://[::1]x:7700",          "tcp://[::ffff:10.0.0.1]:7700",
+        "udp://127.0.0.1:7700",
+    };
+    char err[1024];
+    for (size_t i = 0; i < sizeof local / sizeof local[0]; i++) {
+        assert_true(conf_endpoint_is_local(local[i]));
+        assert_int_equal(s_insecure_check(local[i], local[i], NULL, err, sizeof err), 0);
+    }
+    for (size_t i = 0; i < sizeof remote / sizeof remote[0]; i++) {
+        if (conf_endpoint_is_local(remote[i]))
+            fail_msg("taken for loopback: %s", remote[i]);
+        assert_int_equal(s_insecure_check(remote[i], "ipc://x", NULL, err, sizeof err), -EINVAL);
+        assert_non_null(strstr(err, "only allowed with loopback or ipc endpoints: "
+                                    "facility_endpoint is not"));
+        assert_int_equal(s_insecure_check("ipc://x", remote[i], NULL, err, sizeof err), -EINVAL);
+        assert_non_null(strstr(err, "operator_endpoint is not"));
+    }
+    static const char *const http_local[] = {"127.0.0.1:7702", "127.9.9.9:80", "localhost:7702"};
+    static const char *const http_remote[] = {
+        "127.example.org:80", "127.0.0.1.nip.io:80", "0.0.0.0:7702", "10.0.0.1:7702",
+        "[::1]:7702",         "127.0.0.1",           "127.0.0.1:80x", ":7702",
+    };
+    for (size_t i = 0; i < sizeof http_local / sizeof http_local[0]; i++)
+        assert_int_equal(s_insecure_check("ipc://x", "ipc://y", http_local[i], err, sizeof err),
+                         0);
+    for (size_t i = 0; i < sizeof http_remote / sizeof http_remote[0]; i++) {
+        if (s_insecure_check("ipc://x", "ipc://y", http_remote[i], err, sizeof err) != -EINVAL)
+            fail_msg("http_listen taken for loopback: %s", http_remote[i]);
+        assert_non_null(strstr(err, "only allowed with a loopback http_listen"));
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -835,6 +904,7 @@ int main(void)
         cmocka_unit_test(test_conf_server_key_file_checked),
         cmocka_unit_test(test_conf_server_key_path_too_long_is_refused),
         cmocka_unit_test(test_conf_secret_key_wiped_when_freed),
+        cmocka_unit_test(test_conf_insecure_loopback_is_an_address),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -480,69 +480,60 @@ static void on_changed(store_req_t *req, void *arg)
     free(pd);
 }
 
+/* Builds and submits the store request of q, whose reply comes from its
+ * callback; or answers q at once: a field out of range, a body no case
+ * here knows (a new one not handled yet), a stalled store, no memory. */
 static void s_store_request(server_t *s, const uint8_t *rid, size_t rid_len,
                             const mr_op_request_t *q)
 {
-    /* A stalled store would answer when it moves again, long after the
-     * operator's tool has given up (and a retry or drop would then happen
-     * unseen): say so now, as /healthz does. */
-    int64_t stalled_ms = server_store_stalled_ms(s);
-    if (stalled_ms > 0) {
-        char why[160];
-        snprintf(why, sizeof why,
-                 "the store is stalled: its oldest request has waited %lld s (store.stalled in "
-                 "the log)",
-                 (long long)(stalled_ms / 1000));
-        s_reply_error(s, rid, rid_len, q->request_id, MR_E_STORE_UNAVAILABLE, why);
-        return;
-    }
-    s_pending_t *pd = s_pending(s, rid, rid_len, q->request_id);
+    int code = MR_E_INTERNAL;
+    const char *reason = "out of memory";
+    char why[160];
     store_req_t *req = NULL;
+    s_pending_t *pd = s_pending(s, rid, rid_len, q->request_id);
     if (pd == NULL)
-        goto oom;
+        goto refuse;
     switch (q->body_case) {
     case MEDROUTE__V1__OP_REQUEST__BODY_STATUS:
         req = store_req_new(STORE_SUMMARY, on_status_summary, pd);
         if (req == NULL)
-            goto oom;
+            goto refuse;
         break;
     case MEDROUTE__V1__OP_REQUEST__BODY_STATS:
     case MEDROUTE__V1__OP_REQUEST__BODY_INDICATORS: {
         bool stats = q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_STATS;
         const char *period = stats ? q->stats->period : q->indicators->period;
         if (period_parse(period, mr_now_ms(), &pd->period) != 0) {
-            free(pd);
-            s_reply_error(s, rid, rid_len, q->request_id, MR_E_INVALID,
-                          "period: today, yesterday, YYYY-MM-DD, YYYY-MM, YYYY-H1, YYYY-H2 or YYYY");
-            return;
+            code = MR_E_INVALID;
+            reason = "period: today, yesterday, YYYY-MM-DD, YYYY-MM, YYYY-H1, YYYY-H2 or YYYY";
+            goto refuse;
         }
         req = store_req_new(STORE_STATS, stats ? on_stats : on_indicators, pd);
         if (req == NULL)
-            goto oom;
+            goto refuse;
         snprintf(req->first_day, sizeof req->first_day, "%s", pd->period.first);
         snprintf(req->last_day, sizeof req->last_day, "%s", pd->period.last);
         if (stats && q->stats->facility && q->stats->facility[0] &&
             (req->query = strdup(q->stats->facility)) == NULL)
-            goto oom;
+            goto refuse;
         break;
     }
     case MEDROUTE__V1__OP_REQUEST__BODY_BACKUP:
         if (q->backup->path == NULL || q->backup->path[0] != '/') {
-            free(pd);
-            s_reply_error(s, rid, rid_len, q->request_id, MR_E_INVALID,
-                          "backup.path must be an absolute path on the broker's machine");
-            return;
+            code = MR_E_INVALID;
+            reason = "backup.path must be an absolute path on the broker's machine";
+            goto refuse;
         }
         req = store_req_new(STORE_BACKUP, on_backup, pd);
         if (req == NULL || (req->query = strdup(q->backup->path)) == NULL)
-            goto oom;
+            goto refuse;
         break;
     case MEDROUTE__V1__OP_REQUEST__BODY_SLOTS:
         req = store_req_new(STORE_SLOTS, on_slots, pd);
         if (req == NULL)
-            goto oom;
+            goto refuse;
         if (q->slots->date && q->slots->date[0] && (req->query = strdup(q->slots->date)) == NULL)
-            goto oom;
+            goto refuse;
         break;
     case MEDROUTE__V1__OP_REQUEST__BODY_OPEN_LOOPS: {
         /* The operator's number: a negative age means nothing (and
@@ -550,17 +541,16 @@ static void s_store_request(server_t *s, const uint8_t *rid, size_t rid_len,
          * before 1970.  0 is always "all". */
         int64_t now = mr_now_ms(), age = q->open_loops->older_than_ms;
         if (age < 0 || (age > 0 && age > now)) {
-            free(pd);
-            s_reply_error(s, rid, rid_len, q->request_id, MR_E_INVALID,
-                          "open_loops.older_than_ms must be from 0 to the milliseconds since 1970");
-            return;
+            code = MR_E_INVALID;
+            reason = "open_loops.older_than_ms must be from 0 to the milliseconds since 1970";
+            goto refuse;
         }
         req = store_req_new(STORE_OPEN, on_open_loops, pd);
         if (req == NULL)
-            goto oom;
+            goto refuse;
         if (q->open_loops->facility && q->open_loops->facility[0] &&
             (req->query = strdup(q->open_loops->facility)) == NULL)
-            goto oom;
+            goto refuse;
         req->older_than_ms = now - age;
         break;
     }
@@ -568,44 +558,60 @@ static void s_store_request(server_t *s, const uint8_t *rid, size_t rid_len,
         const Medroute__V1__QueueListRequest *l = q->queue_list;
         req = store_req_new(STORE_LIST, on_listed, pd);
         if (req == NULL)
-            goto oom;
+            goto refuse;
         req->state = l->dead ? MSG_DEAD : MSG_PENDING;
         req->limit = l->limit == 0 ? S_LIST_DEFAULT : l->limit > S_LIST_MAX ? S_LIST_MAX : l->limit;
         if (l->destination && l->destination[0] && (req->msg.dest = strdup(l->destination)) == NULL)
-            goto oom;
+            goto refuse;
         break;
     }
     case MEDROUTE__V1__OP_REQUEST__BODY_QUEUE_RETRY:
         req = store_req_new(STORE_RETRY, on_changed, pd);
         if (req == NULL)
-            goto oom;
+            goto refuse;
         req->msg.seq = q->queue_retry->seq;
         req->now_ms = mr_now_ms() + 3600 * 1000; /* a retried message gets at least an hour */
         break;
     case MEDROUTE__V1__OP_REQUEST__BODY_QUEUE_DROP:
         req = store_req_new(STORE_DROP, on_changed, pd);
         if (req == NULL)
-            goto oom;
+            goto refuse;
         req->msg.seq = q->queue_drop->seq;
         req->now_ms = mr_now_ms();
         if ((req->msg.dead_reason = strdup(q->queue_drop->reason && q->queue_drop->reason[0]
                                                ? q->queue_drop->reason
                                                : "dropped by operator")) == NULL)
-            goto oom;
+            goto refuse;
         break;
     default:
-        break;
+        /* No body, or one this broker does not know (or handles nowhere). */
+        code = MR_E_UNEXPECTED_FRAME;
+        reason = "unknown operator request";
+        goto refuse;
+    }
+    /* A stalled store would answer when it moves again, long after the
+     * operator's tool has given up (and a retry or drop would then happen
+     * unseen): say so now, as /healthz does. */
+    int64_t stalled_ms = server_store_stalled_ms(s);
+    if (stalled_ms > 0) {
+        snprintf(why, sizeof why,
+                 "the store is stalled: its oldest request has waited %lld s (store.stalled in "
+                 "the log)",
+                 (long long)(stalled_ms / 1000));
+        code = MR_E_STORE_UNAVAILABLE;
+        reason = why;
+        goto refuse;
     }
     store_submit(s->store, req);
     return;
-oom:
+refuse:
     if (req != NULL) {
         store_row_clear(&req->msg);
         free(req->query);
         free(req);
     }
     free(pd);
-    s_reply_error(s, rid, rid_len, q->request_id, MR_E_INTERNAL, "out of memory");
+    s_reply_error(s, rid, rid_len, q->request_id, code, reason);
 }
 
 /* The operator's role: its key's (the User-Id, zap.c) in the configuration
@@ -693,19 +699,8 @@ void opapi_on_message(void *arg, const uint8_t *rid, size_t rid_len, const void 
             r.watch = &ev;
             s_reply(s, rid, rid_len, &r);
         }
-    } else if (q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_STATUS ||
-               q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_STATS ||
-               q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_INDICATORS ||
-               q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_SLOTS ||
-               q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_BACKUP ||
-               q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_OPEN_LOOPS ||
-               q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_QUEUE_LIST ||
-               q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_QUEUE_RETRY ||
-               q->body_case == MEDROUTE__V1__OP_REQUEST__BODY_QUEUE_DROP) {
-        s_store_request(s, rid, rid_len, q);
     } else {
-        s_reply_error(s, rid, rid_len, q->request_id, MR_E_UNEXPECTED_FRAME,
-                      "unknown operator request");
+        s_store_request(s, rid, rid_len, q);
     }
     medroute__v1__op_request__free_unpacked(q, NULL);
 }

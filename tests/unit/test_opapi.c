@@ -4,9 +4,11 @@
  *
  * The server_t is a bare one with a stand-in operator endpoint: the test is
  * linked with -Wl,--wrap=endpoint_send,--wrap=endpoint_user_id,
- * --wrap=endpoint_src_fd,--wrap=endpoint_check_closed, and the wrappers
- * below answer what the test sets (a send's result; no key: plaintext; the
- * connection's fd; no close queued).
+ * --wrap=endpoint_src_fd,--wrap=endpoint_check_closed,--wrap=store_submit,
+ * and the wrappers below answer what the test sets (a send's result; no
+ * key: plaintext; the connection's fd; no close queued), keep the last
+ * reply sent, and hold the store requests submitted (there is no store):
+ * the test completes them when it chooses (s_complete).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -27,6 +29,13 @@
 
 static int s_answer;
 static int s_sends;
+/* The last reply sent: its body, and its error's code (0 if none). */
+static int s_reply_body;
+static int s_reply_code;
+/* The store requests submitted, in order, not yet completed. */
+#define S_HELD_MAX 64
+static store_req_t *s_held[S_HELD_MAX];
+static int s_n_held;
 
 int __wrap_endpoint_send(endpoint_t *self, const uint8_t *rid, size_t rid_len, const void *data,
                          size_t len);
@@ -40,10 +49,22 @@ int __wrap_endpoint_send(endpoint_t *self, const uint8_t *rid, size_t rid_len, c
     (void)self;
     (void)rid;
     (void)rid_len;
-    (void)data;
-    (void)len;
     s_sends++;
+    mr_op_reply_t *r = medroute__v1__op_reply__unpack(NULL, len, data);
+    assert_non_null(r);
+    s_reply_body = (int)r->body_case;
+    s_reply_code = r->body_case == MEDROUTE__V1__OP_REPLY__BODY_ERROR ? (int)r->error->code : 0;
+    medroute__v1__op_reply__free_unpacked(r, NULL);
     return s_answer;
+}
+
+void __wrap_store_submit(store_t *self, store_req_t *req);
+
+void __wrap_store_submit(store_t *self, store_req_t *req)
+{
+    (void)self;
+    assert_true(s_n_held < S_HELD_MAX);
+    s_held[s_n_held++] = req;
 }
 
 const char *__wrap_endpoint_user_id(const endpoint_t *self)
@@ -61,6 +82,23 @@ int __wrap_endpoint_src_fd(const endpoint_t *self)
 void __wrap_endpoint_check_closed(endpoint_t *self)
 {
     (void)self; /* the close of the connection, if any, was read already */
+}
+
+/* Hands opapi q from rid, its reply's send answering 0; the replies sent. */
+static int s_request(server_t *s, const uint8_t *rid, size_t rid_len, mr_op_request_t *q)
+{
+    q->version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    assert_int_equal(mr_pack(&q->base, &buf, &len), 0);
+    const void *parts[] = {buf};
+    size_t sizes[] = {len};
+    s_answer = 0;
+    s_sends = 0;
+    s_reply_body = -1;
+    opapi_on_message(s, rid, rid_len, parts, sizes, 1, 0);
+    free(buf);
+    return s_sends;
 }
 
 /* Hands opapi a WatchRequest from rid, the reply's send answering rc. */
@@ -122,10 +160,37 @@ static void test_opapi_watch_whose_connection_is_gone_holds_no_place(void **stat
     fclose(out);
 }
 
+/* A request with no body, or one this broker does not know, is answered
+ * UNEXPECTED_FRAME and counted; nothing goes to the store (the switch of
+ * s_store_request decides: a body none of its cases handles is refused,
+ * not submitted as no request). */
+static void test_opapi_request_without_known_body_is_refused(void **state)
+{
+    (void)state;
+    FILE *out = tmpfile();
+    assert_non_null(out);
+    int stand_in;
+    conf_t conf = {.insecure = true, .max_message_bytes = 65536};
+    server_t s = {.operator_ep = (endpoint_t *)&stand_in, .conf = &conf,
+                  .log = log_new(MR_LOG_DEBUG, out)};
+    assert_non_null(s.log);
+    const uint8_t rid[] = {0, 0, 0, 0, 3};
+    mr_op_request_t q = MEDROUTE__V1__OP_REQUEST__INIT;
+    q.request_id = 9;
+    s_n_held = 0;
+    assert_int_equal(s_request(&s, rid, sizeof rid, &q), 1);
+    assert_int_equal(s_reply_code, MR_E_UNEXPECTED_FRAME);
+    assert_int_equal(s_n_held, 0);
+    assert_int_equal(s.counters.v[CNT_OPERATOR_REJECTED], 1);
+    log_destroy(&s.log);
+    fclose(out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_opapi_watch_whose_connection_is_gone_holds_no_place),
+        cmocka_unit_test(test_opapi_request_without_known_body_is_refused),
     };
     return cmocka_run_group_tests_name("opapi", tests, NULL, NULL);
 }

@@ -13,6 +13,7 @@
 #include "dispatch.h"
 #include "indicators.h"
 #include "notify.h"
+#include "opapi.h"
 #include "period.h"
 #include "watch.h"
 #include "router.h"
@@ -225,6 +226,7 @@ void cron_tick(uv_timer_t *handle)
         s->last_watch_ms = mono;
         watch_tick(s, mono);
         dispatch_cron(s, mono);
+        opapi_cron(s, mono);
     }
     if (!s->cron_judging && mono - s->last_judge_ms >= S_JUDGE_EVERY_MS) {
         period_t half;

@@ -2,9 +2,12 @@
  * opapi.c - operator requests: status, queue ls / retry / drop.
  *
  * Requests that need the store reply from the store callback; the caller's
- * routing id travels with the request in an s_pending_t.  While the store is
- * stalled (store_stalled_ms past store.stall_after_s) they are answered
- * STORE_UNAVAILABLE at once instead.  Thread: loop.
+ * routing id travels with the request in an s_pending_t, listed in
+ * s->op_waiting until its callback.  While the store is stalled
+ * (store_stalled_ms past store.stall_after_s) they are answered
+ * STORE_UNAVAILABLE at once instead; past S_WAITING_PER_CONNECTION of one
+ * connection, or S_WAITING_MAX of all, QUEUE_FULL.  Refusals are counted
+ * each, logged at most LOGRATE_LINES per window (lograte.h).  Thread: loop.
  */
 #include "opapi.h"
 
@@ -21,13 +24,19 @@
 
 #define S_LIST_DEFAULT 100
 #define S_LIST_MAX 10000
+/* Operator requests that may wait for the store: a tool in a loop would
+ * otherwise queue them without bound, and their backlog pauses every
+ * facility's intake (flow.c).  A tool waits for each reply (clients/lib). */
+#define S_WAITING_PER_CONNECTION 4
+#define S_WAITING_MAX 32
 
-typedef struct {
+typedef struct op_waiting_t {
     server_t *s;
     uint64_t request_id;
     uint8_t rid[MR_RID_MAX];
     size_t rid_len;
     period_t period;
+    struct op_waiting_t *prev, *next; /* s->op_waiting, once submitted */
 } s_pending_t;
 
 /* Sends r to rid.  A connection found gone (EHOSTUNREACH) ends its watch:
@@ -56,9 +65,11 @@ static void s_reply_error(server_t *s, const uint8_t *rid, size_t rid_len, uint6
     /* Counted and logged as a facility's refusals are (not in their tallies:
      * an operator's request is not a message). */
     s->counters.v[CNT_OPERATOR_REJECTED]++;
-    char why[200];
-    log_warn(s->log, "operator.rejected", "code=%s reason=\"%s\"", mr_error_name(code),
-             log_clean(why, sizeof why, reason));
+    if (lograte_allow(&s->op_reject_log, mr_mono_ms())) {
+        char why[200];
+        log_warn(s->log, "operator.rejected", "code=%s reason=\"%s\"", mr_error_name(code),
+                 log_clean(why, sizeof why, reason));
+    }
     Medroute__V1__Error e = MEDROUTE__V1__ERROR__INIT;
     e.code = (Medroute__V1__ErrorCode)code;
     e.reason = (char *)reason;
@@ -82,6 +93,50 @@ static s_pending_t *s_pending(server_t *s, const uint8_t *rid, size_t rid_len,
     memcpy(p->rid, rid, rid_len);
     p->rid_len = rid_len;
     return p;
+}
+
+/* Lists pd as waiting for the store. */
+static void s_pending_wait(s_pending_t *pd)
+{
+    server_t *s = pd->s;
+    pd->prev = NULL;
+    pd->next = s->op_waiting;
+    if (pd->next != NULL)
+        pd->next->prev = pd;
+    s->op_waiting = pd;
+    s->n_op_waiting++;
+}
+
+/* The end of pd, whose store request has been answered. */
+static void s_pending_done(s_pending_t *pd)
+{
+    server_t *s = pd->s;
+    if (pd->prev != NULL)
+        pd->prev->next = pd->next;
+    else
+        s->op_waiting = pd->next;
+    if (pd->next != NULL)
+        pd->next->prev = pd->prev;
+    s->n_op_waiting--;
+    free(pd);
+}
+
+/* Whether another request of rid may not wait for the store now: if so,
+ * why is written to why. */
+static bool s_busy(const server_t *s, const uint8_t *rid, size_t rid_len, char *why, size_t len)
+{
+    int mine = 0;
+    for (const s_pending_t *p = s->op_waiting; p != NULL; p = p->next)
+        mine += p->rid_len == rid_len && memcmp(p->rid, rid, rid_len) == 0;
+    if (mine >= S_WAITING_PER_CONNECTION)
+        snprintf(why, len, "%d requests of this connection wait for the store already: send "
+                 "another once one is answered", S_WAITING_PER_CONNECTION);
+    else if (s->n_op_waiting >= S_WAITING_MAX)
+        snprintf(why, len, "%d operator requests wait for the store already: try again "
+                 "shortly", S_WAITING_MAX);
+    else
+        return false;
+    return true;
 }
 
 /* One histogram of the status: l points into h, which must outlive it. */
@@ -193,7 +248,7 @@ out:
     free(cs);
     free(fsp);
     free(fs);
-    free(pd);
+    s_pending_done(pd);
 }
 
 /* The arrays of a repeated message field: n messages of desc's type, each
@@ -273,7 +328,7 @@ static void on_listed(store_req_t *req, void *arg)
         s_answer(pd, &r);
     }
     s_rows_free(&rows);
-    free(pd);
+    s_pending_done(pd);
 }
 
 static void on_slots(store_req_t *req, void *arg)
@@ -305,7 +360,7 @@ static void on_slots(store_req_t *req, void *arg)
         s_answer(pd, &r);
     }
     s_rows_free(&rows);
-    free(pd);
+    s_pending_done(pd);
 }
 
 static void on_open_loops(store_req_t *req, void *arg)
@@ -336,7 +391,7 @@ static void on_open_loops(store_req_t *req, void *arg)
         s_answer(pd, &r);
     }
     s_rows_free(&rows);
-    free(pd);
+    s_pending_done(pd);
 }
 
 static void on_stats(store_req_t *req, void *arg)
@@ -363,7 +418,7 @@ static void on_stats(store_req_t *req, void *arg)
         s_answer(pd, &r);
     }
     s_rows_free(&rows);
-    free(pd);
+    s_pending_done(pd);
 }
 
 static void on_indicators(store_req_t *req, void *arg)
@@ -407,7 +462,7 @@ static void on_indicators(store_req_t *req, void *arg)
     }
     s_rows_free(&rows);
     free(ind);
-    free(pd);
+    s_pending_done(pd);
 }
 
 static void s_done(server_t *s, const uint8_t *rid, size_t rid_len, uint64_t request_id,
@@ -438,7 +493,7 @@ static void on_backup(store_req_t *req, void *arg)
         s_reply_error(pd->s, pd->rid, pd->rid_len, pd->request_id, MR_E_STORE_UNAVAILABLE,
                       "the backup failed (see the broker's log)");
     }
-    free(pd);
+    s_pending_done(pd);
 }
 
 static void on_changed(store_req_t *req, void *arg)
@@ -477,7 +532,7 @@ static void on_changed(store_req_t *req, void *arg)
                       req->status == STORE_NOT_FOUND ? "no such message in that state"
                                                      : "the store is unavailable");
     }
-    free(pd);
+    s_pending_done(pd);
 }
 
 /* Builds and submits the store request of q, whose reply comes from its
@@ -602,6 +657,12 @@ static void s_store_request(server_t *s, const uint8_t *rid, size_t rid_len,
         reason = why;
         goto refuse;
     }
+    if (s_busy(s, rid, rid_len, why, sizeof why)) {
+        code = MR_E_QUEUE_FULL;
+        reason = why;
+        goto refuse;
+    }
+    s_pending_wait(pd);
     store_submit(s->store, req);
     return;
 refuse:
@@ -624,6 +685,14 @@ static bool s_is_admin(const server_t *s)
         return s->conf->insecure;
     const conf_operator_t *o = conf_operator_of(s->conf, key);
     return o != NULL && o->admin;
+}
+
+void opapi_cron(server_t *s, int64_t mono_ms)
+{
+    uint64_t n = lograte_take(&s->op_reject_log, mono_ms);
+    if (n > 0)
+        log_warn(s->log, "operator.rejected_unlogged", "count=%llu limit=%d window_s=%d",
+                 (unsigned long long)n, LOGRATE_LINES, LOGRATE_WINDOW_MS / 1000);
 }
 
 void opapi_on_message(void *arg, const uint8_t *rid, size_t rid_len, const void *const *parts,

@@ -55,6 +55,11 @@ typedef struct server_t {
     struct zap_t *zap;         /* CURVE authentication; NULL when insecure */
     counters_t counters;
     lograte_t reject_log_anon; /* refusals' log lines for frames of no facility (dispatch.c) */
+    /* operator requests waiting for the store, and their refusals' log
+     * lines (opapi.c) */
+    struct op_waiting_t *op_waiting;
+    size_t n_op_waiting;
+    lograte_t op_reject_log;
     uv_timer_t cron;
     uv_signal_t sig_int, sig_term, sig_hup;
     int64_t started_at_ms;

@@ -5,10 +5,11 @@
  * The server_t is a bare one with a stand-in operator endpoint: the test is
  * linked with -Wl,--wrap=endpoint_send,--wrap=endpoint_user_id,
  * --wrap=endpoint_src_fd,--wrap=endpoint_check_closed,--wrap=store_submit,
- * and the wrappers below answer what the test sets (a send's result; no
- * key: plaintext; the connection's fd; no close queued), keep the last
- * reply sent, and hold the store requests submitted (there is no store):
- * the test completes them when it chooses (s_complete).
+ * --wrap=clock_gettime, and the wrappers below answer what the test sets (a
+ * send's result; no key: plaintext; the connection's fd; no close queued),
+ * keep the last reply sent, hold the store requests submitted (there is no
+ * store): the test completes them when it chooses (s_complete), and stop
+ * the clocks once a test says so (the log's windows then hold still).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -21,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "endpoint.h"
 #include "log.h"
@@ -84,6 +86,36 @@ void __wrap_endpoint_check_closed(endpoint_t *self)
     (void)self; /* the close of the connection, if any, was read already */
 }
 
+/* Completes the oldest request held as the store would, with status, then
+ * frees it (what a request answered unavailable holds). */
+static void s_complete(store_status_t status)
+{
+    assert_true(s_n_held > 0);
+    store_req_t *req = s_held[0];
+    memmove(&s_held[0], &s_held[1], (size_t)(s_n_held - 1) * sizeof s_held[0]);
+    s_n_held--;
+    req->status = status;
+    req->cb(req, req->arg);
+    store_row_clear(&req->msg);
+    free(req->query);
+    free(req);
+}
+
+/* clock_gettime as the daemon's code sees it: the real one until a test
+ * sets s_frozen, then a fixed time. */
+static bool s_frozen;
+int __real_clock_gettime(clockid_t id, struct timespec *ts);
+int __wrap_clock_gettime(clockid_t id, struct timespec *ts);
+
+int __wrap_clock_gettime(clockid_t id, struct timespec *ts)
+{
+    if (!s_frozen)
+        return __real_clock_gettime(id, ts);
+    ts->tv_sec = id == CLOCK_REALTIME ? 1750000000 : 100000;
+    ts->tv_nsec = 0;
+    return 0;
+}
+
 /* Hands opapi q from rid, its reply's send answering 0; the replies sent. */
 static int s_request(server_t *s, const uint8_t *rid, size_t rid_len, mr_op_request_t *q)
 {
@@ -99,6 +131,28 @@ static int s_request(server_t *s, const uint8_t *rid, size_t rid_len, mr_op_requ
     opapi_on_message(s, rid, rid_len, parts, sizes, 1, 0);
     free(buf);
     return s_sends;
+}
+
+/* Hands opapi a QueueListRequest from rid; the replies sent. */
+static int s_list(server_t *s, const uint8_t *rid, size_t rid_len)
+{
+    Medroute__V1__QueueListRequest l = MEDROUTE__V1__QUEUE_LIST_REQUEST__INIT;
+    mr_op_request_t q = MEDROUTE__V1__OP_REQUEST__INIT;
+    q.request_id = 5;
+    q.body_case = MEDROUTE__V1__OP_REQUEST__BODY_QUEUE_LIST;
+    q.queue_list = &l;
+    return s_request(s, rid, rid_len, &q);
+}
+
+/* Lines of out that hold what. */
+static int s_lines(FILE *out, const char *what)
+{
+    char line[1024];
+    int n = 0;
+    rewind(out);
+    while (fgets(line, sizeof line, out) != NULL)
+        n += strstr(line, what) != NULL;
+    return n;
 }
 
 /* Hands opapi a WatchRequest from rid, the reply's send answering rc. */
@@ -186,11 +240,78 @@ static void test_opapi_request_without_known_body_is_refused(void **state)
     fclose(out);
 }
 
+/* Operator requests waiting for the store are bounded, 4 of a connection
+ * and 32 in all: one more is answered QUEUE_FULL at once, counted, and not
+ * submitted (a tool in a loop queued them without bound, and their backlog
+ * paused the facilities' intake); an answer frees its place.  The lines of
+ * a flood of refusals are bounded too, and their count told by the cron. */
+static void test_opapi_requests_waiting_for_the_store_are_bounded(void **state)
+{
+    (void)state;
+    FILE *out = tmpfile();
+    assert_non_null(out);
+    int stand_in;
+    conf_t conf = {.insecure = true, .max_message_bytes = 65536};
+    server_t s = {.operator_ep = (endpoint_t *)&stand_in, .conf = &conf,
+                  .log = log_new(MR_LOG_DEBUG, out)};
+    assert_non_null(s.log);
+    s_frozen = true;
+    s_n_held = 0;
+    const uint8_t a[] = {0, 0, 0, 0, 'a'}, z[] = {0, 0, 0, 2, 0};
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(s_list(&s, a, sizeof a), 0); /* answered by the store */
+        assert_int_equal(s_n_held, i + 1);
+    }
+    assert_int_equal(s_list(&s, a, sizeof a), 1);
+    assert_int_equal(s_reply_code, MR_E_QUEUE_FULL);
+    assert_int_equal(s_n_held, 4);
+    assert_int_equal(s.counters.v[CNT_OPERATOR_REJECTED], 1);
+    /* Seven other connections take the other 28 places. */
+    for (uint8_t c = 1; c <= 7; c++) {
+        const uint8_t rid[] = {0, 0, 0, 1, c};
+        for (int i = 0; i < 4; i++)
+            assert_int_equal(s_list(&s, rid, sizeof rid), 0);
+    }
+    assert_int_equal(s_n_held, 32);
+    assert_int_equal(s_list(&s, z, sizeof z), 1);
+    assert_int_equal(s_reply_code, MR_E_QUEUE_FULL);
+    assert_int_equal(s_n_held, 32);
+    /* The store answers one of a's: a may send one more. */
+    s_sends = 0;
+    s_complete(STORE_UNAVAILABLE);
+    assert_int_equal(s_sends, 1);
+    assert_int_equal(s_reply_code, MR_E_STORE_UNAVAILABLE);
+    assert_int_equal(s_list(&s, a, sizeof a), 0);
+    assert_int_equal(s_n_held, 32);
+    /* A flood from two connections, refused for two reasons in turn (so
+     * that no line repeats the one before): each refusal counted, at most
+     * LOGRATE_LINES of them logged in the window. */
+    int before = s_lines(out, "event=operator.rejected ");
+    for (int i = 0; i < 100; i++) {
+        assert_int_equal(s_list(&s, a, sizeof a), 1);
+        assert_int_equal(s_list(&s, z, sizeof z), 1);
+    }
+    assert_int_equal(s_n_held, 32);
+    assert_int_equal(s.counters.v[CNT_OPERATOR_REJECTED], 2 + 1 + 200);
+    assert_int_equal(before, 3); /* two QUEUE_FULL, the STORE_UNAVAILABLE */
+    assert_int_equal(s_lines(out, "event=operator.rejected "), LOGRATE_LINES);
+    opapi_cron(&s, mr_mono_ms());
+    assert_int_equal(s_lines(out, "event=operator.rejected_unlogged count=183 "), 1);
+    while (s_n_held > 0)
+        s_complete(STORE_UNAVAILABLE);
+    assert_null(s.op_waiting);
+    assert_int_equal(s.n_op_waiting, 0);
+    s_frozen = false;
+    log_destroy(&s.log);
+    fclose(out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_opapi_watch_whose_connection_is_gone_holds_no_place),
         cmocka_unit_test(test_opapi_request_without_known_body_is_refused),
+        cmocka_unit_test(test_opapi_requests_waiting_for_the_store_are_bounded),
     };
     return cmocka_run_group_tests_name("opapi", tests, NULL, NULL);
 }

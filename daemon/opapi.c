@@ -39,7 +39,8 @@ typedef struct op_waiting_t {
     struct op_waiting_t *prev, *next; /* s->op_waiting, once submitted */
 } s_pending_t;
 
-/* Sends r to rid.  A connection found gone (EHOSTUNREACH) ends its watch:
+/* Sends r to rid; a reply that cannot be encoded (no memory) is counted as
+ * send_failed.  A connection found gone (EHOSTUNREACH) ends its watch:
  * a WatchRequest read after its connection closed read that close first
  * (watch_subscribe), so the monitor would never free the place it took. */
 static void s_reply(server_t *s, const uint8_t *rid, size_t rid_len, mr_op_reply_t *r)
@@ -49,9 +50,14 @@ static void s_reply(server_t *s, const uint8_t *rid, size_t rid_len, mr_op_reply
     r->version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
     if (s->operator_ep == NULL)
         return; /* shutting down */
-    if (mr_pack(&r->base, &buf, &len) != 0)
+    int rc = mr_pack(&r->base, &buf, &len);
+    if (rc != 0) {
+        /* No memory: counted and told, not only timed out by the tool. */
+        s->counters.v[CNT_SEND_FAILED]++;
+        log_warn(s->log, "operator.send_failed", "reason=%d step=encode", rc);
         return;
-    int rc = endpoint_send(s->operator_ep, rid, rid_len, buf, len);
+    }
+    rc = endpoint_send(s->operator_ep, rid, rid_len, buf, len);
     if (rc < 0)
         log_warn(s->log, "operator.send_failed", "reason=%d", rc);
     if (rc == -EHOSTUNREACH)

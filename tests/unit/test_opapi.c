@@ -5,11 +5,12 @@
  * The server_t is a bare one with a stand-in operator endpoint: the test is
  * linked with -Wl,--wrap=endpoint_send,--wrap=endpoint_user_id,
  * --wrap=endpoint_src_fd,--wrap=endpoint_check_closed,--wrap=store_submit,
- * --wrap=clock_gettime, and the wrappers below answer what the test sets (a
- * send's result; no key: plaintext; the connection's fd; no close queued),
- * keep the last reply sent, hold the store requests submitted (there is no
- * store): the test completes them when it chooses (s_complete), and stop
- * the clocks once a test says so (the log's windows then hold still).
+ * --wrap=clock_gettime,--wrap=mr_pack, and the wrappers below answer what
+ * the test sets (a send's result; no key: plaintext; the connection's fd;
+ * no close queued), keep the last reply sent, hold the store requests
+ * submitted (there is no store): the test completes them when it chooses
+ * (s_complete), stop the clocks once a test says so (the log's windows then
+ * hold still), and fail the packing of replies without memory on demand.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -116,13 +117,26 @@ int __wrap_clock_gettime(clockid_t id, struct timespec *ts)
     return 0;
 }
 
+/* mr_pack as opapi.c sees it: out of memory while s_pack_fails (the test's
+ * own requests are packed by the real one). */
+static bool s_pack_fails;
+int __real_mr_pack(const ProtobufCMessage *msg, uint8_t **out, size_t *len);
+int __wrap_mr_pack(const ProtobufCMessage *msg, uint8_t **out, size_t *len);
+
+int __wrap_mr_pack(const ProtobufCMessage *msg, uint8_t **out, size_t *len)
+{
+    if (s_pack_fails)
+        return -ENOMEM;
+    return __real_mr_pack(msg, out, len);
+}
+
 /* Hands opapi q from rid, its reply's send answering 0; the replies sent. */
 static int s_request(server_t *s, const uint8_t *rid, size_t rid_len, mr_op_request_t *q)
 {
     q->version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
     uint8_t *buf = NULL;
     size_t len = 0;
-    assert_int_equal(mr_pack(&q->base, &buf, &len), 0);
+    assert_int_equal(__real_mr_pack(&q->base, &buf, &len), 0);
     const void *parts[] = {buf};
     size_t sizes[] = {len};
     s_answer = 0;
@@ -306,12 +320,36 @@ static void test_opapi_requests_waiting_for_the_store_are_bounded(void **state)
     fclose(out);
 }
 
+/* A reply that cannot be encoded (no memory) is counted as send_failed and
+ * logged: it was dropped without a trace, the tool left to time out. */
+static void test_opapi_reply_without_memory_is_counted_and_logged(void **state)
+{
+    (void)state;
+    FILE *out = tmpfile();
+    assert_non_null(out);
+    int stand_in;
+    conf_t conf = {.insecure = true, .max_message_bytes = 65536};
+    server_t s = {.operator_ep = (endpoint_t *)&stand_in, .conf = &conf,
+                  .log = log_new(MR_LOG_DEBUG, out)};
+    assert_non_null(s.log);
+    const uint8_t rid[] = {0, 0, 0, 0, 4};
+    mr_op_request_t q = MEDROUTE__V1__OP_REQUEST__INIT; /* no body: refused */
+    s_pack_fails = true;
+    assert_int_equal(s_request(&s, rid, sizeof rid, &q), 0);
+    s_pack_fails = false;
+    assert_int_equal(s.counters.v[CNT_SEND_FAILED], 1);
+    assert_int_equal(s_lines(out, "event=operator.send_failed reason=-12 step=encode"), 1);
+    log_destroy(&s.log);
+    fclose(out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_opapi_watch_whose_connection_is_gone_holds_no_place),
         cmocka_unit_test(test_opapi_request_without_known_body_is_refused),
         cmocka_unit_test(test_opapi_requests_waiting_for_the_store_are_bounded),
+        cmocka_unit_test(test_opapi_reply_without_memory_is_counted_and_logged),
     };
     return cmocka_run_group_tests_name("opapi", tests, NULL, NULL);
 }

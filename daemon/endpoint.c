@@ -110,6 +110,7 @@ static int s_recv_one(endpoint_t *self)
 }
 
 static void on_idle(uv_idle_t *handle);
+static void on_close(uv_handle_t *handle);
 
 static bool s_readable(endpoint_t *self)
 {
@@ -218,8 +219,11 @@ endpoint_t *endpoint_new(uv_loop_t *loop, void *zctx, const endpoint_opts_t *opt
     self->poll.data = self;
     self->open_handles++;
     if (uv_idle_init(loop, &self->idle) != 0) {
-        uv_close((uv_handle_t *)&self->poll, NULL);
-        goto fail_sock_leak;
+        /* The poll handle still references self: its close frees it. */
+        zmq_close(self->sock);
+        self->sock = NULL;
+        uv_close((uv_handle_t *)&self->poll, on_close);
+        return NULL;
     }
     self->idle.data = self;
     self->open_handles++;
@@ -233,11 +237,6 @@ endpoint_t *endpoint_new(uv_loop_t *loop, void *zctx, const endpoint_opts_t *opt
 fail_sock:
     zmq_close(self->sock);
     free(self);
-    return NULL;
-fail_sock_leak:
-    /* poll handle is closing and still references self: keep it alive. */
-    zmq_close(self->sock);
-    self->sock = NULL;
     return NULL;
 }
 

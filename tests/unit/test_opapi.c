@@ -32,9 +32,12 @@
 
 static int s_answer;
 static int s_sends;
-/* The last reply sent: its body, and its error's code (0 if none). */
+/* The last reply sent: its body, its error's code (0 if none), and of a
+ * status its first facility's pending count and oldest_pending_ms. */
 static int s_reply_body;
 static int s_reply_code;
+static uint64_t s_reply_pending;
+static int64_t s_reply_oldest_ms;
 /* The store requests submitted, in order, not yet completed. */
 #define S_HELD_MAX 64
 static store_req_t *s_held[S_HELD_MAX];
@@ -57,6 +60,10 @@ int __wrap_endpoint_send(endpoint_t *self, const uint8_t *rid, size_t rid_len, c
     assert_non_null(r);
     s_reply_body = (int)r->body_case;
     s_reply_code = r->body_case == MEDROUTE__V1__OP_REPLY__BODY_ERROR ? (int)r->error->code : 0;
+    if (r->body_case == MEDROUTE__V1__OP_REPLY__BODY_STATUS && r->status->n_facilities > 0) {
+        s_reply_pending = r->status->facilities[0]->pending;
+        s_reply_oldest_ms = r->status->facilities[0]->oldest_pending_ms;
+    }
     medroute__v1__op_reply__free_unpacked(r, NULL);
     return s_answer;
 }
@@ -343,6 +350,57 @@ static void test_opapi_reply_without_memory_is_counted_and_logged(void **state)
     fclose(out);
 }
 
+/* oldest_pending_ms is the store's (the stored_at of the oldest message
+ * its pending set holds for the facility), set for a facility without a
+ * session too, as protocol.md 10 says. */
+static void test_opapi_status_oldest_pending_is_the_stores(void **state)
+{
+    (void)state;
+    FILE *out = tmpfile();
+    assert_non_null(out);
+    int stand_in;
+    conf_t conf = {.insecure = true, .max_message_bytes = 65536, .broker_id = "medroute"};
+    facility_t f = {.id = "tw-a", .name = "Township A", .role = ROLE_TOWNSHIP};
+    char err[128];
+    peer_t peer = {0}; /* no session */
+    server_t s = {.operator_ep = (endpoint_t *)&stand_in, .conf = &conf,
+                  .log = log_new(MR_LOG_DEBUG, out), .peers = &peer,
+                  .registry = registry_new(&f, 1, err, sizeof err)};
+    assert_non_null(s.log);
+    assert_non_null(s.registry);
+    const uint8_t rid[] = {0, 0, 0, 0, 6};
+    Medroute__V1__StatusRequest st = MEDROUTE__V1__STATUS_REQUEST__INIT;
+    mr_op_request_t q = MEDROUTE__V1__OP_REQUEST__INIT;
+    q.request_id = 11;
+    q.body_case = MEDROUTE__V1__OP_REQUEST__BODY_STATUS;
+    q.status = &st;
+    s_n_held = 0;
+    assert_int_equal(s_request(&s, rid, sizeof rid, &q), 0);
+    assert_int_equal(s_n_held, 1);
+    store_req_t *req = s_held[0];
+    req->rows = calloc(1, sizeof *req->rows);
+    assert_non_null(req->rows);
+    req->n_rows = 1;
+    req->rows[0].dest = strdup("tw-a");
+    assert_non_null(req->rows[0].dest);
+    req->rows[0].count = 3;
+    req->rows[0].stored_ms = 1700000000123;
+    s_reply_pending = 0;
+    s_reply_oldest_ms = 0;
+    s_sends = 0;
+    store_row_t *rows = req->rows;
+    s_complete(STORE_OK);
+    store_row_clear(&rows[0]);
+    free(rows);
+    assert_int_equal(s_sends, 1);
+    assert_int_equal(s_reply_body, MEDROUTE__V1__OP_REPLY__BODY_STATUS);
+    assert_int_equal(s_reply_pending, 3);
+    assert_int_equal(s_reply_oldest_ms, 1700000000123);
+    registry_destroy(&s.registry);
+    log_destroy(&s.log);
+    fclose(out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -350,6 +408,7 @@ int main(void)
         cmocka_unit_test(test_opapi_request_without_known_body_is_refused),
         cmocka_unit_test(test_opapi_requests_waiting_for_the_store_are_bounded),
         cmocka_unit_test(test_opapi_reply_without_memory_is_counted_and_logged),
+        cmocka_unit_test(test_opapi_status_oldest_pending_is_the_stores),
     };
     return cmocka_run_group_tests_name("opapi", tests, NULL, NULL);
 }

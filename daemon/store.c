@@ -39,6 +39,8 @@
  * corrupt, locked) fails the whole batch: ROLLBACK, every request in it
  * completes with STORE_UNAVAILABLE, and the connection is reopened on the
  * next batch (so it is after any failed batch whose ROLLBACK fails).
+ * The store counts as unavailable (/healthz) until a batch writes again,
+ * or, after a busy lock only, until any batch commits (s_recovered).
  * Nothing is acknowledged that was not committed.  The counts of
  * store_tally (events of the loop thread, which happened whatever becomes
  * of the batch) are kept for the next batch that writes anyway and commits
@@ -252,6 +254,7 @@ struct store_t {
                           * them (tally.h); the store's, not the connection's: an
                           * outage may reopen it */
     int last_error;                          /* SQLite code of the failure being reported */
+    bool outage_needs_write;  /* since then, a failure other than a busy lock (s_recovered) */
     bool opened_once;
     pending_t *pending;  /* the pending set (pending.h), rebuilt at each open */
     uint64_t last_seq;   /* the highest seq stored */
@@ -327,8 +330,19 @@ static void s_close_db(store_t *self)
     self->db = NULL;
 }
 
+/* Another connection held the lock past busy_timeout (another process, an
+ * operator's sqlite3): over as soon as a batch takes it again. */
+static bool s_lock_error(int rc)
+{
+    return (rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED;
+}
+
+/* Reports a failure, once per code in a row, and notes whether only a
+ * batch that writes can show it over (s_recovered). */
 static void s_log_failure(store_t *self, int rc, const char *what)
 {
+    if (!s_lock_error(rc))
+        self->outage_needs_write = true;
     if (rc == self->last_error)
         return;
     self->last_error = rc;
@@ -1401,8 +1415,8 @@ static void s_kept_deferred(store_t *self, int rc)
  * batch's (s_thread): the connection is closed when its transaction stays
  * open or the error makes it suspect (s_needs_reopen), so the next batch
  * reopens it rather than fail on it too; the store counts as unavailable
- * until a batch writes again, and the counts wait for that batch (at stop
- * they are lost, store.h).
+ * until a batch shows it over (s_recovered), and the counts wait for a
+ * batch that writes (at stop they are lost, store.h).
  */
 static void s_flush_kept(store_t *self, const char *during, bool idle)
 {
@@ -1431,6 +1445,26 @@ static void s_flush_kept(store_t *self, const char *during, bool idle)
         s_close_db(self); /* closing rolls back what is left open; the next batch reopens */
     else
         tally_discard(self->tally);
+}
+
+/*
+ * After a batch that committed: ends the outage being reported, if this
+ * batch shows it over.  A batch of reads succeeds on a full disk too, so
+ * only one that wrote shows the store writing again; but a busy lock, when
+ * nothing else failed since, is over once a batch, of reads or not, has
+ * taken the lock again (BEGIN IMMEDIATE: every batch does): else a router's
+ * page load that met it left /healthz at 503 until something was written,
+ * on a quiet broker for long.
+ */
+static void s_recovered(store_t *self, bool wrote)
+{
+    if (self->last_error == 0 || (!wrote && self->outage_needs_write))
+        return;
+    log_info(self->log, "store.recovered", "path=\"%s\" after=\"%s\"", self->path_log,
+             sqlite3_errstr(self->last_error));
+    self->last_error = 0;
+    self->outage_needs_write = false;
+    atomic_store(&self->unavailable, false);
 }
 
 static bool s_queue_empty(store_t *self)
@@ -1544,16 +1578,11 @@ static void *s_thread(void *arg)
             if (s_needs_reopen(rc) || set_lost || still_open)
                 s_close_db(self); /* reopen, re-check and rebuild on the next batch */
             atomic_store(&self->unavailable, true);
-        } else if (sqlite3_total_changes(self->db) != changes_before) {
-            s_checkpoint_due(self);
-            /* Recovered only when something was written again: a batch of
-             * reads succeeds on a full disk too. */
-            if (self->last_error != 0) {
-                log_info(self->log, "store.recovered", "path=\"%s\" after=\"%s\"", self->path_log,
-                         sqlite3_errstr(self->last_error));
-                self->last_error = 0;
-                atomic_store(&self->unavailable, false);
-            }
+        } else {
+            bool wrote = sqlite3_total_changes(self->db) != changes_before;
+            if (wrote)
+                s_checkpoint_due(self);
+            s_recovered(self, wrote);
         }
         pthread_mutex_lock(&self->lock);
         durhist_merge(&self->lat_wait, &waits);

@@ -193,7 +193,8 @@ typedef struct {
     durhist_t wait, commit, put;
 } store_latency_t;
 void store_latency(const store_t *self, store_latency_t *out);
-/* True when the last batch failed for lack of the database. */
+/* True when a batch failed for lack of the database and no later one has
+ * shown it back: one that wrote, or after a busy lock only, any. */
 bool store_unavailable(const store_t *self);
 /*
  * Stalls: how long the oldest request not yet finished (queued, or in the

@@ -2630,6 +2630,55 @@ static void test_store_kept_counts_written_when_idle_are_checkpointed(void **sta
     s_wait_file_has(fx->path, "code=\"IDLE_CHECKPOINTED\"");
 }
 
+/* Holds the store's write lock from a connection of the test's own (as
+ * another process or an operator's sqlite3 would); s_unlock ends it. */
+static sqlite3 *s_lock(const char *path)
+{
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    return db;
+}
+
+static void s_unlock(sqlite3 *db)
+{
+    assert_int_equal(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+}
+
+/*
+ * A batch of reads (a router's page load) that meets a busy lock fails and
+ * reports the store unavailable; once the lock is gone the next batch that
+ * commits, of reads too, takes it again (every batch does), and ends the
+ * outage: it stayed until a batch wrote, /healthz at 503 on a quiet broker
+ * meanwhile.  A failure to write (here a trigger refusing it, as a full
+ * disk) is still ended by a batch that writes only.
+ */
+static void test_store_busy_lock_met_by_reads_ends_at_the_next_batch(void **state)
+{
+    s_fx_t *fx = *state;
+    assert_int_equal(s_put(fx, "t-a", "m-1", "lead", "b", 99000)->status, STORE_OK);
+    sqlite3 *other = s_lock(fx->path);
+    assert_int_equal(s_load(fx, "lead", 0, 100)->status, STORE_UNAVAILABLE);
+    assert_true(store_unavailable(fx->store));
+    assert_true(s_log_contains(fx, "during=batch sqlite=5 "));
+    s_unlock(other);
+    assert_int_equal(s_load(fx, "lead", 0, 100)->status, STORE_OK);
+    assert_false(store_unavailable(fx->store));
+    assert_true(s_log_contains(fx, "event=store.recovered"));
+
+    s_refuse_writes(fx->path, "messages", true);
+    assert_int_equal(s_put(fx, "t-a", "m-2", "lead", "b", 99000)->status, STORE_UNAVAILABLE);
+    other = s_lock(fx->path);
+    assert_int_equal(s_load(fx, "lead", 0, 100)->status, STORE_UNAVAILABLE);
+    s_unlock(other);
+    assert_int_equal(s_load(fx, "lead", 0, 100)->status, STORE_OK);
+    assert_true(store_unavailable(fx->store));
+    s_refuse_writes(fx->path, "messages", false);
+    assert_int_equal(s_put(fx, "t-a", "m-2", "lead", "b", 99000)->status, STORE_OK);
+    assert_false(store_unavailable(fx->store));
+}
+
 int main(void)
 {
     umask(022);
@@ -2693,6 +2742,7 @@ int main(void)
         T(test_store_count_of_a_last_callback_is_written_at_stop),
         T0(test_store_kept_counts_busy_lock_defers_only),
         T(test_store_kept_counts_written_when_idle_are_checkpointed),
+        T(test_store_busy_lock_met_by_reads_ends_at_the_next_batch),
     };
     /* MR_TEST_FILTER / MR_TEST_SKIP: glob patterns of test names to run or
      * skip (e.g. to run the rest under valgrind while a known bug is open). */

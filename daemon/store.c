@@ -658,7 +658,13 @@ static int s_read_row(sqlite3_stmt *st, store_req_t *req)
     r->priority = sqlite3_column_int(st, 5);
     r->stored_ms = sqlite3_column_int64(st, 6);
     r->expires_ms = sqlite3_column_int64(st, 7);
-    r->dead_reason = s_text(st, 8);
+    /* Typed before it is read: a NULL text of a value is SQLite (or strdup)
+     * out of memory (sqlite3.h), not a message without a reason. */
+    if (sqlite3_column_type(st, 8) != SQLITE_NULL) {
+        r->dead_reason = s_text(st, 8);
+        if (r->dead_reason == NULL)
+            return SQLITE_NOMEM;
+    }
     /* The pointer before its size (sqlite3.h); NULL out of memory, which a
      * size alone would show as an empty body. */
     const void *body = sqlite3_column_blob(st, 9);

@@ -2426,6 +2426,50 @@ static void test_store_body_out_of_memory_fails_the_load(void **state)
     s_assert_body(&d->rows[0], "the body");
 }
 
+/* sqlite3_column_text, wrapped (-Wl,--wrap=sqlite3_column_text): while
+ * s_text_fail_sql is set, the next read of column s_text_fail_col by a
+ * statement whose SQL holds that text returns NULL, as SQLite does when it
+ * runs out of memory there; else SQLite's. */
+static _Atomic(const char *) s_text_fail_sql;
+static atomic_int s_text_fail_col = -1;
+
+const unsigned char *__real_sqlite3_column_text(sqlite3_stmt *st, int col);
+const unsigned char *__wrap_sqlite3_column_text(sqlite3_stmt *st, int col);
+
+const unsigned char *__wrap_sqlite3_column_text(sqlite3_stmt *st, int col)
+{
+    const char *want = atomic_load(&s_text_fail_sql);
+    if (want != NULL && col == atomic_load(&s_text_fail_col) && sqlite3_sql(st) != NULL &&
+        strstr(sqlite3_sql(st), want) != NULL &&
+        atomic_compare_exchange_strong(&s_text_fail_sql, &want, NULL))
+        return NULL;
+    return __real_sqlite3_column_text(st, col);
+}
+
+/*
+ * A dead message's reason that SQLite cannot hand over (out of memory: a
+ * NULL text) fails the LIST (STORE_UNAVAILABLE, the operator asks again),
+ * rather than listing the message as one without a reason.  The next LIST
+ * has it.
+ */
+static void test_store_dead_reason_out_of_memory_fails_the_list(void **state)
+{
+    s_fx_t *fx = *state;
+    assert_int_equal(s_put(fx, "t-a", "m-1", "lead", "b", 99000)->status, STORE_OK);
+    assert_int_equal(s_drop(fx, 1, "wrong ward", 7000)->status, STORE_OK);
+    atomic_store(&s_text_fail_col, 8); /* s_read_row's reason column */
+    atomic_store(&s_text_fail_sql, "d.dead_reason");
+    s_done_t *d = s_list(fx, MSG_DEAD, NULL, 10);
+    assert_null(atomic_load(&s_text_fail_sql));
+    assert_int_equal(d->status, STORE_UNAVAILABLE);
+    assert_int_equal(d->n_rows, 0);
+    assert_true(s_log_contains(fx, "sqlite=7 "));
+    d = s_list(fx, MSG_DEAD, NULL, 10);
+    assert_int_equal(d->status, STORE_OK);
+    assert_int_equal(d->n_rows, 1);
+    assert_string_equal(d->rows[0].dead_reason, "wrong ward");
+}
+
 /* While set, the next statement that reads meta.value, on a connection
  * opened after s_meta_ext is installed, is denied (SQLITE_AUTH), once: a
  * transient failure to read the schema version (a busy or unreadable page,
@@ -2743,6 +2787,7 @@ int main(void)
         T0(test_store_kept_counts_busy_lock_defers_only),
         T(test_store_kept_counts_written_when_idle_are_checkpointed),
         T(test_store_busy_lock_met_by_reads_ends_at_the_next_batch),
+        T(test_store_dead_reason_out_of_memory_fails_the_list),
     };
     /* MR_TEST_FILTER / MR_TEST_SKIP: glob patterns of test names to run or
      * skip (e.g. to run the rest under valgrind while a known bug is open). */

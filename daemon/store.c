@@ -750,6 +750,17 @@ static int s_read_seq(store_t *self, store_req_t *req, uint64_t seq, bool body)
     return rc;
 }
 
+/* A PUT refused (req->clin says why): nothing of it stays, and the
+ * refusal is counted. */
+static int s_put_refused(store_t *self, store_req_t *req)
+{
+    char labels[200];
+    req->status = STORE_REFUSED;
+    req->seq = 0;
+    snprintf(labels, sizeof labels, "code=\"%s\"", mr_error_name(req->clin.code));
+    return tally_add(self->tally, "messages_rejected_total", labels, 1);
+}
+
 static int s_op_put(store_t *self, store_req_t *req)
 {
     const store_row_t *m = &req->msg;
@@ -763,12 +774,22 @@ static int s_op_put(store_t *self, store_req_t *req)
     S_BIND(sqlite3_bind_int64(st, 7, m->expires_ms));
     S_BIND(sqlite3_bind_blob(st, 8, m->body, (int)m->body_len, SQLITE_STATIC));
     S_BIND(sqlite3_bind_int(st, 9, m->express));
-    /* A referral's lifecycle key, written with the message (no second write). */
+    /* A referral's lifecycle key, written with the message (no second write):
+     * clinical.c's key of it, in as many bytes.  Ids are bounded (a facility's
+     * and a referral's MR_*_ID_MAX: 130 bytes); a key cut short would name
+     * another referral (two long ids sharing a prefix), so it is refused. */
     char ref_key[200];
     bool referral = req->facts && req->facts->kind == MEDROUTE__V1__KIND__KIND_REFERRAL &&
                     req->facts->ref_id != NULL;
     if (referral) {
-        snprintf(ref_key, sizeof ref_key, "%s/%s", m->source, req->facts->ref_id);
+        int n = snprintf(ref_key, sizeof ref_key, "%s/%s", m->source, req->facts->ref_id);
+        if (n < 0 || (size_t)n >= sizeof ref_key) {
+            req->clin.code = MR_E_INVALID;
+            snprintf(req->clin.reason, sizeof req->clin.reason,
+                     "the referral's key (source/referral_id) is longer than %zu bytes",
+                     sizeof ref_key - 1);
+            return s_put_refused(self, req);
+        }
         S_BIND(sqlite3_bind_text(st, 10, ref_key, -1, SQLITE_TRANSIENT));
     }
     int rc = sqlite3_step(st);
@@ -800,13 +821,8 @@ static int s_op_put(store_t *self, store_req_t *req)
         }
         if (req->clin.code != 0) {
             /* Refused: the message row goes (its seq is not used again). */
-            req->status = STORE_REFUSED;
             rc = s_by_seq(self, S_PUT_UNDO, req->seq);
-            if (rc != SQLITE_OK)
-                return rc;
-            req->seq = 0;
-            snprintf(labels, sizeof labels, "code=\"%s\"", mr_error_name(req->clin.code));
-            return tally_add(self->tally, "messages_rejected_total", labels, 1);
+            return rc == SQLITE_OK ? s_put_refused(self, req) : rc;
         }
         if (req->seq > self->last_seq)
             self->last_seq = req->seq;

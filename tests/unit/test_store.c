@@ -2470,6 +2470,31 @@ static void test_store_dead_reason_out_of_memory_fails_the_list(void **state)
     assert_string_equal(d->rows[0].dead_reason, "wrong ward");
 }
 
+/*
+ * A referral whose key (source/referral_id) does not fit the key's bytes is
+ * refused as INVALID, alone, and nothing of it is stored: cut short, two
+ * long ids sharing a prefix were one referral, the second refused as
+ * existing already.  (facts.c bounds the ids from the wire far below.)
+ */
+static void test_store_referral_key_that_does_not_fit_is_refused(void **state)
+{
+    s_fx_t *fx = *state;
+    char id[201];
+    memset(id, 'R', sizeof id - 1);
+    id[sizeof id - 1] = '\0';
+    s_done_t *d = s_put_referral_req(fx, "ref-long-1", id, "cardiology");
+    s_wait(fx, d);
+    assert_int_equal(d->status, STORE_REFUSED);
+    assert_int_equal(d->seq, 0);
+    id[sizeof id - 2] = 'S';
+    d = s_put_referral_req(fx, "ref-long-2", id, "cardiology");
+    s_wait(fx, d);
+    assert_int_equal(d->status, STORE_REFUSED);
+    assert_int_equal(s_sql_int(fx->path, "SELECT count(*) FROM messages"), 0);
+    assert_int_equal(s_sql_int(fx->path, "SELECT count(*) FROM referrals"), 0);
+    assert_int_equal(s_put_referral(fx)->status, STORE_OK);
+}
+
 /* While set, the next statement that reads meta.value, on a connection
  * opened after s_meta_ext is installed, is denied (SQLITE_AUTH), once: a
  * transient failure to read the schema version (a busy or unreadable page,
@@ -2788,6 +2813,7 @@ int main(void)
         T(test_store_kept_counts_written_when_idle_are_checkpointed),
         T(test_store_busy_lock_met_by_reads_ends_at_the_next_batch),
         T(test_store_dead_reason_out_of_memory_fails_the_list),
+        T(test_store_referral_key_that_does_not_fit_is_refused),
     };
     /* MR_TEST_FILTER / MR_TEST_SKIP: glob patterns of test names to run or
      * skip (e.g. to run the rest under valgrind while a known bug is open). */

@@ -907,8 +907,14 @@ static int s_op_ack(store_t *self, store_req_t *req)
         sqlite3_stmt *st = s_stmt(self, S_REF_KEY);
         S_BIND(sqlite3_bind_int64(st, 1, (sqlite3_int64)e.seq));
         rc = sqlite3_step(st);
-        if (rc == SQLITE_ROW && sqlite3_column_text(st, 0) != NULL)
-            snprintf(ref_key, sizeof ref_key, "%s", (const char *)sqlite3_column_text(st, 0));
+        if (rc == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL) {
+            /* A NULL text of a value: out of memory, not a message without a key. */
+            const unsigned char *key = sqlite3_column_text(st, 0);
+            if (key == NULL)
+                rc = SQLITE_NOMEM;
+            else
+                snprintf(ref_key, sizeof ref_key, "%s", (const char *)key);
+        }
         sqlite3_reset(st);
         if (rc != SQLITE_ROW && rc != SQLITE_DONE)
             return rc;

@@ -2495,6 +2495,28 @@ static void test_store_referral_key_that_does_not_fit_is_refused(void **state)
     assert_int_equal(s_put_referral(fx)->status, STORE_OK);
 }
 
+/*
+ * A referral's key that SQLite cannot hand over at its delivery ack (out
+ * of memory: a NULL text) fails the ack (the destination acks again),
+ * rather than taking the message for one without a referral: it was
+ * acknowledged and the referral left REQUESTED, never RECEIVED.
+ */
+static void test_store_ref_key_out_of_memory_fails_the_ack(void **state)
+{
+    s_fx_t *fx = *state;
+    s_done_t *d = s_put_referral(fx);
+    assert_int_equal(d->status, STORE_OK);
+    uint64_t seq = d->seq;
+    atomic_store(&s_text_fail_col, 0);
+    atomic_store(&s_text_fail_sql, "SELECT ref_key FROM messages");
+    d = s_ack(fx, seq, "lead", 5000);
+    assert_null(atomic_load(&s_text_fail_sql));
+    assert_int_equal(d->status, STORE_UNAVAILABLE);
+    assert_int_equal(s_sql_int(fx->path, "SELECT state FROM referrals"), REF_REQUESTED);
+    assert_int_equal(s_ack(fx, seq, "lead", 5001)->status, STORE_OK);
+    assert_int_equal(s_sql_int(fx->path, "SELECT state FROM referrals"), REF_RECEIVED);
+}
+
 /* While set, the next statement that reads meta.value, on a connection
  * opened after s_meta_ext is installed, is denied (SQLITE_AUTH), once: a
  * transient failure to read the schema version (a busy or unreadable page,
@@ -2814,6 +2836,7 @@ int main(void)
         T(test_store_busy_lock_met_by_reads_ends_at_the_next_batch),
         T(test_store_dead_reason_out_of_memory_fails_the_list),
         T(test_store_referral_key_that_does_not_fit_is_refused),
+        T(test_store_ref_key_out_of_memory_fails_the_ack),
     };
     /* MR_TEST_FILTER / MR_TEST_SKIP: glob patterns of test names to run or
      * skip (e.g. to run the rest under valgrind while a known bug is open). */

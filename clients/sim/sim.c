@@ -1144,7 +1144,7 @@ static int on_event(mr_client_t *client, const mr_event_t *ev, void *arg)
     if (m->dst != me->idx) {
         sim->misrouted++;
         fprintf(stderr, "[%5.1fs] %s: received %s meant for %s\n", s_elapsed(sim), me->id,
-                m->id, sim->players[m->dst].id);
+                m->id, m->to_broker ? sim->o.broker_id : sim->players[m->dst].id);
         return 0;
     }
     if (m->delivered++ > 0) {

@@ -1,0 +1,109 @@
+/*
+ * Unit tests for clients/sim/sim.c, medroute-sim: its source is compiled
+ * into this test (main renamed), so that its accounting of events, its
+ * report and its exit status are driven without a broker: the players have
+ * no client, and the events are made here.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define main s_sim_main
+#include "sim.c"
+#undef main
+
+/* A county of yx-lead, yx-imaging, yx-lab and two townships, none online. */
+static void s_setup(s_sim_t *sim)
+{
+    memset(sim, 0, sizeof *sim);
+    sim->o = (s_opts_t){.broker_id = "yx-medroute", .duration_s = 20, .seed = 1,
+                        .townships = 2, .scale = 1};
+    sim->rng.s = 0x2545F4914F6CDD1DULL;
+    sim->offline = -1;
+    static const char *const ids[] = {"yx-lead", "yx-imaging", "yx-lab", "t-aihua", "t-manwan"};
+    static const s_role_t roles[] = {ROLE_LEAD, ROLE_IMAGING, ROLE_LAB, ROLE_TOWNSHIP,
+                                     ROLE_TOWNSHIP};
+    for (int i = 0; i < 5; i++) {
+        s_player_t *p = &sim->players[sim->n_players++];
+        p->sim = sim;
+        p->idx = i;
+        p->id = ids[i];
+        p->role = roles[i];
+    }
+    sim->read_back = json_object();
+    assert_non_null(sim->read_back);
+}
+
+/* What a stream (stdout, stderr) gets between s_capture_start and
+ * s_capture_end, written to a temporary file. */
+typedef struct {
+    FILE *stream, *file;
+    int saved;
+} s_capture_t;
+
+static void s_capture_start(s_capture_t *c, FILE *stream)
+{
+    assert_int_equal(fflush(stream), 0);
+    c->stream = stream;
+    c->file = tmpfile();
+    assert_non_null(c->file);
+    c->saved = dup(fileno(stream));
+    assert_true(c->saved >= 0);
+    assert_true(dup2(fileno(c->file), fileno(stream)) >= 0);
+}
+
+/* The text captured; the caller frees it. */
+static char *s_capture_end(s_capture_t *c)
+{
+    assert_int_equal(fflush(c->stream), 0);
+    assert_true(dup2(c->saved, fileno(c->stream)) >= 0);
+    assert_int_equal(close(c->saved), 0);
+    long n = ftell(c->file);
+    assert_true(n >= 0);
+    char *text = calloc(1, (size_t)n + 1);
+    assert_non_null(text);
+    rewind(c->file);
+    assert_int_equal(fread(text, 1, (size_t)n, c->file), (size_t)n);
+    assert_int_equal(fclose(c->file), 0);
+    return text;
+}
+
+/* A delivery to a facility of a message addressed to the broker itself
+ * (which the broker should never make) counts as misrouted and names the
+ * broker as its destination: players[-1] was read. */
+static void test_sim_misrouted_message_to_the_broker_names_it(void **state)
+{
+    (void)state;
+    s_sim_t sim;
+    s_setup(&sim);
+    s_msg_t *m = s_msg_add(&sim, 0, S_BROKER, K_CAPACITY, "cap-1");
+    assert_non_null(m);
+    m->to_broker = true;
+    mr_delivery_t d = {.seq = 7, .message_id = "cap-1", .source = "yx-lead",
+                       .destination = "yx-imaging", .kind = "capacity", .priority = "routine"};
+    mr_event_t ev = {.type = MR_EVENT_DELIVERY, .message_id = "cap-1", .delivery = &d};
+    s_capture_t cap;
+    s_capture_start(&cap, stderr);
+    int rc = on_event(NULL, &ev, &sim.players[1]);
+    char *err = s_capture_end(&cap);
+    assert_int_equal(rc, 0);
+    assert_int_equal(sim.misrouted, 1);
+    assert_non_null(strstr(err, "yx-imaging: received cap-1 meant for yx-medroute\n"));
+    free(err);
+    s_sim_close(&sim);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sim_misrouted_message_to_the_broker_names_it),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

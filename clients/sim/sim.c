@@ -1518,6 +1518,19 @@ out:
     return rc;
 }
 
+/* One counter of the broker's status as " name=value": a 64-bit value comes
+ * as a decimal string (protobuf's JSON), a smaller one as a number. */
+static void s_print_counter(const json_t *c)
+{
+    const char *name = json_string_value(json_object_get(c, "name"));
+    const json_t *v = json_object_get(c, "value");
+    if (json_is_string(v))
+        printf(" %s=%s", name ? name : "?", json_string_value(v));
+    else
+        printf(" %s=%lld", name ? name : "?",
+               json_is_integer(v) ? (long long)json_integer_value(v) : 0LL);
+}
+
 /* The broker's own view, for comparison; a failure here is only a warning. */
 static void s_print_broker(const s_sim_t *sim)
 {
@@ -1534,12 +1547,8 @@ static void s_print_broker(const s_sim_t *sim)
     printf("broker counters:");
     size_t i;
     const json_t *c;
-    json_array_foreach(json_object_get(json_object_get(j, "status"), "counters"), i, c) {
-        const json_t *v = json_object_get(c, "value");
-        printf(" %s=%s%lld", json_string_value(json_object_get(c, "name")),
-               json_is_string(v) ? json_string_value(v) : "",
-               json_is_integer(v) ? (long long)json_integer_value(v) : 0LL);
-    }
+    json_array_foreach(json_object_get(json_object_get(j, "status"), "counters"), i, c)
+        s_print_counter(c);
     printf("\n");
 out:
     json_decref(j);

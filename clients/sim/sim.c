@@ -1451,6 +1451,37 @@ static size_t s_lost(const s_sim_t *sim, size_t *unacked)
     return lost;
 }
 
+/* {"referral": N, ...}: counts[k] under each kind's name, then their
+ * "total" when with_total.  Caller owns the result; NULL without memory. */
+static json_t *s_kind_counts(const unsigned counts[K_COUNT], bool with_total)
+{
+    json_t *o = json_object();
+    unsigned total = 0;
+    for (int k = 1; o != NULL && k < K_COUNT; k++) {
+        total += counts[k];
+        if (json_object_set_new(o, s_kinds[k], json_integer(counts[k])) != 0)
+            goto fail;
+    }
+    if (o != NULL && with_total && json_object_set_new(o, "total", json_integer(total)) != 0)
+        goto fail;
+    return o;
+fail:
+    json_decref(o);
+    return NULL;
+}
+
+/* {"facility": ID, "sent": {...}, "received": {...}}; NULL without memory. */
+static json_t *s_facility_report(const s_player_t *p)
+{
+    json_t *f = json_pack("{s:s}", "facility", p->id);
+    if (f == NULL || json_object_set_new(f, "sent", s_kind_counts(p->sent, true)) != 0 ||
+        json_object_set_new(f, "received", s_kind_counts(p->received, true)) != 0) {
+        json_decref(f);
+        return NULL;
+    }
+    return f;
+}
+
 static int s_write_report(const s_sim_t *sim, size_t lost, size_t unacked)
 {
     json_t *facs = json_array();
@@ -1461,22 +1492,9 @@ static int s_write_report(const s_sim_t *sim, size_t lost, size_t unacked)
     int rc = -ENOMEM;
     if (root == NULL)
         goto out;
-    for (int i = 0; i < sim->n_players; i++) {
-        const s_player_t *p = &sim->players[i];
-        json_t *sent = json_object(), *recv = json_object();
-        unsigned s = 0, r = 0;
-        for (int k = 1; k < K_COUNT; k++) {
-            json_object_set_new(sent, s_kinds[k], json_integer(p->sent[k]));
-            json_object_set_new(recv, s_kinds[k], json_integer(p->received[k]));
-            s += p->sent[k];
-            r += p->received[k];
-        }
-        json_object_set_new(sent, "total", json_integer(s));
-        json_object_set_new(recv, "total", json_integer(r));
-        if (json_array_append_new(facs, json_pack("{s:s, s:o, s:o}", "facility", p->id, "sent",
-                                                  sent, "received", recv)) != 0)
+    for (int i = 0; i < sim->n_players; i++)
+        if (json_array_append_new(facs, s_facility_report(&sim->players[i])) != 0)
             goto out;
-    }
     json_t *sum = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "sent",
                             (json_int_t)sim->n_msgs, "acked", (json_int_t)sim->n_acked,
                             "delivered", (json_int_t)sim->n_delivered, "lost", (json_int_t)lost,
@@ -1488,11 +1506,9 @@ static int s_write_report(const s_sim_t *sim, size_t lost, size_t unacked)
                             "submit_failed", (json_int_t)sim->submit_failed);
     if (json_object_set_new(root, "summary", sum) != 0)
         goto out;
-    json_t *brecv = json_object();
-    for (int k = 1; k < K_COUNT; k++)
-        json_object_set_new(brecv, s_kinds[k], json_integer(sim->broker_received[k]));
-    if (json_object_set_new(root, "broker", json_pack("{s:s, s:o}", "broker_id", sim->o.broker_id,
-                                                      "received", brecv)) != 0 ||
+    json_t *broker = json_pack("{s:s}", "broker_id", sim->o.broker_id);
+    if (json_object_set_new(root, "broker", broker) != 0 ||
+        json_object_set_new(broker, "received", s_kind_counts(sim->broker_received, false)) != 0 ||
         json_object_set_new(
             root, "clinical",
             json_pack("{s:[s,s,s], s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "capacity_days",
@@ -1511,9 +1527,9 @@ static int s_write_report(const s_sim_t *sim, size_t lost, size_t unacked)
                                       (json_int_t)sim->delivered_after_return)) != 0)
         goto out;
     rc = json_dump_file(root, sim->o.report, JSON_INDENT(2) | JSON_PRESERVE_ORDER) == 0 ? 0 : -EIO;
-    if (rc < 0)
-        fprintf(stderr, "medroute-sim: cannot write %s\n", sim->o.report);
 out:
+    if (rc < 0)
+        fprintf(stderr, "medroute-sim: cannot write %s: %s\n", sim->o.report, strerror(-rc));
     json_decref(root);
     return rc;
 }

@@ -16,6 +16,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "medroute.h"
 
 /* The operator endpoint as s_print_broker sees it (-Wl,--wrap): no socket;
@@ -40,6 +42,20 @@ int __wrap_mr_operator_call_json(mr_operator_t *self, const char *request_json, 
 void __wrap_mr_operator_destroy(mr_operator_t **self_p)
 {
     *self_p = NULL;
+}
+
+/* json_object_set_new as sim.c calls it (-Wl,--wrap): it fails, as without
+ * memory, for the key s_fail_key. */
+int __real_json_object_set_new(json_t *object, const char *key, json_t *value);
+int __wrap_json_object_set_new(json_t *object, const char *key, json_t *value);
+static const char *s_fail_key;
+int __wrap_json_object_set_new(json_t *object, const char *key, json_t *value)
+{
+    if (s_fail_key != NULL && strcmp(key, s_fail_key) == 0) {
+        json_decref(value);
+        return -1;
+    }
+    return __real_json_object_set_new(object, key, value);
 }
 
 #define main s_sim_main
@@ -146,11 +162,49 @@ static void test_sim_broker_counters_print_as_they_came(void **state)
     s_sim_close(&sim);
 }
 
+/* A report that cannot be made whole is not written, and says so: the
+ * counts set into it went unchecked, so one without memory for a
+ * facility's "total" (or a kind) was written without it, and the run
+ * exited 0 on a report that a reader takes as zero. */
+static void test_sim_report_not_written_without_memory(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/test_sim.XXXXXX", path[64];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/report.json", dir);
+    const char *keys[] = {"total", "referral", "received"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        s_sim_t sim;
+        s_setup(&sim);
+        sim.o.report = path;
+        sim.players[3].sent[K_REFERRAL] = 2;
+        s_fail_key = keys[i];
+        s_capture_t cap;
+        s_capture_start(&cap, stderr);
+        int rc = s_write_report(&sim, 0, 0);
+        char *err = s_capture_end(&cap);
+        s_fail_key = NULL;
+        assert_int_equal(rc, -ENOMEM);
+        assert_int_equal(access(path, F_OK), -1);
+        assert_non_null(strstr(err, "cannot write"));
+        free(err);
+        s_sim_close(&sim);
+    }
+    s_sim_t sim;
+    s_setup(&sim);
+    sim.o.report = path;
+    assert_int_equal(s_write_report(&sim, 0, 0), 0);
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(rmdir(dir), 0);
+    s_sim_close(&sim);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sim_misrouted_message_to_the_broker_names_it),
         cmocka_unit_test(test_sim_broker_counters_print_as_they_came),
+        cmocka_unit_test(test_sim_report_not_written_without_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1572,6 +1572,17 @@ out:
     mr_operator_destroy(&op);
 }
 
+/* 0 when nothing was lost, nothing came twice unmarked, no Error came and
+ * nothing failed; 1 otherwise. */
+static int s_exit_status(const s_sim_t *sim, size_t lost, size_t unacked)
+{
+    return lost == 0 && unacked == 0 && sim->errors == 0 && sim->misrouted == 0 &&
+                   sim->dup_unmarked == 0 && sim->submit_failed == 0 &&
+                   sim->queued_offline == sim->delivered_after_return
+               ? 0
+               : 1;
+}
+
 /* ---- setup ------------------------------------------------------------------- */
 
 static void s_usage(FILE *out)
@@ -1778,11 +1789,7 @@ int main(int argc, char **argv)
         goto out;
     if (sim.o.report && s_write_report(&sim, lost, unacked) != 0)
         goto out;
-    status = lost == 0 && unacked == 0 && sim.errors == 0 && sim.misrouted == 0 &&
-                     sim.dup_unmarked == 0 &&
-                     sim.submit_failed == 0 && sim.queued_offline == sim.delivered_after_return
-                 ? 0
-                 : 1;
+    status = s_exit_status(&sim, lost, unacked);
 out:
     s_sim_close(&sim);
     return status;

@@ -47,8 +47,9 @@
  *   3. Random numbers come only from the s_rng_t in s_sim_t (--seed), so the
  *      schedule and the payloads are the same for the same seed.
  *
- * Exit status: 0 when nothing was lost, nothing came twice unmarked and no
- * Error event came, 1 otherwise, 2 for bad usage.
+ * Exit status: 0 when nothing was lost, nothing came twice unmarked, no
+ * Error event came and no submission or poll failed, 1 otherwise, 2 for bad
+ * usage.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -880,9 +881,11 @@ static int s_read_back(s_sim_t *sim, s_player_t *me, int to, int kind, const jso
     snprintf(by, sizeof by, "Dr. Demo %s-duty", me->id);
     json_t *ack = json_pack("{s:s, s:s, s:s}", imaging ? "accession_number" : "placer_order_number",
                             ref, "read_back_by", by, "read_back_text", text);
-    sim->readbacks++;
-    return s_todo_push(sim, s_mono_ms() + 20 + s_rng_below(&sim->rng, 100), me->idx, to,
-                       K_CRITICAL_ACK, "stat", corr, ack);
+    /* A failure is the caller's error (s_answer); only a queued one counts. */
+    int rc = s_todo_push(sim, s_mono_ms() + 20 + s_rng_below(&sim->rng, 100), me->idx, to,
+                         K_CRITICAL_ACK, "stat", corr, ack);
+    sim->readbacks += rc == 0;
+    return rc;
 }
 
 /* The township's steps for a down-referral: it accepts the patient, sees
@@ -1261,10 +1264,16 @@ static void s_fire(s_sim_t *sim, const s_event_t *e)
         payload = s_lab_order(sim, town);
         break;
     }
-    if (sim->players[src].client == NULL)
-        (void)s_todo_push(sim, 0, src, dst, kind, prio, NULL, payload);
-    else
-        (void)s_submit(sim, src, dst, kind, prio, NULL, payload);
+    if (sim->players[src].client != NULL) {
+        (void)s_submit(sim, src, dst, kind, prio, NULL, payload); /* counts its failure */
+        return;
+    }
+    if (s_todo_push(sim, 0, src, dst, kind, prio, NULL, payload) != 0) {
+        /* Never submitted, as a failed submission: it must fail the run. */
+        sim->submit_failed++;
+        fprintf(stderr, "[%5.1fs] %s: out of memory for a %s to send once online\n",
+                s_elapsed(sim), sim->players[src].id, s_kinds[kind]);
+    }
 }
 
 /* ---- clients --------------------------------------------------------------- */
@@ -1281,6 +1290,16 @@ static int s_connect(s_sim_t *sim, s_player_t *p)
     return 0;
 }
 
+/* Polls p's client: what mr_client_poll returns.  A failure is counted (it
+ * fails the run: events may have been missed) and told the first time. */
+static int s_poll(s_sim_t *sim, s_player_t *p, int timeout_ms)
+{
+    int rc = mr_client_poll(p->client, timeout_ms, on_event, p);
+    if (rc < 0 && sim->poll_failed++ == 0)
+        fprintf(stderr, "medroute-sim: %s: poll: %s\n", p->id, strerror(-rc));
+    return rc;
+}
+
 /* Polls every online client once without waiting; when nothing at all came,
  * waits briefly on one of them (round-robin) instead of spinning. */
 static void s_poll_round(s_sim_t *sim)
@@ -1290,20 +1309,15 @@ static void s_poll_round(s_sim_t *sim)
         s_player_t *p = &sim->players[i];
         if (p->client == NULL)
             continue;
-        int rc = mr_client_poll(p->client, 0, on_event, p);
-        if (rc < 0) {
-            if (sim->poll_failed++ == 0)
-                fprintf(stderr, "medroute-sim: %s: poll: %s\n", p->id, strerror(-rc));
-            continue;
-        }
-        total += rc;
+        int rc = s_poll(sim, p, 0);
+        total += rc > 0 ? rc : 0;
     }
     if (total > 0)
         return;
     for (int k = 0; k < sim->n_players; k++) {
         s_player_t *p = &sim->players[sim->rr++ % sim->n_players];
         if (p->client != NULL) {
-            (void)mr_client_poll(p->client, 2, on_event, p);
+            (void)s_poll(sim, p, 2); /* counts its failure */
             return;
         }
     }
@@ -1495,7 +1509,7 @@ static int s_write_report(const s_sim_t *sim, size_t lost, size_t unacked)
     for (int i = 0; i < sim->n_players; i++)
         if (json_array_append_new(facs, s_facility_report(&sim->players[i])) != 0)
             goto out;
-    json_t *sum = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "sent",
+    json_t *sum = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "sent",
                             (json_int_t)sim->n_msgs, "acked", (json_int_t)sim->n_acked,
                             "delivered", (json_int_t)sim->n_delivered, "lost", (json_int_t)lost,
                             "unacked", (json_int_t)unacked, "errors",
@@ -1503,7 +1517,8 @@ static int s_write_report(const s_sim_t *sim, size_t lost, size_t unacked)
                             (json_int_t)sim->duplicates, "duplicates_unmarked",
                             (json_int_t)sim->dup_unmarked, "redelivered",
                             (json_int_t)sim->redelivered, "stale", (json_int_t)sim->stale,
-                            "submit_failed", (json_int_t)sim->submit_failed);
+                            "submit_failed", (json_int_t)sim->submit_failed, "poll_failed",
+                            (json_int_t)sim->poll_failed);
     if (json_object_set_new(root, "summary", sum) != 0)
         goto out;
     json_t *broker = json_pack("{s:s}", "broker_id", sim->o.broker_id);
@@ -1573,11 +1588,12 @@ out:
 }
 
 /* 0 when nothing was lost, nothing came twice unmarked, no Error came and
- * nothing failed; 1 otherwise. */
+ * nothing failed (a submission, a message queued to be sent once online, a
+ * poll); 1 otherwise. */
 static int s_exit_status(const s_sim_t *sim, size_t lost, size_t unacked)
 {
     return lost == 0 && unacked == 0 && sim->errors == 0 && sim->misrouted == 0 &&
-                   sim->dup_unmarked == 0 && sim->submit_failed == 0 &&
+                   sim->dup_unmarked == 0 && sim->submit_failed == 0 && sim->poll_failed == 0 &&
                    sim->queued_offline == sim->delivered_after_return
                ? 0
                : 1;
@@ -1600,7 +1616,8 @@ static void s_usage(FILE *out)
             "  --state-dir give the clients an on-disk outbox and seen-set\n"
             "  --report    write the final table as JSON to FILE\n"
             "Exit status 0 when every acknowledged message was delivered, none came twice\n"
-            "unmarked (not flagged redelivered) and no Error came.\n");
+            "unmarked (not flagged redelivered), no Error came and no submission or poll\n"
+            "failed.\n");
 }
 
 static int s_parse_opts(s_opts_t *o, int argc, char **argv)
@@ -1780,9 +1797,9 @@ int main(int argc, char **argv)
                (double)sim.online_at / 1000, sim.queued_offline, sim.delivered_after_return);
     s_print_broker(&sim);
     printf("errors %u, misrouted %u, duplicates %u (%u not marked redelivered), redelivered "
-           "%u, stale %u, unacked %zu, submit failures %u\n",
+           "%u, stale %u, unacked %zu, submit failures %u, poll failures %u\n",
            sim.errors, sim.misrouted, sim.duplicates, sim.dup_unmarked, sim.redelivered,
-           sim.stale, unacked, sim.submit_failed);
+           sim.stale, unacked, sim.submit_failed, sim.poll_failed);
     printf("sent %zu, acked %zu, delivered %zu, lost %zu\n", sim.n_msgs, sim.n_acked,
            sim.n_delivered, lost);
     if (fflush(stdout) != 0)

@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +57,23 @@ int __wrap_json_object_set_new(json_t *object, const char *key, json_t *value)
         return -1;
     }
     return __real_json_object_set_new(object, key, value);
+}
+
+/* realloc as sim.c calls it (-Wl,--wrap): it fails while s_no_memory. */
+void *__real_realloc(void *p, size_t n);
+void *__wrap_realloc(void *p, size_t n);
+static bool s_no_memory;
+void *__wrap_realloc(void *p, size_t n)
+{
+    return s_no_memory ? NULL : __real_realloc(p, n);
+}
+
+/* mr_client_poll as sim.c calls it (-Wl,--wrap): it fails (-EIO). */
+int __wrap_mr_client_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void *arg);
+int __wrap_mr_client_poll(mr_client_t *self, int timeout_ms, mr_handler_t handler, void *arg)
+{
+    (void)self, (void)timeout_ms, (void)handler, (void)arg;
+    return -EIO;
 }
 
 #define main s_sim_main
@@ -199,12 +217,59 @@ static void test_sim_report_not_written_without_memory(void **state)
     s_sim_close(&sim);
 }
 
+/* A scheduled message that cannot be queued while its sender is offline
+ * (no memory) fails the run as a failed submission: it was dropped
+ * unnoticed, and the run exited 0 without it. */
+static void test_sim_message_not_queued_fails_the_run(void **state)
+{
+    (void)state;
+    s_sim_t sim;
+    s_setup(&sim);
+    s_event_t e = {.at_ms = 0, .type = EV_LAB, .township = 3};
+    s_no_memory = true;
+    s_capture_t cap;
+    s_capture_start(&cap, stderr);
+    s_fire(&sim, &e);
+    char *err = s_capture_end(&cap);
+    s_no_memory = false;
+    assert_int_equal(sim.n_todo, 0);
+    assert_int_equal(sim.submit_failed, 1);
+    assert_int_equal(s_exit_status(&sim, 0, 0), 1);
+    assert_non_null(strstr(err, "t-aihua: out of memory for a lab_order"));
+    free(err);
+    s_fire(&sim, &e); /* with memory: queued until t-aihua is online */
+    assert_int_equal(sim.n_todo, 1);
+    s_sim_close(&sim);
+}
+
+/* A poll that failed (events may have been missed) fails the run; the
+ * round-robin wait's failure counts too. */
+static void test_sim_poll_failure_fails_the_run(void **state)
+{
+    (void)state;
+    s_sim_t sim;
+    s_setup(&sim);
+    sim.players[1].client = (mr_client_t *)&sim; /* never used: the poll is wrapped */
+    s_capture_t cap;
+    s_capture_start(&cap, stderr);
+    s_poll_round(&sim);
+    char *err = s_capture_end(&cap);
+    sim.players[1].client = NULL;
+    assert_int_equal(sim.poll_failed, 2);
+    assert_int_equal(s_exit_status(&sim, 0, 0), 1);
+    assert_non_null(strstr(err, "medroute-sim: yx-imaging: poll: "));
+    free(err);
+    s_sim_close(&sim);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sim_misrouted_message_to_the_broker_names_it),
         cmocka_unit_test(test_sim_broker_counters_print_as_they_came),
         cmocka_unit_test(test_sim_report_not_written_without_memory),
+        cmocka_unit_test(test_sim_message_not_queued_fails_the_run),
+        cmocka_unit_test(test_sim_poll_failure_fails_the_run),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

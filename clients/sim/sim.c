@@ -34,7 +34,9 @@
  *
  * Invariants
  *   1. Every submitted message has one s_msg_t, found by (source, message_id);
- *      an Ack marks it acked, the first delivery to its destination marks it
+ *      an Ack marks it acked (one that comes after its Error, with the
+ *      refusal's code, too: a copy was stored after all, and the message is
+ *      no longer failed), the first delivery to its destination marks it
  *      delivered; later deliveries count as duplicates, and those the client
  *      library did not mark redelivered as unmarked duplicates (a promise
  *      broken: only the delivery whose handler a crash interrupted may come
@@ -1096,6 +1098,29 @@ static void s_answer(s_sim_t *sim, s_player_t *me, int src, int kind, const mr_d
 
 /* ---- events from the broker ------------------------------------------------- */
 
+/* An Ack marks its message stored, once.  One with a code comes after the
+ * message was reported refused (an Error, which stays counted): a copy sent
+ * before that refusal of the moment was stored all the same, and the broker
+ * delivers it, so it is no longer failed but expected at its destination. */
+static void s_on_ack(s_sim_t *sim, const s_player_t *me, const mr_event_t *ev)
+{
+    s_msg_t *m = s_msg_find(sim, me->idx, ev->message_id);
+    if (m == NULL || m->acked || (m->failed && ev->code == 0))
+        return;
+    if (m->failed) {
+        m->failed = false;
+        fprintf(stderr, "[%5.1fs] %s: %s, refused (%s), was stored all the same\n",
+                s_elapsed(sim), me->id, m->id, ev->code_name ? ev->code_name : "?");
+    }
+    m->acked = true;
+    sim->n_acked++;
+    /* The broker is the destination: stored is delivered. */
+    if (m->to_broker && m->delivered++ == 0) {
+        sim->n_delivered++;
+        sim->broker_received[m->kind]++;
+    }
+}
+
 static int on_event(mr_client_t *client, const mr_event_t *ev, void *arg)
 {
     s_player_t *me = arg;
@@ -1107,19 +1132,9 @@ static int on_event(mr_client_t *client, const mr_event_t *ev, void *arg)
             fprintf(stderr, "[%5.1fs] %s connected, %" PRIu64 " waiting for it\n", s_elapsed(sim),
                     me->id, ev->pending);
         return 0;
-    case MR_EVENT_ACK: {
-        s_msg_t *m = s_msg_find(sim, me->idx, ev->message_id);
-        if (m != NULL && !m->acked && !m->failed) {
-            m->acked = true;
-            sim->n_acked++;
-            /* The broker is the destination: stored is delivered. */
-            if (m->to_broker && m->delivered++ == 0) {
-                sim->n_delivered++;
-                sim->broker_received[m->kind]++;
-            }
-        }
+    case MR_EVENT_ACK:
+        s_on_ack(sim, me, ev);
         return 0;
-    }
     case MR_EVENT_ERROR: {
         s_msg_t *m = s_msg_find(sim, me->idx, ev->message_id);
         if (m != NULL)

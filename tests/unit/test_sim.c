@@ -262,6 +262,47 @@ static void test_sim_poll_failure_fails_the_run(void **state)
     s_sim_close(&sim);
 }
 
+/* The Ack of a copy stored after its message was refused (an ACK event
+ * with the refusal's code) counts the message as stored, and expected at
+ * its destination, not as failed: it was dropped, so a loss of it went
+ * unseen and its delivery counted for a message never acknowledged. */
+static void test_sim_ack_after_refusal_counts_as_stored(void **state)
+{
+    (void)state;
+    s_sim_t sim;
+    s_setup(&sim);
+    assert_non_null(s_msg_add(&sim, 3, 1, K_CRITICAL_ACK, "ca-1"));
+    mr_event_t err = {.type = MR_EVENT_ERROR, .message_id = "ca-1", .code = 9,
+                      .code_name = "QUEUE_FULL", .reason = "queue full"};
+    mr_event_t ack = {.type = MR_EVENT_ACK, .message_id = "ca-1", .seq = 12, .code = 9,
+                      .code_name = "QUEUE_FULL"};
+    s_capture_t cap;
+    s_capture_start(&cap, stderr);
+    assert_int_equal(on_event(NULL, &err, &sim.players[3]), 0);
+    assert_int_equal(on_event(NULL, &ack, &sim.players[3]), 0);
+    assert_int_equal(on_event(NULL, &ack, &sim.players[3]), 0);
+    char *text = s_capture_end(&cap);
+    assert_true(sim.msgs[0].acked);
+    assert_false(sim.msgs[0].failed);
+    assert_int_equal(sim.n_acked, 1);
+    assert_int_equal(sim.errors, 1); /* the Error came all the same */
+    assert_non_null(strstr(text, "t-aihua: ca-1, refused (QUEUE_FULL), was stored all the same"));
+    free(text);
+    size_t unacked;
+    assert_int_equal(s_lost(&sim, &unacked), 1); /* acknowledged, not delivered yet */
+    assert_int_equal(unacked, 0);
+    assert_false(s_all_done(&sim));
+    mr_delivery_t d = {.seq = 12, .message_id = "ca-1", .source = "t-aihua",
+                       .destination = "yx-imaging", .kind = "critical_ack", .priority = "stat"};
+    mr_event_t ev = {.type = MR_EVENT_DELIVERY, .message_id = "ca-1", .delivery = &d};
+    assert_int_equal(on_event(NULL, &ev, &sim.players[1]), 0);
+    assert_int_equal(s_lost(&sim, &unacked), 0);
+    assert_int_equal(sim.n_delivered, 1);
+    assert_int_equal(sim.duplicates, 0);
+    assert_true(s_all_done(&sim));
+    s_sim_close(&sim);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -270,6 +311,7 @@ int main(void)
         cmocka_unit_test(test_sim_report_not_written_without_memory),
         cmocka_unit_test(test_sim_message_not_queued_fails_the_run),
         cmocka_unit_test(test_sim_poll_failure_fails_the_run),
+        cmocka_unit_test(test_sim_ack_after_refusal_counts_as_stored),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -714,19 +714,32 @@ fail:
 
 /* ---- answers ----------------------------------------------------------------- */
 
-/* When the lead books a referred patient: a stat one within 30 min, an
- * urgent one within 4 h, a routine one between 08:30 and 16:00 on one of the
- * next two days; never past the last published day. */
+/* Local midnight of the day `ahead` days after now's, or of the last
+ * published day if that one is later.  With --duration up to a day, now is
+ * on the first or second published day, so the day returned is after it. */
+static int64_t s_day_ahead_ms(const s_sim_t *sim, int64_t now, int ahead)
+{
+    int64_t day = s_local_midnight_ms((time_t)(now / 1000), ahead);
+    int64_t last = sim->day_start_ms[S_CAPACITY_DAYS - 1];
+    return day == 0 || day > last ? last : day;
+}
+
+/* When the lead books a referred patient, counted from now (a long run
+ * crosses midnight): a stat one within 30 min, an urgent one within 4 h, a
+ * routine one between 08:30 and 16:00 on one of the next two days; never
+ * past the last published day. */
 static int64_t s_appointment(s_sim_t *sim, const char *priority)
 {
     int64_t now = s_wall_ms(), at;
-    if (strcmp(priority, "stat") == 0)
+    if (strcmp(priority, "stat") == 0) {
         at = now + 30 * 60000LL;
-    else if (strcmp(priority, "urgent") == 0)
+    } else if (strcmp(priority, "urgent") == 0) {
         at = now + 4 * 3600000LL;
-    else
-        at = sim->day_start_ms[1 + s_rng_below(&sim->rng, S_CAPACITY_DAYS - 1)] +
-             8 * 3600000LL + 30 * 60000LL * (1 + (int64_t)s_rng_below(&sim->rng, 16));
+    } else {
+        int ahead = 1 + (int)s_rng_below(&sim->rng, S_CAPACITY_DAYS - 1);
+        at = s_day_ahead_ms(sim, now, ahead) + 8 * 3600000LL +
+             30 * 60000LL * (1 + (int64_t)s_rng_below(&sim->rng, 16));
+    }
     int64_t last = sim->day_start_ms[S_CAPACITY_DAYS] - 60000;
     return at < last ? at : last;
 }

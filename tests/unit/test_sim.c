@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -74,6 +75,30 @@ int __wrap_mr_client_poll(mr_client_t *self, int timeout_ms, mr_handler_t handle
 {
     (void)self, (void)timeout_ms, (void)handler, (void)arg;
     return -EIO;
+}
+
+/* The wall clock as sim.c reads it (-Wl,--wrap): the real one until a test
+ * sets s_wall_s; the monotonic clock stays real. */
+int __real_clock_gettime(clockid_t id, struct timespec *ts);
+int __wrap_clock_gettime(clockid_t id, struct timespec *ts);
+time_t __real_time(time_t *t);
+time_t __wrap_time(time_t *t);
+static time_t s_wall_s;
+int __wrap_clock_gettime(clockid_t id, struct timespec *ts)
+{
+    if (s_wall_s == 0 || id != CLOCK_REALTIME)
+        return __real_clock_gettime(id, ts);
+    ts->tv_sec = s_wall_s;
+    ts->tv_nsec = 0;
+    return 0;
+}
+time_t __wrap_time(time_t *t)
+{
+    if (s_wall_s == 0)
+        return __real_time(t);
+    if (t != NULL)
+        *t = s_wall_s;
+    return s_wall_s;
 }
 
 #define main s_sim_main
@@ -303,6 +328,31 @@ static void test_sim_ack_after_refusal_counts_as_stored(void **state)
     s_sim_close(&sim);
 }
 
+/* A routine appointment made late in a day-long run is still to come, on
+ * a published day: it was drawn from the days after the run's first, so
+ * one made the next morning could be booked for 09:00 that day, already
+ * past. */
+static void test_sim_routine_appointment_is_after_now(void **state)
+{
+    (void)state;
+    assert_int_equal(setenv("TZ", "Asia/Shanghai", 1), 0);
+    tzset();
+    s_sim_t sim;
+    s_setup(&sim);
+    s_wall_s = 1772416800; /* 2026-03-02 10:00 +08:00 */
+    assert_int_equal(s_plan_dates(&sim), 0);
+    assert_string_equal(sim.days[0], "2026-03-02");
+    s_wall_s += 86399;     /* the end of a --duration 86400 run: 03-03 09:59:59 */
+    int64_t now = s_wall_ms();
+    for (int i = 0; i < 200; i++) {
+        int64_t at = s_appointment(&sim, "routine");
+        assert_true(at > now);
+        assert_true(at >= sim.day_start_ms[2] && at < sim.day_start_ms[3]);
+    }
+    s_wall_s = 0;
+    s_sim_close(&sim);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -312,6 +362,7 @@ int main(void)
         cmocka_unit_test(test_sim_message_not_queued_fails_the_run),
         cmocka_unit_test(test_sim_poll_failure_fails_the_run),
         cmocka_unit_test(test_sim_ack_after_refusal_counts_as_stored),
+        cmocka_unit_test(test_sim_routine_appointment_is_after_now),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

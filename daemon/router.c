@@ -630,13 +630,15 @@ static int s_ack_one(s_ack_frame_t *fr, uint64_t seq, int64_t now, bool *freed, 
     /* Or waiting to be sent again (a session ended, a smaller window): not
      * sent once more while its ack is committed.  (ready is the longer
      * list: looked through last.)  One loaded and never sent, or never
-     * loaded (every message sent was loaded at or below one of the two
-     * marks), cannot have reached the facility: its ack would mark it
-     * delivered unseen.  The store only tells whether it was delivered
-     * before (the ack repeated) or is unknown; it stays pending. */
+     * loaded, cannot have reached the facility: its ack would mark it
+     * delivered unseen.  Beyond the cursor, only express ones loaded ahead
+     * can have been sent, and those still pending are in the lists above;
+     * a routine one below the last of them (express_ahead) was not loaded.
+     * The store only tells whether it was delivered before (the ack
+     * repeated) or is unknown; it stays pending. */
     if (m == NULL) {
         const qmsg_t *r = s_find(&p->ready, seq);
-        unsent = r != NULL ? r->attempts == 0 : seq > p->cursor && seq > p->express_ahead;
+        unsent = r != NULL ? r->attempts == 0 : seq > p->cursor;
         if (r != NULL && !unsent)
             m = s_remove(&p->ready, seq);
     }

@@ -2024,6 +2024,64 @@ static void test_dispatch_page_asked_before_a_reload_is_not_applied_after_it(voi
     s_settle(s);
 }
 
+/*
+ * t-b comes back to a routine message and a stat one stored after it: the
+ * stat one is loaded ahead (express) and sent, the page of routine ones
+ * not yet loaded (held here).  An ack of the routine one, which t-b was
+ * never sent, is refused as UNKNOWN_DELIVERY and the message stays pending,
+ * to be delivered when its page comes.  Before, a seq below the last
+ * express one loaded ahead was taken for one sent: the ack marked it
+ * delivered, and t-b never received it.
+ */
+static void test_dispatch_ack_below_an_express_one_loaded_ahead_is_refused(void **state)
+{
+    s_fx_t *fx = *state;
+    server_t *s = fx->s;
+    s_deliveries_on(s, true);
+    s_hello(s, RID_C, "lead");
+    s_env_t e[2];
+    s_env_init(&e[0], "m-routine");
+    s_env_init(&e[1], "m-stat");
+    for (int i = 0; i < 2; i++) {
+        e[i].env.source = "lead";
+        e[i].env.destination = "t-b";
+    }
+    e[0].env.priority = MEDROUTE__V1__PRIORITY__PRIORITY_ROUTINE;
+    e[1].env.priority = MEDROUTE__V1__PRIORITY__PRIORITY_STAT;
+    e[1].ref.referral_id = "R-2";
+    s_send_env(s, RID_C, &e[0].env);
+    s_send_env(s, RID_C, &e[1].env);
+    s_settle(s);
+    uv_run(&s->loop, UV_RUN_NOWAIT);
+    assert_int_equal(s->peers[TB].pending, 2);
+    s_hold_loads = true;
+    s_hello(s, RID_B, "t-b");
+    assert_int_equal(s_n_held_loads, 1);
+    s_release_loads(s); /* the express-only one */
+    while (s_n_held_loads == 0) {
+        s_settle(s);
+        uv_run(&s->loop, UV_RUN_NOWAIT);
+    }
+    assert_int_equal(s_delivered_to(RID_B), 1ULL << 2); /* the stat one, seq 2 */
+    int before = s_n_replies;
+    s_delivery_ack(s, RID_B, 1); /* the routine one: not sent */
+    s_settle(s);
+    uv_run(&s->loop, UV_RUN_NOWAIT);
+    const Medroute__V1__Error *err = s_expect_error(before, RID_B, MR_E_UNKNOWN_DELIVERY);
+    assert_int_equal(err->seq, 1);
+    assert_int_equal(s->counters.v[CNT_DELIVERED], 0);
+    /* Its page comes: it is delivered, for the first time. */
+    s_hold_loads = false;
+    s_release_loads(s);
+    for (int i = 0; i < 20 && !(s_delivered_to(RID_B) & 2ULL); i++) {
+        s_settle(s);
+        uv_run(&s->loop, UV_RUN_NOWAIT);
+    }
+    assert_int_equal(s_delivered_to(RID_B), 0x6ULL);
+    s_deliveries_on(s, false);
+    s_settle(s);
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, s_setup, s_teardown)
@@ -2046,6 +2104,7 @@ int main(void)
         T(test_dispatch_refuses_field_numbers_beyond_the_largest),
         T(test_dispatch_refuses_a_payload_carried_twice),
         T(test_dispatch_page_asked_before_a_reload_is_not_applied_after_it),
+        T(test_dispatch_ack_below_an_express_one_loaded_ahead_is_refused),
         T(test_dispatch_draining_refuses_envelopes),
         T(test_dispatch_store_unavailable_reported),
         T(test_dispatch_store_unavailable_tallied_once_back),

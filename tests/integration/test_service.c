@@ -427,7 +427,9 @@ static void test_service_sighup_reload(void **state)
 }
 
 /* Lines of the daemon's log that do not begin with a time (2026-...T): the
- * rest of an event that spanned lines, or a line forged by a value. */
+ * rest of an event that spanned lines, or a line forged by a value.  The
+ * daemon's own words before its log is set up ("medrouted: ...", e.g. a
+ * mallopt that AddressSanitizer refuses) are not events. */
 static int s_lines_without_time(const mrt_daemon_t *d)
 {
     FILE *f = fopen(d->log_path, "r");
@@ -437,7 +439,8 @@ static int s_lines_without_time(const mrt_daemon_t *d)
     bool at_start = true;
     while (fgets(line, sizeof line, f)) {
         int y, mo, da, h;
-        if (at_start && sscanf(line, "%4d-%2d-%2dT%2d:", &y, &mo, &da, &h) != 4)
+        if (at_start && sscanf(line, "%4d-%2d-%2dT%2d:", &y, &mo, &da, &h) != 4 &&
+            strncmp(line, "medrouted: ", 11) != 0)
             n++;
         at_start = strchr(line, '\n') != NULL;
     }

@@ -413,6 +413,9 @@ static int s_rebuild_rows(store_t *self, sqlite3_stmt *st, size_t *n)
 {
     int rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        /* Typed before it is read: a NULL text of a value is SQLite out of
+         * memory (sqlite3.h), not a corrupt row (dest is NOT NULL). */
+        int dest_type = sqlite3_column_type(st, 1);
         const unsigned char *dest = sqlite3_column_text(st, 1);
         pending_entry_t e = {
             .seq = (uint64_t)sqlite3_column_int64(st, 0),
@@ -423,7 +426,7 @@ static int s_rebuild_rows(store_t *self, sqlite3_stmt *st, size_t *n)
             .referral = sqlite3_column_int(st, 6) != 0,
         };
         if (dest == NULL)
-            return SQLITE_CORRUPT;
+            return dest_type == SQLITE_NULL ? SQLITE_CORRUPT : SQLITE_NOMEM;
         if (pending_add(self->pending, (const char *)dest, &e) != 0)
             return SQLITE_NOMEM;
         (*n)++;

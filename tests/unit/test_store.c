@@ -2517,6 +2517,32 @@ static void test_store_ref_key_out_of_memory_fails_the_ack(void **state)
     assert_int_equal(s_sql_int(fx->path, "SELECT state FROM referrals"), REF_RECEIVED);
 }
 
+/*
+ * A pending message's destination that SQLite cannot hand over when the
+ * store opens (out of memory: a NULL text of a value) fails the open with
+ * SQLITE_NOMEM (7), not SQLITE_CORRUPT (11): a database called malformed
+ * in the log, closed and opened again, for a lack of memory.  The next
+ * batch opens it and finds the message.
+ */
+static void test_store_rebuild_dest_out_of_memory_is_not_corrupt(void **state)
+{
+    s_fx_t *fx = *state;
+    assert_int_equal(s_put(fx, "t-a", "m-1", "lead", "the body", 99000)->status, STORE_OK);
+    store_destroy(&fx->store);
+    atomic_store(&s_text_fail_col, 1); /* s_rebuild_rows' dest column */
+    atomic_store(&s_text_fail_sql, "m.ref_key IS NOT NULL");
+    fx->store = s_open(fx, fx->path);
+    assert_non_null(fx->store);
+    assert_null(atomic_load(&s_text_fail_sql));
+    assert_true(store_unavailable(fx->store));
+    assert_true(s_log_contains(fx, "during=open sqlite=7 "));
+    assert_false(s_log_contains(fx, "sqlite=11 "));
+    s_done_t *d = s_load(fx, "lead", 0, 10);
+    assert_int_equal(d->status, STORE_OK);
+    assert_int_equal(d->n_rows, 1);
+    s_assert_body(&d->rows[0], "the body");
+}
+
 /* While set, the next statement that reads meta.value, on a connection
  * opened after s_meta_ext is installed, is denied (SQLITE_AUTH), once: a
  * transient failure to read the schema version (a busy or unreadable page,
@@ -2837,6 +2863,7 @@ int main(void)
         T(test_store_dead_reason_out_of_memory_fails_the_list),
         T(test_store_referral_key_that_does_not_fit_is_refused),
         T(test_store_ref_key_out_of_memory_fails_the_ack),
+        T(test_store_rebuild_dest_out_of_memory_is_not_corrupt),
     };
     /* MR_TEST_FILTER / MR_TEST_SKIP: glob patterns of test names to run or
      * skip (e.g. to run the rest under valgrind while a known bug is open). */

@@ -703,9 +703,17 @@ static conf_t *s_load(config_t *cfg, int read_ok, const char *name, char *err, s
         const char *key = config_setting_name(s);
         int line = (int)config_setting_source_line(s);
         const s_field_t *f = s_lookup(s_top, key);
-        if (f != NULL)
+        if (f != NULL) {
             s_read_field(&r, c, f, s, key);
-        else if (strcmp(key, "facilities") == 0)
+            /* Here, with its line, not at the bind: --check-config and a
+             * reload refuse it too, and the start does not half happen. */
+            if (strcmp(key, "http_listen") == 0 && c->http_listen != NULL &&
+                conf_http_listen_parse(c->http_listen, NULL) != 0)
+                s_problem(&r, line,
+                          "http_listen: \"%s\" is not HOST:PORT with HOST an IPv4 address or "
+                          "localhost and PORT a number from 1 to 65535",
+                          c->http_listen);
+        } else if (strcmp(key, "facilities") == 0)
             s_read_facilities(&r, c, s);
         else if (strcmp(key, "indicators") == 0)
             s_read_indicators(&r, c, s);
@@ -799,6 +807,39 @@ static bool s_port_ok(const char *port)
         return true;
     size_t n = strspn(port, "0123456789");
     return n > 0 && n <= 5 && port[n] == '\0';
+}
+
+int conf_http_listen_parse(const char *listen, struct sockaddr_in *sa)
+{
+    const char *colon = strchr(listen, ':');
+    if (colon == NULL)
+        return -EINVAL;
+    const char *port = colon + 1;
+    size_t digits = strspn(port, "0123456789");
+    if (digits == 0 || digits > 5 || port[digits] != '\0')
+        return -EINVAL; /* 80junk, -1, +80, " 80", 123456 */
+    long number = strtol(port, NULL, 10);
+    if (number < 1 || number > 65535)
+        return -EINVAL;
+    size_t n = (size_t)(colon - listen);
+    char host[INET_ADDRSTRLEN];
+    if (n == 9 && strncmp(listen, "localhost", n) == 0) {
+        snprintf(host, sizeof host, "127.0.0.1");
+    } else {
+        if (n >= sizeof host)
+            return -EINVAL;
+        memcpy(host, listen, n);
+        host[n] = '\0';
+    }
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)number);
+    if (inet_pton(AF_INET, host, &a.sin_addr) != 1)
+        return -EINVAL;
+    if (sa != NULL)
+        *sa = a;
+    return 0;
 }
 
 /* True for HOST:PORT whose host is this machine's loopback: an IPv4 address

@@ -8,6 +8,7 @@
 #ifndef MR_CONF_H
 #define MR_CONF_H
 
+#include <netinet/in.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -98,6 +99,10 @@ int conf_check_security(const conf_t *c, char *err, size_t errlen);
  * tcp://HOST:PORT with HOST an IPv4 address in 127.0.0.0/8, localhost or
  * [::1], and PORT a number or *. */
 bool conf_endpoint_is_local(const char *endpoint);
+/* Reads http_listen as the HTTP listener binds it: HOST:PORT, HOST an IPv4
+ * address or localhost, PORT 1..65535 in digits only, nothing after it.
+ * 0 and the address in *sa (may be NULL), or -EINVAL. */
+int conf_http_listen_parse(const char *listen, struct sockaddr_in *sa);
 /* The operator whose public key (Z85) is key, or NULL. */
 const conf_operator_t *conf_operator_of(const conf_t *c, const char *key);
 

@@ -761,24 +761,10 @@ static void s_run(http_t *h)
     uv_timer_start(&h->timer, on_timer, timeout, 0);
 }
 
-static int s_parse_listen(const char *listen, struct sockaddr_in *sa)
-{
-    char host[64];
-    int port;
-    if (sscanf(listen, "%63[^:]:%d", host, &port) != 2 || port <= 0 || port > 65535)
-        return -1;
-    memset(sa, 0, sizeof *sa);
-    sa->sin_family = AF_INET;
-    sa->sin_port = htons((uint16_t)port);
-    if (strcmp(host, "localhost") == 0)
-        snprintf(host, sizeof host, "127.0.0.1");
-    return inet_pton(AF_INET, host, &sa->sin_addr) == 1 ? 0 : -1;
-}
-
 http_t *http_new(server_t *s, const char *listen)
 {
     struct sockaddr_in sa;
-    if (s_parse_listen(listen, &sa) != 0) {
+    if (conf_http_listen_parse(listen, &sa) != 0) { /* conf_load refused it already */
         log_error(s->log, "http.bad_listen", "listen=\"%s\"", listen);
         return NULL;
     }

@@ -7,7 +7,8 @@
  * (store_stalled_ms past store.stall_after_s) they are answered
  * STORE_UNAVAILABLE at once instead; past S_WAITING_PER_CONNECTION of one
  * connection, or S_WAITING_MAX of all, QUEUE_FULL.  Refusals are counted
- * each, logged at most LOGRATE_LINES per window (lograte.h).  Thread: loop.
+ * each, logged at most LOGRATE_LINES per window (lograte.h); so are the
+ * security events of requests without a valid key, apart.  Thread: loop.
  */
 #include "opapi.h"
 
@@ -699,6 +700,10 @@ void opapi_cron(server_t *s, int64_t mono_ms)
     if (n > 0)
         log_warn(s->log, "operator.rejected_unlogged", "count=%llu limit=%d window_s=%d",
                  (unsigned long long)n, LOGRATE_LINES, LOGRATE_WINDOW_MS / 1000);
+    n = lograte_take(&s->op_security_log, mono_ms);
+    if (n > 0)
+        log_warn(s->log, "security.operator_unlogged", "count=%llu limit=%d window_s=%d",
+                 (unsigned long long)n, LOGRATE_LINES, LOGRATE_WINDOW_MS / 1000);
 }
 
 void opapi_on_message(void *arg, const uint8_t *rid, size_t rid_len, const void *const *parts,
@@ -706,15 +711,21 @@ void opapi_on_message(void *arg, const uint8_t *rid, size_t rid_len, const void 
 {
     server_t *s = arg;
     const char *key = endpoint_user_id(s->operator_ep);
+    /* Each counted; their lines bounded apart from the refusals', which a
+     * revoked key's requests add to: a tool in a loop with a revoked key
+     * would otherwise fill the log (the count told by opapi_cron). */
     if (!s->conf->insecure && key == NULL) {
         s->counters.v[CNT_SECURITY_EVENTS]++;
-        log_warn(s->log, "security.no_user_id", "endpoint=operator action=dropped");
+        if (lograte_allow(&s->op_security_log, mr_mono_ms()))
+            log_warn(s->log, "security.no_user_id", "endpoint=operator action=dropped");
         return;
     }
     if (key != NULL && conf_operator_of(s->conf, key) == NULL) {
         /* Admitted with a key a reload has since removed. */
         s->counters.v[CNT_SECURITY_EVENTS]++;
-        log_warn(s->log, "security.revoked_key", "endpoint=operator key=%.8s action=refused", key);
+        if (lograte_allow(&s->op_security_log, mr_mono_ms()))
+            log_warn(s->log, "security.revoked_key", "endpoint=operator key=%.8s action=refused",
+                     key);
         s_reply_error(s, rid, rid_len, 0, MR_E_FORBIDDEN, "this key is no longer an operator's");
         return;
     }

@@ -6,7 +6,7 @@
  * linked with -Wl,--wrap=endpoint_send,--wrap=endpoint_user_id,
  * --wrap=endpoint_src_fd,--wrap=endpoint_check_closed,--wrap=store_submit,
  * --wrap=clock_gettime,--wrap=mr_pack, and the wrappers below answer what
- * the test sets (a send's result; no key: plaintext; the connection's fd;
+ * the test sets (a send's result; the key, none: plaintext; the connection's fd;
  * no close queued), keep the last reply sent, hold the store requests
  * submitted (there is no store): the test completes them when it chooses
  * (s_complete), stop the clocks once a test says so (the log's windows then
@@ -77,10 +77,14 @@ void __wrap_store_submit(store_t *self, store_req_t *req)
     s_held[s_n_held++] = req;
 }
 
+/* The connection's key (User-Id): NULL, plaintext (an admin when
+ * insecure), unless a test sets one. */
+static const char *s_user_id;
+
 const char *__wrap_endpoint_user_id(const endpoint_t *self)
 {
     (void)self;
-    return NULL; /* plaintext: an admin (insecure) */
+    return s_user_id;
 }
 
 int __wrap_endpoint_src_fd(const endpoint_t *self)
@@ -350,6 +354,53 @@ static void test_opapi_reply_without_memory_is_counted_and_logged(void **state)
     fclose(out);
 }
 
+/* Requests without a valid key are counted each, but their security.*
+ * lines are bounded (LOGRATE_LINES per window, apart from the refusals'
+ * lines), the count of the others told by the cron: a tool in a loop with
+ * a key a reload removed filled the log with one line per request. */
+static void test_opapi_security_lines_are_rate_limited(void **state)
+{
+    (void)state;
+    FILE *out = tmpfile();
+    assert_non_null(out);
+    int stand_in;
+    conf_t conf = {.insecure = false, .max_message_bytes = 65536}; /* no operators */
+    server_t s = {.operator_ep = (endpoint_t *)&stand_in, .conf = &conf,
+                  .log = log_new(MR_LOG_DEBUG, out)};
+    assert_non_null(s.log);
+    s_frozen = true;
+    s_n_held = 0;
+    const uint8_t rid[] = {0, 0, 0, 0, 8};
+    Medroute__V1__StatusRequest st = MEDROUTE__V1__STATUS_REQUEST__INIT;
+    mr_op_request_t q = MEDROUTE__V1__OP_REQUEST__INIT;
+    q.request_id = 12;
+    q.body_case = MEDROUTE__V1__OP_REQUEST__BODY_STATUS;
+    q.status = &st;
+    /* Two removed keys in turn, so that no line repeats the one before
+     * (the log's own filter of repeated lines holds those back). */
+    static const char *const keys[] = {"rEvOkEdArEvOkEdArEvOkEdArEvOkEdArEvOkEdA",
+                                       "rEvOkEdBrEvOkEdBrEvOkEdBrEvOkEdBrEvOkEdB"};
+    for (int i = 0; i < 100; i++) {
+        s_user_id = keys[i % 2];
+        assert_int_equal(s_request(&s, rid, sizeof rid, &q), 1);
+        assert_int_equal(s_reply_code, MR_E_FORBIDDEN);
+    }
+    /* Without a key on a CURVE endpoint: dropped, unanswered. */
+    s_user_id = NULL;
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(s_request(&s, rid, sizeof rid, &q), 0);
+    assert_int_equal(s_n_held, 0);
+    assert_int_equal(s.counters.v[CNT_SECURITY_EVENTS], 110);
+    assert_int_equal(s_lines(out, "event=security.revoked_key ") +
+                         s_lines(out, "event=security.no_user_id "),
+                     LOGRATE_LINES);
+    opapi_cron(&s, mr_mono_ms());
+    assert_int_equal(s_lines(out, "event=security.operator_unlogged count=90 "), 1);
+    s_frozen = false;
+    log_destroy(&s.log);
+    fclose(out);
+}
+
 /* oldest_pending_ms is the store's (the stored_at of the oldest message
  * its pending set holds for the facility), set for a facility without a
  * session too, as protocol.md 10 says. */
@@ -409,6 +460,7 @@ int main(void)
         cmocka_unit_test(test_opapi_requests_waiting_for_the_store_are_bounded),
         cmocka_unit_test(test_opapi_reply_without_memory_is_counted_and_logged),
         cmocka_unit_test(test_opapi_status_oldest_pending_is_the_stores),
+        cmocka_unit_test(test_opapi_security_lines_are_rate_limited),
     };
     return cmocka_run_group_tests_name("opapi", tests, NULL, NULL);
 }

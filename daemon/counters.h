@@ -35,7 +35,8 @@ typedef enum {
     CNT_HELLOS_REPEATED, /* Hellos on the connection of a session already begun: restarts */
     CNT_RESENDS_SKIPPED, /* in-flight deliveries such a Hello did not send again: one
                             before it in that session had (router_on_hello) */
-    CNT_PEER_GONE,      /* frames for a connection that had closed (server_send_facility_msg) */
+    CNT_PEER_GONE,      /* frames for a connection that had closed (server_send_facility_msg,
+                         * an operator's reply: opapi.c) */
     CNT_COUNT
 } counter_t;
 

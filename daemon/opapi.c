@@ -40,8 +40,12 @@ typedef struct op_waiting_t {
     struct op_waiting_t *prev, *next; /* s->op_waiting, once submitted */
 } s_pending_t;
 
-/* Sends r to rid; a reply that cannot be encoded (no memory) is counted as
- * send_failed.  A connection found gone (EHOSTUNREACH) ends its watch:
+/* Sends r to rid.  A reply that cannot be encoded (no memory) or queued is
+ * counted as send_failed, one for a connection found gone (EHOSTUNREACH) as
+ * peer_gone (the tool left: no fault of the broker's), as server.c counts
+ * a facility's; either logged at most LOGRATE_LINES per window, so that a
+ * tool in a loop that leaves at once cannot fill the log.  A connection
+ * found gone ends its watch:
  * a WatchRequest read after its connection closed read that close first
  * (watch_subscribe), so the monitor would never free the place it took. */
 static void s_reply(server_t *s, const uint8_t *rid, size_t rid_len, mr_op_reply_t *r)
@@ -55,12 +59,16 @@ static void s_reply(server_t *s, const uint8_t *rid, size_t rid_len, mr_op_reply
     if (rc != 0) {
         /* No memory: counted and told, not only timed out by the tool. */
         s->counters.v[CNT_SEND_FAILED]++;
-        log_warn(s->log, "operator.send_failed", "reason=%d step=encode", rc);
+        if (lograte_allow(&s->op_send_log, mr_mono_ms()))
+            log_warn(s->log, "operator.send_failed", "reason=%d step=encode", rc);
         return;
     }
     rc = endpoint_send(s->operator_ep, rid, rid_len, buf, len);
-    if (rc < 0)
-        log_warn(s->log, "operator.send_failed", "reason=%d", rc);
+    if (rc < 0) {
+        s->counters.v[rc == -EHOSTUNREACH ? CNT_PEER_GONE : CNT_SEND_FAILED]++;
+        if (lograte_allow(&s->op_send_log, mr_mono_ms()))
+            log_warn(s->log, "operator.send_failed", "reason=%d", rc);
+    }
     if (rc == -EHOSTUNREACH)
         watch_unsubscribe(s, rid, rid_len);
     free(buf);
@@ -699,6 +707,10 @@ void opapi_cron(server_t *s, int64_t mono_ms)
     uint64_t n = lograte_take(&s->op_reject_log, mono_ms);
     if (n > 0)
         log_warn(s->log, "operator.rejected_unlogged", "count=%llu limit=%d window_s=%d",
+                 (unsigned long long)n, LOGRATE_LINES, LOGRATE_WINDOW_MS / 1000);
+    n = lograte_take(&s->op_send_log, mono_ms);
+    if (n > 0)
+        log_warn(s->log, "operator.send_failed_unlogged", "count=%llu limit=%d window_s=%d",
                  (unsigned long long)n, LOGRATE_LINES, LOGRATE_WINDOW_MS / 1000);
     n = lograte_take(&s->op_security_log, mono_ms);
     if (n > 0)

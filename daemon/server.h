@@ -61,6 +61,7 @@ typedef struct server_t {
     size_t n_op_waiting;
     lograte_t op_reject_log;
     lograte_t op_security_log; /* the operator endpoint's security.* lines (opapi.c) */
+    lograte_t op_send_log;     /* operator.send_failed lines (opapi.c) */
     uv_timer_t cron;
     uv_signal_t sig_int, sig_term, sig_hup;
     int64_t started_at_ms;

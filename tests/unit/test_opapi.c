@@ -141,7 +141,11 @@ int __wrap_mr_pack(const ProtobufCMessage *msg, uint8_t **out, size_t *len)
     return __real_mr_pack(msg, out, len);
 }
 
-/* Hands opapi q from rid, its reply's send answering 0; the replies sent. */
+/* What the sends of s_request answer: 0 unless a test sets it. */
+static int s_send_rc;
+
+/* Hands opapi q from rid, its reply's send answering s_send_rc; the
+ * replies sent. */
 static int s_request(server_t *s, const uint8_t *rid, size_t rid_len, mr_op_request_t *q)
 {
     q->version = MEDROUTE__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
@@ -150,7 +154,7 @@ static int s_request(server_t *s, const uint8_t *rid, size_t rid_len, mr_op_requ
     assert_int_equal(__real_mr_pack(&q->base, &buf, &len), 0);
     const void *parts[] = {buf};
     size_t sizes[] = {len};
-    s_answer = 0;
+    s_answer = s_send_rc;
     s_sends = 0;
     s_reply_body = -1;
     opapi_on_message(s, rid, rid_len, parts, sizes, 1, 0);
@@ -354,6 +358,44 @@ static void test_opapi_reply_without_memory_is_counted_and_logged(void **state)
     fclose(out);
 }
 
+/* A reply that cannot be sent is counted (send_failed; peer_gone for a
+ * connection gone, as a facility's frame is) and its lines are bounded, the
+ * count of the others told by the cron: it was logged for every reply,
+ * uncounted, so a tool in a loop that did not wait for its replies filled
+ * the log. */
+static void test_opapi_failed_replies_are_counted_and_rate_limited(void **state)
+{
+    (void)state;
+    FILE *out = tmpfile();
+    assert_non_null(out);
+    int stand_in;
+    conf_t conf = {.insecure = true, .max_message_bytes = 65536};
+    server_t s = {.operator_ep = (endpoint_t *)&stand_in, .conf = &conf,
+                  .log = log_new(MR_LOG_DEBUG, out)};
+    assert_non_null(s.log);
+    s_frozen = true;
+    const uint8_t rid[] = {0, 0, 0, 0, 9};
+    mr_op_request_t q = MEDROUTE__V1__OP_REQUEST__INIT; /* no body: refused */
+    /* A full queue and a connection gone in turn, so that no line repeats
+     * the one before (the log's own filter of repeated lines). */
+    for (int i = 0; i < 100; i++) {
+        s_send_rc = i % 2 ? -EHOSTUNREACH : -EAGAIN;
+        assert_int_equal(s_request(&s, rid, sizeof rid, &q), 1);
+    }
+    s_send_rc = 0;
+    s_pack_fails = true;
+    assert_int_equal(s_request(&s, rid, sizeof rid, &q), 0);
+    s_pack_fails = false;
+    assert_int_equal(s.counters.v[CNT_SEND_FAILED], 51);
+    assert_int_equal(s.counters.v[CNT_PEER_GONE], 50);
+    assert_int_equal(s_lines(out, "event=operator.send_failed "), LOGRATE_LINES);
+    opapi_cron(&s, mr_mono_ms());
+    assert_int_equal(s_lines(out, "event=operator.send_failed_unlogged count=81 "), 1);
+    s_frozen = false;
+    log_destroy(&s.log);
+    fclose(out);
+}
+
 /* Requests without a valid key are counted each, but their security.*
  * lines are bounded (LOGRATE_LINES per window, apart from the refusals'
  * lines), the count of the others told by the cron: a tool in a loop with
@@ -461,6 +503,7 @@ int main(void)
         cmocka_unit_test(test_opapi_reply_without_memory_is_counted_and_logged),
         cmocka_unit_test(test_opapi_status_oldest_pending_is_the_stores),
         cmocka_unit_test(test_opapi_security_lines_are_rate_limited),
+        cmocka_unit_test(test_opapi_failed_replies_are_counted_and_rate_limited),
     };
     return cmocka_run_group_tests_name("opapi", tests, NULL, NULL);
 }

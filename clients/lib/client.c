@@ -607,6 +607,14 @@ static int s_setint(void *sock, int opt, int v)
     return zmq_setsockopt(sock, opt, &v, sizeof v);
 }
 
+/* Whether key is a CURVE key in Z85 text: 40 characters.  Read as
+ * ZeroMQ reads it, 40 bytes whatever its length, a shorter string would
+ * be read past its end. */
+static bool s_z85_key(const char *key)
+{
+    return key != NULL && strnlen(key, 41) == 40;
+}
+
 mr_client_t *mr_client_new(const mr_client_opts_t *opts)
 {
     if (opts == NULL || opts->endpoint == NULL || opts->facility == NULL ||
@@ -656,7 +664,8 @@ mr_client_t *mr_client_new(const mr_client_opts_t *opts)
     if (c->sock == NULL)
         goto fail;
     if (opts->server_public_key != NULL &&
-        (opts->public_key == NULL || opts->secret_key == NULL ||
+        (!s_z85_key(opts->server_public_key) || !s_z85_key(opts->public_key) ||
+         !s_z85_key(opts->secret_key) ||
          zmq_setsockopt(c->sock, ZMQ_CURVE_SERVERKEY, opts->server_public_key, 40) != 0 ||
          zmq_setsockopt(c->sock, ZMQ_CURVE_PUBLICKEY, opts->public_key, 40) != 0 ||
          zmq_setsockopt(c->sock, ZMQ_CURVE_SECRETKEY, opts->secret_key, 40) != 0))

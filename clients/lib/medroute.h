@@ -47,7 +47,8 @@ typedef struct {
     const char *client_name;   /* for the broker's logs; NULL: "libmedroute" */
     uint32_t max_inflight;     /* deliveries we accept unacknowledged; 0: broker default */
     uint32_t ack_timeout_ms;   /* resend an unacknowledged message after this; 0: 10000 */
-    /* CURVE (all three, Z85) or plaintext (all NULL; the broker must allow it) */
+    /* CURVE (all three, Z85: 40 characters each, else mr_client_new fails)
+     * or plaintext (all NULL; the broker must allow it) */
     const char *server_public_key;
     const char *public_key;
     const char *secret_key;
@@ -248,7 +249,8 @@ typedef struct mr_operator_t mr_operator_t;
 
 /* Connects to the broker's operator endpoint. NULL on failure. Caller owns it. */
 mr_operator_t *mr_operator_new(const char *endpoint);
-/* The same with CURVE keys (Z85): the broker's public key and ours. */
+/* The same with CURVE keys (Z85, 40 characters each, else NULL): the
+ * broker's public key and ours. */
 mr_operator_t *mr_operator_new_curve(const char *endpoint, const char *server_public_key,
                                      const char *public_key, const char *secret_key);
 void mr_operator_destroy(mr_operator_t **self_p);

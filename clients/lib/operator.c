@@ -28,6 +28,14 @@ struct mr_operator_t {
     size_t held_head, n_held, cap_held;
 };
 
+/* Whether key is a CURVE key in Z85 text: 40 characters.  Read as
+ * ZeroMQ reads it, 40 bytes whatever its length, a shorter string would
+ * be read past its end. */
+static bool s_z85_key(const char *key)
+{
+    return key != NULL && strnlen(key, 41) == 40;
+}
+
 mr_operator_t *mr_operator_new(const char *endpoint)
 {
     return mr_operator_new_curve(endpoint, NULL, NULL, NULL);
@@ -47,7 +55,7 @@ mr_operator_t *mr_operator_new_curve(const char *endpoint, const char *server_pu
     if (self->sock == NULL || zmq_setsockopt(self->sock, ZMQ_LINGER, &linger, sizeof linger))
         goto fail;
     if (server_public_key != NULL &&
-        (public_key == NULL || secret_key == NULL ||
+        (!s_z85_key(server_public_key) || !s_z85_key(public_key) || !s_z85_key(secret_key) ||
          zmq_setsockopt(self->sock, ZMQ_CURVE_SERVERKEY, server_public_key, 40) != 0 ||
          zmq_setsockopt(self->sock, ZMQ_CURVE_PUBLICKEY, public_key, 40) != 0 ||
          zmq_setsockopt(self->sock, ZMQ_CURVE_SECRETKEY, secret_key, 40) != 0))

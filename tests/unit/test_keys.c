@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -189,6 +190,50 @@ static void test_keys_secret_key_of_another_owner_refused(void **state)
     assert_int_equal(rmdir(dir), 0);
 }
 
+/* A CURVE key shorter than Z85's 40 characters makes mr_client_new and
+ * mr_operator_new_curve fail, reading no byte past its end: ZeroMQ reads 40
+ * bytes whatever the string's length.  The key here ends a page whose next
+ * one may not be read, so a read past it is a crash, not a silent one. */
+static void test_keys_short_key_is_refused_unread_past_its_end(void **state)
+{
+    (void)state;
+    long page = sysconf(_SC_PAGESIZE);
+    assert_true(page > 0);
+    char *map = mmap(NULL, 2 * (size_t)page, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    assert_true(map != MAP_FAILED);
+    assert_int_equal(mprotect(map + page, (size_t)page, PROT_NONE), 0);
+    /* The example keys of the CurveZMQ specification. */
+    const char *pub = "Yne@$w-vo<fVvi]a<NY6T1ed:M$fCG*[IaLV{hID";
+    const char *sec = "D:)Q[IlAW!ahhC2ac:9*A}h:p?([4%wOTJ%JR%cs";
+    static const char short_key[] = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7";
+    char *key = map + page - 20; /* a Z85 key cut to 19 characters */
+    memcpy(key, short_key, 19);
+    key[19] = '\0';
+    mr_client_opts_t o = {.endpoint = "tcp://127.0.0.1:1", .facility = "t-aihua",
+                          .server_public_key = key, .public_key = pub, .secret_key = sec};
+    mr_client_t *c = mr_client_new(&o);
+    assert_null(c);
+    o = (mr_client_opts_t){.endpoint = "tcp://127.0.0.1:1", .facility = "t-aihua",
+                           .server_public_key = pub, .public_key = pub, .secret_key = key};
+    c = mr_client_new(&o);
+    assert_null(c);
+    mr_operator_t *op = mr_operator_new_curve("tcp://127.0.0.1:1", key, pub, sec);
+    assert_null(op);
+    op = mr_operator_new_curve("tcp://127.0.0.1:1", pub, key, sec);
+    assert_null(op);
+    /* Whole keys are taken. */
+    o = (mr_client_opts_t){.endpoint = "tcp://127.0.0.1:1", .facility = "t-aihua",
+                           .server_public_key = pub, .public_key = pub, .secret_key = sec};
+    c = mr_client_new(&o);
+    assert_non_null(c);
+    mr_client_destroy(&c);
+    op = mr_operator_new_curve("tcp://127.0.0.1:1", pub, pub, sec);
+    assert_non_null(op);
+    mr_operator_destroy(&op);
+    assert_int_equal(munmap(map, 2 * (size_t)page), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -197,6 +242,7 @@ int main(void)
         cmocka_unit_test(test_keys_long_comment_line_is_one_line),
         cmocka_unit_test(test_keys_only_a_regular_file_is_read),
         cmocka_unit_test(test_keys_secret_key_of_another_owner_refused),
+        cmocka_unit_test(test_keys_short_key_is_refused_unread_past_its_end),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

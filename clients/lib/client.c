@@ -62,8 +62,9 @@ typedef struct s_out_t {
                                  one more for an entry read back from the outbox */
     /* This submission's, never 0 nor another entry's: sent with each copy
      * (Frame.submission_tag), the answer to it carries it back, and the
-     * outcome that settles the entry carries it.  Drawn anew for an entry
-     * read back from the outbox: an earlier process's copies had others. */
+     * outcome that settles the entry carries it.  Kept in the outbox row:
+     * an entry read back from it is the same submission, whose copies an
+     * earlier process sent with this tag (their answers may come here). */
     uint64_t tag;
     /* An Ack of this seq answers an earlier version of this id, with other
      * content, that was acknowledged after several sends (acked.h): not
@@ -277,8 +278,9 @@ static int s_slot_take(mr_client_t *c)
     return (int)c->n_slot++;
 }
 
+/* Appends id's entry, of tag (0: a new one's, drawn), to the outbox. */
 static int s_outbox_push(mr_client_t *c, const char *id, const uint8_t *body, size_t len,
-                         bool persist)
+                         bool persist, uint64_t tag)
 {
     size_t id_len = strlen(id);
     if (id_len > MR_MESSAGE_ID_MAX)
@@ -298,8 +300,8 @@ static int s_outbox_push(mr_client_t *c, const char *id, const uint8_t *body, si
     memcpy(o->body, body, len);
     o->len = len;
     memcpy(o->id, id, id_len + 1);
-    o->tag = c->last_tag = s_next_tag(c);
-    if (persist && cstore_outbox_add(c->cs, id, body, len) < 0) {
+    o->tag = tag != 0 ? tag : (c->last_tag = s_next_tag(c));
+    if (persist && cstore_outbox_add(c->cs, id, body, len, o->tag) < 0) {
         strmap_del(c->out_ids, id, id_len);
         c->out_free[c->n_free++] = o->slot;
         free(o->body);
@@ -557,11 +559,13 @@ static void s_outbox_send_due(mr_client_t *c, bool all)
  * that wrote it, and the broker answers a copy on the facility's session of
  * the moment (this one's, if its store commits that copy after our Hello):
  * counted as sent once, so that an Ack after this process's own send is
- * known to leave a late one to come (acked). */
-static int s_load_outbox(void *arg, const char *id, const void *body, size_t len)
+ * known to leave a late one to come (acked, refusals), and with the tag
+ * that process gave it, which that answer carries (a row without one, of
+ * an earlier version, gets a new one). */
+static int s_load_outbox(void *arg, const char *id, const void *body, size_t len, uint64_t tag)
 {
     mr_client_t *c = arg;
-    int rc = s_outbox_push(c, id, body, len, false);
+    int rc = s_outbox_push(c, id, body, len, false, tag);
     if (rc == 0)
         c->out_tail->sends = 1;
     return rc;
@@ -797,7 +801,7 @@ static int s_submit_packed(mr_client_t *self, const char *message_id, const void
         *tag = queued->tag;
         return mr_envelope_same(queued->body, queued->len, envelope, len) ? 0 : -EEXIST;
     }
-    int rc = s_outbox_push(self, message_id, envelope, len, self->persistent);
+    int rc = s_outbox_push(self, message_id, envelope, len, self->persistent, 0);
     if (rc < 0)
         return rc;
     /* Sent at once unless older ones still wait for room in the socket's

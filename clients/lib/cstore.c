@@ -56,9 +56,9 @@ static const char *const s_sql[S_N] = {
      * content of one it has): a row already here is one whose delete failed
      * after its Ack, stale.  Replaced, not kept: IGNORE would put the old
      * body back in the outbox at the next start, in place of the new one. */
-    [S_OB_ADD] = "INSERT OR REPLACE INTO outbox(message_id, body) VALUES(?1, ?2)",
+    [S_OB_ADD] = "INSERT OR REPLACE INTO outbox(message_id, body, tag) VALUES(?1, ?2, ?3)",
     [S_OB_DEL] = "DELETE FROM outbox WHERE message_id = ?1",
-    [S_OB_ALL] = "SELECT rowid, message_id, body FROM outbox ORDER BY rowid",
+    [S_OB_ALL] = "SELECT rowid, message_id, body, tag FROM outbox ORDER BY rowid",
     [S_OB_SET_ASIDE] = "INSERT INTO outbox_damaged(row, message_id, body, reason, at_ms)"
                        " SELECT rowid, message_id, body, ?2, ?3 FROM outbox WHERE rowid = ?1",
     [S_OB_DEL_ROW] = "DELETE FROM outbox WHERE rowid = ?1",
@@ -102,6 +102,22 @@ static char *s_mem_key(char *buf, const char *source, const char *message_id, si
     return key;
 }
 
+/* Gives the outbox its tag column (a row's submission tag) if a file of
+ * an earlier version lacks it: its rows read back with tag 0, none.  0 or
+ * -EIO. */
+static int s_outbox_tag_column(sqlite3 *db)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(db, "SELECT tag FROM outbox LIMIT 0", -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_finalize(st);
+        return 0;
+    }
+    return sqlite3_exec(db, "ALTER TABLE outbox ADD COLUMN tag INTEGER NOT NULL DEFAULT 0", NULL,
+                        NULL, NULL) == SQLITE_OK
+               ? 0
+               : -EIO;
+}
+
 cstore_t *cstore_open(const char *dir, const char *facility)
 {
     cstore_t *self = calloc(1, sizeof *self);
@@ -131,7 +147,7 @@ cstore_t *cstore_open(const char *dir, const char *facility)
                      "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
                      " PRAGMA busy_timeout=2000;"
                      "CREATE TABLE IF NOT EXISTS outbox(message_id TEXT PRIMARY KEY,"
-                     " body BLOB NOT NULL);"
+                     " body BLOB NOT NULL, tag INTEGER NOT NULL DEFAULT 0);"
                      "CREATE TABLE IF NOT EXISTS outbox_damaged(row INTEGER, message_id,"
                      " body BLOB, reason TEXT NOT NULL, at_ms INTEGER NOT NULL);"
                      "CREATE TABLE IF NOT EXISTS seen(source TEXT NOT NULL,"
@@ -141,6 +157,8 @@ cstore_t *cstore_open(const char *dir, const char *facility)
                      " type INTEGER NOT NULL, message_id TEXT NOT NULL, seq INTEGER NOT NULL,"
                      " duplicate INTEGER NOT NULL, code INTEGER NOT NULL, reason TEXT NOT NULL);",
                      NULL, NULL, NULL) != SQLITE_OK)
+        goto fail;
+    if (s_outbox_tag_column(self->db) < 0)
         goto fail;
     for (int i = 0; i < S_N; i++)
         if (sqlite3_prepare_v2(self->db, s_sql[i], -1, &self->st[i], NULL) != SQLITE_OK)
@@ -176,7 +194,8 @@ static int s_run(sqlite3_stmt *st, bool bound)
     return rc == SQLITE_DONE ? 0 : -EIO;
 }
 
-int cstore_outbox_add(cstore_t *self, const char *message_id, const void *body, size_t len)
+int cstore_outbox_add(cstore_t *self, const char *message_id, const void *body, size_t len,
+                      uint64_t tag)
 {
     if (self->db == NULL)
         return 0;
@@ -184,7 +203,8 @@ int cstore_outbox_add(cstore_t *self, const char *message_id, const void *body, 
         return -EFBIG;
     sqlite3_stmt *st = self->st[S_OB_ADD];
     return s_run(st, sqlite3_bind_text(st, 1, message_id, -1, SQLITE_STATIC) == SQLITE_OK &&
-                         sqlite3_bind_blob(st, 2, body, (int)len, SQLITE_STATIC) == SQLITE_OK);
+                         sqlite3_bind_blob(st, 2, body, (int)len, SQLITE_STATIC) == SQLITE_OK &&
+                         sqlite3_bind_int64(st, 3, (sqlite3_int64)tag) == SQLITE_OK);
 }
 
 int cstore_outbox_remove(cstore_t *self, const char *message_id)
@@ -249,7 +269,8 @@ static int s_set_aside(cstore_t *self, const s_damaged_t *d)
 }
 
 int cstore_outbox_each(cstore_t *self,
-                       int (*fn)(void *arg, const char *id, const void *body, size_t len),
+                       int (*fn)(void *arg, const char *id, const void *body, size_t len,
+                                 uint64_t tag),
                        void (*damaged)(void *arg, int64_t row, const char *id, const char *why,
                                        bool moved),
                        void *arg)
@@ -268,7 +289,7 @@ int cstore_outbox_each(cstore_t *self,
         size_t len = (size_t)sqlite3_column_bytes(st, 2);
         s_damaged_t d = {.row = sqlite3_column_int64(st, 0)};
         if (!s_row_damaged(id, id_len, body, len, &d)) {
-            out = fn(arg, id, body, len);
+            out = fn(arg, id, body, len, (uint64_t)sqlite3_column_int64(st, 3));
             if (out != 0)
                 break;
             continue;

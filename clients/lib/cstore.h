@@ -27,11 +27,14 @@ cstore_t *cstore_open(const char *dir, const char *facility);
 void cstore_close(cstore_t **self_p);
 
 /* Adds, or replaces a stale row of the same id (the caller checked its
- * outbox in memory, which holds every live row, for the id first). */
-int cstore_outbox_add(cstore_t *self, const char *message_id, const void *body, size_t len);
+ * outbox in memory, which holds every live row, for the id first), with
+ * the submission tag its copies carry. */
+int cstore_outbox_add(cstore_t *self, const char *message_id, const void *body, size_t len,
+                      uint64_t tag);
 int cstore_outbox_remove(cstore_t *self, const char *message_id);
 /*
- * Calls fn for each outbox entry in submission order; stops on non-zero.
+ * Calls fn for each outbox entry in submission order, with its tag (0 for
+ * a row a version without tags wrote); stops on non-zero.
  * A row that cannot be an entry (its id missing, over MR_MESSAGE_ID_MAX
  * bytes, not UTF-8 or holding a NUL, or not the message_id its body
  * carries) is not handed to fn: it is moved to the table outbox_damaged,
@@ -41,7 +44,8 @@ int cstore_outbox_remove(cstore_t *self, const char *message_id);
  * non-zero, or -EIO.
  */
 int cstore_outbox_each(cstore_t *self,
-                       int (*fn)(void *arg, const char *id, const void *body, size_t len),
+                       int (*fn)(void *arg, const char *id, const void *body, size_t len,
+                                 uint64_t tag),
                        void (*damaged)(void *arg, int64_t row, const char *id, const char *why,
                                        bool moved),
                        void *arg);

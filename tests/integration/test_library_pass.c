@@ -580,6 +580,57 @@ static void test_library_pass_ack_after_a_final_refusal_is_told(void **state)
 }
 
 /*
+ * A copy sent by a process that then ended (killed before its answer) is
+ * stored late, after the next process on the same state directory said
+ * Hello: its Ack comes to that one (the broker answers the facility's
+ * session of the moment), behind that process's refusal of its own copy
+ * (a refusal of the moment).  The message is the same submission, read
+ * back from the outbox: its copies carry the same tag, and the Ack is told
+ * after the refusal, with its code.  The entry read back drew a new tag,
+ * so the Ack of the first process's copy answered nothing known and was
+ * dropped: the application believed refused a message the broker delivers.
+ */
+static void test_library_pass_ack_of_an_earlier_process_copy_after_a_refusal(void **state)
+{
+    (void)state;
+    s_broker_t b;
+    s_broker_open(&b, "tag-restart");
+    char dir[] = "/tmp/mrt-tag-restart-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    mr_client_opts_t o = {.endpoint = b.ep, .facility = "t-aihua", .state_dir = dir};
+    mr_client_t *c = mr_client_new(&o);
+    assert_non_null(c);
+    s_submit(c, "TAGR-1", 10);
+    s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_HELLO, NULL);
+    s_broker_welcome(&b, 1 << 20);
+    uint64_t t1 = s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_ENVELOPE, "TAGR-1");
+    mr_client_destroy(&c); /* gone before the answer: the message stays in the outbox */
+
+    c = mr_client_new(&o);
+    assert_non_null(c);
+    assert_int_equal(mr_client_unacked(c), 1);
+    s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_HELLO, NULL);
+    s_broker_welcome(&b, 1 << 20);
+    uint64_t t2 = s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_ENVELOPE, "TAGR-1");
+    s_broker_error_of(&b, "TAGR-1", MR_E_QUEUE_FULL, 0, t2); /* this process's copy */
+    s_broker_ack(&b, "TAGR-1", 14, false, t1);                /* the first one's, stored */
+    s_seen_t seen = {0};
+    s_poll_for(c, &seen, 1, 1);
+    assert_int_equal(seen.errors, 1);
+    assert_int_equal(seen.error_code, MR_E_QUEUE_FULL);
+    assert_int_equal(seen.acks, 1);
+    assert_int_equal(seen.ack_code, MR_E_QUEUE_FULL);
+    assert_int_equal(seen.ack_seq, 14);
+    assert_int_equal(mr_client_unacked(c), 0);
+
+    mr_client_destroy(&c);
+    s_broker_close(&b);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+/*
  * An EXPIRED notice (a stored message, by its seq, became a dead letter)
  * answers no submission: the application hears of it, and a resubmission
  * of the id waiting in the outbox stays there for its own answer.  The
@@ -887,6 +938,7 @@ int main(void)
         cmocka_unit_test(test_library_pass_late_refusal_is_not_for_a_later_submission),
         cmocka_unit_test(test_library_pass_late_ack_after_a_final_refusal),
         cmocka_unit_test(test_library_pass_ack_after_a_final_refusal_is_told),
+        cmocka_unit_test(test_library_pass_ack_of_an_earlier_process_copy_after_a_refusal),
         cmocka_unit_test(test_library_pass_expiry_notice_settles_no_submission),
         cmocka_unit_test(test_library_pass_no_delivery_ack_for_seq_0),
         cmocka_unit_test(test_library_pass_wait_connected_sends_no_heartbeat),

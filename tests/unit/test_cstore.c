@@ -109,9 +109,9 @@ static int s_count_outcomes(void *arg, int64_t row, const cstore_outcome_t *oc)
     return 0;
 }
 
-static int s_count_outbox(void *arg, const char *id, const void *body, size_t len)
+static int s_count_outbox(void *arg, const char *id, const void *body, size_t len, uint64_t tag)
 {
-    (void)id, (void)body, (void)len;
+    (void)id, (void)body, (void)len, (void)tag;
     (*(int *)arg)++;
     return 0;
 }
@@ -123,7 +123,7 @@ static void test_cstore_outcome_replaces_its_outbox_row(void **state)
     s_fixture_t *f = *state;
     /* Envelope{message_id = "m-1"}: field 1, length 3. */
     const uint8_t body[] = {0x0a, 3, 'm', '-', '1'};
-    assert_int_equal(cstore_outbox_add(f->cs, "m-1", body, sizeof body), 0);
+    assert_int_equal(cstore_outbox_add(f->cs, "m-1", body, sizeof body, 5), 0);
     cstore_outcome_t oc = {.type = 2, .message_id = "m-1", .code = 6, .reason = "too large"};
     int64_t row = cstore_outcome_keep(f->cs, &oc, "m-1");
     assert_true(row > 0);
@@ -138,6 +138,45 @@ static void test_cstore_outcome_replaces_its_outbox_row(void **state)
     assert_int_equal(outcomes, 0);
 }
 
+/* The tag of the entry an outbox row holds, kept by s_tag_outbox. */
+static int s_tag_outbox(void *arg, const char *id, const void *body, size_t len, uint64_t tag)
+{
+    (void)id, (void)body, (void)len;
+    *(uint64_t *)arg = tag;
+    return 0;
+}
+
+/* An outbox row keeps its submission tag, so that a process reading it
+ * back sends its copies with the tag of the earlier process's; a file an
+ * earlier version wrote (its outbox without the column) is given it, its
+ * rows read back with tag 0. */
+static void test_cstore_outbox_row_keeps_its_tag(void **state)
+{
+    s_fixture_t *f = *state;
+    const uint8_t body[] = {0x0a, 3, 'm', '-', '1'};
+    assert_int_equal(cstore_outbox_add(f->cs, "m-1", body, sizeof body, 0xfedcba9876543210u), 0);
+    cstore_close(&f->cs);
+    f->cs = cstore_open(f->dir, "t-aihua");
+    assert_non_null(f->cs);
+    uint64_t tag = 0;
+    assert_int_equal(cstore_outbox_each(f->cs, s_tag_outbox, NULL, &tag), 0);
+    assert_true(tag == 0xfedcba9876543210u);
+    cstore_close(&f->cs);
+
+    char cmd[256];
+    snprintf(cmd, sizeof cmd,
+             "sqlite3 '%s/client-t-older.db' \"CREATE TABLE outbox(message_id TEXT PRIMARY KEY,"
+             " body BLOB NOT NULL); INSERT INTO outbox VALUES('m-1', x'0a036d2d31');\"",
+             f->dir);
+    assert_int_equal(system(cmd), 0);
+    f->cs = cstore_open(f->dir, "t-older");
+    assert_non_null(f->cs);
+    tag = 1;
+    assert_int_equal(cstore_outbox_each(f->cs, s_tag_outbox, NULL, &tag), 0);
+    assert_true(tag == 0);
+    assert_int_equal(cstore_outbox_add(f->cs, "m-2", body, sizeof body, 9), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -147,6 +186,7 @@ int main(void)
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_cstore_outcome_replaces_its_outbox_row, s_setup,
                                         s_teardown),
+        cmocka_unit_test_setup_teardown(test_cstore_outbox_row_keeps_its_tag, s_setup, s_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

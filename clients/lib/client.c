@@ -1249,9 +1249,10 @@ static void s_keep_alive(mr_client_t *c, int64_t *flushed, bool reading)
 }
 
 /* Hands the outcomes kept while nobody could take them to handler (or to
- * the synchronous send whose they are), in order, and forgets them on
- * disk once all are handed (a crash inside handler hands them again at
- * the next start); the count. */
+ * the synchronous send whose they are), in order, and forgets each on
+ * disk once handed (a crash inside handler hands that one again at the
+ * next start, with those after it, not those handed before it); the
+ * count. */
 static int s_emit_held(mr_client_t *self, mr_handler_t handler, void *arg)
 {
     if (handler == NULL || self->n_held == 0)
@@ -1260,17 +1261,12 @@ static int s_emit_held(mr_client_t *self, mr_handler_t handler, void *arg)
     size_t n = self->n_held;
     self->held = NULL;
     self->n_held = self->cap_held = 0;
-    int64_t first = 0, last = 0;
     for (size_t i = 0; i < n; i++) {
         mr_event_t ev = s_held_event(&held[i]);
         s_emit(self, handler, arg, &ev, held[i].tag);
-        if (held[i].row > 0 && first == 0)
-            first = held[i].row;
-        if (held[i].row > 0)
-            last = held[i].row; /* rows grow in the order outcomes are kept */
+        if (held[i].row > 0) /* else handed again: harmless */
+            (void)cstore_outcome_forget(self->cs, held[i].row, held[i].row);
     }
-    if (first > 0)
-        (void)cstore_outcome_forget(self->cs, first, last); /* else handed again: harmless */
     free(held);
     return (int)n;
 }

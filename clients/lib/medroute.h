@@ -203,7 +203,7 @@ int mr_client_send_json(mr_client_t *self, const char *json, mr_result_t *res, i
  * handed over first.  With state_dir they are kept on disk too, written in
  * the transaction that takes the message out of the outbox: a process that
  * ends before they are handed over hands them over after its next start
- * (again, if it ended inside the handler taking them).
+ * (the one whose handler it ended inside again, not those handed before).
  * Also sends heartbeats and resends what is due; during a long pass over
  * many deliveries (a slow handler), the acks gathered and a heartbeat go out
  * every 200 ms, so the broker does not take the session for dead.

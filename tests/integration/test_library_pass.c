@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -287,6 +288,75 @@ static void test_library_pass_outcomes_kept_across_a_restart(void **state)
     seen = (s_seen_t){0};
     assert_true(mr_client_poll(c, 0, on_event, &seen) >= 0);
     assert_int_equal(seen.acks + seen.errors, 0);
+    mr_client_destroy(&c);
+
+    s_broker_close(&b);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* Ends the process inside the handler taking its second event. */
+static int on_die_at_second(mr_client_t *c, const mr_event_t *ev, void *arg)
+{
+    (void)c, (void)ev;
+    if (++*(int *)arg == 2)
+        _exit(0);
+    return 0;
+}
+
+/*
+ * Outcomes kept on disk (a poll without handler) are handed over by the
+ * next poll with one: a process that ends inside the handler taking the
+ * second hands that one over again at its next start, and the third, not
+ * the first, which the application had taken.  All three were forgotten
+ * on disk only once all were handed, so the first was told twice.
+ */
+static void test_library_pass_kept_outcome_handed_over_is_not_told_again(void **state)
+{
+    (void)state;
+    s_broker_t b;
+    s_broker_open(&b, "kept-crash");
+    char dir[] = "/tmp/mrt-kept-crash-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    mr_client_opts_t o = {.endpoint = b.ep, .facility = "t-aihua", .state_dir = dir};
+    mr_client_t *c = mr_client_new(&o);
+    assert_non_null(c);
+    const char *ids[] = {"KC-1", "KC-2", "KC-3"};
+    for (int i = 0; i < 3; i++)
+        s_submit(c, ids[i], 10);
+    s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_HELLO, NULL);
+    s_broker_welcome(&b, 1 << 20);
+    for (int i = 0; i < 3; i++) {
+        uint64_t t = s_broker_expect(&b, c, MEDROUTE__V1__FRAME__BODY_ENVELOPE, ids[i]);
+        s_broker_ack(&b, ids[i], (uint64_t)i + 1, false, t);
+    }
+    long long until = mrt_now_ms() + 10000;
+    while (mr_client_unacked(c) > 0 && mrt_now_ms() < until)
+        assert_true(mr_client_poll(c, 50, NULL, NULL) >= 0); /* all three kept */
+    assert_int_equal(mr_client_unacked(c), 0);
+    mr_client_destroy(&c);
+
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        mr_client_t *k = mr_client_new(&o);
+        int n = 0;
+        if (k != NULL)
+            (void)mr_client_poll(k, 0, on_die_at_second, &n);
+        _exit(1); /* the handler never reached its second event */
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+
+    c = mr_client_new(&o);
+    assert_non_null(c);
+    s_seen_t seen = {0};
+    assert_int_equal(mr_client_poll(c, 0, on_event, &seen), 2);
+    assert_int_equal(seen.acks, 2);
+    assert_int_equal(seen.ack_seq, 3);
     mr_client_destroy(&c);
 
     s_broker_close(&b);
@@ -931,6 +1001,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_library_pass_refusal_in_the_welcome_pass),
         cmocka_unit_test(test_library_pass_outcomes_kept_across_a_restart),
+        cmocka_unit_test(test_library_pass_kept_outcome_handed_over_is_not_told_again),
         cmocka_unit_test(test_library_pass_late_ack_is_not_for_other_content),
         cmocka_unit_test(test_library_pass_late_ack_counts_for_the_same_content),
         cmocka_unit_test(test_library_pass_late_ack_of_an_earlier_process),

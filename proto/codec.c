@@ -243,10 +243,11 @@ static int s_skip(const uint8_t *b, size_t len, size_t *i, unsigned type)
     return 0;
 }
 
-int mr_field_slice(const uint8_t *buf, size_t len, uint32_t field, const uint8_t **out,
-                   size_t *out_len)
+/* Where the value of the one top-level field with key `want` (field number
+ * and wire type) starts in buf: 0 and *at, or -1 if buf is not a sequence
+ * of well-formed fields, or that field is absent or occurs more than once. */
+static int s_field_once(const uint8_t *buf, size_t len, uint64_t want, size_t *at)
 {
-    const uint64_t want = ((uint64_t)field << 3) | PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED;
     int found = 0;
     size_t i = 0;
     while (i < len) {
@@ -256,37 +257,33 @@ int mr_field_slice(const uint8_t *buf, size_t len, uint32_t field, const uint8_t
         size_t start = i;
         if (s_skip(buf, len, &i, (unsigned)(tag & 7)) != 0)
             return -1;
-        if (tag != want)
-            continue;
-        if (found++)
-            return -1;
-        uint64_t n;
-        (void)s_varint(buf, len, &start, &n); /* read once already by s_skip */
-        *out = buf + start;
-        *out_len = (size_t)n;
+        if (tag == want && found++ == 0)
+            *at = start;
     }
     return found == 1 ? 0 : -1;
 }
 
+int mr_field_slice(const uint8_t *buf, size_t len, uint32_t field, const uint8_t **out,
+                   size_t *out_len)
+{
+    size_t at;
+    uint64_t n;
+    if (s_field_once(buf, len, ((uint64_t)field << 3) | PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED,
+                     &at) != 0)
+        return -1;
+    (void)s_varint(buf, len, &at, &n); /* read once already by s_skip */
+    *out = buf + at;
+    *out_len = (size_t)n;
+    return 0;
+}
+
 int mr_field_varint(const uint8_t *buf, size_t len, uint32_t field, uint64_t *out)
 {
-    const uint64_t want = ((uint64_t)field << 3) | PROTOBUF_C_WIRE_TYPE_VARINT;
-    int found = 0;
-    size_t i = 0;
-    while (i < len) {
-        uint64_t tag;
-        if (s_varint(buf, len, &i, &tag) != 0)
-            return -1;
-        size_t start = i;
-        if (s_skip(buf, len, &i, (unsigned)(tag & 7)) != 0)
-            return -1;
-        if (tag != want)
-            continue;
-        if (found++)
-            return -1;
-        (void)s_varint(buf, len, &start, out); /* read once already by s_skip */
-    }
-    return found == 1 ? 0 : -1;
+    size_t at;
+    if (s_field_once(buf, len, ((uint64_t)field << 3) | PROTOBUF_C_WIRE_TYPE_VARINT, &at) != 0)
+        return -1;
+    (void)s_varint(buf, len, &at, out); /* read once already by s_skip */
+    return 0;
 }
 
 int mr_envelope_id(const uint8_t *env, size_t len, const uint8_t **id, size_t *id_len)

@@ -3,7 +3,8 @@
  *
  * The table below is the facility protocol: which frame bodies a facility
  * may send, whether a Hello must come first, and who handles each.
- * Thread: loop.
+ * Refusals, and frames without a key on a CURVE endpoint, are counted
+ * each, logged at most LOGRATE_LINES per window (lograte.h).  Thread: loop.
  */
 #include "dispatch.h"
 
@@ -125,6 +126,10 @@ void dispatch_cron(server_t *s, int64_t mono_ms)
     for (size_t i = 0; i < registry_count(s->registry); i++)
         s_tell_suppressed(s, &s->peers[i].reject_log, registry_at(s->registry, i)->id, mono_ms);
     s_tell_suppressed(s, &s->reject_log_anon, "-", mono_ms);
+    uint64_t n = lograte_take(&s->fac_security_log, mono_ms);
+    if (n > 0)
+        log_warn(s->log, "security.facility_unlogged", "count=%llu limit=%d window_s=%d",
+                 (unsigned long long)n, LOGRATE_LINES, LOGRATE_WINDOW_MS / 1000);
 }
 
 /* The message id of an Envelope frame, read off the wire for an error reply
@@ -191,8 +196,12 @@ void dispatch_facility(void *arg, const uint8_t *rid, size_t rid_len, const void
         /* CURVE is on and this message carries no authenticated identity:
          * nothing about it can be trusted, not even to answer it. */
         s->counters.v[CNT_SECURITY_EVENTS]++;
-        log_warn(s->log, "security.no_user_id", "action=dropped bytes=%zu",
-                 n_parts ? sizes[0] : 0);
+        /* Each counted, its line bounded: bytes= differs from one to the
+         * next, past the log's filter of repeated lines, so a flood would
+         * fill the log (the count told by dispatch_cron). */
+        if (lograte_allow(&s->fac_security_log, mr_mono_ms()))
+            log_warn(s->log, "security.no_user_id", "action=dropped bytes=%zu",
+                     n_parts ? sizes[0] : 0);
         return;
     }
     ctx.peer = session_of(s, rid, rid_len, ctx.user_id);

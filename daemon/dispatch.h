@@ -56,7 +56,8 @@ void dispatch_facility(void *arg, const uint8_t *rid, size_t rid_len, const void
 void dispatch_reply_error(server_t *s, const uint8_t *rid, size_t rid_len, int peer,
                           const mr_err_t *err);
 /* Periodic (cron.c): logs how many refusals each source was not allowed to
- * log (message.rejected_unlogged), at most once per window each. */
+ * log (message.rejected_unlogged), and how many frames without a key
+ * (security.facility_unlogged), at most once per window each. */
 void dispatch_cron(server_t *s, int64_t mono_ms);
 
 #endif

@@ -55,6 +55,7 @@ typedef struct server_t {
     struct zap_t *zap;         /* CURVE authentication; NULL when insecure */
     counters_t counters;
     lograte_t reject_log_anon; /* refusals' log lines for frames of no facility (dispatch.c) */
+    lograte_t fac_security_log; /* the facility endpoint's security.no_user_id lines (dispatch.c) */
     /* operator requests waiting for the store, and their refusals' log
      * lines (opapi.c) */
     struct op_waiting_t *op_waiting;

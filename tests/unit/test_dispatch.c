@@ -14,7 +14,9 @@
  * through server_send_facility_msg) are recorded the same way when a test
  * gives the server a stand-in facility endpoint (s_deliveries_on); the
  * endpoint's other uses, endpoint_user_id and endpoint_src_fd, are wrapped
- * to answer NULL and -1.
+ * to answer NULL and -1.  clock_gettime is wrapped too: a test may stop the
+ * clocks of its own thread (the loop's; the store's threads keep theirs), so
+ * that the log's windows do not move under it.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -112,6 +114,22 @@ const char *__wrap_endpoint_user_id(const endpoint_t *ep)
 {
     (void)ep;
     return s_user_id;
+}
+
+/* clock_gettime as the loop thread sees it: the real one until a test sets
+ * s_frozen, then a fixed time.  Per thread: the store's threads, which wait
+ * with deadlines, keep the real clocks. */
+static _Thread_local bool s_frozen;
+int __real_clock_gettime(clockid_t id, struct timespec *ts);
+int __wrap_clock_gettime(clockid_t id, struct timespec *ts);
+
+int __wrap_clock_gettime(clockid_t id, struct timespec *ts)
+{
+    if (!s_frozen)
+        return __real_clock_gettime(id, ts);
+    ts->tv_sec = id == CLOCK_REALTIME ? 1750000000 : 100000;
+    ts->tv_nsec = 0;
+    return 0;
 }
 
 int __wrap_endpoint_src_fd(const endpoint_t *ep);
@@ -223,6 +241,7 @@ static int s_setup(void **state)
         return -1;
     s_replies_clear();
     s_user_id = NULL;
+    s_frozen = false;
     snprintf(fx->dir, sizeof fx->dir, "/tmp/mr-test-dispatch-XXXXXX");
     if (mkdtemp(fx->dir) == NULL)
         return -1;
@@ -269,6 +288,7 @@ static int s_teardown(void **state)
     s_fx_t *fx = *state;
     server_t *s = fx->s;
     int rc = 0;
+    s_frozen = false; /* left stopped by a test that failed */
     store_destroy(&s->store);
     acks_close(&s->acks);
     uv_run(&s->loop, UV_RUN_DEFAULT);
@@ -456,6 +476,19 @@ static const Medroute__V1__Error *s_expect_error(int before, const uint8_t *rid,
 static uint64_t s_rejected(const server_t *s, int code)
 {
     return s->counters.rejected_by_code[code];
+}
+
+/* How many lines of the log hold what. */
+static int s_lines(FILE *logf, const char *what)
+{
+    char line[2048];
+    int n = 0;
+    assert_int_equal(fflush(logf), 0);
+    rewind(logf);
+    while (fgets(line, sizeof line, logf) != NULL)
+        n += strstr(line, what) != NULL;
+    assert_int_equal(fseek(logf, 0, SEEK_END), 0);
+    return n;
 }
 
 /* ---- frame-level checks -------------------------------------------------------- */
@@ -2082,6 +2115,34 @@ static void test_dispatch_ack_below_an_express_one_loaded_ahead_is_refused(void 
     s_settle(s);
 }
 
+/* Frames without a key on a CURVE endpoint are dropped and counted each,
+ * but their security.no_user_id lines are bounded (LOGRATE_LINES per
+ * window), the count of the others told by dispatch_cron: each line names
+ * its frame's size, so a flood of frames of sizes in turn passed the log's
+ * filter of repeated lines and filled the log. */
+static void test_dispatch_no_user_id_lines_are_rate_limited(void **state)
+{
+    s_fx_t *fx = *state;
+    server_t *s = fx->s;
+    s->conf->insecure = false;
+    log_set_level(s->log, MR_LOG_DEBUG);
+    s_frozen = true;
+    uint8_t frame[64] = {0}; /* never decoded: no key, nothing is trusted */
+    for (int i = 0; i < 100; i++)
+        s_raw(s, RID_A, frame, 1 + (size_t)(i % 50));
+    assert_int_equal(s_n_replies, 0);
+    assert_int_equal(s->counters.v[CNT_SECURITY_EVENTS], 100);
+    assert_int_equal(s_lines(fx->logf, "event=security.no_user_id "), LOGRATE_LINES);
+    dispatch_cron(s, mr_mono_ms());
+    assert_int_equal(s_lines(fx->logf, "event=security.facility_unlogged count=80 "), 1);
+    /* Told, and no more than once a window. */
+    s_raw(s, RID_A, frame, 7);
+    dispatch_cron(s, mr_mono_ms());
+    assert_int_equal(s->counters.v[CNT_SECURITY_EVENTS], 101);
+    assert_int_equal(s_lines(fx->logf, "event=security.facility_unlogged "), 1);
+    s_frozen = false;
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, s_setup, s_teardown)
@@ -2105,6 +2166,7 @@ int main(void)
         T(test_dispatch_refuses_a_payload_carried_twice),
         T(test_dispatch_page_asked_before_a_reload_is_not_applied_after_it),
         T(test_dispatch_ack_below_an_express_one_loaded_ahead_is_refused),
+    T(test_dispatch_no_user_id_lines_are_rate_limited),
         T(test_dispatch_draining_refuses_envelopes),
         T(test_dispatch_store_unavailable_reported),
         T(test_dispatch_store_unavailable_tallied_once_back),

@@ -584,7 +584,12 @@ static int s_load_outcome(void *arg, int64_t row, const cstore_outcome_t *oc)
 
 /* An outbox row cstore found unusable: told to the first poll with a
  * handler as an ERROR event, INVALID (it is never sent), and counted until
- * the table's own count is read (mr_client_new). */
+ * the table's own count is read (mr_client_new).  Moved to outbox_damaged,
+ * it is never found again: the notice is kept on disk (s_hold), so that a
+ * process ending before it polls with a handler does not lose it.  Left in the
+ * outbox (the move failed), the row itself is found, and told, again at the
+ * next start: the notice is kept in memory only, or every start would add
+ * one more on disk, each handed over at the first poll with a handler. */
 static void s_load_damaged(void *arg, int64_t row, const char *id, const char *why, bool moved)
 {
     mr_client_t *c = arg;
@@ -595,7 +600,10 @@ static void s_load_damaged(void *arg, int64_t row, const char *id, const char *w
                          : "left in the outbox (it could not be moved; tried again next start)");
     mr_event_t ev = {.type = MR_EVENT_ERROR, .message_id = id, .code = MR_E_INVALID,
                      .code_name = mr_error_name(MR_E_INVALID), .reason = reason};
-    s_hold(c, &ev, 0, true, NULL);
+    if (moved)
+        s_hold(c, &ev, 0, true, NULL);
+    else /* -ENOMEM: not told at this start; the row, still there, is at the next */
+        (void)s_held_push(c, &ev, 0, 0);
     c->outbox_damaged++;
 }
 

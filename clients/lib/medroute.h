@@ -120,7 +120,8 @@ typedef int (*mr_handler_t)(mr_client_t *client, const mr_event_t *event, void *
  * naming the row and why (message_id "" if the id is what is damaged), to
  * the first mr_client_poll with a handler, once; mr_client_outbox_damaged
  * counts them at every start until they are dealt with (deleted from that
- * table). */
+ * table).  A row that cannot be moved stays in the outbox, unsent, and is
+ * reported once at each start that finds it (not kept for a later start). */
 mr_client_t *mr_client_new(const mr_client_opts_t *opts);
 /* Closes the socket and state; unacknowledged messages stay in state_dir. */
 void mr_client_destroy(mr_client_t **self_p);

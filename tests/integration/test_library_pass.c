@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <sqlite3.h>
 #include <zmq.h>
 
 #include "harness.h"
@@ -358,6 +359,85 @@ static void test_library_pass_kept_outcome_handed_over_is_not_told_again(void **
     assert_int_equal(seen.acks, 2);
     assert_int_equal(seen.ack_seq, 3);
     mr_client_destroy(&c);
+
+    s_broker_close(&b);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* Runs sql on the SQLite file path; asserts it worked. */
+static void s_sql(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    char *err = NULL;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &err);
+    if (rc != SQLITE_OK)
+        fail_msg("%s: %s", sql, err ? err : "?");
+    sqlite3_close(db);
+}
+
+/* The integer the one-value query sql gives on the SQLite file path. */
+static long long s_sql_int(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    long long v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+/*
+ * A damaged outbox row that cannot be moved to outbox_damaged (a trigger
+ * refuses the move) stays in the outbox and is found at every start; an
+ * application that polls with no handler for three starts hears of it
+ * once at the fourth, not four times: each start kept a notice of it on
+ * disk, and the pile was handed over at the first poll with a handler.
+ * The row still there, the next start tells it again, once.
+ */
+static void test_library_pass_damaged_row_left_in_outbox_is_told_once(void **state)
+{
+    (void)state;
+    s_broker_t b;
+    s_broker_open(&b, "stuck");
+    char dir[] = "/tmp/mrt-stuck-XXXXXX", db[64];
+    assert_non_null(mkdtemp(dir));
+    snprintf(db, sizeof db, "%s/client-t-aihua.db", dir);
+    mr_client_opts_t o = {.endpoint = b.ep, .facility = "t-aihua", .state_dir = dir};
+    mr_client_t *c = mr_client_new(&o);
+    assert_non_null(c);
+    s_submit(c, "STUCK-1", 10);
+    mr_client_destroy(&c);
+    s_sql(db, "UPDATE outbox SET message_id = NULL;"
+              "CREATE TRIGGER no_aside BEFORE INSERT ON outbox_damaged"
+              " BEGIN SELECT RAISE(ABORT, 'no room'); END;");
+
+    for (int i = 0; i < 3; i++) {
+        c = mr_client_new(&o);
+        assert_non_null(c);
+        assert_int_equal(mr_client_outbox_damaged(c), 1);
+        assert_true(mr_client_poll(c, 0, NULL, NULL) >= 0);
+        mr_client_destroy(&c);
+    }
+    assert_int_equal(s_sql_int(db, "SELECT count(*) FROM outbox"), 1);
+    assert_int_equal(s_sql_int(db, "SELECT count(*) FROM outcome"), 0);
+
+    for (int i = 0; i < 2; i++) {
+        c = mr_client_new(&o);
+        assert_non_null(c);
+        s_seen_t seen = {0};
+        assert_int_equal(mr_client_poll(c, 0, on_event, &seen), 1);
+        assert_int_equal(seen.errors, 1);
+        assert_int_equal(seen.error_code, MR_E_INVALID);
+        assert_string_equal(seen.error_id, "");
+        mr_client_destroy(&c);
+    }
+    assert_int_equal(s_sql_int(db, "SELECT count(*) FROM outbox"), 1);
 
     s_broker_close(&b);
     char cmd[128];
@@ -1002,6 +1082,7 @@ int main(void)
         cmocka_unit_test(test_library_pass_refusal_in_the_welcome_pass),
         cmocka_unit_test(test_library_pass_outcomes_kept_across_a_restart),
         cmocka_unit_test(test_library_pass_kept_outcome_handed_over_is_not_told_again),
+        cmocka_unit_test(test_library_pass_damaged_row_left_in_outbox_is_told_once),
         cmocka_unit_test(test_library_pass_late_ack_is_not_for_other_content),
         cmocka_unit_test(test_library_pass_late_ack_counts_for_the_same_content),
         cmocka_unit_test(test_library_pass_late_ack_of_an_earlier_process),

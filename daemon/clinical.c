@@ -1075,16 +1075,6 @@ static int s_on_visits(clinical_t *self, uint64_t seq, const char *source, const
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
-/* a + b, held at the int64 limits instead of overflowing. */
-static int64_t s_add_sat(int64_t a, int64_t b)
-{
-    if (b > 0 && a > INT64_MAX - b)
-        return INT64_MAX;
-    if (b < 0 && a < INT64_MIN - b)
-        return INT64_MIN;
-    return a + b;
-}
-
 int clinical_visits(clinical_t *self, const char *first, const char *last, clin_visits_t *out)
 {
     memset(out, 0, sizeof *out);
@@ -1110,9 +1100,9 @@ int clinical_visits(clinical_t *self, const char *first, const char *last, clin_
         out->reports += sqlite3_column_int64(st, 1);
         for (int i = 0; i < CLIN_VISIT_FIELDS; i++) {
             int64_t v = sqlite3_column_int64(st, 2 + i);
-            out->sum[1][i] = s_add_sat(out->sum[1][i], v);
+            out->sum[1][i] = tally_add_sat(out->sum[1][i], v);
             if (g == 0)
-                out->sum[0][i] = s_add_sat(out->sum[0][i], v);
+                out->sum[0][i] = tally_add_sat(out->sum[0][i], v);
         }
     }
     sqlite3_finalize(st);

@@ -100,9 +100,9 @@ static void s_keys_free(s_keys_t *k)
     k->cap = 0;
 }
 
-/* a + b, held at the int64 limits: an all-time total loads capped at
- * INT64_MAX (s_load_totals), and the next count must not overflow it. */
-static int64_t s_add_sat(int64_t a, int64_t b)
+/* An all-time total loads capped at INT64_MAX (s_load_totals), and the
+ * next count must not overflow it. */
+int64_t tally_add_sat(int64_t a, int64_t b)
 {
     if (b > 0 && a > INT64_MAX - b)
         return INT64_MAX;
@@ -126,7 +126,7 @@ static int s_keys_add(s_keys_t *k, const char *name, const char *labels, int64_t
     size_t kl = nl + 1 + ll;
     int at = strmap_get(k->index, key, kl);
     if (at >= 0) {
-        k->v[at].value = s_add_sat(k->v[at].value, delta);
+        k->v[at].value = tally_add_sat(k->v[at].value, delta);
         return SQLITE_OK;
     }
     if (k->n == k->cap) {

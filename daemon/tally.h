@@ -74,6 +74,9 @@ typedef struct {
     int64_t value;
 } tally_row_t;
 
+/* a + b, held at the int64 limits instead of overflowing: counts and sums
+ * of counts (tallies' totals, the visit reports' figures). */
+int64_t tally_add_sat(int64_t a, int64_t b);
 /* Sums per (name, labels) over days first..last (YYYY-MM-DD, inclusive);
  * NULL first and last: all time, from memory (totals kept since tally_new).
  * facility (NULL or "": all) keeps the label sets whose source or destination

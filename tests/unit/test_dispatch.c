@@ -34,6 +34,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "frozen_clock.h"
 #include "acks.h"
 #include "arena.h"
 #include "dispatch.h"
@@ -116,21 +117,6 @@ const char *__wrap_endpoint_user_id(const endpoint_t *ep)
     return s_user_id;
 }
 
-/* clock_gettime as the loop thread sees it: the real one until a test sets
- * s_frozen, then a fixed time.  Per thread: the store's threads, which wait
- * with deadlines, keep the real clocks. */
-static _Thread_local bool s_frozen;
-int __real_clock_gettime(clockid_t id, struct timespec *ts);
-int __wrap_clock_gettime(clockid_t id, struct timespec *ts);
-
-int __wrap_clock_gettime(clockid_t id, struct timespec *ts)
-{
-    if (!s_frozen)
-        return __real_clock_gettime(id, ts);
-    ts->tv_sec = id == CLOCK_REALTIME ? 1750000000 : 100000;
-    ts->tv_nsec = 0;
-    return 0;
-}
 
 int __wrap_endpoint_src_fd(const endpoint_t *ep);
 
@@ -241,7 +227,7 @@ static int s_setup(void **state)
         return -1;
     s_replies_clear();
     s_user_id = NULL;
-    s_frozen = false;
+    frozen_clock_set(false);
     snprintf(fx->dir, sizeof fx->dir, "/tmp/mr-test-dispatch-XXXXXX");
     if (mkdtemp(fx->dir) == NULL)
         return -1;
@@ -288,7 +274,7 @@ static int s_teardown(void **state)
     s_fx_t *fx = *state;
     server_t *s = fx->s;
     int rc = 0;
-    s_frozen = false; /* left stopped by a test that failed */
+    frozen_clock_set(false); /* left stopped by a test that failed */
     store_destroy(&s->store);
     acks_close(&s->acks);
     uv_run(&s->loop, UV_RUN_DEFAULT);
@@ -2126,7 +2112,7 @@ static void test_dispatch_no_user_id_lines_are_rate_limited(void **state)
     server_t *s = fx->s;
     s->conf->insecure = false;
     log_set_level(s->log, MR_LOG_DEBUG);
-    s_frozen = true;
+    frozen_clock_set(true);
     uint8_t frame[64] = {0}; /* never decoded: no key, nothing is trusted */
     for (int i = 0; i < 100; i++)
         s_raw(s, RID_A, frame, 1 + (size_t)(i % 50));
@@ -2140,7 +2126,7 @@ static void test_dispatch_no_user_id_lines_are_rate_limited(void **state)
     dispatch_cron(s, mr_mono_ms());
     assert_int_equal(s->counters.v[CNT_SECURITY_EVENTS], 101);
     assert_int_equal(s_lines(fx->logf, "event=security.facility_unlogged "), 1);
-    s_frozen = false;
+    frozen_clock_set(false);
 }
 
 int main(void)

@@ -25,6 +25,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "frozen_clock.h"
 #include "endpoint.h"
 #include "log.h"
 #include "opapi.h"
@@ -113,20 +114,6 @@ static void s_complete(store_status_t status)
     free(req);
 }
 
-/* clock_gettime as the daemon's code sees it: the real one until a test
- * sets s_frozen, then a fixed time. */
-static bool s_frozen;
-int __real_clock_gettime(clockid_t id, struct timespec *ts);
-int __wrap_clock_gettime(clockid_t id, struct timespec *ts);
-
-int __wrap_clock_gettime(clockid_t id, struct timespec *ts)
-{
-    if (!s_frozen)
-        return __real_clock_gettime(id, ts);
-    ts->tv_sec = id == CLOCK_REALTIME ? 1750000000 : 100000;
-    ts->tv_nsec = 0;
-    return 0;
-}
 
 /* mr_pack as opapi.c sees it: out of memory while s_pack_fails (the test's
  * own requests are packed by the real one). */
@@ -284,7 +271,7 @@ static void test_opapi_requests_waiting_for_the_store_are_bounded(void **state)
     server_t s = {.operator_ep = (endpoint_t *)&stand_in, .conf = &conf,
                   .log = log_new(MR_LOG_DEBUG, out)};
     assert_non_null(s.log);
-    s_frozen = true;
+    frozen_clock_set(true);
     s_n_held = 0;
     const uint8_t a[] = {0, 0, 0, 0, 'a'}, z[] = {0, 0, 0, 2, 0};
     for (int i = 0; i < 4; i++) {
@@ -330,7 +317,7 @@ static void test_opapi_requests_waiting_for_the_store_are_bounded(void **state)
         s_complete(STORE_UNAVAILABLE);
     assert_null(s.op_waiting);
     assert_int_equal(s.n_op_waiting, 0);
-    s_frozen = false;
+    frozen_clock_set(false);
     log_destroy(&s.log);
     fclose(out);
 }
@@ -373,7 +360,7 @@ static void test_opapi_failed_replies_are_counted_and_rate_limited(void **state)
     server_t s = {.operator_ep = (endpoint_t *)&stand_in, .conf = &conf,
                   .log = log_new(MR_LOG_DEBUG, out)};
     assert_non_null(s.log);
-    s_frozen = true;
+    frozen_clock_set(true);
     const uint8_t rid[] = {0, 0, 0, 0, 9};
     mr_op_request_t q = MEDROUTE__V1__OP_REQUEST__INIT; /* no body: refused */
     /* A full queue and a connection gone in turn, so that no line repeats
@@ -391,7 +378,7 @@ static void test_opapi_failed_replies_are_counted_and_rate_limited(void **state)
     assert_int_equal(s_lines(out, "event=operator.send_failed "), LOGRATE_LINES);
     opapi_cron(&s, mr_mono_ms());
     assert_int_equal(s_lines(out, "event=operator.send_failed_unlogged count=81 "), 1);
-    s_frozen = false;
+    frozen_clock_set(false);
     log_destroy(&s.log);
     fclose(out);
 }
@@ -410,7 +397,7 @@ static void test_opapi_security_lines_are_rate_limited(void **state)
     server_t s = {.operator_ep = (endpoint_t *)&stand_in, .conf = &conf,
                   .log = log_new(MR_LOG_DEBUG, out)};
     assert_non_null(s.log);
-    s_frozen = true;
+    frozen_clock_set(true);
     s_n_held = 0;
     const uint8_t rid[] = {0, 0, 0, 0, 8};
     Medroute__V1__StatusRequest st = MEDROUTE__V1__STATUS_REQUEST__INIT;
@@ -438,7 +425,7 @@ static void test_opapi_security_lines_are_rate_limited(void **state)
                      LOGRATE_LINES);
     opapi_cron(&s, mr_mono_ms());
     assert_int_equal(s_lines(out, "event=security.operator_unlogged count=90 "), 1);
-    s_frozen = false;
+    frozen_clock_set(false);
     log_destroy(&s.log);
     fclose(out);
 }

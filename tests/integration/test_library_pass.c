@@ -18,9 +18,9 @@
 #include <unistd.h>
 
 #include <cmocka.h>
-#include <sqlite3.h>
 #include <zmq.h>
 
+#include "sqlfile.h"
 #include "harness.h"
 #include "mr_codec.h"
 
@@ -366,32 +366,6 @@ static void test_library_pass_kept_outcome_handed_over_is_not_told_again(void **
     assert_int_equal(system(cmd), 0);
 }
 
-/* Runs sql on the SQLite file path; asserts it worked. */
-static void s_sql(const char *path, const char *sql)
-{
-    sqlite3 *db = NULL;
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    char *err = NULL;
-    int rc = sqlite3_exec(db, sql, NULL, NULL, &err);
-    if (rc != SQLITE_OK)
-        fail_msg("%s: %s", sql, err ? err : "?");
-    sqlite3_close(db);
-}
-
-/* The integer the one-value query sql gives on the SQLite file path. */
-static long long s_sql_int(const char *path, const char *sql)
-{
-    sqlite3 *db = NULL;
-    sqlite3_stmt *st = NULL;
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    long long v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    sqlite3_close(db);
-    return v;
-}
-
 /*
  * A damaged outbox row that cannot be moved to outbox_damaged (a trigger
  * refuses the move) stays in the outbox and is found at every start; an
@@ -413,7 +387,7 @@ static void test_library_pass_damaged_row_left_in_outbox_is_told_once(void **sta
     assert_non_null(c);
     s_submit(c, "STUCK-1", 10);
     mr_client_destroy(&c);
-    s_sql(db, "UPDATE outbox SET message_id = NULL;"
+    sqlfile_exec(db, "UPDATE outbox SET message_id = NULL;"
               "CREATE TRIGGER no_aside BEFORE INSERT ON outbox_damaged"
               " BEGIN SELECT RAISE(ABORT, 'no room'); END;");
 
@@ -424,8 +398,8 @@ static void test_library_pass_damaged_row_left_in_outbox_is_told_once(void **sta
         assert_true(mr_client_poll(c, 0, NULL, NULL) >= 0);
         mr_client_destroy(&c);
     }
-    assert_int_equal(s_sql_int(db, "SELECT count(*) FROM outbox"), 1);
-    assert_int_equal(s_sql_int(db, "SELECT count(*) FROM outcome"), 0);
+    assert_int_equal(sqlfile_int(db, "SELECT count(*) FROM outbox"), 1);
+    assert_int_equal(sqlfile_int(db, "SELECT count(*) FROM outcome"), 0);
 
     for (int i = 0; i < 2; i++) {
         c = mr_client_new(&o);
@@ -437,7 +411,7 @@ static void test_library_pass_damaged_row_left_in_outbox_is_told_once(void **sta
         assert_string_equal(seen.error_id, "");
         mr_client_destroy(&c);
     }
-    assert_int_equal(s_sql_int(db, "SELECT count(*) FROM outbox"), 1);
+    assert_int_equal(sqlfile_int(db, "SELECT count(*) FROM outbox"), 1);
 
     s_broker_close(&b);
     char cmd[128];

@@ -20,8 +20,8 @@
 #include <zmq.h>
 
 #include <cmocka.h>
-#include <sqlite3.h>
 
+#include "sqlfile.h"
 #include "harness.h"
 #include "mr_codec.h"
 
@@ -332,32 +332,6 @@ static void test_routing_outbox_kept_offline_is_sent_once(void **state)
     mrt_daemon_cleanup(&d);
 }
 
-/* Runs sql on the SQLite file path; asserts it worked. */
-static void s_sql(const char *path, const char *sql)
-{
-    sqlite3 *db = NULL;
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    char *err = NULL;
-    int rc = sqlite3_exec(db, sql, NULL, NULL, &err);
-    if (rc != SQLITE_OK)
-        fail_msg("%s: %s", sql, err ? err : "?");
-    sqlite3_close(db);
-}
-
-/* The integer the one-value query sql gives on the SQLite file path. */
-static long long s_sql_int(const char *path, const char *sql)
-{
-    sqlite3 *db = NULL;
-    sqlite3_stmt *st = NULL;
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    long long v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    sqlite3_close(db);
-    return v;
-}
-
 typedef struct {
     int acks, errors;
     char reasons[512];
@@ -410,10 +384,10 @@ static void test_routing_damaged_outbox_rows_are_set_aside(void **state)
         free(json);
     }
     mr_client_destroy(&c);
-    s_sql(db, "UPDATE outbox SET message_id = NULL WHERE message_id = 'DMG-B';"
+    sqlfile_exec(db, "UPDATE outbox SET message_id = NULL WHERE message_id = 'DMG-B';"
               "INSERT INTO outbox(message_id, body) SELECT printf('%.70c', 'L'), body"
               " FROM outbox WHERE message_id = 'DMG-C';");
-    assert_int_equal(s_sql_int(db, "SELECT count(*) FROM outbox"), 4);
+    assert_int_equal(sqlfile_int(db, "SELECT count(*) FROM outbox"), 4);
 
     mr_client_opts_t o = {.endpoint = d->facility_ep, .facility = "t-aihua", .state_dir = dir};
     c = mr_client_new(&o);
@@ -429,8 +403,8 @@ static void test_routing_damaged_outbox_rows_are_set_aside(void **state)
     assert_int_equal(mr_client_unacked(c), 0);
     mr_client_destroy(&c);
     /* Kept, with their bodies and reasons; not in the outbox, not sent. */
-    assert_int_equal(s_sql_int(db, "SELECT count(*) FROM outbox"), 0);
-    assert_int_equal(s_sql_int(db, "SELECT count(*) FROM outbox_damaged WHERE length(body) > 0"
+    assert_int_equal(sqlfile_int(db, "SELECT count(*) FROM outbox"), 0);
+    assert_int_equal(sqlfile_int(db, "SELECT count(*) FROM outbox_damaged WHERE length(body) > 0"
                                    " AND reason <> ''"),
                      2);
     /* Said again at the next start, without the events (they came once),
@@ -442,7 +416,7 @@ static void test_routing_damaged_outbox_rows_are_set_aside(void **state)
     mrt_poll_until(c, 300, got_damaged_outcomes, &again, on_damaged_event, &again);
     assert_int_equal(again.errors, 0);
     mr_client_destroy(&c);
-    s_sql(db, "DELETE FROM outbox_damaged;");
+    sqlfile_exec(db, "DELETE FROM outbox_damaged;");
     c = mr_client_new(&o);
     assert_non_null(c);
     assert_int_equal(mr_client_outbox_damaged(c), 0);

@@ -111,25 +111,13 @@ static void s_tell_session_ended(server_t *s, const uint8_t *rid, size_t rid_len
     s_send_error(s, rid, rid_len, &err, err.reason);
 }
 
-static void s_tell_suppressed(server_t *s, lograte_t *lines, const char *facility,
-                              int64_t mono_ms)
-{
-    uint64_t n = lograte_take(lines, mono_ms);
-    if (n > 0)
-        log_warn(s->log, "message.rejected_unlogged",
-                 "facility=%s count=%llu limit=%d window_s=%d", facility, (unsigned long long)n,
-                 LOGRATE_LINES, LOGRATE_WINDOW_MS / 1000);
-}
-
 void dispatch_cron(server_t *s, int64_t mono_ms)
 {
     for (size_t i = 0; i < registry_count(s->registry); i++)
-        s_tell_suppressed(s, &s->peers[i].reject_log, registry_at(s->registry, i)->id, mono_ms);
-    s_tell_suppressed(s, &s->reject_log_anon, "-", mono_ms);
-    uint64_t n = lograte_take(&s->fac_security_log, mono_ms);
-    if (n > 0)
-        log_warn(s->log, "security.facility_unlogged", "count=%llu limit=%d window_s=%d",
-                 (unsigned long long)n, LOGRATE_LINES, LOGRATE_WINDOW_MS / 1000);
+        lograte_tell(&s->peers[i].reject_log, s->log, "message.rejected_unlogged",
+                     registry_at(s->registry, i)->id, mono_ms);
+    lograte_tell(&s->reject_log_anon, s->log, "message.rejected_unlogged", "-", mono_ms);
+    lograte_tell(&s->fac_security_log, s->log, "security.facility_unlogged", NULL, mono_ms);
 }
 
 /* The message id of an Envelope frame, read off the wire for an error reply

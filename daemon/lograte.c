@@ -32,3 +32,17 @@ uint64_t lograte_take(lograte_t *self, int64_t mono_ms)
     self->told_ms = mono_ms;
     return n;
 }
+
+void lograte_tell(lograte_t *self, log_t *log, const char *event, const char *facility,
+                  int64_t mono_ms)
+{
+    uint64_t n = lograte_take(self, mono_ms);
+    if (n == 0)
+        return;
+    if (facility != NULL)
+        log_warn(log, event, "facility=%s count=%llu limit=%d window_s=%d", facility,
+                 (unsigned long long)n, LOGRATE_LINES, LOGRATE_WINDOW_MS / 1000);
+    else
+        log_warn(log, event, "count=%llu limit=%d window_s=%d", (unsigned long long)n,
+                 LOGRATE_LINES, LOGRATE_WINDOW_MS / 1000);
+}

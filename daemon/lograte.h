@@ -17,6 +17,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "log.h"
+
 #define LOGRATE_LINES 20
 #define LOGRATE_WINDOW_MS 10000
 
@@ -35,5 +37,9 @@ bool lograte_allow(lograte_t *self, int64_t mono_ms);
  * (0 otherwise): the caller logs the count.  Resets it.
  */
 uint64_t lograte_take(lograte_t *self, int64_t mono_ms);
+/* lograte_take's count, if any, logged as event at warn level:
+ * "facility=F count=N limit=L window_s=W" (no facility= when NULL). */
+void lograte_tell(lograte_t *self, log_t *log, const char *event, const char *facility,
+                  int64_t mono_ms);
 
 #endif

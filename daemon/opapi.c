@@ -704,18 +704,9 @@ static bool s_is_admin(const server_t *s)
 
 void opapi_cron(server_t *s, int64_t mono_ms)
 {
-    uint64_t n = lograte_take(&s->op_reject_log, mono_ms);
-    if (n > 0)
-        log_warn(s->log, "operator.rejected_unlogged", "count=%llu limit=%d window_s=%d",
-                 (unsigned long long)n, LOGRATE_LINES, LOGRATE_WINDOW_MS / 1000);
-    n = lograte_take(&s->op_send_log, mono_ms);
-    if (n > 0)
-        log_warn(s->log, "operator.send_failed_unlogged", "count=%llu limit=%d window_s=%d",
-                 (unsigned long long)n, LOGRATE_LINES, LOGRATE_WINDOW_MS / 1000);
-    n = lograte_take(&s->op_security_log, mono_ms);
-    if (n > 0)
-        log_warn(s->log, "security.operator_unlogged", "count=%llu limit=%d window_s=%d",
-                 (unsigned long long)n, LOGRATE_LINES, LOGRATE_WINDOW_MS / 1000);
+    lograte_tell(&s->op_reject_log, s->log, "operator.rejected_unlogged", NULL, mono_ms);
+    lograte_tell(&s->op_send_log, s->log, "operator.send_failed_unlogged", NULL, mono_ms);
+    lograte_tell(&s->op_security_log, s->log, "security.operator_unlogged", NULL, mono_ms);
 }
 
 void opapi_on_message(void *arg, const uint8_t *rid, size_t rid_len, const void *const *parts,

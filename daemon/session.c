@@ -338,11 +338,8 @@ void session_cron(server_t *s, int64_t now_ms, int64_t mono_ms)
     size_t n = registry_count(s->registry);
     for (size_t i = 0; i < n; i++) {
         peer_t *p = &s->peers[i];
-        uint64_t unlogged = lograte_take(&p->hello_log, mono_ms);
-        if (unlogged > 0)
-            log_warn(s->log, "facility.hello_unlogged",
-                     "facility=%s count=%llu limit=%d window_s=%d", registry_at(s->registry, i)->id,
-                     (unsigned long long)unlogged, LOGRATE_LINES, LOGRATE_WINDOW_MS / 1000);
+        lograte_tell(&p->hello_log, s->log, "facility.hello_unlogged",
+                     registry_at(s->registry, i)->id, mono_ms);
         /* Each session on the interval and time-out of its Welcome: a
          * reload's apply from its next Hello (its client heartbeats at the
          * old interval, and takes the broker for gone after the old
